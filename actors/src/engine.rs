@@ -1,0 +1,225 @@
+//! The supervisor tree: starts every actor of this process's roles under an actix
+//! `Supervisor`, and stops them gracefully.
+//!
+//! ```text
+//! System arbiter ── ListenerActor                    (role listener)
+//!                ├─ StreamReaderActor × shards        (role worker)
+//!                ├─ OutcomeWriter                     (role worker)
+//!                ├─ DelayActor, ClaimActor            (role scheduler)
+//!                └─ actix-web API                     (started by the binary)
+//! sender arbiters ─ SenderActor × senders_per_provider, one arbiter (thread) each
+//! ```
+
+use crate::claim::ClaimActor;
+use crate::delay::DelayActor;
+use crate::dispatcher::{Dispatcher, Handle, SenderPool};
+use crate::error::Result;
+use crate::inflight::InFlight;
+use crate::job::Provider;
+use crate::listener::ListenerActor;
+use crate::messages::Flush;
+use crate::outcome::OutcomeWriter;
+use crate::providers::expo::ExpoClient;
+use crate::providers::ClientFactory;
+use crate::registry::Registry;
+use crate::relay::Relay;
+use crate::sender::SenderActor;
+use crate::settings::EngineSettings;
+use crate::store::Store;
+use crate::stream_reader::StreamReaderActor;
+use crate::supervisor::{Lifecycle, Shutdown};
+use actix::{Arbiter, Supervisor};
+use slog::{info, warn, Logger};
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Mailbox capacity of every actor. Messages carry batches, so this is plenty; a full mailbox
+/// makes `send` wait, which is how back-pressure travels upstream.
+const MAILBOX: usize = 64;
+
+/// A running engine.
+pub struct Engine {
+    registry: Registry,
+    shutdown: Shutdown,
+    inflight: InFlight,
+    outcomes: Option<Handle<OutcomeWriter>>,
+    arbiters: Vec<Arbiter>,
+    log: Logger,
+}
+
+impl Engine {
+    /// Starts the actors of `settings.roles` on the current actix System.
+    pub async fn start(
+        settings: EngineSettings,
+        store: Store,
+        relay: Relay,
+        pg_config: tokio_postgres::Config,
+        log: Logger,
+    ) -> Result<Engine> {
+        let registry = Registry::default();
+        let shutdown = Shutdown::default();
+        let inflight = InFlight::new(settings.concurrency);
+        let mut arbiters = Vec::new();
+        let life = |name: String, kind: &'static str| {
+            Lifecycle::new(registry.register(name, kind, MAILBOX), &log)
+        };
+
+        // The groups exist before anyone reads, and `/readyz` can rely on them.
+        relay.ensure_groups().await?;
+
+        let mut outcomes = None;
+        let mut dispatcher = None;
+        if settings.roles.worker || settings.roles.scheduler {
+            let writer_life = life("outcome-writer".into(), "outcome_writer");
+            let stats = writer_life.stats.clone();
+            let (s, r, f, retry) = (
+                store.clone(),
+                relay.clone(),
+                inflight.clone(),
+                settings.retry,
+            );
+            let addr = Supervisor::start(move |_| OutcomeWriter::new(writer_life, s, r, f, retry));
+            let writer = Handle { addr, stats };
+
+            let mut pools = HashMap::new();
+            if let Some(expo) = settings.expo.clone() {
+                let factory: ClientFactory = Arc::new(move || Box::new(ExpoClient::new(&expo)));
+                let mut senders = Vec::new();
+                for i in 0..settings.senders_per_provider.max(1) {
+                    let arbiter = Arbiter::new();
+                    let sender_life = life(format!("sender-expo-{i}"), "sender");
+                    let stats = sender_life.stats.clone();
+                    let (factory, writer) = (factory.clone(), writer.clone());
+                    let addr = Supervisor::start_in_arbiter(&arbiter.handle(), move |_| {
+                        SenderActor::new(sender_life, &factory, writer)
+                    });
+                    senders.push(Handle { addr, stats });
+                    arbiters.push(arbiter);
+                }
+                pools.insert(Provider::Expo, SenderPool::new(senders));
+            }
+            dispatcher = Some(Dispatcher {
+                pools,
+                outcomes: writer.clone(),
+                relay: relay.clone(),
+                store: store.clone(),
+                log: log.clone(),
+            });
+            outcomes = Some(writer);
+        }
+
+        if let (true, Some(dispatcher)) = (settings.roles.worker, &dispatcher) {
+            for shard in relay.keys().shard_ids() {
+                let reader_life = life(format!("stream-reader-{shard}"), "stream_reader");
+                let (d, f, s, c) = (
+                    dispatcher.clone(),
+                    inflight.clone(),
+                    shutdown.clone(),
+                    settings.consumer.clone(),
+                );
+                Supervisor::start(move |_| StreamReaderActor::new(reader_life, shard, c, d, f, s));
+            }
+        }
+
+        if let (true, Some(dispatcher)) = (settings.roles.scheduler, &dispatcher) {
+            let delay_life = life("delay".into(), "delay");
+            let (r, s, interval) = (
+                relay.clone(),
+                shutdown.clone(),
+                settings.delay_poll_interval,
+            );
+            Supervisor::start(move |_| DelayActor::new(delay_life, r, interval, s));
+
+            let claim_life = life("claim".into(), "claim");
+            let (d, f, s, c) = (
+                dispatcher.clone(),
+                inflight.clone(),
+                shutdown.clone(),
+                settings.consumer.clone(),
+            );
+            let (interval, min_idle) = (settings.claim_interval, settings.claim_min_idle);
+            Supervisor::start(move |_| ClaimActor::new(claim_life, c, d, f, interval, min_idle, s));
+        }
+
+        if settings.roles.listener {
+            let listener_life = life("listener".into(), "listener");
+            let mut enabled = HashSet::new();
+            if settings.expo.is_some() {
+                enabled.insert(Provider::Expo);
+            }
+            let (st, r, s) = (store.clone(), relay.clone(), shutdown.clone());
+            let (batch, sweep, stale) = (
+                settings.listener_batch,
+                settings.sweep_interval,
+                settings.stale_after,
+            );
+            Supervisor::start(move |_| {
+                ListenerActor::new(
+                    listener_life,
+                    st,
+                    r,
+                    pg_config,
+                    batch,
+                    sweep,
+                    stale,
+                    enabled,
+                    s,
+                )
+            });
+        }
+
+        info!(log, "engine started"; "roles" => format!("{:?}", settings.roles), "consumer" => &settings.consumer,
+              "concurrency" => settings.concurrency, "shards" => relay.keys().shards());
+        Ok(Engine {
+            registry,
+            shutdown,
+            inflight,
+            outcomes,
+            arbiters,
+            log,
+        })
+    }
+
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
+    pub fn in_flight(&self) -> usize {
+        self.inflight.used()
+    }
+
+    /// Graceful stop: no more reading or claiming; deliveries in flight get up to `grace` to
+    /// finish and be stored; the rest stays pending in Redis for another process to claim.
+    pub async fn shutdown(self, grace: Duration) -> bool {
+        self.shutdown.trigger();
+        let deadline = Instant::now() + grace;
+        let drained = tokio::time::timeout(grace, self.inflight.drained())
+            .await
+            .is_ok();
+        let mut flushed = true;
+        if let Some(writer) = &self.outcomes {
+            flushed = false;
+            while Instant::now() < deadline + Duration::from_millis(500) {
+                match writer.addr.send(writer.stats.envelope(Flush)).await {
+                    Ok(Ok(())) => {
+                        flushed = true;
+                        break;
+                    }
+                    Ok(Err(_)) => tokio::time::sleep(Duration::from_millis(20)).await,
+                    Err(_) => break,
+                }
+            }
+        }
+        let left = self.inflight.used();
+        if drained && flushed {
+            info!(self.log, "engine stopped; all in-flight work stored");
+        } else {
+            warn!(self.log, "engine stopped with work in flight; it stays pending and will be claimed"; "in_flight" => left);
+        }
+        for arbiter in &self.arbiters {
+            arbiter.stop();
+        }
+        drained && flushed
+    }
+}

@@ -1,0 +1,47 @@
+//! Errors of the engine. An actor that meets one of these stops, and its supervisor restarts it
+//! with backoff; no error is ever a reason to lose or acknowledge work.
+
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error("postgres: {0}")]
+    Postgres(#[from] tokio_postgres::Error),
+    #[error("postgres pool: {0}")]
+    Pool(#[from] deadpool_postgres::PoolError),
+    #[error("redis: {0}")]
+    Redis(#[from] redis::RedisError),
+    #[error("actor mailbox: {0}")]
+    Mailbox(#[from] actix::MailboxError),
+    #[error("the LISTEN connection was lost: {0}")]
+    ListenLost(String),
+    #[error("panicked: {0}")]
+    Panic(String),
+}
+
+pub type Result<T, E = EngineError> = std::result::Result<T, E>;
+
+impl EngineError {
+    /// The message of a panic payload, for `last_error` and the log.
+    pub fn from_panic(payload: Box<dyn std::any::Any + Send>) -> Self {
+        let msg = payload
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| payload.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "unknown panic".to_string());
+        EngineError::Panic(msg)
+    }
+
+    /// The error with its source chain, for logs and `last_error`.
+    pub fn chain(&self) -> String {
+        let mut out = self.to_string();
+        let mut source = std::error::Error::source(self);
+        while let Some(s) = source {
+            let text = s.to_string();
+            if !out.contains(&text) {
+                out.push_str(": ");
+                out.push_str(&text);
+            }
+            source = s.source();
+        }
+        out
+    }
+}

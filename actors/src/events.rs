@@ -1,0 +1,74 @@
+//! The names of the events that every log line and daily counter is keyed by.
+//!
+//! Each event is one JSON log line (`"event": "SEND_SUCCESS"`, with `notification_id`,
+//! `trace_id`, `provider`, `attempt` and `latency_ms` where they apply) and one increment of the
+//! day's Redis counters, overall and per provider.
+
+pub const ENQUEUE: &str = "ENQUEUE";
+pub const DEQUEUE: &str = "DEQUEUE";
+pub const SEND_SUCCESS: &str = "SEND_SUCCESS";
+pub const SEND_FAIL: &str = "SEND_FAIL";
+pub const RETRY_SCHEDULED: &str = "RETRY_SCHEDULED";
+pub const DLQ_PUSHED: &str = "DLQ_PUSHED";
+pub const DEVICE_DISABLED: &str = "DEVICE_DISABLED";
+pub const DUPLICATE_SKIPPED: &str = "DUPLICATE_SKIPPED";
+pub const NOTIFICATION_FAILED: &str = "NOTIFICATION_FAILED";
+pub const CLAIMED: &str = "CLAIMED";
+pub const REQUEUED: &str = "REQUEUED";
+pub const ACTOR_FAILED: &str = "ACTOR_FAILED";
+pub const ACTOR_RESTARTED: &str = "ACTOR_RESTARTED";
+
+/// `YYYYMMDD` of today in UTC: the day part of counter keys.
+pub fn today() -> String {
+    chrono::Utc::now().format("%Y%m%d").to_string()
+}
+
+/// Daily counter increments gathered over a batch, written in one pipeline.
+#[derive(Debug, Default)]
+pub struct Tally {
+    counts: std::collections::HashMap<(&'static str, Option<&'static str>), u64>,
+}
+
+impl Tally {
+    pub fn add(&mut self, event: &'static str, provider: Option<&'static str>, n: u64) {
+        if n == 0 {
+            return;
+        }
+        *self.counts.entry((event, None)).or_default() += n;
+        if provider.is_some() {
+            *self.counts.entry((event, provider)).or_default() += n;
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.counts.is_empty()
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (&'static str, Option<&'static str>, u64)> + '_ {
+        self.counts.iter().map(|(&(e, p), &n)| (e, p, n))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_tally_counts_overall_and_per_provider() {
+        let mut t = Tally::default();
+        t.add(SEND_SUCCESS, Some("expo"), 2);
+        t.add(SEND_SUCCESS, Some("fcm"), 1);
+        t.add(ENQUEUE, None, 5);
+        let mut rows: Vec<_> = t.iter().collect();
+        rows.sort();
+        assert_eq!(
+            rows,
+            vec![
+                ("ENQUEUE", None, 5),
+                ("SEND_SUCCESS", None, 3),
+                ("SEND_SUCCESS", Some("expo"), 2),
+                ("SEND_SUCCESS", Some("fcm"), 1),
+            ]
+        );
+    }
+}

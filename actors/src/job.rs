@@ -1,0 +1,246 @@
+//! A `Job` is one delivery target — one (notification, device) pair — as it travels through the
+//! relay: written to a Redis stream by the listener, read by a stream reader, sent by a sender,
+//! and turned into an [`Outcome`] that the outcome writer stores.
+//!
+//! A job carries everything a sender needs (token, payload, trace id), so the hot path never
+//! goes back to Postgres to send.
+
+use serde::{Deserialize, Serialize};
+use std::fmt;
+use std::str::FromStr;
+use std::time::Duration;
+use uuid::Uuid;
+
+/// A push provider (or email) that a device is registered with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Provider {
+    Expo,
+    Fcm,
+    Apns,
+    Email,
+}
+
+impl Provider {
+    pub const ALL: [Provider; 4] = [
+        Provider::Expo,
+        Provider::Fcm,
+        Provider::Apns,
+        Provider::Email,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Provider::Expo => "expo",
+            Provider::Fcm => "fcm",
+            Provider::Apns => "apns",
+            Provider::Email => "email",
+        }
+    }
+}
+
+impl fmt::Display for Provider {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for Provider {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Provider::ALL
+            .into_iter()
+            .find(|p| p.as_str() == s)
+            .ok_or_else(|| {
+                format!("unknown provider `{s}` (expected one of expo, fcm, apns, email)")
+            })
+    }
+}
+
+/// `notification.priority`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Priority {
+    #[default]
+    Normal,
+    High,
+}
+
+impl FromStr for Priority {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "normal" => Ok(Priority::Normal),
+            "high" => Ok(Priority::High),
+            other => Err(format!(
+                "priority must be 'normal' or 'high', got '{other}'"
+            )),
+        }
+    }
+}
+
+/// One delivery target, serialized as the `job` field of a stream entry and as a member of the
+/// delayed ZSET.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Job {
+    /// `delivery.id`: the per-target row in Postgres.
+    pub delivery_id: Uuid,
+    pub notification_id: Uuid,
+    pub device_id: Uuid,
+    pub user_id: String,
+    pub provider: Provider,
+    /// Device token (Expo push token, FCM registration token, APNs hex token, email address).
+    pub token: String,
+    /// `notification.payload`, validated to be a JSON object at fan-out.
+    pub payload: serde_json::Value,
+    #[serde(default)]
+    pub priority: Priority,
+    pub trace_id: String,
+    /// Attempts already made for this target (0 for a first send).
+    #[serde(default)]
+    pub attempt: u32,
+}
+
+impl Job {
+    /// Which stream shard this job lives on: every target of one notification shares a shard.
+    pub fn shard(&self, shards: u16) -> u16 {
+        shard_of(self.notification_id, shards)
+    }
+
+    pub fn to_json(&self) -> String {
+        // Serializing a struct of strings, uuids and a `Value` cannot fail.
+        serde_json::to_string(self).unwrap_or_default()
+    }
+
+    pub fn from_json(raw: &[u8]) -> Result<Self, String> {
+        serde_json::from_slice(raw).map_err(|e| format!("malformed job: {e}"))
+    }
+}
+
+pub fn shard_of(notification_id: Uuid, shards: u16) -> u16 {
+    (notification_id.as_u128() % u128::from(shards.max(1))) as u16
+}
+
+/// Where a job came from in Redis, so its outcome can be acknowledged.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EntryRef {
+    pub shard: u16,
+    pub id: String,
+}
+
+/// A job read from a stream, ready to be sent.
+#[derive(Debug, Clone)]
+pub struct Delivery {
+    pub job: Job,
+    pub entry: EntryRef,
+}
+
+/// How a provider answered, classified as in PROVIDERS.md.
+#[derive(Debug, Clone, PartialEq)]
+pub enum SendResult {
+    /// Accepted; the provider's id for the message (Expo ticket id, FCM name, apns-id).
+    Delivered { provider_message_id: Option<String> },
+    /// Try again later; `after` is the provider's `Retry-After` when it gave one.
+    Retry {
+        error: String,
+        after: Option<Duration>,
+    },
+    /// Never going to work for this message.
+    Permanent { error: String },
+    /// The token or address is dead: fail the target and disable the device.
+    InvalidToken { error: String },
+    /// Credentials or configuration are wrong: nothing for this provider will work until fixed.
+    Auth { error: String },
+}
+
+impl SendResult {
+    pub fn error(&self) -> Option<&str> {
+        match self {
+            SendResult::Delivered { .. } => None,
+            SendResult::Retry { error, .. }
+            | SendResult::Permanent { error }
+            | SendResult::InvalidToken { error }
+            | SendResult::Auth { error } => Some(error),
+        }
+    }
+}
+
+/// What the outcome writer must store for one stream entry.
+#[derive(Debug, Clone)]
+pub enum Outcome {
+    /// The provider answered.
+    Sent {
+        delivery: Delivery,
+        result: SendResult,
+        latency_ms: u64,
+    },
+    /// Already delivered before (idempotency key or Postgres says so): acknowledge, do not send.
+    Duplicate { delivery: Delivery },
+    /// The entry could not be parsed: dead-letter it with the reason and acknowledge it.
+    Poison {
+        entry: EntryRef,
+        raw: String,
+        reason: String,
+    },
+}
+
+impl Outcome {
+    pub fn entry(&self) -> &EntryRef {
+        match self {
+            Outcome::Sent { delivery, .. } | Outcome::Duplicate { delivery } => &delivery.entry,
+            Outcome::Poison { entry, .. } => entry,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn job() -> Job {
+        Job {
+            delivery_id: Uuid::new_v4(),
+            notification_id: Uuid::new_v4(),
+            device_id: Uuid::new_v4(),
+            user_id: "u1".into(),
+            provider: Provider::Expo,
+            token: "ExponentPushToken[abc]".into(),
+            payload: serde_json::json!({"title": "hi"}),
+            priority: Priority::High,
+            trace_id: "t".into(),
+            attempt: 2,
+        }
+    }
+
+    #[test]
+    fn a_job_survives_a_round_trip_through_json() {
+        let j = job();
+        assert_eq!(Job::from_json(j.to_json().as_bytes()).unwrap(), j);
+    }
+
+    #[test]
+    fn garbage_is_reported_as_a_malformed_job() {
+        let err = Job::from_json(b"{\"delivery_id\": 3}").unwrap_err();
+        assert!(err.starts_with("malformed job:"), "{err}");
+    }
+
+    #[test]
+    fn all_targets_of_a_notification_share_a_shard() {
+        let mut a = job();
+        let mut b = job();
+        b.notification_id = a.notification_id;
+        b.device_id = Uuid::new_v4();
+        assert_eq!(a.shard(8), b.shard(8));
+        a.notification_id = Uuid::from_u128(13);
+        assert_eq!(a.shard(8), 5);
+        assert_eq!(a.shard(1), 0);
+    }
+
+    #[test]
+    fn unknown_providers_are_named_in_the_error() {
+        assert_eq!("fcm".parse::<Provider>(), Ok(Provider::Fcm));
+        assert!("sms".parse::<Provider>().unwrap_err().contains("`sms`"));
+    }
+}

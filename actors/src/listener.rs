@@ -1,0 +1,320 @@
+//! ListenerActor: turns committed `notification` rows into stream entries.
+//!
+//! It holds one dedicated Postgres connection (never a pooled one: pools drop notifications)
+//! that `LISTEN`s on `notification_insert`. A notification is only a doorbell: it makes the
+//! actor drain *all* pending rows in batches (`FOR UPDATE SKIP LOCKED`, so several listeners
+//! share the work), fan them out to delivery rows and `XADD` one entry per target in a
+//! pipeline. A bulk insert rings the bell thousands of times; the rings are coalesced into one
+//! drain. A sweep at start-up and every `listener.sweep_interval_ms` catches rows whose NOTIFY
+//! was lost and targets whose stream entry was lost with Redis.
+
+use crate::error::{EngineError, Result};
+use crate::events::{self, Tally};
+use crate::job::Provider;
+use crate::messages::{Drain, Sweep};
+use crate::registry::Envelope;
+use crate::relay::Relay;
+use crate::store::{Settled, Store};
+use crate::supervisor::{guarded, Lifecycle, Shutdown};
+use actix::prelude::*;
+use futures_util::StreamExt;
+use slog::{info, warn, Logger};
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio_postgres::AsyncMessage;
+
+/// The channel the insert trigger notifies.
+pub const CHANNEL: &str = "notification_insert";
+
+pub struct ListenerActor {
+    life: Lifecycle,
+    store: Store,
+    relay: Relay,
+    pg_config: tokio_postgres::Config,
+    batch: i64,
+    sweep_interval: Duration,
+    stale_after: Duration,
+    enabled: Arc<HashSet<Provider>>,
+    shutdown: Shutdown,
+    /// A drain is already queued: further doorbells add nothing.
+    rung: Arc<AtomicBool>,
+    /// Kept alive for as long as the LISTEN should last; dropping it closes the connection.
+    listen_client: Option<tokio_postgres::Client>,
+    /// Counts connections, so that the end of a replaced one is not mistaken for a failure.
+    generation: u64,
+}
+
+/// The LISTEN connection of generation `.0` ended; the actor stops and is restarted to
+/// reconnect. A connection closed on purpose by a restart reports an old generation.
+#[derive(Message)]
+#[rtype(result = "()")]
+struct ListenLost(u64, String);
+
+/// The LISTEN connection is up.
+#[derive(Message)]
+#[rtype(result = "()")]
+struct Listening(tokio_postgres::Client);
+
+impl ListenerActor {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        life: Lifecycle,
+        store: Store,
+        relay: Relay,
+        pg_config: tokio_postgres::Config,
+        batch: i64,
+        sweep_interval: Duration,
+        stale_after: Duration,
+        enabled: HashSet<Provider>,
+        shutdown: Shutdown,
+    ) -> Self {
+        ListenerActor {
+            life,
+            store,
+            relay,
+            pg_config,
+            batch,
+            sweep_interval,
+            stale_after,
+            enabled: Arc::new(enabled),
+            shutdown,
+            rung: Arc::new(AtomicBool::new(false)),
+            listen_client: None,
+            generation: 0,
+        }
+    }
+
+    fn connect(&mut self, ctx: &mut Context<Self>) {
+        let config = self.pg_config.clone();
+        let addr = ctx.address();
+        let stats = self.life.stats.clone();
+        let rung = self.rung.clone();
+        self.generation += 1;
+        let generation = self.generation;
+        let fut = async move {
+            let (client, mut connection) = config.connect(crate::store::tls()).await?;
+            // The connection delivers notifications only while something polls it.
+            let lost = addr.clone();
+            actix_rt::spawn(async move {
+                let mut messages =
+                    futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
+                while let Some(message) = messages.next().await {
+                    match message {
+                        Ok(AsyncMessage::Notification(_)) => {
+                            if !rung.swap(true, Ordering::AcqRel) {
+                                lost.do_send(stats.envelope(Drain));
+                            }
+                        }
+                        Ok(_) => {}
+                        Err(e) => {
+                            lost.do_send(ListenLost(generation, e.to_string()));
+                            return;
+                        }
+                    }
+                }
+                lost.do_send(ListenLost(generation, "connection closed".into()));
+            });
+            client.batch_execute(&format!("LISTEN {CHANNEL}")).await?;
+            Ok::<_, EngineError>(client)
+        };
+        ctx.wait(
+            guarded(fut)
+                .into_actor(self)
+                .map(|res, act, ctx| match res {
+                    Ok(client) => {
+                        ctx.notify(Listening(client));
+                        // Whatever was inserted while nobody listened is picked up now.
+                        ctx.address().do_send(act.life.stats.envelope(Sweep));
+                    }
+                    Err(e) => {
+                        act.life.failed(&e);
+                        ctx.stop();
+                    }
+                }),
+        );
+    }
+}
+
+/// Claims and enqueues pending notifications until none is left.
+async fn drain(
+    store: Store,
+    relay: Relay,
+    batch: i64,
+    enabled: Arc<HashSet<Provider>>,
+    log: Logger,
+) -> Result<usize> {
+    let mut total = 0;
+    loop {
+        let out = store
+            .fan_out_pending(batch, &|p| enabled.contains(&p))
+            .await?;
+        // Committed as `queued` before the XADD: if the XADD fails the sweep re-enqueues them.
+        let mut tally = Tally::default();
+        for job in &out.jobs {
+            tally.add(events::ENQUEUE, Some(job.provider.as_str()), 1);
+        }
+        tally.add(
+            events::NOTIFICATION_FAILED,
+            None,
+            out.settled.iter().filter(|s| !s.delivered).count() as u64,
+        );
+        relay.enqueue(&out.jobs).await?;
+        relay.add_counters(&tally, &events::today()).await?;
+        for job in &out.jobs {
+            info!(log, "enqueued"; "event" => events::ENQUEUE, "notification_id" => %job.notification_id,
+                  "trace_id" => &job.trace_id, "provider" => job.provider.as_str(), "device_id" => %job.device_id);
+        }
+        log_settled(&log, &out.settled);
+        total += out.claimed;
+        if (out.claimed as i64) < batch {
+            return Ok(total);
+        }
+    }
+}
+
+/// Re-enqueues stale targets, settles forgotten notifications, then drains.
+async fn sweep(
+    store: Store,
+    relay: Relay,
+    batch: i64,
+    stale_after: Duration,
+    enabled: Arc<HashSet<Provider>>,
+    log: Logger,
+) -> Result<usize> {
+    loop {
+        let (jobs, settled) = store.requeue_stale(stale_after, batch).await?;
+        relay.enqueue(&jobs).await?;
+        for job in &jobs {
+            info!(log, "re-enqueued a stale target"; "event" => events::REQUEUED, "notification_id" => %job.notification_id,
+                  "trace_id" => &job.trace_id, "provider" => job.provider.as_str(), "attempt" => job.attempt + 1);
+        }
+        let mut tally = Tally::default();
+        tally.add(events::REQUEUED, None, jobs.len() as u64);
+        relay.add_counters(&tally, &events::today()).await?;
+        log_settled(&log, &settled);
+        if (jobs.len() as i64) < batch {
+            break;
+        }
+    }
+    drain(store, relay, batch, enabled, log).await
+}
+
+fn log_settled(log: &Logger, settled: &[Settled]) {
+    for s in settled.iter().filter(|s| !s.delivered) {
+        warn!(log, "notification failed"; "event" => events::NOTIFICATION_FAILED, "notification_id" => %s.notification_id,
+              "trace_id" => s.trace_id.as_deref().unwrap_or_default(), "error" => s.last_error.as_deref().unwrap_or_default());
+    }
+}
+
+impl Actor for ListenerActor {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        ctx.set_mailbox_capacity(self.life.stats.mailbox_capacity);
+        self.rung.store(false, Ordering::Release);
+        let delay = self.life.on_started();
+        ctx.run_later(delay, |act, ctx| {
+            act.connect(ctx);
+            let stats = act.life.stats.clone();
+            ctx.run_interval(act.sweep_interval, move |act, ctx| {
+                if !act.shutdown.is_triggered() {
+                    ctx.address().do_send(stats.envelope(Sweep));
+                }
+            });
+        });
+    }
+
+    fn stopped(&mut self, _: &mut Context<Self>) {
+        self.listen_client = None;
+        self.life.on_stopped();
+    }
+}
+
+impl Supervised for ListenerActor {
+    fn restarting(&mut self, _: &mut Context<Self>) {
+        self.listen_client = None;
+        self.life.on_restarting();
+    }
+}
+
+impl Handler<Listening> for ListenerActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: Listening, _: &mut Context<Self>) {
+        info!(self.life.log, "listening for new notifications"; "channel" => CHANNEL);
+        self.listen_client = Some(msg.0);
+    }
+}
+
+impl Handler<ListenLost> for ListenerActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: ListenLost, ctx: &mut Context<Self>) {
+        if self.shutdown.is_triggered() || msg.0 != self.generation {
+            return;
+        }
+        self.life.failed(&EngineError::ListenLost(msg.1));
+        ctx.stop();
+    }
+}
+
+impl ListenerActor {
+    fn run(
+        &mut self,
+        ctx: &mut Context<Self>,
+        fut: impl std::future::Future<Output = Result<usize>> + 'static,
+    ) {
+        ctx.wait(
+            guarded(fut)
+                .into_actor(self)
+                .map(|res, act, ctx| match res {
+                    Ok(_) => act.life.healthy(),
+                    Err(e) => {
+                        act.life.failed(&e);
+                        ctx.stop();
+                    }
+                }),
+        );
+    }
+}
+
+impl Handler<Envelope<Drain>> for ListenerActor {
+    type Result = ();
+
+    fn handle(&mut self, _: Envelope<Drain>, ctx: &mut Context<Self>) {
+        // Cleared before draining: a row committed during the drain rings again.
+        self.rung.store(false, Ordering::Release);
+        if self.shutdown.is_triggered() {
+            return;
+        }
+        let fut = drain(
+            self.store.clone(),
+            self.relay.clone(),
+            self.batch,
+            self.enabled.clone(),
+            self.life.log.clone(),
+        );
+        self.run(ctx, fut);
+    }
+}
+
+impl Handler<Envelope<Sweep>> for ListenerActor {
+    type Result = ();
+
+    fn handle(&mut self, _: Envelope<Sweep>, ctx: &mut Context<Self>) {
+        if self.shutdown.is_triggered() {
+            return;
+        }
+        let fut = sweep(
+            self.store.clone(),
+            self.relay.clone(),
+            self.batch,
+            self.stale_after,
+            self.enabled.clone(),
+            self.life.log.clone(),
+        );
+        self.run(ctx, fut);
+    }
+}

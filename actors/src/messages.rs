@@ -1,0 +1,50 @@
+//! The typed messages the actors exchange. Messages to supervised actors travel in a
+//! [`crate::registry::Envelope`] so that their mailboxes can be counted.
+
+use crate::job::{Delivery, Outcome};
+use actix::Message;
+
+/// A `NOTIFY notification_insert` arrived (or the listener's own timer fired): claim and fan
+/// out pending notifications until none is left.
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub struct Drain;
+
+/// Re-enqueue targets that made no progress for `listener.stale_after_ms`, then drain.
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub struct Sweep;
+
+/// Send these deliveries (all for the sender's provider).
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub struct Deliver {
+    pub deliveries: Vec<Delivery>,
+}
+
+/// Store these outcomes, then acknowledge their entries and free their in-flight permits.
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub struct Record {
+    pub outcomes: Vec<Outcome>,
+}
+
+/// Write everything buffered now (at shutdown); answers once it is stored, or with the error.
+#[derive(Debug, Message)]
+#[rtype(result = "Result<(), String>")]
+pub struct Flush;
+
+/// Read the next batch from the stream (a reader's own loop).
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub struct ReadNext;
+
+/// Move due retries to the stream (the delay actor's tick).
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub struct MoveDue;
+
+/// Take over entries idle longer than `claim.min_idle_ms` (the claim actor's tick).
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub struct ClaimStale;

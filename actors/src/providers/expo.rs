@@ -1,0 +1,337 @@
+//! Expo push service: `POST {base}/--/api/v2/push/send` with up to 100 messages, one ticket
+//! back per message, in order.
+
+use super::ProviderClient;
+use crate::job::{Job, Priority, Provider, SendResult};
+use crate::settings::ExpoSettings;
+use futures_util::future::LocalBoxFuture;
+use serde::Deserialize;
+use serde_json::{json, Map, Value};
+use std::time::Duration;
+
+/// Expo accepts at most 100 messages per request.
+pub const MAX_BATCH: usize = 100;
+const MAX_RESPONSE_BYTES: usize = 4 * 1024 * 1024;
+
+pub struct ExpoClient {
+    http: awc::Client,
+    send_url: String,
+    access_token: Option<String>,
+    flush_after: Duration,
+}
+
+impl ExpoClient {
+    pub fn new(settings: &ExpoSettings) -> Self {
+        let http = awc::Client::builder()
+            .timeout(settings.timeout)
+            .connector(awc::Connector::new().timeout(settings.timeout).limit(64))
+            .finish();
+        ExpoClient {
+            http,
+            send_url: format!(
+                "{}/--/api/v2/push/send",
+                settings.base_url.trim_end_matches('/')
+            ),
+            access_token: settings.access_token.clone(),
+            flush_after: settings.flush_after,
+        }
+    }
+}
+
+impl ProviderClient for ExpoClient {
+    fn provider(&self) -> Provider {
+        Provider::Expo
+    }
+
+    fn max_batch(&self) -> usize {
+        MAX_BATCH
+    }
+
+    fn flush_after(&self) -> Duration {
+        self.flush_after
+    }
+
+    fn send(&self, jobs: &[Job]) -> LocalBoxFuture<'static, Vec<SendResult>> {
+        let body: Vec<Value> = jobs.iter().map(message).collect();
+        let n = jobs.len();
+        let mut req = self
+            .http
+            .post(&self.send_url)
+            .insert_header(("accept", "application/json"))
+            .insert_header(("accept-encoding", "gzip"));
+        if let Some(token) = &self.access_token {
+            req = req.bearer_auth(token);
+        }
+        Box::pin(async move {
+            let mut resp = match req.send_json(&body).await {
+                Ok(resp) => resp,
+                Err(e) => {
+                    return vec![
+                        SendResult::Retry {
+                            error: format!("expo: request failed: {e}"),
+                            after: None
+                        };
+                        n
+                    ]
+                }
+            };
+            let status = resp.status().as_u16();
+            let retry_after = resp
+                .headers()
+                .get("retry-after")
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.trim().parse::<u64>().ok())
+                .map(Duration::from_secs);
+            let body = match resp.body().limit(MAX_RESPONSE_BYTES).await {
+                Ok(body) => body,
+                Err(e) => {
+                    return vec![
+                        SendResult::Retry {
+                            error: format!("expo: reading the response failed: {e}"),
+                            after: None
+                        };
+                        n
+                    ]
+                }
+            };
+            classify_response(status, &body, retry_after, n)
+        })
+    }
+}
+
+/// The Expo message for one job (DESIGN §8): title, body, and `data` merged with the
+/// notification id so the app can de-duplicate and link to the pull API.
+pub fn message(job: &Job) -> Value {
+    let payload = job.payload.as_object().cloned().unwrap_or_default();
+    let mut data = match payload.get("data") {
+        Some(Value::Object(d)) => d.clone(),
+        _ => Map::new(),
+    };
+    data.insert(
+        "notification_id".into(),
+        Value::String(job.notification_id.to_string()),
+    );
+    let mut msg = Map::new();
+    msg.insert("to".into(), Value::String(job.token.clone()));
+    for key in [
+        "title",
+        "body",
+        "subtitle",
+        "sound",
+        "badge",
+        "ttl",
+        "expiration",
+        "channelId",
+        "categoryId",
+        "mutableContent",
+    ] {
+        if let Some(v) = payload.get(key).filter(|v| !v.is_null()) {
+            msg.insert(key.into(), v.clone());
+        }
+    }
+    msg.insert("data".into(), Value::Object(data));
+    let priority = match job.priority {
+        Priority::High => "high",
+        Priority::Normal => "default",
+    };
+    msg.insert("priority".into(), json!(priority));
+    Value::Object(msg)
+}
+
+#[derive(Deserialize)]
+struct SendResponse {
+    data: Vec<Ticket>,
+}
+
+#[derive(Deserialize)]
+struct Ticket {
+    status: String,
+    id: Option<String>,
+    message: Option<String>,
+    details: Option<Details>,
+}
+
+#[derive(Deserialize)]
+struct Details {
+    error: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct ErrorResponse {
+    errors: Vec<RequestError>,
+}
+
+#[derive(Deserialize)]
+struct RequestError {
+    code: String,
+    message: Option<String>,
+}
+
+/// Classifies a whole response: one result per message sent.
+pub fn classify_response(
+    status: u16,
+    body: &[u8],
+    retry_after: Option<Duration>,
+    n: usize,
+) -> Vec<SendResult> {
+    if status == 200 {
+        return match serde_json::from_slice::<SendResponse>(body) {
+            Ok(r) if r.data.len() == n => r.data.into_iter().map(classify_ticket).collect(),
+            Ok(r) => vec![
+                SendResult::Retry {
+                    error: format!("expo: {} tickets for {n} messages", r.data.len()),
+                    after: None
+                };
+                n
+            ],
+            Err(e) => vec![
+                SendResult::Retry {
+                    error: format!("expo: unreadable 200 response: {e}"),
+                    after: None
+                };
+                n
+            ],
+        };
+    }
+    let (code, message) = match serde_json::from_slice::<ErrorResponse>(body) {
+        Ok(r) => r
+            .errors
+            .into_iter()
+            .next()
+            .map(|e| (e.code, e.message.unwrap_or_default()))
+            .unwrap_or_default(),
+        Err(_) => (
+            String::new(),
+            String::from_utf8_lossy(&body[..body.len().min(200)]).into_owned(),
+        ),
+    };
+    let error = format!("expo: HTTP {status} {code}: {message}").replace(" : ", ": ");
+    let result = match (status, code.as_str()) {
+        (401, _) | (_, "UNAUTHORIZED") => SendResult::Auth { error },
+        (429, _) | (_, "TOO_MANY_REQUESTS") => SendResult::Retry {
+            error,
+            after: retry_after,
+        },
+        (500..=599, _) => SendResult::Retry {
+            error,
+            after: retry_after,
+        },
+        _ => SendResult::Permanent { error },
+    };
+    vec![result; n]
+}
+
+/// Classifies one ticket (the same table applies to receipts).
+fn classify_ticket(t: Ticket) -> SendResult {
+    if t.status == "ok" {
+        return SendResult::Delivered {
+            provider_message_id: t.id,
+        };
+    }
+    let code = t.details.and_then(|d| d.error).unwrap_or_default();
+    let error = format!("expo: {code}: {}", t.message.unwrap_or_default());
+    match code.as_str() {
+        "DeviceNotRegistered" => SendResult::InvalidToken { error },
+        "MessageRateExceeded" | "ExpoError" | "ProviderError" => {
+            SendResult::Retry { error, after: None }
+        }
+        "InvalidCredentials" | "MismatchSenderId" => SendResult::Auth { error },
+        _ => SendResult::Permanent { error },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use uuid::Uuid;
+
+    fn job(payload: Value) -> Job {
+        Job {
+            delivery_id: Uuid::new_v4(),
+            notification_id: Uuid::nil(),
+            device_id: Uuid::new_v4(),
+            user_id: "u".into(),
+            provider: Provider::Expo,
+            token: "ExponentPushToken[x]".into(),
+            payload,
+            priority: Priority::High,
+            trace_id: "t".into(),
+            attempt: 0,
+        }
+    }
+
+    #[test]
+    fn the_message_merges_the_notification_id_into_data() {
+        let m = message(&job(
+            json!({"title": "T", "body": "B", "data": {"order": 7}, "sound": "default", "x": 1}),
+        ));
+        assert_eq!(
+            m,
+            json!({"to": "ExponentPushToken[x]", "title": "T", "body": "B", "sound": "default",
+                   "data": {"order": 7, "notification_id": Uuid::nil().to_string()}, "priority": "high"})
+        );
+    }
+
+    #[test]
+    fn tickets_are_classified_as_providers_md_says() {
+        let body = json!({"data": [
+            {"status": "ok", "id": "r1"},
+            {"status": "error", "message": "gone", "details": {"error": "DeviceNotRegistered"}},
+            {"status": "error", "message": "big", "details": {"error": "MessageTooBig"}},
+            {"status": "error", "message": "slow", "details": {"error": "MessageRateExceeded"}},
+            {"status": "error", "message": "creds", "details": {"error": "InvalidCredentials"}},
+            {"status": "error", "message": "dev", "details": {"error": "DeveloperError"}},
+        ]});
+        let r = classify_response(200, body.to_string().as_bytes(), None, 6);
+        assert_eq!(
+            r[0],
+            SendResult::Delivered {
+                provider_message_id: Some("r1".into())
+            }
+        );
+        assert!(matches!(r[1], SendResult::InvalidToken { .. }));
+        assert!(matches!(r[2], SendResult::Permanent { .. }));
+        assert!(matches!(r[3], SendResult::Retry { .. }));
+        assert!(matches!(r[4], SendResult::Auth { .. }));
+        assert!(matches!(r[5], SendResult::Permanent { .. }));
+    }
+
+    #[test]
+    fn request_level_errors_apply_to_every_message() {
+        let body = |code: &str| json!({"errors": [{"code": code, "message": "m"}]}).to_string();
+        let r = classify_response(
+            429,
+            body("TOO_MANY_REQUESTS").as_bytes(),
+            Some(Duration::from_secs(3)),
+            2,
+        );
+        assert_eq!(r.len(), 2);
+        assert_eq!(
+            r[0],
+            SendResult::Retry {
+                error: "expo: HTTP 429 TOO_MANY_REQUESTS: m".into(),
+                after: Some(Duration::from_secs(3))
+            }
+        );
+        assert!(matches!(
+            classify_response(503, b"oops", None, 1)[0],
+            SendResult::Retry { .. }
+        ));
+        assert!(matches!(
+            classify_response(401, body("UNAUTHORIZED").as_bytes(), None, 1)[0],
+            SendResult::Auth { .. }
+        ));
+        assert!(matches!(
+            classify_response(400, body("PUSH_TOO_MANY_NOTIFICATIONS").as_bytes(), None, 1)[0],
+            SendResult::Permanent { .. }
+        ));
+    }
+
+    #[test]
+    fn a_ticket_count_mismatch_is_retried_not_misattributed() {
+        let body = json!({"data": [{"status": "ok", "id": "r1"}]}).to_string();
+        assert!(classify_response(200, body.as_bytes(), None, 2)
+            .iter()
+            .all(|r| matches!(r, SendResult::Retry { .. })));
+    }
+}

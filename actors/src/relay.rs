@@ -1,0 +1,386 @@
+//! The Redis side of the relay: streams, the delayed set, the dead-letter stream, idempotency
+//! keys and counters. Key names live in [`crate::keys`], whose docs explain the layout.
+//!
+//! Every hot-path call is one pipeline per batch: writing 1,000 jobs is one round trip.
+
+use crate::error::Result;
+use crate::events::Tally;
+use crate::job::{EntryRef, Job};
+use crate::keys::{Keys, COUNTER_TTL, DELIVERED_TTL, GROUP, JOB_FIELD};
+use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
+use redis::streams::{StreamAutoClaimReply, StreamId, StreamReadReply};
+use redis::{AsyncConnectionConfig, Client, Script, Value};
+use std::collections::BTreeMap;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// Moves due members of a delayed set to its stream, atomically: a member is either still in
+/// the set or in the stream, never both and never neither, however many schedulers run this.
+const MOVE_DUE: &str = r"
+local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[2]))
+for _, member in ipairs(due) do
+  redis.call('XADD', KEYS[2], '*', ARGV[3], member)
+  redis.call('ZREM', KEYS[1], member)
+end
+return #due
+";
+
+/// One entry read from a stream: a job, or the raw fields and why they are not one.
+#[derive(Debug, Clone)]
+pub enum Entry {
+    Job(EntryRef, Job),
+    Poison {
+        entry: EntryRef,
+        raw: String,
+        reason: String,
+    },
+}
+
+/// A dead letter: a delivery that failed for good, with the original job.
+#[derive(Debug, Clone)]
+pub struct DeadLetter {
+    pub shard: u16,
+    pub reason: &'static str,
+    pub provider: String,
+    pub attempts: u32,
+    pub error: String,
+    pub job: String,
+}
+
+/// Everything one outcome batch writes to Redis.
+#[derive(Debug, Default)]
+pub struct RedisWrites {
+    /// Idempotency keys of delivered targets: (notification, device).
+    pub delivered: Vec<(uuid::Uuid, uuid::Uuid)>,
+    /// (shard, due time, job) for the delayed set.
+    pub retries: Vec<(u16, SystemTime, Job)>,
+    pub dead_letters: Vec<DeadLetter>,
+    /// Entries to acknowledge and delete.
+    pub acks: Vec<EntryRef>,
+    pub tally: Tally,
+}
+
+#[derive(Clone)]
+pub struct Relay {
+    client: Client,
+    conn: ConnectionManager,
+    keys: Keys,
+    move_due: Script,
+}
+
+impl Relay {
+    pub async fn connect(url: &str, keys: Keys) -> Result<Self> {
+        let client = Client::open(url)?;
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(Duration::from_secs(5)))
+            .set_response_timeout(Some(Duration::from_secs(5)))
+            .set_number_of_retries(3);
+        let conn = client.get_connection_manager_with_config(config).await?;
+        Ok(Relay {
+            client,
+            conn,
+            keys,
+            move_due: Script::new(MOVE_DUE),
+        })
+    }
+
+    pub fn keys(&self) -> &Keys {
+        &self.keys
+    }
+
+    /// The shared, auto-reconnecting connection for short commands.
+    pub fn conn(&self) -> ConnectionManager {
+        self.conn.clone()
+    }
+
+    /// A connection of its own for blocking reads. redis-rs gives up on a reply after 500 ms by
+    /// default while the server keeps blocking, so the response timeout here outlasts `block`.
+    pub async fn blocking_connection(&self, block: Duration) -> Result<MultiplexedConnection> {
+        let config = AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(Duration::from_secs(5)))
+            .set_response_timeout(Some(block + Duration::from_secs(5)));
+        Ok(self
+            .client
+            .get_multiplexed_async_connection_with_config(&config)
+            .await?)
+    }
+
+    pub async fn ping(&self) -> Result<()> {
+        let mut conn = self.conn();
+        redis::cmd("PING").query_async::<()>(&mut conn).await?;
+        Ok(())
+    }
+
+    /// Creates the consumer group of every shard (and the stream, `MKSTREAM`) unless it exists.
+    /// The group starts at `0`, so entries written before it existed are read too.
+    pub async fn ensure_groups(&self) -> Result<()> {
+        let mut conn = self.conn();
+        for shard in self.keys.shard_ids() {
+            let created = redis::cmd("XGROUP")
+                .arg("CREATE")
+                .arg(self.keys.stream(shard))
+                .arg(GROUP)
+                .arg("0")
+                .arg("MKSTREAM")
+                .query_async::<()>(&mut conn)
+                .await;
+            match created {
+                Err(e) if e.code() == Some("BUSYGROUP") => {}
+                other => other?,
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes jobs to their shards' streams in one pipeline.
+    pub async fn enqueue(&self, jobs: &[Job]) -> Result<()> {
+        if jobs.is_empty() {
+            return Ok(());
+        }
+        let mut pipe = redis::pipe();
+        for job in jobs {
+            pipe.cmd("XADD")
+                .arg(self.keys.stream(job.shard(self.keys.shards())))
+                .arg("*")
+                .arg(JOB_FIELD)
+                .arg(job.to_json())
+                .ignore();
+        }
+        let mut conn = self.conn();
+        pipe.query_async::<()>(&mut conn).await?;
+        Ok(())
+    }
+
+    /// `XREADGROUP ... >` on one shard: up to `count` new entries, waiting up to `block`.
+    pub async fn read(
+        &self,
+        conn: &mut MultiplexedConnection,
+        shard: u16,
+        consumer: &str,
+        count: usize,
+        block: Duration,
+    ) -> Result<Vec<Entry>> {
+        let reply: Option<StreamReadReply> = redis::cmd("XREADGROUP")
+            .arg("GROUP")
+            .arg(GROUP)
+            .arg(consumer)
+            .arg("COUNT")
+            .arg(count)
+            .arg("BLOCK")
+            .arg(block.as_millis() as u64)
+            .arg("STREAMS")
+            .arg(self.keys.stream(shard))
+            .arg(">")
+            .query_async(conn)
+            .await?;
+        Ok(reply
+            .map(|r| {
+                r.keys
+                    .into_iter()
+                    .flat_map(|k| k.ids)
+                    .map(|id| parse_entry(shard, id))
+                    .collect()
+            })
+            .unwrap_or_default())
+    }
+
+    /// `XAUTOCLAIM`: takes over entries of this shard idle for at least `min_idle`. Returns the
+    /// cursor for the next call ("0-0" when the scan wrapped), the claimed entries, and the ids
+    /// of pending entries whose data was already deleted.
+    pub async fn autoclaim(
+        &self,
+        shard: u16,
+        consumer: &str,
+        min_idle: Duration,
+        start: &str,
+        count: usize,
+    ) -> Result<(String, Vec<Entry>, Vec<String>)> {
+        let mut conn = self.conn();
+        let reply: StreamAutoClaimReply = redis::cmd("XAUTOCLAIM")
+            .arg(self.keys.stream(shard))
+            .arg(GROUP)
+            .arg(consumer)
+            .arg(min_idle.as_millis() as u64)
+            .arg(start)
+            .arg("COUNT")
+            .arg(count)
+            .query_async(&mut conn)
+            .await?;
+        let entries = reply
+            .claimed
+            .into_iter()
+            .map(|id| parse_entry(shard, id))
+            .collect();
+        Ok((reply.next_stream_id, entries, reply.deleted_ids))
+    }
+
+    /// Which of these targets already carry an idempotency key (one pipeline).
+    pub async fn delivered(&self, jobs: &[&Job]) -> Result<Vec<bool>> {
+        if jobs.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut pipe = redis::pipe();
+        for job in jobs {
+            pipe.cmd("EXISTS")
+                .arg(self.keys.delivered(job.notification_id, job.device_id));
+        }
+        let mut conn = self.conn();
+        Ok(pipe.query_async(&mut conn).await?)
+    }
+
+    /// Moves up to `limit` due retries of one shard back to its stream; returns how many moved.
+    pub async fn move_due(&self, shard: u16, limit: usize) -> Result<usize> {
+        let now_ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_millis() as u64;
+        let mut conn = self.conn();
+        let moved: usize = self
+            .move_due
+            .key(self.keys.delayed(shard))
+            .key(self.keys.stream(shard))
+            .arg(now_ms)
+            .arg(limit)
+            .arg(JOB_FIELD)
+            .invoke_async(&mut conn)
+            .await?;
+        Ok(moved)
+    }
+
+    /// Stores one outcome batch in Redis. Per shard, the retries, dead letters, `XACK` and
+    /// `XDEL` go in one `MULTI` (the shard's keys share a hash tag), so an entry is never
+    /// acknowledged without its retry or dead letter being written, nor the reverse.
+    pub async fn write_outcomes(&self, writes: &RedisWrites, day: &str) -> Result<()> {
+        let mut conn = self.conn();
+        if !writes.delivered.is_empty() || !writes.tally.is_empty() {
+            let mut pipe = redis::pipe();
+            for (n, d) in &writes.delivered {
+                pipe.cmd("SET")
+                    .arg(self.keys.delivered(*n, *d))
+                    .arg("1")
+                    .arg("NX")
+                    .arg("EX")
+                    .arg(DELIVERED_TTL.as_secs())
+                    .ignore();
+            }
+            for (event, provider, n) in writes.tally.iter() {
+                let key = self.keys.counter(event, provider, day);
+                pipe.cmd("INCRBY").arg(&key).arg(n).ignore();
+                pipe.cmd("EXPIRE")
+                    .arg(&key)
+                    .arg(COUNTER_TTL.as_secs())
+                    .ignore();
+            }
+            pipe.query_async::<()>(&mut conn).await?;
+        }
+
+        let mut by_shard: BTreeMap<u16, redis::Pipeline> = BTreeMap::new();
+        for (shard, due, job) in &writes.retries {
+            let score = due
+                .duration_since(UNIX_EPOCH)
+                .unwrap_or_default()
+                .as_millis() as u64;
+            atomic_pipe(&mut by_shard, *shard)
+                .cmd("ZADD")
+                .arg(self.keys.delayed(*shard))
+                .arg(score)
+                .arg(job.to_json())
+                .ignore();
+        }
+        for dl in &writes.dead_letters {
+            atomic_pipe(&mut by_shard, dl.shard)
+                .cmd("XADD")
+                .arg(self.keys.dlq(dl.shard))
+                .arg("*")
+                .arg("reason")
+                .arg(dl.reason)
+                .arg("provider")
+                .arg(&dl.provider)
+                .arg("attempts")
+                .arg(dl.attempts)
+                .arg("error")
+                .arg(&dl.error)
+                .arg(JOB_FIELD)
+                .arg(&dl.job)
+                .ignore();
+        }
+        let mut acks: BTreeMap<u16, Vec<&str>> = BTreeMap::new();
+        for e in &writes.acks {
+            acks.entry(e.shard).or_default().push(e.id.as_str());
+        }
+        for (shard, ids) in &acks {
+            let stream = self.keys.stream(*shard);
+            let p = atomic_pipe(&mut by_shard, *shard);
+            p.cmd("XACK").arg(&stream).arg(GROUP).arg(ids).ignore();
+            // Deleting what is acknowledged keeps the stream to unfinished work, which is the
+            // only trimming the main stream ever gets.
+            p.cmd("XDEL").arg(&stream).arg(ids).ignore();
+        }
+        for pipe in by_shard.values() {
+            pipe.query_async::<()>(&mut conn).await?;
+        }
+        Ok(())
+    }
+}
+
+fn atomic_pipe(pipes: &mut BTreeMap<u16, redis::Pipeline>, shard: u16) -> &mut redis::Pipeline {
+    pipes.entry(shard).or_insert_with(|| {
+        let mut p = redis::pipe();
+        p.atomic();
+        p
+    })
+}
+
+fn parse_entry(shard: u16, id: StreamId) -> Entry {
+    let entry = EntryRef { shard, id: id.id };
+    match id.map.get(JOB_FIELD) {
+        Some(Value::BulkString(raw)) => match Job::from_json(raw) {
+            Ok(job) => Entry::Job(entry, job),
+            Err(reason) => Entry::Poison {
+                entry,
+                raw: String::from_utf8_lossy(raw).into_owned(),
+                reason,
+            },
+        },
+        _ => {
+            let raw = format!("{:?}", id.map);
+            Entry::Poison {
+                entry,
+                raw,
+                reason: format!("entry has no `{JOB_FIELD}` field"),
+            }
+        }
+    }
+}
+
+impl Relay {
+    /// Adds a batch of counter increments (daily keys with a TTL) in one pipeline.
+    pub async fn add_counters(&self, tally: &Tally, day: &str) -> Result<()> {
+        if tally.is_empty() {
+            return Ok(());
+        }
+        let mut pipe = redis::pipe();
+        for (event, provider, n) in tally.iter() {
+            let key = self.keys.counter(event, provider, day);
+            pipe.cmd("INCRBY").arg(&key).arg(n).ignore();
+            pipe.cmd("EXPIRE")
+                .arg(&key)
+                .arg(COUNTER_TTL.as_secs())
+                .ignore();
+        }
+        let mut conn = self.conn();
+        pipe.query_async::<()>(&mut conn).await?;
+        Ok(())
+    }
+
+    /// Acknowledges pending ids whose entries no longer exist (reported by `XAUTOCLAIM`).
+    pub async fn ack_deleted(&self, shard: u16, ids: &[String]) -> Result<()> {
+        let mut conn = self.conn();
+        redis::cmd("XACK")
+            .arg(self.keys.stream(shard))
+            .arg(GROUP)
+            .arg(ids)
+            .query_async::<()>(&mut conn)
+            .await?;
+        Ok(())
+    }
+}

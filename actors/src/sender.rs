@@ -1,0 +1,115 @@
+//! SenderActor: one member of a provider's pool. It gathers deliveries into provider-sized
+//! batches (100 for Expo, or whatever arrived within `flush_after`), sends each batch as one
+//! request, and hands the classified results to the outcome writer. Several requests of one
+//! sender are in flight at once; the stream readers' permits bound the total.
+
+use crate::dispatcher::Handle;
+use crate::error::EngineError;
+use crate::job::{Delivery, Outcome, SendResult};
+use crate::messages::{Deliver, Record};
+use crate::outcome::OutcomeWriter;
+use crate::providers::{ClientFactory, ProviderClient};
+use crate::registry::Envelope;
+use crate::supervisor::Lifecycle;
+use actix::prelude::*;
+use futures_util::FutureExt;
+use slog::warn;
+use std::panic::AssertUnwindSafe;
+use std::time::Instant;
+
+pub struct SenderActor {
+    life: Lifecycle,
+    client: Box<dyn ProviderClient>,
+    buffer: Vec<Delivery>,
+    flush_scheduled: bool,
+    outcomes: Handle<OutcomeWriter>,
+}
+
+impl SenderActor {
+    pub fn new(life: Lifecycle, factory: &ClientFactory, outcomes: Handle<OutcomeWriter>) -> Self {
+        SenderActor {
+            life,
+            client: factory(),
+            buffer: Vec::new(),
+            flush_scheduled: false,
+            outcomes,
+        }
+    }
+
+    fn send_full_batches(&mut self, ctx: &mut Context<Self>) {
+        let max = self.client.max_batch();
+        while self.buffer.len() >= max {
+            let rest = self.buffer.split_off(max);
+            let batch = std::mem::replace(&mut self.buffer, rest);
+            self.send(batch, ctx);
+        }
+    }
+
+    fn send(&mut self, batch: Vec<Delivery>, ctx: &mut Context<Self>) {
+        let jobs: Vec<_> = batch.iter().map(|d| d.job.clone()).collect();
+        let request = self.client.send(&jobs);
+        let outcomes = self.outcomes.clone();
+        let log = self.life.log.clone();
+        ctx.spawn(
+            async move {
+                let started = Instant::now();
+                let n = batch.len();
+                // A panicking provider client must not take the batch with it: retry it instead.
+                let results = AssertUnwindSafe(request).catch_unwind().await.unwrap_or_else(|p| {
+                    let error = format!("sender {}", EngineError::from_panic(p));
+                    vec![SendResult::Retry { error, after: None }; n]
+                });
+                let latency_ms = started.elapsed().as_millis() as u64;
+                let outcomes_batch: Vec<Outcome> = batch
+                    .into_iter()
+                    .zip(results)
+                    .map(|(delivery, result)| Outcome::Sent { delivery, result, latency_ms })
+                    .collect();
+                // If the writer is gone, the entries stay pending and are claimed again later.
+                if let Err(e) = outcomes.addr.send(outcomes.stats.envelope(Record { outcomes: outcomes_batch })).await {
+                    warn!(log, "outcome writer unreachable; entries will be reclaimed"; "error" => %e);
+                }
+            }
+            .into_actor(self),
+        );
+    }
+}
+
+impl Actor for SenderActor {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        ctx.set_mailbox_capacity(self.life.stats.mailbox_capacity);
+        self.life.on_started();
+    }
+
+    fn stopped(&mut self, _: &mut Context<Self>) {
+        self.life.on_stopped();
+    }
+}
+
+impl Supervised for SenderActor {
+    fn restarting(&mut self, _: &mut Context<Self>) {
+        self.life.on_restarting();
+        self.flush_scheduled = false;
+    }
+}
+
+impl Handler<Envelope<Deliver>> for SenderActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: Envelope<Deliver>, ctx: &mut Context<Self>) {
+        self.buffer.extend(msg.msg.deliveries);
+        self.send_full_batches(ctx);
+        if !self.buffer.is_empty() && !self.flush_scheduled {
+            self.flush_scheduled = true;
+            ctx.run_later(self.client.flush_after(), |act, ctx| {
+                act.flush_scheduled = false;
+                let batch = std::mem::take(&mut act.buffer);
+                if !batch.is_empty() {
+                    act.send(batch, ctx);
+                }
+            });
+        }
+    }
+}

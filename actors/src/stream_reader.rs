@@ -1,0 +1,155 @@
+//! StreamReaderActor: reads one shard's stream with `XREADGROUP` and dispatches what it reads.
+//!
+//! It takes in-flight permits before each read and asks for no more entries than it got
+//! permits, so a slow provider or a slow database stops the reading instead of filling
+//! mailboxes. Blocking reads use a connection of their own (see [`Relay::blocking_connection`]).
+
+use crate::dispatcher::Dispatcher;
+use crate::error::Result;
+use crate::inflight::InFlight;
+use crate::messages::ReadNext;
+use crate::relay::Relay;
+use crate::supervisor::{guarded, Lifecycle, Shutdown};
+use actix::prelude::*;
+use redis::aio::MultiplexedConnection;
+use slog::warn;
+use std::time::Duration;
+
+/// Longest a read waits on the server for new entries.
+const BLOCK: Duration = Duration::from_secs(1);
+/// Most entries one read asks for.
+const READ_BATCH: usize = 500;
+
+pub struct StreamReaderActor {
+    life: Lifecycle,
+    shard: u16,
+    consumer: String,
+    relay: Relay,
+    dispatcher: Dispatcher,
+    inflight: InFlight,
+    shutdown: Shutdown,
+    conn: Option<MultiplexedConnection>,
+}
+
+impl StreamReaderActor {
+    pub fn new(
+        life: Lifecycle,
+        shard: u16,
+        consumer: String,
+        dispatcher: Dispatcher,
+        inflight: InFlight,
+        shutdown: Shutdown,
+    ) -> Self {
+        let relay = dispatcher.relay.clone();
+        StreamReaderActor {
+            life,
+            shard,
+            consumer,
+            relay,
+            dispatcher,
+            inflight,
+            shutdown,
+            conn: None,
+        }
+    }
+}
+
+/// One read: permits, `XREADGROUP`, dispatch. Returns the connection for the next read.
+async fn read_once(
+    relay: Relay,
+    conn: Option<MultiplexedConnection>,
+    shard: u16,
+    consumer: String,
+    dispatcher: Dispatcher,
+    inflight: InFlight,
+    shutdown: Shutdown,
+) -> Result<MultiplexedConnection> {
+    let mut conn = match conn {
+        Some(c) => c,
+        None => relay.blocking_connection(BLOCK).await?,
+    };
+    let permits = inflight.take(READ_BATCH).await;
+    if shutdown.is_triggered() {
+        inflight.release(permits);
+        return Ok(conn);
+    }
+    let entries = match relay
+        .read(&mut conn, shard, &consumer, permits, BLOCK)
+        .await
+    {
+        Ok(entries) => entries,
+        Err(crate::error::EngineError::Redis(e)) if e.code() == Some("NOGROUP") => {
+            // The stream or its group vanished (Redis restarted or was flushed): recreate them.
+            inflight.release(permits);
+            relay.ensure_groups().await?;
+            return Ok(conn);
+        }
+        Err(e) => {
+            inflight.release(permits);
+            return Err(e);
+        }
+    };
+    inflight.release(permits - entries.len());
+    let n = entries.len();
+    if let Err(e) = dispatcher.dispatch(entries, false).await {
+        // Undispatched entries stay pending in Redis and are claimed again; free their permits.
+        inflight.release(n);
+        return Err(e);
+    }
+    Ok(conn)
+}
+
+impl Actor for StreamReaderActor {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        ctx.set_mailbox_capacity(self.life.stats.mailbox_capacity);
+        let delay = self.life.on_started();
+        ctx.run_later(delay, |_, ctx| ctx.notify(ReadNext));
+    }
+
+    fn stopped(&mut self, _: &mut Context<Self>) {
+        self.life.on_stopped();
+    }
+}
+
+impl Supervised for StreamReaderActor {
+    fn restarting(&mut self, _: &mut Context<Self>) {
+        self.life.on_restarting();
+        self.conn = None;
+    }
+}
+
+impl Handler<ReadNext> for StreamReaderActor {
+    type Result = ();
+
+    fn handle(&mut self, _: ReadNext, ctx: &mut Context<Self>) {
+        if self.shutdown.is_triggered() {
+            return;
+        }
+        let fut = guarded(read_once(
+            self.relay.clone(),
+            self.conn.take(),
+            self.shard,
+            self.consumer.clone(),
+            self.dispatcher.clone(),
+            self.inflight.clone(),
+            self.shutdown.clone(),
+        ));
+        ctx.wait(fut.into_actor(self).map(|res, act, ctx| match res {
+            Ok(conn) => {
+                act.conn = Some(conn);
+                act.life.healthy();
+                ctx.notify(ReadNext);
+            }
+            Err(e) => {
+                if act.shutdown.is_triggered() {
+                    warn!(act.life.log, "read failed during shutdown"; "error" => e.chain());
+                    return;
+                }
+                act.life.failed(&e);
+                ctx.stop();
+            }
+        }));
+    }
+}

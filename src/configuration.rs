@@ -1,0 +1,530 @@
+//! Configuration: `config/default.toml` (compiled in), then the file given by `--config` or
+//! `NOTIFY_CONFIG`, then the conventional `DATABASE_URL`, `REDIS_URL` and `WORKER_CONCURRENCY`,
+//! then `NOTIFY__<SECTION>__<KEY>` variables. Loaded and validated once at start-up: a bad value
+//! stops the process with a message naming its key. Secrets are wrapped in [`Secret`] so they
+//! cannot reach a log.
+
+use actors::settings::{EngineSettings, ExpoSettings, RetryPolicy, Roles};
+use config::{Config, Environment, File, FileFormat};
+use serde::Deserialize;
+use std::collections::HashMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+const DEFAULTS: &str = include_str!("../config/default.toml");
+
+/// A value that must never be printed: `Debug` and `Display` show `[redacted]`.
+#[derive(Clone, Deserialize, PartialEq, Eq)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(s: impl Into<String>) -> Self {
+        Secret(s.into())
+    }
+
+    /// The secret itself, for the one place that needs it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("[redacted]")
+    }
+}
+
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum ConfigError {
+    #[error("configuration could not be loaded: {0}")]
+    Load(String),
+    #[error("invalid configuration: `{key}` {message}")]
+    Invalid { key: &'static str, message: String },
+}
+
+fn invalid(key: &'static str, message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key,
+        message: message.into(),
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Settings {
+    pub database: DatabaseSettings,
+    pub redis: RedisSettings,
+    pub worker: WorkerSettings,
+    pub listener: ListenerSettings,
+    pub retry: RetrySettings,
+    pub claim: ClaimSettings,
+    pub scheduler: SchedulerSettings,
+    pub providers: ProvidersSettings,
+    pub http: HttpSettings,
+    pub auth: AuthSettings,
+    pub shutdown: ShutdownSettings,
+    pub log: LogSettings,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DatabaseSettings {
+    /// Postgres URL (may hold a password); `sslmode=require` asks for TLS.
+    pub url: Secret,
+    /// Pooled connections for fan-out, outcome writes and the API.
+    pub pool_size: usize,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RedisSettings {
+    /// `redis://` or `rediss://` URL (may hold a password).
+    pub url: Secret,
+    /// First segment of every key.
+    pub key_prefix: String,
+    /// Number of stream shards.
+    pub shards: u16,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WorkerSettings {
+    /// Deliveries in flight per process.
+    pub concurrency: usize,
+    /// SenderActors (one thread each) per enabled provider.
+    pub senders_per_provider: usize,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenerSettings {
+    /// Notifications claimed per fan-out transaction.
+    pub batch_size: i64,
+    /// Period of the sweep, in ms.
+    pub sweep_interval_ms: u64,
+    /// A queued/retrying target without progress for this many ms is re-enqueued.
+    pub stale_after_ms: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetrySettings {
+    /// Attempts per target before it is dead-lettered.
+    pub max_attempts: u32,
+    /// First backoff ceiling, in ms.
+    pub base_ms: u64,
+    /// Largest backoff, in ms (also the clamp for `Retry-After`).
+    pub max_ms: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClaimSettings {
+    /// Period of the XAUTOCLAIM pass, in ms.
+    pub interval_ms: u64,
+    /// Idle time after which a pending entry is taken over, in ms.
+    pub min_idle_ms: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SchedulerSettings {
+    /// Period of the move of due retries back to the stream, in ms.
+    pub delay_poll_ms: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProvidersSettings {
+    pub expo: ExpoProviderSettings,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExpoProviderSettings {
+    pub enabled: bool,
+    /// `https://exp.host`, or an emulator.
+    pub base_url: String,
+    /// Only with Expo's "enhanced push security".
+    pub access_token: Option<Secret>,
+    /// Request timeout, in ms.
+    pub timeout_ms: u64,
+    /// How long a sender waits to fill a 100-message request, in ms.
+    pub flush_after_ms: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpSettings {
+    /// API listen address.
+    pub addr: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthSettings {
+    /// Bearer token for `/admin/*`; unset means the admin routes refuse everyone.
+    pub admin_token: Option<Secret>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ShutdownSettings {
+    /// How long SIGTERM waits for in-flight work, in ms.
+    pub grace_ms: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogSettings {
+    /// trace | debug | info | warning | error | critical
+    pub level: String,
+}
+
+impl Settings {
+    /// Loads the layers. `env` is the process environment (a parameter so tests can pass
+    /// their own without touching the process's).
+    pub fn load(
+        file: Option<&Path>,
+        env: &HashMap<String, String>,
+    ) -> Result<Settings, ConfigError> {
+        let mut builder = Config::builder().add_source(File::from_str(DEFAULTS, FileFormat::Toml));
+        if let Some(path) = file {
+            if !path.exists() {
+                return Err(ConfigError::Load(format!(
+                    "config file {} does not exist",
+                    path.display()
+                )));
+            }
+            builder = builder.add_source(File::from(path).required(true));
+        }
+        // The conventional variables sit below the NOTIFY__ ones, which are more specific.
+        for (var, key) in [
+            ("DATABASE_URL", "database.url"),
+            ("REDIS_URL", "redis.url"),
+            ("WORKER_CONCURRENCY", "worker.concurrency"),
+        ] {
+            let specific = format!("NOTIFY__{}", key.replace('.', "__").to_uppercase());
+            if let (Some(value), false) = (env.get(var), env.contains_key(&specific)) {
+                builder = builder
+                    .set_override(key, value.as_str())
+                    .map_err(|e| ConfigError::Load(e.to_string()))?;
+            }
+        }
+        let notify_vars: config::Map<String, String> = env
+            .iter()
+            .filter(|(k, _)| k.starts_with("NOTIFY__"))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        builder = builder.add_source(
+            Environment::with_prefix("NOTIFY")
+                .prefix_separator("__")
+                .separator("__")
+                .try_parsing(true)
+                .source(Some(notify_vars)),
+        );
+        let settings: Settings = builder
+            .build()
+            .and_then(Config::try_deserialize)
+            .map_err(|e| ConfigError::Load(e.to_string()))?;
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    /// Checks every value once; each error names its key.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        self.pg_config()?;
+        if self.database.pool_size == 0 {
+            return Err(invalid("database.pool_size", "must be at least 1"));
+        }
+        let url = self.redis.url.expose();
+        if !(url.starts_with("redis://")
+            || url.starts_with("rediss://")
+            || url.starts_with("unix://"))
+        {
+            return Err(invalid(
+                "redis.url",
+                "must start with redis://, rediss:// or unix://",
+            ));
+        }
+        redis::Client::open(url).map_err(|_| invalid("redis.url", "is not a valid Redis URL"))?;
+        let prefix = &self.redis.key_prefix;
+        if prefix.is_empty()
+            || prefix
+                .chars()
+                .any(|c| c.is_whitespace() || c == '{' || c == '}')
+        {
+            return Err(invalid(
+                "redis.key_prefix",
+                "must be non-empty, without spaces or braces",
+            ));
+        }
+        if !(1..=1024).contains(&self.redis.shards) {
+            return Err(invalid(
+                "redis.shards",
+                format!("must be between 1 and 1024, got {}", self.redis.shards),
+            ));
+        }
+        if !(1..=100_000).contains(&self.worker.concurrency) {
+            return Err(invalid(
+                "worker.concurrency",
+                format!(
+                    "must be between 1 and 100000, got {}",
+                    self.worker.concurrency
+                ),
+            ));
+        }
+        if !(1..=64).contains(&self.worker.senders_per_provider) {
+            return Err(invalid(
+                "worker.senders_per_provider",
+                "must be between 1 and 64",
+            ));
+        }
+        if !(1..=10_000).contains(&self.listener.batch_size) {
+            return Err(invalid(
+                "listener.batch_size",
+                "must be between 1 and 10000",
+            ));
+        }
+        if self.listener.sweep_interval_ms < 100 {
+            return Err(invalid(
+                "listener.sweep_interval_ms",
+                "must be at least 100",
+            ));
+        }
+        if self.listener.stale_after_ms < 1000 {
+            return Err(invalid("listener.stale_after_ms", "must be at least 1000"));
+        }
+        if self.retry.max_attempts == 0 {
+            return Err(invalid("retry.max_attempts", "must be at least 1"));
+        }
+        if self.retry.base_ms == 0 {
+            return Err(invalid("retry.base_ms", "must be at least 1"));
+        }
+        if self.retry.max_ms < self.retry.base_ms {
+            return Err(invalid(
+                "retry.max_ms",
+                format!("must be at least retry.base_ms ({})", self.retry.base_ms),
+            ));
+        }
+        if self.claim.interval_ms < 10 {
+            return Err(invalid("claim.interval_ms", "must be at least 10"));
+        }
+        if self.scheduler.delay_poll_ms < 10 {
+            return Err(invalid("scheduler.delay_poll_ms", "must be at least 10"));
+        }
+        let expo = &self.providers.expo;
+        if expo.enabled {
+            if !(expo.base_url.starts_with("http://") || expo.base_url.starts_with("https://")) {
+                return Err(invalid(
+                    "providers.expo.base_url",
+                    format!("must be an http(s) URL, got '{}'", expo.base_url),
+                ));
+            }
+            if expo.timeout_ms == 0 {
+                return Err(invalid("providers.expo.timeout_ms", "must be at least 1"));
+            }
+        }
+        // A send still running must never be claimed and sent a second time in parallel.
+        if let Some(longest) = self.longest_provider_timeout_ms() {
+            if self.claim.min_idle_ms <= longest {
+                return Err(invalid(
+                    "claim.min_idle_ms",
+                    format!(
+                        "must exceed the longest provider timeout_ms ({longest}), got {}",
+                        self.claim.min_idle_ms
+                    ),
+                ));
+            }
+        }
+        self.http_addr()?;
+        self.log_level()?;
+        Ok(())
+    }
+
+    fn longest_provider_timeout_ms(&self) -> Option<u64> {
+        let expo = &self.providers.expo;
+        expo.enabled.then_some(expo.timeout_ms)
+    }
+
+    pub fn pg_config(&self) -> Result<tokio_postgres::Config, ConfigError> {
+        // The parser's message could quote the URL (and its password): say only what is wrong.
+        let mut config: tokio_postgres::Config =
+            self.database.url.expose().parse().map_err(|_| {
+                invalid(
+                    "database.url",
+                    "is not a valid Postgres URL (postgres://user:pass@host:port/db)",
+                )
+            })?;
+        actors::store::tls_only_when_required(&mut config);
+        if config.get_connect_timeout().is_none() {
+            config.connect_timeout(Duration::from_secs(5));
+        }
+        if config.get_application_name().is_none() {
+            config.application_name("notify-relay");
+        }
+        Ok(config)
+    }
+
+    pub fn http_addr(&self) -> Result<SocketAddr, ConfigError> {
+        self.http.addr.parse().map_err(|_| {
+            invalid(
+                "http.addr",
+                format!("must be host:port, got '{}'", self.http.addr),
+            )
+        })
+    }
+
+    pub fn log_level(&self) -> Result<slog::Level, ConfigError> {
+        self.log
+            .level
+            .parse()
+            .map_err(|_| invalid("log.level", format!("unknown level '{}'", self.log.level)))
+    }
+
+    pub fn grace(&self) -> Duration {
+        Duration::from_millis(self.shutdown.grace_ms)
+    }
+
+    /// What the engine needs, for the given roles and consumer name.
+    pub fn engine(&self, roles: Roles, consumer: String) -> EngineSettings {
+        let expo = &self.providers.expo;
+        EngineSettings {
+            roles,
+            concurrency: self.worker.concurrency,
+            consumer,
+            listener_batch: self.listener.batch_size,
+            sweep_interval: Duration::from_millis(self.listener.sweep_interval_ms),
+            stale_after: Duration::from_millis(self.listener.stale_after_ms),
+            retry: RetryPolicy {
+                max_attempts: self.retry.max_attempts,
+                base: Duration::from_millis(self.retry.base_ms),
+                max: Duration::from_millis(self.retry.max_ms),
+            },
+            claim_interval: Duration::from_millis(self.claim.interval_ms),
+            claim_min_idle: Duration::from_millis(self.claim.min_idle_ms),
+            delay_poll_interval: Duration::from_millis(self.scheduler.delay_poll_ms),
+            expo: expo.enabled.then(|| ExpoSettings {
+                base_url: expo.base_url.clone(),
+                access_token: expo.access_token.as_ref().map(|t| t.expose().to_string()),
+                timeout: Duration::from_millis(expo.timeout_ms),
+                flush_after: Duration::from_millis(expo.flush_after_ms),
+            }),
+            senders_per_provider: self.worker.senders_per_provider,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    fn error(pairs: &[(&str, &str)]) -> String {
+        Settings::load(None, &env(pairs))
+            .expect_err("should be rejected")
+            .to_string()
+    }
+
+    #[test]
+    fn the_shipped_defaults_are_valid() {
+        let s = Settings::load(None, &HashMap::new()).unwrap();
+        assert_eq!(s.redis.key_prefix, "notify");
+        assert_eq!(s.redis.shards, 1);
+    }
+
+    #[test]
+    fn notify_variables_override_the_conventional_ones() {
+        let s = Settings::load(
+            None,
+            &env(&[
+                ("WORKER_CONCURRENCY", "7"),
+                ("REDIS_URL", "redis://10.0.0.1:6379"),
+                ("NOTIFY__REDIS__URL", "redis://h:1"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(s.worker.concurrency, 7);
+        assert_eq!(s.redis.url.expose(), "redis://h:1");
+        let s = Settings::load(None, &env(&[("NOTIFY__REDIS__KEY_PREFIX", "staging")])).unwrap();
+        assert_eq!(s.redis.key_prefix, "staging");
+    }
+
+    #[test]
+    fn bad_values_name_their_key() {
+        assert!(error(&[("NOTIFY__RETRY__BASE_MS", "0")]).contains("`retry.base_ms`"));
+        assert!(error(&[("NOTIFY__REDIS__SHARDS", "0")]).contains("`redis.shards`"));
+        assert!(error(&[("WORKER_CONCURRENCY", "0")]).contains("`worker.concurrency`"));
+        assert!(error(&[("NOTIFY__HTTP__ADDR", "nowhere")]).contains("`http.addr`"));
+        assert!(error(&[("NOTIFY__LOG__LEVEL", "loud")]).contains("`log.level`"));
+        assert!(error(&[("NOTIFY__PROVIDERS__EXPO__BASE_URL", "exp.host")])
+            .contains("`providers.expo.base_url`"));
+        assert!(error(&[("NOTIFY__REDIS__URL", "http://x")]).contains("`redis.url`"));
+    }
+
+    #[test]
+    fn values_of_the_wrong_type_name_their_key() {
+        let err = error(&[("WORKER_CONCURRENCY", "lots")]);
+        assert!(err.contains("worker.concurrency"), "{err}");
+        let err = error(&[("NOTIFY__RETRY__MAX_ATTEMPTS", "-1")]);
+        assert!(err.contains("retry.max_attempts"), "{err}");
+    }
+
+    #[test]
+    fn unknown_keys_are_rejected() {
+        let err = error(&[("NOTIFY__RETRY__MAX_ATEMPTS", "3")]);
+        assert!(err.contains("max_atempts"), "{err}");
+    }
+
+    #[test]
+    fn claim_min_idle_must_exceed_every_provider_timeout() {
+        let err = error(&[
+            ("NOTIFY__CLAIM__MIN_IDLE_MS", "5000"),
+            ("NOTIFY__PROVIDERS__EXPO__TIMEOUT_MS", "10000"),
+        ]);
+        assert!(
+            err.contains("`claim.min_idle_ms` must exceed the longest provider timeout_ms (10000)"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_bad_database_url_is_named_without_echoing_it() {
+        let err = error(&[("DATABASE_URL", "postgres://u:hunter2@h:notaport/db")]);
+        assert!(err.contains("`database.url`"), "{err}");
+        assert!(!err.contains("hunter2"), "{err}");
+    }
+
+    #[test]
+    fn secrets_do_not_show_in_debug_output() {
+        let s = Settings::load(
+            None,
+            &env(&[
+                ("NOTIFY__AUTH__ADMIN_TOKEN", "s3cret"),
+                ("DATABASE_URL", "postgres://u:pw@h/db"),
+            ]),
+        )
+        .unwrap();
+        let printed = format!("{s:?}");
+        assert!(
+            !printed.contains("s3cret") && !printed.contains(":pw@"),
+            "{printed}"
+        );
+    }
+
+    #[test]
+    fn a_missing_config_file_is_reported() {
+        let err = Settings::load(Some(Path::new("/nonexistent/notify.toml")), &HashMap::new())
+            .unwrap_err();
+        assert!(err.to_string().contains("/nonexistent/notify.toml"));
+    }
+}

@@ -1,0 +1,380 @@
+//! `notify-relay loadgen`: an end-to-end benchmark on this machine.
+//!
+//! It starts the Expo emulator in-process, creates a fresh database (next to the configured
+//! one) with one Expo device per user, starts the relay as a child process against that
+//! database and a fresh Redis key prefix, commits the notifications (all in one transaction, or
+//! paced with `--rate`), and measures until every row is `delivered` in Postgres: throughput,
+//! latency from commit to the provider (p50/p90/p99/max), duplicates, and the relay's peak RSS
+//! (`VmHWM`). Then it stops the relay with SIGTERM and cleans up.
+
+use crate::configuration::Settings;
+use crate::mock::expo::ExpoEmulator;
+use std::collections::HashMap;
+use std::time::{Duration, Instant, SystemTime};
+
+#[derive(Debug, clap::Args)]
+pub struct LoadgenArgs {
+    /// Notifications to commit.
+    #[arg(long, default_value_t = 100_000)]
+    pub notifications: u64,
+    /// Distinct users (one Expo device each); notifications are spread evenly.
+    #[arg(long, default_value_t = 1_000)]
+    pub users: u64,
+    /// Commit at this many notifications per second (in 20 batches a second) instead of one
+    /// bulk transaction.
+    #[arg(long)]
+    pub rate: Option<u64>,
+    /// Give up after this many seconds.
+    #[arg(long, default_value_t = 600)]
+    pub timeout_secs: u64,
+    /// Where the relay's JSON logs go.
+    #[arg(long, default_value = "/tmp/notify-relay-loadgen.log")]
+    pub relay_log: String,
+    /// The relay's log level (its logs are part of the cost being measured).
+    #[arg(long, default_value = "info")]
+    pub relay_log_level: String,
+    /// Extra NAME=VALUE environment for the relay (e.g. NOTIFY__WORKER__CONCURRENCY=2000).
+    #[arg(long = "relay-env")]
+    pub relay_env: Vec<String>,
+    /// Keep the database and Redis keys afterwards.
+    #[arg(long)]
+    pub keep: bool,
+}
+
+type BoxError = Box<dyn std::error::Error>;
+
+pub async fn run(settings: &Settings, args: LoadgenArgs) -> Result<(), BoxError> {
+    if args.users == 0 || args.notifications == 0 {
+        return Err("--users and --notifications must be at least 1".into());
+    }
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let run_id = uuid::Uuid::new_v4().simple().to_string()[..8].to_string();
+    let db_name = format!("loadgen_{run_id}");
+    let prefix = format!("loadgen-{run_id}");
+    let base_url = settings.database.url.expose().to_string();
+    let db_url = with_database(&base_url, &db_name)?;
+
+    let expo = ExpoEmulator::start("127.0.0.1:0", None).await?;
+    let admin = connect(&base_url).await?;
+    admin
+        .batch_execute(&format!("CREATE DATABASE {db_name}"))
+        .await?;
+    eprintln!(
+        "loadgen: database {db_name}, key prefix {prefix}, expo emulator {}",
+        expo.url()
+    );
+
+    let result = measure(settings, &args, &db_url, &prefix, &expo).await;
+
+    if !args.keep {
+        let _ = admin
+            .batch_execute(&format!("DROP DATABASE IF EXISTS {db_name} WITH (FORCE)"))
+            .await;
+        if let Ok(client) = redis::Client::open(settings.redis.url.expose()) {
+            if let Ok(mut conn) = client.get_multiplexed_async_connection().await {
+                let keys: Vec<String> = redis::cmd("KEYS")
+                    .arg(format!("{prefix}:*"))
+                    .query_async(&mut conn)
+                    .await
+                    .unwrap_or_default();
+                for chunk in keys.chunks(500) {
+                    let _: Result<(), _> =
+                        redis::cmd("DEL").arg(chunk).query_async(&mut conn).await;
+                }
+            }
+        }
+    }
+    expo.stop().await;
+    result
+}
+
+async fn measure(
+    settings: &Settings,
+    args: &LoadgenArgs,
+    db_url: &str,
+    prefix: &str,
+    expo: &ExpoEmulator,
+) -> Result<(), BoxError> {
+    let pg_config = pg_config(db_url)?;
+    crate::migrate::run(&pg_config).await?;
+    let db = connect(db_url).await?;
+    db.execute(
+        "INSERT INTO device (user_id, provider, token)
+         SELECT 'loadgen-user-' || g, 'expo', 'ExponentPushToken[loadgen-' || g || ']' FROM generate_series(1, $1::int8) g",
+        &[&(args.users as i64)],
+    )
+    .await?;
+
+    let http_port = free_port()?;
+    let log_file = std::fs::File::create(&args.relay_log)?;
+    let mut cmd = tokio::process::Command::new(std::env::current_exe()?);
+    cmd.arg("run")
+        .env("NOTIFY__DATABASE__URL", db_url)
+        .env("NOTIFY__REDIS__URL", settings.redis.url.expose())
+        .env("NOTIFY__REDIS__KEY_PREFIX", prefix)
+        .env("NOTIFY__PROVIDERS__EXPO__BASE_URL", expo.url())
+        .env("NOTIFY__PROVIDERS__EXPO__ENABLED", "true")
+        .env("NOTIFY__HTTP__ADDR", format!("127.0.0.1:{http_port}"))
+        .env("NOTIFY__LOG__LEVEL", &args.relay_log_level)
+        .env_remove("NOTIFY_CONFIG")
+        .stdout(log_file)
+        .stderr(std::process::Stdio::inherit())
+        .kill_on_drop(true);
+    for pair in &args.relay_env {
+        let (k, v) = pair
+            .split_once('=')
+            .ok_or_else(|| format!("--relay-env {pair}: expected NAME=VALUE"))?;
+        cmd.env(k, v);
+    }
+    let mut relay = cmd.spawn()?;
+    let pid = relay.id().ok_or("relay exited at once")?;
+    wait_ready(http_port, Duration::from_secs(60)).await?;
+    let idle_rss = read_status_kb(pid, "VmRSS:").unwrap_or(0);
+
+    // Commit the notifications, remembering when each batch became visible.
+    let n = args.notifications as i64;
+    let users = args.users as i64;
+    let insert = "INSERT INTO notification (user_id, type, payload)
+                  SELECT 'loadgen-user-' || (1 + g % $3::int8), 'loadgen',
+                         jsonb_build_object('title', 'Load test', 'body', 'Notification ' || g,
+                                            'data', jsonb_build_object('seq', g))
+                    FROM generate_series($1::int8, $2::int8) g";
+    let mut commits: Vec<(i64, SystemTime)> = Vec::new(); // (last seq of the batch, commit time)
+    let started = Instant::now();
+    let first_commit;
+    match args.rate {
+        None => {
+            db.execute(insert, &[&1i64, &n, &users]).await?;
+            first_commit = SystemTime::now();
+            commits.push((n, first_commit));
+            eprintln!(
+                "loadgen: committed {n} notifications in one transaction ({} ms)",
+                started.elapsed().as_millis()
+            );
+        }
+        Some(rate) => {
+            let per_tick = (rate / 20).max(1) as i64;
+            let mut tick = tokio::time::interval(Duration::from_millis(50));
+            let mut next = 1i64;
+            first_commit = SystemTime::now();
+            while next <= n {
+                tick.tick().await;
+                let last = (next + per_tick - 1).min(n);
+                db.execute(insert, &[&next, &last, &users]).await?;
+                commits.push((last, SystemTime::now()));
+                next = last + 1;
+            }
+            eprintln!("loadgen: committed {n} notifications at {rate}/s");
+        }
+    }
+
+    // Wait until Postgres says every notification is final.
+    let deadline = Instant::now() + Duration::from_secs(args.timeout_secs);
+    let mut peak_rss = 0;
+    let done_at = loop {
+        peak_rss = peak_rss.max(read_status_kb(pid, "VmHWM:").unwrap_or(0));
+        let open: i64 = db
+            .query_one("SELECT count(*) FROM notification WHERE status IN ('pending', 'queued', 'retrying')", &[])
+            .await?
+            .get(0);
+        if open == 0 && commits.last().map(|c| c.0) == Some(n) {
+            break SystemTime::now();
+        }
+        if Instant::now() > deadline {
+            return Err(format!(
+                "timed out with {open} notifications not final, {} sent",
+                expo.sent_count()
+            )
+            .into());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    peak_rss = peak_rss.max(read_status_kb(pid, "VmHWM:").unwrap_or(0));
+    let row = db
+        .query_one(
+            "SELECT count(*) FILTER (WHERE status = 'delivered'), count(*) FILTER (WHERE status = 'failed') FROM notification",
+            &[],
+        )
+        .await?;
+    let (delivered, failed): (i64, i64) = (row.get(0), row.get(1));
+
+    // Latency of each message: provider receipt minus the commit of its batch.
+    let sent = expo.sent();
+    let mut per_seq: HashMap<i64, u32> = HashMap::new();
+    let mut latencies: Vec<f64> = Vec::with_capacity(sent.len());
+    for m in &sent {
+        let Some(seq) = m.data.get("seq").and_then(|s| s.as_i64()) else {
+            continue;
+        };
+        *per_seq.entry(seq).or_default() += 1;
+        let idx = commits
+            .partition_point(|c| c.0 < seq)
+            .min(commits.len() - 1);
+        if let Ok(d) = m.received_at.duration_since(commits[idx].1) {
+            latencies.push(d.as_secs_f64() * 1000.0);
+        }
+    }
+    latencies.sort_by(|a, b| a.total_cmp(b));
+    let duplicates: u32 = per_seq.values().map(|c| c.saturating_sub(1)).sum();
+    let elapsed = done_at
+        .duration_since(first_commit)
+        .unwrap_or_default()
+        .as_secs_f64();
+
+    // Graceful stop, timed.
+    let stop_started = Instant::now();
+    let _ = std::process::Command::new("kill")
+        .arg("-TERM")
+        .arg(pid.to_string())
+        .status();
+    let status = tokio::time::timeout(Duration::from_secs(30), relay.wait()).await;
+    let stop_ms = stop_started.elapsed().as_millis();
+    let exit = match status {
+        Ok(Ok(s)) => s
+            .code()
+            .map(|c| c.to_string())
+            .unwrap_or_else(|| "signal".into()),
+        _ => {
+            let _ = relay.kill().await;
+            "killed after 30 s".into()
+        }
+    };
+
+    let pct = |p: f64| -> f64 {
+        if latencies.is_empty() {
+            return 0.0;
+        }
+        latencies[((latencies.len() - 1) as f64 * p).round() as usize]
+    };
+    let throughput = delivered as f64 / elapsed.max(1e-9);
+    println!("notify-relay loadgen");
+    println!(
+        "  notifications        {n} for {users} users ({})",
+        args.rate
+            .map(|r| format!("paced at {r}/s"))
+            .unwrap_or_else(|| "one bulk commit".into())
+    );
+    println!("  delivered / failed   {delivered} / {failed}");
+    println!(
+        "  provider sends       {} (duplicates: {duplicates})",
+        sent.len()
+    );
+    println!("  end to end           {elapsed:.2} s  ->  {throughput:.0} notifications/s");
+    println!(
+        "  latency commit->provider  p50 {:.0} ms  p90 {:.0} ms  p99 {:.0} ms  max {:.0} ms",
+        pct(0.5),
+        pct(0.9),
+        pct(0.99),
+        pct(1.0)
+    );
+    println!(
+        "  relay RSS            idle {} MiB, peak {} MiB (VmHWM)",
+        idle_rss / 1024,
+        peak_rss / 1024
+    );
+    println!("  relay SIGTERM        exit {exit} after {stop_ms} ms");
+    println!(
+        "{}",
+        serde_json::json!({
+            "notifications": n, "users": users, "rate": args.rate, "delivered": delivered, "failed": failed,
+            "sends": sent.len(), "duplicates": duplicates, "seconds": elapsed, "per_second": throughput,
+            "latency_ms": {"p50": pct(0.5), "p90": pct(0.9), "p99": pct(0.99), "max": pct(1.0)},
+            "rss_mib": {"idle": idle_rss / 1024, "peak": peak_rss / 1024}, "shutdown_ms": stop_ms,
+        })
+    );
+    if delivered != n {
+        return Err(format!("only {delivered} of {n} delivered").into());
+    }
+    Ok(())
+}
+
+fn pg_config(url: &str) -> Result<tokio_postgres::Config, BoxError> {
+    let mut config: tokio_postgres::Config = url.parse()?;
+    actors::store::tls_only_when_required(&mut config);
+    config.connect_timeout(Duration::from_secs(5));
+    Ok(config)
+}
+
+async fn connect(url: &str) -> Result<tokio_postgres::Client, BoxError> {
+    let (client, connection) = pg_config(url)?.connect(actors::store::tls()).await?;
+    actix_rt::spawn(connection);
+    Ok(client)
+}
+
+/// The same URL pointing at another database.
+fn with_database(url: &str, db: &str) -> Result<String, BoxError> {
+    let (base, query) = url
+        .split_once('?')
+        .map(|(b, q)| (b, Some(q)))
+        .unwrap_or((url, None));
+    let scheme_end = base
+        .find("://")
+        .ok_or("loadgen needs database.url in URL form (postgres://…)")?
+        + 3;
+    let path_start = base[scheme_end..]
+        .find('/')
+        .map(|i| i + scheme_end)
+        .unwrap_or(base.len());
+    let mut out = format!("{}/{db}", &base[..path_start]);
+    if let Some(q) = query {
+        out.push('?');
+        out.push_str(q);
+    }
+    Ok(out)
+}
+
+fn free_port() -> std::io::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+async fn wait_ready(port: u16, limit: Duration) -> Result<(), BoxError> {
+    let client = awc::Client::default();
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Ok(resp) = client
+            .get(format!("http://127.0.0.1:{port}/readyz"))
+            .send()
+            .await
+        {
+            if resp.status().is_success() {
+                return Ok(());
+            }
+        }
+        if Instant::now() > deadline {
+            return Err("the relay did not become ready within 60 s (see its log)".into());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A `kB` figure from `/proc/<pid>/status` (`VmHWM:` is the peak resident set).
+fn read_status_kb(pid: u32, field: &str) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find(|l| l.starts_with(field))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::with_database;
+
+    #[test]
+    fn the_database_of_a_url_is_replaced() {
+        assert_eq!(
+            with_database("postgres://u:p@h:5432/app?sslmode=require", "x").unwrap(),
+            "postgres://u:p@h:5432/x?sslmode=require"
+        );
+        assert_eq!(
+            with_database("postgres://h", "x").unwrap(),
+            "postgres://h/x"
+        );
+        assert!(with_database("host=h dbname=d", "x").is_err());
+    }
+}

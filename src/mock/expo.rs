@@ -1,0 +1,351 @@
+//! Expo push service emulator.
+//!
+//! `POST /--/api/v2/push/send` takes one message or an array (gzip bodies too), refuses more
+//! than 100 recipients with `PUSH_TOO_MANY_NOTIFICATIONS`, checks the bearer token when one is
+//! configured (401 `UNAUTHORIZED`), and answers one ticket per recipient, in order. Tickets are
+//! errors when the message is over 4096 bytes (`MessageTooBig`), the token is not an Expo push
+//! token (`DeviceNotRegistered`), or the token contains a failure word: `unregistered`,
+//! `ratelimited` (`MessageRateExceeded`), `invalidcredentials`, `developererror`, `expoerror`.
+//! `POST /--/api/v2/push/getReceipts` answers receipts for ids it issued (≤ 1000 per call).
+//! `POST /__emulator/fail {"status":503,"code":"…","count":N}` makes the next N requests fail
+//! as a whole (429 carries `Retry-After: 1`).
+
+use actix_web::dev::ServerHandle;
+use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
+use serde::Deserialize;
+use serde_json::{json, Value};
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
+use uuid::Uuid;
+
+/// Expo's documented limits.
+pub const MAX_MESSAGES: usize = 100;
+pub const MAX_PAYLOAD_BYTES: usize = 4096;
+pub const MAX_RECEIPT_IDS: usize = 1000;
+
+/// One message the emulator accepted (ticket ok).
+#[derive(Debug, Clone)]
+pub struct Sent {
+    pub to: String,
+    pub title: Option<String>,
+    pub body: Option<String>,
+    pub data: Value,
+    pub priority: Option<String>,
+    pub received_at: SystemTime,
+}
+
+impl Sent {
+    pub fn notification_id(&self) -> Option<&str> {
+        self.data.get("notification_id").and_then(Value::as_str)
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct FailPlan {
+    pub status: u16,
+    #[serde(default)]
+    pub code: Option<String>,
+    pub count: usize,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    sent: Vec<Sent>,
+    requests: usize,
+    receipts: HashSet<String>,
+    fail: Option<FailPlan>,
+    access_token: Option<String>,
+}
+
+pub struct ExpoEmulator {
+    pub addr: SocketAddr,
+    state: Arc<Mutex<State>>,
+    handle: ServerHandle,
+}
+
+impl ExpoEmulator {
+    /// Starts on `addr` (use `127.0.0.1:0` for a free port) in the current actix System.
+    /// With `access_token`, requests must carry `Authorization: Bearer <access_token>`.
+    pub async fn start(addr: &str, access_token: Option<String>) -> std::io::Result<ExpoEmulator> {
+        let state = Arc::new(Mutex::new(State {
+            access_token,
+            ..State::default()
+        }));
+        let data = web::Data::from(state.clone());
+        let server = HttpServer::new(move || {
+            App::new()
+                .app_data(data.clone())
+                .app_data(web::PayloadConfig::new(16 * 1024 * 1024))
+                .route("/--/api/v2/push/send", web::post().to(send))
+                .route("/--/api/v2/push/getReceipts", web::post().to(receipts))
+                .route("/__emulator/fail", web::post().to(fail))
+                .route("/__emulator/stats", web::get().to(stats))
+        })
+        .workers(1)
+        .disable_signals()
+        .bind(addr)?;
+        let addr = server.addrs()[0];
+        let server = server.run();
+        let handle = server.handle();
+        actix_rt::spawn(server);
+        Ok(ExpoEmulator {
+            addr,
+            state,
+            handle,
+        })
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Every message accepted so far.
+    pub fn sent(&self) -> Vec<Sent> {
+        self.state
+            .lock()
+            .map(|s| s.sent.clone())
+            .unwrap_or_default()
+    }
+
+    pub fn sent_count(&self) -> usize {
+        self.state.lock().map(|s| s.sent.len()).unwrap_or_default()
+    }
+
+    /// How many times this notification reached this token.
+    pub fn sends_of(&self, notification_id: Uuid, to: &str) -> usize {
+        let id = notification_id.to_string();
+        self.state
+            .lock()
+            .map(|s| {
+                s.sent
+                    .iter()
+                    .filter(|m| m.to == to && m.notification_id() == Some(&id))
+                    .count()
+            })
+            .unwrap_or_default()
+    }
+
+    /// Requests received (any outcome).
+    pub fn requests(&self) -> usize {
+        self.state.lock().map(|s| s.requests).unwrap_or_default()
+    }
+
+    /// The next `count` send requests fail as a whole with `status` (and error `code`).
+    pub fn fail_next(&self, status: u16, code: Option<&str>, count: usize) {
+        if let Ok(mut s) = self.state.lock() {
+            s.fail = Some(FailPlan {
+                status,
+                code: code.map(str::to_string),
+                count,
+            });
+        }
+    }
+
+    pub async fn stop(self) {
+        self.handle.stop(false).await;
+    }
+}
+
+fn errors(status: u16, code: &str, message: &str) -> HttpResponse {
+    let mut resp = HttpResponse::build(
+        actix_web::http::StatusCode::from_u16(status)
+            .unwrap_or(actix_web::http::StatusCode::INTERNAL_SERVER_ERROR),
+    );
+    if status == 429 {
+        resp.insert_header(("retry-after", "1"));
+    }
+    resp.json(json!({"errors": [{"code": code, "message": message}]}))
+}
+
+fn is_expo_token(t: &str) -> bool {
+    (t.starts_with("ExponentPushToken[") || t.starts_with("ExpoPushToken["))
+        && t.ends_with(']')
+        && t.len() > 16
+}
+
+/// The ticket for one recipient of one message.
+fn ticket(message: &Value, to: &str, state: &mut State) -> Value {
+    let size = serde_json::to_vec(message).map(|v| v.len()).unwrap_or(0);
+    let lower = to.to_ascii_lowercase();
+    let error = |code: &str, msg: String| json!({"status": "error", "message": msg, "details": {"error": code}});
+    if size > MAX_PAYLOAD_BYTES {
+        return error(
+            "MessageTooBig",
+            format!("Message too big: {size} bytes, the limit is {MAX_PAYLOAD_BYTES}"),
+        );
+    }
+    if !is_expo_token(to) || lower.contains("unregistered") {
+        return error(
+            "DeviceNotRegistered",
+            format!("\"{to}\" is not a registered push notification recipient"),
+        );
+    }
+    for (word, code) in [
+        ("ratelimited", "MessageRateExceeded"),
+        ("invalidcredentials", "InvalidCredentials"),
+        ("developererror", "DeveloperError"),
+        ("expoerror", "ExpoError"),
+    ] {
+        if lower.contains(word) {
+            return error(code, format!("injected {code} for {to}"));
+        }
+    }
+    let id = Uuid::new_v4().to_string();
+    state.receipts.insert(id.clone());
+    state.sent.push(Sent {
+        to: to.to_string(),
+        title: message
+            .get("title")
+            .and_then(Value::as_str)
+            .map(str::to_string),
+        body: message
+            .get("body")
+            .and_then(Value::as_str)
+            .map(str::to_string),
+        data: message.get("data").cloned().unwrap_or(Value::Null),
+        priority: message
+            .get("priority")
+            .and_then(Value::as_str)
+            .map(str::to_string),
+        received_at: SystemTime::now(),
+    });
+    json!({"status": "ok", "id": id})
+}
+
+async fn send(req: HttpRequest, body: web::Bytes, state: web::Data<Mutex<State>>) -> HttpResponse {
+    let Ok(mut state) = state.lock() else {
+        return errors(500, "INTERNAL_SERVER_ERROR", "emulator state poisoned");
+    };
+    state.requests += 1;
+    if let Some(plan) = state.fail.as_mut() {
+        if plan.count > 0 {
+            plan.count -= 1;
+            let (status, code) = (
+                plan.status,
+                plan.code
+                    .clone()
+                    .unwrap_or_else(|| default_code(plan.status).into()),
+            );
+            return errors(status, &code, "injected failure");
+        }
+        state.fail = None;
+    }
+    if let Some(expected) = &state.access_token {
+        let given = req
+            .headers()
+            .get("authorization")
+            .and_then(|v| v.to_str().ok());
+        if given != Some(format!("Bearer {expected}").as_str()) {
+            return errors(401, "UNAUTHORIZED", "The bearer token is invalid");
+        }
+    }
+    let parsed: Value = match serde_json::from_slice(&body) {
+        Ok(v) => v,
+        Err(e) => {
+            return errors(
+                400,
+                "VALIDATION_ERROR",
+                &format!("\"value\" must be valid JSON: {e}"),
+            )
+        }
+    };
+    let messages = match parsed {
+        Value::Array(items) => items,
+        one @ Value::Object(_) => vec![one],
+        _ => {
+            return errors(
+                400,
+                "VALIDATION_ERROR",
+                "\"value\" must be an object or an array",
+            )
+        }
+    };
+    let mut recipients = Vec::new();
+    for (i, m) in messages.iter().enumerate() {
+        match m.get("to") {
+            Some(Value::String(t)) => recipients.push((i, t.clone())),
+            Some(Value::Array(ts)) if ts.iter().all(Value::is_string) => recipients.extend(
+                ts.iter()
+                    .filter_map(Value::as_str)
+                    .map(|t| (i, t.to_string())),
+            ),
+            _ => {
+                return errors(
+                    400,
+                    "VALIDATION_ERROR",
+                    &format!(
+                        "\"[{i}].to\" is required and must be a string or an array of strings"
+                    ),
+                )
+            }
+        }
+    }
+    if recipients.len() > MAX_MESSAGES {
+        return errors(
+            400,
+            "PUSH_TOO_MANY_NOTIFICATIONS",
+            &format!(
+                "You are trying to send more than {MAX_MESSAGES} push notifications in one request"
+            ),
+        );
+    }
+    let tickets: Vec<Value> = recipients
+        .iter()
+        .map(|(i, to)| ticket(&messages[*i], to, &mut state))
+        .collect();
+    HttpResponse::Ok().json(json!({ "data": tickets }))
+}
+
+fn default_code(status: u16) -> &'static str {
+    match status {
+        401 => "UNAUTHORIZED",
+        429 => "TOO_MANY_REQUESTS",
+        400 => "VALIDATION_ERROR",
+        _ => "INTERNAL_SERVER_ERROR",
+    }
+}
+
+#[derive(Deserialize)]
+struct ReceiptsRequest {
+    ids: Vec<String>,
+}
+
+async fn receipts(
+    body: web::Json<ReceiptsRequest>,
+    state: web::Data<Mutex<State>>,
+) -> HttpResponse {
+    if body.ids.len() > MAX_RECEIPT_IDS {
+        return errors(
+            400,
+            "PUSH_TOO_MANY_RECEIPTS",
+            "You are trying to get more than 1000 push receipts in one request",
+        );
+    }
+    let Ok(state) = state.lock() else {
+        return errors(500, "INTERNAL_SERVER_ERROR", "emulator state poisoned");
+    };
+    let data: serde_json::Map<String, Value> = body
+        .ids
+        .iter()
+        .filter(|id| state.receipts.contains(*id))
+        .map(|id| (id.clone(), json!({"status": "ok"})))
+        .collect();
+    HttpResponse::Ok().json(json!({ "data": data }))
+}
+
+async fn fail(plan: web::Json<FailPlan>, state: web::Data<Mutex<State>>) -> HttpResponse {
+    if let Ok(mut s) = state.lock() {
+        s.fail = Some(plan.into_inner());
+    }
+    HttpResponse::NoContent().finish()
+}
+
+async fn stats(state: web::Data<Mutex<State>>) -> HttpResponse {
+    let (sent, requests) = state
+        .lock()
+        .map(|s| (s.sent.len(), s.requests))
+        .unwrap_or_default();
+    HttpResponse::Ok().json(json!({"sent": sent, "requests": requests}))
+}

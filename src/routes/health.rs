@@ -1,0 +1,54 @@
+//! `GET /healthz` (are Postgres and Redis reachable?) and `GET /readyz` (is this process ready
+//! for traffic: schema migrated, consumer groups present, every actor running?).
+
+use super::AppState;
+use actix_web::{get, web, HttpResponse};
+use serde_json::json;
+use std::time::Duration;
+
+const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+
+#[get("/healthz")]
+pub async fn healthz(state: web::Data<AppState>) -> HttpResponse {
+    let postgres = async {
+        let client = state.store.pool().get().await.map_err(|e| e.to_string())?;
+        client
+            .simple_query("SELECT 1")
+            .await
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    };
+    let (pg, redis) = futures_util::join!(
+        tokio::time::timeout(PROBE_TIMEOUT, postgres),
+        tokio::time::timeout(PROBE_TIMEOUT, state.relay.ping())
+    );
+    let pg_ok = matches!(pg, Ok(Ok(())));
+    let redis_ok = matches!(redis, Ok(Ok(())));
+    let word = |ok: bool| if ok { "ok" } else { "down" };
+    let body = json!({
+        "status": if pg_ok && redis_ok { "ok" } else { "degraded" },
+        "postgres": word(pg_ok),
+        "redis": word(redis_ok),
+    });
+    if pg_ok && redis_ok {
+        HttpResponse::Ok().json(body)
+    } else {
+        HttpResponse::ServiceUnavailable().json(body)
+    }
+}
+
+#[get("/readyz")]
+pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
+    let actors = state.registry.all_running();
+    let ready = state.prepared && actors;
+    let body = json!({
+        "status": if ready { "ready" } else { "not_ready" },
+        "migrations_and_groups": state.prepared,
+        "actors_running": actors,
+    });
+    if ready {
+        HttpResponse::Ok().json(body)
+    } else {
+        HttpResponse::ServiceUnavailable().json(body)
+    }
+}

@@ -1,0 +1,239 @@
+//! Wiring: pools, migrations, the engine and the HTTP API on one actix System.
+
+use crate::configuration::Settings;
+use crate::routes::{self, AppState};
+use crate::{error, migrate};
+use actix_web::dev::ServerHandle;
+use actix_web::{web, App, HttpResponse, HttpServer};
+use actors::keys::Keys;
+use actors::relay::Relay;
+use actors::settings::Roles;
+use actors::store::Store;
+use actors::Engine;
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
+use slog::{info, warn, Logger};
+
+/// Which parts run in this process (`--roles`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProcessRoles {
+    pub engine: Roles,
+    pub api: bool,
+}
+
+impl ProcessRoles {
+    pub const ALL: ProcessRoles = ProcessRoles {
+        engine: Roles::ALL,
+        api: true,
+    };
+
+    /// Parses `listener,worker,scheduler,api`.
+    pub fn parse(list: &str) -> Result<ProcessRoles, String> {
+        let mut roles = ProcessRoles {
+            engine: Roles {
+                listener: false,
+                worker: false,
+                scheduler: false,
+            },
+            api: false,
+        };
+        for role in list.split(',').map(str::trim).filter(|r| !r.is_empty()) {
+            match role {
+                "listener" => roles.engine.listener = true,
+                "worker" => roles.engine.worker = true,
+                "scheduler" => roles.engine.scheduler = true,
+                "api" => roles.api = true,
+                "all" => roles = ProcessRoles::ALL,
+                other => {
+                    return Err(format!(
+                        "unknown role '{other}' (expected listener, worker, scheduler, api)"
+                    ))
+                }
+            }
+        }
+        if roles
+            == (ProcessRoles {
+                engine: Roles {
+                    listener: false,
+                    worker: false,
+                    scheduler: false,
+                },
+                api: false,
+            })
+        {
+            return Err("no role given".into());
+        }
+        Ok(roles)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Config(#[from] crate::configuration::ConfigError),
+    #[error(transparent)]
+    Migrate(#[from] migrate::MigrateError),
+    #[error("engine: {0}")]
+    Engine(#[from] actors::EngineError),
+    #[error("postgres pool: {0}")]
+    Pool(String),
+    #[error("http: cannot listen on {addr}: {source}")]
+    Bind {
+        addr: String,
+        source: std::io::Error,
+    },
+}
+
+/// A started process: engine plus (optionally) the API server.
+pub struct Application {
+    pub port: Option<u16>,
+    pub engine: Engine,
+    pub store: Store,
+    pub relay: Relay,
+    server: Option<ServerHandle>,
+    log: Logger,
+}
+
+pub fn pg_pool(settings: &Settings) -> Result<Pool, StartError> {
+    let manager = Manager::from_config(
+        settings.pg_config()?,
+        actors::store::tls(),
+        ManagerConfig {
+            recycling_method: RecyclingMethod::Fast,
+        },
+    );
+    Pool::builder(manager)
+        .max_size(settings.database.pool_size)
+        .build()
+        .map_err(|e| StartError::Pool(e.to_string()))
+}
+
+impl Application {
+    /// Starts everything this process runs; call inside an actix System.
+    pub async fn build(
+        settings: Settings,
+        roles: ProcessRoles,
+        run_migrations: bool,
+        consumer: String,
+        log: Logger,
+    ) -> Result<Self, StartError> {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        if run_migrations {
+            let applied = migrate::run(&settings.pg_config()?).await?;
+            info!(log, "migrations up to date"; "applied_now" => applied.join(","));
+        }
+        let store = Store::new(pg_pool(&settings)?);
+        let keys = Keys::new(settings.redis.key_prefix.clone(), settings.redis.shards);
+        let relay = Relay::connect(settings.redis.url.expose(), keys).await?;
+        warn_if_relay_keys_can_be_evicted(&relay, &log).await;
+
+        let engine_settings = settings.engine(roles.engine, consumer);
+        let engine = Engine::start(
+            engine_settings,
+            store.clone(),
+            relay.clone(),
+            settings.pg_config()?,
+            log.clone(),
+        )
+        .await?;
+
+        let (mut port, mut server) = (None, None);
+        if roles.api {
+            let state = web::Data::new(AppState {
+                store: store.clone(),
+                relay: relay.clone(),
+                registry: engine.registry().clone(),
+                admin_token: settings.auth.admin_token.clone(),
+                prepared: true,
+            });
+            let addr = settings.http_addr()?;
+            let http = HttpServer::new(move || {
+                App::new()
+                    .app_data(state.clone())
+                    .app_data(web::JsonConfig::default().limit(64 * 1024))
+                    .configure(routes::configure)
+                    .default_service(web::to(|| async {
+                        HttpResponse::NotFound().json(error::body("not_found", "no such route"))
+                    }))
+            })
+            .workers(1)
+            .disable_signals()
+            .bind(addr)
+            .map_err(|source| StartError::Bind {
+                addr: addr.to_string(),
+                source,
+            })?;
+            port = http.addrs().first().map(|a| a.port());
+            let running = http.run();
+            server = Some(running.handle());
+            actix_rt::spawn(running);
+            info!(log, "http api listening"; "addr" => %addr, "port" => port);
+        }
+        Ok(Application {
+            port,
+            engine,
+            store,
+            relay,
+            server,
+            log,
+        })
+    }
+
+    /// Graceful stop: the API stops accepting, in-flight deliveries get `grace` to finish.
+    pub async fn stop(self, grace: std::time::Duration) -> bool {
+        info!(self.log, "shutting down"; "grace_ms" => grace.as_millis() as u64);
+        let clean = self.engine.shutdown(grace).await;
+        if let Some(server) = self.server {
+            server.stop(true).await;
+        }
+        clean
+    }
+}
+
+/// Relay keys must not be evicted: an evicted stream entry is found again only by the sweep.
+async fn warn_if_relay_keys_can_be_evicted(relay: &Relay, log: &Logger) {
+    let mut conn = relay.conn();
+    let policy: Result<Vec<String>, _> = redis::cmd("CONFIG")
+        .arg("GET")
+        .arg("maxmemory-policy")
+        .query_async(&mut conn)
+        .await;
+    match policy {
+        Ok(v) => {
+            let policy = v.get(1).cloned().unwrap_or_default();
+            if policy != "noeviction" && !policy.is_empty() {
+                warn!(log, "Redis may evict relay keys under memory pressure; set maxmemory-policy noeviction";
+                      "maxmemory_policy" => policy);
+            }
+        }
+        Err(e) => {
+            warn!(log, "could not read Redis maxmemory-policy (CONFIG may be disabled)"; "error" => %e)
+        }
+    }
+}
+
+/// A consumer name unique to this process: hostname (the pod name on Kubernetes) and a uuid.
+pub fn consumer_name() -> String {
+    let host = std::env::var("HOSTNAME")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "notify-relay".into());
+    format!("{host}-{}", &uuid::Uuid::new_v4().simple().to_string()[..8])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn roles_parse_from_a_comma_list() {
+        let r = ProcessRoles::parse("listener,api").unwrap();
+        assert!(r.engine.listener && r.api && !r.engine.worker && !r.engine.scheduler);
+        assert_eq!(ProcessRoles::parse("all").unwrap(), ProcessRoles::ALL);
+        assert!(ProcessRoles::parse("listener,mailer")
+            .unwrap_err()
+            .contains("'mailer'"));
+        assert!(ProcessRoles::parse("").is_err());
+    }
+}
