@@ -46,10 +46,7 @@ pub enum ConfigError {
 }
 
 fn invalid(key: &'static str, message: impl Into<String>) -> ConfigError {
-    ConfigError::Invalid {
-        key,
-        message: message.into(),
-    }
+    ConfigError::Invalid { key, message: message.into() }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -187,38 +184,25 @@ pub struct LogSettings {
 impl Settings {
     /// Loads the layers. `env` is the process environment (a parameter so tests can pass
     /// their own without touching the process's).
-    pub fn load(
-        file: Option<&Path>,
-        env: &HashMap<String, String>,
-    ) -> Result<Settings, ConfigError> {
+    pub fn load(file: Option<&Path>, env: &HashMap<String, String>) -> Result<Settings, ConfigError> {
         let mut builder = Config::builder().add_source(File::from_str(DEFAULTS, FileFormat::Toml));
         if let Some(path) = file {
             if !path.exists() {
-                return Err(ConfigError::Load(format!(
-                    "config file {} does not exist",
-                    path.display()
-                )));
+                return Err(ConfigError::Load(format!("config file {} does not exist", path.display())));
             }
             builder = builder.add_source(File::from(path).required(true));
         }
         // The conventional variables sit below the NOTIFY__ ones, which are more specific.
-        for (var, key) in [
-            ("DATABASE_URL", "database.url"),
-            ("REDIS_URL", "redis.url"),
-            ("WORKER_CONCURRENCY", "worker.concurrency"),
-        ] {
+        for (var, key) in
+            [("DATABASE_URL", "database.url"), ("REDIS_URL", "redis.url"), ("WORKER_CONCURRENCY", "worker.concurrency")]
+        {
             let specific = format!("NOTIFY__{}", key.replace('.', "__").to_uppercase());
             if let (Some(value), false) = (env.get(var), env.contains_key(&specific)) {
-                builder = builder
-                    .set_override(key, value.as_str())
-                    .map_err(|e| ConfigError::Load(e.to_string()))?;
+                builder = builder.set_override(key, value.as_str()).map_err(|e| ConfigError::Load(e.to_string()))?;
             }
         }
-        let notify_vars: config::Map<String, String> = env
-            .iter()
-            .filter(|(k, _)| k.starts_with("NOTIFY__"))
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect();
+        let notify_vars: config::Map<String, String> =
+            env.iter().filter(|(k, _)| k.starts_with("NOTIFY__")).map(|(k, v)| (k.clone(), v.clone())).collect();
         builder = builder.add_source(
             Environment::with_prefix("NOTIFY")
                 .prefix_separator("__")
@@ -226,10 +210,8 @@ impl Settings {
                 .try_parsing(true)
                 .source(Some(notify_vars)),
         );
-        let settings: Settings = builder
-            .build()
-            .and_then(Config::try_deserialize)
-            .map_err(|e| ConfigError::Load(e.to_string()))?;
+        let settings: Settings =
+            builder.build().and_then(Config::try_deserialize).map_err(|e| ConfigError::Load(e.to_string()))?;
         settings.validate()?;
         Ok(settings)
     }
@@ -241,59 +223,31 @@ impl Settings {
             return Err(invalid("database.pool_size", "must be at least 1"));
         }
         let url = self.redis.url.expose();
-        if !(url.starts_with("redis://")
-            || url.starts_with("rediss://")
-            || url.starts_with("unix://"))
-        {
-            return Err(invalid(
-                "redis.url",
-                "must start with redis://, rediss:// or unix://",
-            ));
+        if !(url.starts_with("redis://") || url.starts_with("rediss://") || url.starts_with("unix://")) {
+            return Err(invalid("redis.url", "must start with redis://, rediss:// or unix://"));
         }
         redis::Client::open(url).map_err(|_| invalid("redis.url", "is not a valid Redis URL"))?;
         let prefix = &self.redis.key_prefix;
-        if prefix.is_empty()
-            || prefix
-                .chars()
-                .any(|c| c.is_whitespace() || c == '{' || c == '}')
-        {
-            return Err(invalid(
-                "redis.key_prefix",
-                "must be non-empty, without spaces or braces",
-            ));
+        if prefix.is_empty() || prefix.chars().any(|c| c.is_whitespace() || c == '{' || c == '}') {
+            return Err(invalid("redis.key_prefix", "must be non-empty, without spaces or braces"));
         }
         if !(1..=1024).contains(&self.redis.shards) {
-            return Err(invalid(
-                "redis.shards",
-                format!("must be between 1 and 1024, got {}", self.redis.shards),
-            ));
+            return Err(invalid("redis.shards", format!("must be between 1 and 1024, got {}", self.redis.shards)));
         }
         if !(1..=100_000).contains(&self.worker.concurrency) {
             return Err(invalid(
                 "worker.concurrency",
-                format!(
-                    "must be between 1 and 100000, got {}",
-                    self.worker.concurrency
-                ),
+                format!("must be between 1 and 100000, got {}", self.worker.concurrency),
             ));
         }
         if !(1..=64).contains(&self.worker.senders_per_provider) {
-            return Err(invalid(
-                "worker.senders_per_provider",
-                "must be between 1 and 64",
-            ));
+            return Err(invalid("worker.senders_per_provider", "must be between 1 and 64"));
         }
         if !(1..=10_000).contains(&self.listener.batch_size) {
-            return Err(invalid(
-                "listener.batch_size",
-                "must be between 1 and 10000",
-            ));
+            return Err(invalid("listener.batch_size", "must be between 1 and 10000"));
         }
         if self.listener.sweep_interval_ms < 100 {
-            return Err(invalid(
-                "listener.sweep_interval_ms",
-                "must be at least 100",
-            ));
+            return Err(invalid("listener.sweep_interval_ms", "must be at least 100"));
         }
         if self.listener.stale_after_ms < 1000 {
             return Err(invalid("listener.stale_after_ms", "must be at least 1000"));
@@ -305,10 +259,7 @@ impl Settings {
             return Err(invalid("retry.base_ms", "must be at least 1"));
         }
         if self.retry.max_ms < self.retry.base_ms {
-            return Err(invalid(
-                "retry.max_ms",
-                format!("must be at least retry.base_ms ({})", self.retry.base_ms),
-            ));
+            return Err(invalid("retry.max_ms", format!("must be at least retry.base_ms ({})", self.retry.base_ms)));
         }
         if self.claim.interval_ms < 10 {
             return Err(invalid("claim.interval_ms", "must be at least 10"));
@@ -333,10 +284,7 @@ impl Settings {
             if self.claim.min_idle_ms <= longest {
                 return Err(invalid(
                     "claim.min_idle_ms",
-                    format!(
-                        "must exceed the longest provider timeout_ms ({longest}), got {}",
-                        self.claim.min_idle_ms
-                    ),
+                    format!("must exceed the longest provider timeout_ms ({longest}), got {}", self.claim.min_idle_ms),
                 ));
             }
         }
@@ -354,10 +302,7 @@ impl Settings {
         // The parser's message could quote the URL (and its password): say only what is wrong.
         let mut config: tokio_postgres::Config =
             self.database.url.expose().parse().map_err(|_| {
-                invalid(
-                    "database.url",
-                    "is not a valid Postgres URL (postgres://user:pass@host:port/db)",
-                )
+                invalid("database.url", "is not a valid Postgres URL (postgres://user:pass@host:port/db)")
             })?;
         actors::store::tls_only_when_required(&mut config);
         if config.get_connect_timeout().is_none() {
@@ -370,19 +315,11 @@ impl Settings {
     }
 
     pub fn http_addr(&self) -> Result<SocketAddr, ConfigError> {
-        self.http.addr.parse().map_err(|_| {
-            invalid(
-                "http.addr",
-                format!("must be host:port, got '{}'", self.http.addr),
-            )
-        })
+        self.http.addr.parse().map_err(|_| invalid("http.addr", format!("must be host:port, got '{}'", self.http.addr)))
     }
 
     pub fn log_level(&self) -> Result<slog::Level, ConfigError> {
-        self.log
-            .level
-            .parse()
-            .map_err(|_| invalid("log.level", format!("unknown level '{}'", self.log.level)))
+        self.log.level.parse().map_err(|_| invalid("log.level", format!("unknown level '{}'", self.log.level)))
     }
 
     pub fn grace(&self) -> Duration {
@@ -423,16 +360,11 @@ mod tests {
     use super::*;
 
     fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
-        pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
     }
 
     fn error(pairs: &[(&str, &str)]) -> String {
-        Settings::load(None, &env(pairs))
-            .expect_err("should be rejected")
-            .to_string()
+        Settings::load(None, &env(pairs)).expect_err("should be rejected").to_string()
     }
 
     #[test]
@@ -466,8 +398,7 @@ mod tests {
         assert!(error(&[("WORKER_CONCURRENCY", "0")]).contains("`worker.concurrency`"));
         assert!(error(&[("NOTIFY__HTTP__ADDR", "nowhere")]).contains("`http.addr`"));
         assert!(error(&[("NOTIFY__LOG__LEVEL", "loud")]).contains("`log.level`"));
-        assert!(error(&[("NOTIFY__PROVIDERS__EXPO__BASE_URL", "exp.host")])
-            .contains("`providers.expo.base_url`"));
+        assert!(error(&[("NOTIFY__PROVIDERS__EXPO__BASE_URL", "exp.host")]).contains("`providers.expo.base_url`"));
         assert!(error(&[("NOTIFY__REDIS__URL", "http://x")]).contains("`redis.url`"));
     }
 
@@ -487,14 +418,8 @@ mod tests {
 
     #[test]
     fn claim_min_idle_must_exceed_every_provider_timeout() {
-        let err = error(&[
-            ("NOTIFY__CLAIM__MIN_IDLE_MS", "5000"),
-            ("NOTIFY__PROVIDERS__EXPO__TIMEOUT_MS", "10000"),
-        ]);
-        assert!(
-            err.contains("`claim.min_idle_ms` must exceed the longest provider timeout_ms (10000)"),
-            "{err}"
-        );
+        let err = error(&[("NOTIFY__CLAIM__MIN_IDLE_MS", "5000"), ("NOTIFY__PROVIDERS__EXPO__TIMEOUT_MS", "10000")]);
+        assert!(err.contains("`claim.min_idle_ms` must exceed the longest provider timeout_ms (10000)"), "{err}");
     }
 
     #[test]
@@ -508,23 +433,16 @@ mod tests {
     fn secrets_do_not_show_in_debug_output() {
         let s = Settings::load(
             None,
-            &env(&[
-                ("NOTIFY__AUTH__ADMIN_TOKEN", "s3cret"),
-                ("DATABASE_URL", "postgres://u:pw@h/db"),
-            ]),
+            &env(&[("NOTIFY__AUTH__ADMIN_TOKEN", "s3cret"), ("DATABASE_URL", "postgres://u:pw@h/db")]),
         )
         .unwrap();
         let printed = format!("{s:?}");
-        assert!(
-            !printed.contains("s3cret") && !printed.contains(":pw@"),
-            "{printed}"
-        );
+        assert!(!printed.contains("s3cret") && !printed.contains(":pw@"), "{printed}");
     }
 
     #[test]
     fn a_missing_config_file_is_reported() {
-        let err = Settings::load(Some(Path::new("/nonexistent/notify.toml")), &HashMap::new())
-            .unwrap_err();
+        let err = Settings::load(Some(Path::new("/nonexistent/notify.toml")), &HashMap::new()).unwrap_err();
         assert!(err.to_string().contains("/nonexistent/notify.toml"));
     }
 }

@@ -56,30 +56,19 @@ pub async fn run(settings: &Settings, args: LoadgenArgs) -> Result<(), BoxError>
 
     let expo = ExpoEmulator::start("127.0.0.1:0", None).await?;
     let admin = connect(&base_url).await?;
-    admin
-        .batch_execute(&format!("CREATE DATABASE {db_name}"))
-        .await?;
-    eprintln!(
-        "loadgen: database {db_name}, key prefix {prefix}, expo emulator {}",
-        expo.url()
-    );
+    admin.batch_execute(&format!("CREATE DATABASE {db_name}")).await?;
+    eprintln!("loadgen: database {db_name}, key prefix {prefix}, expo emulator {}", expo.url());
 
     let result = measure(settings, &args, &db_url, &prefix, &expo).await;
 
     if !args.keep {
-        let _ = admin
-            .batch_execute(&format!("DROP DATABASE IF EXISTS {db_name} WITH (FORCE)"))
-            .await;
+        let _ = admin.batch_execute(&format!("DROP DATABASE IF EXISTS {db_name} WITH (FORCE)")).await;
         if let Ok(client) = redis::Client::open(settings.redis.url.expose()) {
             if let Ok(mut conn) = client.get_multiplexed_async_connection().await {
-                let keys: Vec<String> = redis::cmd("KEYS")
-                    .arg(format!("{prefix}:*"))
-                    .query_async(&mut conn)
-                    .await
-                    .unwrap_or_default();
+                let keys: Vec<String> =
+                    redis::cmd("KEYS").arg(format!("{prefix}:*")).query_async(&mut conn).await.unwrap_or_default();
                 for chunk in keys.chunks(500) {
-                    let _: Result<(), _> =
-                        redis::cmd("DEL").arg(chunk).query_async(&mut conn).await;
+                    let _: Result<(), _> = redis::cmd("DEL").arg(chunk).query_async(&mut conn).await;
                 }
             }
         }
@@ -121,9 +110,7 @@ async fn measure(
         .stderr(std::process::Stdio::inherit())
         .kill_on_drop(true);
     for pair in &args.relay_env {
-        let (k, v) = pair
-            .split_once('=')
-            .ok_or_else(|| format!("--relay-env {pair}: expected NAME=VALUE"))?;
+        let (k, v) = pair.split_once('=').ok_or_else(|| format!("--relay-env {pair}: expected NAME=VALUE"))?;
         cmd.env(k, v);
     }
     let mut relay = cmd.spawn()?;
@@ -147,10 +134,7 @@ async fn measure(
             db.execute(insert, &[&1i64, &n, &users]).await?;
             first_commit = SystemTime::now();
             commits.push((n, first_commit));
-            eprintln!(
-                "loadgen: committed {n} notifications in one transaction ({} ms)",
-                started.elapsed().as_millis()
-            );
+            eprintln!("loadgen: committed {n} notifications in one transaction ({} ms)", started.elapsed().as_millis());
         }
         Some(rate) => {
             let per_tick = (rate / 20).max(1) as i64;
@@ -181,11 +165,7 @@ async fn measure(
             break SystemTime::now();
         }
         if Instant::now() > deadline {
-            return Err(format!(
-                "timed out with {open} notifications not final, {} sent",
-                expo.sent_count()
-            )
-            .into());
+            return Err(format!("timed out with {open} notifications not final, {} sent", expo.sent_count()).into());
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
@@ -207,33 +187,22 @@ async fn measure(
             continue;
         };
         *per_seq.entry(seq).or_default() += 1;
-        let idx = commits
-            .partition_point(|c| c.0 < seq)
-            .min(commits.len() - 1);
+        let idx = commits.partition_point(|c| c.0 < seq).min(commits.len() - 1);
         if let Ok(d) = m.received_at.duration_since(commits[idx].1) {
             latencies.push(d.as_secs_f64() * 1000.0);
         }
     }
     latencies.sort_by(|a, b| a.total_cmp(b));
     let duplicates: u32 = per_seq.values().map(|c| c.saturating_sub(1)).sum();
-    let elapsed = done_at
-        .duration_since(first_commit)
-        .unwrap_or_default()
-        .as_secs_f64();
+    let elapsed = done_at.duration_since(first_commit).unwrap_or_default().as_secs_f64();
 
     // Graceful stop, timed.
     let stop_started = Instant::now();
-    let _ = std::process::Command::new("kill")
-        .arg("-TERM")
-        .arg(pid.to_string())
-        .status();
+    let _ = std::process::Command::new("kill").arg("-TERM").arg(pid.to_string()).status();
     let status = tokio::time::timeout(Duration::from_secs(30), relay.wait()).await;
     let stop_ms = stop_started.elapsed().as_millis();
     let exit = match status {
-        Ok(Ok(s)) => s
-            .code()
-            .map(|c| c.to_string())
-            .unwrap_or_else(|| "signal".into()),
+        Ok(Ok(s)) => s.code().map(|c| c.to_string()).unwrap_or_else(|| "signal".into()),
         _ => {
             let _ = relay.kill().await;
             "killed after 30 s".into()
@@ -250,15 +219,10 @@ async fn measure(
     println!("notify-relay loadgen");
     println!(
         "  notifications        {n} for {users} users ({})",
-        args.rate
-            .map(|r| format!("paced at {r}/s"))
-            .unwrap_or_else(|| "one bulk commit".into())
+        args.rate.map(|r| format!("paced at {r}/s")).unwrap_or_else(|| "one bulk commit".into())
     );
     println!("  delivered / failed   {delivered} / {failed}");
-    println!(
-        "  provider sends       {} (duplicates: {duplicates})",
-        sent.len()
-    );
+    println!("  provider sends       {} (duplicates: {duplicates})", sent.len());
     println!("  end to end           {elapsed:.2} s  ->  {throughput:.0} notifications/s");
     println!(
         "  latency commit->provider  p50 {:.0} ms  p90 {:.0} ms  p99 {:.0} ms  max {:.0} ms",
@@ -267,11 +231,7 @@ async fn measure(
         pct(0.99),
         pct(1.0)
     );
-    println!(
-        "  relay RSS            idle {} MiB, peak {} MiB (VmHWM)",
-        idle_rss / 1024,
-        peak_rss / 1024
-    );
+    println!("  relay RSS            idle {} MiB, peak {} MiB (VmHWM)", idle_rss / 1024, peak_rss / 1024);
     println!("  relay SIGTERM        exit {exit} after {stop_ms} ms");
     println!(
         "{}",
@@ -303,18 +263,9 @@ async fn connect(url: &str) -> Result<tokio_postgres::Client, BoxError> {
 
 /// The same URL pointing at another database.
 fn with_database(url: &str, db: &str) -> Result<String, BoxError> {
-    let (base, query) = url
-        .split_once('?')
-        .map(|(b, q)| (b, Some(q)))
-        .unwrap_or((url, None));
-    let scheme_end = base
-        .find("://")
-        .ok_or("loadgen needs database.url in URL form (postgres://…)")?
-        + 3;
-    let path_start = base[scheme_end..]
-        .find('/')
-        .map(|i| i + scheme_end)
-        .unwrap_or(base.len());
+    let (base, query) = url.split_once('?').map(|(b, q)| (b, Some(q))).unwrap_or((url, None));
+    let scheme_end = base.find("://").ok_or("loadgen needs database.url in URL form (postgres://…)")? + 3;
+    let path_start = base[scheme_end..].find('/').map(|i| i + scheme_end).unwrap_or(base.len());
     let mut out = format!("{}/{db}", &base[..path_start]);
     if let Some(q) = query {
         out.push('?');
@@ -324,20 +275,14 @@ fn with_database(url: &str, db: &str) -> Result<String, BoxError> {
 }
 
 fn free_port() -> std::io::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
 async fn wait_ready(port: u16, limit: Duration) -> Result<(), BoxError> {
     let client = awc::Client::default();
     let deadline = Instant::now() + limit;
     loop {
-        if let Ok(resp) = client
-            .get(format!("http://127.0.0.1:{port}/readyz"))
-            .send()
-            .await
-        {
+        if let Ok(resp) = client.get(format!("http://127.0.0.1:{port}/readyz")).send().await {
             if resp.status().is_success() {
                 return Ok(());
             }
@@ -352,13 +297,7 @@ async fn wait_ready(port: u16, limit: Duration) -> Result<(), BoxError> {
 /// A `kB` figure from `/proc/<pid>/status` (`VmHWM:` is the peak resident set).
 fn read_status_kb(pid: u32, field: &str) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    status
-        .lines()
-        .find(|l| l.starts_with(field))?
-        .split_whitespace()
-        .nth(1)?
-        .parse()
-        .ok()
+    status.lines().find(|l| l.starts_with(field))?.split_whitespace().nth(1)?.parse().ok()
 }
 
 #[cfg(test)]
@@ -371,10 +310,7 @@ mod tests {
             with_database("postgres://u:p@h:5432/app?sslmode=require", "x").unwrap(),
             "postgres://u:p@h:5432/x?sslmode=require"
         );
-        assert_eq!(
-            with_database("postgres://h", "x").unwrap(),
-            "postgres://h/x"
-        );
+        assert_eq!(with_database("postgres://h", "x").unwrap(), "postgres://h/x");
         assert!(with_database("host=h dbname=d", "x").is_err());
     }
 }

@@ -24,15 +24,7 @@ async fn main() -> ExitCode {
                 Err(e) => return fail(&format!("--roles: {e}")),
             };
             let grace = settings.grace();
-            let app = match Application::build(
-                settings,
-                roles,
-                !no_migrate,
-                consumer_name(),
-                log.clone(),
-            )
-            .await
-            {
+            let app = match Application::build(settings, roles, !no_migrate, consumer_name(), log.clone()).await {
                 Ok(app) => app,
                 Err(e) => return fail(&e),
             };
@@ -47,11 +39,7 @@ async fn main() -> ExitCode {
                 Ok(applied) => {
                     println!(
                         "migrations applied: {}",
-                        if applied.is_empty() {
-                            "none (up to date)".into()
-                        } else {
-                            applied.join(", ")
-                        }
+                        if applied.is_empty() { "none (up to date)".into() } else { applied.join(", ") }
                     );
                     ExitCode::SUCCESS
                 }

@@ -21,23 +21,14 @@ pub enum MigrateError {
 
 /// Applies pending migrations; returns the names of those applied now.
 pub async fn run(config: &Config) -> Result<Vec<String>, MigrateError> {
-    let (mut client, connection) = config
-        .connect(actors::store::tls())
-        .await
-        .map_err(MigrateError::Connect)?;
+    let mut config = config.clone();
+    actors::store::tls_only_when_required(&mut config);
+    let (mut client, connection) = config.connect(actors::store::tls()).await.map_err(MigrateError::Connect)?;
     let driver = actix_rt::spawn(connection);
-    client
-        .execute("SELECT pg_advisory_lock($1)", &[&LOCK_KEY])
-        .await?;
+    client.execute("SELECT pg_advisory_lock($1)", &[&LOCK_KEY]).await?;
     let report = embedded::migrations::runner().run_async(&mut client).await;
-    client
-        .execute("SELECT pg_advisory_unlock($1)", &[&LOCK_KEY])
-        .await?;
+    client.execute("SELECT pg_advisory_unlock($1)", &[&LOCK_KEY]).await?;
     drop(client);
     let _ = driver.await;
-    Ok(report?
-        .applied_migrations()
-        .iter()
-        .map(|m| m.to_string())
-        .collect())
+    Ok(report?.applied_migrations().iter().map(|m| m.to_string()).collect())
 }

@@ -21,21 +21,11 @@ pub struct ProcessRoles {
 }
 
 impl ProcessRoles {
-    pub const ALL: ProcessRoles = ProcessRoles {
-        engine: Roles::ALL,
-        api: true,
-    };
+    pub const ALL: ProcessRoles = ProcessRoles { engine: Roles::ALL, api: true };
 
     /// Parses `listener,worker,scheduler,api`.
     pub fn parse(list: &str) -> Result<ProcessRoles, String> {
-        let mut roles = ProcessRoles {
-            engine: Roles {
-                listener: false,
-                worker: false,
-                scheduler: false,
-            },
-            api: false,
-        };
+        let mut roles = ProcessRoles { engine: Roles { listener: false, worker: false, scheduler: false }, api: false };
         for role in list.split(',').map(str::trim).filter(|r| !r.is_empty()) {
             match role {
                 "listener" => roles.engine.listener = true,
@@ -43,23 +33,10 @@ impl ProcessRoles {
                 "scheduler" => roles.engine.scheduler = true,
                 "api" => roles.api = true,
                 "all" => roles = ProcessRoles::ALL,
-                other => {
-                    return Err(format!(
-                        "unknown role '{other}' (expected listener, worker, scheduler, api)"
-                    ))
-                }
+                other => return Err(format!("unknown role '{other}' (expected listener, worker, scheduler, api)")),
             }
         }
-        if roles
-            == (ProcessRoles {
-                engine: Roles {
-                    listener: false,
-                    worker: false,
-                    scheduler: false,
-                },
-                api: false,
-            })
-        {
+        if roles == (ProcessRoles { engine: Roles { listener: false, worker: false, scheduler: false }, api: false }) {
             return Err("no role given".into());
         }
         Ok(roles)
@@ -77,10 +54,7 @@ pub enum StartError {
     #[error("postgres pool: {0}")]
     Pool(String),
     #[error("http: cannot listen on {addr}: {source}")]
-    Bind {
-        addr: String,
-        source: std::io::Error,
-    },
+    Bind { addr: String, source: std::io::Error },
 }
 
 /// A started process: engine plus (optionally) the API server.
@@ -97,14 +71,9 @@ pub fn pg_pool(settings: &Settings) -> Result<Pool, StartError> {
     let manager = Manager::from_config(
         settings.pg_config()?,
         actors::store::tls(),
-        ManagerConfig {
-            recycling_method: RecyclingMethod::Fast,
-        },
+        ManagerConfig { recycling_method: RecyclingMethod::Fast },
     );
-    Pool::builder(manager)
-        .max_size(settings.database.pool_size)
-        .build()
-        .map_err(|e| StartError::Pool(e.to_string()))
+    Pool::builder(manager).max_size(settings.database.pool_size).build().map_err(|e| StartError::Pool(e.to_string()))
 }
 
 impl Application {
@@ -127,14 +96,8 @@ impl Application {
         warn_if_relay_keys_can_be_evicted(&relay, &log).await;
 
         let engine_settings = settings.engine(roles.engine, consumer);
-        let engine = Engine::start(
-            engine_settings,
-            store.clone(),
-            relay.clone(),
-            settings.pg_config()?,
-            log.clone(),
-        )
-        .await?;
+        let engine =
+            Engine::start(engine_settings, store.clone(), relay.clone(), settings.pg_config()?, log.clone()).await?;
 
         let (mut port, mut server) = (None, None);
         if roles.api {
@@ -158,24 +121,14 @@ impl Application {
             .workers(1)
             .disable_signals()
             .bind(addr)
-            .map_err(|source| StartError::Bind {
-                addr: addr.to_string(),
-                source,
-            })?;
+            .map_err(|source| StartError::Bind { addr: addr.to_string(), source })?;
             port = http.addrs().first().map(|a| a.port());
             let running = http.run();
             server = Some(running.handle());
             actix_rt::spawn(running);
             info!(log, "http api listening"; "addr" => %addr, "port" => port);
         }
-        Ok(Application {
-            port,
-            engine,
-            store,
-            relay,
-            server,
-            log,
-        })
+        Ok(Application { port, engine, store, relay, server, log })
     }
 
     /// Graceful stop: the API stops accepting, in-flight deliveries get `grace` to finish.
@@ -192,11 +145,8 @@ impl Application {
 /// Relay keys must not be evicted: an evicted stream entry is found again only by the sweep.
 async fn warn_if_relay_keys_can_be_evicted(relay: &Relay, log: &Logger) {
     let mut conn = relay.conn();
-    let policy: Result<Vec<String>, _> = redis::cmd("CONFIG")
-        .arg("GET")
-        .arg("maxmemory-policy")
-        .query_async(&mut conn)
-        .await;
+    let policy: Result<Vec<String>, _> =
+        redis::cmd("CONFIG").arg("GET").arg("maxmemory-policy").query_async(&mut conn).await;
     match policy {
         Ok(v) => {
             let policy = v.get(1).cloned().unwrap_or_default();
@@ -231,9 +181,7 @@ mod tests {
         let r = ProcessRoles::parse("listener,api").unwrap();
         assert!(r.engine.listener && r.api && !r.engine.worker && !r.engine.scheduler);
         assert_eq!(ProcessRoles::parse("all").unwrap(), ProcessRoles::ALL);
-        assert!(ProcessRoles::parse("listener,mailer")
-            .unwrap_err()
-            .contains("'mailer'"));
+        assert!(ProcessRoles::parse("listener,mailer").unwrap_err().contains("'mailer'"));
         assert!(ProcessRoles::parse("").is_err());
     }
 }

@@ -8,21 +8,14 @@ pub struct LogGuard(#[allow(dead_code)] Option<slog_async::AsyncGuard>);
 
 /// A JSON logger at `level`, with `service` and `version` on every line.
 pub fn logger(level: Level) -> (Logger, LogGuard) {
-    let json = slog_json::Json::new(std::io::stdout())
-        .add_default_keys()
-        .set_flush(false)
-        .build()
-        .fuse();
+    let json = slog_json::Json::new(std::io::stdout()).add_default_keys().set_flush(false).build().fuse();
     let (drain, guard) = slog_async::Async::new(json)
         .chan_size(16_384)
         .overflow_strategy(slog_async::OverflowStrategy::Block)
         .thread_name("log".into())
         .build_with_guard();
     let drain = drain.filter_level(level).fuse();
-    let log = Logger::root(
-        drain,
-        o!("service" => "notify-relay", "version" => env!("CARGO_PKG_VERSION")),
-    );
+    let log = Logger::root(drain, o!("service" => "notify-relay", "version" => env!("CARGO_PKG_VERSION")));
     (log, LogGuard(Some(guard)))
 }
 

@@ -40,15 +40,7 @@ impl ClaimActor {
         min_idle: Duration,
         shutdown: Shutdown,
     ) -> Self {
-        ClaimActor {
-            life,
-            consumer,
-            dispatcher,
-            inflight,
-            interval,
-            min_idle,
-            shutdown,
-        }
+        ClaimActor { life, consumer, dispatcher, inflight, interval, min_idle, shutdown }
     }
 }
 
@@ -69,10 +61,7 @@ async fn claim_all(
             if permits == 0 {
                 return Ok(total);
             }
-            let (next, entries, deleted) = match relay
-                .autoclaim(shard, &consumer, min_idle, &cursor, permits)
-                .await
-            {
+            let (next, entries, deleted) = match relay.autoclaim(shard, &consumer, min_idle, &cursor, permits).await {
                 Ok(r) => r,
                 Err(e) => {
                     inflight.release(permits);
@@ -140,16 +129,12 @@ impl Handler<Envelope<ClaimStale>> for ClaimActor {
             self.min_idle,
             self.life.log.clone(),
         );
-        ctx.wait(
-            guarded(fut)
-                .into_actor(self)
-                .map(|res, act, ctx| match res {
-                    Ok(_) => act.life.healthy(),
-                    Err(e) => {
-                        act.life.failed(&e);
-                        ctx.stop();
-                    }
-                }),
-        );
+        ctx.wait(guarded(fut).into_actor(self).map(|res, act, ctx| match res {
+            Ok(_) => act.life.healthy(),
+            Err(e) => {
+                act.life.failed(&e);
+                ctx.stop();
+            }
+        }));
     }
 }

@@ -22,12 +22,7 @@ pub struct DelayActor {
 
 impl DelayActor {
     pub fn new(life: Lifecycle, relay: Relay, interval: Duration, shutdown: Shutdown) -> Self {
-        DelayActor {
-            life,
-            relay,
-            interval,
-            shutdown,
-        }
+        DelayActor { life, relay, interval, shutdown }
     }
 }
 

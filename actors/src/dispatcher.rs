@@ -27,10 +27,7 @@ pub struct Handle<A: actix::Actor> {
 
 impl<A: actix::Actor> Clone for Handle<A> {
     fn clone(&self) -> Self {
-        Handle {
-            addr: self.addr.clone(),
-            stats: Arc::clone(&self.stats),
-        }
+        Handle { addr: self.addr.clone(), stats: Arc::clone(&self.stats) }
     }
 }
 
@@ -43,10 +40,7 @@ pub struct SenderPool {
 
 impl SenderPool {
     pub fn new(senders: Vec<Handle<SenderActor>>) -> Self {
-        SenderPool {
-            senders: Arc::new(senders),
-            next: Arc::new(AtomicUsize::new(0)),
-        }
+        SenderPool { senders: Arc::new(senders), next: Arc::new(AtomicUsize::new(0)) }
     }
 
     /// Waits for room in the chosen sender's bounded mailbox (`send`, unlike `do_send`, honours
@@ -57,10 +51,7 @@ impl SenderPool {
         }
         let i = self.next.fetch_add(1, Ordering::Relaxed) % self.senders.len();
         let sender = &self.senders[i];
-        sender
-            .addr
-            .send(sender.stats.envelope(Deliver { deliveries }))
-            .await?;
+        sender.addr.send(sender.stats.envelope(Deliver { deliveries })).await?;
         Ok(())
     }
 }
@@ -86,16 +77,11 @@ impl Dispatcher {
         for entry in entries {
             match entry {
                 Entry::Job(entry, job) => deliveries.push(Delivery { job, entry }),
-                Entry::Poison { entry, raw, reason } => {
-                    done.push(Outcome::Poison { entry, raw, reason })
-                }
+                Entry::Poison { entry, raw, reason } => done.push(Outcome::Poison { entry, raw, reason }),
             }
         }
 
-        let seen = self
-            .relay
-            .delivered(&deliveries.iter().map(|d| &d.job).collect::<Vec<_>>())
-            .await?;
+        let seen = self.relay.delivered(&deliveries.iter().map(|d| &d.job).collect::<Vec<_>>()).await?;
         let mut fresh = Vec::with_capacity(deliveries.len());
         for (delivery, seen) in deliveries.into_iter().zip(seen) {
             if seen {
@@ -107,13 +93,8 @@ impl Dispatcher {
         if reclaimed && !fresh.is_empty() {
             let ids: Vec<_> = fresh.iter().map(|d| d.job.delivery_id).collect();
             let finished = self.store.already_final(&ids).await?;
-            let (dups, rest): (Vec<_>, Vec<_>) = fresh
-                .into_iter()
-                .partition(|d| finished.contains(&d.job.delivery_id));
-            done.extend(
-                dups.into_iter()
-                    .map(|delivery| Outcome::Duplicate { delivery }),
-            );
+            let (dups, rest): (Vec<_>, Vec<_>) = fresh.into_iter().partition(|d| finished.contains(&d.job.delivery_id));
+            done.extend(dups.into_iter().map(|delivery| Outcome::Duplicate { delivery }));
             fresh = rest;
         }
 
@@ -136,10 +117,7 @@ impl Dispatcher {
             }
         }
         if !done.is_empty() {
-            self.outcomes
-                .addr
-                .send(self.outcomes.stats.envelope(Record { outcomes: done }))
-                .await?;
+            self.outcomes.addr.send(self.outcomes.stats.envelope(Record { outcomes: done })).await?;
         }
         Ok(())
     }

@@ -61,9 +61,7 @@ impl Engine {
         let shutdown = Shutdown::default();
         let inflight = InFlight::new(settings.concurrency);
         let mut arbiters = Vec::new();
-        let life = |name: String, kind: &'static str| {
-            Lifecycle::new(registry.register(name, kind, MAILBOX), &log)
-        };
+        let life = |name: String, kind: &'static str| Lifecycle::new(registry.register(name, kind, MAILBOX), &log);
 
         // The groups exist before anyone reads, and `/readyz` can rely on them.
         relay.ensure_groups().await?;
@@ -73,12 +71,7 @@ impl Engine {
         if settings.roles.worker || settings.roles.scheduler {
             let writer_life = life("outcome-writer".into(), "outcome_writer");
             let stats = writer_life.stats.clone();
-            let (s, r, f, retry) = (
-                store.clone(),
-                relay.clone(),
-                inflight.clone(),
-                settings.retry,
-            );
+            let (s, r, f, retry) = (store.clone(), relay.clone(), inflight.clone(), settings.retry);
             let addr = Supervisor::start(move |_| OutcomeWriter::new(writer_life, s, r, f, retry));
             let writer = Handle { addr, stats };
 
@@ -112,32 +105,18 @@ impl Engine {
         if let (true, Some(dispatcher)) = (settings.roles.worker, &dispatcher) {
             for shard in relay.keys().shard_ids() {
                 let reader_life = life(format!("stream-reader-{shard}"), "stream_reader");
-                let (d, f, s, c) = (
-                    dispatcher.clone(),
-                    inflight.clone(),
-                    shutdown.clone(),
-                    settings.consumer.clone(),
-                );
+                let (d, f, s, c) = (dispatcher.clone(), inflight.clone(), shutdown.clone(), settings.consumer.clone());
                 Supervisor::start(move |_| StreamReaderActor::new(reader_life, shard, c, d, f, s));
             }
         }
 
         if let (true, Some(dispatcher)) = (settings.roles.scheduler, &dispatcher) {
             let delay_life = life("delay".into(), "delay");
-            let (r, s, interval) = (
-                relay.clone(),
-                shutdown.clone(),
-                settings.delay_poll_interval,
-            );
+            let (r, s, interval) = (relay.clone(), shutdown.clone(), settings.delay_poll_interval);
             Supervisor::start(move |_| DelayActor::new(delay_life, r, interval, s));
 
             let claim_life = life("claim".into(), "claim");
-            let (d, f, s, c) = (
-                dispatcher.clone(),
-                inflight.clone(),
-                shutdown.clone(),
-                settings.consumer.clone(),
-            );
+            let (d, f, s, c) = (dispatcher.clone(), inflight.clone(), shutdown.clone(), settings.consumer.clone());
             let (interval, min_idle) = (settings.claim_interval, settings.claim_min_idle);
             Supervisor::start(move |_| ClaimActor::new(claim_life, c, d, f, interval, min_idle, s));
         }
@@ -149,36 +128,15 @@ impl Engine {
                 enabled.insert(Provider::Expo);
             }
             let (st, r, s) = (store.clone(), relay.clone(), shutdown.clone());
-            let (batch, sweep, stale) = (
-                settings.listener_batch,
-                settings.sweep_interval,
-                settings.stale_after,
-            );
+            let (batch, sweep, stale) = (settings.listener_batch, settings.sweep_interval, settings.stale_after);
             Supervisor::start(move |_| {
-                ListenerActor::new(
-                    listener_life,
-                    st,
-                    r,
-                    pg_config,
-                    batch,
-                    sweep,
-                    stale,
-                    enabled,
-                    s,
-                )
+                ListenerActor::new(listener_life, st, r, pg_config, batch, sweep, stale, enabled, s)
             });
         }
 
         info!(log, "engine started"; "roles" => format!("{:?}", settings.roles), "consumer" => &settings.consumer,
               "concurrency" => settings.concurrency, "shards" => relay.keys().shards());
-        Ok(Engine {
-            registry,
-            shutdown,
-            inflight,
-            outcomes,
-            arbiters,
-            log,
-        })
+        Ok(Engine { registry, shutdown, inflight, outcomes, arbiters, log })
     }
 
     pub fn registry(&self) -> &Registry {
@@ -194,9 +152,7 @@ impl Engine {
     pub async fn shutdown(self, grace: Duration) -> bool {
         self.shutdown.trigger();
         let deadline = Instant::now() + grace;
-        let drained = tokio::time::timeout(grace, self.inflight.drained())
-            .await
-            .is_ok();
+        let drained = tokio::time::timeout(grace, self.inflight.drained()).await.is_ok();
         let mut flushed = true;
         if let Some(writer) = &self.outcomes {
             flushed = false;

@@ -24,11 +24,7 @@ struct Inner {
 impl InFlight {
     pub fn new(capacity: usize) -> Self {
         InFlight {
-            inner: Arc::new(Inner {
-                capacity: capacity.max(1),
-                used: AtomicUsize::new(0),
-                freed: Notify::new(),
-            }),
+            inner: Arc::new(Inner { capacity: capacity.max(1), used: AtomicUsize::new(0), freed: Notify::new() }),
         }
     }
 
@@ -48,12 +44,7 @@ impl InFlight {
             if n == 0 {
                 return 0;
             }
-            match self.inner.used.compare_exchange(
-                used,
-                used + n,
-                Ordering::AcqRel,
-                Ordering::Acquire,
-            ) {
+            match self.inner.used.compare_exchange(used, used + n, Ordering::AcqRel, Ordering::Acquire) {
                 Ok(_) => return n,
                 Err(actual) => used = actual,
             }
@@ -76,12 +67,7 @@ impl InFlight {
         if n == 0 {
             return;
         }
-        let _ = self
-            .inner
-            .used
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |u| {
-                Some(u.saturating_sub(n))
-            });
+        let _ = self.inner.used.fetch_update(Ordering::AcqRel, Ordering::Acquire, |u| Some(u.saturating_sub(n)));
         self.inner.freed.notify_waiters();
     }
 

@@ -22,12 +22,7 @@ pub enum Provider {
 }
 
 impl Provider {
-    pub const ALL: [Provider; 4] = [
-        Provider::Expo,
-        Provider::Fcm,
-        Provider::Apns,
-        Provider::Email,
-    ];
+    pub const ALL: [Provider; 4] = [Provider::Expo, Provider::Fcm, Provider::Apns, Provider::Email];
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -52,9 +47,7 @@ impl FromStr for Provider {
         Provider::ALL
             .into_iter()
             .find(|p| p.as_str() == s)
-            .ok_or_else(|| {
-                format!("unknown provider `{s}` (expected one of expo, fcm, apns, email)")
-            })
+            .ok_or_else(|| format!("unknown provider `{s}` (expected one of expo, fcm, apns, email)"))
     }
 }
 
@@ -74,9 +67,7 @@ impl FromStr for Priority {
         match s {
             "normal" => Ok(Priority::Normal),
             "high" => Ok(Priority::High),
-            other => Err(format!(
-                "priority must be 'normal' or 'high', got '{other}'"
-            )),
+            other => Err(format!("priority must be 'normal' or 'high', got '{other}'")),
         }
     }
 }
@@ -143,10 +134,7 @@ pub enum SendResult {
     /// Accepted; the provider's id for the message (Expo ticket id, FCM name, apns-id).
     Delivered { provider_message_id: Option<String> },
     /// Try again later; `after` is the provider's `Retry-After` when it gave one.
-    Retry {
-        error: String,
-        after: Option<Duration>,
-    },
+    Retry { error: String, after: Option<Duration> },
     /// Never going to work for this message.
     Permanent { error: String },
     /// The token or address is dead: fail the target and disable the device.
@@ -171,19 +159,11 @@ impl SendResult {
 #[derive(Debug, Clone)]
 pub enum Outcome {
     /// The provider answered.
-    Sent {
-        delivery: Delivery,
-        result: SendResult,
-        latency_ms: u64,
-    },
+    Sent { delivery: Delivery, result: SendResult, latency_ms: u64 },
     /// Already delivered before (idempotency key or Postgres says so): acknowledge, do not send.
     Duplicate { delivery: Delivery },
     /// The entry could not be parsed: dead-letter it with the reason and acknowledge it.
-    Poison {
-        entry: EntryRef,
-        raw: String,
-        reason: String,
-    },
+    Poison { entry: EntryRef, raw: String, reason: String },
 }
 
 impl Outcome {

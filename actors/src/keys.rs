@@ -49,10 +49,7 @@ pub struct Keys {
 
 impl Keys {
     pub fn new(prefix: impl Into<String>, shards: u16) -> Self {
-        Keys {
-            prefix: prefix.into(),
-            shards: shards.max(1),
-        }
+        Keys { prefix: prefix.into(), shards: shards.max(1) }
     }
 
     pub fn prefix(&self) -> &str {
@@ -107,10 +104,7 @@ mod tests {
     #[test]
     fn counters_are_named_per_event_provider_and_day() {
         let k = Keys::new("p", 1);
-        assert_eq!(
-            k.counter("SEND_SUCCESS", None, "20261126"),
-            "p:metrics:notifications:SEND_SUCCESS:20261126"
-        );
+        assert_eq!(k.counter("SEND_SUCCESS", None, "20261126"), "p:metrics:notifications:SEND_SUCCESS:20261126");
         assert_eq!(
             k.counter("SEND_SUCCESS", Some("expo"), "20261126"),
             "p:metrics:notifications:SEND_SUCCESS:expo:20261126"

@@ -98,8 +98,7 @@ impl ListenerActor {
             // The connection delivers notifications only while something polls it.
             let lost = addr.clone();
             actix_rt::spawn(async move {
-                let mut messages =
-                    futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
+                let mut messages = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
                 while let Some(message) = messages.next().await {
                     match message {
                         Ok(AsyncMessage::Notification(_)) => {
@@ -119,47 +118,31 @@ impl ListenerActor {
             client.batch_execute(&format!("LISTEN {CHANNEL}")).await?;
             Ok::<_, EngineError>(client)
         };
-        ctx.wait(
-            guarded(fut)
-                .into_actor(self)
-                .map(|res, act, ctx| match res {
-                    Ok(client) => {
-                        ctx.notify(Listening(client));
-                        // Whatever was inserted while nobody listened is picked up now.
-                        ctx.address().do_send(act.life.stats.envelope(Sweep));
-                    }
-                    Err(e) => {
-                        act.life.failed(&e);
-                        ctx.stop();
-                    }
-                }),
-        );
+        ctx.wait(guarded(fut).into_actor(self).map(|res, act, ctx| match res {
+            Ok(client) => {
+                ctx.notify(Listening(client));
+                // Whatever was inserted while nobody listened is picked up now.
+                ctx.address().do_send(act.life.stats.envelope(Sweep));
+            }
+            Err(e) => {
+                act.life.failed(&e);
+                ctx.stop();
+            }
+        }));
     }
 }
 
 /// Claims and enqueues pending notifications until none is left.
-async fn drain(
-    store: Store,
-    relay: Relay,
-    batch: i64,
-    enabled: Arc<HashSet<Provider>>,
-    log: Logger,
-) -> Result<usize> {
+async fn drain(store: Store, relay: Relay, batch: i64, enabled: Arc<HashSet<Provider>>, log: Logger) -> Result<usize> {
     let mut total = 0;
     loop {
-        let out = store
-            .fan_out_pending(batch, &|p| enabled.contains(&p))
-            .await?;
+        let out = store.fan_out_pending(batch, &|p| enabled.contains(&p)).await?;
         // Committed as `queued` before the XADD: if the XADD fails the sweep re-enqueues them.
         let mut tally = Tally::default();
         for job in &out.jobs {
             tally.add(events::ENQUEUE, Some(job.provider.as_str()), 1);
         }
-        tally.add(
-            events::NOTIFICATION_FAILED,
-            None,
-            out.settled.iter().filter(|s| !s.delivered).count() as u64,
-        );
+        tally.add(events::NOTIFICATION_FAILED, None, out.settled.iter().filter(|s| !s.delivered).count() as u64);
         relay.enqueue(&out.jobs).await?;
         relay.add_counters(&tally, &events::today()).await?;
         for job in &out.jobs {
@@ -261,22 +244,14 @@ impl Handler<ListenLost> for ListenerActor {
 }
 
 impl ListenerActor {
-    fn run(
-        &mut self,
-        ctx: &mut Context<Self>,
-        fut: impl std::future::Future<Output = Result<usize>> + 'static,
-    ) {
-        ctx.wait(
-            guarded(fut)
-                .into_actor(self)
-                .map(|res, act, ctx| match res {
-                    Ok(_) => act.life.healthy(),
-                    Err(e) => {
-                        act.life.failed(&e);
-                        ctx.stop();
-                    }
-                }),
-        );
+    fn run(&mut self, ctx: &mut Context<Self>, fut: impl std::future::Future<Output = Result<usize>> + 'static) {
+        ctx.wait(guarded(fut).into_actor(self).map(|res, act, ctx| match res {
+            Ok(_) => act.life.healthy(),
+            Err(e) => {
+                act.life.failed(&e);
+                ctx.stop();
+            }
+        }));
     }
 }
 
@@ -289,13 +264,8 @@ impl Handler<Envelope<Drain>> for ListenerActor {
         if self.shutdown.is_triggered() {
             return;
         }
-        let fut = drain(
-            self.store.clone(),
-            self.relay.clone(),
-            self.batch,
-            self.enabled.clone(),
-            self.life.log.clone(),
-        );
+        let fut =
+            drain(self.store.clone(), self.relay.clone(), self.batch, self.enabled.clone(), self.life.log.clone());
         self.run(ctx, fut);
     }
 }

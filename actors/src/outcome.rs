@@ -40,13 +40,7 @@ pub struct OutcomeWriter {
 }
 
 impl OutcomeWriter {
-    pub fn new(
-        life: Lifecycle,
-        store: Store,
-        relay: Relay,
-        inflight: InFlight,
-        retry: RetryPolicy,
-    ) -> Self {
+    pub fn new(life: Lifecycle, store: Store, relay: Relay, inflight: InFlight, retry: RetryPolicy) -> Self {
         OutcomeWriter {
             life,
             store,
@@ -95,28 +89,25 @@ impl OutcomeWriter {
             relay.write_outcomes(&writes, &events::today()).await?;
             Ok(settled)
         });
-        ctx.wait(
-            fut.into_actor(self)
-                .map(move |res: Result<Vec<Settled>>, act, ctx| {
-                    act.flushing = false;
-                    match res {
-                        Ok(settled) => {
-                            log_outcomes(&act.life.log, &batch, &settled, &act.retry);
-                            act.inflight.release(batch.len());
-                            act.life.healthy();
-                            act.schedule(ctx);
-                        }
-                        Err(e) => {
-                            // Keep the batch, in front: it is written again after the restart.
-                            let rest = std::mem::take(&mut act.buffer);
-                            act.buffer = batch;
-                            act.buffer.extend(rest);
-                            act.life.failed(&e);
-                            ctx.stop();
-                        }
-                    }
-                }),
-        );
+        ctx.wait(fut.into_actor(self).map(move |res: Result<Vec<Settled>>, act, ctx| {
+            act.flushing = false;
+            match res {
+                Ok(settled) => {
+                    log_outcomes(&act.life.log, &batch, &settled, &act.retry);
+                    act.inflight.release(batch.len());
+                    act.life.healthy();
+                    act.schedule(ctx);
+                }
+                Err(e) => {
+                    // Keep the batch, in front: it is written again after the restart.
+                    let rest = std::mem::take(&mut act.buffer);
+                    act.buffer = batch;
+                    act.buffer.extend(rest);
+                    act.life.failed(&e);
+                    ctx.stop();
+                }
+            }
+        }));
     }
 }
 
@@ -150,9 +141,7 @@ impl Plan {
                     redis.tally.add(events::DUPLICATE_SKIPPED, None, 1);
                     continue;
                 }
-                Outcome::Sent {
-                    delivery, result, ..
-                } => (delivery, result),
+                Outcome::Sent { delivery, result, .. } => (delivery, result),
             };
             let job = &delivery.job;
             let provider = Some(job.provider.as_str());
@@ -167,60 +156,37 @@ impl Plan {
                 job: job.to_json(),
             };
             match result {
-                SendResult::Delivered {
-                    provider_message_id,
-                } => {
-                    rows.delivered.push((
-                        job.delivery_id,
-                        attempts as i32,
-                        provider_message_id.clone(),
-                    ));
+                SendResult::Delivered { provider_message_id } => {
+                    rows.delivered.push((job.delivery_id, attempts as i32, provider_message_id.clone()));
                     rows.used_devices.push(job.device_id);
                     redis.delivered.push((job.notification_id, job.device_id));
                     redis.tally.add(events::SEND_SUCCESS, provider, 1);
                 }
-                SendResult::Retry { error, .. } | SendResult::Auth { error }
-                    if attempts < retry.max_attempts =>
-                {
-                    let after = if let SendResult::Retry { after, .. } = result {
-                        *after
-                    } else {
-                        None
-                    };
+                SendResult::Retry { error, .. } | SendResult::Auth { error } if attempts < retry.max_attempts => {
+                    let after = if let SendResult::Retry { after, .. } = result { *after } else { None };
                     let delay = retry.delay(attempts, after);
-                    rows.retrying.push((
-                        job.delivery_id,
-                        job.notification_id,
-                        attempts as i32,
-                        error.clone(),
-                        delay,
-                    ));
+                    rows.retrying.push((job.delivery_id, job.notification_id, attempts as i32, error.clone(), delay));
                     let mut next = job.clone();
                     next.attempt = attempts;
-                    redis
-                        .retries
-                        .push((delivery.entry.shard, now + delay, next));
+                    redis.retries.push((delivery.entry.shard, now + delay, next));
                     redis.tally.add(events::SEND_FAIL, provider, 1);
                     redis.tally.add(events::RETRY_SCHEDULED, provider, 1);
                 }
                 SendResult::Retry { error, .. } | SendResult::Auth { error } => {
                     let error = format!("gave up after {attempts} attempts: {error}");
-                    rows.failed
-                        .push((job.delivery_id, attempts as i32, error.clone()));
+                    rows.failed.push((job.delivery_id, attempts as i32, error.clone()));
                     redis.dead_letters.push(dead_letter("max_attempts", &error));
                     redis.tally.add(events::SEND_FAIL, provider, 1);
                     redis.tally.add(events::DLQ_PUSHED, provider, 1);
                 }
                 SendResult::Permanent { error } => {
-                    rows.failed
-                        .push((job.delivery_id, attempts as i32, error.clone()));
+                    rows.failed.push((job.delivery_id, attempts as i32, error.clone()));
                     redis.dead_letters.push(dead_letter("permanent", error));
                     redis.tally.add(events::SEND_FAIL, provider, 1);
                     redis.tally.add(events::DLQ_PUSHED, provider, 1);
                 }
                 SendResult::InvalidToken { error } => {
-                    rows.failed
-                        .push((job.delivery_id, attempts as i32, error.clone()));
+                    rows.failed.push((job.delivery_id, attempts as i32, error.clone()));
                     rows.disable_devices.push((job.device_id, error.clone()));
                     redis.dead_letters.push(dead_letter("invalid_token", error));
                     redis.tally.add(events::SEND_FAIL, provider, 1);
@@ -246,16 +212,14 @@ fn log_outcomes(log: &Logger, batch: &[Outcome], settled: &[Settled], retry: &Re
                 info!(log, "already delivered; acknowledged without sending"; "event" => events::DUPLICATE_SKIPPED,
                       "notification_id" => %j.notification_id, "trace_id" => &j.trace_id, "provider" => j.provider.as_str());
             }
-            Outcome::Sent {
-                delivery,
-                result,
-                latency_ms,
-            } => {
+            Outcome::Sent { delivery, result, latency_ms } => {
                 let j = &delivery.job;
                 let attempt = j.attempt + 1;
-                let log = log.new(slog::o!("notification_id" => j.notification_id.to_string(), "trace_id" => j.trace_id.clone(),
+                let log = log.new(
+                    slog::o!("notification_id" => j.notification_id.to_string(), "trace_id" => j.trace_id.clone(),
                     "provider" => j.provider.as_str(), "device_id" => j.device_id.to_string(), "attempt" => attempt,
-                    "latency_ms" => *latency_ms));
+                    "latency_ms" => *latency_ms),
+                );
                 match result {
                     SendResult::Delivered { .. } => {
                         info!(log, "delivered"; "event" => events::SEND_SUCCESS)
@@ -264,9 +228,7 @@ fn log_outcomes(log: &Logger, batch: &[Outcome], settled: &[Settled], retry: &Re
                         let error = other.error().unwrap_or_default();
                         warn!(log, "send failed"; "event" => events::SEND_FAIL, "error" => error);
                         match other {
-                            SendResult::Retry { .. } | SendResult::Auth { .. }
-                                if attempt < retry.max_attempts =>
-                            {
+                            SendResult::Retry { .. } | SendResult::Auth { .. } if attempt < retry.max_attempts => {
                                 info!(log, "retry scheduled"; "event" => events::RETRY_SCHEDULED)
                             }
                             SendResult::InvalidToken { .. } => {

@@ -26,17 +26,12 @@ impl ActorStats {
     /// A token for one message on its way to this actor's mailbox.
     pub fn token(self: &Arc<Self>) -> MailboxToken {
         self.mailbox_len.fetch_add(1, Ordering::Relaxed);
-        MailboxToken {
-            stats: Arc::clone(self),
-        }
+        MailboxToken { stats: Arc::clone(self) }
     }
 
     /// Wraps a message so that it is counted while it waits in the mailbox.
     pub fn envelope<M>(self: &Arc<Self>, msg: M) -> Envelope<M> {
-        Envelope {
-            msg,
-            _token: self.token(),
-        }
+        Envelope { msg, _token: self.token() }
     }
 
     pub fn mailbox_len(&self) -> usize {
@@ -124,12 +119,7 @@ pub struct Registry {
 }
 
 impl Registry {
-    pub fn register(
-        &self,
-        name: impl Into<String>,
-        kind: &'static str,
-        mailbox_capacity: usize,
-    ) -> Arc<ActorStats> {
+    pub fn register(&self, name: impl Into<String>, kind: &'static str, mailbox_capacity: usize) -> Arc<ActorStats> {
         let stats = Arc::new(ActorStats {
             name: name.into(),
             kind,
@@ -147,18 +137,12 @@ impl Registry {
     }
 
     pub fn snapshot(&self) -> Vec<ActorSnapshot> {
-        self.actors
-            .lock()
-            .map(|a| a.iter().map(|s| s.snapshot()).collect())
-            .unwrap_or_default()
+        self.actors.lock().map(|a| a.iter().map(|s| s.snapshot()).collect()).unwrap_or_default()
     }
 
     /// True when every registered actor is running (an API-only process has none).
     pub fn all_running(&self) -> bool {
-        self.actors
-            .lock()
-            .map(|a| a.iter().all(|s| s.is_running()))
-            .unwrap_or(false)
+        self.actors.lock().map(|a| a.iter().all(|s| s.is_running())).unwrap_or(false)
     }
 }
 
@@ -177,9 +161,6 @@ mod tests {
         assert_eq!(stats.mailbox_len(), 1);
         drop(b);
         let snap = &registry.snapshot()[0];
-        assert_eq!(
-            (snap.mailbox_len, snap.handled, snap.mailbox_capacity),
-            (0, 2, 16)
-        );
+        assert_eq!((snap.mailbox_len, snap.handled, snap.mailbox_capacity), (0, 2, 16));
     }
 }

@@ -28,11 +28,7 @@ return #due
 #[derive(Debug, Clone)]
 pub enum Entry {
     Job(EntryRef, Job),
-    Poison {
-        entry: EntryRef,
-        raw: String,
-        reason: String,
-    },
+    Poison { entry: EntryRef, raw: String, reason: String },
 }
 
 /// A dead letter: a delivery that failed for good, with the original job.
@@ -75,12 +71,7 @@ impl Relay {
             .set_response_timeout(Some(Duration::from_secs(5)))
             .set_number_of_retries(3);
         let conn = client.get_connection_manager_with_config(config).await?;
-        Ok(Relay {
-            client,
-            conn,
-            keys,
-            move_due: Script::new(MOVE_DUE),
-        })
+        Ok(Relay { client, conn, keys, move_due: Script::new(MOVE_DUE) })
     }
 
     pub fn keys(&self) -> &Keys {
@@ -98,10 +89,7 @@ impl Relay {
         let config = AsyncConnectionConfig::new()
             .set_connection_timeout(Some(Duration::from_secs(5)))
             .set_response_timeout(Some(block + Duration::from_secs(5)));
-        Ok(self
-            .client
-            .get_multiplexed_async_connection_with_config(&config)
-            .await?)
+        Ok(self.client.get_multiplexed_async_connection_with_config(&config).await?)
     }
 
     pub async fn ping(&self) -> Result<()> {
@@ -173,13 +161,7 @@ impl Relay {
             .query_async(conn)
             .await?;
         Ok(reply
-            .map(|r| {
-                r.keys
-                    .into_iter()
-                    .flat_map(|k| k.ids)
-                    .map(|id| parse_entry(shard, id))
-                    .collect()
-            })
+            .map(|r| r.keys.into_iter().flat_map(|k| k.ids).map(|id| parse_entry(shard, id)).collect())
             .unwrap_or_default())
     }
 
@@ -205,11 +187,7 @@ impl Relay {
             .arg(count)
             .query_async(&mut conn)
             .await?;
-        let entries = reply
-            .claimed
-            .into_iter()
-            .map(|id| parse_entry(shard, id))
-            .collect();
+        let entries = reply.claimed.into_iter().map(|id| parse_entry(shard, id)).collect();
         Ok((reply.next_stream_id, entries, reply.deleted_ids))
     }
 
@@ -220,8 +198,7 @@ impl Relay {
         }
         let mut pipe = redis::pipe();
         for job in jobs {
-            pipe.cmd("EXISTS")
-                .arg(self.keys.delivered(job.notification_id, job.device_id));
+            pipe.cmd("EXISTS").arg(self.keys.delivered(job.notification_id, job.device_id));
         }
         let mut conn = self.conn();
         Ok(pipe.query_async(&mut conn).await?)
@@ -229,10 +206,7 @@ impl Relay {
 
     /// Moves up to `limit` due retries of one shard back to its stream; returns how many moved.
     pub async fn move_due(&self, shard: u16, limit: usize) -> Result<usize> {
-        let now_ms = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap_or_default()
-            .as_millis() as u64;
+        let now_ms = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_millis() as u64;
         let mut conn = self.conn();
         let moved: usize = self
             .move_due
@@ -265,20 +239,14 @@ impl Relay {
             for (event, provider, n) in writes.tally.iter() {
                 let key = self.keys.counter(event, provider, day);
                 pipe.cmd("INCRBY").arg(&key).arg(n).ignore();
-                pipe.cmd("EXPIRE")
-                    .arg(&key)
-                    .arg(COUNTER_TTL.as_secs())
-                    .ignore();
+                pipe.cmd("EXPIRE").arg(&key).arg(COUNTER_TTL.as_secs()).ignore();
             }
             pipe.query_async::<()>(&mut conn).await?;
         }
 
         let mut by_shard: BTreeMap<u16, redis::Pipeline> = BTreeMap::new();
         for (shard, due, job) in &writes.retries {
-            let score = due
-                .duration_since(UNIX_EPOCH)
-                .unwrap_or_default()
-                .as_millis() as u64;
+            let score = due.duration_since(UNIX_EPOCH).unwrap_or_default().as_millis() as u64;
             atomic_pipe(&mut by_shard, *shard)
                 .cmd("ZADD")
                 .arg(self.keys.delayed(*shard))
@@ -335,19 +303,11 @@ fn parse_entry(shard: u16, id: StreamId) -> Entry {
     match id.map.get(JOB_FIELD) {
         Some(Value::BulkString(raw)) => match Job::from_json(raw) {
             Ok(job) => Entry::Job(entry, job),
-            Err(reason) => Entry::Poison {
-                entry,
-                raw: String::from_utf8_lossy(raw).into_owned(),
-                reason,
-            },
+            Err(reason) => Entry::Poison { entry, raw: String::from_utf8_lossy(raw).into_owned(), reason },
         },
         _ => {
             let raw = format!("{:?}", id.map);
-            Entry::Poison {
-                entry,
-                raw,
-                reason: format!("entry has no `{JOB_FIELD}` field"),
-            }
+            Entry::Poison { entry, raw, reason: format!("entry has no `{JOB_FIELD}` field") }
         }
     }
 }
@@ -362,10 +322,7 @@ impl Relay {
         for (event, provider, n) in tally.iter() {
             let key = self.keys.counter(event, provider, day);
             pipe.cmd("INCRBY").arg(&key).arg(n).ignore();
-            pipe.cmd("EXPIRE")
-                .arg(&key)
-                .arg(COUNTER_TTL.as_secs())
-                .ignore();
+            pipe.cmd("EXPIRE").arg(&key).arg(COUNTER_TTL.as_secs()).ignore();
         }
         let mut conn = self.conn();
         pipe.query_async::<()>(&mut conn).await?;
@@ -375,12 +332,7 @@ impl Relay {
     /// Acknowledges pending ids whose entries no longer exist (reported by `XAUTOCLAIM`).
     pub async fn ack_deleted(&self, shard: u16, ids: &[String]) -> Result<()> {
         let mut conn = self.conn();
-        redis::cmd("XACK")
-            .arg(self.keys.stream(shard))
-            .arg(GROUP)
-            .arg(ids)
-            .query_async::<()>(&mut conn)
-            .await?;
+        redis::cmd("XACK").arg(self.keys.stream(shard)).arg(GROUP).arg(ids).query_async::<()>(&mut conn).await?;
         Ok(())
     }
 }

@@ -27,13 +27,7 @@ pub struct SenderActor {
 
 impl SenderActor {
     pub fn new(life: Lifecycle, factory: &ClientFactory, outcomes: Handle<OutcomeWriter>) -> Self {
-        SenderActor {
-            life,
-            client: factory(),
-            buffer: Vec::new(),
-            flush_scheduled: false,
-            outcomes,
-        }
+        SenderActor { life, client: factory(), buffer: Vec::new(), flush_scheduled: false, outcomes }
     }
 
     fn send_full_batches(&mut self, ctx: &mut Context<Self>) {

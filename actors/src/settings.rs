@@ -15,11 +15,7 @@ pub struct Roles {
 }
 
 impl Roles {
-    pub const ALL: Roles = Roles {
-        listener: true,
-        worker: true,
-        scheduler: true,
-    };
+    pub const ALL: Roles = Roles { listener: true, worker: true, scheduler: true };
 }
 
 #[derive(Debug, Clone)]
@@ -73,11 +69,7 @@ impl RetryPolicy {
         let exp = attempt.saturating_sub(1).min(30);
         let ceiling = self.base.saturating_mul(1u32 << exp).min(self.max);
         let ms = ceiling.as_millis() as u64;
-        Duration::from_millis(if ms == 0 {
-            0
-        } else {
-            rand::random_range(0..=ms)
-        })
+        Duration::from_millis(if ms == 0 { 0 } else { rand::random_range(0..=ms) })
     }
 }
 
@@ -85,11 +77,8 @@ impl RetryPolicy {
 mod tests {
     use super::*;
 
-    const POLICY: RetryPolicy = RetryPolicy {
-        max_attempts: 5,
-        base: Duration::from_millis(100),
-        max: Duration::from_millis(1000),
-    };
+    const POLICY: RetryPolicy =
+        RetryPolicy { max_attempts: 5, base: Duration::from_millis(100), max: Duration::from_millis(1000) };
 
     #[test]
     fn backoff_grows_exponentially_and_stays_under_the_cap() {
@@ -102,26 +91,15 @@ mod tests {
 
     #[test]
     fn full_jitter_spreads_delays_over_the_whole_window() {
-        let delays: Vec<_> = (0..200)
-            .map(|_| POLICY.delay(4, None).as_millis())
-            .collect();
+        let delays: Vec<_> = (0..200).map(|_| POLICY.delay(4, None).as_millis()).collect();
         assert!(delays.iter().any(|&d| d < 200), "{delays:?}");
         assert!(delays.iter().any(|&d| d > 600), "{delays:?}");
     }
 
     #[test]
     fn retry_after_is_honoured_but_clamped() {
-        assert_eq!(
-            POLICY.delay(1, Some(Duration::from_millis(500))),
-            Duration::from_millis(500)
-        );
-        assert_eq!(
-            POLICY.delay(1, Some(Duration::from_secs(60))),
-            Duration::from_millis(1000)
-        );
-        assert_eq!(
-            POLICY.delay(1, Some(Duration::ZERO)),
-            Duration::from_millis(100)
-        );
+        assert_eq!(POLICY.delay(1, Some(Duration::from_millis(500))), Duration::from_millis(500));
+        assert_eq!(POLICY.delay(1, Some(Duration::from_secs(60))), Duration::from_millis(1000));
+        assert_eq!(POLICY.delay(1, Some(Duration::ZERO)), Duration::from_millis(100));
     }
 }

@@ -99,11 +99,7 @@ impl Store {
     /// listeners drain the same table), creates one `delivery` row per target and marks the
     /// notifications `queued`, all in one transaction. Malformed rows and users without an active
     /// device are failed here, with a `last_error` saying why.
-    pub async fn fan_out_pending(
-        &self,
-        limit: i64,
-        enabled: &dyn Fn(Provider) -> bool,
-    ) -> Result<FanOut> {
+    pub async fn fan_out_pending(&self, limit: i64, enabled: &dyn Fn(Provider) -> bool) -> Result<FanOut> {
         let mut client = self.pool.get().await?;
         let tx = client.transaction().await?;
 
@@ -145,21 +141,13 @@ impl Store {
             .await?;
         let mut by_user: HashMap<String, Vec<DeviceRow>> = HashMap::new();
         for r in tx.query(&devices, &[&users]).await? {
-            by_user.entry(r.get(0)).or_default().push(DeviceRow {
-                id: r.get(1),
-                provider: r.get(2),
-                token: r.get(3),
-            });
+            by_user.entry(r.get(0)).or_default().push(DeviceRow { id: r.get(1), provider: r.get(2), token: r.get(3) });
         }
 
         let mut targets = Vec::new();
         let mut rejected: Vec<(Uuid, String)> = Vec::new();
         for (i, n) in claimed.iter().enumerate() {
-            match plan_targets(
-                n,
-                by_user.get(&n.user_id).map(Vec::as_slice).unwrap_or(&[]),
-                enabled,
-            ) {
+            match plan_targets(n, by_user.get(&n.user_id).map(Vec::as_slice).unwrap_or(&[]), enabled) {
                 Ok(ts) => targets.extend(ts.into_iter().map(|mut t| {
                     t.notification = i;
                     t
@@ -168,10 +156,7 @@ impl Store {
             }
         }
 
-        let mut out = FanOut {
-            claimed: claimed.len(),
-            ..FanOut::default()
-        };
+        let mut out = FanOut { claimed: claimed.len(), ..FanOut::default() };
         if !targets.is_empty() {
             let insert = tx
                 .prepare_cached(
@@ -197,9 +182,7 @@ impl Store {
                 .collect();
             for t in targets.iter().filter(|t| t.error.is_none()) {
                 let n = &claimed[t.notification];
-                let (Some(&delivery_id), Ok(provider)) =
-                    (ids.get(&(n.id, t.device)), t.provider.parse())
-                else {
+                let (Some(&delivery_id), Ok(provider)) = (ids.get(&(n.id, t.device)), t.provider.parse()) else {
                     continue;
                 };
                 out.jobs.push(Job {
@@ -245,11 +228,8 @@ impl Store {
         }
 
         // Targets failed on the spot (provider not enabled…) may have settled a notification.
-        let instantly_failed: Vec<Uuid> = targets
-            .iter()
-            .filter(|t| t.error.is_some())
-            .map(|t| claimed[t.notification].id)
-            .collect();
+        let instantly_failed: Vec<Uuid> =
+            targets.iter().filter(|t| t.error.is_some()).map(|t| claimed[t.notification].id).collect();
         if !instantly_failed.is_empty() {
             out.settled.extend(settle(&tx, &instantly_failed).await?);
         }
@@ -270,9 +250,7 @@ impl Store {
         let mut ids = rows.notifications.clone();
         ids.sort_unstable();
         ids.dedup();
-        let lock = tx
-            .prepare_cached("SELECT 1 FROM notification WHERE id = ANY($1) ORDER BY id FOR UPDATE")
-            .await?;
+        let lock = tx.prepare_cached("SELECT 1 FROM notification WHERE id = ANY($1) ORDER BY id FOR UPDATE").await?;
         tx.execute(&lock, &[&ids]).await?;
 
         if !rows.delivered.is_empty() {
@@ -301,13 +279,8 @@ impl Store {
             let ids: Vec<Uuid> = rows.retrying.iter().map(|r| r.0).collect();
             let attempts: Vec<i32> = rows.retrying.iter().map(|r| r.2).collect();
             let errs: Vec<&str> = rows.retrying.iter().map(|r| r.3.as_str()).collect();
-            let delays: Vec<i64> = rows
-                .retrying
-                .iter()
-                .map(|r| r.4.as_millis() as i64)
-                .collect();
-            tx.execute(&stmt, &[&ids, &attempts, &errs, &delays])
-                .await?;
+            let delays: Vec<i64> = rows.retrying.iter().map(|r| r.4.as_millis() as i64).collect();
+            tx.execute(&stmt, &[&ids, &attempts, &errs, &delays]).await?;
 
             let stmt = tx
                 .prepare_cached(
@@ -347,9 +320,7 @@ impl Store {
             tx.execute(&stmt, &[&ids, &reasons]).await?;
         }
         if !rows.used_devices.is_empty() {
-            let stmt = tx
-                .prepare_cached("UPDATE device SET last_used_at = now() WHERE id = ANY($1)")
-                .await?;
+            let stmt = tx.prepare_cached("UPDATE device SET last_used_at = now() WHERE id = ANY($1)").await?;
             tx.execute(&stmt, &[&rows.used_devices]).await?;
         }
         let settled = settle(&tx, &ids).await?;
@@ -362,27 +333,16 @@ impl Store {
     pub async fn already_final(&self, deliveries: &[Uuid]) -> Result<Vec<Uuid>> {
         let client = self.pool.get().await?;
         let stmt = client
-            .prepare_cached(
-                "SELECT id FROM delivery WHERE id = ANY($1) AND status IN ('delivered', 'failed')",
-            )
+            .prepare_cached("SELECT id FROM delivery WHERE id = ANY($1) AND status IN ('delivered', 'failed')")
             .await?;
-        Ok(client
-            .query(&stmt, &[&deliveries])
-            .await?
-            .into_iter()
-            .map(|r| r.get(0))
-            .collect())
+        Ok(client.query(&stmt, &[&deliveries]).await?.into_iter().map(|r| r.get(0)).collect())
     }
 
     /// The sweep's second half: targets that made no progress for `stale_after` (their stream
     /// entry or delayed retry was lost with Redis, or the process died between commit and XADD)
     /// are touched and returned, to be written to the stream again. Also settles notifications
     /// whose targets are all final but which were left unsettled.
-    pub async fn requeue_stale(
-        &self,
-        stale_after: Duration,
-        limit: i64,
-    ) -> Result<(Vec<Job>, Vec<Settled>)> {
+    pub async fn requeue_stale(&self, stale_after: Duration, limit: i64) -> Result<(Vec<Job>, Vec<Settled>)> {
         let mut client = self.pool.get().await?;
         let tx = client.transaction().await?;
         let stale_ms = stale_after.as_millis() as i64;
@@ -431,17 +391,8 @@ impl Store {
                   LIMIT $2 FOR UPDATE SKIP LOCKED",
             )
             .await?;
-        let ids: Vec<Uuid> = tx
-            .query(&unsettled, &[&stale_ms, &limit])
-            .await?
-            .into_iter()
-            .map(|r| r.get(0))
-            .collect();
-        let settled = if ids.is_empty() {
-            Vec::new()
-        } else {
-            settle(&tx, &ids).await?
-        };
+        let ids: Vec<Uuid> = tx.query(&unsettled, &[&stale_ms, &limit]).await?.into_iter().map(|r| r.get(0)).collect();
+        let settled = if ids.is_empty() { Vec::new() } else { settle(&tx, &ids).await? };
         tx.commit().await?;
         Ok((jobs, settled))
     }
@@ -485,21 +436,12 @@ async fn settle(tx: &deadpool_postgres::Transaction<'_>, ids: &[Uuid]) -> Result
         .query(&stmt, &[&ids])
         .await?
         .into_iter()
-        .map(|r| Settled {
-            notification_id: r.get(0),
-            trace_id: r.get(1),
-            delivered: r.get(2),
-            last_error: r.get(3),
-        })
+        .map(|r| Settled { notification_id: r.get(0), trace_id: r.get(1), delivered: r.get(2), last_error: r.get(3) })
         .collect())
 }
 
 /// Decides the targets of one notification, or why it cannot be sent at all.
-fn plan_targets(
-    n: &Claimed,
-    devices: &[DeviceRow],
-    enabled: &dyn Fn(Provider) -> bool,
-) -> Result<Vec<Target>, String> {
+fn plan_targets(n: &Claimed, devices: &[DeviceRow], enabled: &dyn Fn(Provider) -> bool) -> Result<Vec<Target>, String> {
     validate(n)?;
     let channel = n.channel.as_deref();
     let targets: Vec<Target> = devices
@@ -511,13 +453,7 @@ fn plan_targets(
                 Ok(p) => Some(format!("provider {p} is not enabled in this deployment")),
                 Err(e) => Some(e),
             };
-            Target {
-                notification: 0,
-                device: d.id,
-                provider: d.provider.clone(),
-                token: d.token.clone(),
-                error,
-            }
+            Target { notification: 0, device: d.id, provider: d.provider.clone(), token: d.token.clone(), error }
         })
         .collect();
     if targets.is_empty() {
@@ -536,39 +472,22 @@ fn validate(n: &Claimed) -> Result<(), String> {
     }
     n.priority.parse::<Priority>()?;
     let Value::Object(payload) = &n.payload else {
-        return Err(format!(
-            "payload must be a JSON object, got {}",
-            json_type(&n.payload)
-        ));
+        return Err(format!("payload must be a JSON object, got {}", json_type(&n.payload)));
     };
     for field in ["title", "body", "subtitle", "sound"] {
         match payload.get(field) {
             None | Some(Value::Null) | Some(Value::String(_)) => {}
-            Some(other) => {
-                return Err(format!(
-                    "payload.{field} must be a string, got {}",
-                    json_type(other)
-                ))
-            }
+            Some(other) => return Err(format!("payload.{field} must be a string, got {}", json_type(other))),
         }
     }
     match payload.get("data") {
         None | Some(Value::Null) | Some(Value::Object(_)) => {}
-        Some(other) => {
-            return Err(format!(
-                "payload.data must be an object, got {}",
-                json_type(other)
-            ))
-        }
+        Some(other) => return Err(format!("payload.data must be an object, got {}", json_type(other))),
     }
     match payload.get("badge") {
         None | Some(Value::Null) => {}
         Some(Value::Number(n)) if n.as_u64().is_some() => {}
-        Some(other) => {
-            return Err(format!(
-                "payload.badge must be a non-negative integer, got {other}"
-            ))
-        }
+        Some(other) => return Err(format!("payload.badge must be a non-negative integer, got {other}")),
     }
     Ok(())
 }
@@ -611,11 +530,7 @@ mod tests {
     }
 
     fn device(provider: &str) -> DeviceRow {
-        DeviceRow {
-            id: Uuid::new_v4(),
-            provider: provider.into(),
-            token: "tok".into(),
-        }
+        DeviceRow { id: Uuid::new_v4(), provider: provider.into(), token: "tok".into() }
     }
 
     fn all(_: Provider) -> bool {
@@ -625,36 +540,20 @@ mod tests {
     #[test]
     fn malformed_payloads_are_rejected_naming_the_field() {
         let cases = [
-            (
-                json!("hello"),
-                "payload must be a JSON object, got a string",
-            ),
-            (
-                json!({"title": 5}),
-                "payload.title must be a string, got a number",
-            ),
-            (
-                json!({"data": [1]}),
-                "payload.data must be an object, got an array",
-            ),
-            (
-                json!({"badge": -1}),
-                "payload.badge must be a non-negative integer, got -1",
-            ),
+            (json!("hello"), "payload must be a JSON object, got a string"),
+            (json!({"title": 5}), "payload.title must be a string, got a number"),
+            (json!({"data": [1]}), "payload.data must be an object, got an array"),
+            (json!({"badge": -1}), "payload.badge must be a non-negative integer, got -1"),
         ];
         for (payload, expected) in cases {
-            let err = plan_targets(&claimed(None, payload), &[device("expo")], &all)
-                .err()
-                .unwrap();
+            let err = plan_targets(&claimed(None, payload), &[device("expo")], &all).err().unwrap();
             assert_eq!(err, expected);
         }
     }
 
     #[test]
     fn an_unknown_channel_is_rejected() {
-        let err = plan_targets(&claimed(Some("sms"), json!({})), &[device("expo")], &all)
-            .err()
-            .unwrap();
+        let err = plan_targets(&claimed(Some("sms"), json!({})), &[device("expo")], &all).err().unwrap();
         assert!(err.starts_with("channel: unknown provider `sms`"), "{err}");
     }
 
@@ -665,26 +564,16 @@ mod tests {
         assert_eq!(targets.len(), 2);
         let targets = plan_targets(&claimed(None, json!({})), &devices, &all).unwrap();
         assert_eq!(targets.len(), 3);
-        let err = plan_targets(&claimed(Some("apns"), json!({})), &devices, &all)
-            .err()
-            .unwrap();
+        let err = plan_targets(&claimed(Some("apns"), json!({})), &devices, &all).err().unwrap();
         assert_eq!(err, "user u1 has no active apns device");
     }
 
     #[test]
     fn targets_of_a_disabled_provider_fail_with_a_reason() {
         let only_expo = |p: Provider| p == Provider::Expo;
-        let targets = plan_targets(
-            &claimed(None, json!({})),
-            &[device("expo"), device("fcm")],
-            &only_expo,
-        )
-        .unwrap();
+        let targets = plan_targets(&claimed(None, json!({})), &[device("expo"), device("fcm")], &only_expo).unwrap();
         assert_eq!(targets[0].error, None);
-        assert_eq!(
-            targets[1].error.as_deref(),
-            Some("provider fcm is not enabled in this deployment")
-        );
+        assert_eq!(targets[1].error.as_deref(), Some("provider fcm is not enabled in this deployment"));
     }
 }
 
@@ -700,14 +589,10 @@ pub fn tls_only_when_required(config: &mut tokio_postgres::Config) {
 /// The TLS connector for every Postgres connection (pool and LISTEN); see
 /// [`tls_only_when_required`] for when it is used.
 pub fn tls() -> tokio_postgres_rustls::MakeRustlsConnect {
-    let roots = rustls::RootCertStore {
-        roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
-    };
+    let roots = rustls::RootCertStore { roots: webpki_roots::TLS_SERVER_ROOTS.to_vec() };
     let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
     let builder = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .unwrap_or_else(|_| rustls::ClientConfig::builder());
-    tokio_postgres_rustls::MakeRustlsConnect::new(
-        builder.with_root_certificates(roots).with_no_client_auth(),
-    )
+    tokio_postgres_rustls::MakeRustlsConnect::new(builder.with_root_certificates(roots).with_no_client_auth())
 }

@@ -41,16 +41,7 @@ impl StreamReaderActor {
         shutdown: Shutdown,
     ) -> Self {
         let relay = dispatcher.relay.clone();
-        StreamReaderActor {
-            life,
-            shard,
-            consumer,
-            relay,
-            dispatcher,
-            inflight,
-            shutdown,
-            conn: None,
-        }
+        StreamReaderActor { life, shard, consumer, relay, dispatcher, inflight, shutdown, conn: None }
     }
 }
 
@@ -73,10 +64,7 @@ async fn read_once(
         inflight.release(permits);
         return Ok(conn);
     }
-    let entries = match relay
-        .read(&mut conn, shard, &consumer, permits, BLOCK)
-        .await
-    {
+    let entries = match relay.read(&mut conn, shard, &consumer, permits, BLOCK).await {
         Ok(entries) => entries,
         Err(crate::error::EngineError::Redis(e)) if e.code() == Some("NOGROUP") => {
             // The stream or its group vanished (Redis restarted or was flushed): recreate them.

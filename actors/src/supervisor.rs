@@ -23,10 +23,7 @@ use std::time::Duration;
 /// Runs a future, turning a panic inside it into an error so that the actor can stop and be
 /// restarted instead of taking its arbiter down.
 pub async fn guarded<T>(fut: impl Future<Output = Result<T>>) -> Result<T> {
-    AssertUnwindSafe(fut)
-        .catch_unwind()
-        .await
-        .unwrap_or_else(|p| Err(EngineError::from_panic(p)))
+    AssertUnwindSafe(fut).catch_unwind().await.unwrap_or_else(|p| Err(EngineError::from_panic(p)))
 }
 
 /// The restart bookkeeping every supervised actor carries.
@@ -40,12 +37,7 @@ pub struct Lifecycle {
 impl Lifecycle {
     pub fn new(stats: Arc<ActorStats>, log: &Logger) -> Self {
         let log = log.new(slog::o!("actor" => stats.name.clone(), "kind" => stats.kind));
-        Lifecycle {
-            stats,
-            log,
-            backoff: backoff(),
-            pending_delay: None,
-        }
+        Lifecycle { stats, log, backoff: backoff(), pending_delay: None }
     }
 
     /// Call from `Actor::started`. Returns how long to wait before doing any I/O: zero on the
@@ -120,10 +112,7 @@ mod tests {
     #[test]
     fn restart_delays_grow_and_reset_when_healthy() {
         let registry = crate::registry::Registry::default();
-        let mut life = Lifecycle::new(
-            registry.register("x", "test", 1),
-            &Logger::root(slog::Discard, slog::o!()),
-        );
+        let mut life = Lifecycle::new(registry.register("x", "test", 1), &Logger::root(slog::Discard, slog::o!()));
         assert_eq!(life.on_started(), Duration::ZERO);
         let mut last = Duration::ZERO;
         for _ in 0..6 {

@@ -69,10 +69,7 @@ impl ExpoEmulator {
     /// Starts on `addr` (use `127.0.0.1:0` for a free port) in the current actix System.
     /// With `access_token`, requests must carry `Authorization: Bearer <access_token>`.
     pub async fn start(addr: &str, access_token: Option<String>) -> std::io::Result<ExpoEmulator> {
-        let state = Arc::new(Mutex::new(State {
-            access_token,
-            ..State::default()
-        }));
+        let state = Arc::new(Mutex::new(State { access_token, ..State::default() }));
         let data = web::Data::from(state.clone());
         let server = HttpServer::new(move || {
             App::new()
@@ -90,11 +87,7 @@ impl ExpoEmulator {
         let server = server.run();
         let handle = server.handle();
         actix_rt::spawn(server);
-        Ok(ExpoEmulator {
-            addr,
-            state,
-            handle,
-        })
+        Ok(ExpoEmulator { addr, state, handle })
     }
 
     pub fn url(&self) -> String {
@@ -103,10 +96,7 @@ impl ExpoEmulator {
 
     /// Every message accepted so far.
     pub fn sent(&self) -> Vec<Sent> {
-        self.state
-            .lock()
-            .map(|s| s.sent.clone())
-            .unwrap_or_default()
+        self.state.lock().map(|s| s.sent.clone()).unwrap_or_default()
     }
 
     pub fn sent_count(&self) -> usize {
@@ -118,12 +108,7 @@ impl ExpoEmulator {
         let id = notification_id.to_string();
         self.state
             .lock()
-            .map(|s| {
-                s.sent
-                    .iter()
-                    .filter(|m| m.to == to && m.notification_id() == Some(&id))
-                    .count()
-            })
+            .map(|s| s.sent.iter().filter(|m| m.to == to && m.notification_id() == Some(&id)).count())
             .unwrap_or_default()
     }
 
@@ -135,11 +120,7 @@ impl ExpoEmulator {
     /// The next `count` send requests fail as a whole with `status` (and error `code`).
     pub fn fail_next(&self, status: u16, code: Option<&str>, count: usize) {
         if let Ok(mut s) = self.state.lock() {
-            s.fail = Some(FailPlan {
-                status,
-                code: code.map(str::to_string),
-                count,
-            });
+            s.fail = Some(FailPlan { status, code: code.map(str::to_string), count });
         }
     }
 
@@ -150,8 +131,7 @@ impl ExpoEmulator {
 
 fn errors(status: u16, code: &str, message: &str) -> HttpResponse {
     let mut resp = HttpResponse::build(
-        actix_web::http::StatusCode::from_u16(status)
-            .unwrap_or(actix_web::http::StatusCode::INTERNAL_SERVER_ERROR),
+        actix_web::http::StatusCode::from_u16(status).unwrap_or(actix_web::http::StatusCode::INTERNAL_SERVER_ERROR),
     );
     if status == 429 {
         resp.insert_header(("retry-after", "1"));
@@ -160,9 +140,7 @@ fn errors(status: u16, code: &str, message: &str) -> HttpResponse {
 }
 
 fn is_expo_token(t: &str) -> bool {
-    (t.starts_with("ExponentPushToken[") || t.starts_with("ExpoPushToken["))
-        && t.ends_with(']')
-        && t.len() > 16
+    (t.starts_with("ExponentPushToken[") || t.starts_with("ExpoPushToken[")) && t.ends_with(']') && t.len() > 16
 }
 
 /// The ticket for one recipient of one message.
@@ -171,16 +149,10 @@ fn ticket(message: &Value, to: &str, state: &mut State) -> Value {
     let lower = to.to_ascii_lowercase();
     let error = |code: &str, msg: String| json!({"status": "error", "message": msg, "details": {"error": code}});
     if size > MAX_PAYLOAD_BYTES {
-        return error(
-            "MessageTooBig",
-            format!("Message too big: {size} bytes, the limit is {MAX_PAYLOAD_BYTES}"),
-        );
+        return error("MessageTooBig", format!("Message too big: {size} bytes, the limit is {MAX_PAYLOAD_BYTES}"));
     }
     if !is_expo_token(to) || lower.contains("unregistered") {
-        return error(
-            "DeviceNotRegistered",
-            format!("\"{to}\" is not a registered push notification recipient"),
-        );
+        return error("DeviceNotRegistered", format!("\"{to}\" is not a registered push notification recipient"));
     }
     for (word, code) in [
         ("ratelimited", "MessageRateExceeded"),
@@ -196,19 +168,10 @@ fn ticket(message: &Value, to: &str, state: &mut State) -> Value {
     state.receipts.insert(id.clone());
     state.sent.push(Sent {
         to: to.to_string(),
-        title: message
-            .get("title")
-            .and_then(Value::as_str)
-            .map(str::to_string),
-        body: message
-            .get("body")
-            .and_then(Value::as_str)
-            .map(str::to_string),
+        title: message.get("title").and_then(Value::as_str).map(str::to_string),
+        body: message.get("body").and_then(Value::as_str).map(str::to_string),
         data: message.get("data").cloned().unwrap_or(Value::Null),
-        priority: message
-            .get("priority")
-            .and_then(Value::as_str)
-            .map(str::to_string),
+        priority: message.get("priority").and_then(Value::as_str).map(str::to_string),
         received_at: SystemTime::now(),
     });
     json!({"status": "ok", "id": id})
@@ -222,62 +185,38 @@ async fn send(req: HttpRequest, body: web::Bytes, state: web::Data<Mutex<State>>
     if let Some(plan) = state.fail.as_mut() {
         if plan.count > 0 {
             plan.count -= 1;
-            let (status, code) = (
-                plan.status,
-                plan.code
-                    .clone()
-                    .unwrap_or_else(|| default_code(plan.status).into()),
-            );
+            let (status, code) = (plan.status, plan.code.clone().unwrap_or_else(|| default_code(plan.status).into()));
             return errors(status, &code, "injected failure");
         }
         state.fail = None;
     }
     if let Some(expected) = &state.access_token {
-        let given = req
-            .headers()
-            .get("authorization")
-            .and_then(|v| v.to_str().ok());
+        let given = req.headers().get("authorization").and_then(|v| v.to_str().ok());
         if given != Some(format!("Bearer {expected}").as_str()) {
             return errors(401, "UNAUTHORIZED", "The bearer token is invalid");
         }
     }
     let parsed: Value = match serde_json::from_slice(&body) {
         Ok(v) => v,
-        Err(e) => {
-            return errors(
-                400,
-                "VALIDATION_ERROR",
-                &format!("\"value\" must be valid JSON: {e}"),
-            )
-        }
+        Err(e) => return errors(400, "VALIDATION_ERROR", &format!("\"value\" must be valid JSON: {e}")),
     };
     let messages = match parsed {
         Value::Array(items) => items,
         one @ Value::Object(_) => vec![one],
-        _ => {
-            return errors(
-                400,
-                "VALIDATION_ERROR",
-                "\"value\" must be an object or an array",
-            )
-        }
+        _ => return errors(400, "VALIDATION_ERROR", "\"value\" must be an object or an array"),
     };
     let mut recipients = Vec::new();
     for (i, m) in messages.iter().enumerate() {
         match m.get("to") {
             Some(Value::String(t)) => recipients.push((i, t.clone())),
-            Some(Value::Array(ts)) if ts.iter().all(Value::is_string) => recipients.extend(
-                ts.iter()
-                    .filter_map(Value::as_str)
-                    .map(|t| (i, t.to_string())),
-            ),
+            Some(Value::Array(ts)) if ts.iter().all(Value::is_string) => {
+                recipients.extend(ts.iter().filter_map(Value::as_str).map(|t| (i, t.to_string())))
+            }
             _ => {
                 return errors(
                     400,
                     "VALIDATION_ERROR",
-                    &format!(
-                        "\"[{i}].to\" is required and must be a string or an array of strings"
-                    ),
+                    &format!("\"[{i}].to\" is required and must be a string or an array of strings"),
                 )
             }
         }
@@ -286,15 +225,10 @@ async fn send(req: HttpRequest, body: web::Bytes, state: web::Data<Mutex<State>>
         return errors(
             400,
             "PUSH_TOO_MANY_NOTIFICATIONS",
-            &format!(
-                "You are trying to send more than {MAX_MESSAGES} push notifications in one request"
-            ),
+            &format!("You are trying to send more than {MAX_MESSAGES} push notifications in one request"),
         );
     }
-    let tickets: Vec<Value> = recipients
-        .iter()
-        .map(|(i, to)| ticket(&messages[*i], to, &mut state))
-        .collect();
+    let tickets: Vec<Value> = recipients.iter().map(|(i, to)| ticket(&messages[*i], to, &mut state)).collect();
     HttpResponse::Ok().json(json!({ "data": tickets }))
 }
 
@@ -312,10 +246,7 @@ struct ReceiptsRequest {
     ids: Vec<String>,
 }
 
-async fn receipts(
-    body: web::Json<ReceiptsRequest>,
-    state: web::Data<Mutex<State>>,
-) -> HttpResponse {
+async fn receipts(body: web::Json<ReceiptsRequest>, state: web::Data<Mutex<State>>) -> HttpResponse {
     if body.ids.len() > MAX_RECEIPT_IDS {
         return errors(
             400,
@@ -343,9 +274,6 @@ async fn fail(plan: web::Json<FailPlan>, state: web::Data<Mutex<State>>) -> Http
 }
 
 async fn stats(state: web::Data<Mutex<State>>) -> HttpResponse {
-    let (sent, requests) = state
-        .lock()
-        .map(|s| (s.sent.len(), s.requests))
-        .unwrap_or_default();
+    let (sent, requests) = state.lock().map(|s| (s.sent.len(), s.requests)).unwrap_or_default();
     HttpResponse::Ok().json(json!({"sent": sent, "requests": requests}))
 }

@@ -9,10 +9,7 @@ pub async fn serve(expo_addr: &str) -> std::io::Result<()> {
     let expo = expo::ExpoEmulator::start(expo_addr, None).await?;
     println!("expo emulator listening on {}", expo.url());
     println!("  failure injection: tokens containing 'unregistered', 'ratelimited', 'invalidcredentials',");
-    println!(
-        "  'developererror', 'expoerror'; POST {}/__emulator/fail {{\"status\":503,\"count\":10}}",
-        expo.url()
-    );
+    println!("  'developererror', 'expoerror'; POST {}/__emulator/fail {{\"status\":503,\"count\":10}}", expo.url());
     let _ = tokio::signal::ctrl_c().await;
     expo.stop().await;
     Ok(())

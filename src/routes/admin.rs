@@ -8,9 +8,7 @@ use serde_json::json;
 /// Checks the admin bearer token in constant time.
 pub fn require_admin(req: &HttpRequest, state: &AppState) -> Result<(), ApiError> {
     let Some(expected) = &state.admin_token else {
-        return Err(ApiError::Unauthorized(
-            "admin routes are disabled: auth.admin_token is not set".into(),
-        ));
+        return Err(ApiError::Unauthorized("admin routes are disabled: auth.admin_token is not set".into()));
     };
     let given = req
         .headers()
@@ -35,10 +33,7 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 
 /// Every live actor with its mailbox figures.
 #[get("/admin/actors")]
-pub async fn actors(
-    req: HttpRequest,
-    state: web::Data<AppState>,
-) -> Result<HttpResponse, ApiError> {
+pub async fn actors(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     require_admin(&req, &state)?;
     Ok(HttpResponse::Ok().json(json!({ "actors": state.registry.snapshot() })))
 }

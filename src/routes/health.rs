@@ -12,11 +12,7 @@ const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 pub async fn healthz(state: web::Data<AppState>) -> HttpResponse {
     let postgres = async {
         let client = state.store.pool().get().await.map_err(|e| e.to_string())?;
-        client
-            .simple_query("SELECT 1")
-            .await
-            .map(|_| ())
-            .map_err(|e| e.to_string())
+        client.simple_query("SELECT 1").await.map(|_| ()).map_err(|e| e.to_string())
     };
     let (pg, redis) = futures_util::join!(
         tokio::time::timeout(PROBE_TIMEOUT, postgres),

@@ -20,7 +20,5 @@ pub struct AppState {
 }
 
 pub fn configure(cfg: &mut actix_web::web::ServiceConfig) {
-    cfg.service(health::healthz)
-        .service(health::readyz)
-        .service(admin::actors);
+    cfg.service(health::healthz).service(health::readyz).service(admin::actors);
 }

@@ -28,10 +28,7 @@ impl ExpoClient {
             .finish();
         ExpoClient {
             http,
-            send_url: format!(
-                "{}/--/api/v2/push/send",
-                settings.base_url.trim_end_matches('/')
-            ),
+            send_url: format!("{}/--/api/v2/push/send", settings.base_url.trim_end_matches('/')),
             access_token: settings.access_token.clone(),
             flush_after: settings.flush_after,
         }
@@ -66,13 +63,7 @@ impl ProviderClient for ExpoClient {
             let mut resp = match req.send_json(&body).await {
                 Ok(resp) => resp,
                 Err(e) => {
-                    return vec![
-                        SendResult::Retry {
-                            error: format!("expo: request failed: {e}"),
-                            after: None
-                        };
-                        n
-                    ]
+                    return vec![SendResult::Retry { error: format!("expo: request failed: {e}"), after: None }; n]
                 }
             };
             let status = resp.status().as_u16();
@@ -107,10 +98,7 @@ pub fn message(job: &Job) -> Value {
         Some(Value::Object(d)) => d.clone(),
         _ => Map::new(),
     };
-    data.insert(
-        "notification_id".into(),
-        Value::String(job.notification_id.to_string()),
-    );
+    data.insert("notification_id".into(), Value::String(job.notification_id.to_string()));
     let mut msg = Map::new();
     msg.insert("to".into(), Value::String(job.token.clone()));
     for key in [
@@ -168,54 +156,28 @@ struct RequestError {
 }
 
 /// Classifies a whole response: one result per message sent.
-pub fn classify_response(
-    status: u16,
-    body: &[u8],
-    retry_after: Option<Duration>,
-    n: usize,
-) -> Vec<SendResult> {
+pub fn classify_response(status: u16, body: &[u8], retry_after: Option<Duration>, n: usize) -> Vec<SendResult> {
     if status == 200 {
         return match serde_json::from_slice::<SendResponse>(body) {
             Ok(r) if r.data.len() == n => r.data.into_iter().map(classify_ticket).collect(),
-            Ok(r) => vec![
-                SendResult::Retry {
-                    error: format!("expo: {} tickets for {n} messages", r.data.len()),
-                    after: None
-                };
-                n
-            ],
-            Err(e) => vec![
-                SendResult::Retry {
-                    error: format!("expo: unreadable 200 response: {e}"),
-                    after: None
-                };
-                n
-            ],
+            Ok(r) => {
+                vec![
+                    SendResult::Retry { error: format!("expo: {} tickets for {n} messages", r.data.len()), after: None };
+                    n
+                ]
+            }
+            Err(e) => vec![SendResult::Retry { error: format!("expo: unreadable 200 response: {e}"), after: None }; n],
         };
     }
     let (code, message) = match serde_json::from_slice::<ErrorResponse>(body) {
-        Ok(r) => r
-            .errors
-            .into_iter()
-            .next()
-            .map(|e| (e.code, e.message.unwrap_or_default()))
-            .unwrap_or_default(),
-        Err(_) => (
-            String::new(),
-            String::from_utf8_lossy(&body[..body.len().min(200)]).into_owned(),
-        ),
+        Ok(r) => r.errors.into_iter().next().map(|e| (e.code, e.message.unwrap_or_default())).unwrap_or_default(),
+        Err(_) => (String::new(), String::from_utf8_lossy(&body[..body.len().min(200)]).into_owned()),
     };
     let error = format!("expo: HTTP {status} {code}: {message}").replace(" : ", ": ");
     let result = match (status, code.as_str()) {
         (401, _) | (_, "UNAUTHORIZED") => SendResult::Auth { error },
-        (429, _) | (_, "TOO_MANY_REQUESTS") => SendResult::Retry {
-            error,
-            after: retry_after,
-        },
-        (500..=599, _) => SendResult::Retry {
-            error,
-            after: retry_after,
-        },
+        (429, _) | (_, "TOO_MANY_REQUESTS") => SendResult::Retry { error, after: retry_after },
+        (500..=599, _) => SendResult::Retry { error, after: retry_after },
         _ => SendResult::Permanent { error },
     };
     vec![result; n]
@@ -224,17 +186,13 @@ pub fn classify_response(
 /// Classifies one ticket (the same table applies to receipts).
 fn classify_ticket(t: Ticket) -> SendResult {
     if t.status == "ok" {
-        return SendResult::Delivered {
-            provider_message_id: t.id,
-        };
+        return SendResult::Delivered { provider_message_id: t.id };
     }
     let code = t.details.and_then(|d| d.error).unwrap_or_default();
     let error = format!("expo: {code}: {}", t.message.unwrap_or_default());
     match code.as_str() {
         "DeviceNotRegistered" => SendResult::InvalidToken { error },
-        "MessageRateExceeded" | "ExpoError" | "ProviderError" => {
-            SendResult::Retry { error, after: None }
-        }
+        "MessageRateExceeded" | "ExpoError" | "ProviderError" => SendResult::Retry { error, after: None },
         "InvalidCredentials" | "MismatchSenderId" => SendResult::Auth { error },
         _ => SendResult::Permanent { error },
     }
@@ -262,9 +220,7 @@ mod tests {
 
     #[test]
     fn the_message_merges_the_notification_id_into_data() {
-        let m = message(&job(
-            json!({"title": "T", "body": "B", "data": {"order": 7}, "sound": "default", "x": 1}),
-        ));
+        let m = message(&job(json!({"title": "T", "body": "B", "data": {"order": 7}, "sound": "default", "x": 1})));
         assert_eq!(
             m,
             json!({"to": "ExponentPushToken[x]", "title": "T", "body": "B", "sound": "default",
@@ -283,12 +239,7 @@ mod tests {
             {"status": "error", "message": "dev", "details": {"error": "DeveloperError"}},
         ]});
         let r = classify_response(200, body.to_string().as_bytes(), None, 6);
-        assert_eq!(
-            r[0],
-            SendResult::Delivered {
-                provider_message_id: Some("r1".into())
-            }
-        );
+        assert_eq!(r[0], SendResult::Delivered { provider_message_id: Some("r1".into()) });
         assert!(matches!(r[1], SendResult::InvalidToken { .. }));
         assert!(matches!(r[2], SendResult::Permanent { .. }));
         assert!(matches!(r[3], SendResult::Retry { .. }));
@@ -299,12 +250,7 @@ mod tests {
     #[test]
     fn request_level_errors_apply_to_every_message() {
         let body = |code: &str| json!({"errors": [{"code": code, "message": "m"}]}).to_string();
-        let r = classify_response(
-            429,
-            body("TOO_MANY_REQUESTS").as_bytes(),
-            Some(Duration::from_secs(3)),
-            2,
-        );
+        let r = classify_response(429, body("TOO_MANY_REQUESTS").as_bytes(), Some(Duration::from_secs(3)), 2);
         assert_eq!(r.len(), 2);
         assert_eq!(
             r[0],
@@ -313,14 +259,8 @@ mod tests {
                 after: Some(Duration::from_secs(3))
             }
         );
-        assert!(matches!(
-            classify_response(503, b"oops", None, 1)[0],
-            SendResult::Retry { .. }
-        ));
-        assert!(matches!(
-            classify_response(401, body("UNAUTHORIZED").as_bytes(), None, 1)[0],
-            SendResult::Auth { .. }
-        ));
+        assert!(matches!(classify_response(503, b"oops", None, 1)[0], SendResult::Retry { .. }));
+        assert!(matches!(classify_response(401, body("UNAUTHORIZED").as_bytes(), None, 1)[0], SendResult::Auth { .. }));
         assert!(matches!(
             classify_response(400, body("PUSH_TOO_MANY_NOTIFICATIONS").as_bytes(), None, 1)[0],
             SendResult::Permanent { .. }
@@ -330,8 +270,6 @@ mod tests {
     #[test]
     fn a_ticket_count_mismatch_is_retried_not_misattributed() {
         let body = json!({"data": [{"status": "ok", "id": "r1"}]}).to_string();
-        assert!(classify_response(200, body.as_bytes(), None, 2)
-            .iter()
-            .all(|r| matches!(r, SendResult::Retry { .. })));
+        assert!(classify_response(200, body.as_bytes(), None, 2).iter().all(|r| matches!(r, SendResult::Retry { .. })));
     }
 }

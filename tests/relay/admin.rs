@@ -1,0 +1,55 @@
+//! Health, readiness and the actor inspection endpoint.
+
+use crate::helpers::{spawn_app, ADMIN_TOKEN};
+
+#[actix_web::test]
+async fn healthz_and_readyz_report_ok_when_everything_runs() {
+    let app = spawn_app().await;
+
+    let (status, body) = app.get("/healthz", None).await;
+    assert_eq!(status, 200);
+    assert_eq!(body, serde_json::json!({"status": "ok", "postgres": "ok", "redis": "ok"}));
+    let (status, body) = app.get("/readyz", None).await;
+    assert_eq!(status, 200, "{body}");
+    app.cleanup().await;
+}
+
+#[actix_web::test]
+async fn admin_actors_refuses_a_missing_or_wrong_token() {
+    let app = spawn_app().await;
+
+    let (status, body) = app.get("/admin/actors", None).await;
+    assert_eq!(status, 401);
+    assert_eq!(body["error"]["code"], "unauthorized");
+    let (status, _) = app.get("/admin/actors", Some("not-the-token")).await;
+    assert_eq!(status, 401);
+    app.cleanup().await;
+}
+
+#[actix_web::test]
+async fn admin_actors_lists_every_actor_with_its_mailbox_figures() {
+    let app = spawn_app().await;
+
+    let (status, body) = app.get("/admin/actors", Some(ADMIN_TOKEN)).await;
+
+    assert_eq!(status, 200);
+    let actors = body["actors"].as_array().expect("actors array");
+    for kind in ["listener", "stream_reader", "sender", "delay", "claim", "outcome_writer"] {
+        let actor = actors.iter().find(|a| a["kind"] == kind).unwrap_or_else(|| panic!("no {kind} in {body}"));
+        for field in ["name", "mailbox_len", "mailbox_capacity", "handled", "restarts", "last_error"] {
+            assert!(actor.get(field).is_some(), "{kind} lacks {field}");
+        }
+        assert!(actor["mailbox_capacity"].as_u64().unwrap() > 0);
+        assert_eq!(actor["running"], true);
+    }
+    app.cleanup().await;
+}
+
+#[actix_web::test]
+async fn unknown_routes_answer_a_json_404() {
+    let app = spawn_app().await;
+    let (status, body) = app.get("/nope", None).await;
+    assert_eq!(status, 404);
+    assert_eq!(body["error"]["code"], "not_found");
+    app.cleanup().await;
+}

@@ -1,0 +1,49 @@
+//! The real binary refuses bad configuration, naming the key.
+
+use std::process::Command;
+
+fn run_with(env: &[(&str, &str)]) -> (i32, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_notify-relay"))
+        .arg("run")
+        .env_remove("NOTIFY_CONFIG")
+        .envs(env.iter().copied())
+        .output()
+        .expect("run binary");
+    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+#[test]
+fn a_bad_value_stops_start_up_naming_the_key() {
+    let (code, stderr) = run_with(&[("NOTIFY__RETRY__BASE_MS", "0")]);
+    assert_eq!(code, 1);
+    assert!(stderr.contains("`retry.base_ms` must be at least 1"), "{stderr}");
+}
+
+#[test]
+fn a_value_of_the_wrong_type_names_the_key() {
+    let (code, stderr) = run_with(&[("WORKER_CONCURRENCY", "many")]);
+    assert_eq!(code, 1);
+    assert!(stderr.contains("worker.concurrency"), "{stderr}");
+}
+
+#[test]
+fn a_config_file_with_an_unknown_key_is_refused() {
+    let dir = std::env::temp_dir().join(format!("notify-relay-test-{}", uuid::Uuid::new_v4()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("bad.toml");
+    std::fs::write(&file, "[retry]\nmax_atempts = 3\n").unwrap();
+    let out =
+        Command::new(env!("CARGO_BIN_EXE_notify-relay")).arg("--config").arg(&file).arg("migrate").output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr.contains("max_atempts"), "{stderr}");
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
+fn a_claim_idle_time_shorter_than_a_provider_timeout_is_refused() {
+    let (code, stderr) =
+        run_with(&[("NOTIFY__CLAIM__MIN_IDLE_MS", "1000"), ("NOTIFY__PROVIDERS__EXPO__TIMEOUT_MS", "5000")]);
+    assert_eq!(code, 1);
+    assert!(stderr.contains("`claim.min_idle_ms` must exceed the longest provider timeout_ms (5000)"), "{stderr}");
+}

@@ -1,0 +1,137 @@
+//! The happy paths: rows in, pushes out.
+
+use crate::helpers::{eventually, prepare, spawn_app};
+use serde_json::json;
+use std::collections::HashMap;
+use std::time::Duration;
+use uuid::Uuid;
+
+#[actix_web::test]
+async fn bulk_inserted_rows_are_each_delivered_exactly_once() {
+    let app = spawn_app().await;
+    for u in 0..30 {
+        app.add_device(&format!("user-{u}"), "expo", &format!("ExponentPushToken[bulk-{u}]")).await;
+    }
+
+    app.db
+        .execute(
+            "INSERT INTO notification (user_id, type, payload)
+             SELECT 'user-' || (g % 30), 'bulk', jsonb_build_object('title', 'n' || g) FROM generate_series(1, 600) g",
+            &[],
+        )
+        .await
+        .unwrap();
+
+    eventually(Duration::from_secs(30), || async {
+        (app.count("SELECT count(*) FROM notification WHERE status = 'delivered'").await == 600).then_some(())
+    })
+    .await;
+    let sent = app.expo.sent();
+    assert_eq!(sent.len(), 600);
+    let mut per_notification: HashMap<String, usize> = HashMap::new();
+    for m in &sent {
+        *per_notification.entry(m.notification_id().unwrap().to_string()).or_default() += 1;
+    }
+    assert_eq!(per_notification.len(), 600);
+    assert!(per_notification.values().all(|&n| n == 1));
+    // Expo takes up to 100 messages per request: 600 messages need far fewer than 600 requests.
+    assert!(app.expo.requests() <= 60, "{} requests", app.expo.requests());
+    assert_eq!(
+        app.count("SELECT count(*) FROM delivery WHERE status = 'delivered' AND provider_message_id IS NOT NULL").await,
+        600
+    );
+    app.cleanup().await;
+}
+
+#[actix_web::test]
+async fn a_single_insert_reaches_the_device_with_title_body_and_notification_id() {
+    let app = spawn_app().await;
+    app.add_device("alice", "expo", "ExponentPushToken[alice]").await;
+
+    let id = app
+        .notify("alice", json!({"title": "Shipped", "body": "Your order is on its way", "data": {"order": 42}}))
+        .await;
+
+    let (status, attempts, error) = app.final_status(id).await;
+    assert_eq!((status.as_str(), attempts, error), ("delivered", 1, None));
+    let sent = app.expo.sent();
+    assert_eq!(sent.len(), 1);
+    assert_eq!(sent[0].to, "ExponentPushToken[alice]");
+    assert_eq!(sent[0].title.as_deref(), Some("Shipped"));
+    assert_eq!(sent[0].body.as_deref(), Some("Your order is on its way"));
+    assert_eq!(sent[0].data, json!({"order": 42, "notification_id": id.to_string()}));
+    assert_eq!(sent[0].priority.as_deref(), Some("default"));
+    let delivered_at_set =
+        app.count(&format!("SELECT count(*) FROM notification WHERE id = '{id}' AND delivered_at IS NOT NULL")).await;
+    assert_eq!(delivered_at_set, 1);
+    let used = app.count("SELECT count(*) FROM device WHERE last_used_at IS NOT NULL").await;
+    assert_eq!(used, 1);
+    app.cleanup().await;
+}
+
+#[actix_web::test]
+async fn rows_inserted_while_the_service_was_stopped_are_delivered_after_it_starts() {
+    let mut app = prepare().await;
+    app.add_device("bob", "expo", "ExponentPushToken[bob]").await;
+    let ids: Vec<Uuid> =
+        futures_util::future::join_all((0..5).map(|i| app.notify("bob", json!({"title": format!("missed {i}")}))))
+            .await;
+
+    app.start().await;
+
+    for id in ids {
+        assert_eq!(app.final_status(id).await.0, "delivered");
+    }
+    assert_eq!(app.expo.sent_count(), 5);
+    app.cleanup().await;
+}
+
+#[actix_web::test]
+async fn a_user_with_several_devices_gets_one_send_per_device() {
+    let app = spawn_app().await;
+    let tokens = ["ExponentPushToken[phone]", "ExponentPushToken[tablet]", "ExponentPushToken[watch]"];
+    for t in tokens {
+        app.add_device("carol", "expo", t).await;
+    }
+
+    let id = app.notify("carol", json!({"title": "hello"})).await;
+
+    assert_eq!(app.final_status(id).await.0, "delivered");
+    eventually(Duration::from_secs(10), || async {
+        (app.count(&format!("SELECT count(*) FROM delivery WHERE notification_id = '{id}' AND status = 'delivered'"))
+            .await
+            == 3)
+            .then_some(())
+    })
+    .await;
+    for t in tokens {
+        assert_eq!(app.expo.sends_of(id, t), 1, "{t}");
+    }
+    app.cleanup().await;
+}
+
+#[actix_web::test]
+async fn the_channel_limits_delivery_to_that_providers_devices() {
+    let app = spawn_app().await;
+    app.add_device("dave", "expo", "ExponentPushToken[dave]").await;
+    app.add_device("dave", "email", "dave@example.com").await;
+
+    let to_expo: Uuid = app
+        .db
+        .query_one("INSERT INTO notification (user_id, type, channel) VALUES ('dave', 't', 'expo') RETURNING id", &[])
+        .await
+        .unwrap()
+        .get(0);
+    let to_apns: Uuid = app
+        .db
+        .query_one("INSERT INTO notification (user_id, type, channel) VALUES ('dave', 't', 'apns') RETURNING id", &[])
+        .await
+        .unwrap()
+        .get(0);
+
+    assert_eq!(app.final_status(to_expo).await.0, "delivered");
+    let (status, _, error) = app.final_status(to_apns).await;
+    assert_eq!((status.as_str(), error.as_deref()), ("failed", Some("user dave has no active apns device")));
+    assert_eq!(app.expo.sent_count(), 1);
+    app.cleanup().await;
+}

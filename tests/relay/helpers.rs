@@ -1,0 +1,206 @@
+//! `TestApp`: a fresh database (named by a uuid, migrated), a unique Redis key prefix, an Expo
+//! emulator on a loopback port, and the real application (engine + API on port 0) in the test's
+//! actix System.
+
+use actors::keys::Keys;
+use notify_relay::configuration::Settings;
+use notify_relay::mock::expo::ExpoEmulator;
+use notify_relay::startup::{Application, ProcessRoles};
+use serde_json::Value;
+use std::collections::HashMap;
+use std::future::Future;
+use std::time::{Duration, Instant};
+use uuid::Uuid;
+
+pub const ADMIN_TOKEN: &str = "test-admin-token";
+
+pub fn base_database_url() -> String {
+    std::env::var("TEST_DATABASE_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
+}
+
+pub fn redis_url() -> String {
+    std::env::var("TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
+}
+
+pub struct TestApp {
+    pub db: tokio_postgres::Client,
+    pub db_name: String,
+    pub prefix: String,
+    pub keys: Keys,
+    pub expo: ExpoEmulator,
+    pub env: HashMap<String, String>,
+    pub app: Option<Application>,
+    pub redis: redis::aio::MultiplexedConnection,
+}
+
+async fn pg(url: &str) -> tokio_postgres::Client {
+    let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls).await.expect("connect to Postgres");
+    actix_rt::spawn(connection);
+    client
+}
+
+/// A migrated database and everything around it, with the application not started yet.
+pub async fn prepare() -> TestApp {
+    let id = Uuid::new_v4().simple().to_string();
+    let db_name = format!("test_{id}");
+    let base = base_database_url();
+    pg(&base).await.batch_execute(&format!("CREATE DATABASE {db_name}")).await.expect("create test database");
+    let db_url = format!("{}/{db_name}", base.rsplit_once('/').map(|(b, _)| b).unwrap_or(&base));
+    let config: tokio_postgres::Config = db_url.parse().expect("database url");
+    notify_relay::migrate::run(&config).await.expect("migrations");
+    let expo = ExpoEmulator::start("127.0.0.1:0", None).await.expect("expo emulator");
+    let prefix = format!("test-{id}");
+    let env: HashMap<String, String> = [
+        ("NOTIFY__DATABASE__URL", db_url.clone()),
+        ("NOTIFY__DATABASE__POOL_SIZE", "4".into()),
+        ("NOTIFY__REDIS__URL", redis_url()),
+        ("NOTIFY__REDIS__KEY_PREFIX", prefix.clone()),
+        ("NOTIFY__PROVIDERS__EXPO__BASE_URL", expo.url()),
+        ("NOTIFY__PROVIDERS__EXPO__TIMEOUT_MS", "2000".into()),
+        ("NOTIFY__HTTP__ADDR", "127.0.0.1:0".into()),
+        ("NOTIFY__AUTH__ADMIN_TOKEN", ADMIN_TOKEN.into()),
+        ("NOTIFY__RETRY__BASE_MS", "20".into()),
+        ("NOTIFY__RETRY__MAX_MS", "100".into()),
+        ("NOTIFY__CLAIM__INTERVAL_MS", "200".into()),
+        ("NOTIFY__CLAIM__MIN_IDLE_MS", "3000".into()),
+        ("NOTIFY__SCHEDULER__DELAY_POLL_MS", "20".into()),
+        ("NOTIFY__WORKER__SENDERS_PER_PROVIDER", "1".into()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect();
+    let redis =
+        redis::Client::open(redis_url()).expect("redis url").get_multiplexed_async_connection().await.expect("redis");
+    TestApp { db: pg(&db_url).await, db_name, keys: Keys::new(prefix.clone(), 1), prefix, expo, env, app: None, redis }
+}
+
+/// A prepared app, started.
+pub async fn spawn_app() -> TestApp {
+    let mut app = prepare().await;
+    app.start().await;
+    app
+}
+
+impl TestApp {
+    pub fn settings(&self) -> Settings {
+        Settings::load(None, &self.env).expect("test settings")
+    }
+
+    pub async fn start(&mut self) {
+        let settings = self.settings();
+        let log = if std::env::var("TEST_LOG").is_ok() {
+            notify_relay::telemetry::logger(slog::Level::Debug).0
+        } else {
+            notify_relay::telemetry::discard()
+        };
+        let consumer = format!("test-consumer-{}", Uuid::new_v4().simple());
+        let app =
+            Application::build(settings, ProcessRoles::ALL, false, consumer, log).await.expect("application starts");
+        self.app = Some(app);
+    }
+
+    pub async fn stop(&mut self) -> bool {
+        match self.app.take() {
+            Some(app) => app.stop(Duration::from_secs(5)).await,
+            None => true,
+        }
+    }
+
+    /// Stops the app and removes the database and Redis keys.
+    pub async fn cleanup(mut self) {
+        self.stop().await;
+        let mut keys: Vec<String> =
+            redis::cmd("KEYS").arg(format!("{}:*", self.prefix)).query_async(&mut self.redis).await.unwrap_or_default();
+        keys.dedup();
+        if !keys.is_empty() {
+            let _: redis::RedisResult<()> = redis::cmd("DEL").arg(&keys).query_async(&mut self.redis).await;
+        }
+        drop(self.db);
+        let base = pg(&base_database_url()).await;
+        let _ = base.batch_execute(&format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.db_name)).await;
+    }
+
+    pub fn api(&self) -> String {
+        let port = self.app.as_ref().and_then(|a| a.port).expect("api running");
+        format!("http://127.0.0.1:{port}")
+    }
+
+    pub async fn add_device(&self, user: &str, provider: &str, token: &str) -> Uuid {
+        self.db
+            .query_one(
+                "INSERT INTO device (user_id, provider, token) VALUES ($1, $2, $3) RETURNING id",
+                &[&user, &provider, &token],
+            )
+            .await
+            .expect("insert device")
+            .get(0)
+    }
+
+    pub async fn notify(&self, user: &str, payload: Value) -> Uuid {
+        self.db
+            .query_one(
+                "INSERT INTO notification (user_id, type, payload) VALUES ($1, 'test', $2) RETURNING id",
+                &[&user, &payload],
+            )
+            .await
+            .expect("insert notification")
+            .get(0)
+    }
+
+    /// (status, attempt_count, last_error)
+    pub async fn status(&self, id: Uuid) -> (String, i32, Option<String>) {
+        let row = self
+            .db
+            .query_one("SELECT status, attempt_count, last_error FROM notification WHERE id = $1", &[&id])
+            .await
+            .expect("notification row");
+        (row.get(0), row.get(1), row.get(2))
+    }
+
+    /// Waits until the notification is `delivered` or `failed`, and returns its row.
+    pub async fn final_status(&self, id: Uuid) -> (String, i32, Option<String>) {
+        eventually(Duration::from_secs(20), || async {
+            let s = self.status(id).await;
+            (s.0 == "delivered" || s.0 == "failed").then_some(s)
+        })
+        .await
+    }
+
+    pub async fn count(&self, sql: &str) -> i64 {
+        self.db.query_one(sql, &[]).await.expect(sql).get(0)
+    }
+
+    pub async fn get(&self, path: &str, token: Option<&str>) -> (u16, Value) {
+        let client = awc::Client::default();
+        let mut req = client.get(format!("{}{path}", self.api()));
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        let mut resp = req.send().await.expect("request");
+        let status = resp.status().as_u16();
+        let body = resp.json::<Value>().await.unwrap_or(Value::Null);
+        (status, body)
+    }
+
+    pub async fn redis_counter(&self, event: &str) -> i64 {
+        let key = self.keys.counter(event, None, &actors::events::today());
+        let mut conn = self.redis.clone();
+        redis::cmd("GET").arg(key).query_async::<Option<i64>>(&mut conn).await.expect("counter").unwrap_or(0)
+    }
+}
+
+/// Polls `check` until it yields a value, failing the test after `limit`.
+pub async fn eventually<T, F, Fut>(limit: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "condition not reached within {limit:?}");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}

@@ -1,0 +1,75 @@
+//! A redelivered entry is acknowledged without a second send.
+
+use crate::helpers::{eventually, spawn_app};
+use serde_json::json;
+use std::time::Duration;
+
+#[actix_web::test]
+async fn the_same_entry_delivered_twice_is_sent_once() {
+    let app = spawn_app().await;
+    app.add_device("kim", "expo", "ExponentPushToken[kim]").await;
+    let id = app.notify("kim", json!({"title": "once"})).await;
+    assert_eq!(app.final_status(id).await.0, "delivered");
+
+    // Write the very same job to the stream again, as a redelivery would.
+    let row = app
+        .db
+        .query_one(
+            "SELECT d.id, d.device_id, dev.token FROM delivery d JOIN device dev ON dev.id = d.device_id WHERE d.notification_id = $1",
+            &[&id],
+        )
+        .await
+        .unwrap();
+    let job = actors::job::Job {
+        delivery_id: row.get(0),
+        notification_id: id,
+        device_id: row.get(1),
+        user_id: "kim".into(),
+        provider: actors::job::Provider::Expo,
+        token: row.get(2),
+        payload: json!({"title": "once"}),
+        priority: actors::job::Priority::Normal,
+        trace_id: "t".into(),
+        attempt: 0,
+    };
+    let mut conn = app.redis.clone();
+    let _: String = redis::cmd("XADD")
+        .arg(app.keys.stream(0))
+        .arg("*")
+        .arg("job")
+        .arg(job.to_json())
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+
+    eventually(Duration::from_secs(10), || async { (app.redis_counter("DUPLICATE_SKIPPED").await == 1).then_some(()) })
+        .await;
+    assert_eq!(app.expo.sends_of(id, "ExponentPushToken[kim]"), 1);
+    let mut conn = app.redis.clone();
+    let pending: (i64, Option<String>, Option<String>, Option<Vec<(String, String)>>) =
+        redis::cmd("XPENDING").arg(app.keys.stream(0)).arg(actors::keys::GROUP).query_async(&mut conn).await.unwrap();
+    assert_eq!(pending.0, 0, "the duplicate was acknowledged");
+    app.cleanup().await;
+}
+
+#[actix_web::test]
+async fn a_delivered_target_gets_an_idempotency_key_that_expires_in_seven_days() {
+    let app = spawn_app().await;
+    let device = app.add_device("lee", "expo", "ExponentPushToken[lee]").await;
+    let id = app.notify("lee", json!({})).await;
+    assert_eq!(app.final_status(id).await.0, "delivered");
+
+    let mut conn = app.redis.clone();
+    let ttl: i64 = eventually(Duration::from_secs(5), || {
+        let mut conn = conn.clone();
+        let key = app.keys.delivered(id, device);
+        async move {
+            let ttl: i64 = redis::cmd("TTL").arg(key).query_async(&mut conn).await.unwrap();
+            (ttl > 0).then_some(ttl)
+        }
+    })
+    .await;
+    assert!(ttl > 7 * 24 * 3600 - 60 && ttl <= 7 * 24 * 3600, "{ttl}");
+    let _: () = redis::cmd("PING").query_async(&mut conn).await.unwrap();
+    app.cleanup().await;
+}

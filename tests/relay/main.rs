@@ -1,0 +1,9 @@
+//! Integration tests against the real PostgreSQL and Redis, with Expo emulated on loopback.
+
+mod admin;
+mod config;
+mod delivery;
+mod failures;
+mod helpers;
+mod idempotency;
+mod shutdown;
