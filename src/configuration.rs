@@ -100,6 +100,8 @@ pub struct WorkerSettings {
 pub struct ListenerSettings {
     /// Notifications claimed per fan-out transaction.
     pub batch_size: i64,
+    /// Fan-out transactions in flight at once (each on its own pooled connection).
+    pub drainers: usize,
     /// Period of the sweep, in ms.
     pub sweep_interval_ms: u64,
     /// A queued/retrying target without progress for this many ms is re-enqueued.
@@ -246,6 +248,16 @@ impl Settings {
         if !(1..=10_000).contains(&self.listener.batch_size) {
             return Err(invalid("listener.batch_size", "must be between 1 and 10000"));
         }
+        if !(1..=16).contains(&self.listener.drainers) {
+            return Err(invalid("listener.drainers", "must be between 1 and 16"));
+        }
+        if self.listener.drainers >= self.database.pool_size {
+            let pool = self.database.pool_size;
+            return Err(invalid(
+                "listener.drainers",
+                format!("must be below database.pool_size ({pool}) to leave connections for the writer and the API"),
+            ));
+        }
         if self.listener.sweep_interval_ms < 100 {
             return Err(invalid("listener.sweep_interval_ms", "must be at least 100"));
         }
@@ -334,6 +346,7 @@ impl Settings {
             concurrency: self.worker.concurrency,
             consumer,
             listener_batch: self.listener.batch_size,
+            listener_drainers: self.listener.drainers,
             sweep_interval: Duration::from_millis(self.listener.sweep_interval_ms),
             stale_after: Duration::from_millis(self.listener.stale_after_ms),
             retry: RetryPolicy {

@@ -16,7 +16,7 @@ use crate::dispatcher::{Dispatcher, Handle, SenderPool};
 use crate::error::Result;
 use crate::inflight::InFlight;
 use crate::job::Provider;
-use crate::listener::ListenerActor;
+use crate::listener::{Fanout, ListenerActor};
 use crate::messages::Flush;
 use crate::outcome::OutcomeWriter;
 use crate::providers::expo::ExpoClient;
@@ -127,11 +127,16 @@ impl Engine {
             if settings.expo.is_some() {
                 enabled.insert(Provider::Expo);
             }
-            let (st, r, s) = (store.clone(), relay.clone(), shutdown.clone());
-            let (batch, sweep, stale) = (settings.listener_batch, settings.sweep_interval, settings.stale_after);
-            Supervisor::start(move |_| {
-                ListenerActor::new(listener_life, st, r, pg_config, batch, sweep, stale, enabled, s)
-            });
+            let fanout = Fanout {
+                store: store.clone(),
+                relay: relay.clone(),
+                batch: settings.listener_batch,
+                drainers: settings.listener_drainers,
+                enabled: Arc::new(enabled),
+                log: listener_life.log.clone(),
+            };
+            let (s, sweep, stale) = (shutdown.clone(), settings.sweep_interval, settings.stale_after);
+            Supervisor::start(move |_| ListenerActor::new(listener_life, fanout, pg_config, sweep, stale, s));
         }
 
         info!(log, "engine started"; "roles" => format!("{:?}", settings.roles), "consumer" => &settings.consumer,

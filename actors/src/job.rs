@@ -92,6 +92,14 @@ pub struct Job {
     /// Attempts already made for this target (0 for a first send).
     #[serde(default)]
     pub attempt: u32,
+    /// How many targets the notification has. Only notifications with several targets need
+    /// their row locked while an outcome is stored (see `Store::record`).
+    #[serde(default = "one")]
+    pub targets: u32,
+}
+
+fn one() -> u32 {
+    1
 }
 
 impl Job {
@@ -191,6 +199,7 @@ mod tests {
             priority: Priority::High,
             trace_id: "t".into(),
             attempt: 2,
+            targets: 1,
         }
     }
 

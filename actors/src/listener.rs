@@ -30,13 +30,10 @@ pub const CHANNEL: &str = "notification_insert";
 
 pub struct ListenerActor {
     life: Lifecycle,
-    store: Store,
-    relay: Relay,
+    fanout: Fanout,
     pg_config: tokio_postgres::Config,
-    batch: i64,
     sweep_interval: Duration,
     stale_after: Duration,
-    enabled: Arc<HashSet<Provider>>,
     shutdown: Shutdown,
     /// A drain is already queued: further doorbells add nothing.
     rung: Arc<AtomicBool>,
@@ -58,27 +55,20 @@ struct ListenLost(u64, String);
 struct Listening(tokio_postgres::Client);
 
 impl ListenerActor {
-    #[allow(clippy::too_many_arguments)]
     pub fn new(
         life: Lifecycle,
-        store: Store,
-        relay: Relay,
+        fanout: Fanout,
         pg_config: tokio_postgres::Config,
-        batch: i64,
         sweep_interval: Duration,
         stale_after: Duration,
-        enabled: HashSet<Provider>,
         shutdown: Shutdown,
     ) -> Self {
         ListenerActor {
             life,
-            store,
-            relay,
+            fanout,
             pg_config,
-            batch,
             sweep_interval,
             stale_after,
-            enabled: Arc::new(enabled),
             shutdown,
             rung: Arc::new(AtomicBool::new(false)),
             listen_client: None,
@@ -132,56 +122,69 @@ impl ListenerActor {
     }
 }
 
-/// Claims and enqueues pending notifications until none is left.
-async fn drain(store: Store, relay: Relay, batch: i64, enabled: Arc<HashSet<Provider>>, log: Logger) -> Result<usize> {
-    let mut total = 0;
-    loop {
-        let out = store.fan_out_pending(batch, &|p| enabled.contains(&p)).await?;
-        // Committed as `queued` before the XADD: if the XADD fails the sweep re-enqueues them.
-        let mut tally = Tally::default();
-        for job in &out.jobs {
-            tally.add(events::ENQUEUE, Some(job.provider.as_str()), 1);
-        }
-        tally.add(events::NOTIFICATION_FAILED, None, out.settled.iter().filter(|s| !s.delivered).count() as u64);
-        relay.enqueue(&out.jobs).await?;
-        relay.add_counters(&tally, &events::today()).await?;
-        for job in &out.jobs {
-            info!(log, "enqueued"; "event" => events::ENQUEUE, "notification_id" => %job.notification_id,
-                  "trace_id" => &job.trace_id, "provider" => job.provider.as_str(), "device_id" => %job.device_id);
-        }
-        log_settled(&log, &out.settled);
-        total += out.claimed;
-        if (out.claimed as i64) < batch {
-            return Ok(total);
-        }
-    }
+/// What a drain needs; cloned into each concurrent drainer.
+#[derive(Clone)]
+pub struct Fanout {
+    pub store: Store,
+    pub relay: Relay,
+    /// Notifications per fan-out transaction.
+    pub batch: i64,
+    /// Drainers claiming concurrently (`SKIP LOCKED` keeps them apart).
+    pub drainers: usize,
+    pub enabled: Arc<HashSet<Provider>>,
+    pub log: Logger,
 }
 
-/// Re-enqueues stale targets, settles forgotten notifications, then drains.
-async fn sweep(
-    store: Store,
-    relay: Relay,
-    batch: i64,
-    stale_after: Duration,
-    enabled: Arc<HashSet<Provider>>,
-    log: Logger,
-) -> Result<usize> {
-    loop {
-        let (jobs, settled) = store.requeue_stale(stale_after, batch).await?;
-        relay.enqueue(&jobs).await?;
-        for job in &jobs {
-            info!(log, "re-enqueued a stale target"; "event" => events::REQUEUED, "notification_id" => %job.notification_id,
-                  "trace_id" => &job.trace_id, "provider" => job.provider.as_str(), "attempt" => job.attempt + 1);
-        }
-        let mut tally = Tally::default();
-        tally.add(events::REQUEUED, None, jobs.len() as u64);
-        relay.add_counters(&tally, &events::today()).await?;
-        log_settled(&log, &settled);
-        if (jobs.len() as i64) < batch {
-            break;
+impl Fanout {
+    /// Claims and enqueues pending notifications until none is left, with `drainers`
+    /// transactions in flight so that Postgres works on one batch while Redis takes another.
+    async fn drain(self) -> Result<usize> {
+        let drainers = (0..self.drainers.max(1)).map(|_| self.clone().drain_one());
+        Ok(futures_util::future::try_join_all(drainers).await?.into_iter().sum())
+    }
+
+    async fn drain_one(self) -> Result<usize> {
+        let mut total = 0;
+        loop {
+            let out = self.store.fan_out_pending(self.batch, &|p| self.enabled.contains(&p)).await?;
+            // Committed as `queued` before the XADD: if the XADD fails the sweep re-enqueues them.
+            let mut tally = Tally::default();
+            for job in &out.jobs {
+                tally.add(events::ENQUEUE, Some(job.provider.as_str()), 1);
+            }
+            tally.add(events::NOTIFICATION_FAILED, None, out.settled.iter().filter(|s| !s.delivered).count() as u64);
+            self.relay.enqueue(&out.jobs, &tally, &events::today()).await?;
+            for job in &out.jobs {
+                info!(self.log, "enqueued"; "event" => events::ENQUEUE, "notification_id" => %job.notification_id,
+                      "trace_id" => &job.trace_id, "provider" => job.provider.as_str(), "device_id" => %job.device_id);
+            }
+            log_settled(&self.log, &out.settled);
+            total += out.claimed;
+            if (out.claimed as i64) < self.batch {
+                return Ok(total);
+            }
         }
     }
-    drain(store, relay, batch, enabled, log).await
+
+    /// Re-enqueues stale targets, settles forgotten notifications, then drains.
+    async fn sweep(self, stale_after: Duration) -> Result<usize> {
+        loop {
+            let (jobs, settled) = self.store.requeue_stale(stale_after, self.batch).await?;
+            let mut tally = Tally::default();
+            tally.add(events::REQUEUED, None, jobs.len() as u64);
+            self.relay.enqueue(&jobs, &tally, &events::today()).await?;
+            for job in &jobs {
+                info!(self.log, "re-enqueued a stale target"; "event" => events::REQUEUED,
+                      "notification_id" => %job.notification_id, "trace_id" => &job.trace_id,
+                      "provider" => job.provider.as_str(), "attempt" => job.attempt + 1);
+            }
+            log_settled(&self.log, &settled);
+            if (jobs.len() as i64) < self.batch {
+                break;
+            }
+        }
+        self.drain().await
+    }
 }
 
 fn log_settled(log: &Logger, settled: &[Settled]) {
@@ -264,8 +267,7 @@ impl Handler<Envelope<Drain>> for ListenerActor {
         if self.shutdown.is_triggered() {
             return;
         }
-        let fut =
-            drain(self.store.clone(), self.relay.clone(), self.batch, self.enabled.clone(), self.life.log.clone());
+        let fut = self.fanout.clone().drain();
         self.run(ctx, fut);
     }
 }
@@ -277,14 +279,7 @@ impl Handler<Envelope<Sweep>> for ListenerActor {
         if self.shutdown.is_triggered() {
             return;
         }
-        let fut = sweep(
-            self.store.clone(),
-            self.relay.clone(),
-            self.batch,
-            self.stale_after,
-            self.enabled.clone(),
-            self.life.log.clone(),
-        );
+        let fut = self.fanout.clone().sweep(self.stale_after);
         self.run(ctx, fut);
     }
 }

@@ -147,6 +147,9 @@ impl Plan {
             let provider = Some(job.provider.as_str());
             let attempts = job.attempt + 1;
             rows.notifications.push(job.notification_id);
+            if job.targets > 1 {
+                rows.shared_notifications.push(job.notification_id);
+            }
             let dead_letter = |reason: &'static str, error: &str| DeadLetter {
                 shard: delivery.entry.shard,
                 reason,

@@ -119,12 +119,13 @@ impl Relay {
         Ok(())
     }
 
-    /// Writes jobs to their shards' streams in one pipeline.
-    pub async fn enqueue(&self, jobs: &[Job]) -> Result<()> {
-        if jobs.is_empty() {
+    /// Writes jobs to their shards' streams, and the counters, in one pipeline.
+    pub async fn enqueue(&self, jobs: &[Job], tally: &Tally, day: &str) -> Result<()> {
+        if jobs.is_empty() && tally.is_empty() {
             return Ok(());
         }
         let mut pipe = redis::pipe();
+        self.count(&mut pipe, tally, day);
         for job in jobs {
             pipe.cmd("XADD")
                 .arg(self.keys.stream(job.shard(self.keys.shards())))
@@ -236,11 +237,7 @@ impl Relay {
                     .arg(DELIVERED_TTL.as_secs())
                     .ignore();
             }
-            for (event, provider, n) in writes.tally.iter() {
-                let key = self.keys.counter(event, provider, day);
-                pipe.cmd("INCRBY").arg(&key).arg(n).ignore();
-                pipe.cmd("EXPIRE").arg(&key).arg(COUNTER_TTL.as_secs()).ignore();
-            }
+            self.count(&mut pipe, &writes.tally, day);
             pipe.query_async::<()>(&mut conn).await?;
         }
 
@@ -313,20 +310,13 @@ fn parse_entry(shard: u16, id: StreamId) -> Entry {
 }
 
 impl Relay {
-    /// Adds a batch of counter increments (daily keys with a TTL) in one pipeline.
-    pub async fn add_counters(&self, tally: &Tally, day: &str) -> Result<()> {
-        if tally.is_empty() {
-            return Ok(());
-        }
-        let mut pipe = redis::pipe();
+    /// Adds the counter increments of a batch to a pipeline (daily keys, with a TTL).
+    fn count(&self, pipe: &mut redis::Pipeline, tally: &Tally, day: &str) {
         for (event, provider, n) in tally.iter() {
             let key = self.keys.counter(event, provider, day);
             pipe.cmd("INCRBY").arg(&key).arg(n).ignore();
             pipe.cmd("EXPIRE").arg(&key).arg(COUNTER_TTL.as_secs()).ignore();
         }
-        let mut conn = self.conn();
-        pipe.query_async::<()>(&mut conn).await?;
-        Ok(())
     }
 
     /// Acknowledges pending ids whose entries no longer exist (reported by `XAUTOCLAIM`).

@@ -27,6 +27,8 @@ pub struct EngineSettings {
     pub consumer: String,
     /// How many pending notifications one fan-out transaction claims.
     pub listener_batch: i64,
+    /// Fan-out transactions in flight at once.
+    pub listener_drainers: usize,
     pub sweep_interval: Duration,
     pub stale_after: Duration,
     pub retry: RetryPolicy,

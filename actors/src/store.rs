@@ -54,6 +54,8 @@ pub struct OutcomeRows {
     pub used_devices: Vec<Uuid>,
     /// Every notification touched by the batch.
     pub notifications: Vec<Uuid>,
+    /// Those of them with several targets, whose rows are locked while the batch is stored.
+    pub shared_notifications: Vec<Uuid>,
 }
 
 impl OutcomeRows {
@@ -180,6 +182,10 @@ impl Store {
                 .into_iter()
                 .map(|r| ((r.get(1), r.get(2)), r.get(0)))
                 .collect();
+            let mut per_notification: HashMap<usize, u32> = HashMap::new();
+            for t in &targets {
+                *per_notification.entry(t.notification).or_default() += 1;
+            }
             for t in targets.iter().filter(|t| t.error.is_none()) {
                 let n = &claimed[t.notification];
                 let (Some(&delivery_id), Ok(provider)) = (ids.get(&(n.id, t.device)), t.provider.parse()) else {
@@ -196,6 +202,7 @@ impl Store {
                     priority: n.priority.parse().unwrap_or(Priority::Normal),
                     trace_id: n.trace_id.clone(),
                     attempt: 0,
+                    targets: per_notification.get(&t.notification).copied().unwrap_or(1),
                 });
             }
         }
@@ -243,15 +250,21 @@ impl Store {
         let mut client = self.pool.get().await?;
         let tx = client.transaction().await?;
 
-        // Lock the notifications first, in a fixed order: two processes settling targets of the
-        // same notification would otherwise each see the other's target as unfinished, and the
-        // notification would never settle. Later statements take fresh snapshots, so the second
-        // process sees what the first committed.
+        // Lock notifications with several targets first, in a fixed order: two processes
+        // storing sibling targets would otherwise each see the other's target as unfinished, and
+        // the notification would not settle. Later statements take fresh snapshots, so the second
+        // process sees what the first committed. (Single-target notifications have no sibling to
+        // race with, so the common case writes each notification row once.)
         let mut ids = rows.notifications.clone();
         ids.sort_unstable();
         ids.dedup();
-        let lock = tx.prepare_cached("SELECT 1 FROM notification WHERE id = ANY($1) ORDER BY id FOR UPDATE").await?;
-        tx.execute(&lock, &[&ids]).await?;
+        if !rows.shared_notifications.is_empty() {
+            let mut shared = rows.shared_notifications.clone();
+            shared.sort_unstable();
+            shared.dedup();
+            let lock = tx.prepare_cached("SELECT 1 FROM notification WHERE id = ANY($1) ORDER BY id FOR UPDATE").await?;
+            tx.execute(&lock, &[&shared]).await?;
+        }
 
         if !rows.delivered.is_empty() {
             let stmt = tx
@@ -320,7 +333,13 @@ impl Store {
             tx.execute(&stmt, &[&ids, &reasons]).await?;
         }
         if !rows.used_devices.is_empty() {
-            let stmt = tx.prepare_cached("UPDATE device SET last_used_at = now() WHERE id = ANY($1)").await?;
+            // Refreshed at most once a minute per device: a busy device is not rewritten per push.
+            let stmt = tx
+                .prepare_cached(
+                    "UPDATE device SET last_used_at = now()
+                      WHERE id = ANY($1) AND (last_used_at IS NULL OR last_used_at < now() - interval '1 minute')",
+                )
+                .await?;
             tx.execute(&stmt, &[&rows.used_devices]).await?;
         }
         let settled = settle(&tx, &ids).await?;
@@ -357,7 +376,8 @@ impl Store {
                                   ORDER BY updated_at LIMIT $2 FOR UPDATE SKIP LOCKED)
                     AND n.id = d.notification_id AND dev.id = d.device_id
               RETURNING d.id, d.notification_id, d.device_id, d.provider, d.attempt_count,
-                        n.user_id, n.payload, n.priority, coalesce(n.trace_id, n.id::text), dev.token",
+                        n.user_id, n.payload, n.priority, coalesce(n.trace_id, n.id::text), dev.token,
+                        (SELECT count(*) FROM delivery s WHERE s.notification_id = d.notification_id)",
             )
             .await?;
         let mut jobs = Vec::new();
@@ -379,6 +399,7 @@ impl Store {
                 priority: priority.parse().unwrap_or_default(),
                 trace_id: r.get(8),
                 token: r.get(9),
+                targets: r.get::<_, i64>(10).max(1) as u32,
             });
         }
         let unsettled = tx

@@ -31,6 +31,7 @@ async fn the_same_entry_delivered_twice_is_sent_once() {
         priority: actors::job::Priority::Normal,
         trace_id: "t".into(),
         attempt: 0,
+        targets: 1,
     };
     let mut conn = app.redis.clone();
     let _: String = redis::cmd("XADD")

@@ -215,6 +215,7 @@ mod tests {
             priority: Priority::High,
             trace_id: "t".into(),
             attempt: 0,
+            targets: 1,
         }
     }
 
