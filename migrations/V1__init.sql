@@ -21,8 +21,6 @@ CREATE TABLE notification (
 
 -- The listener's claim: oldest pending first, index-only on a small partial index.
 CREATE INDEX notification_pending_idx ON notification (created_at) WHERE status = 'pending';
--- The sweep's safety net for notifications left unsettled.
-CREATE INDEX notification_in_flight_idx ON notification (updated_at) WHERE status IN ('queued', 'retrying');
 
 CREATE TABLE device (
     id              uuid PRIMARY KEY DEFAULT gen_random_uuid(),
@@ -55,10 +53,10 @@ CREATE INDEX notification_failed_user_idx ON notification_failed (user_id, faile
 CREATE INDEX notification_failed_notification_idx ON notification_failed (notification_id);
 
 -- One row per target (notification × device): its attempts, outcome and provider message id.
+-- Keyed by the pair itself, so that every write touches one unique index and the partial one.
 CREATE TABLE delivery (
-    id                  uuid PRIMARY KEY DEFAULT gen_random_uuid(),
     notification_id     uuid NOT NULL REFERENCES notification (id) ON DELETE CASCADE,
-    device_id           uuid REFERENCES device (id) ON DELETE SET NULL,
+    device_id           uuid NOT NULL REFERENCES device (id) ON DELETE CASCADE,
     provider            text NOT NULL,
     status              text NOT NULL DEFAULT 'queued'
                         CHECK (status IN ('queued', 'retrying', 'delivered', 'failed')),
@@ -69,7 +67,7 @@ CREATE TABLE delivery (
     created_at          timestamptz NOT NULL DEFAULT now(),
     updated_at          timestamptz NOT NULL DEFAULT now(),
     delivered_at        timestamptz,
-    UNIQUE (notification_id, device_id)
+    PRIMARY KEY (notification_id, device_id)
 );
 
 -- The sweep: targets that made no progress for a while.

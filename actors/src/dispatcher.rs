@@ -91,9 +91,9 @@ impl Dispatcher {
             }
         }
         if reclaimed && !fresh.is_empty() {
-            let ids: Vec<_> = fresh.iter().map(|d| d.job.delivery_id).collect();
+            let ids: Vec<_> = fresh.iter().map(|d| d.job.target()).collect();
             let finished = self.store.already_final(&ids).await?;
-            let (dups, rest): (Vec<_>, Vec<_>) = fresh.into_iter().partition(|d| finished.contains(&d.job.delivery_id));
+            let (dups, rest): (Vec<_>, Vec<_>) = fresh.into_iter().partition(|d| finished.contains(&d.job.target()));
             done.extend(dups.into_iter().map(|delivery| Outcome::Duplicate { delivery }));
             fresh = rest;
         }

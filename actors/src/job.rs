@@ -76,8 +76,7 @@ impl FromStr for Priority {
 /// delayed ZSET.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Job {
-    /// `delivery.id`: the per-target row in Postgres.
-    pub delivery_id: Uuid,
+    /// With `device_id`, the key of the target's `delivery` row in Postgres.
     pub notification_id: Uuid,
     pub device_id: Uuid,
     pub user_id: String,
@@ -106,6 +105,11 @@ impl Job {
     /// Which stream shard this job lives on: every target of one notification shares a shard.
     pub fn shard(&self, shards: u16) -> u16 {
         shard_of(self.notification_id, shards)
+    }
+
+    /// The key of the target's `delivery` row (and of its idempotency key).
+    pub fn target(&self) -> (Uuid, Uuid) {
+        (self.notification_id, self.device_id)
     }
 
     pub fn to_json(&self) -> String {
@@ -189,7 +193,6 @@ mod tests {
 
     fn job() -> Job {
         Job {
-            delivery_id: Uuid::new_v4(),
             notification_id: Uuid::new_v4(),
             device_id: Uuid::new_v4(),
             user_id: "u1".into(),
@@ -211,7 +214,7 @@ mod tests {
 
     #[test]
     fn garbage_is_reported_as_a_malformed_job() {
-        let err = Job::from_json(b"{\"delivery_id\": 3}").unwrap_err();
+        let err = Job::from_json(b"{\"notification_id\": 3}").unwrap_err();
         assert!(err.starts_with("malformed job:"), "{err}");
     }
 

@@ -169,7 +169,7 @@ impl Fanout {
     /// Re-enqueues stale targets, settles forgotten notifications, then drains.
     async fn sweep(self, stale_after: Duration) -> Result<usize> {
         loop {
-            let (jobs, settled) = self.store.requeue_stale(stale_after, self.batch).await?;
+            let jobs = self.store.requeue_stale(stale_after, self.batch).await?;
             let mut tally = Tally::default();
             tally.add(events::REQUEUED, None, jobs.len() as u64);
             self.relay.enqueue(&jobs, &tally, &events::today()).await?;
@@ -178,7 +178,6 @@ impl Fanout {
                       "notification_id" => %job.notification_id, "trace_id" => &job.trace_id,
                       "provider" => job.provider.as_str(), "attempt" => job.attempt + 1);
             }
-            log_settled(&self.log, &settled);
             if (jobs.len() as i64) < self.batch {
                 break;
             }

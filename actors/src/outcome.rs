@@ -146,7 +146,6 @@ impl Plan {
             let job = &delivery.job;
             let provider = Some(job.provider.as_str());
             let attempts = job.attempt + 1;
-            rows.notifications.push(job.notification_id);
             if job.targets > 1 {
                 rows.shared_notifications.push(job.notification_id);
             }
@@ -160,7 +159,7 @@ impl Plan {
             };
             match result {
                 SendResult::Delivered { provider_message_id } => {
-                    rows.delivered.push((job.delivery_id, attempts as i32, provider_message_id.clone()));
+                    rows.delivered.push((job.target(), attempts as i32, provider_message_id.clone()));
                     rows.used_devices.push(job.device_id);
                     redis.delivered.push((job.notification_id, job.device_id));
                     redis.tally.add(events::SEND_SUCCESS, provider, 1);
@@ -168,7 +167,7 @@ impl Plan {
                 SendResult::Retry { error, .. } | SendResult::Auth { error } if attempts < retry.max_attempts => {
                     let after = if let SendResult::Retry { after, .. } = result { *after } else { None };
                     let delay = retry.delay(attempts, after);
-                    rows.retrying.push((job.delivery_id, job.notification_id, attempts as i32, error.clone(), delay));
+                    rows.retrying.push((job.target(), attempts as i32, error.clone(), delay));
                     let mut next = job.clone();
                     next.attempt = attempts;
                     redis.retries.push((delivery.entry.shard, now + delay, next));
@@ -177,19 +176,19 @@ impl Plan {
                 }
                 SendResult::Retry { error, .. } | SendResult::Auth { error } => {
                     let error = format!("gave up after {attempts} attempts: {error}");
-                    rows.failed.push((job.delivery_id, attempts as i32, error.clone()));
+                    rows.failed.push((job.target(), attempts as i32, error.clone()));
                     redis.dead_letters.push(dead_letter("max_attempts", &error));
                     redis.tally.add(events::SEND_FAIL, provider, 1);
                     redis.tally.add(events::DLQ_PUSHED, provider, 1);
                 }
                 SendResult::Permanent { error } => {
-                    rows.failed.push((job.delivery_id, attempts as i32, error.clone()));
+                    rows.failed.push((job.target(), attempts as i32, error.clone()));
                     redis.dead_letters.push(dead_letter("permanent", error));
                     redis.tally.add(events::SEND_FAIL, provider, 1);
                     redis.tally.add(events::DLQ_PUSHED, provider, 1);
                 }
                 SendResult::InvalidToken { error } => {
-                    rows.failed.push((job.delivery_id, attempts as i32, error.clone()));
+                    rows.failed.push((job.target(), attempts as i32, error.clone()));
                     rows.disable_devices.push((job.device_id, error.clone()));
                     redis.dead_letters.push(dead_letter("invalid_token", error));
                     redis.tally.add(events::SEND_FAIL, provider, 1);

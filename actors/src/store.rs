@@ -14,6 +14,9 @@ use std::collections::HashMap;
 use std::time::Duration;
 use uuid::Uuid;
 
+/// A delivery target: (notification, device), the key of a `delivery` row.
+pub type Target = (Uuid, Uuid);
+
 #[derive(Clone)]
 pub struct Store {
     pool: Pool,
@@ -42,26 +45,18 @@ pub struct Settled {
 /// The outcomes of one batch, for [`Store::record`].
 #[derive(Debug, Default)]
 pub struct OutcomeRows {
-    /// (delivery, attempts made, provider message id)
-    pub delivered: Vec<(Uuid, i32, Option<String>)>,
-    /// (delivery, notification, attempts made, error, delay before the next attempt)
-    pub retrying: Vec<(Uuid, Uuid, i32, String, Duration)>,
-    /// (delivery, attempts made, error)
-    pub failed: Vec<(Uuid, i32, String)>,
+    /// (target, attempts made, provider message id)
+    pub delivered: Vec<(Target, i32, Option<String>)>,
+    /// (target, attempts made, error, delay before the next attempt)
+    pub retrying: Vec<(Target, i32, String, Duration)>,
+    /// (target, attempts made, error)
+    pub failed: Vec<(Target, i32, String)>,
     /// (device, reason): tokens the provider says are dead.
     pub disable_devices: Vec<(Uuid, String)>,
     /// Devices that just received something.
     pub used_devices: Vec<Uuid>,
-    /// Every notification touched by the batch.
-    pub notifications: Vec<Uuid>,
-    /// Those of them with several targets, whose rows are locked while the batch is stored.
+    /// Notifications with several targets, whose rows are locked while the batch is stored.
     pub shared_notifications: Vec<Uuid>,
-}
-
-impl OutcomeRows {
-    pub fn is_empty(&self) -> bool {
-        self.notifications.is_empty() && self.disable_devices.is_empty()
-    }
 }
 
 struct Claimed {
@@ -80,7 +75,7 @@ struct DeviceRow {
 }
 
 /// A target decided at fan-out: to be sent, or failed on the spot.
-struct Target {
+struct Planned {
     notification: usize,
     device: Uuid,
     provider: String,
@@ -168,31 +163,22 @@ impl Store {
                      ON CONFLICT (notification_id, device_id) DO UPDATE
                         SET status = excluded.status, last_error = excluded.last_error,
                             attempt_count = 0, next_attempt_at = NULL, delivered_at = NULL,
-                            provider_message_id = NULL, updated_at = now()
-                     RETURNING id, notification_id, device_id",
+                            provider_message_id = NULL, updated_at = now()",
                 )
                 .await?;
             let n_ids: Vec<Uuid> = targets.iter().map(|t| claimed[t.notification].id).collect();
             let d_ids: Vec<Uuid> = targets.iter().map(|t| t.device).collect();
             let providers: Vec<&str> = targets.iter().map(|t| t.provider.as_str()).collect();
             let errors: Vec<Option<&str>> = targets.iter().map(|t| t.error.as_deref()).collect();
-            let ids: HashMap<(Uuid, Uuid), Uuid> = tx
-                .query(&insert, &[&n_ids, &d_ids, &providers, &errors])
-                .await?
-                .into_iter()
-                .map(|r| ((r.get(1), r.get(2)), r.get(0)))
-                .collect();
+            tx.execute(&insert, &[&n_ids, &d_ids, &providers, &errors]).await?;
             let mut per_notification: HashMap<usize, u32> = HashMap::new();
             for t in &targets {
                 *per_notification.entry(t.notification).or_default() += 1;
             }
             for t in targets.iter().filter(|t| t.error.is_none()) {
                 let n = &claimed[t.notification];
-                let (Some(&delivery_id), Ok(provider)) = (ids.get(&(n.id, t.device)), t.provider.parse()) else {
-                    continue;
-                };
+                let Ok(provider) = t.provider.parse() else { continue };
                 out.jobs.push(Job {
-                    delivery_id,
                     notification_id: n.id,
                     device_id: t.device,
                     user_id: n.user_id.clone(),
@@ -255,14 +241,12 @@ impl Store {
         // the notification would not settle. Later statements take fresh snapshots, so the second
         // process sees what the first committed. (Single-target notifications have no sibling to
         // race with, so the common case writes each notification row once.)
-        let mut ids = rows.notifications.clone();
-        ids.sort_unstable();
-        ids.dedup();
         if !rows.shared_notifications.is_empty() {
             let mut shared = rows.shared_notifications.clone();
             shared.sort_unstable();
             shared.dedup();
-            let lock = tx.prepare_cached("SELECT 1 FROM notification WHERE id = ANY($1) ORDER BY id FOR UPDATE").await?;
+            let lock =
+                tx.prepare_cached("SELECT 1 FROM notification WHERE id = ANY($1) ORDER BY id FOR UPDATE").await?;
             tx.execute(&lock, &[&shared]).await?;
         }
 
@@ -272,12 +256,14 @@ impl Store {
                     "UPDATE delivery d
                         SET status = 'delivered', attempt_count = u.attempts, provider_message_id = u.msg,
                             delivered_at = now(), updated_at = now(), next_attempt_at = NULL
-                       FROM unnest($1::uuid[], $2::int4[], $3::text[]) AS u(id, attempts, msg)
-                      WHERE d.id = u.id",
+                       FROM unnest($1::uuid[], $2::uuid[], $3::int4[], $4::text[]) AS u(n, dev, attempts, msg)
+                      WHERE d.notification_id = u.n AND d.device_id = u.dev",
                 )
                 .await?;
-            let (a, b, c) = unzip3(rows.delivered.iter().map(|(d, n, m)| (*d, *n, m.clone())));
-            tx.execute(&stmt, &[&a, &b, &c]).await?;
+            let (n, dev) = split_targets(rows.delivered.iter().map(|r| r.0));
+            let attempts: Vec<i32> = rows.delivered.iter().map(|r| r.1).collect();
+            let msgs: Vec<Option<&str>> = rows.delivered.iter().map(|r| r.2.as_deref()).collect();
+            tx.execute(&stmt, &[&n, &dev, &attempts, &msgs]).await?;
         }
         if !rows.retrying.is_empty() {
             let stmt = tx
@@ -285,15 +271,17 @@ impl Store {
                     "UPDATE delivery d
                         SET status = 'retrying', attempt_count = u.attempts, last_error = u.err,
                             next_attempt_at = now() + u.delay_ms * interval '1 millisecond', updated_at = now()
-                       FROM unnest($1::uuid[], $2::int4[], $3::text[], $4::int8[]) AS u(id, attempts, err, delay_ms)
-                      WHERE d.id = u.id AND d.status NOT IN ('delivered', 'failed')",
+                       FROM unnest($1::uuid[], $2::uuid[], $3::int4[], $4::text[], $5::int8[])
+                            AS u(n, dev, attempts, err, delay_ms)
+                      WHERE d.notification_id = u.n AND d.device_id = u.dev
+                        AND d.status NOT IN ('delivered', 'failed')",
                 )
                 .await?;
-            let ids: Vec<Uuid> = rows.retrying.iter().map(|r| r.0).collect();
-            let attempts: Vec<i32> = rows.retrying.iter().map(|r| r.2).collect();
-            let errs: Vec<&str> = rows.retrying.iter().map(|r| r.3.as_str()).collect();
-            let delays: Vec<i64> = rows.retrying.iter().map(|r| r.4.as_millis() as i64).collect();
-            tx.execute(&stmt, &[&ids, &attempts, &errs, &delays]).await?;
+            let (notes, dev) = split_targets(rows.retrying.iter().map(|r| r.0));
+            let attempts: Vec<i32> = rows.retrying.iter().map(|r| r.1).collect();
+            let errs: Vec<&str> = rows.retrying.iter().map(|r| r.2.as_str()).collect();
+            let delays: Vec<i64> = rows.retrying.iter().map(|r| r.3.as_millis() as i64).collect();
+            tx.execute(&stmt, &[&notes, &dev, &attempts, &errs, &delays]).await?;
 
             let stmt = tx
                 .prepare_cached(
@@ -304,7 +292,6 @@ impl Store {
                       WHERE n.id = u.id AND n.status IN ('queued', 'retrying')",
                 )
                 .await?;
-            let notes: Vec<Uuid> = rows.retrying.iter().map(|r| r.1).collect();
             tx.execute(&stmt, &[&notes, &attempts, &errs]).await?;
         }
         if !rows.failed.is_empty() {
@@ -313,12 +300,14 @@ impl Store {
                     "UPDATE delivery d
                         SET status = 'failed', attempt_count = u.attempts, last_error = u.err,
                             next_attempt_at = NULL, updated_at = now()
-                       FROM unnest($1::uuid[], $2::int4[], $3::text[]) AS u(id, attempts, err)
-                      WHERE d.id = u.id AND d.status <> 'delivered'",
+                       FROM unnest($1::uuid[], $2::uuid[], $3::int4[], $4::text[]) AS u(n, dev, attempts, err)
+                      WHERE d.notification_id = u.n AND d.device_id = u.dev AND d.status <> 'delivered'",
                 )
                 .await?;
-            let (a, b, c) = unzip3(rows.failed.iter().map(|(d, n, e)| (*d, *n, e.as_str())));
-            tx.execute(&stmt, &[&a, &b, &c]).await?;
+            let (n, dev) = split_targets(rows.failed.iter().map(|r| r.0));
+            let attempts: Vec<i32> = rows.failed.iter().map(|r| r.1).collect();
+            let errs: Vec<&str> = rows.failed.iter().map(|r| r.2.as_str()).collect();
+            tx.execute(&stmt, &[&n, &dev, &attempts, &errs]).await?;
         }
         if !rows.disable_devices.is_empty() {
             let stmt = tx
@@ -342,80 +331,97 @@ impl Store {
                 .await?;
             tx.execute(&stmt, &[&rows.used_devices]).await?;
         }
-        let settled = settle(&tx, &ids).await?;
+        // The status rule. A delivered target settles its notification outright; only
+        // notifications with a failed target need the aggregate over all their targets.
+        let mut settled = Vec::new();
+        if !rows.delivered.is_empty() {
+            let stmt = tx
+                .prepare_cached(
+                    "UPDATE notification n
+                        SET status = 'delivered', delivered_at = now(), updated_at = now(),
+                            attempt_count = greatest(n.attempt_count, u.attempts)
+                       FROM unnest($1::uuid[], $2::int4[]) AS u(id, attempts)
+                      WHERE n.id = u.id AND n.status NOT IN ('delivered', 'failed')
+                  RETURNING n.id, n.trace_id",
+                )
+                .await?;
+            let notes: Vec<Uuid> = rows.delivered.iter().map(|r| r.0 .0).collect();
+            let attempts: Vec<i32> = rows.delivered.iter().map(|r| r.1).collect();
+            for r in tx.query(&stmt, &[&notes, &attempts]).await? {
+                settled.push(Settled {
+                    notification_id: r.get(0),
+                    trace_id: r.get(1),
+                    delivered: true,
+                    last_error: None,
+                });
+            }
+        }
+        let mut failing: Vec<Uuid> = rows.failed.iter().map(|r| r.0 .0).collect();
+        failing.sort_unstable();
+        failing.dedup();
+        if !failing.is_empty() {
+            settled.extend(settle(&tx, &failing).await?);
+        }
         tx.commit().await?;
         Ok(settled)
     }
 
-    /// Of these deliveries, the ones Postgres already knows to be final (delivered or failed):
-    /// a redelivered or reclaimed entry for one of them must not be sent again.
-    pub async fn already_final(&self, deliveries: &[Uuid]) -> Result<Vec<Uuid>> {
+    /// Of these targets, the ones Postgres already knows to be final (delivered or failed): a
+    /// redelivered or reclaimed entry for one of them must not be sent again.
+    pub async fn already_final(&self, targets: &[Target]) -> Result<Vec<Target>> {
         let client = self.pool.get().await?;
         let stmt = client
-            .prepare_cached("SELECT id FROM delivery WHERE id = ANY($1) AND status IN ('delivered', 'failed')")
+            .prepare_cached(
+                "SELECT d.notification_id, d.device_id
+                   FROM delivery d JOIN unnest($1::uuid[], $2::uuid[]) AS u(n, dev)
+                     ON d.notification_id = u.n AND d.device_id = u.dev
+                  WHERE d.status IN ('delivered', 'failed')",
+            )
             .await?;
-        Ok(client.query(&stmt, &[&deliveries]).await?.into_iter().map(|r| r.get(0)).collect())
+        let (n, dev) = split_targets(targets.iter().copied());
+        Ok(client.query(&stmt, &[&n, &dev]).await?.into_iter().map(|r| (r.get(0), r.get(1))).collect())
     }
 
     /// The sweep's second half: targets that made no progress for `stale_after` (their stream
     /// entry or delayed retry was lost with Redis, or the process died between commit and XADD)
-    /// are touched and returned, to be written to the stream again. Also settles notifications
-    /// whose targets are all final but which were left unsettled.
-    pub async fn requeue_stale(&self, stale_after: Duration, limit: i64) -> Result<(Vec<Job>, Vec<Settled>)> {
-        let mut client = self.pool.get().await?;
-        let tx = client.transaction().await?;
+    /// are touched and returned, to be written to the stream again.
+    pub async fn requeue_stale(&self, stale_after: Duration, limit: i64) -> Result<Vec<Job>> {
+        let client = self.pool.get().await?;
         let stale_ms = stale_after.as_millis() as i64;
-        let stmt = tx
+        let stmt = client
             .prepare_cached(
                 "UPDATE delivery d SET status = 'queued', next_attempt_at = NULL, updated_at = now()
                    FROM notification n, device dev
-                  WHERE d.id IN (SELECT id FROM delivery
-                                  WHERE status IN ('queued', 'retrying')
-                                    AND coalesce(next_attempt_at, updated_at) < now() - $1::int8 * interval '1 millisecond'
-                                    AND updated_at < now() - $1::int8 * interval '1 millisecond'
-                                  ORDER BY updated_at LIMIT $2 FOR UPDATE SKIP LOCKED)
+                  WHERE (d.notification_id, d.device_id) IN (
+                            SELECT notification_id, device_id FROM delivery
+                             WHERE status IN ('queued', 'retrying')
+                               AND updated_at < now() - $1::int8 * interval '1 millisecond'
+                               AND coalesce(next_attempt_at, updated_at) < now() - $1::int8 * interval '1 millisecond'
+                             ORDER BY updated_at LIMIT $2 FOR UPDATE SKIP LOCKED)
                     AND n.id = d.notification_id AND dev.id = d.device_id
-              RETURNING d.id, d.notification_id, d.device_id, d.provider, d.attempt_count,
+              RETURNING d.notification_id, d.device_id, d.provider, d.attempt_count,
                         n.user_id, n.payload, n.priority, coalesce(n.trace_id, n.id::text), dev.token,
                         (SELECT count(*) FROM delivery s WHERE s.notification_id = d.notification_id)",
             )
             .await?;
         let mut jobs = Vec::new();
-        for r in tx.query(&stmt, &[&stale_ms, &limit]).await? {
-            let provider: String = r.get(3);
-            let Ok(provider) = provider.parse() else {
-                continue;
-            };
-            let priority: String = r.get(7);
-            let attempt: i32 = r.get(4);
+        for r in client.query(&stmt, &[&stale_ms, &limit]).await? {
+            let (provider, priority, attempt): (String, String, i32) = (r.get(2), r.get(6), r.get(3));
+            let Ok(provider) = provider.parse() else { continue };
             jobs.push(Job {
-                delivery_id: r.get(0),
-                notification_id: r.get(1),
-                device_id: r.get(2),
+                notification_id: r.get(0),
+                device_id: r.get(1),
                 provider,
                 attempt: attempt.max(0) as u32,
-                user_id: r.get(5),
-                payload: r.get(6),
+                user_id: r.get(4),
+                payload: r.get(5),
                 priority: priority.parse().unwrap_or_default(),
-                trace_id: r.get(8),
-                token: r.get(9),
-                targets: r.get::<_, i64>(10).max(1) as u32,
+                trace_id: r.get(7),
+                token: r.get(8),
+                targets: r.get::<_, i64>(9).max(1) as u32,
             });
         }
-        let unsettled = tx
-            .prepare_cached(
-                "SELECT n.id FROM notification n
-                  WHERE n.status IN ('queued', 'retrying')
-                    AND n.updated_at < now() - $1::int8 * interval '1 millisecond'
-                    AND NOT EXISTS (SELECT 1 FROM delivery d WHERE d.notification_id = n.id
-                                      AND d.status IN ('queued', 'retrying'))
-                  LIMIT $2 FOR UPDATE SKIP LOCKED",
-            )
-            .await?;
-        let ids: Vec<Uuid> = tx.query(&unsettled, &[&stale_ms, &limit]).await?.into_iter().map(|r| r.get(0)).collect();
-        let settled = if ids.is_empty() { Vec::new() } else { settle(&tx, &ids).await? };
-        tx.commit().await?;
-        Ok((jobs, settled))
+        Ok(jobs)
     }
 }
 
@@ -462,10 +468,14 @@ async fn settle(tx: &deadpool_postgres::Transaction<'_>, ids: &[Uuid]) -> Result
 }
 
 /// Decides the targets of one notification, or why it cannot be sent at all.
-fn plan_targets(n: &Claimed, devices: &[DeviceRow], enabled: &dyn Fn(Provider) -> bool) -> Result<Vec<Target>, String> {
+fn plan_targets(
+    n: &Claimed,
+    devices: &[DeviceRow],
+    enabled: &dyn Fn(Provider) -> bool,
+) -> Result<Vec<Planned>, String> {
     validate(n)?;
     let channel = n.channel.as_deref();
-    let targets: Vec<Target> = devices
+    let targets: Vec<Planned> = devices
         .iter()
         .filter(|d| channel.is_none_or(|c| c == d.provider))
         .map(|d| {
@@ -474,7 +484,7 @@ fn plan_targets(n: &Claimed, devices: &[DeviceRow], enabled: &dyn Fn(Provider) -
                 Ok(p) => Some(format!("provider {p} is not enabled in this deployment")),
                 Err(e) => Some(e),
             };
-            Target { notification: 0, device: d.id, provider: d.provider.clone(), token: d.token.clone(), error }
+            Planned { notification: 0, device: d.id, provider: d.provider.clone(), token: d.token.clone(), error }
         })
         .collect();
     if targets.is_empty() {
@@ -524,14 +534,8 @@ fn json_type(v: &Value) -> &'static str {
     }
 }
 
-fn unzip3<A, B, C>(it: impl Iterator<Item = (A, B, C)>) -> (Vec<A>, Vec<B>, Vec<C>) {
-    let (mut a, mut b, mut c) = (Vec::new(), Vec::new(), Vec::new());
-    for (x, y, z) in it {
-        a.push(x);
-        b.push(y);
-        c.push(z);
-    }
-    (a, b, c)
+fn split_targets(targets: impl Iterator<Item = Target>) -> (Vec<Uuid>, Vec<Uuid>) {
+    targets.unzip()
 }
 
 #[cfg(test)]

@@ -15,18 +15,17 @@ async fn the_same_entry_delivered_twice_is_sent_once() {
     let row = app
         .db
         .query_one(
-            "SELECT d.id, d.device_id, dev.token FROM delivery d JOIN device dev ON dev.id = d.device_id WHERE d.notification_id = $1",
+            "SELECT d.device_id, dev.token FROM delivery d JOIN device dev ON dev.id = d.device_id WHERE d.notification_id = $1",
             &[&id],
         )
         .await
         .unwrap();
     let job = actors::job::Job {
-        delivery_id: row.get(0),
         notification_id: id,
-        device_id: row.get(1),
+        device_id: row.get(0),
         user_id: "kim".into(),
         provider: actors::job::Provider::Expo,
-        token: row.get(2),
+        token: row.get(1),
         payload: json!({"title": "once"}),
         priority: actors::job::Priority::Normal,
         trace_id: "t".into(),

@@ -205,7 +205,6 @@ mod tests {
 
     fn job(payload: Value) -> Job {
         Job {
-            delivery_id: Uuid::new_v4(),
             notification_id: Uuid::nil(),
             device_id: Uuid::new_v4(),
             user_id: "u".into(),
