@@ -316,7 +316,7 @@ impl Settings {
             self.database.url.expose().parse().map_err(|_| {
                 invalid("database.url", "is not a valid Postgres URL (postgres://user:pass@host:port/db)")
             })?;
-        actors::store::tls_only_when_required(&mut config);
+        actors::tls::only_when_required(&mut config);
         if config.get_connect_timeout().is_none() {
             config.connect_timeout(Duration::from_secs(5));
         }

@@ -250,13 +250,13 @@ async fn measure(
 
 fn pg_config(url: &str) -> Result<tokio_postgres::Config, BoxError> {
     let mut config: tokio_postgres::Config = url.parse()?;
-    actors::store::tls_only_when_required(&mut config);
+    actors::tls::only_when_required(&mut config);
     config.connect_timeout(Duration::from_secs(5));
     Ok(config)
 }
 
 async fn connect(url: &str) -> Result<tokio_postgres::Client, BoxError> {
-    let (client, connection) = pg_config(url)?.connect(actors::store::tls()).await?;
+    let (client, connection) = pg_config(url)?.connect(actors::tls::postgres()).await?;
     actix_rt::spawn(connection);
     Ok(client)
 }

@@ -22,8 +22,8 @@ pub enum MigrateError {
 /// Applies pending migrations; returns the names of those applied now.
 pub async fn run(config: &Config) -> Result<Vec<String>, MigrateError> {
     let mut config = config.clone();
-    actors::store::tls_only_when_required(&mut config);
-    let (mut client, connection) = config.connect(actors::store::tls()).await.map_err(MigrateError::Connect)?;
+    actors::tls::only_when_required(&mut config);
+    let (mut client, connection) = config.connect(actors::tls::postgres()).await.map_err(MigrateError::Connect)?;
     let driver = actix_rt::spawn(connection);
     client.execute("SELECT pg_advisory_lock($1)", &[&LOCK_KEY]).await?;
     let report = embedded::migrations::runner().run_async(&mut client).await;

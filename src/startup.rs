@@ -70,7 +70,7 @@ pub struct Application {
 pub fn pg_pool(settings: &Settings) -> Result<Pool, StartError> {
     let manager = Manager::from_config(
         settings.pg_config()?,
-        actors::store::tls(),
+        actors::tls::postgres(),
         ManagerConfig { recycling_method: RecyclingMethod::Fast },
     );
     Pool::builder(manager).max_size(settings.database.pool_size).build().map_err(|e| StartError::Pool(e.to_string()))
@@ -119,7 +119,9 @@ impl Application {
                     }))
             })
             .workers(1)
+            // Signals are ours (the engine drains first); open requests get 5 s at shutdown.
             .disable_signals()
+            .shutdown_timeout(5)
             .bind(addr)
             .map_err(|source| StartError::Bind { addr: addr.to_string(), source })?;
             port = http.addrs().first().map(|a| a.port());

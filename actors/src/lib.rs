@@ -27,6 +27,7 @@ pub mod settings;
 pub mod store;
 pub mod stream_reader;
 pub mod supervisor;
+pub mod tls;
 
 pub use engine::Engine;
 pub use error::EngineError;

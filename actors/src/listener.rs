@@ -84,7 +84,7 @@ impl ListenerActor {
         self.generation += 1;
         let generation = self.generation;
         let fut = async move {
-            let (client, mut connection) = config.connect(crate::store::tls()).await?;
+            let (client, mut connection) = config.connect(crate::tls::postgres()).await?;
             // The connection delivers notifications only while something polls it.
             let lost = addr.clone();
             actix_rt::spawn(async move {

@@ -182,6 +182,21 @@ impl TestApp {
         (status, body)
     }
 
+    /// Entries of shard 0 read by a consumer and not yet acknowledged.
+    pub async fn pending_entries(&self) -> i64 {
+        let mut conn = self.redis.clone();
+        let summary: Vec<redis::Value> = redis::cmd("XPENDING")
+            .arg(self.keys.stream(0))
+            .arg(actors::keys::GROUP)
+            .query_async(&mut conn)
+            .await
+            .expect("XPENDING");
+        match summary.first() {
+            Some(redis::Value::Int(n)) => *n,
+            _ => 0,
+        }
+    }
+
     pub async fn redis_counter(&self, event: &str) -> i64 {
         let key = self.keys.counter(event, None, &actors::events::today());
         let mut conn = self.redis.clone();

@@ -35,16 +35,7 @@ async fn sigterm_stops_the_service_cleanly_and_it_exits_0() {
     assert_eq!(status.code(), Some(0));
     assert!(started.elapsed() < Duration::from_secs(8), "exited within grace + a little");
     // Nothing the service took is stuck half-done: what it acknowledged is stored.
-    let pending: i64 = {
-        let mut conn = app.redis.clone();
-        let p: (i64, Option<String>, Option<String>, Option<Vec<(String, String)>>) = redis::cmd("XPENDING")
-            .arg(app.keys.stream(0))
-            .arg(actors::keys::GROUP)
-            .query_async(&mut conn)
-            .await
-            .unwrap();
-        p.0
-    };
+    let pending = app.pending_entries().await;
     let queued = app.count("SELECT count(*) FROM delivery WHERE status = 'queued'").await;
     assert!(pending <= queued, "every pending entry is still queued in Postgres ({pending} > {queued})");
     app.cleanup().await;
