@@ -19,6 +19,20 @@ pub enum MigrateError {
     Postgres(#[from] tokio_postgres::Error),
 }
 
+/// The version of the newest migration compiled into this binary.
+pub fn latest_version() -> i32 {
+    embedded::migrations::runner().get_migrations().iter().map(|m| m.version() as i32).max().unwrap_or(0)
+}
+
+/// Whether the database has every migration of this binary (for `/readyz`).
+pub async fn is_current(client: &tokio_postgres::Client) -> bool {
+    let applied = client
+        .query_one("SELECT coalesce(max(version), 0) FROM refinery_schema_history", &[])
+        .await
+        .map(|row| row.get::<_, i32>(0));
+    matches!(applied, Ok(v) if v >= latest_version())
+}
+
 /// Applies pending migrations; returns the names of those applied now.
 pub async fn run(config: &Config) -> Result<Vec<String>, MigrateError> {
     let mut config = config.clone();

@@ -106,7 +106,6 @@ impl Application {
                 relay: relay.clone(),
                 registry: engine.registry().clone(),
                 admin_token: settings.auth.admin_token.clone(),
-                prepared: true,
             });
             let addr = settings.http_addr()?;
             let http = HttpServer::new(move || {

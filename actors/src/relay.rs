@@ -119,6 +119,22 @@ impl Relay {
         Ok(())
     }
 
+    /// Whether every shard's stream has its consumer group (for `/readyz`).
+    pub async fn groups_exist(&self) -> Result<bool> {
+        let mut conn = self.conn();
+        for shard in self.keys.shard_ids() {
+            let groups: Result<Vec<redis::Value>, _> =
+                redis::cmd("XINFO").arg("GROUPS").arg(self.keys.stream(shard)).query_async(&mut conn).await;
+            match groups {
+                Ok(g) if !g.is_empty() => {}
+                Ok(_) => return Ok(false),
+                Err(e) if e.code() == Some("ERR") => return Ok(false), // no such stream
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(true)
+    }
+
     /// Writes jobs to their shards' streams, and the counters, in one pipeline.
     pub async fn enqueue(&self, jobs: &[Job], tally: &Tally, day: &str) -> Result<()> {
         if jobs.is_empty() && tally.is_empty() {

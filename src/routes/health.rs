@@ -35,11 +35,24 @@ pub async fn healthz(state: web::Data<AppState>) -> HttpResponse {
 
 #[get("/readyz")]
 pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
+    let migrated = async {
+        match state.store.pool().get().await {
+            Ok(client) => crate::migrate::is_current(&client).await,
+            Err(_) => false,
+        }
+    };
+    let (migrated, groups) = futures_util::join!(
+        tokio::time::timeout(PROBE_TIMEOUT, migrated),
+        tokio::time::timeout(PROBE_TIMEOUT, state.relay.groups_exist())
+    );
+    let migrated = matches!(migrated, Ok(true));
+    let groups = matches!(groups, Ok(Ok(true)));
     let actors = state.registry.all_running();
-    let ready = state.prepared && actors;
+    let ready = migrated && groups && actors;
     let body = json!({
         "status": if ready { "ready" } else { "not_ready" },
-        "migrations_and_groups": state.prepared,
+        "migrations": migrated,
+        "consumer_groups": groups,
         "actors_running": actors,
     });
     if ready {

@@ -14,9 +14,6 @@ pub struct AppState {
     pub relay: Relay,
     pub registry: Registry,
     pub admin_token: Option<Secret>,
-    /// Migrations ran (or were skipped on purpose with `--no-migrate`, when another process
-    /// runs them) and the consumer groups were created.
-    pub prepared: bool,
 }
 
 pub fn configure(cfg: &mut actix_web::web::ServiceConfig) {

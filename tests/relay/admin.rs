@@ -53,3 +53,27 @@ async fn unknown_routes_answer_a_json_404() {
     assert_eq!(body["error"]["code"], "not_found");
     app.cleanup().await;
 }
+
+#[actix_web::test]
+async fn readyz_turns_503_when_the_consumer_group_disappears_and_recovers() {
+    let app = spawn_app().await;
+    let mut conn = app.redis.clone();
+    let _: () = redis::cmd("XGROUP")
+        .arg("DESTROY")
+        .arg(app.keys.stream(0))
+        .arg(actors::keys::GROUP)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+
+    let (status, body) = app.get("/readyz", None).await;
+    assert_eq!(status, 503);
+    assert_eq!(body["consumer_groups"], false);
+
+    // The stream reader meets NOGROUP on its next read and recreates the group.
+    crate::helpers::eventually(std::time::Duration::from_secs(10), || async {
+        (app.get("/readyz", None).await.0 == 200).then_some(())
+    })
+    .await;
+    app.cleanup().await;
+}
