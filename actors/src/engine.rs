@@ -44,6 +44,9 @@ pub struct Engine {
     shutdown: Shutdown,
     inflight: InFlight,
     outcomes: Option<Handle<OutcomeWriter>>,
+    /// Addresses of the actors nobody else addresses. An actix `Supervisor` restarts a stopped
+    /// actor only while its address is alive, so the engine holds them for the process's life.
+    _supervised: Vec<Box<dyn std::any::Any>>,
     arbiters: Vec<Arbiter>,
     log: Logger,
 }
@@ -66,6 +69,7 @@ impl Engine {
         // The groups exist before anyone reads, and `/readyz` can rely on them.
         relay.ensure_groups().await?;
 
+        let mut supervised: Vec<Box<dyn std::any::Any>> = Vec::new();
         let mut outcomes = None;
         let mut dispatcher = None;
         if settings.roles.worker || settings.roles.scheduler {
@@ -106,19 +110,22 @@ impl Engine {
             for shard in relay.keys().shard_ids() {
                 let reader_life = life(format!("stream-reader-{shard}"), "stream_reader");
                 let (d, f, s, c) = (dispatcher.clone(), inflight.clone(), shutdown.clone(), settings.consumer.clone());
-                Supervisor::start(move |_| StreamReaderActor::new(reader_life, shard, c, d, f, s));
+                supervised
+                    .push(Box::new(Supervisor::start(move |_| StreamReaderActor::new(reader_life, shard, c, d, f, s))));
             }
         }
 
         if let (true, Some(dispatcher)) = (settings.roles.scheduler, &dispatcher) {
             let delay_life = life("delay".into(), "delay");
             let (r, s, interval) = (relay.clone(), shutdown.clone(), settings.delay_poll_interval);
-            Supervisor::start(move |_| DelayActor::new(delay_life, r, interval, s));
+            supervised.push(Box::new(Supervisor::start(move |_| DelayActor::new(delay_life, r, interval, s))));
 
             let claim_life = life("claim".into(), "claim");
             let (d, f, s, c) = (dispatcher.clone(), inflight.clone(), shutdown.clone(), settings.consumer.clone());
             let (interval, min_idle) = (settings.claim_interval, settings.claim_min_idle);
-            Supervisor::start(move |_| ClaimActor::new(claim_life, c, d, f, interval, min_idle, s));
+            supervised.push(Box::new(Supervisor::start(move |_| {
+                ClaimActor::new(claim_life, c, d, f, interval, min_idle, s)
+            })));
         }
 
         if settings.roles.listener {
@@ -136,12 +143,14 @@ impl Engine {
                 log: listener_life.log.clone(),
             };
             let (s, sweep, stale) = (shutdown.clone(), settings.sweep_interval, settings.stale_after);
-            Supervisor::start(move |_| ListenerActor::new(listener_life, fanout, pg_config, sweep, stale, s));
+            supervised.push(Box::new(Supervisor::start(move |_| {
+                ListenerActor::new(listener_life, fanout, pg_config, sweep, stale, s)
+            })));
         }
 
         info!(log, "engine started"; "roles" => format!("{:?}", settings.roles), "consumer" => &settings.consumer,
               "concurrency" => settings.concurrency, "shards" => relay.keys().shards());
-        Ok(Engine { registry, shutdown, inflight, outcomes, arbiters, log })
+        Ok(Engine { registry, shutdown, inflight, outcomes, _supervised: supervised, arbiters, log })
     }
 
     pub fn registry(&self) -> &Registry {

@@ -98,7 +98,7 @@ impl ListenerActor {
                         }
                         Ok(_) => {}
                         Err(e) => {
-                            lost.do_send(ListenLost(generation, e.to_string()));
+                            lost.do_send(ListenLost(generation, crate::error::with_sources(&e)));
                             return;
                         }
                     }

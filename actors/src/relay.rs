@@ -85,11 +85,15 @@ impl Relay {
 
     /// A connection of its own for blocking reads. redis-rs gives up on a reply after 500 ms by
     /// default while the server keeps blocking, so the response timeout here outlasts `block`.
-    pub async fn blocking_connection(&self, block: Duration) -> Result<MultiplexedConnection> {
+    /// The connection is named (`CLIENT SETNAME`) so that operators can find it in
+    /// `CLIENT LIST`.
+    pub async fn blocking_connection(&self, block: Duration, name: &str) -> Result<MultiplexedConnection> {
         let config = AsyncConnectionConfig::new()
             .set_connection_timeout(Some(Duration::from_secs(5)))
             .set_response_timeout(Some(block + Duration::from_secs(5)));
-        Ok(self.client.get_multiplexed_async_connection_with_config(&config).await?)
+        let mut conn = self.client.get_multiplexed_async_connection_with_config(&config).await?;
+        redis::cmd("CLIENT").arg("SETNAME").arg(name).query_async::<()>(&mut conn).await?;
+        Ok(conn)
     }
 
     pub async fn ping(&self) -> Result<()> {

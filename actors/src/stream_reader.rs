@@ -57,7 +57,7 @@ async fn read_once(
 ) -> Result<MultiplexedConnection> {
     let mut conn = match conn {
         Some(c) => c,
-        None => relay.blocking_connection(BLOCK).await?,
+        None => relay.blocking_connection(BLOCK, &format!("{}:reader-{shard}", relay.keys().prefix())).await?,
     };
     let permits = inflight.take(READ_BATCH).await;
     if shutdown.is_triggered() {

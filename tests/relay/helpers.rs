@@ -89,7 +89,9 @@ impl TestApp {
     pub async fn start(&mut self) {
         let settings = self.settings();
         let log = if std::env::var("TEST_LOG").is_ok() {
-            notify_relay::telemetry::logger(slog::Level::Debug).0
+            let (log, guard) = notify_relay::telemetry::logger(slog::Level::Debug);
+            std::mem::forget(guard); // keep the log thread for the whole test process
+            log
         } else {
             notify_relay::telemetry::discard()
         };

@@ -6,4 +6,6 @@ mod delivery;
 mod failures;
 mod helpers;
 mod idempotency;
+mod recovery;
+mod schema;
 mod shutdown;

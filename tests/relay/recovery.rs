@@ -1,0 +1,160 @@
+//! The basic recovery paths of the walking skeleton: a lost LISTEN connection, an entry left
+//! pending by a consumer that died.
+
+use crate::helpers::{eventually, spawn_app, ADMIN_TOKEN};
+use serde_json::json;
+use std::time::Duration;
+
+#[actix_web::test]
+async fn the_listener_reconnects_after_its_connection_is_terminated() {
+    let app = spawn_app().await;
+    app.add_device("olga", "expo", "ExponentPushToken[olga]").await;
+    let first = app.notify("olga", json!({"title": "before"})).await;
+    assert_eq!(app.final_status(first).await.0, "delivered");
+
+    let killed: i64 = app
+        .db
+        .query_one(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity
+              WHERE datname = current_database() AND query LIKE 'LISTEN%'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(killed, 1, "one LISTEN connection");
+    let after = app.notify("olga", json!({"title": "after"})).await;
+
+    assert_eq!(app.final_status(after).await.0, "delivered");
+    let (_, body) = app.get("/admin/actors", Some(ADMIN_TOKEN)).await;
+    let listener = body["actors"].as_array().unwrap().iter().find(|a| a["kind"] == "listener").unwrap().clone();
+    assert_eq!(listener["restarts"], 1, "{listener}");
+    assert!(listener["last_error"].as_str().unwrap().contains("LISTEN connection was lost"), "{listener}");
+    eventually(Duration::from_secs(10), || async {
+        let (_, body) = app.get("/admin/actors", Some(ADMIN_TOKEN)).await;
+        let running = body["actors"].as_array().unwrap().iter().all(|a| a["running"] == true);
+        running.then_some(())
+    })
+    .await;
+    app.cleanup().await;
+}
+
+#[actix_web::test]
+async fn an_entry_left_pending_by_a_dead_consumer_is_claimed_and_delivered() {
+    let app = spawn_app().await;
+    let device = app.add_device("pete", "expo", "ExponentPushToken[pete]").await;
+    // A notification that is queued in Postgres, whose entry a consumer read and then died with.
+    let id: uuid::Uuid = app
+        .db
+        .query_one("INSERT INTO notification (user_id, type, status) VALUES ('pete', 't', 'queued') RETURNING id", &[])
+        .await
+        .unwrap()
+        .get(0);
+    app.db
+        .execute("INSERT INTO delivery (notification_id, device_id, provider) VALUES ($1, $2, 'expo')", &[&id, &device])
+        .await
+        .unwrap();
+    let job = actors::job::Job {
+        notification_id: id,
+        device_id: device,
+        user_id: "pete".into(),
+        provider: actors::job::Provider::Expo,
+        token: "ExponentPushToken[pete]".into(),
+        payload: json!({"title": "orphaned"}),
+        priority: actors::job::Priority::Normal,
+        trace_id: "t".into(),
+        attempt: 0,
+        targets: 1,
+    };
+    // Keep the live readers away from it: write it and read it as "dead-consumer" atomically.
+    let mut conn = app.redis.clone();
+    let stream = app.keys.stream(0);
+    let _: redis::Value = redis::pipe()
+        .atomic()
+        .cmd("XADD")
+        .arg(&stream)
+        .arg("*")
+        .arg("job")
+        .arg(job.to_json())
+        .cmd("XREADGROUP")
+        .arg("GROUP")
+        .arg(actors::keys::GROUP)
+        .arg("dead-consumer")
+        .arg("COUNT")
+        .arg(1)
+        .arg("STREAMS")
+        .arg(&stream)
+        .arg(">")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(app.pending_entries().await, 1);
+
+    // claim.min_idle_ms is 3 s in the tests.
+    let (status, attempts, _) = app.final_status(id).await;
+    assert_eq!((status.as_str(), attempts), ("delivered", 1));
+    assert_eq!(app.expo.sends_of(id, "ExponentPushToken[pete]"), 1);
+    eventually(Duration::from_secs(5), || async { (app.pending_entries().await == 0).then_some(()) }).await;
+    app.cleanup().await;
+}
+
+#[actix_web::test]
+async fn a_target_whose_entry_was_lost_is_re_enqueued_by_the_sweep() {
+    let mut app = crate::helpers::prepare().await;
+    app.env.insert("NOTIFY__LISTENER__SWEEP_INTERVAL_MS".into(), "200".into());
+    app.env.insert("NOTIFY__LISTENER__STALE_AFTER_MS".into(), "1000".into());
+    let device = app.add_device("quinn", "expo", "ExponentPushToken[quinn]").await;
+    // Queued in Postgres a while ago, but its stream entry never made it (Redis lost it).
+    let id: uuid::Uuid = app
+        .db
+        .query_one(
+            "INSERT INTO notification (user_id, type, status, payload) VALUES ('quinn', 't', 'queued', '{\"title\":\"lost\"}')
+             RETURNING id",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    app.db
+        .execute(
+            "INSERT INTO delivery (notification_id, device_id, provider, updated_at)
+             VALUES ($1, $2, 'expo', now() - interval '1 hour')",
+            &[&id, &device],
+        )
+        .await
+        .unwrap();
+
+    app.start().await;
+
+    assert_eq!(app.final_status(id).await.0, "delivered");
+    assert_eq!(app.expo.sends_of(id, "ExponentPushToken[quinn]"), 1);
+    assert_eq!(app.redis_counter("REQUEUED").await, 1);
+    app.cleanup().await;
+}
+
+#[actix_web::test]
+async fn a_stream_reader_whose_connection_is_killed_is_restarted_and_delivery_goes_on() {
+    let app = spawn_app().await;
+    app.add_device("rita", "expo", "ExponentPushToken[rita]").await;
+    let first = app.notify("rita", json!({"title": "before"})).await;
+    assert_eq!(app.final_status(first).await.0, "delivered");
+
+    let mut conn = app.redis.clone();
+    let clients: String = redis::cmd("CLIENT").arg("LIST").query_async(&mut conn).await.unwrap();
+    let name = format!("name={}:reader-0 ", app.prefix);
+    let id = clients
+        .lines()
+        .find(|l| l.contains(&name))
+        .and_then(|l| l.split_whitespace().find_map(|kv| kv.strip_prefix("id=")))
+        .expect("the reader's named connection")
+        .to_string();
+    let _: i64 = redis::cmd("CLIENT").arg("KILL").arg("ID").arg(&id).query_async(&mut conn).await.unwrap();
+
+    let after = app.notify("rita", json!({"title": "after"})).await;
+
+    assert_eq!(app.final_status(after).await.0, "delivered");
+    let (_, body) = app.get("/admin/actors", Some(ADMIN_TOKEN)).await;
+    let reader = body["actors"].as_array().unwrap().iter().find(|a| a["kind"] == "stream_reader").unwrap().clone();
+    assert_eq!(reader["restarts"], 1, "{reader}");
+    app.cleanup().await;
+}

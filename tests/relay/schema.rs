@@ -1,0 +1,53 @@
+//! The hot queries can use their indexes.
+
+use crate::helpers::prepare;
+
+async fn plan(app: &crate::helpers::TestApp, sql: &str) -> String {
+    app.db.batch_execute("SET enable_seqscan = off").await.unwrap();
+    let rows = app.db.query(&format!("EXPLAIN {sql}"), &[]).await.unwrap();
+    rows.iter().map(|r| r.get::<_, String>(0)).collect::<Vec<_>>().join("\n")
+}
+
+#[actix_web::test]
+async fn the_claim_the_fan_out_and_the_sweep_use_their_indexes() {
+    let app = prepare().await;
+
+    let claim = plan(&app, "SELECT id FROM notification WHERE status = 'pending' ORDER BY created_at LIMIT 1000").await;
+    assert!(claim.contains("notification_pending_idx"), "{claim}");
+    let devices =
+        plan(&app, "SELECT id, provider, token FROM device WHERE user_id = ANY('{a,b}') AND disabled_at IS NULL").await;
+    assert!(devices.contains("device_user_active_idx"), "{devices}");
+    let sweep = plan(
+        &app,
+        "SELECT notification_id, device_id FROM delivery WHERE status IN ('queued', 'retrying')
+          AND updated_at < now() - interval '5 minutes' ORDER BY updated_at LIMIT 1000",
+    )
+    .await;
+    assert!(sweep.contains("delivery_in_flight_idx"), "{sweep}");
+    app.cleanup().await;
+}
+
+#[actix_web::test]
+async fn inserting_a_notification_rings_the_doorbell_with_its_id() {
+    use futures_util::StreamExt;
+    let app = prepare().await;
+    let (client, mut connection) =
+        tokio_postgres::connect(&app.env["NOTIFY__DATABASE__URL"], tokio_postgres::NoTls).await.unwrap();
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    actix_rt::spawn(async move {
+        let mut messages = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
+        while let Some(Ok(message)) = messages.next().await {
+            if let tokio_postgres::AsyncMessage::Notification(n) = message {
+                let _ = tx.send((n.channel().to_string(), n.payload().to_string()));
+            }
+        }
+    });
+    client.batch_execute("LISTEN notification_insert").await.unwrap();
+
+    let id = app.notify("ringo", serde_json::json!({})).await;
+
+    let rung = tokio::time::timeout(std::time::Duration::from_secs(5), rx.recv()).await.unwrap().unwrap();
+    assert_eq!(rung, ("notification_insert".to_string(), id.to_string()));
+    drop(client);
+    app.cleanup().await;
+}
