@@ -206,6 +206,22 @@ impl TestApp {
     }
 }
 
+/// The stream job of a first attempt at (notification, device) for an Expo token.
+pub fn expo_job(notification_id: Uuid, device_id: Uuid, user: &str, token: &str, payload: Value) -> actors::job::Job {
+    actors::job::Job {
+        notification_id,
+        device_id,
+        user_id: user.into(),
+        provider: actors::job::Provider::Expo,
+        token: token.into(),
+        payload,
+        priority: actors::job::Priority::Normal,
+        trace_id: "test-trace".into(),
+        attempt: 0,
+        targets: 1,
+    }
+}
+
 /// Polls `check` until it yields a value, failing the test after `limit`.
 pub async fn eventually<T, F, Fut>(limit: Duration, mut check: F) -> T
 where

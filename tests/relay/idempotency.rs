@@ -20,18 +20,7 @@ async fn the_same_entry_delivered_twice_is_sent_once() {
         )
         .await
         .unwrap();
-    let job = actors::job::Job {
-        notification_id: id,
-        device_id: row.get(0),
-        user_id: "kim".into(),
-        provider: actors::job::Provider::Expo,
-        token: row.get(1),
-        payload: json!({"title": "once"}),
-        priority: actors::job::Priority::Normal,
-        trace_id: "t".into(),
-        attempt: 0,
-        targets: 1,
-    };
+    let job = crate::helpers::expo_job(id, row.get(0), "kim", row.get(1), json!({"title": "once"}));
     let mut conn = app.redis.clone();
     let _: String = redis::cmd("XADD")
         .arg(app.keys.stream(0))

@@ -54,18 +54,7 @@ async fn an_entry_left_pending_by_a_dead_consumer_is_claimed_and_delivered() {
         .execute("INSERT INTO delivery (notification_id, device_id, provider) VALUES ($1, $2, 'expo')", &[&id, &device])
         .await
         .unwrap();
-    let job = actors::job::Job {
-        notification_id: id,
-        device_id: device,
-        user_id: "pete".into(),
-        provider: actors::job::Provider::Expo,
-        token: "ExponentPushToken[pete]".into(),
-        payload: json!({"title": "orphaned"}),
-        priority: actors::job::Priority::Normal,
-        trace_id: "t".into(),
-        attempt: 0,
-        targets: 1,
-    };
+    let job = crate::helpers::expo_job(id, device, "pete", "ExponentPushToken[pete]", json!({"title": "orphaned"}));
     // Keep the live readers away from it: write it and read it as "dead-consumer" atomically.
     let mut conn = app.redis.clone();
     let stream = app.keys.stream(0);
