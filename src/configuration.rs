@@ -58,6 +58,7 @@ pub struct Settings {
     pub listener: ListenerSettings,
     pub retry: RetrySettings,
     pub claim: ClaimSettings,
+    pub circuit: CircuitBreakerSettings,
     pub scheduler: SchedulerSettings,
     pub providers: ProvidersSettings,
     pub http: HttpSettings,
@@ -126,6 +127,19 @@ pub struct ClaimSettings {
     pub interval_ms: u64,
     /// Idle time after which a pending entry is taken over, in ms.
     pub min_idle_ms: u64,
+    /// An entry handed out this many times without an outcome is dead-lettered (poison).
+    pub max_deliveries: u32,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CircuitBreakerSettings {
+    /// Failed requests in a row (outage or refused credentials) that open a provider's circuit.
+    pub failures: u32,
+    /// First open interval, in ms; it grows (jittered) while probes keep failing…
+    pub open_ms: u64,
+    /// …up to this, in ms.
+    pub max_open_ms: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -273,8 +287,23 @@ impl Settings {
         if self.retry.max_ms < self.retry.base_ms {
             return Err(invalid("retry.max_ms", format!("must be at least retry.base_ms ({})", self.retry.base_ms)));
         }
+        if self.claim.max_deliveries < 2 {
+            return Err(invalid("claim.max_deliveries", "must be at least 2 (the first read counts as one)"));
+        }
         if self.claim.interval_ms < 10 {
             return Err(invalid("claim.interval_ms", "must be at least 10"));
+        }
+        if self.circuit.failures == 0 {
+            return Err(invalid("circuit.failures", "must be at least 1"));
+        }
+        if self.circuit.open_ms == 0 {
+            return Err(invalid("circuit.open_ms", "must be at least 1"));
+        }
+        if self.circuit.max_open_ms < self.circuit.open_ms {
+            return Err(invalid(
+                "circuit.max_open_ms",
+                format!("must be at least circuit.open_ms ({})", self.circuit.open_ms),
+            ));
         }
         if self.scheduler.delay_poll_ms < 10 {
             return Err(invalid("scheduler.delay_poll_ms", "must be at least 10"));
@@ -299,6 +328,17 @@ impl Settings {
                     format!("must exceed the longest provider timeout_ms ({longest}), got {}", self.claim.min_idle_ms),
                 ));
             }
+        }
+        // The sweep must not re-enqueue what the claim actor is about to recover: that would put a
+        // second copy of a pending entry in the stream.
+        if self.listener.stale_after_ms <= self.claim.min_idle_ms {
+            return Err(invalid(
+                "listener.stale_after_ms",
+                format!(
+                    "must exceed claim.min_idle_ms ({}), got {}",
+                    self.claim.min_idle_ms, self.listener.stale_after_ms
+                ),
+            ));
         }
         self.http_addr()?;
         self.log_level()?;
@@ -354,8 +394,14 @@ impl Settings {
                 base: Duration::from_millis(self.retry.base_ms),
                 max: Duration::from_millis(self.retry.max_ms),
             },
+            circuit: actors::circuit::CircuitSettings {
+                failures: self.circuit.failures,
+                open: Duration::from_millis(self.circuit.open_ms),
+                max_open: Duration::from_millis(self.circuit.max_open_ms),
+            },
             claim_interval: Duration::from_millis(self.claim.interval_ms),
             claim_min_idle: Duration::from_millis(self.claim.min_idle_ms),
+            claim_max_deliveries: self.claim.max_deliveries,
             delay_poll_interval: Duration::from_millis(self.scheduler.delay_poll_ms),
             expo: expo.enabled.then(|| ExpoSettings {
                 base_url: expo.base_url.clone(),
@@ -433,6 +479,12 @@ mod tests {
     fn claim_min_idle_must_exceed_every_provider_timeout() {
         let err = error(&[("NOTIFY__CLAIM__MIN_IDLE_MS", "5000"), ("NOTIFY__PROVIDERS__EXPO__TIMEOUT_MS", "10000")]);
         assert!(err.contains("`claim.min_idle_ms` must exceed the longest provider timeout_ms (10000)"), "{err}");
+    }
+
+    #[test]
+    fn the_sweep_lease_must_outlast_the_claim_idle_time() {
+        let err = error(&[("NOTIFY__LISTENER__STALE_AFTER_MS", "60000"), ("NOTIFY__CLAIM__MIN_IDLE_MS", "60000")]);
+        assert!(err.contains("`listener.stale_after_ms` must exceed claim.min_idle_ms (60000)"), "{err}");
     }
 
     #[test]

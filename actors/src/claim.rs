@@ -10,23 +10,32 @@ use crate::dispatcher::Dispatcher;
 use crate::error::Result;
 use crate::events;
 use crate::inflight::InFlight;
+use crate::job::{Delivery, Outcome, SendResult};
 use crate::messages::ClaimStale;
 use crate::registry::Envelope;
+use crate::relay::Entry;
 use crate::supervisor::{guarded, Lifecycle, Shutdown};
 use actix::prelude::*;
-use slog::info;
+use slog::{info, warn};
 use std::time::Duration;
 
 /// Most entries one `XAUTOCLAIM` takes.
 const CLAIM_BATCH: usize = 100;
+
+/// `claim.*`: when and what to take over.
+#[derive(Debug, Clone, Copy)]
+pub struct ClaimPolicy {
+    pub interval: Duration,
+    pub min_idle: Duration,
+    pub max_deliveries: u32,
+}
 
 pub struct ClaimActor {
     life: Lifecycle,
     consumer: String,
     dispatcher: Dispatcher,
     inflight: InFlight,
-    interval: Duration,
-    min_idle: Duration,
+    policy: ClaimPolicy,
     shutdown: Shutdown,
 }
 
@@ -36,12 +45,69 @@ impl ClaimActor {
         consumer: String,
         dispatcher: Dispatcher,
         inflight: InFlight,
-        interval: Duration,
-        min_idle: Duration,
+        policy: ClaimPolicy,
         shutdown: Shutdown,
     ) -> Self {
-        ClaimActor { life, consumer, dispatcher, inflight, interval, min_idle, shutdown }
+        ClaimActor { life, consumer, dispatcher, inflight, policy, shutdown }
     }
+}
+
+/// Entries handed out `max_deliveries` times without ever getting an outcome (each consumer that
+/// read them died or stalled) are not handed out again: they are claimed here and failed for
+/// good — dead-lettered, and their target failed in Postgres with the reason.
+async fn retire_overdelivered(
+    dispatcher: &Dispatcher,
+    inflight: &InFlight,
+    consumer: &str,
+    min_idle: Duration,
+    max_deliveries: u32,
+    shard: u16,
+    log: &slog::Logger,
+) -> Result<usize> {
+    let relay = &dispatcher.relay;
+    let found = relay.overdelivered(shard, min_idle, max_deliveries, CLAIM_BATCH).await?;
+    if found.is_empty() {
+        return Ok(0);
+    }
+    let permits = inflight.try_take(found.len());
+    if permits == 0 {
+        return Ok(0);
+    }
+    let ids: Vec<&str> = found[..permits].iter().map(|(id, _)| id.as_str()).collect();
+    let entries = match relay.claim_ids(shard, consumer, min_idle, &ids).await {
+        Ok(entries) => entries,
+        Err(e) => {
+            inflight.release(permits);
+            return Err(e);
+        }
+    };
+    inflight.release(permits.saturating_sub(entries.len()));
+    let n = entries.len();
+    let outcomes: Vec<Outcome> = entries
+        .into_iter()
+        .map(|entry| match entry {
+            Entry::Job(entry, job) => {
+                let times = found.iter().find(|(id, _)| *id == entry.id).map(|(_, t)| *t).unwrap_or(0);
+                let error = format!(
+                    "gave up: the stream entry was handed out {times} times without an outcome \
+                     (claim.max_deliveries = {max_deliveries})"
+                );
+                warn!(log, "entry over claim.max_deliveries dead-lettered"; "event" => events::DLQ_PUSHED,
+                      "notification_id" => %job.notification_id, "trace_id" => &job.trace_id, "deliveries" => times);
+                Outcome::Sent {
+                    delivery: Delivery { job, entry },
+                    result: SendResult::Permanent { error },
+                    latency_ms: 0,
+                }
+            }
+            Entry::Poison { entry, raw, reason } => Outcome::Poison { entry, raw, reason },
+        })
+        .collect();
+    if let Err(e) = dispatcher.record(outcomes).await {
+        inflight.release(n);
+        return Err(e);
+    }
+    Ok(n)
 }
 
 /// One pass over every shard; returns how many entries were claimed.
@@ -50,11 +116,13 @@ async fn claim_all(
     inflight: InFlight,
     consumer: String,
     min_idle: Duration,
+    max_deliveries: u32,
     log: slog::Logger,
 ) -> Result<usize> {
     let relay = dispatcher.relay.clone();
     let mut total = 0;
     for shard in relay.keys().shard_ids() {
+        total += retire_overdelivered(&dispatcher, &inflight, &consumer, min_idle, max_deliveries, shard, &log).await?;
         let mut cursor = "0-0".to_string();
         loop {
             let permits = inflight.try_take(CLAIM_BATCH);
@@ -77,7 +145,7 @@ async fn claim_all(
             if n > 0 {
                 info!(log, "claimed stale entries"; "event" => events::CLAIMED, "shard" => shard, "count" => n);
                 total += n;
-                if let Err(e) = dispatcher.dispatch(entries, true).await {
+                if let Err(e) = dispatcher.dispatch(entries).await {
                     inflight.release(n);
                     return Err(e);
                 }
@@ -99,7 +167,7 @@ impl Actor for ClaimActor {
         let delay = self.life.on_started();
         ctx.run_later(delay, |act, ctx| {
             let stats = act.life.stats.clone();
-            ctx.run_interval(act.interval, move |act, ctx| {
+            ctx.run_interval(act.policy.interval, move |act, ctx| {
                 if !act.shutdown.is_triggered() && stats.mailbox_len() == 0 {
                     ctx.address().do_send(stats.envelope(ClaimStale));
                 }
@@ -126,7 +194,8 @@ impl Handler<Envelope<ClaimStale>> for ClaimActor {
             self.dispatcher.clone(),
             self.inflight.clone(),
             self.consumer.clone(),
-            self.min_idle,
+            self.policy.min_idle,
+            self.policy.max_deliveries,
             self.life.log.clone(),
         );
         ctx.wait(guarded(fut).into_actor(self).map(|res, act, ctx| match res {

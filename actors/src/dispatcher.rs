@@ -66,9 +66,9 @@ pub struct Dispatcher {
 }
 
 impl Dispatcher {
-    /// Dispatches entries that this process holds permits for. `reclaimed` entries were
-    /// delivered to some consumer before, so Postgres is asked too whether they are final.
-    pub async fn dispatch(&self, entries: Vec<Entry>, reclaimed: bool) -> Result<()> {
+    /// Dispatches entries that this process holds permits for. Entries whose target is already
+    /// delivered (idempotency key in Redis, or final in Postgres) are acknowledged unsent.
+    pub async fn dispatch(&self, entries: Vec<Entry>) -> Result<()> {
         if entries.is_empty() {
             return Ok(());
         }
@@ -83,16 +83,20 @@ impl Dispatcher {
 
         let seen = self.relay.delivered(&deliveries.iter().map(|d| &d.job).collect::<Vec<_>>()).await?;
         let mut fresh = Vec::with_capacity(deliveries.len());
+        let mut in_batch = std::collections::HashSet::with_capacity(deliveries.len());
         for (delivery, seen) in deliveries.into_iter().zip(seen) {
-            if seen {
+            // The same target twice in one read (a reclaimed entry and its re-enqueued copy): once.
+            if seen || !in_batch.insert(delivery.job.target()) {
                 done.push(Outcome::Duplicate { delivery });
             } else {
                 fresh.push(delivery);
             }
         }
-        if reclaimed && !fresh.is_empty() {
+        // Postgres too, for every entry: after a Redis flush the idempotency keys are gone, but the
+        // delivery rows still say what was delivered (or failed for good).
+        if !fresh.is_empty() {
             let ids: Vec<_> = fresh.iter().map(|d| d.job.target()).collect();
-            let finished = self.store.already_final(&ids).await?;
+            let finished: std::collections::HashSet<_> = self.store.already_final(&ids).await?.into_iter().collect();
             let (dups, rest): (Vec<_>, Vec<_>) = fresh.into_iter().partition(|d| finished.contains(&d.job.target()));
             done.extend(dups.into_iter().map(|delivery| Outcome::Duplicate { delivery }));
             fresh = rest;
@@ -116,8 +120,13 @@ impl Dispatcher {
                 })),
             }
         }
-        if !done.is_empty() {
-            self.outcomes.addr.send(self.outcomes.stats.envelope(Record { outcomes: done })).await?;
+        self.record(done).await
+    }
+
+    /// Hands outcomes decided without a send to the outcome writer.
+    pub async fn record(&self, outcomes: Vec<Outcome>) -> Result<()> {
+        if !outcomes.is_empty() {
+            self.outcomes.addr.send(self.outcomes.stats.envelope(Record { outcomes })).await?;
         }
         Ok(())
     }

@@ -10,7 +10,8 @@
 //! sender arbiters ─ SenderActor × senders_per_provider, one arbiter (thread) each
 //! ```
 
-use crate::claim::ClaimActor;
+use crate::circuit::Circuit;
+use crate::claim::{ClaimActor, ClaimPolicy};
 use crate::delay::DelayActor;
 use crate::dispatcher::{Dispatcher, Handle, SenderPool};
 use crate::error::Result;
@@ -82,14 +83,16 @@ impl Engine {
             let mut pools = HashMap::new();
             if let Some(expo) = settings.expo.clone() {
                 let factory: ClientFactory = Arc::new(move || Box::new(ExpoClient::new(&expo)));
+                let circuit = Circuit::new(Provider::Expo, settings.circuit, &log);
+                let defer = settings.circuit.open;
                 let mut senders = Vec::new();
                 for i in 0..settings.senders_per_provider.max(1) {
                     let arbiter = Arbiter::new();
                     let sender_life = life(format!("sender-expo-{i}"), "sender");
                     let stats = sender_life.stats.clone();
-                    let (factory, writer) = (factory.clone(), writer.clone());
+                    let (factory, writer, circuit) = (factory.clone(), writer.clone(), circuit.clone());
                     let addr = Supervisor::start_in_arbiter(&arbiter.handle(), move |_| {
-                        SenderActor::new(sender_life, &factory, writer)
+                        SenderActor::new(sender_life, &factory, writer, circuit, defer)
                     });
                     senders.push(Handle { addr, stats });
                     arbiters.push(arbiter);
@@ -122,10 +125,12 @@ impl Engine {
 
             let claim_life = life("claim".into(), "claim");
             let (d, f, s, c) = (dispatcher.clone(), inflight.clone(), shutdown.clone(), settings.consumer.clone());
-            let (interval, min_idle) = (settings.claim_interval, settings.claim_min_idle);
-            supervised.push(Box::new(Supervisor::start(move |_| {
-                ClaimActor::new(claim_life, c, d, f, interval, min_idle, s)
-            })));
+            let policy = ClaimPolicy {
+                interval: settings.claim_interval,
+                min_idle: settings.claim_min_idle,
+                max_deliveries: settings.claim_max_deliveries,
+            };
+            supervised.push(Box::new(Supervisor::start(move |_| ClaimActor::new(claim_life, c, d, f, policy, s))));
         }
 
         if settings.roles.listener {

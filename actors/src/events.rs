@@ -15,6 +15,11 @@ pub const DUPLICATE_SKIPPED: &str = "DUPLICATE_SKIPPED";
 pub const NOTIFICATION_FAILED: &str = "NOTIFICATION_FAILED";
 pub const CLAIMED: &str = "CLAIMED";
 pub const REQUEUED: &str = "REQUEUED";
+pub const CIRCUIT_OPEN: &str = "CIRCUIT_OPEN";
+pub const CIRCUIT_HALF_OPEN: &str = "CIRCUIT_HALF_OPEN";
+pub const CIRCUIT_CLOSED: &str = "CIRCUIT_CLOSED";
+/// Rescheduled without spending an attempt (circuit open).
+pub const DEFERRED: &str = "DEFERRED";
 pub const ACTOR_FAILED: &str = "ACTOR_FAILED";
 pub const ACTOR_RESTARTED: &str = "ACTOR_RESTARTED";
 

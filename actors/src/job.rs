@@ -153,6 +153,9 @@ pub enum SendResult {
     InvalidToken { error: String },
     /// Credentials or configuration are wrong: nothing for this provider will work until fixed.
     Auth { error: String },
+    /// Not sent (the provider's circuit is open), or sent as a failed half-open probe:
+    /// reschedule after `after` without spending an attempt.
+    Deferred { error: String, after: Duration },
 }
 
 impl SendResult {
@@ -162,7 +165,8 @@ impl SendResult {
             SendResult::Retry { error, .. }
             | SendResult::Permanent { error }
             | SendResult::InvalidToken { error }
-            | SendResult::Auth { error } => Some(error),
+            | SendResult::Auth { error }
+            | SendResult::Deferred { error, .. } => Some(error),
         }
     }
 }

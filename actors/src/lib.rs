@@ -7,6 +7,7 @@
 //! them. The [`delay`] actor brings retries back when they are due; the [`claim`] actor takes
 //! over what a dead process left pending. [`engine`] starts them all under supervisors.
 
+pub mod circuit;
 pub mod claim;
 pub mod delay;
 pub mod dispatcher;

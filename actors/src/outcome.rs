@@ -174,6 +174,14 @@ impl Plan {
                     redis.tally.add(events::SEND_FAIL, provider, 1);
                     redis.tally.add(events::RETRY_SCHEDULED, provider, 1);
                 }
+                SendResult::Deferred { error, after } => {
+                    // Not an attempt: the attempt count stays where it was.
+                    let delay = retry.delay(1, Some(*after));
+                    let delay = delay + Duration::from_millis(rand::random_range(0..=delay.as_millis() as u64 / 2));
+                    rows.retrying.push((job.target(), job.attempt as i32, error.clone(), delay));
+                    redis.retries.push((delivery.entry.shard, now + delay, job.clone()));
+                    redis.tally.add(events::DEFERRED, provider, 1);
+                }
                 SendResult::Retry { error, .. } | SendResult::Auth { error } => {
                     let error = format!("gave up after {attempts} attempts: {error}");
                     rows.failed.push((job.target(), attempts as i32, error.clone()));
@@ -225,6 +233,9 @@ fn log_outcomes(log: &Logger, batch: &[Outcome], settled: &[Settled], retry: &Re
                 match result {
                     SendResult::Delivered { .. } => {
                         info!(log, "delivered"; "event" => events::SEND_SUCCESS)
+                    }
+                    SendResult::Deferred { error, .. } => {
+                        info!(log, "rescheduled without spending an attempt"; "event" => events::DEFERRED, "error" => error)
                     }
                     other => {
                         let error = other.error().unwrap_or_default();

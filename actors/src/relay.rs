@@ -8,7 +8,7 @@ use crate::events::Tally;
 use crate::job::{EntryRef, Job};
 use crate::keys::{Keys, COUNTER_TTL, DELIVERED_TTL, GROUP, JOB_FIELD};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
-use redis::streams::{StreamAutoClaimReply, StreamId, StreamReadReply};
+use redis::streams::{StreamAutoClaimReply, StreamClaimReply, StreamId, StreamReadReply};
 use redis::{AsyncConnectionConfig, Client, Script, Value};
 use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -210,6 +210,48 @@ impl Relay {
             .await?;
         let entries = reply.claimed.into_iter().map(|id| parse_entry(shard, id)).collect();
         Ok((reply.next_stream_id, entries, reply.deleted_ids))
+    }
+
+    /// Pending entries of a shard idle for `min_idle` that were delivered to consumers at least
+    /// `max_deliveries` times: (id, times delivered). Something about them kills or stalls
+    /// whoever reads them.
+    pub async fn overdelivered(
+        &self,
+        shard: u16,
+        min_idle: Duration,
+        max_deliveries: u32,
+        count: usize,
+    ) -> Result<Vec<(String, u64)>> {
+        let mut conn = self.conn();
+        let pending: Vec<(String, String, u64, u64)> = redis::cmd("XPENDING")
+            .arg(self.keys.stream(shard))
+            .arg(GROUP)
+            .arg("IDLE")
+            .arg(min_idle.as_millis() as u64)
+            .arg("-")
+            .arg("+")
+            .arg(count)
+            .query_async(&mut conn)
+            .await?;
+        Ok(pending
+            .into_iter()
+            .filter(|(_, _, _, delivered)| *delivered >= u64::from(max_deliveries))
+            .map(|(id, _, _, delivered)| (id, delivered))
+            .collect())
+    }
+
+    /// `XCLAIM`s these pending entries for `consumer` (if still idle for `min_idle`).
+    pub async fn claim_ids(&self, shard: u16, consumer: &str, min_idle: Duration, ids: &[&str]) -> Result<Vec<Entry>> {
+        let mut conn = self.conn();
+        let reply: StreamClaimReply = redis::cmd("XCLAIM")
+            .arg(self.keys.stream(shard))
+            .arg(GROUP)
+            .arg(consumer)
+            .arg(min_idle.as_millis() as u64)
+            .arg(ids)
+            .query_async(&mut conn)
+            .await?;
+        Ok(reply.ids.into_iter().map(|id| parse_entry(shard, id)).collect())
     }
 
     /// Which of these targets already carry an idempotency key (one pipeline).

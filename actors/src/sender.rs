@@ -1,21 +1,23 @@
 //! SenderActor: one member of a provider's pool. It gathers deliveries into provider-sized
 //! batches (100 for Expo, or whatever arrived within `flush_after`), sends each batch as one
 //! request, and hands the classified results to the outcome writer. Several requests of one
-//! sender are in flight at once; the stream readers' permits bound the total.
+//! sender are in flight at once; the stream readers' permits bound the total. The provider's
+//! [`Circuit`] decides whether a batch is sent at all, and whether failures spend attempts.
 
+use crate::circuit::{Circuit, Health};
 use crate::dispatcher::Handle;
 use crate::error::EngineError;
 use crate::job::{Delivery, Outcome, SendResult};
 use crate::messages::{Deliver, Record};
 use crate::outcome::OutcomeWriter;
-use crate::providers::{ClientFactory, ProviderClient};
+use crate::providers::{ClientFactory, ProviderClient, Response};
 use crate::registry::Envelope;
 use crate::supervisor::Lifecycle;
 use actix::prelude::*;
 use futures_util::FutureExt;
 use slog::warn;
 use std::panic::AssertUnwindSafe;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 pub struct SenderActor {
     life: Lifecycle,
@@ -23,11 +25,20 @@ pub struct SenderActor {
     buffer: Vec<Delivery>,
     flush_scheduled: bool,
     outcomes: Handle<OutcomeWriter>,
+    circuit: Circuit,
+    /// How long deliveries wait when the circuit keeps them from being sent.
+    defer: Duration,
 }
 
 impl SenderActor {
-    pub fn new(life: Lifecycle, factory: &ClientFactory, outcomes: Handle<OutcomeWriter>) -> Self {
-        SenderActor { life, client: factory(), buffer: Vec::new(), flush_scheduled: false, outcomes }
+    pub fn new(
+        life: Lifecycle,
+        factory: &ClientFactory,
+        outcomes: Handle<OutcomeWriter>,
+        circuit: Circuit,
+        defer: Duration,
+    ) -> Self {
+        SenderActor { life, client: factory(), buffer: Vec::new(), flush_scheduled: false, outcomes, circuit, defer }
     }
 
     fn send_full_batches(&mut self, ctx: &mut Context<Self>) {
@@ -40,19 +51,37 @@ impl SenderActor {
     }
 
     fn send(&mut self, batch: Vec<Delivery>, ctx: &mut Context<Self>) {
-        let jobs: Vec<_> = batch.iter().map(|d| d.job.clone()).collect();
-        let request = self.client.send(&jobs);
         let outcomes = self.outcomes.clone();
         let log = self.life.log.clone();
+        let (circuit, defer) = (self.circuit.clone(), self.defer);
+        let provider = self.client.provider();
+        let request = self.circuit.permits().then(|| {
+            let jobs: Vec<_> = batch.iter().map(|d| d.job.clone()).collect();
+            self.client.send(&jobs)
+        });
         ctx.spawn(
             async move {
                 let started = Instant::now();
                 let n = batch.len();
-                // A panicking provider client must not take the batch with it: retry it instead.
-                let results = AssertUnwindSafe(request).catch_unwind().await.unwrap_or_else(|p| {
-                    let error = format!("sender {}", EngineError::from_panic(p));
-                    vec![SendResult::Retry { error, after: None }; n]
-                });
+                let results = match request {
+                    None => {
+                        let error = format!("circuit open for {provider}: not sent");
+                        vec![SendResult::Deferred { error, after: defer }; n]
+                    }
+                    Some(request) => {
+                        // A panicking provider client must not take the batch with it.
+                        let response = AssertUnwindSafe(request).catch_unwind().await.unwrap_or_else(|p| {
+                            let error = format!("sender {}", EngineError::from_panic(p));
+                            Response::all(
+                                n,
+                                SendResult::Retry { error: error.clone(), after: None },
+                                Health::Outage(error),
+                            )
+                        });
+                        let free = circuit.record(&response.health);
+                        response.results.into_iter().map(|r| if free { spare_attempt(r, defer) } else { r }).collect()
+                    }
+                };
                 let latency_ms = started.elapsed().as_millis() as u64;
                 let outcomes_batch: Vec<Outcome> = batch
                     .into_iter()
@@ -66,6 +95,15 @@ impl SenderActor {
             }
             .into_actor(self),
         );
+    }
+}
+
+/// A failed half-open probe: its outage or auth failures are rescheduled without spending an
+/// attempt (whatever the provider said about single messages still counts).
+fn spare_attempt(result: SendResult, defer: Duration) -> SendResult {
+    match result {
+        SendResult::Retry { error, .. } | SendResult::Auth { error } => SendResult::Deferred { error, after: defer },
+        other => other,
     }
 }
 

@@ -32,8 +32,12 @@ pub struct EngineSettings {
     pub sweep_interval: Duration,
     pub stale_after: Duration,
     pub retry: RetryPolicy,
+    /// Per-provider circuit breakers.
+    pub circuit: crate::circuit::CircuitSettings,
     pub claim_interval: Duration,
     pub claim_min_idle: Duration,
+    /// Hand-outs of one entry without an outcome before it is dead-lettered.
+    pub claim_max_deliveries: u32,
     /// How often due retries are moved from the delayed set back to the stream.
     pub delay_poll_interval: Duration,
     pub expo: Option<ExpoSettings>,

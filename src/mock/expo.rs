@@ -8,7 +8,8 @@
 //! `ratelimited` (`MessageRateExceeded`), `invalidcredentials`, `developererror`, `expoerror`.
 //! `POST /--/api/v2/push/getReceipts` answers receipts for ids it issued (≤ 1000 per call).
 //! `POST /__emulator/fail {"status":503,"code":"…","count":N}` makes the next N requests fail
-//! as a whole (429 carries `Retry-After: 1`).
+//! as a whole, `{"status":503,"for_ms":10000}` every request for 10 s (429 carries
+//! `Retry-After: 1`).
 
 use actix_web::dev::ServerHandle;
 use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
@@ -42,12 +43,43 @@ impl Sent {
     }
 }
 
+/// Whole-request failures to inject: the next `count` requests, or every request for `for_ms`.
 #[derive(Debug, Clone, Deserialize)]
 pub struct FailPlan {
     pub status: u16,
     #[serde(default)]
     pub code: Option<String>,
-    pub count: usize,
+    #[serde(default)]
+    pub count: Option<usize>,
+    #[serde(default)]
+    pub for_ms: Option<u64>,
+}
+
+#[derive(Debug)]
+struct ActiveFailure {
+    plan: FailPlan,
+    until: Option<std::time::Instant>,
+}
+
+impl ActiveFailure {
+    fn new(plan: FailPlan) -> Self {
+        let until = plan.for_ms.map(|ms| std::time::Instant::now() + std::time::Duration::from_millis(ms));
+        ActiveFailure { plan, until }
+    }
+
+    /// Whether this request fails (and counts it).
+    fn strikes(&mut self) -> bool {
+        if let Some(until) = self.until {
+            return std::time::Instant::now() < until;
+        }
+        match self.plan.count.as_mut() {
+            Some(n) if *n > 0 => {
+                *n -= 1;
+                true
+            }
+            _ => false,
+        }
+    }
 }
 
 #[derive(Debug, Default)]
@@ -55,8 +87,10 @@ struct State {
     sent: Vec<Sent>,
     requests: usize,
     receipts: HashSet<String>,
-    fail: Option<FailPlan>,
+    fail: Option<ActiveFailure>,
     access_token: Option<String>,
+    /// Added before every send answer, to keep requests in flight.
+    latency: std::time::Duration,
 }
 
 pub struct ExpoEmulator {
@@ -117,10 +151,26 @@ impl ExpoEmulator {
         self.state.lock().map(|s| s.requests).unwrap_or_default()
     }
 
+    /// Every send answer is delayed by `latency` (requests stay in flight that long).
+    pub fn set_latency(&self, latency: std::time::Duration) {
+        if let Ok(mut s) = self.state.lock() {
+            s.latency = latency;
+        }
+    }
+
+    /// Every send request fails with `status` for `duration`.
+    pub fn fail_for(&self, status: u16, duration: std::time::Duration) {
+        if let Ok(mut s) = self.state.lock() {
+            let plan = FailPlan { status, code: None, count: None, for_ms: Some(duration.as_millis() as u64) };
+            s.fail = Some(ActiveFailure::new(plan));
+        }
+    }
+
     /// The next `count` send requests fail as a whole with `status` (and error `code`).
     pub fn fail_next(&self, status: u16, code: Option<&str>, count: usize) {
         if let Ok(mut s) = self.state.lock() {
-            s.fail = Some(FailPlan { status, code: code.map(str::to_string), count });
+            let plan = FailPlan { status, code: code.map(str::to_string), count: Some(count), for_ms: None };
+            s.fail = Some(ActiveFailure::new(plan));
         }
     }
 
@@ -178,13 +228,17 @@ fn ticket(message: &Value, to: &str, state: &mut State) -> Value {
 }
 
 async fn send(req: HttpRequest, body: web::Bytes, state: web::Data<Mutex<State>>) -> HttpResponse {
+    let latency = state.lock().map(|s| s.latency).unwrap_or_default();
+    if !latency.is_zero() {
+        actix_rt::time::sleep(latency).await;
+    }
     let Ok(mut state) = state.lock() else {
         return errors(500, "INTERNAL_SERVER_ERROR", "emulator state poisoned");
     };
     state.requests += 1;
-    if let Some(plan) = state.fail.as_mut() {
-        if plan.count > 0 {
-            plan.count -= 1;
+    if let Some(failure) = state.fail.as_mut() {
+        if failure.strikes() {
+            let plan = &failure.plan;
             let (status, code) = (plan.status, plan.code.clone().unwrap_or_else(|| default_code(plan.status).into()));
             return errors(status, &code, "injected failure");
         }
@@ -268,7 +322,7 @@ async fn receipts(body: web::Json<ReceiptsRequest>, state: web::Data<Mutex<State
 
 async fn fail(plan: web::Json<FailPlan>, state: web::Data<Mutex<State>>) -> HttpResponse {
     if let Ok(mut s) = state.lock() {
-        s.fail = Some(plan.into_inner());
+        s.fail = Some(ActiveFailure::new(plan.into_inner()));
     }
     HttpResponse::NoContent().finish()
 }

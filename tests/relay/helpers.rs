@@ -62,9 +62,12 @@ pub async fn prepare() -> TestApp {
         ("NOTIFY__RETRY__BASE_MS", "20".into()),
         ("NOTIFY__RETRY__MAX_MS", "100".into()),
         ("NOTIFY__CLAIM__INTERVAL_MS", "200".into()),
-        ("NOTIFY__CLAIM__MIN_IDLE_MS", "3000".into()),
+        ("NOTIFY__CLAIM__MIN_IDLE_MS", "2500".into()),
         ("NOTIFY__SCHEDULER__DELAY_POLL_MS", "20".into()),
         ("NOTIFY__WORKER__SENDERS_PER_PROVIDER", "1".into()),
+        ("NOTIFY__CIRCUIT__FAILURES", "3".into()),
+        ("NOTIFY__CIRCUIT__OPEN_MS", "100".into()),
+        ("NOTIFY__CIRCUIT__MAX_OPEN_MS", "400".into()),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_string(), v))
@@ -87,6 +90,10 @@ impl TestApp {
     }
 
     pub async fn start(&mut self) {
+        self.start_with(ProcessRoles::ALL).await;
+    }
+
+    pub async fn start_with(&mut self, roles: ProcessRoles) {
         let settings = self.settings();
         let log = if std::env::var("TEST_LOG").is_ok() {
             let (log, guard) = notify_relay::telemetry::logger(slog::Level::Debug);
@@ -96,8 +103,7 @@ impl TestApp {
             notify_relay::telemetry::discard()
         };
         let consumer = format!("test-consumer-{}", Uuid::new_v4().simple());
-        let app =
-            Application::build(settings, ProcessRoles::ALL, false, consumer, log).await.expect("application starts");
+        let app = Application::build(settings, roles, false, consumer, log).await.expect("application starts");
         self.app = Some(app);
     }
 
@@ -120,6 +126,38 @@ impl TestApp {
         drop(self.db);
         let base = pg(&base_database_url()).await;
         let _ = base.batch_execute(&format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.db_name)).await;
+    }
+
+    /// Starts the real binary (`notify-relay run`) with this app's settings.
+    pub fn spawn_binary(&self, extra: &[(&str, &str)]) -> RelayProcess {
+        let child = std::process::Command::new(env!("CARGO_BIN_EXE_notify-relay"))
+            .arg("run")
+            .arg("--no-migrate")
+            .env_remove("NOTIFY_CONFIG")
+            .envs(self.env.iter())
+            .envs(extra.iter().copied())
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("start the binary");
+        RelayProcess(child)
+    }
+
+    /// How many provider sends were duplicates (same notification to the same token again).
+    pub fn duplicate_sends(&self) -> usize {
+        let sent = self.expo.sent();
+        let unique: std::collections::HashSet<_> =
+            sent.iter().map(|m| (m.to.clone(), m.notification_id().map(str::to_string))).collect();
+        sent.len() - unique.len()
+    }
+
+    /// Waits until no notification is pending, queued or retrying.
+    pub async fn all_final(&self, limit: Duration) {
+        eventually(limit, || async {
+            let open =
+                self.count("SELECT count(*) FROM notification WHERE status IN ('pending', 'queued', 'retrying')").await;
+            (open == 0).then_some(())
+        })
+        .await;
     }
 
     pub fn api(&self) -> String {
@@ -203,6 +241,32 @@ impl TestApp {
         let key = self.keys.counter(event, None, &actors::events::today());
         let mut conn = self.redis.clone();
         redis::cmd("GET").arg(key).query_async::<Option<i64>>(&mut conn).await.expect("counter").unwrap_or(0)
+    }
+}
+
+/// A relay started as a child process; killed when dropped, so a failing test leaves none behind.
+pub struct RelayProcess(pub std::process::Child);
+
+impl RelayProcess {
+    /// Sends a signal (`-KILL`, `-TERM`).
+    pub fn signal(&self, signal: &str) {
+        let _ = std::process::Command::new("kill").arg(signal).arg(self.0.id().to_string()).status();
+    }
+
+    /// Waits up to `limit` for the process to exit.
+    pub async fn exited(&mut self, limit: Duration) -> std::process::ExitStatus {
+        eventually(limit, || {
+            let status = self.0.try_wait().expect("try_wait");
+            async move { status }
+        })
+        .await
+    }
+}
+
+impl Drop for RelayProcess {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
     }
 }
 

@@ -4,6 +4,7 @@ mod admin;
 mod config;
 mod delivery;
 mod failures;
+mod faults;
 mod helpers;
 mod idempotency;
 mod recovery;

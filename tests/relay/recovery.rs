@@ -79,7 +79,7 @@ async fn an_entry_left_pending_by_a_dead_consumer_is_claimed_and_delivered() {
         .unwrap();
     assert_eq!(app.pending_entries().await, 1);
 
-    // claim.min_idle_ms is 3 s in the tests.
+    // claim.min_idle_ms is 2.5 s in the tests.
     let (status, attempts, _) = app.final_status(id).await;
     assert_eq!((status.as_str(), attempts), ("delivered", 1));
     assert_eq!(app.expo.sends_of(id, "ExponentPushToken[pete]"), 1);
@@ -91,7 +91,7 @@ async fn an_entry_left_pending_by_a_dead_consumer_is_claimed_and_delivered() {
 async fn a_target_whose_entry_was_lost_is_re_enqueued_by_the_sweep() {
     let mut app = crate::helpers::prepare().await;
     app.env.insert("NOTIFY__LISTENER__SWEEP_INTERVAL_MS".into(), "200".into());
-    app.env.insert("NOTIFY__LISTENER__STALE_AFTER_MS".into(), "1000".into());
+    app.env.insert("NOTIFY__LISTENER__STALE_AFTER_MS".into(), "3000".into());
     let device = app.add_device("quinn", "expo", "ExponentPushToken[quinn]").await;
     // Queued in Postgres a while ago, but its stream entry never made it (Redis lost it).
     let id: uuid::Uuid = app
@@ -145,5 +145,76 @@ async fn a_stream_reader_whose_connection_is_killed_is_restarted_and_delivery_go
     let (_, body) = app.get("/admin/actors", Some(ADMIN_TOKEN)).await;
     let reader = body["actors"].as_array().unwrap().iter().find(|a| a["kind"] == "stream_reader").unwrap().clone();
     assert_eq!(reader["restarts"], 1, "{reader}");
+    app.cleanup().await;
+}
+
+#[actix_web::test]
+async fn an_entry_handed_out_max_deliveries_times_is_dead_lettered_not_sent() {
+    let app = spawn_app().await;
+    let device = app.add_device("sam", "expo", "ExponentPushToken[sam]").await;
+    let id: uuid::Uuid = app
+        .db
+        .query_one("INSERT INTO notification (user_id, type, status) VALUES ('sam', 't', 'queued') RETURNING id", &[])
+        .await
+        .unwrap()
+        .get(0);
+    app.db
+        .execute("INSERT INTO delivery (notification_id, device_id, provider) VALUES ($1, $2, 'expo')", &[&id, &device])
+        .await
+        .unwrap();
+    let job = crate::helpers::expo_job(id, device, "sam", "ExponentPushToken[sam]", json!({"title": "poison"}));
+    // Handed out five times (one read, four claims by consumers that then died), atomically so
+    // that the live readers never see it as new.
+    let stream = app.keys.stream(0);
+    let mut conn = app.redis.clone();
+    let _: redis::Value = redis::pipe()
+        .atomic()
+        .cmd("XADD")
+        .arg(&stream)
+        .arg("*")
+        .arg("job")
+        .arg(job.to_json())
+        .cmd("XREADGROUP")
+        .arg("GROUP")
+        .arg(actors::keys::GROUP)
+        .arg("dead-0")
+        .arg("COUNT")
+        .arg(1)
+        .arg("STREAMS")
+        .arg(&stream)
+        .arg(">")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let pending: Vec<(String, String, u64, u64)> = redis::cmd("XPENDING")
+        .arg(&stream)
+        .arg(actors::keys::GROUP)
+        .arg("-")
+        .arg("+")
+        .arg(10)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let entry = pending[0].0.clone();
+    for n in 1..5 {
+        let _: redis::Value = redis::cmd("XCLAIM")
+            .arg(&stream)
+            .arg(actors::keys::GROUP)
+            .arg(format!("dead-{n}"))
+            .arg(0)
+            .arg(&entry)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+    }
+
+    let (status, _, error) = app.final_status(id).await;
+
+    assert_eq!(status, "failed");
+    assert!(error.unwrap().contains("handed out 5 times without an outcome"));
+    assert_eq!(app.expo.sent_count(), 0, "a poison entry is not sent again");
+    let dlq: i64 = redis::cmd("XLEN").arg(app.keys.dlq(0)).query_async(&mut conn).await.unwrap();
+    assert_eq!(dlq, 1);
+    eventually(Duration::from_secs(5), || async { (app.pending_entries().await == 0).then_some(()) }).await;
     app.cleanup().await;
 }

@@ -1,7 +1,8 @@
 //! Expo push service: `POST {base}/--/api/v2/push/send` with up to 100 messages, one ticket
 //! back per message, in order.
 
-use super::ProviderClient;
+use super::{ProviderClient, Response};
+use crate::circuit::Health;
 use crate::job::{Job, Priority, Provider, SendResult};
 use crate::settings::ExpoSettings;
 use futures_util::future::LocalBoxFuture;
@@ -48,7 +49,7 @@ impl ProviderClient for ExpoClient {
         self.flush_after
     }
 
-    fn send(&self, jobs: &[Job]) -> LocalBoxFuture<'static, Vec<SendResult>> {
+    fn send(&self, jobs: &[Job]) -> LocalBoxFuture<'static, Response> {
         let body: Vec<Value> = jobs.iter().map(message).collect();
         let n = jobs.len();
         let mut req = self
@@ -62,9 +63,7 @@ impl ProviderClient for ExpoClient {
         Box::pin(async move {
             let mut resp = match req.send_json(&body).await {
                 Ok(resp) => resp,
-                Err(e) => {
-                    return vec![SendResult::Retry { error: format!("expo: request failed: {e}"), after: None }; n]
-                }
+                Err(e) => return outage(n, format!("expo: request failed: {e}")),
             };
             let status = resp.status().as_u16();
             let retry_after = resp
@@ -75,15 +74,7 @@ impl ProviderClient for ExpoClient {
                 .map(Duration::from_secs);
             let body = match resp.body().limit(MAX_RESPONSE_BYTES).await {
                 Ok(body) => body,
-                Err(e) => {
-                    return vec![
-                        SendResult::Retry {
-                            error: format!("expo: reading the response failed: {e}"),
-                            after: None
-                        };
-                        n
-                    ]
-                }
+                Err(e) => return outage(n, format!("expo: reading the response failed: {e}")),
             };
             classify_response(status, &body, retry_after, n)
         })
@@ -155,32 +146,40 @@ struct RequestError {
     message: Option<String>,
 }
 
-/// Classifies a whole response: one result per message sent.
-pub fn classify_response(status: u16, body: &[u8], retry_after: Option<Duration>, n: usize) -> Vec<SendResult> {
+fn outage(n: usize, error: String) -> Response {
+    Response::all(n, SendResult::Retry { error: error.clone(), after: None }, Health::Outage(error))
+}
+
+/// Classifies a whole response: one result per message sent, and the provider's health.
+pub fn classify_response(status: u16, body: &[u8], retry_after: Option<Duration>, n: usize) -> Response {
     if status == 200 {
-        return match serde_json::from_slice::<SendResponse>(body) {
+        let results: Vec<SendResult> = match serde_json::from_slice::<SendResponse>(body) {
             Ok(r) if r.data.len() == n => r.data.into_iter().map(classify_ticket).collect(),
-            Ok(r) => {
-                vec![
-                    SendResult::Retry { error: format!("expo: {} tickets for {n} messages", r.data.len()), after: None };
-                    n
-                ]
-            }
-            Err(e) => vec![SendResult::Retry { error: format!("expo: unreadable 200 response: {e}"), after: None }; n],
+            Ok(r) => return outage(n, format!("expo: {} tickets for {n} messages", r.data.len())),
+            Err(e) => return outage(n, format!("expo: unreadable 200 response: {e}")),
         };
+        // Credentials refused per ticket are still the project's problem, not the device's.
+        let health = match results.iter().find(|r| matches!(r, SendResult::Auth { .. })) {
+            Some(auth) => Health::AuthFailure(auth.error().unwrap_or_default().to_string()),
+            None => Health::Up,
+        };
+        return Response { results, health };
     }
     let (code, message) = match serde_json::from_slice::<ErrorResponse>(body) {
         Ok(r) => r.errors.into_iter().next().map(|e| (e.code, e.message.unwrap_or_default())).unwrap_or_default(),
         Err(_) => (String::new(), String::from_utf8_lossy(&body[..body.len().min(200)]).into_owned()),
     };
     let error = format!("expo: HTTP {status} {code}: {message}").replace(" : ", ": ");
-    let result = match (status, code.as_str()) {
-        (401, _) | (_, "UNAUTHORIZED") => SendResult::Auth { error },
-        (429, _) | (_, "TOO_MANY_REQUESTS") => SendResult::Retry { error, after: retry_after },
-        (500..=599, _) => SendResult::Retry { error, after: retry_after },
-        _ => SendResult::Permanent { error },
-    };
-    vec![result; n]
+    match (status, code.as_str()) {
+        (401, _) | (_, "UNAUTHORIZED") => {
+            Response::all(n, SendResult::Auth { error: error.clone() }, Health::AuthFailure(error))
+        }
+        (429, _) | (_, "TOO_MANY_REQUESTS") | (500..=599, _) => {
+            Response::all(n, SendResult::Retry { error: error.clone(), after: retry_after }, Health::Outage(error))
+        }
+        // A request we built wrong fails its messages, but says nothing about Expo's health.
+        _ => Response::all(n, SendResult::Permanent { error }, Health::Up),
+    }
 }
 
 /// Classifies one ticket (the same table applies to receipts).
@@ -238,7 +237,9 @@ mod tests {
             {"status": "error", "message": "creds", "details": {"error": "InvalidCredentials"}},
             {"status": "error", "message": "dev", "details": {"error": "DeveloperError"}},
         ]});
-        let r = classify_response(200, body.to_string().as_bytes(), None, 6);
+        let response = classify_response(200, body.to_string().as_bytes(), None, 6);
+        assert!(matches!(response.health, Health::AuthFailure(_)), "InvalidCredentials is the project's problem");
+        let r = response.results;
         assert_eq!(r[0], SendResult::Delivered { provider_message_id: Some("r1".into()) });
         assert!(matches!(r[1], SendResult::InvalidToken { .. }));
         assert!(matches!(r[2], SendResult::Permanent { .. }));
@@ -250,7 +251,9 @@ mod tests {
     #[test]
     fn request_level_errors_apply_to_every_message() {
         let body = |code: &str| json!({"errors": [{"code": code, "message": "m"}]}).to_string();
-        let r = classify_response(429, body("TOO_MANY_REQUESTS").as_bytes(), Some(Duration::from_secs(3)), 2);
+        let response = classify_response(429, body("TOO_MANY_REQUESTS").as_bytes(), Some(Duration::from_secs(3)), 2);
+        assert!(matches!(response.health, Health::Outage(_)));
+        let r = response.results;
         assert_eq!(r.len(), 2);
         assert_eq!(
             r[0],
@@ -259,10 +262,13 @@ mod tests {
                 after: Some(Duration::from_secs(3))
             }
         );
-        assert!(matches!(classify_response(503, b"oops", None, 1)[0], SendResult::Retry { .. }));
-        assert!(matches!(classify_response(401, body("UNAUTHORIZED").as_bytes(), None, 1)[0], SendResult::Auth { .. }));
+        assert!(matches!(classify_response(503, b"oops", None, 1).results[0], SendResult::Retry { .. }));
         assert!(matches!(
-            classify_response(400, body("PUSH_TOO_MANY_NOTIFICATIONS").as_bytes(), None, 1)[0],
+            classify_response(401, body("UNAUTHORIZED").as_bytes(), None, 1).results[0],
+            SendResult::Auth { .. }
+        ));
+        assert!(matches!(
+            classify_response(400, body("PUSH_TOO_MANY_NOTIFICATIONS").as_bytes(), None, 1).results[0],
             SendResult::Permanent { .. }
         ));
     }
@@ -270,6 +276,8 @@ mod tests {
     #[test]
     fn a_ticket_count_mismatch_is_retried_not_misattributed() {
         let body = json!({"data": [{"status": "ok", "id": "r1"}]}).to_string();
-        assert!(classify_response(200, body.as_bytes(), None, 2).iter().all(|r| matches!(r, SendResult::Retry { .. })));
+        let response = classify_response(200, body.as_bytes(), None, 2);
+        assert!(response.results.iter().all(|r| matches!(r, SendResult::Retry { .. })));
+        assert!(matches!(response.health, Health::Outage(_)));
     }
 }

@@ -3,6 +3,7 @@
 
 pub mod expo;
 
+use crate::circuit::Health;
 use crate::job::{Job, Provider, SendResult};
 use futures_util::future::LocalBoxFuture;
 use std::time::Duration;
@@ -14,8 +15,23 @@ pub trait ProviderClient {
     fn max_batch(&self) -> usize;
     /// How long a sender waits to fill a batch before sending what it has.
     fn flush_after(&self) -> Duration;
-    /// Sends the jobs and returns one classified result per job, in order.
-    fn send(&self, jobs: &[Job]) -> LocalBoxFuture<'static, Vec<SendResult>>;
+    /// Sends the jobs: one classified result per job, in order, and how the request as a whole
+    /// went (for the circuit breaker).
+    fn send(&self, jobs: &[Job]) -> LocalBoxFuture<'static, Response>;
+}
+
+/// What one request produced.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Response {
+    pub results: Vec<SendResult>,
+    pub health: Health,
+}
+
+impl Response {
+    /// The whole request failed the same way for every message.
+    pub fn all(n: usize, result: SendResult, health: Health) -> Response {
+        Response { results: vec![result; n], health }
+    }
 }
 
 /// Builds a client; called on the sender's arbiter thread.

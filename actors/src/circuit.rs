@@ -1,0 +1,185 @@
+//! One circuit breaker per provider and process (failsafe), shared by that provider's senders.
+//!
+//! A request that fails as a whole — network error, 5xx, 429, or credentials the provider
+//! refuses — counts as a failure; `circuit.failures` of them in a row open the circuit. While it
+//! is open, deliveries for the provider are rescheduled without spending an attempt. After the
+//! open interval (growing, jittered, up to `circuit.max_open_ms`) one request is let through
+//! as a probe: success closes the circuit, failure opens it again. A failed probe does not
+//! spend its deliveries' attempts either, so a long outage costs each delivery at most the
+//! attempts it made before the circuit opened.
+
+use crate::events;
+use crate::job::Provider;
+use failsafe::failure_policy::{consecutive_failures, ConsecutiveFailures};
+use failsafe::StateMachine;
+use slog::{info, warn, Logger};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// How a whole request went, as far as the provider's health is concerned.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Health {
+    /// The provider answered (whatever it said about single messages).
+    Up,
+    /// The provider is unreachable, overloaded or failing: network error, 5xx, 429.
+    Outage(String),
+    /// The provider refuses our credentials or configuration.
+    AuthFailure(String),
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct CircuitSettings {
+    /// Failed requests in a row that open the circuit.
+    pub failures: u32,
+    /// First open interval.
+    pub open: Duration,
+    /// Longest open interval.
+    pub max_open: Duration,
+}
+
+type Machine = StateMachine<ConsecutiveFailures<OpenIntervals>, Events>;
+
+/// How long the circuit stays open each time it opens: doubling from `open` up to `max_open`,
+/// each with "equal jitter" (half fixed, half random) so that processes do not probe in step.
+/// (failsafe's own jittered backoffs only take whole seconds.)
+#[derive(Debug, Clone)]
+struct OpenIntervals {
+    next: Duration,
+    max: Duration,
+}
+
+impl Iterator for OpenIntervals {
+    type Item = Duration;
+
+    fn next(&mut self) -> Option<Duration> {
+        let current = self.next;
+        self.next = (self.next * 2).min(self.max);
+        let half = current / 2;
+        let jitter = rand::random_range(0..=half.as_millis() as u64);
+        Some(half + Duration::from_millis(jitter))
+    }
+}
+
+#[derive(Clone)]
+pub struct Circuit {
+    machine: Machine,
+    events: Events,
+}
+
+/// Logs the transitions (once each, not once per message) and remembers whether the current
+/// call is a half-open probe.
+#[derive(Clone)]
+struct Events {
+    provider: Provider,
+    log: Logger,
+    probing: Arc<AtomicBool>,
+    last_failure: Arc<Mutex<String>>,
+}
+
+impl failsafe::Instrument for Events {
+    fn on_call_rejected(&self) {}
+
+    fn on_open(&self) {
+        self.probing.store(false, Ordering::Release);
+        let reason = self.last_failure.lock().map(|r| r.clone()).unwrap_or_default();
+        warn!(self.log, "circuit opened: deliveries are rescheduled without spending attempts";
+              "event" => events::CIRCUIT_OPEN, "provider" => self.provider.as_str(), "reason" => reason);
+    }
+
+    fn on_half_open(&self) {
+        self.probing.store(true, Ordering::Release);
+        info!(self.log, "circuit half-open: probing"; "event" => events::CIRCUIT_HALF_OPEN,
+              "provider" => self.provider.as_str());
+    }
+
+    fn on_closed(&self) {
+        self.probing.store(false, Ordering::Release);
+        info!(self.log, "circuit closed"; "event" => events::CIRCUIT_CLOSED, "provider" => self.provider.as_str());
+    }
+}
+
+impl Circuit {
+    pub fn new(provider: Provider, settings: CircuitSettings, log: &Logger) -> Self {
+        let events = Events {
+            provider,
+            log: log.new(slog::o!("circuit" => provider.as_str())),
+            probing: Arc::new(AtomicBool::new(false)),
+            last_failure: Arc::new(Mutex::new(String::new())),
+        };
+        let intervals = OpenIntervals { next: settings.open, max: settings.max_open.max(settings.open) };
+        let policy = consecutive_failures(settings.failures.max(1), intervals);
+        Circuit { machine: StateMachine::new(policy, events.clone()), events }
+    }
+
+    /// May a request be sent now? (Closed, or half-open and this is the probe.)
+    pub fn permits(&self) -> bool {
+        self.machine.is_call_permitted()
+    }
+
+    /// Records how a permitted request went. Returns true when its failures must not spend
+    /// attempts: the request was a half-open probe, or it just opened the circuit.
+    pub fn record(&self, health: &Health) -> bool {
+        match health {
+            Health::Up => {
+                self.machine.on_success();
+                false
+            }
+            Health::Outage(reason) | Health::AuthFailure(reason) => {
+                let was_probe = self.events.probing.load(Ordering::Acquire);
+                if let Ok(mut last) = self.events.last_failure.lock() {
+                    last.clone_from(reason);
+                }
+                self.machine.on_error();
+                was_probe
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn circuit() -> Circuit {
+        let settings =
+            CircuitSettings { failures: 2, open: Duration::from_millis(50), max_open: Duration::from_millis(100) };
+        Circuit::new(Provider::Expo, settings, &Logger::root(slog::Discard, slog::o!()))
+    }
+
+    #[test]
+    fn consecutive_outages_open_the_circuit_and_a_good_probe_closes_it() {
+        let c = circuit();
+        assert!(c.permits());
+        assert!(!c.record(&Health::Outage("503".into())));
+        assert!(c.permits(), "one failure is not enough");
+        c.record(&Health::AuthFailure("401".into()));
+        assert!(!c.permits(), "two in a row open it");
+        std::thread::sleep(Duration::from_millis(120));
+        assert!(c.permits(), "half-open after the interval");
+        c.record(&Health::Up);
+        assert!(c.permits());
+        c.record(&Health::Outage("503".into()));
+        assert!(c.permits(), "closed again: the count starts over");
+    }
+
+    #[test]
+    fn a_failed_probe_does_not_spend_attempts_and_reopens() {
+        let c = circuit();
+        c.record(&Health::Outage("a".into()));
+        c.record(&Health::Outage("b".into()));
+        std::thread::sleep(Duration::from_millis(120));
+        assert!(c.permits());
+        assert!(c.record(&Health::Outage("c".into())), "the probe's failure is free");
+        assert!(!c.permits());
+    }
+
+    #[test]
+    fn a_success_between_failures_keeps_it_closed() {
+        let c = circuit();
+        c.record(&Health::Outage("a".into()));
+        c.record(&Health::Up);
+        c.record(&Health::Outage("b".into()));
+        assert!(c.permits());
+    }
+}

@@ -1,0 +1,179 @@
+//! The fault-injection suite: each test causes a fault and checks that every committed row
+//! still reaches a final state, and that provider sends are duplicated only for work that was in
+//! flight in a process that died.
+
+use crate::helpers::{eventually, prepare, spawn_app};
+use notify_relay::startup::ProcessRoles;
+use std::time::{Duration, Instant};
+
+async fn add_users(app: &crate::helpers::TestApp, users: i64) {
+    app.db
+        .execute(
+            "INSERT INTO device (user_id, provider, token)
+             SELECT 'u' || g, 'expo', 'ExponentPushToken[u' || g || ']' FROM generate_series(1, $1::int8) g",
+            &[&users],
+        )
+        .await
+        .unwrap();
+}
+
+async fn insert_bulk(app: &crate::helpers::TestApp, n: i64, users: i64) {
+    app.db
+        .execute(
+            "INSERT INTO notification (user_id, type, payload)
+             SELECT 'u' || (1 + g % $2::int8), 'fault', jsonb_build_object('title', 'n' || g)
+               FROM generate_series(1, $1::int8) g",
+            &[&n, &users],
+        )
+        .await
+        .unwrap();
+}
+
+async fn wait_for_sends(app: &crate::helpers::TestApp, at_least: usize) {
+    eventually(Duration::from_secs(60), || async { (app.expo.sent_count() >= at_least).then_some(()) }).await;
+}
+
+#[actix_web::test]
+async fn kill_9_of_the_service_under_load_three_times_loses_nothing() {
+    let mut app = prepare().await;
+    app.env.insert("NOTIFY__WORKER__CONCURRENCY".into(), "200".into());
+    // A process killed between its fan-out commit and its XADD leaves targets that only the
+    // sweep finds again: a short lease keeps the test short.
+    app.env.insert("NOTIFY__LISTENER__SWEEP_INTERVAL_MS".into(), "500".into());
+    app.env.insert("NOTIFY__LISTENER__STALE_AFTER_MS".into(), "3000".into());
+    app.expo.set_latency(Duration::from_millis(20));
+    add_users(&app, 50).await;
+    insert_bulk(&app, 3000, 50).await;
+
+    let mut kills = 0;
+    for threshold in [300, 1200, 2100] {
+        let mut relay = app.spawn_binary(&[]);
+        wait_for_sends(&app, threshold).await;
+        relay.signal("-KILL");
+        relay.exited(Duration::from_secs(5)).await;
+        kills += 1;
+    }
+    let relay = app.spawn_binary(&[]);
+    app.all_final(Duration::from_secs(90)).await;
+    drop(relay);
+
+    assert_eq!(app.count("SELECT count(*) FROM notification WHERE status = 'delivered'").await, 3000);
+    let duplicates = app.duplicate_sends();
+    println!("kill -9 x{kills}: {} sends for 3000 notifications, {duplicates} duplicates", app.expo.sent_count());
+    // Only what was in flight in a killed process may go out twice: at most worker.concurrency each.
+    assert!(duplicates <= kills * 200, "{duplicates} duplicates");
+    app.cleanup().await;
+}
+
+#[actix_web::test]
+async fn wiping_the_redis_keys_mid_run_loses_nothing_and_resends_nothing_delivered() {
+    let mut app = prepare().await;
+    app.env.insert("NOTIFY__LISTENER__SWEEP_INTERVAL_MS".into(), "200".into());
+    app.env.insert("NOTIFY__LISTENER__STALE_AFTER_MS".into(), "3000".into());
+    app.expo.set_latency(Duration::from_millis(100));
+    app.start().await;
+    add_users(&app, 40).await;
+    insert_bulk(&app, 4000, 40).await;
+    wait_for_sends(&app, 500).await;
+
+    let mut conn = app.redis.clone();
+    let keys: Vec<String> = redis::cmd("KEYS").arg(format!("{}:*", app.prefix)).query_async(&mut conn).await.unwrap();
+    let _: () = redis::cmd("DEL").arg(&keys).query_async(&mut conn).await.unwrap();
+
+    app.all_final(Duration::from_secs(60)).await;
+    assert_eq!(app.count("SELECT count(*) FROM notification WHERE status = 'delivered'").await, 4000);
+    let duplicates = app.duplicate_sends();
+    println!("redis wipe: {} sends for 4000 notifications, {duplicates} duplicates", app.expo.sent_count());
+    // The wipe took the idempotency keys too; Postgres still knows what was delivered.
+    assert_eq!(duplicates, 0, "delivered work is never resent");
+    assert!(app.redis_counter("REQUEUED").await > 0, "the sweep rebuilt what the wipe lost");
+    assert_eq!(app.count("SELECT count(*) FROM notification_failed").await, 0, "nothing failed because of the wipe");
+    app.cleanup().await;
+}
+
+#[actix_web::test]
+async fn a_provider_outage_longer_than_every_retry_delay_keeps_the_attempts() {
+    let mut app = prepare().await;
+    app.env.insert("NOTIFY__RETRY__MAX_ATTEMPTS".into(), "3".into());
+    app.start().await;
+    add_users(&app, 10).await;
+    // All retry delays together are well under 1 s (20 ms, then up to 100 ms); the outage lasts 3 s.
+    app.expo.fail_for(503, Duration::from_secs(3));
+
+    insert_bulk(&app, 200, 10).await;
+
+    app.all_final(Duration::from_secs(30)).await;
+    assert_eq!(app.count("SELECT count(*) FROM notification WHERE status = 'delivered'").await, 200);
+    let most = app.count("SELECT max(attempt_count)::int8 FROM delivery").await;
+    assert!(most <= 3, "the open circuit kept the attempts: at most {most}");
+    assert!(app.redis_counter("CIRCUIT_OPEN").await >= 1 || app.redis_counter("DEFERRED").await > 0);
+    assert!(app.redis_counter("DEFERRED").await > 0, "deliveries waited without spending attempts");
+    assert_eq!(app.duplicate_sends(), 0);
+    app.cleanup().await;
+}
+
+#[actix_web::test]
+async fn sigterm_under_load_exits_0_in_time_and_another_process_finishes_the_work() {
+    let app = prepare().await;
+    app.expo.set_latency(Duration::from_millis(50));
+    add_users(&app, 20).await;
+    insert_bulk(&app, 1500, 20).await;
+
+    let mut first = app.spawn_binary(&[("NOTIFY__SHUTDOWN__GRACE_MS", "2000")]);
+    wait_for_sends(&app, 200).await;
+    let stopping = Instant::now();
+    first.signal("-TERM");
+    let status = first.exited(Duration::from_secs(10)).await;
+    let took = stopping.elapsed();
+    assert_eq!(status.code(), Some(0));
+    assert!(took < Duration::from_millis(2000 + 1500), "exited within grace + a little: {took:?}");
+
+    let second = app.spawn_binary(&[]);
+    app.all_final(Duration::from_secs(60)).await;
+    drop(second);
+    assert_eq!(app.count("SELECT count(*) FROM notification WHERE status = 'delivered'").await, 1500);
+    let duplicates = app.duplicate_sends();
+    println!("SIGTERM under load: stopped in {took:?}, {duplicates} duplicates");
+    assert_eq!(duplicates, 0, "a graceful stop finishes or hands over, it never resends");
+    app.cleanup().await;
+}
+
+#[actix_web::test]
+async fn a_backlog_of_120000_entries_built_with_the_workers_stopped_is_delivered_completely() {
+    let mut app = prepare().await;
+    add_users(&app, 1000).await;
+    app.start_with(ProcessRoles::parse("listener,api").unwrap()).await;
+    insert_bulk(&app, 120_000, 1000).await;
+    eventually(Duration::from_secs(120), || async {
+        (app.count("SELECT count(*) FROM notification WHERE status = 'queued'").await == 120_000).then_some(())
+    })
+    .await;
+    let mut conn = app.redis.clone();
+    let backlog: i64 = redis::cmd("XLEN").arg(app.keys.stream(0)).query_async(&mut conn).await.unwrap();
+    assert_eq!(backlog, 120_000, "every entry waits in the stream; nothing trimmed it");
+    app.stop().await;
+
+    app.start_with(ProcessRoles::parse("worker,scheduler").unwrap()).await;
+
+    app.all_final(Duration::from_secs(240)).await;
+    assert_eq!(app.count("SELECT count(*) FROM notification WHERE status = 'delivered'").await, 120_000);
+    assert_eq!(app.expo.sent_count(), 120_000);
+    let left: i64 = redis::cmd("XLEN").arg(app.keys.stream(0)).query_async(&mut conn).await.unwrap();
+    assert_eq!(left, 0, "acknowledged entries are deleted");
+    app.cleanup().await;
+}
+
+#[actix_web::test]
+async fn the_same_process_restarting_its_engine_picks_up_where_it_left() {
+    let mut app = spawn_app().await;
+    add_users(&app, 5).await;
+    app.expo.set_latency(Duration::from_millis(30));
+    insert_bulk(&app, 300, 5).await;
+    wait_for_sends(&app, 50).await;
+    app.stop().await;
+    app.start().await;
+    app.all_final(Duration::from_secs(30)).await;
+    assert_eq!(app.count("SELECT count(*) FROM notification WHERE status = 'delivered'").await, 300);
+    assert_eq!(app.duplicate_sends(), 0);
+    app.cleanup().await;
+}
