@@ -59,6 +59,7 @@ pub struct Settings {
     pub retry: RetrySettings,
     pub claim: ClaimSettings,
     pub circuit: CircuitBreakerSettings,
+    pub retention: RetentionSettings,
     pub scheduler: SchedulerSettings,
     pub providers: ProvidersSettings,
     pub http: HttpSettings,
@@ -85,6 +86,8 @@ pub struct RedisSettings {
     pub key_prefix: String,
     /// Number of stream shards.
     pub shards: u16,
+    /// Dead letters kept per shard's DLQ stream (approximately; Postgres keeps every failure).
+    pub dlq_max_len: usize,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -140,6 +143,18 @@ pub struct CircuitBreakerSettings {
     pub open_ms: u64,
     /// …up to this, in ms.
     pub max_open_ms: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetentionSettings {
+    /// Final notifications (and their delivery / notification_failed rows) older than this many
+    /// days are deleted; 0 keeps everything.
+    pub final_after_days: u32,
+    /// How often the retention job runs, in ms.
+    pub interval_ms: u64,
+    /// Notifications deleted per statement.
+    pub batch_size: i64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -250,6 +265,9 @@ impl Settings {
         if !(1..=1024).contains(&self.redis.shards) {
             return Err(invalid("redis.shards", format!("must be between 1 and 1024, got {}", self.redis.shards)));
         }
+        if self.redis.dlq_max_len < 100 {
+            return Err(invalid("redis.dlq_max_len", "must be at least 100"));
+        }
         if !(1..=100_000).contains(&self.worker.concurrency) {
             return Err(invalid(
                 "worker.concurrency",
@@ -304,6 +322,12 @@ impl Settings {
                 "circuit.max_open_ms",
                 format!("must be at least circuit.open_ms ({})", self.circuit.open_ms),
             ));
+        }
+        if self.retention.interval_ms < 100 {
+            return Err(invalid("retention.interval_ms", "must be at least 100"));
+        }
+        if !(1..=100_000).contains(&self.retention.batch_size) {
+            return Err(invalid("retention.batch_size", "must be between 1 and 100000"));
         }
         if self.scheduler.delay_poll_ms < 10 {
             return Err(invalid("scheduler.delay_poll_ms", "must be at least 10"));
@@ -402,6 +426,11 @@ impl Settings {
             claim_interval: Duration::from_millis(self.claim.interval_ms),
             claim_min_idle: Duration::from_millis(self.claim.min_idle_ms),
             claim_max_deliveries: self.claim.max_deliveries,
+            retention: actors::retention::RetentionPolicy {
+                final_after_days: self.retention.final_after_days,
+                interval: Duration::from_millis(self.retention.interval_ms),
+                batch: self.retention.batch_size,
+            },
             delay_poll_interval: Duration::from_millis(self.scheduler.delay_poll_ms),
             expo: expo.enabled.then(|| ExpoSettings {
                 base_url: expo.base_url.clone(),

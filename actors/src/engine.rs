@@ -5,7 +5,8 @@
 //! System arbiter ── ListenerActor                    (role listener)
 //!                ├─ StreamReaderActor × shards        (role worker)
 //!                ├─ OutcomeWriter                     (role worker)
-//!                ├─ DelayActor, ClaimActor            (role scheduler)
+//!                ├─ DelayActor, ClaimActor,
+//!                │  RetentionActor                    (role scheduler)
 //!                └─ actix-web API                     (started by the binary)
 //! sender arbiters ─ SenderActor × senders_per_provider, one arbiter (thread) each
 //! ```
@@ -24,6 +25,7 @@ use crate::providers::expo::ExpoClient;
 use crate::providers::ClientFactory;
 use crate::registry::Registry;
 use crate::relay::Relay;
+use crate::retention::RetentionActor;
 use crate::sender::SenderActor;
 use crate::settings::EngineSettings;
 use crate::store::Store;
@@ -122,6 +124,10 @@ impl Engine {
             let delay_life = life("delay".into(), "delay");
             let (r, s, interval) = (relay.clone(), shutdown.clone(), settings.delay_poll_interval);
             supervised.push(Box::new(Supervisor::start(move |_| DelayActor::new(delay_life, r, interval, s))));
+
+            let retention_life = life("retention".into(), "retention");
+            let (st, s, policy) = (store.clone(), shutdown.clone(), settings.retention);
+            supervised.push(Box::new(Supervisor::start(move |_| RetentionActor::new(retention_life, st, policy, s))));
 
             let claim_life = life("claim".into(), "claim");
             let (d, f, s, c) = (dispatcher.clone(), inflight.clone(), shutdown.clone(), settings.consumer.clone());

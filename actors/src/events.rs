@@ -20,6 +20,7 @@ pub const CIRCUIT_HALF_OPEN: &str = "CIRCUIT_HALF_OPEN";
 pub const CIRCUIT_CLOSED: &str = "CIRCUIT_CLOSED";
 /// Rescheduled without spending an attempt (circuit open).
 pub const DEFERRED: &str = "DEFERRED";
+pub const RETENTION_DELETED: &str = "RETENTION_DELETED";
 pub const ACTOR_FAILED: &str = "ACTOR_FAILED";
 pub const ACTOR_RESTARTED: &str = "ACTOR_RESTARTED";
 

@@ -23,6 +23,7 @@ pub mod outcome;
 pub mod providers;
 pub mod registry;
 pub mod relay;
+pub mod retention;
 pub mod sender;
 pub mod settings;
 pub mod store;

@@ -44,6 +44,11 @@ pub struct ReadNext;
 #[rtype(result = "()")]
 pub struct MoveDue;
 
+/// Delete final notifications past the retention period (the retention actor's tick).
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub struct Prune;
+
 /// Take over entries idle longer than `claim.min_idle_ms` (the claim actor's tick).
 #[derive(Debug, Message)]
 #[rtype(result = "()")]

@@ -61,17 +61,20 @@ pub struct Relay {
     conn: ConnectionManager,
     keys: Keys,
     move_due: Script,
+    /// The dead-letter stream is capped near this length (`MAXLEN ~`): Postgres keeps the
+    /// durable record of every failure, the stream is for inspection and requeueing.
+    dlq_max_len: usize,
 }
 
 impl Relay {
-    pub async fn connect(url: &str, keys: Keys) -> Result<Self> {
+    pub async fn connect(url: &str, keys: Keys, dlq_max_len: usize) -> Result<Self> {
         let client = Client::open(url)?;
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(Duration::from_secs(5)))
             .set_response_timeout(Some(Duration::from_secs(5)))
             .set_number_of_retries(3);
         let conn = client.get_connection_manager_with_config(config).await?;
-        Ok(Relay { client, conn, keys, move_due: Script::new(MOVE_DUE) })
+        Ok(Relay { client, conn, keys, move_due: Script::new(MOVE_DUE), dlq_max_len })
     }
 
     pub fn keys(&self) -> &Keys {
@@ -317,6 +320,9 @@ impl Relay {
             atomic_pipe(&mut by_shard, dl.shard)
                 .cmd("XADD")
                 .arg(self.keys.dlq(dl.shard))
+                .arg("MAXLEN")
+                .arg("~")
+                .arg(self.dlq_max_len)
                 .arg("*")
                 .arg("reason")
                 .arg(dl.reason)

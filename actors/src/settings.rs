@@ -38,6 +38,7 @@ pub struct EngineSettings {
     pub claim_min_idle: Duration,
     /// Hand-outs of one entry without an outcome before it is dead-lettered.
     pub claim_max_deliveries: u32,
+    pub retention: crate::retention::RetentionPolicy,
     /// How often due retries are moved from the delayed set back to the stream.
     pub delay_poll_interval: Duration,
     pub expo: Option<ExpoSettings>,

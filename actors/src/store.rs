@@ -423,6 +423,26 @@ impl Store {
         }
         Ok(jobs)
     }
+
+    /// Deletes up to `batch` final notifications created more than `days` days ago, with their
+    /// delivery and notification_failed rows; returns how many notifications went.
+    pub async fn delete_final_older_than(&self, days: u32, batch: i64) -> Result<u64> {
+        let client = self.pool.get().await?;
+        let stmt = client
+            .prepare_cached(
+                "WITH old AS (
+                    SELECT id FROM notification
+                     WHERE created_at < now() - $1::int4 * interval '1 day'
+                       AND status IN ('delivered', 'failed')
+                     LIMIT $2 FOR UPDATE SKIP LOCKED
+                 ), failed AS (
+                    DELETE FROM notification_failed f USING old WHERE f.notification_id = old.id
+                 )
+                 DELETE FROM notification n USING old WHERE n.id = old.id",
+            )
+            .await?;
+        Ok(client.execute(&stmt, &[&(days as i32), &batch]).await?)
+    }
 }
 
 /// Applies the status rule to these notifications: `delivered` once any target is delivered,

@@ -140,8 +140,10 @@ async fn a_payload_over_expos_limit_fails_permanently_and_is_dead_lettered() {
 
     let (status, attempts, error) = app.final_status(id).await;
     assert_eq!((status.as_str(), attempts), ("failed", 1));
-    assert!(error.unwrap().starts_with("expo: MessageTooBig"));
+    let error = error.unwrap();
+    assert!(error.starts_with("expo: payload too large: ") && error.ends_with(" bytes (limit 4096)"), "{error}");
     assert_eq!(app.final_status(small).await.0, "delivered");
+    assert_eq!(app.expo.requests(), 1, "the big one was refused before sending");
     let mut conn = app.redis.clone();
     let dlq_len: i64 = redis::cmd("XLEN").arg(app.keys.dlq(0)).query_async(&mut conn).await.unwrap();
     assert_eq!(dlq_len, 1);

@@ -218,3 +218,65 @@ async fn an_entry_handed_out_max_deliveries_times_is_dead_lettered_not_sent() {
     eventually(Duration::from_secs(5), || async { (app.pending_entries().await == 0).then_some(()) }).await;
     app.cleanup().await;
 }
+
+#[actix_web::test]
+async fn the_retention_job_deletes_old_final_rows_and_keeps_the_rest() {
+    let mut app = crate::helpers::prepare().await;
+    app.env.insert("NOTIFY__RETENTION__FINAL_AFTER_DAYS".into(), "30".into());
+    app.env.insert("NOTIFY__RETENTION__INTERVAL_MS".into(), "200".into());
+    app.env.insert("NOTIFY__RETENTION__BATCH_SIZE".into(), "2".into());
+    let device = app.add_device("tess", "expo", "ExponentPushToken[tess]").await;
+    let old = "now() - interval '40 days'";
+    for status in ["delivered", "delivered", "failed"] {
+        let id: uuid::Uuid = app
+            .db
+            .query_one(
+                &format!(
+                    "INSERT INTO notification (user_id, type, status, created_at) VALUES ('tess', 'old', '{status}', {old})
+                     RETURNING id"
+                ),
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        app.db
+            .execute(
+                "INSERT INTO delivery (notification_id, device_id, provider, status) VALUES ($1, $2, 'expo', 'delivered')",
+                &[&id, &device],
+            )
+            .await
+            .unwrap();
+        if status == "failed" {
+            app.db
+                .execute(
+                    "INSERT INTO notification_failed (notification_id, user_id, error, attempt_count, payload)
+                     VALUES ($1, 'tess', 'x', 1, '{}')",
+                    &[&id],
+                )
+                .await
+                .unwrap();
+        }
+    }
+    // Recent final rows stay.
+    app.db
+        .execute("INSERT INTO notification (user_id, type, status) VALUES ('tess', 'new', 'delivered')", &[])
+        .await
+        .unwrap();
+    app.start().await;
+    // An old row that is still in flight is never deleted (inserted after start so that the
+    // relay does not deliver it: it is 'queued' with no stream entry and a fresh lease).
+    app.db
+        .execute(&format!("INSERT INTO notification (user_id, type, status, created_at) VALUES ('tess', 'stuck', 'queued', {old})"), &[])
+        .await
+        .unwrap();
+
+    eventually(Duration::from_secs(10), || async {
+        (app.count("SELECT count(*) FROM notification WHERE type = 'old'").await == 0).then_some(())
+    })
+    .await;
+    assert_eq!(app.count("SELECT count(*) FROM delivery").await, 0);
+    assert_eq!(app.count("SELECT count(*) FROM notification_failed").await, 0);
+    assert_eq!(app.count("SELECT count(*) FROM notification WHERE type IN ('new', 'stuck')").await, 2);
+    app.cleanup().await;
+}

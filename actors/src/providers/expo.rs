@@ -10,8 +10,10 @@ use serde::Deserialize;
 use serde_json::{json, Map, Value};
 use std::time::Duration;
 
-/// Expo accepts at most 100 messages per request.
+/// Expo accepts at most 100 messages per request…
 pub const MAX_BATCH: usize = 100;
+/// …of at most 4096 bytes each.
+pub const MAX_PAYLOAD_BYTES: usize = 4096;
 const MAX_RESPONSE_BYTES: usize = 4 * 1024 * 1024;
 
 pub struct ExpoClient {
@@ -50,35 +52,70 @@ impl ProviderClient for ExpoClient {
     }
 
     fn send(&self, jobs: &[Job]) -> LocalBoxFuture<'static, Response> {
-        let body: Vec<Value> = jobs.iter().map(message).collect();
-        let n = jobs.len();
+        // Each message is serialized once: to check Expo's size limit before sending (a
+        // too-big message fails here with its size, without a round trip), then for the body.
+        let mut oversize: Vec<Option<SendResult>> = Vec::with_capacity(jobs.len());
+        let mut body = Vec::with_capacity(jobs.len() * 256);
+        body.push(b'[');
+        let mut n = 0;
+        for job in jobs {
+            let bytes = serde_json::to_vec(&message(job)).unwrap_or_default();
+            if bytes.len() > MAX_PAYLOAD_BYTES {
+                let error = format!("expo: payload too large: {} bytes (limit {MAX_PAYLOAD_BYTES})", bytes.len());
+                oversize.push(Some(SendResult::Permanent { error }));
+                continue;
+            }
+            oversize.push(None);
+            if n > 0 {
+                body.push(b',');
+            }
+            body.extend_from_slice(&bytes);
+            n += 1;
+        }
+        body.push(b']');
+        if n == 0 {
+            let results = oversize.into_iter().flatten().collect();
+            return Box::pin(std::future::ready(Response { results, health: Health::Up }));
+        }
         let mut req = self
             .http
             .post(&self.send_url)
+            .insert_header(("content-type", "application/json"))
             .insert_header(("accept", "application/json"))
             .insert_header(("accept-encoding", "gzip"));
         if let Some(token) = &self.access_token {
             req = req.bearer_auth(token);
         }
         Box::pin(async move {
-            let mut resp = match req.send_json(&body).await {
-                Ok(resp) => resp,
-                Err(e) => return outage(n, format!("expo: request failed: {e}")),
-            };
-            let status = resp.status().as_u16();
-            let retry_after = resp
-                .headers()
-                .get("retry-after")
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.trim().parse::<u64>().ok())
-                .map(Duration::from_secs);
-            let body = match resp.body().limit(MAX_RESPONSE_BYTES).await {
-                Ok(body) => body,
-                Err(e) => return outage(n, format!("expo: reading the response failed: {e}")),
-            };
-            classify_response(status, &body, retry_after, n)
+            let sent = send_request(req, body, n).await;
+            // Put the refused messages back in their places; Expo answered one result per message.
+            let mut from_expo = sent.results.into_iter();
+            let missing = || SendResult::Retry { error: "expo: no result for this message".into(), after: None };
+            let results =
+                oversize.into_iter().map(|o| o.unwrap_or_else(|| from_expo.next().unwrap_or_else(missing))).collect();
+            Response { results, health: sent.health }
         })
     }
+}
+
+/// Posts a prepared body of `n` messages and classifies the answer.
+async fn send_request(req: awc::ClientRequest, body: Vec<u8>, n: usize) -> Response {
+    let mut resp = match req.send_body(body).await {
+        Ok(resp) => resp,
+        Err(e) => return outage(n, format!("expo: request failed: {e}")),
+    };
+    let status = resp.status().as_u16();
+    let retry_after = resp
+        .headers()
+        .get("retry-after")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .map(Duration::from_secs);
+    let body = match resp.body().limit(MAX_RESPONSE_BYTES).await {
+        Ok(body) => body,
+        Err(e) => return outage(n, format!("expo: reading the response failed: {e}")),
+    };
+    classify_response(status, &body, retry_after, n)
 }
 
 /// The Expo message for one job (DESIGN §8): title, body, and `data` merged with the
