@@ -144,6 +144,7 @@ async fn a_payload_over_expos_limit_fails_permanently_and_is_dead_lettered() {
     assert!(error.starts_with("expo: payload too large: ") && error.ends_with(" bytes (limit 4096)"), "{error}");
     assert_eq!(app.final_status(small).await.0, "delivered");
     assert_eq!(app.expo.requests(), 1, "the big one was refused before sending");
+    assert_eq!(app.count("SELECT count(*) FROM notification_failed").await, 1);
     let mut conn = app.redis.clone();
     let dlq_len: i64 = redis::cmd("XLEN").arg(app.keys.dlq(0)).query_async(&mut conn).await.unwrap();
     assert_eq!(dlq_len, 1);

@@ -308,3 +308,20 @@ async fn a_redis_restart_without_persistence_mid_run_loses_nothing() {
     assert!(duplicates <= 300, "at most what was in flight: {duplicates}");
     app.cleanup().await;
 }
+
+#[actix_web::test]
+async fn two_replicas_running_every_role_deliver_each_notification_once() {
+    let app = spawn_app().await;
+    let replica = app.start_replica().await;
+    app.expo.set_latency(Duration::from_millis(5));
+    add_users(&app, 30).await;
+
+    insert_bulk(&app, 3000, 30).await;
+
+    app.all_final(Duration::from_secs(60)).await;
+    assert_eq!(app.count("SELECT count(*) FROM notification WHERE status = 'delivered'").await, 3000);
+    assert_eq!(app.expo.sent_count(), 3000);
+    assert_eq!(app.duplicate_sends(), 0);
+    replica.stop(Duration::from_secs(5)).await;
+    app.cleanup().await;
+}

@@ -107,6 +107,15 @@ impl TestApp {
         self.app = Some(app);
     }
 
+    /// Another process's worth of engine and API on the same database and Redis prefix (a second
+    /// replica), started in this System.
+    pub async fn start_replica(&self) -> Application {
+        let consumer = format!("test-replica-{}", Uuid::new_v4().simple());
+        Application::build(self.settings(), ProcessRoles::ALL, false, consumer, notify_relay::telemetry::discard())
+            .await
+            .expect("replica starts")
+    }
+
     pub async fn stop(&mut self) -> bool {
         match self.app.take() {
             Some(app) => app.stop(Duration::from_secs(5)).await,
