@@ -182,6 +182,10 @@ pub struct ExpoProviderSettings {
     pub timeout_ms: u64,
     /// How long a sender waits to fill a 100-message request, in ms.
     pub flush_after_ms: u64,
+    /// How long after a ticket its receipt is fetched, in ms (Expo: ~15 minutes).
+    pub receipt_delay_ms: u64,
+    /// How often due receipts are looked for, in ms.
+    pub receipt_poll_ms: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -343,6 +347,15 @@ impl Settings {
             if expo.timeout_ms == 0 {
                 return Err(invalid("providers.expo.timeout_ms", "must be at least 1"));
             }
+            if expo.receipt_poll_ms < 50 {
+                return Err(invalid("providers.expo.receipt_poll_ms", "must be at least 50"));
+            }
+            if expo.receipt_delay_ms >= 24 * 3600 * 1000 {
+                return Err(invalid(
+                    "providers.expo.receipt_delay_ms",
+                    "must be under 24 h (Expo keeps receipts a day)",
+                ));
+            }
         }
         // A send still running must never be claimed and sent a second time in parallel.
         if let Some(longest) = self.longest_provider_timeout_ms() {
@@ -437,6 +450,8 @@ impl Settings {
                 access_token: expo.access_token.as_ref().map(|t| t.expose().to_string()),
                 timeout: Duration::from_millis(expo.timeout_ms),
                 flush_after: Duration::from_millis(expo.flush_after_ms),
+                receipt_delay: Duration::from_millis(expo.receipt_delay_ms),
+                receipt_poll: Duration::from_millis(expo.receipt_poll_ms),
             }),
             senders_per_provider: self.worker.senders_per_provider,
         }

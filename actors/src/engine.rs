@@ -23,6 +23,7 @@ use crate::messages::Flush;
 use crate::outcome::OutcomeWriter;
 use crate::providers::expo::ExpoClient;
 use crate::providers::ClientFactory;
+use crate::receipts::ReceiptPoller;
 use crate::registry::Registry;
 use crate::relay::Relay;
 use crate::retention::RetentionActor;
@@ -79,7 +80,8 @@ impl Engine {
             let writer_life = life("outcome-writer".into(), "outcome_writer");
             let stats = writer_life.stats.clone();
             let (s, r, f, retry) = (store.clone(), relay.clone(), inflight.clone(), settings.retry);
-            let addr = Supervisor::start(move |_| OutcomeWriter::new(writer_life, s, r, f, retry));
+            let receipt_delay = settings.expo.as_ref().map(|e| e.receipt_delay);
+            let addr = Supervisor::start(move |_| OutcomeWriter::new(writer_life, s, r, f, retry, receipt_delay));
             let writer = Handle { addr, stats };
 
             let mut pools = HashMap::new();
@@ -124,6 +126,14 @@ impl Engine {
             let delay_life = life("delay".into(), "delay");
             let (r, s, interval) = (relay.clone(), shutdown.clone(), settings.delay_poll_interval);
             supervised.push(Box::new(Supervisor::start(move |_| DelayActor::new(delay_life, r, interval, s))));
+
+            if let Some(expo) = settings.expo.clone() {
+                let poller_life = life("receipts-expo".into(), "receipt_poller");
+                let (r, st, s, interval) = (relay.clone(), store.clone(), shutdown.clone(), expo.receipt_poll);
+                supervised.push(Box::new(Supervisor::start(move |_| {
+                    ReceiptPoller::new(poller_life, ExpoClient::new(&expo), r, st, interval, s)
+                })));
+            }
 
             let retention_life = life("retention".into(), "retention");
             let (st, s, policy) = (store.clone(), shutdown.clone(), settings.retention);

@@ -21,6 +21,7 @@ pub const CIRCUIT_CLOSED: &str = "CIRCUIT_CLOSED";
 /// Rescheduled without spending an attempt (circuit open).
 pub const DEFERRED: &str = "DEFERRED";
 pub const RETENTION_DELETED: &str = "RETENTION_DELETED";
+pub const RECEIPT_ERROR: &str = "RECEIPT_ERROR";
 pub const ACTOR_FAILED: &str = "ACTOR_FAILED";
 pub const ACTOR_RESTARTED: &str = "ACTOR_RESTARTED";
 

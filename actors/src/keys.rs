@@ -21,6 +21,7 @@
 //! | `<prefix>:{N}:stream` | stream | jobs waiting to be sent (field `job`: JSON) |
 //! | `<prefix>:{N}:delayed` | zset | jobs waiting for a retry, score = due time in ms |
 //! | `<prefix>:{N}:dlq` | stream | dead letters: reason, provider, attempts, error, job |
+//! | `<prefix>:{N}:receipts` | zset | Expo tickets whose receipt is due, score = due time in ms |
 //! | `<prefix>:delivered:<notification>:<device>` | string | idempotency key, TTL 7 days |
 //! | `<prefix>:metrics:notifications:<event>:<YYYYMMDD>` | string | daily counter, TTL 90 days |
 //! | `<prefix>:metrics:notifications:<event>:<provider>:<YYYYMMDD>` | string | same, per provider |
@@ -70,6 +71,10 @@ impl Keys {
 
     pub fn delayed(&self, shard: u16) -> String {
         format!("{}:{{{shard}}}:delayed", self.prefix)
+    }
+
+    pub fn receipts(&self, shard: u16) -> String {
+        format!("{}:{{{shard}}}:receipts", self.prefix)
     }
 
     pub fn dlq(&self, shard: u16) -> String {

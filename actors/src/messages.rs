@@ -44,6 +44,11 @@ pub struct ReadNext;
 #[rtype(result = "()")]
 pub struct MoveDue;
 
+/// Fetch the Expo receipts that are due (the receipt poller's tick).
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub struct PollReceipts;
+
 /// Delete final notifications past the retention period (the retention actor's tick).
 #[derive(Debug, Message)]
 #[rtype(result = "()")]

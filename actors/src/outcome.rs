@@ -13,16 +13,16 @@
 use crate::error::Result;
 use crate::events;
 use crate::inflight::InFlight;
-use crate::job::{Outcome, SendResult};
+use crate::job::{Outcome, Provider, SendResult};
 use crate::messages::{Flush, Record};
 use crate::registry::Envelope;
-use crate::relay::{DeadLetter, RedisWrites, Relay};
+use crate::relay::{DeadLetter, PendingReceipt, RedisWrites, Relay};
 use crate::settings::RetryPolicy;
 use crate::store::{OutcomeRows, Settled, Store};
 use crate::supervisor::{guarded, Lifecycle};
 use actix::prelude::*;
 use slog::{info, warn, Logger};
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 pub struct OutcomeWriter {
     life: Lifecycle,
@@ -30,6 +30,8 @@ pub struct OutcomeWriter {
     relay: Relay,
     inflight: InFlight,
     retry: RetryPolicy,
+    /// When to fetch the receipt of an Expo ticket (None: receipts are not polled).
+    receipt_delay: Option<Duration>,
     /// Flush once this many outcomes are buffered…
     max_batch: usize,
     /// …or this long after the first one arrived.
@@ -40,13 +42,21 @@ pub struct OutcomeWriter {
 }
 
 impl OutcomeWriter {
-    pub fn new(life: Lifecycle, store: Store, relay: Relay, inflight: InFlight, retry: RetryPolicy) -> Self {
+    pub fn new(
+        life: Lifecycle,
+        store: Store,
+        relay: Relay,
+        inflight: InFlight,
+        retry: RetryPolicy,
+        receipt_delay: Option<Duration>,
+    ) -> Self {
         OutcomeWriter {
             life,
             store,
             relay,
             inflight,
             retry,
+            receipt_delay,
             max_batch: 1000,
             linger: Duration::from_millis(5),
             buffer: Vec::new(),
@@ -79,7 +89,7 @@ impl OutcomeWriter {
         self.flushing = true;
         let take = self.buffer.len().min(self.max_batch);
         let batch: Vec<Outcome> = self.buffer.drain(..take).collect();
-        let plan = Plan::build(&batch, &self.retry);
+        let plan = Plan::build(&batch, &self.retry, self.receipt_delay);
         let (store, relay) = (self.store.clone(), self.relay.clone());
         let fut = guarded(async move {
             let settled = store.record(&plan.rows).await?;
@@ -118,7 +128,7 @@ struct Plan {
 }
 
 impl Plan {
-    fn build(batch: &[Outcome], retry: &RetryPolicy) -> Plan {
+    fn build(batch: &[Outcome], retry: &RetryPolicy, receipt_delay: Option<Duration>) -> Plan {
         let mut rows = OutcomeRows::default();
         let mut redis = RedisWrites::default();
         let now = SystemTime::now();
@@ -159,6 +169,18 @@ impl Plan {
             };
             match result {
                 SendResult::Delivered { provider_message_id } => {
+                    if let (Provider::Expo, Some(ticket), Some(delay)) =
+                        (job.provider, provider_message_id, receipt_delay)
+                    {
+                        let receipt = PendingReceipt {
+                            id: ticket.clone(),
+                            notification_id: job.notification_id,
+                            device_id: job.device_id,
+                            trace_id: job.trace_id.clone(),
+                            sent_ms: now.duration_since(UNIX_EPOCH).unwrap_or_default().as_millis() as u64,
+                        };
+                        redis.receipts.push((delivery.entry.shard, now + delay, receipt));
+                    }
                     rows.delivered.push((job.target(), attempts as i32, provider_message_id.clone()));
                     rows.used_devices.push(job.device_id);
                     redis.delivered.push((job.notification_id, job.device_id));

@@ -55,6 +55,10 @@ pub struct ExpoSettings {
     pub timeout: Duration,
     /// How long a sender waits to fill a 100-message request before sending what it has.
     pub flush_after: Duration,
+    /// How long after a ticket its receipt is fetched.
+    pub receipt_delay: Duration,
+    /// How often the receipt poller looks for due receipts.
+    pub receipt_poll: Duration,
 }
 
 /// Exponential backoff with full jitter.

@@ -443,6 +443,41 @@ impl Store {
             .await?;
         Ok(client.execute(&stmt, &[&(days as i32), &batch]).await?)
     }
+
+    /// Keeps receipt errors in their delivery's `last_error`, and disables the devices whose
+    /// receipt said the token is dead (`disable`).
+    pub async fn record_receipt_errors(&self, errors: &[(Target, String, bool)]) -> Result<()> {
+        if errors.is_empty() {
+            return Ok(());
+        }
+        let mut client = self.pool.get().await?;
+        let tx = client.transaction().await?;
+        let stmt = tx
+            .prepare_cached(
+                "UPDATE delivery d SET last_error = u.err, updated_at = now()
+                   FROM unnest($1::uuid[], $2::uuid[], $3::text[]) AS u(n, dev, err)
+                  WHERE d.notification_id = u.n AND d.device_id = u.dev",
+            )
+            .await?;
+        let (n, dev) = split_targets(errors.iter().map(|e| e.0));
+        let errs: Vec<&str> = errors.iter().map(|e| e.1.as_str()).collect();
+        tx.execute(&stmt, &[&n, &dev, &errs]).await?;
+        let dead: Vec<&(Target, String, bool)> = errors.iter().filter(|e| e.2).collect();
+        if !dead.is_empty() {
+            let stmt = tx
+                .prepare_cached(
+                    "UPDATE device d SET disabled_at = now(), disabled_reason = u.reason
+                       FROM unnest($1::uuid[], $2::text[]) AS u(id, reason)
+                      WHERE d.id = u.id AND d.disabled_at IS NULL",
+                )
+                .await?;
+            let ids: Vec<Uuid> = dead.iter().map(|e| e.0 .1).collect();
+            let reasons: Vec<&str> = dead.iter().map(|e| e.1.as_str()).collect();
+            tx.execute(&stmt, &[&ids, &reasons]).await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
 }
 
 /// Applies the status rule to these notifications: `delivered` once any target is delivered,

@@ -6,7 +6,9 @@
 //! errors when the message is over 4096 bytes (`MessageTooBig`), the token is not an Expo push
 //! token (`DeviceNotRegistered`), or the token contains a failure word: `unregistered`,
 //! `ratelimited` (`MessageRateExceeded`), `invalidcredentials`, `developererror`, `expoerror`.
-//! `POST /--/api/v2/push/getReceipts` answers receipts for ids it issued (≤ 1000 per call).
+//! `POST /--/api/v2/push/getReceipts` answers receipts for ids it issued (≤ 1000 per call):
+//! `ok`, or `DeviceNotRegistered` for tokens containing `receiptgone` (accepted at send time,
+//! refused by APNs/FCM later, as happens for real).
 //! `POST /__emulator/fail {"status":503,"code":"…","count":N}` makes the next N requests fail
 //! as a whole, `{"status":503,"for_ms":10000}` every request for 10 s (429 carries
 //! `Retry-After: 1`).
@@ -15,7 +17,7 @@ use actix_web::dev::ServerHandle;
 use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
 use serde::Deserialize;
 use serde_json::{json, Value};
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
@@ -86,7 +88,9 @@ impl ActiveFailure {
 struct State {
     sent: Vec<Sent>,
     requests: usize,
-    receipts: HashSet<String>,
+    /// Receipt of every ticket issued, by ticket id.
+    receipts: HashMap<String, Value>,
+    receipt_requests: usize,
     fail: Option<ActiveFailure>,
     access_token: Option<String>,
     /// Added before every send answer, to keep requests in flight.
@@ -144,6 +148,11 @@ impl ExpoEmulator {
             .lock()
             .map(|s| s.sent.iter().filter(|m| m.to == to && m.notification_id() == Some(&id)).count())
             .unwrap_or_default()
+    }
+
+    /// getReceipts calls received.
+    pub fn receipt_requests(&self) -> usize {
+        self.state.lock().map(|s| s.receipt_requests).unwrap_or_default()
     }
 
     /// Requests received (any outcome).
@@ -215,7 +224,13 @@ fn ticket(message: &Value, to: &str, state: &mut State) -> Value {
         }
     }
     let id = Uuid::new_v4().to_string();
-    state.receipts.insert(id.clone());
+    let receipt = if lower.contains("receiptgone") {
+        json!({"status": "error", "message": format!("\"{to}\" is not a registered push notification recipient"),
+               "details": {"error": "DeviceNotRegistered"}})
+    } else {
+        json!({"status": "ok"})
+    };
+    state.receipts.insert(id.clone(), receipt);
     state.sent.push(Sent {
         to: to.to_string(),
         title: message.get("title").and_then(Value::as_str).map(str::to_string),
@@ -308,15 +323,12 @@ async fn receipts(body: web::Json<ReceiptsRequest>, state: web::Data<Mutex<State
             "You are trying to get more than 1000 push receipts in one request",
         );
     }
-    let Ok(state) = state.lock() else {
+    let Ok(mut state) = state.lock() else {
         return errors(500, "INTERNAL_SERVER_ERROR", "emulator state poisoned");
     };
-    let data: serde_json::Map<String, Value> = body
-        .ids
-        .iter()
-        .filter(|id| state.receipts.contains(*id))
-        .map(|id| (id.clone(), json!({"status": "ok"})))
-        .collect();
+    state.receipt_requests += 1;
+    let data: serde_json::Map<String, Value> =
+        body.ids.iter().filter_map(|id| state.receipts.get(id).map(|r| (id.clone(), r.clone()))).collect();
     HttpResponse::Ok().json(json!({ "data": data }))
 }
 

@@ -66,6 +66,8 @@ pub async fn prepare() -> TestApp {
         ("NOTIFY__SCHEDULER__DELAY_POLL_MS", "20".into()),
         ("NOTIFY__WORKER__SENDERS_PER_PROVIDER", "1".into()),
         ("NOTIFY__CIRCUIT__FAILURES", "3".into()),
+        ("NOTIFY__PROVIDERS__EXPO__RECEIPT_DELAY_MS", "100".into()),
+        ("NOTIFY__PROVIDERS__EXPO__RECEIPT_POLL_MS", "100".into()),
         ("NOTIFY__CIRCUIT__OPEN_MS", "100".into()),
         ("NOTIFY__CIRCUIT__MAX_OPEN_MS", "400".into()),
     ]

@@ -10,6 +10,8 @@ use serde::Deserialize;
 use serde_json::{json, Map, Value};
 use std::time::Duration;
 
+/// Receipts asked for per getReceipts call (Expo's limit).
+pub const MAX_RECEIPT_IDS: usize = 1000;
 /// Expo accepts at most 100 messages per request…
 pub const MAX_BATCH: usize = 100;
 /// …of at most 4096 bytes each.
@@ -19,6 +21,7 @@ const MAX_RESPONSE_BYTES: usize = 4 * 1024 * 1024;
 pub struct ExpoClient {
     http: awc::Client,
     send_url: String,
+    receipts_url: String,
     access_token: Option<String>,
     flush_after: Duration,
 }
@@ -32,6 +35,7 @@ impl ExpoClient {
         ExpoClient {
             http,
             send_url: format!("{}/--/api/v2/push/send", settings.base_url.trim_end_matches('/')),
+            receipts_url: format!("{}/--/api/v2/push/getReceipts", settings.base_url.trim_end_matches('/')),
             access_token: settings.access_token.clone(),
             flush_after: settings.flush_after,
         }
@@ -96,6 +100,34 @@ impl ProviderClient for ExpoClient {
             Response { results, health: sent.health }
         })
     }
+}
+
+impl ExpoClient {
+    /// `POST {base}/--/api/v2/push/getReceipts` for at most 1000 ids. Returns the receipts Expo
+    /// has, classified like tickets; ids it does not know yet are absent.
+    pub async fn receipts(&self, ids: &[&str]) -> Result<Vec<(String, SendResult)>, String> {
+        let mut req = self.http.post(&self.receipts_url).insert_header(("accept", "application/json"));
+        if let Some(token) = &self.access_token {
+            req = req.bearer_auth(token);
+        }
+        let mut resp = req.send_json(&json!({ "ids": ids })).await.map_err(|e| format!("expo receipts: {e}"))?;
+        let status = resp.status().as_u16();
+        let body = resp.body().limit(MAX_RESPONSE_BYTES).await.map_err(|e| format!("expo receipts: {e}"))?;
+        if status != 200 {
+            return Err(format!(
+                "expo receipts: HTTP {status}: {}",
+                String::from_utf8_lossy(&body[..body.len().min(200)])
+            ));
+        }
+        let parsed: ReceiptsResponse =
+            serde_json::from_slice(&body).map_err(|e| format!("expo receipts: unreadable response: {e}"))?;
+        Ok(parsed.data.into_iter().map(|(id, ticket)| (id, classify_ticket(ticket))).collect())
+    }
+}
+
+#[derive(Deserialize)]
+struct ReceiptsResponse {
+    data: std::collections::HashMap<String, Ticket>,
 }
 
 /// Posts a prepared body of `n` messages and classifies the answer.
