@@ -91,6 +91,7 @@ struct State {
     /// Receipt of every ticket issued, by ticket id.
     receipts: HashMap<String, Value>,
     receipt_requests: usize,
+    gzip_requests: usize,
     fail: Option<ActiveFailure>,
     access_token: Option<String>,
     /// Added before every send answer, to keep requests in flight.
@@ -148,6 +149,11 @@ impl ExpoEmulator {
             .lock()
             .map(|s| s.sent.iter().filter(|m| m.to == to && m.notification_id() == Some(&id)).count())
             .unwrap_or_default()
+    }
+
+    /// Send requests whose body came gzip-compressed.
+    pub fn gzip_requests(&self) -> usize {
+        self.state.lock().map(|s| s.gzip_requests).unwrap_or_default()
     }
 
     /// getReceipts calls received.
@@ -251,6 +257,9 @@ async fn send(req: HttpRequest, body: web::Bytes, state: web::Data<Mutex<State>>
         return errors(500, "INTERNAL_SERVER_ERROR", "emulator state poisoned");
     };
     state.requests += 1;
+    if req.headers().get("content-encoding").and_then(|v| v.to_str().ok()) == Some("gzip") {
+        state.gzip_requests += 1;
+    }
     if let Some(failure) = state.fail.as_mut() {
         if failure.strikes() {
             let plan = &failure.plan;

@@ -135,3 +135,20 @@ async fn the_channel_limits_delivery_to_that_providers_devices() {
     assert_eq!(app.expo.sent_count(), 1);
     app.cleanup().await;
 }
+
+#[actix_web::test]
+async fn large_requests_are_sent_gzip_compressed_and_small_ones_plain() {
+    let app = spawn_app().await;
+    app.add_device("wes", "expo", "ExponentPushToken[wes]").await;
+    let small = app.notify("wes", json!({"title": "hi"})).await;
+    assert_eq!(app.final_status(small).await.0, "delivered");
+    assert_eq!(app.expo.gzip_requests(), 0, "a ~150-byte body goes plain");
+
+    let big = app.notify("wes", json!({"title": "long", "body": "x".repeat(2000)})).await;
+
+    assert_eq!(app.final_status(big).await.0, "delivered");
+    assert_eq!(app.expo.gzip_requests(), 1);
+    let sent = app.expo.sent();
+    assert_eq!(sent.last().unwrap().body.as_deref(), Some("x".repeat(2000).as_str()), "decompressed intact");
+    app.cleanup().await;
+}

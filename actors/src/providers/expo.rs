@@ -10,6 +10,8 @@ use serde::Deserialize;
 use serde_json::{json, Map, Value};
 use std::time::Duration;
 
+/// Request bodies larger than this are sent gzip-compressed.
+pub const GZIP_ABOVE_BYTES: usize = 1024;
 /// Receipts asked for per getReceipts call (Expo's limit).
 pub const MAX_RECEIPT_IDS: usize = 1000;
 /// Expo accepts at most 100 messages per request…
@@ -77,6 +79,11 @@ impl ProviderClient for ExpoClient {
             n += 1;
         }
         body.push(b']');
+        // Expo accepts gzip request bodies; 100 messages compress to a fraction of their size.
+        let (body, gzipped) = match body.len() > GZIP_ABOVE_BYTES {
+            true => gzip(&body).map(|z| (z, true)).unwrap_or((body, false)),
+            false => (body, false),
+        };
         if n == 0 {
             let results = oversize.into_iter().flatten().collect();
             return Box::pin(std::future::ready(Response { results, health: Health::Up }));
@@ -87,6 +94,9 @@ impl ProviderClient for ExpoClient {
             .insert_header(("content-type", "application/json"))
             .insert_header(("accept", "application/json"))
             .insert_header(("accept-encoding", "gzip"));
+        if gzipped {
+            req = req.insert_header(("content-encoding", "gzip"));
+        }
         if let Some(token) = &self.access_token {
             req = req.bearer_auth(token);
         }
@@ -128,6 +138,13 @@ impl ExpoClient {
 #[derive(Deserialize)]
 struct ReceiptsResponse {
     data: std::collections::HashMap<String, Ticket>,
+}
+
+fn gzip(body: &[u8]) -> std::io::Result<Vec<u8>> {
+    use std::io::Write;
+    let mut encoder = flate2::write::GzEncoder::new(Vec::with_capacity(body.len() / 4), flate2::Compression::fast());
+    encoder.write_all(body)?;
+    encoder.finish()
 }
 
 /// Posts a prepared body of `n` messages and classifies the answer.
