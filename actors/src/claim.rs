@@ -86,6 +86,10 @@ async fn retire_overdelivered(
     let outcomes: Vec<Outcome> = entries
         .into_iter()
         .map(|entry| match entry {
+            // A copy of this target is being sent right here: that copy's outcome will count.
+            Entry::Job(entry, job) if !inflight.claim_target(job.target()) => {
+                Outcome::Duplicate { delivery: Delivery { job, entry } }
+            }
             Entry::Job(entry, job) => {
                 let times = found.iter().find(|(id, _)| *id == entry.id).map(|(_, t)| *t).unwrap_or(0);
                 let error = format!(

@@ -6,6 +6,7 @@
 
 use crate::error::Result;
 use crate::events;
+use crate::inflight::InFlight;
 use crate::job::{Delivery, Outcome, Provider, SendResult};
 use crate::messages::{Deliver, Record};
 use crate::outcome::OutcomeWriter;
@@ -62,6 +63,7 @@ pub struct Dispatcher {
     pub outcomes: Handle<OutcomeWriter>,
     pub relay: Relay,
     pub store: Store,
+    pub inflight: InFlight,
     pub log: Logger,
 }
 
@@ -101,6 +103,10 @@ impl Dispatcher {
             done.extend(dups.into_iter().map(|delivery| Outcome::Duplicate { delivery }));
             fresh = rest;
         }
+        // And not while another copy is being sent by this process.
+        let (fresh, busy): (Vec<_>, Vec<_>) =
+            fresh.into_iter().partition(|d| self.inflight.claim_target(d.job.target()));
+        done.extend(busy.into_iter().map(|delivery| Outcome::Duplicate { delivery }));
 
         let mut by_provider: HashMap<Provider, Vec<Delivery>> = HashMap::new();
         for d in fresh {

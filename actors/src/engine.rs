@@ -108,6 +108,7 @@ impl Engine {
                 outcomes: writer.clone(),
                 relay: relay.clone(),
                 store: store.clone(),
+                inflight: inflight.clone(),
                 log: log.clone(),
             });
             outcomes = Some(writer);

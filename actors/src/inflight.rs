@@ -4,9 +4,14 @@
 //! the outcome is stored and the entry acknowledged. Readers therefore never read more than the
 //! senders and the writer can take: back-pressure reaches Redis instead of piling up in
 //! mailboxes.
+//!
+//! It also remembers which targets are being sent right now, so that a second copy of a target
+//! (a reclaimed entry and its re-enqueued twin) is not sent while the first is in flight.
 
+use crate::store::Target;
+use std::collections::HashSet;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use tokio::sync::Notify;
 
 #[derive(Debug, Clone)]
@@ -19,12 +24,18 @@ struct Inner {
     capacity: usize,
     used: AtomicUsize,
     freed: Notify,
+    targets: Mutex<HashSet<Target>>,
 }
 
 impl InFlight {
     pub fn new(capacity: usize) -> Self {
         InFlight {
-            inner: Arc::new(Inner { capacity: capacity.max(1), used: AtomicUsize::new(0), freed: Notify::new() }),
+            inner: Arc::new(Inner {
+                capacity: capacity.max(1),
+                used: AtomicUsize::new(0),
+                freed: Notify::new(),
+                targets: Mutex::new(HashSet::new()),
+            }),
         }
     }
 
@@ -71,6 +82,20 @@ impl InFlight {
         self.inner.freed.notify_waiters();
     }
 
+    /// Marks a target as being sent by this process; false if it already is.
+    pub fn claim_target(&self, target: Target) -> bool {
+        self.inner.targets.lock().map(|mut t| t.insert(target)).unwrap_or(true)
+    }
+
+    /// The outcomes of these targets are stored: they are no longer in flight.
+    pub fn release_targets(&self, targets: impl Iterator<Item = Target>) {
+        if let Ok(mut t) = self.inner.targets.lock() {
+            for target in targets {
+                t.remove(&target);
+            }
+        }
+    }
+
     /// Resolves once nothing is in flight.
     pub async fn drained(&self) {
         loop {
@@ -97,6 +122,16 @@ mod tests {
         assert_eq!(f.try_take(9), 4);
         f.release(100);
         assert_eq!(f.used(), 0);
+    }
+
+    #[test]
+    fn a_target_is_in_flight_once_until_released() {
+        let f = InFlight::new(4);
+        let t = (uuid::Uuid::new_v4(), uuid::Uuid::new_v4());
+        assert!(f.claim_target(t));
+        assert!(!f.claim_target(t), "a second copy is refused");
+        f.release_targets(std::iter::once(t));
+        assert!(f.claim_target(t));
     }
 
     #[tokio::test(flavor = "current_thread")]

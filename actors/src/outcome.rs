@@ -104,6 +104,10 @@ impl OutcomeWriter {
             match res {
                 Ok(settled) => {
                     log_outcomes(&act.life.log, &batch, &settled, &act.retry);
+                    act.inflight.release_targets(batch.iter().filter_map(|o| match o {
+                        Outcome::Sent { delivery, .. } => Some(delivery.job.target()),
+                        _ => None,
+                    }));
                     act.inflight.release(batch.len());
                     act.life.healthy();
                     act.schedule(ctx);
@@ -241,7 +245,7 @@ fn log_outcomes(log: &Logger, batch: &[Outcome], settled: &[Settled], retry: &Re
             }
             Outcome::Duplicate { delivery } => {
                 let j = &delivery.job;
-                info!(log, "already delivered; acknowledged without sending"; "event" => events::DUPLICATE_SKIPPED,
+                info!(log, "already delivered, or a copy is being sent: acknowledged without sending"; "event" => events::DUPLICATE_SKIPPED,
                       "notification_id" => %j.notification_id, "trace_id" => &j.trace_id, "provider" => j.provider.as_str());
             }
             Outcome::Sent { delivery, result, latency_ms } => {

@@ -70,6 +70,8 @@ async fn wiping_the_redis_keys_mid_run_loses_nothing_and_resends_nothing_deliver
     let mut app = prepare().await;
     app.env.insert("NOTIFY__LISTENER__SWEEP_INTERVAL_MS".into(), "200".into());
     app.env.insert("NOTIFY__LISTENER__STALE_AFTER_MS".into(), "3000".into());
+    // Few in flight, so that most of the work is still waiting in the stream when it is wiped.
+    app.env.insert("NOTIFY__WORKER__CONCURRENCY".into(), "200".into());
     app.expo.set_latency(Duration::from_millis(100));
     app.start().await;
     add_users(&app, 40).await;
