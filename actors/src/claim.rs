@@ -149,7 +149,7 @@ async fn claim_all(
             if n > 0 {
                 info!(log, "claimed stale entries"; "event" => events::CLAIMED, "shard" => shard, "count" => n);
                 total += n;
-                if let Err(e) = dispatcher.dispatch(entries).await {
+                if let Err(e) = dispatcher.dispatch(entries, true).await {
                     inflight.release(n);
                     return Err(e);
                 }

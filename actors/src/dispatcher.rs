@@ -70,7 +70,8 @@ pub struct Dispatcher {
 impl Dispatcher {
     /// Dispatches entries that this process holds permits for. Entries whose target is already
     /// delivered (idempotency key in Redis, or final in Postgres) are acknowledged unsent.
-    pub async fn dispatch(&self, entries: Vec<Entry>) -> Result<()> {
+    /// `reclaimed` entries were handed to another consumer before.
+    pub async fn dispatch(&self, entries: Vec<Entry>, reclaimed: bool) -> Result<()> {
         if entries.is_empty() {
             return Ok(());
         }
@@ -94,10 +95,11 @@ impl Dispatcher {
                 fresh.push(delivery);
             }
         }
-        // Postgres too, for every entry: after a Redis flush the idempotency keys are gone, but the
-        // delivery rows still say what was delivered (or failed for good).
-        if !fresh.is_empty() {
-            let ids: Vec<_> = fresh.iter().map(|d| d.job.target()).collect();
+        // Postgres too, for every entry that may repeat an earlier copy (reclaimed, retried or
+        // re-enqueued): after a Redis flush the idempotency keys are gone, but the delivery rows
+        // still say what was delivered or failed for good. A listener's first copy needs no look.
+        let ids: Vec<_> = fresh.iter().filter(|d| reclaimed || d.job.may_repeat()).map(|d| d.job.target()).collect();
+        if !ids.is_empty() {
             let finished: std::collections::HashSet<_> = self.store.already_final(&ids).await?.into_iter().collect();
             let (dups, rest): (Vec<_>, Vec<_>) = fresh.into_iter().partition(|d| finished.contains(&d.job.target()));
             done.extend(dups.into_iter().map(|delivery| Outcome::Duplicate { delivery }));

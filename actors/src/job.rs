@@ -95,6 +95,9 @@ pub struct Job {
     /// their row locked while an outcome is stored (see `Store::record`).
     #[serde(default = "one")]
     pub targets: u32,
+    /// Written again by the sweep: an earlier copy may have been delivered.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub requeued: bool,
 }
 
 fn one() -> u32 {
@@ -105,6 +108,12 @@ impl Job {
     /// Which stream shard this job lives on: every target of one notification shares a shard.
     pub fn shard(&self, shards: u16) -> u16 {
         shard_of(self.notification_id, shards)
+    }
+
+    /// Whether this entry may be a second copy of a target that was already delivered: a
+    /// retry, or a copy the sweep wrote again. (A first attempt from the listener cannot be.)
+    pub fn may_repeat(&self) -> bool {
+        self.attempt > 0 || self.requeued
     }
 
     /// The key of the target's `delivery` row (and of its idempotency key).
@@ -207,6 +216,7 @@ mod tests {
             trace_id: "t".into(),
             attempt: 2,
             targets: 1,
+            requeued: false,
         }
     }
 

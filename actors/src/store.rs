@@ -189,6 +189,7 @@ impl Store {
                     trace_id: n.trace_id.clone(),
                     attempt: 0,
                     targets: per_notification.get(&t.notification).copied().unwrap_or(1),
+                    requeued: false,
                 });
             }
         }
@@ -419,6 +420,7 @@ impl Store {
                 trace_id: r.get(7),
                 token: r.get(8),
                 targets: r.get::<_, i64>(9).max(1) as u32,
+                requeued: true,
             });
         }
         Ok(jobs)

@@ -79,7 +79,7 @@ async fn read_once(
     };
     inflight.release(permits - entries.len());
     let n = entries.len();
-    if let Err(e) = dispatcher.dispatch(entries).await {
+    if let Err(e) = dispatcher.dispatch(entries, false).await {
         // Undispatched entries stay pending in Redis and are claimed again; free their permits.
         inflight.release(n);
         return Err(e);

@@ -294,6 +294,7 @@ pub fn expo_job(notification_id: Uuid, device_id: Uuid, user: &str, token: &str,
         trace_id: "test-trace".into(),
         attempt: 0,
         targets: 1,
+        requeued: false,
     }
 }
 

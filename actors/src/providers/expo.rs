@@ -300,6 +300,7 @@ mod tests {
             trace_id: "t".into(),
             attempt: 0,
             targets: 1,
+            requeued: false,
         }
     }
 
