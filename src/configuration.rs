@@ -186,6 +186,10 @@ pub struct ExpoProviderSettings {
     pub receipt_delay_ms: u64,
     /// How often due receipts are looked for, in ms.
     pub receipt_poll_ms: u64,
+    /// Sends per second for the whole project, shared by every worker (0 = unlimited).
+    pub rate_per_sec: u32,
+    /// Sends per second to one device (0 = unlimited).
+    pub device_rate_per_sec: u32,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -452,6 +456,10 @@ impl Settings {
                 flush_after: Duration::from_millis(expo.flush_after_ms),
                 receipt_delay: Duration::from_millis(expo.receipt_delay_ms),
                 receipt_poll: Duration::from_millis(expo.receipt_poll_ms),
+                limits: actors::ratelimit::Limits {
+                    per_sec: expo.rate_per_sec,
+                    device_per_sec: expo.device_rate_per_sec,
+                },
             }),
             senders_per_provider: self.worker.senders_per_provider,
         }

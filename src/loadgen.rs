@@ -103,6 +103,8 @@ async fn measure(
         .env("NOTIFY__REDIS__KEY_PREFIX", prefix)
         .env("NOTIFY__PROVIDERS__EXPO__BASE_URL", expo.url())
         .env("NOTIFY__PROVIDERS__EXPO__ENABLED", "true")
+        // The emulator has no quota: measure the relay, not Expo's 600/s project limit.
+        .env("NOTIFY__PROVIDERS__EXPO__RATE_PER_SEC", "0")
         .env("NOTIFY__HTTP__ADDR", format!("127.0.0.1:{http_port}"))
         .env("NOTIFY__LOG__LEVEL", &args.relay_log_level)
         .env_remove("NOTIFY_CONFIG")

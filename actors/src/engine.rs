@@ -23,11 +23,12 @@ use crate::messages::Flush;
 use crate::outcome::OutcomeWriter;
 use crate::providers::expo::ExpoClient;
 use crate::providers::ClientFactory;
+use crate::ratelimit::RateLimiter;
 use crate::receipts::ReceiptPoller;
 use crate::registry::Registry;
 use crate::relay::Relay;
 use crate::retention::RetentionActor;
-use crate::sender::SenderActor;
+use crate::sender::{SendGuards, SenderActor};
 use crate::settings::EngineSettings;
 use crate::store::Store;
 use crate::stream_reader::StreamReaderActor;
@@ -86,17 +87,22 @@ impl Engine {
 
             let mut pools = HashMap::new();
             if let Some(expo) = settings.expo.clone() {
+                let limits = expo.limits;
                 let factory: ClientFactory = Arc::new(move || Box::new(ExpoClient::new(&expo)));
-                let circuit = Circuit::new(Provider::Expo, settings.circuit, &log);
-                let defer = settings.circuit.open;
+                let guards = SendGuards {
+                    circuit: Circuit::new(Provider::Expo, settings.circuit, &log),
+                    defer: settings.circuit.open,
+                    limiter: (limits.per_sec > 0 || limits.device_per_sec > 0)
+                        .then(|| RateLimiter::new(relay.clone(), Provider::Expo, limits)),
+                };
                 let mut senders = Vec::new();
                 for i in 0..settings.senders_per_provider.max(1) {
                     let arbiter = Arbiter::new();
                     let sender_life = life(format!("sender-expo-{i}"), "sender");
                     let stats = sender_life.stats.clone();
-                    let (factory, writer, circuit) = (factory.clone(), writer.clone(), circuit.clone());
+                    let (factory, writer, guards) = (factory.clone(), writer.clone(), guards.clone());
                     let addr = Supervisor::start_in_arbiter(&arbiter.handle(), move |_| {
-                        SenderActor::new(sender_life, &factory, writer, circuit, defer)
+                        SenderActor::new(sender_life, &factory, writer, guards)
                     });
                     senders.push(Handle { addr, stats });
                     arbiters.push(arbiter);

@@ -21,6 +21,7 @@ pub mod listener;
 pub mod messages;
 pub mod outcome;
 pub mod providers;
+pub mod ratelimit;
 pub mod receipts;
 pub mod registry;
 pub mod relay;

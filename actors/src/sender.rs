@@ -11,6 +11,7 @@ use crate::job::{Delivery, Outcome, SendResult};
 use crate::messages::{Deliver, Record};
 use crate::outcome::OutcomeWriter;
 use crate::providers::{ClientFactory, ProviderClient, Response};
+use crate::ratelimit::RateLimiter;
 use crate::registry::Envelope;
 use crate::supervisor::Lifecycle;
 use actix::prelude::*;
@@ -18,6 +19,15 @@ use futures_util::FutureExt;
 use slog::warn;
 use std::panic::AssertUnwindSafe;
 use std::time::{Duration, Instant};
+
+/// What stands between a sender and its provider, shared by the provider's pool.
+#[derive(Clone)]
+pub struct SendGuards {
+    pub circuit: Circuit,
+    /// How long deliveries wait when the circuit keeps them from being sent.
+    pub defer: Duration,
+    pub limiter: Option<RateLimiter>,
+}
 
 pub struct SenderActor {
     life: Lifecycle,
@@ -28,17 +38,23 @@ pub struct SenderActor {
     circuit: Circuit,
     /// How long deliveries wait when the circuit keeps them from being sent.
     defer: Duration,
+    /// The provider's shared rate limits (None: unlimited).
+    limiter: Option<RateLimiter>,
 }
 
 impl SenderActor {
-    pub fn new(
-        life: Lifecycle,
-        factory: &ClientFactory,
-        outcomes: Handle<OutcomeWriter>,
-        circuit: Circuit,
-        defer: Duration,
-    ) -> Self {
-        SenderActor { life, client: factory(), buffer: Vec::new(), flush_scheduled: false, outcomes, circuit, defer }
+    pub fn new(life: Lifecycle, factory: &ClientFactory, outcomes: Handle<OutcomeWriter>, guards: SendGuards) -> Self {
+        let SendGuards { circuit, defer, limiter } = guards;
+        SenderActor {
+            life,
+            client: factory(),
+            buffer: Vec::new(),
+            flush_scheduled: false,
+            outcomes,
+            circuit,
+            defer,
+            limiter,
+        }
     }
 
     fn send_full_batches(&mut self, ctx: &mut Context<Self>) {
@@ -50,7 +66,45 @@ impl SenderActor {
         }
     }
 
+    /// Sends a batch, after the shared rate limits admitted it: what they hold back is
+    /// rescheduled without spending an attempt.
     fn send(&mut self, batch: Vec<Delivery>, ctx: &mut Context<Self>) {
+        let Some(limiter) = self.limiter.clone() else {
+            return self.send_now(batch, ctx);
+        };
+        let jobs: Vec<_> = batch.iter().map(|d| d.job.clone()).collect();
+        let provider = self.client.provider();
+        ctx.spawn(async move { limiter.admit(&jobs).await }.into_actor(self).map(move |admission, act, ctx| {
+            let (admitted, wait) = admission.unwrap_or_else(|e| {
+                // Redis is the limiter's memory; without it, send rather than stall.
+                warn!(act.life.log, "rate limiter unavailable; sending unlimited"; "error" => e.chain());
+                (vec![true; batch.len()], Duration::ZERO)
+            });
+            let mut go = Vec::with_capacity(batch.len());
+            let mut held = Vec::new();
+            for (delivery, ok) in batch.into_iter().zip(admitted) {
+                if ok {
+                    go.push(delivery);
+                } else {
+                    let error = format!("rate limited ({provider})");
+                    held.push(Outcome::Sent {
+                        delivery,
+                        result: SendResult::Deferred { error, after: wait },
+                        latency_ms: 0,
+                    });
+                }
+            }
+            if !held.is_empty() {
+                let (outcomes, log) = (act.outcomes.clone(), act.life.log.clone());
+                ctx.spawn(async move { record(&outcomes, held, &log).await }.into_actor(act));
+            }
+            if !go.is_empty() {
+                act.send_now(go, ctx);
+            }
+        }));
+    }
+
+    fn send_now(&mut self, batch: Vec<Delivery>, ctx: &mut Context<Self>) {
         let outcomes = self.outcomes.clone();
         let log = self.life.log.clone();
         let (circuit, defer) = (self.circuit.clone(), self.defer);
@@ -88,13 +142,17 @@ impl SenderActor {
                     .zip(results)
                     .map(|(delivery, result)| Outcome::Sent { delivery, result, latency_ms })
                     .collect();
-                // If the writer is gone, the entries stay pending and are claimed again later.
-                if let Err(e) = outcomes.addr.send(outcomes.stats.envelope(Record { outcomes: outcomes_batch })).await {
-                    warn!(log, "outcome writer unreachable; entries will be reclaimed"; "error" => %e);
-                }
+                record(&outcomes, outcomes_batch, &log).await;
             }
             .into_actor(self),
         );
+    }
+}
+
+async fn record(outcomes: &Handle<OutcomeWriter>, batch: Vec<Outcome>, log: &slog::Logger) {
+    // If the writer is gone, the entries stay pending and are claimed again later.
+    if let Err(e) = outcomes.addr.send(outcomes.stats.envelope(Record { outcomes: batch })).await {
+        warn!(log, "outcome writer unreachable; entries will be reclaimed"; "error" => %e);
     }
 }
 

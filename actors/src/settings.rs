@@ -59,6 +59,8 @@ pub struct ExpoSettings {
     pub receipt_delay: Duration,
     /// How often the receipt poller looks for due receipts.
     pub receipt_poll: Duration,
+    /// Shared rate limits (0 = unlimited).
+    pub limits: crate::ratelimit::Limits,
 }
 
 /// Exponential backoff with full jitter.

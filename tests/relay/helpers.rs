@@ -67,6 +67,7 @@ pub async fn prepare() -> TestApp {
         ("NOTIFY__WORKER__SENDERS_PER_PROVIDER", "1".into()),
         ("NOTIFY__CIRCUIT__FAILURES", "3".into()),
         ("NOTIFY__PROVIDERS__EXPO__RECEIPT_DELAY_MS", "100".into()),
+        ("NOTIFY__PROVIDERS__EXPO__RATE_PER_SEC", "0".into()),
         ("NOTIFY__PROVIDERS__EXPO__RECEIPT_POLL_MS", "100".into()),
         ("NOTIFY__CIRCUIT__OPEN_MS", "100".into()),
         ("NOTIFY__CIRCUIT__MAX_OPEN_MS", "400".into()),

@@ -7,6 +7,7 @@ mod failures;
 mod faults;
 mod helpers;
 mod idempotency;
+mod limits;
 mod receipts;
 mod recovery;
 mod schema;
