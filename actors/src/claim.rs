@@ -14,7 +14,7 @@ use crate::job::{Delivery, Outcome, SendResult};
 use crate::messages::ClaimStale;
 use crate::registry::Envelope;
 use crate::relay::Entry;
-use crate::supervisor::{guarded, Lifecycle, Shutdown};
+use crate::supervisor::{tick, Lifecycle, Shutdown, Supervisable};
 use actix::prelude::*;
 use slog::{info, warn};
 use std::time::Duration;
@@ -169,18 +169,17 @@ impl Actor for ClaimActor {
     fn started(&mut self, ctx: &mut Context<Self>) {
         ctx.set_mailbox_capacity(self.life.stats.mailbox_capacity);
         let delay = self.life.on_started();
-        ctx.run_later(delay, |act, ctx| {
-            let stats = act.life.stats.clone();
-            ctx.run_interval(act.policy.interval, move |act, ctx| {
-                if !act.shutdown.is_triggered() && stats.mailbox_len() == 0 {
-                    ctx.address().do_send(stats.envelope(ClaimStale));
-                }
-            });
-        });
+        tick(ctx, delay, self.policy.interval, self.life.stats.clone(), self.shutdown.clone(), || ClaimStale);
     }
 
     fn stopped(&mut self, _: &mut Context<Self>) {
         self.life.on_stopped();
+    }
+}
+
+impl Supervisable for ClaimActor {
+    fn life(&mut self) -> &mut Lifecycle {
+        &mut self.life
     }
 }
 
@@ -202,12 +201,6 @@ impl Handler<Envelope<ClaimStale>> for ClaimActor {
             self.policy.max_deliveries,
             self.life.log.clone(),
         );
-        ctx.wait(guarded(fut).into_actor(self).map(|res, act, ctx| match res {
-            Ok(_) => act.life.healthy(),
-            Err(e) => {
-                act.life.failed(&e);
-                ctx.stop();
-            }
-        }));
+        self.run_step(ctx, fut);
     }
 }

@@ -4,8 +4,9 @@
 
 use crate::error::Result;
 use crate::messages::MoveDue;
+use crate::registry::Envelope;
 use crate::relay::Relay;
-use crate::supervisor::{guarded, Lifecycle, Shutdown};
+use crate::supervisor::{tick, Lifecycle, Shutdown, Supervisable};
 use actix::prelude::*;
 use slog::debug;
 use std::time::Duration;
@@ -46,18 +47,17 @@ impl Actor for DelayActor {
     fn started(&mut self, ctx: &mut Context<Self>) {
         ctx.set_mailbox_capacity(self.life.stats.mailbox_capacity);
         let delay = self.life.on_started();
-        ctx.run_later(delay, |act, ctx| {
-            let stats = act.life.stats.clone();
-            ctx.run_interval(act.interval, move |act, ctx| {
-                if !act.shutdown.is_triggered() && stats.mailbox_len() == 0 {
-                    ctx.address().do_send(stats.envelope(MoveDue));
-                }
-            });
-        });
+        tick(ctx, delay, self.interval, self.life.stats.clone(), self.shutdown.clone(), || MoveDue);
     }
 
     fn stopped(&mut self, _: &mut Context<Self>) {
         self.life.on_stopped();
+    }
+}
+
+impl Supervisable for DelayActor {
+    fn life(&mut self) -> &mut Lifecycle {
+        &mut self.life
     }
 }
 
@@ -67,21 +67,17 @@ impl Supervised for DelayActor {
     }
 }
 
-impl Handler<crate::registry::Envelope<MoveDue>> for DelayActor {
+impl Handler<Envelope<MoveDue>> for DelayActor {
     type Result = ();
 
-    fn handle(&mut self, _: crate::registry::Envelope<MoveDue>, ctx: &mut Context<Self>) {
-        ctx.wait(guarded(move_all_due(self.relay.clone())).into_actor(self).map(|res, act, ctx| match res {
-            Ok(moved) => {
-                if moved > 0 {
-                    debug!(act.life.log, "due retries moved to the stream"; "moved" => moved);
-                }
-                act.life.healthy();
+    fn handle(&mut self, _: Envelope<MoveDue>, ctx: &mut Context<Self>) {
+        let (relay, log) = (self.relay.clone(), self.life.log.clone());
+        self.run_step(ctx, async move {
+            let moved = move_all_due(relay).await?;
+            if moved > 0 {
+                debug!(log, "due retries moved to the stream"; "moved" => moved);
             }
-            Err(e) => {
-                act.life.failed(&e);
-                ctx.stop();
-            }
-        }));
+            Ok(moved)
+        });
     }
 }

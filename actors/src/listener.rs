@@ -15,7 +15,7 @@ use crate::messages::{Drain, Sweep};
 use crate::registry::Envelope;
 use crate::relay::Relay;
 use crate::store::{Settled, Store};
-use crate::supervisor::{guarded, Lifecycle, Shutdown};
+use crate::supervisor::{guarded, Lifecycle, Shutdown, Supervisable};
 use actix::prelude::*;
 use futures_util::StreamExt;
 use slog::{info, warn, Logger};
@@ -245,15 +245,9 @@ impl Handler<ListenLost> for ListenerActor {
     }
 }
 
-impl ListenerActor {
-    fn run(&mut self, ctx: &mut Context<Self>, fut: impl std::future::Future<Output = Result<usize>> + 'static) {
-        ctx.wait(guarded(fut).into_actor(self).map(|res, act, ctx| match res {
-            Ok(_) => act.life.healthy(),
-            Err(e) => {
-                act.life.failed(&e);
-                ctx.stop();
-            }
-        }));
+impl Supervisable for ListenerActor {
+    fn life(&mut self) -> &mut Lifecycle {
+        &mut self.life
     }
 }
 
@@ -267,7 +261,7 @@ impl Handler<Envelope<Drain>> for ListenerActor {
             return;
         }
         let fut = self.fanout.clone().drain();
-        self.run(ctx, fut);
+        self.run_step(ctx, fut);
     }
 }
 
@@ -279,6 +273,6 @@ impl Handler<Envelope<Sweep>> for ListenerActor {
             return;
         }
         let fut = self.fanout.clone().sweep(self.stale_after);
-        self.run(ctx, fut);
+        self.run_step(ctx, fut);
     }
 }

@@ -17,7 +17,7 @@ use crate::providers::expo::{ExpoClient, MAX_RECEIPT_IDS};
 use crate::registry::Envelope;
 use crate::relay::{PendingReceipt, Relay};
 use crate::store::Store;
-use crate::supervisor::{guarded, Lifecycle, Shutdown};
+use crate::supervisor::{tick, Lifecycle, Shutdown, Supervisable};
 use actix::prelude::*;
 use slog::{info, warn, Logger};
 use std::rc::Rc;
@@ -114,18 +114,17 @@ impl Actor for ReceiptPoller {
     fn started(&mut self, ctx: &mut Context<Self>) {
         ctx.set_mailbox_capacity(self.life.stats.mailbox_capacity);
         let delay = self.life.on_started();
-        ctx.run_later(delay, |act, ctx| {
-            let stats = act.life.stats.clone();
-            ctx.run_interval(act.interval, move |act, ctx| {
-                if !act.shutdown.is_triggered() && stats.mailbox_len() == 0 {
-                    ctx.address().do_send(stats.envelope(PollReceipts));
-                }
-            });
-        });
+        tick(ctx, delay, self.interval, self.life.stats.clone(), self.shutdown.clone(), || PollReceipts);
     }
 
     fn stopped(&mut self, _: &mut Context<Self>) {
         self.life.on_stopped();
+    }
+}
+
+impl Supervisable for ReceiptPoller {
+    fn life(&mut self) -> &mut Lifecycle {
+        &mut self.life
     }
 }
 
@@ -139,13 +138,7 @@ impl Handler<Envelope<PollReceipts>> for ReceiptPoller {
     type Result = ();
 
     fn handle(&mut self, _: Envelope<PollReceipts>, ctx: &mut Context<Self>) {
-        let fut = guarded(poll(self.client.clone(), self.relay.clone(), self.store.clone(), self.life.log.clone()));
-        ctx.wait(fut.into_actor(self).map(|res, act, ctx| match res {
-            Ok(_) => act.life.healthy(),
-            Err(e) => {
-                act.life.failed(&e);
-                ctx.stop();
-            }
-        }));
+        let fut = poll(self.client.clone(), self.relay.clone(), self.store.clone(), self.life.log.clone());
+        self.run_step(ctx, fut);
     }
 }

@@ -9,7 +9,7 @@ use crate::events;
 use crate::messages::Prune;
 use crate::registry::Envelope;
 use crate::store::Store;
-use crate::supervisor::{guarded, Lifecycle, Shutdown};
+use crate::supervisor::{tick, Lifecycle, Shutdown, Supervisable};
 use actix::prelude::*;
 use slog::info;
 use std::time::Duration;
@@ -60,19 +60,17 @@ impl Actor for RetentionActor {
         if self.policy.final_after_days == 0 {
             return;
         }
-        ctx.run_later(delay, |act, ctx| {
-            let stats = act.life.stats.clone();
-            ctx.address().do_send(stats.envelope(Prune));
-            ctx.run_interval(act.policy.interval, move |act, ctx| {
-                if !act.shutdown.is_triggered() && stats.mailbox_len() == 0 {
-                    ctx.address().do_send(stats.envelope(Prune));
-                }
-            });
-        });
+        tick(ctx, delay, self.policy.interval, self.life.stats.clone(), self.shutdown.clone(), || Prune);
     }
 
     fn stopped(&mut self, _: &mut Context<Self>) {
         self.life.on_stopped();
+    }
+}
+
+impl Supervisable for RetentionActor {
+    fn life(&mut self) -> &mut Lifecycle {
+        &mut self.life
     }
 }
 
@@ -86,13 +84,7 @@ impl Handler<Envelope<Prune>> for RetentionActor {
     type Result = ();
 
     fn handle(&mut self, _: Envelope<Prune>, ctx: &mut Context<Self>) {
-        let fut = guarded(prune(self.store.clone(), self.policy, self.life.log.clone()));
-        ctx.wait(fut.into_actor(self).map(|res, act, ctx| match res {
-            Ok(_) => act.life.healthy(),
-            Err(e) => {
-                act.life.failed(&e);
-                ctx.stop();
-            }
-        }));
+        let fut = prune(self.store.clone(), self.policy, self.life.log.clone());
+        self.run_step(ctx, fut);
     }
 }

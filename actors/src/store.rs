@@ -310,18 +310,7 @@ impl Store {
             let errs: Vec<&str> = rows.failed.iter().map(|r| r.2.as_str()).collect();
             tx.execute(&stmt, &[&n, &dev, &attempts, &errs]).await?;
         }
-        if !rows.disable_devices.is_empty() {
-            let stmt = tx
-                .prepare_cached(
-                    "UPDATE device d SET disabled_at = now(), disabled_reason = u.reason
-                       FROM unnest($1::uuid[], $2::text[]) AS u(id, reason)
-                      WHERE d.id = u.id AND d.disabled_at IS NULL",
-                )
-                .await?;
-            let ids: Vec<Uuid> = rows.disable_devices.iter().map(|r| r.0).collect();
-            let reasons: Vec<&str> = rows.disable_devices.iter().map(|r| r.1.as_str()).collect();
-            tx.execute(&stmt, &[&ids, &reasons]).await?;
-        }
+        disable_devices(&tx, rows.disable_devices.iter().map(|(id, reason)| (*id, reason.as_str()))).await?;
         if !rows.used_devices.is_empty() {
             // Refreshed at most once a minute per device: a busy device is not rewritten per push.
             let stmt = tx
@@ -464,22 +453,31 @@ impl Store {
         let (n, dev) = split_targets(errors.iter().map(|e| e.0));
         let errs: Vec<&str> = errors.iter().map(|e| e.1.as_str()).collect();
         tx.execute(&stmt, &[&n, &dev, &errs]).await?;
-        let dead: Vec<&(Target, String, bool)> = errors.iter().filter(|e| e.2).collect();
-        if !dead.is_empty() {
-            let stmt = tx
-                .prepare_cached(
-                    "UPDATE device d SET disabled_at = now(), disabled_reason = u.reason
-                       FROM unnest($1::uuid[], $2::text[]) AS u(id, reason)
-                      WHERE d.id = u.id AND d.disabled_at IS NULL",
-                )
-                .await?;
-            let ids: Vec<Uuid> = dead.iter().map(|e| e.0 .1).collect();
-            let reasons: Vec<&str> = dead.iter().map(|e| e.1.as_str()).collect();
-            tx.execute(&stmt, &[&ids, &reasons]).await?;
-        }
+        disable_devices(&tx, errors.iter().filter(|e| e.2).map(|((_, device), reason, _)| (*device, reason.as_str())))
+            .await?;
         tx.commit().await?;
         Ok(())
     }
+}
+
+/// Disables devices whose provider said their token is dead (once: the first reason stays).
+async fn disable_devices<'a>(
+    tx: &deadpool_postgres::Transaction<'_>,
+    devices: impl Iterator<Item = (Uuid, &'a str)>,
+) -> Result<()> {
+    let (ids, reasons): (Vec<Uuid>, Vec<&str>) = devices.unzip();
+    if ids.is_empty() {
+        return Ok(());
+    }
+    let stmt = tx
+        .prepare_cached(
+            "UPDATE device d SET disabled_at = now(), disabled_reason = u.reason
+               FROM unnest($1::uuid[], $2::text[]) AS u(id, reason)
+              WHERE d.id = u.id AND d.disabled_at IS NULL",
+        )
+        .await?;
+    tx.execute(&stmt, &[&ids, &reasons]).await?;
+    Ok(())
 }
 
 /// Applies the status rule to these notifications: `delivered` once any target is delivered,

@@ -10,7 +10,8 @@
 
 use crate::error::{EngineError, Result};
 use crate::events;
-use crate::registry::ActorStats;
+use crate::registry::{ActorStats, Envelope};
+use actix::prelude::*;
 use backon::{BackoffBuilder, ExponentialBackoff, ExponentialBuilder};
 use futures_util::FutureExt;
 use slog::{error, info, Logger};
@@ -80,6 +81,45 @@ fn backoff() -> ExponentialBackoff {
         .with_jitter()
         .without_max_times()
         .build()
+}
+
+/// An actor that carries a [`Lifecycle`].
+pub trait Supervisable: Actor<Context = Context<Self>> + Sized {
+    fn life(&mut self) -> &mut Lifecycle;
+
+    /// Runs one step of the actor's work with its mailbox held (`ctx.wait`): a failure — or a
+    /// panic inside — stops the actor for a restart with backoff; a success resets the backoff.
+    fn run_step<T: 'static>(&mut self, ctx: &mut Context<Self>, fut: impl Future<Output = Result<T>> + 'static) {
+        ctx.wait(guarded(fut).into_actor(self).map(|res, act, ctx| match res {
+            Ok(_) => act.life().healthy(),
+            Err(e) => {
+                act.life().failed(&e);
+                ctx.stop();
+            }
+        }));
+    }
+}
+
+/// After `delay`, sends the actor `msg()` every `interval`, skipping a tick while the previous
+/// one still waits in the mailbox, and every tick once the process shuts down.
+pub fn tick<A, M>(
+    ctx: &mut Context<A>,
+    delay: Duration,
+    interval: Duration,
+    stats: Arc<ActorStats>,
+    shutdown: Shutdown,
+    msg: fn() -> M,
+) where
+    A: Actor<Context = Context<A>> + Handler<Envelope<M>>,
+    M: Message<Result = ()> + Send + 'static,
+{
+    ctx.run_later(delay, move |_, ctx| {
+        ctx.run_interval(interval, move |_, ctx| {
+            if !shutdown.is_triggered() && stats.mailbox_len() == 0 {
+                ctx.address().do_send(stats.envelope(msg()));
+            }
+        });
+    });
 }
 
 /// Set once the process is shutting down: readers stop reading, the listener stops claiming.

@@ -55,8 +55,11 @@ async fn unknown_routes_answer_a_json_404() {
 }
 
 #[actix_web::test]
-async fn readyz_turns_503_when_the_consumer_group_disappears_and_recovers() {
-    let app = spawn_app().await;
+async fn readyz_turns_503_when_a_consumer_group_is_missing() {
+    // API only: no reader that would recreate the group behind the test's back.
+    let mut app = crate::helpers::prepare().await;
+    app.start_with(notify_relay::startup::ProcessRoles::parse("api").unwrap()).await;
+    assert_eq!(app.get("/readyz", None).await.0, 200);
     let mut conn = app.redis.clone();
     let _: () = redis::cmd("XGROUP")
         .arg("DESTROY")
@@ -67,13 +70,29 @@ async fn readyz_turns_503_when_the_consumer_group_disappears_and_recovers() {
         .unwrap();
 
     let (status, body) = app.get("/readyz", None).await;
+
     assert_eq!(status, 503);
     assert_eq!(body["consumer_groups"], false);
+    assert_eq!(body["migrations"], true);
+    app.cleanup().await;
+}
 
-    // The stream reader meets NOGROUP on its next read and recreates the group.
-    crate::helpers::eventually(std::time::Duration::from_secs(10), || async {
-        (app.get("/readyz", None).await.0 == 200).then_some(())
-    })
-    .await;
+#[actix_web::test]
+async fn a_destroyed_consumer_group_is_recreated_and_delivery_goes_on() {
+    let app = spawn_app().await;
+    app.add_device("gus", "expo", "ExponentPushToken[gus]").await;
+    let mut conn = app.redis.clone();
+    let _: () = redis::cmd("XGROUP")
+        .arg("DESTROY")
+        .arg(app.keys.stream(0))
+        .arg(actors::keys::GROUP)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+
+    let id = app.notify("gus", serde_json::json!({"title": "after NOGROUP"})).await;
+
+    assert_eq!(app.final_status(id).await.0, "delivered");
+    assert_eq!(app.get("/readyz", None).await.0, 200);
     app.cleanup().await;
 }
