@@ -152,3 +152,47 @@ async fn large_requests_are_sent_gzip_compressed_and_small_ones_plain() {
     assert_eq!(sent.last().unwrap().body.as_deref(), Some("x".repeat(2000).as_str()), "decompressed intact");
     app.cleanup().await;
 }
+
+#[actix_web::test]
+async fn the_expo_access_token_is_sent_as_a_bearer_token() {
+    let mut app = crate::helpers::prepare().await;
+    let secured = notify_relay::mock::expo::ExpoEmulator::start("127.0.0.1:0", Some("s3cret".into())).await.unwrap();
+    app.env.insert("NOTIFY__PROVIDERS__EXPO__BASE_URL".into(), secured.url());
+    app.env.insert("NOTIFY__PROVIDERS__EXPO__ACCESS_TOKEN".into(), "s3cret".into());
+    app.start().await;
+    app.add_device("ann", "expo", "ExponentPushToken[ann]").await;
+
+    let id = app.notify("ann", json!({"title": "with enhanced push security"})).await;
+
+    assert_eq!(app.final_status(id).await.0, "delivered");
+    assert_eq!(secured.sent_count(), 1);
+    secured.stop().await;
+    app.cleanup().await;
+}
+
+#[actix_web::test]
+async fn a_refused_access_token_opens_the_circuit_and_disables_no_device() {
+    let mut app = crate::helpers::prepare().await;
+    let secured = notify_relay::mock::expo::ExpoEmulator::start("127.0.0.1:0", Some("s3cret".into())).await.unwrap();
+    app.env.insert("NOTIFY__PROVIDERS__EXPO__BASE_URL".into(), secured.url());
+    app.env.insert("NOTIFY__PROVIDERS__EXPO__ACCESS_TOKEN".into(), "wrong".into());
+    app.start().await;
+    app.add_device("ben", "expo", "ExponentPushToken[ben]").await;
+
+    let id = app.notify("ben", json!({"title": "refused"})).await;
+
+    // Deliveries are only deferred while the circuit is open.
+    crate::helpers::eventually(std::time::Duration::from_secs(10), || async {
+        (app.redis_counter("DEFERRED").await >= 1).then_some(())
+    })
+    .await;
+    let (status, attempts, error) = app.status(id).await;
+    assert_eq!(status, "retrying", "credentials are the project's problem: nothing fails for good");
+    assert!(attempts <= 3, "the open circuit stops spending attempts: {attempts}");
+    let error = error.unwrap();
+    assert!(error.contains("HTTP 401 UNAUTHORIZED") || error.contains("circuit open for expo"), "{error}");
+    assert_eq!(app.count("SELECT count(*) FROM device WHERE disabled_at IS NOT NULL").await, 0);
+    assert_eq!(secured.sent_count(), 0);
+    secured.stop().await;
+    app.cleanup().await;
+}

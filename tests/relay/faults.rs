@@ -108,7 +108,6 @@ async fn a_provider_outage_longer_than_every_retry_delay_keeps_the_attempts() {
     assert_eq!(app.count("SELECT count(*) FROM notification WHERE status = 'delivered'").await, 200);
     let most = app.count("SELECT max(attempt_count)::int8 FROM delivery").await;
     assert!(most <= 3, "the open circuit kept the attempts: at most {most}");
-    assert!(app.redis_counter("CIRCUIT_OPEN").await >= 1 || app.redis_counter("DEFERRED").await > 0);
     assert!(app.redis_counter("DEFERRED").await > 0, "deliveries waited without spending attempts");
     assert_eq!(app.duplicate_sends(), 0);
     app.cleanup().await;
