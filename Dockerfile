@@ -6,9 +6,9 @@
 #
 # The build stage needs BuildKit (the default builder since Docker 23) for the cache mounts.
 
-# Cargo.lock needs Rust >= 1.89 (actix-web 4.18, actix-http 3.20, uuid 1.29), although
-# Cargo.toml still says rust-version 1.85. Pin e.g. --build-arg RUST_VERSION=1.89 for
-# reproducible builds; the default follows the latest stable 1.x.
+# Cargo.lock needs Rust >= 1.89 (actix-web 4.18, actix-http 3.20, uuid 1.29; Cargo.toml says
+# rust-version 1.89). Pin e.g. --build-arg RUST_VERSION=1.89 for reproducible builds; the default
+# follows the latest stable 1.x.
 ARG RUST_VERSION=1
 
 # ---- build -------------------------------------------------------------------------------

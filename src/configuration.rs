@@ -522,6 +522,12 @@ mod tests {
     }
 
     #[test]
+    fn a_tls_redis_url_is_accepted() {
+        let s = Settings::load(None, &env(&[("REDIS_URL", "rediss://user:pw@redis.example.com:6380")])).unwrap();
+        assert!(s.redis.url.expose().starts_with("rediss://"));
+    }
+
+    #[test]
     fn unknown_keys_are_rejected() {
         let err = error(&[("NOTIFY__RETRY__MAX_ATEMPTS", "3")]);
         assert!(err.contains("max_atempts"), "{err}");
