@@ -60,14 +60,7 @@ async fn readyz_turns_503_when_a_consumer_group_is_missing() {
     let mut app = crate::helpers::prepare().await;
     app.start_with(notify_relay::startup::ProcessRoles::parse("api").unwrap()).await;
     assert_eq!(app.get("/readyz", None).await.0, 200);
-    let mut conn = app.redis.clone();
-    let _: () = redis::cmd("XGROUP")
-        .arg("DESTROY")
-        .arg(app.keys.stream(0))
-        .arg(actors::keys::GROUP)
-        .query_async(&mut conn)
-        .await
-        .unwrap();
+    app.destroy_group().await;
 
     let (status, body) = app.get("/readyz", None).await;
 
@@ -81,14 +74,7 @@ async fn readyz_turns_503_when_a_consumer_group_is_missing() {
 async fn a_destroyed_consumer_group_is_recreated_and_delivery_goes_on() {
     let app = spawn_app().await;
     app.add_device("gus", "expo", "ExponentPushToken[gus]").await;
-    let mut conn = app.redis.clone();
-    let _: () = redis::cmd("XGROUP")
-        .arg("DESTROY")
-        .arg(app.keys.stream(0))
-        .arg(actors::keys::GROUP)
-        .query_async(&mut conn)
-        .await
-        .unwrap();
+    app.destroy_group().await;
 
     let id = app.notify("gus", serde_json::json!({"title": "after NOGROUP"})).await;
 

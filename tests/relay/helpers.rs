@@ -234,6 +234,65 @@ impl TestApp {
         (status, body)
     }
 
+    /// A target as a consumer that then died leaves it: the notification `queued` in Postgres
+    /// with its delivery row, and its entry in shard 0 read by `dead-0` and never acknowledged.
+    /// The write and the read are one `MULTI`, so the live readers never see the entry as new.
+    /// Returns (notification, device).
+    pub async fn orphaned_entry(&self, user: &str, token: &str, payload: Value) -> (Uuid, Uuid) {
+        let device = self.add_device(user, "expo", token).await;
+        let id: Uuid = self
+            .db
+            .query_one(
+                "INSERT INTO notification (user_id, type, status) VALUES ($1, 't', 'queued') RETURNING id",
+                &[&user],
+            )
+            .await
+            .expect("queued notification")
+            .get(0);
+        self.db
+            .execute(
+                "INSERT INTO delivery (notification_id, device_id, provider) VALUES ($1, $2, 'expo')",
+                &[&id, &device],
+            )
+            .await
+            .expect("delivery row");
+        let job = expo_job(id, device, user, token, payload);
+        let stream = self.keys.stream(0);
+        let mut conn = self.redis.clone();
+        let _: redis::Value = redis::pipe()
+            .atomic()
+            .cmd("XADD")
+            .arg(&stream)
+            .arg("*")
+            .arg("job")
+            .arg(job.to_json())
+            .cmd("XREADGROUP")
+            .arg("GROUP")
+            .arg(actors::keys::GROUP)
+            .arg("dead-0")
+            .arg("COUNT")
+            .arg(1)
+            .arg("STREAMS")
+            .arg(&stream)
+            .arg(">")
+            .query_async(&mut conn)
+            .await
+            .expect("orphaned entry");
+        (id, device)
+    }
+
+    /// Destroys shard 0's consumer group, as a Redis flush or an operator mistake would.
+    pub async fn destroy_group(&self) {
+        let mut conn = self.redis.clone();
+        let _: () = redis::cmd("XGROUP")
+            .arg("DESTROY")
+            .arg(self.keys.stream(0))
+            .arg(actors::keys::GROUP)
+            .query_async(&mut conn)
+            .await
+            .expect("XGROUP DESTROY");
+    }
+
     /// Entries of shard 0 read by a consumer and not yet acknowledged.
     pub async fn pending_entries(&self) -> i64 {
         let mut conn = self.redis.clone();

@@ -42,41 +42,8 @@ async fn the_listener_reconnects_after_its_connection_is_terminated() {
 #[actix_web::test]
 async fn an_entry_left_pending_by_a_dead_consumer_is_claimed_and_delivered() {
     let app = spawn_app().await;
-    let device = app.add_device("pete", "expo", "ExponentPushToken[pete]").await;
-    // A notification that is queued in Postgres, whose entry a consumer read and then died with.
-    let id: uuid::Uuid = app
-        .db
-        .query_one("INSERT INTO notification (user_id, type, status) VALUES ('pete', 't', 'queued') RETURNING id", &[])
-        .await
-        .unwrap()
-        .get(0);
-    app.db
-        .execute("INSERT INTO delivery (notification_id, device_id, provider) VALUES ($1, $2, 'expo')", &[&id, &device])
-        .await
-        .unwrap();
-    let job = crate::helpers::expo_job(id, device, "pete", "ExponentPushToken[pete]", json!({"title": "orphaned"}));
-    // Keep the live readers away from it: write it and read it as "dead-consumer" atomically.
-    let mut conn = app.redis.clone();
-    let stream = app.keys.stream(0);
-    let _: redis::Value = redis::pipe()
-        .atomic()
-        .cmd("XADD")
-        .arg(&stream)
-        .arg("*")
-        .arg("job")
-        .arg(job.to_json())
-        .cmd("XREADGROUP")
-        .arg("GROUP")
-        .arg(actors::keys::GROUP)
-        .arg("dead-consumer")
-        .arg("COUNT")
-        .arg(1)
-        .arg("STREAMS")
-        .arg(&stream)
-        .arg(">")
-        .query_async(&mut conn)
-        .await
-        .unwrap();
+    // A notification queued in Postgres, whose entry a consumer read and then died with.
+    let (id, _) = app.orphaned_entry("pete", "ExponentPushToken[pete]", json!({"title": "orphaned"})).await;
     assert_eq!(app.pending_entries().await, 1);
 
     // claim.min_idle_ms is 2.5 s in the tests.
@@ -151,41 +118,11 @@ async fn a_stream_reader_whose_connection_is_killed_is_restarted_and_delivery_go
 #[actix_web::test]
 async fn an_entry_handed_out_max_deliveries_times_is_dead_lettered_not_sent() {
     let app = spawn_app().await;
-    let device = app.add_device("sam", "expo", "ExponentPushToken[sam]").await;
-    let id: uuid::Uuid = app
-        .db
-        .query_one("INSERT INTO notification (user_id, type, status) VALUES ('sam', 't', 'queued') RETURNING id", &[])
-        .await
-        .unwrap()
-        .get(0);
-    app.db
-        .execute("INSERT INTO delivery (notification_id, device_id, provider) VALUES ($1, $2, 'expo')", &[&id, &device])
-        .await
-        .unwrap();
-    let job = crate::helpers::expo_job(id, device, "sam", "ExponentPushToken[sam]", json!({"title": "poison"}));
-    // Handed out five times (one read, four claims by consumers that then died), atomically so
-    // that the live readers never see it as new.
+    // Handed out five times: one read by a consumer that died, then four claims by consumers
+    // that died too.
+    let (id, _) = app.orphaned_entry("sam", "ExponentPushToken[sam]", json!({"title": "poison"})).await;
     let stream = app.keys.stream(0);
     let mut conn = app.redis.clone();
-    let _: redis::Value = redis::pipe()
-        .atomic()
-        .cmd("XADD")
-        .arg(&stream)
-        .arg("*")
-        .arg("job")
-        .arg(job.to_json())
-        .cmd("XREADGROUP")
-        .arg("GROUP")
-        .arg(actors::keys::GROUP)
-        .arg("dead-0")
-        .arg("COUNT")
-        .arg(1)
-        .arg("STREAMS")
-        .arg(&stream)
-        .arg(">")
-        .query_async(&mut conn)
-        .await
-        .unwrap();
     let pending: Vec<(String, String, u64, u64)> = redis::cmd("XPENDING")
         .arg(&stream)
         .arg(actors::keys::GROUP)
