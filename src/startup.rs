@@ -95,7 +95,7 @@ impl Application {
         let relay = Relay::connect(settings.redis.url.expose(), keys, settings.redis.dlq_max_len).await?;
         warn_if_relay_keys_can_be_evicted(&relay, &log).await;
 
-        let engine_settings = settings.engine(roles.engine, consumer);
+        let engine_settings = settings.engine(roles.engine, consumer)?;
         let engine =
             Engine::start(engine_settings, store.clone(), relay.clone(), settings.pg_config()?, log.clone()).await?;
 

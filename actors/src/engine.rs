@@ -15,14 +15,13 @@ use crate::circuit::Circuit;
 use crate::claim::{ClaimActor, ClaimPolicy};
 use crate::delay::DelayActor;
 use crate::dispatcher::{Dispatcher, Handle, SenderPool};
-use crate::error::Result;
+use crate::error::{EngineError, Result};
 use crate::inflight::InFlight;
 use crate::job::Provider;
 use crate::listener::{Fanout, ListenerActor};
 use crate::messages::Flush;
 use crate::outcome::OutcomeWriter;
 use crate::providers::expo::ExpoClient;
-use crate::providers::ClientFactory;
 use crate::ratelimit::RateLimiter;
 use crate::receipts::ReceiptPoller;
 use crate::registry::Registry;
@@ -71,6 +70,7 @@ impl Engine {
         let mut arbiters = Vec::new();
         let life = |name: String, kind: &'static str| Lifecycle::new(registry.register(name, kind, MAILBOX), &log);
 
+        let providers = crate::providers::enabled(&settings).map_err(EngineError::Provider)?;
         // The groups exist before anyone reads, and `/readyz` can rely on them.
         relay.ensure_groups().await?;
 
@@ -86,28 +86,26 @@ impl Engine {
             let writer = Handle { addr, stats };
 
             let mut pools = HashMap::new();
-            if let Some(expo) = settings.expo.clone() {
-                let limits = expo.limits;
-                let factory: ClientFactory = Arc::new(move || Box::new(ExpoClient::new(&expo)));
+            for p in &providers {
                 let guards = SendGuards {
-                    circuit: Circuit::new(Provider::Expo, settings.circuit, &log),
+                    circuit: Circuit::new(p.provider, settings.circuit, &log),
                     defer: settings.circuit.open,
-                    limiter: (limits.per_sec > 0 || limits.device_per_sec > 0)
-                        .then(|| RateLimiter::new(relay.clone(), Provider::Expo, limits)),
+                    limiter: (p.limits.per_sec > 0 || p.limits.device_per_sec > 0)
+                        .then(|| RateLimiter::new(relay.clone(), p.provider, p.limits)),
                 };
                 let mut senders = Vec::new();
                 for i in 0..settings.senders_per_provider.max(1) {
                     let arbiter = Arbiter::new();
-                    let sender_life = life(format!("sender-expo-{i}"), "sender");
+                    let sender_life = life(format!("sender-{}-{i}", p.provider), "sender");
                     let stats = sender_life.stats.clone();
-                    let (factory, writer, guards) = (factory.clone(), writer.clone(), guards.clone());
+                    let (factory, writer, guards) = (p.factory.clone(), writer.clone(), guards.clone());
                     let addr = Supervisor::start_in_arbiter(&arbiter.handle(), move |_| {
                         SenderActor::new(sender_life, &factory, writer, guards)
                     });
                     senders.push(Handle { addr, stats });
                     arbiters.push(arbiter);
                 }
-                pools.insert(Provider::Expo, SenderPool::new(senders));
+                pools.insert(p.provider, SenderPool::new(senders));
             }
             dispatcher = Some(Dispatcher {
                 pools,
@@ -158,10 +156,7 @@ impl Engine {
 
         if settings.roles.listener {
             let listener_life = life("listener".into(), "listener");
-            let mut enabled = HashSet::new();
-            if settings.expo.is_some() {
-                enabled.insert(Provider::Expo);
-            }
+            let enabled: HashSet<Provider> = providers.iter().map(|p| p.provider).collect();
             let fanout = Fanout {
                 store: store.clone(),
                 relay: relay.clone(),

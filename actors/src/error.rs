@@ -15,6 +15,8 @@ pub enum EngineError {
     ListenLost(String),
     #[error("panicked: {0}")]
     Panic(String),
+    #[error("provider configuration: {0}")]
+    Provider(String),
 }
 
 pub type Result<T, E = EngineError> = std::result::Result<T, E>;

@@ -42,6 +42,9 @@ pub struct EngineSettings {
     /// How often due retries are moved from the delayed set back to the stream.
     pub delay_poll_interval: Duration,
     pub expo: Option<ExpoSettings>,
+    pub fcm: Option<FcmSettings>,
+    pub apns: Option<ApnsSettings>,
+    pub email: Option<EmailSettings>,
     /// SenderActors per provider.
     pub senders_per_provider: usize,
 }
@@ -61,6 +64,76 @@ pub struct ExpoSettings {
     pub receipt_poll: Duration,
     /// Shared rate limits (0 = unlimited).
     pub limits: crate::ratelimit::Limits,
+}
+
+/// FCM HTTP v1. The service account (from `providers.fcm.service_account_file` or
+/// `.service_account_json`) gives the project, the signing key and the token endpoint.
+#[derive(Debug, Clone)]
+pub struct FcmSettings {
+    /// e.g. `https://fcm.googleapis.com`; `/v1/projects/{project}/messages:send` is appended.
+    pub base_url: String,
+    pub account: crate::providers::fcm::ServiceAccount,
+    pub timeout: Duration,
+    /// How long a sender waits to gather messages it then sends concurrently.
+    pub flush_after: Duration,
+    pub limits: crate::ratelimit::Limits,
+}
+
+/// APNs with a token-based (.p8) connection.
+#[derive(Clone)]
+pub struct ApnsSettings {
+    /// `https://api.push.apple.com` or `https://api.sandbox.push.apple.com`, or an emulator.
+    pub base_url: String,
+    /// The .p8 signing key (PKCS#8 PEM, P-256).
+    pub key_pem: String,
+    /// The key's 10-character id (JWT header `kid`).
+    pub key_id: String,
+    /// The developer team id (JWT claim `iss`).
+    pub team_id: String,
+    /// The app's bundle id (`apns-topic`).
+    pub topic: String,
+    /// Extra trusted CA certificates (PEM), for private gateways and the emulator.
+    pub ca_pem: Option<Vec<u8>>,
+    pub timeout: Duration,
+    pub flush_after: Duration,
+    pub limits: crate::ratelimit::Limits,
+}
+
+impl std::fmt::Debug for ApnsSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ApnsSettings")
+            .field("base_url", &self.base_url)
+            .field("key_pem", &"[redacted]")
+            .field("key_id", &self.key_id)
+            .field("team_id", &self.team_id)
+            .field("topic", &self.topic)
+            .field("timeout", &self.timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Email through an SMTP relay.
+#[derive(Clone)]
+pub struct EmailSettings {
+    /// `smtp://host:port` (plain, local relays), `smtp://…?tls=starttls`, `smtps://…`;
+    /// credentials in the URL's user info.
+    pub smtp_url: String,
+    /// The `From:` mailbox, e.g. `Notifications <no-reply@example.com>`.
+    pub from: String,
+    /// Extra trusted CA certificates (PEM) for the relay's certificate.
+    pub ca_pem: Option<Vec<u8>>,
+    pub timeout: Duration,
+    pub flush_after: Duration,
+    /// SMTP connections kept open per sender.
+    pub connections: u32,
+    pub limits: crate::ratelimit::Limits,
+}
+
+impl std::fmt::Debug for EmailSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The URL carries the credentials.
+        f.debug_struct("EmailSettings").field("from", &self.from).field("timeout", &self.timeout).finish_non_exhaustive()
+    }
 }
 
 /// Exponential backoff with full jitter.

@@ -2,10 +2,14 @@
 //! answer is classified (see PROVIDERS.md).
 
 pub mod expo;
+pub mod fcm;
 
 use crate::circuit::Health;
 use crate::job::{Job, Provider, SendResult};
+use crate::ratelimit::Limits;
+use crate::settings::EngineSettings;
 use futures_util::future::LocalBoxFuture;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// One provider's client, owned by a SenderActor on its own arbiter (awc clients are `!Send`).
@@ -36,3 +40,47 @@ impl Response {
 
 /// Builds a client; called on the sender's arbiter thread.
 pub type ClientFactory = std::sync::Arc<dyn Fn() -> Box<dyn ProviderClient> + Send + Sync>;
+
+/// A provider this process sends through: how to build its clients, and its shared limits.
+pub struct EnabledProvider {
+    pub provider: Provider,
+    pub factory: ClientFactory,
+    pub limits: Limits,
+}
+
+/// The providers enabled in `settings`. Everything the clients share (parsed keys, the FCM
+/// OAuth token cache) is built here once, so the senders of one provider share it.
+pub fn enabled(settings: &EngineSettings) -> Result<Vec<EnabledProvider>, String> {
+    let mut enabled = Vec::new();
+    if let Some(expo) = settings.expo.clone() {
+        let limits = expo.limits;
+        let factory: ClientFactory = Arc::new(move || Box::new(expo::ExpoClient::new(&expo)));
+        enabled.push(EnabledProvider { provider: Provider::Expo, factory, limits });
+    }
+    // FCM_ENABLED
+    Ok(enabled)
+}
+
+/// `Retry-After`: delay-seconds or an HTTP-date.
+pub fn retry_after(headers: &awc::http::header::HeaderMap) -> Option<Duration> {
+    let value = headers.get("retry-after")?.to_str().ok()?.trim();
+    if let Ok(secs) = value.parse::<u64>() {
+        return Some(Duration::from_secs(secs));
+    }
+    let at = chrono::DateTime::parse_from_rfc2822(value).ok()?;
+    let wait = at.signed_duration_since(chrono::Utc::now()).to_std().unwrap_or(Duration::ZERO);
+    Some(wait)
+}
+
+/// Several requests (one per message) as one [`Response`]: the provider is in trouble when any
+/// request was refused for credentials, or when every request failed for an outage.
+pub fn combine(outcomes: Vec<(SendResult, Health)>) -> Response {
+    let auth = outcomes.iter().find_map(|(_, h)| matches!(h, Health::AuthFailure(_)).then(|| h.clone()));
+    let all_out = !outcomes.is_empty() && outcomes.iter().all(|(_, h)| matches!(h, Health::Outage(_)));
+    let health = match (auth, all_out) {
+        (Some(auth), _) => auth,
+        (None, true) => outcomes[0].1.clone(),
+        (None, false) => Health::Up,
+    };
+    Response { results: outcomes.into_iter().map(|(r, _)| r).collect(), health }
+}

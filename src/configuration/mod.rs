@@ -4,7 +4,11 @@
 //! stops the process with a message naming its key. Secrets are wrapped in [`Secret`] so they
 //! cannot reach a log.
 
-use actors::settings::{EngineSettings, ExpoSettings, RetryPolicy, Roles};
+mod providers;
+
+pub use providers::ProvidersSettings;
+
+use actors::settings::{EngineSettings, RetryPolicy, Roles};
 use config::{Config, Environment, File, FileFormat};
 use serde::Deserialize;
 use std::collections::HashMap;
@@ -13,7 +17,7 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
-const DEFAULTS: &str = include_str!("../config/default.toml");
+const DEFAULTS: &str = include_str!("../../config/default.toml");
 
 /// A value that must never be printed: `Debug` and `Display` show `[redacted]`.
 #[derive(Clone, Deserialize, PartialEq, Eq)]
@@ -166,34 +170,6 @@ pub struct SchedulerSettings {
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct ProvidersSettings {
-    pub expo: ExpoProviderSettings,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ExpoProviderSettings {
-    pub enabled: bool,
-    /// `https://exp.host`, or an emulator.
-    pub base_url: String,
-    /// Only with Expo's "enhanced push security".
-    pub access_token: Option<Secret>,
-    /// Request timeout, in ms.
-    pub timeout_ms: u64,
-    /// How long a sender waits to fill a 100-message request, in ms.
-    pub flush_after_ms: u64,
-    /// How long after a ticket its receipt is fetched, in ms (Expo: ~15 minutes).
-    pub receipt_delay_ms: u64,
-    /// How often due receipts are looked for, in ms.
-    pub receipt_poll_ms: u64,
-    /// Sends per second for the whole project, shared by every worker (0 = unlimited).
-    pub rate_per_sec: u32,
-    /// Sends per second to one device (0 = unlimited).
-    pub device_rate_per_sec: u32,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct HttpSettings {
     /// API listen address.
     pub addr: String,
@@ -340,29 +316,9 @@ impl Settings {
         if self.scheduler.delay_poll_ms < 10 {
             return Err(invalid("scheduler.delay_poll_ms", "must be at least 10"));
         }
-        let expo = &self.providers.expo;
-        if expo.enabled {
-            if !(expo.base_url.starts_with("http://") || expo.base_url.starts_with("https://")) {
-                return Err(invalid(
-                    "providers.expo.base_url",
-                    format!("must be an http(s) URL, got '{}'", expo.base_url),
-                ));
-            }
-            if expo.timeout_ms == 0 {
-                return Err(invalid("providers.expo.timeout_ms", "must be at least 1"));
-            }
-            if expo.receipt_poll_ms < 50 {
-                return Err(invalid("providers.expo.receipt_poll_ms", "must be at least 50"));
-            }
-            if expo.receipt_delay_ms >= 24 * 3600 * 1000 {
-                return Err(invalid(
-                    "providers.expo.receipt_delay_ms",
-                    "must be under 24 h (Expo keeps receipts a day)",
-                ));
-            }
-        }
+        self.providers.validate()?;
         // A send still running must never be claimed and sent a second time in parallel.
-        if let Some(longest) = self.longest_provider_timeout_ms() {
+        if let Some(longest) = self.providers.longest_timeout_ms() {
             if self.claim.min_idle_ms <= longest {
                 return Err(invalid(
                     "claim.min_idle_ms",
@@ -384,11 +340,6 @@ impl Settings {
         self.http_addr()?;
         self.log_level()?;
         Ok(())
-    }
-
-    fn longest_provider_timeout_ms(&self) -> Option<u64> {
-        let expo = &self.providers.expo;
-        expo.enabled.then_some(expo.timeout_ms)
     }
 
     pub fn pg_config(&self) -> Result<tokio_postgres::Config, ConfigError> {
@@ -419,10 +370,11 @@ impl Settings {
         Duration::from_millis(self.shutdown.grace_ms)
     }
 
-    /// What the engine needs, for the given roles and consumer name.
-    pub fn engine(&self, roles: Roles, consumer: String) -> EngineSettings {
-        let expo = &self.providers.expo;
-        EngineSettings {
+    /// What the engine needs, for the given roles and consumer name. Reads the provider
+    /// credential files (again: they were checked by `validate`, but may have been rotated).
+    pub fn engine(&self, roles: Roles, consumer: String) -> Result<EngineSettings, ConfigError> {
+        let providers = self.providers.engine()?;
+        Ok(EngineSettings {
             roles,
             concurrency: self.worker.concurrency,
             consumer,
@@ -449,20 +401,12 @@ impl Settings {
                 batch: self.retention.batch_size,
             },
             delay_poll_interval: Duration::from_millis(self.scheduler.delay_poll_ms),
-            expo: expo.enabled.then(|| ExpoSettings {
-                base_url: expo.base_url.clone(),
-                access_token: expo.access_token.as_ref().map(|t| t.expose().to_string()),
-                timeout: Duration::from_millis(expo.timeout_ms),
-                flush_after: Duration::from_millis(expo.flush_after_ms),
-                receipt_delay: Duration::from_millis(expo.receipt_delay_ms),
-                receipt_poll: Duration::from_millis(expo.receipt_poll_ms),
-                limits: actors::ratelimit::Limits {
-                    per_sec: expo.rate_per_sec,
-                    device_per_sec: expo.device_rate_per_sec,
-                },
-            }),
+            expo: providers.expo,
+            fcm: providers.fcm,
+            apns: providers.apns,
+            email: providers.email,
             senders_per_provider: self.worker.senders_per_provider,
-        }
+        })
     }
 }
 
