@@ -57,7 +57,12 @@ pub fn enabled(settings: &EngineSettings) -> Result<Vec<EnabledProvider>, String
         let factory: ClientFactory = Arc::new(move || Box::new(expo::ExpoClient::new(&expo)));
         enabled.push(EnabledProvider { provider: Provider::Expo, factory, limits });
     }
-    // FCM_ENABLED
+    if let Some(fcm) = settings.fcm.clone() {
+        let limits = fcm.limits;
+        let tokens = Arc::new(fcm::TokenSource::new(fcm.account.clone())?);
+        let factory: ClientFactory = Arc::new(move || Box::new(fcm::FcmClient::new(&fcm, tokens.clone())));
+        enabled.push(EnabledProvider { provider: Provider::Fcm, factory, limits });
+    }
     Ok(enabled)
 }
 
