@@ -33,9 +33,5 @@ pub enum Command {
     /// Load test: bulk-insert notifications and measure until all are delivered.
     Loadgen(crate::loadgen::LoadgenArgs),
     /// Run loopback provider emulators for staging smoke tests and load tests.
-    MockProviders {
-        /// Listen address of the Expo emulator.
-        #[arg(long, default_value = "127.0.0.1:4000")]
-        expo_addr: String,
-    },
+    MockProviders(crate::mock::MockArgs),
 }

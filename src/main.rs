@@ -51,7 +51,7 @@ async fn main() -> ExitCode {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => fail(&e),
         },
-        Command::MockProviders { expo_addr } => match mock::serve(&expo_addr).await {
+        Command::MockProviders(args) => match mock::serve(args).await {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => fail(&e),
         },

@@ -132,7 +132,10 @@ pub struct EmailSettings {
 impl std::fmt::Debug for EmailSettings {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         // The URL carries the credentials.
-        f.debug_struct("EmailSettings").field("from", &self.from).field("timeout", &self.timeout).finish_non_exhaustive()
+        f.debug_struct("EmailSettings")
+            .field("from", &self.from)
+            .field("timeout", &self.timeout)
+            .finish_non_exhaustive()
     }
 }
 

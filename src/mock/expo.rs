@@ -58,19 +58,19 @@ pub struct FailPlan {
 }
 
 #[derive(Debug)]
-struct ActiveFailure {
-    plan: FailPlan,
+pub(crate) struct ActiveFailure {
+    pub(crate) plan: FailPlan,
     until: Option<std::time::Instant>,
 }
 
 impl ActiveFailure {
-    fn new(plan: FailPlan) -> Self {
+    pub(crate) fn new(plan: FailPlan) -> Self {
         let until = plan.for_ms.map(|ms| std::time::Instant::now() + std::time::Duration::from_millis(ms));
         ActiveFailure { plan, until }
     }
 
     /// Whether this request fails (and counts it).
-    fn strikes(&mut self) -> bool {
+    pub(crate) fn strikes(&mut self) -> bool {
         if let Some(until) = self.until {
             return std::time::Instant::now() < until;
         }

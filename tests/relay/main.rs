@@ -5,6 +5,7 @@ mod config;
 mod delivery;
 mod failures;
 mod faults;
+mod fcm;
 mod helpers;
 mod idempotency;
 mod limits;

@@ -289,7 +289,9 @@ async fn send_one(http: awc::Client, url: Rc<str>, tokens: Arc<TokenSource>, job
     loop {
         let token = match tokens.token_replacing(&http, rejected.as_deref()).await {
             Ok(token) => token,
-            Err(TokenError::Refused(error)) => return (SendResult::Auth { error: error.clone() }, Health::AuthFailure(error)),
+            Err(TokenError::Refused(error)) => {
+                return (SendResult::Auth { error: error.clone() }, Health::AuthFailure(error))
+            }
             Err(TokenError::Unavailable(error)) => {
                 return (SendResult::Retry { error: error.clone(), after: None }, Health::Outage(error))
             }
@@ -332,7 +334,8 @@ async fn post(
         .map_err(|e| format!("fcm: request failed: {e}"))?;
     let status = resp.status().as_u16();
     let retry_after = retry_after(resp.headers());
-    let body = resp.body().limit(MAX_RESPONSE_BYTES).await.map_err(|e| format!("fcm: reading the response failed: {e}"))?;
+    let body =
+        resp.body().limit(MAX_RESPONSE_BYTES).await.map_err(|e| format!("fcm: reading the response failed: {e}"))?;
     Ok((status, retry_after, body))
 }
 
@@ -466,7 +469,8 @@ pub fn classify(status: u16, body: &[u8], retry_after: Option<Duration>, attempt
     });
     let what = error_code.as_deref().unwrap_or(google.status.as_str());
     let error = format!("fcm: HTTP {status} {what}: {}", google.message).replace(" : ", ": ");
-    let retry = |after: Option<Duration>| R(SendResult::Retry { error: error.clone(), after }, Health::Outage(error.clone()));
+    let retry =
+        |after: Option<Duration>| R(SendResult::Retry { error: error.clone(), after }, Health::Outage(error.clone()));
     let auth = || R(SendResult::Auth { error: error.clone() }, Health::AuthFailure(error.clone()));
     let invalid = || R(SendResult::InvalidToken { error: error.clone() }, Health::Up);
     let permanent = || R(SendResult::Permanent { error: error.clone() }, Health::Up);
@@ -556,7 +560,8 @@ mod tests {
 
     #[test]
     fn error_codes_are_classified_before_statuses() {
-        let cases: &[(u16, &str, Option<&str>, fn(&SendResult) -> bool)] = &[
+        type Case = (u16, &'static str, Option<&'static str>, fn(&SendResult) -> bool);
+        let cases: &[Case] = &[
             (404, "NOT_FOUND", Some("UNREGISTERED"), |r| matches!(r, SendResult::InvalidToken { .. })),
             (403, "PERMISSION_DENIED", Some("SENDER_ID_MISMATCH"), |r| matches!(r, SendResult::InvalidToken { .. })),
             (400, "INVALID_ARGUMENT", Some("INVALID_ARGUMENT"), |r| matches!(r, SendResult::Permanent { .. })),
@@ -600,7 +605,8 @@ mod tests {
         assert!(matches!(r, SendResult::Retry { after: Some(d), .. } if d == Duration::from_secs(7)));
         let (r, _) = result(classify(429, &body, None, 0));
         assert!(matches!(r, SendResult::Retry { after: Some(d), .. } if d == QUOTA_BACKOFF));
-        let (r, _) = result(classify(503, &error(503, "UNAVAILABLE", Some("UNAVAILABLE")), Some(Duration::from_secs(2)), 0));
+        let (r, _) =
+            result(classify(503, &error(503, "UNAVAILABLE", Some("UNAVAILABLE")), Some(Duration::from_secs(2)), 0));
         assert!(matches!(r, SendResult::Retry { after: Some(d), .. } if d == Duration::from_secs(2)));
     }
 

@@ -1,0 +1,460 @@
+//! FCM HTTP v1 emulator, with Google's OAuth token endpoint.
+//!
+//! `POST /token` takes `grant_type=urn:ietf:params:oauth:grant-type:jwt-bearer&assertion=<jwt>`
+//! and verifies the assertion as Google does: RS256 only, signed by the emulator's service
+//! account ([`FcmEmulator::service_account_json`]), `iss` = its `client_email`, `aud` = this
+//! endpoint, `scope` including firebase.messaging, `exp` in the future and at most an hour after
+//! `iat`. Refusals are 400 `invalid_grant` / `invalid_scope` / `unsupported_grant_type`. It answers
+//! `{"access_token","expires_in"}` (3599 s unless [`FcmEmulator::set_token_lifetime`] says
+//! otherwise).
+//!
+//! `POST /v1/projects/{project}/messages:send` requires a live access token (else 401
+//! `UNAUTHENTICATED` without an FcmError, as Google answers a stale token), the emulator's
+//! project (else 403 `PERMISSION_DENIED`, no FcmError), a `message.token`, string `data`
+//! values, `android.priority` NORMAL|HIGH and at most 4096 bytes of payload (else 400
+//! `INVALID_ARGUMENT`). Tokens containing a failure word get that answer: `unregistered` (404
+//! UNREGISTERED), `senderidmismatch` (403 SENDER_ID_MISMATCH), `badtoken` (400 INVALID_ARGUMENT
+//! with a `message.token` field violation), `invalidargument` (400 INVALID_ARGUMENT), `quota`
+//! (429 QUOTA_EXCEEDED, `Retry-After: 1`; `quotanoretry` without it), `unavailable` (503),
+//! `internal` (500), `thirdpartyauth` (401 THIRD_PARTY_AUTH_ERROR), `unspecified` (500
+//! UNSPECIFIED_ERROR).
+//!
+//! Admin: `POST /__emulator/fail {"status":503,"count":N | "for_ms":M, "code":"…"}` fails sends
+//! as a whole (401 and 403 without `code` carry no FcmError); `POST /__emulator/fail-token` the
+//! same for the token endpoint; `POST /__emulator/revoke` invalidates every access token issued;
+//! `GET /__emulator/stats`.
+
+use super::expo::{ActiveFailure, FailPlan};
+use actix_web::dev::ServerHandle;
+use actix_web::http::StatusCode;
+use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
+use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use serde::Deserialize;
+use serde_json::{json, Value};
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use uuid::Uuid;
+
+/// The emulator's service-account key. It signs nothing but requests to this emulator.
+const PRIVATE_KEY: &str = include_str!("keys/fcm-emulator-key.pem");
+const PUBLIC_KEY: &str = include_str!("keys/fcm-emulator-key.pub.pem");
+pub const PROJECT_ID: &str = "notify-relay-emulator";
+pub const CLIENT_EMAIL: &str = "relay@notify-relay-emulator.iam.gserviceaccount.com";
+const SCOPE: &str = "https://www.googleapis.com/auth/firebase.messaging";
+pub const MAX_PAYLOAD_BYTES: usize = 4096;
+
+/// One message the emulator accepted.
+#[derive(Debug, Clone)]
+pub struct Sent {
+    pub token: String,
+    pub message: Value,
+    pub name: String,
+}
+
+impl Sent {
+    pub fn notification_id(&self) -> Option<&str> {
+        self.message.pointer("/data/notification_id").and_then(Value::as_str)
+    }
+}
+
+#[derive(Debug)]
+struct State {
+    url: String,
+    sent: Vec<Sent>,
+    requests: usize,
+    token_requests: usize,
+    /// Access token → when it expires.
+    tokens: HashMap<String, Instant>,
+    token_lifetime: Duration,
+    fail: Option<ActiveFailure>,
+    fail_token: Option<ActiveFailure>,
+}
+
+pub struct FcmEmulator {
+    pub addr: SocketAddr,
+    state: Arc<Mutex<State>>,
+    handle: ServerHandle,
+}
+
+impl FcmEmulator {
+    /// Starts on `addr` (`127.0.0.1:0` for a free port) in the current actix System.
+    pub async fn start(addr: &str) -> std::io::Result<FcmEmulator> {
+        let state = Arc::new(Mutex::new(State {
+            url: String::new(),
+            sent: Vec::new(),
+            requests: 0,
+            token_requests: 0,
+            tokens: HashMap::new(),
+            token_lifetime: Duration::from_secs(3599),
+            fail: None,
+            fail_token: None,
+        }));
+        let data = web::Data::from(state.clone());
+        let server = HttpServer::new(move || {
+            App::new()
+                .app_data(data.clone())
+                .route("/token", web::post().to(token))
+                .route("/v1/projects/{project}/messages:send", web::post().to(send))
+                .route("/__emulator/fail", web::post().to(fail))
+                .route("/__emulator/fail-token", web::post().to(fail_token))
+                .route("/__emulator/revoke", web::post().to(revoke))
+                .route("/__emulator/stats", web::get().to(stats))
+        })
+        .workers(1)
+        .disable_signals()
+        .bind(addr)?;
+        let addr = server.addrs()[0];
+        if let Ok(mut s) = state.lock() {
+            s.url = format!("http://{addr}");
+        }
+        let server = server.run();
+        let handle = server.handle();
+        actix_rt::spawn(server);
+        Ok(FcmEmulator { addr, state, handle })
+    }
+
+    /// The base URL (`providers.fcm.base_url`).
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// A service-account JSON key for this emulator (`providers.fcm.service_account_json`).
+    pub fn service_account_json(&self) -> String {
+        json!({
+            "type": "service_account",
+            "project_id": PROJECT_ID,
+            "private_key_id": "emulator",
+            "private_key": PRIVATE_KEY,
+            "client_email": CLIENT_EMAIL,
+            "token_uri": format!("{}/token", self.url()),
+        })
+        .to_string()
+    }
+
+    /// Writes `fcm-service-account.json` into `dir` and returns its path.
+    pub fn write_credentials(&self, dir: &std::path::Path) -> std::io::Result<std::path::PathBuf> {
+        std::fs::create_dir_all(dir)?;
+        let path = dir.join("fcm-service-account.json");
+        std::fs::write(&path, self.service_account_json())?;
+        Ok(path)
+    }
+
+    fn with<T: Default>(&self, f: impl FnOnce(&mut State) -> T) -> T {
+        self.state.lock().map(|mut s| f(&mut s)).unwrap_or_default()
+    }
+
+    pub fn sent(&self) -> Vec<Sent> {
+        self.with(|s| s.sent.clone())
+    }
+
+    /// How many times this notification reached this token.
+    pub fn sends_of(&self, notification_id: Uuid, token: &str) -> usize {
+        let id = notification_id.to_string();
+        self.with(|s| s.sent.iter().filter(|m| m.token == token && m.notification_id() == Some(&id)).count())
+    }
+
+    /// Send requests received (any outcome).
+    pub fn requests(&self) -> usize {
+        self.with(|s| s.requests)
+    }
+
+    /// Token requests received (any outcome).
+    pub fn token_requests(&self) -> usize {
+        self.with(|s| s.token_requests)
+    }
+
+    /// Access tokens issued from now on live this long.
+    pub fn set_token_lifetime(&self, lifetime: Duration) {
+        self.with(|s| s.token_lifetime = lifetime)
+    }
+
+    /// Every access token issued so far stops working (401 on the next send).
+    pub fn revoke_tokens(&self) {
+        self.with(|s| s.tokens.clear())
+    }
+
+    /// The next `count` sends fail as a whole with `status` (FcmError `code` when given).
+    pub fn fail_next(&self, status: u16, code: Option<&str>, count: usize) {
+        let plan = FailPlan { status, code: code.map(str::to_string), count: Some(count), for_ms: None };
+        self.with(|s| s.fail = Some(ActiveFailure::new(plan)))
+    }
+
+    /// Every send fails with `status` for `duration`.
+    pub fn fail_for(&self, status: u16, duration: Duration) {
+        let plan = FailPlan { status, code: None, count: None, for_ms: Some(duration.as_millis() as u64) };
+        self.with(|s| s.fail = Some(ActiveFailure::new(plan)))
+    }
+
+    /// The next `count` token requests fail with `status`.
+    pub fn fail_token_next(&self, status: u16, count: usize) {
+        let plan = FailPlan { status, code: None, count: Some(count), for_ms: None };
+        self.with(|s| s.fail_token = Some(ActiveFailure::new(plan)))
+    }
+
+    pub async fn stop(self) {
+        self.handle.stop(false).await;
+    }
+}
+
+fn status_of(code: u16) -> StatusCode {
+    StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
+}
+
+fn oauth_error(status: u16, error: &str, description: &str) -> HttpResponse {
+    HttpResponse::build(status_of(status)).json(json!({"error": error, "error_description": description}))
+}
+
+#[derive(Deserialize)]
+struct TokenForm {
+    grant_type: String,
+    assertion: String,
+}
+
+#[derive(Deserialize)]
+struct AssertionClaims {
+    iss: String,
+    scope: String,
+    iat: u64,
+    exp: u64,
+}
+
+fn now_secs() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_secs()
+}
+
+/// Checks an assertion as Google's token endpoint does; the error is the OAuth error body.
+fn verify_assertion(assertion: &str, audience: &str) -> Result<(), (&'static str, String)> {
+    let header = jsonwebtoken::decode_header(assertion).map_err(|e| ("invalid_grant", format!("Invalid JWT: {e}")))?;
+    if header.alg != Algorithm::RS256 {
+        return Err(("invalid_grant", format!("Invalid JWT: algorithm {:?} is not RS256", header.alg)));
+    }
+    let key = DecodingKey::from_rsa_pem(PUBLIC_KEY.as_bytes())
+        .map_err(|e| ("invalid_grant", format!("emulator key unusable: {e}")))?;
+    let mut validation = Validation::new(Algorithm::RS256);
+    validation.set_audience(&[audience]);
+    validation.set_required_spec_claims(&["exp", "iat", "iss", "aud"]);
+    validation.leeway = 60;
+    let claims = jsonwebtoken::decode::<AssertionClaims>(assertion, &key, &validation)
+        .map_err(|e| ("invalid_grant", format!("Invalid JWT Signature or claims: {e}")))?
+        .claims;
+    if claims.iss != CLIENT_EMAIL {
+        return Err(("invalid_grant", format!("Invalid grant: account not found ({})", claims.iss)));
+    }
+    if !claims.scope.split_whitespace().any(|s| s == SCOPE) {
+        return Err(("invalid_scope", format!("scope must include {SCOPE}")));
+    }
+    if claims.exp <= claims.iat || claims.exp - claims.iat > 3600 {
+        return Err(("invalid_grant", "Invalid JWT: exp must be after iat and at most an hour later".into()));
+    }
+    if claims.iat > now_secs() + 60 {
+        return Err((
+            "invalid_grant",
+            "Invalid JWT: Token must be a short-lived token and in a reasonable timeframe".into(),
+        ));
+    }
+    Ok(())
+}
+
+async fn token(form: web::Form<TokenForm>, state: web::Data<Mutex<State>>) -> HttpResponse {
+    let Ok(mut state) = state.lock() else {
+        return oauth_error(500, "internal_failure", "emulator state poisoned");
+    };
+    state.token_requests += 1;
+    if let Some(failure) = state.fail_token.as_mut() {
+        if failure.strikes() {
+            let status = failure.plan.status;
+            return oauth_error(status, "invalid_client", "injected failure");
+        }
+        state.fail_token = None;
+    }
+    if form.grant_type != "urn:ietf:params:oauth:grant-type:jwt-bearer" {
+        return oauth_error(400, "unsupported_grant_type", &format!("Invalid grant_type: {}", form.grant_type));
+    }
+    let audience = format!("{}/token", state.url);
+    if let Err((error, description)) = verify_assertion(&form.assertion, &audience) {
+        return oauth_error(400, error, &description);
+    }
+    let access_token = format!("ya29.emulator-{}", Uuid::new_v4().simple());
+    let lifetime = state.token_lifetime;
+    state.tokens.insert(access_token.clone(), Instant::now() + lifetime);
+    HttpResponse::Ok()
+        .json(json!({"access_token": access_token, "expires_in": lifetime.as_secs(), "token_type": "Bearer"}))
+}
+
+fn google_status(status: u16) -> &'static str {
+    match status {
+        400 => "INVALID_ARGUMENT",
+        401 => "UNAUTHENTICATED",
+        403 => "PERMISSION_DENIED",
+        404 => "NOT_FOUND",
+        429 => "RESOURCE_EXHAUSTED",
+        503 => "UNAVAILABLE",
+        _ => "INTERNAL",
+    }
+}
+
+/// An error as FCM sends it; `code` becomes the FcmError `errorCode`, `token_violation` adds
+/// the `google.rpc.BadRequest` detail naming `message.token`.
+fn fcm_error(status: u16, code: Option<&str>, message: &str, token_violation: bool) -> HttpResponse {
+    let mut details = Vec::new();
+    if token_violation {
+        details.push(json!({"@type": "type.googleapis.com/google.rpc.BadRequest",
+            "fieldViolations": [{"field": "message.token", "description": "Invalid registration token"}]}));
+    }
+    if let Some(code) = code {
+        details.push(json!({"@type": "type.googleapis.com/google.firebase.fcm.v1.FcmError", "errorCode": code}));
+    }
+    let mut resp = HttpResponse::build(status_of(status));
+    let body =
+        json!({"error": {"code": status, "message": message, "status": google_status(status), "details": details}});
+    resp.json(body)
+}
+
+fn with_retry_after(mut resp: HttpResponse, seconds: u64) -> HttpResponse {
+    if let Ok(value) = actix_web::http::header::HeaderValue::from_str(&seconds.to_string()) {
+        resp.headers_mut().insert(actix_web::http::header::RETRY_AFTER, value);
+    }
+    resp
+}
+
+/// The injected whole-request failure for `status`, FCM-shaped.
+fn injected(status: u16, code: Option<&str>) -> HttpResponse {
+    let code = code.or(match status {
+        429 => Some("QUOTA_EXCEEDED"),
+        500 => Some("INTERNAL"),
+        503 => Some("UNAVAILABLE"),
+        _ => None,
+    });
+    let message = match status {
+        401 => "Request had invalid authentication credentials. Expected OAuth 2 access token.",
+        403 => "Permission 'cloudmessaging.messages.create' denied on resource",
+        _ => "injected failure",
+    };
+    let resp = fcm_error(status, code, message, false);
+    match status {
+        429 | 503 => with_retry_after(resp, 1),
+        _ => resp,
+    }
+}
+
+async fn send(
+    req: HttpRequest,
+    project: web::Path<String>,
+    body: web::Bytes,
+    state: web::Data<Mutex<State>>,
+) -> HttpResponse {
+    let Ok(mut state) = state.lock() else {
+        return fcm_error(500, Some("INTERNAL"), "emulator state poisoned", false);
+    };
+    state.requests += 1;
+    if let Some(failure) = state.fail.as_mut() {
+        if failure.strikes() {
+            let (status, code) = (failure.plan.status, failure.plan.code.clone());
+            return injected(status, code.as_deref());
+        }
+        state.fail = None;
+    }
+    let bearer =
+        req.headers().get("authorization").and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
+    let live = bearer.and_then(|t| state.tokens.get(t)).is_some_and(|until| Instant::now() < *until);
+    if !live {
+        return injected(401, None);
+    }
+    if project.as_str() != PROJECT_ID {
+        return injected(403, None);
+    }
+    let parsed: Value = match serde_json::from_slice(&body) {
+        Ok(v) => v,
+        Err(e) => return fcm_error(400, None, &format!("Invalid JSON payload received. {e}"), false),
+    };
+    let Some(message) = parsed.get("message").filter(|m| m.is_object()) else {
+        return fcm_error(400, Some("INVALID_ARGUMENT"), "Request contains an invalid argument: message", false);
+    };
+    let Some(token) = message.get("token").and_then(Value::as_str) else {
+        return fcm_error(400, Some("INVALID_ARGUMENT"), "Recipient of the message is not set.", false);
+    };
+    if let Some(data) = message.get("data") {
+        let strings = data.as_object().is_some_and(|d| d.values().all(Value::is_string));
+        if !strings {
+            return fcm_error(
+                400,
+                Some("INVALID_ARGUMENT"),
+                "Invalid value at 'message.data': values must be strings",
+                false,
+            );
+        }
+    }
+    if let Some(priority) = message.pointer("/android/priority") {
+        if !matches!(priority.as_str(), Some("NORMAL" | "HIGH")) {
+            return fcm_error(400, Some("INVALID_ARGUMENT"), "Invalid value at 'message.android.priority'", false);
+        }
+    }
+    let size = body.len().saturating_sub(token.len());
+    if size > MAX_PAYLOAD_BYTES {
+        return fcm_error(400, Some("INVALID_ARGUMENT"), &format!("Message is too big: {size} bytes"), false);
+    }
+    let lower = token.to_ascii_lowercase();
+    let answer = |status: u16, code: &str, token_violation: bool| {
+        Some(fcm_error(status, Some(code), &format!("injected {code} for this token"), token_violation))
+    };
+    let injected_answer = if lower.contains("unregistered") {
+        answer(404, "UNREGISTERED", false)
+    } else if lower.contains("senderidmismatch") {
+        answer(403, "SENDER_ID_MISMATCH", false)
+    } else if lower.contains("badtoken") {
+        answer(400, "INVALID_ARGUMENT", true)
+    } else if lower.contains("invalidargument") {
+        answer(400, "INVALID_ARGUMENT", false)
+    } else if lower.contains("quotanoretry") {
+        answer(429, "QUOTA_EXCEEDED", false)
+    } else if lower.contains("quota") {
+        answer(429, "QUOTA_EXCEEDED", false).map(|r| with_retry_after(r, 1))
+    } else if lower.contains("unavailable") {
+        answer(503, "UNAVAILABLE", false)
+    } else if lower.contains("internal") {
+        answer(500, "INTERNAL", false)
+    } else if lower.contains("thirdpartyauth") {
+        answer(401, "THIRD_PARTY_AUTH_ERROR", false)
+    } else if lower.contains("unspecified") {
+        answer(500, "UNSPECIFIED_ERROR", false)
+    } else {
+        None
+    };
+    if let Some(resp) = injected_answer {
+        return resp;
+    }
+    let name = format!("projects/{PROJECT_ID}/messages/{}", Uuid::new_v4().simple());
+    state.sent.push(Sent { token: token.to_string(), message: message.clone(), name: name.clone() });
+    HttpResponse::Ok().json(json!({ "name": name }))
+}
+
+async fn fail(plan: web::Json<FailPlan>, state: web::Data<Mutex<State>>) -> HttpResponse {
+    if let Ok(mut s) = state.lock() {
+        s.fail = Some(ActiveFailure::new(plan.into_inner()));
+    }
+    HttpResponse::NoContent().finish()
+}
+
+async fn fail_token(plan: web::Json<FailPlan>, state: web::Data<Mutex<State>>) -> HttpResponse {
+    if let Ok(mut s) = state.lock() {
+        s.fail_token = Some(ActiveFailure::new(plan.into_inner()));
+    }
+    HttpResponse::NoContent().finish()
+}
+
+async fn revoke(state: web::Data<Mutex<State>>) -> HttpResponse {
+    if let Ok(mut s) = state.lock() {
+        s.tokens.clear();
+    }
+    HttpResponse::NoContent().finish()
+}
+
+async fn stats(state: web::Data<Mutex<State>>) -> HttpResponse {
+    let body = state
+        .lock()
+        .map(|s| json!({"sent": s.sent.len(), "requests": s.requests, "token_requests": s.token_requests}))
+        .unwrap_or_default();
+    HttpResponse::Ok().json(body)
+}

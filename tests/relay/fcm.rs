@@ -1,0 +1,332 @@
+//! FCM HTTP v1 against its emulator: the OAuth token dance, one test per PROVIDERS.md row, and
+//! delivery through the whole relay.
+
+use crate::helpers::{eventually, prepare, TestApp};
+use actors::circuit::Health;
+use actors::job::{Job, Priority, Provider, SendResult};
+use actors::providers::fcm::{FcmClient, ServiceAccount, TokenSource, QUOTA_BACKOFF};
+use actors::providers::ProviderClient;
+use actors::ratelimit::Limits;
+use actors::settings::FcmSettings;
+use notify_relay::mock::fcm::FcmEmulator;
+use serde_json::{json, Value};
+use std::sync::Arc;
+use std::time::Duration;
+use uuid::Uuid;
+
+struct Fixture {
+    emulator: FcmEmulator,
+    client: FcmClient,
+    tokens: Arc<TokenSource>,
+}
+
+async fn fixture() -> Fixture {
+    let emulator = FcmEmulator::start("127.0.0.1:0").await.expect("fcm emulator");
+    let account = ServiceAccount::from_json(&emulator.service_account_json()).expect("emulator service account");
+    let settings = FcmSettings {
+        base_url: emulator.url(),
+        account: account.clone(),
+        timeout: Duration::from_secs(2),
+        flush_after: Duration::from_millis(5),
+        limits: Limits::default(),
+    };
+    let tokens = Arc::new(TokenSource::new(account).expect("token source"));
+    let client = FcmClient::new(&settings, tokens.clone());
+    Fixture { emulator, client, tokens }
+}
+
+fn job(token: &str, payload: Value) -> Job {
+    Job {
+        notification_id: Uuid::new_v4(),
+        device_id: Uuid::new_v4(),
+        user_id: "u".into(),
+        provider: Provider::Fcm,
+        token: token.into(),
+        payload,
+        priority: Priority::High,
+        trace_id: "t".into(),
+        attempt: 0,
+        targets: 1,
+        requeued: false,
+    }
+}
+
+impl Fixture {
+    async fn send(&self, token: &str) -> (SendResult, Health) {
+        self.send_job(job(token, json!({"title": "T"}))).await
+    }
+
+    async fn send_job(&self, job: Job) -> (SendResult, Health) {
+        let response = self.client.send(&[job]).await;
+        assert_eq!(response.results.len(), 1);
+        (response.results.into_iter().next().unwrap(), response.health)
+    }
+}
+
+#[actix_web::test]
+async fn messages_are_delivered_with_one_cached_access_token() {
+    let f = fixture().await;
+    let jobs: Vec<Job> = (0..20)
+        .map(|i| job(&format!("device-{i}"), json!({"title": "Hi", "body": "there", "data": {"order": i}})))
+        .collect();
+    let response = f.client.send(&jobs).await;
+    assert_eq!(response.health, Health::Up);
+    for r in &response.results {
+        assert!(
+            matches!(r, SendResult::Delivered { provider_message_id: Some(name) } if name.starts_with("projects/")),
+            "{r:?}"
+        );
+    }
+    // 20 concurrent sends, one token request: the token source refreshes one at a time.
+    assert_eq!(f.emulator.token_requests(), 1);
+    f.client.send(&jobs[..3]).await;
+    assert_eq!(f.emulator.token_requests(), 1, "the token is cached");
+    let sent = f.emulator.sent();
+    let first = sent.iter().find(|s| s.token == "device-0").expect("device-0 got it");
+    assert_eq!(first.message["notification"], json!({"title": "Hi", "body": "there"}));
+    assert_eq!(first.message["data"]["order"], json!("0"), "data values are strings");
+    assert_eq!(first.notification_id(), Some(jobs[0].notification_id.to_string().as_str()));
+    assert_eq!(first.message["android"]["priority"], json!("HIGH"));
+    assert_eq!(f.tokens.fetched().await, 1);
+    f.emulator.stop().await;
+}
+
+#[actix_web::test]
+async fn dead_tokens_are_invalid_and_bad_messages_permanent() {
+    let f = fixture().await;
+    for (token, expect_invalid) in
+        [("x-unregistered", true), ("x-senderidmismatch", true), ("x-badtoken", true), ("x-invalidargument", false)]
+    {
+        let (result, health) = f.send(token).await;
+        match expect_invalid {
+            true => assert!(matches!(result, SendResult::InvalidToken { .. }), "{token}: {result:?}"),
+            false => assert!(matches!(result, SendResult::Permanent { .. }), "{token}: {result:?}"),
+        }
+        assert_eq!(health, Health::Up, "{token}: a single message's problem says nothing about FCM");
+    }
+    let (result, _) = f.send("x-unregistered").await;
+    assert_eq!(result.error(), Some("fcm: HTTP 404 UNREGISTERED: injected UNREGISTERED for this token"));
+    f.emulator.stop().await;
+}
+
+#[actix_web::test]
+async fn a_payload_over_4096_bytes_fails_before_it_is_sent() {
+    let f = fixture().await;
+    let requests = f.emulator.requests();
+    let (result, _) = f.send_job(job("device", json!({"title": "big", "data": {"blob": "x".repeat(5000)}}))).await;
+    assert!(
+        matches!(&result, SendResult::Permanent { error } if error.starts_with("fcm: payload too large")),
+        "{result:?}"
+    );
+    assert_eq!(f.emulator.requests(), requests, "nothing was sent");
+    f.emulator.stop().await;
+}
+
+#[actix_web::test]
+async fn quota_and_outages_are_retried_after_retry_after() {
+    let f = fixture().await;
+    let (result, health) = f.send("x-quota").await;
+    assert!(matches!(result, SendResult::Retry { after: Some(d), .. } if d == Duration::from_secs(1)), "{result:?}");
+    assert!(matches!(health, Health::Outage(_)));
+    let (result, _) = f.send("x-quotanoretry").await;
+    assert!(matches!(result, SendResult::Retry { after: Some(d), .. } if d == QUOTA_BACKOFF), "{result:?}");
+    for token in ["x-unavailable", "x-internal"] {
+        let (result, health) = f.send(token).await;
+        assert!(matches!(result, SendResult::Retry { .. }), "{token}: {result:?}");
+        assert!(matches!(health, Health::Outage(_)), "{token}");
+    }
+    f.emulator.fail_next(503, None, 1);
+    let (result, _) = f.send("device").await;
+    assert!(matches!(result, SendResult::Retry { after: Some(d), .. } if d == Duration::from_secs(1)), "{result:?}");
+    f.emulator.stop().await;
+}
+
+#[actix_web::test]
+async fn credential_problems_are_auth_failures() {
+    let f = fixture().await;
+    let (result, health) = f.send("x-thirdpartyauth").await;
+    assert!(matches!(result, SendResult::Auth { .. }), "{result:?}");
+    assert!(matches!(health, Health::AuthFailure(_)));
+    // 403 without an FcmError: the service account may not send for this project.
+    f.emulator.fail_next(403, None, 1);
+    let (result, health) = f.send("device").await;
+    assert!(matches!(result, SendResult::Auth { .. }), "{result:?}");
+    assert!(matches!(health, Health::AuthFailure(_)));
+    f.emulator.stop().await;
+}
+
+#[actix_web::test]
+async fn a_refused_token_request_is_an_auth_failure_and_an_unreachable_one_an_outage() {
+    let f = fixture().await;
+    f.emulator.fail_token_next(401, 1);
+    let (result, health) = f.send("device").await;
+    assert!(matches!(&result, SendResult::Auth { error } if error.contains("token endpoint refused")), "{result:?}");
+    assert!(matches!(health, Health::AuthFailure(_)));
+    assert_eq!(f.emulator.requests(), 0, "no send without a token");
+    tokio::time::sleep(Duration::from_millis(1100)).await; // past the failure memory
+    f.emulator.fail_token_next(500, 1);
+    let (result, health) = f.send("device").await;
+    assert!(matches!(result, SendResult::Retry { .. }), "{result:?}");
+    assert!(matches!(health, Health::Outage(_)));
+    f.emulator.stop().await;
+}
+
+#[actix_web::test]
+async fn a_bad_signing_key_is_refused_by_the_token_endpoint() {
+    let f = fixture().await;
+    // Another RSA key than the one the emulator knows for this account.
+    let mut account = ServiceAccount::from_json(&f.emulator.service_account_json()).unwrap();
+    account.private_key = include_str!("fixtures/other-rsa-key.pem").to_string();
+    let tokens = Arc::new(TokenSource::new(account.clone()).unwrap());
+    let settings = FcmSettings {
+        base_url: f.emulator.url(),
+        account,
+        timeout: Duration::from_secs(2),
+        flush_after: Duration::from_millis(5),
+        limits: Limits::default(),
+    };
+    let client = FcmClient::new(&settings, tokens);
+    let response = client.send(&[job("device", json!({}))]).await;
+    assert!(
+        matches!(&response.results[0], SendResult::Auth { error } if error.contains("invalid_grant")),
+        "{:?}",
+        response.results
+    );
+    f.emulator.stop().await;
+}
+
+#[actix_web::test]
+async fn a_bare_401_refreshes_the_token_once() {
+    let f = fixture().await;
+    assert!(matches!(f.send("device").await.0, SendResult::Delivered { .. }));
+    // The token was revoked behind our back: one refresh, and the send goes through.
+    f.emulator.revoke_tokens();
+    assert!(matches!(f.send("device").await.0, SendResult::Delivered { .. }));
+    assert_eq!(f.emulator.token_requests(), 2);
+    // Refused again with the fresh token too: an auth failure, and no third token.
+    f.emulator.fail_next(401, None, 2);
+    let (result, health) = f.send("device").await;
+    assert!(matches!(&result, SendResult::Auth { error } if error.contains("401 twice")), "{result:?}");
+    assert!(matches!(health, Health::AuthFailure(_)));
+    assert_eq!(f.emulator.token_requests(), 3);
+    f.emulator.stop().await;
+}
+
+#[actix_web::test]
+async fn the_token_is_replaced_before_it_expires() {
+    let f = fixture().await;
+    f.emulator.set_token_lifetime(Duration::from_secs(2));
+    assert!(matches!(f.send("device").await.0, SendResult::Delivered { .. }));
+    assert_eq!(f.emulator.token_requests(), 1);
+    // A 2 s token is used for half its life, then replaced while still valid.
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    assert!(matches!(f.send("device").await.0, SendResult::Delivered { .. }));
+    assert_eq!(f.emulator.token_requests(), 2);
+    assert_eq!(f.emulator.requests(), 2, "no send was refused on the way");
+    f.emulator.stop().await;
+}
+
+#[actix_web::test]
+async fn unspecified_error_gets_one_bounded_retry() {
+    let f = fixture().await;
+    let first = job("x-unspecified", json!({}));
+    let mut second = first.clone();
+    second.attempt = 1;
+    assert!(matches!(f.send_job(first).await.0, SendResult::Retry { .. }));
+    assert!(matches!(f.send_job(second).await.0, SendResult::Permanent { .. }));
+    f.emulator.stop().await;
+}
+
+#[actix_web::test]
+async fn an_unreachable_fcm_is_an_outage() {
+    let f = fixture().await;
+    assert!(matches!(f.send("device").await.0, SendResult::Delivered { .. }));
+    // The same (cached) access token, but nothing listens where the sends go.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let settings = FcmSettings {
+        base_url: format!("http://{closed}"),
+        account: ServiceAccount::from_json(&f.emulator.service_account_json()).unwrap(),
+        timeout: Duration::from_secs(2),
+        flush_after: Duration::from_millis(5),
+        limits: Limits::default(),
+    };
+    let client = FcmClient::new(&settings, f.tokens.clone());
+    let response = client.send(&[job("device", json!({}))]).await;
+    assert!(matches!(response.results[0], SendResult::Retry { .. }), "{:?}", response.results);
+    assert!(matches!(response.health, Health::Outage(_)));
+    f.emulator.stop().await;
+}
+
+/// A test app whose relay also sends through the FCM emulator.
+pub async fn with_fcm() -> (TestApp, FcmEmulator) {
+    let mut app = prepare().await;
+    let fcm = FcmEmulator::start("127.0.0.1:0").await.expect("fcm emulator");
+    enable_fcm(&mut app, &fcm);
+    (app, fcm)
+}
+
+pub fn enable_fcm(app: &mut TestApp, fcm: &FcmEmulator) {
+    for (k, v) in [
+        ("NOTIFY__PROVIDERS__FCM__ENABLED", "true".to_string()),
+        ("NOTIFY__PROVIDERS__FCM__BASE_URL", fcm.url()),
+        ("NOTIFY__PROVIDERS__FCM__SERVICE_ACCOUNT_JSON", fcm.service_account_json()),
+        ("NOTIFY__PROVIDERS__FCM__TIMEOUT_MS", "2000".into()),
+    ] {
+        app.env.insert(k.into(), v);
+    }
+}
+
+#[actix_web::test]
+async fn the_relay_delivers_to_fcm_and_disables_unregistered_tokens() {
+    let (mut app, fcm) = with_fcm().await;
+    app.start().await;
+    app.add_device("carol", "fcm", "carol-phone").await;
+    let gone = app.add_device("carol", "fcm", "carol-old-unregistered").await;
+    app.add_device("carol", "expo", "ExponentPushToken[carol]").await;
+
+    let id = app.notify("carol", json!({"title": "Hello", "data": {"n": 1}})).await;
+    let (status, _, _) = app.final_status(id).await;
+    assert_eq!(status, "delivered");
+    eventually(Duration::from_secs(10), || async {
+        (app.count("SELECT count(*) FROM delivery WHERE status IN ('delivered', 'failed')").await == 3).then_some(())
+    })
+    .await;
+    assert_eq!(fcm.sends_of(id, "carol-phone"), 1);
+    assert_eq!(app.expo.sends_of(id, "ExponentPushToken[carol]"), 1);
+    let name: Option<String> = app
+        .db
+        .query_one("SELECT provider_message_id FROM delivery d JOIN device v ON v.id = d.device_id WHERE v.token = 'carol-phone'", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert!(name.is_some_and(|n| n.starts_with("projects/notify-relay-emulator/messages/")));
+    let row = app
+        .db
+        .query_one("SELECT disabled_at IS NOT NULL, disabled_reason FROM device WHERE id = $1", &[&gone])
+        .await
+        .unwrap();
+    assert!(row.get::<_, bool>(0), "the unregistered token is disabled");
+    assert!(row.get::<_, Option<String>>(1).is_some_and(|r| r.contains("UNREGISTERED")));
+    app.cleanup().await;
+    fcm.stop().await;
+}
+
+#[actix_web::test]
+async fn a_service_account_fcm_refuses_opens_the_circuit_without_failing_anything() {
+    let (mut app, fcm) = with_fcm().await;
+    app.start().await;
+    app.add_device("dave", "fcm", "dave-phone").await;
+    // THIRD_PARTY_AUTH_ERROR for every send for a while: the circuit opens and deliveries wait.
+    fcm.fail_for(401, Duration::from_secs(2));
+    let id = app.notify("dave", json!({"title": "later"})).await;
+    let (status, _, error) = app.final_status(id).await;
+    assert_eq!(status, "delivered", "{error:?}");
+    assert_eq!(fcm.sends_of(id, "dave-phone"), 1);
+    assert_eq!(app.count("SELECT count(*) FROM notification_failed").await, 0);
+    assert_eq!(app.count("SELECT count(*) FROM device WHERE disabled_at IS NOT NULL").await, 0);
+    let attempts = app.count("SELECT max(attempt_count)::bigint FROM delivery").await;
+    // circuit.failures = 3 in tests: three refusals open it, then only the successful send counts.
+    assert!(attempts <= 4, "an open circuit spends no attempts: {attempts}");
+    app.cleanup().await;
+    fcm.stop().await;
+}
