@@ -9,7 +9,18 @@ use serde_json::json;
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
     #[error("{0}")]
+    BadRequest(String),
+    #[error("{0}")]
     Unauthorized(String),
+    #[error("{0}")]
+    Forbidden(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("{0}")]
+    PayloadTooLarge(String),
+    /// A well-formed body with a bad value; the message names the field.
+    #[error("{0}")]
+    Unprocessable(String),
     #[error("{0}")]
     NotFound(String),
     #[error("{0}")]
@@ -21,7 +32,12 @@ pub enum ApiError {
 impl ApiError {
     fn code(&self) -> &'static str {
         match self {
+            ApiError::BadRequest(_) => "bad_request",
             ApiError::Unauthorized(_) => "unauthorized",
+            ApiError::Forbidden(_) => "forbidden",
+            ApiError::Conflict(_) => "conflict",
+            ApiError::PayloadTooLarge(_) => "payload_too_large",
+            ApiError::Unprocessable(_) => "invalid_value",
             ApiError::NotFound(_) => "not_found",
             ApiError::Unavailable(_) => "unavailable",
             ApiError::Internal(_) => "internal",
@@ -32,7 +48,12 @@ impl ApiError {
 impl ResponseError for ApiError {
     fn status_code(&self) -> StatusCode {
         match self {
+            ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
+            ApiError::Conflict(_) => StatusCode::CONFLICT,
+            ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -46,6 +67,48 @@ impl ResponseError for ApiError {
         }
         resp.json(json!({"error": {"code": self.code(), "message": self.to_string()}}))
     }
+}
+
+impl From<actors::error::EngineError> for ApiError {
+    fn from(e: actors::error::EngineError) -> Self {
+        ApiError::Internal(Box::new(e))
+    }
+}
+
+/// `{"error": {"code", "message"}}`, for the OpenAPI document.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+}
+
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct ErrorDetail {
+    /// Stable, machine-readable: bad_request, unauthorized, forbidden, not_found, conflict,
+    /// payload_too_large, invalid_value, unavailable, internal.
+    pub code: String,
+    /// What was wrong, for people; names the field where one is at fault.
+    pub message: String,
+}
+
+/// actix-web's own extractor errors, in our shape: a body over the limit is 413, JSON that does
+/// not parse 400, JSON of the wrong shape (missing field, wrong type) 422 naming the field.
+pub fn json_error(err: actix_web::error::JsonPayloadError, _req: &actix_web::HttpRequest) -> actix_web::Error {
+    use actix_web::error::JsonPayloadError as J;
+    let api = match &err {
+        J::Overflow { limit } | J::OverflowKnownLength { limit, .. } => {
+            ApiError::PayloadTooLarge(format!("body over {limit} bytes"))
+        }
+        J::ContentType => ApiError::BadRequest("expected Content-Type: application/json".into()),
+        J::Deserialize(e) if e.is_data() => ApiError::Unprocessable(e.to_string()),
+        J::Deserialize(e) => ApiError::BadRequest(format!("malformed JSON: {e}")),
+        other => ApiError::BadRequest(other.to_string()),
+    };
+    api.into()
+}
+
+/// Query strings that do not parse (e.g. `limit=abc`): 400 naming the parameter.
+pub fn query_error(err: actix_web::error::QueryPayloadError, _req: &actix_web::HttpRequest) -> actix_web::Error {
+    ApiError::BadRequest(format!("bad query string: {err}")).into()
 }
 
 /// The JSON error body for errors raised by actix-web itself (unknown route, bad JSON…).

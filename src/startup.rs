@@ -1,5 +1,6 @@
 //! Wiring: pools, migrations, the engine and the HTTP API on one actix System.
 
+use crate::auth::Authenticator;
 use crate::configuration::Settings;
 use crate::routes::{self, AppState};
 use crate::{error, migrate};
@@ -101,17 +102,21 @@ impl Application {
 
         let (mut port, mut server) = (None, None);
         if roles.api {
+            let auth = Authenticator::new(&settings.auth)
+                .map_err(|(key, message)| crate::configuration::ConfigError::Invalid { key, message })?;
             let state = web::Data::new(AppState {
                 store: store.clone(),
                 relay: relay.clone(),
                 registry: engine.registry().clone(),
-                admin_token: settings.auth.admin_token.clone(),
+                auth,
+                cursor_key: cursor_key(&settings),
             });
             let addr = settings.http_addr()?;
             let http = HttpServer::new(move || {
                 App::new()
                     .app_data(state.clone())
-                    .app_data(web::JsonConfig::default().limit(64 * 1024))
+                    .app_data(web::JsonConfig::default().limit(64 * 1024).error_handler(error::json_error))
+                    .app_data(web::QueryConfig::default().error_handler(error::query_error))
                     .configure(routes::configure)
                     .default_service(web::to(|| async {
                         HttpResponse::NotFound().json(error::body("not_found", "no such route"))
@@ -141,6 +146,18 @@ impl Application {
         }
         clean
     }
+}
+
+/// The key that signs pagination cursors: the same for every replica of a deployment (it is
+/// derived from its secrets), unknown outside it.
+fn cursor_key(settings: &Settings) -> Vec<u8> {
+    let mut key = b"notify-relay cursor v1\0".to_vec();
+    key.extend_from_slice(settings.database.url.expose().as_bytes());
+    for secret in [&settings.auth.admin_token, &settings.auth.jwt_secret].into_iter().flatten() {
+        key.push(0);
+        key.extend_from_slice(secret.expose().as_bytes());
+    }
+    key
 }
 
 /// Relay keys must not be evicted: an evicted stream entry is found again only by the sweep.

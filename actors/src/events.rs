@@ -25,6 +25,29 @@ pub const RECEIPT_ERROR: &str = "RECEIPT_ERROR";
 pub const ACTOR_FAILED: &str = "ACTOR_FAILED";
 pub const ACTOR_RESTARTED: &str = "ACTOR_RESTARTED";
 
+/// Every event, for reading the counters back (`GET /admin/metrics`).
+pub const ALL: [&str; 19] = [
+    ENQUEUE,
+    DEQUEUE,
+    SEND_SUCCESS,
+    SEND_FAIL,
+    RETRY_SCHEDULED,
+    DLQ_PUSHED,
+    DEVICE_DISABLED,
+    DUPLICATE_SKIPPED,
+    NOTIFICATION_FAILED,
+    CLAIMED,
+    REQUEUED,
+    CIRCUIT_OPEN,
+    CIRCUIT_HALF_OPEN,
+    CIRCUIT_CLOSED,
+    DEFERRED,
+    RETENTION_DELETED,
+    RECEIPT_ERROR,
+    ACTOR_FAILED,
+    ACTOR_RESTARTED,
+];
+
 /// `YYYYMMDD` of today in UTC: the day part of counter keys.
 pub fn today() -> String {
     chrono::Utc::now().format("%Y%m%d").to_string()

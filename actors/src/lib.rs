@@ -19,6 +19,7 @@ pub mod job;
 pub mod keys;
 pub mod listener;
 pub mod messages;
+pub mod operations;
 pub mod outcome;
 pub mod providers;
 pub mod ratelimit;

@@ -101,6 +101,7 @@ impl<M: Message> Message for Envelope<M> {
 
 /// The row `GET /admin/actors` shows for one actor.
 #[derive(Debug, Clone, Serialize, PartialEq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ActorSnapshot {
     pub name: String,
     pub kind: &'static str,

@@ -180,6 +180,23 @@ pub struct HttpSettings {
 pub struct AuthSettings {
     /// Bearer token for `/admin/*`; unset means the admin routes refuse everyone.
     pub admin_token: Option<Secret>,
+    /// The project's JWKS (`https://<project>.supabase.co/auth/v1/.well-known/jwks.json`):
+    /// ES256/RS256 user tokens are verified with its keys…
+    pub jwks_url: Option<String>,
+    /// …or with the keys of this JWKS file.
+    pub jwks_file: Option<std::path::PathBuf>,
+    /// Legacy HS256 user tokens are verified with this shared secret.
+    pub jwt_secret: Option<Secret>,
+    /// Required `iss` of user tokens, when set (Supabase: `https://<project>.supabase.co/auth/v1`).
+    pub issuer: Option<String>,
+    /// Required `aud` of user tokens, when set (Supabase: `authenticated`).
+    pub audience: Option<String>,
+    /// Clock skew allowed on `exp`/`nbf`, in seconds.
+    pub leeway_secs: u64,
+    /// How long fetched JWKS keys are used before they are fetched again, in ms.
+    pub jwks_cache_ms: u64,
+    /// A token with an unknown `kid` triggers a JWKS fetch at most this often, in ms.
+    pub jwks_min_refresh_ms: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -339,7 +356,27 @@ impl Settings {
         }
         self.http_addr()?;
         self.log_level()?;
+        self.validate_auth()?;
         Ok(())
+    }
+
+    fn validate_auth(&self) -> Result<(), ConfigError> {
+        let auth = &self.auth;
+        if let Some(url) = &auth.jwks_url {
+            if !(url.starts_with("https://") || url.starts_with("http://")) {
+                return Err(invalid("auth.jwks_url", format!("must be an http(s) URL, got '{url}'")));
+            }
+        }
+        if auth.jwt_secret.as_ref().is_some_and(|s| s.expose().len() < 16) {
+            return Err(invalid("auth.jwt_secret", "must be at least 16 characters"));
+        }
+        if auth.admin_token.as_ref().is_some_and(|s| s.expose().len() < 16) {
+            return Err(invalid("auth.admin_token", "must be at least 16 characters"));
+        }
+        if auth.leeway_secs > 300 {
+            return Err(invalid("auth.leeway_secs", "must be at most 300"));
+        }
+        crate::auth::Authenticator::new(auth).map(|_| ()).map_err(|(key, message)| invalid(key, message))
     }
 
     pub fn pg_config(&self) -> Result<tokio_postgres::Config, ConfigError> {
@@ -500,7 +537,7 @@ mod tests {
     fn secrets_do_not_show_in_debug_output() {
         let s = Settings::load(
             None,
-            &env(&[("NOTIFY__AUTH__ADMIN_TOKEN", "s3cret"), ("DATABASE_URL", "postgres://u:pw@h/db")]),
+            &env(&[("NOTIFY__AUTH__ADMIN_TOKEN", "s3cret-admin-token-value"), ("DATABASE_URL", "postgres://u:pw@h/db")]),
         )
         .unwrap();
         let printed = format!("{s:?}");

@@ -8,6 +8,9 @@ use std::time::Duration;
 
 const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// Whether Postgres and Redis answer: 200 `{"status":"ok","postgres":"ok","redis":"ok"}`, or 503
+/// naming what is `down`.
+#[utoipa::path(tag = "health", responses((status = 200, description = "both reachable"), (status = 503, description = "one is down")))]
 #[get("/healthz")]
 pub async fn healthz(state: web::Data<AppState>) -> HttpResponse {
     let postgres = async {
@@ -33,6 +36,8 @@ pub async fn healthz(state: web::Data<AppState>) -> HttpResponse {
     }
 }
 
+/// 200 once migrations ran, the consumer groups exist and every actor runs; else 503.
+#[utoipa::path(tag = "health", responses((status = 200, description = "ready"), (status = 503, description = "not ready, with what is missing")))]
 #[get("/readyz")]
 pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
     let migrated = async {

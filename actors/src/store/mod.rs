@@ -6,6 +6,8 @@
 //! failed once every target failed") is decided from durable state alone, and everything in
 //! Redis can be rebuilt from these rows.
 
+pub mod api;
+
 use crate::error::Result;
 use crate::job::{Job, Priority, Provider};
 use deadpool_postgres::Pool;

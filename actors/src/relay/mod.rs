@@ -3,6 +3,8 @@
 //!
 //! Every hot-path call is one pipeline per batch: writing 1,000 jobs is one round trip.
 
+pub mod admin;
+
 use crate::error::Result;
 use crate::events::Tally;
 use crate::job::{EntryRef, Job};

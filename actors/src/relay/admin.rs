@@ -1,0 +1,313 @@
+//! What operators ask of Redis: queue figures per shard, the dead letters, the daily counters,
+//! and the repairs of the admin command line (moving stuck entries, resetting the group).
+
+use super::{parse_entry, Entry, Relay};
+use crate::error::Result;
+use crate::events;
+use crate::job::{EntryRef, Job, Provider};
+use crate::keys::{GROUP, JOB_FIELD};
+use redis::streams::{StreamId, StreamInfoGroupsReply, StreamRangeReply};
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+/// One shard's queues.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct ShardQueues {
+    pub shard: u16,
+    /// Entries in the stream: work not finished (entries are deleted once their outcome is stored).
+    pub stream_length: u64,
+    /// Entries handed to a consumer and not yet acknowledged.
+    pub pending: u64,
+    /// Entries not yet handed to any consumer (None if Redis cannot tell).
+    pub lag: Option<u64>,
+    /// Retries waiting for their time.
+    pub delayed: u64,
+    pub dlq_length: u64,
+    /// Expo tickets whose receipt is still to be fetched.
+    pub receipts_pending: u64,
+}
+
+/// A dead letter as operators see it.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct DeadLetterEntry {
+    /// `<shard>:<entry id>`, what `POST /admin/dlq/requeue` takes.
+    pub id: String,
+    pub shard: u16,
+    pub entry_id: String,
+    pub reason: String,
+    pub provider: String,
+    pub attempts: u32,
+    pub error: String,
+    /// The job as written (JSON when it parses, else the raw text).
+    #[cfg_attr(feature = "openapi", schema(value_type = Object))]
+    pub job: serde_json::Value,
+}
+
+impl DeadLetterEntry {
+    /// Parses `<shard>:<entry id>`.
+    pub fn parse_id(id: &str) -> Option<(u16, String)> {
+        let (shard, entry) = id.split_once(':')?;
+        let (ms, seq) = entry.split_once('-')?;
+        (ms.parse::<u64>().is_ok() && seq.parse::<u64>().is_ok()).then_some(())?;
+        Some((shard.parse().ok()?, entry.to_string()))
+    }
+
+    /// The job, if the entry holds one.
+    pub fn parsed_job(&self) -> Option<Job> {
+        serde_json::from_value(self.job.clone()).ok()
+    }
+
+    fn from_stream(shard: u16, id: StreamId) -> DeadLetterEntry {
+        let field = |name: &str| -> String {
+            id.map.get(name).and_then(|v| redis::from_redis_value::<String>(v.clone()).ok()).unwrap_or_default()
+        };
+        let raw = field(JOB_FIELD);
+        DeadLetterEntry {
+            id: format!("{shard}:{}", id.id),
+            shard,
+            entry_id: id.id.clone(),
+            reason: field("reason"),
+            provider: field("provider"),
+            attempts: field("attempts").parse().unwrap_or(0),
+            error: field("error"),
+            job: serde_json::from_str(&raw).unwrap_or(serde_json::Value::String(raw)),
+        }
+    }
+}
+
+/// The counters of one day: event (or `event:provider`) → count.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct DayCounters {
+    /// `YYYY-MM-DD`
+    pub date: String,
+    pub events: BTreeMap<String, u64>,
+}
+
+impl Relay {
+    /// Every shard's queue figures, in one pipeline.
+    pub async fn queues(&self) -> Result<Vec<ShardQueues>> {
+        let mut pipe = redis::pipe();
+        for shard in self.keys.shard_ids() {
+            pipe.cmd("XLEN").arg(self.keys.stream(shard));
+            pipe.cmd("ZCARD").arg(self.keys.delayed(shard));
+            pipe.cmd("XLEN").arg(self.keys.dlq(shard));
+            pipe.cmd("ZCARD").arg(self.keys.receipts(shard));
+        }
+        let mut conn = self.conn();
+        let counts: Vec<u64> = pipe.query_async(&mut conn).await?;
+        let mut out = Vec::new();
+        for (i, shard) in self.keys.shard_ids().enumerate() {
+            let groups: Result<StreamInfoGroupsReply, _> =
+                redis::cmd("XINFO").arg("GROUPS").arg(self.keys.stream(shard)).query_async(&mut conn).await;
+            let group = groups.ok().and_then(|g| g.groups.into_iter().find(|g| g.name == GROUP));
+            let c = &counts[i * 4..i * 4 + 4];
+            out.push(ShardQueues {
+                shard,
+                stream_length: c[0],
+                pending: group.as_ref().map_or(0, |g| g.pending as u64),
+                lag: group.and_then(|g| g.lag.map(|l| l as u64)),
+                delayed: c[1],
+                dlq_length: c[2],
+                receipts_pending: c[3],
+            });
+        }
+        Ok(out)
+    }
+
+    /// The newest `limit` dead letters of all shards, newest first.
+    pub async fn dead_letters(&self, limit: usize) -> Result<Vec<DeadLetterEntry>> {
+        let mut conn = self.conn();
+        let mut all = Vec::new();
+        for shard in self.keys.shard_ids() {
+            let reply: StreamRangeReply = redis::cmd("XREVRANGE")
+                .arg(self.keys.dlq(shard))
+                .arg("+")
+                .arg("-")
+                .arg("COUNT")
+                .arg(limit)
+                .query_async(&mut conn)
+                .await?;
+            all.extend(reply.ids.into_iter().map(|id| DeadLetterEntry::from_stream(shard, id)));
+        }
+        all.sort_by_key(|e| std::cmp::Reverse(entry_order(&e.entry_id)));
+        all.truncate(limit);
+        Ok(all)
+    }
+
+    /// The dead letters with these ids (`<shard>:<entry id>`); unknown ids are left out.
+    pub async fn dead_letters_by_id(&self, ids: &[(u16, String)]) -> Result<Vec<DeadLetterEntry>> {
+        let mut conn = self.conn();
+        let mut out = Vec::new();
+        for (shard, id) in ids {
+            if *shard >= self.keys.shards() {
+                continue;
+            }
+            let reply: StreamRangeReply =
+                redis::cmd("XRANGE").arg(self.keys.dlq(*shard)).arg(id).arg(id).query_async(&mut conn).await?;
+            out.extend(reply.ids.into_iter().map(|e| DeadLetterEntry::from_stream(*shard, e)));
+        }
+        Ok(out)
+    }
+
+    /// Writes the jobs of dead letters back to their streams as fresh first attempts and removes
+    /// the dead letters, atomically per shard.
+    pub async fn requeue_dead_letters(&self, letters: &[(DeadLetterEntry, Job)]) -> Result<()> {
+        let mut by_shard: BTreeMap<u16, redis::Pipeline> = BTreeMap::new();
+        for (letter, job) in letters {
+            let mut job = job.clone();
+            job.attempt = 0;
+            job.requeued = true;
+            let shard = job.shard(self.keys.shards());
+            let pipe = by_shard.entry(letter.shard).or_insert_with(|| {
+                let mut p = redis::pipe();
+                p.atomic();
+                p
+            });
+            // The job's own shard and the letter's are the same unless `redis.shards` changed.
+            pipe.cmd("XADD").arg(self.keys.stream(shard)).arg("*").arg(JOB_FIELD).arg(job.to_json()).ignore();
+            pipe.cmd("XDEL").arg(self.keys.dlq(letter.shard)).arg(&letter.entry_id).ignore();
+        }
+        let mut conn = self.conn();
+        for pipe in by_shard.values() {
+            pipe.query_async::<()>(&mut conn).await?;
+        }
+        Ok(())
+    }
+
+    /// The daily counters of the last `days` days (today first), read with one MGET per day.
+    pub async fn counters(&self, days: u32) -> Result<Vec<DayCounters>> {
+        let mut conn = self.conn();
+        let mut out = Vec::new();
+        let today = chrono::Utc::now().date_naive();
+        for back in 0..days {
+            let date = today - chrono::Duration::days(i64::from(back));
+            let day = date.format("%Y%m%d").to_string();
+            let mut names = Vec::new();
+            let mut keys = Vec::new();
+            for event in events::ALL {
+                names.push(event.to_string());
+                keys.push(self.keys.counter(event, None, &day));
+                for provider in Provider::ALL {
+                    names.push(format!("{event}:{provider}"));
+                    keys.push(self.keys.counter(event, Some(provider.as_str()), &day));
+                }
+            }
+            let values: Vec<Option<u64>> = redis::cmd("MGET").arg(&keys).query_async(&mut conn).await?;
+            let events =
+                names.into_iter().zip(values).filter_map(|(n, v)| v.filter(|&v| v > 0).map(|v| (n, v))).collect();
+            out.push(DayCounters { date: date.format("%Y-%m-%d").to_string(), events });
+        }
+        Ok(out)
+    }
+
+    /// Moves entries pending for at least `min_idle` (their consumer died or hangs) back into
+    /// the stream as new entries, so any live worker takes them; returns how many moved.
+    /// The copies are marked `requeued`, so a target that was delivered meanwhile is not sent.
+    pub async fn release_stuck(&self, min_idle: Duration, consumer: &str) -> Result<usize> {
+        let mut moved = 0;
+        for shard in self.keys.shard_ids() {
+            let mut start = "0-0".to_string();
+            loop {
+                let (next, entries, deleted) = self.autoclaim(shard, consumer, min_idle, &start, 500).await?;
+                let mut pipe = redis::pipe();
+                pipe.atomic();
+                let stream = self.keys.stream(shard);
+                for entry in &entries {
+                    match entry {
+                        Entry::Job(at, job) => {
+                            let mut job = job.clone();
+                            job.requeued = true;
+                            pipe.cmd("XADD").arg(&stream).arg("*").arg(JOB_FIELD).arg(job.to_json()).ignore();
+                            ack_delete(&mut pipe, &stream, at);
+                        }
+                        // Garbage stays pending: the claim actor dead-letters it with its reason.
+                        Entry::Poison { .. } => {}
+                    }
+                }
+                for id in &deleted {
+                    pipe.cmd("XACK").arg(&stream).arg(GROUP).arg(id).ignore();
+                }
+                pipe.query_async::<()>(&mut self.conn()).await?;
+                moved += entries.iter().filter(|e| matches!(e, Entry::Job(..))).count();
+                if next == "0-0" {
+                    break;
+                }
+                start = next;
+            }
+        }
+        Ok(moved)
+    }
+
+    /// Destroys and recreates the consumer group of every shard at `0`: every entry still in the
+    /// streams is handed out again (the idempotency keys keep delivered targets from being sent
+    /// twice). Returns the entries that were pending.
+    pub async fn reset_groups(&self) -> Result<u64> {
+        let mut conn = self.conn();
+        let mut pending = 0;
+        for q in self.queues().await? {
+            pending += q.pending;
+        }
+        for shard in self.keys.shard_ids() {
+            let destroyed: Result<(), _> = redis::cmd("XGROUP")
+                .arg("DESTROY")
+                .arg(self.keys.stream(shard))
+                .arg(GROUP)
+                .query_async(&mut conn)
+                .await;
+            if let Err(e) = destroyed {
+                if e.code() != Some("ERR") {
+                    return Err(e.into());
+                }
+            }
+        }
+        self.ensure_groups().await?;
+        Ok(pending)
+    }
+
+    /// Raw stream entries of one shard, for tests and inspection.
+    pub async fn stream_entries(&self, shard: u16, count: usize) -> Result<Vec<Entry>> {
+        let reply: StreamRangeReply = redis::cmd("XRANGE")
+            .arg(self.keys.stream(shard))
+            .arg("-")
+            .arg("+")
+            .arg("COUNT")
+            .arg(count)
+            .query_async(&mut self.conn())
+            .await?;
+        Ok(reply.ids.into_iter().map(|id| parse_entry(shard, id)).collect())
+    }
+}
+
+fn ack_delete(pipe: &mut redis::Pipeline, stream: &str, at: &EntryRef) {
+    pipe.cmd("XACK").arg(stream).arg(GROUP).arg(&at.id).ignore();
+    pipe.cmd("XDEL").arg(stream).arg(&at.id).ignore();
+}
+
+/// Stream ids order by (ms, seq).
+fn entry_order(id: &str) -> (u64, u64) {
+    let (ms, seq) = id.split_once('-').unwrap_or((id, "0"));
+    (ms.parse().unwrap_or(0), seq.parse().unwrap_or(0))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dead_letter_ids_name_a_shard_and_an_entry() {
+        assert_eq!(DeadLetterEntry::parse_id("3:1700000000000-7"), Some((3, "1700000000000-7".into())));
+        for bad in ["", "3", "x:1-1", "3:abc", "3:1-x", "-1:1-1", "3:1"] {
+            assert_eq!(DeadLetterEntry::parse_id(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn entry_ids_sort_numerically() {
+        assert!(entry_order("10-0") > entry_order("9-5"));
+        assert!(entry_order("9-10") > entry_order("9-9"));
+    }
+}

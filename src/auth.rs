@@ -1,0 +1,361 @@
+//! Who is calling. User routes take `Authorization: Bearer <JWT>` as Supabase Auth issues them:
+//! ES256/RS256 tokens checked against the project's JWKS (`auth.jwks_url`, fetched and cached,
+//! or `auth.jwks_file`), or legacy HS256 tokens checked with `auth.jwt_secret`. Admin routes take
+//! `auth.admin_token`, compared in constant time.
+//!
+//! The algorithm is decided by the key, never by the token alone: an HS256 token is only ever
+//! checked with the shared secret, an ES256/RS256 token only with the JWKS key its `kid` names
+//! and only if that key is of that algorithm. `alg: none`, other algorithms, unknown `kid`s and
+//! tokens without `exp` are refused.
+
+use crate::configuration::{AuthSettings, Secret};
+use crate::error::ApiError;
+use actix_web::HttpRequest;
+use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, JwkSet, KeyAlgorithm, PublicKeyUse};
+use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use serde::Deserialize;
+use std::collections::HashMap;
+use std::sync::RwLock;
+use std::time::{Duration, Instant};
+
+/// The role Supabase gives its service key: it may act for any user.
+pub const SERVICE_ROLE: &str = "service_role";
+
+/// The verified caller of a user route.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Caller {
+    /// A user token: `sub`.
+    User(String),
+    /// A token with role `service_role`, or the admin token where a route accepts it.
+    Service,
+}
+
+impl Caller {
+    /// Whether the caller may read or change `user`'s data: their own, or anyone's as a service.
+    pub fn may_act_for(&self, user: &str) -> Result<(), ApiError> {
+        match self {
+            Caller::Service => Ok(()),
+            Caller::User(sub) if sub == user => Ok(()),
+            Caller::User(_) => Err(ApiError::Forbidden("this token belongs to another user".into())),
+        }
+    }
+}
+
+/// A verification key and the one algorithm it verifies.
+#[derive(Clone)]
+struct Key {
+    key: DecodingKey,
+    alg: Algorithm,
+}
+
+#[derive(Default)]
+struct KeySet {
+    by_kid: HashMap<String, Key>,
+    fetched_at: Option<Instant>,
+    last_attempt: Option<Instant>,
+}
+
+/// Where the JWKS comes from.
+enum Source {
+    Url(String),
+    /// A file, read at start-up.
+    Fixed,
+}
+
+struct Jwks {
+    source: Source,
+    keys: RwLock<KeySet>,
+    /// One fetch at a time.
+    fetching: tokio::sync::Mutex<()>,
+    /// Keys are re-fetched after this long…
+    ttl: Duration,
+    /// …and, when a token names an unknown `kid`, no more often than this.
+    min_refresh: Duration,
+}
+
+pub struct Authenticator {
+    jwks: Option<Jwks>,
+    hs256: Option<DecodingKey>,
+    issuer: Option<String>,
+    audience: Option<String>,
+    leeway_secs: u64,
+    admin_token: Option<Secret>,
+}
+
+#[derive(Deserialize)]
+struct Claims {
+    sub: Option<String>,
+    role: Option<String>,
+}
+
+fn unauthorized(message: impl Into<String>) -> ApiError {
+    ApiError::Unauthorized(message.into())
+}
+
+/// The keys of a JWKS document that verify ES256 or RS256 signatures, by `kid`. Keys for
+/// encryption, without a `kid`, or of other types and algorithms are left out.
+fn parse_jwks(raw: &[u8]) -> Result<HashMap<String, Key>, String> {
+    let set: JwkSet = serde_json::from_slice(raw).map_err(|e| format!("not a JWKS document: {e}"))?;
+    let mut keys = HashMap::new();
+    for jwk in &set.keys {
+        let Some(kid) = jwk.common.key_id.clone() else { continue };
+        if matches!(jwk.common.public_key_use, Some(PublicKeyUse::Encryption)) {
+            continue;
+        }
+        let alg = match (&jwk.common.key_algorithm, &jwk.algorithm) {
+            (Some(KeyAlgorithm::ES256), AlgorithmParameters::EllipticCurve(ec)) if ec.curve == EllipticCurve::P256 => {
+                Algorithm::ES256
+            }
+            (None, AlgorithmParameters::EllipticCurve(ec)) if ec.curve == EllipticCurve::P256 => Algorithm::ES256,
+            (Some(KeyAlgorithm::RS256) | None, AlgorithmParameters::RSA(_)) => Algorithm::RS256,
+            _ => continue,
+        };
+        let Ok(key) = DecodingKey::from_jwk(jwk) else { continue };
+        keys.insert(kid, Key { key, alg });
+    }
+    Ok(keys)
+}
+
+impl Jwks {
+    fn fresh(&self) -> bool {
+        let keys = self.keys.read().unwrap_or_else(|p| p.into_inner());
+        matches!(self.source, Source::Fixed) || keys.fetched_at.is_some_and(|t| t.elapsed() < self.ttl)
+    }
+
+    fn lookup(&self, kid: &str) -> Option<Key> {
+        self.keys.read().unwrap_or_else(|p| p.into_inner()).by_kid.get(kid).cloned()
+    }
+
+    /// The key named `kid`, fetching the JWKS when the cache is stale or (rate-limited) when
+    /// the kid is unknown: a rotated-in key is picked up, a stream of made-up kids is not a
+    /// stream of fetches.
+    async fn key(&self, kid: &str) -> Option<Key> {
+        let Source::Url(url) = &self.source else {
+            return self.lookup(kid);
+        };
+        let known = self.lookup(kid);
+        if known.is_some() && self.fresh() {
+            return known;
+        }
+        let _one_at_a_time = self.fetching.lock().await;
+        {
+            // Another request may have fetched while this one waited.
+            let keys = self.keys.read().unwrap_or_else(|p| p.into_inner());
+            let fresh = keys.fetched_at.is_some_and(|t| t.elapsed() < self.ttl);
+            let known = keys.by_kid.get(kid);
+            if known.is_some() && fresh {
+                return known.cloned();
+            }
+            if keys.last_attempt.is_some_and(|t| t.elapsed() < self.min_refresh) {
+                return known.cloned();
+            }
+        }
+        let fetched = fetch(url).await;
+        let mut keys = self.keys.write().unwrap_or_else(|p| p.into_inner());
+        keys.last_attempt = Some(Instant::now());
+        // On failure keep serving the keys we had: a JWKS outage must not log everyone out.
+        if let Ok(by_kid) = fetched {
+            keys.by_kid = by_kid;
+            keys.fetched_at = Some(Instant::now());
+        }
+        keys.by_kid.get(kid).cloned()
+    }
+}
+
+async fn fetch(url: &str) -> Result<HashMap<String, Key>, String> {
+    let client = awc::Client::builder().timeout(Duration::from_secs(5)).finish();
+    let mut resp = client.get(url).send().await.map_err(|e| format!("JWKS request failed: {e}"))?;
+    if !resp.status().is_success() {
+        return Err(format!("JWKS answered {}", resp.status()));
+    }
+    let body = resp.body().limit(1024 * 1024).await.map_err(|e| format!("JWKS body: {e}"))?;
+    parse_jwks(&body)
+}
+
+impl Authenticator {
+    /// Builds the authenticator from `[auth]`; reads `auth.jwks_file` now. The error names
+    /// the key.
+    pub fn new(settings: &AuthSettings) -> Result<Authenticator, (&'static str, String)> {
+        let jwks = match (&settings.jwks_url, &settings.jwks_file) {
+            (Some(_), Some(_)) => return Err(("auth.jwks_url", "and auth.jwks_file are both set; set one".into())),
+            (Some(url), None) => Some(Jwks {
+                source: Source::Url(url.clone()),
+                keys: RwLock::new(KeySet::default()),
+                fetching: tokio::sync::Mutex::new(()),
+                ttl: Duration::from_millis(settings.jwks_cache_ms),
+                min_refresh: Duration::from_millis(settings.jwks_min_refresh_ms),
+            }),
+            (None, Some(path)) => {
+                let raw = std::fs::read(path)
+                    .map_err(|e| ("auth.jwks_file", format!("cannot read {}: {e}", path.display())))?;
+                let by_kid = parse_jwks(&raw).map_err(|e| ("auth.jwks_file", e))?;
+                if by_kid.is_empty() {
+                    return Err(("auth.jwks_file", "holds no ES256 or RS256 signing key with a kid".into()));
+                }
+                Some(Jwks {
+                    source: Source::Fixed,
+                    keys: RwLock::new(KeySet { by_kid, fetched_at: Some(Instant::now()), last_attempt: None }),
+                    fetching: tokio::sync::Mutex::new(()),
+                    ttl: Duration::MAX,
+                    min_refresh: Duration::MAX,
+                })
+            }
+            (None, None) => None,
+        };
+        let hs256 = settings.jwt_secret.as_ref().map(|s| DecodingKey::from_secret(s.expose().as_bytes()));
+        Ok(Authenticator {
+            jwks,
+            hs256,
+            issuer: settings.issuer.clone(),
+            audience: settings.audience.clone(),
+            leeway_secs: settings.leeway_secs,
+            admin_token: settings.admin_token.clone(),
+        })
+    }
+
+    /// Whether user tokens can be verified at all.
+    pub fn accepts_user_tokens(&self) -> bool {
+        self.jwks.is_some() || self.hs256.is_some()
+    }
+
+    /// Verifies a user token.
+    pub async fn verify(&self, token: &str) -> Result<Caller, ApiError> {
+        let header = jsonwebtoken::decode_header(token).map_err(|e| unauthorized(format!("malformed token: {e}")))?;
+        let key = match header.alg {
+            Algorithm::HS256 => match &self.hs256 {
+                Some(key) => Key { key: key.clone(), alg: Algorithm::HS256 },
+                None => return Err(unauthorized("HS256 tokens are not accepted here")),
+            },
+            Algorithm::ES256 | Algorithm::RS256 => {
+                let Some(jwks) = &self.jwks else {
+                    return Err(unauthorized(format!("{:?} tokens are not accepted here", header.alg)));
+                };
+                let kid = header.kid.as_deref().ok_or_else(|| unauthorized("token has no kid"))?;
+                let key = jwks.key(kid).await.ok_or_else(|| unauthorized(format!("unknown signing key '{kid}'")))?;
+                if key.alg != header.alg {
+                    return Err(unauthorized(format!("key '{kid}' does not verify {:?}", header.alg)));
+                }
+                key
+            }
+            other => return Err(unauthorized(format!("algorithm {other:?} is not accepted"))),
+        };
+        let mut validation = Validation::new(key.alg);
+        validation.leeway = self.leeway_secs;
+        validation.set_required_spec_claims(&["exp"]);
+        match &self.audience {
+            Some(aud) => validation.set_audience(&[aud]),
+            None => validation.validate_aud = false,
+        }
+        if let Some(iss) = &self.issuer {
+            validation.set_issuer(&[iss]);
+        }
+        let claims = jsonwebtoken::decode::<Claims>(token, &key.key, &validation)
+            .map_err(|e| unauthorized(format!("invalid token: {e}")))?
+            .claims;
+        if claims.role.as_deref() == Some(SERVICE_ROLE) {
+            return Ok(Caller::Service);
+        }
+        match claims.sub {
+            Some(sub) if !sub.is_empty() => Ok(Caller::User(sub)),
+            _ => Err(unauthorized("token has no subject")),
+        }
+    }
+
+    /// The caller of a user route.
+    pub async fn user(&self, req: &HttpRequest) -> Result<Caller, ApiError> {
+        let token = bearer(req)?;
+        if !self.accepts_user_tokens() {
+            return Err(unauthorized("user routes are disabled: set auth.jwks_url, auth.jwks_file or auth.jwt_secret"));
+        }
+        self.verify(token).await
+    }
+
+    /// Whether the request carries the admin token.
+    pub fn is_admin(&self, req: &HttpRequest) -> bool {
+        match (&self.admin_token, bearer(req)) {
+            (Some(expected), Ok(given)) => constant_time_eq(given.as_bytes(), expected.expose().as_bytes()),
+            _ => false,
+        }
+    }
+
+    /// Admin routes: the admin token and nothing else.
+    pub fn admin(&self, req: &HttpRequest) -> Result<(), ApiError> {
+        if self.admin_token.is_none() {
+            return Err(unauthorized("admin routes are disabled: auth.admin_token is not set"));
+        }
+        bearer(req)?;
+        match self.is_admin(req) {
+            true => Ok(()),
+            false => Err(unauthorized("invalid admin token")),
+        }
+    }
+
+    /// Routes open to a user for their own data and to operators: the admin token, or a user
+    /// token.
+    pub async fn admin_or_user(&self, req: &HttpRequest) -> Result<Caller, ApiError> {
+        match self.is_admin(req) {
+            true => Ok(Caller::Service),
+            false => self.user(req).await,
+        }
+    }
+}
+
+fn bearer(req: &HttpRequest) -> Result<&str, ApiError> {
+    let value = req
+        .headers()
+        .get("authorization")
+        .ok_or_else(|| unauthorized("missing Authorization header"))?
+        .to_str()
+        .map_err(|_| unauthorized("unreadable Authorization header"))?;
+    let (scheme, token) = value.split_once(' ').ok_or_else(|| unauthorized("expected 'Bearer <token>'"))?;
+    if !scheme.eq_ignore_ascii_case("bearer") || token.trim().is_empty() {
+        return Err(unauthorized("expected 'Bearer <token>'"));
+    }
+    Ok(token.trim())
+}
+
+/// Compares without stopping at the first difference, so timing does not reveal a prefix.
+pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    let mut diff = a.len() ^ b.len();
+    for i in 0..a.len().max(b.len()) {
+        diff |= usize::from(a.get(i).copied().unwrap_or(0) ^ b.get(i).copied().unwrap_or(0xff));
+    }
+    diff == 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn tokens_compare_equal_only_when_identical() {
+        assert!(constant_time_eq(b"abc", b"abc"));
+        assert!(!constant_time_eq(b"abc", b"abd"));
+        assert!(!constant_time_eq(b"abc", b"abcd"));
+        assert!(!constant_time_eq(b"", b"a"));
+    }
+
+    #[test]
+    fn only_signing_keys_with_a_kid_and_a_known_algorithm_are_kept() {
+        // An RSA key (n/e of a small example modulus are enough to parse), an encryption key,
+        // a key without kid, and a symmetric key that must never be accepted from a JWKS.
+        let jwks = json!({"keys": [
+            {"kty": "RSA", "kid": "rsa", "alg": "RS256", "use": "sig", "n": "sXchDaQebHnPiGvyDOAT4saGEUetSyo9MKLOoWFsueri23bOdgWp4Dy1WlUzewbgBHod5pcM9H95GQRV3JDXboIRROSBigeC5yjU1hGzHHyXss8UDprecbAYxknTcQkhslANGRUZmdTOQ5qTRsLAt6BTYuyvVRdhS8exSZEy_c4gs_7svlJJQ4H9_NxsiIoLwAEk7-Q3UXERGYw_75IDrGA84-lA_-Ct4eTlXHBIY2EaV7t7LjJaynVJCpkv4LKjTTAumiGUIuQhrNhZLuF_RJLqHpM2kgWFLU7-VTdL1VbC2tejvcI2BlMkEpk1BzBZI0KQB0GaDWFLN-aEAw3vRw", "e": "AQAB"},
+            {"kty": "RSA", "kid": "enc", "use": "enc", "n": "sXchDaQebHnPiGvyDOAT4saGEUetSyo9MKLOoWFsueri23bOdgWp4Dy1WlUzewbgBHod5pcM9H95GQRV3JDXboIRROSBigeC5yjU1hGzHHyXss8UDprecbAYxknTcQkhslANGRUZmdTOQ5qTRsLAt6BTYuyvVRdhS8exSZEy_c4gs_7svlJJQ4H9_NxsiIoLwAEk7-Q3UXERGYw_75IDrGA84-lA_-Ct4eTlXHBIY2EaV7t7LjJaynVJCpkv4LKjTTAumiGUIuQhrNhZLuF_RJLqHpM2kgWFLU7-VTdL1VbC2tejvcI2BlMkEpk1BzBZI0KQB0GaDWFLN-aEAw3vRw", "e": "AQAB"},
+            {"kty": "RSA", "n": "sXch", "e": "AQAB"},
+            {"kty": "oct", "kid": "hmac", "k": "c2VjcmV0"}
+        ]});
+        let keys = parse_jwks(jwks.to_string().as_bytes()).unwrap();
+        assert_eq!(keys.keys().collect::<Vec<_>>(), vec!["rsa"]);
+        assert_eq!(keys["rsa"].alg, Algorithm::RS256);
+        assert!(parse_jwks(b"{}").is_err());
+    }
+
+    #[test]
+    fn users_act_for_themselves_and_services_for_anyone() {
+        assert!(Caller::User("a".into()).may_act_for("a").is_ok());
+        assert!(matches!(Caller::User("a".into()).may_act_for("b"), Err(ApiError::Forbidden(_))));
+        assert!(Caller::Service.may_act_for("b").is_ok());
+    }
+}

@@ -1,0 +1,61 @@
+//! `GET /openapi.json`, generated from the handlers' annotations, and `GET /docs`, Swagger UI
+//! served from assets compiled into the binary (no CDN: it works offline).
+
+use actix_web::{get, HttpResponse};
+use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
+use utoipa::{Modify, OpenApi};
+use utoipa_swagger_ui::SwaggerUi;
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "notify-relay",
+        description = "Pull back the notifications that could not be pushed, retry them, register devices, and inspect the relay."
+    ),
+    paths(
+        super::health::healthz,
+        super::health::readyz,
+        super::notifications::failed,
+        super::notifications::retry,
+        super::devices::register,
+        super::devices::remove,
+        super::admin::list_actors,
+        super::admin::queues,
+        super::admin::dlq,
+        super::admin::requeue,
+        super::admin::metrics,
+    ),
+    modifiers(&Security),
+    tags(
+        (name = "notifications", description = "A user's failed notifications (Supabase Auth JWT)"),
+        (name = "devices", description = "A user's devices (Supabase Auth JWT)"),
+        (name = "admin", description = "Operators (auth.admin_token)"),
+        (name = "health", description = "Probes"),
+    )
+)]
+pub struct ApiDoc;
+
+struct Security;
+
+impl Modify for Security {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        let mut user = Http::new(HttpAuthScheme::Bearer);
+        user.bearer_format = Some("JWT".into());
+        user.description = Some("A Supabase Auth access token (ES256/RS256 via JWKS, or legacy HS256)".into());
+        components.add_security_scheme("user_jwt", SecurityScheme::Http(user));
+        let mut admin = Http::new(HttpAuthScheme::Bearer);
+        admin.description = Some("auth.admin_token".into());
+        components.add_security_scheme("admin_token", SecurityScheme::Http(admin));
+    }
+}
+
+#[get("/openapi.json")]
+pub async fn openapi_json() -> HttpResponse {
+    HttpResponse::Ok().json(ApiDoc::openapi())
+}
+
+/// Swagger UI at `/docs/`, reading `/openapi.json`.
+pub fn swagger_ui() -> SwaggerUi {
+    SwaggerUi::new("/docs/{_:.*}").url("/openapi-ui.json", ApiDoc::openapi())
+}

@@ -1,0 +1,114 @@
+//! What a user's app asks about its notifications: the failed ones, and retrying one.
+
+use super::{cursor, parse_uuid, AppState};
+use crate::error::ApiError;
+use actix_web::{get, post, web, HttpRequest, HttpResponse};
+use actors::store::api::FailedNotification;
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+use uuid::Uuid;
+
+pub const DEFAULT_LIMIT: i64 = 20;
+pub const MAX_LIMIT: i64 = 100;
+
+#[derive(Debug, Deserialize, IntoParams)]
+pub struct FailedQuery {
+    /// Page size, 1–100 (default 20).
+    limit: Option<i64>,
+    /// `next_cursor` of the previous page.
+    cursor: Option<String>,
+}
+
+/// A page of failed notifications.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct FailedPage {
+    pub items: Vec<FailedNotification>,
+    /// Pass as `cursor` for the next page; null on the last page.
+    pub next_cursor: Option<String>,
+}
+
+/// The user's failed notifications, newest first.
+#[utoipa::path(
+    tag = "notifications",
+    params(("user_id" = String, Path, description = "The user (the JWT's `sub`)"), FailedQuery),
+    responses(
+        (status = 200, body = FailedPage),
+        (status = 400, description = "bad `limit` or a malformed or tampered cursor", body = crate::error::ErrorBody),
+        (status = 401, body = crate::error::ErrorBody),
+        (status = 403, description = "another user's notifications", body = crate::error::ErrorBody),
+    ),
+    security(("user_jwt" = []))
+)]
+#[get("/users/{user_id}/notifications/failed")]
+pub async fn failed(
+    req: HttpRequest,
+    user_id: web::Path<String>,
+    query: web::Query<FailedQuery>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    state.auth.user(&req).await?.may_act_for(&user_id)?;
+    let limit = query.limit.unwrap_or(DEFAULT_LIMIT);
+    if !(1..=MAX_LIMIT).contains(&limit) {
+        return Err(ApiError::BadRequest(format!("limit must be between 1 and {MAX_LIMIT}, got {limit}")));
+    }
+    let after = match &query.cursor {
+        Some(c) => Some(cursor::decode(&state.cursor_key, c)?),
+        None => None,
+    };
+    // One more than asked: whether a next page exists, without a count.
+    let mut items = state.store.failed_for_user(&user_id, after, limit + 1).await?;
+    let next_cursor = match items.len() as i64 > limit {
+        true => {
+            items.truncate(limit as usize);
+            items.last().map(|last| cursor::encode(&state.cursor_key, (last.failed_at, last.id)))
+        }
+        false => None,
+    };
+    Ok(HttpResponse::Ok().json(FailedPage { items, next_cursor }))
+}
+
+/// The notification is back to `pending`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct RetryAccepted {
+    pub id: Uuid,
+    pub status: String,
+}
+
+/// Re-enqueues a failed notification: it is fanned out again to the user's devices as they are
+/// now (a device registered since gets it).
+#[utoipa::path(
+    tag = "notifications",
+    params(("id" = String, Path, description = "The notification's id (a UUID)")),
+    responses(
+        (status = 202, body = RetryAccepted),
+        (status = 400, description = "the id is not a UUID", body = crate::error::ErrorBody),
+        (status = 401, body = crate::error::ErrorBody),
+        (status = 403, description = "another user's notification", body = crate::error::ErrorBody),
+        (status = 404, body = crate::error::ErrorBody),
+        (status = 409, description = "the notification is not failed", body = crate::error::ErrorBody),
+    ),
+    security(("user_jwt" = []), ("admin_token" = []))
+)]
+#[post("/notifications/{id}/retry")]
+pub async fn retry(
+    req: HttpRequest,
+    id: web::Path<String>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let caller = state.auth.admin_or_user(&req).await?;
+    let id = parse_uuid("id", &id)?;
+    let Some(notification) = state.store.notification_state(id).await? else {
+        return Err(ApiError::NotFound(format!("no notification {id}")));
+    };
+    caller.may_act_for(&notification.user_id)?;
+    let conflict =
+        || ApiError::Conflict(format!("notification {id} is {}; only failed ones can be retried", notification.status));
+    if notification.status != "failed" {
+        return Err(conflict());
+    }
+    if state.store.retry_failed(&[id]).await?.is_empty() {
+        // Retried by someone else between the two statements.
+        return Err(conflict());
+    }
+    Ok(HttpResponse::Accepted().json(RetryAccepted { id, status: "pending".into() }))
+}
