@@ -30,6 +30,9 @@ pub enum Command {
     },
     /// Apply database migrations and exit.
     Migrate,
+    /// Operator tools: dead letters, bulk retries, stuck entries, the consumer group.
+    #[command(subcommand)]
+    Admin(crate::admin::AdminCommand),
     /// Load test: bulk-insert notifications and measure until all are delivered.
     Loadgen(crate::loadgen::LoadgenArgs),
     /// Run loopback provider emulators for staging smoke tests and load tests.

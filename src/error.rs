@@ -106,6 +106,19 @@ pub fn json_error(err: actix_web::error::JsonPayloadError, _req: &actix_web::Htt
     api.into()
 }
 
+/// A JSON body (already parsed) as `T`: a missing field, an unknown one or a value of the wrong
+/// type is a 422 whose message starts with the field's path.
+pub fn from_json<T: serde::de::DeserializeOwned>(value: serde_json::Value) -> Result<T, ApiError> {
+    serde_path_to_error::deserialize(value).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        ApiError::Unprocessable(match path.as_str() {
+            "." => inner.to_string(),
+            _ => format!("{path}: {inner}"),
+        })
+    })
+}
+
 /// Query strings that do not parse (e.g. `limit=abc`): 400 naming the parameter.
 pub fn query_error(err: actix_web::error::QueryPayloadError, _req: &actix_web::HttpRequest) -> actix_web::Error {
     ApiError::BadRequest(format!("bad query string: {err}")).into()

@@ -2,6 +2,7 @@
 //! wiring, provider emulators and the load generator. The relay engine itself is the `actors`
 //! crate.
 
+pub mod admin;
 pub mod auth;
 pub mod cli;
 pub mod configuration;

@@ -2,7 +2,7 @@ use clap::Parser;
 use notify_relay::cli::{Cli, Command};
 use notify_relay::configuration::Settings;
 use notify_relay::startup::{consumer_name, Application, ProcessRoles};
-use notify_relay::{loadgen, migrate, mock, telemetry};
+use notify_relay::{admin, loadgen, migrate, mock, telemetry};
 use std::process::ExitCode;
 
 #[actix_web::main]
@@ -45,6 +45,10 @@ async fn main() -> ExitCode {
                 }
                 Err(e) => fail(&e),
             },
+            Err(e) => fail(&e),
+        },
+        Command::Admin(command) => match admin::run(&settings, command, &mut std::io::stdout()).await {
+            Ok(()) => ExitCode::SUCCESS,
             Err(e) => fail(&e),
         },
         Command::Loadgen(args) => match loadgen::run(&settings, args).await {

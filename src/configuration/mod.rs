@@ -537,7 +537,10 @@ mod tests {
     fn secrets_do_not_show_in_debug_output() {
         let s = Settings::load(
             None,
-            &env(&[("NOTIFY__AUTH__ADMIN_TOKEN", "s3cret-admin-token-value"), ("DATABASE_URL", "postgres://u:pw@h/db")]),
+            &env(&[
+                ("NOTIFY__AUTH__ADMIN_TOKEN", "s3cret-admin-token-value"),
+                ("DATABASE_URL", "postgres://u:pw@h/db"),
+            ]),
         )
         .unwrap();
         let printed = format!("{s:?}");

@@ -96,6 +96,8 @@ struct State {
     access_token: Option<String>,
     /// Added before every send answer, to keep requests in flight.
     latency: std::time::Duration,
+    /// Failure words no longer acted on (a device that recovered).
+    forgiven: Vec<String>,
 }
 
 pub struct ExpoEmulator {
@@ -166,6 +168,14 @@ impl ExpoEmulator {
         self.state.lock().map(|s| s.requests).unwrap_or_default()
     }
 
+    /// Stops answering tokens containing `word` (e.g. `ratelimited`) with their error: the
+    /// condition cleared.
+    pub fn forgive(&self, word: &str) {
+        if let Ok(mut s) = self.state.lock() {
+            s.forgiven.push(word.to_string());
+        }
+    }
+
     /// Every send answer is delayed by `latency` (requests stay in flight that long).
     pub fn set_latency(&self, latency: std::time::Duration) {
         if let Ok(mut s) = self.state.lock() {
@@ -225,7 +235,7 @@ fn ticket(message: &Value, to: &str, state: &mut State) -> Value {
         ("developererror", "DeveloperError"),
         ("expoerror", "ExpoError"),
     ] {
-        if lower.contains(word) {
+        if lower.contains(word) && !state.forgiven.iter().any(|f| f == word) {
             return error(code, format!("injected {code} for {to}"));
         }
     }

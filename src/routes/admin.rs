@@ -111,10 +111,11 @@ pub struct RequeueRequest {
 #[post("/admin/dlq/requeue")]
 pub async fn requeue(
     req: HttpRequest,
-    body: web::Json<RequeueRequest>,
+    body: web::Json<serde_json::Value>,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
     state.auth.admin(&req)?;
+    let body: RequeueRequest = crate::error::from_json(body.into_inner())?;
     let letters = match (body.all, body.ids.is_empty()) {
         (true, true) => {
             let limit = body.limit.unwrap_or(1000);

@@ -76,10 +76,11 @@ pub fn validate_token(provider: Provider, token: &str) -> Result<(), String> {
 pub async fn register(
     req: HttpRequest,
     user_id: web::Path<String>,
-    body: web::Json<NewDevice>,
+    body: web::Json<serde_json::Value>,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
     state.auth.user(&req).await?.may_act_for(&user_id)?;
+    let body: NewDevice = crate::error::from_json(body.into_inner())?;
     let provider: Provider = body.provider.parse().map_err(|e| ApiError::Unprocessable(format!("provider: {e}")))?;
     validate_token(provider, &body.token).map_err(ApiError::Unprocessable)?;
     let (device, _created) = state.store.register_device(&user_id, provider, &body.token).await?;

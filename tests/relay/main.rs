@@ -1,6 +1,7 @@
 //! Integration tests against the real PostgreSQL and Redis, with Expo emulated on loopback.
 
 mod admin;
+mod api;
 mod config;
 mod delivery;
 mod failures;
@@ -13,3 +14,4 @@ mod receipts;
 mod recovery;
 mod schema;
 mod shutdown;
+mod tokens;

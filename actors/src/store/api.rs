@@ -155,6 +155,21 @@ impl Store {
         Ok(rows.iter().map(|r| r.get(0)).collect())
     }
 
+    /// How many failed notifications match `filter`.
+    pub async fn count_failed(&self, filter: &FailedFilter) -> Result<u64> {
+        let client = self.pool.get().await?;
+        let row = client
+            .query_one(
+                "SELECT count(*) FROM notification
+                  WHERE status = 'failed'
+                    AND ($1::text IS NULL OR user_id = $1)
+                    AND ($2::timestamptz IS NULL OR updated_at >= $2)",
+                &[&filter.user, &filter.since],
+            )
+            .await?;
+        Ok(row.get::<_, i64>(0) as u64)
+    }
+
     /// Registers a device, or re-enables and re-assigns an existing one with the same
     /// (provider, token): a phone that changes hands keeps one row. Returns the device and
     /// whether it was created.

@@ -1,0 +1,463 @@
+//! The HTTP API: authentication (every security case), the pull/retry/devices routes, the
+//! admin routes and the OpenAPI document.
+
+use crate::helpers::{eventually, prepare, TestApp, ADMIN_TOKEN};
+use crate::tokens::{claims, hs256, unsigned, JwksServer, SigningKey, AUDIENCE, HS_SECRET, ISSUER};
+use serde_json::{json, Value};
+use std::time::Duration;
+use uuid::Uuid;
+
+struct Api {
+    app: TestApp,
+    jwks: JwksServer,
+    key: SigningKey,
+}
+
+/// An app whose user routes accept ES256 tokens from a loopback JWKS and legacy HS256 tokens,
+/// with issuer and audience checked.
+async fn api() -> Api {
+    let mut app = prepare().await;
+    let key = SigningKey::generate("key-1");
+    let jwks = JwksServer::start(&[&key]).await;
+    for (k, v) in [
+        ("NOTIFY__AUTH__JWKS_URL", jwks.url.clone()),
+        ("NOTIFY__AUTH__JWT_SECRET", HS_SECRET.into()),
+        ("NOTIFY__AUTH__ISSUER", ISSUER.into()),
+        ("NOTIFY__AUTH__AUDIENCE", AUDIENCE.into()),
+        ("NOTIFY__AUTH__JWKS_MIN_REFRESH_MS", "200".into()),
+    ] {
+        app.env.insert(k.into(), v);
+    }
+    app.start().await;
+    Api { app, jwks, key }
+}
+
+impl Api {
+    fn token(&self, user: &str) -> String {
+        self.key.sign(&claims(user, 3600))
+    }
+
+    async fn call(&self, method: &str, path: &str, token: Option<&str>, body: Option<&[u8]>) -> (u16, Value) {
+        let client = awc::Client::builder().timeout(Duration::from_secs(10)).finish();
+        let url = format!("{}{path}", self.app.api());
+        let mut req = match method {
+            "GET" => client.get(url),
+            "POST" => client.post(url),
+            "DELETE" => client.delete(url),
+            other => panic!("method {other}"),
+        };
+        if let Some(t) = token {
+            req = req.insert_header(("authorization", format!("Bearer {t}")));
+        }
+        let mut resp = match body {
+            Some(b) => req.insert_header(("content-type", "application/json")).send_body(b.to_vec()).await,
+            None => req.send().await,
+        }
+        .expect("request");
+        let status = resp.status().as_u16();
+        let bytes = resp.body().limit(4 * 1024 * 1024).await.expect("body");
+        (status, serde_json::from_slice(&bytes).unwrap_or(Value::Null))
+    }
+
+    async fn get(&self, path: &str, token: Option<&str>) -> (u16, Value) {
+        self.call("GET", path, token, None).await
+    }
+
+    async fn post(&self, path: &str, token: Option<&str>, body: Value) -> (u16, Value) {
+        self.call("POST", path, token, Some(body.to_string().as_bytes())).await
+    }
+
+    /// A failed notification of `user` (with its notification_failed row), failed `ago` ago.
+    async fn failed_notification(&self, user: &str, ago_secs: i64) -> Uuid {
+        let id: Uuid = self
+            .app
+            .db
+            .query_one(
+                "INSERT INTO notification (user_id, type, status, last_error, attempt_count, payload)
+                 VALUES ($1, 't', 'failed', 'gone', 1, '{\"title\":\"x\"}') RETURNING id",
+                &[&user],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        self.app
+            .db
+            .execute(
+                "INSERT INTO notification_failed (notification_id, user_id, error, attempt_count, payload, failed_at)
+                 VALUES ($1, $2, 'gone', 1, '{\"title\":\"x\"}', now() - make_interval(secs => $3))",
+                &[&id, &user, &(ago_secs as f64)],
+            )
+            .await
+            .unwrap();
+        id
+    }
+
+    async fn done(self) {
+        self.app.cleanup().await;
+        self.jwks.stop().await;
+    }
+}
+
+fn code(body: &Value) -> &str {
+    body["error"]["code"].as_str().unwrap_or("")
+}
+
+#[actix_web::test]
+async fn user_routes_accept_es256_from_the_jwks_and_legacy_hs256() {
+    let api = api().await;
+    let (status, body) = api.get("/users/alice/notifications/failed", Some(&api.token("alice"))).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body, json!({"items": [], "next_cursor": null}));
+    let legacy = hs256(HS_SECRET.as_bytes(), &claims("alice", 3600));
+    assert_eq!(api.get("/users/alice/notifications/failed", Some(&legacy)).await.0, 200);
+    // A service_role token acts for any user.
+    let mut service = claims("", 3600);
+    service["role"] = json!("service_role");
+    service.as_object_mut().unwrap().remove("sub");
+    assert_eq!(api.get("/users/bob/notifications/failed", Some(&api.key.sign(&service))).await.0, 200);
+    api.done().await;
+}
+
+#[actix_web::test]
+async fn every_bad_credential_is_refused_on_every_user_route() {
+    let api = api().await;
+    let other_key = SigningKey::generate("key-1"); // same kid, different key
+    let unknown_kid = SigningKey::generate("key-unknown");
+    let mut wrong_iss = claims("alice", 3600);
+    wrong_iss["iss"] = json!("https://evil.example/auth/v1");
+    let mut wrong_aud = claims("alice", 3600);
+    wrong_aud["aud"] = json!("anon");
+    let mut no_exp = claims("alice", 3600);
+    no_exp.as_object_mut().unwrap().remove("exp");
+    let jwks_json = json!({"keys": [api.key.jwk.clone()]}).to_string();
+    let cases: Vec<(&str, Option<String>)> = vec![
+        ("no token", None),
+        ("expired", Some(api.key.sign(&claims("alice", -120)))),
+        ("wrong HS256 secret", Some(hs256(b"not-the-secret-of-this-project", &claims("alice", 3600)))),
+        ("alg none", Some(unsigned(&claims("alice", 3600)))),
+        ("HS256 signed with the public key (PEM)", Some(hs256(api.key.public_pem.as_bytes(), &claims("alice", 3600)))),
+        ("HS256 signed with the JWKS document", Some(hs256(jwks_json.as_bytes(), &claims("alice", 3600)))),
+        ("unknown kid", Some(unknown_kid.sign(&claims("alice", 3600)))),
+        ("signed by another key under the known kid", Some(other_key.sign(&claims("alice", 3600)))),
+        ("wrong issuer", Some(api.key.sign(&wrong_iss))),
+        ("wrong audience", Some(api.key.sign(&wrong_aud))),
+        ("no exp", Some(api.key.sign(&no_exp))),
+        ("the admin token", Some(ADMIN_TOKEN.into())),
+        ("garbage", Some("not.a.jwt".into())),
+    ];
+    let device = Uuid::new_v4();
+    let routes: Vec<(&str, String, Option<Value>)> = vec![
+        ("GET", "/users/alice/notifications/failed".into(), None),
+        ("POST", "/users/alice/devices".into(), Some(json!({"provider": "expo", "token": "ExponentPushToken[a]"}))),
+        ("DELETE", format!("/users/alice/devices/{device}"), None),
+    ];
+    for (method, path, body) in &routes {
+        for (case, token) in &cases {
+            let bytes = body.as_ref().map(|b| b.to_string().into_bytes());
+            let (status, resp) = api.call(method, path, token.as_deref(), bytes.as_deref()).await;
+            assert_eq!(status, 401, "{method} {path} with {case}: {resp}");
+            assert_eq!(code(&resp), "unauthorized", "{case}");
+        }
+        // A valid token of someone else: authenticated, but not allowed.
+        let bytes = body.as_ref().map(|b| b.to_string().into_bytes());
+        let (status, resp) = api.call(method, path, Some(&api.token("mallory")), bytes.as_deref()).await;
+        assert_eq!(status, 403, "{method} {path} with another user's token: {resp}");
+        assert_eq!(code(&resp), "forbidden");
+    }
+    // Retry: the owner, a service or the admin; not someone else.
+    let id = api.failed_notification("alice", 10).await;
+    let (status, _) = api.post(&format!("/notifications/{id}/retry"), Some(&api.token("mallory")), json!({})).await;
+    assert_eq!(status, 403);
+    let (status, _) = api.post(&format!("/notifications/{id}/retry"), None, json!({})).await;
+    assert_eq!(status, 401);
+    api.done().await;
+}
+
+#[actix_web::test]
+async fn a_rotated_in_key_is_fetched_once_and_made_up_kids_do_not_hammer_the_jwks() {
+    let api = api().await;
+    assert_eq!(api.get("/users/alice/notifications/failed", Some(&api.token("alice"))).await.0, 200);
+    let fetched = api.jwks.fetches();
+    assert_eq!(fetched, 1, "cached after the first fetch");
+    for _ in 0..5 {
+        let forged = SigningKey::generate("made-up").sign(&claims("alice", 3600));
+        assert_eq!(api.get("/users/alice/notifications/failed", Some(&forged)).await.0, 401);
+    }
+    assert!(api.jwks.fetches() <= fetched + 1, "unknown kids refetch at most once per jwks_min_refresh_ms");
+    // The project rotates in a new key: after the refresh interval, its tokens work.
+    let new_key = SigningKey::generate("key-2");
+    api.jwks.add(&new_key);
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    let (status, body) =
+        api.get("/users/alice/notifications/failed", Some(&new_key.sign(&claims("alice", 3600)))).await;
+    assert_eq!(status, 200, "{body}");
+    api.done().await;
+}
+
+#[actix_web::test]
+async fn admin_routes_take_only_the_admin_token() {
+    let api = api().await;
+    let mut service = claims("ops", 3600);
+    service["role"] = json!("service_role");
+    for path in ["/admin/actors", "/admin/queues", "/admin/dlq", "/admin/metrics"] {
+        assert_eq!(api.get(path, None).await.0, 401, "{path}");
+        assert_eq!(api.get(path, Some(&api.token("alice"))).await.0, 401, "{path}: a user token");
+        assert_eq!(api.get(path, Some(&api.key.sign(&service))).await.0, 401, "{path}: a service_role token");
+        assert_eq!(api.get(path, Some("test-admin-token-but-wrong")).await.0, 401, "{path}");
+        let (status, body) = api.get(path, Some(ADMIN_TOKEN)).await;
+        assert_eq!(status, 200, "{path}: {body}");
+    }
+    let (status, _) = api.post("/admin/dlq/requeue", Some(&api.token("alice")), json!({"all": true})).await;
+    assert_eq!(status, 401);
+    api.done().await;
+}
+
+#[actix_web::test]
+async fn failed_notifications_page_newest_first_with_signed_cursors() {
+    let api = api().await;
+    let mut ids = Vec::new();
+    for i in 0..45 {
+        ids.push(api.failed_notification("alice", 1000 - i).await); // later i = newer
+    }
+    api.failed_notification("bob", 1).await;
+    let token = api.token("alice");
+    let mut seen: Vec<Uuid> = Vec::new();
+    let mut cursor: Option<String> = None;
+    let mut pages = 0;
+    loop {
+        let path = match &cursor {
+            Some(c) => format!("/users/alice/notifications/failed?limit=20&cursor={c}"),
+            None => "/users/alice/notifications/failed?limit=20".into(),
+        };
+        let (status, body) = api.get(&path, Some(&token)).await;
+        assert_eq!(status, 200, "{body}");
+        pages += 1;
+        for item in body["items"].as_array().unwrap() {
+            assert_eq!(item["user_id"], "alice");
+            seen.push(item["notification_id"].as_str().unwrap().parse().unwrap());
+        }
+        match body["next_cursor"].as_str() {
+            Some(c) => cursor = Some(c.to_string()),
+            None => break,
+        }
+    }
+    assert_eq!(pages, 3);
+    ids.reverse();
+    assert_eq!(seen, ids, "newest first, each once, nobody else's");
+
+    let first = api.get("/users/alice/notifications/failed?limit=1", Some(&token)).await.1;
+    let good = first["next_cursor"].as_str().unwrap().to_string();
+    let (body_part, sig) = good.split_once('.').unwrap();
+    let tampered = format!("{}A.{sig}", body_part);
+    for bad in ["limit=0", "limit=101", "limit=abc", "cursor=garbage", &format!("cursor={tampered}")] {
+        let (status, body) = api.get(&format!("/users/alice/notifications/failed?{bad}"), Some(&token)).await;
+        assert_eq!(status, 400, "{bad}: {body}");
+        assert_eq!(code(&body), "bad_request");
+    }
+    api.done().await;
+}
+
+#[actix_web::test]
+async fn retry_answers_202_404_409_and_400_as_it_should() {
+    let api = api().await;
+    let token = api.token("alice");
+    let (status, body) = api.post("/notifications/not-a-uuid/retry", Some(&token), json!({})).await;
+    assert_eq!((status, code(&body)), (400, "bad_request"), "{body}");
+    assert!(body["error"]["message"].as_str().unwrap().contains("id must be a UUID"));
+    let (status, _) = api.post(&format!("/notifications/{}/retry", Uuid::new_v4()), Some(&token), json!({})).await;
+    assert_eq!(status, 404);
+    let delivered: Uuid = api
+        .app
+        .db
+        .query_one(
+            "INSERT INTO notification (user_id, type, status) VALUES ('alice', 't', 'delivered') RETURNING id",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    let (status, body) = api.post(&format!("/notifications/{delivered}/retry"), Some(&token), json!({})).await;
+    assert_eq!((status, code(&body)), (409, "conflict"), "{body}");
+
+    let failed = api.failed_notification("alice", 5).await;
+    let (status, body) = api.post(&format!("/notifications/{failed}/retry"), Some(&token), json!({})).await;
+    assert_eq!(status, 202, "{body}");
+    assert_eq!(body, json!({"id": failed.to_string(), "status": "pending"}));
+    // It is no longer failed: a second retry conflicts.
+    let (status, _) = api.post(&format!("/notifications/{failed}/retry"), Some(&token), json!({})).await;
+    assert_eq!(status, 409);
+    let stamped = api
+        .app
+        .count(&format!(
+            "SELECT count(*) FROM notification_failed WHERE notification_id = '{failed}' AND retried_at IS NOT NULL"
+        ))
+        .await;
+    assert_eq!(stamped, 1);
+    // The admin token may retry anyone's.
+    let other = api.failed_notification("bob", 5).await;
+    let (status, _) = api.post(&format!("/notifications/{other}/retry"), Some(ADMIN_TOKEN), json!({})).await;
+    assert_eq!(status, 202);
+    api.done().await;
+}
+
+#[actix_web::test]
+async fn devices_are_registered_validated_re_enabled_and_removed() {
+    let api = api().await;
+    let token = api.token("alice");
+    let register = |body: Value| {
+        let token = token.clone();
+        let api = &api;
+        async move { api.post("/users/alice/devices", Some(&token), body).await }
+    };
+    let (status, device) = register(json!({"provider": "expo", "token": "ExponentPushToken[alice-1]"})).await;
+    assert_eq!(status, 201, "{device}");
+    assert_eq!(device["user_id"], "alice");
+    assert_eq!(device["disabled_at"], Value::Null);
+    let id = device["id"].as_str().unwrap().to_string();
+
+    // Removed, then registered again: the same row, enabled again.
+    let (status, _) = api.call("DELETE", &format!("/users/alice/devices/{id}"), Some(&token), None).await;
+    assert_eq!(status, 204);
+    assert_eq!(api.app.count("SELECT count(*) FROM device WHERE disabled_at IS NOT NULL").await, 1);
+    let (status, again) = register(json!({"provider": "expo", "token": "ExponentPushToken[alice-1]"})).await;
+    assert_eq!(status, 201);
+    assert_eq!(again["id"], device["id"]);
+    assert_eq!(again["disabled_at"], Value::Null);
+
+    for (body, field) in [
+        (json!({"provider": "sms", "token": "x"}), "provider"),
+        (json!({"provider": "expo", "token": "not-an-expo-token"}), "token"),
+        (json!({"provider": "apns", "token": "zz"}), "token"),
+        (json!({"provider": "email", "token": "nobody"}), "token"),
+        (json!({"provider": "expo"}), "token"),
+        (json!({"provider": 5, "token": "x"}), "provider"),
+        (json!({"provider": "fcm", "token": "t", "extra": 1}), "extra"),
+    ] {
+        let (status, resp) = register(body.clone()).await;
+        assert_eq!(status, 422, "{body}: {resp}");
+        assert_eq!(code(&resp), "invalid_value");
+        assert!(resp["error"]["message"].as_str().unwrap().contains(field), "{body}: {resp}");
+    }
+    let (status, resp) = api.call("POST", "/users/alice/devices", Some(&token), Some(b"{\"provider\": ")).await;
+    assert_eq!((status, code(&resp)), (400, "bad_request"), "{resp}");
+    let huge = json!({"provider": "fcm", "token": "x".repeat(70 * 1024)}).to_string();
+    let (status, resp) = api.call("POST", "/users/alice/devices", Some(&token), Some(huge.as_bytes())).await;
+    assert_eq!((status, code(&resp)), (413, "payload_too_large"), "{resp}");
+
+    let (status, _) = api.call("DELETE", &format!("/users/alice/devices/{}", Uuid::new_v4()), Some(&token), None).await;
+    assert_eq!(status, 404);
+    let (status, _) = api.call("DELETE", "/users/alice/devices/123", Some(&token), None).await;
+    assert_eq!(status, 400);
+    // Bob cannot remove Alice's device through his own path either.
+    let bob = api.token("bob");
+    let (status, _) = api.call("DELETE", &format!("/users/bob/devices/{id}"), Some(&bob), None).await;
+    assert_eq!(status, 404);
+    api.done().await;
+}
+
+#[actix_web::test]
+async fn pull_add_a_device_retry_and_the_notification_is_delivered() {
+    let api = api().await;
+    let token = api.token("erin");
+    api.app.add_device("erin", "expo", "ExponentPushToken[erin-unregistered]").await;
+    let id = api.app.notify("erin", json!({"title": "Your code", "body": "123456"})).await;
+    let (status, _, _) = api.app.final_status(id).await;
+    assert_eq!(status, "failed");
+
+    let (_, page) = api.get("/users/erin/notifications/failed", Some(&token)).await;
+    let items = page["items"].as_array().unwrap();
+    assert_eq!(items.len(), 1);
+    assert_eq!(items[0]["notification_id"], id.to_string());
+    assert_eq!(items[0]["payload"]["title"], "Your code");
+
+    let (status, _) = api
+        .post("/users/erin/devices", Some(&token), json!({"provider": "expo", "token": "ExponentPushToken[erin-new]"}))
+        .await;
+    assert_eq!(status, 201);
+    let (status, _) = api.post(&format!("/notifications/{id}/retry"), Some(&token), json!({})).await;
+    assert_eq!(status, 202);
+    eventually(Duration::from_secs(20), || async { (api.app.status(id).await.0 == "delivered").then_some(()) }).await;
+    assert_eq!(api.app.expo.sends_of(id, "ExponentPushToken[erin-new]"), 1);
+    let (_, page) = api.get("/users/erin/notifications/failed", Some(&token)).await;
+    assert!(page["items"][0]["retried_at"].is_string(), "{page}");
+    api.done().await;
+}
+
+#[actix_web::test]
+async fn admin_sees_queues_and_metrics_and_requeues_dead_letters() {
+    let mut api = api().await;
+    api.app.stop().await;
+    api.app.env.insert("NOTIFY__RETRY__MAX_ATTEMPTS".into(), "2".into());
+    api.app.start().await;
+    api.app.add_device("fred", "expo", "ExponentPushToken[fred-ratelimited]").await;
+    let id = api.app.notify("fred", json!({"title": "t"})).await;
+    assert_eq!(api.app.final_status(id).await.0, "failed");
+
+    let (status, dlq) = api.get("/admin/dlq?limit=10", Some(ADMIN_TOKEN)).await;
+    assert_eq!(status, 200);
+    let items = dlq["items"].as_array().unwrap();
+    assert_eq!(items.len(), 1, "{dlq}");
+    assert_eq!(items[0]["job"]["notification_id"], id.to_string());
+    assert_eq!(items[0]["provider"], "expo");
+    let (_, queues) = api.get("/admin/queues", Some(ADMIN_TOKEN)).await;
+    assert_eq!(queues["totals"]["dlq_length"], 1, "{queues}");
+    assert_eq!(queues["shards"][0]["shard"], 0);
+    let (_, metrics) = api.get("/admin/metrics?days=2", Some(ADMIN_TOKEN)).await;
+    assert_eq!(metrics["days"].as_array().unwrap().len(), 2);
+    assert_eq!(metrics["days"][0]["events"]["DLQ_PUSHED"], 1, "{metrics}");
+    assert_eq!(metrics["days"][0]["events"]["DLQ_PUSHED:expo"], 1, "{metrics}");
+    assert_eq!(api.get("/admin/metrics?days=0", Some(ADMIN_TOKEN)).await.0, 400);
+    assert_eq!(api.get("/admin/dlq?limit=5000", Some(ADMIN_TOKEN)).await.0, 400);
+    let (status, resp) = api.post("/admin/dlq/requeue", Some(ADMIN_TOKEN), json!({"ids": ["nope"]})).await;
+    assert_eq!((status, code(&resp)), (422, "invalid_value"), "{resp}");
+    assert_eq!(api.post("/admin/dlq/requeue", Some(ADMIN_TOKEN), json!({})).await.0, 422);
+
+    // The device recovered: requeue the dead letter and it is delivered.
+    api.app.expo.forgive("ratelimited");
+    let letter = items[0]["id"].as_str().unwrap();
+    let (status, report) = api.post("/admin/dlq/requeue", Some(ADMIN_TOKEN), json!({"ids": [letter]})).await;
+    assert_eq!(status, 200, "{report}");
+    assert_eq!(report, json!({"requeued": [letter], "skipped": []}));
+    eventually(Duration::from_secs(20), || async { (api.app.status(id).await.0 == "delivered").then_some(()) }).await;
+    assert_eq!(api.app.expo.sends_of(id, "ExponentPushToken[fred-ratelimited]"), 1);
+    let (_, queues) = api.get("/admin/queues", Some(ADMIN_TOKEN)).await;
+    assert_eq!(queues["totals"]["dlq_length"], 0, "{queues}");
+    // Requeueing it again: it is gone.
+    let (_, report) = api.post("/admin/dlq/requeue", Some(ADMIN_TOKEN), json!({"ids": [letter]})).await;
+    assert_eq!(report, json!({"requeued": [], "skipped": []}));
+    api.done().await;
+}
+
+#[actix_web::test]
+async fn the_openapi_document_lists_every_route_and_the_docs_page_is_served_offline() {
+    let api = api().await;
+    let (status, doc) = api.get("/openapi.json", None).await;
+    assert_eq!(status, 200);
+    assert!(doc["openapi"].as_str().unwrap().starts_with("3."));
+    let paths = doc["paths"].as_object().unwrap();
+    for path in [
+        "/healthz",
+        "/readyz",
+        "/users/{user_id}/notifications/failed",
+        "/notifications/{id}/retry",
+        "/users/{user_id}/devices",
+        "/users/{user_id}/devices/{device_id}",
+        "/admin/actors",
+        "/admin/queues",
+        "/admin/dlq",
+        "/admin/dlq/requeue",
+        "/admin/metrics",
+    ] {
+        assert!(paths.contains_key(path), "{path} missing from {:?}", paths.keys().collect::<Vec<_>>());
+    }
+    assert!(doc["components"]["securitySchemes"]["user_jwt"].is_object());
+    let client = awc::Client::default();
+    let mut page = client.get(format!("{}/docs/", api.app.api())).send().await.unwrap();
+    assert_eq!(page.status().as_u16(), 200);
+    let html = String::from_utf8_lossy(&page.body().await.unwrap()).to_string();
+    assert!(html.contains("swagger-ui"), "{html}");
+    let mut js = client.get(format!("{}/docs/swagger-ui-bundle.js", api.app.api())).send().await.unwrap();
+    assert_eq!(js.status().as_u16(), 200);
+    assert!(js.body().limit(20 * 1024 * 1024).await.unwrap().len() > 100_000, "the bundle is served by the binary");
+    api.done().await;
+}
