@@ -67,14 +67,29 @@ pub struct Circuit {
     events: Events,
 }
 
-/// Logs the transitions (once each, not once per message) and remembers whether the current
-/// call is a half-open probe.
+/// Where transitions are sent to be counted in Redis (failsafe's callbacks are synchronous and
+/// run on the senders' threads, so they only hand the event over).
+pub type Transitions = tokio::sync::mpsc::UnboundedSender<(&'static str, Provider)>;
+
+/// Logs the transitions (once each, not once per message), hands them over to be counted, and
+/// remembers whether the current call is a half-open probe.
 #[derive(Clone)]
 struct Events {
     provider: Provider,
     log: Logger,
+    transitions: Option<Transitions>,
     probing: Arc<AtomicBool>,
+    /// Opened since it last closed (failsafe also reports the initial closed state).
+    tripped: Arc<AtomicBool>,
     last_failure: Arc<Mutex<String>>,
+}
+
+impl Events {
+    fn count(&self, event: &'static str) {
+        if let Some(tx) = &self.transitions {
+            let _ = tx.send((event, self.provider));
+        }
+    }
 }
 
 impl failsafe::Instrument for Events {
@@ -82,29 +97,38 @@ impl failsafe::Instrument for Events {
 
     fn on_open(&self) {
         self.probing.store(false, Ordering::Release);
+        self.tripped.store(true, Ordering::Release);
         let reason = self.last_failure.lock().map(|r| r.clone()).unwrap_or_default();
         warn!(self.log, "circuit opened: deliveries are rescheduled without spending attempts";
               "event" => events::CIRCUIT_OPEN, "provider" => self.provider.as_str(), "reason" => reason);
+        self.count(events::CIRCUIT_OPEN);
     }
 
     fn on_half_open(&self) {
         self.probing.store(true, Ordering::Release);
         info!(self.log, "circuit half-open: probing"; "event" => events::CIRCUIT_HALF_OPEN,
               "provider" => self.provider.as_str());
+        self.count(events::CIRCUIT_HALF_OPEN);
     }
 
     fn on_closed(&self) {
         self.probing.store(false, Ordering::Release);
+        if !self.tripped.swap(false, Ordering::AcqRel) {
+            return;
+        }
         info!(self.log, "circuit closed"; "event" => events::CIRCUIT_CLOSED, "provider" => self.provider.as_str());
+        self.count(events::CIRCUIT_CLOSED);
     }
 }
 
 impl Circuit {
-    pub fn new(provider: Provider, settings: CircuitSettings, log: &Logger) -> Self {
+    pub fn new(provider: Provider, settings: CircuitSettings, log: &Logger, transitions: Option<Transitions>) -> Self {
         let events = Events {
             provider,
             log: log.new(slog::o!("circuit" => provider.as_str())),
+            transitions,
             probing: Arc::new(AtomicBool::new(false)),
+            tripped: Arc::new(AtomicBool::new(false)),
             last_failure: Arc::new(Mutex::new(String::new())),
         };
         let intervals = OpenIntervals { next: settings.open, max: settings.max_open.max(settings.open) };
@@ -144,7 +168,7 @@ mod tests {
     fn circuit() -> Circuit {
         let settings =
             CircuitSettings { failures: 2, open: Duration::from_millis(50), max_open: Duration::from_millis(100) };
-        Circuit::new(Provider::Expo, settings, &Logger::root(slog::Discard, slog::o!()))
+        Circuit::new(Provider::Expo, settings, &Logger::root(slog::Discard, slog::o!()), None)
     }
 
     #[test]
@@ -172,6 +196,30 @@ mod tests {
         assert!(c.permits());
         assert!(c.record(&Health::Outage("c".into())), "the probe's failure is free");
         assert!(!c.permits());
+    }
+
+    #[test]
+    fn transitions_are_handed_over_to_be_counted() {
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let settings =
+            CircuitSettings { failures: 1, open: Duration::from_millis(20), max_open: Duration::from_millis(20) };
+        let c = Circuit::new(Provider::Fcm, settings, &Logger::root(slog::Discard, slog::o!()), Some(tx));
+        c.record(&Health::Outage("a".into()));
+        std::thread::sleep(Duration::from_millis(40));
+        assert!(c.permits());
+        c.record(&Health::Up);
+        let mut seen = Vec::new();
+        while let Ok(e) = rx.try_recv() {
+            seen.push(e);
+        }
+        assert_eq!(
+            seen,
+            vec![
+                (events::CIRCUIT_OPEN, Provider::Fcm),
+                (events::CIRCUIT_HALF_OPEN, Provider::Fcm),
+                (events::CIRCUIT_CLOSED, Provider::Fcm)
+            ]
+        );
     }
 
     #[test]

@@ -42,6 +42,21 @@ use std::time::{Duration, Instant};
 /// makes `send` wait, which is how back-pressure travels upstream.
 const MAILBOX: usize = 64;
 
+/// Counts circuit transitions in the daily Redis counters, off the senders' threads.
+fn count_circuit_transitions(relay: Relay, log: Logger) -> crate::circuit::Transitions {
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(&'static str, Provider)>();
+    actix_rt::spawn(async move {
+        while let Some((event, provider)) = rx.recv().await {
+            let mut tally = crate::events::Tally::default();
+            tally.add(event, Some(provider.as_str()), 1);
+            if let Err(e) = relay.enqueue(&[], &tally, &crate::events::today()).await {
+                warn!(log, "could not count a circuit transition"; "event" => event, "error" => e.chain());
+            }
+        }
+    });
+    tx
+}
+
 /// A running engine.
 pub struct Engine {
     registry: Registry,
@@ -86,9 +101,10 @@ impl Engine {
             let writer = Handle { addr, stats };
 
             let mut pools = HashMap::new();
+            let transitions = count_circuit_transitions(relay.clone(), log.clone());
             for p in &providers {
                 let guards = SendGuards {
-                    circuit: Circuit::new(p.provider, settings.circuit, &log),
+                    circuit: Circuit::new(p.provider, settings.circuit, &log, Some(transitions.clone())),
                     defer: settings.circuit.open,
                     limiter: (p.limits.per_sec > 0 || p.limits.device_per_sec > 0)
                         .then(|| RateLimiter::new(relay.clone(), p.provider, p.limits)),

@@ -327,6 +327,11 @@ async fn a_service_account_fcm_refuses_opens_the_circuit_without_failing_anythin
     let attempts = app.count("SELECT max(attempt_count)::bigint FROM delivery").await;
     // circuit.failures = 3 in tests: three refusals open it, then only the successful send counts.
     assert!(attempts <= 4, "an open circuit spends no attempts: {attempts}");
+    // The transitions are counted (once each), not only logged.
+    eventually(Duration::from_secs(5), || async {
+        (app.redis_counter("CIRCUIT_OPEN").await >= 1 && app.redis_counter("CIRCUIT_CLOSED").await >= 1).then_some(())
+    })
+    .await;
     app.cleanup().await;
     fcm.stop().await;
 }
