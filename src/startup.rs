@@ -5,6 +5,7 @@ use crate::configuration::Settings;
 use crate::routes::{self, AppState};
 use crate::{error, migrate};
 use actix_web::dev::ServerHandle;
+use actix_web::dev::Service;
 use actix_web::{web, App, HttpResponse, HttpServer};
 use actors::keys::Keys;
 use actors::relay::Relay;
@@ -112,8 +113,26 @@ impl Application {
                 cursor_key: cursor_key(&settings),
             });
             let addr = settings.http_addr()?;
+            let api_log = log.new(slog::o!("component" => "api"));
             let http = HttpServer::new(move || {
+                let api_log = api_log.clone();
                 App::new()
+                    .wrap_fn(move |req, srv| {
+                        let (method, path) = (req.method().to_string(), req.path().to_string());
+                        let call = srv.call(req);
+                        let log = api_log.clone();
+                        async move {
+                            let res = call.await?;
+                            // Internal errors answer an opaque 500; their cause goes to the log.
+                            if res.status().is_server_error() {
+                                if let Some(err) = res.response().error() {
+                                    slog::error!(log, "request failed"; "method" => method, "path" => path,
+                                                 "status" => res.status().as_u16(), "error" => format!("{err:?}"));
+                                }
+                            }
+                            Ok(res)
+                        }
+                    })
                     .app_data(state.clone())
                     .app_data(web::JsonConfig::default().limit(64 * 1024).error_handler(error::json_error))
                     .app_data(web::QueryConfig::default().error_handler(error::query_error))
