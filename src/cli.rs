@@ -37,5 +37,12 @@ pub enum Command {
         /// Listen address of the Expo emulator.
         #[arg(long, default_value = "127.0.0.1:4000")]
         expo_addr: String,
+        /// Listen address of the APNs emulator (HTTP/2 over TLS).
+        #[arg(long, default_value = "127.0.0.1:4002")]
+        apns_addr: String,
+        /// Directory where emulators write the credentials a relay needs to use them
+        /// (`apns-key.p8`, `apns-ca.pem`).
+        #[arg(long)]
+        credentials_dir: Option<PathBuf>,
     },
 }

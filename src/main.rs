@@ -51,10 +51,12 @@ async fn main() -> ExitCode {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => fail(&e),
         },
-        Command::MockProviders { expo_addr } => match mock::serve(&expo_addr).await {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(e) => fail(&e),
-        },
+        Command::MockProviders { expo_addr, apns_addr, credentials_dir } => {
+            match mock::serve(&expo_addr, &apns_addr, credentials_dir.as_deref()).await {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => fail(&e),
+            }
+        }
     }
 }
 

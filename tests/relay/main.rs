@@ -1,6 +1,7 @@
 //! Integration tests against the real PostgreSQL and Redis, with Expo emulated on loopback.
 
 mod admin;
+mod apns;
 mod config;
 mod delivery;
 mod failures;
