@@ -2,6 +2,7 @@
 //! errors). The tests use them, and `notify-relay mock-providers` runs them for staging smoke
 //! tests and load tests without real devices.
 
+pub mod apns;
 pub mod expo;
 pub mod fcm;
 
@@ -14,8 +15,11 @@ pub struct MockArgs {
     /// Listen address of the FCM emulator (and its OAuth token endpoint).
     #[arg(long, default_value = "127.0.0.1:4001")]
     pub fcm_addr: String,
+    /// Listen address of the APNs emulator (HTTP/2 over TLS).
+    #[arg(long, default_value = "127.0.0.1:4002")]
+    pub apns_addr: String,
     /// Where to write the credentials the relay needs to talk to the emulators
-    /// (`fcm-service-account.json`, …).
+    /// (`fcm-service-account.json`, `apns-key.p8`, `apns-ca.pem`).
     #[arg(long, default_value = "mock-credentials")]
     pub credentials_dir: std::path::PathBuf,
 }
@@ -43,8 +47,25 @@ pub async fn serve(args: MockArgs) -> std::io::Result<()> {
         fcm.url()
     );
 
+    let apns = apns::ApnsEmulator::start(&args.apns_addr, apns::Rules::default()).await?;
+    serve_apns(&apns, &args.credentials_dir)?;
+
     let _ = tokio::signal::ctrl_c().await;
     expo.stop().await;
     fcm.stop().await;
+    apns.stop().await;
+    Ok(())
+}
+
+fn serve_apns(apns: &apns::ApnsEmulator, credentials_dir: &std::path::Path) -> std::io::Result<()> {
+    println!("apns emulator listening on {} (HTTP/2, TLS)", apns.url());
+    println!("  key_id {}, team_id {}, topic {}", apns.key_id(), apns.team_id(), apns.topic());
+    let (key, ca) = apns::write_credentials(apns, credentials_dir)?;
+    println!("  providers.apns.key_file = {}, providers.apns.ca_file = {}", key.display(), ca.display());
+    println!("  failure injection: POST {}/__emulator/answer {{\"token\":\"<hex>\",\"status\":410,\"reason\":\"Unregistered\"}},", apns.url());
+    println!(
+        "  POST {}/__emulator/fail {{\"status\":503,\"reason\":\"ServiceUnavailable\",\"for_ms\":10000}}",
+        apns.url()
+    );
     Ok(())
 }

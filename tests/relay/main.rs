@@ -3,6 +3,7 @@
 mod admin;
 mod admin_cli;
 mod api;
+mod apns;
 mod config;
 mod delivery;
 mod failures;

@@ -1,6 +1,7 @@
 //! Provider clients: how one batch of jobs becomes requests to a push service, and how each
 //! answer is classified (see PROVIDERS.md).
 
+pub mod apns;
 pub mod expo;
 pub mod fcm;
 
@@ -62,6 +63,14 @@ pub fn enabled(settings: &EngineSettings) -> Result<Vec<EnabledProvider>, String
         let tokens = Arc::new(fcm::TokenSource::new(fcm.account.clone())?);
         let factory: ClientFactory = Arc::new(move || Box::new(fcm::FcmClient::new(&fcm, tokens.clone())));
         enabled.push(EnabledProvider { provider: Provider::Fcm, factory, limits });
+    }
+    if let Some(apns) = settings.apns.clone() {
+        let limits = apns.limits;
+        let tls = apns::tls_config(apns.ca_pem.as_deref())?;
+        let token = Arc::new(apns::ProviderToken::from_settings(&apns)?);
+        let factory: ClientFactory =
+            Arc::new(move || Box::new(apns::ApnsClient::new(&apns, tls.clone(), token.clone())));
+        enabled.push(EnabledProvider { provider: Provider::Apns, factory, limits });
     }
     Ok(enabled)
 }
