@@ -37,5 +37,8 @@ pub enum Command {
         /// Listen address of the Expo emulator.
         #[arg(long, default_value = "127.0.0.1:4000")]
         expo_addr: String,
+        /// Listen address of the SMTP relay emulator.
+        #[arg(long, default_value = "127.0.0.1:2525")]
+        smtp_addr: String,
     },
 }

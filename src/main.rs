@@ -51,7 +51,7 @@ async fn main() -> ExitCode {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => fail(&e),
         },
-        Command::MockProviders { expo_addr } => match mock::serve(&expo_addr).await {
+        Command::MockProviders { expo_addr, smtp_addr } => match mock::serve(&expo_addr, &smtp_addr).await {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => fail(&e),
         },

@@ -3,6 +3,7 @@
 mod admin;
 mod config;
 mod delivery;
+mod email;
 mod failures;
 mod faults;
 mod helpers;

@@ -1,6 +1,7 @@
 //! Provider clients: how one batch of jobs becomes requests to a push service, and how each
 //! answer is classified (see PROVIDERS.md).
 
+pub mod email;
 pub mod expo;
 pub mod fcm;
 
@@ -56,6 +57,12 @@ pub fn enabled(settings: &EngineSettings) -> Result<Vec<EnabledProvider>, String
         let limits = expo.limits;
         let factory: ClientFactory = Arc::new(move || Box::new(expo::ExpoClient::new(&expo)));
         enabled.push(EnabledProvider { provider: Provider::Expo, factory, limits });
+    }
+    if let Some(email) = settings.email.clone() {
+        let limits = email.limits;
+        let config = email::EmailConfig::new(&email)?;
+        let factory: ClientFactory = Arc::new(move || Box::new(email::EmailClient::new(&config)));
+        enabled.push(EnabledProvider { provider: Provider::Email, factory, limits });
     }
     // FCM_ENABLED
     Ok(enabled)
