@@ -364,6 +364,26 @@ async fn a_relay_that_stops_answering_times_out_and_the_next_message_still_goes_
 }
 
 #[actix_web::test]
+async fn jobs_that_get_no_connection_before_the_timeout_are_retried_without_blaming_the_relay() {
+    let smtp = emulator(SmtpOptions::default()).await;
+    let mut one_connection = settings(smtp.url(), None, Duration::from_millis(300));
+    one_connection.connections = 1;
+    let client = EmailClient::new(&EmailConfig::new(&one_connection).expect("email config"));
+    let jobs =
+        [job("stall@example.org", json!({})), job("stall+2@example.org", json!({})), job("w@example.org", json!({}))];
+
+    let response = client.send(&jobs).await;
+
+    // The first holds the only connection for the whole timeout; the second may take it over
+    // at that very moment or give up waiting; the third gets no connection in time either way.
+    let r = &response.results;
+    assert!(matches!(&r[0], SendResult::Retry { error, .. } if error.ends_with("within 300 ms")), "{r:?}");
+    assert!(matches!(&r[2], SendResult::Retry { error, .. } if error.contains("no free SMTP connection")), "{r:?}");
+    assert_eq!(response.health, Health::Up, "waiting for a connection is not an outage");
+    assert!(smtp.received().is_empty());
+}
+
+#[actix_web::test]
 async fn an_unparsable_address_is_an_invalid_token_and_nothing_is_sent() {
     let smtp = emulator(SmtpOptions::default()).await;
 
@@ -466,4 +486,67 @@ async fn a_421_outage_window_is_retried_and_ends_delivered() {
     assert_eq!(smtp.sends_of(id, "olga@example.org"), 1);
     assert!(app.redis_counter("DEFERRED").await > 0, "the open circuit deferred it without spending attempts");
     app.cleanup().await;
+}
+
+// The binary: configuration errors, and the emulator behind `mock-providers --smtp-addr`.
+
+#[test]
+fn a_bad_from_or_smtp_url_stops_start_up_naming_the_key_and_hiding_the_password() {
+    let run = |key: &str, value: &str| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_notify-relay"))
+            .arg("run")
+            .env_remove("NOTIFY_CONFIG")
+            .env("NOTIFY__PROVIDERS__EMAIL__ENABLED", "true")
+            .env(key, value)
+            .output()
+            .expect("run the binary");
+        (out.status.code(), String::from_utf8_lossy(&out.stderr).into_owned())
+    };
+
+    let (code, stderr) = run("NOTIFY__PROVIDERS__EMAIL__FROM", "Notifications");
+    assert_eq!(code, Some(1));
+    assert!(stderr.contains("`providers.email.from` must be a mailbox"), "{stderr}");
+
+    let (code, stderr) = run("NOTIFY__PROVIDERS__EMAIL__SMTP_URL", "smtp://user:hunter2@relay:587?tls=sometimes");
+    assert_eq!(code, Some(1));
+    assert!(stderr.contains("`providers.email.smtp_url` has tls=sometimes"), "{stderr}");
+    assert!(!stderr.contains("hunter2"), "{stderr}");
+}
+
+#[actix_web::test]
+async fn mock_providers_serves_the_smtp_emulator_on_the_smtp_addr() {
+    use std::io::BufRead;
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_notify-relay"))
+        .args(["mock-providers", "--expo-addr", "127.0.0.1:0", "--smtp-addr", "127.0.0.1:0"])
+        .env_remove("NOTIFY_CONFIG")
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("start mock-providers");
+    let stdout = child.stdout.take().expect("stdout");
+    // A blocking read must not stall the test's runtime. The pipe is kept open afterwards: the
+    // child prints more, and would die of a broken pipe.
+    let (url, _stdout) = tokio::task::spawn_blocking(move || {
+        let mut reader = std::io::BufReader::new(stdout);
+        let mut line = String::new();
+        while reader.read_line(&mut line).unwrap_or(0) > 0 {
+            if let Some(rest) = line.strip_prefix("smtp emulator listening on ") {
+                return (Some(rest.trim().to_string()), reader);
+            }
+            line.clear();
+        }
+        (None, reader)
+    })
+    .await
+    .expect("reader");
+    let url = url.expect("the emulator's address is printed");
+    let url = url.split_whitespace().next().unwrap_or_default().to_string();
+
+    let client = client_with(url, None, Duration::from_secs(5));
+    let (result, _) = send(&client, "someone@example.org").await;
+    let (refused, _) = send(&client, "unknown@example.org").await;
+    let _ = child.kill();
+    let _ = child.wait();
+
+    assert!(matches!(result, SendResult::Delivered { .. }), "{result:?}");
+    assert!(matches!(refused, SendResult::InvalidToken { .. }), "{refused:?}");
 }

@@ -248,12 +248,15 @@ impl ProviderClient for EmailClient {
     fn send(&self, jobs: &[Job]) -> LocalBoxFuture<'static, Response> {
         let prepared: Vec<_> = jobs.iter().map(|job| message(job, &self.inner.config.from)).collect();
         let inner = self.inner.clone();
+        // Waiting for a connection is bounded by the timeout too, so a batch takes at most twice
+        // the timeout however many jobs queue for the connections.
+        let deadline = tokio::time::Instant::now() + self.inner.config.timeout;
         Box::pin(async move {
             let sends = prepared.into_iter().map(|prepared| {
                 let inner = inner.clone();
                 async move {
                     match prepared {
-                        Ok((envelope, bytes)) => inner.transaction(&envelope, &bytes).await,
+                        Ok((envelope, bytes)) => inner.transaction(&envelope, &bytes, deadline).await,
                         Err(refused) => refused,
                     }
                 }
@@ -265,10 +268,26 @@ impl ProviderClient for EmailClient {
 
 impl Inner {
     /// One SMTP transaction, within the timeout, classified.
-    async fn transaction(&self, envelope: &Envelope, bytes: &[u8]) -> (SendResult, Health) {
+    async fn transaction(
+        &self,
+        envelope: &Envelope,
+        bytes: &[u8],
+        connection_deadline: tokio::time::Instant,
+    ) -> (SendResult, Health) {
+        let Ok(permit) = tokio::time::timeout_at(connection_deadline, self.permits.acquire()).await else {
+            // Nothing was sent: the relay is slow or the connections too few, not down.
+            let error = format!(
+                "email: no free SMTP connection within {} ms ({} per sender)",
+                self.config.timeout.as_millis(),
+                self.config.connections
+            );
+            return (SendResult::Retry { error, after: None }, Health::Up);
+        };
         // The semaphore is never closed, so acquiring only fails if it were.
-        let _permit = self.permits.acquire().await.ok();
+        let _permit = permit.ok();
         let transport = self.transport.borrow().clone();
+        // The transaction has the whole timeout, however long it waited for its connection: a
+        // timeout then says the relay is slow, not that this job queued behind others.
         let sent = tokio::time::timeout(self.config.timeout, transport.send_raw(envelope, bytes)).await;
         match sent {
             Ok(Ok(reply)) => {
