@@ -221,6 +221,8 @@ struct Inner {
 }
 
 impl EmailClient {
+    /// Must be called inside a tokio runtime (lettre's pool spawns its cleanup task): the
+    /// factory runs on the sender's arbiter.
     pub fn new(config: &EmailConfig) -> EmailClient {
         let inner = Inner {
             config: config.clone(),
