@@ -339,7 +339,10 @@ impl Settings {
             if self.claim.min_idle_ms <= longest {
                 return Err(invalid(
                     "claim.min_idle_ms",
-                    format!("must exceed the longest provider timeout_ms ({longest}), got {}", self.claim.min_idle_ms),
+                    format!(
+                        "must exceed the longest provider send ({longest} ms: timeout_ms, twice for email), got {}",
+                        self.claim.min_idle_ms
+                    ),
                 ));
             }
         }
@@ -517,7 +520,17 @@ mod tests {
     #[test]
     fn claim_min_idle_must_exceed_every_provider_timeout() {
         let err = error(&[("NOTIFY__CLAIM__MIN_IDLE_MS", "5000"), ("NOTIFY__PROVIDERS__EXPO__TIMEOUT_MS", "10000")]);
-        assert!(err.contains("`claim.min_idle_ms` must exceed the longest provider timeout_ms (10000)"), "{err}");
+        assert!(err.contains("`claim.min_idle_ms` must exceed the longest provider send (10000 ms"), "{err}");
+    }
+
+    #[test]
+    fn an_email_send_counts_twice_its_timeout() {
+        let err = error(&[
+            ("NOTIFY__PROVIDERS__EMAIL__ENABLED", "true"),
+            ("NOTIFY__PROVIDERS__EMAIL__TIMEOUT_MS", "40000"),
+            ("NOTIFY__CLAIM__MIN_IDLE_MS", "60000"),
+        ]);
+        assert!(err.contains("longest provider send (80000 ms"), "{err}");
     }
 
     #[test]

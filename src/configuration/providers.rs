@@ -3,6 +3,7 @@
 //! [`Secret`], and are read and checked at start-up so a bad key stops the process there, named.
 
 use super::{invalid, ConfigError, Secret};
+use actors::providers::email;
 use actors::providers::fcm::ServiceAccount;
 use actors::ratelimit::Limits;
 use actors::settings::{ApnsSettings, EmailSettings, ExpoSettings, FcmSettings};
@@ -150,13 +151,14 @@ impl ProvidersSettings {
         self.engine().map(|_| ())
     }
 
-    /// The longest request timeout of the enabled providers (the claim idle time must exceed it).
+    /// The longest a send of the enabled providers can take (the claim idle time must exceed it).
     pub fn longest_timeout_ms(&self) -> Option<u64> {
         [
             (self.expo.enabled, self.expo.timeout_ms),
             (self.fcm.enabled, self.fcm.timeout_ms),
             (self.apns.enabled, self.apns.timeout_ms),
-            (self.email.enabled, self.email.timeout_ms),
+            // An email send may wait `timeout_ms` for a connection, then take `timeout_ms`.
+            (self.email.enabled, self.email.timeout_ms.saturating_mul(2)),
         ]
         .into_iter()
         .filter_map(|(enabled, timeout)| enabled.then_some(timeout))
@@ -253,13 +255,9 @@ impl ApnsProviderSettings {
 impl EmailProviderSettings {
     fn engine(&self) -> Result<EmailSettings, ConfigError> {
         let url = self.smtp_url.expose();
-        if !(url.starts_with("smtp://") || url.starts_with("smtps://")) {
-            // Never echo the URL: it carries the password.
-            return Err(invalid("providers.email.smtp_url", "must start with smtp:// or smtps://"));
-        }
-        if !self.from.contains('@') {
-            return Err(invalid("providers.email.from", format!("must be a mailbox, got '{}'", self.from)));
-        }
+        // The parser's messages never echo the URL: it carries the password.
+        email::Relay::parse(url).map_err(|e| invalid("providers.email.smtp_url", e))?;
+        email::mailbox(&self.from).map_err(|e| invalid("providers.email.from", format!("{e}, got '{}'", self.from)))?;
         at_least_1("providers.email.timeout_ms", self.timeout_ms)?;
         if !(1..=100).contains(&self.connections) {
             return Err(invalid("providers.email.connections", "must be between 1 and 100"));
@@ -268,6 +266,11 @@ impl EmailProviderSettings {
             Some(path) => Some(read("providers.email.ca_file", path)?.into_bytes()),
             None => None,
         };
+        if let Some(pem) = &ca_pem {
+            if !rustls_pemfile::certs(&mut pem.as_slice()).any(|c| c.is_ok()) {
+                return Err(invalid("providers.email.ca_file", "holds no PEM certificate"));
+            }
+        }
         Ok(EmailSettings {
             smtp_url: url.to_string(),
             from: self.from.clone(),

@@ -5,6 +5,7 @@
 pub mod apns;
 pub mod expo;
 pub mod fcm;
+pub mod smtp;
 
 /// `notify-relay mock-providers` flags.
 #[derive(Debug, clap::Args)]
@@ -18,6 +19,9 @@ pub struct MockArgs {
     /// Listen address of the APNs emulator (HTTP/2 over TLS).
     #[arg(long, default_value = "127.0.0.1:4002")]
     pub apns_addr: String,
+    /// Listen address of the SMTP relay emulator.
+    #[arg(long, default_value = "127.0.0.1:2525")]
+    pub smtp_addr: String,
     /// Where to write the credentials the relay needs to talk to the emulators
     /// (`fcm-service-account.json`, `apns-key.p8`, `apns-ca.pem`).
     #[arg(long, default_value = "mock-credentials")]
@@ -50,7 +54,15 @@ pub async fn serve(args: MockArgs) -> std::io::Result<()> {
     let apns = apns::ApnsEmulator::start(&args.apns_addr, apns::Rules::default()).await?;
     serve_apns(&apns, &args.credentials_dir)?;
 
+    let smtp = smtp::SmtpEmulator::start(&args.smtp_addr, smtp::SmtpOptions::default()).await?;
+    println!("smtp emulator listening on {} (plain, no AUTH)", smtp.url());
+    println!("  failure injection: recipients unknown@, moved@, badaddr@, denied@, policy@, full@, greylist@,");
+    println!("  busy@, params@, tempauth@, authreq@, weakauth@, badcreds@, needtls@, closing@, toolarge@, stall@,");
+    println!(
+        "  reply-<code>[-<x.y.z>]@ (any domain; word+tag@ too); the command XFAIL {{\"status\":421,\"for_ms\":10000}}"
+    );
     let _ = tokio::signal::ctrl_c().await;
+    smtp.stop().await;
     expo.stop().await;
     fcm.stop().await;
     apns.stop().await;

@@ -6,6 +6,7 @@ mod api;
 mod apns;
 mod config;
 mod delivery;
+mod email;
 mod failures;
 mod faults;
 mod fcm;

@@ -2,6 +2,7 @@
 //! answer is classified (see PROVIDERS.md).
 
 pub mod apns;
+pub mod email;
 pub mod expo;
 pub mod fcm;
 
@@ -71,6 +72,12 @@ pub fn enabled(settings: &EngineSettings) -> Result<Vec<EnabledProvider>, String
         let factory: ClientFactory =
             Arc::new(move || Box::new(apns::ApnsClient::new(&apns, tls.clone(), token.clone())));
         enabled.push(EnabledProvider { provider: Provider::Apns, factory, limits });
+    }
+    if let Some(email) = settings.email.clone() {
+        let limits = email.limits;
+        let config = email::EmailConfig::new(&email)?;
+        let factory: ClientFactory = Arc::new(move || Box::new(email::EmailClient::new(&config)));
+        enabled.push(EnabledProvider { provider: Provider::Email, factory, limits });
     }
     Ok(enabled)
 }

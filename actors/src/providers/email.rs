@@ -1,0 +1,661 @@
+//! Email through an SMTP relay: one SMTP transaction (MAIL FROM, RCPT TO, DATA) per job, the
+//! jobs of a batch sent concurrently over a small pool of kept-open connections (lettre).
+//!
+//! The device token of an email device is its address. Replies are classified as PROVIDERS.md's
+//! SMTP table says: 2xx delivered; 421 and connect/timeout failures retried as an outage of the
+//! relay; 450/451/452/455 retried (the mailbox, not the relay); 454 retried, and a second 454 in
+//! a row within [`REPEATED_454_WITHIN`] treated as a credentials problem; 530/534/535/538 and a
+//! refused TLS certificate are credentials/configuration problems; 550/551/553 with an enhanced
+//! code 5.1.x disable the address; every other 5xx fails the message.
+//!
+//! `smtp_url` carries the password: it is never logged, displayed or put in an error.
+
+use super::{combine, ProviderClient, Response};
+use crate::circuit::Health;
+use crate::job::{Job, Provider, SendResult};
+use crate::settings::EmailSettings;
+use futures_util::future::LocalBoxFuture;
+use lettre::address::Envelope;
+use lettre::message::header::{HeaderName, HeaderValue};
+use lettre::message::{Mailbox, MultiPart, SinglePart};
+use lettre::transport::smtp::authentication::Credentials;
+use lettre::transport::smtp::client::{Certificate, Tls, TlsParameters};
+use lettre::transport::smtp::extension::ClientId;
+use lettre::transport::smtp::PoolConfig;
+use lettre::{Address, AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
+use std::cell::{Cell, RefCell};
+use std::error::Error as _;
+use std::fmt;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+/// Jobs one sender gathers before sending them (each is its own SMTP transaction).
+pub const MAX_BATCH: usize = 50;
+/// A formatted message larger than this fails without being sent (most relays refuse 10 MB+).
+pub const MAX_MESSAGE_BYTES: usize = 10 * 1024 * 1024;
+/// A 454 (temporary authentication failure) this soon after another one, with no delivery in
+/// between, is no longer temporary: it counts as a credentials problem.
+pub const REPEATED_454_WITHIN: Duration = Duration::from_secs(300);
+/// The header that carries the notification id, so a recipient's tooling can de-duplicate.
+pub const NOTIFICATION_ID_HEADER: &str = "X-Notification-Id";
+
+/// How the connection to the relay is protected.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Security {
+    /// `smtp://`: no TLS (local relays only).
+    Plain,
+    /// `smtp://…?tls=starttls`: STARTTLS, required (a relay that does not offer it is refused).
+    StartTls,
+    /// `smtps://`: TLS from the first byte.
+    Implicit,
+}
+
+/// The relay named by `smtp_url`. Deliberately not `Debug`: it holds the password.
+#[derive(Clone)]
+pub struct Relay {
+    pub host: String,
+    pub port: u16,
+    pub security: Security,
+    credentials: Option<Credentials>,
+    /// The EHLO name (the URL's path), when given.
+    hello: Option<String>,
+}
+
+impl fmt::Debug for Relay {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Relay")
+            .field("host", &self.host)
+            .field("port", &self.port)
+            .field("security", &self.security)
+            .field("credentials", &self.credentials.as_ref().map(|_| "[redacted]"))
+            .finish()
+    }
+}
+
+impl Relay {
+    /// Parses `smtp://[user:pass@]host[:port][/ehlo-name][?tls=starttls]` or
+    /// `smtps://[user:pass@]host[:port]`. User and password are percent-decoded. Errors never
+    /// repeat the URL.
+    pub fn parse(raw: &str) -> Result<Relay, String> {
+        let url = url::Url::parse(raw).map_err(|e| format!("is not a URL ({e})"))?;
+        let mut tls = None;
+        for (key, value) in url.query_pairs() {
+            match key.as_ref() {
+                "tls" if tls.is_none() => tls = Some(value.into_owned()),
+                other => return Err(format!("has an unknown or repeated query parameter `{other}` (only `tls`)")),
+            }
+        }
+        let security = match (url.scheme(), tls.as_deref()) {
+            ("smtp", None | Some("none")) => Security::Plain,
+            ("smtp", Some("starttls" | "required")) => Security::StartTls,
+            ("smtps", None) => Security::Implicit,
+            ("smtp" | "smtps", Some(other)) => {
+                return Err(format!("has tls={other}: use smtp://…?tls=starttls, or smtps:// for implicit TLS"))
+            }
+            (scheme, _) => return Err(format!("must start with smtp:// or smtps://, not {scheme}://")),
+        };
+        let host = match url.host() {
+            Some(url::Host::Domain(d)) if !d.is_empty() => d.to_string(),
+            Some(url::Host::Ipv4(ip)) => ip.to_string(),
+            Some(url::Host::Ipv6(ip)) => ip.to_string(),
+            _ => return Err("has no host".into()),
+        };
+        let port = url.port().unwrap_or(match security {
+            Security::Plain => 25,
+            Security::StartTls => 587,
+            Security::Implicit => 465,
+        });
+        let credentials = match (url.username(), url.password()) {
+            ("", None) => None,
+            (_, None) => return Err("has a user name but no password".into()),
+            (user, Some(password)) => Some(Credentials::new(decode(user)?, decode(password)?)),
+        };
+        let hello = Some(url.path().trim_matches('/').to_string()).filter(|p| !p.is_empty());
+        Ok(Relay { host, port, security, credentials, hello })
+    }
+
+    /// `host:port`, for messages (no credentials).
+    pub fn name(&self) -> String {
+        match self.host.contains(':') {
+            true => format!("[{}]:{}", self.host, self.port),
+            false => format!("{}:{}", self.host, self.port),
+        }
+    }
+
+    pub fn has_credentials(&self) -> bool {
+        self.credentials.is_some()
+    }
+}
+
+fn decode(part: &str) -> Result<String, String> {
+    percent_encoding::percent_decode_str(part)
+        .decode_utf8()
+        .map(|s| s.into_owned())
+        .map_err(|_| "has credentials that are not UTF-8 once percent-decoded".to_string())
+}
+
+/// Parses the `From` mailbox: `no-reply@example.com` or `Name <no-reply@example.com>`.
+pub fn mailbox(from: &str) -> Result<Mailbox, String> {
+    from.trim().parse::<Mailbox>().map_err(|e| format!("must be a mailbox like 'Name <no-reply@example.com>' ({e})"))
+}
+
+/// Everything the senders of the email provider share, parsed and checked once at start-up.
+#[derive(Clone)]
+pub struct EmailConfig {
+    relay: Relay,
+    /// Built once: its root store (Mozilla roots plus `ca_pem`) is the expensive part.
+    tls: Option<TlsParameters>,
+    from: Mailbox,
+    timeout: Duration,
+    flush_after: Duration,
+    connections: u32,
+}
+
+impl EmailConfig {
+    /// Errors name the problem but never repeat `smtp_url`.
+    pub fn new(settings: &EmailSettings) -> Result<EmailConfig, String> {
+        let relay = Relay::parse(&settings.smtp_url).map_err(|e| format!("providers.email.smtp_url {e}"))?;
+        let from = mailbox(&settings.from).map_err(|e| format!("providers.email.from {e}"))?;
+        let tls = match relay.security {
+            Security::Plain => None,
+            Security::StartTls | Security::Implicit => {
+                let mut builder = TlsParameters::builder(relay.host.clone());
+                if let Some(pem) = &settings.ca_pem {
+                    let found = rustls_pemfile::certs(&mut pem.as_slice()).filter(Result::is_ok).count();
+                    if found == 0 {
+                        return Err("providers.email.ca_file holds no PEM certificate".into());
+                    }
+                    let cert = Certificate::from_pem(pem)
+                        .map_err(|e| format!("providers.email.ca_file is not a PEM certificate: {e}"))?;
+                    builder = builder.add_root_certificate(cert);
+                }
+                Some(builder.build_rustls().map_err(|e| format!("providers.email: TLS setup failed: {e}"))?)
+            }
+        };
+        Ok(EmailConfig {
+            relay,
+            tls,
+            from,
+            timeout: settings.timeout,
+            flush_after: settings.flush_after,
+            connections: settings.connections.max(1),
+        })
+    }
+
+    /// A transport with its own connection pool. Spawns the pool's cleanup task: call it inside
+    /// the sender's runtime.
+    fn transport(&self) -> AsyncSmtpTransport<Tokio1Executor> {
+        let mut builder = AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(self.relay.host.clone())
+            .port(self.relay.port)
+            .timeout(Some(self.timeout))
+            .pool_config(PoolConfig::new().max_size(self.connections));
+        builder = match (self.relay.security, &self.tls) {
+            (Security::StartTls, Some(tls)) => builder.tls(Tls::Required(tls.clone())),
+            (Security::Implicit, Some(tls)) => builder.tls(Tls::Wrapper(tls.clone())),
+            _ => builder.tls(Tls::None),
+        };
+        if let Some(credentials) = &self.relay.credentials {
+            builder = builder.credentials(credentials.clone());
+        }
+        if let Some(hello) = &self.relay.hello {
+            builder = builder.hello_name(ClientId::Domain(hello.clone()));
+        }
+        builder.build()
+    }
+}
+
+/// One sender's SMTP client.
+pub struct EmailClient {
+    inner: Rc<Inner>,
+}
+
+struct Inner {
+    config: EmailConfig,
+    /// Replaced after a timeout: lettre would otherwise put the timed-out connection, its reply
+    /// still on the way, back in the pool, and the next transaction would read that reply.
+    transport: RefCell<AsyncSmtpTransport<Tokio1Executor>>,
+    /// Transactions in flight at once (lettre's pool only caps the idle connections it keeps).
+    permits: tokio::sync::Semaphore,
+    /// When the last 454 was answered, if no delivery succeeded since.
+    last_454: Cell<Option<Instant>>,
+}
+
+impl EmailClient {
+    /// Must be called inside a tokio runtime (lettre's pool spawns its cleanup task): the
+    /// factory runs on the sender's arbiter.
+    pub fn new(config: &EmailConfig) -> EmailClient {
+        let inner = Inner {
+            config: config.clone(),
+            transport: RefCell::new(config.transport()),
+            permits: tokio::sync::Semaphore::new(config.connections as usize),
+            last_454: Cell::new(None),
+        };
+        EmailClient { inner: Rc::new(inner) }
+    }
+}
+
+impl ProviderClient for EmailClient {
+    fn provider(&self) -> Provider {
+        Provider::Email
+    }
+
+    fn max_batch(&self) -> usize {
+        MAX_BATCH
+    }
+
+    fn flush_after(&self) -> Duration {
+        self.inner.config.flush_after
+    }
+
+    fn send(&self, jobs: &[Job]) -> LocalBoxFuture<'static, Response> {
+        let prepared: Vec<_> = jobs.iter().map(|job| message(job, &self.inner.config.from)).collect();
+        let inner = self.inner.clone();
+        // Waiting for a connection is bounded by the timeout too, so a batch takes at most twice
+        // the timeout however many jobs queue for the connections.
+        let deadline = tokio::time::Instant::now() + self.inner.config.timeout;
+        Box::pin(async move {
+            let sends = prepared.into_iter().map(|prepared| {
+                let inner = inner.clone();
+                async move {
+                    match prepared {
+                        Ok((envelope, bytes)) => inner.transaction(&envelope, &bytes, deadline).await,
+                        Err(refused) => refused,
+                    }
+                }
+            });
+            combine(futures_util::future::join_all(sends).await)
+        })
+    }
+}
+
+impl Inner {
+    /// One SMTP transaction, within the timeout, classified.
+    async fn transaction(
+        &self,
+        envelope: &Envelope,
+        bytes: &[u8],
+        connection_deadline: tokio::time::Instant,
+    ) -> (SendResult, Health) {
+        let Ok(permit) = tokio::time::timeout_at(connection_deadline, self.permits.acquire()).await else {
+            // Nothing was sent: the relay is slow or the connections too few, not down.
+            let error = format!(
+                "email: no free SMTP connection within {} ms ({} per sender)",
+                self.config.timeout.as_millis(),
+                self.config.connections
+            );
+            return (SendResult::Retry { error, after: None }, Health::Up);
+        };
+        // The semaphore is never closed, so acquiring only fails if it were.
+        let _permit = permit.ok();
+        let transport = self.transport.borrow().clone();
+        // The transaction has the whole timeout, however long it waited for its connection: a
+        // timeout then says the relay is slow, not that this job queued behind others.
+        let sent = tokio::time::timeout(self.config.timeout, transport.send_raw(envelope, bytes)).await;
+        match sent {
+            Ok(Ok(reply)) => {
+                self.last_454.set(None);
+                let text: Vec<&str> = reply.message().collect();
+                let id = Some(format!("{} {}", u16::from(reply.code()), text.join(" ")).trim().to_string());
+                (SendResult::Delivered { provider_message_id: id }, Health::Up)
+            }
+            Ok(Err(e)) => {
+                let failure = failure_of(&e, &self.config.relay);
+                let repeated = matches!(failure, Failure::Reply { code: 454, .. }) && self.repeated_454();
+                classify(&failure, repeated)
+            }
+            Err(_) => {
+                *self.transport.borrow_mut() = self.config.transport();
+                classify(&Failure::Timeout(self.config.timeout, self.config.relay.name()), false)
+            }
+        }
+    }
+
+    /// Records a 454; true when another one came within [`REPEATED_454_WITHIN`] before it.
+    fn repeated_454(&self) -> bool {
+        let now = Instant::now();
+        let repeated = self.last_454.get().is_some_and(|at| now.duration_since(at) < REPEATED_454_WITHIN);
+        self.last_454.set(Some(now));
+        repeated
+    }
+}
+
+/// The envelope and the formatted message for one job, or why it cannot be sent.
+///
+/// From = the configured mailbox, To = the device token, Subject = `payload.subject` or else
+/// `payload.title`, text body = `payload.body`, HTML alternative = `payload.html`; the headers
+/// `X-Notification-Id` and a `Message-ID` made of the notification and device ids (a re-send of
+/// the same target carries the same Message-ID, so it is recognisable).
+pub fn message(job: &Job, from: &Mailbox) -> Result<(Envelope, Vec<u8>), (SendResult, Health)> {
+    let to = job.token.trim().parse::<Address>().map_err(|e| {
+        let error = format!("email: '{}' is not an email address ({e})", job.token);
+        (SendResult::InvalidToken { error }, Health::Up)
+    })?;
+    let permanent = |error: String| (SendResult::Permanent { error }, Health::Up);
+    let text = |key: &str| job.payload.get(key).and_then(serde_json::Value::as_str);
+    let subject = text("subject").or_else(|| text("title")).unwrap_or_default();
+    let body = text("body").unwrap_or_default().to_string();
+    let message_id = format!("<{}.{}@{}>", job.notification_id, job.device_id, from.email.domain());
+    let builder = Message::builder()
+        .from(from.clone())
+        .to(Mailbox::new(None, to))
+        .subject(subject)
+        .message_id(Some(message_id))
+        .raw_header(HeaderValue::new(
+            HeaderName::new_from_ascii_str(NOTIFICATION_ID_HEADER),
+            job.notification_id.to_string(),
+        ))
+        // RFC 3834: auto-responders must not answer a notification.
+        .raw_header(HeaderValue::new(HeaderName::new_from_ascii_str("Auto-Submitted"), "auto-generated".into()));
+    let built = match text("html") {
+        Some(html) => builder.multipart(MultiPart::alternative_plain_html(body, html.to_string())),
+        None => builder.singlepart(SinglePart::plain(body)),
+    };
+    let message = built.map_err(|e| permanent(format!("email: cannot build the message: {e}")))?;
+    let bytes = message.formatted();
+    if bytes.len() > MAX_MESSAGE_BYTES {
+        return Err(permanent(format!("email: message too large: {} bytes (limit {MAX_MESSAGE_BYTES})", bytes.len())));
+    }
+    Ok((message.envelope().clone(), bytes))
+}
+
+/// What went wrong in one SMTP transaction, as far as classification cares.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Failure {
+    /// A negative reply: the reply code and its text (led by the enhanced status code, if any).
+    Reply { code: u16, text: String },
+    /// Could not connect, the connection broke, or the relay's answer was unreadable.
+    Network(String),
+    /// No answer within the timeout (how long, which relay).
+    Timeout(Duration, String),
+    /// The relay's TLS certificate was refused.
+    Certificate(String),
+    /// The relay cannot work with our configuration: STARTTLS or AUTH required but not offered.
+    Setup(String),
+    /// This message cannot be sent as built (e.g. 8BITMIME or SMTPUTF8 needed but not offered).
+    Message(String),
+}
+
+/// The enhanced status code (RFC 3463) that leads a reply's text: `5.1.1` → (5, 1, 1).
+pub fn enhanced_code(text: &str) -> Option<(u8, u16, u16)> {
+    let mut parts = text.split_whitespace().next()?.splitn(3, '.');
+    let class = parts.next()?.parse::<u8>().ok().filter(|c| matches!(c, 2 | 4 | 5))?;
+    let subject = parts.next()?.parse::<u16>().ok()?;
+    let detail = parts.next()?.parse::<u16>().ok()?;
+    Some((class, subject, detail))
+}
+
+/// PROVIDERS.md's SMTP table. `repeated_454` says whether a 454 follows another one closely.
+pub fn classify(failure: &Failure, repeated_454: bool) -> (SendResult, Health) {
+    let retry = |error: String| SendResult::Retry { error, after: None };
+    match failure {
+        Failure::Reply { code, text } => {
+            let error = format!("email: {code} {}", text.replace(['\r', '\n'], " ").trim());
+            let enhanced = enhanced_code(text);
+            match code {
+                200..=399 => (SendResult::Delivered { provider_message_id: None }, Health::Up),
+                // The relay is going away or overloaded: everything sent there now would fail.
+                421 => (retry(error.clone()), Health::Outage(error)),
+                454 if repeated_454 => {
+                    let error = format!("{error} (repeated)");
+                    (SendResult::Auth { error: error.clone() }, Health::AuthFailure(error))
+                }
+                // Temporary authentication failure: the relay's side, not this mailbox's.
+                454 => (retry(error.clone()), Health::Outage(error)),
+                // 450/451/452/455 and other 4xx: this mailbox or transaction, the relay answered.
+                400..=499 => (retry(error), Health::Up),
+                530 | 534 | 535 | 538 => (SendResult::Auth { error: error.clone() }, Health::AuthFailure(error)),
+                550 | 551 | 553 if matches!(enhanced, Some((5, 1, _))) => {
+                    (SendResult::InvalidToken { error }, Health::Up)
+                }
+                _ => (SendResult::Permanent { error }, Health::Up),
+            }
+        }
+        Failure::Network(e) => {
+            let error = format!("email: {e}");
+            (retry(error.clone()), Health::Outage(error))
+        }
+        Failure::Timeout(after, relay) => {
+            let error = format!("email: no answer from the SMTP relay {relay} within {} ms", after.as_millis());
+            (retry(error.clone()), Health::Outage(error))
+        }
+        Failure::Certificate(e) | Failure::Setup(e) => {
+            let error = format!("email: {e}");
+            (SendResult::Auth { error: error.clone() }, Health::AuthFailure(error))
+        }
+        Failure::Message(e) => (SendResult::Permanent { error: format!("email: {e}") }, Health::Up),
+    }
+}
+
+/// Reads lettre's error: a reply (`status()` and the reply text, which is the error's source),
+/// or how the connection failed.
+fn failure_of(e: &lettre::transport::smtp::Error, relay: &Relay) -> Failure {
+    let detail = e.source().map(|s| s.to_string()).unwrap_or_default();
+    if let Some(code) = e.status() {
+        return Failure::Reply { code: u16::from(code), text: detail };
+    }
+    if let Some(reason) = certificate_error(e) {
+        return Failure::Certificate(format!(
+            "the TLS certificate of the SMTP relay {} was refused: {reason}",
+            relay.name()
+        ));
+    }
+    if e.is_timeout() {
+        return Failure::Network(format!("connecting to the SMTP relay {} timed out", relay.name()));
+    }
+    if e.is_client() {
+        // lettre's own checks of what the relay offers (its texts, lettre 0.11).
+        return match detail.as_str() {
+            d if d.contains("STARTTLS is not supported") => {
+                Failure::Setup(format!("the SMTP relay {} does not offer STARTTLS", relay.name()))
+            }
+            d if d.contains("authentication mechanism") => Failure::Setup(format!(
+                "the SMTP relay {} offers no authentication (AUTH PLAIN or LOGIN) for the configured credentials",
+                relay.name()
+            )),
+            d => Failure::Message(d.to_string()),
+        };
+    }
+    if e.is_tls() {
+        return Failure::Setup(format!("TLS with the SMTP relay {} failed: {detail}", relay.name()));
+    }
+    Failure::Network(format!("SMTP relay {}: {e}", relay.name()))
+}
+
+/// A certificate that rustls refused, anywhere in the error's chain (tokio-rustls wraps it in
+/// an `io::Error`, whose `source()` skips it, hence `get_ref`).
+fn certificate_error(e: &(dyn std::error::Error + 'static)) -> Option<String> {
+    let mut next: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = next {
+        let inner = err
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref())
+            .map(|i| i as &(dyn std::error::Error + 'static));
+        for candidate in [Some(err), inner].into_iter().flatten() {
+            if let Some(tls) = candidate.downcast_ref::<rustls::Error>() {
+                if matches!(tls, rustls::Error::InvalidCertificate(_) | rustls::Error::NoCertificatesPresented) {
+                    return Some(tls.to_string());
+                }
+            }
+        }
+        next = inner.and_then(|i| i.source()).or_else(|| err.source());
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::job::Priority;
+    use serde_json::json;
+    use uuid::Uuid;
+
+    fn reply(code: u16, text: &str) -> (SendResult, Health) {
+        classify(&Failure::Reply { code, text: text.into() }, false)
+    }
+
+    fn job(token: &str, payload: serde_json::Value) -> Job {
+        Job {
+            notification_id: Uuid::from_u128(1),
+            device_id: Uuid::from_u128(2),
+            user_id: "u".into(),
+            provider: Provider::Email,
+            token: token.into(),
+            payload,
+            priority: Priority::Normal,
+            trace_id: "t".into(),
+            attempt: 0,
+            targets: 1,
+            requeued: false,
+        }
+    }
+
+    #[test]
+    fn temporary_replies_are_retried_and_only_421_is_an_outage() {
+        for code in [450, 451, 452, 455] {
+            let (result, health) = reply(code, "4.2.0 try later");
+            assert!(matches!(result, SendResult::Retry { after: None, .. }), "{code}");
+            assert_eq!(health, Health::Up, "{code}: the relay answered");
+        }
+        let (result, health) = reply(421, "4.3.2 closing");
+        assert_eq!(result, SendResult::Retry { error: "email: 421 4.3.2 closing".into(), after: None });
+        assert!(matches!(health, Health::Outage(_)));
+    }
+
+    #[test]
+    fn a_454_is_retried_and_a_repeated_one_is_an_auth_failure() {
+        let failure = Failure::Reply { code: 454, text: "4.7.0 Temporary authentication failure".into() };
+        let (first, health) = classify(&failure, false);
+        assert!(matches!(first, SendResult::Retry { .. }));
+        assert!(matches!(health, Health::Outage(_)));
+        let (second, health) = classify(&failure, true);
+        assert!(matches!(second, SendResult::Auth { .. }));
+        assert!(matches!(health, Health::AuthFailure(_)));
+    }
+
+    #[test]
+    fn authentication_replies_are_auth_failures() {
+        for code in [530, 534, 535, 538] {
+            let (result, health) = reply(code, "5.7.8 no");
+            assert!(matches!(result, SendResult::Auth { .. }), "{code}");
+            assert!(matches!(health, Health::AuthFailure(_)), "{code}");
+        }
+    }
+
+    #[test]
+    fn only_mailbox_replies_with_an_enhanced_5_1_code_disable_the_address() {
+        for (code, text) in [(550, "5.1.1 User unknown"), (551, "5.1.6 moved"), (553, "5.1.3 bad syntax")] {
+            let (result, health) = reply(code, text);
+            assert!(matches!(result, SendResult::InvalidToken { .. }), "{code} {text}");
+            assert_eq!(health, Health::Up);
+        }
+        for (code, text) in [
+            (550, "5.7.1 relay denied"),
+            (550, "User unknown"),
+            (553, "5.7.1 sender refused"),
+            (500, "5.5.2 syntax"),
+            (501, "5.1.3 bad address"),
+            (502, "5.5.1 not implemented"),
+            (503, "5.5.1 bad sequence"),
+            (504, "5.5.4 not implemented"),
+            (552, "5.3.4 too big"),
+            (554, "5.7.1 policy"),
+        ] {
+            let (result, health) = reply(code, text);
+            assert!(matches!(result, SendResult::Permanent { .. }), "{code} {text}");
+            assert_eq!(health, Health::Up);
+        }
+    }
+
+    #[test]
+    fn connection_failures_timeouts_and_certificates() {
+        let (result, health) = classify(&Failure::Network("connection refused".into()), false);
+        assert!(matches!(result, SendResult::Retry { .. }) && matches!(health, Health::Outage(_)));
+        let (result, health) = classify(&Failure::Timeout(Duration::from_millis(500), "h:25".into()), false);
+        assert_eq!(result.error(), Some("email: no answer from the SMTP relay h:25 within 500 ms"));
+        assert!(matches!(health, Health::Outage(_)));
+        let (result, health) = classify(&Failure::Certificate("UnknownIssuer".into()), false);
+        assert!(matches!(result, SendResult::Auth { .. }) && matches!(health, Health::AuthFailure(_)));
+    }
+
+    #[test]
+    fn enhanced_codes_are_read_from_the_start_of_the_text() {
+        assert_eq!(enhanced_code("5.1.1 <a@b>: unknown"), Some((5, 1, 1)));
+        assert_eq!(enhanced_code("4.7.0"), Some((4, 7, 0)));
+        assert_eq!(enhanced_code("User 5.1.1 unknown"), None);
+        assert_eq!(enhanced_code("3.1.1 odd"), None);
+        assert_eq!(enhanced_code(""), None);
+    }
+
+    #[test]
+    fn smtp_urls_are_parsed_without_echoing_them() {
+        let r = Relay::parse("smtp://127.0.0.1:2525").unwrap();
+        assert_eq!(
+            (r.host.as_str(), r.port, r.security, r.has_credentials()),
+            ("127.0.0.1", 2525, Security::Plain, false)
+        );
+        let r = Relay::parse("smtp://us%40er:p%3Ass@mail.example.com?tls=starttls").unwrap();
+        assert_eq!((r.port, r.security), (587, Security::StartTls));
+        let c = r.credentials.clone().unwrap();
+        assert_eq!(c, Credentials::new("us@er".into(), "p:ss".into()));
+        assert_eq!(Relay::parse("smtps://u:p@[::1]").unwrap().name(), "[::1]:465");
+        let r = Relay::parse("smtp://relay.local/client.example.com").unwrap();
+        assert_eq!(r.hello.as_deref(), Some("client.example.com"));
+        for bad in [
+            "http://u:secret@host",
+            "smtp://u:secret@host?tls=maybe",
+            "smtp://u:secret@host?tsl=starttls",
+            "smtp://u@host",
+            "smtps://u:secret@host?tls=starttls",
+            "u:secret@host",
+        ] {
+            let err = Relay::parse(bad).unwrap_err();
+            assert!(!err.contains("secret"), "{err}");
+        }
+    }
+
+    #[test]
+    fn the_from_mailbox_must_parse() {
+        assert_eq!(mailbox("Notifications <no-reply@example.com>").unwrap().email.to_string(), "no-reply@example.com");
+        assert!(mailbox("no-reply@example.com").is_ok());
+        assert!(mailbox("Notifications").is_err());
+        assert!(mailbox("a@b@c").is_err());
+    }
+
+    #[test]
+    fn the_message_has_the_headers_and_the_ids() {
+        let from = mailbox("Notify <no-reply@example.com>").unwrap();
+        let (envelope, bytes) =
+            message(&job("alice@example.org", json!({"title": "Shipped", "body": "On its way"})), &from).unwrap();
+        assert_eq!(envelope.to()[0].to_string(), "alice@example.org");
+        assert_eq!(envelope.from().unwrap().to_string(), "no-reply@example.com");
+        let text = String::from_utf8(bytes).unwrap();
+        assert!(text.contains("Subject: Shipped\r\n"), "{text}");
+        assert!(text.contains(&format!("X-Notification-Id: {}\r\n", Uuid::from_u128(1))), "{text}");
+        let id = format!("Message-ID: <{}.{}@example.com>\r\n", Uuid::from_u128(1), Uuid::from_u128(2));
+        assert!(text.contains(&id), "{text}");
+        assert!(text.contains("\r\n\r\nOn its way"), "{text}");
+        assert!(text.contains("Content-Type: text/plain"), "{text}");
+    }
+
+    #[test]
+    fn subject_wins_over_title_and_html_becomes_the_alternative() {
+        let from = mailbox("no-reply@example.com").unwrap();
+        let payload = json!({"title": "T", "subject": "S", "body": "plain", "html": "<p>rich</p>"});
+        let (_, bytes) = message(&job("a@example.org", payload), &from).unwrap();
+        let text = String::from_utf8(bytes).unwrap();
+        assert!(text.contains("Subject: S\r\n"), "{text}");
+        assert!(text.contains("multipart/alternative") && text.contains("text/html"), "{text}");
+        assert!(text.contains("<p>rich</p>"), "{text}");
+    }
+
+    #[test]
+    fn an_unparsable_address_is_an_invalid_token_and_a_huge_message_is_permanent() {
+        let from = mailbox("no-reply@example.com").unwrap();
+        let (result, health) = message(&job("not an address", json!({})), &from).unwrap_err();
+        assert!(matches!(result, SendResult::InvalidToken { .. }));
+        assert_eq!(health, Health::Up);
+        let big = json!({"body": "x".repeat(MAX_MESSAGE_BYTES)});
+        let (result, _) = message(&job("a@example.org", big), &from).unwrap_err();
+        assert!(result.error().unwrap().starts_with("email: message too large: "), "{result:?}");
+    }
+}
