@@ -570,23 +570,8 @@ async fn apns_payloads_over_4096_bytes_and_collapse_ids_over_64_bytes_are_refuse
 /// A started app with APNs enabled against `emulator`.
 async fn relay_with_apns(emulator: &ApnsEmulator, team_id: &str) -> TestApp {
     let mut app = prepare().await;
-    let ca_file = std::env::temp_dir().join(format!("apns-ca-{}.pem", Uuid::new_v4().simple()));
-    std::fs::write(&ca_file, emulator.ca_pem()).expect("write the CA");
-    for (key, value) in [
-        ("ENABLED", "true".to_string()),
-        ("BASE_URL", emulator.url()),
-        ("KEY", emulator.key_pem().to_string()),
-        ("KEY_ID", emulator.key_id().to_string()),
-        ("TEAM_ID", team_id.to_string()),
-        ("TOPIC", emulator.topic().to_string()),
-        ("CA_FILE", ca_file.display().to_string()),
-        ("TIMEOUT_MS", "2000".to_string()),
-    ] {
-        app.env.insert(format!("NOTIFY__PROVIDERS__APNS__{key}"), value);
-    }
+    app.enable_apns(emulator, team_id);
     app.start().await;
-    // Read once, at start-up.
-    let _ = std::fs::remove_file(&ca_file);
     app
 }
 

@@ -196,3 +196,54 @@ async fn a_refused_access_token_opens_the_circuit_and_disables_no_device() {
     secured.stop().await;
     app.cleanup().await;
 }
+
+#[actix_web::test]
+async fn one_notification_reaches_a_users_expo_fcm_apns_and_email_devices() {
+    use notify_relay::mock::apns::{ApnsEmulator, Rules};
+    use notify_relay::mock::fcm::FcmEmulator;
+    use notify_relay::mock::smtp::{SmtpEmulator, SmtpOptions};
+
+    let mut app = prepare().await;
+    let fcm = FcmEmulator::start("127.0.0.1:0").await.expect("fcm emulator");
+    let apns = ApnsEmulator::start("127.0.0.1:0", Rules::default()).await.expect("apns emulator");
+    let smtp = SmtpEmulator::start("127.0.0.1:0", SmtpOptions::default()).await.expect("smtp emulator");
+    app.enable_fcm(&fcm);
+    app.enable_apns(&apns, apns.team_id());
+    app.enable_email(&smtp, "Notifications <no-reply@example.com>");
+    app.start().await;
+    let apns_token = "ab".repeat(32);
+    app.add_device("zoe", "expo", "ExponentPushToken[zoe]").await;
+    app.add_device("zoe", "fcm", "zoe-android").await;
+    app.add_device("zoe", "apns", &apns_token).await;
+    app.add_device("zoe", "email", "zoe@example.com").await;
+
+    let id = app.notify("zoe", json!({"title": "Everywhere", "body": "at once", "data": {"k": "v"}})).await;
+
+    eventually(Duration::from_secs(20), || async {
+        (app.count("SELECT count(*) FROM delivery WHERE status = 'delivered'").await == 4).then_some(())
+    })
+    .await;
+    assert_eq!(app.status(id).await.0, "delivered");
+    assert_eq!(app.expo.sends_of(id, "ExponentPushToken[zoe]"), 1);
+    assert_eq!(fcm.sends_of(id, "zoe-android"), 1);
+    let to_apns: Vec<_> = apns.sent().into_iter().filter(|s| s.token == apns_token).collect();
+    assert_eq!(to_apns.len(), 1);
+    assert_eq!(to_apns[0].notification_id(), Some(id.to_string().as_str()));
+    assert_eq!(to_apns[0].body["aps"]["alert"]["title"], "Everywhere");
+    assert_eq!(smtp.sends_of(id, "zoe@example.com"), 1);
+    let mail = smtp.received().into_iter().find(|m| m.to.iter().any(|t| t == "zoe@example.com")).unwrap();
+    assert_eq!(mail.subject.as_deref(), Some("Everywhere"));
+    let providers: Vec<String> = app
+        .db
+        .query("SELECT provider FROM delivery WHERE notification_id = $1 ORDER BY provider", &[&id])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(providers, ["apns", "email", "expo", "fcm"]);
+    app.cleanup().await;
+    fcm.stop().await;
+    apns.stop().await;
+    smtp.stop().await;
+}

@@ -398,15 +398,7 @@ async fn an_unparsable_address_is_an_invalid_token_and_nothing_is_sent() {
 
 async fn app_with_email(smtp: &SmtpEmulator) -> TestApp {
     let mut app = prepare().await;
-    for (key, value) in [
-        ("NOTIFY__PROVIDERS__EMAIL__ENABLED", "true".to_string()),
-        ("NOTIFY__PROVIDERS__EMAIL__SMTP_URL", smtp.url()),
-        ("NOTIFY__PROVIDERS__EMAIL__FROM", FROM.to_string()),
-        // Under half of the tests' claim.min_idle_ms (2500): an email send may take twice this.
-        ("NOTIFY__PROVIDERS__EMAIL__TIMEOUT_MS", "1200".to_string()),
-    ] {
-        app.env.insert(key.into(), value);
-    }
+    app.enable_email(smtp, FROM);
     app.start().await;
     app
 }

@@ -258,22 +258,11 @@ async fn an_unreachable_fcm_is_an_outage() {
 }
 
 /// A test app whose relay also sends through the FCM emulator.
-pub async fn with_fcm() -> (TestApp, FcmEmulator) {
+async fn with_fcm() -> (TestApp, FcmEmulator) {
     let mut app = prepare().await;
     let fcm = FcmEmulator::start("127.0.0.1:0").await.expect("fcm emulator");
-    enable_fcm(&mut app, &fcm);
+    app.enable_fcm(&fcm);
     (app, fcm)
-}
-
-pub fn enable_fcm(app: &mut TestApp, fcm: &FcmEmulator) {
-    for (k, v) in [
-        ("NOTIFY__PROVIDERS__FCM__ENABLED", "true".to_string()),
-        ("NOTIFY__PROVIDERS__FCM__BASE_URL", fcm.url()),
-        ("NOTIFY__PROVIDERS__FCM__SERVICE_ACCOUNT_JSON", fcm.service_account_json()),
-        ("NOTIFY__PROVIDERS__FCM__TIMEOUT_MS", "2000".into()),
-    ] {
-        app.env.insert(k.into(), v);
-    }
 }
 
 #[actix_web::test]

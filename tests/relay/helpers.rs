@@ -31,6 +31,8 @@ pub struct TestApp {
     pub env: HashMap<String, String>,
     pub app: Option<Application>,
     pub redis: redis::aio::MultiplexedConnection,
+    /// Files written for this test (e.g. an emulator's CA), removed by `cleanup`.
+    pub temp_files: Vec<std::path::PathBuf>,
 }
 
 async fn pg(url: &str) -> tokio_postgres::Client {
@@ -77,7 +79,17 @@ pub async fn prepare() -> TestApp {
     .collect();
     let redis =
         redis::Client::open(redis_url()).expect("redis url").get_multiplexed_async_connection().await.expect("redis");
-    TestApp { db: pg(&db_url).await, db_name, keys: Keys::new(prefix.clone(), 1), prefix, expo, env, app: None, redis }
+    TestApp {
+        db: pg(&db_url).await,
+        db_name,
+        keys: Keys::new(prefix.clone(), 1),
+        prefix,
+        expo,
+        env,
+        app: None,
+        redis,
+        temp_files: Vec::new(),
+    }
 }
 
 /// A prepared app, started.
@@ -134,6 +146,9 @@ impl TestApp {
         keys.dedup();
         if !keys.is_empty() {
             let _: redis::RedisResult<()> = redis::cmd("DEL").arg(&keys).query_async(&mut self.redis).await;
+        }
+        for file in &self.temp_files {
+            let _ = std::fs::remove_file(file);
         }
         drop(self.db);
         let base = pg(&base_database_url()).await;
@@ -305,6 +320,48 @@ impl TestApp {
         match summary.first() {
             Some(redis::Value::Int(n)) => *n,
             _ => 0,
+        }
+    }
+
+    /// Points the relay (when next started) at an FCM emulator.
+    pub fn enable_fcm(&mut self, fcm: &notify_relay::mock::fcm::FcmEmulator) {
+        self.set_provider("FCM", [("BASE_URL", fcm.url()), ("SERVICE_ACCOUNT_JSON", fcm.service_account_json())]);
+        self.set_provider("FCM", [("TIMEOUT_MS", "2000".into())]);
+    }
+
+    /// Points the relay at an APNs emulator, trusting its CA, with `team_id` in the provider
+    /// token (the emulator's own team unless a test wants it refused).
+    pub fn enable_apns(&mut self, apns: &notify_relay::mock::apns::ApnsEmulator, team_id: &str) {
+        let ca_file = std::env::temp_dir().join(format!("apns-ca-{}.pem", Uuid::new_v4().simple()));
+        std::fs::write(&ca_file, apns.ca_pem()).expect("write the APNs CA");
+        self.temp_files.push(ca_file.clone());
+        self.set_provider(
+            "APNS",
+            [
+                ("BASE_URL", apns.url()),
+                ("KEY", apns.key_pem().to_string()),
+                ("KEY_ID", apns.key_id().to_string()),
+                ("TEAM_ID", team_id.to_string()),
+                ("TOPIC", apns.topic().to_string()),
+                ("CA_FILE", ca_file.display().to_string()),
+            ],
+        );
+        self.set_provider("APNS", [("TIMEOUT_MS", "2000".into())]);
+    }
+
+    /// Points the relay at an SMTP emulator.
+    pub fn enable_email(&mut self, smtp: &notify_relay::mock::smtp::SmtpEmulator, from: &str) {
+        // Under half of the tests' claim.min_idle_ms (2500): an email send may take twice this.
+        self.set_provider(
+            "EMAIL",
+            [("SMTP_URL", smtp.url()), ("FROM", from.to_string()), ("TIMEOUT_MS", "1200".into())],
+        );
+    }
+
+    fn set_provider<const N: usize>(&mut self, provider: &str, values: [(&str, String); N]) {
+        self.env.insert(format!("NOTIFY__PROVIDERS__{provider}__ENABLED"), "true".into());
+        for (key, value) in values {
+            self.env.insert(format!("NOTIFY__PROVIDERS__{provider}__{key}"), value);
         }
     }
 
