@@ -5,7 +5,8 @@
 //! configured (401 `UNAUTHORIZED`), and answers one ticket per recipient, in order. Tickets are
 //! errors when the message is over 4096 bytes (`MessageTooBig`), the token is not an Expo push
 //! token (`DeviceNotRegistered`), or the token contains a failure word: `unregistered`,
-//! `ratelimited` (`MessageRateExceeded`), `invalidcredentials`, `developererror`, `expoerror`.
+//! `ratelimited` (`MessageRateExceeded`), `invalidcredentials`, `developererror`, `expoerror`,
+//! `mismatchsenderid`, `providererror`.
 //! `POST /--/api/v2/push/getReceipts` answers receipts for ids it issued (≤ 1000 per call):
 //! `ok`, or `DeviceNotRegistered` for tokens containing `receiptgone` (accepted at send time,
 //! refused by APNs/FCM later, as happens for real).
@@ -234,6 +235,8 @@ fn ticket(message: &Value, to: &str, state: &mut State) -> Value {
         ("invalidcredentials", "InvalidCredentials"),
         ("developererror", "DeveloperError"),
         ("expoerror", "ExpoError"),
+        ("mismatchsenderid", "MismatchSenderId"),
+        ("providererror", "ProviderError"),
     ] {
         if lower.contains(word) && !state.forgiven.iter().any(|f| f == word) {
             return error(code, format!("injected {code} for {to}"));

@@ -33,7 +33,8 @@ pub async fn serve(args: MockArgs) -> std::io::Result<()> {
     let expo = expo::ExpoEmulator::start(&args.expo_addr, None).await?;
     println!("expo emulator listening on {}", expo.url());
     println!("  failure injection: tokens containing 'unregistered', 'ratelimited', 'invalidcredentials',");
-    println!("  'developererror', 'expoerror'; POST {}/__emulator/fail {{\"status\":503,\"count\":10}}", expo.url());
+    println!("  'developererror', 'expoerror', 'mismatchsenderid', 'providererror';");
+    println!("  POST {}/__emulator/fail {{\"status\":503,\"count\":10}}", expo.url());
 
     let fcm = fcm::FcmEmulator::start(&args.fcm_addr).await?;
     let account = fcm.write_credentials(&args.credentials_dir)?;

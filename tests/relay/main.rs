@@ -7,6 +7,7 @@ mod apns;
 mod config;
 mod delivery;
 mod email;
+mod expo;
 mod failures;
 mod faults;
 mod fcm;
