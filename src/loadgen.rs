@@ -1,19 +1,27 @@
 //! `notify-relay loadgen`: an end-to-end benchmark on this machine.
 //!
-//! It starts the Expo emulator in-process, creates a fresh database (next to the configured
-//! one) with one Expo device per user, starts the relay as a child process against that
+//! It starts the emulator of `--provider` (Expo by default; FCM, APNs or SMTP) in-process,
+//! creates a fresh database (next to the configured one) with one device of that provider per
+//! user, starts the relay as a child process against that
 //! database and a fresh Redis key prefix, commits the notifications (all in one transaction, or
 //! paced with `--rate`), and measures until every row is `delivered` in Postgres: throughput,
 //! latency from commit to the provider (p50/p90/p99/max), duplicates, and the relay's peak RSS
 //! (`VmHWM`). Then it stops the relay with SIGTERM and cleans up.
 
 use crate::configuration::Settings;
+use crate::mock::apns::{ApnsEmulator, Rules};
 use crate::mock::expo::ExpoEmulator;
+use crate::mock::fcm::FcmEmulator;
+use crate::mock::smtp::{SmtpEmulator, SmtpOptions};
 use std::collections::HashMap;
 use std::time::{Duration, Instant, SystemTime};
 
 #[derive(Debug, clap::Args)]
 pub struct LoadgenArgs {
+    /// The provider the devices are registered with (its emulator runs in-process): expo, fcm,
+    /// apns or email.
+    #[arg(long, default_value = "expo")]
+    pub provider: actors::job::Provider,
     /// Notifications to commit.
     #[arg(long, default_value_t = 100_000)]
     pub notifications: u64,
@@ -43,6 +51,101 @@ pub struct LoadgenArgs {
 
 type BoxError = Box<dyn std::error::Error>;
 
+/// The emulator the load goes to, and how the relay is pointed at it.
+enum Emulator {
+    Expo(ExpoEmulator),
+    Fcm(FcmEmulator),
+    Apns(ApnsEmulator, std::path::PathBuf),
+    Email(SmtpEmulator),
+}
+
+impl Emulator {
+    async fn start(provider: actors::job::Provider, run_id: &str) -> Result<Emulator, BoxError> {
+        use actors::job::Provider;
+        Ok(match provider {
+            Provider::Expo => Emulator::Expo(ExpoEmulator::start("127.0.0.1:0", None).await?),
+            Provider::Fcm => Emulator::Fcm(FcmEmulator::start("127.0.0.1:0").await?),
+            Provider::Apns => {
+                let apns = ApnsEmulator::start("127.0.0.1:0", Rules::default()).await?;
+                let ca = std::env::temp_dir().join(format!("loadgen-{run_id}-apns-ca.pem"));
+                std::fs::write(&ca, apns.ca_pem())?;
+                Emulator::Apns(apns, ca)
+            }
+            Provider::Email => Emulator::Email(SmtpEmulator::start("127.0.0.1:0", SmtpOptions::default()).await?),
+        })
+    }
+
+    fn url(&self) -> String {
+        match self {
+            Emulator::Expo(e) => e.url(),
+            Emulator::Fcm(e) => e.url(),
+            Emulator::Apns(e, _) => e.url(),
+            Emulator::Email(e) => e.url(),
+        }
+    }
+
+    /// The SQL expression of user `g`'s device token.
+    fn token_sql(&self) -> &'static str {
+        match self {
+            Emulator::Expo(_) => "'ExponentPushToken[loadgen-' || g || ']'",
+            Emulator::Fcm(_) => "'loadgen-fcm-' || g",
+            Emulator::Apns(..) => "lpad(to_hex(g), 64, '0')",
+            Emulator::Email(_) => "'loadgen-' || g || '@example.com'",
+        }
+    }
+
+    /// The relay's environment for this provider: enabled, pointed at the emulator, no quota
+    /// (the emulators have none: the relay is what is measured).
+    fn relay_env(&self) -> Vec<(String, String)> {
+        let (name, mut env): (&str, Vec<(&str, String)>) = match self {
+            Emulator::Expo(e) => ("EXPO", vec![("BASE_URL", e.url())]),
+            Emulator::Fcm(e) => {
+                ("FCM", vec![("BASE_URL", e.url()), ("SERVICE_ACCOUNT_JSON", e.service_account_json())])
+            }
+            Emulator::Apns(e, ca) => (
+                "APNS",
+                vec![
+                    ("BASE_URL", e.url()),
+                    ("KEY", e.key_pem().to_string()),
+                    ("KEY_ID", e.key_id().to_string()),
+                    ("TEAM_ID", e.team_id().to_string()),
+                    ("TOPIC", e.topic().to_string()),
+                    ("CA_FILE", ca.display().to_string()),
+                ],
+            ),
+            Emulator::Email(e) => ("EMAIL", vec![("SMTP_URL", e.url()), ("FROM", "loadgen@example.com".into())]),
+        };
+        env.push(("ENABLED", "true".into()));
+        env.push(("RATE_PER_SEC", "0".into()));
+        env.into_iter().map(|(k, v)| (format!("NOTIFY__PROVIDERS__{name}__{k}"), v)).collect()
+    }
+
+    /// (notification id, when the emulator accepted it) of every message accepted.
+    fn received(&self) -> Vec<(String, SystemTime)> {
+        fn ids<T>(items: Vec<T>, f: impl Fn(&T) -> (Option<String>, SystemTime)) -> Vec<(String, SystemTime)> {
+            items.iter().map(f).filter_map(|(id, at)| id.map(|id| (id, at))).collect()
+        }
+        match self {
+            Emulator::Expo(e) => ids(e.sent(), |m| (m.notification_id().map(str::to_string), m.received_at)),
+            Emulator::Fcm(e) => ids(e.sent(), |m| (m.notification_id().map(str::to_string), m.received_at)),
+            Emulator::Apns(e, _) => ids(e.sent(), |m| (m.notification_id().map(str::to_string), m.received_at)),
+            Emulator::Email(e) => ids(e.received(), |m| (m.notification_id.clone(), m.received_at)),
+        }
+    }
+
+    async fn stop(self) {
+        match self {
+            Emulator::Expo(e) => e.stop().await,
+            Emulator::Fcm(e) => e.stop().await,
+            Emulator::Apns(e, ca) => {
+                let _ = std::fs::remove_file(ca);
+                e.stop().await
+            }
+            Emulator::Email(e) => e.stop().await,
+        }
+    }
+}
+
 pub async fn run(settings: &Settings, args: LoadgenArgs) -> Result<(), BoxError> {
     if args.users == 0 || args.notifications == 0 {
         return Err("--users and --notifications must be at least 1".into());
@@ -54,12 +157,12 @@ pub async fn run(settings: &Settings, args: LoadgenArgs) -> Result<(), BoxError>
     let base_url = settings.database.url.expose().to_string();
     let db_url = with_database(&base_url, &db_name)?;
 
-    let expo = ExpoEmulator::start("127.0.0.1:0", None).await?;
+    let emulator = Emulator::start(args.provider, &run_id).await?;
     let admin = connect(&base_url).await?;
     admin.batch_execute(&format!("CREATE DATABASE {db_name}")).await?;
-    eprintln!("loadgen: database {db_name}, key prefix {prefix}, expo emulator {}", expo.url());
+    eprintln!("loadgen: database {db_name}, key prefix {prefix}, {} emulator {}", args.provider, emulator.url());
 
-    let result = measure(settings, &args, &db_url, &prefix, &expo).await;
+    let result = measure(settings, &args, &db_url, &prefix, &emulator).await;
 
     if !args.keep {
         let _ = admin.batch_execute(&format!("DROP DATABASE IF EXISTS {db_name} WITH (FORCE)")).await;
@@ -73,7 +176,7 @@ pub async fn run(settings: &Settings, args: LoadgenArgs) -> Result<(), BoxError>
             }
         }
     }
-    expo.stop().await;
+    emulator.stop().await;
     result
 }
 
@@ -82,17 +185,17 @@ async fn measure(
     args: &LoadgenArgs,
     db_url: &str,
     prefix: &str,
-    expo: &ExpoEmulator,
+    emulator: &Emulator,
 ) -> Result<(), BoxError> {
     let pg_config = pg_config(db_url)?;
     crate::migrate::run(&pg_config).await?;
     let db = connect(db_url).await?;
-    db.execute(
+    let devices = format!(
         "INSERT INTO device (user_id, provider, token)
-         SELECT 'loadgen-user-' || g, 'expo', 'ExponentPushToken[loadgen-' || g || ']' FROM generate_series(1, $1::int8) g",
-        &[&(args.users as i64)],
-    )
-    .await?;
+         SELECT 'loadgen-user-' || g, $2, {} FROM generate_series(1, $1::int8) g",
+        emulator.token_sql()
+    );
+    db.execute(&devices, &[&(args.users as i64), &args.provider.as_str()]).await?;
 
     let http_port = free_port()?;
     let log_file = std::fs::File::create(&args.relay_log)?;
@@ -101,10 +204,7 @@ async fn measure(
         .env("NOTIFY__DATABASE__URL", db_url)
         .env("NOTIFY__REDIS__URL", settings.redis.url.expose())
         .env("NOTIFY__REDIS__KEY_PREFIX", prefix)
-        .env("NOTIFY__PROVIDERS__EXPO__BASE_URL", expo.url())
-        .env("NOTIFY__PROVIDERS__EXPO__ENABLED", "true")
-        // The emulator has no quota: measure the relay, not Expo's 600/s project limit.
-        .env("NOTIFY__PROVIDERS__EXPO__RATE_PER_SEC", "0")
+        .envs(emulator.relay_env())
         .env("NOTIFY__HTTP__ADDR", format!("127.0.0.1:{http_port}"))
         .env("NOTIFY__LOG__LEVEL", &args.relay_log_level)
         .env_remove("NOTIFY_CONFIG")
@@ -167,7 +267,9 @@ async fn measure(
             break SystemTime::now();
         }
         if Instant::now() > deadline {
-            return Err(format!("timed out with {open} notifications not final, {} sent", expo.sent_count()).into());
+            return Err(
+                format!("timed out with {open} notifications not final, {} sent", emulator.received().len()).into()
+            );
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
@@ -180,17 +282,24 @@ async fn measure(
         .await?;
     let (delivered, failed): (i64, i64) = (row.get(0), row.get(1));
 
-    // Latency of each message: provider receipt minus the commit of its batch.
-    let sent = expo.sent();
+    // Latency of each message: provider receipt minus the commit of its batch (found by the
+    // notification's sequence number).
+    let seq_of: HashMap<String, i64> = db
+        .query("SELECT id::text, (payload->'data'->>'seq')::int8 FROM notification", &[])
+        .await?
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    let sent = emulator.received();
     let mut per_seq: HashMap<i64, u32> = HashMap::new();
     let mut latencies: Vec<f64> = Vec::with_capacity(sent.len());
-    for m in &sent {
-        let Some(seq) = m.data.get("seq").and_then(|s| s.as_i64()) else {
+    for (id, received_at) in &sent {
+        let Some(&seq) = seq_of.get(id) else {
             continue;
         };
         *per_seq.entry(seq).or_default() += 1;
         let idx = commits.partition_point(|c| c.0 < seq).min(commits.len() - 1);
-        if let Ok(d) = m.received_at.duration_since(commits[idx].1) {
+        if let Ok(d) = received_at.duration_since(commits[idx].1) {
             latencies.push(d.as_secs_f64() * 1000.0);
         }
     }
@@ -220,7 +329,8 @@ async fn measure(
     let throughput = delivered as f64 / elapsed.max(1e-9);
     println!("notify-relay loadgen");
     println!(
-        "  notifications        {n} for {users} users ({})",
+        "  notifications        {n} for {users} {} devices ({})",
+        args.provider,
         args.rate.map(|r| format!("paced at {r}/s")).unwrap_or_else(|| "one bulk commit".into())
     );
     println!("  delivered / failed   {delivered} / {failed}");
@@ -238,7 +348,7 @@ async fn measure(
     println!(
         "{}",
         serde_json::json!({
-            "notifications": n, "users": users, "rate": args.rate, "delivered": delivered, "failed": failed,
+            "provider": args.provider.as_str(), "notifications": n, "users": users, "rate": args.rate, "delivered": delivered, "failed": failed,
             "sends": sent.len(), "duplicates": duplicates, "seconds": elapsed, "per_second": throughput,
             "latency_ms": {"p50": pct(0.5), "p90": pct(0.9), "p99": pct(0.99), "max": pct(1.0)},
             "rss_mib": {"idle": idle_rss / 1024, "peak": peak_rss / 1024}, "shutdown_ms": stop_ms,

@@ -51,6 +51,7 @@ pub struct Sent {
     pub token: String,
     pub message: Value,
     pub name: String,
+    pub received_at: std::time::SystemTime,
 }
 
 impl Sent {
@@ -426,7 +427,13 @@ async fn send(
         return resp;
     }
     let name = format!("projects/{PROJECT_ID}/messages/{}", Uuid::new_v4().simple());
-    state.sent.push(Sent { token: token.to_string(), message: message.clone(), name: name.clone() });
+    let sent = Sent {
+        token: token.to_string(),
+        message: message.clone(),
+        name: name.clone(),
+        received_at: std::time::SystemTime::now(),
+    };
+    state.sent.push(sent);
     HttpResponse::Ok().json(json!({ "name": name }))
 }
 
