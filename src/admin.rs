@@ -87,7 +87,7 @@ pub async fn run(settings: &Settings, command: AdminCommand, out: &mut dyn Write
         ));
     }
     let keys = Keys::new(settings.redis.key_prefix.clone(), settings.redis.shards);
-    let relay = Relay::connect(settings.redis.url.expose(), keys, settings.redis.dlq_max_len).await?;
+    let relay = Relay::connect(&settings.redis_endpoint(), keys, settings.redis.dlq_max_len).await?;
     let store = Store::new(pg_pool(settings)?);
     match command {
         AdminCommand::InspectDlq { limit, json } => {

@@ -94,7 +94,7 @@ impl Application {
         }
         let store = Store::new(pg_pool(&settings)?);
         let keys = Keys::new(settings.redis.key_prefix.clone(), settings.redis.shards);
-        let relay = Relay::connect(settings.redis.url.expose(), keys, settings.redis.dlq_max_len).await?;
+        let relay = Relay::connect(&settings.redis_endpoint(), keys, settings.redis.dlq_max_len).await?;
         warn_if_relay_keys_can_be_evicted(&relay, &log).await;
 
         let engine_settings = settings.engine(roles.engine, consumer)?;

@@ -5,6 +5,7 @@
 
 use crate::error::Result;
 use crate::job::{Job, Provider};
+use crate::relay::conn::RelayConn;
 use crate::relay::Relay;
 use redis::Script;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -94,16 +95,26 @@ impl RateLimiter {
         Ok((admitted, wait))
     }
 
-    /// One token from each of these buckets, in one pipeline of `EVALSHA` (the script is loaded
-    /// on first use, or again after a Redis restart).
+    /// One token from each of these buckets: one pipeline of `EVALSHA` on a single Redis (the
+    /// script is loaded on first use, or again after a Redis restart); on a cluster, where the
+    /// buckets live on different nodes, one script call per bucket, concurrently.
     async fn take_each(
         &self,
-        conn: &mut redis::aio::ConnectionManager,
+        conn: &mut RelayConn,
         keys: &[String],
         rate: u32,
         burst: u32,
         now: u64,
     ) -> Result<Vec<u32>> {
+        if conn.is_cluster() {
+            let calls = keys.iter().map(|key| {
+                let mut conn = conn.clone();
+                let mut call = self.script.key(key);
+                call.arg(rate).arg(burst).arg(now).arg(1);
+                async move { call.invoke_async::<u32>(&mut conn).await }
+            });
+            return Ok(futures_util::future::try_join_all(calls).await?);
+        }
         let mut loaded = false;
         loop {
             let mut pipe = redis::pipe();

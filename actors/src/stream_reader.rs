@@ -8,10 +8,10 @@ use crate::dispatcher::Dispatcher;
 use crate::error::Result;
 use crate::inflight::InFlight;
 use crate::messages::ReadNext;
+use crate::relay::conn::RelayConn;
 use crate::relay::Relay;
 use crate::supervisor::{guarded, Lifecycle, Shutdown};
 use actix::prelude::*;
-use redis::aio::MultiplexedConnection;
 use slog::warn;
 use std::time::Duration;
 
@@ -28,7 +28,7 @@ pub struct StreamReaderActor {
     dispatcher: Dispatcher,
     inflight: InFlight,
     shutdown: Shutdown,
-    conn: Option<MultiplexedConnection>,
+    conn: Option<RelayConn>,
 }
 
 impl StreamReaderActor {
@@ -48,13 +48,13 @@ impl StreamReaderActor {
 /// One read: permits, `XREADGROUP`, dispatch. Returns the connection for the next read.
 async fn read_once(
     relay: Relay,
-    conn: Option<MultiplexedConnection>,
+    conn: Option<RelayConn>,
     shard: u16,
     consumer: String,
     dispatcher: Dispatcher,
     inflight: InFlight,
     shutdown: Shutdown,
-) -> Result<MultiplexedConnection> {
+) -> Result<RelayConn> {
     let mut conn = match conn {
         Some(c) => c,
         None => relay.blocking_connection(BLOCK, &format!("{}:reader-{shard}", relay.keys().prefix())).await?,

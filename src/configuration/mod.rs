@@ -86,6 +86,10 @@ pub struct DatabaseSettings {
 pub struct RedisSettings {
     /// `redis://` or `rediss://` URL (may hold a password).
     pub url: Secret,
+    /// Seed nodes of a Redis Cluster (`redis://` or `rediss://` URLs); when set, the relay
+    /// talks to the cluster and `url` is not used. From the environment: comma-separated.
+    #[serde(default)]
+    pub cluster_urls: Vec<Secret>,
     /// First segment of every key.
     pub key_prefix: String,
     /// Number of stream shards.
@@ -240,6 +244,8 @@ impl Settings {
                 .prefix_separator("__")
                 .separator("__")
                 .try_parsing(true)
+                .list_separator(",")
+                .with_list_parse_key("redis.cluster_urls")
                 .source(Some(notify_vars)),
         );
         let settings: Settings =
@@ -259,6 +265,14 @@ impl Settings {
             return Err(invalid("redis.url", "must start with redis://, rediss:// or unix://"));
         }
         redis::Client::open(url).map_err(|_| invalid("redis.url", "is not a valid Redis URL"))?;
+        for (i, seed) in self.redis.cluster_urls.iter().enumerate() {
+            let seed = seed.expose();
+            if !(seed.starts_with("redis://") || seed.starts_with("rediss://")) {
+                return Err(invalid("redis.cluster_urls", format!("entry {i} must start with redis:// or rediss://")));
+            }
+            redis::Client::open(seed)
+                .map_err(|_| invalid("redis.cluster_urls", format!("entry {i} is not a valid Redis URL")))?;
+        }
         let prefix = &self.redis.key_prefix;
         if prefix.is_empty() || prefix.chars().any(|c| c.is_whitespace() || c == '{' || c == '}') {
             return Err(invalid("redis.key_prefix", "must be non-empty, without spaces or braces"));
@@ -382,6 +396,12 @@ impl Settings {
         crate::auth::Authenticator::new(auth).map(|_| ()).map_err(|(key, message)| invalid(key, message))
     }
 
+    /// The Redis the relay talks to: the cluster when `redis.cluster_urls` is set.
+    pub fn redis_endpoint(&self) -> actors::relay::conn::Endpoint {
+        let seeds: Vec<String> = self.redis.cluster_urls.iter().map(|s| s.expose().to_string()).collect();
+        actors::relay::conn::Endpoint::new(self.redis.url.expose(), &seeds)
+    }
+
     pub fn pg_config(&self) -> Result<tokio_postgres::Config, ConfigError> {
         // The parser's message could quote the URL (and its password): say only what is wrong.
         let mut config: tokio_postgres::Config =
@@ -503,6 +523,19 @@ mod tests {
         assert!(err.contains("worker.concurrency"), "{err}");
         let err = error(&[("NOTIFY__RETRY__MAX_ATTEMPTS", "-1")]);
         assert!(err.contains("retry.max_attempts"), "{err}");
+    }
+
+    #[test]
+    fn cluster_seeds_come_comma_separated_from_the_environment() {
+        let s =
+            Settings::load(None, &env(&[("NOTIFY__REDIS__CLUSTER_URLS", "redis://a:7000,redis://b:7001")])).unwrap();
+        let seeds: Vec<&str> = s.redis.cluster_urls.iter().map(Secret::expose).collect();
+        assert_eq!(seeds, ["redis://a:7000", "redis://b:7001"]);
+        assert!(matches!(s.redis_endpoint(), actors::relay::conn::Endpoint::Cluster(ref v) if v.len() == 2));
+        let err = error(&[("NOTIFY__REDIS__CLUSTER_URLS", "redis://a:7000,http://b")]);
+        assert!(err.contains("`redis.cluster_urls` entry 1 must start with"), "{err}");
+        let single = Settings::load(None, &env(&[])).unwrap();
+        assert!(matches!(single.redis_endpoint(), actors::relay::conn::Endpoint::Single(_)));
     }
 
     #[test]

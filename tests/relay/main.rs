@@ -1,9 +1,11 @@
-//! Integration tests against the real PostgreSQL and Redis, with Expo emulated on loopback.
+//! Integration tests against the real PostgreSQL and Redis (and a private Redis Cluster), with
+//! the providers emulated on loopback.
 
 mod admin;
 mod admin_cli;
 mod api;
 mod apns;
+mod cluster;
 mod config;
 mod delivery;
 mod email;

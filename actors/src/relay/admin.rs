@@ -90,15 +90,21 @@ pub struct DayCounters {
 impl Relay {
     /// Every shard's queue figures, in one pipeline.
     pub async fn queues(&self) -> Result<Vec<ShardQueues>> {
-        let mut pipe = redis::pipe();
+        let mut cmds = Vec::new();
         for shard in self.keys.shard_ids() {
-            pipe.cmd("XLEN").arg(self.keys.stream(shard));
-            pipe.cmd("ZCARD").arg(self.keys.delayed(shard));
-            pipe.cmd("XLEN").arg(self.keys.dlq(shard));
-            pipe.cmd("ZCARD").arg(self.keys.receipts(shard));
+            for (command, key) in [
+                ("XLEN", self.keys.stream(shard)),
+                ("ZCARD", self.keys.delayed(shard)),
+                ("XLEN", self.keys.dlq(shard)),
+                ("ZCARD", self.keys.receipts(shard)),
+            ] {
+                let mut cmd = redis::cmd(command);
+                cmd.arg(&key);
+                cmds.push((key, cmd));
+            }
         }
         let mut conn = self.conn();
-        let counts: Vec<u64> = pipe.query_async(&mut conn).await?;
+        let counts: Vec<u64> = conn.query_each(cmds).await?;
         let mut out = Vec::new();
         for (i, shard) in self.keys.shard_ids().enumerate() {
             let groups: Result<StreamInfoGroupsReply, _> =
@@ -157,23 +163,42 @@ impl Relay {
     /// the dead letters, atomically per shard.
     pub async fn requeue_dead_letters(&self, letters: &[(DeadLetterEntry, Job)]) -> Result<()> {
         let mut by_shard: BTreeMap<u16, redis::Pipeline> = BTreeMap::new();
+        let mut moved_shard = Vec::new();
         for (letter, job) in letters {
             let mut job = job.clone();
             job.attempt = 0;
             job.requeued = true;
             let shard = job.shard(self.keys.shards());
-            let pipe = by_shard.entry(letter.shard).or_insert_with(|| {
+            if shard != letter.shard {
+                // `redis.shards` changed since: two keys in two slots, written one after the other.
+                moved_shard.push((letter, job, shard));
+                continue;
+            }
+            let pipe = by_shard.entry(shard).or_insert_with(|| {
                 let mut p = redis::pipe();
                 p.atomic();
                 p
             });
-            // The job's own shard and the letter's are the same unless `redis.shards` changed.
             pipe.cmd("XADD").arg(self.keys.stream(shard)).arg("*").arg(JOB_FIELD).arg(job.to_json()).ignore();
             pipe.cmd("XDEL").arg(self.keys.dlq(letter.shard)).arg(&letter.entry_id).ignore();
         }
         let mut conn = self.conn();
         for pipe in by_shard.values() {
             pipe.query_async::<()>(&mut conn).await?;
+        }
+        for (letter, job, shard) in moved_shard {
+            redis::cmd("XADD")
+                .arg(self.keys.stream(shard))
+                .arg("*")
+                .arg(JOB_FIELD)
+                .arg(job.to_json())
+                .query_async::<()>(&mut conn)
+                .await?;
+            redis::cmd("XDEL")
+                .arg(self.keys.dlq(letter.shard))
+                .arg(&letter.entry_id)
+                .query_async::<()>(&mut conn)
+                .await?;
         }
         Ok(())
     }
@@ -187,16 +212,20 @@ impl Relay {
             let date = today - chrono::Duration::days(i64::from(back));
             let day = date.format("%Y%m%d").to_string();
             let mut names = Vec::new();
-            let mut keys = Vec::new();
+            let mut cmds = Vec::new();
             for event in events::ALL {
-                names.push(event.to_string());
-                keys.push(self.keys.counter(event, None, &day));
-                for provider in Provider::ALL {
-                    names.push(format!("{event}:{provider}"));
-                    keys.push(self.keys.counter(event, Some(provider.as_str()), &day));
+                for provider in std::iter::once(None).chain(Provider::ALL.into_iter().map(Some)) {
+                    let key = self.keys.counter(event, provider.map(Provider::as_str), &day);
+                    let mut get = redis::cmd("GET");
+                    get.arg(&key);
+                    cmds.push((key, get));
+                    names.push(match provider {
+                        Some(p) => format!("{event}:{p}"),
+                        None => event.to_string(),
+                    });
                 }
             }
-            let values: Vec<Option<u64>> = redis::cmd("MGET").arg(&keys).query_async(&mut conn).await?;
+            let values: Vec<Option<u64>> = conn.query_each(cmds).await?;
             let events =
                 names.into_iter().zip(values).filter_map(|(n, v)| v.filter(|&v| v > 0).map(|v| (n, v))).collect();
             out.push(DayCounters { date: date.format("%Y-%m-%d").to_string(), events });

@@ -4,14 +4,15 @@
 //! Every hot-path call is one pipeline per batch: writing 1,000 jobs is one round trip.
 
 pub mod admin;
+pub mod conn;
 
 use crate::error::Result;
 use crate::events::Tally;
 use crate::job::{EntryRef, Job};
 use crate::keys::{Keys, COUNTER_TTL, DELIVERED_TTL, GROUP, JOB_FIELD};
-use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
+use conn::{Endpoint, Opener, RelayConn};
 use redis::streams::{StreamAutoClaimReply, StreamClaimReply, StreamId, StreamReadReply};
-use redis::{AsyncConnectionConfig, Client, Script, Value};
+use redis::{Script, Value};
 use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -83,8 +84,8 @@ pub struct PendingReceipt {
 
 #[derive(Clone)]
 pub struct Relay {
-    client: Client,
-    conn: ConnectionManager,
+    opener: Opener,
+    conn: RelayConn,
     keys: Keys,
     move_due: Script,
     take_due: Script,
@@ -94,14 +95,10 @@ pub struct Relay {
 }
 
 impl Relay {
-    pub async fn connect(url: &str, keys: Keys, dlq_max_len: usize) -> Result<Self> {
-        let client = Client::open(url)?;
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(Duration::from_secs(5)))
-            .set_response_timeout(Some(Duration::from_secs(5)))
-            .set_number_of_retries(3);
-        let conn = client.get_connection_manager_with_config(config).await?;
-        Ok(Relay { client, conn, keys, move_due: Script::new(MOVE_DUE), take_due: Script::new(TAKE_DUE), dlq_max_len })
+    pub async fn connect(endpoint: &Endpoint, keys: Keys, dlq_max_len: usize) -> Result<Self> {
+        let opener = Opener::new(endpoint)?;
+        let conn = opener.shared().await?;
+        Ok(Relay { opener, conn, keys, move_due: Script::new(MOVE_DUE), take_due: Script::new(TAKE_DUE), dlq_max_len })
     }
 
     pub fn keys(&self) -> &Keys {
@@ -109,21 +106,21 @@ impl Relay {
     }
 
     /// The shared, auto-reconnecting connection for short commands.
-    pub fn conn(&self) -> ConnectionManager {
+    pub fn conn(&self) -> RelayConn {
         self.conn.clone()
+    }
+
+    /// Whether this relay talks to a Redis Cluster.
+    pub fn is_cluster(&self) -> bool {
+        self.conn.is_cluster()
     }
 
     /// A connection of its own for blocking reads. redis-rs gives up on a reply after 500 ms by
     /// default while the server keeps blocking, so the response timeout here outlasts `block`.
-    /// The connection is named (`CLIENT SETNAME`) so that operators can find it in
-    /// `CLIENT LIST`.
-    pub async fn blocking_connection(&self, block: Duration, name: &str) -> Result<MultiplexedConnection> {
-        let config = AsyncConnectionConfig::new()
-            .set_connection_timeout(Some(Duration::from_secs(5)))
-            .set_response_timeout(Some(block + Duration::from_secs(5)));
-        let mut conn = self.client.get_multiplexed_async_connection_with_config(&config).await?;
-        redis::cmd("CLIENT").arg("SETNAME").arg(name).query_async::<()>(&mut conn).await?;
-        Ok(conn)
+    /// On a single Redis the connection is named (`CLIENT SETNAME`) so that operators can find
+    /// it in `CLIENT LIST`.
+    pub async fn blocking_connection(&self, block: Duration, name: &str) -> Result<RelayConn> {
+        Ok(self.opener.blocking(block, name).await?)
     }
 
     pub async fn ping(&self) -> Result<()> {
@@ -174,25 +171,21 @@ impl Relay {
         if jobs.is_empty() && tally.is_empty() {
             return Ok(());
         }
-        let mut pipe = redis::pipe();
-        self.count(&mut pipe, tally, day);
+        let mut cmds = self.counter_cmds(tally, day);
         for job in jobs {
-            pipe.cmd("XADD")
-                .arg(self.keys.stream(job.shard(self.keys.shards())))
-                .arg("*")
-                .arg(JOB_FIELD)
-                .arg(job.to_json())
-                .ignore();
+            let stream = self.keys.stream(job.shard(self.keys.shards()));
+            let mut xadd = redis::cmd("XADD");
+            xadd.arg(&stream).arg("*").arg(JOB_FIELD).arg(job.to_json());
+            cmds.push((stream, xadd));
         }
-        let mut conn = self.conn();
-        pipe.query_async::<()>(&mut conn).await?;
+        self.conn().query_each::<Value>(cmds).await?;
         Ok(())
     }
 
     /// `XREADGROUP ... >` on one shard: up to `count` new entries, waiting up to `block`.
     pub async fn read(
         &self,
-        conn: &mut MultiplexedConnection,
+        conn: &mut RelayConn,
         shard: u16,
         consumer: &str,
         count: usize,
@@ -289,12 +282,16 @@ impl Relay {
         if jobs.is_empty() {
             return Ok(Vec::new());
         }
-        let mut pipe = redis::pipe();
-        for job in jobs {
-            pipe.cmd("EXISTS").arg(self.keys.delivered(job.notification_id, job.device_id));
-        }
-        let mut conn = self.conn();
-        Ok(pipe.query_async(&mut conn).await?)
+        let cmds = jobs
+            .iter()
+            .map(|job| {
+                let key = self.keys.delivered(job.notification_id, job.device_id);
+                let mut exists = redis::cmd("EXISTS");
+                exists.arg(&key);
+                (key, exists)
+            })
+            .collect();
+        Ok(self.conn().query_each(cmds).await?)
     }
 
     /// Moves up to `limit` due retries of one shard back to its stream; returns how many moved.
@@ -319,18 +316,14 @@ impl Relay {
     pub async fn write_outcomes(&self, writes: &RedisWrites, day: &str) -> Result<()> {
         let mut conn = self.conn();
         if !writes.delivered.is_empty() || !writes.tally.is_empty() {
-            let mut pipe = redis::pipe();
+            let mut cmds = self.counter_cmds(&writes.tally, day);
             for (n, d) in &writes.delivered {
-                pipe.cmd("SET")
-                    .arg(self.keys.delivered(*n, *d))
-                    .arg("1")
-                    .arg("NX")
-                    .arg("EX")
-                    .arg(DELIVERED_TTL.as_secs())
-                    .ignore();
+                let key = self.keys.delivered(*n, *d);
+                let mut set = redis::cmd("SET");
+                set.arg(&key).arg("1").arg("NX").arg("EX").arg(DELIVERED_TTL.as_secs());
+                cmds.push((key, set));
             }
-            self.count(&mut pipe, &writes.tally, day);
-            pipe.query_async::<()>(&mut conn).await?;
+            conn.query_each::<Value>(cmds).await?;
         }
 
         let mut by_shard: BTreeMap<u16, redis::Pipeline> = BTreeMap::new();
@@ -416,12 +409,19 @@ fn parse_entry(shard: u16, id: StreamId) -> Entry {
 
 impl Relay {
     /// Adds the counter increments of a batch to a pipeline (daily keys, with a TTL).
-    fn count(&self, pipe: &mut redis::Pipeline, tally: &Tally, day: &str) {
+    /// The day's counter increments (with their TTL) as (key, command) pairs.
+    fn counter_cmds(&self, tally: &Tally, day: &str) -> Vec<(String, redis::Cmd)> {
+        let mut cmds = Vec::new();
         for (event, provider, n) in tally.iter() {
             let key = self.keys.counter(event, provider, day);
-            pipe.cmd("INCRBY").arg(&key).arg(n).ignore();
-            pipe.cmd("EXPIRE").arg(&key).arg(COUNTER_TTL.as_secs()).ignore();
+            let mut incr = redis::cmd("INCRBY");
+            incr.arg(&key).arg(n);
+            let mut expire = redis::cmd("EXPIRE");
+            expire.arg(&key).arg(COUNTER_TTL.as_secs());
+            cmds.push((key.clone(), incr));
+            cmds.push((key, expire));
         }
+        cmds
     }
 
     /// Takes up to `limit` pending receipts of a shard that are due.

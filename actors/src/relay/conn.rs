@@ -1,0 +1,175 @@
+//! One Redis, or a Redis Cluster: the connection the relay talks through, and pipelines that
+//! stay within one hash slot on a cluster.
+//!
+//! On a single Redis a batch of commands is one pipeline (one round trip). On a cluster a
+//! pipeline may only touch one slot, so [`RelayConn::query_each`] groups the commands by the slot
+//! of their key and sends the groups concurrently. The keys of one shard share a hash tag, so a
+//! shard's atomic `MULTI` pipelines and Lua scripts are single-slot by construction.
+
+use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
+use redis::cluster::ClusterClient;
+use redis::cluster_async::ClusterConnection;
+use redis::cluster_routing::Slot;
+use redis::{AsyncConnectionConfig, Client, Cmd, FromRedisValue, Pipeline, RedisFuture, RedisResult, Value};
+use std::collections::HashMap;
+use std::time::Duration;
+
+/// Where Redis is: `redis.url`, or the seed nodes of `redis.cluster_urls`.
+#[derive(Debug, Clone)]
+pub enum Endpoint {
+    Single(String),
+    Cluster(Vec<String>),
+}
+
+impl Endpoint {
+    /// The cluster when seed nodes are given, else the one URL.
+    pub fn new(url: &str, cluster_urls: &[String]) -> Endpoint {
+        match cluster_urls.is_empty() {
+            true => Endpoint::Single(url.to_string()),
+            false => Endpoint::Cluster(cluster_urls.to_vec()),
+        }
+    }
+}
+
+/// What opens connections: a client for one Redis, or for a cluster.
+#[derive(Clone)]
+pub(crate) enum Opener {
+    Single(Box<Client>),
+    Cluster(Vec<String>),
+}
+
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+const RESPONSE_TIMEOUT: Duration = Duration::from_secs(5);
+
+impl Opener {
+    pub(crate) fn new(endpoint: &Endpoint) -> RedisResult<Opener> {
+        Ok(match endpoint {
+            Endpoint::Single(url) => Opener::Single(Box::new(Client::open(url.as_str())?)),
+            Endpoint::Cluster(urls) => {
+                // Checked here so a bad seed fails at start-up, not on first use.
+                ClusterClient::new(urls.iter().map(String::as_str).collect::<Vec<_>>())?;
+                Opener::Cluster(urls.clone())
+            }
+        })
+    }
+
+    /// The shared connection for short commands (reconnecting by itself).
+    pub(crate) async fn shared(&self) -> RedisResult<RelayConn> {
+        match self {
+            Opener::Single(client) => {
+                let config = ConnectionManagerConfig::new()
+                    .set_connection_timeout(Some(CONNECT_TIMEOUT))
+                    .set_response_timeout(Some(RESPONSE_TIMEOUT))
+                    .set_number_of_retries(3);
+                Ok(RelayConn::Single(client.get_connection_manager_with_config(config).await?))
+            }
+            Opener::Cluster(urls) => self.cluster(urls, RESPONSE_TIMEOUT).await,
+        }
+    }
+
+    /// A connection of its own for blocking reads, whose response timeout outlasts `block`
+    /// (redis-rs would otherwise give up while the server still blocks).
+    pub(crate) async fn blocking(&self, block: Duration, name: &str) -> RedisResult<RelayConn> {
+        let timeout = block + Duration::from_secs(5);
+        match self {
+            Opener::Single(client) => {
+                let config = AsyncConnectionConfig::new()
+                    .set_connection_timeout(Some(CONNECT_TIMEOUT))
+                    .set_response_timeout(Some(timeout));
+                let mut conn = client.get_multiplexed_async_connection_with_config(&config).await?;
+                // Named, so that operators can find the readers in `CLIENT LIST`.
+                redis::cmd("CLIENT").arg("SETNAME").arg(name).query_async::<()>(&mut conn).await?;
+                Ok(RelayConn::Reader(conn))
+            }
+            Opener::Cluster(urls) => self.cluster(urls, timeout).await,
+        }
+    }
+
+    async fn cluster(&self, urls: &[String], response_timeout: Duration) -> RedisResult<RelayConn> {
+        let client = ClusterClient::builder(urls.iter().map(String::as_str).collect::<Vec<_>>())
+            .connection_timeout(CONNECT_TIMEOUT)
+            .response_timeout(response_timeout)
+            .retries(3)
+            .build()?;
+        Ok(RelayConn::Cluster(client.get_async_connection().await?))
+    }
+}
+
+/// A connection to one Redis (shared or a reader's own) or to a cluster.
+#[derive(Clone)]
+pub enum RelayConn {
+    Single(ConnectionManager),
+    Reader(redis::aio::MultiplexedConnection),
+    Cluster(ClusterConnection),
+}
+
+impl RelayConn {
+    pub fn is_cluster(&self) -> bool {
+        matches!(self, RelayConn::Cluster(_))
+    }
+
+    /// Runs `(key, command)` pairs and returns their replies in order: one pipeline on a single
+    /// Redis, one pipeline per hash slot (concurrently) on a cluster.
+    pub async fn query_each<T: FromRedisValue>(&mut self, cmds: Vec<(String, Cmd)>) -> RedisResult<Vec<T>> {
+        if cmds.is_empty() {
+            return Ok(Vec::new());
+        }
+        if !self.is_cluster() {
+            let mut pipe = redis::pipe();
+            for (_, cmd) in cmds {
+                pipe.add_command(cmd);
+            }
+            return pipe.query_async(self).await;
+        }
+        let n = cmds.len();
+        let mut groups: HashMap<Slot, (Pipeline, Vec<usize>)> = HashMap::new();
+        for (i, (key, cmd)) in cmds.into_iter().enumerate() {
+            let (pipe, at) = groups.entry(Slot::for_key(key.as_bytes())).or_insert_with(|| (redis::pipe(), Vec::new()));
+            pipe.add_command(cmd);
+            at.push(i);
+        }
+        let replies = futures_util::future::try_join_all(groups.into_values().map(|(pipe, at)| {
+            let mut conn = self.clone();
+            async move { pipe.query_async::<Vec<Value>>(&mut conn).await.map(|values| (at, values)) }
+        }))
+        .await?;
+        let mut out: Vec<Option<Value>> = vec![None; n];
+        for (at, values) in replies {
+            for (i, v) in at.into_iter().zip(values) {
+                out[i] = Some(v);
+            }
+        }
+        out.into_iter().map(|v| Ok(T::from_redis_value(v.unwrap_or(Value::Nil))?)).collect()
+    }
+}
+
+impl ConnectionLike for RelayConn {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        match self {
+            RelayConn::Single(c) => c.req_packed_command(cmd),
+            RelayConn::Reader(c) => c.req_packed_command(cmd),
+            RelayConn::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        match self {
+            RelayConn::Single(c) => c.req_packed_commands(pipeline, offset, count),
+            RelayConn::Reader(c) => c.req_packed_commands(pipeline, offset, count),
+            RelayConn::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            RelayConn::Single(c) => c.get_db(),
+            RelayConn::Reader(c) => c.get_db(),
+            RelayConn::Cluster(c) => c.get_db(),
+        }
+    }
+}
