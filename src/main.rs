@@ -5,6 +5,8 @@ use notify_relay::startup::{consumer_name, Application, ProcessRoles};
 use notify_relay::{admin, loadgen, migrate, mock, telemetry};
 use std::process::ExitCode;
 
+type Outcome = Result<(), Box<dyn std::error::Error>>;
+
 #[actix_web::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -13,53 +15,39 @@ async fn main() -> ExitCode {
         Ok(s) => s,
         Err(e) => return fail(&e),
     };
-    let level = settings.log_level().unwrap_or(slog::Level::Info);
-    let (log, _guard) = telemetry::logger(level);
+    let (log, _guard) = telemetry::logger(settings.log_level().unwrap_or(slog::Level::Info));
     telemetry::log_panics(log.clone());
 
-    match cli.command {
-        Command::Run { roles, no_migrate } => {
-            let roles = match ProcessRoles::parse(&roles) {
-                Ok(r) => r,
-                Err(e) => return fail(&format!("--roles: {e}")),
-            };
-            let grace = settings.grace();
-            let app = match Application::build(settings, roles, !no_migrate, consumer_name(), log.clone()).await {
-                Ok(app) => app,
-                Err(e) => return fail(&e),
-            };
-            wait_for_signal().await;
-            // Whatever did not finish within the grace period stays pending in Redis and is
-            // claimed by another process: stopping with it is still a clean exit.
-            app.stop(grace).await;
-            ExitCode::SUCCESS
-        }
-        Command::Migrate => match settings.pg_config().map_err(|e| e.to_string()) {
-            Ok(config) => match migrate::run(&config).await {
-                Ok(applied) => {
-                    println!(
-                        "migrations applied: {}",
-                        if applied.is_empty() { "none (up to date)".into() } else { applied.join(", ") }
-                    );
-                    ExitCode::SUCCESS
-                }
-                Err(e) => fail(&e),
-            },
-            Err(e) => fail(&e),
-        },
-        Command::Admin(command) => match admin::run(&settings, command, &mut std::io::stdout()).await {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(e) => fail(&e),
-        },
-        Command::Loadgen(args) => match loadgen::run(&settings, args).await {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(e) => fail(&e),
-        },
-        Command::MockProviders(args) => match mock::serve(args).await {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(e) => fail(&e),
-        },
+    let outcome: Outcome = match cli.command {
+        Command::Run { roles, no_migrate } => run(settings, &roles, no_migrate, log).await,
+        Command::Migrate => run_migrations(&settings).await,
+        Command::Admin(command) => admin::run(&settings, command, &mut std::io::stdout()).await.map_err(Into::into),
+        Command::Loadgen(args) => loadgen::run(&settings, args).await,
+        Command::MockProviders(args) => mock::serve(args).await.map_err(Into::into),
+    };
+    match outcome {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => fail(&e),
     }
+}
+
+/// `run`: the service, until SIGTERM or Ctrl-C.
+async fn run(settings: Settings, roles: &str, no_migrate: bool, log: slog::Logger) -> Outcome {
+    let roles = ProcessRoles::parse(roles).map_err(|e| format!("--roles: {e}"))?;
+    let grace = settings.grace();
+    let app = Application::build(settings, roles, !no_migrate, consumer_name(), log).await?;
+    wait_for_signal().await;
+    // Whatever did not finish within the grace period stays pending in Redis and is claimed by
+    // another process: stopping with it is still a clean exit.
+    app.stop(grace).await;
+    Ok(())
+}
+
+async fn run_migrations(settings: &Settings) -> Outcome {
+    let applied = migrate::run(&settings.pg_config()?).await?;
+    let list = if applied.is_empty() { "none (up to date)".into() } else { applied.join(", ") };
+    println!("migrations applied: {list}");
+    Ok(())
 }
 
 fn fail(e: &dyn std::fmt::Display) -> ExitCode {
