@@ -242,6 +242,7 @@ impl Authenticator {
         let mut validation = Validation::new(key.alg);
         validation.leeway = self.leeway_secs;
         validation.set_required_spec_claims(&["exp"]);
+        validation.validate_nbf = true;
         match &self.audience {
             Some(aud) => validation.set_audience(&[aud]),
             None => validation.validate_aud = false,

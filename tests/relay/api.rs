@@ -129,6 +129,8 @@ async fn every_bad_credential_is_refused_on_every_user_route() {
     wrong_aud["aud"] = json!("anon");
     let mut no_exp = claims("alice", 3600);
     no_exp.as_object_mut().unwrap().remove("exp");
+    let mut not_yet = claims("alice", 3600);
+    not_yet["nbf"] = json!(chrono::Utc::now().timestamp() + 600);
     let jwks_json = json!({"keys": [api.key.jwk.clone()]}).to_string();
     let cases: Vec<(&str, Option<String>)> = vec![
         ("no token", None),
@@ -142,6 +144,7 @@ async fn every_bad_credential_is_refused_on_every_user_route() {
         ("wrong issuer", Some(api.key.sign(&wrong_iss))),
         ("wrong audience", Some(api.key.sign(&wrong_aud))),
         ("no exp", Some(api.key.sign(&no_exp))),
+        ("not valid before a time to come (nbf)", Some(api.key.sign(&not_yet))),
         ("the admin token", Some(ADMIN_TOKEN.into())),
         ("garbage", Some("not.a.jwt".into())),
     ];
