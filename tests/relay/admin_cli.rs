@@ -19,6 +19,7 @@ async fn app_with_a_dead_letter() -> (TestApp, uuid::Uuid) {
     app.add_device("gina", "expo", "ExponentPushToken[gina-ratelimited]").await;
     let id = app.notify("gina", json!({"title": "t"})).await;
     assert_eq!(app.final_status(id).await.0, "failed");
+    app.wait_for_dead_letters(1).await;
     (app, id)
 }
 

@@ -282,6 +282,9 @@ async fn retry_answers_202_404_409_and_400_as_it_should() {
     let (status, body) = api.post(&format!("/notifications/{delivered}/retry"), Some(&token), json!({})).await;
     assert_eq!((status, code(&body)), (409, "conflict"), "{body}");
 
+    // With a device, the retried notification goes pending → queued → delivered, never failed
+    // again: the second retry below conflicts whenever it lands.
+    api.app.add_device("alice", "expo", "ExponentPushToken[alice-retry]").await;
     let failed = api.failed_notification("alice", 5).await;
     let (status, body) = api.post(&format!("/notifications/{failed}/retry"), Some(&token), json!({})).await;
     assert_eq!(status, 202, "{body}");
@@ -395,6 +398,7 @@ async fn admin_sees_queues_and_metrics_and_requeues_dead_letters() {
     api.app.add_device("fred", "expo", "ExponentPushToken[fred-ratelimited]").await;
     let id = api.app.notify("fred", json!({"title": "t"})).await;
     assert_eq!(api.app.final_status(id).await.0, "failed");
+    api.app.wait_for_dead_letters(1).await;
 
     let (status, dlq) = api.get("/admin/dlq?limit=10", Some(ADMIN_TOKEN)).await;
     assert_eq!(status, 200);

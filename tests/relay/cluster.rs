@@ -142,9 +142,12 @@ async fn the_relay_runs_on_a_redis_cluster_with_shards_spread_over_its_nodes() {
     let per_node = cluster.keys_per_node(&app.prefix).await;
     assert!(per_node.iter().filter(|&&n| n > 0).count() >= 2, "{per_node:?}");
 
-    // The admin views read across the nodes.
-    let (status, queues) = app.get("/admin/queues", Some(ADMIN_TOKEN)).await;
-    assert_eq!(status, 200, "{queues}");
+    // The admin views read across the nodes (the dead letter lands just after the row is final).
+    let queues = eventually(Duration::from_secs(10), || async {
+        let (status, queues) = app.get("/admin/queues", Some(ADMIN_TOKEN)).await;
+        (status == 200 && queues["totals"]["dlq_length"] == 1).then_some(queues)
+    })
+    .await;
     assert_eq!(queues["shards"].as_array().unwrap().len(), 4);
     assert_eq!(queues["totals"]["dlq_length"], 1, "{queues}");
     assert_eq!(queues["totals"]["stream_length"], 0, "{queues}");

@@ -47,12 +47,8 @@ async fn device_not_registered_disables_the_device_and_the_other_device_still_ge
     let delivery =
         app.db.query_one("SELECT status, last_error FROM delivery WHERE device_id = $1", &[&dead]).await.unwrap();
     assert_eq!(delivery.get::<_, String>(0), "failed");
-    let dlq: Vec<redis::Value> = {
-        let mut conn = app.redis.clone();
-        redis::cmd("XRANGE").arg(app.keys.dlq(0)).arg("-").arg("+").query_async(&mut conn).await.unwrap()
-    };
-    assert_eq!(dlq.len(), 1, "one dead letter for the dead token");
-    // A disabled device is not targeted again.
+    app.wait_for_dead_letters(1).await; // one dead letter for the dead token
+                                        // A disabled device is not targeted again.
     let next = app.notify("erin", json!({"title": "again"})).await;
     assert_eq!(app.final_status(next).await.0, "delivered");
     assert_eq!(app.expo.sends_of(next, "ExponentPushToken[unregistered-erin]"), 0);
@@ -145,9 +141,7 @@ async fn a_payload_over_expos_limit_fails_permanently_and_is_dead_lettered() {
     assert_eq!(app.final_status(small).await.0, "delivered");
     assert_eq!(app.expo.requests(), 1, "the big one was refused before sending");
     assert_eq!(app.count("SELECT count(*) FROM notification_failed").await, 1);
-    let mut conn = app.redis.clone();
-    let dlq_len: i64 = redis::cmd("XLEN").arg(app.keys.dlq(0)).query_async(&mut conn).await.unwrap();
-    assert_eq!(dlq_len, 1);
+    app.wait_for_dead_letters(1).await;
     app.cleanup().await;
 }
 

@@ -365,6 +365,18 @@ impl TestApp {
         }
     }
 
+    /// Waits until the dead-letter stream of shard 0 holds `n` entries. The outcome writer stores
+    /// Postgres first and Redis right after, so a row can be final a moment before its dead
+    /// letter is written.
+    pub async fn wait_for_dead_letters(&self, n: i64) {
+        eventually(Duration::from_secs(10), || async {
+            let mut conn = self.redis.clone();
+            let len: i64 = redis::cmd("XLEN").arg(self.keys.dlq(0)).query_async(&mut conn).await.expect("XLEN");
+            (len == n).then_some(())
+        })
+        .await;
+    }
+
     pub async fn redis_counter(&self, event: &str) -> i64 {
         let key = self.keys.counter(event, None, &actors::events::today());
         let mut conn = self.redis.clone();

@@ -150,8 +150,7 @@ async fn an_entry_handed_out_max_deliveries_times_is_dead_lettered_not_sent() {
     assert_eq!(status, "failed");
     assert!(error.unwrap().contains("handed out 5 times without an outcome"));
     assert_eq!(app.expo.sent_count(), 0, "a poison entry is not sent again");
-    let dlq: i64 = redis::cmd("XLEN").arg(app.keys.dlq(0)).query_async(&mut conn).await.unwrap();
-    assert_eq!(dlq, 1);
+    app.wait_for_dead_letters(1).await;
     eventually(Duration::from_secs(5), || async { (app.pending_entries().await == 0).then_some(()) }).await;
     app.cleanup().await;
 }
