@@ -1,7 +1,6 @@
 //! `GET /openapi.json`, generated from the handlers' annotations, and `GET /docs`, Swagger UI
 //! served from assets compiled into the binary (no CDN: it works offline).
 
-use actix_web::{get, HttpResponse};
 use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 use utoipa_swagger_ui::SwaggerUi;
@@ -50,12 +49,7 @@ impl Modify for Security {
     }
 }
 
-#[get("/openapi.json")]
-pub async fn openapi_json() -> HttpResponse {
-    HttpResponse::Ok().json(ApiDoc::openapi())
-}
-
-/// Swagger UI at `/docs/`, reading `/openapi.json`.
+/// `GET /openapi.json` and Swagger UI at `/docs/`, which reads it.
 pub fn swagger_ui() -> SwaggerUi {
-    SwaggerUi::new("/docs/{_:.*}").url("/openapi-ui.json", ApiDoc::openapi())
+    SwaggerUi::new("/docs/{_:.*}").url("/openapi.json", ApiDoc::openapi())
 }

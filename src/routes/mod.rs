@@ -36,7 +36,6 @@ pub fn configure(cfg: &mut actix_web::web::ServiceConfig) {
         .service(admin::dlq)
         .service(admin::requeue)
         .service(admin::metrics)
-        .service(docs::openapi_json)
         .service(docs::swagger_ui());
 }
 
