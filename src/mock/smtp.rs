@@ -73,6 +73,9 @@ pub struct SmtpOptions {
     pub tls: TlsMode,
     /// Largest accepted message in bytes; 0 = [`DEFAULT_MAX_SIZE`].
     pub max_size: usize,
+    /// A client silent this long between commands gets `421 4.4.2` and is hung up on, as
+    /// Postfix does after `smtpd_timeout`; `None` = wait forever.
+    pub idle_timeout: Option<std::time::Duration>,
 }
 
 /// One message the emulator accepted (250 after DATA).
@@ -510,7 +513,17 @@ impl Session {
             reply(io, "220 notify-relay.emulator ESMTP SMTP emulator").await?;
         }
         loop {
-            let Some((line, too_long)) = read_line(io).await? else { return Ok(Next::Close) };
+            let next = match self.shared.options.idle_timeout {
+                Some(limit) => match tokio::time::timeout(limit, read_line(io)).await {
+                    Ok(next) => next?,
+                    Err(_) => {
+                        reply(io, "421 4.4.2 notify-relay.emulator Error: timeout exceeded").await?;
+                        return Ok(Next::Close);
+                    }
+                },
+                None => read_line(io).await?,
+            };
+            let Some((line, too_long)) = next else { return Ok(Next::Close) };
             if too_long {
                 reply(io, "500 5.5.6 Line too long").await?;
                 continue;

@@ -113,6 +113,22 @@ async fn an_html_payload_is_sent_as_the_alternative_to_the_text() {
 }
 
 #[actix_web::test]
+async fn a_kept_connection_the_relay_closed_while_idle_is_replaced_without_a_failure() {
+    let options = SmtpOptions { idle_timeout: Some(Duration::from_millis(200)), ..SmtpOptions::default() };
+    let smtp = emulator(options).await;
+    let client = client(&smtp);
+    let (first, _) = send(&client, "early@example.org").await;
+    assert!(matches!(first, SendResult::Delivered { .. }), "{first:?}");
+    // The relay times the idle connection out (421 4.4.2, then it hangs up).
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let (second, health) = send(&client, "late@example.org").await;
+    assert!(matches!(second, SendResult::Delivered { .. }), "{second:?}");
+    assert_eq!(health, Health::Up);
+    assert_eq!(smtp.connections(), 2, "the closed connection was replaced by a new one");
+    assert_eq!(smtp.received().len(), 2);
+}
+
+#[actix_web::test]
 async fn pooled_connections_carry_several_transactions() {
     let smtp = emulator(SmtpOptions::default()).await;
     let client = client(&smtp);
@@ -317,9 +333,9 @@ async fn a_421_from_the_whole_relay_is_an_outage_and_the_next_message_goes_throu
     let (ok, _) = send(&client, "a@example.org").await;
     assert!(matches!(ok, SendResult::Delivered { .. }), "{ok:?}");
 
-    // Again with a connection in the pool: the refusal comes at the greeting of a new
-    // connection or at MAIL FROM on the pooled one, and is classified the same.
-    smtp.fail_next(421, Some("4.7.0"), 1);
+    // Again with a connection kept open: a 421 there is first taken for an idle timeout, so the
+    // client tries a new connection, whose greeting is refused too: the same outage.
+    smtp.fail_next(421, Some("4.7.0"), 2);
     let (refused, health) = send(&client, "a@example.org").await;
     assert!(
         matches!(&refused, SendResult::Retry { error, .. } if error.starts_with("email: 421 4.7.0")),
@@ -328,7 +344,7 @@ async fn a_421_from_the_whole_relay_is_an_outage_and_the_next_message_goes_throu
     assert!(matches!(health, Health::Outage(_)));
     let (ok, _) = send(&client, "a@example.org").await;
     assert!(matches!(ok, SendResult::Delivered { .. }), "{ok:?}");
-    assert_eq!((smtp.injected(), smtp.received().len()), (2, 2));
+    assert_eq!((smtp.injected(), smtp.received().len()), (3, 2));
 }
 
 #[actix_web::test]

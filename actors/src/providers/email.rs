@@ -384,7 +384,8 @@ impl Inner {
     }
 
     /// Sends on a kept-open connection, or a new one. A kept-open connection that turns out to be
-    /// closed (the relay hung up while it was idle) is replaced once, without blaming the relay.
+    /// closed (the relay hung up, or said 421, while it was idle) is replaced once, without
+    /// blaming the relay.
     async fn send_on_a_connection(&self, envelope: &Envelope, bytes: &[u8]) -> Result<Reply, Failure> {
         let reused = self.take_idle();
         let fresh = reused.is_none();
@@ -397,7 +398,9 @@ impl Inner {
                 self.idle.borrow_mut().push((conn, Instant::now()));
                 Ok(reply)
             }
-            Err(e) if !fresh && e.status().is_none() => {
+            // No reply (the relay hung up), or a 421 (relays say it when they close an idle
+            // connection): try once more on a new connection, which tells if the relay is down.
+            Err(e) if !fresh && e.status().is_none_or(|code| u16::from(code) == 421) => {
                 let mut conn = self.config.open().await?;
                 let reply = conn.send(envelope, bytes).await.map_err(|e| failure_of(&e, &self.config.relay))?;
                 self.idle.borrow_mut().push((conn, Instant::now()));
