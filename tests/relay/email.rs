@@ -524,8 +524,11 @@ fn a_bad_from_or_smtp_url_stops_start_up_naming_the_key_and_hiding_the_password(
 #[actix_web::test]
 async fn mock_providers_serves_the_smtp_emulator_on_the_smtp_addr() {
     use std::io::BufRead;
+    let credentials = std::env::temp_dir().join(format!("mock-credentials-{}", uuid::Uuid::new_v4().simple()));
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_notify-relay"))
         .args(["mock-providers", "--expo-addr", "127.0.0.1:0", "--smtp-addr", "127.0.0.1:0"])
+        .args(["--fcm-addr", "127.0.0.1:0", "--apns-addr", "127.0.0.1:0", "--credentials-dir"])
+        .arg(&credentials)
         .env_remove("NOTIFY_CONFIG")
         .stdout(std::process::Stdio::piped())
         .spawn()
@@ -557,4 +560,9 @@ async fn mock_providers_serves_the_smtp_emulator_on_the_smtp_addr() {
 
     assert!(matches!(result, SendResult::Delivered { .. }), "{result:?}");
     assert!(matches!(refused, SendResult::InvalidToken { .. }), "{refused:?}");
+    // The credentials a relay needs for the FCM and APNs emulators were written where asked.
+    for file in ["fcm-service-account.json", "apns-key.p8", "apns-ca.pem"] {
+        assert!(credentials.join(file).is_file(), "{file} written");
+    }
+    let _ = std::fs::remove_dir_all(&credentials);
 }
