@@ -154,12 +154,7 @@ async fn send_request(req: awc::ClientRequest, body: Vec<u8>, n: usize) -> Respo
         Err(e) => return outage(n, format!("expo: request failed: {e}")),
     };
     let status = resp.status().as_u16();
-    let retry_after = resp
-        .headers()
-        .get("retry-after")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse::<u64>().ok())
-        .map(Duration::from_secs);
+    let retry_after = super::retry_after(resp.headers());
     let body = match resp.body().limit(MAX_RESPONSE_BYTES).await {
         Ok(body) => body,
         Err(e) => return outage(n, format!("expo: reading the response failed: {e}")),

@@ -105,3 +105,39 @@ pub fn combine(outcomes: Vec<(SendResult, Health)>) -> Response {
     };
     Response { results: outcomes.into_iter().map(|(r, _)| r).collect(), health }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use awc::http::header::{HeaderMap, HeaderValue, RETRY_AFTER};
+
+    fn headers(value: &str) -> HeaderMap {
+        let mut map = HeaderMap::new();
+        map.insert(RETRY_AFTER, HeaderValue::from_str(value).unwrap());
+        map
+    }
+
+    #[test]
+    fn retry_after_takes_seconds_or_an_http_date() {
+        assert_eq!(retry_after(&headers("7")), Some(Duration::from_secs(7)));
+        assert_eq!(retry_after(&headers(" 2 ")), Some(Duration::from_secs(2)));
+        let later = (chrono::Utc::now() + chrono::Duration::seconds(90)).to_rfc2822();
+        let wait = retry_after(&headers(&later)).unwrap();
+        assert!(wait > Duration::from_secs(80) && wait <= Duration::from_secs(90), "{wait:?}");
+        let past = (chrono::Utc::now() - chrono::Duration::seconds(90)).to_rfc2822();
+        assert_eq!(retry_after(&headers(&past)), Some(Duration::ZERO));
+        assert_eq!(retry_after(&headers("soon")), None);
+        assert_eq!(retry_after(&HeaderMap::new()), None);
+    }
+
+    #[test]
+    fn one_request_per_message_is_an_outage_only_when_every_request_was_one() {
+        let out = |e: &str| (SendResult::Retry { error: e.into(), after: None }, Health::Outage(e.into()));
+        let ok = (SendResult::Delivered { provider_message_id: None }, Health::Up);
+        assert!(matches!(combine(vec![out("a"), out("b")]).health, Health::Outage(_)));
+        assert_eq!(combine(vec![out("a"), ok.clone()]).health, Health::Up);
+        let auth = (SendResult::Auth { error: "x".into() }, Health::AuthFailure("x".into()));
+        assert!(matches!(combine(vec![ok, auth]).health, Health::AuthFailure(_)));
+        assert_eq!(combine(Vec::new()).health, Health::Up);
+    }
+}

@@ -49,6 +49,11 @@ pub struct FailedFilter {
     pub since: Option<DateTime<Utc>>,
 }
 
+/// The notifications a [`FailedFilter`] selects: `$1` user (or NULL), `$2` failed since (or NULL).
+const FAILED_MATCHING: &str = "status = 'failed'
+    AND ($1::text IS NULL OR user_id = $1)
+    AND ($2::timestamptz IS NULL OR updated_at >= $2)";
+
 /// The owner and status of a notification.
 #[derive(Debug, Clone, PartialEq)]
 pub struct NotificationState {
@@ -143,12 +148,7 @@ impl Store {
         let client = self.pool.get().await?;
         let rows = client
             .query(
-                "SELECT id FROM notification
-                  WHERE status = 'failed'
-                    AND ($1::text IS NULL OR user_id = $1)
-                    AND ($2::timestamptz IS NULL OR updated_at >= $2)
-                  ORDER BY updated_at, id
-                  LIMIT $3",
+                &format!("SELECT id FROM notification WHERE {FAILED_MATCHING} ORDER BY updated_at, id LIMIT $3"),
                 &[&filter.user, &filter.since, &limit],
             )
             .await?;
@@ -160,10 +160,7 @@ impl Store {
         let client = self.pool.get().await?;
         let row = client
             .query_one(
-                "SELECT count(*) FROM notification
-                  WHERE status = 'failed'
-                    AND ($1::text IS NULL OR user_id = $1)
-                    AND ($2::timestamptz IS NULL OR updated_at >= $2)",
+                &format!("SELECT count(*) FROM notification WHERE {FAILED_MATCHING}"),
                 &[&filter.user, &filter.since],
             )
             .await?;
