@@ -108,8 +108,20 @@ async fn user_routes_accept_es256_from_the_jwks_and_legacy_hs256() {
     let (status, body) = api.get("/users/alice/notifications/failed", Some(&api.token("alice"))).await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body, json!({"items": [], "next_cursor": null}));
-    let legacy = hs256(HS_SECRET.as_bytes(), &claims("alice", 3600));
-    assert_eq!(api.get("/users/alice/notifications/failed", Some(&legacy)).await.0, 200);
+    // Every user route, with a token of each kind.
+    let tokens = [("ES256", api.token("alice")), ("HS256", hs256(HS_SECRET.as_bytes(), &claims("alice", 3600)))];
+    for (i, (kind, token)) in tokens.iter().enumerate() {
+        let t = Some(token.as_str());
+        assert_eq!(api.get("/users/alice/notifications/failed", t).await.0, 200, "{kind}");
+        let device = json!({"provider": "fcm", "token": format!("alice-{kind}")});
+        let (status, registered) = api.post("/users/alice/devices", t, device).await;
+        assert_eq!(status, 201, "{kind}: {registered}");
+        let path = format!("/users/alice/devices/{}", registered["id"].as_str().unwrap());
+        assert_eq!(api.call("DELETE", &path, t, None).await.0, 204, "{kind}");
+        let failed = api.failed_notification("alice", 10 + i as i64).await;
+        let (status, body) = api.post(&format!("/notifications/{failed}/retry"), t, json!({})).await;
+        assert_eq!(status, 202, "{kind}: {body}");
+    }
     // A service_role token acts for any user.
     let mut service = claims("", 3600);
     service["role"] = json!("service_role");
@@ -195,6 +207,31 @@ async fn a_rotated_in_key_is_fetched_once_and_made_up_kids_do_not_hammer_the_jwk
         api.get("/users/alice/notifications/failed", Some(&new_key.sign(&claims("alice", 3600)))).await;
     assert_eq!(status, 200, "{body}");
     api.done().await;
+}
+
+#[actix_web::test]
+async fn keys_already_fetched_keep_working_while_the_jwks_endpoint_is_down() {
+    let mut app = prepare().await;
+    let key = SigningKey::generate("key-1");
+    let jwks = JwksServer::start(&[&key]).await;
+    for (k, v) in [
+        ("NOTIFY__AUTH__JWKS_URL", jwks.url.clone()),
+        // Stale after 100 ms: every later request wants a fresh copy of the keys.
+        ("NOTIFY__AUTH__JWKS_CACHE_MS", "100".into()),
+        ("NOTIFY__AUTH__JWKS_MIN_REFRESH_MS", "0".into()),
+    ] {
+        app.env.insert(k.into(), v);
+    }
+    app.start().await;
+    let token = key.sign(&claims("alice", 3600));
+    assert_eq!(app.get("/users/alice/notifications/failed", Some(&token)).await.0, 200);
+    jwks.stop().await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // The refetch fails: the keys fetched before still verify, unknown ones still do not.
+    assert_eq!(app.get("/users/alice/notifications/failed", Some(&token)).await.0, 200);
+    let stranger = SigningKey::generate("key-2").sign(&claims("alice", 3600));
+    assert_eq!(app.get("/users/alice/notifications/failed", Some(&stranger)).await.0, 401);
+    app.cleanup().await;
 }
 
 #[actix_web::test]
