@@ -1,7 +1,7 @@
 //! APNs: the client against the emulator (every row of PROVIDERS.md's APNs table, the provider
 //! token's 20/60-minute rules, HTTP/2 and connection reuse), then end to end through the relay.
 
-use crate::helpers::{eventually, prepare, TestApp};
+use crate::helpers::{client_job, eventually, prepare, TestApp};
 use actors::circuit::Health;
 use actors::job::{Job, Priority, Provider, SendResult};
 use actors::providers::apns::{tls_config, ApnsClient, ProviderToken, MIN_RESIGN_INTERVAL, REFRESH_AFTER};
@@ -50,19 +50,7 @@ async fn emulator(rules: Rules) -> ApnsEmulator {
 }
 
 fn job(token: &str, payload: Value, priority: Priority) -> Job {
-    Job {
-        notification_id: Uuid::new_v4(),
-        device_id: Uuid::new_v4(),
-        user_id: "u".into(),
-        provider: Provider::Apns,
-        token: token.into(),
-        payload,
-        priority,
-        trace_id: "t".into(),
-        attempt: 0,
-        targets: 1,
-        requeued: false,
-    }
+    client_job(Provider::Apns, token, payload, priority)
 }
 
 fn alert(token: &str) -> Job {

@@ -1,7 +1,7 @@
 //! Email: the SMTP client against the SMTP emulator (every row of PROVIDERS.md's SMTP table),
 //! then end to end through the relay.
 
-use crate::helpers::{eventually, prepare, TestApp};
+use crate::helpers::{client_job, eventually, prepare, TestApp};
 use actors::circuit::Health;
 use actors::job::{Job, Priority, Provider, SendResult};
 use actors::providers::email::{EmailClient, EmailConfig};
@@ -11,7 +11,6 @@ use actors::settings::EmailSettings;
 use notify_relay::mock::smtp::{SmtpEmulator, SmtpOptions, TlsMode};
 use serde_json::{json, Value};
 use std::time::Duration;
-use uuid::Uuid;
 
 const FROM: &str = "Notify <no-reply@example.com>";
 
@@ -36,19 +35,7 @@ fn client(emulator: &SmtpEmulator) -> EmailClient {
 }
 
 fn job(to: &str, payload: Value) -> Job {
-    Job {
-        notification_id: Uuid::new_v4(),
-        device_id: Uuid::new_v4(),
-        user_id: "u".into(),
-        provider: Provider::Email,
-        token: to.into(),
-        payload,
-        priority: Priority::Normal,
-        trace_id: "test-trace".into(),
-        attempt: 0,
-        targets: 1,
-        requeued: false,
-    }
+    client_job(Provider::Email, to, payload, Priority::Normal)
 }
 
 async fn send(client: &EmailClient, to: &str) -> (SendResult, Health) {

@@ -1,5 +1,6 @@
 //! The Expo client against its emulator: one case per row of the PROVIDERS.md Expo table.
 
+use crate::helpers::client_job;
 use actors::circuit::Health;
 use actors::job::{Job, Priority, Provider, SendResult};
 use actors::providers::expo::ExpoClient;
@@ -9,7 +10,6 @@ use actors::settings::ExpoSettings;
 use notify_relay::mock::expo::ExpoEmulator;
 use serde_json::json;
 use std::time::Duration;
-use uuid::Uuid;
 
 fn client(base_url: String) -> ExpoClient {
     ExpoClient::new(&ExpoSettings {
@@ -24,19 +24,7 @@ fn client(base_url: String) -> ExpoClient {
 }
 
 fn job(token: &str) -> Job {
-    Job {
-        notification_id: Uuid::new_v4(),
-        device_id: Uuid::new_v4(),
-        user_id: "u".into(),
-        provider: Provider::Expo,
-        token: token.into(),
-        payload: json!({"title": "T"}),
-        priority: Priority::Normal,
-        trace_id: "t".into(),
-        attempt: 0,
-        targets: 1,
-        requeued: false,
-    }
+    client_job(Provider::Expo, token, json!({"title": "T"}), Priority::Normal)
 }
 
 #[derive(Debug, PartialEq)]

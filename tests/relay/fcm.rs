@@ -1,7 +1,7 @@
 //! FCM HTTP v1 against its emulator: the OAuth token dance, one test per PROVIDERS.md row, and
 //! delivery through the whole relay.
 
-use crate::helpers::{eventually, prepare, TestApp};
+use crate::helpers::{client_job, eventually, prepare, TestApp};
 use actors::circuit::Health;
 use actors::job::{Job, Priority, Provider, SendResult};
 use actors::providers::fcm::{FcmClient, ServiceAccount, TokenSource, QUOTA_BACKOFF};
@@ -12,7 +12,6 @@ use notify_relay::mock::fcm::FcmEmulator;
 use serde_json::{json, Value};
 use std::sync::Arc;
 use std::time::Duration;
-use uuid::Uuid;
 
 struct Fixture {
     emulator: FcmEmulator,
@@ -36,19 +35,7 @@ async fn fixture() -> Fixture {
 }
 
 fn job(token: &str, payload: Value) -> Job {
-    Job {
-        notification_id: Uuid::new_v4(),
-        device_id: Uuid::new_v4(),
-        user_id: "u".into(),
-        provider: Provider::Fcm,
-        token: token.into(),
-        payload,
-        priority: Priority::High,
-        trace_id: "t".into(),
-        attempt: 0,
-        targets: 1,
-        requeued: false,
-    }
+    client_job(Provider::Fcm, token, payload, Priority::High)
 }
 
 impl Fixture {

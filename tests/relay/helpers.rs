@@ -410,6 +410,20 @@ impl Drop for RelayProcess {
     }
 }
 
+/// A first attempt for a new (notification, device) of `provider`, for calling a provider
+/// client directly.
+pub fn client_job(
+    provider: actors::job::Provider,
+    token: &str,
+    payload: Value,
+    priority: actors::job::Priority,
+) -> actors::job::Job {
+    let mut job = expo_job(Uuid::new_v4(), Uuid::new_v4(), "u", token, payload);
+    job.provider = provider;
+    job.priority = priority;
+    job
+}
+
 /// The stream job of a first attempt at (notification, device) for an Expo token.
 pub fn expo_job(notification_id: Uuid, device_id: Uuid, user: &str, token: &str, payload: Value) -> actors::job::Job {
     actors::job::Job {
