@@ -21,6 +21,7 @@
 //! N requests as a whole, `{"status":503,"for_ms":10000}` every request for 10 s, with
 //! `"retry_after_secs"` for a `Retry-After` header. `GET /__emulator/stats` counts.
 
+use super::ActiveFailure;
 use actix_web::dev::ServerHandle;
 use actix_web::http::{StatusCode, Version};
 use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
@@ -107,30 +108,13 @@ pub struct FailPlan {
     pub retry_after_secs: Option<u64>,
 }
 
-#[derive(Debug)]
-struct ActiveFailure {
-    plan: FailPlan,
-    until: Option<Instant>,
-}
-
-impl ActiveFailure {
-    fn new(plan: FailPlan) -> Self {
-        let until = plan.for_ms.map(|ms| Instant::now() + Duration::from_millis(ms));
-        ActiveFailure { plan, until }
+impl super::Lasting for FailPlan {
+    fn count(&self) -> Option<usize> {
+        self.count
     }
 
-    /// Whether this request fails (and counts it).
-    fn strikes(&mut self) -> bool {
-        if let Some(until) = self.until {
-            return Instant::now() < until;
-        }
-        match self.plan.count.as_mut() {
-            Some(n) if *n > 0 => {
-                *n -= 1;
-                true
-            }
-            _ => false,
-        }
+    fn for_ms(&self) -> Option<u64> {
+        self.for_ms
     }
 }
 
@@ -152,7 +136,7 @@ struct State {
     requests: usize,
     requests_by_token: HashMap<String, usize>,
     answers: HashMap<String, Answer>,
-    fail: Option<ActiveFailure>,
+    fail: Option<ActiveFailure<FailPlan>>,
     /// Every provider token accepted so far, in order.
     provider_tokens: Vec<String>,
     /// Every provider token presented (accepted or not), each once, in order.

@@ -14,6 +14,7 @@
 //! as a whole, `{"status":503,"for_ms":10000}` every request for 10 s (429 carries
 //! `Retry-After: 1`).
 
+use super::ActiveFailure;
 use actix_web::dev::ServerHandle;
 use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
 use serde::Deserialize;
@@ -58,30 +59,13 @@ pub struct FailPlan {
     pub for_ms: Option<u64>,
 }
 
-#[derive(Debug)]
-pub(crate) struct ActiveFailure {
-    pub(crate) plan: FailPlan,
-    until: Option<std::time::Instant>,
-}
-
-impl ActiveFailure {
-    pub(crate) fn new(plan: FailPlan) -> Self {
-        let until = plan.for_ms.map(|ms| std::time::Instant::now() + std::time::Duration::from_millis(ms));
-        ActiveFailure { plan, until }
+impl super::Lasting for FailPlan {
+    fn count(&self) -> Option<usize> {
+        self.count
     }
 
-    /// Whether this request fails (and counts it).
-    pub(crate) fn strikes(&mut self) -> bool {
-        if let Some(until) = self.until {
-            return std::time::Instant::now() < until;
-        }
-        match self.plan.count.as_mut() {
-            Some(n) if *n > 0 => {
-                *n -= 1;
-                true
-            }
-            _ => false,
-        }
+    fn for_ms(&self) -> Option<u64> {
+        self.for_ms
     }
 }
 
@@ -93,7 +77,7 @@ struct State {
     receipts: HashMap<String, Value>,
     receipt_requests: usize,
     gzip_requests: usize,
-    fail: Option<ActiveFailure>,
+    fail: Option<ActiveFailure<FailPlan>>,
     access_token: Option<String>,
     /// Added before every send answer, to keep requests in flight.
     latency: std::time::Duration,

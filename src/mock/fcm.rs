@@ -24,7 +24,8 @@
 //! same for the token endpoint; `POST /__emulator/revoke` invalidates every access token issued;
 //! `GET /__emulator/stats`.
 
-use super::expo::{ActiveFailure, FailPlan};
+use super::expo::FailPlan;
+use super::ActiveFailure;
 use actix_web::dev::ServerHandle;
 use actix_web::http::StatusCode;
 use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
@@ -69,8 +70,8 @@ struct State {
     /// Access token → when it expires.
     tokens: HashMap<String, Instant>,
     token_lifetime: Duration,
-    fail: Option<ActiveFailure>,
-    fail_token: Option<ActiveFailure>,
+    fail: Option<ActiveFailure<FailPlan>>,
+    fail_token: Option<ActiveFailure<FailPlan>>,
 }
 
 pub struct FcmEmulator {

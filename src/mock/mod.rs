@@ -7,6 +7,41 @@ pub mod expo;
 pub mod fcm;
 pub mod smtp;
 
+/// How long an injected failure lasts: for the next `count` requests, or for `for_ms`.
+pub(crate) trait Lasting {
+    fn count(&self) -> Option<usize>;
+    fn for_ms(&self) -> Option<u64>;
+}
+
+/// A failure being injected, and what is left of it.
+#[derive(Debug)]
+pub(crate) struct ActiveFailure<P> {
+    pub(crate) plan: P,
+    left: Option<usize>,
+    until: Option<std::time::Instant>,
+}
+
+impl<P: Lasting> ActiveFailure<P> {
+    pub(crate) fn new(plan: P) -> Self {
+        let until = plan.for_ms().map(|ms| std::time::Instant::now() + std::time::Duration::from_millis(ms));
+        ActiveFailure { left: plan.count(), until, plan }
+    }
+
+    /// Whether this request fails (and counts it).
+    pub(crate) fn strikes(&mut self) -> bool {
+        if let Some(until) = self.until {
+            return std::time::Instant::now() < until;
+        }
+        match self.left.as_mut() {
+            Some(n) if *n > 0 => {
+                *n -= 1;
+                true
+            }
+            _ => false,
+        }
+    }
+}
+
 /// `notify-relay mock-providers` flags.
 #[derive(Debug, clap::Args)]
 pub struct MockArgs {

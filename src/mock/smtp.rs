@@ -40,10 +40,11 @@
 //! connection, as a relay that goes away does.
 
 use super::expo::FailPlan;
+use super::ActiveFailure;
 use base64::Engine;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::{AbortHandle, JoinHandle};
@@ -123,34 +124,6 @@ fn header(data: &[u8], name: &str) -> Option<String> {
     })
 }
 
-/// A [`FailPlan`] in force: `status` with enhanced `code` for the next `count`, or until a time.
-#[derive(Debug)]
-struct Failing {
-    plan: FailPlan,
-    until: Option<Instant>,
-}
-
-impl Failing {
-    fn new(plan: FailPlan) -> Self {
-        let until = plan.for_ms.map(|ms| Instant::now() + Duration::from_millis(ms));
-        Failing { plan, until }
-    }
-
-    /// The reply for this attempt if it fails (and counts it).
-    fn strikes(&mut self) -> Option<(u16, String)> {
-        let strikes = match (self.until, self.plan.count.as_mut()) {
-            (Some(until), _) => Instant::now() < until,
-            (None, Some(n)) if *n > 0 => {
-                *n -= 1;
-                true
-            }
-            _ => false,
-        };
-        let code = self.plan.code.clone().unwrap_or_else(|| default_enhanced(self.plan.status).into());
-        strikes.then_some((self.plan.status, code))
-    }
-}
-
 fn default_enhanced(status: u16) -> &'static str {
     match status {
         421 => "4.3.2",
@@ -165,7 +138,8 @@ fn default_enhanced(status: u16) -> &'static str {
 #[derive(Debug, Default)]
 struct State {
     received: Vec<Received>,
-    fail: Option<Failing>,
+    /// A [`FailPlan`] in force: `status` with enhanced `code`.
+    fail: Option<ActiveFailure<FailPlan>>,
     connections: usize,
     transactions: usize,
     /// Whole-server failures answered (greetings and transactions refused by the plan).
@@ -182,12 +156,15 @@ struct Shared {
 impl Shared {
     fn injected(&self) -> Option<(u16, String)> {
         let mut state = self.state.lock().ok()?;
-        let reply = state.fail.as_mut()?.strikes();
-        match reply {
-            Some(_) => state.injected += 1,
-            None => state.fail = None,
+        let failing = state.fail.as_mut()?;
+        if !failing.strikes() {
+            state.fail = None;
+            return None;
         }
-        reply
+        let plan = &failing.plan;
+        let reply = (plan.status, plan.code.clone().unwrap_or_else(|| default_enhanced(plan.status).into()));
+        state.injected += 1;
+        Some(reply)
     }
 
     fn max_size(&self) -> usize {
@@ -277,7 +254,7 @@ impl SmtpEmulator {
     /// Sets a whole-server failure plan (as the `XFAIL` command does).
     pub fn fail(&self, plan: FailPlan) {
         if let Ok(mut s) = self.shared.state.lock() {
-            s.fail = Some(Failing::new(plan));
+            s.fail = Some(ActiveFailure::new(plan));
         }
     }
 
@@ -595,7 +572,7 @@ impl Session {
             "VRFY" => reply(io, "252 2.5.2 Cannot VRFY user").await?,
             "XFAIL" => match serde_json::from_str::<FailPlan>(arg) {
                 Ok(plan) => {
-                    self.state(|s| s.fail = Some(Failing::new(plan)));
+                    self.state(|s| s.fail = Some(ActiveFailure::new(plan)));
                     reply(io, "250 2.0.0 Failure plan set").await?;
                 }
                 Err(e) => {
