@@ -557,6 +557,23 @@ mod tests {
     }
 
     #[test]
+    fn bad_auth_settings_name_their_key() {
+        assert!(
+            error(&[("NOTIFY__AUTH__JWKS_FILE", "/nonexistent/jwks.json")]).contains("`auth.jwks_file` cannot read")
+        );
+        let garbage = std::env::temp_dir().join(format!("jwks-{}.json", uuid::Uuid::new_v4().simple()));
+        std::fs::write(&garbage, "{\"keys\": []}").unwrap();
+        let err = error(&[("NOTIFY__AUTH__JWKS_FILE", garbage.to_str().unwrap())]);
+        let _ = std::fs::remove_file(&garbage);
+        assert!(err.contains("`auth.jwks_file` holds no ES256 or RS256 signing key"), "{err}");
+        let both =
+            error(&[("NOTIFY__AUTH__JWKS_FILE", "/x"), ("NOTIFY__AUTH__JWKS_URL", "https://p.supabase.co/jwks")]);
+        assert!(both.contains("`auth.jwks_url` and auth.jwks_file are both set"), "{both}");
+        assert!(error(&[("NOTIFY__AUTH__JWKS_URL", "ftp://x")]).contains("`auth.jwks_url` must be an http(s) URL"));
+        assert!(error(&[("NOTIFY__AUTH__JWT_SECRET", "short")]).contains("`auth.jwt_secret` must be at least 16"));
+    }
+
+    #[test]
     fn an_email_send_counts_twice_its_timeout() {
         let err = error(&[
             ("NOTIFY__PROVIDERS__EMAIL__ENABLED", "true"),

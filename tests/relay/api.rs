@@ -235,6 +235,25 @@ async fn keys_already_fetched_keep_working_while_the_jwks_endpoint_is_down() {
 }
 
 #[actix_web::test]
+async fn keys_from_a_jwks_file_verify_user_tokens() {
+    let mut app = prepare().await;
+    let key = SigningKey::generate("file-key");
+    let file = std::env::temp_dir().join(format!("jwks-{}.json", Uuid::new_v4().simple()));
+    std::fs::write(&file, json!({"keys": [key.jwk.clone()]}).to_string()).unwrap();
+    app.temp_files.push(file.clone());
+    app.env.insert("NOTIFY__AUTH__JWKS_FILE".into(), file.display().to_string());
+    app.start().await;
+    let token = key.sign(&claims("alice", 3600));
+    assert_eq!(app.get("/users/alice/notifications/failed", Some(&token)).await.0, 200);
+    let stranger = SigningKey::generate("other-key").sign(&claims("alice", 3600));
+    assert_eq!(app.get("/users/alice/notifications/failed", Some(&stranger)).await.0, 401);
+    // Without a jwt_secret, HS256 tokens are refused outright.
+    let legacy = hs256(HS_SECRET.as_bytes(), &claims("alice", 3600));
+    assert_eq!(app.get("/users/alice/notifications/failed", Some(&legacy)).await.0, 401);
+    app.cleanup().await;
+}
+
+#[actix_web::test]
 async fn admin_routes_take_only_the_admin_token() {
     let api = api().await;
     let mut service = claims("ops", 3600);
