@@ -113,7 +113,7 @@ impl Dispatcher {
         let mut by_provider: HashMap<Provider, Vec<Delivery>> = HashMap::new();
         for d in fresh {
             info!(self.log, "dequeued"; "event" => events::DEQUEUE, "notification_id" => %d.job.notification_id,
-                  "trace_id" => &d.job.trace_id, "provider" => d.job.provider.as_str(), "attempt" => d.job.attempt + 1);
+                  "trace_id" => &d.job.trace_id, "provider" => d.job.provider.as_str(), "attempt" => d.job.attempt_number());
             by_provider.entry(d.job.provider).or_default().push(d);
         }
         for (provider, batch) in by_provider {

@@ -178,6 +178,7 @@ impl Engine {
                 relay: relay.clone(),
                 batch: settings.listener_batch,
                 drainers: settings.listener_drainers,
+                limits: settings.input_limits,
                 enabled: Arc::new(enabled),
                 log: listener_life.log.clone(),
             };

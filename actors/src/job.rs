@@ -8,6 +8,7 @@
 use serde::{Deserialize, Serialize};
 use std::fmt;
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 use uuid::Uuid;
 
@@ -67,7 +68,7 @@ impl FromStr for Priority {
         match s {
             "normal" => Ok(Priority::Normal),
             "high" => Ok(Priority::High),
-            other => Err(format!("priority must be 'normal' or 'high', got '{other}'")),
+            other => Err(format!("must be 'normal' or 'high', got '{other}'")),
         }
     }
 }
@@ -83,8 +84,9 @@ pub struct Job {
     pub provider: Provider,
     /// Device token (Expo push token, FCM registration token, APNs hex token, email address).
     pub token: String,
-    /// `notification.payload`, validated to be a JSON object at fan-out.
-    pub payload: serde_json::Value,
+    /// `notification.payload`, checked at fan-out ([`crate::payload::Payload`]); shared by
+    /// every target of the notification.
+    pub payload: Arc<serde_json::Value>,
     #[serde(default)]
     pub priority: Priority,
     pub trace_id: String,
@@ -114,6 +116,12 @@ impl Job {
     /// retry, or a copy the sweep wrote again. (A first attempt from the listener cannot be.)
     pub fn may_repeat(&self) -> bool {
         self.attempt > 0 || self.requeued
+    }
+
+    /// The number of the attempt this entry is (1 for a first send). Saturates: the count
+    /// comes from a stream entry, which must not be able to overflow anything.
+    pub fn attempt_number(&self) -> u32 {
+        self.attempt.saturating_add(1)
     }
 
     /// The key of the target's `delivery` row (and of its idempotency key).
@@ -211,7 +219,7 @@ mod tests {
             user_id: "u1".into(),
             provider: Provider::Expo,
             token: "ExponentPushToken[abc]".into(),
-            payload: serde_json::json!({"title": "hi"}),
+            payload: serde_json::json!({"title": "hi"}).into(),
             priority: Priority::High,
             trace_id: "t".into(),
             attempt: 2,

@@ -21,6 +21,7 @@ pub mod listener;
 pub mod messages;
 pub mod operations;
 pub mod outcome;
+pub mod payload;
 pub mod providers;
 pub mod ratelimit;
 pub mod receipts;

@@ -14,7 +14,8 @@ use crate::job::Provider;
 use crate::messages::{Drain, Sweep};
 use crate::registry::Envelope;
 use crate::relay::Relay;
-use crate::store::{Settled, Store};
+use crate::settings::InputLimits;
+use crate::store::{FanOutRules, Settled, Store};
 use crate::supervisor::{guarded, Lifecycle, Shutdown, Supervisable};
 use actix::prelude::*;
 use futures_util::StreamExt;
@@ -131,6 +132,8 @@ pub struct Fanout {
     pub batch: i64,
     /// Drainers claiming concurrently (`SKIP LOCKED` keeps them apart).
     pub drainers: usize,
+    /// Caps on payload size and devices per user.
+    pub limits: InputLimits,
     pub enabled: Arc<HashSet<Provider>>,
     pub log: Logger,
 }
@@ -146,7 +149,9 @@ impl Fanout {
     async fn drain_one(self) -> Result<usize> {
         let mut total = 0;
         loop {
-            let out = self.store.fan_out_pending(self.batch, &|p| self.enabled.contains(&p)).await?;
+            let enabled = |p| self.enabled.contains(&p);
+            let rules = FanOutRules { batch: self.batch, limits: self.limits, enabled: &enabled };
+            let out = self.store.fan_out_pending(rules).await?;
             // Committed as `queued` before the XADD: if the XADD fails the sweep re-enqueues them.
             let mut tally = Tally::default();
             for job in &out.jobs {
@@ -169,14 +174,15 @@ impl Fanout {
     /// Re-enqueues stale targets, settles forgotten notifications, then drains.
     async fn sweep(self, stale_after: Duration) -> Result<usize> {
         loop {
-            let jobs = self.store.requeue_stale(stale_after, self.batch).await?;
+            let (jobs, settled) = self.store.requeue_stale(stale_after, self.batch, self.limits).await?;
+            log_settled(&self.log, &settled);
             let mut tally = Tally::default();
             tally.add(events::REQUEUED, None, jobs.len() as u64);
             self.relay.enqueue(&jobs, &tally, &events::today()).await?;
             for job in &jobs {
                 info!(self.log, "re-enqueued a stale target"; "event" => events::REQUEUED,
                       "notification_id" => %job.notification_id, "trace_id" => &job.trace_id,
-                      "provider" => job.provider.as_str(), "attempt" => job.attempt + 1);
+                      "provider" => job.provider.as_str(), "attempt" => job.attempt_number());
             }
             if (jobs.len() as i64) < self.batch {
                 break;

@@ -159,7 +159,7 @@ impl Plan {
             };
             let job = &delivery.job;
             let provider = Some(job.provider.as_str());
-            let attempts = job.attempt + 1;
+            let attempts = job.attempt_number();
             if job.targets > 1 {
                 rows.shared_notifications.push(job.notification_id);
             }
@@ -185,7 +185,7 @@ impl Plan {
                         };
                         redis.receipts.push((delivery.entry.shard, now + delay, receipt));
                     }
-                    rows.delivered.push((job.target(), attempts as i32, provider_message_id.clone()));
+                    rows.delivered.push((job.target(), pg_count(attempts), provider_message_id.clone()));
                     rows.used_devices.push(job.device_id);
                     redis.delivered.push((job.notification_id, job.device_id));
                     redis.tally.add(events::SEND_SUCCESS, provider, 1);
@@ -193,7 +193,7 @@ impl Plan {
                 SendResult::Retry { error, .. } | SendResult::Auth { error } if attempts < retry.max_attempts => {
                     let after = if let SendResult::Retry { after, .. } = result { *after } else { None };
                     let delay = retry.delay(attempts, after);
-                    rows.retrying.push((job.target(), attempts as i32, error.clone(), delay));
+                    rows.retrying.push((job.target(), pg_count(attempts), error.clone(), delay));
                     let mut next = job.clone();
                     next.attempt = attempts;
                     redis.retries.push((delivery.entry.shard, now + delay, next));
@@ -204,25 +204,25 @@ impl Plan {
                     // Not an attempt: the attempt count stays where it was.
                     let delay = retry.delay(1, Some(*after));
                     let delay = delay + Duration::from_millis(rand::random_range(0..=delay.as_millis() as u64 / 2));
-                    rows.retrying.push((job.target(), job.attempt as i32, error.clone(), delay));
+                    rows.retrying.push((job.target(), pg_count(job.attempt), error.clone(), delay));
                     redis.retries.push((delivery.entry.shard, now + delay, job.clone()));
                     redis.tally.add(events::DEFERRED, provider, 1);
                 }
                 SendResult::Retry { error, .. } | SendResult::Auth { error } => {
                     let error = format!("gave up after {attempts} attempts: {error}");
-                    rows.failed.push((job.target(), attempts as i32, error.clone()));
+                    rows.failed.push((job.target(), pg_count(attempts), error.clone()));
                     redis.dead_letters.push(dead_letter("max_attempts", &error));
                     redis.tally.add(events::SEND_FAIL, provider, 1);
                     redis.tally.add(events::DLQ_PUSHED, provider, 1);
                 }
                 SendResult::Permanent { error } => {
-                    rows.failed.push((job.target(), attempts as i32, error.clone()));
+                    rows.failed.push((job.target(), pg_count(attempts), error.clone()));
                     redis.dead_letters.push(dead_letter("permanent", error));
                     redis.tally.add(events::SEND_FAIL, provider, 1);
                     redis.tally.add(events::DLQ_PUSHED, provider, 1);
                 }
                 SendResult::InvalidToken { error } => {
-                    rows.failed.push((job.target(), attempts as i32, error.clone()));
+                    rows.failed.push((job.target(), pg_count(attempts), error.clone()));
                     rows.disable_devices.push((job.device_id, error.clone()));
                     redis.dead_letters.push(dead_letter("invalid_token", error));
                     redis.tally.add(events::SEND_FAIL, provider, 1);
@@ -233,6 +233,11 @@ impl Plan {
         }
         Plan { rows, redis }
     }
+}
+
+/// An attempt count as Postgres stores it (int4); a hostile stream entry cannot wrap it.
+fn pg_count(n: u32) -> i32 {
+    i32::try_from(n).unwrap_or(i32::MAX)
 }
 
 /// One log line per event, written once the batch is durable.
@@ -250,7 +255,7 @@ fn log_outcomes(log: &Logger, batch: &[Outcome], settled: &[Settled], retry: &Re
             }
             Outcome::Sent { delivery, result, latency_ms } => {
                 let j = &delivery.job;
-                let attempt = j.attempt + 1;
+                let attempt = j.attempt_number();
                 let log = log.new(
                     slog::o!("notification_id" => j.notification_id.to_string(), "trace_id" => j.trace_id.clone(),
                     "provider" => j.provider.as_str(), "device_id" => j.device_id.to_string(), "attempt" => attempt,

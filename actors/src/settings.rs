@@ -47,6 +47,24 @@ pub struct EngineSettings {
     pub email: Option<EmailSettings>,
     /// SenderActors per provider.
     pub senders_per_provider: usize,
+    /// Caps on what one notification row or one user can cost.
+    pub input_limits: InputLimits,
+}
+
+/// Caps on what one notification row or one user can cost (`payload.max_bytes`,
+/// `devices.max_per_user`). A row over a cap fails on its own, with a `last_error` naming it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct InputLimits {
+    /// Largest payload accepted, as Postgres prints the jsonb (`payload::text`).
+    pub payload_max_bytes: usize,
+    /// Most active devices one notification fans out to (the newest are chosen).
+    pub devices_per_user: usize,
+}
+
+impl Default for InputLimits {
+    fn default() -> Self {
+        InputLimits { payload_max_bytes: 16 * 1024, devices_per_user: 100 }
+    }
 }
 
 #[derive(Debug, Clone)]

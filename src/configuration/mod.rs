@@ -53,6 +53,19 @@ fn invalid(key: &'static str, message: impl Into<String>) -> ConfigError {
     ConfigError::Invalid { key, message: message.into() }
 }
 
+/// `value` must lie in `range`. Upper bounds matter as much as lower ones: a value past them is
+/// a typo, and some would overflow a timer, an int4 or a date.
+fn within(key: &'static str, value: u64, range: std::ops::RangeInclusive<u64>) -> Result<(), ConfigError> {
+    match range.contains(&value) {
+        true => Ok(()),
+        false => Err(invalid(key, format!("must be between {} and {}, got {value}", range.start(), range.end()))),
+    }
+}
+
+const SECOND_MS: u64 = 1000;
+const HOUR_MS: u64 = 3600 * SECOND_MS;
+const DAY_MS: u64 = 24 * HOUR_MS;
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Settings {
@@ -65,6 +78,7 @@ pub struct Settings {
     pub circuit: CircuitBreakerSettings,
     pub retention: RetentionSettings,
     pub scheduler: SchedulerSettings,
+    pub payload: PayloadSettings,
     pub providers: ProvidersSettings,
     pub http: HttpSettings,
     pub auth: AuthSettings,
@@ -164,6 +178,20 @@ pub struct RetentionSettings {
     /// Notifications deleted per statement.
     pub batch_size: i64,
 }
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PayloadSettings {
+    /// Largest `notification.payload` sent, in bytes as Postgres prints the jsonb; a larger one
+    /// fails its notification with a `last_error` naming the limit.
+    pub max_bytes: usize,
+}
+
+/// Every provider's own limit fits under the smallest accepted `payload.max_bytes`.
+pub const MIN_PAYLOAD_BYTES: u64 = 4 * 1024;
+/// A payload is copied into every target's stream entry: beyond this, Redis and the fan-out
+/// pay for what no provider accepts.
+pub const MAX_PAYLOAD_BYTES: u64 = 1024 * 1024;
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -305,48 +333,39 @@ impl Settings {
                 format!("must be below database.pool_size ({pool}) to leave connections for the writer and the API"),
             ));
         }
-        if self.listener.sweep_interval_ms < 100 {
-            return Err(invalid("listener.sweep_interval_ms", "must be at least 100"));
-        }
-        if self.listener.stale_after_ms < 1000 {
-            return Err(invalid("listener.stale_after_ms", "must be at least 1000"));
-        }
-        if self.retry.max_attempts == 0 {
-            return Err(invalid("retry.max_attempts", "must be at least 1"));
-        }
-        if self.retry.base_ms == 0 {
-            return Err(invalid("retry.base_ms", "must be at least 1"));
-        }
+        within("listener.sweep_interval_ms", self.listener.sweep_interval_ms, 100..=DAY_MS)?;
+        within("listener.stale_after_ms", self.listener.stale_after_ms, SECOND_MS..=7 * DAY_MS)?;
+        within("retry.max_attempts", u64::from(self.retry.max_attempts), 1..=100)?;
+        within("retry.base_ms", self.retry.base_ms, 1..=DAY_MS)?;
+        within("retry.max_ms", self.retry.max_ms, 1..=7 * DAY_MS)?;
         if self.retry.max_ms < self.retry.base_ms {
             return Err(invalid("retry.max_ms", format!("must be at least retry.base_ms ({})", self.retry.base_ms)));
         }
         if self.claim.max_deliveries < 2 {
             return Err(invalid("claim.max_deliveries", "must be at least 2 (the first read counts as one)"));
         }
-        if self.claim.interval_ms < 10 {
-            return Err(invalid("claim.interval_ms", "must be at least 10"));
-        }
-        if self.circuit.failures == 0 {
-            return Err(invalid("circuit.failures", "must be at least 1"));
-        }
-        if self.circuit.open_ms == 0 {
-            return Err(invalid("circuit.open_ms", "must be at least 1"));
-        }
+        within("claim.max_deliveries", u64::from(self.claim.max_deliveries), 2..=1000)?;
+        within("claim.interval_ms", self.claim.interval_ms, 10..=HOUR_MS)?;
+        within("claim.min_idle_ms", self.claim.min_idle_ms, 1..=DAY_MS)?;
+        within("circuit.failures", u64::from(self.circuit.failures), 1..=100_000)?;
+        within("circuit.open_ms", self.circuit.open_ms, 1..=DAY_MS)?;
+        within("circuit.max_open_ms", self.circuit.max_open_ms, 1..=DAY_MS)?;
         if self.circuit.max_open_ms < self.circuit.open_ms {
             return Err(invalid(
                 "circuit.max_open_ms",
                 format!("must be at least circuit.open_ms ({})", self.circuit.open_ms),
             ));
         }
-        if self.retention.interval_ms < 100 {
-            return Err(invalid("retention.interval_ms", "must be at least 100"));
-        }
+        // 0 keeps everything; 100 years is the most that still reads as a retention period (a
+        // value near u32::MAX once wrapped to -1 day and deleted every final notification).
+        within("retention.final_after_days", u64::from(self.retention.final_after_days), 0..=36_500)?;
+        within("retention.interval_ms", self.retention.interval_ms, 100..=7 * DAY_MS)?;
         if !(1..=100_000).contains(&self.retention.batch_size) {
             return Err(invalid("retention.batch_size", "must be between 1 and 100000"));
         }
-        if self.scheduler.delay_poll_ms < 10 {
-            return Err(invalid("scheduler.delay_poll_ms", "must be at least 10"));
-        }
+        within("scheduler.delay_poll_ms", self.scheduler.delay_poll_ms, 10..=60 * SECOND_MS)?;
+        within("shutdown.grace_ms", self.shutdown.grace_ms, 0..=HOUR_MS)?;
+        within("payload.max_bytes", self.payload.max_bytes as u64, MIN_PAYLOAD_BYTES..=MAX_PAYLOAD_BYTES)?;
         self.providers.validate()?;
         // A send still running must never be claimed and sent a second time in parallel.
         if let Some(longest) = self.providers.longest_timeout_ms() {
@@ -466,6 +485,10 @@ impl Settings {
             apns: providers.apns,
             email: providers.email,
             senders_per_provider: self.worker.senders_per_provider,
+            input_limits: actors::settings::InputLimits {
+                payload_max_bytes: self.payload.max_bytes,
+                ..actors::settings::InputLimits::default()
+            },
         })
     }
 }
@@ -504,6 +527,36 @@ mod tests {
         assert_eq!(s.redis.url.expose(), "redis://h:1");
         let s = Settings::load(None, &env(&[("NOTIFY__REDIS__KEY_PREFIX", "staging")])).unwrap();
         assert_eq!(s.redis.key_prefix, "staging");
+    }
+
+    #[test]
+    fn values_past_their_upper_bound_are_refused_before_they_can_wrap() {
+        let huge = u32::MAX.to_string();
+        assert_eq!(
+            error(&[("NOTIFY__RETENTION__FINAL_AFTER_DAYS", &huge)]),
+            "invalid configuration: `retention.final_after_days` must be between 0 and 36500, got 4294967295"
+        );
+        assert!(Settings::load(None, &env(&[("NOTIFY__RETENTION__FINAL_AFTER_DAYS", "0")])).is_ok());
+        assert!(error(&[("NOTIFY__RETRY__MAX_ATTEMPTS", "1000")])
+            .contains("`retry.max_attempts` must be between 1 and 100"));
+        assert!(error(&[("NOTIFY__CIRCUIT__OPEN_MS", "18446744073709551615")]).contains("`circuit.open_ms`"));
+        assert!(error(&[("NOTIFY__SHUTDOWN__GRACE_MS", "999999999999")]).contains("`shutdown.grace_ms`"));
+        assert!(
+            error(&[("NOTIFY__PROVIDERS__EXPO__TIMEOUT_MS", "99999999999")]).contains("`providers.expo.timeout_ms`")
+        );
+    }
+
+    #[test]
+    fn payload_max_bytes_has_a_default_and_a_range() {
+        let s = Settings::load(None, &HashMap::new()).unwrap();
+        assert_eq!(s.payload.max_bytes, 16 * 1024);
+        assert_eq!(
+            s.engine(actors::settings::Roles::ALL, "c".into()).unwrap().input_limits.payload_max_bytes,
+            16 * 1024
+        );
+        assert!(error(&[("NOTIFY__PAYLOAD__MAX_BYTES", "100")])
+            .contains("`payload.max_bytes` must be between 4096 and 1048576"));
+        assert!(error(&[("NOTIFY__PAYLOAD__MAX_BYTES", "2000000")]).contains("`payload.max_bytes`"));
     }
 
     #[test]

@@ -117,11 +117,9 @@ fn http_url(key: &'static str, url: &str) -> Result<(), ConfigError> {
     }
 }
 
-fn at_least_1(key: &'static str, value: u64) -> Result<(), ConfigError> {
-    match value {
-        0 => Err(invalid(key, "must be at least 1")),
-        _ => Ok(()),
-    }
+/// A provider request timeout: at least 1 ms, at most 10 minutes.
+fn timeout(key: &'static str, value: u64) -> Result<(), ConfigError> {
+    super::within(key, value, 1..=600_000)
 }
 
 fn read(key: &'static str, path: &Path) -> Result<String, ConfigError> {
@@ -178,7 +176,8 @@ impl ProvidersSettings {
 impl ExpoProviderSettings {
     fn engine(&self) -> Result<ExpoSettings, ConfigError> {
         http_url("providers.expo.base_url", &self.base_url)?;
-        at_least_1("providers.expo.timeout_ms", self.timeout_ms)?;
+        timeout("providers.expo.timeout_ms", self.timeout_ms)?;
+        super::within("providers.expo.flush_after_ms", self.flush_after_ms, 0..=60_000)?;
         if self.receipt_poll_ms < 50 {
             return Err(invalid("providers.expo.receipt_poll_ms", "must be at least 50"));
         }
@@ -200,7 +199,8 @@ impl ExpoProviderSettings {
 impl FcmProviderSettings {
     fn engine(&self) -> Result<FcmSettings, ConfigError> {
         http_url("providers.fcm.base_url", &self.base_url)?;
-        at_least_1("providers.fcm.timeout_ms", self.timeout_ms)?;
+        timeout("providers.fcm.timeout_ms", self.timeout_ms)?;
+        super::within("providers.fcm.flush_after_ms", self.flush_after_ms, 0..=60_000)?;
         let (json, key) = file_or_inline(
             ("providers.fcm.service_account_file", self.service_account_file.as_ref()),
             ("providers.fcm.service_account_json", self.service_account_json.as_ref()),
@@ -219,7 +219,8 @@ impl FcmProviderSettings {
 impl ApnsProviderSettings {
     fn engine(&self) -> Result<ApnsSettings, ConfigError> {
         http_url("providers.apns.base_url", &self.base_url)?;
-        at_least_1("providers.apns.timeout_ms", self.timeout_ms)?;
+        timeout("providers.apns.timeout_ms", self.timeout_ms)?;
+        super::within("providers.apns.flush_after_ms", self.flush_after_ms, 0..=60_000)?;
         let (key_pem, key) = file_or_inline(
             ("providers.apns.key_file", self.key_file.as_ref()),
             ("providers.apns.key", self.key.as_ref()),
@@ -258,7 +259,8 @@ impl EmailProviderSettings {
         // The parser's messages never echo the URL: it carries the password.
         email::Relay::parse(url).map_err(|e| invalid("providers.email.smtp_url", e))?;
         email::mailbox(&self.from).map_err(|e| invalid("providers.email.from", format!("{e}, got '{}'", self.from)))?;
-        at_least_1("providers.email.timeout_ms", self.timeout_ms)?;
+        timeout("providers.email.timeout_ms", self.timeout_ms)?;
+        super::within("providers.email.flush_after_ms", self.flush_after_ms, 0..=60_000)?;
         if !(1..=100).contains(&self.connections) {
             return Err(invalid("providers.email.connections", "must be between 1 and 100"));
         }

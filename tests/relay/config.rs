@@ -16,7 +16,7 @@ fn run_with(env: &[(&str, &str)]) -> (i32, String) {
 fn a_bad_value_stops_start_up_naming_the_key() {
     let (code, stderr) = run_with(&[("NOTIFY__RETRY__BASE_MS", "0")]);
     assert_eq!(code, 1);
-    assert!(stderr.contains("`retry.base_ms` must be at least 1"), "{stderr}");
+    assert!(stderr.contains("`retry.base_ms` must be between 1 and 86400000, got 0"), "{stderr}");
 }
 
 #[test]

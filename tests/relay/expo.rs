@@ -71,7 +71,7 @@ async fn every_ticket_answer_is_classified_as_providers_md_says() {
     assert!(matches!(response.health, Health::AuthFailure(_)), "refused credentials are the project's problem");
     // MessageTooBig: the client refuses it before sending; the emulator would too.
     let mut big = job("ExponentPushToken[big]");
-    big.payload = json!({"title": "x".repeat(5000)});
+    big.payload = json!({"title": "x".repeat(5000)}).into();
     assert_eq!(class(&client.send(&[big]).await.results[0]), Class::Perm);
     expo.stop().await;
 }

@@ -100,7 +100,7 @@ async fn malformed_rows_fail_with_a_precise_error_and_the_rest_keeps_flowing() {
         ),
         (
             "INSERT INTO notification (user_id, type, payload) VALUES ('hank', 't', '{\"title\": 7}') RETURNING id",
-            "payload.title must be a string, got a number",
+            "payload.title must be a string, got 7",
         ),
         (
             "INSERT INTO notification (user_id, type, channel) VALUES ('hank', 't', 'sms') RETURNING id",
@@ -108,7 +108,7 @@ async fn malformed_rows_fail_with_a_precise_error_and_the_rest_keeps_flowing() {
         ),
         (
             "INSERT INTO notification (user_id, type, priority) VALUES ('hank', 't', 'urgent') RETURNING id",
-            "priority must be 'normal' or 'high', got 'urgent'",
+            "priority: must be 'normal' or 'high', got 'urgent'",
         ),
     ];
     let mut bad = Vec::new();

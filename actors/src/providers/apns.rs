@@ -304,7 +304,7 @@ fn expiration(payload: &Map<String, Value>) -> Option<u64> {
             return Some(0);
         }
         let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or_default();
-        return Some(now + ttl);
+        return Some(now.saturating_add(ttl));
     }
     payload.get("expiration").and_then(Value::as_u64)
 }
@@ -459,7 +459,7 @@ mod tests {
             user_id: "u".into(),
             provider: Provider::Apns,
             token: "AB".repeat(32),
-            payload,
+            payload: payload.into(),
             priority,
             trace_id: "t".into(),
             attempt: 0,

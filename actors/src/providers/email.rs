@@ -608,7 +608,7 @@ mod tests {
             user_id: "u".into(),
             provider: Provider::Email,
             token: token.into(),
-            payload,
+            payload: payload.into(),
             priority: Priority::Normal,
             trace_id: "t".into(),
             attempt: 0,

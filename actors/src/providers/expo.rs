@@ -290,7 +290,7 @@ mod tests {
             user_id: "u".into(),
             provider: Provider::Expo,
             token: "ExponentPushToken[x]".into(),
-            payload,
+            payload: payload.into(),
             priority: Priority::High,
             trace_id: "t".into(),
             attempt: 0,

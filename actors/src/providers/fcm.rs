@@ -510,7 +510,7 @@ mod tests {
             user_id: "u".into(),
             provider: Provider::Fcm,
             token: "fcm-token".into(),
-            payload,
+            payload: payload.into(),
             priority,
             trace_id: "t".into(),
             attempt: 0,

@@ -10,9 +10,12 @@ pub mod api;
 
 use crate::error::Result;
 use crate::job::{Job, Priority, Provider};
+use crate::payload::{Payload, PayloadError};
+use crate::settings::InputLimits;
 use deadpool_postgres::Pool;
 use serde_json::Value;
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 use uuid::Uuid;
 
@@ -61,14 +64,30 @@ pub struct OutcomeRows {
     pub shared_notifications: Vec<Uuid>,
 }
 
+/// A claimed notification, decoded defensively: whatever Postgres holds, the row becomes
+/// either something to send or a failure with a reason; decoding never panics.
 struct Claimed {
     id: Uuid,
     user_id: String,
     channel: Option<String>,
-    payload: Value,
+    /// The payload, or why it cannot be sent.
+    payload: std::result::Result<Arc<Value>, String>,
     priority: String,
     trace_id: String,
 }
+
+/// What a fan-out may cost: rows that exceed a cap fail on their own.
+#[derive(Clone, Copy)]
+pub struct FanOutRules<'a> {
+    /// Notifications claimed per transaction.
+    pub batch: i64,
+    pub limits: InputLimits,
+    /// Whether this deployment sends through a provider.
+    pub enabled: &'a dyn Fn(Provider) -> bool,
+}
+
+/// Longest `user_id` and `trace_id` accepted: both travel in every stream entry and log line.
+pub const MAX_ID_BYTES: usize = 256;
 
 struct DeviceRow {
     id: Uuid,
@@ -94,14 +113,18 @@ impl Store {
         &self.pool
     }
 
-    /// Claims up to `limit` pending notifications (oldest first; `SKIP LOCKED` lets several
-    /// listeners drain the same table), creates one `delivery` row per target and marks the
-    /// notifications `queued`, all in one transaction. Malformed rows and users without an active
-    /// device are failed here, with a `last_error` saying why.
-    pub async fn fan_out_pending(&self, limit: i64, enabled: &dyn Fn(Provider) -> bool) -> Result<FanOut> {
+    /// Claims up to `rules.batch` pending notifications (oldest first; `SKIP LOCKED` lets
+    /// several listeners drain the same table), creates one `delivery` row per target and marks
+    /// the notifications `queued`, all in one transaction. Malformed rows, rows over a cap and
+    /// users without an active device are failed here, each with a `last_error` saying why; the
+    /// rest of the batch goes on.
+    pub async fn fan_out_pending(&self, rules: FanOutRules<'_>) -> Result<FanOut> {
         let mut client = self.pool.get().await?;
         let tx = client.transaction().await?;
 
+        // The payload comes back as text, and only when it is within the cap: a jsonb that
+        // serde_json cannot read (1e400, deep nesting) must not fail the whole batch, and a
+        // 200 MB payload is not worth the transfer.
         let claim = tx
             .prepare_cached(
                 "UPDATE notification n
@@ -109,44 +132,49 @@ impl Store {
                         trace_id = coalesce(n.trace_id, gen_random_uuid()::text)
                   WHERE n.id IN (SELECT id FROM notification WHERE status = 'pending'
                                   ORDER BY created_at LIMIT $1 FOR UPDATE SKIP LOCKED)
-              RETURNING n.id, n.user_id, n.channel, n.payload, n.priority, n.trace_id",
+              RETURNING n.id, n.user_id, n.channel,
+                        CASE WHEN octet_length(n.payload::text) <= $2::int8 THEN n.payload::text END,
+                        octet_length(n.payload::text), n.priority, n.trace_id",
             )
             .await?;
+        let max_bytes = rules.limits.payload_max_bytes;
         let claimed: Vec<Claimed> = tx
-            .query(&claim, &[&limit])
+            .query(&claim, &[&rules.batch, &(max_bytes as i64)])
             .await?
-            .into_iter()
-            .map(|r| Claimed {
-                id: r.get(0),
-                user_id: r.get(1),
-                channel: r.get(2),
-                payload: r.get(3),
-                priority: r.get(4),
-                trace_id: r.get(5),
-            })
+            .iter()
+            .filter_map(decode_claimed(max_bytes))
             .collect();
         if claimed.is_empty() {
             tx.commit().await?;
             return Ok(FanOut::default());
         }
 
-        let users: Vec<&str> = claimed.iter().map(|c| c.user_id.as_str()).collect();
+        // Each user's active devices, newest first, at most `devices_per_user` of them: one user
+        // with a million rows never loads a million rows.
+        let mut users: Vec<&str> = claimed.iter().map(|c| c.user_id.as_str()).collect();
+        users.sort_unstable();
+        users.dedup();
         let devices = tx
             .prepare_cached(
-                "SELECT user_id, id, provider, token FROM device
-                  WHERE user_id = ANY($1) AND disabled_at IS NULL
-                  ORDER BY created_at",
+                "SELECT u.user_id, d.id, d.provider, d.token
+                   FROM unnest($1::text[]) AS u(user_id)
+                   CROSS JOIN LATERAL (
+                        SELECT id, provider, token, created_at FROM device
+                         WHERE device.user_id = u.user_id AND disabled_at IS NULL
+                         ORDER BY created_at DESC LIMIT $2) d
+                  ORDER BY d.created_at",
             )
             .await?;
+        let per_user = rules.limits.devices_per_user as i64;
         let mut by_user: HashMap<String, Vec<DeviceRow>> = HashMap::new();
-        for r in tx.query(&devices, &[&users]).await? {
+        for r in tx.query(&devices, &[&users, &per_user]).await? {
             by_user.entry(r.get(0)).or_default().push(DeviceRow { id: r.get(1), provider: r.get(2), token: r.get(3) });
         }
 
         let mut targets = Vec::new();
         let mut rejected: Vec<(Uuid, String)> = Vec::new();
         for (i, n) in claimed.iter().enumerate() {
-            match plan_targets(n, by_user.get(&n.user_id).map(Vec::as_slice).unwrap_or(&[]), enabled) {
+            match plan_targets(n, by_user.get(&n.user_id).map(Vec::as_slice).unwrap_or(&[]), rules.enabled) {
                 Ok(ts) => targets.extend(ts.into_iter().map(|mut t| {
                     t.notification = i;
                     t
@@ -179,14 +207,14 @@ impl Store {
             }
             for t in targets.iter().filter(|t| t.error.is_none()) {
                 let n = &claimed[t.notification];
-                let Ok(provider) = t.provider.parse() else { continue };
+                let (Ok(provider), Ok(payload)) = (t.provider.parse(), &n.payload) else { continue };
                 out.jobs.push(Job {
                     notification_id: n.id,
                     device_id: t.device,
                     user_id: n.user_id.clone(),
                     provider,
                     token: t.token.clone(),
-                    payload: n.payload.clone(),
+                    payload: Arc::clone(payload),
                     priority: n.priority.parse().unwrap_or(Priority::Normal),
                     trace_id: n.trace_id.clone(),
                     attempt: 0,
@@ -376,11 +404,19 @@ impl Store {
 
     /// The sweep's second half: targets that made no progress for `stale_after` (their stream
     /// entry or delayed retry was lost with Redis, or the process died between commit and XADD)
-    /// are touched and returned, to be written to the stream again.
-    pub async fn requeue_stale(&self, stale_after: Duration, limit: i64) -> Result<Vec<Job>> {
-        let client = self.pool.get().await?;
+    /// are touched and returned, to be written to the stream again. A target whose notification
+    /// can no longer be sent (a payload written before the caps existed, a provider name this
+    /// version does not know) is failed instead, and its notification settled: returned second.
+    pub async fn requeue_stale(
+        &self,
+        stale_after: Duration,
+        limit: i64,
+        limits: InputLimits,
+    ) -> Result<(Vec<Job>, Vec<Settled>)> {
+        let mut client = self.pool.get().await?;
+        let tx = client.transaction().await?;
         let stale_ms = stale_after.as_millis() as i64;
-        let stmt = client
+        let stmt = tx
             .prepare_cached(
                 "UPDATE delivery d SET status = 'queued', next_attempt_at = NULL, updated_at = now()
                    FROM notification n, device dev
@@ -392,29 +428,40 @@ impl Store {
                              ORDER BY updated_at LIMIT $2 FOR UPDATE SKIP LOCKED)
                     AND n.id = d.notification_id AND dev.id = d.device_id
               RETURNING d.notification_id, d.device_id, d.provider, d.attempt_count,
-                        n.user_id, n.payload, n.priority, coalesce(n.trace_id, n.id::text), dev.token,
+                        n.user_id, CASE WHEN octet_length(n.payload::text) <= $3::int8 THEN n.payload::text END,
+                        n.priority, coalesce(n.trace_id, n.id::text), dev.token,
                         (SELECT count(*) FROM delivery s WHERE s.notification_id = d.notification_id)",
             )
             .await?;
+        let max_bytes = limits.payload_max_bytes;
         let mut jobs = Vec::new();
-        for r in client.query(&stmt, &[&stale_ms, &limit]).await? {
-            let (provider, priority, attempt): (String, String, i32) = (r.get(2), r.get(6), r.get(3));
-            let Ok(provider) = provider.parse() else { continue };
-            jobs.push(Job {
-                notification_id: r.get(0),
-                device_id: r.get(1),
-                provider,
-                attempt: attempt.max(0) as u32,
-                user_id: r.get(4),
-                payload: r.get(5),
-                priority: priority.parse().unwrap_or_default(),
-                trace_id: r.get(7),
-                token: r.get(8),
-                targets: r.get::<_, i64>(9).max(1) as u32,
-                requeued: true,
-            });
+        let mut unsendable: Vec<(Target, String)> = Vec::new();
+        for r in tx.query(&stmt, &[&stale_ms, &limit, &(max_bytes as i64)]).await? {
+            let target: Target = (r.get(0), r.get(1));
+            match stale_job(&r, max_bytes) {
+                Ok(job) => jobs.push(job),
+                Err(error) => unsendable.push((target, error)),
+            }
         }
-        Ok(jobs)
+        let mut settled = Vec::new();
+        if !unsendable.is_empty() {
+            let stmt = tx
+                .prepare_cached(
+                    "UPDATE delivery d SET status = 'failed', last_error = u.err, updated_at = now()
+                       FROM unnest($1::uuid[], $2::uuid[], $3::text[]) AS u(n, dev, err)
+                      WHERE d.notification_id = u.n AND d.device_id = u.dev",
+                )
+                .await?;
+            let (n, dev) = split_targets(unsendable.iter().map(|u| u.0));
+            let errs: Vec<&str> = unsendable.iter().map(|u| u.1.as_str()).collect();
+            tx.execute(&stmt, &[&n, &dev, &errs]).await?;
+            let mut ids = n;
+            ids.sort_unstable();
+            ids.dedup();
+            settled = settle(&tx, &ids).await?;
+        }
+        tx.commit().await?;
+        Ok((jobs, settled))
     }
 
     /// Deletes up to `batch` final notifications created more than `days` days ago, with their
@@ -434,7 +481,10 @@ impl Store {
                  DELETE FROM notification n USING old WHERE n.id = old.id",
             )
             .await?;
-        Ok(client.execute(&stmt, &[&(days as i32), &batch]).await?)
+        // `retention.final_after_days` is range-checked at start-up; saturate all the same, so that
+        // no value can wrap into "everything is old".
+        let days = i32::try_from(days).unwrap_or(i32::MAX);
+        Ok(client.execute(&stmt, &[&days, &batch]).await?)
     }
 
     /// Keeps receipt errors in their delivery's `last_error`, and disables the devices whose
@@ -558,36 +608,63 @@ fn validate(n: &Claimed) -> Result<(), String> {
     if let Some(c) = &n.channel {
         c.parse::<Provider>().map_err(|e| format!("channel: {e}"))?;
     }
-    n.priority.parse::<Priority>()?;
-    let Value::Object(payload) = &n.payload else {
-        return Err(format!("payload must be a JSON object, got {}", json_type(&n.payload)));
-    };
-    for field in ["title", "body", "subtitle", "sound"] {
-        match payload.get(field) {
-            None | Some(Value::Null) | Some(Value::String(_)) => {}
-            Some(other) => return Err(format!("payload.{field} must be a string, got {}", json_type(other))),
+    n.priority.parse::<Priority>().map_err(|e| format!("priority: {e}"))?;
+    for (field, value) in [("user_id", &n.user_id), ("trace_id", &n.trace_id)] {
+        if value.len() > MAX_ID_BYTES {
+            return Err(format!("{field}: {} bytes, over the limit of {MAX_ID_BYTES}", value.len()));
         }
     }
-    match payload.get("data") {
-        None | Some(Value::Null) | Some(Value::Object(_)) => {}
-        Some(other) => return Err(format!("payload.data must be an object, got {}", json_type(other))),
-    }
-    match payload.get("badge") {
-        None | Some(Value::Null) => {}
-        Some(Value::Number(n)) if n.as_u64().is_some() => {}
-        Some(other) => return Err(format!("payload.badge must be a non-negative integer, got {other}")),
-    }
-    Ok(())
+    n.payload.as_ref().map(|_| ()).map_err(Clone::clone)
 }
 
-fn json_type(v: &Value) -> &'static str {
-    match v {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "an array",
-        Value::Object(_) => "an object",
+/// The job for a row of the sweep's RETURNING list, or why it cannot be sent any more.
+fn stale_job(r: &tokio_postgres::Row, max_bytes: usize) -> std::result::Result<Job, String> {
+    let text = |i: usize| r.try_get::<_, Option<String>>(i).ok().flatten().unwrap_or_default();
+    let provider: Provider = text(2).parse().map_err(|e| format!("provider: {e}"))?;
+    let payload = match r.try_get::<_, Option<String>>(5) {
+        Ok(Some(raw)) => Payload::parse(&raw, max_bytes).map_err(|e| e.to_string())?,
+        Ok(None) => return Err(format!("payload: over the limit of {max_bytes} bytes (payload.max_bytes)")),
+        Err(e) => return Err(format!("payload: unreadable: {e}")),
+    };
+    Ok(Job {
+        notification_id: r.get(0),
+        device_id: r.get(1),
+        provider,
+        attempt: r.try_get::<_, i32>(3).unwrap_or_default().max(0) as u32,
+        user_id: text(4),
+        payload: Arc::new(payload.into_value()),
+        priority: text(6).parse().unwrap_or_default(),
+        trace_id: text(7),
+        token: text(8),
+        targets: r.try_get::<_, i64>(9).unwrap_or(1).max(1) as u32,
+        requeued: true,
+    })
+}
+
+/// Turns a claimed row into a [`Claimed`], whatever its columns hold. `None` only for a row
+/// without a readable id, which Postgres (uuid primary key) cannot produce.
+fn decode_claimed(max_bytes: usize) -> impl Fn(&tokio_postgres::Row) -> Option<Claimed> {
+    move |r| {
+        let id: Uuid = r.try_get(0).ok()?;
+        let text = |i: usize| r.try_get::<_, Option<String>>(i).map_err(|e| e.to_string());
+        let payload = match (text(3), r.try_get::<_, Option<i32>>(4)) {
+            (Ok(Some(raw)), _) => {
+                Payload::parse(&raw, max_bytes).map(|p| Arc::new(p.into_value())).map_err(|e| e.to_string())
+            }
+            (Ok(None), Ok(Some(bytes))) => {
+                Err(PayloadError::TooLarge { bytes: bytes as usize, limit: max_bytes }.to_string())
+            }
+            (Ok(None), _) => Err("payload: missing".to_string()),
+            (Err(e), _) => Err(format!("payload: unreadable: {e}")),
+        };
+        Some(Claimed {
+            id,
+            user_id: text(1).ok().flatten().unwrap_or_default(),
+            channel: text(2).ok().flatten(),
+            payload,
+            priority: text(5).ok().flatten().unwrap_or_default(),
+            trace_id: text(6).ok().flatten().unwrap_or_else(|| id.to_string()),
+        })
     }
 }
 
@@ -605,7 +682,7 @@ mod tests {
             id: Uuid::new_v4(),
             user_id: "u1".into(),
             channel: channel.map(str::to_string),
-            payload,
+            payload: Payload::from_value(payload).map(|p| Arc::new(p.into_value())).map_err(|e| e.to_string()),
             priority: "normal".into(),
             trace_id: "t".into(),
         }
@@ -620,17 +697,17 @@ mod tests {
     }
 
     #[test]
-    fn malformed_payloads_are_rejected_naming_the_field() {
-        let cases = [
-            (json!("hello"), "payload must be a JSON object, got a string"),
-            (json!({"title": 5}), "payload.title must be a string, got a number"),
-            (json!({"data": [1]}), "payload.data must be an object, got an array"),
-            (json!({"badge": -1}), "payload.badge must be a non-negative integer, got -1"),
-        ];
-        for (payload, expected) in cases {
-            let err = plan_targets(&claimed(None, payload), &[device("expo")], &all).err().unwrap();
-            assert_eq!(err, expected);
-        }
+    fn malformed_rows_are_rejected_naming_the_field() {
+        let err = plan_targets(&claimed(None, json!({"title": 5})), &[device("expo")], &all).err().unwrap();
+        assert_eq!(err, "payload.title must be a string, got 5");
+        let mut row = claimed(None, json!({}));
+        row.priority = "urgent".into();
+        let err = plan_targets(&row, &[device("expo")], &all).err().unwrap();
+        assert_eq!(err, "priority: must be 'normal' or 'high', got 'urgent'");
+        let mut row = claimed(None, json!({}));
+        row.trace_id = "t".repeat(MAX_ID_BYTES + 1);
+        let err = plan_targets(&row, &[device("expo")], &all).err().unwrap();
+        assert_eq!(err, format!("trace_id: {} bytes, over the limit of {MAX_ID_BYTES}", MAX_ID_BYTES + 1));
     }
 
     #[test]
