@@ -32,6 +32,18 @@ impl EngineError {
         EngineError::Panic(msg)
     }
 
+    /// Whether Postgres refused a statement because of the data it carried (a value it cannot
+    /// store, a constraint, a trigger's exception): retrying the same rows will fail the same
+    /// way, so the caller must isolate them instead. Connection losses, timeouts, deadlocks and
+    /// shutdowns are not refusals: retrying those is right.
+    pub fn is_refused_write(&self) -> bool {
+        let EngineError::Postgres(e) = self else { return false };
+        let Some(state) = e.code() else { return false };
+        // 22 data exception, 23 integrity constraint, 42 syntax/access (a changed schema),
+        // 54 program limit exceeded, P0 PL/pgSQL raise (a trigger's refusal).
+        ["22", "23", "42", "54", "P0"].iter().any(|class| state.code().starts_with(class))
+    }
+
     /// The error with its source chain, for logs and `last_error`.
     pub fn chain(&self) -> String {
         with_sources(self)

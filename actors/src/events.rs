@@ -24,9 +24,11 @@ pub const RETENTION_DELETED: &str = "RETENTION_DELETED";
 pub const RECEIPT_ERROR: &str = "RECEIPT_ERROR";
 pub const ACTOR_FAILED: &str = "ACTOR_FAILED";
 pub const ACTOR_RESTARTED: &str = "ACTOR_RESTARTED";
+/// Postgres refused to store an outcome as it was (it was stored in a plainer form).
+pub const OUTCOME_REFUSED: &str = "OUTCOME_REFUSED";
 
 /// Every event, for reading the counters back (`GET /admin/metrics`).
-pub const ALL: [&str; 19] = [
+pub const ALL: [&str; 20] = [
     ENQUEUE,
     DEQUEUE,
     SEND_SUCCESS,
@@ -46,6 +48,7 @@ pub const ALL: [&str; 19] = [
     RECEIPT_ERROR,
     ACTOR_FAILED,
     ACTOR_RESTARTED,
+    OUTCOME_REFUSED,
 ];
 
 /// `YYYYMMDD` of today in UTC: the day part of counter keys.

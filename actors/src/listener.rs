@@ -10,10 +10,11 @@
 
 use crate::error::{EngineError, Result};
 use crate::events::{self, Tally};
+use crate::job::shard_of;
 use crate::job::Provider;
 use crate::messages::{Drain, Sweep};
 use crate::registry::Envelope;
-use crate::relay::Relay;
+use crate::relay::{DeadLetter, RedisWrites, Relay};
 use crate::settings::InputLimits;
 use crate::store::{FanOutRules, Settled, Store};
 use crate::supervisor::{guarded, Lifecycle, Shutdown, Supervisable};
@@ -159,6 +160,7 @@ impl Fanout {
             }
             tally.add(events::NOTIFICATION_FAILED, None, out.settled.iter().filter(|s| !s.delivered).count() as u64);
             self.relay.enqueue(&out.jobs, &tally, &events::today()).await?;
+            self.dead_letter(&out.settled).await?;
             for job in &out.jobs {
                 info!(self.log, "enqueued"; "event" => events::ENQUEUE, "notification_id" => %job.notification_id,
                       "trace_id" => &job.trace_id, "provider" => job.provider.as_str(), "device_id" => %job.device_id);
@@ -178,7 +180,9 @@ impl Fanout {
             log_settled(&self.log, &settled);
             let mut tally = Tally::default();
             tally.add(events::REQUEUED, None, jobs.len() as u64);
+            tally.add(events::NOTIFICATION_FAILED, None, settled.iter().filter(|s| !s.delivered).count() as u64);
             self.relay.enqueue(&jobs, &tally, &events::today()).await?;
+            self.dead_letter(&settled).await?;
             for job in &jobs {
                 info!(self.log, "re-enqueued a stale target"; "event" => events::REQUEUED,
                       "notification_id" => %job.notification_id, "trace_id" => &job.trace_id,
@@ -189,6 +193,31 @@ impl Fanout {
             }
         }
         self.drain().await
+    }
+}
+
+impl Fanout {
+    /// Notifications that failed without a send (a malformed row, no device…) get a dead letter
+    /// too, so that `GET /admin/dlq` shows every failure. It names the notification; the row in
+    /// Postgres holds the rest.
+    async fn dead_letter(&self, settled: &[Settled]) -> Result<()> {
+        let mut writes = RedisWrites::default();
+        for s in settled.iter().filter(|s| !s.delivered) {
+            let job = serde_json::json!({"notification_id": s.notification_id, "trace_id": s.trace_id});
+            writes.dead_letters.push(DeadLetter {
+                shard: shard_of(s.notification_id, self.relay.keys().shards()),
+                reason: "rejected",
+                provider: String::new(),
+                attempts: 0,
+                error: s.last_error.clone().unwrap_or_default(),
+                job: job.to_string(),
+            });
+        }
+        if writes.dead_letters.is_empty() {
+            return Ok(());
+        }
+        writes.tally.add(events::DLQ_PUSHED, None, writes.dead_letters.len() as u64);
+        self.relay.write_outcomes(&writes, &events::today()).await
     }
 }
 

@@ -10,7 +10,7 @@
 //! second send. If a write fails, the batch stays buffered and the actor restarts with backoff
 //! and writes it again; nothing is acknowledged on the way.
 
-use crate::error::Result;
+use crate::error::{EngineError, Result};
 use crate::events;
 use crate::inflight::InFlight;
 use crate::job::{Outcome, Provider, SendResult};
@@ -18,10 +18,10 @@ use crate::messages::{Flush, Record};
 use crate::registry::Envelope;
 use crate::relay::{DeadLetter, PendingReceipt, RedisWrites, Relay};
 use crate::settings::RetryPolicy;
-use crate::store::{OutcomeRows, Settled, Store};
+use crate::store::{OutcomeRows, Settled, Store, Target};
 use crate::supervisor::{guarded, Lifecycle};
 use actix::prelude::*;
-use slog::{info, warn, Logger};
+use slog::{error, info, warn, Logger};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 pub struct OutcomeWriter {
@@ -89,39 +89,157 @@ impl OutcomeWriter {
         self.flushing = true;
         let take = self.buffer.len().min(self.max_batch);
         let batch: Vec<Outcome> = self.buffer.drain(..take).collect();
-        let plan = Plan::build(&batch, &self.retry, self.receipt_delay);
-        let (store, relay) = (self.store.clone(), self.relay.clone());
-        let fut = guarded(async move {
-            let settled = store.record(&plan.rows).await?;
-            let mut writes = plan.redis;
-            let failed = settled.iter().filter(|s| !s.delivered).count() as u64;
-            writes.tally.add(events::NOTIFICATION_FAILED, None, failed);
-            relay.write_outcomes(&writes, &events::today()).await?;
-            Ok(settled)
-        });
-        ctx.wait(fut.into_actor(self).map(move |res: Result<Vec<Settled>>, act, ctx| {
+        // Kept for the one case the write cannot report on itself: a panic.
+        let backup = batch.clone();
+        let sink = Sink {
+            store: self.store.clone(),
+            relay: self.relay.clone(),
+            retry: self.retry,
+            receipt_delay: self.receipt_delay,
+        };
+        let fut = guarded(async move { Ok(sink.write(batch).await) });
+        ctx.wait(fut.into_actor(self).map(move |res: Result<Written>, act, ctx| {
             act.flushing = false;
-            match res {
-                Ok(settled) => {
-                    log_outcomes(&act.life.log, &batch, &settled, &act.retry);
-                    act.inflight.release_targets(batch.iter().filter_map(|o| match o {
-                        Outcome::Sent { delivery, .. } => Some(delivery.job.target()),
-                        _ => None,
-                    }));
-                    act.inflight.release(batch.len());
+            let written = res.unwrap_or_else(|panic| Written { unstored: Some((panic, backup)), ..Written::default() });
+            log_outcomes(&act.life.log, &written.stored, &written.settled, &act.retry);
+            for (target, why) in &written.refused {
+                error!(act.life.log, "Postgres refused an outcome; stored what it would take instead";
+                       "event" => events::OUTCOME_REFUSED, "notification_id" => %target.0, "device_id" => %target.1,
+                       "error" => why);
+            }
+            act.inflight.release_targets(written.finished_targets.iter().copied());
+            act.inflight.release(written.stored.len());
+            match written.unstored {
+                None => {
                     act.life.healthy();
                     act.schedule(ctx);
                 }
-                Err(e) => {
-                    // Keep the batch, in front: it is written again after the restart.
+                Some((e, unstored)) => {
+                    // Keep what was not written, in front: it is written again after the restart.
                     let rest = std::mem::take(&mut act.buffer);
-                    act.buffer = batch;
+                    act.buffer = unstored;
                     act.buffer.extend(rest);
                     act.life.failed(&e);
                     ctx.stop();
                 }
             }
         }));
+    }
+}
+
+/// Where a batch goes, in this order: Postgres, then Redis.
+struct Sink {
+    store: Store,
+    relay: Relay,
+    retry: RetryPolicy,
+    receipt_delay: Option<Duration>,
+}
+
+/// What became of a batch.
+#[derive(Default)]
+struct Written {
+    /// The outcomes as stored (a refused one replaced by what was stored instead).
+    stored: Vec<Outcome>,
+    settled: Vec<Settled>,
+    /// Targets of stored `Sent` outcomes: no longer in flight in this process.
+    finished_targets: Vec<Target>,
+    /// Outcomes Postgres refused to store, and why.
+    refused: Vec<(Target, String)>,
+    /// Outcomes not written because of this error (Postgres or Redis unreachable…).
+    unstored: Option<(EngineError, Vec<Outcome>)>,
+}
+
+impl Sink {
+    /// Writes a batch. When Postgres refuses it because of what one outcome holds (a value it
+    /// cannot store, a trigger's exception), the batch is split in halves until that outcome is
+    /// alone; it is then stored as the plainest outcome that says what happened, and every
+    /// other outcome of the batch is stored as it was. One bad answer never holds up the rest.
+    async fn write(self, batch: Vec<Outcome>) -> Written {
+        let mut w = Written::default();
+        // Parts still to write, the next one last; `true` marks a refused outcome's replacement.
+        let mut parts: Vec<(Vec<Outcome>, bool)> = vec![(batch, false)];
+        while let Some((mut part, replacement)) = parts.pop() {
+            let e = match self.write_part(&part).await {
+                Ok(settled) => {
+                    w.settled.extend(settled);
+                    w.finished_targets.extend(part.iter().filter_map(sent_target));
+                    w.stored.extend(part);
+                    continue;
+                }
+                Err(e) => e,
+            };
+            if !e.is_refused_write() {
+                let mut rest = part;
+                rest.extend(parts.into_iter().rev().flat_map(|(p, _)| p));
+                w.unstored = Some((e, rest));
+                break;
+            }
+            if part.len() > 1 {
+                let right = part.split_off(part.len() / 2);
+                parts.push((right, replacement));
+                parts.push((part, replacement));
+                continue;
+            }
+            let Some(refused) = part.pop() else { continue };
+            let why = e.chain();
+            if let Some(target) = sent_target(&refused) {
+                w.refused.push((target, why.clone()));
+                if replacement {
+                    // Even the plainest record was refused: Postgres will not take anything for
+                    // this target. Dead-letter the entry so the rest flows; the sweep finds
+                    // the row again after `stale_after`.
+                    w.finished_targets.push(target);
+                }
+            }
+            parts.push((vec![instead_of_refused(refused, &why, replacement)], true));
+        }
+        if !w.refused.is_empty() {
+            let mut writes = RedisWrites::default();
+            writes.tally.add(events::OUTCOME_REFUSED, None, w.refused.len() as u64);
+            // Only a counter: if Redis is gone now, the next flush says so.
+            let _ = self.relay.write_outcomes(&writes, &events::today()).await;
+        }
+        w
+    }
+
+    async fn write_part(&self, part: &[Outcome]) -> Result<Vec<Settled>> {
+        let plan = Plan::build(part, &self.retry, self.receipt_delay);
+        let settled = self.store.record(&plan.rows).await?;
+        let mut writes = plan.redis;
+        let failed = settled.iter().filter(|s| !s.delivered).count() as u64;
+        writes.tally.add(events::NOTIFICATION_FAILED, None, failed);
+        self.relay.write_outcomes(&writes, &events::today()).await?;
+        Ok(settled)
+    }
+}
+
+fn sent_target(outcome: &Outcome) -> Option<Target> {
+    match outcome {
+        Outcome::Sent { delivery, .. } => Some(delivery.job.target()),
+        _ => None,
+    }
+}
+
+/// What to store for an outcome Postgres refused: a delivery without its provider message id,
+/// any other answer as a permanent failure that says why. If that was refused too
+/// (`second_refusal`), a dead letter in Redis and nothing in Postgres.
+fn instead_of_refused(outcome: Outcome, why: &str, second_refusal: bool) -> Outcome {
+    match outcome {
+        Outcome::Sent { delivery, .. } if second_refusal => Outcome::Poison {
+            entry: delivery.entry.clone(),
+            raw: delivery.job.to_json(),
+            reason: format!("Postgres refuses every outcome of this target: {why}"),
+        },
+        Outcome::Sent { delivery, result: SendResult::Delivered { .. }, latency_ms } => {
+            Outcome::Sent { delivery, result: SendResult::Delivered { provider_message_id: None }, latency_ms }
+        }
+        Outcome::Sent { delivery, latency_ms, .. } => Outcome::Sent {
+            delivery,
+            result: SendResult::Permanent { error: format!("the provider's answer could not be stored: {why}") },
+            latency_ms,
+        },
+        // Nothing of these reaches Postgres, so Postgres cannot have refused them.
+        other => other,
     }
 }
 

@@ -104,15 +104,42 @@ impl SenderActor {
         }));
     }
 
-    fn send_now(&mut self, batch: Vec<Delivery>, ctx: &mut Context<Self>) {
+    fn send_now(&mut self, mut batch: Vec<Delivery>, ctx: &mut Context<Self>) {
         let outcomes = self.outcomes.clone();
         let log = self.life.log.clone();
         let (circuit, defer) = (self.circuit.clone(), self.defer);
         let provider = self.client.provider();
-        let request = self.circuit.permits().then(|| {
-            let jobs: Vec<_> = batch.iter().map(|d| d.job.clone()).collect();
-            self.client.send(&jobs)
-        });
+        let request = match self.circuit.permits() {
+            false => None,
+            true => {
+                let jobs: Vec<_> = batch.iter().map(|d| d.job.clone()).collect();
+                // Building a request is synchronous code over a job's content: a panic there must
+                // neither kill this actor (actix would not restart it) nor fail the batch-mates
+                // of the job that caused it. Sent one by one, the culprit fails on its own.
+                match std::panic::catch_unwind(AssertUnwindSafe(|| self.client.send(&jobs))) {
+                    Ok(request) => Some(request),
+                    Err(panic) if batch.len() > 1 => {
+                        warn!(self.life.log, "building a request panicked; sending the batch one by one";
+                              "error" => EngineError::from_panic(panic).chain(), "provider" => provider.as_str());
+                        for delivery in batch {
+                            self.send_now(vec![delivery], ctx);
+                        }
+                        return;
+                    }
+                    Err(panic) => {
+                        let error =
+                            format!("{provider}: the message could not be built: {}", EngineError::from_panic(panic));
+                        let failed = vec![Outcome::Sent {
+                            delivery: batch.remove(0),
+                            result: SendResult::Permanent { error },
+                            latency_ms: 0,
+                        }];
+                        ctx.spawn(async move { record(&outcomes, failed, &log).await }.into_actor(self));
+                        return;
+                    }
+                }
+            }
+        };
         ctx.spawn(
             async move {
                 let started = Instant::now();
@@ -123,14 +150,12 @@ impl SenderActor {
                         vec![SendResult::Deferred { error, after: defer }; n]
                     }
                     Some(request) => {
-                        // A panicking provider client must not take the batch with it.
+                        // A panicking provider client must not take the batch with it. It is a
+                        // fault of ours, not the provider's: retried, but not counted against
+                        // the provider's circuit.
                         let response = AssertUnwindSafe(request).catch_unwind().await.unwrap_or_else(|p| {
                             let error = format!("sender {}", EngineError::from_panic(p));
-                            Response::all(
-                                n,
-                                SendResult::Retry { error: error.clone(), after: None },
-                                Health::Outage(error),
-                            )
+                            Response::all(n, SendResult::Retry { error, after: None }, Health::Up)
                         });
                         let free = circuit.record(&response.health);
                         response.results.into_iter().map(|r| if free { spare_attempt(r, defer) } else { r }).collect()

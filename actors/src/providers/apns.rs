@@ -267,6 +267,12 @@ impl Request {
         let payload = job.payload.as_object().cloned().unwrap_or_default();
         let collapse_id = payload.get("collapse_id").and_then(Value::as_str).map(str::to_string);
         if let Some(id) = &collapse_id {
+            // Fan-out refuses these already; an entry written by an older version still must
+            // not reach awc, which would fail the request as if APNs were down.
+            if id.chars().any(char::is_control) {
+                let error = "apns: collapse_id holds a control character (not allowed in a header)".to_string();
+                return Err(SendResult::Permanent { error });
+            }
             if id.len() > MAX_COLLAPSE_ID_BYTES {
                 let error = format!("apns: collapse_id too long: {} bytes (limit {MAX_COLLAPSE_ID_BYTES})", id.len());
                 return Err(SendResult::Permanent { error });
@@ -591,6 +597,13 @@ uzQcTSf1skvCNYBseC2yZ1A57q1rCuGb0nDFngD3RZWbbd6BnWMXEiO5
         assert_eq!(
             long.unwrap_err(),
             SendResult::Permanent { error: "apns: collapse_id too long: 65 bytes (limit 64)".into() }
+        );
+        let newline = Request::build(&job(json!({"title": "T", "collapse_id": "order\n42"}), Priority::Normal), "b");
+        assert_eq!(
+            newline.unwrap_err(),
+            SendResult::Permanent {
+                error: "apns: collapse_id holds a control character (not allowed in a header)".into()
+            }
         );
         let mut bad = job(json!({"title": "T"}), Priority::Normal);
         bad.token = "ExponentPushToken[x]".into();

@@ -440,7 +440,13 @@ pub fn message(job: &Job, from: &Mailbox) -> Result<(Envelope, Vec<u8>), (SendRe
     })?;
     let permanent = |error: String| (SendResult::Permanent { error }, Health::Up);
     let text = |key: &str| job.payload.get(key).and_then(serde_json::Value::as_str);
-    let subject = text("subject").or_else(|| text("title")).unwrap_or_default();
+    // A subject is one header line: control characters (a title's newline) become spaces.
+    let subject: String = text("subject")
+        .or_else(|| text("title"))
+        .unwrap_or_default()
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect();
     let body = text("body").unwrap_or_default().to_string();
     let message_id = format!("<{}.{}@{}>", job.notification_id, job.device_id, from.email.domain());
     let builder = Message::builder()
@@ -743,6 +749,16 @@ mod tests {
         assert!(text.contains(&id), "{text}");
         assert!(text.contains("\r\n\r\nOn its way"), "{text}");
         assert!(text.contains("Content-Type: text/plain"), "{text}");
+    }
+
+    #[test]
+    fn a_title_with_control_characters_becomes_a_one_line_subject() {
+        let from = mailbox("no-reply@example.com").unwrap();
+        let payload = json!({"title": "Two\nlines\r\nBcc: x@evil.example\u{7}"});
+        let (_, bytes) = message(&job("a@example.org", payload), &from).unwrap();
+        let text = String::from_utf8(bytes).unwrap();
+        assert!(text.contains("Subject: Two lines  Bcc: x@evil.example \r\n"), "{text}");
+        assert!(!text.contains("\r\nBcc:"), "{text}");
     }
 
     #[test]

@@ -14,6 +14,7 @@ use crate::payload::{Payload, PayloadError};
 use crate::settings::InputLimits;
 use deadpool_postgres::Pool;
 use serde_json::Value;
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -240,7 +241,7 @@ impl Store {
                 )
                 .await?;
             let ids: Vec<Uuid> = rejected.iter().map(|r| r.0).collect();
-            let errs: Vec<&str> = rejected.iter().map(|r| r.1.as_str()).collect();
+            let errs: Vec<Cow<str>> = rejected.iter().map(|r| storable(&r.1)).collect();
             for r in tx.query(&fail, &[&ids, &errs]).await? {
                 out.settled.push(Settled {
                     notification_id: r.get(0),
@@ -293,7 +294,7 @@ impl Store {
                 .await?;
             let (n, dev) = split_targets(rows.delivered.iter().map(|r| r.0));
             let attempts: Vec<i32> = rows.delivered.iter().map(|r| r.1).collect();
-            let msgs: Vec<Option<&str>> = rows.delivered.iter().map(|r| r.2.as_deref()).collect();
+            let msgs: Vec<Option<Cow<str>>> = rows.delivered.iter().map(|r| r.2.as_deref().map(storable)).collect();
             tx.execute(&stmt, &[&n, &dev, &attempts, &msgs]).await?;
         }
         if !rows.retrying.is_empty() {
@@ -310,7 +311,7 @@ impl Store {
                 .await?;
             let (notes, dev) = split_targets(rows.retrying.iter().map(|r| r.0));
             let attempts: Vec<i32> = rows.retrying.iter().map(|r| r.1).collect();
-            let errs: Vec<&str> = rows.retrying.iter().map(|r| r.2.as_str()).collect();
+            let errs: Vec<Cow<str>> = rows.retrying.iter().map(|r| storable(&r.2)).collect();
             let delays: Vec<i64> = rows.retrying.iter().map(|r| r.3.as_millis() as i64).collect();
             tx.execute(&stmt, &[&notes, &dev, &attempts, &errs, &delays]).await?;
 
@@ -337,7 +338,7 @@ impl Store {
                 .await?;
             let (n, dev) = split_targets(rows.failed.iter().map(|r| r.0));
             let attempts: Vec<i32> = rows.failed.iter().map(|r| r.1).collect();
-            let errs: Vec<&str> = rows.failed.iter().map(|r| r.2.as_str()).collect();
+            let errs: Vec<Cow<str>> = rows.failed.iter().map(|r| storable(&r.2)).collect();
             tx.execute(&stmt, &[&n, &dev, &attempts, &errs]).await?;
         }
         disable_devices(&tx, rows.disable_devices.iter().map(|(id, reason)| (*id, reason.as_str()))).await?;
@@ -453,7 +454,7 @@ impl Store {
                 )
                 .await?;
             let (n, dev) = split_targets(unsendable.iter().map(|u| u.0));
-            let errs: Vec<&str> = unsendable.iter().map(|u| u.1.as_str()).collect();
+            let errs: Vec<Cow<str>> = unsendable.iter().map(|u| storable(&u.1)).collect();
             tx.execute(&stmt, &[&n, &dev, &errs]).await?;
             let mut ids = n;
             ids.sort_unstable();
@@ -503,7 +504,7 @@ impl Store {
             )
             .await?;
         let (n, dev) = split_targets(errors.iter().map(|e| e.0));
-        let errs: Vec<&str> = errors.iter().map(|e| e.1.as_str()).collect();
+        let errs: Vec<Cow<str>> = errors.iter().map(|e| storable(&e.1)).collect();
         tx.execute(&stmt, &[&n, &dev, &errs]).await?;
         disable_devices(&tx, errors.iter().filter(|e| e.2).map(|((_, device), reason, _)| (*device, reason.as_str())))
             .await?;
@@ -517,7 +518,7 @@ async fn disable_devices<'a>(
     tx: &deadpool_postgres::Transaction<'_>,
     devices: impl Iterator<Item = (Uuid, &'a str)>,
 ) -> Result<()> {
-    let (ids, reasons): (Vec<Uuid>, Vec<&str>) = devices.unzip();
+    let (ids, reasons): (Vec<Uuid>, Vec<Cow<str>>) = devices.map(|(id, reason)| (id, storable(reason))).unzip();
     if ids.is_empty() {
         return Ok(());
     }
@@ -668,6 +669,27 @@ fn decode_claimed(max_bytes: usize) -> impl Fn(&tokio_postgres::Row) -> Option<C
     }
 }
 
+/// Longest error or provider message id stored; a provider's answer can be any length.
+pub const MAX_STORED_TEXT: usize = 2000;
+
+/// Text as Postgres can store it: without NUL (which `text` refuses: SQLSTATE 22021) or other
+/// control characters except newline and tab, and at most [`MAX_STORED_TEXT`] bytes. Errors
+/// and message ids carry whatever a provider (or a proxy in front of it) answered.
+pub fn storable(text: &str) -> Cow<'_, str> {
+    let clean = |c: char| !c.is_control() || c == '\n' || c == '\t';
+    if text.len() <= MAX_STORED_TEXT && text.chars().all(clean) {
+        return Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len().min(MAX_STORED_TEXT));
+    for c in text.chars().map(|c| if clean(c) { c } else { '\u{FFFD}' }) {
+        if out.len() + c.len_utf8() > MAX_STORED_TEXT {
+            break;
+        }
+        out.push(c);
+    }
+    Cow::Owned(out)
+}
+
 fn split_targets(targets: impl Iterator<Item = Target>) -> (Vec<Uuid>, Vec<Uuid>) {
     targets.unzip()
 }
@@ -708,6 +730,17 @@ mod tests {
         row.trace_id = "t".repeat(MAX_ID_BYTES + 1);
         let err = plan_targets(&row, &[device("expo")], &all).err().unwrap();
         assert_eq!(err, format!("trace_id: {} bytes, over the limit of {MAX_ID_BYTES}", MAX_ID_BYTES + 1));
+    }
+
+    #[test]
+    fn text_from_providers_is_made_storable() {
+        assert_eq!(storable("plain: fine\nsecond line"), "plain: fine\nsecond line");
+        assert!(matches!(storable("ok"), Cow::Borrowed(_)));
+        assert_eq!(storable("bad\u{0}x\u{1b}[31m"), "bad\u{FFFD}x\u{FFFD}[31m");
+        let long = "é".repeat(MAX_STORED_TEXT);
+        let stored = storable(&long);
+        assert!(stored.len() <= MAX_STORED_TEXT && stored.len() >= MAX_STORED_TEXT - 1, "{}", stored.len());
+        assert!(stored.chars().all(|c| c == 'é'));
     }
 
     #[test]
