@@ -6,7 +6,8 @@
 //! errors when the message is over 4096 bytes (`MessageTooBig`), the token is not an Expo push
 //! token (`DeviceNotRegistered`), or the token contains a failure word: `unregistered`,
 //! `ratelimited` (`MessageRateExceeded`), `invalidcredentials`, `developererror`, `expoerror`,
-//! `mismatchsenderid`, `providererror`.
+//! `mismatchsenderid`, `providererror`. A token containing `nulbyte` gets its error message
+//! with a NUL character in it, as a broken upstream or proxy may send (Postgres cannot store it).
 //! `POST /--/api/v2/push/getReceipts` answers receipts for ids it issued (≤ 1000 per call):
 //! `ok`, or `DeviceNotRegistered` for tokens containing `receiptgone` (accepted at send time,
 //! refused by APNs/FCM later, as happens for real).
@@ -223,7 +224,8 @@ fn ticket(message: &Value, to: &str, state: &mut State) -> Value {
         ("providererror", "ProviderError"),
     ] {
         if lower.contains(word) && !state.forgiven.iter().any(|f| f == word) {
-            return error(code, format!("injected {code} for {to}"));
+            let nul = if lower.contains("nulbyte") { "\u{0}" } else { "" };
+            return error(code, format!("injected {code}{nul} for {to}"));
         }
     }
     let id = Uuid::new_v4().to_string();

@@ -16,6 +16,7 @@ mod fcm;
 mod helpers;
 mod idempotency;
 mod limits;
+mod poison;
 mod receipts;
 mod recovery;
 mod schema;
