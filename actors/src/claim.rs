@@ -104,7 +104,7 @@ async fn retire_overdelivered(
                     latency_ms: 0,
                 }
             }
-            Entry::Poison { entry, raw, reason } => Outcome::Poison { entry, raw, reason },
+            Entry::Poison { entry, raw, reason, target } => Outcome::Poison { entry, raw, reason, target },
         })
         .collect();
     if let Err(e) = dispatcher.record(outcomes).await {

@@ -80,7 +80,9 @@ impl Dispatcher {
         for entry in entries {
             match entry {
                 Entry::Job(entry, job) => deliveries.push(Delivery { job, entry }),
-                Entry::Poison { entry, raw, reason } => done.push(Outcome::Poison { entry, raw, reason }),
+                Entry::Poison { entry, raw, reason, target } => {
+                    done.push(Outcome::Poison { entry, raw, reason, target })
+                }
             }
         }
 

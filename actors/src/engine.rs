@@ -116,7 +116,7 @@ impl Engine {
                     let stats = sender_life.stats.clone();
                     let (factory, writer, guards) = (p.factory.clone(), writer.clone(), guards.clone());
                     let addr = Supervisor::start_in_arbiter(&arbiter.handle(), move |_| {
-                        SenderActor::new(sender_life, &factory, writer, guards)
+                        SenderActor::new(sender_life, &factory, writer.into(), guards)
                     });
                     senders.push(Handle { addr, stats });
                     arbiters.push(arbiter);

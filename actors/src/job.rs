@@ -137,6 +137,18 @@ impl Job {
     pub fn from_json(raw: &[u8]) -> Result<Self, String> {
         serde_json::from_slice(raw).map_err(|e| format!("malformed job: {e}"))
     }
+
+    /// The target named by an entry that is not a whole job (a field missing or malformed),
+    /// when at least its two ids can be read.
+    pub fn target_of(raw: &[u8]) -> Option<(Uuid, Uuid)> {
+        #[derive(Deserialize)]
+        struct Ids {
+            notification_id: Uuid,
+            device_id: Uuid,
+        }
+        let ids: Ids = serde_json::from_slice(raw).ok()?;
+        Some((ids.notification_id, ids.device_id))
+    }
 }
 
 pub fn shard_of(notification_id: Uuid, shards: u16) -> u16 {
@@ -195,8 +207,9 @@ pub enum Outcome {
     Sent { delivery: Delivery, result: SendResult, latency_ms: u64 },
     /// Already delivered before (idempotency key or Postgres says so): acknowledge, do not send.
     Duplicate { delivery: Delivery },
-    /// The entry could not be parsed: dead-letter it with the reason and acknowledge it.
-    Poison { entry: EntryRef, raw: String, reason: String },
+    /// The entry could not be parsed: dead-letter it with the reason and acknowledge it, and
+    /// fail its target when the entry still names one.
+    Poison { entry: EntryRef, raw: String, reason: String, target: Option<(Uuid, Uuid)> },
 }
 
 impl Outcome {

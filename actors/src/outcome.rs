@@ -39,6 +39,8 @@ pub struct OutcomeWriter {
     buffer: Vec<Outcome>,
     flushing: bool,
     flush_scheduled: bool,
+    /// Waiting out the restart backoff: outcomes arriving meanwhile are buffered, not written.
+    resting: bool,
 }
 
 impl OutcomeWriter {
@@ -62,11 +64,12 @@ impl OutcomeWriter {
             buffer: Vec::new(),
             flushing: false,
             flush_scheduled: false,
+            resting: false,
         }
     }
 
     fn schedule(&mut self, ctx: &mut Context<Self>) {
-        if self.flushing || self.buffer.is_empty() {
+        if self.flushing || self.resting || self.buffer.is_empty() {
             return;
         }
         if self.buffer.len() >= self.max_batch {
@@ -229,6 +232,7 @@ fn instead_of_refused(outcome: Outcome, why: &str, second_refusal: bool) -> Outc
             entry: delivery.entry.clone(),
             raw: delivery.job.to_json(),
             reason: format!("Postgres refuses every outcome of this target: {why}"),
+            target: None,
         },
         Outcome::Sent { delivery, result: SendResult::Delivered { .. }, latency_ms } => {
             Outcome::Sent { delivery, result: SendResult::Delivered { provider_message_id: None }, latency_ms }
@@ -257,7 +261,11 @@ impl Plan {
         for outcome in batch {
             redis.acks.push(outcome.entry().clone());
             let (delivery, result) = match outcome {
-                Outcome::Poison { entry, raw, reason } => {
+                Outcome::Poison { entry, raw, reason, target } => {
+                    if let Some(target) = target {
+                        rows.failed.push((*target, 0, format!("unreadable stream entry: {reason}")));
+                        rows.shared_notifications.push(target.0);
+                    }
                     redis.dead_letters.push(DeadLetter {
                         shard: entry.shard,
                         reason: "poison",
@@ -416,8 +424,13 @@ impl Actor for OutcomeWriter {
     fn started(&mut self, ctx: &mut Context<Self>) {
         ctx.set_mailbox_capacity(self.life.stats.mailbox_capacity);
         let delay = self.life.on_started();
-        // After a restart, write what was buffered when the last attempt failed.
-        ctx.run_later(delay, |act, ctx| act.schedule(ctx));
+        // After a restart, write what was buffered when the last attempt failed — after the
+        // backoff, however many outcomes arrive meanwhile.
+        self.resting = !delay.is_zero();
+        ctx.run_later(delay, |act, ctx| {
+            act.resting = false;
+            act.schedule(ctx);
+        });
     }
 
     fn stopped(&mut self, _: &mut Context<Self>) {

@@ -12,13 +12,28 @@ use crate::messages::{Deliver, Record};
 use crate::outcome::OutcomeWriter;
 use crate::providers::{ClientFactory, ProviderClient, Response};
 use crate::ratelimit::RateLimiter;
+use crate::registry::ActorStats;
 use crate::registry::Envelope;
 use crate::supervisor::Lifecycle;
 use actix::prelude::*;
 use futures_util::FutureExt;
 use slog::warn;
 use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+/// Where a sender's outcomes go (the outcome writer), with the figures that count its mailbox.
+#[derive(Clone)]
+pub struct Outcomes {
+    pub recipient: Recipient<Envelope<Record>>,
+    pub stats: Arc<ActorStats>,
+}
+
+impl From<Handle<OutcomeWriter>> for Outcomes {
+    fn from(writer: Handle<OutcomeWriter>) -> Self {
+        Outcomes { recipient: writer.addr.recipient(), stats: writer.stats }
+    }
+}
 
 /// What stands between a sender and its provider, shared by the provider's pool.
 #[derive(Clone)]
@@ -34,7 +49,7 @@ pub struct SenderActor {
     client: Box<dyn ProviderClient>,
     buffer: Vec<Delivery>,
     flush_scheduled: bool,
-    outcomes: Handle<OutcomeWriter>,
+    outcomes: Outcomes,
     circuit: Circuit,
     /// How long deliveries wait when the circuit keeps them from being sent.
     defer: Duration,
@@ -43,7 +58,7 @@ pub struct SenderActor {
 }
 
 impl SenderActor {
-    pub fn new(life: Lifecycle, factory: &ClientFactory, outcomes: Handle<OutcomeWriter>, guards: SendGuards) -> Self {
+    pub fn new(life: Lifecycle, factory: &ClientFactory, outcomes: Outcomes, guards: SendGuards) -> Self {
         let SendGuards { circuit, defer, limiter } = guards;
         SenderActor {
             life,
@@ -174,9 +189,9 @@ impl SenderActor {
     }
 }
 
-async fn record(outcomes: &Handle<OutcomeWriter>, batch: Vec<Outcome>, log: &slog::Logger) {
+async fn record(outcomes: &Outcomes, batch: Vec<Outcome>, log: &slog::Logger) {
     // If the writer is gone, the entries stay pending and are claimed again later.
-    if let Err(e) = outcomes.addr.send(outcomes.stats.envelope(Record { outcomes: batch })).await {
+    if let Err(e) = outcomes.recipient.send(outcomes.stats.envelope(Record { outcomes: batch })).await {
         warn!(log, "outcome writer unreachable; entries will be reclaimed"; "error" => %e);
     }
 }
@@ -225,6 +240,130 @@ impl Handler<Envelope<Deliver>> for SenderActor {
                     act.send(batch, ctx);
                 }
             });
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::circuit::CircuitSettings;
+    use crate::job::{EntryRef, Job, Priority, Provider};
+    use crate::registry::Registry;
+    use futures_util::future::LocalBoxFuture;
+    use std::sync::Mutex;
+    use uuid::Uuid;
+
+    /// A client whose request building panics when a job's token says `boom`.
+    struct Fragile;
+
+    impl ProviderClient for Fragile {
+        fn provider(&self) -> Provider {
+            Provider::Expo
+        }
+        fn max_batch(&self) -> usize {
+            100
+        }
+        fn flush_after(&self) -> Duration {
+            Duration::from_millis(5)
+        }
+        fn send(&self, jobs: &[Job]) -> LocalBoxFuture<'static, Response> {
+            assert!(jobs.iter().all(|j| j.token != "boom"), "a bug while building the request");
+            let n = jobs.len();
+            Box::pin(async move { Response::all(n, SendResult::Delivered { provider_message_id: None }, Health::Up) })
+        }
+    }
+
+    /// Collects what senders record.
+    struct Collector(Arc<Mutex<Vec<Outcome>>>);
+
+    impl Actor for Collector {
+        type Context = Context<Self>;
+    }
+
+    impl Handler<Envelope<Record>> for Collector {
+        type Result = ();
+        fn handle(&mut self, msg: Envelope<Record>, _: &mut Context<Self>) {
+            if let Ok(mut seen) = self.0.lock() {
+                seen.extend(msg.msg.outcomes);
+            }
+        }
+    }
+
+    fn delivery(token: &str) -> Delivery {
+        Delivery {
+            job: Job {
+                notification_id: Uuid::new_v4(),
+                device_id: Uuid::new_v4(),
+                user_id: "u".into(),
+                provider: Provider::Expo,
+                token: token.into(),
+                payload: serde_json::json!({}).into(),
+                priority: Priority::Normal,
+                trace_id: "t".into(),
+                attempt: 0,
+                targets: 1,
+                requeued: false,
+            },
+            entry: EntryRef { shard: 0, id: "1-0".into() },
+        }
+    }
+
+    #[actix_rt::test]
+    async fn a_panic_while_building_a_request_fails_only_its_job_and_the_sender_lives_on() {
+        let log = slog::Logger::root(slog::Discard, slog::o!());
+        let registry = Registry::default();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let collector = Collector(Arc::clone(&seen)).start();
+        let outcomes =
+            Outcomes { recipient: collector.recipient(), stats: registry.register("writer", "outcome_writer", 64) };
+        let settings = CircuitSettings { failures: 3, open: Duration::from_secs(1), max_open: Duration::from_secs(1) };
+        let guards = SendGuards {
+            circuit: Circuit::new(Provider::Expo, settings, &log, None),
+            defer: Duration::from_secs(1),
+            limiter: None,
+        };
+        let factory: ClientFactory = Arc::new(|| Box::new(Fragile) as Box<dyn ProviderClient>);
+        let stats = registry.register("sender", "sender", 64);
+        let life = Lifecycle::new(Arc::clone(&stats), &log);
+        let sender = SenderActor::new(life, &factory, outcomes, guards).start();
+
+        let batch = vec![delivery("a"), delivery("boom"), delivery("b")];
+        sender.send(stats.envelope(Deliver { deliveries: batch })).await.expect("sender alive");
+        let results = wait_for(&seen, 3).await;
+        let by_token = |t: &str| results.iter().find(|(token, _)| token == t).map(|(_, r)| r.clone());
+        assert_eq!(by_token("a"), Some(SendResult::Delivered { provider_message_id: None }));
+        assert_eq!(by_token("b"), Some(SendResult::Delivered { provider_message_id: None }));
+        let Some(SendResult::Permanent { error }) = by_token("boom") else { panic!("{results:?}") };
+        assert!(error.starts_with("expo: the message could not be built: panicked: a bug"), "{error}");
+
+        // Still alive, and still sending.
+        sender.send(stats.envelope(Deliver { deliveries: vec![delivery("c")] })).await.expect("sender alive");
+        assert_eq!(wait_for(&seen, 4).await.len(), 4);
+    }
+
+    /// (token, result) of every outcome recorded, once there are `n`.
+    async fn wait_for(seen: &Arc<Mutex<Vec<Outcome>>>, n: usize) -> Vec<(String, SendResult)> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let results: Vec<_> = seen
+                .lock()
+                .map(|s| {
+                    s.iter()
+                        .filter_map(|o| match o {
+                            Outcome::Sent { delivery, result, .. } => {
+                                Some((delivery.job.token.clone(), result.clone()))
+                            }
+                            _ => None,
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
+            if results.len() >= n {
+                return results;
+            }
+            assert!(Instant::now() < deadline, "only {} of {n} outcomes", results.len());
+            tokio::time::sleep(Duration::from_millis(10)).await;
         }
     }
 }

@@ -46,6 +46,11 @@ impl StreamReaderActor {
 }
 
 /// One read: permits, `XREADGROUP`, dispatch. Returns the connection for the next read.
+///
+/// Permits are held only for entries that are there: a first read does not block; only when
+/// the shard is empty does the reader give its permits back and wait (`BLOCK`) for the next
+/// entry holding none, taking a permit for it once it came. An idle shard therefore never
+/// holds permits that a busy one needs, however many shards there are.
 async fn read_once(
     relay: Relay,
     conn: Option<RelayConn>,
@@ -64,20 +69,23 @@ async fn read_once(
         inflight.release(permits);
         return Ok(conn);
     }
-    let entries = match relay.read(&mut conn, shard, &consumer, permits, BLOCK).await {
+    let mut entries = match read_or_regroup(&relay, &mut conn, shard, &consumer, permits, None).await {
         Ok(entries) => entries,
-        Err(crate::error::EngineError::Redis(e)) if e.code() == Some("NOGROUP") => {
-            // The stream or its group vanished (Redis restarted or was flushed): recreate them.
-            inflight.release(permits);
-            relay.ensure_groups().await?;
-            return Ok(conn);
-        }
         Err(e) => {
             inflight.release(permits);
             return Err(e);
         }
     };
     inflight.release(permits - entries.len());
+    if entries.is_empty() {
+        entries = read_or_regroup(&relay, &mut conn, shard, &consumer, 1, Some(BLOCK)).await?;
+        if entries.is_empty() {
+            return Ok(conn);
+        }
+        // The entry (one: COUNT 1) is ours, pending, already; it waits for a permit like any
+        // other.
+        inflight.take(1).await;
+    }
     let n = entries.len();
     if let Err(e) = dispatcher.dispatch(entries, false).await {
         // Undispatched entries stay pending in Redis and are claimed again; free their permits.
@@ -85,6 +93,25 @@ async fn read_once(
         return Err(e);
     }
     Ok(conn)
+}
+
+/// `XREADGROUP` on one shard (blocking for `block` when given). A stream or group that
+/// vanished (Redis restarted or was flushed) is recreated, and the read answers nothing.
+async fn read_or_regroup(
+    relay: &Relay,
+    conn: &mut RelayConn,
+    shard: u16,
+    consumer: &str,
+    count: usize,
+    block: Option<Duration>,
+) -> Result<Vec<crate::relay::Entry>> {
+    match relay.read(conn, shard, consumer, count, block).await {
+        Err(crate::error::EngineError::Redis(e)) if e.code() == Some("NOGROUP") => {
+            relay.ensure_groups().await?;
+            Ok(Vec::new())
+        }
+        other => other,
+    }
 }
 
 impl Actor for StreamReaderActor {

@@ -54,3 +54,40 @@ async fn the_per_device_limit_spreads_a_burst_to_one_device() {
     assert_eq!(attempts, 1, "another device is not held back");
     app.cleanup().await;
 }
+
+/// An idle shard's reader waits for entries holding no in-flight permits, so busy shards are
+/// never starved of them, however many shards there are (with 4 shards and 1 permit, an idle
+/// reader holding it through its 1 s BLOCK left the others waiting).
+#[actix_web::test]
+async fn idle_readers_hold_no_permits_and_one_permit_serves_every_shard() {
+    let mut app = prepare().await;
+    app.env.insert("NOTIFY__REDIS__SHARDS".into(), "4".into());
+    app.env.insert("NOTIFY__WORKER__CONCURRENCY".into(), "1".into());
+    app.start().await;
+    app.add_device("sam", "expo", "ExponentPushToken[sam]").await;
+
+    // Idle: sampled 50 times, the permit is (all but) always free.
+    let mut held = 0;
+    for _ in 0..50 {
+        if app.app.as_ref().expect("running").engine.in_flight() > 0 {
+            held += 1;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(held <= 2, "idle readers held the permit in {held} of 50 samples");
+
+    app.db
+        .execute("INSERT INTO notification (user_id, type) SELECT 'sam', 't' FROM generate_series(1, 40)", &[])
+        .await
+        .unwrap();
+    app.all_final(Duration::from_secs(30)).await;
+    assert_eq!(app.count("SELECT count(*) FROM notification WHERE status = 'delivered'").await, 40);
+    assert_eq!(
+        app.count(
+            "SELECT count(DISTINCT shard) FROM (SELECT get_byte(uuid_send(id), 15) % 4 AS shard FROM notification) s"
+        )
+        .await,
+        4
+    );
+    app.cleanup().await;
+}

@@ -272,3 +272,44 @@ async fn a_target_postgres_refuses_every_outcome_for_is_dead_lettered_and_the_re
     assert_no_actor_restarted(&app).await;
     app.cleanup().await;
 }
+
+/// A stream entry that is not a whole job but still names its target (a field missing, a
+/// payload nested too deep for the parser) fails that target in Postgres, not just in Redis:
+/// its notification reaches `failed` instead of waiting for the sweep forever.
+#[actix_web::test]
+async fn an_unreadable_stream_entry_that_names_its_target_fails_that_target() {
+    let app = spawn_app().await;
+    let device = app.add_device("ann", "expo", "ExponentPushToken[ann]").await;
+    let id: Uuid = app
+        .db
+        .query_one("INSERT INTO notification (user_id, type, status) VALUES ('ann', 't', 'queued') RETURNING id", &[])
+        .await
+        .unwrap()
+        .get(0);
+    app.db
+        .execute("INSERT INTO delivery (notification_id, device_id, provider) VALUES ($1, $2, 'expo')", &[&id, &device])
+        .await
+        .unwrap();
+    let deep = format!("{}{}", "[".repeat(200), "]".repeat(200));
+    let entry =
+        format!(r#"{{"notification_id": "{id}", "device_id": "{device}", "provider": "expo", "payload": {deep}}}"#);
+    let mut conn = app.redis.clone();
+    let _: String = redis::cmd("XADD")
+        .arg(app.keys.stream(0))
+        .arg("*")
+        .arg("job")
+        .arg(&entry)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+
+    let (status, _, error) = app.final_status(id).await;
+    assert_eq!(status, "failed");
+    let error = error.unwrap_or_default();
+    assert!(error.starts_with("unreadable stream entry: malformed job: recursion limit exceeded"), "{error}");
+    assert_eq!(app.count("SELECT count(*) FROM notification_failed").await, 1);
+    app.wait_for_dead_letters(1).await;
+    assert_eq!(app.expo.sent_count(), 0);
+    assert_no_actor_restarted(&app).await;
+    app.cleanup().await;
+}

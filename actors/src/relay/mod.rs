@@ -37,11 +37,12 @@ end
 return due
 ";
 
-/// One entry read from a stream: a job, or the raw fields and why they are not one.
+/// One entry read from a stream: a job, or the raw fields and why they are not one (with the
+/// target, when at least its ids could be read, so that its row can be failed too).
 #[derive(Debug, Clone)]
 pub enum Entry {
     Job(EntryRef, Job),
-    Poison { entry: EntryRef, raw: String, reason: String },
+    Poison { entry: EntryRef, raw: String, reason: String, target: Option<(uuid::Uuid, uuid::Uuid)> },
 }
 
 /// A dead letter: a delivery that failed for good, with the original job.
@@ -182,28 +183,23 @@ impl Relay {
         Ok(())
     }
 
-    /// `XREADGROUP ... >` on one shard: up to `count` new entries, waiting up to `block`.
+    /// `XREADGROUP ... >` on one shard: up to `count` new entries, waiting up to `block` for
+    /// one (not at all without).
     pub async fn read(
         &self,
         conn: &mut RelayConn,
         shard: u16,
         consumer: &str,
         count: usize,
-        block: Duration,
+        block: Option<Duration>,
     ) -> Result<Vec<Entry>> {
-        let reply: Option<StreamReadReply> = redis::cmd("XREADGROUP")
-            .arg("GROUP")
-            .arg(GROUP)
-            .arg(consumer)
-            .arg("COUNT")
-            .arg(count)
-            .arg("BLOCK")
-            .arg(block.as_millis() as u64)
-            .arg("STREAMS")
-            .arg(self.keys.stream(shard))
-            .arg(">")
-            .query_async(conn)
-            .await?;
+        let mut cmd = redis::cmd("XREADGROUP");
+        cmd.arg("GROUP").arg(GROUP).arg(consumer).arg("COUNT").arg(count);
+        if let Some(block) = block {
+            cmd.arg("BLOCK").arg(block.as_millis() as u64);
+        }
+        let reply: Option<StreamReadReply> =
+            cmd.arg("STREAMS").arg(self.keys.stream(shard)).arg(">").query_async(conn).await?;
         Ok(reply
             .map(|r| r.keys.into_iter().flat_map(|k| k.ids).map(|id| parse_entry(shard, id)).collect())
             .unwrap_or_default())
@@ -398,11 +394,16 @@ fn parse_entry(shard: u16, id: StreamId) -> Entry {
     match id.map.get(JOB_FIELD) {
         Some(Value::BulkString(raw)) => match Job::from_json(raw) {
             Ok(job) => Entry::Job(entry, job),
-            Err(reason) => Entry::Poison { entry, raw: String::from_utf8_lossy(raw).into_owned(), reason },
+            Err(reason) => Entry::Poison {
+                entry,
+                raw: String::from_utf8_lossy(raw).into_owned(),
+                reason,
+                target: Job::target_of(raw),
+            },
         },
         _ => {
             let raw = format!("{:?}", id.map);
-            Entry::Poison { entry, raw, reason: format!("entry has no `{JOB_FIELD}` field") }
+            Entry::Poison { entry, raw, reason: format!("entry has no `{JOB_FIELD}` field"), target: None }
         }
     }
 }

@@ -330,8 +330,8 @@ impl Store {
             let stmt = tx
                 .prepare_cached(
                     "UPDATE delivery d
-                        SET status = 'failed', attempt_count = u.attempts, last_error = u.err,
-                            next_attempt_at = NULL, updated_at = now()
+                        SET status = 'failed', attempt_count = greatest(d.attempt_count, u.attempts),
+                            last_error = u.err, next_attempt_at = NULL, updated_at = now()
                        FROM unnest($1::uuid[], $2::uuid[], $3::int4[], $4::text[]) AS u(n, dev, attempts, err)
                       WHERE d.notification_id = u.n AND d.device_id = u.dev AND d.status <> 'delivered'",
                 )
