@@ -313,3 +313,43 @@ async fn an_unreadable_stream_entry_that_names_its_target_fails_that_target() {
     assert_no_actor_restarted(&app).await;
     app.cleanup().await;
 }
+
+/// A user with more active devices than `devices.max_per_user` (rows written around the API)
+/// gets each notification on the newest ones only; a fan-out of many devices times a large
+/// payload is written to Redis in parts, and every target arrives.
+#[actix_web::test]
+async fn fan_out_is_capped_per_user_and_large_fan_outs_are_enqueued_in_parts() {
+    let app = spawn_app().await;
+    app.db
+        .execute(
+            "INSERT INTO device (user_id, provider, token, created_at)
+             SELECT 'many', 'expo', 'ExponentPushToken[many' || g || ']', now() - g * interval '1 minute'
+               FROM generate_series(1, 150) g",
+            &[],
+        )
+        .await
+        .unwrap();
+    let body = "b".repeat(3000);
+    app.db
+        .execute(
+            "INSERT INTO notification (user_id, type, payload)
+             SELECT 'many', 't', jsonb_build_object('title', 'n' || g, 'body', $1::text) FROM generate_series(1, 20) g",
+            &[&body],
+        )
+        .await
+        .unwrap();
+
+    app.all_final(Duration::from_secs(60)).await;
+    assert_eq!(app.count("SELECT count(*) FROM notification WHERE status = 'delivered'").await, 20);
+    assert_eq!(app.count("SELECT count(*) FROM delivery").await, 20 * 100);
+    assert_eq!(app.expo.sent_count(), 2000);
+    // The newest 100: created 1 to 100 minutes ago.
+    let oldest_used = app
+        .count(
+            "SELECT max(substring(d.token from 'many([0-9]+)')::int8) FROM delivery x JOIN device d ON d.id = x.device_id",
+        )
+        .await;
+    assert_eq!(oldest_used, 100);
+    assert_no_actor_restarted(&app).await;
+    app.cleanup().await;
+}

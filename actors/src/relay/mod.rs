@@ -37,6 +37,9 @@ end
 return due
 ";
 
+/// Most bytes of jobs sent in one pipeline by [`Relay::enqueue`].
+pub const MAX_PIPELINE_BYTES: usize = 4 * 1024 * 1024;
+
 /// One entry read from a stream: a job, or the raw fields and why they are not one (with the
 /// target, when at least its ids could be read, so that its row can be failed too).
 #[derive(Debug, Clone)]
@@ -167,19 +170,30 @@ impl Relay {
         Ok(true)
     }
 
-    /// Writes jobs to their shards' streams, and the counters, in one pipeline.
+    /// Writes jobs to their shards' streams, and the counters, in one pipeline — or in several,
+    /// each of at most [`MAX_PIPELINE_BYTES`] of jobs: a fan-out to many devices of a large
+    /// payload is never serialized all at once.
     pub async fn enqueue(&self, jobs: &[Job], tally: &Tally, day: &str) -> Result<()> {
         if jobs.is_empty() && tally.is_empty() {
             return Ok(());
         }
         let mut cmds = self.counter_cmds(tally, day);
+        let mut bytes = 0;
         for job in jobs {
             let stream = self.keys.stream(job.shard(self.keys.shards()));
+            let json = job.to_json();
+            bytes += json.len();
             let mut xadd = redis::cmd("XADD");
-            xadd.arg(&stream).arg("*").arg(JOB_FIELD).arg(job.to_json());
+            xadd.arg(&stream).arg("*").arg(JOB_FIELD).arg(json);
             cmds.push((stream, xadd));
+            if bytes >= MAX_PIPELINE_BYTES {
+                self.conn().query_each::<Value>(std::mem::take(&mut cmds)).await?;
+                bytes = 0;
+            }
         }
-        self.conn().query_each::<Value>(cmds).await?;
+        if !cmds.is_empty() {
+            self.conn().query_each::<Value>(cmds).await?;
+        }
         Ok(())
     }
 
