@@ -87,6 +87,9 @@ pub struct FanOutRules<'a> {
     pub enabled: &'a dyn Fn(Provider) -> bool,
 }
 
+/// Longest device token sent (the API refuses longer ones at registration).
+pub const MAX_TOKEN_BYTES: usize = 4096;
+
 /// Longest `user_id` and `trace_id` accepted: both travel in every stream entry and log line.
 pub const MAX_ID_BYTES: usize = 256;
 
@@ -588,6 +591,11 @@ fn plan_targets(
         .filter(|d| channel.is_none_or(|c| c == d.provider))
         .map(|d| {
             let error = match d.provider.parse::<Provider>() {
+                // A device row written around the API can hold anything; its token travels in
+                // every stream entry and request.
+                _ if d.token.len() > MAX_TOKEN_BYTES => {
+                    Some(format!("token: {} bytes, over the limit of {MAX_TOKEN_BYTES}", d.token.len()))
+                }
                 Ok(p) if enabled(p) => None,
                 Ok(p) => Some(format!("provider {p} is not enabled in this deployment")),
                 Err(e) => Some(e),
@@ -758,6 +766,18 @@ mod tests {
         assert_eq!(targets.len(), 3);
         let err = plan_targets(&claimed(Some("apns"), json!({})), &devices, &all).err().unwrap();
         assert_eq!(err, "user u1 has no active apns device");
+    }
+
+    #[test]
+    fn a_device_whose_token_is_over_the_limit_fails_alone() {
+        let mut huge = device("expo");
+        huge.token = "t".repeat(MAX_TOKEN_BYTES + 1);
+        let targets = plan_targets(&claimed(None, json!({})), &[huge, device("expo")], &all).unwrap();
+        assert_eq!(
+            targets[0].error,
+            Some(format!("token: {} bytes, over the limit of {MAX_TOKEN_BYTES}", MAX_TOKEN_BYTES + 1))
+        );
+        assert_eq!(targets[1].error, None);
     }
 
     #[test]
