@@ -92,7 +92,7 @@ impl Application {
             let applied = migrate::run(&settings.pg_config()?).await?;
             info!(log, "migrations up to date"; "applied_now" => applied.join(","));
         }
-        let store = Store::new(pg_pool(&settings)?);
+        let store = Store::new(pg_pool(&settings)?).with_payload_limit(settings.payload.max_bytes);
         let keys = Keys::new(settings.redis.key_prefix.clone(), settings.redis.shards);
         let relay = Relay::connect(&settings.redis_endpoint(), keys, settings.redis.dlq_max_len).await?;
         warn_if_relay_keys_can_be_evicted(&relay, &log).await;

@@ -134,6 +134,15 @@ impl Payload {
     }
 }
 
+/// Reads a stored payload to show it back (the pull API), whatever it holds: its JSON when the
+/// relay can read it within `max_bytes`, else `None` (the failure's `error` says why).
+pub fn readable(text: &str, max_bytes: usize) -> Option<Value> {
+    if text.len() > max_bytes || nesting_exceeds(text.as_bytes(), MAX_DEPTH) {
+        return None;
+    }
+    serde_json::from_str(text).ok()
+}
+
 /// serde_json's message without its " at line L column C": the path says more.
 fn unreadable(path: String, e: &serde_json::Error) -> PayloadError {
     let reason = e.to_string();
@@ -284,6 +293,14 @@ mod tests {
         assert_eq!(err(&long), "payload.collapse_id is 65 bytes, over the limit of 64");
         // Titles and bodies may hold newlines.
         assert!(Payload::parse(r#"{"title": "two\nlines", "collapse_id": "ünïcode"}"#, MAX).is_ok());
+    }
+
+    #[test]
+    fn a_stored_payload_is_shown_back_only_when_readable() {
+        assert_eq!(readable(r#"{"title": 5}"#, MAX), Some(serde_json::json!({"title": 5})));
+        assert_eq!(readable(r#"{"n": 1e400}"#, MAX), None);
+        assert_eq!(readable(&format!("{}{}", "[".repeat(200), "]".repeat(200)), MAX), None);
+        assert_eq!(readable(&format!(r#""{}""#, "x".repeat(MAX)), MAX), None);
     }
 
     #[test]

@@ -353,3 +353,40 @@ async fn fan_out_is_capped_per_user_and_large_fan_outs_are_enqueued_in_parts() {
     assert_no_actor_restarted(&app).await;
     app.cleanup().await;
 }
+
+/// The pull API shows a user's failures whatever their payloads hold: one the relay cannot read
+/// (the reason it failed) or one over `payload.max_bytes` comes back as `null`, never a 500.
+#[actix_web::test]
+async fn failures_with_unreadable_or_oversized_payloads_are_listed_with_a_null_payload() {
+    use crate::tokens::{claims, hs256, HS_SECRET};
+    let mut app = crate::helpers::prepare().await;
+    app.env.insert("NOTIFY__AUTH__JWT_SECRET".into(), HS_SECRET.into());
+    app.start().await;
+    let rows = poison_rows();
+    let mut tx = String::from("BEGIN;");
+    for (_, payload, error) in &rows {
+        tx.push_str(&format!(
+            "WITH n AS (INSERT INTO notification (user_id, type, payload, status, last_error)
+                        VALUES ('pat', 't', '{p}', 'failed', '{e}') RETURNING id, payload)
+             INSERT INTO notification_failed (notification_id, user_id, error, attempt_count, payload)
+             SELECT id, 'pat', '{e}', 0, payload FROM n;",
+            p = payload.replace('\'', "''"),
+            e = error.replace('\'', "''"),
+        ));
+    }
+    tx.push_str("COMMIT;");
+    app.db.batch_execute(&tx).await.expect("insert failures");
+
+    let token = hs256(HS_SECRET.as_bytes(), &claims("pat", 3600));
+    let (status, body) = app.get("/users/pat/notifications/failed?limit=100", Some(&token)).await;
+    assert_eq!(status, 200, "{body}");
+    let items = body["items"].as_array().expect("items");
+    assert_eq!(items.len(), rows.len());
+    let payload_of = |error: &str| items.iter().find(|i| i["error"] == error).map(|i| i["payload"].clone());
+    for (kind, _, error) in &rows {
+        let payload = payload_of(error).unwrap_or_else(|| panic!("{kind} missing"));
+        let readable = !matches!(*kind, "number beyond f64" | "300-deep nesting" | "1 MiB payload");
+        assert_eq!(payload.is_null(), !readable, "{kind}: {payload}");
+    }
+    app.cleanup().await;
+}

@@ -19,7 +19,8 @@ pub struct FailedNotification {
     pub user_id: String,
     pub error: String,
     pub attempt_count: i32,
-    /// The notification's payload as it was inserted.
+    /// The notification's payload as it was inserted; null when it is over `payload.max_bytes`
+    /// or cannot be read as JSON (the `error` says which).
     #[cfg_attr(feature = "openapi", schema(value_type = Object))]
     pub payload: Value,
     pub failed_at: DateTime<Utc>,
@@ -74,15 +75,23 @@ impl Store {
         // (user_id, failed_at DESC, id DESC) is notification_failed_user_idx: one index range.
         let rows = client
             .query(
-                "SELECT id, notification_id, user_id, error, attempt_count, payload, failed_at, retried_at
+                "SELECT id, notification_id, user_id, error, attempt_count,
+                        CASE WHEN octet_length(payload::text) <= $5::int8 THEN payload::text END,
+                        failed_at, retried_at
                    FROM notification_failed
                   WHERE user_id = $1
                     AND ($2::timestamptz IS NULL OR (failed_at, id) < ($2, $3))
                   ORDER BY failed_at DESC, id DESC
                   LIMIT $4",
-                &[&user, &at, &id, &limit],
+                &[&user, &at, &id, &limit, &(self.max_payload_bytes as i64)],
             )
             .await?;
+        // The payload is read as text: a failure is often *about* a payload serde_json cannot
+        // read (1e400, deep nesting) or one over the limit; it is shown as null then.
+        let max = self.max_payload_bytes;
+        let payload = |r: &tokio_postgres::Row| {
+            r.try_get::<_, Option<String>>(5).ok().flatten().and_then(|t| crate::payload::readable(&t, max))
+        };
         Ok(rows
             .iter()
             .map(|r| FailedNotification {
@@ -91,7 +100,7 @@ impl Store {
                 user_id: r.get(2),
                 error: r.get(3),
                 attempt_count: r.get(4),
-                payload: r.get(5),
+                payload: payload(r).unwrap_or(Value::Null),
                 failed_at: r.get(6),
                 retried_at: r.get(7),
             })

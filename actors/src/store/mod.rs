@@ -26,6 +26,8 @@ pub type Target = (Uuid, Uuid);
 #[derive(Clone)]
 pub struct Store {
     pool: Pool,
+    /// Largest payload the API hands back (`payload.max_bytes`).
+    max_payload_bytes: usize,
 }
 
 /// What one fan-out transaction produced.
@@ -110,7 +112,12 @@ struct Planned {
 
 impl Store {
     pub fn new(pool: Pool) -> Self {
-        Store { pool }
+        Store { pool, max_payload_bytes: InputLimits::default().payload_max_bytes }
+    }
+
+    /// The same store, handing back payloads of at most `max_bytes` through the API.
+    pub fn with_payload_limit(self, max_bytes: usize) -> Self {
+        Store { max_payload_bytes: max_bytes, ..self }
     }
 
     pub fn pool(&self) -> &Pool {
