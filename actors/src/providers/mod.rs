@@ -7,6 +7,7 @@ pub mod expo;
 pub mod fcm;
 
 use crate::circuit::Health;
+pub use crate::job::{bounded, MAX_ERROR_BYTES};
 use crate::job::{Job, Provider, SendResult};
 use crate::ratelimit::Limits;
 use crate::settings::EngineSettings;
@@ -82,15 +83,20 @@ pub fn enabled(settings: &EngineSettings) -> Result<Vec<EnabledProvider>, String
     Ok(enabled)
 }
 
-/// `Retry-After`: delay-seconds or an HTTP-date.
+/// The longest `Retry-After` taken from a provider; a longer one is read as this. (The retry
+/// policy clamps again, to `retry.max_ms`; this bound keeps `now + after` far from overflowing
+/// whatever a provider or a proxy sends.)
+pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(24 * 3600);
+
+/// `Retry-After`: delay-seconds or an HTTP-date, at most [`MAX_RETRY_AFTER`].
 pub fn retry_after(headers: &awc::http::header::HeaderMap) -> Option<Duration> {
     let value = headers.get("retry-after")?.to_str().ok()?.trim();
     if let Ok(secs) = value.parse::<u64>() {
-        return Some(Duration::from_secs(secs));
+        return Some(Duration::from_secs(secs).min(MAX_RETRY_AFTER));
     }
     let at = chrono::DateTime::parse_from_rfc2822(value).ok()?;
     let wait = at.signed_duration_since(chrono::Utc::now()).to_std().unwrap_or(Duration::ZERO);
-    Some(wait)
+    Some(wait.min(MAX_RETRY_AFTER))
 }
 
 /// Several requests (one per message) as one [`Response`]: the provider is in trouble when any
