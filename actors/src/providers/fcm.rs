@@ -221,16 +221,24 @@ pub fn token_answer(status: u16, body: &[u8]) -> Result<(String, Duration), Toke
             let early = REFRESH_BEFORE.min(lifetime / 2);
             Ok((parsed.access_token, lifetime - early))
         }
-        400 | 401 | 403 => Err(TokenError::Refused(format!(
+        400 | 401 | 403 => Err(TokenError::Refused(bounded(format!(
             "fcm: token endpoint refused the service account ({status}): {}",
             snippet(body)
-        ))),
-        _ => Err(TokenError::Unavailable(format!("fcm: token endpoint answered {status}: {}", snippet(body)))),
+        )))),
+        _ => Err(TokenError::Unavailable(bounded(format!("fcm: token endpoint answered {status}: {}", snippet(body))))),
     }
 }
 
+/// The start of a body, for an error: at most 200 bytes of text (each invalid UTF-8 byte becomes
+/// a 3-byte `�`, so the cut comes after the conversion).
 fn snippet(body: &[u8]) -> String {
-    String::from_utf8_lossy(&body[..body.len().min(200)]).trim().to_string()
+    let mut text = String::from_utf8_lossy(&body[..body.len().min(200)]).trim().to_string();
+    let mut end = text.len().min(200);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    text.truncate(end);
+    text
 }
 
 /// FCM messages are sent one per request; a sender gathers this many and sends them together.
@@ -649,6 +657,19 @@ mod tests {
         assert_eq!((token.as_str(), refresh_in), ("t", MAX_TOKEN_LIFETIME - REFRESH_BEFORE));
         let (_, refresh_in) = token_answer(200, br#"{"access_token":"t","expires_in":3599}"#).expect("token");
         assert_eq!(refresh_in, Duration::from_secs(3599) - REFRESH_BEFORE);
+    }
+
+    #[test]
+    fn a_binary_token_endpoint_answer_gives_a_bounded_error() {
+        // Found by the `fcm` fuzz target: 200 bytes that are not UTF-8 became 600 bytes of `�`.
+        for status in [255, 400, 503] {
+            let (Err(TokenError::Refused(e)) | Err(TokenError::Unavailable(e))) = token_answer(status, &[0xff; 300])
+            else {
+                panic!("{status} gave a token");
+            };
+            assert!(e.len() <= crate::providers::MAX_ERROR_BYTES, "{status}: {} bytes", e.len());
+        }
+        assert!(snippet(&[0xff; 300]).len() <= 200);
     }
 
     #[test]

@@ -236,10 +236,12 @@ pub(crate) mod check {
         })
     }
 
-    /// Bodies: any bytes, or JSON, or text far longer than any error may be.
+    /// Bodies: any bytes, bytes that never occur in UTF-8 (0xF5..=0xFF: each becomes a 3-byte
+    /// `�`), JSON, or text far longer than any error may be.
     pub(crate) fn body() -> impl Strategy<Value = Vec<u8>> {
         prop_oneof![
             prop::collection::vec(any::<u8>(), 0..300),
+            prop::collection::vec(0xf5u8.., 150..400),
             crate::job::proptests::json_value().prop_map(|v| v.to_string().into_bytes()),
             "\\PC{600,3000}".prop_map(String::into_bytes),
         ]
