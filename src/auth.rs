@@ -10,6 +10,7 @@
 
 use crate::configuration::{AuthSettings, Secret};
 use crate::error::ApiError;
+use actix_web::http::header::HeaderValue;
 use actix_web::HttpRequest;
 use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, JwkSet, KeyAlgorithm, PublicKeyUse};
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
@@ -302,9 +303,13 @@ impl Authenticator {
 }
 
 fn bearer(req: &HttpRequest) -> Result<&str, ApiError> {
-    let value = req
-        .headers()
-        .get("authorization")
+    bearer_token(req.headers().get("authorization"))
+}
+
+/// The token of an `Authorization: Bearer <token>` header (the scheme in any case, the token
+/// trimmed), or the 401 for a missing or malformed one.
+pub(crate) fn bearer_token(header: Option<&HeaderValue>) -> Result<&str, ApiError> {
+    let value = header
         .ok_or_else(|| unauthorized("missing Authorization header"))?
         .to_str()
         .map_err(|_| unauthorized("unreadable Authorization header"))?;
@@ -358,5 +363,215 @@ mod tests {
         assert!(Caller::User("a".into()).may_act_for("a").is_ok());
         assert!(matches!(Caller::User("a".into()).may_act_for("b"), Err(ApiError::Forbidden(_))));
         assert!(Caller::Service.may_act_for("b").is_ok());
+    }
+}
+
+#[cfg(test)]
+mod proptests {
+    use super::*;
+    use actix_web::ResponseError;
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    use base64::Engine;
+    use jsonwebtoken::EncodingKey;
+    use proptest::prelude::*;
+    use serde_json::{json, Value};
+    use std::future::Future;
+    use std::task::{Context, Poll, Waker};
+
+    const SECRET: &str = "the-configured-hs256-secret";
+    const ISSUER: &str = "https://project.supabase.co/auth/v1";
+    const AUDIENCE: &str = "authenticated";
+
+    fn authenticator(checks_iss_and_aud: bool) -> Authenticator {
+        let settings = AuthSettings {
+            admin_token: None,
+            jwks_url: None,
+            jwks_file: None,
+            jwt_secret: Some(Secret::new(SECRET)),
+            issuer: checks_iss_and_aud.then(|| ISSUER.to_string()),
+            audience: checks_iss_and_aud.then(|| AUDIENCE.to_string()),
+            leeway_secs: 30,
+            jwks_cache_ms: 60_000,
+            jwks_min_refresh_ms: 10_000,
+        };
+        Authenticator::new(&settings).expect("authenticator")
+    }
+
+    /// `verify` with only a secret configured never waits for anything: run it to completion.
+    fn verify(auth: &Authenticator, token: &str) -> Result<Caller, ApiError> {
+        let mut fut = std::pin::pin!(auth.verify(token));
+        match fut.as_mut().poll(&mut Context::from_waker(Waker::noop())) {
+            Poll::Ready(result) => result,
+            Poll::Pending => panic!("verify waited without a JWKS to fetch"),
+        }
+    }
+
+    fn assert_401(result: &Result<Caller, ApiError>) {
+        match result {
+            Err(e @ ApiError::Unauthorized(_)) => assert_eq!(e.status_code().as_u16(), 401),
+            other => panic!("expected a 401, got {other:?}"),
+        }
+    }
+
+    fn json_value() -> impl Strategy<Value = Value> {
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::Bool),
+            any::<i64>().prop_map(Value::from),
+            any::<f64>().prop_map(|f| serde_json::Number::from_f64(f).map_or(Value::Null, Value::Number)),
+            any::<String>().prop_map(Value::String),
+        ];
+        leaf.prop_recursive(3, 16, 4, |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..4).prop_map(Value::Array),
+                prop::collection::btree_map("\\PC{0,8}", inner, 0..4)
+                    .prop_map(|m| Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+
+    /// A JSON object written field by field, in the given order.
+    fn object(fields: &[(String, Value)], order: &[usize]) -> String {
+        let parts: Vec<String> = order
+            .iter()
+            .filter_map(|i| fields.get(*i))
+            .map(|(k, v)| format!("{}:{v}", Value::String(k.clone())))
+            .collect();
+        format!("{{{}}}", parts.join(","))
+    }
+
+    fn sign(header: &str, claims: &str) -> String {
+        let body = format!("{}.{}", URL_SAFE_NO_PAD.encode(header), URL_SAFE_NO_PAD.encode(claims));
+        let key = EncodingKey::from_secret(SECRET.as_bytes());
+        let sig = jsonwebtoken::crypto::sign(body.as_bytes(), &key, Algorithm::HS256).expect("sign");
+        format!("{body}.{sig}")
+    }
+
+    /// A valid token: header and claims in any field order, optional `typ`/`kid`, optional
+    /// `iat`/`nbf`/role, unknown claims of any JSON value; `iss`/`aud` when they are checked.
+    fn valid_token(checks_iss_and_aud: bool) -> impl Strategy<Value = (String, Caller)> {
+        let now = chrono::Utc::now().timestamp();
+        let role = proptest::option::of(prop::sample::select(vec!["authenticated", "anon", SERVICE_ROLE]));
+        let extra = prop::collection::vec(("[a-z_]{1,8}", json_value()), 0..4);
+        (
+            "\\PC{1,40}",
+            60i64..100_000_000,
+            role,
+            proptest::option::of(0i64..100_000),
+            any::<bool>(),
+            extra,
+            any::<bool>(),
+            any::<bool>(),
+            Just((0..12).collect::<Vec<usize>>()).prop_shuffle(),
+            Just((0..3).collect::<Vec<usize>>()).prop_shuffle(),
+        )
+            .prop_map(
+                move |(sub, exp_in, role, nbf_ago, with_iat, extra, typ, kid, claim_order, header_order)| {
+                    let mut claims = vec![("sub".to_string(), json!(sub)), ("exp".to_string(), json!(now + exp_in))];
+                    if let Some(role) = role {
+                        claims.push(("role".into(), json!(role)));
+                    }
+                    if let Some(ago) = nbf_ago {
+                        claims.push(("nbf".into(), json!(now - ago)));
+                    }
+                    if with_iat {
+                        claims.push(("iat".into(), json!(now)));
+                    }
+                    if checks_iss_and_aud {
+                        claims.push(("iss".into(), json!(ISSUER)));
+                        claims.push(("aud".into(), if typ { json!(AUDIENCE) } else { json!(["other", AUDIENCE]) }));
+                    }
+                    claims.extend(extra.into_iter().map(|(k, v)| (format!("x_{k}"), v)));
+                    let mut order = claim_order;
+                    order.extend(12..claims.len());
+                    let mut header = vec![("alg".to_string(), json!("HS256"))];
+                    if typ {
+                        header.push(("typ".into(), json!("JWT")));
+                    }
+                    if kid {
+                        header.push(("kid".into(), json!("any")));
+                    }
+                    let token = sign(&object(&header, &header_order), &object(&claims, &order));
+                    let caller = match role {
+                        Some(SERVICE_ROLE) => Caller::Service,
+                        _ => Caller::User(sub),
+                    };
+                    (token, caller)
+                },
+            )
+    }
+
+    /// Three dot-separated segments of base64url of anything, or of JSON that looks like a JWT.
+    fn jwt_shaped() -> impl Strategy<Value = String> {
+        let segment = prop_oneof![
+            prop::collection::vec(any::<u8>(), 0..64),
+            prop::sample::select(vec![
+                r#"{"alg":"HS256"}"#,
+                r#"{"alg":"none"}"#,
+                r#"{"alg":"ES256","kid":"k"}"#,
+                r#"{"alg":"RS256"}"#,
+                r#"{"alg":"HS512"}"#,
+                r#"{"sub":"u","exp":99999999999}"#,
+                r#"{"exp":"soon"}"#,
+                "{}",
+                "[]",
+                "null",
+            ])
+            .prop_map(|s| s.as_bytes().to_vec()),
+            json_value().prop_map(|v| v.to_string().into_bytes()),
+        ];
+        (segment.clone(), segment.clone(), segment, any::<bool>()).prop_map(|(h, c, s, plain)| {
+            let e = |b: &[u8]| URL_SAFE_NO_PAD.encode(b);
+            match plain {
+                true => format!("{}.{}.{}", e(&h), e(&c), e(&s)),
+                false => format!("{}.{}.{}", e(&h), e(&c), String::from_utf8_lossy(&s)),
+            }
+        })
+    }
+
+    proptest! {
+        #[test]
+        fn any_authorization_header_gives_its_token_or_a_401(value in prop_oneof![
+            prop::collection::vec(any::<u8>(), 0..80),
+            "(?i:bearer)[ \t]{0,3}\\PC{0,40}".prop_map(String::into_bytes),
+        ]) {
+            let Ok(header) = HeaderValue::from_bytes(&value) else { return Ok(()) };
+            match bearer_token(Some(&header)) {
+                Ok(token) => {
+                    let text = header.to_str().unwrap();
+                    let (scheme, rest) = text.split_once(' ').unwrap();
+                    prop_assert!(scheme.eq_ignore_ascii_case("bearer"));
+                    prop_assert_eq!(token, rest.trim());
+                    prop_assert!(!token.is_empty());
+                }
+                Err(e) => prop_assert_eq!(e.status_code().as_u16(), 401),
+            }
+        }
+
+        #[test]
+        fn any_string_as_a_token_is_a_401(token in prop_oneof![any::<String>(), jwt_shaped()], checks in any::<bool>()) {
+            assert_401(&verify(&authenticator(checks), &token));
+        }
+
+        #[test]
+        fn a_valid_token_is_accepted_whatever_the_order_of_its_fields((token, caller) in valid_token(false)) {
+            prop_assert_eq!(verify(&authenticator(false), &token).ok(), Some(caller));
+        }
+
+        #[test]
+        fn a_valid_token_with_the_configured_issuer_and_audience_is_accepted((token, caller) in valid_token(true)) {
+            prop_assert_eq!(verify(&authenticator(true), &token).ok(), Some(caller));
+            // The same token where iss/aud are not checked is accepted too.
+            prop_assert!(verify(&authenticator(false), &token).is_ok());
+        }
+
+        #[test]
+        fn a_token_changed_anywhere_is_a_401((token, _) in valid_token(false), at in any::<prop::sample::Index>(), to in "[A-Za-z0-9_.=+/-]") {
+            let at = at.index(token.len());
+            let mut changed = token.clone();
+            changed.replace_range(at..at + 1, &to);
+            prop_assume!(changed != token);
+            assert_401(&verify(&authenticator(false), &changed));
+        }
     }
 }

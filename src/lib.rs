@@ -7,6 +7,8 @@ pub mod auth;
 pub mod cli;
 pub mod configuration;
 pub mod error;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod loadgen;
 pub mod migrate;
 pub mod mock;

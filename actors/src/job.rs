@@ -135,7 +135,7 @@ impl Job {
     }
 
     pub fn from_json(raw: &[u8]) -> Result<Self, String> {
-        serde_json::from_slice(raw).map_err(|e| format!("malformed job: {e}"))
+        serde_json::from_slice(raw).map_err(|e| bounded(format!("malformed job: {e}")))
     }
 
     /// The target named by an entry that is not a whole job (a field missing or malformed),
@@ -153,6 +153,26 @@ impl Job {
 
 pub fn shard_of(notification_id: Uuid, shards: u16) -> u16 {
     (notification_id.as_u128() % u128::from(shards.max(1))) as u16
+}
+
+/// The longest error a provider classifier or the entry parser returns, in bytes. Errors end up
+/// in `last_error`, the dead-letter stream, logs and the circuit's state: a 4 MiB body or a
+/// 100 kB SMTP reply must not be copied into each of them.
+pub const MAX_ERROR_BYTES: usize = 512;
+
+/// `error`, cut to at most [`MAX_ERROR_BYTES`] on a character boundary (with `…` when cut).
+pub fn bounded(mut error: String) -> String {
+    const ELLIPSIS: &str = "…";
+    if error.len() <= MAX_ERROR_BYTES {
+        return error;
+    }
+    let mut end = MAX_ERROR_BYTES - ELLIPSIS.len();
+    while !error.is_char_boundary(end) {
+        end -= 1;
+    }
+    error.truncate(end);
+    error.push_str(ELLIPSIS);
+    error
 }
 
 /// Where a job came from in Redis, so its outcome can be acknowledged.
@@ -248,6 +268,15 @@ mod tests {
     }
 
     #[test]
+    fn a_payload_number_keeps_its_exact_value_through_the_stream() {
+        // Found by `every_job_survives_a_round_trip_through_json`: without serde_json's
+        // `float_roundtrip`, this number came back one ULP off.
+        let mut j = job();
+        j.payload = serde_json::json!({"x": -1.7412071854123407e-293, "y": [0.1, 1e308, 5e-324]}).into();
+        assert_eq!(Job::from_json(j.to_json().as_bytes()).unwrap().payload, j.payload);
+    }
+
+    #[test]
     fn garbage_is_reported_as_a_malformed_job() {
         let err = Job::from_json(b"{\"notification_id\": 3}").unwrap_err();
         assert!(err.starts_with("malformed job:"), "{err}");
@@ -269,5 +298,117 @@ mod tests {
     fn unknown_providers_are_named_in_the_error() {
         assert_eq!("fcm".parse::<Provider>(), Ok(Provider::Fcm));
         assert!("sms".parse::<Provider>().unwrap_err().contains("`sms`"));
+    }
+}
+
+/// Property tests of the job decoder, and the strategies other modules' property tests use to
+/// make jobs and JSON values.
+#[cfg(test)]
+pub(crate) mod proptests {
+    use super::*;
+    use proptest::prelude::*;
+    use serde_json::Value;
+
+    /// Any JSON value serde_json can hold: finite numbers, any strings, nesting a few levels deep.
+    pub(crate) fn json_value() -> impl Strategy<Value = Value> {
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::Bool),
+            any::<i64>().prop_map(Value::from),
+            any::<u64>().prop_map(Value::from),
+            any::<f64>().prop_map(|f| serde_json::Number::from_f64(f).map_or(Value::Null, Value::Number)),
+            any::<String>().prop_map(Value::String),
+        ];
+        leaf.prop_recursive(4, 48, 6, |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..6).prop_map(Value::Array),
+                prop::collection::btree_map(any::<String>(), inner, 0..6)
+                    .prop_map(|m| Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+
+    /// Any JSON object, as a payload.
+    pub(crate) fn payload() -> impl Strategy<Value = Value> {
+        prop::collection::btree_map(any::<String>(), json_value(), 0..6)
+            .prop_map(|m| Value::Object(m.into_iter().collect()))
+    }
+
+    pub(crate) fn job() -> impl Strategy<Value = Job> {
+        let ids = (any::<u128>(), any::<u128>());
+        let provider = prop::sample::select(Provider::ALL.to_vec());
+        let priority = prop_oneof![Just(Priority::Normal), Just(Priority::High)];
+        let strings = (any::<String>(), any::<String>(), any::<String>());
+        let counts = (any::<u32>(), any::<u32>(), any::<bool>());
+        (ids, provider, strings, payload(), priority, counts).prop_map(
+            |((n, d), provider, (user_id, token, trace_id), payload, priority, (attempt, targets, requeued))| Job {
+                notification_id: Uuid::from_u128(n),
+                device_id: Uuid::from_u128(d),
+                user_id,
+                provider,
+                token,
+                payload: Arc::new(payload),
+                priority,
+                trace_id,
+                attempt,
+                targets,
+                requeued,
+            },
+        )
+    }
+
+    proptest! {
+        #[test]
+        fn any_bytes_decode_to_a_job_or_a_bounded_malformed_job_error(raw in prop::collection::vec(any::<u8>(), 0..512)) {
+            if let Err(reason) = Job::from_json(&raw) {
+                prop_assert!(reason.starts_with("malformed job: "), "{}", reason);
+                prop_assert!(reason.len() <= MAX_ERROR_BYTES, "{} bytes", reason.len());
+            }
+        }
+
+        #[test]
+        fn every_job_survives_a_round_trip_through_json(job in job()) {
+            prop_assert_eq!(Job::from_json(job.to_json().as_bytes()), Ok(job));
+        }
+
+        #[test]
+        fn a_job_decodes_whatever_the_order_of_its_fields_and_with_unknown_ones(
+            job in job(),
+            order in Just((0..13).collect::<Vec<usize>>()).prop_shuffle(),
+            extra in any::<String>(),
+        ) {
+            // A JSON object written by another version: fields in any order, one we do not know.
+            let Value::Object(fields) = serde_json::to_value(&job).unwrap() else { unreachable!() };
+            let mut fields: Vec<(String, Value)> = fields.into_iter().collect();
+            fields.push((format!("x-{extra}"), Value::from(1)));
+            let mut text = String::from("{");
+            for (i, at) in order.iter().filter(|at| **at < fields.len()).enumerate() {
+                let (key, value) = &fields[*at];
+                if i > 0 {
+                    text.push(',');
+                }
+                text.push_str(&format!("{}:{}", Value::String(key.clone()), value));
+            }
+            text.push('}');
+            prop_assert_eq!(Job::from_json(text.as_bytes()), Ok(job));
+        }
+
+        #[test]
+        fn a_long_malformed_job_gives_a_reason_of_bounded_length(junk in "\\PC{600,2000}") {
+            // serde_json quotes the offending string in its message.
+            let raw = serde_json::json!({ "notification_id": junk }).to_string();
+            let reason = Job::from_json(raw.as_bytes()).unwrap_err();
+            prop_assert!(reason.len() <= MAX_ERROR_BYTES, "{} bytes", reason.len());
+        }
+
+        #[test]
+        fn bounded_errors_are_a_prefix_of_the_original_within_the_limit(error in "\\PC{0,700}") {
+            let cut = bounded(error.clone());
+            prop_assert!(cut.len() <= MAX_ERROR_BYTES);
+            match cut.strip_suffix('…') {
+                Some(kept) if error.len() > MAX_ERROR_BYTES => prop_assert!(error.starts_with(kept)),
+                _ => prop_assert_eq!(cut, error),
+            }
+        }
     }
 }

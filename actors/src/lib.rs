@@ -14,6 +14,8 @@ pub mod dispatcher;
 pub mod engine;
 pub mod error;
 pub mod events;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod inflight;
 pub mod job;
 pub mod keys;

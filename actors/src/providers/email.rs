@@ -11,7 +11,7 @@
 //!
 //! `smtp_url` carries the password: it is never logged, displayed or put in an error.
 
-use super::{combine, ProviderClient};
+use super::{bounded, combine, ProviderClient};
 use crate::circuit::Health;
 use crate::job::{Job, Provider, SendResult};
 use crate::settings::EmailSettings;
@@ -371,9 +371,7 @@ impl Inner {
         match sent {
             Ok(Ok(reply)) => {
                 self.last_454.set(None);
-                let text: Vec<&str> = reply.message().collect();
-                let id = Some(format!("{} {}", u16::from(reply.code()), text.join(" ")).trim().to_string());
-                (SendResult::Delivered { provider_message_id: id }, Health::Up)
+                (accepted(&reply), Health::Up)
             }
             Ok(Err(failure)) => {
                 let repeated = matches!(failure, Failure::Reply { code: 454, .. }) && self.repeated_454();
@@ -498,19 +496,27 @@ pub fn enhanced_code(text: &str) -> Option<(u8, u16, u16)> {
     Some((class, subject, detail))
 }
 
+/// The result of the reply that accepted a message: delivered, with the reply (code and text,
+/// which usually names the relay's queue id) as the provider's message id.
+pub fn accepted(reply: &Reply) -> SendResult {
+    let text: Vec<&str> = reply.message().collect();
+    let id = Some(format!("{} {}", u16::from(reply.code()), text.join(" ")).trim().to_string());
+    SendResult::Delivered { provider_message_id: id }
+}
+
 /// PROVIDERS.md's SMTP table. `repeated_454` says whether a 454 follows another one closely.
 pub fn classify(failure: &Failure, repeated_454: bool) -> (SendResult, Health) {
     let retry = |error: String| SendResult::Retry { error, after: None };
     match failure {
         Failure::Reply { code, text } => {
-            let error = format!("email: {code} {}", text.replace(['\r', '\n'], " ").trim());
+            let error = bounded(format!("email: {code} {}", text.replace(['\r', '\n'], " ").trim()));
             let enhanced = enhanced_code(text);
             match code {
                 200..=399 => (SendResult::Delivered { provider_message_id: None }, Health::Up),
                 // The relay is going away or overloaded: everything sent there now would fail.
                 421 => (retry(error.clone()), Health::Outage(error)),
                 454 if repeated_454 => {
-                    let error = format!("{error} (repeated)");
+                    let error = bounded(format!("{error} (repeated)"));
                     (SendResult::Auth { error: error.clone() }, Health::AuthFailure(error))
                 }
                 // Temporary authentication failure: the relay's side, not this mailbox's.
@@ -525,18 +531,19 @@ pub fn classify(failure: &Failure, repeated_454: bool) -> (SendResult, Health) {
             }
         }
         Failure::Network(e) => {
-            let error = format!("email: {e}");
+            let error = bounded(format!("email: {e}"));
             (retry(error.clone()), Health::Outage(error))
         }
         Failure::Timeout(after, relay) => {
-            let error = format!("email: no answer from the SMTP relay {relay} within {} ms", after.as_millis());
+            let error =
+                bounded(format!("email: no answer from the SMTP relay {relay} within {} ms", after.as_millis()));
             (retry(error.clone()), Health::Outage(error))
         }
         Failure::Certificate(e) | Failure::Setup(e) => {
-            let error = format!("email: {e}");
+            let error = bounded(format!("email: {e}"));
             (SendResult::Auth { error: error.clone() }, Health::AuthFailure(error))
         }
-        Failure::Message(e) => (SendResult::Permanent { error: format!("email: {e}") }, Health::Up),
+        Failure::Message(e) => (SendResult::Permanent { error: bounded(format!("email: {e}")) }, Health::Up),
     }
 }
 
@@ -701,6 +708,17 @@ mod tests {
     }
 
     #[test]
+    fn a_long_reply_is_cut_to_a_bounded_error() {
+        // lettre accepts replies of up to 100 kB; the error keeps their start.
+        let (result, health) = reply(554, &format!("5.7.1 {}", "no ".repeat(30_000)));
+        assert!(result.error().is_some_and(|e| e.len() <= crate::providers::MAX_ERROR_BYTES), "{result:?}");
+        let (result, health_454) = classify(&Failure::Reply { code: 454, text: "x".repeat(5_000) }, true);
+        assert!(result.error().is_some_and(|e| e.len() <= crate::providers::MAX_ERROR_BYTES), "{result:?}");
+        assert!(matches!(health_454, Health::AuthFailure(e) if e.len() <= crate::providers::MAX_ERROR_BYTES));
+        assert_eq!(health, Health::Up);
+    }
+
+    #[test]
     fn smtp_urls_are_parsed_without_echoing_them() {
         let r = Relay::parse("smtp://127.0.0.1:2525").unwrap();
         assert_eq!(
@@ -781,5 +799,126 @@ mod tests {
         let big = json!({"body": "x".repeat(MAX_MESSAGE_BYTES)});
         let (result, _) = message(&job("a@example.org", big), &from).unwrap_err();
         assert!(result.error().unwrap().starts_with("email: message too large: "), "{result:?}");
+    }
+}
+
+#[cfg(test)]
+mod proptests {
+    use super::*;
+    use crate::providers::check::{assert_one_class, class};
+    use proptest::prelude::*;
+
+    /// PROVIDERS.md's SMTP table.
+    fn documented(code: u16, text: &str, repeated_454: bool) -> &'static str {
+        match code {
+            200..=299 => "OK",
+            454 if repeated_454 => "AUTH",
+            400..=499 => "RETRY",
+            530 | 534 | 535 | 538 => "AUTH",
+            550 | 551 | 553 if matches!(enhanced_code(text), Some((5, 1, _))) => "INVALID",
+            _ => "PERM",
+        }
+    }
+
+    #[test]
+    fn every_documented_reply_read_from_the_wire_maps_to_its_class() {
+        let rows: &[(&str, bool, &str)] = &[
+            ("250 2.0.0 Ok: queued as 4Bc1\r\n", false, "OK"),
+            ("421 4.3.2 Service not available, closing channel\r\n", false, "RETRY"),
+            ("450 4.2.1 Mailbox busy\r\n", false, "RETRY"),
+            ("451 4.3.0 Local error\r\n", false, "RETRY"),
+            ("452 4.3.1 Insufficient storage\r\n", false, "RETRY"),
+            ("455 4.5.4 Parameters cannot be accommodated\r\n", false, "RETRY"),
+            ("454 4.7.0 Temporary authentication failure\r\n", false, "RETRY"),
+            ("454 4.7.0 Temporary authentication failure\r\n", true, "AUTH"),
+            ("530 5.7.0 Authentication required\r\n", false, "AUTH"),
+            ("534 5.7.9 Mechanism too weak\r\n", false, "AUTH"),
+            ("535 5.7.8 Authentication credentials invalid\r\n", false, "AUTH"),
+            ("538 5.7.11 Encryption required\r\n", false, "AUTH"),
+            ("550-5.1.1 The email account does not exist.\r\n550 5.1.1 Try again.\r\n", false, "INVALID"),
+            ("551 5.1.6 User has moved\r\n", false, "INVALID"),
+            ("553 5.1.3 Bad destination syntax\r\n", false, "INVALID"),
+            ("550 5.7.1 Relaying denied\r\n", false, "PERM"),
+            ("500 5.5.2 Syntax error\r\n", false, "PERM"),
+            ("501 5.5.4 Bad arguments\r\n", false, "PERM"),
+            ("502 5.5.1 Not implemented\r\n", false, "PERM"),
+            ("503 5.5.1 Bad sequence\r\n", false, "PERM"),
+            ("504 5.5.4 Not implemented\r\n", false, "PERM"),
+            ("552 5.3.4 Message too big\r\n", false, "PERM"),
+            ("554 5.7.1 Rejected by policy\r\n", false, "PERM"),
+        ];
+        for (wire, repeated, expected) in rows {
+            let (result, health) = from_the_wire(wire, *repeated).expect("lettre parses the reply");
+            assert_one_class(&result, &health);
+            assert_eq!(class(&result), *expected, "{wire:?}");
+        }
+    }
+
+    /// What the client makes of a reply lettre read: `accepted` for a positive one, else the
+    /// failure lettre reports (code, and the lines joined) classified.
+    fn from_the_wire(wire: &str, repeated_454: bool) -> Option<(SendResult, Health)> {
+        let reply: Reply = wire.parse().ok()?;
+        if reply.is_positive() {
+            return Some((accepted(&reply), Health::Up));
+        }
+        let text = reply.message().collect::<Vec<_>>().join(" ");
+        Some(classify(&Failure::Reply { code: u16::from(reply.code()), text }, repeated_454))
+    }
+
+    fn reply_text() -> impl Strategy<Value = String> {
+        prop_oneof!["[245]\\.[0-9]{1,3}\\.[0-9]{1,3}( \\PC{0,40})?", any::<String>(), "\\PC{600,2000}",]
+    }
+
+    proptest! {
+        #[test]
+        fn any_reply_is_one_class_and_its_documented_one(
+            code in prop_oneof![200u16..600, any::<u16>()],
+            text in reply_text(),
+            repeated_454 in any::<bool>(),
+        ) {
+            let (result, health) = classify(&Failure::Reply { code, text: text.clone() }, repeated_454);
+            assert_one_class(&result, &health);
+            if (200..600).contains(&code) && !(300..400).contains(&code) {
+                prop_assert_eq!(class(&result), documented(code, &text, repeated_454));
+            }
+        }
+
+        #[test]
+        fn any_connection_failure_is_one_class(text in reply_text(), ms in any::<u64>()) {
+            for failure in [
+                Failure::Network(text.clone()),
+                Failure::Timeout(Duration::from_millis(ms), text.clone()),
+                Failure::Certificate(text.clone()),
+                Failure::Setup(text.clone()),
+                Failure::Message(text.clone()),
+            ] {
+                let (result, health) = classify(&failure, false);
+                assert_one_class(&result, &health);
+            }
+        }
+
+        #[test]
+        fn any_reply_lettre_reads_is_one_class(
+            lines in prop::collection::vec(reply_text(), 1..4),
+            code in prop_oneof![prop::sample::select(vec![250u16, 421, 450, 454, 535, 550, 553, 554]), 200u16..600],
+            repeated_454 in any::<bool>(),
+        ) {
+            let last = lines.len() - 1;
+            let wire: String = lines
+                .iter()
+                .enumerate()
+                .map(|(i, l)| format!("{code}{}{}\r\n", if i == last { ' ' } else { '-' }, l.replace(['\r', '\n'], " ")))
+                .collect();
+            if let Some((result, health)) = from_the_wire(&wire, repeated_454) {
+                assert_one_class(&result, &health);
+            }
+        }
+
+        #[test]
+        fn enhanced_codes_never_panic_and_have_a_class_of_2_4_or_5(text in reply_text()) {
+            if let Some((class, _, _)) = enhanced_code(&text) {
+                prop_assert!(matches!(class, 2 | 4 | 5));
+            }
+        }
     }
 }

@@ -1,7 +1,7 @@
 //! Expo push service: `POST {base}/--/api/v2/push/send` with up to 100 messages, one ticket
 //! back per message, in order.
 
-use super::{ProviderClient, Response};
+use super::{bounded, ProviderClient, Response};
 use crate::circuit::Health;
 use crate::job::{Job, Priority, Provider, SendResult};
 use crate::settings::ExpoSettings;
@@ -123,16 +123,22 @@ impl ExpoClient {
         let mut resp = req.send_json(&json!({ "ids": ids })).await.map_err(|e| format!("expo receipts: {e}"))?;
         let status = resp.status().as_u16();
         let body = resp.body().limit(MAX_RESPONSE_BYTES).await.map_err(|e| format!("expo receipts: {e}"))?;
-        if status != 200 {
-            return Err(format!(
-                "expo receipts: HTTP {status}: {}",
-                String::from_utf8_lossy(&body[..body.len().min(200)])
-            ));
-        }
-        let parsed: ReceiptsResponse =
-            serde_json::from_slice(&body).map_err(|e| format!("expo receipts: unreadable response: {e}"))?;
-        Ok(parsed.data.into_iter().map(|(id, ticket)| (id, classify_ticket(ticket))).collect())
+        classify_receipts(status, &body)
     }
+}
+
+/// Classifies a getReceipts answer: the receipts it holds, classified like tickets, or why the
+/// whole answer is unusable (then every receipt asked for is asked for again later).
+pub fn classify_receipts(status: u16, body: &[u8]) -> Result<Vec<(String, SendResult)>, String> {
+    if status != 200 {
+        return Err(bounded(format!(
+            "expo receipts: HTTP {status}: {}",
+            String::from_utf8_lossy(&body[..body.len().min(200)])
+        )));
+    }
+    let parsed: ReceiptsResponse =
+        serde_json::from_slice(body).map_err(|e| bounded(format!("expo receipts: unreadable response: {e}")))?;
+    Ok(parsed.data.into_iter().map(|(id, ticket)| (id, classify_ticket(ticket))).collect())
 }
 
 #[derive(Deserialize)]
@@ -228,6 +234,7 @@ struct RequestError {
 }
 
 fn outage(n: usize, error: String) -> Response {
+    let error = bounded(error);
     Response::all(n, SendResult::Retry { error: error.clone(), after: None }, Health::Outage(error))
 }
 
@@ -250,7 +257,7 @@ pub fn classify_response(status: u16, body: &[u8], retry_after: Option<Duration>
         Ok(r) => r.errors.into_iter().next().map(|e| (e.code, e.message.unwrap_or_default())).unwrap_or_default(),
         Err(_) => (String::new(), String::from_utf8_lossy(&body[..body.len().min(200)]).into_owned()),
     };
-    let error = format!("expo: HTTP {status} {code}: {message}").replace(" : ", ": ");
+    let error = bounded(format!("expo: HTTP {status} {code}: {message}").replace(" : ", ": "));
     match (status, code.as_str()) {
         (401, _) | (_, "UNAUTHORIZED") => {
             Response::all(n, SendResult::Auth { error: error.clone() }, Health::AuthFailure(error))
@@ -269,7 +276,7 @@ fn classify_ticket(t: Ticket) -> SendResult {
         return SendResult::Delivered { provider_message_id: t.id };
     }
     let code = t.details.and_then(|d| d.error).unwrap_or_default();
-    let error = format!("expo: {code}: {}", t.message.unwrap_or_default());
+    let error = bounded(format!("expo: {code}: {}", t.message.unwrap_or_default()));
     match code.as_str() {
         "DeviceNotRegistered" => SendResult::InvalidToken { error },
         "MessageRateExceeded" | "ExpoError" | "ProviderError" => SendResult::Retry { error, after: None },
@@ -356,10 +363,174 @@ mod tests {
     }
 
     #[test]
+    fn provider_text_is_cut_to_a_bounded_error() {
+        // The bound the property tests check: before it, a ticket message, a request error or a
+        // serde message quoting a 4 MiB body was copied whole into the error.
+        let long = "x".repeat(10_000);
+        let ticket = json!({"data": [{"status": "error", "message": long, "details": {"error": "DeveloperError"}}]});
+        let request = json!({"errors": [{"code": "VALIDATION_ERROR", "message": long}]});
+        let unreadable = json!({"data": long});
+        for (status, body) in [(200, ticket), (400, request), (200, unreadable)] {
+            let response = classify_response(status, body.to_string().as_bytes(), None, 1);
+            let error = response.results[0].error().unwrap();
+            assert!(error.len() <= crate::providers::MAX_ERROR_BYTES && error.ends_with('…'), "{status}: {error}");
+        }
+        let receipts = classify_receipts(200, json!({"data": long}).to_string().as_bytes()).unwrap_err();
+        assert!(receipts.len() <= crate::providers::MAX_ERROR_BYTES, "{receipts}");
+    }
+
+    #[test]
     fn a_ticket_count_mismatch_is_retried_not_misattributed() {
         let body = json!({"data": [{"status": "ok", "id": "r1"}]}).to_string();
         let response = classify_response(200, body.as_bytes(), None, 2);
         assert!(response.results.iter().all(|r| matches!(r, SendResult::Retry { .. })));
         assert!(matches!(response.health, Health::Outage(_)));
+    }
+}
+
+#[cfg(test)]
+mod proptests {
+    use super::*;
+    use crate::providers::check::{assert_one_class, body, class, status};
+    use crate::providers::{MAX_ERROR_BYTES, MAX_RETRY_AFTER};
+    use proptest::prelude::*;
+
+    const TICKET_ERRORS: &[&str] = &[
+        "DeviceNotRegistered",
+        "MessageTooBig",
+        "DeveloperError",
+        "MessageRateExceeded",
+        "InvalidCredentials",
+        "MismatchSenderId",
+        "ExpoError",
+        "ProviderError",
+    ];
+
+    /// PROVIDERS.md's Expo table, for a ticket or a receipt.
+    fn documented(ticket: &Value) -> &'static str {
+        if ticket["status"] == "ok" {
+            return "OK";
+        }
+        match ticket["details"]["error"].as_str().unwrap_or_default() {
+            "DeviceNotRegistered" => "INVALID",
+            "MessageRateExceeded" | "ExpoError" | "ProviderError" => "RETRY",
+            "InvalidCredentials" | "MismatchSenderId" => "AUTH",
+            _ => "PERM",
+        }
+    }
+
+    fn ticket() -> impl Strategy<Value = Value> {
+        let status = prop_oneof![Just("ok".to_string()), Just("error".to_string()), any::<String>()];
+        let code = prop_oneof![prop::sample::select(TICKET_ERRORS).prop_map(str::to_string), any::<String>()];
+        let message = prop_oneof![any::<String>(), "\\PC{600,1200}"];
+        (status, proptest::option::of(any::<String>()), proptest::option::of(message), proptest::option::of(code))
+            .prop_map(|(status, id, message, code)| {
+                let mut t = json!({ "status": status });
+                if let Some(id) = id {
+                    t["id"] = json!(id);
+                }
+                if let Some(message) = message {
+                    t["message"] = json!(message);
+                }
+                if let Some(code) = code {
+                    t["details"] = json!({ "error": code });
+                }
+                t
+            })
+    }
+
+    #[test]
+    fn every_documented_row_maps_to_its_class() {
+        let tickets = [
+            (json!({"status": "ok", "id": "r"}), "OK"),
+            (json!({"status": "error", "details": {"error": "DeviceNotRegistered"}}), "INVALID"),
+            (json!({"status": "error", "details": {"error": "MessageTooBig"}}), "PERM"),
+            (json!({"status": "error", "details": {"error": "DeveloperError"}}), "PERM"),
+            (json!({"status": "error", "details": {"error": "MessageRateExceeded"}}), "RETRY"),
+            (json!({"status": "error", "details": {"error": "InvalidCredentials"}}), "AUTH"),
+            (json!({"status": "error", "details": {"error": "MismatchSenderId"}}), "AUTH"),
+            (json!({"status": "error", "details": {"error": "ExpoError"}}), "RETRY"),
+            (json!({"status": "error", "details": {"error": "ProviderError"}}), "RETRY"),
+        ];
+        for (ticket, expected) in &tickets {
+            let body = json!({ "data": [ticket] }).to_string();
+            let r = classify_response(200, body.as_bytes(), None, 1);
+            assert_eq!(class(&r.results[0]), *expected, "ticket {ticket}");
+            let body = json!({ "data": { "id-1": ticket } }).to_string();
+            let receipts = classify_receipts(200, body.as_bytes()).unwrap();
+            assert_eq!(class(&receipts[0].1), *expected, "receipt {ticket}");
+        }
+        let request = |code: &str| json!({"errors": [{"code": code, "message": "m"}]}).to_string();
+        let rows = [
+            (401, request("UNAUTHORIZED"), "AUTH"),
+            (429, request("TOO_MANY_REQUESTS"), "RETRY"),
+            (500, request("INTERNAL_SERVER_ERROR"), "RETRY"),
+            (502, "<html>bad gateway</html>".to_string(), "RETRY"),
+            (503, String::new(), "RETRY"),
+            (400, request("PUSH_TOO_MANY_NOTIFICATIONS"), "PERM"),
+            (400, request("PUSH_TOO_MANY_RECEIPTS"), "PERM"),
+            (400, request("VALIDATION_ERROR"), "PERM"),
+        ];
+        for (status, body, expected) in &rows {
+            let r = classify_response(*status, body.as_bytes(), None, 3);
+            assert!(r.results.iter().all(|x| class(x) == *expected), "{status} {body}: {r:?}");
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn any_answer_gives_one_result_of_one_class_per_message(
+            status in status(),
+            body in body(),
+            after in proptest::option::of(0u64..=MAX_RETRY_AFTER.as_secs()),
+            n in 1usize..=MAX_BATCH,
+        ) {
+            let after = after.map(Duration::from_secs);
+            let response = classify_response(status, &body, after, n);
+            prop_assert_eq!(response.results.len(), n);
+            for result in &response.results {
+                assert_one_class(result, &response.health);
+            }
+        }
+
+        #[test]
+        fn tickets_map_to_their_documented_class(tickets in prop::collection::vec(ticket(), 1..30)) {
+            let body = json!({ "data": tickets }).to_string();
+            let response = classify_response(200, body.as_bytes(), None, tickets.len());
+            prop_assert_eq!(response.results.len(), tickets.len());
+            let any_auth = response.results.iter().any(|r| matches!(r, SendResult::Auth { .. }));
+            prop_assert_eq!(matches!(response.health, Health::AuthFailure(_)), any_auth);
+            for (ticket, result) in tickets.iter().zip(&response.results) {
+                prop_assert_eq!(class(result), documented(ticket), "{}", ticket);
+                if let Some(error) = result.error() {
+                    prop_assert!(error.len() <= MAX_ERROR_BYTES);
+                }
+            }
+        }
+
+        #[test]
+        fn any_receipts_answer_is_classified_or_refused_with_a_bounded_error(status in status(), body in body()) {
+            match classify_receipts(status, &body) {
+                Ok(receipts) => {
+                    prop_assert_eq!(status, 200);
+                    for (_, result) in &receipts {
+                        prop_assert!(class(result) != "DEFERRED");
+                        prop_assert!(result.error().is_none_or(|e| e.len() <= MAX_ERROR_BYTES));
+                    }
+                }
+                Err(error) => prop_assert!(error.len() <= MAX_ERROR_BYTES, "{} bytes", error.len()),
+            }
+        }
+
+        #[test]
+        fn receipts_map_to_their_documented_class(receipts in prop::collection::btree_map(any::<String>(), ticket(), 0..20)) {
+            let body = json!({ "data": receipts }).to_string();
+            let classified: std::collections::HashMap<String, SendResult> =
+                classify_receipts(200, body.as_bytes()).unwrap().into_iter().collect();
+            prop_assert_eq!(classified.len(), receipts.len());
+            for (id, receipt) in &receipts {
+                prop_assert_eq!(class(&classified[id]), documented(receipt), "{}", receipt);
+            }
+        }
     }
 }

@@ -1,7 +1,7 @@
 //! FCM HTTP v1: one `POST {base}/v1/projects/{project}/messages:send` per message, authorised by
 //! an OAuth access token obtained from the service account (RS256 JWT assertion).
 
-use super::{combine, retry_after, ProviderClient, Response};
+use super::{bounded, combine, retry_after, ProviderClient, Response};
 use crate::circuit::Health;
 use crate::job::{Job, Priority, Provider, SendResult};
 use crate::settings::FcmSettings;
@@ -201,26 +201,44 @@ impl TokenSource {
             .limit(64 * 1024)
             .await
             .map_err(|e| TokenError::Unavailable(format!("fcm: reading the token response failed: {e}")))?;
-        match status {
-            200 => {
-                let parsed: TokenResponse = serde_json::from_slice(&body)
-                    .map_err(|e| TokenError::Unavailable(format!("fcm: unreadable token response: {e}")))?;
-                let lifetime = Duration::from_secs(parsed.expires_in);
-                // Refresh early; a very short-lived token is still used for half its life.
-                let early = REFRESH_BEFORE.min(lifetime / 2);
-                Ok(AccessToken { value: parsed.access_token, refresh_at: started + lifetime - early })
-            }
-            400 | 401 | 403 => Err(TokenError::Refused(format!(
-                "fcm: token endpoint refused the service account ({status}): {}",
-                snippet(&body)
-            ))),
-            _ => Err(TokenError::Unavailable(format!("fcm: token endpoint answered {status}: {}", snippet(&body)))),
-        }
+        let (value, refresh_in) = token_answer(status, &body)?;
+        Ok(AccessToken { value, refresh_at: started + refresh_in })
     }
 }
 
+/// The longest an access token is used, whatever `expires_in` says (Google's last an hour).
+pub const MAX_TOKEN_LIFETIME: Duration = Duration::from_secs(3600);
+
+/// Classifies the token endpoint's answer: the access token and how long after the request it
+/// is to be replaced, or why there is none.
+pub fn token_answer(status: u16, body: &[u8]) -> Result<(String, Duration), TokenError> {
+    match status {
+        200 => {
+            let parsed: TokenResponse = serde_json::from_slice(body)
+                .map_err(|e| TokenError::Unavailable(bounded(format!("fcm: unreadable token response: {e}"))))?;
+            let lifetime = Duration::from_secs(parsed.expires_in).min(MAX_TOKEN_LIFETIME);
+            // Refresh early; a very short-lived token is still used for half its life.
+            let early = REFRESH_BEFORE.min(lifetime / 2);
+            Ok((parsed.access_token, lifetime - early))
+        }
+        400 | 401 | 403 => Err(TokenError::Refused(bounded(format!(
+            "fcm: token endpoint refused the service account ({status}): {}",
+            snippet(body)
+        )))),
+        _ => Err(TokenError::Unavailable(bounded(format!("fcm: token endpoint answered {status}: {}", snippet(body))))),
+    }
+}
+
+/// The start of a body, for an error: at most 200 bytes of text (each invalid UTF-8 byte becomes
+/// a 3-byte `�`, so the cut comes after the conversion).
 fn snippet(body: &[u8]) -> String {
-    String::from_utf8_lossy(&body[..body.len().min(200)]).trim().to_string()
+    let mut text = String::from_utf8_lossy(&body[..body.len().min(200)]).trim().to_string();
+    let mut end = text.len().min(200);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    text.truncate(end);
+    text
 }
 
 /// FCM messages are sent one per request; a sender gathers this many and sends them together.
@@ -468,7 +486,7 @@ pub fn classify(status: u16, body: &[u8], retry_after: Option<Duration>, attempt
             .is_some_and(|vs| vs.iter().any(|v| v.get("field").and_then(Value::as_str) == Some("message.token")))
     });
     let what = error_code.as_deref().unwrap_or(google.status.as_str());
-    let error = format!("fcm: HTTP {status} {what}: {}", google.message).replace(" : ", ": ");
+    let error = bounded(format!("fcm: HTTP {status} {what}: {}", google.message).replace(" : ", ": "));
     let retry =
         |after: Option<Duration>| R(SendResult::Retry { error: error.clone(), after }, Health::Outage(error.clone()));
     let auth = || R(SendResult::Auth { error: error.clone() }, Health::AuthFailure(error.clone()));
@@ -631,9 +649,197 @@ mod tests {
     }
 
     #[test]
+    fn an_absurd_expires_in_is_capped_at_an_hour() {
+        // Found while writing the token-answer properties: `expires_in` near u64::MAX overflowed
+        // `Instant + lifetime` and panicked the sender that fetched the token.
+        let body = json!({"access_token": "t", "expires_in": u64::MAX}).to_string();
+        let (token, refresh_in) = token_answer(200, body.as_bytes()).expect("token");
+        assert_eq!((token.as_str(), refresh_in), ("t", MAX_TOKEN_LIFETIME - REFRESH_BEFORE));
+        let (_, refresh_in) = token_answer(200, br#"{"access_token":"t","expires_in":3599}"#).expect("token");
+        assert_eq!(refresh_in, Duration::from_secs(3599) - REFRESH_BEFORE);
+    }
+
+    #[test]
+    fn a_binary_token_endpoint_answer_gives_a_bounded_error() {
+        // Found by the `fcm` fuzz target: 200 bytes that are not UTF-8 became 600 bytes of `�`.
+        for status in [255, 400, 503] {
+            let (Err(TokenError::Refused(e)) | Err(TokenError::Unavailable(e))) = token_answer(status, &[0xff; 300])
+            else {
+                panic!("{status} gave a token");
+            };
+            assert!(e.len() <= crate::providers::MAX_ERROR_BYTES, "{status}: {} bytes", e.len());
+        }
+        assert!(snippet(&[0xff; 300]).len() <= 200);
+    }
+
+    #[test]
+    fn a_long_error_message_is_cut_to_a_bounded_error() {
+        let body = json!({"error": {"status": "INTERNAL", "message": "m".repeat(70_000)}}).to_string();
+        let (r, h) = result(classify(500, body.as_bytes(), None, 0));
+        assert!(r.error().is_some_and(|e| e.len() <= crate::providers::MAX_ERROR_BYTES), "{r:?}");
+        assert!(matches!(h, Health::Outage(e) if e.len() <= crate::providers::MAX_ERROR_BYTES));
+    }
+
+    #[test]
     fn a_service_account_without_a_usable_key_is_refused() {
         let raw = json!({"project_id": "p", "client_email": "a@b", "private_key": "nope"}).to_string();
         assert!(ServiceAccount::from_json(&raw).unwrap_err().contains("private_key"));
         assert!(ServiceAccount::from_json("{}").unwrap_err().contains("service-account"));
+    }
+}
+
+#[cfg(test)]
+mod proptests {
+    use super::*;
+    use crate::providers::check::{assert_one_class, body, class, status};
+    use crate::providers::MAX_RETRY_AFTER;
+    use proptest::prelude::*;
+
+    const ERROR_CODES: &[&str] = &[
+        "UNREGISTERED",
+        "SENDER_ID_MISMATCH",
+        "INVALID_ARGUMENT",
+        "QUOTA_EXCEEDED",
+        "UNAVAILABLE",
+        "INTERNAL",
+        "THIRD_PARTY_AUTH_ERROR",
+        "UNSPECIFIED_ERROR",
+    ];
+
+    fn fcm_error(code: &str) -> Value {
+        json!({"@type": "type.googleapis.com/google.firebase.fcm.v1.FcmError", "errorCode": code})
+    }
+
+    fn body_with(status: u16, details: Vec<Value>) -> Vec<u8> {
+        json!({"error": {"code": status, "status": "S", "message": "m", "details": details}}).to_string().into_bytes()
+    }
+
+    /// The class of a classified answer; a token refresh is its own.
+    fn class_of(c: &Classified) -> &'static str {
+        match c {
+            Classified::Result(r, h) => {
+                assert_one_class(r, h);
+                class(r)
+            }
+            Classified::RefreshToken => "REFRESH",
+        }
+    }
+
+    #[test]
+    fn every_documented_row_maps_to_its_class() {
+        let on_token = json!({"@type": "type.googleapis.com/google.rpc.BadRequest",
+                              "fieldViolations": [{"field": "message.token"}]});
+        let rows: Vec<(u16, Vec<Value>, u32, &str)> = vec![
+            (404, vec![fcm_error("UNREGISTERED")], 0, "INVALID"),
+            (403, vec![fcm_error("SENDER_ID_MISMATCH")], 0, "INVALID"),
+            (400, vec![fcm_error("INVALID_ARGUMENT")], 0, "PERM"),
+            (400, vec![on_token.clone(), fcm_error("INVALID_ARGUMENT")], 0, "INVALID"),
+            (400, vec![on_token], 0, "INVALID"),
+            (429, vec![fcm_error("QUOTA_EXCEEDED")], 0, "RETRY"),
+            (429, vec![], 0, "RETRY"),
+            (503, vec![fcm_error("UNAVAILABLE")], 0, "RETRY"),
+            (500, vec![fcm_error("INTERNAL")], 0, "RETRY"),
+            (503, vec![], 0, "RETRY"),
+            (401, vec![fcm_error("THIRD_PARTY_AUTH_ERROR")], 0, "AUTH"),
+            (403, vec![], 0, "AUTH"),
+            (401, vec![], 0, "REFRESH"),
+            (500, vec![fcm_error("UNSPECIFIED_ERROR")], 0, "RETRY"),
+            (500, vec![fcm_error("UNSPECIFIED_ERROR")], 1, "PERM"),
+        ];
+        for (status, details, attempt, expected) in rows {
+            let body = body_with(status, details.clone());
+            assert_eq!(class_of(&classify(status, &body, None, attempt)), expected, "{status} {details:?}");
+        }
+        assert_eq!(class_of(&classify(200, br#"{"name":"projects/p/messages/1"}"#, None, 0)), "OK");
+        // QUOTA_EXCEEDED: Retry-After, else at least a minute.
+        let quota = body_with(429, vec![fcm_error("QUOTA_EXCEEDED")]);
+        let after = |c: Classified| match c {
+            Classified::Result(SendResult::Retry { after, .. }, _) => after,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(after(classify(429, &quota, None, 0)), Some(QUOTA_BACKOFF));
+        assert_eq!(after(classify(429, &quota, Some(Duration::from_secs(5)), 0)), Some(Duration::from_secs(5)));
+        // The token endpoint: 400/401 are AUTH (refused), others an outage.
+        assert!(matches!(token_answer(400, b"{}"), Err(TokenError::Refused(_))));
+        assert!(matches!(token_answer(401, b"{}"), Err(TokenError::Refused(_))));
+        assert!(matches!(token_answer(503, b""), Err(TokenError::Unavailable(_))));
+    }
+
+    fn structured_body() -> impl Strategy<Value = (u16, Vec<u8>)> {
+        let code = prop_oneof![prop::sample::select(ERROR_CODES).prop_map(str::to_string), any::<String>()];
+        let detail = prop_oneof![
+            code.prop_map(|c| fcm_error(&c)),
+            Just(json!({"@type": "type.googleapis.com/google.rpc.BadRequest",
+                        "fieldViolations": [{"field": "message.token"}]})),
+            crate::job::proptests::json_value(),
+        ];
+        let message = prop_oneof![any::<String>(), "\\PC{600,1200}"];
+        (status(), prop::collection::vec(detail, 0..3), any::<String>(), message).prop_map(
+            |(status, details, google_status, message)| {
+                let body = json!({"error": {"code": status, "status": google_status, "message": message,
+                                            "details": details}});
+                (status, body.to_string().into_bytes())
+            },
+        )
+    }
+
+    proptest! {
+        #[test]
+        fn any_answer_is_one_class(
+            status in status(),
+            body in body(),
+            after in proptest::option::of(0u64..=MAX_RETRY_AFTER.as_secs()),
+            attempt in 0u32..3,
+        ) {
+            let classified = classify(status, &body, after.map(Duration::from_secs), attempt);
+            let class = class_of(&classified);
+            // Only a bare 401 asks for a new token; 200 is always delivered.
+            prop_assert!(class != "REFRESH" || status == 401, "{}", class);
+            prop_assert_eq!(class == "OK", status == 200);
+        }
+
+        #[test]
+        fn error_bodies_are_classified_on_the_error_code_first(
+            (status, body) in structured_body(),
+            attempt in 0u32..3,
+        ) {
+            let classified = classify(status, &body, None, attempt);
+            let class = class_of(&classified);
+            let parsed: Value = serde_json::from_slice(&body).unwrap();
+            let code = parsed["error"]["details"].as_array().and_then(|ds| {
+                ds.iter()
+                    .find(|d| d["@type"].as_str().is_some_and(|t| t.ends_with("google.firebase.fcm.v1.FcmError")))
+                    .and_then(|d| d["errorCode"].as_str())
+            });
+            let expected = match code {
+                _ if status == 200 => Some("OK"),
+                Some("UNREGISTERED" | "SENDER_ID_MISMATCH") => Some("INVALID"),
+                Some("QUOTA_EXCEEDED" | "UNAVAILABLE" | "INTERNAL") => Some("RETRY"),
+                Some("THIRD_PARTY_AUTH_ERROR") => Some("AUTH"),
+                Some("UNSPECIFIED_ERROR") => Some(if attempt == 0 { "RETRY" } else { "PERM" }),
+                _ => None,
+            };
+            if let Some(expected) = expected {
+                prop_assert_eq!(class, expected);
+            }
+        }
+
+        #[test]
+        fn any_token_answer_is_a_token_used_at_most_an_hour_or_a_bounded_error(status in status(), body in body()) {
+            match token_answer(status, &body) {
+                Ok((_, refresh_in)) => prop_assert!(status == 200 && refresh_in <= MAX_TOKEN_LIFETIME),
+                Err(TokenError::Refused(e) | TokenError::Unavailable(e)) => {
+                    prop_assert!(e.len() <= crate::providers::MAX_ERROR_BYTES, "{} bytes", e.len())
+                }
+            }
+        }
+
+        #[test]
+        fn any_expires_in_gives_a_refresh_within_the_hour(expires_in in any::<u64>()) {
+            let body = json!({"access_token": "t", "expires_in": expires_in}).to_string();
+            let (_, refresh_in) = token_answer(200, body.as_bytes()).unwrap();
+            prop_assert!(refresh_in <= Duration::from_secs(expires_in).min(MAX_TOKEN_LIFETIME));
+            prop_assert!(refresh_in >= Duration::from_secs(expires_in).min(MAX_TOKEN_LIFETIME) / 2);
+        }
     }
 }

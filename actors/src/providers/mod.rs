@@ -7,6 +7,7 @@ pub mod expo;
 pub mod fcm;
 
 use crate::circuit::Health;
+pub use crate::job::{bounded, MAX_ERROR_BYTES};
 use crate::job::{Job, Provider, SendResult};
 use crate::ratelimit::Limits;
 use crate::settings::EngineSettings;
@@ -82,15 +83,20 @@ pub fn enabled(settings: &EngineSettings) -> Result<Vec<EnabledProvider>, String
     Ok(enabled)
 }
 
-/// `Retry-After`: delay-seconds or an HTTP-date.
+/// The longest `Retry-After` taken from a provider; a longer one is read as this. (The retry
+/// policy clamps again, to `retry.max_ms`; this bound keeps `now + after` far from overflowing
+/// whatever a provider or a proxy sends.)
+pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(24 * 3600);
+
+/// `Retry-After`: delay-seconds or an HTTP-date, at most [`MAX_RETRY_AFTER`].
 pub fn retry_after(headers: &awc::http::header::HeaderMap) -> Option<Duration> {
     let value = headers.get("retry-after")?.to_str().ok()?.trim();
     if let Ok(secs) = value.parse::<u64>() {
-        return Some(Duration::from_secs(secs));
+        return Some(Duration::from_secs(secs).min(MAX_RETRY_AFTER));
     }
     let at = chrono::DateTime::parse_from_rfc2822(value).ok()?;
     let wait = at.signed_duration_since(chrono::Utc::now()).to_std().unwrap_or(Duration::ZERO);
-    Some(wait)
+    Some(wait.min(MAX_RETRY_AFTER))
 }
 
 /// Several requests (one per message) as one [`Response`]: the provider is in trouble when any
@@ -131,6 +137,12 @@ mod tests {
     }
 
     #[test]
+    fn an_absurd_retry_after_is_read_as_a_day() {
+        assert_eq!(retry_after(&headers("18446744073709551615")), Some(MAX_RETRY_AFTER));
+        assert_eq!(retry_after(&headers("Fri, 31 Dec 9999 23:59:59 GMT")), Some(MAX_RETRY_AFTER));
+    }
+
+    #[test]
     fn one_request_per_message_is_an_outage_only_when_every_request_was_one() {
         let out = |e: &str| (SendResult::Retry { error: e.into(), after: None }, Health::Outage(e.into()));
         let ok = (SendResult::Delivered { provider_message_id: None }, Health::Up);
@@ -139,5 +151,115 @@ mod tests {
         let auth = (SendResult::Auth { error: "x".into() }, Health::AuthFailure("x".into()));
         assert!(matches!(combine(vec![ok, auth]).health, Health::AuthFailure(_)));
         assert_eq!(combine(Vec::new()).health, Health::Up);
+    }
+}
+
+/// What the provider classifiers' property tests share: how a result and a health are one class,
+/// and strategies for HTTP answers.
+#[cfg(test)]
+pub(crate) mod check {
+    use super::*;
+    use awc::http::header::{HeaderMap, HeaderName, HeaderValue};
+    use proptest::prelude::*;
+
+    /// The PROVIDERS.md class of a result.
+    pub(crate) fn class(result: &SendResult) -> &'static str {
+        match result {
+            SendResult::Delivered { .. } => "OK",
+            SendResult::Retry { .. } => "RETRY",
+            SendResult::Permanent { .. } => "PERM",
+            SendResult::InvalidToken { .. } => "INVALID",
+            SendResult::Auth { .. } => "AUTH",
+            SendResult::Deferred { .. } => "DEFERRED",
+        }
+    }
+
+    /// A classified answer is exactly one class: the result and the provider's health agree (a
+    /// credentials problem is AUTH both ways; an outage is retried; what was delivered, refused
+    /// for good or for its token says the provider is up), no classifier defers (only the circuit
+    /// does), the error is bounded, and a delivery carries no error.
+    pub(crate) fn assert_one_class(result: &SendResult, health: &Health) {
+        let coherent = match (result, health) {
+            (SendResult::Auth { .. }, Health::AuthFailure(_)) => true,
+            (_, Health::AuthFailure(_)) | (SendResult::Auth { .. }, _) => false,
+            (SendResult::Retry { .. }, Health::Outage(_) | Health::Up) => true,
+            (_, Health::Outage(_)) => false,
+            (SendResult::Delivered { .. } | SendResult::Permanent { .. } | SendResult::InvalidToken { .. }, _) => true,
+            (SendResult::Deferred { .. }, _) => false,
+        };
+        assert!(coherent, "{result:?} with {health:?}");
+        if let Some(error) = result.error() {
+            assert!(error.len() <= MAX_ERROR_BYTES, "{} bytes: {error:.80}…", error.len());
+        }
+        if let Health::Outage(e) | Health::AuthFailure(e) = health {
+            assert!(e.len() <= MAX_ERROR_BYTES, "{} bytes: {e:.80}…", e.len());
+        }
+        if let SendResult::Retry { after: Some(after), .. } = result {
+            assert!(*after <= MAX_RETRY_AFTER.max(fcm::QUOTA_BACKOFF), "{after:?}");
+        }
+    }
+
+    /// Any status a server could send, weighted towards the ones the tables name.
+    pub(crate) fn status() -> impl Strategy<Value = u16> {
+        prop_oneof![
+            prop::sample::select(vec![200u16, 400, 401, 403, 404, 405, 410, 413, 429, 500, 502, 503]),
+            100u16..600,
+            any::<u16>(),
+        ]
+    }
+
+    /// Headers as a server could send them: any names and value bytes that are valid header
+    /// values, often a `Retry-After` (seconds, dates, junk) and an `apns-id`.
+    pub(crate) fn headers() -> impl Strategy<Value = HeaderMap> {
+        let retry_after = prop_oneof![
+            any::<u64>().prop_map(|s| s.to_string()),
+            (0u64..100_000).prop_map(|s| format!(" {s} ")),
+            (-100_000i64..100_000_000).prop_map(|s| (chrono::Utc::now() + chrono::Duration::seconds(s)).to_rfc2822()),
+            "[A-Za-z]{3}, [0-9]{1,2} [A-Za-z]{3} -?[0-9]{1,6} [0-9]{2}:[0-9]{2}:[0-9]{2} (GMT|[+-][0-9]{4})",
+            prop::collection::vec(any::<u8>(), 0..40).prop_map(|b| String::from_utf8_lossy(&b).into_owned()),
+        ];
+        let named = prop::collection::vec(
+            (prop::sample::select(vec!["retry-after", "apns-id", "content-type", "x-other"]), any::<Vec<u8>>()),
+            0..4,
+        );
+        (proptest::option::of(retry_after), named).prop_map(|(retry_after, named)| {
+            let mut map = HeaderMap::new();
+            for (name, value) in named {
+                if let Ok(value) = HeaderValue::from_bytes(&value) {
+                    map.append(HeaderName::from_static(name), value);
+                }
+            }
+            if let Some(Ok(value)) = retry_after.map(|v| HeaderValue::from_str(&v)) {
+                map.insert(HeaderName::from_static("retry-after"), value);
+            }
+            map
+        })
+    }
+
+    /// Bodies: any bytes, bytes that never occur in UTF-8 (0xF5..=0xFF: each becomes a 3-byte
+    /// `�`), JSON, or text far longer than any error may be.
+    pub(crate) fn body() -> impl Strategy<Value = Vec<u8>> {
+        prop_oneof![
+            prop::collection::vec(any::<u8>(), 0..300),
+            prop::collection::vec(0xf5u8.., 150..400),
+            crate::job::proptests::json_value().prop_map(|v| v.to_string().into_bytes()),
+            "\\PC{600,3000}".prop_map(String::into_bytes),
+        ]
+    }
+
+    proptest! {
+        #[test]
+        fn retry_after_never_panics_and_is_clamped(headers in headers()) {
+            if let Some(after) = retry_after(&headers) {
+                prop_assert!(after <= MAX_RETRY_AFTER, "{:?}", after);
+            }
+        }
+
+        #[test]
+        fn retry_after_in_seconds_is_taken_up_to_the_clamp(secs in any::<u64>()) {
+            let mut headers = HeaderMap::new();
+            headers.insert(HeaderName::from_static("retry-after"), HeaderValue::from(secs));
+            prop_assert_eq!(retry_after(&headers), Some(Duration::from_secs(secs).min(MAX_RETRY_AFTER)));
+        }
     }
 }

@@ -403,7 +403,9 @@ fn atomic_pipe(pipes: &mut BTreeMap<u16, redis::Pipeline>, shard: u16) -> &mut r
     })
 }
 
-fn parse_entry(shard: u16, id: StreamId) -> Entry {
+/// One stream entry as the relay reads it: its `job` field decoded, or poison (with the raw
+/// fields and why) that the outcome writer dead-letters. Never fails, never panics.
+pub(crate) fn parse_entry(shard: u16, id: StreamId) -> Entry {
     let entry = EntryRef { shard, id: id.id };
     match id.map.get(JOB_FIELD) {
         Some(Value::BulkString(raw)) => match Job::from_json(raw) {
@@ -473,5 +475,113 @@ impl Relay {
         let mut conn = self.conn();
         redis::cmd("XACK").arg(self.keys.stream(shard)).arg(GROUP).arg(ids).query_async::<()>(&mut conn).await?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod proptests {
+    use super::*;
+    use crate::job::proptests::job;
+    use crate::job::MAX_ERROR_BYTES;
+    use proptest::prelude::*;
+    use std::collections::HashMap;
+
+    /// Any value a Redis reply can carry, a few levels deep.
+    fn redis_value() -> impl Strategy<Value = Value> {
+        let leaf = prop_oneof![
+            Just(Value::Nil),
+            Just(Value::Okay),
+            any::<i64>().prop_map(Value::Int),
+            any::<f64>().prop_map(Value::Double),
+            any::<bool>().prop_map(Value::Boolean),
+            any::<String>().prop_map(Value::SimpleString),
+            prop::collection::vec(any::<u8>(), 0..64).prop_map(Value::BulkString),
+        ];
+        leaf.prop_recursive(3, 24, 4, |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..4).prop_map(Value::Array),
+                prop::collection::vec(inner.clone(), 0..4).prop_map(Value::Set),
+                prop::collection::vec((inner.clone(), inner), 0..4).prop_map(Value::Map),
+            ]
+        })
+    }
+
+    fn entry(id: String, map: HashMap<String, Value>) -> StreamId {
+        StreamId { id, map, ..Default::default() }
+    }
+
+    /// The entry keeps its place, and poison always says why (briefly) and keeps what it held.
+    fn check(shard: u16, id: &str, parsed: &Entry) -> Result<(), TestCaseError> {
+        let at = match parsed {
+            Entry::Job(at, _) => at,
+            Entry::Poison { entry, raw, reason, .. } => {
+                prop_assert!(!reason.is_empty() && reason.len() <= MAX_ERROR_BYTES, "{}", reason);
+                prop_assert!(!raw.is_empty());
+                entry
+            }
+        };
+        prop_assert_eq!(at, &EntryRef { shard, id: id.to_string() });
+        Ok(())
+    }
+
+    proptest! {
+        #[test]
+        fn any_field_map_is_a_job_or_poison_with_a_reason(
+            shard in any::<u16>(),
+            id in any::<String>(),
+            map in prop::collection::hash_map(prop_oneof![Just(JOB_FIELD.to_string()), any::<String>()], redis_value(), 0..4),
+        ) {
+            let expected = match map.get(JOB_FIELD) {
+                Some(Value::BulkString(raw)) => Job::from_json(raw).ok(),
+                _ => None,
+            };
+            let target = match map.get(JOB_FIELD) {
+                Some(Value::BulkString(raw)) => Job::target_of(raw),
+                _ => None,
+            };
+            let parsed = parse_entry(shard, entry(id.clone(), map));
+            check(shard, &id, &parsed)?;
+            match (parsed, expected) {
+                (Entry::Job(_, job), Some(expected)) => prop_assert_eq!(job, expected),
+                // Poison that still names its target fails that target; other poison only goes
+                // to the dead-letter stream.
+                (Entry::Poison { target: named, .. }, None) => prop_assert_eq!(named, target),
+                (parsed, expected) => prop_assert!(false, "{:?} for {:?}", parsed, expected),
+            }
+        }
+
+        #[test]
+        fn any_bytes_in_the_job_field_are_a_job_or_poison_that_keeps_them(
+            shard in any::<u16>(),
+            raw in prop_oneof![
+                prop::collection::vec(any::<u8>(), 0..256),
+                job().prop_map(|j| j.to_json().into_bytes()),
+                job().prop_map(|j| { let mut b = j.to_json().into_bytes(); b.truncate(b.len() / 2); b }),
+            ],
+        ) {
+            let map = HashMap::from([(JOB_FIELD.to_string(), Value::BulkString(raw.clone()))]);
+            let parsed = parse_entry(shard, entry("1-0".into(), map));
+            if let Entry::Poison { raw: kept, reason, target, .. } = &parsed {
+                prop_assert_eq!(kept, &String::from_utf8_lossy(&raw).into_owned());
+                prop_assert!(reason.starts_with("malformed job: "), "{}", reason);
+                prop_assert_eq!(*target, Job::target_of(&raw));
+            }
+            // The "empty raw" rule of `check` does not apply to an empty field.
+            if !raw.is_empty() {
+                check(shard, "1-0", &parsed)?;
+            }
+        }
+
+        #[test]
+        fn every_job_written_to_a_stream_is_read_back_as_itself(shard in any::<u16>(), job in job()) {
+            let map = HashMap::from([(JOB_FIELD.to_string(), Value::BulkString(job.to_json().into_bytes()))]);
+            match parse_entry(shard, entry("1700000000000-0".into(), map)) {
+                Entry::Job(at, read) => {
+                    prop_assert_eq!(at, EntryRef { shard, id: "1700000000000-0".into() });
+                    prop_assert_eq!(read, job);
+                }
+                poison => prop_assert!(false, "{:?}", poison),
+            }
+        }
     }
 }

@@ -1,0 +1,30 @@
+//! The parsers of outside input, for the cargo-fuzz targets in `fuzz/` (`scripts/fuzz`): stream
+//! entries, and each provider's answer classifier. Not an API: nothing else may use it.
+
+pub use crate::circuit::Health;
+pub use crate::job::{Job, SendResult, MAX_ERROR_BYTES};
+pub use crate::providers::apns::{answer as apns_answer, classify as apns_classify};
+pub use crate::providers::email::{
+    accepted as smtp_accepted, classify as smtp_classify, enhanced_code as smtp_enhanced_code, Failure as SmtpFailure,
+};
+pub use crate::providers::expo::{classify_receipts as expo_classify_receipts, classify_response as expo_classify};
+pub use crate::providers::fcm::{
+    classify as fcm_classify, token_answer as fcm_token_answer, Classified as FcmClassified,
+    TokenError as FcmTokenError,
+};
+pub use crate::providers::{retry_after, MAX_RETRY_AFTER};
+pub use crate::relay::Entry;
+/// The types the parsers take, so that the fuzz crate builds them with the versions used here.
+pub use awc::http::header::{HeaderMap, HeaderName, HeaderValue};
+pub use lettre::transport::smtp::response::Response as SmtpReply;
+pub use redis::streams::StreamId;
+pub use redis::Value as RedisValue;
+
+/// `relay::parse_entry`: one stream entry as a reader sees it.
+pub fn parse_entry(shard: u16, id: StreamId) -> Entry {
+    crate::relay::parse_entry(shard, id)
+}
+
+// TODO(issue 9, point 1): the notification row/payload decoder (`payload::Payload::parse`, being
+// reworked by its owner) gets its re-export here, for the `payload` fuzz target (see
+// fuzz/Cargo.toml and scripts/fuzz).
