@@ -221,6 +221,7 @@ pub fn json_type(v: &Value) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
 
     const MAX: usize = 16 * 1024;
 
@@ -307,6 +308,54 @@ mod tests {
     fn text_that_is_not_json_is_refused_not_panicked_on() {
         for text in ["", "{", "}", "]]]]", "{\"a\":", "\u{0}", "{\"a\": 1} trailing"] {
             assert!(Payload::parse(text, MAX).is_err(), "{text:?}");
+        }
+    }
+
+    /// Any JSON value, nested up to `depth` levels.
+    fn json(depth: u32) -> impl Strategy<Value = Value> {
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::Bool),
+            any::<i64>().prop_map(Value::from),
+            any::<f64>().prop_filter("finite", |f| f.is_finite()).prop_map(Value::from),
+            ".{0,12}".prop_map(Value::String),
+        ];
+        leaf.prop_recursive(depth, 64, 6, |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..6).prop_map(Value::Array),
+                prop::collection::btree_map("[a-zA-Z_]{1,12}", inner, 0..6)
+                    .prop_map(|m| Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+
+    proptest! {
+        /// Whatever the text, parsing ends in a payload or in an error that names the payload.
+        #[test]
+        fn any_text_parses_or_is_refused_naming_the_payload(text in ".{0,300}") {
+            if let Err(e) = Payload::parse(&text, MAX) {
+                prop_assert!(e.to_string().starts_with("payload"), "{}", e);
+            }
+            let _ = readable(&text, MAX);
+        }
+
+        /// An accepted payload survives the stream: serialized and parsed again, it is the same.
+        #[test]
+        fn an_accepted_payload_round_trips(value in json(6)) {
+            let text = value.to_string();
+            if let Ok(payload) = Payload::parse(&text, usize::MAX) {
+                let value = payload.into_value();
+                let again = Payload::parse(&value.to_string(), usize::MAX).map(Payload::into_value);
+                prop_assert_eq!(again, Ok(value));
+            }
+        }
+
+        /// Depth is checked before parsing: over the limit is refused, within it never for depth.
+        #[test]
+        fn nesting_is_refused_exactly_beyond_the_limit(depth in 1usize..80) {
+            let text = format!("{{\"d\": {}1{}}}", "[".repeat(depth - 1), "]".repeat(depth - 1));
+            let result = Payload::parse(&text, MAX);
+            prop_assert_eq!(result.is_ok(), depth <= MAX_DEPTH, "{}: {:?}", depth, result);
         }
     }
 }
