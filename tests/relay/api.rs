@@ -21,6 +21,7 @@ async fn api() -> Api {
     let jwks = JwksServer::start(&[&key]).await;
     for (k, v) in [
         ("NOTIFY__AUTH__JWKS_URL", jwks.url.clone()),
+        ("NOTIFY__AUTH__ALLOW_INSECURE_JWKS", "true".into()),
         ("NOTIFY__AUTH__JWT_SECRET", HS_SECRET.into()),
         ("NOTIFY__AUTH__ISSUER", ISSUER.into()),
         ("NOTIFY__AUTH__AUDIENCE", AUDIENCE.into()),
@@ -216,6 +217,7 @@ async fn keys_already_fetched_keep_working_while_the_jwks_endpoint_is_down() {
     let jwks = JwksServer::start(&[&key]).await;
     for (k, v) in [
         ("NOTIFY__AUTH__JWKS_URL", jwks.url.clone()),
+        ("NOTIFY__AUTH__ALLOW_INSECURE_JWKS", "true".into()),
         // Stale after 100 ms: every later request wants a fresh copy of the keys.
         ("NOTIFY__AUTH__JWKS_CACHE_MS", "100".into()),
         ("NOTIFY__AUTH__JWKS_MIN_REFRESH_MS", "0".into()),
