@@ -111,6 +111,7 @@ impl Application {
                 registry: engine.registry().clone(),
                 auth,
                 cursor_key: cursor_key(&settings),
+                max_devices_per_user: settings.devices.max_per_user,
             });
             let addr = settings.http_addr()?;
             let api_log = log.new(slog::o!("component" => "api"));

@@ -4,7 +4,7 @@ use super::{parse_uuid, AppState};
 use crate::error::ApiError;
 use actix_web::{delete, post, web, HttpRequest, HttpResponse};
 use actors::job::Provider;
-use actors::store::api::Device;
+use actors::store::api::{Device, Registration};
 use serde::Deserialize;
 use utoipa::ToSchema;
 
@@ -56,8 +56,11 @@ pub fn validate_token(provider: Provider, token: &str) -> Result<(), String> {
     }
 }
 
-/// Registers a device for the user. Registering a token again (after it was disabled, or from
-/// another account on the same phone) re-enables it for this user.
+/// Registers a device for the user, under the device-ownership rule (README, "Devices"):
+/// an `email` device on a user token only for the address in its `email` claim; a token that is
+/// active for another user moves only if it is a push token (the previous owner stops receiving
+/// on it) or the caller is `service_role` (an email address never moves on a user token: 409);
+/// a disabled token may be re-registered; at most `devices.max_per_user` active devices (422).
 #[utoipa::path(
     tag = "devices",
     params(("user_id" = String, Path)),
@@ -66,9 +69,10 @@ pub fn validate_token(provider: Provider, token: &str) -> Result<(), String> {
         (status = 201, body = Device),
         (status = 400, description = "malformed JSON", body = crate::error::ErrorBody),
         (status = 401, body = crate::error::ErrorBody),
-        (status = 403, body = crate::error::ErrorBody),
+        (status = 403, description = "another user's path, or an email address that is not the token's `email` claim", body = crate::error::ErrorBody),
+        (status = 409, description = "the email address is an active device of another user", body = crate::error::ErrorBody),
         (status = 413, description = "body over 64 KiB", body = crate::error::ErrorBody),
-        (status = 422, description = "missing field or bad provider/token; the message names the field", body = crate::error::ErrorBody),
+        (status = 422, description = "missing field or bad provider/token (the message names the field), or the user has `devices.max_per_user` active devices", body = crate::error::ErrorBody),
     ),
     security(("user_jwt" = []))
 )]
@@ -79,14 +83,42 @@ pub async fn register(
     body: web::Json<serde_json::Value>,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    state.auth.user(&req).await?.may_act_for(&user_id)?;
+    let caller = state.auth.user(&req).await?;
+    caller.may_act_for(&user_id)?;
     let body: NewDevice = crate::error::from_json(body.into_inner())?;
     let provider: Provider = body.provider.parse().map_err(|e| ApiError::Unprocessable(format!("provider: {e}")))?;
     validate_token(provider, &body.token).map_err(ApiError::Unprocessable)?;
-    let (device, _created) = state.store.register_device(&user_id, provider, &body.token).await?;
-    Ok(HttpResponse::Created()
-        .insert_header(("location", format!("/users/{}/devices/{}", device.user_id, device.id)))
-        .json(device))
+    let token = match provider {
+        Provider::Email => {
+            caller.may_register_email(&body.token)?;
+            normalize_address(&body.token)
+        }
+        _ => body.token,
+    };
+    let max = i64::from(state.max_devices_per_user);
+    match state.store.register_device(&user_id, provider, &token, caller.is_service(), max).await? {
+        Registration::Registered { device, .. } => Ok(HttpResponse::Created()
+            .insert_header(("location", format!("/users/{}/devices/{}", device.user_id, device.id)))
+            .json(device)),
+        Registration::OwnedByAnotherUser => Err(ApiError::Conflict(
+            "token: this email address is an active device of another user; it moves only on a service_role \
+             token (or once that user removes it)"
+                .into(),
+        )),
+        Registration::TooManyDevices { max } => Err(ApiError::Unprocessable(format!(
+            "token: user {user_id} already has {max} active devices, the most devices.max_per_user allows \
+             (at most {max} active devices); remove one first"
+        ))),
+    }
+}
+
+/// An address as it is stored: the domain in lower case (domains are case-insensitive), the
+/// local part as given.
+pub fn normalize_address(address: &str) -> String {
+    match address.rsplit_once('@') {
+        Some((local, domain)) => format!("{local}@{}", domain.to_ascii_lowercase()),
+        None => address.to_string(),
+    }
 }
 
 /// Removes (disables) one of the user's devices; it receives nothing more.

@@ -22,6 +22,8 @@ pub struct AppState {
     pub auth: Authenticator,
     /// Signs pagination cursors.
     pub cursor_key: Vec<u8>,
+    /// `devices.max_per_user`.
+    pub max_devices_per_user: u32,
 }
 
 pub fn configure(cfg: &mut actix_web::web::ServiceConfig) {
