@@ -526,3 +526,47 @@ async fn the_openapi_document_lists_every_route_and_the_docs_page_is_served_offl
     assert!(js.body().limit(20 * 1024 * 1024).await.unwrap().len() > 100_000, "the bundle is served by the binary");
     api.done().await;
 }
+
+#[actix_web::test]
+async fn the_dlq_listing_reads_a_bounded_total_across_shards_not_limit_per_shard() {
+    let mut app = prepare().await;
+    let shards: u16 = 64;
+    app.env.insert("NOTIFY__REDIS__SHARDS".into(), shards.to_string());
+    app.start().await;
+    let keys = actors::keys::Keys::new(app.prefix.clone(), shards);
+    // 20 dead letters in every shard, their ids interleaved in time across the shards.
+    let mut conn = app.redis.clone();
+    let mut pipe = redis::pipe();
+    for i in 0..20u64 {
+        for shard in 0..shards {
+            let id = format!("{}-0", 1_000_000 + i * 1000 + u64::from(shard));
+            pipe.cmd("XADD").arg(keys.dlq(shard)).arg(&id).arg("reason").arg("permanent").arg("provider").arg("expo");
+            pipe.arg("attempts").arg(1).arg("error").arg(format!("e{i}-{shard}")).arg("job").arg("{}").ignore();
+        }
+    }
+    let _: () = pipe.query_async(&mut conn).await.expect("dead letters");
+    let limit = 20;
+    let (letters, read) = app.app.as_ref().unwrap().relay.dead_letters_counted(limit).await.expect("dead letters");
+    // The newest 20 overall: the last round (i = 19) of shards 63 down to 44.
+    let expected: Vec<String> = (0..20u64).map(|k| format!("{}-0", 1_000_000 + 19 * 1000 + 63 - k)).collect();
+    assert_eq!(letters.iter().map(|l| l.entry_id.clone()).collect::<Vec<_>>(), expected);
+    assert!(read <= 2 * limit + usize::from(shards), "read {read} entries for {limit} (was limit per shard: 1280)");
+    // The newest letters all in one shard: that shard is read on, page by page.
+    let mut pipe = redis::pipe();
+    for i in 0..30u64 {
+        let id = format!("{}-0", 2_000_000 + i);
+        pipe.cmd("XADD").arg(keys.dlq(3)).arg(&id).arg("reason").arg("permanent").arg("job").arg("{}").ignore();
+    }
+    let _: () = pipe.query_async(&mut conn).await.expect("dead letters");
+    let (letters, read) = app.app.as_ref().unwrap().relay.dead_letters_counted(40).await.expect("dead letters");
+    let mut expected: Vec<String> = (0..30u64).rev().map(|i| format!("{}-0", 2_000_000 + i)).collect();
+    expected.extend((0..10u64).map(|k| format!("{}-0", 1_000_000 + 19 * 1000 + 63 - k)));
+    assert_eq!(letters.iter().map(|l| l.entry_id.clone()).collect::<Vec<_>>(), expected);
+    assert!(read <= 2 * 40 + usize::from(shards), "read {read}");
+    // The same through the API, and requeue `all` takes the same bounded path.
+    let (status, body) = app.get("/admin/dlq?limit=20", Some(ADMIN_TOKEN)).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["items"][0]["id"], "3:2000029-0");
+    assert_eq!(body["items"].as_array().unwrap().len(), 20);
+    app.cleanup().await;
+}

@@ -125,23 +125,67 @@ impl Relay {
     }
 
     /// The newest `limit` dead letters of all shards, newest first.
+    ///
+    /// A merge of the shards' DLQ streams, each read newest first in pages of about
+    /// `limit / shards`: what is held at any time is bounded by `limit` plus one page per shard
+    /// (about twice `limit`, plus the number of shards), never `limit` per shard, however many
+    /// shards there are and wherever the newest letters are.
     pub async fn dead_letters(&self, limit: usize) -> Result<Vec<DeadLetterEntry>> {
-        let mut conn = self.conn();
-        let mut all = Vec::new();
-        for shard in self.keys.shard_ids() {
-            let reply: StreamRangeReply = redis::cmd("XREVRANGE")
-                .arg(self.keys.dlq(shard))
-                .arg("+")
-                .arg("-")
-                .arg("COUNT")
-                .arg(limit)
-                .query_async(&mut conn)
-                .await?;
-            all.extend(reply.ids.into_iter().map(|id| DeadLetterEntry::from_stream(shard, id)));
+        Ok(self.dead_letters_counted(limit).await?.0)
+    }
+
+    /// [`Relay::dead_letters`], and how many entries it read from Redis to find them.
+    pub async fn dead_letters_counted(&self, limit: usize) -> Result<(Vec<DeadLetterEntry>, usize)> {
+        let shards = usize::from(self.keys.shards());
+        if limit == 0 || shards == 0 {
+            return Ok((Vec::new(), 0));
         }
-        all.sort_by_key(|e| std::cmp::Reverse(entry_order(&e.entry_id)));
-        all.truncate(limit);
-        Ok(all)
+        let page = limit.div_ceil(shards).max(1);
+        let mut conn = self.conn();
+        // Every shard's first page in one round trip (grouped by slot on a cluster).
+        let first: Vec<(String, redis::Cmd)> = self
+            .keys
+            .shard_ids()
+            .map(|shard| {
+                let key = self.keys.dlq(shard);
+                let mut cmd = redis::cmd("XREVRANGE");
+                cmd.arg(&key).arg("+").arg("-").arg("COUNT").arg(page);
+                (key, cmd)
+            })
+            .collect();
+        let replies: Vec<StreamRangeReply> = conn.query_each(first).await?;
+        let mut read: usize = replies.iter().map(|r| r.ids.len()).sum();
+        let mut heads: Vec<ShardPage> =
+            self.keys.shard_ids().zip(replies).map(|(shard, reply)| ShardPage::new(shard, reply.ids, page)).collect();
+        let mut out = Vec::with_capacity(limit.min(10_000));
+        while out.len() < limit {
+            // A shard whose page is used up may still hold the newest letter: read on first.
+            for head in heads.iter_mut().filter(|h| h.entries.is_empty() && !h.exhausted) {
+                let Some(last) = head.last_id.clone() else {
+                    head.exhausted = true;
+                    continue;
+                };
+                let reply: StreamRangeReply = redis::cmd("XREVRANGE")
+                    .arg(self.keys.dlq(head.shard))
+                    .arg(format!("({last}"))
+                    .arg("-")
+                    .arg("COUNT")
+                    .arg(page)
+                    .query_async(&mut conn)
+                    .await?;
+                read += reply.ids.len();
+                head.refill(reply.ids, page);
+            }
+            let newest = heads
+                .iter_mut()
+                .filter(|h| !h.entries.is_empty())
+                .max_by_key(|h| h.entries.front().map(|e| entry_order(&e.id)));
+            match newest.and_then(|h| h.entries.pop_front().map(|e| (h.shard, e))) {
+                Some((shard, entry)) => out.push(DeadLetterEntry::from_stream(shard, entry)),
+                None => break,
+            }
+        }
+        Ok((out, read))
     }
 
     /// The dead letters with these ids (`<shard>:<entry id>`); unknown ids are left out.
@@ -308,6 +352,31 @@ impl Relay {
             .query_async(&mut self.conn())
             .await?;
         Ok(reply.ids.into_iter().map(|id| parse_entry(shard, id)).collect())
+    }
+}
+
+/// What has been read of one shard's DLQ and not yet merged.
+struct ShardPage {
+    shard: u16,
+    entries: std::collections::VecDeque<StreamId>,
+    /// The oldest id read so far: the next page starts below it.
+    last_id: Option<String>,
+    exhausted: bool,
+}
+
+impl ShardPage {
+    fn new(shard: u16, ids: Vec<StreamId>, page: usize) -> Self {
+        let mut p = ShardPage { shard, entries: Default::default(), last_id: None, exhausted: false };
+        p.refill(ids, page);
+        p
+    }
+
+    fn refill(&mut self, ids: Vec<StreamId>, page: usize) {
+        self.exhausted = ids.len() < page;
+        if let Some(last) = ids.last() {
+            self.last_id = Some(last.id.clone());
+        }
+        self.entries.extend(ids);
     }
 }
 
