@@ -1,6 +1,9 @@
 //! API errors: one enum, one table from error to status and code, one JSON shape:
 //! `{"error": {"code": "...", "message": "..."}}`. Unexpected errors are logged with their
-//! cause and answered with an opaque 500.
+//! cause and answered with an opaque 500. The log gets the error chain, never row data: of a
+//! Postgres error only its severity, SQLSTATE, message and the names of the table, column and
+//! constraint, not its DETAIL, HINT or WHERE (`Key (provider, token)=(…) already exists`,
+//! `Failing row contains (…)`), and quoted values that are not identifiers are masked.
 
 use actix_web::http::StatusCode;
 use actix_web::{HttpResponse, ResponseError};
@@ -69,6 +72,74 @@ impl ResponseError for ApiError {
     }
 }
 
+impl ApiError {
+    /// What the log says about this error: its message and its sources', with no row data
+    /// (see the module comment).
+    pub fn log_text(&self) -> String {
+        match self {
+            ApiError::Internal(source) => format!("internal error: {}", loggable(source.as_ref())),
+            other => mask_values(&other.to_string()),
+        }
+    }
+}
+
+/// An error and its sources, one message each, joined by `: `, safe to log: Postgres errors
+/// without their DETAIL/HINT/WHERE, quoted values masked.
+pub fn loggable(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    let mut next: Option<&(dyn std::error::Error + 'static)> = Some(err);
+    while let Some(e) = next {
+        let text = match e.downcast_ref::<tokio_postgres::error::DbError>() {
+            Some(db) => db_error(db),
+            None => mask_values(&e.to_string()),
+        };
+        // Wrappers often repeat their source's message ("postgres: db error" then "db error").
+        if !parts.last().is_some_and(|last| last.contains(&text)) {
+            parts.push(text);
+        }
+        next = e.source();
+    }
+    parts.join(": ")
+}
+
+fn db_error(db: &tokio_postgres::error::DbError) -> String {
+    let mut out = format!("{} {}: {}", db.severity(), db.code().code(), mask_values(db.message()));
+    for (what, name) in [("table", db.table()), ("column", db.column()), ("constraint", db.constraint())] {
+        if let Some(name) = name {
+            out.push_str(&format!(" ({what} {name})"));
+        }
+    }
+    out
+}
+
+/// Masks double-quoted text that is not an identifier (Postgres quotes both names and input
+/// values: `relation "device"` stays, `invalid input syntax for type uuid: "ExponentPushToken[…]"`
+/// does not): an identifier is at most 63 letters, digits, `_`, `$` or `.`, not starting with a
+/// digit. A push token or an email address never is one.
+pub fn mask_values(message: &str) -> String {
+    let mut out = String::with_capacity(message.len());
+    let mut rest = message;
+    while let Some(open) = rest.find('"') {
+        out.push_str(&rest[..=open]);
+        let after = &rest[open + 1..];
+        let Some(close) = after.find('"') else {
+            // An unmatched quote: mask the rest, it may be a cut value.
+            out.push('…');
+            return out;
+        };
+        let quoted = &after[..close];
+        let identifier = !quoted.is_empty()
+            && quoted.len() <= 63
+            && !quoted.starts_with(|c: char| c.is_ascii_digit())
+            && quoted.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '$' | '.'));
+        out.push_str(if identifier { quoted } else { "…" });
+        out.push('"');
+        rest = &after[close + 1..];
+    }
+    out.push_str(rest);
+    out
+}
+
 impl From<actors::error::EngineError> for ApiError {
     fn from(e: actors::error::EngineError) -> Self {
         ApiError::Internal(Box::new(e))
@@ -124,7 +195,36 @@ pub fn query_error(err: actix_web::error::QueryPayloadError, _req: &actix_web::H
     ApiError::BadRequest(format!("bad query string: {err}")).into()
 }
 
+/// What the request log says about the error behind a response (see [`ApiError::log_text`]).
+pub fn log_text(err: &actix_web::Error) -> String {
+    match err.as_error::<ApiError>() {
+        Some(api) => api.log_text(),
+        None => mask_values(&err.to_string()),
+    }
+}
+
 /// The JSON error body for errors raised by actix-web itself (unknown route, bad JSON…).
 pub fn body(code: &str, message: &str) -> serde_json::Value {
     json!({"error": {"code": code, "message": message}})
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quoted_values_are_masked_and_identifiers_kept() {
+        assert_eq!(
+            mask_values(r#"duplicate key value violates unique constraint "device_provider_token_key""#),
+            r#"duplicate key value violates unique constraint "device_provider_token_key""#
+        );
+        assert_eq!(
+            mask_values(r#"invalid input syntax for type uuid: "ExponentPushToken[abc]""#),
+            r#"invalid input syntax for type uuid: "…""#
+        );
+        assert_eq!(mask_values(r#"a "alice@example.com" b "public.device" c"#), r#"a "…" b "public.device" c"#);
+        assert_eq!(mask_values(r#"cut "alice@exa"#), r#"cut "…"#);
+        assert_eq!(mask_values(&format!(r#"hex "{}""#, "ab".repeat(32))), r#"hex "…""#);
+        assert_eq!(mask_values("no quotes"), "no quotes");
+    }
 }

@@ -206,6 +206,19 @@ pub struct AuthSettings {
     pub allow_insecure_jwks: bool,
 }
 
+impl AuthSettings {
+    /// The start-up warning when user tokens are accepted but neither `iss` nor `aud` is
+    /// checked: then a token of any project that shares the key (or a Supabase token meant for
+    /// another audience) is accepted.
+    pub fn unchecked_claims_warning(&self) -> Option<&'static str> {
+        let user_tokens = self.jwks_url.is_some() || self.jwks_file.is_some() || self.jwt_secret.is_some();
+        (user_tokens && self.issuer.is_none() && self.audience.is_none()).then_some(
+            "user tokens are accepted without checking iss or aud: set auth.issuer \
+             (https://<project>.supabase.co/auth/v1) and/or auth.audience (authenticated)",
+        )
+    }
+}
+
 /// `[devices]`: what one user may register.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -709,6 +722,17 @@ mod tests {
         assert!(s.auth.allow_insecure_jwks);
         let s = Settings::load(None, &env(&[("NOTIFY__AUTH__JWKS_URL", "https://p.supabase.co/jwks")])).unwrap();
         assert!(!s.auth.allow_insecure_jwks, "off by default");
+    }
+
+    #[test]
+    fn user_tokens_without_issuer_or_audience_get_a_warning() {
+        let warning =
+            |pairs: &[(&str, &str)]| Settings::load(None, &env(pairs)).unwrap().auth.unchecked_claims_warning();
+        assert_eq!(warning(&[]), None, "no user tokens at all");
+        let secret = ("NOTIFY__AUTH__JWT_SECRET", "a-secret-of-16-chars");
+        assert!(warning(&[secret]).unwrap().contains("auth.issuer"));
+        assert_eq!(warning(&[secret, ("NOTIFY__AUTH__ISSUER", "https://p.supabase.co/auth/v1")]), None);
+        assert_eq!(warning(&[secret, ("NOTIFY__AUTH__AUDIENCE", "authenticated")]), None);
     }
 
     #[test]

@@ -570,3 +570,79 @@ async fn the_dlq_listing_reads_a_bounded_total_across_shards_not_limit_per_shard
     assert_eq!(body["items"].as_array().unwrap().len(), 20);
     app.cleanup().await;
 }
+
+#[actix_web::test]
+async fn a_500_is_logged_with_its_postgres_error_chain_but_no_row_data() {
+    let app = prepare().await;
+    let token = "ExponentPushToken[secret-of-a-user]";
+    app.add_device("alice", "expo", token).await;
+    // A real Postgres error whose DETAIL carries the row: "Key (provider, token)=(expo, …)".
+    let err = app
+        .db
+        .execute("INSERT INTO device (user_id, provider, token) VALUES ('bob', 'expo', $1)", &[&token])
+        .await
+        .expect_err("duplicate token");
+    assert!(format!("{err:?}").contains(token), "the raw error does carry it: {err:?}");
+    let logged = notify_relay::error::ApiError::from(actors::error::EngineError::Postgres(err)).log_text();
+    assert!(!logged.contains("secret-of-a-user"), "{logged}");
+    for useful in ["postgres", "ERROR 23505", "duplicate key value violates unique constraint", "(table device)"] {
+        assert!(logged.contains(useful), "{useful} missing from {logged}");
+    }
+    // A value quoted in the message itself is masked too.
+    let err = app.db.execute("SELECT $1::text::uuid", &[&token]).await.expect_err("not a uuid");
+    let logged = notify_relay::error::ApiError::from(actors::error::EngineError::Postgres(err)).log_text();
+    assert!(!logged.contains("secret-of-a-user") && logged.contains("22P02"), "{logged}");
+    app.cleanup().await;
+}
+
+/// A JSON logger whose lines land in a buffer.
+#[derive(Clone, Default)]
+struct Captured(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Captured {
+    fn logger(&self) -> slog::Logger {
+        use slog::Drain;
+        let json = slog_json::Json::new(self.clone()).add_default_keys().build();
+        slog::Logger::root(std::sync::Mutex::new(json).fuse(), slog::o!())
+    }
+
+    fn lines(&self) -> Vec<Value> {
+        let text = String::from_utf8_lossy(&self.0.lock().unwrap()).to_string();
+        text.lines().filter_map(|l| serde_json::from_str(l).ok()).collect()
+    }
+}
+
+#[actix_web::test]
+async fn user_tokens_without_issuer_or_audience_are_warned_about_in_the_json_log() {
+    use notify_relay::startup::{Application, ProcessRoles};
+    let mut app = prepare().await;
+    app.env.insert("NOTIFY__AUTH__JWT_SECRET".into(), HS_SECRET.into());
+    let api_only = ProcessRoles::parse("api").unwrap();
+    let mut warned = Vec::new();
+    for issuer in [None, Some(ISSUER)] {
+        if let Some(iss) = issuer {
+            app.env.insert("NOTIFY__AUTH__ISSUER".into(), iss.into());
+        }
+        let log = Captured::default();
+        let started = Application::build(app.settings(), api_only, false, "c".into(), log.logger()).await.unwrap();
+        started.stop(Duration::from_secs(1)).await;
+        let lines = log.lines();
+        assert!(lines.iter().any(|l| l["msg"] == "http api listening"), "the log is captured: {lines:?}");
+        warned.push(lines.into_iter().find(|l| l["event"] == "AUTH_CLAIMS_UNCHECKED"));
+    }
+    let line = warned[0].as_ref().expect("a warning without auth.issuer and auth.audience");
+    assert_eq!(line["level"], "WARN");
+    assert!(line["msg"].as_str().unwrap().contains("auth.issuer"), "{line}");
+    assert!(warned[1].is_none(), "no warning once auth.issuer is set: {:?}", warned[1]);
+    app.cleanup().await;
+}
