@@ -155,7 +155,7 @@ pub struct ErrorBody {
 #[derive(serde::Serialize, utoipa::ToSchema)]
 pub struct ErrorDetail {
     /// Stable, machine-readable: bad_request, unauthorized, forbidden, not_found, conflict,
-    /// payload_too_large, invalid_value, unavailable, internal.
+    /// payload_too_large, invalid_value, method_not_allowed, unavailable, internal.
     pub code: String,
     /// What was wrong, for people; names the field where one is at fault.
     pub message: String,

@@ -41,12 +41,8 @@ impl Api {
     async fn call(&self, method: &str, path: &str, token: Option<&str>, body: Option<&[u8]>) -> (u16, Value) {
         let client = awc::Client::builder().timeout(Duration::from_secs(10)).finish();
         let url = format!("{}{path}", self.app.api());
-        let mut req = match method {
-            "GET" => client.get(url),
-            "POST" => client.post(url),
-            "DELETE" => client.delete(url),
-            other => panic!("method {other}"),
-        };
+        let method = awc::http::Method::from_bytes(method.as_bytes()).expect("method");
+        let mut req = client.request(method, url);
         if let Some(t) = token {
             req = req.insert_header(("authorization", format!("Bearer {t}")));
         }
@@ -645,4 +641,144 @@ async fn user_tokens_without_issuer_or_audience_are_warned_about_in_the_json_log
     assert!(line["msg"].as_str().unwrap().contains("auth.issuer"), "{line}");
     assert!(warned[1].is_none(), "no warning once auth.issuer is set: {:?}", warned[1]);
     app.cleanup().await;
+}
+
+impl Api {
+    fn service_token(&self) -> String {
+        let mut service = claims("", 3600);
+        service["role"] = json!("service_role");
+        service.as_object_mut().unwrap().remove("sub");
+        self.key.sign(&service)
+    }
+}
+
+#[actix_web::test]
+async fn unsupported_methods_answer_405_with_allow_and_the_json_error_shape() {
+    let api = api().await;
+    let client = awc::Client::default();
+    let device = Uuid::new_v4();
+    for (method, path, allow) in [
+        ("PUT", "/users/alice/devices".to_string(), "POST"),
+        ("GET", "/users/alice/devices".to_string(), "POST"),
+        ("GET", format!("/users/alice/devices/{device}"), "DELETE"),
+        ("PATCH", "/admin/dlq".to_string(), "GET"),
+        ("DELETE", "/admin/dlq/requeue".to_string(), "POST"),
+        ("POST", "/healthz".to_string(), "GET"),
+        ("GET", format!("/notifications/{device}/retry"), "POST"),
+        ("OPTIONS", "/users/alice/notifications/failed".to_string(), "GET"),
+    ] {
+        let m = awc::http::Method::from_bytes(method.as_bytes()).unwrap();
+        let mut resp = client.request(m, format!("{}{path}", api.app.api())).send().await.unwrap();
+        assert_eq!(resp.status().as_u16(), 405, "{method} {path}");
+        assert_eq!(resp.headers().get("allow").and_then(|v| v.to_str().ok()), Some(allow), "{method} {path}");
+        let body: Value = resp.json().await.unwrap();
+        assert_eq!(code(&body), "method_not_allowed", "{method} {path}: {body}");
+    }
+    // An unknown path is still a 404.
+    let (status, body) = api.call("PUT", "/no/such/route", None, None).await;
+    assert_eq!((status, code(&body)), (404, "not_found"));
+    api.done().await;
+}
+
+#[actix_web::test]
+async fn a_user_id_of_any_text_gets_a_valid_location_and_one_with_a_nul_is_a_400() {
+    let api = api().await;
+    let service = api.service_token();
+    let path = "/users/a%20b%2F%C3%A9%C2%85%1B/devices";
+    let client = awc::Client::default();
+    let mut resp = client
+        .post(format!("{}{path}", api.app.api()))
+        .bearer_auth(&service)
+        .send_json(&json!({"provider": "fcm", "token": "odd-user"}))
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 201, "{:?}", resp.body().await);
+    let body: Value = resp.json().await.unwrap();
+    let location = resp.headers().get("location").and_then(|v| v.to_str().ok()).unwrap_or_default().to_string();
+    assert_eq!(body["user_id"], "a b/é\u{85}\u{1b}");
+    assert_eq!(location, format!("/users/a%20b%2F%C3%A9%C2%85%1B/devices/{}", body["id"].as_str().unwrap()));
+    let (status, body) = api.call("DELETE", &location, Some(&service), None).await;
+    assert_eq!(status, 204, "the Location names the device: {body}");
+    // NUL cannot be stored in a Postgres text: refused, not a 500.
+    let (status, body) =
+        api.post("/users/a%00b/devices", Some(&service), json!({"provider": "fcm", "token": "x"})).await;
+    assert_eq!((status, code(&body)), (400, "bad_request"), "{body}");
+    let (status, _) = api.get("/users/a%00b/notifications/failed", Some(&service)).await;
+    assert_eq!(status, 400);
+    let (status, body) =
+        api.post("/users/alice/devices", Some(&service), json!({"provider": "fcm", "token": "a\u{0}b"})).await;
+    assert_eq!((status, code(&body)), (422, "invalid_value"), "{body}");
+    api.done().await;
+}
+
+#[actix_web::test]
+async fn removing_a_device_twice_is_a_404_the_second_time() {
+    let api = api().await;
+    let token = api.token("alice");
+    let (_, device) =
+        api.post("/users/alice/devices", Some(&token), json!({"provider": "fcm", "token": "twice"})).await;
+    let path = format!("/users/alice/devices/{}", device["id"].as_str().unwrap());
+    assert_eq!(api.call("DELETE", &path, Some(&token), None).await.0, 204);
+    let (status, body) = api.call("DELETE", &path, Some(&token), None).await;
+    assert_eq!(status, 404, "{body}");
+    assert!(body["error"]["message"].as_str().unwrap().contains("no active device"));
+    api.done().await;
+}
+
+#[actix_web::test]
+async fn requeue_takes_what_its_schema_allows_and_refuses_the_rest() {
+    let api = api().await;
+    let admin = Some(ADMIN_TOKEN);
+    let empty = json!({"requeued": [], "skipped": []});
+    // JSON Schema's integer includes 1208.0; a well-formed id beyond any shard names nothing.
+    for body in [json!({"all": true, "limit": 1208.0}), json!({"ids": ["65536:99999999999999999999-0"]})] {
+        let (status, report) = api.post("/admin/dlq/requeue", admin, body.clone()).await;
+        assert_eq!((status, &report), (200, &empty), "{body}");
+    }
+    for body in [
+        json!({"all": true, "limit": 1.5}),
+        json!({"all": true, "limit": 0}),
+        json!({"all": true, "limit": 10001}),
+        json!({"ids": ["+1:1-1"]}),
+        json!({"ids": vec!["0:1-1"; 1001]}),
+        json!({"ids": [format!("0:{}-0", "1".repeat(50))]}),
+        json!({"ids": ["0:1-1"], "all": true}),
+        json!({}),
+    ] {
+        let (status, resp) = api.post("/admin/dlq/requeue", admin, body.clone()).await;
+        assert_eq!((status, code(&resp)), (422, "invalid_value"), "{body}: {resp}");
+    }
+    api.done().await;
+}
+
+#[actix_web::test]
+async fn the_openapi_document_states_the_constraints_the_server_enforces() {
+    let api = api().await;
+    let (_, doc) = api.get("/openapi.json", None).await;
+    let op = |path: &str, method: &str| doc["paths"][path][method].clone();
+    let param = |op: &Value, name: &str| {
+        op["parameters"].as_array().unwrap().iter().find(|p| p["name"] == name).cloned().unwrap_or(Value::Null)
+    };
+    let remove = op("/users/{user_id}/devices/{device_id}", "delete");
+    assert_eq!(param(&remove, "device_id")["schema"]["format"], "uuid");
+    assert_eq!(param(&op("/notifications/{id}/retry", "post"), "id")["schema"]["format"], "uuid");
+    let failed = op("/users/{user_id}/notifications/failed", "get");
+    let limit = &param(&failed, "limit")["schema"];
+    assert_eq!((limit["minimum"].as_i64(), limit["maximum"].as_i64()), (Some(1), Some(100)), "{limit}");
+    let limit = &param(&op("/admin/dlq", "get"), "limit")["schema"];
+    assert_eq!((limit["minimum"].as_i64(), limit["maximum"].as_i64()), (Some(1), Some(1000)), "{limit}");
+    let days = &param(&op("/admin/metrics", "get"), "days")["schema"];
+    assert_eq!((days["minimum"].as_i64(), days["maximum"].as_i64()), (Some(1), Some(90)), "{days}");
+    let register = op("/users/{user_id}/devices", "post");
+    let body = &register["requestBody"]["content"]["application/json"]["schema"];
+    let providers: Vec<&Value> =
+        body["oneOf"].as_array().unwrap().iter().map(|a| &a["properties"]["provider"]["enum"][0]).collect();
+    assert_eq!(providers, [&json!("expo"), &json!("fcm"), &json!("apns"), &json!("email")]);
+    for status in ["201", "400", "401", "403", "409", "413", "422"] {
+        assert!(register["responses"][status].is_object(), "POST devices does not list {status}");
+    }
+    for status in ["200", "400", "401", "413", "422"] {
+        assert!(op("/admin/dlq/requeue", "post")["responses"][status].is_object(), "requeue does not list {status}");
+    }
+    api.done().await;
 }

@@ -42,7 +42,6 @@ pub struct DeadLetterEntry {
     pub attempts: u32,
     pub error: String,
     /// The job as written (JSON when it parses, else the raw text).
-    #[cfg_attr(feature = "openapi", schema(value_type = Object))]
     pub job: serde_json::Value,
 }
 

@@ -20,7 +20,6 @@ pub struct FailedNotification {
     pub error: String,
     pub attempt_count: i32,
     /// The notification's payload as it was inserted.
-    #[cfg_attr(feature = "openapi", schema(value_type = Object))]
     pub payload: Value,
     pub failed_at: DateTime<Utc>,
     pub retried_at: Option<DateTime<Utc>>,
@@ -250,15 +249,15 @@ impl Store {
         Ok(Registration::Registered { device: device(&row), created, moved_from })
     }
 
-    /// Disables a user's device (kept for the delivery history; registering the token again
-    /// re-enables it). False when the user has no such device.
+    /// Disables one of a user's active devices (kept for the delivery history; registering the
+    /// token again re-enables it). False when the user has no such active device (removing
+    /// twice: the second finds none).
     pub async fn remove_device(&self, user: &str, device_id: Uuid) -> Result<bool> {
         let client = self.pool.get().await?;
         let n = client
             .execute(
-                "UPDATE device SET disabled_at = coalesce(disabled_at, now()),
-                        disabled_reason = coalesce(disabled_reason, 'removed through the API')
-                  WHERE id = $1 AND user_id = $2",
+                "UPDATE device SET disabled_at = now(), disabled_reason = 'removed through the API'
+                  WHERE id = $1 AND user_id = $2 AND disabled_at IS NULL",
                 &[&device_id, &user],
             )
             .await?;
