@@ -47,9 +47,12 @@ pub struct DeadLetterEntry {
 
 impl DeadLetterEntry {
     /// Parses `<shard>:<entry id>`.
+    /// Decimal digits only (`str::parse` would also take a leading `+`).
     pub fn parse_id(id: &str) -> Option<(u16, String)> {
+        let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
         let (shard, entry) = id.split_once(':')?;
         let (ms, seq) = entry.split_once('-')?;
+        (digits(shard) && digits(ms) && digits(seq)).then_some(())?;
         (ms.parse::<u64>().is_ok() && seq.parse::<u64>().is_ok()).then_some(())?;
         Some((shard.parse().ok()?, entry.to_string()))
     }
@@ -397,7 +400,7 @@ mod tests {
     #[test]
     fn dead_letter_ids_name_a_shard_and_an_entry() {
         assert_eq!(DeadLetterEntry::parse_id("3:1700000000000-7"), Some((3, "1700000000000-7".into())));
-        for bad in ["", "3", "x:1-1", "3:abc", "3:1-x", "-1:1-1", "3:1"] {
+        for bad in ["", "3", "x:1-1", "3:abc", "3:1-x", "-1:1-1", "3:1", "+3:1-1", "3:+1-1", "3:1-+1", "70000:1-1"] {
             assert_eq!(DeadLetterEntry::parse_id(bad), None, "{bad}");
         }
     }
