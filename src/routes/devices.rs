@@ -159,12 +159,20 @@ pub async fn register(
     };
     let max = i64::from(state.max_devices_per_user);
     match state.store.register_device(&user_id, provider, &token, caller.is_service(), max).await? {
-        Registration::Registered { device, .. } => Ok(HttpResponse::Created()
-            .insert_header((
-                "location",
-                format!("/users/{}/devices/{}", super::path_segment(&device.user_id), device.id),
-            ))
-            .json(device)),
+        Registration::Registered { device, moved_from, .. } => {
+            if let Some(from) = moved_from {
+                // Who had a device before matters when a phone changes hands (or is taken).
+                slog::info!(state.log, "device moved to another user"; "event" => "DEVICE_MOVED",
+                            "device_id" => %device.id, "provider" => provider.as_str(),
+                            "from_user" => from, "to_user" => &device.user_id);
+            }
+            Ok(HttpResponse::Created()
+                .insert_header((
+                    "location",
+                    format!("/users/{}/devices/{}", super::path_segment(&device.user_id), device.id),
+                ))
+                .json(device))
+        }
         Registration::OwnedByAnotherUser => Err(ApiError::Conflict(
             "token: this email address is an active device of another user; it moves only on a service_role \
              token (or once that user removes it)"

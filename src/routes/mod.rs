@@ -24,6 +24,7 @@ pub struct AppState {
     pub cursor_key: Vec<u8>,
     /// `devices.max_per_user`.
     pub max_devices_per_user: u32,
+    pub log: slog::Logger,
 }
 
 pub fn configure(cfg: &mut actix_web::web::ServiceConfig) {
