@@ -28,6 +28,14 @@ pub enum ApiError {
     NotFound(String),
     #[error("{0}")]
     Unavailable(String),
+    /// Postgres or Redis cannot be reached (or the engine is stopping): a 503, `what` named,
+    /// the cause logged.
+    #[error("{what} is unavailable; try again later")]
+    DependencyDown {
+        what: &'static str,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
     #[error("internal error")]
     Internal(#[source] Box<dyn std::error::Error + Send + Sync>),
 }
@@ -42,7 +50,7 @@ impl ApiError {
             ApiError::PayloadTooLarge(_) => "payload_too_large",
             ApiError::Unprocessable(_) => "invalid_value",
             ApiError::NotFound(_) => "not_found",
-            ApiError::Unavailable(_) => "unavailable",
+            ApiError::Unavailable(_) | ApiError::DependencyDown { .. } => "unavailable",
             ApiError::Internal(_) => "internal",
         }
     }
@@ -58,7 +66,7 @@ impl ResponseError for ApiError {
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
-            ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Unavailable(_) | ApiError::DependencyDown { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -78,6 +86,7 @@ impl ApiError {
     pub fn log_text(&self) -> String {
         match self {
             ApiError::Internal(source) => format!("internal error: {}", loggable(source.as_ref())),
+            ApiError::DependencyDown { what, source } => format!("{what} unavailable: {}", loggable(source.as_ref())),
             other => mask_values(&other.to_string()),
         }
     }
@@ -141,9 +150,42 @@ pub fn mask_values(message: &str) -> String {
 }
 
 impl From<actors::error::EngineError> for ApiError {
+    /// Postgres or Redis out of reach is a 503 (the client may try again); anything else a 500.
     fn from(e: actors::error::EngineError) -> Self {
-        ApiError::Internal(Box::new(e))
+        use actors::error::EngineError as E;
+        let what = match &e {
+            E::Pool(_) => Some("postgres"),
+            E::Postgres(pg) if postgres_unreachable(pg) => Some("postgres"),
+            E::Redis(r) if redis_unreachable(r) => Some("redis"),
+            E::Mailbox(_) => Some("the relay engine"),
+            _ => None,
+        };
+        match what {
+            Some(what) => ApiError::DependencyDown { what, source: Box::new(e) },
+            None => ApiError::Internal(Box::new(e)),
+        }
     }
+}
+
+/// A lost or refused connection, or a server going away (SQLSTATE classes 08 connection
+/// exception, 53 insufficient resources, 57P operator intervention).
+fn postgres_unreachable(e: &tokio_postgres::Error) -> bool {
+    if e.is_closed() {
+        return true;
+    }
+    if let Some(code) = e.code() {
+        let code = code.code();
+        return code.starts_with("08") || code.starts_with("53") || code.starts_with("57P");
+    }
+    std::error::Error::source(e).is_some_and(|s| s.is::<std::io::Error>())
+}
+
+fn redis_unreachable(e: &redis::RedisError) -> bool {
+    e.is_io_error()
+        || e.is_timeout()
+        || e.is_connection_refusal()
+        || e.is_connection_dropped()
+        || matches!(e.code(), Some("LOADING" | "BUSY" | "TRYAGAIN" | "CLUSTERDOWN" | "MASTERDOWN"))
 }
 
 /// `{"error": {"code", "message"}}`, for the OpenAPI document.
@@ -211,6 +253,23 @@ pub fn body(code: &str, message: &str) -> serde_json::Value {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn postgres_or_redis_out_of_reach_is_a_503_and_anything_else_a_500() {
+        use actors::error::EngineError as E;
+        let refused = redis::RedisError::from(std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "refused"));
+        let timeout = deadpool_postgres::PoolError::Timeout(deadpool_postgres::TimeoutType::Wait);
+        for e in [E::Redis(refused), E::Pool(timeout)] {
+            let api = ApiError::from(e);
+            assert_eq!(api.status_code(), StatusCode::SERVICE_UNAVAILABLE, "{api}");
+            assert_eq!(api.code(), "unavailable");
+            assert!(api.log_text().contains("unavailable: "), "the cause is logged: {}", api.log_text());
+        }
+        let wrongtype =
+            redis::RedisError::from((redis::ErrorKind::Server(redis::ServerErrorKind::ResponseError), "WRONGTYPE"));
+        assert_eq!(ApiError::from(E::Redis(wrongtype)).status_code(), StatusCode::INTERNAL_SERVER_ERROR);
+        assert_eq!(ApiError::from(E::Provider("x".into())).status_code(), StatusCode::INTERNAL_SERVER_ERROR);
+    }
 
     #[test]
     fn quoted_values_are_masked_and_identifiers_kept() {

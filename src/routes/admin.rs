@@ -42,7 +42,8 @@ pub struct Totals {
 }
 
 /// Per shard: stream length, pending, lag, delayed retries, dead letters, receipts to fetch.
-#[utoipa::path(tag = "admin", responses((status = 200, body = QueuesBody), (status = 401, body = crate::error::ErrorBody)),
+#[utoipa::path(tag = "admin", responses((status = 200, body = QueuesBody), (status = 401, body = crate::error::ErrorBody),
+    (status = 503, description = "Postgres or Redis cannot be reached; try again", body = crate::error::ErrorBody)),
     security(("admin_token" = [])))]
 #[get("/admin/queues")]
 pub async fn queues(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
@@ -74,7 +75,8 @@ pub struct DlqBody {
 
 /// The newest dead letters of every shard.
 #[utoipa::path(tag = "admin", params(DlqQuery),
-    responses((status = 200, body = DlqBody), (status = 400, body = crate::error::ErrorBody), (status = 401, body = crate::error::ErrorBody)),
+    responses((status = 200, body = DlqBody), (status = 400, body = crate::error::ErrorBody), (status = 401, body = crate::error::ErrorBody),
+    (status = 503, description = "Postgres or Redis cannot be reached; try again", body = crate::error::ErrorBody)),
     security(("admin_token" = [])))]
 #[get("/admin/dlq")]
 pub async fn dlq(
@@ -159,7 +161,8 @@ impl utoipa::PartialSchema for RequeueRequest {
               (status = 400, description = "malformed JSON or not Content-Type: application/json", body = crate::error::ErrorBody),
               (status = 401, body = crate::error::ErrorBody),
               (status = 413, description = "body over 64 KiB", body = crate::error::ErrorBody),
-              (status = 422, description = "no ids and not `all`, both, a malformed id, or a limit out of range", body = crate::error::ErrorBody)),
+              (status = 422, description = "no ids and not `all`, both, a malformed id, or a limit out of range", body = crate::error::ErrorBody),
+              (status = 503, description = "Postgres or Redis cannot be reached; try again", body = crate::error::ErrorBody)),
     security(("admin_token" = [])))]
 #[post("/admin/dlq/requeue")]
 pub async fn requeue(
@@ -237,7 +240,8 @@ pub struct MetricsBody {
 
 /// The daily Redis counters per event (and `event:provider`), today first.
 #[utoipa::path(tag = "admin", params(MetricsQuery),
-    responses((status = 200, body = MetricsBody), (status = 400, body = crate::error::ErrorBody), (status = 401, body = crate::error::ErrorBody)),
+    responses((status = 200, body = MetricsBody), (status = 400, body = crate::error::ErrorBody), (status = 401, body = crate::error::ErrorBody),
+    (status = 503, description = "Postgres or Redis cannot be reached; try again", body = crate::error::ErrorBody)),
     security(("admin_token" = [])))]
 #[get("/admin/metrics")]
 pub async fn metrics(

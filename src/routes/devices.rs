@@ -134,6 +134,7 @@ pub fn validate_token(provider: Provider, token: &str) -> Result<(), String> {
         (status = 409, description = "the email address is an active device of another user", body = crate::error::ErrorBody),
         (status = 413, description = "body over 64 KiB", body = crate::error::ErrorBody),
         (status = 422, description = "missing field or bad provider/token (the message names the field), or the user has `devices.max_per_user` active devices", body = crate::error::ErrorBody),
+        (status = 503, description = "Postgres or Redis cannot be reached; try again", body = crate::error::ErrorBody),
     ),
     security(("user_jwt" = []))
 )]
@@ -208,6 +209,7 @@ pub fn normalize_address(address: &str) -> String {
         (status = 401, body = crate::error::ErrorBody),
         (status = 403, body = crate::error::ErrorBody),
         (status = 404, description = "the user has no such active device", body = crate::error::ErrorBody),
+        (status = 503, description = "Postgres or Redis cannot be reached; try again", body = crate::error::ErrorBody),
     ),
     security(("user_jwt" = []))
 )]

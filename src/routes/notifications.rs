@@ -38,6 +38,7 @@ pub struct FailedPage {
         (status = 400, description = "bad `limit`, a malformed or tampered cursor, or a user_id with a NUL", body = crate::error::ErrorBody),
         (status = 401, body = crate::error::ErrorBody),
         (status = 403, description = "another user's notifications", body = crate::error::ErrorBody),
+        (status = 503, description = "Postgres or Redis cannot be reached; try again", body = crate::error::ErrorBody),
     ),
     security(("user_jwt" = []))
 )]
@@ -89,6 +90,7 @@ pub struct RetryAccepted {
         (status = 403, description = "another user's notification", body = crate::error::ErrorBody),
         (status = 404, body = crate::error::ErrorBody),
         (status = 409, description = "the notification is not failed", body = crate::error::ErrorBody),
+        (status = 503, description = "Postgres or Redis cannot be reached; try again", body = crate::error::ErrorBody),
     ),
     security(("user_jwt" = []), ("admin_token" = []))
 )]

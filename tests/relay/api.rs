@@ -782,3 +782,29 @@ async fn the_openapi_document_states_the_constraints_the_server_enforces() {
     }
     api.done().await;
 }
+
+#[actix_web::test]
+async fn postgres_out_of_reach_is_a_503_naming_it_not_a_500() {
+    let api = api().await;
+    let token = api.token("alice");
+    assert_eq!(api.get("/users/alice/notifications/failed", Some(&token)).await.0, 200);
+    // The database refuses new connections and every open one is cut: the pool has none left.
+    let base = crate::helpers::base_database_url();
+    let (admin, connection) = tokio_postgres::connect(&base, tokio_postgres::NoTls).await.unwrap();
+    actix_rt::spawn(connection);
+    let db = &api.app.db_name;
+    admin.batch_execute(&format!("ALTER DATABASE {db} WITH ALLOW_CONNECTIONS false")).await.unwrap();
+    admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1", &[db]).await.unwrap();
+    let (status, body) = api.get("/users/alice/notifications/failed", Some(&token)).await;
+    assert_eq!((status, code(&body)), (503, "unavailable"), "{body}");
+    assert!(body["error"]["message"].as_str().unwrap().starts_with("postgres is unavailable"), "{body}");
+    let (status, _) = api.post("/users/alice/devices", Some(&token), json!({"provider": "fcm", "token": "t"})).await;
+    assert_eq!(status, 503);
+    admin.batch_execute(&format!("ALTER DATABASE {db} WITH ALLOW_CONNECTIONS true")).await.unwrap();
+    // Back: the pool connects again.
+    eventually(Duration::from_secs(10), || async {
+        (api.get("/users/alice/notifications/failed", Some(&token)).await.0 == 200).then_some(())
+    })
+    .await;
+    api.done().await;
+}
