@@ -224,16 +224,21 @@ pub fn parse_since(raw: &str) -> Result<DateTime<Utc>, String> {
     if let Ok(d) = NaiveDate::parse_from_str(raw, "%Y-%m-%d") {
         return d.and_hms_opt(0, 0, 0).map(|t| t.and_utc()).ok_or_else(|| format!("--since {raw}: bad date"));
     }
-    let (n, unit) = raw.split_at(raw.len().saturating_sub(1));
-    let n: i64 = n.parse().map_err(|_| format!("--since {raw}: expected a date, an RFC 3339 time or e.g. 24h"))?;
+    // The unit is the last character, whatever its width (a byte split could cut one in two).
+    let bad = || format!("--since {raw}: expected a date, an RFC 3339 time or e.g. 24h");
+    let (at, unit) = raw.char_indices().last().ok_or_else(bad)?;
+    let n: i64 = raw[..at].parse().map_err(|_| bad())?;
+    if n < 0 {
+        return Err(format!("--since {raw}: a span back from now cannot be negative"));
+    }
     let span = match unit {
-        "s" => chrono::Duration::seconds(n),
-        "m" => chrono::Duration::minutes(n),
-        "h" => chrono::Duration::hours(n),
-        "d" => chrono::Duration::days(n),
+        's' => chrono::Duration::try_seconds(n),
+        'm' => chrono::Duration::try_minutes(n),
+        'h' => chrono::Duration::try_hours(n),
+        'd' => chrono::Duration::try_days(n),
         _ => return Err(format!("--since {raw}: the unit must be s, m, h or d")),
     };
-    Ok(Utc::now() - span)
+    span.and_then(|span| Utc::now().checked_sub_signed(span)).ok_or_else(|| format!("--since {raw}: too far back"))
 }
 
 #[cfg(test)]
@@ -248,5 +253,19 @@ mod tests {
         assert!((Utc::now() - day_ago - chrono::Duration::hours(24)).num_seconds().abs() < 5);
         assert!(parse_since("yesterday").is_err());
         assert!(parse_since("5w").unwrap_err().contains("unit"));
+    }
+
+    #[test]
+    fn since_refuses_spans_it_cannot_compute_instead_of_panicking() {
+        // A multibyte last character (a byte split would cut it), nothing, a unit alone.
+        for raw in ["1é", "24ч", "é", "", "h", "1 d"] {
+            assert!(parse_since(raw).is_err(), "{raw}");
+        }
+        // Spans beyond what chrono (or the calendar) can hold.
+        for raw in [&format!("{}d", i64::MAX), &format!("{}s", i64::MAX), "9223372036854775807h", "300000000d"] {
+            assert!(parse_since(raw).unwrap_err().contains("too far back"), "{raw}");
+        }
+        assert!(parse_since("-5d").unwrap_err().contains("negative"));
+        assert!(parse_since("99999999999999999999d").is_err(), "over i64");
     }
 }

@@ -25,20 +25,59 @@ pub const SERVICE_ROLE: &str = "service_role";
 /// The verified caller of a user route.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Caller {
-    /// A user token: `sub`.
-    User(String),
+    /// A user token: `sub`, and the `email` claim when the token carries a non-empty one
+    /// (Supabase Auth puts the user's address there).
+    User { sub: String, email: Option<String> },
     /// A token with role `service_role`, or the admin token where a route accepts it.
     Service,
 }
 
 impl Caller {
+    /// A user token without an email claim.
+    pub fn user(sub: impl Into<String>) -> Caller {
+        Caller::User { sub: sub.into(), email: None }
+    }
+
     /// Whether the caller may read or change `user`'s data: their own, or anyone's as a service.
     pub fn may_act_for(&self, user: &str) -> Result<(), ApiError> {
         match self {
             Caller::Service => Ok(()),
-            Caller::User(sub) if sub == user => Ok(()),
-            Caller::User(_) => Err(ApiError::Forbidden("this token belongs to another user".into())),
+            Caller::User { sub, .. } if sub == user => Ok(()),
+            Caller::User { .. } => Err(ApiError::Forbidden("this token belongs to another user".into())),
         }
+    }
+
+    pub fn is_service(&self) -> bool {
+        matches!(self, Caller::Service)
+    }
+
+    /// Whether the caller may register `address` as an email device: a service may register
+    /// any address, a user only the one in their token's `email` claim (see [`same_address`]).
+    pub fn may_register_email(&self, address: &str) -> Result<(), ApiError> {
+        match self {
+            Caller::Service => Ok(()),
+            Caller::User { email: Some(own), .. } if same_address(own, address) => Ok(()),
+            Caller::User { email: Some(_), .. } => Err(ApiError::Forbidden(
+                "token: a user token may register only the email address in its `email` claim; \
+                 other addresses need a service_role token"
+                    .into(),
+            )),
+            Caller::User { email: None, .. } => Err(ApiError::Forbidden(
+                "token: this user token has no `email` claim, so it may not register an email address; \
+                 use a service_role token"
+                    .into(),
+            )),
+        }
+    }
+}
+
+/// Whether two email addresses are the same mailbox as far as the ownership rule goes: the
+/// local part compared exactly (RFC 5321 lets a server tell `Alice` from `alice`), the domain
+/// without regard to ASCII case (domains are case-insensitive).
+pub fn same_address(a: &str, b: &str) -> bool {
+    match (a.rsplit_once('@'), b.rsplit_once('@')) {
+        (Some((la, da)), Some((lb, db))) => la == lb && da.eq_ignore_ascii_case(db),
+        _ => false,
     }
 }
 
@@ -87,6 +126,17 @@ pub struct Authenticator {
 struct Claims {
     sub: Option<String>,
     role: Option<String>,
+    /// Supabase: the user's address (empty for phone and anonymous users). Anything but a
+    /// string is ignored, as no address.
+    #[serde(default, deserialize_with = "string_or_none")]
+    email: Option<String>,
+}
+
+fn string_or_none<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    Ok(match serde_json::Value::deserialize(d)? {
+        serde_json::Value::String(s) if !s.trim().is_empty() => Some(s),
+        _ => None,
+    })
 }
 
 fn unauthorized(message: impl Into<String>) -> ApiError {
@@ -258,7 +308,7 @@ impl Authenticator {
             return Ok(Caller::Service);
         }
         match claims.sub {
-            Some(sub) if !sub.is_empty() => Ok(Caller::User(sub)),
+            Some(sub) if !sub.is_empty() => Ok(Caller::User { sub, email: claims.email }),
             _ => Err(unauthorized("token has no subject")),
         }
     }
@@ -360,9 +410,22 @@ mod tests {
 
     #[test]
     fn users_act_for_themselves_and_services_for_anyone() {
-        assert!(Caller::User("a".into()).may_act_for("a").is_ok());
-        assert!(matches!(Caller::User("a".into()).may_act_for("b"), Err(ApiError::Forbidden(_))));
+        assert!(Caller::user("a").may_act_for("a").is_ok());
+        assert!(matches!(Caller::user("a").may_act_for("b"), Err(ApiError::Forbidden(_))));
         assert!(Caller::Service.may_act_for("b").is_ok());
+    }
+
+    #[test]
+    fn a_user_registers_only_the_address_of_their_email_claim_with_the_domain_in_any_case() {
+        let alice = Caller::User { sub: "a".into(), email: Some("alice@Example.COM".into()) };
+        assert!(alice.may_register_email("alice@example.com").is_ok());
+        assert!(alice.may_register_email("alice@EXAMPLE.com").is_ok());
+        for other in ["Alice@example.com", "bob@example.com", "alice@example.org", "alice", "alice@example.com.evil"] {
+            let err = alice.may_register_email(other).unwrap_err();
+            assert!(matches!(&err, ApiError::Forbidden(m) if m.contains("`email` claim")), "{other}: {err}");
+        }
+        assert!(matches!(Caller::user("a").may_register_email("a@example.com"), Err(ApiError::Forbidden(_))));
+        assert!(Caller::Service.may_register_email("anyone@example.com").is_ok());
     }
 }
 
@@ -393,6 +456,7 @@ mod proptests {
             leeway_secs: 30,
             jwks_cache_ms: 60_000,
             jwks_min_refresh_ms: 10_000,
+            allow_insecure_jwks: false,
         };
         Authenticator::new(&settings).expect("authenticator")
     }
@@ -494,7 +558,7 @@ mod proptests {
                     let token = sign(&object(&header, &header_order), &object(&claims, &order));
                     let caller = match role {
                         Some(SERVICE_ROLE) => Caller::Service,
-                        _ => Caller::User(sub),
+                        _ => Caller::user(sub),
                     };
                     (token, caller)
                 },

@@ -1,6 +1,9 @@
 //! API errors: one enum, one table from error to status and code, one JSON shape:
 //! `{"error": {"code": "...", "message": "..."}}`. Unexpected errors are logged with their
-//! cause and answered with an opaque 500.
+//! cause and answered with an opaque 500. The log gets the error chain, never row data: of a
+//! Postgres error only its severity, SQLSTATE, message and the names of the table, column and
+//! constraint, not its DETAIL, HINT or WHERE (`Key (provider, token)=(…) already exists`,
+//! `Failing row contains (…)`), and quoted values that are not identifiers are masked.
 
 use actix_web::http::StatusCode;
 use actix_web::{HttpResponse, ResponseError};
@@ -25,6 +28,14 @@ pub enum ApiError {
     NotFound(String),
     #[error("{0}")]
     Unavailable(String),
+    /// Postgres or Redis cannot be reached (or the engine is stopping): a 503, `what` named,
+    /// the cause logged.
+    #[error("{what} is unavailable; try again later")]
+    DependencyDown {
+        what: &'static str,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
     #[error("internal error")]
     Internal(#[source] Box<dyn std::error::Error + Send + Sync>),
 }
@@ -39,7 +50,7 @@ impl ApiError {
             ApiError::PayloadTooLarge(_) => "payload_too_large",
             ApiError::Unprocessable(_) => "invalid_value",
             ApiError::NotFound(_) => "not_found",
-            ApiError::Unavailable(_) => "unavailable",
+            ApiError::Unavailable(_) | ApiError::DependencyDown { .. } => "unavailable",
             ApiError::Internal(_) => "internal",
         }
     }
@@ -55,7 +66,7 @@ impl ResponseError for ApiError {
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
-            ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Unavailable(_) | ApiError::DependencyDown { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -69,10 +80,112 @@ impl ResponseError for ApiError {
     }
 }
 
-impl From<actors::error::EngineError> for ApiError {
-    fn from(e: actors::error::EngineError) -> Self {
-        ApiError::Internal(Box::new(e))
+impl ApiError {
+    /// What the log says about this error: its message and its sources', with no row data
+    /// (see the module comment).
+    pub fn log_text(&self) -> String {
+        match self {
+            ApiError::Internal(source) => format!("internal error: {}", loggable(source.as_ref())),
+            ApiError::DependencyDown { what, source } => format!("{what} unavailable: {}", loggable(source.as_ref())),
+            other => mask_values(&other.to_string()),
+        }
     }
+}
+
+/// An error and its sources, one message each, joined by `: `, safe to log: Postgres errors
+/// without their DETAIL/HINT/WHERE, quoted values masked.
+pub fn loggable(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    let mut next: Option<&(dyn std::error::Error + 'static)> = Some(err);
+    while let Some(e) = next {
+        let text = match e.downcast_ref::<tokio_postgres::error::DbError>() {
+            Some(db) => db_error(db),
+            None => mask_values(&e.to_string()),
+        };
+        // Wrappers often repeat their source's message ("postgres: db error" then "db error").
+        if !parts.last().is_some_and(|last| last.contains(&text)) {
+            parts.push(text);
+        }
+        next = e.source();
+    }
+    parts.join(": ")
+}
+
+fn db_error(db: &tokio_postgres::error::DbError) -> String {
+    let mut out = format!("{} {}: {}", db.severity(), db.code().code(), mask_values(db.message()));
+    for (what, name) in [("table", db.table()), ("column", db.column()), ("constraint", db.constraint())] {
+        if let Some(name) = name {
+            out.push_str(&format!(" ({what} {name})"));
+        }
+    }
+    out
+}
+
+/// Masks double-quoted text that is not an identifier (Postgres quotes both names and input
+/// values: `relation "device"` stays, `invalid input syntax for type uuid: "ExponentPushToken[…]"`
+/// does not): an identifier is at most 63 letters, digits, `_`, `$` or `.`, not starting with a
+/// digit. A push token or an email address never is one.
+pub fn mask_values(message: &str) -> String {
+    let mut out = String::with_capacity(message.len());
+    let mut rest = message;
+    while let Some(open) = rest.find('"') {
+        out.push_str(&rest[..=open]);
+        let after = &rest[open + 1..];
+        let Some(close) = after.find('"') else {
+            // An unmatched quote: mask the rest, it may be a cut value.
+            out.push('…');
+            return out;
+        };
+        let quoted = &after[..close];
+        let identifier = !quoted.is_empty()
+            && quoted.len() <= 63
+            && !quoted.starts_with(|c: char| c.is_ascii_digit())
+            && quoted.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '$' | '.'));
+        out.push_str(if identifier { quoted } else { "…" });
+        out.push('"');
+        rest = &after[close + 1..];
+    }
+    out.push_str(rest);
+    out
+}
+
+impl From<actors::error::EngineError> for ApiError {
+    /// Postgres or Redis out of reach is a 503 (the client may try again); anything else a 500.
+    fn from(e: actors::error::EngineError) -> Self {
+        use actors::error::EngineError as E;
+        let what = match &e {
+            E::Pool(_) => Some("postgres"),
+            E::Postgres(pg) if postgres_unreachable(pg) => Some("postgres"),
+            E::Redis(r) if redis_unreachable(r) => Some("redis"),
+            E::Mailbox(_) => Some("the relay engine"),
+            _ => None,
+        };
+        match what {
+            Some(what) => ApiError::DependencyDown { what, source: Box::new(e) },
+            None => ApiError::Internal(Box::new(e)),
+        }
+    }
+}
+
+/// A lost or refused connection, or a server going away (SQLSTATE classes 08 connection
+/// exception, 53 insufficient resources, 57P operator intervention).
+fn postgres_unreachable(e: &tokio_postgres::Error) -> bool {
+    if e.is_closed() {
+        return true;
+    }
+    if let Some(code) = e.code() {
+        let code = code.code();
+        return code.starts_with("08") || code.starts_with("53") || code.starts_with("57P");
+    }
+    std::error::Error::source(e).is_some_and(|s| s.is::<std::io::Error>())
+}
+
+fn redis_unreachable(e: &redis::RedisError) -> bool {
+    e.is_io_error()
+        || e.is_timeout()
+        || e.is_connection_refusal()
+        || e.is_connection_dropped()
+        || matches!(e.code(), Some("LOADING" | "BUSY" | "TRYAGAIN" | "CLUSTERDOWN" | "MASTERDOWN"))
 }
 
 /// `{"error": {"code", "message"}}`, for the OpenAPI document.
@@ -84,7 +197,7 @@ pub struct ErrorBody {
 #[derive(serde::Serialize, utoipa::ToSchema)]
 pub struct ErrorDetail {
     /// Stable, machine-readable: bad_request, unauthorized, forbidden, not_found, conflict,
-    /// payload_too_large, invalid_value, unavailable, internal.
+    /// payload_too_large, invalid_value, method_not_allowed, unavailable, internal.
     pub code: String,
     /// What was wrong, for people; names the field where one is at fault.
     pub message: String,
@@ -124,7 +237,53 @@ pub fn query_error(err: actix_web::error::QueryPayloadError, _req: &actix_web::H
     ApiError::BadRequest(format!("bad query string: {err}")).into()
 }
 
+/// What the request log says about the error behind a response (see [`ApiError::log_text`]).
+pub fn log_text(err: &actix_web::Error) -> String {
+    match err.as_error::<ApiError>() {
+        Some(api) => api.log_text(),
+        None => mask_values(&err.to_string()),
+    }
+}
+
 /// The JSON error body for errors raised by actix-web itself (unknown route, bad JSON…).
 pub fn body(code: &str, message: &str) -> serde_json::Value {
     json!({"error": {"code": code, "message": message}})
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn postgres_or_redis_out_of_reach_is_a_503_and_anything_else_a_500() {
+        use actors::error::EngineError as E;
+        let refused = redis::RedisError::from(std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "refused"));
+        let timeout = deadpool_postgres::PoolError::Timeout(deadpool_postgres::TimeoutType::Wait);
+        for e in [E::Redis(refused), E::Pool(timeout)] {
+            let api = ApiError::from(e);
+            assert_eq!(api.status_code(), StatusCode::SERVICE_UNAVAILABLE, "{api}");
+            assert_eq!(api.code(), "unavailable");
+            assert!(api.log_text().contains("unavailable: "), "the cause is logged: {}", api.log_text());
+        }
+        let wrongtype =
+            redis::RedisError::from((redis::ErrorKind::Server(redis::ServerErrorKind::ResponseError), "WRONGTYPE"));
+        assert_eq!(ApiError::from(E::Redis(wrongtype)).status_code(), StatusCode::INTERNAL_SERVER_ERROR);
+        assert_eq!(ApiError::from(E::Provider("x".into())).status_code(), StatusCode::INTERNAL_SERVER_ERROR);
+    }
+
+    #[test]
+    fn quoted_values_are_masked_and_identifiers_kept() {
+        assert_eq!(
+            mask_values(r#"duplicate key value violates unique constraint "device_provider_token_key""#),
+            r#"duplicate key value violates unique constraint "device_provider_token_key""#
+        );
+        assert_eq!(
+            mask_values(r#"invalid input syntax for type uuid: "ExponentPushToken[abc]""#),
+            r#"invalid input syntax for type uuid: "…""#
+        );
+        assert_eq!(mask_values(r#"a "alice@example.com" b "public.device" c"#), r#"a "…" b "public.device" c"#);
+        assert_eq!(mask_values(r#"cut "alice@exa"#), r#"cut "…"#);
+        assert_eq!(mask_values(&format!(r#"hex "{}""#, "ab".repeat(32))), r#"hex "…""#);
+        assert_eq!(mask_values("no quotes"), "no quotes");
+    }
 }

@@ -146,10 +146,22 @@ impl Emulator {
     }
 }
 
-pub async fn run(settings: &Settings, args: LoadgenArgs) -> Result<(), BoxError> {
-    if args.users == 0 || args.notifications == 0 {
-        return Err("--users and --notifications must be at least 1".into());
+/// Most notifications (and users) one run may ask for: the counts become Postgres `int8`
+/// arithmetic and in-memory tables, so they are bounded well below where they would wrap.
+pub const MAX_COUNT: u64 = 1_000_000_000;
+
+/// `--notifications` and `--users`: 1 to [`MAX_COUNT`].
+pub fn check_counts(notifications: u64, users: u64) -> Result<(), String> {
+    for (flag, n) in [("--notifications", notifications), ("--users", users)] {
+        if !(1..=MAX_COUNT).contains(&n) {
+            return Err(format!("{flag} must be between 1 and {MAX_COUNT}, got {n}"));
+        }
     }
+    Ok(())
+}
+
+pub async fn run(settings: &Settings, args: LoadgenArgs) -> Result<(), BoxError> {
+    check_counts(args.notifications, args.users)?;
     let _ = rustls::crypto::ring::default_provider().install_default();
     let run_id = uuid::Uuid::new_v4().simple().to_string()[..8].to_string();
     let db_name = format!("loadgen_{run_id}");
@@ -245,7 +257,7 @@ async fn measure(
             first_commit = SystemTime::now();
             while next <= n {
                 tick.tick().await;
-                let last = (next + per_tick - 1).min(n);
+                let last = next.saturating_add(per_tick - 1).min(n);
                 db.execute(insert, &[&next, &last, &users]).await?;
                 commits.push((last, SystemTime::now()));
                 next = last + 1;
@@ -414,7 +426,16 @@ fn read_status_kb(pid: u32, field: &str) -> Option<u64> {
 
 #[cfg(test)]
 mod tests {
-    use super::with_database;
+    use super::{check_counts, with_database, MAX_COUNT};
+
+    #[test]
+    fn counts_that_would_wrap_in_int8_arithmetic_are_refused() {
+        assert!(check_counts(1, 1).is_ok());
+        assert!(check_counts(MAX_COUNT, MAX_COUNT).is_ok());
+        assert!(check_counts(0, 1).unwrap_err().contains("--notifications"));
+        assert!(check_counts(u64::MAX, 1).unwrap_err().contains("--notifications"));
+        assert!(check_counts(1, u64::MAX).unwrap_err().contains("--users"));
+    }
 
     #[test]
     fn the_database_of_a_url_is_replaced() {

@@ -105,12 +105,17 @@ impl Application {
         if roles.api {
             let auth = Authenticator::new(&settings.auth)
                 .map_err(|(key, message)| crate::configuration::ConfigError::Invalid { key, message })?;
+            if let Some(warning) = settings.auth.unchecked_claims_warning() {
+                warn!(log, "{}", warning; "event" => "AUTH_CLAIMS_UNCHECKED");
+            }
             let state = web::Data::new(AppState {
                 store: store.clone(),
                 relay: relay.clone(),
                 registry: engine.registry().clone(),
                 auth,
                 cursor_key: cursor_key(&settings),
+                max_devices_per_user: settings.devices.max_per_user,
+                log: log.new(slog::o!("component" => "api")),
             });
             let addr = settings.http_addr()?;
             let api_log = log.new(slog::o!("component" => "api"));
@@ -126,8 +131,9 @@ impl Application {
                             // Internal errors answer an opaque 500; their cause goes to the log.
                             if res.status().is_server_error() {
                                 if let Some(err) = res.response().error() {
+                                    // The chain without row data (tokens, addresses): see error::log_text.
                                     slog::error!(log, "request failed"; "method" => method, "path" => path,
-                                                 "status" => res.status().as_u16(), "error" => format!("{err:?}"));
+                                                 "status" => res.status().as_u16(), "error" => error::log_text(err));
                                 }
                             }
                             Ok(res)

@@ -67,7 +67,7 @@ impl Default for InputLimits {
     }
 }
 
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct ExpoSettings {
     /// e.g. `https://exp.host`; the send path is appended.
     pub base_url: String,
@@ -82,6 +82,21 @@ pub struct ExpoSettings {
     pub receipt_poll: Duration,
     /// Shared rate limits (0 = unlimited).
     pub limits: crate::ratelimit::Limits,
+}
+
+impl std::fmt::Debug for ExpoSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The access token is a credential: only whether there is one.
+        f.debug_struct("ExpoSettings")
+            .field("base_url", &self.base_url)
+            .field("access_token", &self.access_token.as_ref().map(|_| "[redacted]"))
+            .field("timeout", &self.timeout)
+            .field("flush_after", &self.flush_after)
+            .field("receipt_delay", &self.receipt_delay)
+            .field("receipt_poll", &self.receipt_poll)
+            .field("limits", &self.limits)
+            .finish()
+    }
 }
 
 /// FCM HTTP v1. The service account (from `providers.fcm.service_account_file` or
@@ -183,6 +198,61 @@ impl RetryPolicy {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const SECRET: &str = "hunter2-very-secret";
+
+    #[test]
+    fn no_settings_struct_prints_a_credential() {
+        let limits = crate::ratelimit::Limits::default();
+        let d = Duration::from_millis(1);
+        let expo = ExpoSettings {
+            base_url: "https://exp.host".into(),
+            access_token: Some(SECRET.into()),
+            timeout: d,
+            flush_after: d,
+            receipt_delay: d,
+            receipt_poll: d,
+            limits,
+        };
+        let fcm = FcmSettings {
+            base_url: "https://fcm.googleapis.com".into(),
+            account: crate::providers::fcm::ServiceAccount {
+                project_id: "p".into(),
+                client_email: "c@p.iam.gserviceaccount.com".into(),
+                private_key: format!("-----BEGIN PRIVATE KEY-----\n{SECRET}\n-----END PRIVATE KEY-----"),
+                token_uri: "https://oauth2.googleapis.com/token".into(),
+            },
+            timeout: d,
+            flush_after: d,
+            limits,
+        };
+        let apns = ApnsSettings {
+            base_url: "https://api.push.apple.com".into(),
+            key_pem: format!("-----BEGIN PRIVATE KEY-----\n{SECRET}\n-----END PRIVATE KEY-----"),
+            key_id: "ABC123DEFG".into(),
+            team_id: "DEF123GHIJ".into(),
+            topic: "com.example.app".into(),
+            ca_pem: None,
+            timeout: d,
+            flush_after: d,
+            limits,
+        };
+        let email = EmailSettings {
+            smtp_url: format!("smtps://user:{SECRET}@smtp.example.com:465"),
+            from: "no-reply@example.com".into(),
+            ca_pem: None,
+            timeout: d,
+            flush_after: d,
+            connections: 1,
+            limits,
+        };
+        for printed in [format!("{expo:?}"), format!("{fcm:?}"), format!("{apns:?}"), format!("{email:?}")] {
+            assert!(!printed.contains(SECRET), "{printed}");
+        }
+        // What is not secret is still there to debug with.
+        assert!(format!("{expo:?}").contains("access_token: Some(\"[redacted]\")"), "{expo:?}");
+        assert!(format!("{fcm:?}").contains("c@p.iam.gserviceaccount.com"), "{fcm:?}");
+    }
 
     const POLICY: RetryPolicy =
         RetryPolicy { max_attempts: 5, base: Duration::from_millis(100), max: Duration::from_millis(1000) };

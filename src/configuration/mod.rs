@@ -82,6 +82,7 @@ pub struct Settings {
     pub providers: ProvidersSettings,
     pub http: HttpSettings,
     pub auth: AuthSettings,
+    pub devices: DevicesSettings,
     pub shutdown: ShutdownSettings,
     pub log: LogSettings,
 }
@@ -229,7 +230,33 @@ pub struct AuthSettings {
     pub jwks_cache_ms: u64,
     /// A token with an unknown `kid` triggers a JWKS fetch at most this often, in ms.
     pub jwks_min_refresh_ms: u64,
+    /// Accept an `http://` `jwks_url` (anyone on the path could inject keys): loopback tests only.
+    pub allow_insecure_jwks: bool,
 }
+
+impl AuthSettings {
+    /// The start-up warning when user tokens are accepted but neither `iss` nor `aud` is
+    /// checked: then a token of any project that shares the key (or a Supabase token meant for
+    /// another audience) is accepted.
+    pub fn unchecked_claims_warning(&self) -> Option<&'static str> {
+        let user_tokens = self.jwks_url.is_some() || self.jwks_file.is_some() || self.jwt_secret.is_some();
+        (user_tokens && self.issuer.is_none() && self.audience.is_none()).then_some(
+            "user tokens are accepted without checking iss or aud: set auth.issuer \
+             (https://<project>.supabase.co/auth/v1) and/or auth.audience (authenticated)",
+        )
+    }
+}
+
+/// `[devices]`: what one user may register.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DevicesSettings {
+    /// Active devices one user may have; registering one more is a 422.
+    pub max_per_user: u32,
+}
+
+/// The range `devices.max_per_user` must be in.
+pub const MAX_PER_USER_RANGE: std::ops::RangeInclusive<u32> = 1..=10_000;
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -393,6 +420,16 @@ impl Settings {
         self.http_addr()?;
         self.log_level()?;
         self.validate_auth()?;
+        self.validate_devices()?;
+        Ok(())
+    }
+
+    fn validate_devices(&self) -> Result<(), ConfigError> {
+        let max = self.devices.max_per_user;
+        if !MAX_PER_USER_RANGE.contains(&max) {
+            let (lo, hi) = (MAX_PER_USER_RANGE.start(), MAX_PER_USER_RANGE.end());
+            return Err(invalid("devices.max_per_user", format!("must be between {lo} and {hi}, got {max}")));
+        }
         Ok(())
     }
 
@@ -401,6 +438,14 @@ impl Settings {
         if let Some(url) = &auth.jwks_url {
             if !(url.starts_with("https://") || url.starts_with("http://")) {
                 return Err(invalid("auth.jwks_url", format!("must be an http(s) URL, got '{url}'")));
+            }
+            // Keys fetched in clear can be replaced by anyone on the path: then any token verifies.
+            if url.starts_with("http://") && !auth.allow_insecure_jwks {
+                return Err(invalid(
+                    "auth.jwks_url",
+                    "is http://: keys fetched in clear can be forged on the way; use https:// \
+                     (or set auth.allow_insecure_jwks = true for a loopback test JWKS)",
+                ));
             }
         }
         if auth.jwt_secret.as_ref().is_some_and(|s| s.expose().len() < 16) {
@@ -487,7 +532,7 @@ impl Settings {
             senders_per_provider: self.worker.senders_per_provider,
             input_limits: actors::settings::InputLimits {
                 payload_max_bytes: self.payload.max_bytes,
-                ..actors::settings::InputLimits::default()
+                devices_per_user: self.devices.max_per_user as usize,
             },
         })
     }
@@ -661,6 +706,99 @@ mod tests {
         .unwrap();
         let printed = format!("{s:?}");
         assert!(!printed.contains("s3cret") && !printed.contains(":pw@"), "{printed}");
+    }
+
+    /// Every credential the settings can hold, with every provider enabled: neither the loaded
+    /// settings nor what they hand the engine print any of them.
+    #[test]
+    fn no_credential_shows_in_the_debug_output_of_the_settings_or_the_engine_settings() {
+        let fcm_key = include_str!("../mock/keys/fcm-emulator-key.pem");
+        let apns_key = rcgen::KeyPair::generate().unwrap().serialize_pem();
+        let fcm_json = serde_json::json!({
+            "project_id": "p", "client_email": "relay@p.iam.gserviceaccount.com", "private_key": fcm_key,
+        })
+        .to_string();
+        // A line from the middle of each PEM: base64 of the key itself.
+        let fcm_secret = fcm_key.lines().nth(3).unwrap().to_string();
+        let apns_secret = apns_key.lines().nth(1).unwrap().to_string();
+        let s = Settings::load(
+            None,
+            &env(&[
+                ("DATABASE_URL", "postgres://u:pg-password-1@h/db"),
+                ("REDIS_URL", "redis://:redis-password-2@h:6379"),
+                ("NOTIFY__REDIS__CLUSTER_URLS", "redis://:cluster-password-3@a:7000"),
+                ("NOTIFY__AUTH__ADMIN_TOKEN", "admin-token-value-4"),
+                ("NOTIFY__AUTH__JWT_SECRET", "jwt-secret-value-5"),
+                ("NOTIFY__PROVIDERS__EXPO__ACCESS_TOKEN", "expo-access-token-6"),
+                ("NOTIFY__PROVIDERS__FCM__ENABLED", "true"),
+                ("NOTIFY__PROVIDERS__FCM__SERVICE_ACCOUNT_JSON", &fcm_json),
+                ("NOTIFY__PROVIDERS__APNS__ENABLED", "true"),
+                ("NOTIFY__PROVIDERS__APNS__KEY", &apns_key),
+                ("NOTIFY__PROVIDERS__EMAIL__ENABLED", "true"),
+                ("NOTIFY__PROVIDERS__EMAIL__SMTP_URL", "smtps://user:smtp-password-7@smtp.example.com:465"),
+            ]),
+        )
+        .unwrap();
+        let engine = s.engine(actors::settings::Roles::ALL, "c".into()).unwrap();
+        assert!(engine.expo.as_ref().and_then(|e| e.access_token.as_deref()) == Some("expo-access-token-6"));
+        let printed = [format!("{s:?}"), format!("{engine:?}"), format!("{:?}", s.providers.engine().unwrap())];
+        for secret in [
+            "pg-password-1",
+            "redis-password-2",
+            "cluster-password-3",
+            "admin-token-value-4",
+            "jwt-secret-value-5",
+            "expo-access-token-6",
+            "smtp-password-7",
+            &fcm_secret,
+            &apns_secret,
+        ] {
+            for p in &printed {
+                assert!(!p.contains(secret), "{secret} printed in {p}");
+            }
+        }
+    }
+
+    #[test]
+    fn an_http_jwks_url_is_refused_unless_allow_insecure_jwks_is_set() {
+        let err = error(&[("NOTIFY__AUTH__JWKS_URL", "http://p.supabase.co/auth/v1/.well-known/jwks.json")]);
+        assert!(err.contains("`auth.jwks_url` is http://"), "{err}");
+        assert!(err.contains("auth.allow_insecure_jwks"), "{err}");
+        let s = Settings::load(
+            None,
+            &env(&[
+                ("NOTIFY__AUTH__JWKS_URL", "http://127.0.0.1:9/jwks.json"),
+                ("NOTIFY__AUTH__ALLOW_INSECURE_JWKS", "true"),
+            ]),
+        )
+        .unwrap();
+        assert!(s.auth.allow_insecure_jwks);
+        let s = Settings::load(None, &env(&[("NOTIFY__AUTH__JWKS_URL", "https://p.supabase.co/jwks")])).unwrap();
+        assert!(!s.auth.allow_insecure_jwks, "off by default");
+    }
+
+    #[test]
+    fn user_tokens_without_issuer_or_audience_get_a_warning() {
+        let warning =
+            |pairs: &[(&str, &str)]| Settings::load(None, &env(pairs)).unwrap().auth.unchecked_claims_warning();
+        assert_eq!(warning(&[]), None, "no user tokens at all");
+        let secret = ("NOTIFY__AUTH__JWT_SECRET", "a-secret-of-16-chars");
+        assert!(warning(&[secret]).unwrap().contains("auth.issuer"));
+        assert_eq!(warning(&[secret, ("NOTIFY__AUTH__ISSUER", "https://p.supabase.co/auth/v1")]), None);
+        assert_eq!(warning(&[secret, ("NOTIFY__AUTH__AUDIENCE", "authenticated")]), None);
+    }
+
+    #[test]
+    fn devices_max_per_user_defaults_to_100_and_is_range_checked() {
+        assert_eq!(Settings::load(None, &HashMap::new()).unwrap().devices.max_per_user, 100);
+        for bad in ["0", "10001"] {
+            let err = error(&[("NOTIFY__DEVICES__MAX_PER_USER", bad)]);
+            assert!(err.contains("`devices.max_per_user` must be between 1 and 10000"), "{err}");
+        }
+        let err = error(&[("NOTIFY__DEVICES__MAX_PER_USER", "-1")]);
+        assert!(err.contains("devices.max_per_user"), "{err}");
+        let s = Settings::load(None, &env(&[("NOTIFY__DEVICES__MAX_PER_USER", "10000")])).unwrap();
+        assert_eq!(s.devices.max_per_user, 10_000);
     }
 
     #[test]

@@ -4,12 +4,13 @@ use super::{parse_uuid, AppState};
 use crate::error::ApiError;
 use actix_web::{delete, post, web, HttpRequest, HttpResponse};
 use actors::job::Provider;
-use actors::store::api::Device;
+use actors::store::api::{Device, Registration};
 use serde::Deserialize;
-use utoipa::ToSchema;
+use serde_json::json;
 
-/// A device to register.
-#[derive(Debug, Deserialize, ToSchema)]
+/// A device to register. Its schema in the OpenAPI document is its `PartialSchema`: one
+/// alternative per provider, with the token's pattern, exactly what [`validate_token`] checks.
+#[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct NewDevice {
     /// `expo`, `fcm`, `apns` or `email`.
@@ -18,57 +19,122 @@ pub struct NewDevice {
     pub token: String,
 }
 
-/// Checks a token's shape for its provider; the error names the field.
+/// Longest token, in characters.
+pub const MAX_TOKEN_CHARS: usize = 4096;
+
+/// The token patterns of the OpenAPI document; [`validate_token`] checks the same by hand.
+/// `P` (in an address) is any character but a control character, a space or another Unicode
+/// white space, `<`, `>` and `@`.
+const EXPO_PATTERN: &str = r"^Expo(nent)?PushToken\[[!-~]*\]$";
+const FCM_PATTERN: &str = r"^[!-~]+$";
+const APNS_PATTERN: &str = r"^([0-9A-Fa-f]{2}){32,}$";
+const ADDRESS_CHAR: &str = r"[^\x00-\x20\x7f-\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000<>@]";
+const DOMAIN_CHAR: &str = r"[^\x00-\x20\x7f-\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000<>@.]";
+
+/// A character allowed in an email address (`ADDRESS_CHAR`).
+fn address_char(c: char) -> bool {
+    let space = c <= ' '
+        || ('\u{7f}'..='\u{a0}').contains(&c)
+        || ('\u{2000}'..='\u{200a}').contains(&c)
+        || matches!(c, '\u{1680}' | '\u{2028}' | '\u{2029}' | '\u{202f}' | '\u{205f}' | '\u{3000}');
+    !space && !matches!(c, '<' | '>' | '@')
+}
+
+impl utoipa::ToSchema for NewDevice {}
+
+impl utoipa::PartialSchema for NewDevice {
+    /// `oneOf` the four providers, each with its token's pattern and length.
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        let alternative = |provider: &str, pattern: String, description: &str| {
+            json!({
+                "type": "object",
+                "required": ["provider", "token"],
+                "additionalProperties": false,
+                "properties": {
+                    "provider": {"type": "string", "enum": [provider]},
+                    "token": {"type": "string", "pattern": pattern, "maxLength": MAX_TOKEN_CHARS, "description": description},
+                },
+            })
+        };
+        let email = format!(r"^{ADDRESS_CHAR}+@{DOMAIN_CHAR}+(\.{DOMAIN_CHAR}+)+$");
+        let schema = json!({
+            "description": "A device: a provider and its token. An `email` address on a user token must be the \
+                            token's `email` claim (domain in any case); other addresses need service_role.",
+            "oneOf": [
+                alternative("expo", EXPO_PATTERN.into(), "Expo push token: ExponentPushToken[…]"),
+                alternative("fcm", FCM_PATTERN.into(), "FCM registration token: printable ASCII, no spaces"),
+                alternative("apns", APNS_PATTERN.into(), "APNs device token: at least 64 hex digits, an even number"),
+                alternative("email", email, "An email address; the domain is stored in lower case"),
+            ],
+        });
+        // A constant document: it always deserialises (the OpenAPI test reads it back).
+        serde_json::from_value(schema).unwrap_or_else(|_| utoipa::openapi::RefOr::T(Default::default()))
+    }
+}
+
+/// Checks a token's shape for its provider, exactly as the OpenAPI patterns say; the error
+/// names the field.
 pub fn validate_token(provider: Provider, token: &str) -> Result<(), String> {
-    let t = token.trim();
-    if t.is_empty() || t.len() != token.len() {
-        return Err("token: must be non-empty, without surrounding spaces".into());
+    if token.is_empty() {
+        return Err("token: must not be empty".into());
     }
-    if token.len() > 4096 {
-        return Err("token: longer than 4096 characters".into());
+    if token.chars().count() > MAX_TOKEN_CHARS {
+        return Err(format!("token: longer than {MAX_TOKEN_CHARS} characters"));
     }
+    let printable = |s: &str| s.chars().all(|c| c.is_ascii_graphic());
     let ok = match provider {
-        Provider::Expo => {
-            (token.starts_with("ExponentPushToken[") || token.starts_with("ExpoPushToken[")) && token.ends_with(']')
-        }
-        Provider::Fcm => !token.chars().any(char::is_whitespace),
+        Provider::Expo => ["ExponentPushToken[", "ExpoPushToken["]
+            .iter()
+            .find_map(|prefix| token.strip_prefix(prefix))
+            .and_then(|rest| rest.strip_suffix(']'))
+            .is_some_and(printable),
+        Provider::Fcm => printable(token),
         Provider::Apns => {
             token.len() >= 64 && token.len().is_multiple_of(2) && token.chars().all(|c| c.is_ascii_hexdigit())
         }
-        Provider::Email => {
-            let (local, domain) = token.split_once('@').unwrap_or(("", ""));
-            !local.is_empty()
-                && domain.contains('.')
-                && !token.chars().any(|c| c.is_whitespace() || c == '<' || c == '>')
-        }
+        Provider::Email => match token.split_once('@') {
+            Some((local, domain)) => {
+                let labels: Vec<&str> = domain.split('.').collect();
+                !local.is_empty()
+                    && local.chars().all(address_char)
+                    && labels.len() >= 2
+                    && labels.iter().all(|l| !l.is_empty() && l.chars().all(address_char))
+            }
+            None => false,
+        },
     };
     match ok {
         true => Ok(()),
         false => Err(format!(
             "token: not a valid {provider} token ({})",
             match provider {
-                Provider::Expo => "expected ExponentPushToken[…]",
-                Provider::Fcm => "no whitespace allowed",
-                Provider::Apns => "expected at least 64 hex digits",
+                Provider::Expo => "expected ExponentPushToken[…] of printable characters",
+                Provider::Fcm => "expected printable ASCII without spaces",
+                Provider::Apns => "expected at least 64 hex digits, an even number",
                 Provider::Email => "expected an email address",
             }
         )),
     }
 }
 
-/// Registers a device for the user. Registering a token again (after it was disabled, or from
-/// another account on the same phone) re-enables it for this user.
+/// Registers a device for the user, under the device-ownership rule (README, "Devices"):
+/// an `email` device on a user token only for the address in its `email` claim; a token that is
+/// active for another user moves only if it is a push token (the previous owner stops receiving
+/// on it) or the caller is `service_role` (an email address never moves on a user token: 409);
+/// a disabled token may be re-registered; at most `devices.max_per_user` active devices (422).
 #[utoipa::path(
     tag = "devices",
-    params(("user_id" = String, Path)),
-    request_body = NewDevice,
+    params(("user_id" = String, Path, min_length = 1, pattern = r"^[^\u0000]+$", description = "The user (the JWT's `sub`)")),
+    request_body(content = inline(NewDevice), content_type = "application/json"),
     responses(
-        (status = 201, body = Device),
-        (status = 400, description = "malformed JSON", body = crate::error::ErrorBody),
+        (status = 201, body = Device, headers(("location" = String, description = "/users/{user_id}/devices/{id}"))),
+        (status = 400, description = "malformed JSON, not Content-Type: application/json, or a user_id with a NUL", body = crate::error::ErrorBody),
         (status = 401, body = crate::error::ErrorBody),
-        (status = 403, body = crate::error::ErrorBody),
+        (status = 403, description = "another user's path, or an email address that is not the token's `email` claim", body = crate::error::ErrorBody),
+        (status = 409, description = "the email address is an active device of another user", body = crate::error::ErrorBody),
         (status = 413, description = "body over 64 KiB", body = crate::error::ErrorBody),
-        (status = 422, description = "missing field or bad provider/token; the message names the field", body = crate::error::ErrorBody),
+        (status = 422, description = "missing field or bad provider/token (the message names the field), or the user has `devices.max_per_user` active devices", body = crate::error::ErrorBody),
+        (status = 503, description = "Postgres or Redis cannot be reached; try again", body = crate::error::ErrorBody),
     ),
     security(("user_jwt" = []))
 )]
@@ -79,26 +145,71 @@ pub async fn register(
     body: web::Json<serde_json::Value>,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    state.auth.user(&req).await?.may_act_for(&user_id)?;
+    let caller = state.auth.user(&req).await?;
+    caller.may_act_for(&user_id)?;
+    super::check_user_id(&user_id)?;
     let body: NewDevice = crate::error::from_json(body.into_inner())?;
     let provider: Provider = body.provider.parse().map_err(|e| ApiError::Unprocessable(format!("provider: {e}")))?;
     validate_token(provider, &body.token).map_err(ApiError::Unprocessable)?;
-    let (device, _created) = state.store.register_device(&user_id, provider, &body.token).await?;
-    Ok(HttpResponse::Created()
-        .insert_header(("location", format!("/users/{}/devices/{}", device.user_id, device.id)))
-        .json(device))
+    let token = match provider {
+        Provider::Email => {
+            caller.may_register_email(&body.token)?;
+            normalize_address(&body.token)
+        }
+        _ => body.token,
+    };
+    let max = i64::from(state.max_devices_per_user);
+    match state.store.register_device(&user_id, provider, &token, caller.is_service(), max).await? {
+        Registration::Registered { device, moved_from, .. } => {
+            if let Some(from) = moved_from {
+                // Who had a device before matters when a phone changes hands (or is taken).
+                slog::info!(state.log, "device moved to another user"; "event" => "DEVICE_MOVED",
+                            "device_id" => %device.id, "provider" => provider.as_str(),
+                            "from_user" => from, "to_user" => &device.user_id);
+            }
+            Ok(HttpResponse::Created()
+                .insert_header((
+                    "location",
+                    format!("/users/{}/devices/{}", super::path_segment(&device.user_id), device.id),
+                ))
+                .json(device))
+        }
+        Registration::OwnedByAnotherUser => Err(ApiError::Conflict(
+            "token: this email address is an active device of another user; it moves only on a service_role \
+             token (or once that user removes it)"
+                .into(),
+        )),
+        Registration::TooManyDevices { max } => Err(ApiError::Unprocessable(format!(
+            "token: user {user_id} already has {max} active devices, the most devices.max_per_user allows \
+             (at most {max} active devices); remove one first"
+        ))),
+    }
 }
 
-/// Removes (disables) one of the user's devices; it receives nothing more.
+/// An address as it is stored: the domain in lower case (domains are case-insensitive), the
+/// local part as given.
+pub fn normalize_address(address: &str) -> String {
+    match address.rsplit_once('@') {
+        Some((local, domain)) => format!("{local}@{}", domain.to_ascii_lowercase()),
+        None => address.to_string(),
+    }
+}
+
+/// Removes (disables) one of the user's active devices; it receives nothing more. Removing it
+/// again is a 404: the user has no such active device any more.
 #[utoipa::path(
     tag = "devices",
-    params(("user_id" = String, Path), ("device_id" = String, Path, description = "a UUID")),
+    params(
+        ("user_id" = String, Path, min_length = 1, pattern = r"^[^\u0000]+$", description = "The user (the JWT's `sub`)"),
+        ("device_id" = uuid::Uuid, Path, description = "The device's id"),
+    ),
     responses(
         (status = 204, description = "removed"),
-        (status = 400, description = "the id is not a UUID", body = crate::error::ErrorBody),
+        (status = 400, description = "the id is not a UUID, or a user_id with a NUL", body = crate::error::ErrorBody),
         (status = 401, body = crate::error::ErrorBody),
         (status = 403, body = crate::error::ErrorBody),
-        (status = 404, description = "the user has no such device", body = crate::error::ErrorBody),
+        (status = 404, description = "the user has no such active device", body = crate::error::ErrorBody),
+        (status = 503, description = "Postgres or Redis cannot be reached; try again", body = crate::error::ErrorBody),
     ),
     security(("user_jwt" = []))
 )]
@@ -110,10 +221,11 @@ pub async fn remove(
 ) -> Result<HttpResponse, ApiError> {
     let (user_id, device_id) = path.into_inner();
     state.auth.user(&req).await?.may_act_for(&user_id)?;
+    super::check_user_id(&user_id)?;
     let device_id = parse_uuid("device_id", &device_id)?;
     match state.store.remove_device(&user_id, device_id).await? {
         true => Ok(HttpResponse::NoContent().finish()),
-        false => Err(ApiError::NotFound(format!("user {user_id} has no device {device_id}"))),
+        false => Err(ApiError::NotFound(format!("user {user_id} has no active device {device_id}"))),
     }
 }
 
@@ -132,5 +244,29 @@ mod tests {
         assert!(validate_token(Provider::Fcm, "abc:def").is_ok());
         assert!(validate_token(Provider::Fcm, " x").is_err());
         assert!(validate_token(Provider::Fcm, "").is_err());
+    }
+
+    #[test]
+    fn control_characters_and_white_space_are_refused_in_every_token() {
+        for (provider, token) in [
+            (Provider::Fcm, "abc\0def"),
+            (Provider::Fcm, "abc def"),
+            (Provider::Fcm, "abc\u{3000}def"),
+            (Provider::Expo, "ExponentPushToken[a\0b]"),
+            (Provider::Expo, "ExponentPushToken[a b]"),
+            (Provider::Email, "a\0b@example.com"),
+            (Provider::Email, "a@exam\u{a0}ple.com"),
+            (Provider::Email, "a@b@example.com"),
+            (Provider::Email, "a@.example.com"),
+            (Provider::Email, "a@example."),
+            (Provider::Email, "<a@example.com>"),
+        ] {
+            assert!(validate_token(provider, token).is_err(), "{provider} {token:?}");
+        }
+        assert!(validate_token(Provider::Email, "élise@exämple.com").is_ok(), "non-ASCII addresses");
+        assert!(validate_token(Provider::Fcm, &"é".repeat(10)).is_err());
+        // The length is counted in characters, as JSON Schema's maxLength does.
+        assert!(validate_token(Provider::Email, &format!("{}@example.com", "é".repeat(3000))).is_ok());
+        assert!(validate_token(Provider::Fcm, &"a".repeat(4097)).unwrap_err().contains("longer than 4096"));
     }
 }

@@ -3,14 +3,40 @@
 
 use super::AppState;
 use actix_web::{get, web, HttpResponse};
-use serde_json::json;
+use serde::Serialize;
 use std::time::Duration;
+use utoipa::ToSchema;
+
+/// `GET /healthz`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Health {
+    /// `ok` or `degraded`.
+    #[schema(pattern = "^(ok|degraded)$")]
+    pub status: &'static str,
+    /// `ok` or `down`.
+    #[schema(pattern = "^(ok|down)$")]
+    pub postgres: &'static str,
+    /// `ok` or `down`.
+    #[schema(pattern = "^(ok|down)$")]
+    pub redis: &'static str,
+}
+
+/// `GET /readyz`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Readiness {
+    /// `ready` or `not_ready`.
+    #[schema(pattern = "^(ready|not_ready)$")]
+    pub status: &'static str,
+    pub migrations: bool,
+    pub consumer_groups: bool,
+    pub actors_running: bool,
+}
 
 const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Whether Postgres and Redis answer: 200 `{"status":"ok","postgres":"ok","redis":"ok"}`, or 503
 /// naming what is `down`.
-#[utoipa::path(tag = "health", responses((status = 200, description = "both reachable"), (status = 503, description = "one is down")))]
+#[utoipa::path(tag = "health", responses((status = 200, description = "both reachable", body = Health), (status = 503, description = "one is down", body = Health)))]
 #[get("/healthz")]
 pub async fn healthz(state: web::Data<AppState>) -> HttpResponse {
     let postgres = async {
@@ -24,11 +50,11 @@ pub async fn healthz(state: web::Data<AppState>) -> HttpResponse {
     let pg_ok = matches!(pg, Ok(Ok(())));
     let redis_ok = matches!(redis, Ok(Ok(())));
     let word = |ok: bool| if ok { "ok" } else { "down" };
-    let body = json!({
-        "status": if pg_ok && redis_ok { "ok" } else { "degraded" },
-        "postgres": word(pg_ok),
-        "redis": word(redis_ok),
-    });
+    let body = Health {
+        status: if pg_ok && redis_ok { "ok" } else { "degraded" },
+        postgres: word(pg_ok),
+        redis: word(redis_ok),
+    };
     if pg_ok && redis_ok {
         HttpResponse::Ok().json(body)
     } else {
@@ -37,7 +63,7 @@ pub async fn healthz(state: web::Data<AppState>) -> HttpResponse {
 }
 
 /// 200 once migrations ran, the consumer groups exist and every actor runs; else 503.
-#[utoipa::path(tag = "health", responses((status = 200, description = "ready"), (status = 503, description = "not ready, with what is missing")))]
+#[utoipa::path(tag = "health", responses((status = 200, description = "ready", body = Readiness), (status = 503, description = "not ready, with what is missing", body = Readiness)))]
 #[get("/readyz")]
 pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
     let migrated = async {
@@ -54,12 +80,12 @@ pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
     let groups = matches!(groups, Ok(Ok(true)));
     let actors = state.registry.all_running();
     let ready = migrated && groups && actors;
-    let body = json!({
-        "status": if ready { "ready" } else { "not_ready" },
-        "migrations": migrated,
-        "consumer_groups": groups,
-        "actors_running": actors,
-    });
+    let body = Readiness {
+        status: if ready { "ready" } else { "not_ready" },
+        migrations: migrated,
+        consumer_groups: groups,
+        actors_running: actors,
+    };
     if ready {
         HttpResponse::Ok().json(body)
     } else {

@@ -22,9 +22,13 @@ pub struct AppState {
     pub auth: Authenticator,
     /// Signs pagination cursors.
     pub cursor_key: Vec<u8>,
+    /// `devices.max_per_user`.
+    pub max_devices_per_user: u32,
+    pub log: slog::Logger,
 }
 
 pub fn configure(cfg: &mut actix_web::web::ServiceConfig) {
+    use utoipa::OpenApi;
     cfg.service(health::healthz)
         .service(health::readyz)
         .service(notifications::failed)
@@ -37,9 +41,108 @@ pub fn configure(cfg: &mut actix_web::web::ServiceConfig) {
         .service(admin::requeue)
         .service(admin::metrics)
         .service(docs::swagger_ui());
+    // A known path with a method it does not take: 405 with `Allow`, not the 404 actix-web
+    // answers by default. Registered after the routes above (whose method guards then failed),
+    // for every path of the OpenAPI document, so the two cannot disagree.
+    for (path, item) in docs::ApiDoc::openapi().paths.paths {
+        let allow = allowed_methods(&item).join(", ");
+        cfg.service(actix_web::web::resource(path).to(move || {
+            let allow = allow.clone();
+            async move { method_not_allowed(&allow) }
+        }));
+    }
 }
 
-/// A path segment that must be a UUID: 400 naming it otherwise.
+/// The methods the OpenAPI document gives a path.
+fn allowed_methods(item: &utoipa::openapi::PathItem) -> Vec<&'static str> {
+    [
+        ("GET", item.get.is_some()),
+        ("PUT", item.put.is_some()),
+        ("POST", item.post.is_some()),
+        ("DELETE", item.delete.is_some()),
+        ("PATCH", item.patch.is_some()),
+    ]
+    .into_iter()
+    .filter_map(|(m, there)| there.then_some(m))
+    .collect()
+}
+
+fn method_not_allowed(allow: &str) -> actix_web::HttpResponse {
+    actix_web::HttpResponse::MethodNotAllowed()
+        .insert_header(("allow", allow))
+        .json(crate::error::body("method_not_allowed", &format!("this path takes only {allow}")))
+}
+
+/// A path segment that must be a UUID, in its hyphenated form (`format: uuid`): 400 naming it
+/// otherwise. The other forms `Uuid::parse_str` takes (simple, braced, URN) are refused too, so
+/// the server accepts exactly what the OpenAPI document says.
 pub fn parse_uuid(name: &str, raw: &str) -> Result<Uuid, ApiError> {
-    raw.parse().map_err(|_| ApiError::BadRequest(format!("{name} must be a UUID, got '{raw}'")))
+    let bad = || ApiError::BadRequest(format!("{name} must be a UUID, got '{}'", raw.escape_debug()));
+    let hyphenated = raw.len() == 36
+        && raw
+            .char_indices()
+            .all(|(i, c)| if matches!(i, 8 | 13 | 18 | 23) { c == '-' } else { c.is_ascii_hexdigit() });
+    if !hyphenated {
+        return Err(bad());
+    }
+    raw.parse().map_err(|_| bad())
+}
+
+/// The `user_id` pattern of the OpenAPI document: anything Postgres can store as text (no NUL).
+pub const USER_ID_PATTERN: &str = r"^[^\u0000]+$";
+
+/// A `{user_id}` path segment: 400 if Postgres could not store it (a NUL character).
+pub fn check_user_id(raw: &str) -> Result<(), ApiError> {
+    match raw.is_empty() || raw.contains('\0') {
+        true => Err(ApiError::BadRequest("user_id must be non-empty text without NUL characters".into())),
+        false => Ok(()),
+    }
+}
+
+/// `raw` as one URL path segment: every byte but the unreserved ones (RFC 3986) as `%XX`, so a
+/// user id of any text makes a valid `Location` header.
+pub fn path_segment(raw: &str) -> String {
+    let mut out = String::with_capacity(raw.len());
+    for b in raw.bytes() {
+        match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => out.push(char::from(b)),
+            _ => out.push_str(&format!("%{b:02X}")),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_user_id_of_any_text_becomes_one_encoded_path_segment() {
+        assert_eq!(path_segment("alice-1_2.3~"), "alice-1_2.3~");
+        assert_eq!(path_segment("a/b c\u{85}é\u{1b}"), "a%2Fb%20c%C2%85%C3%A9%1B");
+        assert!(actix_web::http::header::HeaderValue::from_str(&path_segment("\u{85}\u{1b}\r\n")).is_ok());
+    }
+
+    #[test]
+    fn only_hyphenated_uuids_are_accepted() {
+        let id = "67e55044-10b1-426f-9247-bb680e5fe0c8";
+        assert_eq!(parse_uuid("id", id).unwrap().to_string(), id);
+        assert!(parse_uuid("id", &id.to_uppercase()).is_ok());
+        for bad in [
+            "67e5504410b1426f9247bb680e5fe0c8",
+            "{67e55044-10b1-426f-9247-bb680e5fe0c8}",
+            "urn:uuid:67e55044-10b1-426f-9247-bb680e5fe0c8",
+            "67e55044-10b1-426f-9247-bb680e5fe0cé",
+            "",
+        ] {
+            assert!(parse_uuid("id", bad).unwrap_err().to_string().contains("id must be a UUID"), "{bad}");
+        }
+    }
+
+    #[test]
+    fn a_user_id_with_a_nul_is_a_400() {
+        assert!(check_user_id("alice").is_ok());
+        assert!(matches!(check_user_id("a\0b"), Err(ApiError::BadRequest(_))));
+        assert!(check_user_id("").is_err());
+    }
 }

@@ -14,8 +14,10 @@ pub const MAX_LIMIT: i64 = 100;
 #[derive(Debug, Deserialize, IntoParams)]
 pub struct FailedQuery {
     /// Page size, 1–100 (default 20).
+    #[param(minimum = 1, maximum = 100)]
     limit: Option<i64>,
-    /// `next_cursor` of the previous page.
+    /// `next_cursor` of the previous page (opaque and signed: one this API did not issue is a 400).
+    #[param(pattern = r"^[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+$")]
     cursor: Option<String>,
 }
 
@@ -30,12 +32,13 @@ pub struct FailedPage {
 /// The user's failed notifications, newest first.
 #[utoipa::path(
     tag = "notifications",
-    params(("user_id" = String, Path, description = "The user (the JWT's `sub`)"), FailedQuery),
+    params(("user_id" = String, Path, min_length = 1, pattern = r"^[^\u0000]+$", description = "The user (the JWT's `sub`)"), FailedQuery),
     responses(
         (status = 200, body = FailedPage),
-        (status = 400, description = "bad `limit` or a malformed or tampered cursor", body = crate::error::ErrorBody),
+        (status = 400, description = "bad `limit`, a malformed or tampered cursor, or a user_id with a NUL", body = crate::error::ErrorBody),
         (status = 401, body = crate::error::ErrorBody),
         (status = 403, description = "another user's notifications", body = crate::error::ErrorBody),
+        (status = 503, description = "Postgres or Redis cannot be reached; try again", body = crate::error::ErrorBody),
     ),
     security(("user_jwt" = []))
 )]
@@ -47,6 +50,7 @@ pub async fn failed(
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
     state.auth.user(&req).await?.may_act_for(&user_id)?;
+    super::check_user_id(&user_id)?;
     let limit = query.limit.unwrap_or(DEFAULT_LIMIT);
     if !(1..=MAX_LIMIT).contains(&limit) {
         return Err(ApiError::BadRequest(format!("limit must be between 1 and {MAX_LIMIT}, got {limit}")));
@@ -78,7 +82,7 @@ pub struct RetryAccepted {
 /// now (a device registered since gets it).
 #[utoipa::path(
     tag = "notifications",
-    params(("id" = String, Path, description = "The notification's id (a UUID)")),
+    params(("id" = uuid::Uuid, Path, description = "The notification's id")),
     responses(
         (status = 202, body = RetryAccepted),
         (status = 400, description = "the id is not a UUID", body = crate::error::ErrorBody),
@@ -86,6 +90,7 @@ pub struct RetryAccepted {
         (status = 403, description = "another user's notification", body = crate::error::ErrorBody),
         (status = 404, body = crate::error::ErrorBody),
         (status = 409, description = "the notification is not failed", body = crate::error::ErrorBody),
+        (status = 503, description = "Postgres or Redis cannot be reached; try again", body = crate::error::ErrorBody),
     ),
     security(("user_jwt" = []), ("admin_token" = []))
 )]

@@ -21,6 +21,7 @@ async fn api() -> Api {
     let jwks = JwksServer::start(&[&key]).await;
     for (k, v) in [
         ("NOTIFY__AUTH__JWKS_URL", jwks.url.clone()),
+        ("NOTIFY__AUTH__ALLOW_INSECURE_JWKS", "true".into()),
         ("NOTIFY__AUTH__JWT_SECRET", HS_SECRET.into()),
         ("NOTIFY__AUTH__ISSUER", ISSUER.into()),
         ("NOTIFY__AUTH__AUDIENCE", AUDIENCE.into()),
@@ -40,12 +41,8 @@ impl Api {
     async fn call(&self, method: &str, path: &str, token: Option<&str>, body: Option<&[u8]>) -> (u16, Value) {
         let client = awc::Client::builder().timeout(Duration::from_secs(10)).finish();
         let url = format!("{}{path}", self.app.api());
-        let mut req = match method {
-            "GET" => client.get(url),
-            "POST" => client.post(url),
-            "DELETE" => client.delete(url),
-            other => panic!("method {other}"),
-        };
+        let method = awc::http::Method::from_bytes(method.as_bytes()).expect("method");
+        let mut req = client.request(method, url);
         if let Some(t) = token {
             req = req.insert_header(("authorization", format!("Bearer {t}")));
         }
@@ -216,6 +213,7 @@ async fn keys_already_fetched_keep_working_while_the_jwks_endpoint_is_down() {
     let jwks = JwksServer::start(&[&key]).await;
     for (k, v) in [
         ("NOTIFY__AUTH__JWKS_URL", jwks.url.clone()),
+        ("NOTIFY__AUTH__ALLOW_INSECURE_JWKS", "true".into()),
         // Stale after 100 ms: every later request wants a fresh copy of the keys.
         ("NOTIFY__AUTH__JWKS_CACHE_MS", "100".into()),
         ("NOTIFY__AUTH__JWKS_MIN_REFRESH_MS", "0".into()),
@@ -522,5 +520,291 @@ async fn the_openapi_document_lists_every_route_and_the_docs_page_is_served_offl
     let mut js = client.get(format!("{}/docs/swagger-ui-bundle.js", api.app.api())).send().await.unwrap();
     assert_eq!(js.status().as_u16(), 200);
     assert!(js.body().limit(20 * 1024 * 1024).await.unwrap().len() > 100_000, "the bundle is served by the binary");
+    api.done().await;
+}
+
+#[actix_web::test]
+async fn the_dlq_listing_reads_a_bounded_total_across_shards_not_limit_per_shard() {
+    let mut app = prepare().await;
+    let shards: u16 = 64;
+    app.env.insert("NOTIFY__REDIS__SHARDS".into(), shards.to_string());
+    app.start().await;
+    let keys = actors::keys::Keys::new(app.prefix.clone(), shards);
+    // 20 dead letters in every shard, their ids interleaved in time across the shards.
+    let mut conn = app.redis.clone();
+    let mut pipe = redis::pipe();
+    for i in 0..20u64 {
+        for shard in 0..shards {
+            let id = format!("{}-0", 1_000_000 + i * 1000 + u64::from(shard));
+            pipe.cmd("XADD").arg(keys.dlq(shard)).arg(&id).arg("reason").arg("permanent").arg("provider").arg("expo");
+            pipe.arg("attempts").arg(1).arg("error").arg(format!("e{i}-{shard}")).arg("job").arg("{}").ignore();
+        }
+    }
+    let _: () = pipe.query_async(&mut conn).await.expect("dead letters");
+    let limit = 20;
+    let (letters, read) = app.app.as_ref().unwrap().relay.dead_letters_counted(limit).await.expect("dead letters");
+    // The newest 20 overall: the last round (i = 19) of shards 63 down to 44.
+    let expected: Vec<String> = (0..20u64).map(|k| format!("{}-0", 1_000_000 + 19 * 1000 + 63 - k)).collect();
+    assert_eq!(letters.iter().map(|l| l.entry_id.clone()).collect::<Vec<_>>(), expected);
+    assert!(read <= 2 * limit + usize::from(shards), "read {read} entries for {limit} (was limit per shard: 1280)");
+    // The newest letters all in one shard: that shard is read on, page by page.
+    let mut pipe = redis::pipe();
+    for i in 0..30u64 {
+        let id = format!("{}-0", 2_000_000 + i);
+        pipe.cmd("XADD").arg(keys.dlq(3)).arg(&id).arg("reason").arg("permanent").arg("job").arg("{}").ignore();
+    }
+    let _: () = pipe.query_async(&mut conn).await.expect("dead letters");
+    let (letters, read) = app.app.as_ref().unwrap().relay.dead_letters_counted(40).await.expect("dead letters");
+    let mut expected: Vec<String> = (0..30u64).rev().map(|i| format!("{}-0", 2_000_000 + i)).collect();
+    expected.extend((0..10u64).map(|k| format!("{}-0", 1_000_000 + 19 * 1000 + 63 - k)));
+    assert_eq!(letters.iter().map(|l| l.entry_id.clone()).collect::<Vec<_>>(), expected);
+    assert!(read <= 2 * 40 + usize::from(shards), "read {read}");
+    // The same through the API, and requeue `all` takes the same bounded path.
+    let (status, body) = app.get("/admin/dlq?limit=20", Some(ADMIN_TOKEN)).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["items"][0]["id"], "3:2000029-0");
+    assert_eq!(body["items"].as_array().unwrap().len(), 20);
+    app.cleanup().await;
+}
+
+#[actix_web::test]
+async fn a_500_is_logged_with_its_postgres_error_chain_but_no_row_data() {
+    let app = prepare().await;
+    let token = "ExponentPushToken[secret-of-a-user]";
+    app.add_device("alice", "expo", token).await;
+    // A real Postgres error whose DETAIL carries the row: "Key (provider, token)=(expo, …)".
+    let err = app
+        .db
+        .execute("INSERT INTO device (user_id, provider, token) VALUES ('bob', 'expo', $1)", &[&token])
+        .await
+        .expect_err("duplicate token");
+    assert!(format!("{err:?}").contains(token), "the raw error does carry it: {err:?}");
+    let logged = notify_relay::error::ApiError::from(actors::error::EngineError::Postgres(err)).log_text();
+    assert!(!logged.contains("secret-of-a-user"), "{logged}");
+    for useful in ["postgres", "ERROR 23505", "duplicate key value violates unique constraint", "(table device)"] {
+        assert!(logged.contains(useful), "{useful} missing from {logged}");
+    }
+    // A value quoted in the message itself is masked too.
+    let err = app.db.execute("SELECT $1::text::uuid", &[&token]).await.expect_err("not a uuid");
+    let logged = notify_relay::error::ApiError::from(actors::error::EngineError::Postgres(err)).log_text();
+    assert!(!logged.contains("secret-of-a-user") && logged.contains("22P02"), "{logged}");
+    app.cleanup().await;
+}
+
+/// A JSON logger whose lines land in a buffer.
+#[derive(Clone, Default)]
+struct Captured(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Captured {
+    fn logger(&self) -> slog::Logger {
+        use slog::Drain;
+        let json = slog_json::Json::new(self.clone()).add_default_keys().build();
+        slog::Logger::root(std::sync::Mutex::new(json).fuse(), slog::o!())
+    }
+
+    fn lines(&self) -> Vec<Value> {
+        let text = String::from_utf8_lossy(&self.0.lock().unwrap()).to_string();
+        text.lines().filter_map(|l| serde_json::from_str(l).ok()).collect()
+    }
+}
+
+#[actix_web::test]
+async fn user_tokens_without_issuer_or_audience_are_warned_about_in_the_json_log() {
+    use notify_relay::startup::{Application, ProcessRoles};
+    let mut app = prepare().await;
+    app.env.insert("NOTIFY__AUTH__JWT_SECRET".into(), HS_SECRET.into());
+    let api_only = ProcessRoles::parse("api").unwrap();
+    let mut warned = Vec::new();
+    for issuer in [None, Some(ISSUER)] {
+        if let Some(iss) = issuer {
+            app.env.insert("NOTIFY__AUTH__ISSUER".into(), iss.into());
+        }
+        let log = Captured::default();
+        let started = Application::build(app.settings(), api_only, false, "c".into(), log.logger()).await.unwrap();
+        started.stop(Duration::from_secs(1)).await;
+        let lines = log.lines();
+        assert!(lines.iter().any(|l| l["msg"] == "http api listening"), "the log is captured: {lines:?}");
+        warned.push(lines.into_iter().find(|l| l["event"] == "AUTH_CLAIMS_UNCHECKED"));
+    }
+    let line = warned[0].as_ref().expect("a warning without auth.issuer and auth.audience");
+    assert_eq!(line["level"], "WARN");
+    assert!(line["msg"].as_str().unwrap().contains("auth.issuer"), "{line}");
+    assert!(warned[1].is_none(), "no warning once auth.issuer is set: {:?}", warned[1]);
+    app.cleanup().await;
+}
+
+impl Api {
+    fn service_token(&self) -> String {
+        let mut service = claims("", 3600);
+        service["role"] = json!("service_role");
+        service.as_object_mut().unwrap().remove("sub");
+        self.key.sign(&service)
+    }
+}
+
+#[actix_web::test]
+async fn unsupported_methods_answer_405_with_allow_and_the_json_error_shape() {
+    let api = api().await;
+    let client = awc::Client::default();
+    let device = Uuid::new_v4();
+    for (method, path, allow) in [
+        ("PUT", "/users/alice/devices".to_string(), "POST"),
+        ("GET", "/users/alice/devices".to_string(), "POST"),
+        ("GET", format!("/users/alice/devices/{device}"), "DELETE"),
+        ("PATCH", "/admin/dlq".to_string(), "GET"),
+        ("DELETE", "/admin/dlq/requeue".to_string(), "POST"),
+        ("POST", "/healthz".to_string(), "GET"),
+        ("GET", format!("/notifications/{device}/retry"), "POST"),
+        ("OPTIONS", "/users/alice/notifications/failed".to_string(), "GET"),
+    ] {
+        let m = awc::http::Method::from_bytes(method.as_bytes()).unwrap();
+        let mut resp = client.request(m, format!("{}{path}", api.app.api())).send().await.unwrap();
+        assert_eq!(resp.status().as_u16(), 405, "{method} {path}");
+        assert_eq!(resp.headers().get("allow").and_then(|v| v.to_str().ok()), Some(allow), "{method} {path}");
+        let body: Value = resp.json().await.unwrap();
+        assert_eq!(code(&body), "method_not_allowed", "{method} {path}: {body}");
+    }
+    // An unknown path is still a 404.
+    let (status, body) = api.call("PUT", "/no/such/route", None, None).await;
+    assert_eq!((status, code(&body)), (404, "not_found"));
+    api.done().await;
+}
+
+#[actix_web::test]
+async fn a_user_id_of_any_text_gets_a_valid_location_and_one_with_a_nul_is_a_400() {
+    let api = api().await;
+    let service = api.service_token();
+    let path = "/users/a%20b%2F%C3%A9%C2%85%1B/devices";
+    let client = awc::Client::default();
+    let mut resp = client
+        .post(format!("{}{path}", api.app.api()))
+        .bearer_auth(&service)
+        .send_json(&json!({"provider": "fcm", "token": "odd-user"}))
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 201, "{:?}", resp.body().await);
+    let body: Value = resp.json().await.unwrap();
+    let location = resp.headers().get("location").and_then(|v| v.to_str().ok()).unwrap_or_default().to_string();
+    assert_eq!(body["user_id"], "a b/é\u{85}\u{1b}");
+    assert_eq!(location, format!("/users/a%20b%2F%C3%A9%C2%85%1B/devices/{}", body["id"].as_str().unwrap()));
+    let (status, body) = api.call("DELETE", &location, Some(&service), None).await;
+    assert_eq!(status, 204, "the Location names the device: {body}");
+    // NUL cannot be stored in a Postgres text: refused, not a 500.
+    let (status, body) =
+        api.post("/users/a%00b/devices", Some(&service), json!({"provider": "fcm", "token": "x"})).await;
+    assert_eq!((status, code(&body)), (400, "bad_request"), "{body}");
+    let (status, _) = api.get("/users/a%00b/notifications/failed", Some(&service)).await;
+    assert_eq!(status, 400);
+    let (status, body) =
+        api.post("/users/alice/devices", Some(&service), json!({"provider": "fcm", "token": "a\u{0}b"})).await;
+    assert_eq!((status, code(&body)), (422, "invalid_value"), "{body}");
+    api.done().await;
+}
+
+#[actix_web::test]
+async fn removing_a_device_twice_is_a_404_the_second_time() {
+    let api = api().await;
+    let token = api.token("alice");
+    let (_, device) =
+        api.post("/users/alice/devices", Some(&token), json!({"provider": "fcm", "token": "twice"})).await;
+    let path = format!("/users/alice/devices/{}", device["id"].as_str().unwrap());
+    assert_eq!(api.call("DELETE", &path, Some(&token), None).await.0, 204);
+    let (status, body) = api.call("DELETE", &path, Some(&token), None).await;
+    assert_eq!(status, 404, "{body}");
+    assert!(body["error"]["message"].as_str().unwrap().contains("no active device"));
+    api.done().await;
+}
+
+#[actix_web::test]
+async fn requeue_takes_what_its_schema_allows_and_refuses_the_rest() {
+    let api = api().await;
+    let admin = Some(ADMIN_TOKEN);
+    let empty = json!({"requeued": [], "skipped": []});
+    // JSON Schema's integer includes 1208.0; a well-formed id beyond any shard names nothing.
+    for body in [json!({"all": true, "limit": 1208.0}), json!({"ids": ["65536:99999999999999999999-0"]})] {
+        let (status, report) = api.post("/admin/dlq/requeue", admin, body.clone()).await;
+        assert_eq!((status, &report), (200, &empty), "{body}");
+    }
+    for body in [
+        json!({"all": true, "limit": 1.5}),
+        json!({"all": true, "limit": 0}),
+        json!({"all": true, "limit": 10001}),
+        json!({"ids": ["+1:1-1"]}),
+        json!({"ids": vec!["0:1-1"; 1001]}),
+        json!({"ids": [format!("0:{}-0", "1".repeat(50))]}),
+        json!({"ids": ["0:1-1"], "all": true}),
+        json!({}),
+    ] {
+        let (status, resp) = api.post("/admin/dlq/requeue", admin, body.clone()).await;
+        assert_eq!((status, code(&resp)), (422, "invalid_value"), "{body}: {resp}");
+    }
+    api.done().await;
+}
+
+#[actix_web::test]
+async fn the_openapi_document_states_the_constraints_the_server_enforces() {
+    let api = api().await;
+    let (_, doc) = api.get("/openapi.json", None).await;
+    let op = |path: &str, method: &str| doc["paths"][path][method].clone();
+    let param = |op: &Value, name: &str| {
+        op["parameters"].as_array().unwrap().iter().find(|p| p["name"] == name).cloned().unwrap_or(Value::Null)
+    };
+    let remove = op("/users/{user_id}/devices/{device_id}", "delete");
+    assert_eq!(param(&remove, "device_id")["schema"]["format"], "uuid");
+    assert_eq!(param(&op("/notifications/{id}/retry", "post"), "id")["schema"]["format"], "uuid");
+    let failed = op("/users/{user_id}/notifications/failed", "get");
+    let limit = &param(&failed, "limit")["schema"];
+    assert_eq!((limit["minimum"].as_i64(), limit["maximum"].as_i64()), (Some(1), Some(100)), "{limit}");
+    let limit = &param(&op("/admin/dlq", "get"), "limit")["schema"];
+    assert_eq!((limit["minimum"].as_i64(), limit["maximum"].as_i64()), (Some(1), Some(1000)), "{limit}");
+    let days = &param(&op("/admin/metrics", "get"), "days")["schema"];
+    assert_eq!((days["minimum"].as_i64(), days["maximum"].as_i64()), (Some(1), Some(90)), "{days}");
+    let register = op("/users/{user_id}/devices", "post");
+    let body = &register["requestBody"]["content"]["application/json"]["schema"];
+    let providers: Vec<&Value> =
+        body["oneOf"].as_array().unwrap().iter().map(|a| &a["properties"]["provider"]["enum"][0]).collect();
+    assert_eq!(providers, [&json!("expo"), &json!("fcm"), &json!("apns"), &json!("email")]);
+    for status in ["201", "400", "401", "403", "409", "413", "422"] {
+        assert!(register["responses"][status].is_object(), "POST devices does not list {status}");
+    }
+    for status in ["200", "400", "401", "413", "422"] {
+        assert!(op("/admin/dlq/requeue", "post")["responses"][status].is_object(), "requeue does not list {status}");
+    }
+    api.done().await;
+}
+
+#[actix_web::test]
+async fn postgres_out_of_reach_is_a_503_naming_it_not_a_500() {
+    let api = api().await;
+    let token = api.token("alice");
+    assert_eq!(api.get("/users/alice/notifications/failed", Some(&token)).await.0, 200);
+    // The database refuses new connections and every open one is cut: the pool has none left.
+    let base = crate::helpers::base_database_url();
+    let (admin, connection) = tokio_postgres::connect(&base, tokio_postgres::NoTls).await.unwrap();
+    actix_rt::spawn(connection);
+    let db = &api.app.db_name;
+    admin.batch_execute(&format!("ALTER DATABASE {db} WITH ALLOW_CONNECTIONS false")).await.unwrap();
+    admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1", &[db]).await.unwrap();
+    let (status, body) = api.get("/users/alice/notifications/failed", Some(&token)).await;
+    assert_eq!((status, code(&body)), (503, "unavailable"), "{body}");
+    assert!(body["error"]["message"].as_str().unwrap().starts_with("postgres is unavailable"), "{body}");
+    let (status, _) = api.post("/users/alice/devices", Some(&token), json!({"provider": "fcm", "token": "t"})).await;
+    assert_eq!(status, 503);
+    admin.batch_execute(&format!("ALTER DATABASE {db} WITH ALLOW_CONNECTIONS true")).await.unwrap();
+    // Back: the pool connects again.
+    eventually(Duration::from_secs(10), || async {
+        (api.get("/users/alice/notifications/failed", Some(&token)).await.0 == 200).then_some(())
+    })
+    .await;
     api.done().await;
 }

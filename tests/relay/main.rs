@@ -8,6 +8,7 @@ mod apns;
 mod cluster;
 mod config;
 mod delivery;
+mod devices;
 mod email;
 mod expo;
 mod failures;

@@ -42,15 +42,17 @@ pub struct DeadLetterEntry {
     pub attempts: u32,
     pub error: String,
     /// The job as written (JSON when it parses, else the raw text).
-    #[cfg_attr(feature = "openapi", schema(value_type = Object))]
     pub job: serde_json::Value,
 }
 
 impl DeadLetterEntry {
     /// Parses `<shard>:<entry id>`.
+    /// Decimal digits only (`str::parse` would also take a leading `+`).
     pub fn parse_id(id: &str) -> Option<(u16, String)> {
+        let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
         let (shard, entry) = id.split_once(':')?;
         let (ms, seq) = entry.split_once('-')?;
+        (digits(shard) && digits(ms) && digits(seq)).then_some(())?;
         (ms.parse::<u64>().is_ok() && seq.parse::<u64>().is_ok()).then_some(())?;
         Some((shard.parse().ok()?, entry.to_string()))
     }
@@ -125,23 +127,67 @@ impl Relay {
     }
 
     /// The newest `limit` dead letters of all shards, newest first.
+    ///
+    /// A merge of the shards' DLQ streams, each read newest first in pages of about
+    /// `limit / shards`: what is held at any time is bounded by `limit` plus one page per shard
+    /// (about twice `limit`, plus the number of shards), never `limit` per shard, however many
+    /// shards there are and wherever the newest letters are.
     pub async fn dead_letters(&self, limit: usize) -> Result<Vec<DeadLetterEntry>> {
-        let mut conn = self.conn();
-        let mut all = Vec::new();
-        for shard in self.keys.shard_ids() {
-            let reply: StreamRangeReply = redis::cmd("XREVRANGE")
-                .arg(self.keys.dlq(shard))
-                .arg("+")
-                .arg("-")
-                .arg("COUNT")
-                .arg(limit)
-                .query_async(&mut conn)
-                .await?;
-            all.extend(reply.ids.into_iter().map(|id| DeadLetterEntry::from_stream(shard, id)));
+        Ok(self.dead_letters_counted(limit).await?.0)
+    }
+
+    /// [`Relay::dead_letters`], and how many entries it read from Redis to find them.
+    pub async fn dead_letters_counted(&self, limit: usize) -> Result<(Vec<DeadLetterEntry>, usize)> {
+        let shards = usize::from(self.keys.shards());
+        if limit == 0 || shards == 0 {
+            return Ok((Vec::new(), 0));
         }
-        all.sort_by_key(|e| std::cmp::Reverse(entry_order(&e.entry_id)));
-        all.truncate(limit);
-        Ok(all)
+        let page = limit.div_ceil(shards).max(1);
+        let mut conn = self.conn();
+        // Every shard's first page in one round trip (grouped by slot on a cluster).
+        let first: Vec<(String, redis::Cmd)> = self
+            .keys
+            .shard_ids()
+            .map(|shard| {
+                let key = self.keys.dlq(shard);
+                let mut cmd = redis::cmd("XREVRANGE");
+                cmd.arg(&key).arg("+").arg("-").arg("COUNT").arg(page);
+                (key, cmd)
+            })
+            .collect();
+        let replies: Vec<StreamRangeReply> = conn.query_each(first).await?;
+        let mut read: usize = replies.iter().map(|r| r.ids.len()).sum();
+        let mut heads: Vec<ShardPage> =
+            self.keys.shard_ids().zip(replies).map(|(shard, reply)| ShardPage::new(shard, reply.ids, page)).collect();
+        let mut out = Vec::with_capacity(limit.min(10_000));
+        while out.len() < limit {
+            // A shard whose page is used up may still hold the newest letter: read on first.
+            for head in heads.iter_mut().filter(|h| h.entries.is_empty() && !h.exhausted) {
+                let Some(last) = head.last_id.clone() else {
+                    head.exhausted = true;
+                    continue;
+                };
+                let reply: StreamRangeReply = redis::cmd("XREVRANGE")
+                    .arg(self.keys.dlq(head.shard))
+                    .arg(format!("({last}"))
+                    .arg("-")
+                    .arg("COUNT")
+                    .arg(page)
+                    .query_async(&mut conn)
+                    .await?;
+                read += reply.ids.len();
+                head.refill(reply.ids, page);
+            }
+            let newest = heads
+                .iter_mut()
+                .filter(|h| !h.entries.is_empty())
+                .max_by_key(|h| h.entries.front().map(|e| entry_order(&e.id)));
+            match newest.and_then(|h| h.entries.pop_front().map(|e| (h.shard, e))) {
+                Some((shard, entry)) => out.push(DeadLetterEntry::from_stream(shard, entry)),
+                None => break,
+            }
+        }
+        Ok((out, read))
     }
 
     /// The dead letters with these ids (`<shard>:<entry id>`); unknown ids are left out.
@@ -311,6 +357,31 @@ impl Relay {
     }
 }
 
+/// What has been read of one shard's DLQ and not yet merged.
+struct ShardPage {
+    shard: u16,
+    entries: std::collections::VecDeque<StreamId>,
+    /// The oldest id read so far: the next page starts below it.
+    last_id: Option<String>,
+    exhausted: bool,
+}
+
+impl ShardPage {
+    fn new(shard: u16, ids: Vec<StreamId>, page: usize) -> Self {
+        let mut p = ShardPage { shard, entries: Default::default(), last_id: None, exhausted: false };
+        p.refill(ids, page);
+        p
+    }
+
+    fn refill(&mut self, ids: Vec<StreamId>, page: usize) {
+        self.exhausted = ids.len() < page;
+        if let Some(last) = ids.last() {
+            self.last_id = Some(last.id.clone());
+        }
+        self.entries.extend(ids);
+    }
+}
+
 fn ack_delete(pipe: &mut redis::Pipeline, stream: &str, at: &EntryRef) {
     pipe.cmd("XACK").arg(stream).arg(GROUP).arg(&at.id).ignore();
     pipe.cmd("XDEL").arg(stream).arg(&at.id).ignore();
@@ -329,7 +400,7 @@ mod tests {
     #[test]
     fn dead_letter_ids_name_a_shard_and_an_entry() {
         assert_eq!(DeadLetterEntry::parse_id("3:1700000000000-7"), Some((3, "1700000000000-7".into())));
-        for bad in ["", "3", "x:1-1", "3:abc", "3:1-x", "-1:1-1", "3:1"] {
+        for bad in ["", "3", "x:1-1", "3:abc", "3:1-x", "-1:1-1", "3:1", "+3:1-1", "3:+1-1", "3:1-+1", "70000:1-1"] {
             assert_eq!(DeadLetterEntry::parse_id(bad), None, "{bad}");
         }
     }

@@ -21,7 +21,6 @@ pub struct FailedNotification {
     pub attempt_count: i32,
     /// The notification's payload as it was inserted; null when it is over `payload.max_bytes`
     /// or cannot be read as JSON (the `error` says which).
-    #[cfg_attr(feature = "openapi", schema(value_type = Object))]
     pub payload: Value,
     pub failed_at: DateTime<Utc>,
     pub retried_at: Option<DateTime<Utc>>,
@@ -41,6 +40,18 @@ pub struct Device {
     pub created_at: DateTime<Utc>,
     pub disabled_at: Option<DateTime<Utc>>,
     pub disabled_reason: Option<String>,
+}
+
+/// What became of a device registration ([`Store::register_device`]).
+#[derive(Debug, Clone)]
+pub enum Registration {
+    /// The device is now an active device of the user. `created`: a new row; `moved_from`: the
+    /// user it was an active device of until now.
+    Registered { device: Device, created: bool, moved_from: Option<String> },
+    /// The token is an active device of another user and may not move on this caller's word.
+    OwnedByAnotherUser,
+    /// The user already has `max` active devices.
+    TooManyDevices { max: i64 },
 }
 
 /// Which failed notifications to retry in bulk (`notify-relay admin requeue-failed`).
@@ -176,32 +187,86 @@ impl Store {
         Ok(row.get::<_, i64>(0) as u64)
     }
 
-    /// Registers a device, or re-enables and re-assigns an existing one with the same
-    /// (provider, token): a phone that changes hands keeps one row. Returns the device and
-    /// whether it was created.
-    pub async fn register_device(&self, user: &str, provider: Provider, token: &str) -> Result<(Device, bool)> {
-        let client = self.pool.get().await?;
-        let row = client
+    /// Registers `token` as a device of `user`, under the device-ownership rule:
+    ///
+    /// - a (provider, token) nobody has is created for `user`, and one `user` already has is
+    ///   re-enabled (one row per token: re-registering never counts twice);
+    /// - a token that is *disabled* (removed, or refused by its provider) goes to `user`,
+    ///   whoever had it;
+    /// - a token that is *active* for another user moves to `user` only if it is a push token
+    ///   (expo, fcm, apns: a phone changes hands, and the previous owner stops receiving on it)
+    ///   or if the caller is a service (`as_service`); an active email address never moves
+    ///   between users on a user token: [`Registration::OwnedByAnotherUser`];
+    /// - a registration that would give `user` more than `max_active` active devices is
+    ///   [`Registration::TooManyDevices`].
+    ///
+    /// One transaction: the user's registrations are serialised by an advisory lock on the user
+    /// (so two concurrent ones cannot both pass the cap), and the token's row is locked by the
+    /// upsert before anything is decided (so two users registering it at once are decided one
+    /// after the other, by the same rule, on the row as the first left it).
+    pub async fn register_device(
+        &self,
+        user: &str,
+        provider: Provider,
+        token: &str,
+        as_service: bool,
+        max_active: i64,
+    ) -> Result<Registration> {
+        let may_take_active = as_service || provider != Provider::Email;
+        let mut client = self.pool.get().await?;
+        let tx = client.transaction().await?;
+        tx.execute("SELECT pg_advisory_xact_lock($1, hashtext($2))", &[&DEVICE_LOCK_SPACE, &user]).await?;
+        // Inserts the row, or locks the existing one (waiting for a concurrent inserter to
+        // finish) and returns it unchanged: the decision below is made on the latest version.
+        let row = tx
             .query_one(
                 "INSERT INTO device (user_id, provider, token) VALUES ($1, $2, $3)
-                 ON CONFLICT (provider, token) DO UPDATE
-                    SET user_id = EXCLUDED.user_id, disabled_at = NULL, disabled_reason = NULL
-                 RETURNING id, user_id, provider, token, created_at, disabled_at, disabled_reason, xmax = 0",
+                 ON CONFLICT (provider, token) DO UPDATE SET user_id = device.user_id
+                 RETURNING id, user_id, disabled_at IS NULL, xmax = 0",
                 &[&user, &provider.as_str(), &token],
             )
             .await?;
-        Ok((device(&row), row.get(7)))
+        let (id, owner, active, created): (Uuid, String, bool, bool) = (row.get(0), row.get(1), row.get(2), row.get(3));
+        let mine = owner == user;
+        if !created && active && !mine && !may_take_active {
+            return Ok(Registration::OwnedByAnotherUser); // rolled back on drop
+        }
+        if created || !(active && mine) {
+            // The token becomes an active device of `user` that it was not before.
+            let others: i64 = tx
+                .query_one(
+                    "SELECT count(*) FROM device WHERE user_id = $1 AND disabled_at IS NULL AND id <> $2",
+                    &[&user, &id],
+                )
+                .await?
+                .get(0);
+            if others >= max_active {
+                return Ok(Registration::TooManyDevices { max: max_active });
+            }
+        }
+        let row = tx
+            .query_one(
+                &format!(
+                    "UPDATE device SET user_id = $2, disabled_at = NULL, disabled_reason = NULL
+                      WHERE id = $1 RETURNING {DEVICE_COLUMNS}"
+                ),
+                &[&id, &user],
+            )
+            .await?;
+        tx.commit().await?;
+        let moved_from = (!created && active && !mine).then_some(owner);
+        Ok(Registration::Registered { device: device(&row), created, moved_from })
     }
 
-    /// Disables a user's device (kept for the delivery history; registering the token again
-    /// re-enables it). False when the user has no such device.
+    /// Disables one of a user's active devices (kept for the delivery history; registering the
+    /// token again re-enables it). False when the user has no such active device (removing
+    /// twice: the second finds none).
     pub async fn remove_device(&self, user: &str, device_id: Uuid) -> Result<bool> {
         let client = self.pool.get().await?;
         let n = client
             .execute(
-                "UPDATE device SET disabled_at = coalesce(disabled_at, now()),
-                        disabled_reason = coalesce(disabled_reason, 'removed through the API')
-                  WHERE id = $1 AND user_id = $2",
+                "UPDATE device SET disabled_at = now(), disabled_reason = 'removed through the API'
+                  WHERE id = $1 AND user_id = $2 AND disabled_at IS NULL",
                 &[&device_id, &user],
             )
             .await?;
@@ -252,6 +317,12 @@ impl Store {
         Ok(reset)
     }
 }
+
+/// The columns [`device`] reads, in its order.
+const DEVICE_COLUMNS: &str = "id, user_id, provider, token, created_at, disabled_at, disabled_reason";
+
+/// First key of the advisory lock that serialises one user's device registrations.
+const DEVICE_LOCK_SPACE: i32 = 0x6e72_6476; // "nrdv"
 
 fn device(r: &tokio_postgres::Row) -> Device {
     Device {
