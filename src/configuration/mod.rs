@@ -599,6 +599,8 @@ mod tests {
             s.engine(actors::settings::Roles::ALL, "c".into()).unwrap().input_limits.payload_max_bytes,
             16 * 1024
         );
+        let s = Settings::load(None, &env(&[("NOTIFY__DEVICES__MAX_PER_USER", "7")])).unwrap();
+        assert_eq!(s.engine(actors::settings::Roles::ALL, "c".into()).unwrap().input_limits.devices_per_user, 7);
         assert!(error(&[("NOTIFY__PAYLOAD__MAX_BYTES", "100")])
             .contains("`payload.max_bytes` must be between 4096 and 1048576"));
         assert!(error(&[("NOTIFY__PAYLOAD__MAX_BYTES", "2000000")]).contains("`payload.max_bytes`"));
