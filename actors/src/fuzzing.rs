@@ -27,3 +27,32 @@ pub fn parse_entry(shard: u16, id: StreamId) -> Entry {
 
 /// The payload decoder every notification row goes through at fan-out (`payload::text`).
 pub use crate::payload::{readable as payload_readable, Payload, MAX_DEPTH as MAX_PAYLOAD_DEPTH};
+
+/// A classified answer is exactly one class: the result and the provider's health agree (a
+/// credentials problem is AUTH both ways; an outage is retried; what was delivered, refused for
+/// good or for its token says the provider is up), no classifier defers (only the circuit does),
+/// errors are bounded, and no wait is longer than a clamped Retry-After or FCM's quota backoff.
+/// Panics otherwise: shared by the classifiers' property tests and the fuzz targets.
+pub fn assert_one_class(result: &SendResult, health: &Health) {
+    let coherent = match (result, health) {
+        (SendResult::Auth { .. }, Health::AuthFailure(_)) => true,
+        (_, Health::AuthFailure(_)) | (SendResult::Auth { .. }, _) => false,
+        (SendResult::Retry { .. }, Health::Outage(_) | Health::Up) => true,
+        (_, Health::Outage(_)) => false,
+        (SendResult::Delivered { .. } | SendResult::Permanent { .. } | SendResult::InvalidToken { .. }, _) => true,
+        (SendResult::Deferred { .. }, _) => false,
+    };
+    assert!(coherent, "{result:?} with {health:?}");
+    assert_bounded(result.error().unwrap_or_default());
+    if let Health::Outage(e) | Health::AuthFailure(e) = health {
+        assert_bounded(e);
+    }
+    if let SendResult::Retry { after: Some(after), .. } = result {
+        assert!(*after <= MAX_RETRY_AFTER.max(crate::providers::fcm::QUOTA_BACKOFF), "{after:?}");
+    }
+}
+
+/// An error of at most [`MAX_ERROR_BYTES`].
+pub fn assert_bounded(error: &str) {
+    assert!(error.len() <= MAX_ERROR_BYTES, "an error of {} bytes: {:.80}…", error.len(), error);
+}

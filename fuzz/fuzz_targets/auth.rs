@@ -43,6 +43,7 @@ fn keys() -> &'static Keys {
             leeway_secs: 30,
             jwks_cache_ms: 60_000,
             jwks_min_refresh_ms: 10_000,
+            allow_insecure_jwks: false,
         };
         let auth = Authenticator::new(&settings).expect("authenticator");
         let es256 = EncodingKey::from_ec_pem(pair.serialize_pem().as_bytes()).expect("ES256 key");

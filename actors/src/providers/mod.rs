@@ -174,30 +174,7 @@ pub(crate) mod check {
         }
     }
 
-    /// A classified answer is exactly one class: the result and the provider's health agree (a
-    /// credentials problem is AUTH both ways; an outage is retried; what was delivered, refused
-    /// for good or for its token says the provider is up), no classifier defers (only the circuit
-    /// does), the error is bounded, and a delivery carries no error.
-    pub(crate) fn assert_one_class(result: &SendResult, health: &Health) {
-        let coherent = match (result, health) {
-            (SendResult::Auth { .. }, Health::AuthFailure(_)) => true,
-            (_, Health::AuthFailure(_)) | (SendResult::Auth { .. }, _) => false,
-            (SendResult::Retry { .. }, Health::Outage(_) | Health::Up) => true,
-            (_, Health::Outage(_)) => false,
-            (SendResult::Delivered { .. } | SendResult::Permanent { .. } | SendResult::InvalidToken { .. }, _) => true,
-            (SendResult::Deferred { .. }, _) => false,
-        };
-        assert!(coherent, "{result:?} with {health:?}");
-        if let Some(error) = result.error() {
-            assert!(error.len() <= MAX_ERROR_BYTES, "{} bytes: {error:.80}…", error.len());
-        }
-        if let Health::Outage(e) | Health::AuthFailure(e) = health {
-            assert!(e.len() <= MAX_ERROR_BYTES, "{} bytes: {e:.80}…", e.len());
-        }
-        if let SendResult::Retry { after: Some(after), .. } = result {
-            assert!(*after <= MAX_RETRY_AFTER.max(fcm::QUOTA_BACKOFF), "{after:?}");
-        }
-    }
+    pub(crate) use crate::fuzzing::assert_one_class;
 
     /// Any status a server could send, weighted towards the ones the tables name.
     pub(crate) fn status() -> impl Strategy<Value = u16> {
