@@ -262,6 +262,14 @@ mod tests {
     }
 
     #[test]
+    fn an_attempt_count_from_a_hostile_entry_cannot_overflow() {
+        let mut j = job();
+        j.attempt = u32::MAX;
+        assert_eq!(j.attempt_number(), u32::MAX);
+        assert!(j.may_repeat());
+    }
+
+    #[test]
     fn a_job_survives_a_round_trip_through_json() {
         let j = job();
         assert_eq!(Job::from_json(j.to_json().as_bytes()).unwrap(), j);

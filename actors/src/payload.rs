@@ -109,7 +109,7 @@ impl Payload {
         let value: Value = serde_path_to_error::deserialize(&mut de).map_err(|e| {
             let path = match e.path().to_string() {
                 p if p == "." => "payload".to_string(),
-                p => format!("payload.{p}"),
+                p => format!("payload.{}", shortened(&p, MAX_PATH_BYTES)),
             };
             unreadable(path, &e.into_inner())
         })?;
@@ -141,6 +141,21 @@ pub fn readable(text: &str, max_bytes: usize) -> Option<Value> {
         return None;
     }
     serde_json::from_str(text).ok()
+}
+
+/// Longest path quoted in an error: keys are the producer's, and may be long.
+const MAX_PATH_BYTES: usize = 200;
+
+/// `text`, cut at a character boundary to at most `max` bytes (with "…" when cut).
+fn shortened(text: &str, max: usize) -> String {
+    if text.len() <= max {
+        return text.to_string();
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &text[..end])
 }
 
 /// serde_json's message without its " at line L column C": the path says more.
@@ -302,6 +317,18 @@ mod tests {
         assert_eq!(readable(r#"{"n": 1e400}"#, MAX), None);
         assert_eq!(readable(&format!("{}{}", "[".repeat(200), "]".repeat(200)), MAX), None);
         assert_eq!(readable(&format!(r#""{}""#, "x".repeat(MAX)), MAX), None);
+    }
+
+    /// Found by the `payload` fuzz target: a path of long keys made an error as long as the
+    /// payload.
+    #[test]
+    fn an_error_quotes_at_most_200_bytes_of_its_path() {
+        let key = "k".repeat(3000);
+        let raw = format!("{{\"{key}\": {{\"é{key}\": \"a\u{0}\"}}}}");
+        let err = Payload::parse(&raw, usize::MAX).unwrap_err().to_string();
+        assert!(err.len() <= 300, "{} bytes", err.len());
+        assert!(err.starts_with("payload.kkk"), "{err}");
+        assert!(err.ends_with("…: control character (\\u0000-\\u001F) found while parsing a string"), "{err}");
     }
 
     #[test]

@@ -31,7 +31,7 @@ fuzz_target!(|data: &[u8]| {
         Err(e) => {
             let message = e.to_string();
             assert!(message.starts_with("payload"), "{message}");
-            assert!(message.len() <= 300, "{message}");
+            assert!(message.len() <= 300, "{} bytes: {message:.200}", message.len());
         }
     }
 });

@@ -602,6 +602,9 @@ uzQcTSf1skvCNYBseC2yZ1A57q1rCuGb0nDFngD3RZWbbd6BnWMXEiO5
         assert_eq!(once.expiration, Some(0));
         let none = Request::build(&job(json!({"title": "T"}), Priority::Normal), "b").expect("request");
         assert_eq!(none.expiration, None);
+        // A ttl near u64::MAX saturates instead of overflowing (a panic in a debug build).
+        let huge = Request::build(&job(json!({"title": "T", "ttl": u64::MAX}), Priority::Normal), "b");
+        assert_eq!(huge.expect("request").expiration, Some(u64::MAX));
     }
 
     #[test]

@@ -15,10 +15,20 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 /// Where Redis is: `redis.url`, or the seed nodes of `redis.cluster_urls`.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub enum Endpoint {
     Single(String),
     Cluster(Vec<String>),
+}
+
+/// The URLs may carry a password: `Debug` says only how many there are.
+impl std::fmt::Debug for Endpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Endpoint::Single(_) => f.write_str("Endpoint::Single([redacted])"),
+            Endpoint::Cluster(seeds) => write!(f, "Endpoint::Cluster([{} redacted seeds])", seeds.len()),
+        }
+    }
 }
 
 impl Endpoint {
@@ -170,6 +180,21 @@ impl ConnectionLike for RelayConn {
             RelayConn::Single(c) => c.get_db(),
             RelayConn::Reader(c) => c.get_db(),
             RelayConn::Cluster(c) => c.get_db(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_endpoint_never_prints_its_urls() {
+        let single = Endpoint::new("redis://:hunter2@cache:6379", &[]);
+        let cluster = Endpoint::new("", &["rediss://u:hunter2@a:6379".into(), "rediss://u:hunter2@b:6379".into()]);
+        for e in [single, cluster] {
+            let shown = format!("{e:?}");
+            assert!(!shown.contains("hunter2") && !shown.contains("cache"), "{shown}");
         }
     }
 }
