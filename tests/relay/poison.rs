@@ -390,3 +390,43 @@ async fn failures_with_unreadable_or_oversized_payloads_are_listed_with_a_null_p
     }
     app.cleanup().await;
 }
+
+/// While Postgres fails every write (here a trigger raising a serialization failure, which is
+/// worth retrying), the outcome writer restarts with backoff — outcomes that keep arriving meanwhile
+/// are buffered, not written at once (each used to trigger a flush and a restart of its own) —
+/// and once Postgres takes writes again, every outcome is stored.
+#[actix_web::test]
+async fn the_outcome_writer_waits_out_its_backoff_however_many_outcomes_arrive() {
+    let app = spawn_app().await;
+    app.db
+        .batch_execute(
+            "CREATE TABLE chaos (on_ boolean NOT NULL);
+             INSERT INTO chaos VALUES (true);
+             CREATE FUNCTION chaos() RETURNS trigger LANGUAGE plpgsql AS $$
+             BEGIN
+                 IF (SELECT on_ FROM chaos) THEN
+                     RAISE EXCEPTION 'try again' USING ERRCODE = '40001';
+                 END IF;
+                 RETURN NEW;
+             END $$;
+             CREATE TRIGGER chaos BEFORE UPDATE ON delivery FOR EACH ROW EXECUTE FUNCTION chaos();",
+        )
+        .await
+        .unwrap();
+    app.add_device("wes", "expo", "ExponentPushToken[wes]").await;
+
+    // One outcome at a time: each reaches the writer in a message of its own.
+    for i in 1..=40 {
+        app.notify("wes", json!({"title": format!("n{i}")})).await;
+        eventually(Duration::from_secs(10), || async { (app.expo.sent_count() >= i).then_some(()) }).await;
+    }
+    let writer = restarts(&app).await.into_iter().find(|(name, _)| name == "outcome-writer").map(|(_, n)| n);
+    let writer = writer.expect("an outcome_writer actor");
+    assert!((1..=12).contains(&writer), "{writer} restarts for 40 outcomes");
+
+    app.db.batch_execute("UPDATE chaos SET on_ = false").await.unwrap();
+    app.all_final(Duration::from_secs(60)).await;
+    assert_eq!(app.count("SELECT count(*) FROM notification WHERE status = 'delivered'").await, 40);
+    assert_eq!(app.expo.sent_count(), 40, "nothing sent twice");
+    app.cleanup().await;
+}
