@@ -442,6 +442,24 @@ pub fn expo_job(notification_id: Uuid, device_id: Uuid, user: &str, token: &str,
 }
 
 /// Polls `check` until it yields a value, failing the test after `limit`.
+/// Observes `value` `n` times, `every` apart, and returns how often `hold` held: for
+/// properties over time ("the permit is free while the readers are idle"), not for waiting.
+pub async fn samples_holding<T>(
+    n: usize,
+    every: Duration,
+    mut value: impl FnMut() -> T,
+    hold: impl Fn(&T) -> bool,
+) -> usize {
+    let mut held = 0;
+    for _ in 0..n {
+        if hold(&value()) {
+            held += 1;
+        }
+        tokio::time::sleep(every).await;
+    }
+    held
+}
+
 pub async fn eventually<T, F, Fut>(limit: Duration, mut check: F) -> T
 where
     F: FnMut() -> Fut,

@@ -1,6 +1,6 @@
 //! Shared rate limits: a limited delivery waits, is never dropped, and spends no attempt.
 
-use crate::helpers::prepare;
+use crate::helpers::{prepare, samples_holding};
 use std::time::Duration;
 
 #[actix_web::test]
@@ -67,13 +67,8 @@ async fn idle_readers_hold_no_permits_and_one_permit_serves_every_shard() {
     app.add_device("sam", "expo", "ExponentPushToken[sam]").await;
 
     // Idle: sampled 50 times, the permit is (all but) always free.
-    let mut held = 0;
-    for _ in 0..50 {
-        if app.app.as_ref().expect("running").engine.in_flight() > 0 {
-            held += 1;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let engine = &app.app.as_ref().expect("running").engine;
+    let held = samples_holding(50, Duration::from_millis(20), || engine.in_flight(), |n| *n > 0).await;
     assert!(held <= 2, "idle readers held the permit in {held} of 50 samples");
 
     app.db
