@@ -253,24 +253,33 @@ impl TestApp {
     /// with its delivery row, and its entry in shard 0 read by `dead-0` and never acknowledged.
     /// The write and the read are one `MULTI`, so the live readers never see the entry as new.
     /// Returns (notification, device).
-    pub async fn orphaned_entry(&self, user: &str, token: &str, payload: Value) -> (Uuid, Uuid) {
+    /// A notification already fanned out in Postgres (`queued`, one `queued` delivery row to an
+    /// expo device of `user` with `token`, last touched `idle_secs` ago) and nothing in Redis:
+    /// (notification, device).
+    pub async fn queued_target(&self, user: &str, token: &str, payload: &Value, idle_secs: i64) -> (Uuid, Uuid) {
         let device = self.add_device(user, "expo", token).await;
         let id: Uuid = self
             .db
             .query_one(
-                "INSERT INTO notification (user_id, type, status) VALUES ($1, 't', 'queued') RETURNING id",
-                &[&user],
+                "INSERT INTO notification (user_id, type, status, payload) VALUES ($1, 't', 'queued', $2) RETURNING id",
+                &[&user, payload],
             )
             .await
             .expect("queued notification")
             .get(0);
         self.db
             .execute(
-                "INSERT INTO delivery (notification_id, device_id, provider) VALUES ($1, $2, 'expo')",
-                &[&id, &device],
+                "INSERT INTO delivery (notification_id, device_id, provider, updated_at)
+                 VALUES ($1, $2, 'expo', now() - $3::int8 * interval '1 second')",
+                &[&id, &device, &idle_secs],
             )
             .await
             .expect("delivery row");
+        (id, device)
+    }
+
+    pub async fn orphaned_entry(&self, user: &str, token: &str, payload: Value) -> (Uuid, Uuid) {
+        let (id, device) = self.queued_target(user, token, &serde_json::json!({}), 0).await;
         let job = expo_job(id, device, user, token, payload);
         let stream = self.keys.stream(0);
         let mut conn = self.redis.clone();

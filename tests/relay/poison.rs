@@ -4,7 +4,6 @@
 use crate::helpers::{eventually, spawn_app, TestApp, ADMIN_TOKEN};
 use serde_json::{json, Value};
 use std::time::Duration;
-use uuid::Uuid;
 
 /// Every actor's restart count, by name.
 async fn restarts(app: &TestApp) -> Vec<(String, u64)> {
@@ -127,24 +126,7 @@ async fn the_sweep_fails_a_stale_target_whose_payload_can_no_longer_be_sent() {
     let mut app = crate::helpers::prepare().await;
     app.env.insert("NOTIFY__LISTENER__STALE_AFTER_MS".into(), "3000".into());
     app.env.insert("NOTIFY__LISTENER__SWEEP_INTERVAL_MS".into(), "200".into());
-    let device = app.add_device("old", "expo", "ExponentPushToken[old]").await;
-    let id: Uuid = app
-        .db
-        .query_one(
-            "INSERT INTO notification (user_id, type, payload, status) VALUES ('old', 't', $1, 'queued') RETURNING id",
-            &[&json!({"title": "t", "ttl": "soon"})],
-        )
-        .await
-        .unwrap()
-        .get(0);
-    app.db
-        .execute(
-            "INSERT INTO delivery (notification_id, device_id, provider, status, updated_at)
-             VALUES ($1, $2, 'expo', 'queued', now() - interval '1 hour')",
-            &[&id, &device],
-        )
-        .await
-        .unwrap();
+    let (id, _) = app.queued_target("old", "ExponentPushToken[old]", &json!({"title": "t", "ttl": "soon"}), 3600).await;
     app.start().await;
 
     let (status, _, error) = app.final_status(id).await;
@@ -279,17 +261,7 @@ async fn a_target_postgres_refuses_every_outcome_for_is_dead_lettered_and_the_re
 #[actix_web::test]
 async fn an_unreadable_stream_entry_that_names_its_target_fails_that_target() {
     let app = spawn_app().await;
-    let device = app.add_device("ann", "expo", "ExponentPushToken[ann]").await;
-    let id: Uuid = app
-        .db
-        .query_one("INSERT INTO notification (user_id, type, status) VALUES ('ann', 't', 'queued') RETURNING id", &[])
-        .await
-        .unwrap()
-        .get(0);
-    app.db
-        .execute("INSERT INTO delivery (notification_id, device_id, provider) VALUES ($1, $2, 'expo')", &[&id, &device])
-        .await
-        .unwrap();
+    let (id, device) = app.queued_target("ann", "ExponentPushToken[ann]", &json!({}), 0).await;
     let deep = format!("{}{}", "[".repeat(200), "]".repeat(200));
     let entry =
         format!(r#"{{"notification_id": "{id}", "device_id": "{device}", "provider": "expo", "payload": {deep}}}"#);

@@ -59,26 +59,8 @@ async fn a_target_whose_entry_was_lost_is_re_enqueued_by_the_sweep() {
     let mut app = crate::helpers::prepare().await;
     app.env.insert("NOTIFY__LISTENER__SWEEP_INTERVAL_MS".into(), "200".into());
     app.env.insert("NOTIFY__LISTENER__STALE_AFTER_MS".into(), "3000".into());
-    let device = app.add_device("quinn", "expo", "ExponentPushToken[quinn]").await;
-    // Queued in Postgres a while ago, but its stream entry never made it (Redis lost it).
-    let id: uuid::Uuid = app
-        .db
-        .query_one(
-            "INSERT INTO notification (user_id, type, status, payload) VALUES ('quinn', 't', 'queued', '{\"title\":\"lost\"}')
-             RETURNING id",
-            &[],
-        )
-        .await
-        .unwrap()
-        .get(0);
-    app.db
-        .execute(
-            "INSERT INTO delivery (notification_id, device_id, provider, updated_at)
-             VALUES ($1, $2, 'expo', now() - interval '1 hour')",
-            &[&id, &device],
-        )
-        .await
-        .unwrap();
+    // Queued in Postgres an hour ago, but its stream entry never made it (Redis lost it).
+    let (id, _) = app.queued_target("quinn", "ExponentPushToken[quinn]", &json!({"title": "lost"}), 3600).await;
 
     app.start().await;
 
