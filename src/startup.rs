@@ -94,7 +94,10 @@ impl Application {
         }
         let store = Store::new(pg_pool(&settings)?).with_payload_limit(settings.payload.max_bytes);
         let keys = Keys::new(settings.redis.key_prefix.clone(), settings.redis.shards);
-        let relay = Relay::connect(&settings.redis_endpoint(), keys, settings.redis.dlq_max_len).await?;
+        let relay =
+            Relay::connect(&settings.redis_endpoint(), keys, settings.redis.dlq_max_len).await?.with_delivered_ttl(
+                actors::keys::delivered_ttl(std::time::Duration::from_millis(settings.listener.stale_after_ms)),
+            );
         warn_if_relay_keys_can_be_evicted(&relay, &log).await;
 
         let engine_settings = settings.engine(roles.engine, consumer)?;

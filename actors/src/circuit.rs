@@ -1,21 +1,27 @@
 //! One circuit breaker per provider and process (failsafe), shared by that provider's senders.
 //!
-//! A request that fails as a whole — network error, 5xx, 429, or credentials the provider
-//! refuses — counts as a failure; `circuit.failures` of them in a row open the circuit. While it
-//! is open, deliveries for the provider are rescheduled without spending an attempt. After the
-//! open interval (growing, jittered, up to `circuit.max_open_ms`) one request is let through
-//! as a probe: success closes the circuit, failure opens it again. A failed probe does not
-//! spend its deliveries' attempts either, so a long outage costs each delivery at most the
-//! attempts it made before the circuit opened.
+//! A request that fails as a whole — network error, timeout, 5xx, 429, or credentials the
+//! provider refuses — counts as a failure; `circuit.failures` of them in a row open the circuit.
+//! While it is open, deliveries for the provider are rescheduled for when it may close again,
+//! without spending an attempt. After the open interval (growing, jittered, up to
+//! `circuit.max_open_ms`) it is half-open: exactly one request at a time goes out as a probe, and
+//! the others wait (again without spending attempts). A good probe closes the circuit; a failed
+//! one opens it again.
+//!
+//! What an outage costs: only failures recorded while the circuit was still closed *and* left
+//! it closed spend attempts. The failure that opens it, every failure of a request that was
+//! already in flight when it opened (a provider that hangs fails all of them at once, one
+//! timeout later), and every failed probe are free. So an outage, however it looks, costs a
+//! delivery at most the attempts it made before `circuit.failures` requests in a row had failed.
 
 use crate::events;
 use crate::job::Provider;
 use failsafe::failure_policy::{consecutive_failures, ConsecutiveFailures};
 use failsafe::StateMachine;
 use slog::{info, warn, Logger};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// How a whole request went, as far as the provider's health is concerned.
 #[derive(Debug, Clone, PartialEq)]
@@ -47,6 +53,9 @@ type Machine = StateMachine<ConsecutiveFailures<OpenIntervals>, Events>;
 struct OpenIntervals {
     next: Duration,
     max: Duration,
+    /// When the interval drawn last ends: failsafe draws one as it opens the circuit, and does
+    /// not say when it will let a probe through.
+    until: Arc<Mutex<Instant>>,
 }
 
 impl Iterator for OpenIntervals {
@@ -57,14 +66,60 @@ impl Iterator for OpenIntervals {
         self.next = (self.next * 2).min(self.max);
         let half = current / 2;
         let jitter = rand::random_range(0..=half.as_millis() as u64);
-        Some(half + Duration::from_millis(jitter))
+        let interval = half + Duration::from_millis(jitter);
+        if let Ok(mut until) = self.until.lock() {
+            *until = Instant::now() + interval;
+        }
+        Some(interval)
     }
 }
+
+/// Whether a request may go out now.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Permit {
+    /// The circuit is closed.
+    Closed,
+    /// The circuit is half-open and this request is its one probe: no other goes out until its
+    /// outcome is recorded or the token is dropped (a send that never finished).
+    Probe(ProbeToken),
+    /// Not now: try again after `retry_in` (when the circuit may let a request through).
+    Denied { retry_in: Duration },
+}
+
+/// The right to be the half-open probe; given back when dropped.
+#[derive(Debug)]
+pub struct ProbeToken {
+    out: Arc<AtomicU64>,
+    id: u64,
+}
+
+impl PartialEq for ProbeToken {
+    fn eq(&self, other: &Self) -> bool {
+        self.id == other.id
+    }
+}
+
+impl Eq for ProbeToken {}
+
+impl Drop for ProbeToken {
+    fn drop(&mut self) {
+        // Only this probe's own token: a later probe may hold it by now.
+        let _ = self.out.compare_exchange(self.id, 0, Ordering::AcqRel, Ordering::Acquire);
+    }
+}
+
+const CLOSED: u8 = 0;
+const OPEN: u8 = 1;
+const HALF_OPEN: u8 = 2;
 
 #[derive(Clone)]
 pub struct Circuit {
     machine: Machine,
     events: Events,
+    /// When the current open interval ends.
+    until: Arc<Mutex<Instant>>,
+    /// How long a delivery waits while the probe is out: the first open interval.
+    probe_wait: Duration,
 }
 
 /// Where transitions are sent to be counted in Redis (failsafe's callbacks are synchronous and
@@ -72,13 +127,18 @@ pub struct Circuit {
 pub type Transitions = tokio::sync::mpsc::UnboundedSender<(&'static str, Provider)>;
 
 /// Logs the transitions (once each, not once per message), hands them over to be counted, and
-/// remembers whether the current call is a half-open probe.
+/// keeps the state and the half-open probe token.
 #[derive(Clone)]
 struct Events {
     provider: Provider,
     log: Logger,
     transitions: Option<Transitions>,
-    probing: Arc<AtomicBool>,
+    /// CLOSED, OPEN or HALF_OPEN, as failsafe last reported.
+    state: Arc<AtomicU8>,
+    /// The id of the half-open probe that is out (0: none).
+    probe_out: Arc<AtomicU64>,
+    /// Ids for probe tokens.
+    probes: Arc<AtomicU64>,
     /// Opened since it last closed (failsafe also reports the initial closed state).
     tripped: Arc<AtomicBool>,
     last_failure: Arc<Mutex<String>>,
@@ -96,7 +156,8 @@ impl failsafe::Instrument for Events {
     fn on_call_rejected(&self) {}
 
     fn on_open(&self) {
-        self.probing.store(false, Ordering::Release);
+        self.state.store(OPEN, Ordering::Release);
+        self.probe_out.store(0, Ordering::Release);
         self.tripped.store(true, Ordering::Release);
         let reason = self.last_failure.lock().map(|r| r.clone()).unwrap_or_default();
         warn!(self.log, "circuit opened: deliveries are rescheduled without spending attempts";
@@ -105,14 +166,15 @@ impl failsafe::Instrument for Events {
     }
 
     fn on_half_open(&self) {
-        self.probing.store(true, Ordering::Release);
+        self.state.store(HALF_OPEN, Ordering::Release);
         info!(self.log, "circuit half-open: probing"; "event" => events::CIRCUIT_HALF_OPEN,
               "provider" => self.provider.as_str());
         self.count(events::CIRCUIT_HALF_OPEN);
     }
 
     fn on_closed(&self) {
-        self.probing.store(false, Ordering::Release);
+        self.state.store(CLOSED, Ordering::Release);
+        self.probe_out.store(0, Ordering::Release);
         if !self.tripped.swap(false, Ordering::AcqRel) {
             return;
         }
@@ -127,37 +189,62 @@ impl Circuit {
             provider,
             log: log.new(slog::o!("circuit" => provider.as_str())),
             transitions,
-            probing: Arc::new(AtomicBool::new(false)),
+            state: Arc::new(AtomicU8::new(CLOSED)),
+            probe_out: Arc::new(AtomicU64::new(0)),
+            probes: Arc::new(AtomicU64::new(0)),
             tripped: Arc::new(AtomicBool::new(false)),
             last_failure: Arc::new(Mutex::new(String::new())),
         };
-        let intervals = OpenIntervals { next: settings.open, max: settings.max_open.max(settings.open) };
+        let until = Arc::new(Mutex::new(Instant::now()));
+        let intervals =
+            OpenIntervals { next: settings.open, max: settings.max_open.max(settings.open), until: Arc::clone(&until) };
         let policy = consecutive_failures(settings.failures.max(1), intervals);
-        Circuit { machine: StateMachine::new(policy, events.clone()), events }
+        Circuit { machine: StateMachine::new(policy, events.clone()), events, until, probe_wait: settings.open }
     }
 
-    /// May a request be sent now? (Closed, or half-open and this is the probe.)
-    pub fn permits(&self) -> bool {
-        self.machine.is_call_permitted()
+    /// May a request be sent now? Closed: yes. Half-open: only if no other probe is out.
+    pub fn permit(&self) -> Permit {
+        if !self.machine.is_call_permitted() {
+            return Permit::Denied { retry_in: self.reopens_in() };
+        }
+        if self.events.state.load(Ordering::Acquire) != HALF_OPEN {
+            return Permit::Closed;
+        }
+        let id = self.events.probes.fetch_add(1, Ordering::AcqRel) + 1;
+        match self.events.probe_out.compare_exchange(0, id, Ordering::AcqRel, Ordering::Acquire) {
+            Ok(_) => Permit::Probe(ProbeToken { out: Arc::clone(&self.events.probe_out), id }),
+            Err(_) => Permit::Denied { retry_in: self.probe_wait },
+        }
     }
 
-    /// Records how a permitted request went. Returns true when its failures must not spend
-    /// attempts: the request was a half-open probe, or it just opened the circuit.
-    pub fn record(&self, health: &Health) -> bool {
-        match health {
+    /// How long until the open circuit lets a probe through (zero when it is not open).
+    fn reopens_in(&self) -> Duration {
+        self.until.lock().map(|until| until.saturating_duration_since(Instant::now())).unwrap_or(self.probe_wait)
+    }
+
+    /// Records how a permitted request went. Returns `Some(wait)` when its failures must not
+    /// spend attempts — it was the probe, it opened the circuit, or the circuit was already
+    /// open when it failed — with how long its deliveries should wait: until the circuit may
+    /// let a request through again.
+    pub fn record(&self, permit: Permit, health: &Health) -> Option<Duration> {
+        let probe = matches!(permit, Permit::Probe(_));
+        let free = match health {
             Health::Up => {
                 self.machine.on_success();
-                false
+                None
             }
             Health::Outage(reason) | Health::AuthFailure(reason) => {
-                let was_probe = self.events.probing.load(Ordering::Acquire);
                 if let Ok(mut last) = self.events.last_failure.lock() {
                     last.clone_from(reason);
                 }
                 self.machine.on_error();
-                was_probe
+                let closed = self.events.state.load(Ordering::Acquire) == CLOSED;
+                (probe || !closed).then(|| self.reopens_in().max(Duration::from_millis(1)))
             }
-        }
+        };
+        // A probe's token goes back here, now that its outcome counts.
+        drop(permit);
+        free
     }
 }
 
@@ -171,31 +258,82 @@ mod tests {
         Circuit::new(Provider::Expo, settings, &Logger::root(slog::Discard, slog::o!()), None)
     }
 
-    #[test]
-    fn consecutive_outages_open_the_circuit_and_a_good_probe_closes_it() {
-        let c = circuit();
-        assert!(c.permits());
-        assert!(!c.record(&Health::Outage("503".into())));
-        assert!(c.permits(), "one failure is not enough");
-        c.record(&Health::AuthFailure("401".into()));
-        assert!(!c.permits(), "two in a row open it");
-        std::thread::sleep(Duration::from_millis(120));
-        assert!(c.permits(), "half-open after the interval");
-        c.record(&Health::Up);
-        assert!(c.permits());
-        c.record(&Health::Outage("503".into()));
-        assert!(c.permits(), "closed again: the count starts over");
+    /// Polls until the open interval is over and a request is let through (with a deadline).
+    fn once_permitted(c: &Circuit) -> Permit {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            match c.permit() {
+                Permit::Denied { .. } if Instant::now() < deadline => std::thread::yield_now(),
+                permit => return permit,
+            }
+        }
+    }
+
+    fn open(c: &Circuit) {
+        for reason in ["a", "b"] {
+            c.record(Permit::Closed, &Health::Outage(reason.into()));
+        }
+        assert!(matches!(c.permit(), Permit::Denied { .. }), "two failures in a row open it");
     }
 
     #[test]
-    fn a_failed_probe_does_not_spend_attempts_and_reopens() {
+    fn consecutive_outages_open_the_circuit_and_a_good_probe_closes_it() {
         let c = circuit();
-        c.record(&Health::Outage("a".into()));
-        c.record(&Health::Outage("b".into()));
-        std::thread::sleep(Duration::from_millis(120));
-        assert!(c.permits());
-        assert!(c.record(&Health::Outage("c".into())), "the probe's failure is free");
-        assert!(!c.permits());
+        assert_eq!(c.permit(), Permit::Closed);
+        assert_eq!(c.record(Permit::Closed, &Health::Outage("503".into())), None, "one failure spends its attempt");
+        assert_eq!(c.permit(), Permit::Closed, "one failure is not enough");
+        assert!(
+            c.record(Permit::Closed, &Health::AuthFailure("401".into())).is_some(),
+            "the one that opens it is free"
+        );
+        assert!(matches!(c.permit(), Permit::Denied { .. }));
+        let probe = once_permitted(&c);
+        assert!(matches!(probe, Permit::Probe(_)), "half-open after the interval: {probe:?}");
+        assert_eq!(c.record(probe, &Health::Up), None);
+        assert_eq!(c.permit(), Permit::Closed);
+        c.record(Permit::Closed, &Health::Outage("503".into()));
+        assert_eq!(c.permit(), Permit::Closed, "closed again: the count starts over");
+    }
+
+    #[test]
+    fn half_open_lets_one_probe_out_at_a_time() {
+        let c = circuit();
+        open(&c);
+        let probe = once_permitted(&c);
+        assert!(matches!(probe, Permit::Probe(_)));
+        for _ in 0..10 {
+            match c.permit() {
+                Permit::Denied { retry_in } => assert_eq!(retry_in, Duration::from_millis(50)),
+                other => panic!("a second request went out while the probe is out: {other:?}"),
+            }
+        }
+        // The probe failed: open again, the next probe only after the next interval.
+        let wait = c.record(probe, &Health::Outage("timeout".into())).expect("a failed probe is free");
+        assert!(wait > Duration::ZERO && wait <= Duration::from_millis(100), "{wait:?}");
+        assert!(matches!(c.permit(), Permit::Denied { .. }));
+        assert!(matches!(once_permitted(&c), Permit::Probe(_)), "one probe again after the interval");
+    }
+
+    #[test]
+    fn a_probe_that_never_reports_gives_its_token_back_when_dropped() {
+        let c = circuit();
+        open(&c);
+        let probe = once_permitted(&c);
+        assert!(matches!(probe, Permit::Probe(_)));
+        drop(probe); // its send was cancelled
+        assert!(matches!(c.permit(), Permit::Probe(_)));
+    }
+
+    #[test]
+    fn failures_of_requests_in_flight_when_it_opened_are_free() {
+        // A provider that hangs fails every request in flight at once, one timeout later.
+        let c = circuit();
+        let in_flight: Vec<Permit> = (0..5).map(|_| c.permit()).collect();
+        let spent: Vec<bool> =
+            in_flight.into_iter().map(|permit| c.record(permit, &Health::Outage("timeout".into())).is_none()).collect();
+        assert_eq!(spent, vec![true, false, false, false, false], "only the failure before it opened spends");
+        let wait = c.record(Permit::Closed, &Health::Outage("late".into())).expect("free while open");
+        assert!(wait <= Duration::from_millis(100), "{wait:?}: until it may close");
     }
 
     #[test]
@@ -204,10 +342,9 @@ mod tests {
         let settings =
             CircuitSettings { failures: 1, open: Duration::from_millis(20), max_open: Duration::from_millis(20) };
         let c = Circuit::new(Provider::Fcm, settings, &Logger::root(slog::Discard, slog::o!()), Some(tx));
-        c.record(&Health::Outage("a".into()));
-        std::thread::sleep(Duration::from_millis(40));
-        assert!(c.permits());
-        c.record(&Health::Up);
+        c.record(Permit::Closed, &Health::Outage("a".into()));
+        let probe = once_permitted(&c);
+        c.record(probe, &Health::Up);
         let mut seen = Vec::new();
         while let Ok(e) = rx.try_recv() {
             seen.push(e);
@@ -225,9 +362,9 @@ mod tests {
     #[test]
     fn a_success_between_failures_keeps_it_closed() {
         let c = circuit();
-        c.record(&Health::Outage("a".into()));
-        c.record(&Health::Up);
-        c.record(&Health::Outage("b".into()));
-        assert!(c.permits());
+        c.record(Permit::Closed, &Health::Outage("a".into()));
+        c.record(Permit::Closed, &Health::Up);
+        c.record(Permit::Closed, &Health::Outage("b".into()));
+        assert_eq!(c.permit(), Permit::Closed);
     }
 }

@@ -1,19 +1,20 @@
 //! ClaimActor: takes over stream entries whose consumer died.
 //!
-//! An entry stays pending until its outcome is stored; if it has been idle longer than
-//! `claim.min_idle_ms` (which start-up checks is longer than any provider timeout, so a slow
-//! send is never taken over while it is still running) its consumer is presumed dead and the
-//! entry is claimed with `XAUTOCLAIM`. Claimed entries are checked against the idempotency keys
-//! and Postgres before anything is sent again.
+//! An entry stays pending until its outcome is stored. A live consumer keeps the entries it is
+//! working on fresh (the heartbeat, see [`crate::heartbeat`]), however long the send, the
+//! outcome writer or Postgres takes; an entry idle longer than `claim.min_idle_ms` therefore
+//! belongs to a consumer that died or stalled, and is claimed with `XAUTOCLAIM`. Claimed
+//! entries are screened against Postgres and the idempotency keys before anything is sent
+//! again. While Postgres is unreachable nothing is claimed: a claim could neither be screened
+//! nor stored, and would only count against the entry's `claim.max_deliveries`.
 
-use crate::dispatcher::Dispatcher;
+use crate::dispatcher::{Dispatcher, Screened};
 use crate::error::Result;
 use crate::events;
 use crate::inflight::InFlight;
-use crate::job::{Delivery, Outcome, SendResult};
+use crate::job::{Outcome, SendResult};
 use crate::messages::ClaimStale;
 use crate::registry::Envelope;
-use crate::relay::Entry;
 use crate::supervisor::{tick, Lifecycle, Shutdown, Supervisable};
 use actix::prelude::*;
 use slog::{info, warn};
@@ -21,6 +22,8 @@ use std::time::Duration;
 
 /// Most entries one `XAUTOCLAIM` takes.
 const CLAIM_BATCH: usize = 100;
+/// Pending entries looked at per `XPENDING` page.
+const PEL_PAGE: usize = 500;
 
 /// `claim.*`: when and what to take over.
 #[derive(Debug, Clone, Copy)]
@@ -54,27 +57,50 @@ impl ClaimActor {
 
 /// Entries handed out `max_deliveries` times without ever getting an outcome (each consumer that
 /// read them died or stalled) are not handed out again: they are claimed here and failed for
-/// good — dead-lettered, and their target failed in Postgres with the reason.
+/// good — dead-lettered, and their target failed in Postgres with the reason. Every idle pending
+/// entry of the shard is looked at, page by page, not only the oldest. Before failing one, the
+/// same screen as a send runs: a target that is final in Postgres, known delivered by its key, or
+/// withdrawn is settled as such instead, and if Postgres cannot be asked nothing is failed.
 async fn retire_overdelivered(
     dispatcher: &Dispatcher,
     inflight: &InFlight,
     consumer: &str,
-    min_idle: Duration,
-    max_deliveries: u32,
+    policy: ClaimPolicy,
     shard: u16,
     log: &slog::Logger,
 ) -> Result<usize> {
-    let relay = &dispatcher.relay;
-    let found = relay.overdelivered(shard, min_idle, max_deliveries, CLAIM_BATCH).await?;
-    if found.is_empty() {
-        return Ok(0);
+    let mut after: Option<String> = None;
+    let mut total = 0;
+    loop {
+        let page = dispatcher.relay.idle_pending(shard, policy.min_idle, after.as_deref(), PEL_PAGE).await?;
+        let last_page = page.len() < PEL_PAGE;
+        after = page.last().map(|(id, _)| id.clone());
+        let over: Vec<(String, u64)> =
+            page.into_iter().filter(|(_, n)| *n >= u64::from(policy.max_deliveries)).collect();
+        if !over.is_empty() {
+            total += retire(dispatcher, inflight, consumer, policy, shard, &over, log).await?;
+        }
+        if last_page || after.is_none() {
+            return Ok(total);
+        }
     }
+}
+
+async fn retire(
+    dispatcher: &Dispatcher,
+    inflight: &InFlight,
+    consumer: &str,
+    policy: ClaimPolicy,
+    shard: u16,
+    found: &[(String, u64)],
+    log: &slog::Logger,
+) -> Result<usize> {
     let permits = inflight.try_take(found.len());
     if permits == 0 {
         return Ok(0);
     }
     let ids: Vec<&str> = found[..permits].iter().map(|(id, _)| id.as_str()).collect();
-    let entries = match relay.claim_ids(shard, consumer, min_idle, &ids).await {
+    let entries = match dispatcher.relay.claim_ids(shard, consumer, policy.min_idle, &ids).await {
         Ok(entries) => entries,
         Err(e) => {
             inflight.release(permits);
@@ -83,34 +109,31 @@ async fn retire_overdelivered(
     };
     inflight.release(permits.saturating_sub(entries.len()));
     let n = entries.len();
-    let outcomes: Vec<Outcome> = entries
-        .into_iter()
-        .map(|entry| match entry {
-            // A copy of this target is being sent right here: that copy's outcome will count.
-            Entry::Job(entry, job) if !inflight.claim_target(job.target()) => {
-                Outcome::Duplicate { delivery: Delivery { job, entry } }
-            }
-            Entry::Job(entry, job) => {
-                let times = found.iter().find(|(id, _)| *id == entry.id).map(|(_, t)| *t).unwrap_or(0);
-                let error = format!(
-                    "gave up: the stream entry was handed out {times} times without an outcome \
-                     (claim.max_deliveries = {max_deliveries})"
-                );
-                warn!(log, "entry over claim.max_deliveries dead-lettered"; "event" => events::DLQ_PUSHED,
-                      "notification_id" => %job.notification_id, "trace_id" => &job.trace_id, "deliveries" => times);
-                Outcome::Sent {
-                    delivery: Delivery { job, entry },
-                    result: SendResult::Permanent { error },
-                    latency_ms: 0,
-                }
-            }
-            Entry::Poison { entry, raw, reason, target } => Outcome::Poison { entry, raw, reason, target },
-        })
-        .collect();
-    if let Err(e) = dispatcher.record(outcomes).await {
-        inflight.release(n);
-        return Err(e);
+    let Screened { mut done, fresh } = match dispatcher.screen(entries).await {
+        Ok(screened) => screened,
+        Err(e) => {
+            inflight.release(n);
+            return Err(e);
+        }
+    };
+    for delivery in fresh {
+        // A copy of this target is being sent right here: that copy's outcome will count.
+        if !inflight.claim_target(delivery.job.target(), &delivery.entry) {
+            done.push(Outcome::Duplicate { delivery, repair: false });
+            continue;
+        }
+        let job = &delivery.job;
+        let times = found.iter().find(|(id, _)| *id == delivery.entry.id).map(|(_, t)| *t).unwrap_or(0);
+        let error = format!(
+            "gave up: the stream entry was handed out {times} times without an outcome \
+             (claim.max_deliveries = {})",
+            policy.max_deliveries
+        );
+        warn!(log, "entry over claim.max_deliveries dead-lettered"; "event" => events::DLQ_PUSHED,
+              "notification_id" => %job.notification_id, "trace_id" => &job.trace_id, "deliveries" => times);
+        done.push(Outcome::Sent { delivery, result: SendResult::Permanent { error }, latency_ms: 0 });
     }
+    dispatcher.record(done).await?;
     Ok(n)
 }
 
@@ -119,40 +142,40 @@ async fn claim_all(
     dispatcher: Dispatcher,
     inflight: InFlight,
     consumer: String,
-    min_idle: Duration,
-    max_deliveries: u32,
+    policy: ClaimPolicy,
     log: slog::Logger,
 ) -> Result<usize> {
+    // Claiming while Postgres is unreachable can only fail: skip the pass (the actor restarts
+    // with backoff and tries again) instead of bumping every entry's delivery count.
+    dispatcher.store.ping().await?;
     let relay = dispatcher.relay.clone();
     let mut total = 0;
     for shard in relay.keys().shard_ids() {
-        total += retire_overdelivered(&dispatcher, &inflight, &consumer, min_idle, max_deliveries, shard, &log).await?;
+        total += retire_overdelivered(&dispatcher, &inflight, &consumer, policy, shard, &log).await?;
         let mut cursor = "0-0".to_string();
         loop {
             let permits = inflight.try_take(CLAIM_BATCH);
             if permits == 0 {
                 return Ok(total);
             }
-            let (next, entries, deleted) = match relay.autoclaim(shard, &consumer, min_idle, &cursor, permits).await {
-                Ok(r) => r,
-                Err(e) => {
-                    inflight.release(permits);
-                    return Err(e);
-                }
-            };
+            let (next, entries, deleted) =
+                match relay.autoclaim(shard, &consumer, policy.min_idle, &cursor, permits).await {
+                    Ok(r) => r,
+                    Err(e) => {
+                        inflight.release(permits);
+                        return Err(e);
+                    }
+                };
             inflight.release(permits.saturating_sub(entries.len()));
             if !deleted.is_empty() {
                 // Pending ids whose entry is gone have nothing left to deliver.
                 relay.ack_deleted(shard, &deleted).await?;
             }
-            let n = entries.len();
-            if n > 0 {
-                info!(log, "claimed stale entries"; "event" => events::CLAIMED, "shard" => shard, "count" => n);
-                total += n;
-                if let Err(e) = dispatcher.dispatch(entries, true).await {
-                    inflight.release(n);
-                    return Err(e);
-                }
+            if !entries.is_empty() {
+                info!(log, "claimed stale entries"; "event" => events::CLAIMED, "shard" => shard, "count" => entries.len());
+                total += entries.len();
+                // The dispatcher gives back the permits of whatever it cannot hand on.
+                dispatcher.dispatch(entries).await?;
             }
             if next == "0-0" {
                 break;
@@ -197,8 +220,7 @@ impl Handler<Envelope<ClaimStale>> for ClaimActor {
             self.dispatcher.clone(),
             self.inflight.clone(),
             self.consumer.clone(),
-            self.policy.min_idle,
-            self.policy.max_deliveries,
+            self.policy,
             self.life.log.clone(),
         );
         self.run_step(ctx, fut);

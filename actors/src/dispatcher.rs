@@ -1,8 +1,15 @@
 //! Hands entries read from a stream to the right SenderActor pool.
 //!
-//! Shared by the stream readers and the claim actor: entries already delivered (idempotency key
-//! in Redis, or the Postgres record for reclaimed entries) and entries that cannot be parsed go
-//! straight to the outcome writer; the rest are sent.
+//! Shared by the stream readers and the claim actor. Before anything is sent, every entry is
+//! screened against Postgres (one query per read batch) and the idempotency keys: what is final
+//! already, what lost its device, and what cannot be parsed go straight to the outcome writer;
+//! the rest are sent. Postgres is asked for every entry, first attempts too, because Redis's
+//! memory cannot be trusted to be current: restored from a snapshot, or failed over to a lagging
+//! replica, it hands out again entries whose outcome Postgres stored long ago.
+//!
+//! Every entry handed to [`Dispatcher::dispatch`] holds one in-flight permit. Each permit is
+//! given back exactly once: by the outcome writer for what reached it, or here for what could
+//! not be handed on (its entry stays pending in Redis and is claimed again).
 
 use crate::error::Result;
 use crate::events;
@@ -14,11 +21,13 @@ use crate::registry::ActorStats;
 use crate::relay::{Entry, Relay};
 use crate::sender::SenderActor;
 use crate::store::Store;
+use crate::store::Target;
 use actix::Addr;
-use slog::{info, Logger};
+use slog::{info, warn, Logger};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 /// The address of an actor together with the figures that count its mailbox.
 pub struct Handle<A: actix::Actor> {
@@ -64,53 +73,41 @@ pub struct Dispatcher {
     pub relay: Relay,
     pub store: Store,
     pub inflight: InFlight,
+    /// How long an entry for a provider this process does not send through waits before it is
+    /// read again (by any worker: another one may have it, e.g. during a rolling config change).
+    pub elsewhere_after: Duration,
     pub log: Logger,
 }
 
+/// Entries sorted by [`Dispatcher::screen`].
+pub struct Screened {
+    /// Decided without a send (final already, withdrawn, poison…).
+    pub done: Vec<Outcome>,
+    /// To be sent.
+    pub fresh: Vec<Delivery>,
+}
+
 impl Dispatcher {
-    /// Dispatches entries that this process holds permits for. Entries whose target is already
-    /// delivered (idempotency key in Redis, or final in Postgres) are acknowledged unsent.
-    /// `reclaimed` entries were handed to another consumer before.
-    pub async fn dispatch(&self, entries: Vec<Entry>, reclaimed: bool) -> Result<()> {
+    /// Screens and sends entries this process holds permits for (one each). Returns an error
+    /// after handing on what it could; the permits of what it could not hand on are given back
+    /// here, never by the caller.
+    pub async fn dispatch(&self, entries: Vec<Entry>) -> Result<()> {
         if entries.is_empty() {
             return Ok(());
         }
-        let mut done: Vec<Outcome> = Vec::new();
-        let mut deliveries: Vec<Delivery> = Vec::with_capacity(entries.len());
-        for entry in entries {
-            match entry {
-                Entry::Job(entry, job) => deliveries.push(Delivery { job, entry }),
-                Entry::Poison { entry, raw, reason, target } => {
-                    done.push(Outcome::Poison { entry, raw, reason, target })
-                }
+        let n = entries.len();
+        let Screened { mut done, fresh } = match self.screen(entries).await {
+            Ok(screened) => screened,
+            Err(e) => {
+                // Nothing was handed on: the entries stay pending in Redis.
+                self.inflight.release(n);
+                return Err(e);
             }
-        }
-
-        let seen = self.relay.delivered(&deliveries.iter().map(|d| &d.job).collect::<Vec<_>>()).await?;
-        let mut fresh = Vec::with_capacity(deliveries.len());
-        let mut in_batch = std::collections::HashSet::with_capacity(deliveries.len());
-        for (delivery, seen) in deliveries.into_iter().zip(seen) {
-            // The same target twice in one read (a reclaimed entry and its re-enqueued copy): once.
-            if seen || !in_batch.insert(delivery.job.target()) {
-                done.push(Outcome::Duplicate { delivery });
-            } else {
-                fresh.push(delivery);
-            }
-        }
-        // Postgres too, for every entry that may repeat an earlier copy (reclaimed, retried or
-        // re-enqueued): after a Redis flush the idempotency keys are gone, but the delivery rows
-        // still say what was delivered or failed for good. A listener's first copy needs no look.
-        let ids: Vec<_> = fresh.iter().filter(|d| reclaimed || d.job.may_repeat()).map(|d| d.job.target()).collect();
-        if !ids.is_empty() {
-            let finished: std::collections::HashSet<_> = self.store.already_final(&ids).await?.into_iter().collect();
-            let (dups, rest): (Vec<_>, Vec<_>) = fresh.into_iter().partition(|d| finished.contains(&d.job.target()));
-            done.extend(dups.into_iter().map(|delivery| Outcome::Duplicate { delivery }));
-            fresh = rest;
-        }
-        // And not while another copy is being sent by this process.
+        };
+        // Not while another copy is being sent by this process.
         let (fresh, busy): (Vec<_>, Vec<_>) =
-            fresh.into_iter().partition(|d| self.inflight.claim_target(d.job.target()));
-        done.extend(busy.into_iter().map(|delivery| Outcome::Duplicate { delivery }));
+            fresh.into_iter().partition(|d| self.inflight.claim_target(d.job.target(), &d.entry));
+        done.extend(busy.into_iter().map(|delivery| Outcome::Duplicate { delivery, repair: false }));
 
         let mut by_provider: HashMap<Provider, Vec<Delivery>> = HashMap::new();
         for d in fresh {
@@ -118,25 +115,96 @@ impl Dispatcher {
                   "trace_id" => &d.job.trace_id, "provider" => d.job.provider.as_str(), "attempt" => d.job.attempt_number());
             by_provider.entry(d.job.provider).or_default().push(d);
         }
+        let mut failure = None;
         for (provider, batch) in by_provider {
-            match self.pools.get(&provider) {
-                Some(pool) => pool.deliver(batch).await?,
-                None => done.extend(batch.into_iter().map(|delivery| Outcome::Sent {
+            let Some(pool) = self.pools.get(&provider) else {
+                // Another worker may send through it (a rolling config change): not a failure
+                // of the target's. It comes back, to any worker, until `retry.max_age_ms`.
+                warn!(self.log, "provider not enabled on this worker; deliveries deferred for another worker";
+                      "event" => events::DEFERRED, "provider" => provider.as_str(), "count" => batch.len());
+                self.inflight.release_targets(batch.iter().map(|d| d.job.target()));
+                done.extend(batch.into_iter().map(|delivery| Outcome::Sent {
                     delivery,
-                    result: SendResult::Permanent {
+                    result: SendResult::Deferred {
                         error: format!("provider {provider} is not enabled on this worker"),
+                        after: self.elsewhere_after,
                     },
                     latency_ms: 0,
-                })),
+                }));
+                continue;
+            };
+            let targets: Vec<Target> = batch.iter().map(|d| d.job.target()).collect();
+            let size = targets.len();
+            if let Err(e) = pool.deliver(batch).await {
+                self.inflight.release_targets(targets.into_iter());
+                self.inflight.release(size);
+                failure.get_or_insert(e);
             }
         }
-        self.record(done).await
+        let recorded = self.record(done).await;
+        match failure {
+            Some(e) => Err(e),
+            None => recorded,
+        }
     }
 
-    /// Hands outcomes decided without a send to the outcome writer.
+    /// Sorts entries into what must be sent and what is decided without a send:
+    /// - unreadable entries: poison;
+    /// - the same target twice in one read (a reclaimed entry and its re-enqueued copy): once;
+    /// - targets Postgres has as delivered or failed: acknowledged;
+    /// - targets whose device was deleted, disabled, or given to another user: withdrawn;
+    /// - targets only the idempotency key knows as delivered: acknowledged, and the row repaired.
+    ///
+    /// Fails (deciding nothing) when Postgres or Redis cannot be asked.
+    pub async fn screen(&self, entries: Vec<Entry>) -> Result<Screened> {
+        let mut done: Vec<Outcome> = Vec::new();
+        let mut deliveries: Vec<Delivery> = Vec::with_capacity(entries.len());
+        let mut in_batch = std::collections::HashSet::with_capacity(entries.len());
+        for entry in entries {
+            match entry {
+                Entry::Job(entry, job) if in_batch.insert(job.target()) => deliveries.push(Delivery { job, entry }),
+                Entry::Job(entry, job) => {
+                    done.push(Outcome::Duplicate { delivery: Delivery { job, entry }, repair: false })
+                }
+                Entry::Poison { entry, raw, reason, target } => {
+                    done.push(Outcome::Poison { entry, raw, reason, target })
+                }
+            }
+        }
+        let targets: Vec<Target> = deliveries.iter().map(|d| d.job.target()).collect();
+        let jobs: Vec<_> = deliveries.iter().map(|d| &d.job).collect();
+        let (seen, states) = futures_util::try_join!(self.relay.delivered(&jobs), self.store.target_states(&targets))?;
+        let mut fresh = Vec::with_capacity(deliveries.len());
+        for (delivery, seen) in deliveries.into_iter().zip(seen) {
+            let Some(state) = states.get(&delivery.job.target()) else {
+                // No row: the device was deleted (its targets go with it) or the notification
+                // was retried or deleted. Nothing to send, nothing to store.
+                done.push(Outcome::Withdrawn { delivery, reason: "not sent: the target no longer exists".into() });
+                continue;
+            };
+            if state.finished {
+                done.push(Outcome::Duplicate { delivery, repair: false });
+            } else if let Some(reason) = state.withdrawn(&delivery.job.user_id, &delivery.job.token) {
+                done.push(Outcome::Withdrawn { delivery, reason: reason.to_string() });
+            } else if seen {
+                done.push(Outcome::Duplicate { delivery, repair: true });
+            } else {
+                fresh.push(delivery);
+            }
+        }
+        Ok(Screened { done, fresh })
+    }
+
+    /// Hands outcomes decided without a send to the outcome writer. On failure (the writer is
+    /// gone) their permits are given back: the entries stay pending and are claimed again.
     pub async fn record(&self, outcomes: Vec<Outcome>) -> Result<()> {
-        if !outcomes.is_empty() {
-            self.outcomes.addr.send(self.outcomes.stats.envelope(Record { outcomes })).await?;
+        if outcomes.is_empty() {
+            return Ok(());
+        }
+        let n = outcomes.len();
+        if let Err(e) = self.outcomes.addr.send(self.outcomes.stats.envelope(Record { outcomes })).await {
+            self.inflight.release(n);
+            return Err(e.into());
         }
         Ok(())
     }

@@ -4,7 +4,7 @@
 //! ```text
 //! System arbiter ── ListenerActor                    (role listener)
 //!                ├─ StreamReaderActor × shards        (role worker)
-//!                ├─ OutcomeWriter                     (role worker)
+//!                ├─ OutcomeWriter, HeartbeatActor     (role worker or scheduler)
 //!                ├─ DelayActor, ClaimActor,
 //!                │  RetentionActor                    (role scheduler)
 //!                └─ actix-web API                     (started by the binary)
@@ -16,6 +16,7 @@ use crate::claim::{ClaimActor, ClaimPolicy};
 use crate::delay::DelayActor;
 use crate::dispatcher::{Dispatcher, Handle, SenderPool};
 use crate::error::{EngineError, Result};
+use crate::heartbeat::HeartbeatActor;
 use crate::inflight::InFlight;
 use crate::job::Provider;
 use crate::listener::{Fanout, ListenerActor};
@@ -105,7 +106,6 @@ impl Engine {
             for p in &providers {
                 let guards = SendGuards {
                     circuit: Circuit::new(p.provider, settings.circuit, &log, Some(transitions.clone())),
-                    defer: settings.circuit.open,
                     limiter: (p.limits.per_sec > 0 || p.limits.device_per_sec > 0)
                         .then(|| RateLimiter::new(relay.clone(), p.provider, p.limits)),
                 };
@@ -129,9 +129,20 @@ impl Engine {
                 relay: relay.clone(),
                 store: store.clone(),
                 inflight: inflight.clone(),
+                elsewhere_after: settings.circuit.open,
                 log: log.clone(),
             });
             outcomes = Some(writer);
+        }
+
+        if dispatcher.is_some() {
+            // Whatever this process has in flight — read by its readers or taken by its claim
+            // actor — stays its own while it lives.
+            let heartbeat_life = life("heartbeat".into(), "heartbeat");
+            let (r, f, c, s) = (relay.clone(), inflight.clone(), settings.consumer.clone(), shutdown.clone());
+            let interval = HeartbeatActor::interval_for(settings.claim_min_idle);
+            supervised
+                .push(Box::new(Supervisor::start(move |_| HeartbeatActor::new(heartbeat_life, r, f, c, interval, s))));
         }
 
         if let (true, Some(dispatcher)) = (settings.roles.worker, &dispatcher) {

@@ -18,7 +18,8 @@ pub const REQUEUED: &str = "REQUEUED";
 pub const CIRCUIT_OPEN: &str = "CIRCUIT_OPEN";
 pub const CIRCUIT_HALF_OPEN: &str = "CIRCUIT_HALF_OPEN";
 pub const CIRCUIT_CLOSED: &str = "CIRCUIT_CLOSED";
-/// Rescheduled without spending an attempt (circuit open).
+/// Rescheduled without spending an attempt (circuit open, rate limit, no free connection, a
+/// provider this worker does not have).
 pub const DEFERRED: &str = "DEFERRED";
 pub const RETENTION_DELETED: &str = "RETENTION_DELETED";
 pub const RECEIPT_ERROR: &str = "RECEIPT_ERROR";
@@ -26,9 +27,13 @@ pub const ACTOR_FAILED: &str = "ACTOR_FAILED";
 pub const ACTOR_RESTARTED: &str = "ACTOR_RESTARTED";
 /// Postgres refused to store an outcome as it was (it was stored in a plainer form).
 pub const OUTCOME_REFUSED: &str = "OUTCOME_REFUSED";
+/// A target not sent because its device was deleted, disabled or given to another user.
+pub const TARGET_WITHDRAWN: &str = "TARGET_WITHDRAWN";
+/// A target failed because it was not delivered within `retry.max_age_ms`.
+pub const GAVE_UP: &str = "GAVE_UP";
 
 /// Every event, for reading the counters back (`GET /admin/metrics`).
-pub const ALL: [&str; 20] = [
+pub const ALL: [&str; 22] = [
     ENQUEUE,
     DEQUEUE,
     SEND_SUCCESS,
@@ -49,6 +54,8 @@ pub const ALL: [&str; 20] = [
     ACTOR_FAILED,
     ACTOR_RESTARTED,
     OUTCOME_REFUSED,
+    TARGET_WITHDRAWN,
+    GAVE_UP,
 ];
 
 /// `YYYYMMDD` of today in UTC: the day part of counter keys.

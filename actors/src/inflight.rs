@@ -5,11 +5,14 @@
 //! senders and the writer can take: back-pressure reaches Redis instead of piling up in
 //! mailboxes.
 //!
-//! It also remembers which targets are being sent right now, so that a second copy of a target
-//! (a reclaimed entry and its re-enqueued twin) is not sent while the first is in flight.
+//! It also remembers which targets are being sent right now, and from which stream entry: a
+//! second copy of a target (a reclaimed entry and its re-enqueued twin) is not sent while the
+//! first is in flight, and the heartbeat keeps the entries of live sends from looking idle to
+//! the claim actor of another process (see [`crate::heartbeat`]).
 
+use crate::job::EntryRef;
 use crate::store::Target;
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use tokio::sync::Notify;
@@ -24,7 +27,7 @@ struct Inner {
     capacity: usize,
     used: AtomicUsize,
     freed: Notify,
-    targets: Mutex<HashSet<Target>>,
+    targets: Mutex<HashMap<Target, EntryRef>>,
 }
 
 impl InFlight {
@@ -34,7 +37,7 @@ impl InFlight {
                 capacity: capacity.max(1),
                 used: AtomicUsize::new(0),
                 freed: Notify::new(),
-                targets: Mutex::new(HashSet::new()),
+                targets: Mutex::new(HashMap::new()),
             }),
         }
     }
@@ -82,9 +85,24 @@ impl InFlight {
         self.inner.freed.notify_waiters();
     }
 
-    /// Marks a target as being sent by this process; false if it already is.
-    pub fn claim_target(&self, target: Target) -> bool {
-        self.inner.targets.lock().map(|mut t| t.insert(target)).unwrap_or(true)
+    /// Marks a target as being sent by this process from `entry`; false if it already is.
+    pub fn claim_target(&self, target: Target, entry: &EntryRef) -> bool {
+        use std::collections::hash_map::Entry;
+        match self.inner.targets.lock() {
+            Ok(mut t) => match t.entry(target) {
+                Entry::Occupied(_) => false,
+                Entry::Vacant(v) => {
+                    v.insert(entry.clone());
+                    true
+                }
+            },
+            Err(_) => true,
+        }
+    }
+
+    /// The stream entries of the targets being sent right now.
+    pub fn entries(&self) -> Vec<EntryRef> {
+        self.inner.targets.lock().map(|t| t.values().cloned().collect()).unwrap_or_default()
     }
 
     /// The outcomes of these targets are stored: they are no longer in flight.
@@ -128,10 +146,13 @@ mod tests {
     fn a_target_is_in_flight_once_until_released() {
         let f = InFlight::new(4);
         let t = (uuid::Uuid::new_v4(), uuid::Uuid::new_v4());
-        assert!(f.claim_target(t));
-        assert!(!f.claim_target(t), "a second copy is refused");
+        let (first, twin) = (EntryRef { shard: 0, id: "1-0".into() }, EntryRef { shard: 0, id: "2-0".into() });
+        assert!(f.claim_target(t, &first));
+        assert!(!f.claim_target(t, &twin), "a second copy is refused");
+        assert_eq!(f.entries(), vec![first], "the entry of the copy in flight");
         f.release_targets(std::iter::once(t));
-        assert!(f.claim_target(t));
+        assert!(f.entries().is_empty());
+        assert!(f.claim_target(t, &twin));
     }
 
     #[tokio::test(flavor = "current_thread")]

@@ -100,6 +100,14 @@ pub struct Job {
     /// Written again by the sweep: an earlier copy may have been delivered.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub requeued: bool,
+    /// When the target was first queued (ms since the epoch; 0 if unknown: an entry written by
+    /// an older version). `retry.max_age_ms` counts from here.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub queued_ms: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 fn one() -> u32 {
@@ -112,10 +120,10 @@ impl Job {
         shard_of(self.notification_id, shards)
     }
 
-    /// Whether this entry may be a second copy of a target that was already delivered: a
-    /// retry, or a copy the sweep wrote again. (A first attempt from the listener cannot be.)
-    pub fn may_repeat(&self) -> bool {
-        self.attempt > 0 || self.requeued
+    /// Whether the target has been waiting longer than `max_age` since it was first queued, at
+    /// `now_ms`. Unknown start times never expire.
+    pub fn past_deadline(&self, now_ms: u64, max_age: Duration) -> bool {
+        self.queued_ms > 0 && now_ms.saturating_sub(self.queued_ms) > max_age.as_millis() as u64
     }
 
     /// The number of the attempt this entry is (1 for a first send). Saturates: the count
@@ -149,6 +157,11 @@ impl Job {
         let ids: Ids = serde_json::from_slice(raw).ok()?;
         Some((ids.notification_id, ids.device_id))
     }
+}
+
+/// Now, in ms since the epoch (the unit of stream scores and `Job::queued_ms`).
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_millis() as u64
 }
 
 pub fn shard_of(notification_id: Uuid, shards: u16) -> u16 {
@@ -202,8 +215,9 @@ pub enum SendResult {
     InvalidToken { error: String },
     /// Credentials or configuration are wrong: nothing for this provider will work until fixed.
     Auth { error: String },
-    /// Not sent (the provider's circuit is open), or sent as a failed half-open probe:
-    /// reschedule after `after` without spending an attempt.
+    /// Not sent, or sent while the provider was down (see [`crate::circuit`]): reschedule after
+    /// `after` without spending an attempt. Also what a wait for the relay's own resources
+    /// becomes (the rate limit, a free connection, a worker that has the provider).
     Deferred { error: String, after: Duration },
 }
 
@@ -225,8 +239,14 @@ impl SendResult {
 pub enum Outcome {
     /// The provider answered.
     Sent { delivery: Delivery, result: SendResult, latency_ms: u64 },
-    /// Already delivered before (idempotency key or Postgres says so): acknowledge, do not send.
-    Duplicate { delivery: Delivery },
+    /// Already final, or a copy of it is being sent here: acknowledge, do not send. `repair`:
+    /// only the idempotency key knew it was delivered (Postgres lost that write, or has not
+    /// stored it yet): mark the row delivered.
+    Duplicate { delivery: Delivery, repair: bool },
+    /// Not sent because the target no longer stands: its device was removed, disabled or given
+    /// to another user before the send, or its row is gone. Fails the target (if its row still
+    /// exists) with `reason`; no dead letter, as there is nothing to send again.
+    Withdrawn { delivery: Delivery, reason: String },
     /// The entry could not be parsed: dead-letter it with the reason and acknowledge it, and
     /// fail its target when the entry still names one.
     Poison { entry: EntryRef, raw: String, reason: String, target: Option<(Uuid, Uuid)> },
@@ -235,7 +255,9 @@ pub enum Outcome {
 impl Outcome {
     pub fn entry(&self) -> &EntryRef {
         match self {
-            Outcome::Sent { delivery, .. } | Outcome::Duplicate { delivery } => &delivery.entry,
+            Outcome::Sent { delivery, .. }
+            | Outcome::Duplicate { delivery, .. }
+            | Outcome::Withdrawn { delivery, .. } => &delivery.entry,
             Outcome::Poison { entry, .. } => entry,
         }
     }
@@ -258,6 +280,7 @@ mod tests {
             attempt: 2,
             targets: 1,
             requeued: false,
+            queued_ms: 0,
         }
     }
 
@@ -266,7 +289,18 @@ mod tests {
         let mut j = job();
         j.attempt = u32::MAX;
         assert_eq!(j.attempt_number(), u32::MAX);
-        assert!(j.may_repeat());
+    }
+
+    #[test]
+    fn a_target_is_past_its_deadline_only_once_max_age_has_passed_since_it_was_queued() {
+        let mut j = job();
+        let day = Duration::from_secs(86_400);
+        j.queued_ms = 1_000;
+        assert!(!j.past_deadline(1_000 + 86_400_000, day));
+        assert!(j.past_deadline(1_001 + 86_400_000, day));
+        assert!(!j.past_deadline(0, day), "a clock behind the queue time is not past anything");
+        j.queued_ms = 0;
+        assert!(!j.past_deadline(u64::MAX, day), "an entry of an older version never expires");
     }
 
     #[test]
@@ -347,9 +381,16 @@ pub(crate) mod proptests {
         let provider = prop::sample::select(Provider::ALL.to_vec());
         let priority = prop_oneof![Just(Priority::Normal), Just(Priority::High)];
         let strings = (any::<String>(), any::<String>(), any::<String>());
-        let counts = (any::<u32>(), any::<u32>(), any::<bool>());
+        let counts = (any::<u32>(), any::<u32>(), any::<bool>(), any::<u64>());
         (ids, provider, strings, payload(), priority, counts).prop_map(
-            |((n, d), provider, (user_id, token, trace_id), payload, priority, (attempt, targets, requeued))| Job {
+            |(
+                (n, d),
+                provider,
+                (user_id, token, trace_id),
+                payload,
+                priority,
+                (attempt, targets, requeued, queued_ms),
+            )| Job {
                 notification_id: Uuid::from_u128(n),
                 device_id: Uuid::from_u128(d),
                 user_id,
@@ -361,6 +402,7 @@ pub(crate) mod proptests {
                 attempt,
                 targets,
                 requeued,
+                queued_ms,
             },
         )
     }
@@ -382,7 +424,7 @@ pub(crate) mod proptests {
         #[test]
         fn a_job_decodes_whatever_the_order_of_its_fields_and_with_unknown_ones(
             job in job(),
-            order in Just((0..13).collect::<Vec<usize>>()).prop_shuffle(),
+            order in Just((0..14).collect::<Vec<usize>>()).prop_shuffle(),
             extra in any::<String>(),
         ) {
             // A JSON object written by another version: fields in any order, one we do not know.

@@ -22,7 +22,7 @@
 //! | `<prefix>:{N}:delayed` | zset | jobs waiting for a retry, score = due time in ms |
 //! | `<prefix>:{N}:dlq` | stream | dead letters: reason, provider, attempts, error, job |
 //! | `<prefix>:{N}:receipts` | zset | Expo tickets whose receipt is due, score = due time in ms |
-//! | `<prefix>:delivered:<notification>:<device>` | string | idempotency key, TTL 7 days |
+//! | `<prefix>:delivered:<notification>:<device>` | string | idempotency key, TTL max(1 h, 2 × `listener.stale_after_ms`) |
 //! | `<prefix>:metrics:notifications:<event>:<YYYYMMDD>` | string | daily counter, TTL 90 days |
 //! | `<prefix>:metrics:notifications:<event>:<provider>:<YYYYMMDD>` | string | same, per provider |
 
@@ -35,8 +35,18 @@ pub const GROUP: &str = "cg:notifications";
 /// The field of a stream entry that holds the job's JSON.
 pub const JOB_FIELD: &str = "job";
 
-/// How long an idempotency key outlives the delivery it guards.
-pub const DELIVERED_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
+/// How long an idempotency key outlives the delivery it guards, at least. Postgres is checked
+/// before every send, so the key only has to cover the one gap Postgres can have: an outcome
+/// Postgres lost (a failover to a replica that had not received its commit), until the sweep
+/// has found that target again — `listener.stale_after_ms` — and it has been read. Keeping it
+/// longer only costs Redis memory (one key per delivered target).
+pub const DELIVERED_TTL: Duration = Duration::from_secs(3600);
+
+/// The idempotency keys' TTL for a sweep lease of `stale_after`: twice the lease, at least
+/// [`DELIVERED_TTL`].
+pub fn delivered_ttl(stale_after: Duration) -> Duration {
+    (stale_after * 2).max(DELIVERED_TTL)
+}
 
 /// How long daily counters are kept.
 pub const COUNTER_TTL: Duration = Duration::from_secs(90 * 24 * 3600);

@@ -5,7 +5,8 @@
 //! [`stream_reader`]s read the streams and hand jobs to per-provider pools of [`sender`]s,
 //! whose results the [`outcome`] writer stores in Postgres ([`store`]) before acknowledging
 //! them. The [`delay`] actor brings retries back when they are due; the [`claim`] actor takes
-//! over what a dead process left pending. [`engine`] starts them all under supervisors.
+//! over what a dead process left pending, while the [`heartbeat`] keeps what a live one holds
+//! from looking abandoned. [`engine`] starts them all under supervisors.
 
 pub mod circuit;
 pub mod claim;
@@ -16,6 +17,7 @@ pub mod error;
 pub mod events;
 #[doc(hidden)]
 pub mod fuzzing;
+pub mod heartbeat;
 pub mod inflight;
 pub mod job;
 pub mod keys;

@@ -173,10 +173,12 @@ impl Fanout {
         }
     }
 
-    /// Re-enqueues stale targets, settles forgotten notifications, then drains.
+    /// Re-enqueues the stale targets whose copy Redis no longer holds, then drains.
     async fn sweep(self, stale_after: Duration) -> Result<usize> {
+        // Anything enqueued after the oldest work Redis still holds may be waiting there unread.
+        let live_since = self.relay.oldest_live().await?;
         loop {
-            let (jobs, settled) = self.store.requeue_stale(stale_after, self.batch, self.limits).await?;
+            let (jobs, settled) = self.store.requeue_stale(stale_after, live_since, self.batch, self.limits).await?;
             log_settled(&self.log, &settled);
             let mut tally = Tally::default();
             tally.add(events::REQUEUED, None, jobs.len() as u64);

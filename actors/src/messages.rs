@@ -58,3 +58,8 @@ pub struct Prune;
 #[derive(Debug, Message)]
 #[rtype(result = "()")]
 pub struct ClaimStale;
+
+/// Refresh the idle time of the entries in flight here (the heartbeat's tick).
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub struct Heartbeat;

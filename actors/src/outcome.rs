@@ -258,6 +258,7 @@ impl Plan {
         let mut rows = OutcomeRows::default();
         let mut redis = RedisWrites::default();
         let now = SystemTime::now();
+        let now_ms = now.duration_since(UNIX_EPOCH).unwrap_or_default().as_millis() as u64;
         for outcome in batch {
             redis.acks.push(outcome.entry().clone());
             let (delivery, result) = match outcome {
@@ -277,8 +278,23 @@ impl Plan {
                     redis.tally.add(events::DLQ_PUSHED, None, 1);
                     continue;
                 }
-                Outcome::Duplicate { .. } => {
+                Outcome::Duplicate { delivery, repair } => {
+                    if *repair {
+                        // Only the idempotency key knew: Postgres learns it now.
+                        let job = &delivery.job;
+                        rows.delivered.push((job.target(), pg_count(job.attempt), None));
+                        if job.targets > 1 {
+                            rows.shared_notifications.push(job.notification_id);
+                        }
+                    }
                     redis.tally.add(events::DUPLICATE_SKIPPED, None, 1);
+                    continue;
+                }
+                Outcome::Withdrawn { delivery, reason } => {
+                    let job = &delivery.job;
+                    rows.failed.push((job.target(), pg_count(job.attempt), reason.clone()));
+                    rows.shared_notifications.push(job.notification_id);
+                    redis.tally.add(events::TARGET_WITHDRAWN, Some(job.provider.as_str()), 1);
                     continue;
                 }
                 Outcome::Sent { delivery, result, .. } => (delivery, result),
@@ -316,6 +332,20 @@ impl Plan {
                     redis.delivered.push((job.notification_id, job.device_id));
                     redis.tally.add(events::SEND_SUCCESS, provider, 1);
                 }
+                SendResult::Retry { error, .. } | SendResult::Auth { error } | SendResult::Deferred { error, .. }
+                    if job.past_deadline(now_ms, retry.max_age) =>
+                {
+                    // Revoked credentials, a provider gone for a day: a finite end, not a loop.
+                    let error = format!(
+                        "gave up: not delivered within retry.max_age_ms ({} s) of its first attempt: {error}",
+                        retry.max_age.as_secs()
+                    );
+                    let spent = if matches!(result, SendResult::Deferred { .. }) { job.attempt } else { attempts };
+                    rows.failed.push((job.target(), pg_count(spent), error.clone()));
+                    redis.dead_letters.push(dead_letter("max_age", &error));
+                    redis.tally.add(events::GAVE_UP, provider, 1);
+                    redis.tally.add(events::DLQ_PUSHED, provider, 1);
+                }
                 SendResult::Retry { error, .. } | SendResult::Auth { error } if attempts < retry.max_attempts => {
                     let after = if let SendResult::Retry { after, .. } = result { *after } else { None };
                     let delay = retry.delay(attempts, after);
@@ -327,8 +357,11 @@ impl Plan {
                     redis.tally.add(events::RETRY_SCHEDULED, provider, 1);
                 }
                 SendResult::Deferred { error, after } => {
-                    // Not an attempt: the attempt count stays where it was.
-                    let delay = retry.delay(1, Some(*after));
+                    // Not an attempt: the attempt count stays where it was. Back when whatever
+                    // held it may let it through (the circuit's open interval, the rate limit's
+                    // window), spread by up to half that again so a backlog does not return at
+                    // once; never sooner than `retry.base_ms`.
+                    let delay = (*after).max(retry.base);
                     let delay = delay + Duration::from_millis(rand::random_range(0..=delay.as_millis() as u64 / 2));
                     rows.retrying.push((job.target(), pg_count(job.attempt), error.clone(), delay));
                     redis.retries.push((delivery.entry.shard, now + delay, job.clone()));
@@ -374,10 +407,17 @@ fn log_outcomes(log: &Logger, batch: &[Outcome], settled: &[Settled], retry: &Re
                 warn!(log, "unreadable stream entry dead-lettered"; "event" => events::DLQ_PUSHED,
                       "entry" => &entry.id, "shard" => entry.shard, "error" => reason);
             }
-            Outcome::Duplicate { delivery } => {
+            Outcome::Duplicate { delivery, repair } => {
                 let j = &delivery.job;
-                info!(log, "already delivered, or a copy is being sent: acknowledged without sending"; "event" => events::DUPLICATE_SKIPPED,
-                      "notification_id" => %j.notification_id, "trace_id" => &j.trace_id, "provider" => j.provider.as_str());
+                info!(log, "already final, or a copy is being sent: acknowledged without sending"; "event" => events::DUPLICATE_SKIPPED,
+                      "notification_id" => %j.notification_id, "trace_id" => &j.trace_id, "provider" => j.provider.as_str(),
+                      "repaired" => *repair);
+            }
+            Outcome::Withdrawn { delivery, reason } => {
+                let j = &delivery.job;
+                info!(log, "target withdrawn before the send"; "event" => events::TARGET_WITHDRAWN,
+                      "notification_id" => %j.notification_id, "trace_id" => &j.trace_id, "provider" => j.provider.as_str(),
+                      "device_id" => %j.device_id, "error" => reason);
             }
             Outcome::Sent { delivery, result, latency_ms } => {
                 let j = &delivery.job;
@@ -387,9 +427,18 @@ fn log_outcomes(log: &Logger, batch: &[Outcome], settled: &[Settled], retry: &Re
                     "provider" => j.provider.as_str(), "device_id" => j.device_id.to_string(), "attempt" => attempt,
                     "latency_ms" => *latency_ms),
                 );
+                let expired = !matches!(
+                    result,
+                    SendResult::Delivered { .. } | SendResult::Permanent { .. } | SendResult::InvalidToken { .. }
+                ) && j.past_deadline(crate::job::now_ms(), retry.max_age);
                 match result {
                     SendResult::Delivered { .. } => {
                         info!(log, "delivered"; "event" => events::SEND_SUCCESS)
+                    }
+                    other if expired => {
+                        warn!(log, "gave up: not delivered within retry.max_age_ms"; "event" => events::GAVE_UP,
+                              "error" => other.error().unwrap_or_default());
+                        info!(log, "dead-lettered"; "event" => events::DLQ_PUSHED);
                     }
                     SendResult::Deferred { error, .. } => {
                         info!(log, "rescheduled without spending an attempt"; "event" => events::DEFERRED, "error" => error)

@@ -4,7 +4,7 @@
 //! sender are in flight at once; the stream readers' permits bound the total. The provider's
 //! [`Circuit`] decides whether a batch is sent at all, and whether failures spend attempts.
 
-use crate::circuit::{Circuit, Health};
+use crate::circuit::{Circuit, Health, Permit};
 use crate::dispatcher::Handle;
 use crate::error::EngineError;
 use crate::job::{Delivery, Outcome, SendResult};
@@ -39,8 +39,6 @@ impl From<Handle<OutcomeWriter>> for Outcomes {
 #[derive(Clone)]
 pub struct SendGuards {
     pub circuit: Circuit,
-    /// How long deliveries wait when the circuit keeps them from being sent.
-    pub defer: Duration,
     pub limiter: Option<RateLimiter>,
 }
 
@@ -51,25 +49,14 @@ pub struct SenderActor {
     flush_scheduled: bool,
     outcomes: Outcomes,
     circuit: Circuit,
-    /// How long deliveries wait when the circuit keeps them from being sent.
-    defer: Duration,
     /// The provider's shared rate limits (None: unlimited).
     limiter: Option<RateLimiter>,
 }
 
 impl SenderActor {
     pub fn new(life: Lifecycle, factory: &ClientFactory, outcomes: Outcomes, guards: SendGuards) -> Self {
-        let SendGuards { circuit, defer, limiter } = guards;
-        SenderActor {
-            life,
-            client: factory(),
-            buffer: Vec::new(),
-            flush_scheduled: false,
-            outcomes,
-            circuit,
-            defer,
-            limiter,
-        }
+        let SendGuards { circuit, limiter } = guards;
+        SenderActor { life, client: factory(), buffer: Vec::new(), flush_scheduled: false, outcomes, circuit, limiter }
     }
 
     fn send_full_batches(&mut self, ctx: &mut Context<Self>) {
@@ -122,20 +109,21 @@ impl SenderActor {
     fn send_now(&mut self, mut batch: Vec<Delivery>, ctx: &mut Context<Self>) {
         let outcomes = self.outcomes.clone();
         let log = self.life.log.clone();
-        let (circuit, defer) = (self.circuit.clone(), self.defer);
+        let circuit = self.circuit.clone();
         let provider = self.client.provider();
-        let request = match self.circuit.permits() {
-            false => None,
-            true => {
+        let (permit, request) = match self.circuit.permit() {
+            Permit::Denied { retry_in } => (Permit::Denied { retry_in }, None),
+            permit => {
                 let jobs: Vec<_> = batch.iter().map(|d| d.job.clone()).collect();
                 // Building a request is synchronous code over a job's content: a panic there must
                 // neither kill this actor (actix would not restart it) nor fail the batch-mates
                 // of the job that caused it. Sent one by one, the culprit fails on its own.
                 match std::panic::catch_unwind(AssertUnwindSafe(|| self.client.send(&jobs))) {
-                    Ok(request) => Some(request),
+                    Ok(request) => (permit, Some(request)),
                     Err(panic) if batch.len() > 1 => {
                         warn!(self.life.log, "building a request panicked; sending the batch one by one";
                               "error" => EngineError::from_panic(panic).chain(), "provider" => provider.as_str());
+                        drop(permit);
                         for delivery in batch {
                             self.send_now(vec![delivery], ctx);
                         }
@@ -161,8 +149,13 @@ impl SenderActor {
                 let n = batch.len();
                 let results = match request {
                     None => {
+                        // Back when the circuit may let a request through; no attempt spent.
+                        let retry_in = match permit {
+                            Permit::Denied { retry_in } => retry_in,
+                            _ => Duration::ZERO,
+                        };
                         let error = format!("circuit open for {provider}: not sent");
-                        vec![SendResult::Deferred { error, after: defer }; n]
+                        vec![SendResult::Deferred { error, after: retry_in_of(retry_in) }; n]
                     }
                     Some(request) => {
                         // A panicking provider client must not take the batch with it. It is a
@@ -172,8 +165,10 @@ impl SenderActor {
                             let error = format!("sender {}", EngineError::from_panic(p));
                             Response::all(n, SendResult::Retry { error, after: None }, Health::Up)
                         });
-                        let free = circuit.record(&response.health);
-                        response.results.into_iter().map(|r| if free { spare_attempt(r, defer) } else { r }).collect()
+                        match circuit.record(permit, &response.health) {
+                            Some(wait) => response.results.into_iter().map(|r| spare_attempt(r, wait)).collect(),
+                            None => response.results,
+                        }
                     }
                 };
                 let latency_ms = started.elapsed().as_millis() as u64;
@@ -189,6 +184,12 @@ impl SenderActor {
     }
 }
 
+/// How long a delivery the circuit kept back waits: until the circuit may let a request
+/// through, and never less than a millisecond.
+fn retry_in_of(retry_in: Duration) -> Duration {
+    retry_in.max(Duration::from_millis(1))
+}
+
 async fn record(outcomes: &Outcomes, batch: Vec<Outcome>, log: &slog::Logger) {
     // If the writer is gone, the entries stay pending and are claimed again later.
     if let Err(e) = outcomes.recipient.send(outcomes.stats.envelope(Record { outcomes: batch })).await {
@@ -196,8 +197,10 @@ async fn record(outcomes: &Outcomes, batch: Vec<Outcome>, log: &slog::Logger) {
     }
 }
 
-/// A failed half-open probe: its outage or auth failures are rescheduled without spending an
-/// attempt (whatever the provider said about single messages still counts).
+/// A request whose failure the circuit does not count as an attempt (a probe, or a failure
+/// while the circuit opened or was open): its outage or auth failures are rescheduled for when
+/// the circuit may close, without spending an attempt (whatever the provider said about single
+/// messages still counts).
 fn spare_attempt(result: SendResult, defer: Duration) -> SendResult {
     match result {
         SendResult::Retry { error, .. } | SendResult::Auth { error } => SendResult::Deferred { error, after: defer },
@@ -304,6 +307,7 @@ mod tests {
                 attempt: 0,
                 targets: 1,
                 requeued: false,
+                queued_ms: 0,
             },
             entry: EntryRef { shard: 0, id: "1-0".into() },
         }
@@ -318,11 +322,7 @@ mod tests {
         let outcomes =
             Outcomes { recipient: collector.recipient(), stats: registry.register("writer", "outcome_writer", 64) };
         let settings = CircuitSettings { failures: 3, open: Duration::from_secs(1), max_open: Duration::from_secs(1) };
-        let guards = SendGuards {
-            circuit: Circuit::new(Provider::Expo, settings, &log, None),
-            defer: Duration::from_secs(1),
-            limiter: None,
-        };
+        let guards = SendGuards { circuit: Circuit::new(Provider::Expo, settings, &log, None), limiter: None };
         let factory: ClientFactory = Arc::new(|| Box::new(Fragile) as Box<dyn ProviderClient>);
         let stats = registry.register("sender", "sender", 64);
         let life = Lifecycle::new(Arc::clone(&stats), &log);

@@ -172,12 +172,15 @@ impl std::fmt::Debug for EmailSettings {
     }
 }
 
-/// Exponential backoff with full jitter.
+/// Exponential backoff with full jitter, and the deadline of a target.
 #[derive(Debug, Clone, Copy)]
 pub struct RetryPolicy {
     pub max_attempts: u32,
     pub base: Duration,
     pub max: Duration,
+    /// A target not delivered this long after it was first queued fails instead of being
+    /// retried or deferred again (`retry.max_age_ms`).
+    pub max_age: Duration,
 }
 
 impl RetryPolicy {
@@ -254,8 +257,12 @@ mod tests {
         assert!(format!("{fcm:?}").contains("c@p.iam.gserviceaccount.com"), "{fcm:?}");
     }
 
-    const POLICY: RetryPolicy =
-        RetryPolicy { max_attempts: 5, base: Duration::from_millis(100), max: Duration::from_millis(1000) };
+    const POLICY: RetryPolicy = RetryPolicy {
+        max_attempts: 5,
+        base: Duration::from_millis(100),
+        max: Duration::from_millis(1000),
+        max_age: Duration::from_secs(86_400),
+    };
 
     #[test]
     fn backoff_grows_exponentially_and_stays_under_the_cap() {

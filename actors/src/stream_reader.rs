@@ -86,12 +86,9 @@ async fn read_once(
         // other.
         inflight.take(1).await;
     }
-    let n = entries.len();
-    if let Err(e) = dispatcher.dispatch(entries, false).await {
-        // Undispatched entries stay pending in Redis and are claimed again; free their permits.
-        inflight.release(n);
-        return Err(e);
-    }
+    // What cannot be dispatched stays pending in Redis and is claimed again; the dispatcher
+    // gives back its permits.
+    dispatcher.dispatch(entries).await?;
     Ok(conn)
 }
 

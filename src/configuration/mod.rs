@@ -144,6 +144,9 @@ pub struct RetrySettings {
     pub base_ms: u64,
     /// Largest backoff, in ms (also the clamp for `Retry-After`).
     pub max_ms: u64,
+    /// A target not delivered this long (ms) after it was first queued fails, however many
+    /// attempts it has left: deferrals (an open circuit, revoked credentials) end too.
+    pub max_age_ms: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -368,6 +371,7 @@ impl Settings {
         if self.retry.max_ms < self.retry.base_ms {
             return Err(invalid("retry.max_ms", format!("must be at least retry.base_ms ({})", self.retry.base_ms)));
         }
+        within("retry.max_age_ms", self.retry.max_age_ms, 60 * SECOND_MS..=30 * DAY_MS)?;
         if self.claim.max_deliveries < 2 {
             return Err(invalid("claim.max_deliveries", "must be at least 2 (the first read counts as one)"));
         }
@@ -400,7 +404,8 @@ impl Settings {
                 return Err(invalid(
                     "claim.min_idle_ms",
                     format!(
-                        "must exceed the longest provider send ({longest} ms: timeout_ms, twice for email), got {}",
+                        "must exceed the longest provider send ({longest} ms: flush_after_ms + timeout_ms, the \
+                         timeout twice for email), got {}",
                         self.claim.min_idle_ms
                     ),
                 ));
@@ -510,6 +515,7 @@ impl Settings {
                 max_attempts: self.retry.max_attempts,
                 base: Duration::from_millis(self.retry.base_ms),
                 max: Duration::from_millis(self.retry.max_ms),
+                max_age: Duration::from_millis(self.retry.max_age_ms),
             },
             circuit: actors::circuit::CircuitSettings {
                 failures: self.circuit.failures,
@@ -653,7 +659,24 @@ mod tests {
     #[test]
     fn claim_min_idle_must_exceed_every_provider_timeout() {
         let err = error(&[("NOTIFY__CLAIM__MIN_IDLE_MS", "5000"), ("NOTIFY__PROVIDERS__EXPO__TIMEOUT_MS", "10000")]);
-        assert!(err.contains("`claim.min_idle_ms` must exceed the longest provider send (10000 ms"), "{err}");
+        // The default flush_after_ms (5) counts too: a delivery may wait that long before its send.
+        assert!(err.contains("`claim.min_idle_ms` must exceed the longest provider send (10005 ms"), "{err}");
+        let err = error(&[
+            ("NOTIFY__CLAIM__MIN_IDLE_MS", "12000"),
+            ("NOTIFY__PROVIDERS__EXPO__TIMEOUT_MS", "10000"),
+            ("NOTIFY__PROVIDERS__EXPO__FLUSH_AFTER_MS", "8000"),
+        ]);
+        assert!(err.contains("longest provider send (18000 ms: flush_after_ms + timeout_ms"), "{err}");
+    }
+
+    #[test]
+    fn retry_max_age_defaults_to_a_day_and_is_range_checked() {
+        let settings = Settings::load(None, &env(&[])).unwrap();
+        assert_eq!(settings.retry.max_age_ms, 86_400_000);
+        let err = error(&[("NOTIFY__RETRY__MAX_AGE_MS", "1000")]);
+        assert!(err.contains("`retry.max_age_ms` must be between 60000 and 2592000000, got 1000"), "{err}");
+        let err = error(&[("NOTIFY__RETRY__MAX_AGE_MS", "18446744073709551615")]);
+        assert!(err.contains("`retry.max_age_ms` must be between"), "{err}");
     }
 
     #[test]
@@ -680,7 +703,7 @@ mod tests {
             ("NOTIFY__PROVIDERS__EMAIL__TIMEOUT_MS", "40000"),
             ("NOTIFY__CLAIM__MIN_IDLE_MS", "60000"),
         ]);
-        assert!(err.contains("longest provider send (80000 ms"), "{err}");
+        assert!(err.contains("longest provider send (80005 ms"), "{err}");
     }
 
     #[test]

@@ -151,15 +151,16 @@ impl ProvidersSettings {
 
     /// The longest a send of the enabled providers can take (the claim idle time must exceed it).
     pub fn longest_timeout_ms(&self) -> Option<u64> {
+        // A delivery may wait `flush_after_ms` in its sender's buffer before it is sent at all.
         [
-            (self.expo.enabled, self.expo.timeout_ms),
-            (self.fcm.enabled, self.fcm.timeout_ms),
-            (self.apns.enabled, self.apns.timeout_ms),
+            (self.expo.enabled, self.expo.timeout_ms, self.expo.flush_after_ms),
+            (self.fcm.enabled, self.fcm.timeout_ms, self.fcm.flush_after_ms),
+            (self.apns.enabled, self.apns.timeout_ms, self.apns.flush_after_ms),
             // An email send may wait `timeout_ms` for a connection, then take `timeout_ms`.
-            (self.email.enabled, self.email.timeout_ms.saturating_mul(2)),
+            (self.email.enabled, self.email.timeout_ms.saturating_mul(2), self.email.flush_after_ms),
         ]
         .into_iter()
-        .filter_map(|(enabled, timeout)| enabled.then_some(timeout))
+        .filter_map(|(enabled, timeout, flush)| enabled.then_some(timeout.saturating_add(flush)))
         .max()
     }
 

@@ -447,6 +447,7 @@ pub fn expo_job(notification_id: Uuid, device_id: Uuid, user: &str, token: &str,
         attempt: 0,
         targets: 1,
         requeued: false,
+        queued_ms: 0,
     }
 }
 

@@ -480,6 +480,7 @@ mod tests {
             attempt: 0,
             targets: 1,
             requeued: false,
+            queued_ms: 0,
         }
     }
 

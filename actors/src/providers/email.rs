@@ -627,6 +627,7 @@ mod tests {
             attempt: 0,
             targets: 1,
             requeued: false,
+            queued_ms: 0,
         }
     }
 

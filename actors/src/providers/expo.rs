@@ -303,6 +303,7 @@ mod tests {
             attempt: 0,
             targets: 1,
             requeued: false,
+            queued_ms: 0,
         }
     }
 

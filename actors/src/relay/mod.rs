@@ -37,6 +37,20 @@ end
 return due
 ";
 
+/// Resets the idle time of pending entries that `consumer` still owns (KEYS[1] the stream,
+/// ARGV group, consumer, ids…). `XCLAIM` with JUSTID does not bump the delivery count.
+const REFRESH: &str = r"
+local kept = 0
+for i = 3, #ARGV do
+  local p = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[i], ARGV[i], 1)
+  if p[1] and p[1][2] == ARGV[2] then
+    redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0, ARGV[i], 'JUSTID')
+    kept = kept + 1
+  end
+end
+return kept
+";
+
 /// Most bytes of jobs sent in one pipeline by [`Relay::enqueue`].
 pub const MAX_PIPELINE_BYTES: usize = 4 * 1024 * 1024;
 
@@ -93,6 +107,9 @@ pub struct Relay {
     keys: Keys,
     move_due: Script,
     take_due: Script,
+    refresh: Script,
+    /// How long an idempotency key outlives the delivery it marks.
+    delivered_ttl: Duration,
     /// The dead-letter stream is capped near this length (`MAXLEN ~`): Postgres keeps the
     /// durable record of every failure, the stream is for inspection and requeueing.
     dlq_max_len: usize,
@@ -102,7 +119,21 @@ impl Relay {
     pub async fn connect(endpoint: &Endpoint, keys: Keys, dlq_max_len: usize) -> Result<Self> {
         let opener = Opener::new(endpoint)?;
         let conn = opener.shared().await?;
-        Ok(Relay { opener, conn, keys, move_due: Script::new(MOVE_DUE), take_due: Script::new(TAKE_DUE), dlq_max_len })
+        Ok(Relay {
+            opener,
+            conn,
+            keys,
+            move_due: Script::new(MOVE_DUE),
+            take_due: Script::new(TAKE_DUE),
+            refresh: Script::new(REFRESH),
+            delivered_ttl: DELIVERED_TTL,
+            dlq_max_len,
+        })
+    }
+
+    /// The same relay, keeping idempotency keys for `ttl`.
+    pub fn with_delivered_ttl(self, ttl: Duration) -> Self {
+        Relay { delivered_ttl: ttl, ..self }
     }
 
     pub fn keys(&self) -> &Keys {
@@ -245,32 +276,45 @@ impl Relay {
         Ok((reply.next_stream_id, entries, reply.deleted_ids))
     }
 
-    /// Pending entries of a shard idle for `min_idle` that were delivered to consumers at least
-    /// `max_deliveries` times: (id, times delivered). Something about them kills or stalls
-    /// whoever reads them.
-    pub async fn overdelivered(
+    /// A page of the pending entries of a shard idle for at least `min_idle`, after the entry
+    /// id `after` (from the start without): (id, times delivered), at most `count`, in id order.
+    pub async fn idle_pending(
         &self,
         shard: u16,
         min_idle: Duration,
-        max_deliveries: u32,
+        after: Option<&str>,
         count: usize,
     ) -> Result<Vec<(String, u64)>> {
         let mut conn = self.conn();
+        let start = after.map_or_else(|| "-".to_string(), |id| format!("({id}"));
         let pending: Vec<(String, String, u64, u64)> = redis::cmd("XPENDING")
             .arg(self.keys.stream(shard))
             .arg(GROUP)
             .arg("IDLE")
             .arg(min_idle.as_millis() as u64)
-            .arg("-")
+            .arg(start)
             .arg("+")
             .arg(count)
             .query_async(&mut conn)
             .await?;
-        Ok(pending
-            .into_iter()
-            .filter(|(_, _, _, delivered)| *delivered >= u64::from(max_deliveries))
-            .map(|(id, _, _, delivered)| (id, delivered))
-            .collect())
+        Ok(pending.into_iter().map(|(id, _, _, delivered)| (id, delivered)).collect())
+    }
+
+    /// Resets the idle time of these pending entries of `consumer` (`XCLAIM … JUSTID` to itself,
+    /// which does not count as a delivery) — only those it still owns: one another consumer took
+    /// over meanwhile stays where it is. Returns how many were refreshed.
+    pub async fn refresh_pending(&self, shard: u16, consumer: &str, ids: &[&str]) -> Result<usize> {
+        if ids.is_empty() {
+            return Ok(0);
+        }
+        let mut conn = self.conn();
+        let mut invocation = self.refresh.key(self.keys.stream(shard));
+        invocation.arg(GROUP).arg(consumer);
+        for id in ids {
+            invocation.arg(*id);
+        }
+        let refreshed: usize = invocation.invoke_async(&mut conn).await?;
+        Ok(refreshed)
     }
 
     /// `XCLAIM`s these pending entries for `consumer` (if still idle for `min_idle`).
@@ -304,6 +348,40 @@ impl Relay {
         Ok(self.conn().query_each(cmds).await?)
     }
 
+    /// When the oldest work Redis still holds was enqueued: the first entry of any shard's
+    /// stream (its id is its time), or the first due time in any delayed set, whichever is
+    /// earlier; None when every stream and delayed set is empty. Pending entries are in the
+    /// stream until acknowledged, so they count too. (One pipeline for every shard.)
+    pub async fn oldest_live(&self) -> Result<Option<SystemTime>> {
+        let mut cmds = Vec::new();
+        for shard in self.keys.shard_ids() {
+            let stream = self.keys.stream(shard);
+            let mut first = redis::cmd("XRANGE");
+            first.arg(&stream).arg("-").arg("+").arg("COUNT").arg(1);
+            cmds.push((stream, first));
+            let delayed = self.keys.delayed(shard);
+            let mut due = redis::cmd("ZRANGE");
+            due.arg(&delayed).arg(0).arg(0).arg("WITHSCORES");
+            cmds.push((delayed, due));
+        }
+        let replies: Vec<Value> = self.conn().query_each(cmds).await?;
+        let mut oldest: Option<u64> = None;
+        for (i, reply) in replies.into_iter().enumerate() {
+            let ms = if i % 2 == 0 {
+                let entries: Vec<(String, BTreeMap<String, Value>)> =
+                    redis::from_redis_value(reply).unwrap_or_default();
+                entries.first().and_then(|(id, _)| id.split('-').next()?.parse::<u64>().ok())
+            } else {
+                let scored: Vec<(String, f64)> = redis::from_redis_value(reply).unwrap_or_default();
+                scored.first().map(|(_, score)| score.max(0.0) as u64)
+            };
+            if let Some(ms) = ms {
+                oldest = Some(oldest.map_or(ms, |o| o.min(ms)));
+            }
+        }
+        Ok(oldest.map(|ms| UNIX_EPOCH + Duration::from_millis(ms)))
+    }
+
     /// Moves up to `limit` due retries of one shard back to its stream; returns how many moved.
     pub async fn move_due(&self, shard: u16, limit: usize) -> Result<usize> {
         let now_ms = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_millis() as u64;
@@ -330,7 +408,7 @@ impl Relay {
             for (n, d) in &writes.delivered {
                 let key = self.keys.delivered(*n, *d);
                 let mut set = redis::cmd("SET");
-                set.arg(&key).arg("1").arg("NX").arg("EX").arg(DELIVERED_TTL.as_secs());
+                set.arg(&key).arg("1").arg("NX").arg("EX").arg(self.delivered_ttl.as_secs().max(1));
                 cmds.push((key, set));
             }
             conn.query_each::<Value>(cmds).await?;

@@ -30,6 +30,36 @@ pub struct Store {
     max_payload_bytes: usize,
 }
 
+/// A target as Postgres has it when its entry is about to be sent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TargetState {
+    /// Delivered or failed already.
+    pub finished: bool,
+    /// The device row as it is now (None: deleted).
+    pub device: Option<DeviceNow>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeviceNow {
+    pub user_id: String,
+    pub token: String,
+    pub disabled: bool,
+}
+
+impl TargetState {
+    /// Why a job for this target must not be sent even though the target is not final: its
+    /// device went away, or is no longer the device the job was made for.
+    pub fn withdrawn(&self, user_id: &str, token: &str) -> Option<&'static str> {
+        match &self.device {
+            None => Some("not sent: the device was deleted before the send"),
+            Some(d) if d.disabled => Some("not sent: the device was removed or disabled before the send"),
+            Some(d) if d.user_id != user_id => Some("not sent: the device was given to another user before the send"),
+            Some(d) if d.token != token => Some("not sent: the device's token changed before the send"),
+            Some(_) => None,
+        }
+    }
+}
+
 /// What one fan-out transaction produced.
 #[derive(Debug, Default)]
 pub struct FanOut {
@@ -124,6 +154,12 @@ impl Store {
         &self.pool
     }
 
+    /// Whether Postgres answers (a pooled connection and `SELECT 1`).
+    pub async fn ping(&self) -> Result<()> {
+        self.pool.get().await?.simple_query("SELECT 1").await?;
+        Ok(())
+    }
+
     /// Claims up to `rules.batch` pending notifications (oldest first; `SKIP LOCKED` lets
     /// several listeners drain the same table), creates one `delivery` row per target and marks
     /// the notifications `queued`, all in one transaction. Malformed rows, rows over a cap and
@@ -216,6 +252,7 @@ impl Store {
             for t in &targets {
                 *per_notification.entry(t.notification).or_default() += 1;
             }
+            let queued_ms = crate::job::now_ms();
             for t in targets.iter().filter(|t| t.error.is_none()) {
                 let n = &claimed[t.notification];
                 let (Ok(provider), Ok(payload)) = (t.provider.parse(), &n.payload) else { continue };
@@ -231,6 +268,7 @@ impl Store {
                     attempt: 0,
                     targets: per_notification.get(&t.notification).copied().unwrap_or(1),
                     requeued: false,
+                    queued_ms,
                 });
             }
         }
@@ -277,6 +315,7 @@ impl Store {
     pub async fn record(&self, rows: &OutcomeRows) -> Result<Vec<Settled>> {
         let mut client = self.pool.get().await?;
         let tx = client.transaction().await?;
+        let mut corrected = Vec::new();
 
         // Lock notifications with several targets first, in a fixed order: two processes
         // storing sibling targets would otherwise each see the other's target as unfinished, and
@@ -296,16 +335,22 @@ impl Store {
             let stmt = tx
                 .prepare_cached(
                     "UPDATE delivery d
-                        SET status = 'delivered', attempt_count = u.attempts, provider_message_id = u.msg,
-                            delivered_at = now(), updated_at = now(), next_attempt_at = NULL
+                        SET status = 'delivered', attempt_count = greatest(d.attempt_count, u.attempts),
+                            provider_message_id = coalesce(u.msg, d.provider_message_id),
+                            delivered_at = coalesce(d.delivered_at, now()), updated_at = now(), next_attempt_at = NULL
                        FROM unnest($1::uuid[], $2::uuid[], $3::int4[], $4::text[]) AS u(n, dev, attempts, msg)
-                      WHERE d.notification_id = u.n AND d.device_id = u.dev",
+                      WHERE d.notification_id = u.n AND d.device_id = u.dev AND d.status <> 'failed'",
                 )
                 .await?;
             let (n, dev) = split_targets(rows.delivered.iter().map(|r| r.0));
             let attempts: Vec<i32> = rows.delivered.iter().map(|r| r.1).collect();
             let msgs: Vec<Option<Cow<str>>> = rows.delivered.iter().map(|r| r.2.as_deref().map(storable)).collect();
-            tx.execute(&stmt, &[&n, &dev, &attempts, &msgs]).await?;
+            let updated = tx.execute(&stmt, &[&n, &dev, &attempts, &msgs]).await?;
+            if updated < rows.delivered.len() as u64 {
+                // Rare: a target failed (by a process that gave it up) was delivered after all,
+                // or its row is gone. The delivery is the truth: see `correct_failed`.
+                corrected = correct_failed(&tx, &n, &dev, &attempts, &msgs).await?;
+            }
         }
         if !rows.retrying.is_empty() {
             let stmt = tx
@@ -387,6 +432,7 @@ impl Store {
                 });
             }
         }
+        settled.extend(corrected);
         let mut failing: Vec<Uuid> = rows.failed.iter().map(|r| r.0 .0).collect();
         failing.sort_unstable();
         failing.dedup();
@@ -397,20 +443,40 @@ impl Store {
         Ok(settled)
     }
 
-    /// Of these targets, the ones Postgres already knows to be final (delivered or failed): a
-    /// redelivered or reclaimed entry for one of them must not be sent again.
-    pub async fn already_final(&self, targets: &[Target]) -> Result<Vec<Target>> {
+    /// What Postgres says about each of these targets now (one query for the whole batch): an
+    /// entry read from a stream is checked against it before anything is sent, whatever Redis
+    /// remembers — a Redis restored from an old snapshot hands out again work that Postgres
+    /// knows is done. Targets missing from the answer have no `delivery` row any more.
+    pub async fn target_states(&self, targets: &[Target]) -> Result<HashMap<Target, TargetState>> {
+        if targets.is_empty() {
+            return Ok(HashMap::new());
+        }
         let client = self.pool.get().await?;
         let stmt = client
             .prepare_cached(
-                "SELECT d.notification_id, d.device_id
-                   FROM delivery d JOIN unnest($1::uuid[], $2::uuid[]) AS u(n, dev)
-                     ON d.notification_id = u.n AND d.device_id = u.dev
-                  WHERE d.status IN ('delivered', 'failed')",
+                "SELECT d.notification_id, d.device_id, d.status IN ('delivered', 'failed'),
+                        dev.user_id, dev.token, dev.disabled_at IS NOT NULL
+                   FROM unnest($1::uuid[], $2::uuid[]) AS u(n, dev_id)
+                   JOIN delivery d ON d.notification_id = u.n AND d.device_id = u.dev_id
+                   LEFT JOIN device dev ON dev.id = u.dev_id",
             )
             .await?;
         let (n, dev) = split_targets(targets.iter().copied());
-        Ok(client.query(&stmt, &[&n, &dev]).await?.into_iter().map(|r| (r.get(0), r.get(1))).collect())
+        let mut states = HashMap::with_capacity(targets.len());
+        for r in client.query(&stmt, &[&n, &dev]).await? {
+            let target: Target = (r.try_get(0)?, r.try_get(1)?);
+            let state = TargetState {
+                finished: r.try_get(2)?,
+                device: match r.try_get::<_, Option<String>>(3)? {
+                    None => None,
+                    Some(user_id) => {
+                        Some(DeviceNow { user_id, token: r.try_get(4)?, disabled: r.try_get(5).unwrap_or(false) })
+                    }
+                },
+            };
+            states.insert(target, state);
+        }
+        Ok(states)
     }
 
     /// The sweep's second half: targets that made no progress for `stale_after` (their stream
@@ -418,9 +484,15 @@ impl Store {
     /// are touched and returned, to be written to the stream again. A target whose notification
     /// can no longer be sent (a payload written before the caps existed, a provider name this
     /// version does not know) is failed instead, and its notification settled: returned second.
+    ///
+    /// `live_since` is the oldest work Redis still holds (the first entry of any stream, the
+    /// first due retry; None when it holds none). A target last enqueued after that may still
+    /// be waiting there, unread — a backlog, a retry not yet moved back — and is left alone:
+    /// only what is older than everything Redis holds (by `stale_after` as well) is lost.
     pub async fn requeue_stale(
         &self,
         stale_after: Duration,
+        live_since: Option<std::time::SystemTime>,
         limit: i64,
         limits: InputLimits,
     ) -> Result<(Vec<Job>, Vec<Settled>)> {
@@ -432,22 +504,25 @@ impl Store {
                 "UPDATE delivery d SET status = 'queued', next_attempt_at = NULL, updated_at = now()
                    FROM notification n, device dev
                   WHERE (d.notification_id, d.device_id) IN (
-                            SELECT notification_id, device_id FROM delivery
+                            SELECT notification_id, device_id FROM delivery,
+                                   LATERAL (SELECT least(now(), coalesce($4::timestamptz, now()))
+                                                   - $1::int8 * interval '1 millisecond' AS cutoff) c
                              WHERE status IN ('queued', 'retrying')
-                               AND updated_at < now() - $1::int8 * interval '1 millisecond'
-                               AND coalesce(next_attempt_at, updated_at) < now() - $1::int8 * interval '1 millisecond'
+                               AND updated_at < c.cutoff
+                               AND coalesce(next_attempt_at, updated_at) < c.cutoff
                              ORDER BY updated_at LIMIT $2 FOR UPDATE SKIP LOCKED)
                     AND n.id = d.notification_id AND dev.id = d.device_id
               RETURNING d.notification_id, d.device_id, d.provider, d.attempt_count,
                         n.user_id, CASE WHEN octet_length(n.payload::text) <= $3::int8 THEN n.payload::text END,
                         n.priority, coalesce(n.trace_id, n.id::text), dev.token,
-                        (SELECT count(*) FROM delivery s WHERE s.notification_id = d.notification_id)",
+                        (SELECT count(*) FROM delivery s WHERE s.notification_id = d.notification_id),
+                        (extract(epoch FROM d.created_at) * 1000)::int8",
             )
             .await?;
         let max_bytes = limits.payload_max_bytes;
         let mut jobs = Vec::new();
         let mut unsendable: Vec<(Target, String)> = Vec::new();
-        for r in tx.query(&stmt, &[&stale_ms, &limit, &(max_bytes as i64)]).await? {
+        for r in tx.query(&stmt, &[&stale_ms, &limit, &(max_bytes as i64), &live_since]).await? {
             let target: Target = (r.get(0), r.get(1));
             match stale_job(&r, max_bytes) {
                 Ok(job) => jobs.push(job),
@@ -476,7 +551,9 @@ impl Store {
     }
 
     /// Deletes up to `batch` final notifications created more than `days` days ago, with their
-    /// delivery and notification_failed rows; returns how many notifications went.
+    /// delivery and notification_failed rows; returns how many notifications went. A
+    /// notification with a target still queued or retrying is kept (it is `delivered` as soon as
+    /// one target is).
     pub async fn delete_final_older_than(&self, days: u32, batch: i64) -> Result<u64> {
         let client = self.pool.get().await?;
         let stmt = client
@@ -485,6 +562,9 @@ impl Store {
                     SELECT id FROM notification
                      WHERE created_at < now() - $1::int4 * interval '1 day'
                        AND status IN ('delivered', 'failed')
+                       -- Delivered means one target was: its siblings may still be on their way.
+                       AND NOT EXISTS (SELECT 1 FROM delivery d WHERE d.notification_id = notification.id
+                                          AND d.status IN ('queued', 'retrying'))
                      LIMIT $2 FOR UPDATE SKIP LOCKED
                  ), failed AS (
                     DELETE FROM notification_failed f USING old WHERE f.notification_id = old.id
@@ -541,6 +621,47 @@ async fn disable_devices<'a>(
         .await?;
     tx.execute(&stmt, &[&ids, &reasons]).await?;
     Ok(())
+}
+
+/// Delivered targets whose row says `failed`: some process gave them up (an entry over
+/// `claim.max_deliveries`, a deadline) while a copy was being delivered after all. The delivery
+/// is what the user got, so it wins: the row becomes `delivered`, its notification too, and the
+/// notification's unretried `notification_failed` row goes (the failure it reported did not
+/// happen). Returns the notifications corrected this way.
+async fn correct_failed(
+    tx: &deadpool_postgres::Transaction<'_>,
+    n: &[Uuid],
+    dev: &[Uuid],
+    attempts: &[i32],
+    msgs: &[Option<Cow<'_, str>>],
+) -> Result<Vec<Settled>> {
+    let stmt = tx
+        .prepare_cached(
+            "WITH fixed AS (
+                UPDATE delivery d
+                   SET status = 'delivered', attempt_count = greatest(d.attempt_count, u.attempts),
+                       provider_message_id = coalesce(u.msg, d.provider_message_id), last_error = NULL,
+                       delivered_at = now(), updated_at = now(), next_attempt_at = NULL
+                  FROM unnest($1::uuid[], $2::uuid[], $3::int4[], $4::text[]) AS u(n, dev, attempts, msg)
+                 WHERE d.notification_id = u.n AND d.device_id = u.dev AND d.status = 'failed'
+             RETURNING d.notification_id
+             ), note AS (
+                UPDATE notification n SET status = 'delivered', delivered_at = now(), last_error = NULL,
+                       updated_at = now()
+                 WHERE n.id IN (SELECT notification_id FROM fixed) AND n.status = 'failed'
+             RETURNING n.id, n.trace_id
+             ), unfailed AS (
+                DELETE FROM notification_failed f USING note WHERE f.notification_id = note.id AND f.retried_at IS NULL
+             )
+             SELECT id, trace_id FROM note",
+        )
+        .await?;
+    Ok(tx
+        .query(&stmt, &[&n, &dev, &attempts, &msgs])
+        .await?
+        .into_iter()
+        .map(|r| Settled { notification_id: r.get(0), trace_id: r.get(1), delivered: true, last_error: None })
+        .collect())
 }
 
 /// Applies the status rule to these notifications: `delivered` once any target is delivered,
@@ -654,6 +775,7 @@ fn stale_job(r: &tokio_postgres::Row, max_bytes: usize) -> std::result::Result<J
         token: text(8),
         targets: r.try_get::<_, i64>(9).unwrap_or(1).max(1) as u32,
         requeued: true,
+        queued_ms: r.try_get::<_, i64>(10).unwrap_or(0).max(0) as u64,
     })
 }
 
