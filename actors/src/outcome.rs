@@ -519,3 +519,87 @@ impl Handler<Envelope<Flush>> for OutcomeWriter {
         }))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::job::{Delivery, EntryRef, Job, Priority};
+    use uuid::Uuid;
+
+    const RETRY: RetryPolicy = RetryPolicy {
+        max_attempts: 5,
+        base: Duration::from_millis(100),
+        max: Duration::from_millis(1000),
+        max_age: Duration::from_secs(3600),
+    };
+
+    fn sent(attempt: u32, queued_ago: Duration, result: SendResult) -> Outcome {
+        let job = Job {
+            notification_id: Uuid::new_v4(),
+            device_id: Uuid::new_v4(),
+            user_id: "u".into(),
+            provider: Provider::Fcm,
+            token: "t".into(),
+            payload: serde_json::json!({}).into(),
+            priority: Priority::Normal,
+            trace_id: "t".into(),
+            attempt,
+            targets: 1,
+            requeued: false,
+            queued_ms: crate::job::now_ms() - queued_ago.as_millis() as u64,
+        };
+        Outcome::Sent {
+            delivery: Delivery { job, entry: EntryRef { shard: 0, id: "1-0".into() } },
+            result,
+            latency_ms: 1,
+        }
+    }
+
+    fn deferred(after: Duration) -> SendResult {
+        SendResult::Deferred { error: "circuit open for fcm: not sent".into(), after }
+    }
+
+    #[test]
+    fn a_deferral_waits_as_long_as_the_circuit_asked_not_the_retry_ceiling() {
+        // The circuit stays open 30 s; retry.max_ms is 1 s. Coming back every second would be
+        // 30 useless round trips through Redis and Postgres per delivery.
+        let plan = Plan::build(&[sent(2, Duration::ZERO, deferred(Duration::from_secs(30)))], &RETRY, None);
+        let (_, attempts, _, delay) = &plan.rows.retrying[0];
+        assert_eq!(*attempts, 2, "no attempt spent");
+        assert!(*delay >= Duration::from_secs(30) && *delay <= Duration::from_secs(45), "{delay:?}");
+        // A very short wait still comes back no sooner than retry.base_ms.
+        let plan = Plan::build(&[sent(0, Duration::ZERO, deferred(Duration::from_millis(1)))], &RETRY, None);
+        assert!(plan.rows.retrying[0].3 >= RETRY.base);
+    }
+
+    #[test]
+    fn past_its_deadline_a_target_fails_instead_of_being_retried_or_deferred() {
+        let old = Duration::from_secs(3601);
+        let retry = SendResult::Retry { error: "HTTP 503".into(), after: None };
+        let auth = SendResult::Auth { error: "THIRD_PARTY_AUTH_ERROR".into() };
+        let batch = [sent(1, old, retry.clone()), sent(0, old, deferred(Duration::from_secs(5))), sent(1, old, auth)];
+        let plan = Plan::build(&batch, &RETRY, None);
+        assert!(plan.rows.retrying.is_empty());
+        assert!(plan.redis.retries.is_empty());
+        let errors: Vec<(i32, &str)> = plan.rows.failed.iter().map(|(_, n, e)| (*n, e.as_str())).collect();
+        assert_eq!(
+            errors,
+            vec![
+                (2, "gave up: not delivered within retry.max_age_ms (3600 s) of its first attempt: HTTP 503"),
+                (
+                    0,
+                    "gave up: not delivered within retry.max_age_ms (3600 s) of its first attempt: circuit open for \
+                     fcm: not sent"
+                ),
+                (2, "gave up: not delivered within retry.max_age_ms (3600 s) of its first attempt: THIRD_PARTY_AUTH_ERROR"),
+            ]
+        );
+        assert!(plan.redis.dead_letters.iter().all(|d| d.reason == "max_age"));
+        // Within the deadline the same answers are retried and deferred as usual.
+        let young = Duration::from_secs(60);
+        let plan =
+            Plan::build(&[sent(1, young, retry), sent(0, young, deferred(Duration::from_secs(5)))], &RETRY, None);
+        assert_eq!(plan.rows.retrying.len(), 2);
+        assert!(plan.rows.failed.is_empty());
+    }
+}

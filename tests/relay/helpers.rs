@@ -125,10 +125,26 @@ impl TestApp {
     /// Another process's worth of engine and API on the same database and Redis prefix (a second
     /// replica), started in this System.
     pub async fn start_replica(&self) -> Application {
+        self.start_replica_with(ProcessRoles::ALL).await
+    }
+
+    /// Another process with only these roles (e.g. a scheduler next to this app's worker).
+    pub async fn start_replica_with(&self, roles: ProcessRoles) -> Application {
         let consumer = format!("test-replica-{}", Uuid::new_v4().simple());
-        Application::build(self.settings(), ProcessRoles::ALL, false, consumer, notify_relay::telemetry::discard())
+        Application::build(self.settings(), roles, false, consumer, notify_relay::telemetry::discard())
             .await
             .expect("replica starts")
+    }
+
+    /// A second connection to this test's database (e.g. to hold locks in a transaction).
+    pub async fn connect_db(&self) -> tokio_postgres::Client {
+        let url = self.env.get("NOTIFY__DATABASE__URL").expect("database url");
+        pg(url).await
+    }
+
+    /// How many messages the actor `name` of `app` has handled (ticks, reads…).
+    pub fn handled(app: &Application, name: &str) -> u64 {
+        app.engine.registry().snapshot().iter().find(|a| a.name == name).map_or(0, |a| a.handled)
     }
 
     pub async fn stop(&mut self) -> bool {
@@ -303,6 +319,26 @@ impl TestApp {
             .await
             .expect("orphaned entry");
         (id, device)
+    }
+
+    /// Writes a job to shard 0's stream, unread, as a listener (or a Redis restored from an old
+    /// snapshot) would have.
+    pub async fn enqueue(&self, job: &actors::job::Job) {
+        let mut conn = self.redis.clone();
+        let _: String = redis::cmd("XADD")
+            .arg(self.keys.stream(0))
+            .arg("*")
+            .arg("job")
+            .arg(job.to_json())
+            .query_async(&mut conn)
+            .await
+            .expect("XADD");
+    }
+
+    /// The length of shard 0's stream.
+    pub async fn stream_len(&self) -> i64 {
+        let mut conn = self.redis.clone();
+        redis::cmd("XLEN").arg(self.keys.stream(0)).query_async(&mut conn).await.expect("XLEN")
     }
 
     /// Destroys shard 0's consumer group, as a Redis flush or an operator mistake would.
