@@ -116,3 +116,104 @@ async fn entries_over_max_deliveries_far_down_the_pending_list_are_retired_not_s
     }
     app.cleanup().await;
 }
+
+/// A provider client that is never reached in the test below.
+struct Unreachable;
+
+impl actors::providers::ProviderClient for Unreachable {
+    fn provider(&self) -> actors::job::Provider {
+        actors::job::Provider::Expo
+    }
+    fn max_batch(&self) -> usize {
+        100
+    }
+    fn flush_after(&self) -> Duration {
+        Duration::from_millis(5)
+    }
+    fn send(
+        &self,
+        jobs: &[actors::job::Job],
+    ) -> futures_util::future::LocalBoxFuture<'static, actors::providers::Response> {
+        let n = jobs.len();
+        Box::pin(async move {
+            actors::providers::Response::all(
+                n,
+                actors::job::SendResult::Delivered { provider_message_id: None },
+                actors::circuit::Health::Up,
+            )
+        })
+    }
+}
+
+#[actix_web::test]
+async fn a_dispatch_whose_sender_is_gone_gives_back_each_permit_and_target_exactly_once() {
+    use actix::{Actor, Arbiter};
+    use actors::dispatcher::{Dispatcher, Handle, SenderPool};
+    use actors::job::{EntryRef, Provider};
+    use actors::relay::Entry;
+    use std::sync::Arc;
+
+    let app = prepare().await;
+    let settings = app.settings();
+    let log = notify_relay::telemetry::discard();
+    let store = actors::store::Store::new(notify_relay::startup::pg_pool(&settings).unwrap());
+    let relay = actors::relay::Relay::connect(&settings.redis_endpoint(), app.keys.clone(), 1000).await.unwrap();
+    relay.ensure_groups().await.unwrap();
+    let inflight = actors::inflight::InFlight::new(10);
+    let registry = actors::registry::Registry::default();
+    let life = |name: &str, kind| actors::supervisor::Lifecycle::new(registry.register(name, kind, 64), &log);
+
+    let writer_life = life("writer", "outcome_writer");
+    let stats = writer_life.stats.clone();
+    let retry = settings.engine(actors::settings::Roles::ALL, "c".into()).unwrap().retry;
+    let writer =
+        actors::outcome::OutcomeWriter::new(writer_life, store.clone(), relay.clone(), inflight.clone(), retry, None);
+    let writer = Handle { addr: writer.start(), stats };
+    // A sender whose arbiter is gone: every Deliver to it fails.
+    let arbiter = Arbiter::new();
+    let sender_life = life("sender", "sender");
+    let stats = sender_life.stats.clone();
+    let circuit = actors::circuit::Circuit::new(
+        Provider::Expo,
+        settings.engine(actors::settings::Roles::ALL, "c".into()).unwrap().circuit,
+        &log,
+        None,
+    );
+    let guards = actors::sender::SendGuards { circuit, limiter: None };
+    let factory: actors::providers::ClientFactory = Arc::new(|| Box::new(Unreachable));
+    let outcomes = writer.clone().into();
+    let addr = actors::sender::SenderActor::start_in_arbiter(&arbiter.handle(), move |_| {
+        actors::sender::SenderActor::new(sender_life, &factory, outcomes, guards)
+    });
+    arbiter.stop();
+    eventually(Duration::from_secs(5), || async { (!addr.connected()).then_some(()) }).await;
+    let dispatcher = Dispatcher {
+        pools: [(Provider::Expo, SenderPool::new(vec![Handle { addr, stats }]))].into_iter().collect(),
+        outcomes: writer,
+        relay,
+        store,
+        inflight: inflight.clone(),
+        elsewhere_after: Duration::from_secs(1),
+        log,
+    };
+
+    // One target to send, one already delivered (decided without a send, so it reaches the writer).
+    let (to_send, device) = app.queued_target("kai", "ExponentPushToken[kai]", &json!({}), 0).await;
+    let (done, done_device) = app.queued_target("lu", "ExponentPushToken[lu]", &json!({}), 0).await;
+    app.db.execute("UPDATE delivery SET status = 'delivered' WHERE notification_id = $1", &[&done]).await.unwrap();
+    let entry = |id: &str| EntryRef { shard: 0, id: id.into() };
+    let entries = vec![
+        Entry::Job(entry("1-0"), expo_job(to_send, device, "kai", "ExponentPushToken[kai]", json!({}))),
+        Entry::Job(entry("2-0"), expo_job(done, done_device, "lu", "ExponentPushToken[lu]", json!({}))),
+    ];
+    // One permit more than the entries need, held by someone else all along.
+    assert_eq!(inflight.try_take(3), 3);
+    assert!(dispatcher.dispatch(entries).await.is_err(), "the sender is gone");
+
+    // The duplicate's permit comes back from the writer, the unsendable one's from the dispatcher:
+    // exactly the one held elsewhere is left.
+    eventually(Duration::from_secs(10), || async { (inflight.used() == 1).then_some(()) }).await;
+    assert!(inflight.claim_target((to_send, device), &entry("3-0")), "the target is not left marked in flight");
+    assert_eq!(inflight.used(), 1);
+    app.cleanup().await;
+}
