@@ -7,12 +7,13 @@
 //! Redis can be rebuilt from these rows.
 
 pub mod api;
+pub mod pool;
 
 use crate::error::Result;
 use crate::job::{Job, Priority, Provider};
 use crate::payload::{Payload, PayloadError};
 use crate::settings::InputLimits;
-use deadpool_postgres::Pool;
+use pool::{Lease, Pool};
 use serde_json::Value;
 use std::borrow::Cow;
 use std::collections::HashMap;
@@ -124,13 +125,19 @@ impl Store {
         &self.pool
     }
 
+    /// The connection for one store call: every method takes its connection here, so every
+    /// call runs under the deadline of [`pool`] (`database.statement_timeout_ms` + a margin).
+    pub async fn conn(&self) -> Result<Lease> {
+        Ok(Lease::new(&self.pool).await?)
+    }
+
     /// Claims up to `rules.batch` pending notifications (oldest first; `SKIP LOCKED` lets
     /// several listeners drain the same table), creates one `delivery` row per target and marks
     /// the notifications `queued`, all in one transaction. Malformed rows, rows over a cap and
     /// users without an active device are failed here, each with a `last_error` saying why; the
     /// rest of the batch goes on.
     pub async fn fan_out_pending(&self, rules: FanOutRules<'_>) -> Result<FanOut> {
-        let mut client = self.pool.get().await?;
+        let mut client = self.conn().await?;
         let tx = client.transaction().await?;
 
         // The payload comes back as text, and only when it is within the cap: a jsonb that
@@ -275,7 +282,7 @@ impl Store {
     /// Stores the outcomes of one batch in one transaction and settles the notifications they
     /// touch. Returns the notifications that reached a final state.
     pub async fn record(&self, rows: &OutcomeRows) -> Result<Vec<Settled>> {
-        let mut client = self.pool.get().await?;
+        let mut client = self.conn().await?;
         let tx = client.transaction().await?;
 
         // Lock notifications with several targets first, in a fixed order: two processes
@@ -400,7 +407,7 @@ impl Store {
     /// Of these targets, the ones Postgres already knows to be final (delivered or failed): a
     /// redelivered or reclaimed entry for one of them must not be sent again.
     pub async fn already_final(&self, targets: &[Target]) -> Result<Vec<Target>> {
-        let client = self.pool.get().await?;
+        let client = self.conn().await?;
         let stmt = client
             .prepare_cached(
                 "SELECT d.notification_id, d.device_id
@@ -424,7 +431,7 @@ impl Store {
         limit: i64,
         limits: InputLimits,
     ) -> Result<(Vec<Job>, Vec<Settled>)> {
-        let mut client = self.pool.get().await?;
+        let mut client = self.conn().await?;
         let tx = client.transaction().await?;
         let stale_ms = stale_after.as_millis() as i64;
         let stmt = tx
@@ -478,7 +485,7 @@ impl Store {
     /// Deletes up to `batch` final notifications created more than `days` days ago, with their
     /// delivery and notification_failed rows; returns how many notifications went.
     pub async fn delete_final_older_than(&self, days: u32, batch: i64) -> Result<u64> {
-        let client = self.pool.get().await?;
+        let client = self.conn().await?;
         let stmt = client
             .prepare_cached(
                 "WITH old AS (
@@ -504,7 +511,7 @@ impl Store {
         if errors.is_empty() {
             return Ok(());
         }
-        let mut client = self.pool.get().await?;
+        let mut client = self.conn().await?;
         let tx = client.transaction().await?;
         let stmt = tx
             .prepare_cached(
