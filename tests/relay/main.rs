@@ -7,6 +7,7 @@ mod api;
 mod apns;
 mod cluster;
 mod config;
+mod dead_peers;
 mod delivery;
 mod devices;
 mod email;
