@@ -87,8 +87,10 @@ pub async fn run(settings: &Settings, command: AdminCommand, out: &mut dyn Write
         ));
     }
     let keys = Keys::new(settings.redis.key_prefix.clone(), settings.redis.shards);
-    let relay = Relay::connect(&settings.redis_endpoint(), keys, settings.redis.dlq_max_len).await?;
-    let store = Store::new(pg_pool(settings)?);
+    let relay =
+        Relay::connect_with(&settings.redis_endpoint(), settings.redis_timeouts(), keys, settings.redis.dlq_max_len)
+            .await?;
+    let store = Store::new(pg_pool(settings, &slog::Logger::root(slog::Discard, slog::o!()))?);
     match command {
         AdminCommand::InspectDlq { limit, json } => {
             let letters = relay.dead_letters(limit).await?;

@@ -44,7 +44,7 @@ async fn run(settings: Settings, roles: &str, no_migrate: bool, log: slog::Logge
 }
 
 async fn run_migrations(settings: &Settings) -> Outcome {
-    let applied = migrate::run(&settings.pg_config()?).await?;
+    let applied = migrate::run(&settings.migrations_pg_config()?).await?;
     let list = if applied.is_empty() { "none (up to date)".into() } else { applied.join(", ") };
     println!("migrations applied: {list}");
     Ok(())

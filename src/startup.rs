@@ -10,9 +10,9 @@ use actix_web::{web, App, HttpResponse, HttpServer};
 use actors::keys::Keys;
 use actors::relay::Relay;
 use actors::settings::Roles;
+use actors::store::pool::Pool;
 use actors::store::Store;
 use actors::Engine;
-use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use slog::{info, warn, Logger};
 
 /// Which parts run in this process (`--roles`).
@@ -69,13 +69,12 @@ pub struct Application {
     log: Logger,
 }
 
-pub fn pg_pool(settings: &Settings) -> Result<Pool, StartError> {
-    let manager = Manager::from_config(
-        settings.pg_config()?,
-        actors::tls::postgres(),
-        ManagerConfig { recycling_method: RecyclingMethod::Fast },
-    );
-    Pool::builder(manager).max_size(settings.database.pool_size).build().map_err(|e| StartError::Pool(e.to_string()))
+/// The store's pool: every store call holds its connection under a deadline, and waiting for,
+/// opening and recycling a connection are bounded too (see `actors::store::pool`).
+pub fn pg_pool(settings: &Settings, log: &Logger) -> Result<Pool, StartError> {
+    let log = log.new(slog::o!("component" => "postgres"));
+    actors::store::pool::build(settings.pg_config()?, settings.pool_settings()?, log)
+        .map_err(|e| StartError::Pool(e.to_string()))
 }
 
 impl Application {
@@ -89,15 +88,21 @@ impl Application {
     ) -> Result<Self, StartError> {
         let _ = rustls::crypto::ring::default_provider().install_default();
         if run_migrations {
-            let applied = migrate::run(&settings.pg_config()?).await?;
+            let applied = migrate::run(&settings.migrations_pg_config()?).await?;
             info!(log, "migrations up to date"; "applied_now" => applied.join(","));
         }
-        let store = Store::new(pg_pool(&settings)?).with_payload_limit(settings.payload.max_bytes);
+        let store = Store::new(pg_pool(&settings, &log)?).with_payload_limit(settings.payload.max_bytes);
         let keys = Keys::new(settings.redis.key_prefix.clone(), settings.redis.shards);
-        let relay =
-            Relay::connect(&settings.redis_endpoint(), keys, settings.redis.dlq_max_len).await?.with_delivered_ttl(
-                actors::keys::delivered_ttl(std::time::Duration::from_millis(settings.listener.stale_after_ms)),
-            );
+        let relay = Relay::connect_with(
+            &settings.redis_endpoint(),
+            settings.redis_timeouts(),
+            keys,
+            settings.redis.dlq_max_len,
+        )
+        .await?
+        .with_delivered_ttl(actors::keys::delivered_ttl(std::time::Duration::from_millis(
+            settings.listener.stale_after_ms,
+        )));
         warn_if_relay_keys_can_be_evicted(&relay, &log).await;
 
         let engine_settings = settings.engine(roles.engine, consumer)?;

@@ -63,8 +63,14 @@ fn within(key: &'static str, value: u64, range: std::ops::RangeInclusive<u64>) -
 }
 
 const SECOND_MS: u64 = 1000;
+const MINUTE_MS: u64 = 60 * SECOND_MS;
 const HOUR_MS: u64 = 3600 * SECOND_MS;
 const DAY_MS: u64 = 24 * HOUR_MS;
+
+/// tokio-postgres's (and libpq's) keepalive idle time when the URL sets none: 2 hours.
+const LIBPQ_KEEPALIVES_IDLE: Duration = Duration::from_secs(2 * 3600);
+/// Unanswered keepalive probes before the kernel gives up on a connection.
+const KEEPALIVE_PROBES: u32 = 3;
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -94,6 +100,21 @@ pub struct DatabaseSettings {
     pub url: Secret,
     /// Pooled connections for fan-out, outcome writes and the API.
     pub pool_size: usize,
+    /// How long opening a connection may take, in ms (the TCP connect to each host; for a
+    /// pooled connection, TLS and login included). The URL's `connect_timeout` wins.
+    pub connect_timeout_ms: u64,
+    /// Server-side `statement_timeout`, in ms, sent as `options=-c statement_timeout=…` (unless
+    /// the URL's `options` set one). Also enforced by the relay: a store call that has no answer
+    /// after this plus 2 s closes its connection, so a blackholed connection fails in seconds.
+    pub statement_timeout_ms: u64,
+    /// TCP keepalives start after this much idle time, in ms (then probe every half of it, 3
+    /// times): a dead host is noticed even on an idle connection such as the LISTEN one.
+    pub keepalive_idle_ms: u64,
+    /// `TCP_USER_TIMEOUT`, in ms: sent data (or keepalive probes) unacknowledged this long
+    /// closes the connection.
+    pub tcp_user_timeout_ms: u64,
+    /// How long a store call waits for a free pooled connection, in ms.
+    pub pool_wait_ms: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -111,6 +132,12 @@ pub struct RedisSettings {
     pub shards: u16,
     /// Dead letters kept per shard's DLQ stream (approximately; Postgres keeps every failure).
     pub dlq_max_len: usize,
+    /// How long connecting to Redis may take, in ms.
+    pub connect_timeout_ms: u64,
+    /// How long a command waits for its reply, in ms (blocking reads: their block time plus
+    /// this). A reply that times out replaces the shared connection: a blackholed one would
+    /// otherwise time out every command for ever.
+    pub response_timeout_ms: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -318,6 +345,14 @@ impl Settings {
         if self.database.pool_size == 0 {
             return Err(invalid("database.pool_size", "must be at least 1"));
         }
+        // Upper bounds keep "dead in seconds" true; a typo of minutes would undo it.
+        within("database.connect_timeout_ms", self.database.connect_timeout_ms, 100..=MINUTE_MS)?;
+        within("database.statement_timeout_ms", self.database.statement_timeout_ms, SECOND_MS..=HOUR_MS)?;
+        within("database.keepalive_idle_ms", self.database.keepalive_idle_ms, SECOND_MS..=2 * HOUR_MS)?;
+        within("database.tcp_user_timeout_ms", self.database.tcp_user_timeout_ms, SECOND_MS..=10 * MINUTE_MS)?;
+        within("database.pool_wait_ms", self.database.pool_wait_ms, 100..=10 * MINUTE_MS)?;
+        within("redis.connect_timeout_ms", self.redis.connect_timeout_ms, 100..=MINUTE_MS)?;
+        within("redis.response_timeout_ms", self.redis.response_timeout_ms, 100..=5 * MINUTE_MS)?;
         let url = self.redis.url.expose();
         if !(url.starts_with("redis://") || url.starts_with("rediss://") || url.starts_with("unix://")) {
             return Err(invalid("redis.url", "must start with redis://, rediss:// or unix://"));
@@ -471,20 +506,77 @@ impl Settings {
         actors::relay::conn::Endpoint::new(self.redis.url.expose(), &seeds)
     }
 
+    /// The Postgres config of the pool and the LISTEN connection: [`Settings::migrations_pg_config`]
+    /// plus the server-side `statement_timeout`, appended to the URL's `options` unless they set
+    /// one already.
     pub fn pg_config(&self) -> Result<tokio_postgres::Config, ConfigError> {
+        let mut config = self.migrations_pg_config()?;
+        let timeout = format!("-c statement_timeout={}", self.database.statement_timeout_ms);
+        let options = match config.get_options().map(str::trim) {
+            Some(o) if o.contains("statement_timeout") || o.contains("statement-timeout") => None,
+            Some(o) if !o.is_empty() => Some(format!("{o} {timeout}")),
+            _ => Some(timeout),
+        };
+        if let Some(options) = options {
+            config.options(options);
+        }
+        Ok(config)
+    }
+
+    /// The URL, then where it does not say otherwise: the connect timeout, TCP keepalives and
+    /// `tcp_user_timeout`, so that a dead host is noticed in seconds. No statement timeout:
+    /// migrations may build an index or wait for another replica's migration lock for longer.
+    pub fn migrations_pg_config(&self) -> Result<tokio_postgres::Config, ConfigError> {
         // The parser's message could quote the URL (and its password): say only what is wrong.
         let mut config: tokio_postgres::Config =
             self.database.url.expose().parse().map_err(|_| {
                 invalid("database.url", "is not a valid Postgres URL (postgres://user:pass@host:port/db)")
             })?;
         actors::tls::only_when_required(&mut config);
+        let db = &self.database;
         if config.get_connect_timeout().is_none() {
-            config.connect_timeout(Duration::from_secs(5));
+            config.connect_timeout(Duration::from_millis(db.connect_timeout_ms));
+        }
+        // `keepalives=0` in the URL turns them off; its other keepalive parameters win.
+        if config.get_keepalives() {
+            if config.get_keepalives_idle() == LIBPQ_KEEPALIVES_IDLE {
+                config.keepalives_idle(Duration::from_millis(db.keepalive_idle_ms));
+            }
+            if config.get_keepalives_interval().is_none() {
+                config.keepalives_interval(Duration::from_millis((db.keepalive_idle_ms / 2).max(SECOND_MS)));
+            }
+            if config.get_keepalives_retries().is_none() {
+                config.keepalives_retries(KEEPALIVE_PROBES);
+            }
+        }
+        if config.get_tcp_user_timeout().is_none() {
+            config.tcp_user_timeout(Duration::from_millis(db.tcp_user_timeout_ms));
         }
         if config.get_application_name().is_none() {
             config.application_name("notify-relay");
         }
         Ok(config)
+    }
+
+    /// How the store's pool lends connections.
+    pub fn pool_settings(&self) -> Result<actors::store::pool::PoolSettings, ConfigError> {
+        let db = &self.database;
+        // Each host of a multi-host URL gets its own connect timeout.
+        let hosts = self.migrations_pg_config()?.get_hosts().len().max(1) as u32;
+        Ok(actors::store::pool::PoolSettings {
+            size: db.pool_size,
+            wait: Duration::from_millis(db.pool_wait_ms),
+            connect: Duration::from_millis(db.connect_timeout_ms) * hosts,
+            statement_timeout: Duration::from_millis(db.statement_timeout_ms),
+        })
+    }
+
+    /// The Redis connect and reply timeouts.
+    pub fn redis_timeouts(&self) -> actors::relay::conn::Timeouts {
+        actors::relay::conn::Timeouts {
+            connect: Duration::from_millis(self.redis.connect_timeout_ms),
+            response: Duration::from_millis(self.redis.response_timeout_ms),
+        }
     }
 
     pub fn http_addr(&self) -> Result<SocketAddr, ConfigError> {
@@ -824,6 +916,90 @@ mod tests {
         assert!(err.contains("devices.max_per_user"), "{err}");
         let s = Settings::load(None, &env(&[("NOTIFY__DEVICES__MAX_PER_USER", "10000")])).unwrap();
         assert_eq!(s.devices.max_per_user, 10_000);
+    }
+
+    #[test]
+    fn connection_timeouts_have_defaults_and_ranges_that_name_their_key() {
+        let s = Settings::load(None, &HashMap::new()).unwrap();
+        let db = &s.database;
+        let shipped = (db.connect_timeout_ms, db.statement_timeout_ms, db.keepalive_idle_ms);
+        assert_eq!(shipped, (5000, 30_000, 10_000));
+        assert_eq!((db.tcp_user_timeout_ms, db.pool_wait_ms), (20_000, 10_000));
+        assert_eq!((s.redis.connect_timeout_ms, s.redis.response_timeout_ms), (5000, 5000));
+        for (key, var, low, high) in [
+            ("database.connect_timeout_ms", "NOTIFY__DATABASE__CONNECT_TIMEOUT_MS", "99", "60001"),
+            ("database.statement_timeout_ms", "NOTIFY__DATABASE__STATEMENT_TIMEOUT_MS", "999", "3600001"),
+            ("database.keepalive_idle_ms", "NOTIFY__DATABASE__KEEPALIVE_IDLE_MS", "999", "7200001"),
+            ("database.tcp_user_timeout_ms", "NOTIFY__DATABASE__TCP_USER_TIMEOUT_MS", "999", "600001"),
+            ("database.pool_wait_ms", "NOTIFY__DATABASE__POOL_WAIT_MS", "99", "600001"),
+            ("redis.connect_timeout_ms", "NOTIFY__REDIS__CONNECT_TIMEOUT_MS", "99", "60001"),
+            ("redis.response_timeout_ms", "NOTIFY__REDIS__RESPONSE_TIMEOUT_MS", "99", "300001"),
+        ] {
+            for bad in [low, high, "0"] {
+                let err = error(&[(var, bad)]);
+                assert!(err.contains(&format!("`{key}` must be between")), "{var}={bad}: {err}");
+            }
+            let err = error(&[(var, "-1")]);
+            assert!(err.contains(key.split('.').nth(1).unwrap()), "{var}=-1: {err}");
+        }
+        let edges = Settings::load(
+            None,
+            &env(&[
+                ("NOTIFY__DATABASE__CONNECT_TIMEOUT_MS", "100"),
+                ("NOTIFY__DATABASE__STATEMENT_TIMEOUT_MS", "3600000"),
+                ("NOTIFY__DATABASE__KEEPALIVE_IDLE_MS", "1000"),
+                ("NOTIFY__DATABASE__TCP_USER_TIMEOUT_MS", "600000"),
+                ("NOTIFY__DATABASE__POOL_WAIT_MS", "100"),
+                ("NOTIFY__REDIS__CONNECT_TIMEOUT_MS", "60000"),
+                ("NOTIFY__REDIS__RESPONSE_TIMEOUT_MS", "100"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(edges.database.statement_timeout_ms, 3_600_000);
+        assert_eq!(
+            edges.redis_timeouts(),
+            actors::relay::conn::Timeouts { connect: Duration::from_secs(60), response: Duration::from_millis(100) }
+        );
+    }
+
+    #[test]
+    fn postgres_connections_get_timeouts_keepalives_and_a_statement_timeout() {
+        let s = Settings::load(None, &env(&[("NOTIFY__DATABASE__STATEMENT_TIMEOUT_MS", "2000")])).unwrap();
+        let c = s.pg_config().unwrap();
+        assert_eq!(c.get_connect_timeout(), Some(&Duration::from_secs(5)));
+        assert!(c.get_keepalives());
+        assert_eq!(c.get_keepalives_idle(), Duration::from_secs(10));
+        assert_eq!(c.get_keepalives_interval(), Some(Duration::from_secs(5)));
+        assert_eq!(c.get_keepalives_retries(), Some(3));
+        assert_eq!(c.get_tcp_user_timeout(), Some(&Duration::from_secs(20)));
+        assert_eq!(c.get_options(), Some("-c statement_timeout=2000"));
+        // Migrations may build an index or wait on another replica's lock for longer.
+        let m = s.migrations_pg_config().unwrap();
+        assert_eq!(m.get_options(), None);
+        assert_eq!(m.get_keepalives_idle(), Duration::from_secs(10));
+        let pool = s.pool_settings().unwrap();
+        assert_eq!(pool.statement_timeout, Duration::from_secs(2));
+        assert_eq!(pool.call_limit(), Duration::from_secs(4), "statement timeout + the 2 s margin");
+        assert_eq!((pool.size, pool.wait, pool.connect), (8, Duration::from_secs(10), Duration::from_secs(5)));
+    }
+
+    #[test]
+    fn what_the_database_url_says_wins_over_the_timeout_keys() {
+        let url = "postgres://u@h/db?connect_timeout=2&keepalives_idle=60&tcp_user_timeout=7\
+                   &options=-c%20search_path%3Dapp";
+        let c = Settings::load(None, &env(&[("DATABASE_URL", url)])).unwrap().pg_config().unwrap();
+        assert_eq!(c.get_connect_timeout(), Some(&Duration::from_secs(2)));
+        assert_eq!(c.get_keepalives_idle(), Duration::from_secs(60));
+        assert_eq!(c.get_tcp_user_timeout(), Some(&Duration::from_secs(7)), "tokio-postgres reads seconds");
+        assert_eq!(c.get_options(), Some("-c search_path=app -c statement_timeout=30000"), "appended");
+        let own = "postgres://u@h/db?options=-c%20statement_timeout%3D5s&keepalives=0";
+        let c = Settings::load(None, &env(&[("DATABASE_URL", own)])).unwrap().pg_config().unwrap();
+        assert_eq!(c.get_options(), Some("-c statement_timeout=5s"), "the URL's own statement_timeout stays");
+        assert!(!c.get_keepalives());
+        assert_eq!(c.get_keepalives_interval(), None, "keepalives off: nothing to tune");
+        // Every host of a failover list gets its own connect timeout.
+        let hosts = Settings::load(None, &env(&[("DATABASE_URL", "postgres://u@a,b,c/db")])).unwrap();
+        assert_eq!(hosts.pool_settings().unwrap().connect, Duration::from_secs(15));
     }
 
     #[test]

@@ -8,6 +8,7 @@ mod apns;
 mod claims;
 mod cluster;
 mod config;
+mod dead_peers;
 mod delivery;
 mod devices;
 mod email;

@@ -12,6 +12,7 @@ use redis::cluster_async::ClusterConnection;
 use redis::cluster_routing::Slot;
 use redis::{AsyncConnectionConfig, Client, Cmd, FromRedisValue, Pipeline, RedisFuture, RedisResult, Value};
 use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 /// Where Redis is: `redis.url`, or the seed nodes of `redis.cluster_urls`.
@@ -41,63 +42,81 @@ impl Endpoint {
     }
 }
 
+/// How long connecting, and waiting for a reply, may take (`redis.connect_timeout_ms`,
+/// `redis.response_timeout_ms`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timeouts {
+    pub connect: Duration,
+    pub response: Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Timeouts { connect: Duration::from_secs(5), response: Duration::from_secs(5) }
+    }
+}
+
 /// What opens connections: a client for one Redis, or for a cluster.
 #[derive(Clone)]
-pub(crate) enum Opener {
+pub(crate) struct Opener {
+    target: Target,
+    timeouts: Timeouts,
+}
+
+#[derive(Clone)]
+enum Target {
     Single(Box<Client>),
     Cluster(Vec<String>),
 }
 
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
-const RESPONSE_TIMEOUT: Duration = Duration::from_secs(5);
-
 impl Opener {
-    pub(crate) fn new(endpoint: &Endpoint) -> RedisResult<Opener> {
-        Ok(match endpoint {
-            Endpoint::Single(url) => Opener::Single(Box::new(Client::open(url.as_str())?)),
+    pub(crate) fn new(endpoint: &Endpoint, timeouts: Timeouts) -> RedisResult<Opener> {
+        let target = match endpoint {
+            Endpoint::Single(url) => Target::Single(Box::new(Client::open(url.as_str())?)),
             Endpoint::Cluster(urls) => {
                 // Checked here so a bad seed fails at start-up, not on first use.
                 ClusterClient::new(urls.iter().map(String::as_str).collect::<Vec<_>>())?;
-                Opener::Cluster(urls.clone())
+                Target::Cluster(urls.clone())
             }
-        })
+        };
+        Ok(Opener { target, timeouts })
     }
 
     /// The shared connection for short commands (reconnecting by itself).
     pub(crate) async fn shared(&self) -> RedisResult<RelayConn> {
-        match self {
-            Opener::Single(client) => {
+        match &self.target {
+            Target::Single(client) => {
                 let config = ConnectionManagerConfig::new()
-                    .set_connection_timeout(Some(CONNECT_TIMEOUT))
-                    .set_response_timeout(Some(RESPONSE_TIMEOUT))
+                    .set_connection_timeout(Some(self.timeouts.connect))
+                    .set_response_timeout(Some(self.timeouts.response))
                     .set_number_of_retries(3);
-                Ok(RelayConn::Single(client.get_connection_manager_with_config(config).await?))
+                Ok(RelayConn::Single(SharedConn::connect(client, config).await?))
             }
-            Opener::Cluster(urls) => self.cluster(urls, RESPONSE_TIMEOUT).await,
+            Target::Cluster(urls) => self.cluster(urls, self.timeouts.response).await,
         }
     }
 
     /// A connection of its own for blocking reads, whose response timeout outlasts `block`
     /// (redis-rs would otherwise give up while the server still blocks).
     pub(crate) async fn blocking(&self, block: Duration, name: &str) -> RedisResult<RelayConn> {
-        let timeout = block + Duration::from_secs(5);
-        match self {
-            Opener::Single(client) => {
+        let timeout = block + self.timeouts.response;
+        match &self.target {
+            Target::Single(client) => {
                 let config = AsyncConnectionConfig::new()
-                    .set_connection_timeout(Some(CONNECT_TIMEOUT))
+                    .set_connection_timeout(Some(self.timeouts.connect))
                     .set_response_timeout(Some(timeout));
                 let mut conn = client.get_multiplexed_async_connection_with_config(&config).await?;
                 // Named, so that operators can find the readers in `CLIENT LIST`.
                 redis::cmd("CLIENT").arg("SETNAME").arg(name).query_async::<()>(&mut conn).await?;
                 Ok(RelayConn::Reader(conn))
             }
-            Opener::Cluster(urls) => self.cluster(urls, timeout).await,
+            Target::Cluster(urls) => self.cluster(urls, timeout).await,
         }
     }
 
     async fn cluster(&self, urls: &[String], response_timeout: Duration) -> RedisResult<RelayConn> {
         let client = ClusterClient::builder(urls.iter().map(String::as_str).collect::<Vec<_>>())
-            .connection_timeout(CONNECT_TIMEOUT)
+            .connection_timeout(self.timeouts.connect)
             .response_timeout(response_timeout)
             .retries(3)
             .build()?;
@@ -105,10 +124,81 @@ impl Opener {
     }
 }
 
+/// The shared connection to one Redis. redis-rs's `ConnectionManager` reconnects when its
+/// connection breaks, but not when a reply times out, and a blackholed connection (a failover
+/// behind a proxy, a peer the kernel has not given up on yet) never breaks: every command would
+/// time out for ever. So a timed-out reply replaces the manager, for every clone, with one that
+/// connects afresh on its next command; commands still running on the old one end on their own.
+#[derive(Clone)]
+pub struct SharedConn(Arc<Shared>);
+
+struct Shared {
+    client: Client,
+    config: ConnectionManagerConfig,
+    /// (generation, manager): a generation is replaced once, however many of its commands time out.
+    current: Mutex<(u64, ConnectionManager)>,
+}
+
+impl SharedConn {
+    async fn connect(client: &Client, config: ConnectionManagerConfig) -> RedisResult<SharedConn> {
+        let manager = client.get_connection_manager_with_config(config.clone()).await?;
+        Ok(SharedConn(Arc::new(Shared { client: client.clone(), config, current: Mutex::new((0, manager)) })))
+    }
+
+    fn current(&self) -> (u64, ConnectionManager) {
+        let current = self.0.current.lock().unwrap_or_else(PoisonError::into_inner);
+        (current.0, current.1.clone())
+    }
+
+    /// After a reply of the manager of `generation`: a timeout retires that manager.
+    fn settle<T>(&self, generation: u64, reply: &RedisResult<T>) {
+        let Err(e) = reply else { return };
+        if !e.is_timeout() {
+            return;
+        }
+        let mut current = self.0.current.lock().unwrap_or_else(PoisonError::into_inner);
+        if current.0 != generation {
+            return; // already replaced after a sibling's timeout
+        }
+        if let Ok(fresh) = ConnectionManager::new_lazy_with_config(self.0.client.clone(), self.0.config.clone()) {
+            *current = (generation + 1, fresh);
+        }
+    }
+}
+
+impl ConnectionLike for SharedConn {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        let (generation, mut manager) = self.current();
+        Box::pin(async move {
+            let reply = manager.req_packed_command(cmd).await;
+            self.settle(generation, &reply);
+            reply
+        })
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        let (generation, mut manager) = self.current();
+        Box::pin(async move {
+            let reply = manager.req_packed_commands(pipeline, offset, count).await;
+            self.settle(generation, &reply);
+            reply
+        })
+    }
+
+    fn get_db(&self) -> i64 {
+        self.current().1.get_db()
+    }
+}
+
 /// A connection to one Redis (shared or a reader's own) or to a cluster.
 #[derive(Clone)]
 pub enum RelayConn {
-    Single(ConnectionManager),
+    Single(SharedConn),
     Reader(redis::aio::MultiplexedConnection),
     Cluster(ClusterConnection),
 }

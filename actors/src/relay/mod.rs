@@ -10,7 +10,7 @@ use crate::error::Result;
 use crate::events::Tally;
 use crate::job::{EntryRef, Job};
 use crate::keys::{Keys, COUNTER_TTL, DELIVERED_TTL, GROUP, JOB_FIELD};
-use conn::{Endpoint, Opener, RelayConn};
+use conn::{Endpoint, Opener, RelayConn, Timeouts};
 use redis::streams::{StreamAutoClaimReply, StreamClaimReply, StreamId, StreamReadReply};
 use redis::{Script, Value};
 use std::collections::BTreeMap;
@@ -117,7 +117,12 @@ pub struct Relay {
 
 impl Relay {
     pub async fn connect(endpoint: &Endpoint, keys: Keys, dlq_max_len: usize) -> Result<Self> {
-        let opener = Opener::new(endpoint)?;
+        Self::connect_with(endpoint, Timeouts::default(), keys, dlq_max_len).await
+    }
+
+    /// [`Relay::connect`] with the configured connect and reply timeouts.
+    pub async fn connect_with(endpoint: &Endpoint, timeouts: Timeouts, keys: Keys, dlq_max_len: usize) -> Result<Self> {
+        let opener = Opener::new(endpoint, timeouts)?;
         let conn = opener.shared().await?;
         Ok(Relay {
             opener,

@@ -81,7 +81,7 @@ impl Store {
         after: Option<Position>,
         limit: i64,
     ) -> Result<Vec<FailedNotification>> {
-        let client = self.pool.get().await?;
+        let client = self.conn().await?;
         let (at, id) = after.map_or((None, None), |(t, i)| (Some(t), Some(i)));
         // (user_id, failed_at DESC, id DESC) is notification_failed_user_idx: one index range.
         let rows = client
@@ -119,7 +119,7 @@ impl Store {
     }
 
     pub async fn notification_state(&self, id: Uuid) -> Result<Option<NotificationState>> {
-        let client = self.pool.get().await?;
+        let client = self.conn().await?;
         let row = client.query_opt("SELECT user_id, status FROM notification WHERE id = $1", &[&id]).await?;
         Ok(row.map(|r| NotificationState { user_id: r.get(0), status: r.get(1) }))
     }
@@ -133,7 +133,7 @@ impl Store {
         if ids.is_empty() {
             return Ok(Vec::new());
         }
-        let mut client = self.pool.get().await?;
+        let mut client = self.conn().await?;
         let tx = client.transaction().await?;
         let requeued: Vec<Uuid> = tx
             .query(
@@ -165,7 +165,7 @@ impl Store {
 
     /// Failed notifications matching `filter` (oldest first), for bulk requeues.
     pub async fn failed_ids(&self, filter: &FailedFilter, limit: i64) -> Result<Vec<Uuid>> {
-        let client = self.pool.get().await?;
+        let client = self.conn().await?;
         let rows = client
             .query(
                 &format!("SELECT id FROM notification WHERE {FAILED_MATCHING} ORDER BY updated_at, id LIMIT $3"),
@@ -177,7 +177,7 @@ impl Store {
 
     /// How many failed notifications match `filter`.
     pub async fn count_failed(&self, filter: &FailedFilter) -> Result<u64> {
-        let client = self.pool.get().await?;
+        let client = self.conn().await?;
         let row = client
             .query_one(
                 &format!("SELECT count(*) FROM notification WHERE {FAILED_MATCHING}"),
@@ -213,7 +213,7 @@ impl Store {
         max_active: i64,
     ) -> Result<Registration> {
         let may_take_active = as_service || provider != Provider::Email;
-        let mut client = self.pool.get().await?;
+        let mut client = self.conn().await?;
         let tx = client.transaction().await?;
         tx.execute("SELECT pg_advisory_xact_lock($1, hashtext($2))", &[&DEVICE_LOCK_SPACE, &user]).await?;
         // Inserts the row, or locks the existing one (waiting for a concurrent inserter to
@@ -262,7 +262,7 @@ impl Store {
     /// token again re-enables it). False when the user has no such active device (removing
     /// twice: the second finds none).
     pub async fn remove_device(&self, user: &str, device_id: Uuid) -> Result<bool> {
-        let client = self.pool.get().await?;
+        let client = self.conn().await?;
         let n = client
             .execute(
                 "UPDATE device SET disabled_at = now(), disabled_reason = 'removed through the API'
@@ -282,7 +282,7 @@ impl Store {
             return Ok(Vec::new());
         }
         let (n, d): (Vec<Uuid>, Vec<Uuid>) = targets.iter().copied().unzip();
-        let mut client = self.pool.get().await?;
+        let mut client = self.conn().await?;
         let tx = client.transaction().await?;
         let reset: Vec<Target> = tx
             .query(

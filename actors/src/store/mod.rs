@@ -7,12 +7,13 @@
 //! Redis can be rebuilt from these rows.
 
 pub mod api;
+pub mod pool;
 
 use crate::error::Result;
 use crate::job::{Job, Priority, Provider};
 use crate::payload::{Payload, PayloadError};
 use crate::settings::InputLimits;
-use deadpool_postgres::Pool;
+use pool::{Lease, Pool};
 use serde_json::Value;
 use std::borrow::Cow;
 use std::collections::HashMap;
@@ -154,9 +155,15 @@ impl Store {
         &self.pool
     }
 
+    /// The connection for one store call: every method takes its connection here, so every
+    /// call runs under the deadline of [`pool`] (`database.statement_timeout_ms` + a margin).
+    pub async fn conn(&self) -> Result<Lease> {
+        Ok(Lease::new(&self.pool).await?)
+    }
+
     /// Whether Postgres answers (a pooled connection and `SELECT 1`).
     pub async fn ping(&self) -> Result<()> {
-        self.pool.get().await?.simple_query("SELECT 1").await?;
+        self.conn().await?.simple_query("SELECT 1").await?;
         Ok(())
     }
 
@@ -166,7 +173,7 @@ impl Store {
     /// users without an active device are failed here, each with a `last_error` saying why; the
     /// rest of the batch goes on.
     pub async fn fan_out_pending(&self, rules: FanOutRules<'_>) -> Result<FanOut> {
-        let mut client = self.pool.get().await?;
+        let mut client = self.conn().await?;
         let tx = client.transaction().await?;
 
         // The payload comes back as text, and only when it is within the cap: a jsonb that
@@ -313,7 +320,7 @@ impl Store {
     /// Stores the outcomes of one batch in one transaction and settles the notifications they
     /// touch. Returns the notifications that reached a final state.
     pub async fn record(&self, rows: &OutcomeRows) -> Result<Vec<Settled>> {
-        let mut client = self.pool.get().await?;
+        let mut client = self.conn().await?;
         let tx = client.transaction().await?;
         let mut corrected = Vec::new();
 
@@ -451,7 +458,7 @@ impl Store {
         if targets.is_empty() {
             return Ok(HashMap::new());
         }
-        let client = self.pool.get().await?;
+        let client = self.conn().await?;
         let stmt = client
             .prepare_cached(
                 "SELECT d.notification_id, d.device_id, d.status IN ('delivered', 'failed'),
@@ -496,7 +503,7 @@ impl Store {
         limit: i64,
         limits: InputLimits,
     ) -> Result<(Vec<Job>, Vec<Settled>)> {
-        let mut client = self.pool.get().await?;
+        let mut client = self.conn().await?;
         let tx = client.transaction().await?;
         let stale_ms = stale_after.as_millis() as i64;
         let stmt = tx
@@ -555,7 +562,7 @@ impl Store {
     /// notification with a target still queued or retrying is kept (it is `delivered` as soon as
     /// one target is).
     pub async fn delete_final_older_than(&self, days: u32, batch: i64) -> Result<u64> {
-        let client = self.pool.get().await?;
+        let client = self.conn().await?;
         let stmt = client
             .prepare_cached(
                 "WITH old AS (
@@ -584,7 +591,7 @@ impl Store {
         if errors.is_empty() {
             return Ok(());
         }
-        let mut client = self.pool.get().await?;
+        let mut client = self.conn().await?;
         let tx = client.transaction().await?;
         let stmt = tx
             .prepare_cached(

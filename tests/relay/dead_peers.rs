@@ -1,0 +1,203 @@
+//! Dead peers: after a failover, old connections are often blackholed rather than reset (the
+//! socket stays open, nothing comes back) while new connections reach the new server. A loopback
+//! proxy in front of Postgres or Redis plays that failover: `blackhole()` stops every connection
+//! it carries from forwarding a byte in either direction, and lets new ones through. The proxy's
+//! kernel keeps acknowledging, so TCP keepalives and `tcp_user_timeout` never fire: only the
+//! relay's own deadlines can notice.
+
+use crate::helpers::{base_database_url, eventually, prepare, redis_url, TestApp};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::AbortHandle;
+
+/// A TCP proxy on loopback that can blackhole the connections it carries. Its tasks, and with
+/// them every socket it holds, end when it is dropped.
+struct Proxy {
+    addr: String,
+    state: Arc<ProxyState>,
+}
+
+#[derive(Default)]
+struct ProxyState {
+    /// Connections accepted so far; each is numbered in order.
+    accepted: AtomicU64,
+    /// Connections numbered below this are blackholed.
+    cutoff: AtomicU64,
+    tasks: Mutex<Vec<AbortHandle>>,
+}
+
+impl Proxy {
+    async fn start(upstream: String) -> Proxy {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind the proxy");
+        let addr = listener.local_addr().expect("proxy address").to_string();
+        let state = Arc::new(ProxyState::default());
+        let shared = state.clone();
+        let accept = actix_rt::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let Ok(server) = TcpStream::connect(&upstream).await else { continue };
+                let number = shared.accepted.fetch_add(1, Ordering::SeqCst);
+                let (client_read, client_write) = client.into_split();
+                let (server_read, server_write) = server.into_split();
+                for (from, to) in [(client_read, server_write), (server_read, client_write)] {
+                    let pump = actix_rt::spawn(pump(from, to, number, shared.clone()));
+                    shared.tasks.lock().unwrap().push(pump.abort_handle());
+                }
+            }
+        });
+        state.tasks.lock().unwrap().push(accept.abort_handle());
+        Proxy { addr, state }
+    }
+
+    /// Every connection open now stops forwarding; new ones pass.
+    fn blackhole(&self) {
+        self.state.cutoff.store(self.state.accepted.load(Ordering::SeqCst), Ordering::SeqCst);
+    }
+
+    fn connections(&self) -> u64 {
+        self.state.accepted.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        for task in self.state.tasks.lock().unwrap().drain(..) {
+            task.abort();
+        }
+    }
+}
+
+/// Copies bytes one way. A blackholed connection keeps reading (its peer's writes succeed, as
+/// they would towards a live kernel) and forwards nothing. When a side closes, the other is
+/// closed too: the server behind the proxy is the one that new connections reach, and a session
+/// left open there would hold its locks for ever (the old primary of a real failover is gone,
+/// and its locks with it).
+async fn pump(mut from: OwnedReadHalf, mut to: OwnedWriteHalf, number: u64, state: Arc<ProxyState>) {
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        let n = match from.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => n,
+        };
+        if number < state.cutoff.load(Ordering::SeqCst) {
+            continue;
+        }
+        if to.write_all(&buf[..n]).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// `url` with its `host:port` replaced by `addr`, and the `host:port` it had.
+fn through(url: &str, addr: &str, default_port: u16) -> (String, String) {
+    let (scheme, rest) = url.split_once("://").expect("a URL");
+    let (authority, path) = rest.split_once('/').map(|(a, p)| (a, format!("/{p}"))).unwrap_or((rest, String::new()));
+    let (user, host) =
+        authority.rsplit_once('@').map(|(u, h)| (format!("{u}@"), h)).unwrap_or((String::new(), authority));
+    let host = if host.contains(':') { host.to_string() } else { format!("{host}:{default_port}") };
+    (format!("{scheme}://{user}{addr}{path}"), host)
+}
+
+async fn add_users(app: &TestApp, users: i64) {
+    app.db
+        .execute(
+            "INSERT INTO device (user_id, provider, token)
+             SELECT 'u' || g, 'expo', 'ExponentPushToken[u' || g || ']' FROM generate_series(1, $1::int8) g",
+            &[&users],
+        )
+        .await
+        .unwrap();
+}
+
+async fn insert_bulk(app: &TestApp, n: i64, users: i64) {
+    app.db
+        .execute(
+            "INSERT INTO notification (user_id, type, payload)
+             SELECT 'u' || (1 + g % $2::int8), 'dead-peer', jsonb_build_object('title', 'n' || g)
+               FROM generate_series(1, $1::int8) g",
+            &[&n, &users],
+        )
+        .await
+        .unwrap();
+}
+
+/// Short leases, so that work whose Redis write was lost is found again by the sweep quickly.
+fn short_leases(app: &mut TestApp) {
+    app.env.insert("NOTIFY__LISTENER__SWEEP_INTERVAL_MS".into(), "1000".into());
+    app.env.insert("NOTIFY__LISTENER__STALE_AFTER_MS".into(), "3000".into());
+}
+
+/// Loads the relay, blackholes the proxy mid-run, inserts more, and waits for every
+/// notification to be delivered: far below the minutes the kernel would take. Returns how long
+/// after the blackhole the last one became final.
+async fn deliver_through_a_failover(app: &mut TestApp, proxy: &Proxy) -> Duration {
+    app.expo.set_latency(Duration::from_millis(10));
+    add_users(app, 50).await;
+    insert_bulk(app, 600, 50).await;
+    app.start().await;
+    eventually(Duration::from_secs(30), || async { (app.expo.sent_count() >= 150).then_some(()) }).await;
+
+    proxy.blackhole();
+    let blackholed = Instant::now();
+    let before = proxy.connections();
+    insert_bulk(app, 100, 50).await;
+
+    app.all_final(Duration::from_secs(60)).await;
+    let took = blackholed.elapsed();
+    assert_eq!(app.count("SELECT count(*) FROM notification WHERE status = 'delivered'").await, 700);
+    assert!(proxy.connections() > before, "the relay opened fresh connections after the failover");
+    // No actor is stuck: every one runs again, and new work still flows.
+    let registry = app.app.as_ref().expect("app running").engine.registry().clone();
+    eventually(Duration::from_secs(15), || async { registry.all_running().then_some(()) }).await;
+    let late = app.notify("u1", serde_json::json!({"title": "after"})).await;
+    assert_eq!(app.final_status(late).await.0, "delivered");
+    took
+}
+
+#[actix_web::test]
+async fn a_blackholed_postgres_fails_store_calls_in_seconds_and_every_notification_is_delivered() {
+    let mut app = prepare().await;
+    let (_, upstream) = through(&base_database_url(), "", 5432);
+    let proxy = Proxy::start(upstream).await;
+    let url = app.env["NOTIFY__DATABASE__URL"].clone();
+    app.env.insert("NOTIFY__DATABASE__URL".into(), through(&url, &proxy.addr, 5432).0);
+    // A store call without an answer after 2 s + the 2 s margin gives up its connection.
+    app.env.insert("NOTIFY__DATABASE__STATEMENT_TIMEOUT_MS".into(), "2000".into());
+    short_leases(&mut app);
+
+    let took = deliver_through_a_failover(&mut app, &proxy).await;
+    eprintln!("postgres blackholed: every notification final {} ms later", took.as_millis());
+    drop(proxy);
+    app.cleanup().await;
+}
+
+#[actix_web::test]
+async fn a_blackholed_redis_connection_is_replaced_and_every_notification_is_delivered() {
+    let mut app = prepare().await;
+    let (_, upstream) = through(&redis_url(), "", 6379);
+    let proxy = Proxy::start(upstream).await;
+    app.env.insert("NOTIFY__REDIS__URL".into(), through(&redis_url(), &proxy.addr, 6379).0);
+    app.env.insert("NOTIFY__REDIS__RESPONSE_TIMEOUT_MS".into(), "1000".into());
+    short_leases(&mut app);
+
+    let took = deliver_through_a_failover(&mut app, &proxy).await;
+    eprintln!("redis blackholed: every notification final {} ms later", took.as_millis());
+    drop(proxy);
+    app.cleanup().await;
+}
+
+#[actix_web::test]
+async fn pooled_connections_carry_the_statement_timeout_to_the_server() {
+    let mut app = prepare().await;
+    app.env.insert("NOTIFY__DATABASE__STATEMENT_TIMEOUT_MS".into(), "2500".into());
+    app.start().await;
+    let store = app.app.as_ref().expect("app running").store.clone();
+    let conn = store.conn().await.expect("a pooled connection");
+    let timeout: String = conn.query_one("SHOW statement_timeout", &[]).await.expect("SHOW").get(0);
+    assert_eq!(timeout, "2500ms");
+    drop(conn);
+    app.cleanup().await;
+}
