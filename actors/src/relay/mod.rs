@@ -27,16 +27,6 @@ end
 return #due
 ";
 
-/// Takes the due members of a sorted set (removing them), atomically: several pollers never
-/// take the same member.
-const TAKE_DUE: &str = r"
-local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[2]))
-if #due > 0 then
-  redis.call('ZREM', KEYS[1], unpack(due))
-end
-return due
-";
-
 /// Most bytes of jobs sent in one pipeline by [`Relay::enqueue`].
 pub const MAX_PIPELINE_BYTES: usize = 4 * 1024 * 1024;
 
@@ -69,21 +59,7 @@ pub struct RedisWrites {
     pub dead_letters: Vec<DeadLetter>,
     /// Entries to acknowledge and delete.
     pub acks: Vec<EntryRef>,
-    /// (shard, due time, pending receipt) for Expo tickets.
-    pub receipts: Vec<(u16, SystemTime, PendingReceipt)>,
     pub tally: Tally,
-}
-
-/// An Expo ticket whose receipt is still to be fetched.
-#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
-pub struct PendingReceipt {
-    /// The ticket (receipt) id.
-    pub id: String,
-    pub notification_id: uuid::Uuid,
-    pub device_id: uuid::Uuid,
-    pub trace_id: String,
-    /// When the ticket was issued (ms since the epoch); receipts are kept by Expo for 24 h.
-    pub sent_ms: u64,
 }
 
 #[derive(Clone)]
@@ -92,7 +68,6 @@ pub struct Relay {
     conn: RelayConn,
     keys: Keys,
     move_due: Script,
-    take_due: Script,
     /// The dead-letter stream is capped near this length (`MAXLEN ~`): Postgres keeps the
     /// durable record of every failure, the stream is for inspection and requeueing.
     dlq_max_len: usize,
@@ -102,7 +77,7 @@ impl Relay {
     pub async fn connect(endpoint: &Endpoint, keys: Keys, dlq_max_len: usize) -> Result<Self> {
         let opener = Opener::new(endpoint)?;
         let conn = opener.shared().await?;
-        Ok(Relay { opener, conn, keys, move_due: Script::new(MOVE_DUE), take_due: Script::new(TAKE_DUE), dlq_max_len })
+        Ok(Relay { opener, conn, keys, move_due: Script::new(MOVE_DUE), dlq_max_len })
     }
 
     pub fn keys(&self) -> &Keys {
@@ -337,16 +312,6 @@ impl Relay {
         }
 
         let mut by_shard: BTreeMap<u16, redis::Pipeline> = BTreeMap::new();
-        for (shard, due, receipt) in &writes.receipts {
-            let score = due.duration_since(UNIX_EPOCH).unwrap_or_default().as_millis() as u64;
-            let member = serde_json::to_string(receipt).unwrap_or_default();
-            atomic_pipe(&mut by_shard, *shard)
-                .cmd("ZADD")
-                .arg(self.keys.receipts(*shard))
-                .arg(score)
-                .arg(member)
-                .ignore();
-        }
         for (shard, due, job) in &writes.retries {
             let score = due.duration_since(UNIX_EPOCH).unwrap_or_default().as_millis() as u64;
             atomic_pipe(&mut by_shard, *shard)
@@ -439,35 +404,6 @@ impl Relay {
             cmds.push((key, expire));
         }
         cmds
-    }
-
-    /// Takes up to `limit` pending receipts of a shard that are due.
-    pub async fn take_due_receipts(&self, shard: u16, limit: usize) -> Result<Vec<PendingReceipt>> {
-        let now_ms = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_millis() as u64;
-        let mut conn = self.conn();
-        let members: Vec<String> =
-            self.take_due.key(self.keys.receipts(shard)).arg(now_ms).arg(limit).invoke_async(&mut conn).await?;
-        // A member that does not parse was not written by this version: drop it.
-        Ok(members.iter().filter_map(|m| serde_json::from_str(m).ok()).collect())
-    }
-
-    /// Puts receipts back to be asked for again at `due`.
-    pub async fn defer_receipts(&self, shard: u16, receipts: &[PendingReceipt], due: SystemTime) -> Result<()> {
-        if receipts.is_empty() {
-            return Ok(());
-        }
-        let score = due.duration_since(UNIX_EPOCH).unwrap_or_default().as_millis() as u64;
-        let mut pipe = redis::pipe();
-        for r in receipts {
-            pipe.cmd("ZADD")
-                .arg(self.keys.receipts(shard))
-                .arg(score)
-                .arg(serde_json::to_string(r).unwrap_or_default())
-                .ignore();
-        }
-        let mut conn = self.conn();
-        pipe.query_async::<()>(&mut conn).await?;
-        Ok(())
     }
 
     /// Acknowledges pending ids whose entries no longer exist (reported by `XAUTOCLAIM`).
