@@ -25,9 +25,8 @@ pub struct ShardQueues {
     /// Retries waiting for their time.
     pub delayed: u64,
     pub dlq_length: u64,
-    /// Expo tickets of this shard's notifications whose receipt is still to be fetched. Kept in
-    /// Postgres (`delivery.receipt_due_at`), not Redis: [`Relay::queues`] leaves it 0 for the
-    /// caller to fill in from [`crate::store::Store::receipts_pending`].
+    /// Expo tickets of this shard's notifications whose receipt is still to be fetched (counted
+    /// in Postgres, where receipts are due).
     pub receipts_pending: u64,
 }
 
@@ -92,7 +91,8 @@ pub struct DayCounters {
 }
 
 impl Relay {
-    /// Every shard's queue figures in Redis, in one pipeline (`receipts_pending` is 0: see there).
+    /// Every shard's queue figures in Redis, in one pipeline. `receipts_pending` is left 0: receipts
+    /// are due in Postgres, counted by [`crate::store::Store::receipts_pending`].
     pub async fn queues(&self) -> Result<Vec<ShardQueues>> {
         let mut cmds = Vec::new();
         for shard in self.keys.shard_ids() {
