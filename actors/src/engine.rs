@@ -22,7 +22,6 @@ use crate::job::Provider;
 use crate::listener::{Fanout, ListenerActor};
 use crate::messages::Flush;
 use crate::outcome::OutcomeWriter;
-use crate::providers::expo::ExpoClient;
 use crate::ratelimit::RateLimiter;
 use crate::receipts::ReceiptPoller;
 use crate::registry::Registry;
@@ -161,10 +160,8 @@ impl Engine {
 
             if let Some(expo) = settings.expo.clone() {
                 let poller_life = life("receipts-expo".into(), "receipt_poller");
-                let (r, st, s, interval) = (relay.clone(), store.clone(), shutdown.clone(), expo.receipt_poll);
-                supervised.push(Box::new(Supervisor::start(move |_| {
-                    ReceiptPoller::new(poller_life, ExpoClient::new(&expo), r, st, interval, s)
-                })));
+                let (st, s) = (store.clone(), shutdown.clone());
+                supervised.push(Box::new(Supervisor::start(move |_| ReceiptPoller::new(poller_life, &expo, st, s))));
             }
 
             let retention_life = life("retention".into(), "retention");

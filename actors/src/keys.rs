@@ -11,6 +11,8 @@
 //!
 //! Retries wait in a sorted set scored by due time (ms since the epoch) and are moved back to the
 //! stream by a Lua script. Entries that failed for good are copied to the dead-letter stream.
+//! Expo receipts have no key: they are due in Postgres (`delivery.receipt_due_at`), so a flush
+//! loses none of them.
 //!
 //! # Layout
 //! Every key starts with `redis.key_prefix`. The keys of one shard share a hash tag (`{N}`), so
@@ -21,7 +23,6 @@
 //! | `<prefix>:{N}:stream` | stream | jobs waiting to be sent (field `job`: JSON) |
 //! | `<prefix>:{N}:delayed` | zset | jobs waiting for a retry, score = due time in ms |
 //! | `<prefix>:{N}:dlq` | stream | dead letters: reason, provider, attempts, error, job |
-//! | `<prefix>:{N}:receipts` | zset | Expo tickets whose receipt is due, score = due time in ms |
 //! | `<prefix>:delivered:<notification>:<device>` | string | idempotency key, TTL max(1 h, 2 × `listener.stale_after_ms`) |
 //! | `<prefix>:metrics:notifications:<event>:<YYYYMMDD>` | string | daily counter, TTL 90 days |
 //! | `<prefix>:metrics:notifications:<event>:<provider>:<YYYYMMDD>` | string | same, per provider |
@@ -81,10 +82,6 @@ impl Keys {
 
     pub fn delayed(&self, shard: u16) -> String {
         format!("{}:{{{shard}}}:delayed", self.prefix)
-    }
-
-    pub fn receipts(&self, shard: u16) -> String {
-        format!("{}:{{{shard}}}:receipts", self.prefix)
     }
 
     pub fn dlq(&self, shard: u16) -> String {

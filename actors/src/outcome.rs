@@ -16,13 +16,13 @@ use crate::inflight::InFlight;
 use crate::job::{Outcome, Provider, SendResult};
 use crate::messages::{Flush, Record};
 use crate::registry::Envelope;
-use crate::relay::{DeadLetter, PendingReceipt, RedisWrites, Relay};
+use crate::relay::{DeadLetter, RedisWrites, Relay};
 use crate::settings::RetryPolicy;
 use crate::store::{OutcomeRows, Settled, Store, Target};
 use crate::supervisor::{guarded, Lifecycle};
 use actix::prelude::*;
 use slog::{error, info, warn, Logger};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
 pub struct OutcomeWriter {
     life: Lifecycle,
@@ -258,7 +258,7 @@ impl Plan {
         let mut rows = OutcomeRows::default();
         let mut redis = RedisWrites::default();
         let now = SystemTime::now();
-        let now_ms = now.duration_since(UNIX_EPOCH).unwrap_or_default().as_millis() as u64;
+        let now_ms = now.duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_millis() as u64;
         for outcome in batch {
             redis.acks.push(outcome.entry().clone());
             let (delivery, result) = match outcome {
@@ -282,7 +282,7 @@ impl Plan {
                     if *repair {
                         // Only the idempotency key knew: Postgres learns it now.
                         let job = &delivery.job;
-                        rows.delivered.push((job.target(), pg_count(job.attempt), None));
+                        rows.delivered.push((job.target(), pg_count(job.attempt), None, None));
                         if job.targets > 1 {
                             rows.shared_notifications.push(job.notification_id);
                         }
@@ -315,19 +315,10 @@ impl Plan {
             };
             match result {
                 SendResult::Delivered { provider_message_id } => {
-                    if let (Provider::Expo, Some(ticket), Some(delay)) =
-                        (job.provider, provider_message_id, receipt_delay)
-                    {
-                        let receipt = PendingReceipt {
-                            id: ticket.clone(),
-                            notification_id: job.notification_id,
-                            device_id: job.device_id,
-                            trace_id: job.trace_id.clone(),
-                            sent_ms: now.duration_since(UNIX_EPOCH).unwrap_or_default().as_millis() as u64,
-                        };
-                        redis.receipts.push((delivery.entry.shard, now + delay, receipt));
-                    }
-                    rows.delivered.push((job.target(), pg_count(attempts), provider_message_id.clone()));
+                    // An Expo ticket: its receipt is asked for later (the row says when).
+                    let receipt =
+                        receipt_delay.filter(|_| job.provider == Provider::Expo && provider_message_id.is_some());
+                    rows.delivered.push((job.target(), pg_count(attempts), provider_message_id.clone(), receipt));
                     rows.used_devices.push(job.device_id);
                     redis.delivered.push((job.notification_id, job.device_id));
                     redis.tally.add(events::SEND_SUCCESS, provider, 1);

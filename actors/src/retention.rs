@@ -1,7 +1,7 @@
 //! RetentionActor: deletes final notifications (delivered or failed) older than
 //! `retention.final_after_days`, with their `delivery` and `notification_failed` rows, in
 //! batches of `retention.batch_size` every `retention.interval_ms`. Pending and in-flight rows
-//! are never touched. Redis needs no such job: idempotency keys expire after 7 days, counters
+//! are never touched. Redis needs no such job: idempotency keys expire after an hour or two sweep leases, counters
 //! after 90, and the dead-letter stream is capped (`redis.dlq_max_len`).
 
 use crate::error::Result;

@@ -48,7 +48,12 @@ pub struct Totals {
 #[get("/admin/queues")]
 pub async fn queues(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     state.auth.admin(&req)?;
-    let shards = state.relay.queues().await?;
+    let mut shards = state.relay.queues().await?;
+    // Receipts are bookkept in Postgres, per delivery; counted by the shard of their notification.
+    let receipts = state.store.receipts_pending(state.relay.keys().shards()).await?;
+    for s in &mut shards {
+        s.receipts_pending = receipts.get(usize::from(s.shard)).copied().unwrap_or_default();
+    }
     let mut totals = Totals::default();
     for s in &shards {
         totals.stream_length += s.stream_length;

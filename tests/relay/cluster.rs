@@ -138,7 +138,7 @@ async fn the_relay_runs_on_a_redis_cluster_with_shards_spread_over_its_nodes() {
     assert_eq!(app.status(slow).await.0, "failed");
     assert_eq!(app.expo.sent_count(), 400);
     assert_eq!(app.duplicate_sends(), 0);
-    // The shards' keys (streams, groups, delayed sets, receipts, DLQ) live on several nodes.
+    // The shards' keys (streams, groups, delayed sets, DLQ) live on several nodes.
     let per_node = cluster.keys_per_node(&app.prefix).await;
     assert!(per_node.iter().filter(|&&n| n > 0).count() >= 2, "{per_node:?}");
 

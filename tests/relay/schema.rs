@@ -9,7 +9,7 @@ async fn plan(app: &crate::helpers::TestApp, sql: &str) -> String {
 }
 
 #[actix_web::test]
-async fn the_claim_the_fan_out_and_the_sweep_use_their_indexes() {
+async fn the_claim_the_fan_out_the_sweep_and_the_receipt_lease_use_their_indexes() {
     let app = prepare().await;
 
     let claim = plan(&app, "SELECT id FROM notification WHERE status = 'pending' ORDER BY created_at LIMIT 1000").await;
@@ -24,6 +24,13 @@ async fn the_claim_the_fan_out_and_the_sweep_use_their_indexes() {
     )
     .await;
     assert!(sweep.contains("delivery_in_flight_idx"), "{sweep}");
+    let receipts = plan(
+        &app,
+        "SELECT notification_id, device_id FROM delivery WHERE receipt_due_at <= now()
+          ORDER BY receipt_due_at LIMIT 1000 FOR UPDATE SKIP LOCKED",
+    )
+    .await;
+    assert!(receipts.contains("delivery_receipt_due_idx"), "{receipts}");
     app.cleanup().await;
 }
 

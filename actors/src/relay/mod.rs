@@ -27,16 +27,6 @@ end
 return #due
 ";
 
-/// Takes the due members of a sorted set (removing them), atomically: several pollers never
-/// take the same member.
-const TAKE_DUE: &str = r"
-local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[2]))
-if #due > 0 then
-  redis.call('ZREM', KEYS[1], unpack(due))
-end
-return due
-";
-
 /// Resets the idle time of pending entries that `consumer` still owns (KEYS[1] the stream,
 /// ARGV group, consumer, ids…). `XCLAIM` with JUSTID does not bump the delivery count.
 const REFRESH: &str = r"
@@ -83,21 +73,7 @@ pub struct RedisWrites {
     pub dead_letters: Vec<DeadLetter>,
     /// Entries to acknowledge and delete.
     pub acks: Vec<EntryRef>,
-    /// (shard, due time, pending receipt) for Expo tickets.
-    pub receipts: Vec<(u16, SystemTime, PendingReceipt)>,
     pub tally: Tally,
-}
-
-/// An Expo ticket whose receipt is still to be fetched.
-#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
-pub struct PendingReceipt {
-    /// The ticket (receipt) id.
-    pub id: String,
-    pub notification_id: uuid::Uuid,
-    pub device_id: uuid::Uuid,
-    pub trace_id: String,
-    /// When the ticket was issued (ms since the epoch); receipts are kept by Expo for 24 h.
-    pub sent_ms: u64,
 }
 
 #[derive(Clone)]
@@ -106,7 +82,6 @@ pub struct Relay {
     conn: RelayConn,
     keys: Keys,
     move_due: Script,
-    take_due: Script,
     refresh: Script,
     /// How long an idempotency key outlives the delivery it marks.
     delivered_ttl: Duration,
@@ -129,7 +104,6 @@ impl Relay {
             conn,
             keys,
             move_due: Script::new(MOVE_DUE),
-            take_due: Script::new(TAKE_DUE),
             refresh: Script::new(REFRESH),
             delivered_ttl: DELIVERED_TTL,
             dlq_max_len,
@@ -420,16 +394,6 @@ impl Relay {
         }
 
         let mut by_shard: BTreeMap<u16, redis::Pipeline> = BTreeMap::new();
-        for (shard, due, receipt) in &writes.receipts {
-            let score = due.duration_since(UNIX_EPOCH).unwrap_or_default().as_millis() as u64;
-            let member = serde_json::to_string(receipt).unwrap_or_default();
-            atomic_pipe(&mut by_shard, *shard)
-                .cmd("ZADD")
-                .arg(self.keys.receipts(*shard))
-                .arg(score)
-                .arg(member)
-                .ignore();
-        }
         for (shard, due, job) in &writes.retries {
             let score = due.duration_since(UNIX_EPOCH).unwrap_or_default().as_millis() as u64;
             atomic_pipe(&mut by_shard, *shard)
@@ -522,35 +486,6 @@ impl Relay {
             cmds.push((key, expire));
         }
         cmds
-    }
-
-    /// Takes up to `limit` pending receipts of a shard that are due.
-    pub async fn take_due_receipts(&self, shard: u16, limit: usize) -> Result<Vec<PendingReceipt>> {
-        let now_ms = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_millis() as u64;
-        let mut conn = self.conn();
-        let members: Vec<String> =
-            self.take_due.key(self.keys.receipts(shard)).arg(now_ms).arg(limit).invoke_async(&mut conn).await?;
-        // A member that does not parse was not written by this version: drop it.
-        Ok(members.iter().filter_map(|m| serde_json::from_str(m).ok()).collect())
-    }
-
-    /// Puts receipts back to be asked for again at `due`.
-    pub async fn defer_receipts(&self, shard: u16, receipts: &[PendingReceipt], due: SystemTime) -> Result<()> {
-        if receipts.is_empty() {
-            return Ok(());
-        }
-        let score = due.duration_since(UNIX_EPOCH).unwrap_or_default().as_millis() as u64;
-        let mut pipe = redis::pipe();
-        for r in receipts {
-            pipe.cmd("ZADD")
-                .arg(self.keys.receipts(shard))
-                .arg(score)
-                .arg(serde_json::to_string(r).unwrap_or_default())
-                .ignore();
-        }
-        let mut conn = self.conn();
-        pipe.query_async::<()>(&mut conn).await?;
-        Ok(())
     }
 
     /// Acknowledges pending ids whose entries no longer exist (reported by `XAUTOCLAIM`).

@@ -8,6 +8,7 @@
 
 pub mod api;
 pub mod pool;
+pub mod receipts;
 
 use crate::error::Result;
 use crate::job::{Job, Priority, Provider};
@@ -84,8 +85,8 @@ pub struct Settled {
 /// The outcomes of one batch, for [`Store::record`].
 #[derive(Debug, Default)]
 pub struct OutcomeRows {
-    /// (target, attempts made, provider message id)
-    pub delivered: Vec<(Target, i32, Option<String>)>,
+    /// (target, attempts made, provider message id, when its receipt is due: Expo tickets only)
+    pub delivered: Vec<(Target, i32, Option<String>, Option<Duration>)>,
     /// (target, attempts made, error, delay before the next attempt)
     pub retrying: Vec<(Target, i32, String, Duration)>,
     /// (target, attempts made, error)
@@ -344,15 +345,19 @@ impl Store {
                     "UPDATE delivery d
                         SET status = 'delivered', attempt_count = greatest(d.attempt_count, u.attempts),
                             provider_message_id = coalesce(u.msg, d.provider_message_id),
-                            delivered_at = coalesce(d.delivered_at, now()), updated_at = now(), next_attempt_at = NULL
-                       FROM unnest($1::uuid[], $2::uuid[], $3::int4[], $4::text[]) AS u(n, dev, attempts, msg)
+                            delivered_at = coalesce(d.delivered_at, now()), updated_at = now(), next_attempt_at = NULL,
+                            receipt_due_at = coalesce(now() + u.receipt_ms * interval '1 millisecond', d.receipt_due_at)
+                       FROM unnest($1::uuid[], $2::uuid[], $3::int4[], $4::text[], $5::int8[])
+                            AS u(n, dev, attempts, msg, receipt_ms)
                       WHERE d.notification_id = u.n AND d.device_id = u.dev AND d.status <> 'failed'",
                 )
                 .await?;
             let (n, dev) = split_targets(rows.delivered.iter().map(|r| r.0));
             let attempts: Vec<i32> = rows.delivered.iter().map(|r| r.1).collect();
             let msgs: Vec<Option<Cow<str>>> = rows.delivered.iter().map(|r| r.2.as_deref().map(storable)).collect();
-            let updated = tx.execute(&stmt, &[&n, &dev, &attempts, &msgs]).await?;
+            let receipt_ms: Vec<Option<i64>> =
+                rows.delivered.iter().map(|r| r.3.map(|d| d.as_millis() as i64)).collect();
+            let updated = tx.execute(&stmt, &[&n, &dev, &attempts, &msgs, &receipt_ms]).await?;
             if updated < rows.delivered.len() as u64 {
                 // Rare: a target failed (by a process that gave it up) was delivered after all,
                 // or its row is gone. The delivery is the truth: see `correct_failed`.
@@ -583,30 +588,6 @@ impl Store {
         // no value can wrap into "everything is old".
         let days = i32::try_from(days).unwrap_or(i32::MAX);
         Ok(client.execute(&stmt, &[&days, &batch]).await?)
-    }
-
-    /// Keeps receipt errors in their delivery's `last_error`, and disables the devices whose
-    /// receipt said the token is dead (`disable`).
-    pub async fn record_receipt_errors(&self, errors: &[(Target, String, bool)]) -> Result<()> {
-        if errors.is_empty() {
-            return Ok(());
-        }
-        let mut client = self.conn().await?;
-        let tx = client.transaction().await?;
-        let stmt = tx
-            .prepare_cached(
-                "UPDATE delivery d SET last_error = u.err, updated_at = now()
-                   FROM unnest($1::uuid[], $2::uuid[], $3::text[]) AS u(n, dev, err)
-                  WHERE d.notification_id = u.n AND d.device_id = u.dev",
-            )
-            .await?;
-        let (n, dev) = split_targets(errors.iter().map(|e| e.0));
-        let errs: Vec<Cow<str>> = errors.iter().map(|e| storable(&e.1)).collect();
-        tx.execute(&stmt, &[&n, &dev, &errs]).await?;
-        disable_devices(&tx, errors.iter().filter(|e| e.2).map(|((_, device), reason, _)| (*device, reason.as_str())))
-            .await?;
-        tx.commit().await?;
-        Ok(())
     }
 }
 
