@@ -26,12 +26,17 @@ async fn backlog(conn: &redis::aio::MultiplexedConnection, keys: &Keys) -> (i64,
     (len, pending)
 }
 
-/// Targets and notifications that ended `failed`, and targets whose last error says they gave up.
+/// Targets and notifications that ended `failed`, and targets or notifications whose last error
+/// says they gave up.
 async fn failures(app: &TestApp) -> (i64, i64, i64) {
     (
         app.count("SELECT count(*) FROM delivery WHERE status = 'failed'").await,
         app.count("SELECT count(*) FROM notification WHERE status = 'failed'").await,
-        app.count("SELECT count(*) FROM delivery WHERE last_error LIKE '%gave up%'").await,
+        app.count(
+            "SELECT (SELECT count(*) FROM delivery WHERE last_error LIKE '%gave up%')
+                  + (SELECT count(*) FROM notification WHERE last_error LIKE '%gave up%')",
+        )
+        .await,
     )
 }
 
@@ -274,12 +279,12 @@ async fn postgres_unreachable_for_40_s_under_load_fails_nothing() {
     let duplicates = app.duplicate_sends();
     println!(
         "postgres unreachable {outage:?} ({cut} connections cut after {sent_at_cut} sends; {sent_in_outage} sent \
-         during it, sending in {sending}/400 samples): {} sends for 4000, {duplicates} duplicates, {delivered} \
+         during it, past the cut in {sending}/400 samples): {} sends for 4000, {duplicates} duplicates, {delivered} \
          delivered, {failed} failed ({failed_targets} targets, {gave_up} gave up), {:?}",
         app.expo.sent_count(),
         started.elapsed()
     );
-    assert_eq!((failed_targets, failed), (0, 0), "an outage of Postgres fails nothing");
+    assert_eq!((failed_targets, failed, gave_up), (0, 0, 0), "an outage of Postgres fails nothing");
     assert_eq!(delivered, 4000);
     assert!(duplicates <= concurrency, "at most what was in flight ({concurrency}): {duplicates}");
     drop(relays);
@@ -310,7 +315,7 @@ async fn during_a_rolling_config_change_a_worker_without_fcm_fails_no_fcm_target
     // More waves while both wait on the stream: whichever reader is waiting takes the first entry
     // of a wave, and both read the rest.
     for _ in 0..4 {
-        eventually(Duration::from_secs(30), || async { (app.readers_waiting().await == 2).then_some(()) }).await;
+        eventually(Duration::from_secs(30), || async { (app.readers_waiting().await >= 2).then_some(()) }).await;
         insert_bulk(&app, 50, 30).await;
         app.all_final(Duration::from_secs(90)).await;
     }
