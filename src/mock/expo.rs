@@ -14,6 +14,9 @@
 //! `POST /__emulator/fail {"status":503,"code":"…","count":N}` makes the next N requests fail
 //! as a whole, `{"status":503,"for_ms":10000}` every request for 10 s (429 carries
 //! `Retry-After: 1`).
+//! `hang_for(duration)` makes the service hang: requests arriving in that window (sends and
+//! receipts) are read and never answered, as a provider that accepts connections and then
+//! stalls; only the client's timeout ends them.
 
 use super::ActiveFailure;
 use actix_web::dev::ServerHandle;
@@ -84,6 +87,10 @@ struct State {
     latency: std::time::Duration,
     /// Failure words no longer acted on (a device that recovered).
     forgiven: Vec<String>,
+    /// Requests arriving before this instant are never answered.
+    hang_until: Option<std::time::Instant>,
+    /// Requests left unanswered by a hang.
+    hung: usize,
 }
 
 pub struct ExpoEmulator {
@@ -185,9 +192,31 @@ impl ExpoEmulator {
         }
     }
 
+    /// For `duration` from now, every request (send or receipts) is read and never answered.
+    pub fn hang_for(&self, duration: std::time::Duration) {
+        if let Ok(mut s) = self.state.lock() {
+            s.hang_until = Some(std::time::Instant::now() + duration);
+        }
+    }
+
+    /// Requests left unanswered by `hang_for` (not counted in `requests`).
+    pub fn hung_requests(&self) -> usize {
+        self.state.lock().map(|s| s.hung).unwrap_or_default()
+    }
+
     pub async fn stop(self) {
         self.handle.stop(false).await;
     }
+}
+
+/// Whether a request arriving now falls into a hang (and counts it as hung).
+fn hangs(state: &Mutex<State>) -> bool {
+    let Ok(mut s) = state.lock() else { return false };
+    let hanging = s.hang_until.is_some_and(|until| std::time::Instant::now() < until);
+    if hanging {
+        s.hung += 1;
+    }
+    hanging
 }
 
 fn errors(status: u16, code: &str, message: &str) -> HttpResponse {
@@ -248,6 +277,9 @@ fn ticket(message: &Value, to: &str, state: &mut State) -> Value {
 }
 
 async fn send(req: HttpRequest, body: web::Bytes, state: web::Data<Mutex<State>>) -> HttpResponse {
+    if hangs(&state) {
+        return std::future::pending().await;
+    }
     let latency = state.lock().map(|s| s.latency).unwrap_or_default();
     if !latency.is_zero() {
         actix_rt::time::sleep(latency).await;
@@ -324,6 +356,9 @@ struct ReceiptsRequest {
 }
 
 async fn receipts(body: web::Json<ReceiptsRequest>, state: web::Data<Mutex<State>>) -> HttpResponse {
+    if hangs(&state) {
+        return std::future::pending().await;
+    }
     if body.ids.len() > MAX_RECEIPT_IDS {
         return errors(
             400,

@@ -2,36 +2,9 @@
 //! still reaches a final state, and that provider sends are duplicated only for work that was in
 //! flight in a process that died.
 
-use crate::helpers::{eventually, prepare, spawn_app};
+use crate::helpers::{add_users, eventually, insert_bulk, prepare, spawn_app, wait_for_sends, PrivateRedis};
 use notify_relay::startup::ProcessRoles;
 use std::time::{Duration, Instant};
-
-async fn add_users(app: &crate::helpers::TestApp, users: i64) {
-    app.db
-        .execute(
-            "INSERT INTO device (user_id, provider, token)
-             SELECT 'u' || g, 'expo', 'ExponentPushToken[u' || g || ']' FROM generate_series(1, $1::int8) g",
-            &[&users],
-        )
-        .await
-        .unwrap();
-}
-
-async fn insert_bulk(app: &crate::helpers::TestApp, n: i64, users: i64) {
-    app.db
-        .execute(
-            "INSERT INTO notification (user_id, type, payload)
-             SELECT 'u' || (1 + g % $2::int8), 'fault', jsonb_build_object('title', 'n' || g)
-               FROM generate_series(1, $1::int8) g",
-            &[&n, &users],
-        )
-        .await
-        .unwrap();
-}
-
-async fn wait_for_sends(app: &crate::helpers::TestApp, at_least: usize) {
-    eventually(Duration::from_secs(60), || async { (app.expo.sent_count() >= at_least).then_some(()) }).await;
-}
 
 #[actix_web::test]
 async fn kill_9_of_the_service_under_load_three_times_loses_nothing() {
@@ -242,45 +215,6 @@ async fn several_schedulers_move_each_due_retry_exactly_once() {
     let left: i64 = redis::cmd("ZCARD").arg(app.keys.delayed(0)).query_async(&mut conn).await.unwrap();
     assert_eq!((len, left), (3000, 0));
     app.cleanup().await;
-}
-
-/// A Redis of the test's own, so that it can be killed and restarted without disturbing the
-/// other tests (it keeps nothing on disk, like a restart without persistence).
-struct PrivateRedis {
-    port: u16,
-    child: std::process::Child,
-}
-
-impl PrivateRedis {
-    async fn start(port: u16) -> PrivateRedis {
-        let child = std::process::Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
-            .stdout(std::process::Stdio::null())
-            .spawn()
-            .expect("redis-server on PATH");
-        let url = format!("redis://127.0.0.1:{port}");
-        eventually(Duration::from_secs(10), || {
-            let url = url.clone();
-            async move {
-                let client = redis::Client::open(url).ok()?;
-                let mut conn = client.get_multiplexed_async_connection().await.ok()?;
-                redis::cmd("PING").query_async::<String>(&mut conn).await.ok()
-            }
-        })
-        .await;
-        PrivateRedis { port, child }
-    }
-
-    fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for PrivateRedis {
-    fn drop(&mut self) {
-        self.kill();
-    }
 }
 
 #[actix_web::test]

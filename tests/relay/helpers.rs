@@ -33,9 +33,11 @@ pub struct TestApp {
     pub redis: redis::aio::MultiplexedConnection,
     /// Files written for this test (e.g. an emulator's CA), removed by `cleanup`.
     pub temp_files: Vec<std::path::PathBuf>,
+    /// Last, so that it is dropped after the in-process application.
+    leftovers: Leftovers,
 }
 
-async fn pg(url: &str) -> tokio_postgres::Client {
+pub async fn pg(url: &str) -> tokio_postgres::Client {
     let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls).await.expect("connect to Postgres");
     actix_rt::spawn(connection);
     client
@@ -79,6 +81,7 @@ pub async fn prepare() -> TestApp {
     .collect();
     let redis =
         redis::Client::open(redis_url()).expect("redis url").get_multiplexed_async_connection().await.expect("redis");
+    let leftovers = Leftovers { db_name: db_name.clone(), prefix: prefix.clone(), armed: true };
     TestApp {
         db: pg(&db_url).await,
         db_name,
@@ -89,6 +92,7 @@ pub async fn prepare() -> TestApp {
         app: None,
         redis,
         temp_files: Vec::new(),
+        leftovers,
     }
 }
 
@@ -169,20 +173,49 @@ impl TestApp {
         drop(self.db);
         let base = pg(&base_database_url()).await;
         let _ = base.batch_execute(&format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.db_name)).await;
+        self.leftovers.armed = false;
+    }
+
+    /// Another client of this test's database (e.g. to hold locks in a transaction of its own).
+    pub async fn connect_db(&self) -> tokio_postgres::Client {
+        pg(&self.env["NOTIFY__DATABASE__URL"]).await
     }
 
     /// Starts the real binary (`notify-relay run`) with this app's settings.
     pub fn spawn_binary(&self, extra: &[(&str, &str)]) -> RelayProcess {
+        self.spawn_roles("listener,worker,scheduler,api", extra)
+    }
+
+    /// Starts the real binary with `--roles roles` and this app's settings, `extra` on top.
+    /// Its log goes to the test's stdout when `TEST_LOG` is set.
+    pub fn spawn_roles(&self, roles: &str, extra: &[(&str, &str)]) -> RelayProcess {
+        let log = if std::env::var("TEST_LOG").is_ok() {
+            std::process::Stdio::inherit()
+        } else {
+            std::process::Stdio::null()
+        };
         let child = std::process::Command::new(env!("CARGO_BIN_EXE_notify-relay"))
             .arg("run")
             .arg("--no-migrate")
+            .arg("--roles")
+            .arg(roles)
             .env_remove("NOTIFY_CONFIG")
             .envs(self.env.iter())
             .envs(extra.iter().copied())
-            .stdout(std::process::Stdio::null())
+            .stdout(log)
             .spawn()
             .expect("start the binary");
         RelayProcess(child)
+    }
+
+    /// Stream readers of this prefix (any process) waiting on shard 0 (`XREADGROUP … BLOCK`),
+    /// found by their connection name in `CLIENT LIST`: a worker that is up and reading. (The
+    /// group lists a consumer only once it has been handed an entry.)
+    pub async fn readers_waiting(&self) -> usize {
+        let mut conn = self.redis.clone();
+        let clients: String = redis::cmd("CLIENT").arg("LIST").query_async(&mut conn).await.expect("CLIENT LIST");
+        let name = format!(" name={}:reader-0 ", self.prefix);
+        clients.lines().filter(|c| c.contains(&name) && c.contains(" cmd=xreadgroup ")).count()
     }
 
     /// How many provider sends were duplicates (same notification to the same token again).
@@ -429,6 +462,51 @@ impl TestApp {
     }
 }
 
+/// What `cleanup` removes, removed on drop when the test did not get that far (it failed): a
+/// failing test leaves no database and no Redis keys behind.
+struct Leftovers {
+    db_name: String,
+    prefix: String,
+    armed: bool,
+}
+
+impl Drop for Leftovers {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        let (db_name, prefix) = (self.db_name.clone(), self.prefix.clone());
+        // Drop runs on the test's runtime, which cannot block on async work: a thread with a
+        // runtime of its own does it.
+        let cleaner = std::thread::spawn(move || {
+            let Ok(runtime) = tokio::runtime::Builder::new_current_thread().enable_all().build() else {
+                return;
+            };
+            runtime.block_on(async move {
+                if let Ok(client) = redis::Client::open(redis_url()) {
+                    if let Ok(mut conn) = client.get_multiplexed_async_connection().await {
+                        let keys: Vec<String> = redis::cmd("KEYS")
+                            .arg(format!("{prefix}:*"))
+                            .query_async(&mut conn)
+                            .await
+                            .unwrap_or_default();
+                        if !keys.is_empty() {
+                            let _: redis::RedisResult<()> = redis::cmd("DEL").arg(&keys).query_async(&mut conn).await;
+                        }
+                    }
+                }
+                if let Ok((client, connection)) =
+                    tokio_postgres::connect(&base_database_url(), tokio_postgres::NoTls).await
+                {
+                    tokio::spawn(connection);
+                    let _ = client.batch_execute(&format!("DROP DATABASE IF EXISTS {db_name} WITH (FORCE)")).await;
+                }
+            });
+        });
+        let _ = cleaner.join();
+    }
+}
+
 /// A relay started as a child process; killed when dropped, so a failing test leaves none behind.
 pub struct RelayProcess(pub std::process::Child);
 
@@ -453,6 +531,145 @@ impl Drop for RelayProcess {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
+}
+
+/// `users` users `u1`…, each with one Expo device.
+pub async fn add_users(app: &TestApp, users: i64) {
+    app.db
+        .execute(
+            "INSERT INTO device (user_id, provider, token)
+             SELECT 'u' || g, 'expo', 'ExponentPushToken[u' || g || ']' FROM generate_series(1, $1::int8) g",
+            &[&users],
+        )
+        .await
+        .unwrap();
+}
+
+/// `n` notifications in one statement, spread over the users of `add_users`.
+pub async fn insert_bulk(app: &TestApp, n: i64, users: i64) {
+    app.db
+        .execute(
+            "INSERT INTO notification (user_id, type, payload)
+             SELECT 'u' || (1 + g % $2::int8), 'fault', jsonb_build_object('title', 'n' || g)
+               FROM generate_series(1, $1::int8) g",
+            &[&n, &users],
+        )
+        .await
+        .unwrap();
+}
+
+/// Waits until the Expo emulator accepted at least `at_least` messages.
+pub async fn wait_for_sends(app: &TestApp, at_least: usize) {
+    eventually(Duration::from_secs(60), || async { (app.expo.sent_count() >= at_least).then_some(()) }).await;
+}
+
+/// A Redis of the test's own, so that it can be killed and restarted without disturbing the
+/// other tests. `start` keeps nothing on disk (a restart comes back empty, like a Redis without
+/// persistence); `persistent` writes a snapshot into a directory of its own on `SAVE` only, and
+/// comes back from it on `restart`. The process is killed and the directory removed on drop.
+pub struct PrivateRedis {
+    pub port: u16,
+    child: Option<std::process::Child>,
+    dir: Option<std::path::PathBuf>,
+}
+
+impl PrivateRedis {
+    pub async fn start(port: u16) -> PrivateRedis {
+        let mut redis = PrivateRedis { port, child: None, dir: None };
+        redis.run().await;
+        redis
+    }
+
+    /// On a free port, with a snapshot directory of its own and no automatic snapshots
+    /// (`--save ""`): what is on disk is exactly what the last `save` wrote.
+    pub async fn persistent() -> PrivateRedis {
+        let port = free_port();
+        let dir = std::env::temp_dir().join(format!("notify-relay-redis-{}", Uuid::new_v4().simple()));
+        std::fs::create_dir(&dir).expect("create the Redis directory");
+        let mut redis = PrivateRedis { port, child: None, dir: Some(dir) };
+        redis.run().await;
+        redis
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// A new connection (one made before a restart is gone with the old process).
+    pub async fn connection(&self) -> redis::aio::MultiplexedConnection {
+        redis::Client::open(self.url())
+            .expect("private redis url")
+            .get_multiplexed_async_connection()
+            .await
+            .expect("connect to the private redis")
+    }
+
+    /// `SAVE`: a snapshot of this moment, for `restart` to come back from.
+    pub async fn save(&self) {
+        let mut conn = self.connection().await;
+        let _: () = redis::cmd("SAVE").query_async(&mut conn).await.expect("SAVE");
+    }
+
+    /// `SHUTDOWN NOSAVE` (what was written since the last `save` is lost), then waits for the
+    /// process to exit.
+    pub async fn shutdown_nosave(&mut self) {
+        let mut conn = self.connection().await;
+        // The server closes the connection instead of answering.
+        let _: redis::RedisResult<()> = redis::cmd("SHUTDOWN").arg("NOSAVE").query_async(&mut conn).await;
+        let mut child = self.child.take().expect("the private redis is running");
+        eventually(Duration::from_secs(10), || {
+            let status = child.try_wait().expect("try_wait");
+            async move { status }
+        })
+        .await;
+    }
+
+    /// Starts the server again on the same port (and directory: from the last snapshot).
+    pub async fn restart(&mut self) {
+        self.kill();
+        self.run().await;
+    }
+
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    async fn run(&mut self) {
+        let mut command = std::process::Command::new("redis-server");
+        command.args(["--port", &self.port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]);
+        if let Some(dir) = &self.dir {
+            command.arg("--dir").arg(dir);
+        }
+        self.child = Some(command.stdout(std::process::Stdio::null()).spawn().expect("redis-server on PATH"));
+        let url = self.url();
+        // PING answers once the server listens and has loaded its snapshot (LOADING before).
+        eventually(Duration::from_secs(10), || {
+            let url = url.clone();
+            async move {
+                let client = redis::Client::open(url).ok()?;
+                let mut conn = client.get_multiplexed_async_connection().await.ok()?;
+                redis::cmd("PING").query_async::<String>(&mut conn).await.ok()
+            }
+        })
+        .await;
+    }
+}
+
+impl Drop for PrivateRedis {
+    fn drop(&mut self) {
+        self.kill();
+        if let Some(dir) = &self.dir {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
+}
+
+/// A loopback port that was free a moment ago.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 /// A first attempt for a new (notification, device) of `provider`, for calling a provider
