@@ -140,12 +140,6 @@ impl TestApp {
             .expect("replica starts")
     }
 
-    /// A second connection to this test's database (e.g. to hold locks in a transaction).
-    pub async fn connect_db(&self) -> tokio_postgres::Client {
-        let url = self.env.get("NOTIFY__DATABASE__URL").expect("database url");
-        pg(url).await
-    }
-
     /// How many messages the actor `name` of `app` has handled (ticks, reads…).
     pub fn handled(app: &Application, name: &str) -> u64 {
         app.engine.registry().snapshot().iter().find(|a| a.name == name).map_or(0, |a| a.handled)
