@@ -1,5 +1,13 @@
 //! Expo push service emulator.
 //!
+//! Requests refused as a whole because of some of their messages, as Expo does: a token's
+//! project is the part of `ExponentPushToken[<project>:…]` before the colon (`@emulator/<project>`),
+//! or [`DEFAULT_PROJECT`] for other tokens, and a request with tokens of several projects gets
+//! 400 `PUSH_TOO_MANY_EXPERIENCE_IDS` with `details` mapping each project to its tokens. A message
+//! whose fields have the wrong type (`ttl`, `expiration`, `badge` not numbers, `title` not a
+//! string, …), or whose token contains `validationerror` (a message Expo refuses that the relay
+//! cannot tell apart), gets the whole request a 400 `VALIDATION_ERROR` naming that message.
+//!
 //! `POST /--/api/v2/push/send` takes one message or an array (gzip bodies too), refuses more
 //! than 100 recipients with `PUSH_TOO_MANY_NOTIFICATIONS`, checks the bearer token when one is
 //! configured (401 `UNAUTHORIZED`), and answers one ticket per recipient, in order. Tickets are
@@ -33,6 +41,8 @@ use uuid::Uuid;
 pub const MAX_MESSAGES: usize = 100;
 pub const MAX_PAYLOAD_BYTES: usize = 4096;
 pub const MAX_RECEIPT_IDS: usize = 1000;
+/// The project of tokens that do not name one (`ExponentPushToken[<project>:…]`).
+pub const DEFAULT_PROJECT: &str = "@emulator/app";
 
 /// One message the emulator accepted (ticket ok).
 #[derive(Debug, Clone)]
@@ -330,6 +340,12 @@ async fn send(req: HttpRequest, body: web::Bytes, state: web::Data<Mutex<State>>
             }
         }
     }
+    if let Some(refused) = messages.iter().enumerate().find_map(|(i, m)| invalid_field(i, m)) {
+        return errors(400, "VALIDATION_ERROR", &refused);
+    }
+    if let Some((i, _)) = recipients.iter().find(|(_, to)| to.to_ascii_lowercase().contains("validationerror")) {
+        return errors(400, "VALIDATION_ERROR", &format!("\"[{i}]\" is refused (injected validationerror)"));
+    }
     if recipients.len() > MAX_MESSAGES {
         return errors(
             400,
@@ -337,8 +353,68 @@ async fn send(req: HttpRequest, body: web::Bytes, state: web::Data<Mutex<State>>
             &format!("You are trying to send more than {MAX_MESSAGES} push notifications in one request"),
         );
     }
+    let mut projects: std::collections::BTreeMap<String, Vec<String>> = Default::default();
+    for (_, to) in &recipients {
+        if let Some(tokens) = project_of(to).map(|p| projects.entry(p).or_default()) {
+            if !tokens.contains(to) {
+                tokens.push(to.clone());
+            }
+        }
+    }
+    if projects.len() > 1 {
+        let body = json!({"errors": [{
+            "code": "PUSH_TOO_MANY_EXPERIENCE_IDS",
+            "message": "All push notification messages in the same request must be for the same project; \
+                        check the details field to investigate conflicting tokens.",
+            "details": projects,
+        }]});
+        return HttpResponse::BadRequest().json(body);
+    }
     let tickets: Vec<Value> = recipients.iter().map(|(i, to)| ticket(&messages[*i], to, &mut state)).collect();
     HttpResponse::Ok().json(json!({ "data": tickets }))
+}
+
+/// The Expo project of a push token: `ExponentPushToken[<project>:…]` names one, other Expo
+/// tokens belong to [`DEFAULT_PROJECT`]; what is not an Expo token has none.
+fn project_of(token: &str) -> Option<String> {
+    if !is_expo_token(token) {
+        return None;
+    }
+    let inner = token.split_once('[').map(|(_, rest)| rest.trim_end_matches(']')).unwrap_or_default();
+    match inner.split_once(':') {
+        Some((project, _)) if !project.is_empty() => Some(format!("@emulator/{project}")),
+        _ => Some(DEFAULT_PROJECT.to_string()),
+    }
+}
+
+/// Expo's check of a message's fields (its `VALIDATION_ERROR` text), for the first field of
+/// message `i` of the wrong type; absent and null fields pass.
+fn invalid_field(i: usize, message: &Value) -> Option<String> {
+    let field = |key: &str| message.get(key).filter(|v| !v.is_null());
+    let wrong = |key: &str, what: &str| Some(format!("\"[{i}].{key}\" must be {what}"));
+    for key in ["ttl", "expiration", "badge"] {
+        if field(key).is_some_and(|v| !v.is_number()) {
+            return wrong(key, "a number");
+        }
+    }
+    for key in ["title", "body", "subtitle", "channelId", "categoryId"] {
+        if field(key).is_some_and(|v| !v.is_string()) {
+            return wrong(key, "a string");
+        }
+    }
+    if field("sound").is_some_and(|v| !v.is_string() && !v.is_object()) {
+        return wrong("sound", "a string or an object");
+    }
+    if field("mutableContent").is_some_and(|v| !v.is_boolean()) {
+        return wrong("mutableContent", "a boolean");
+    }
+    if field("data").is_some_and(|v| !v.is_object()) {
+        return wrong("data", "of type object");
+    }
+    if field("priority").is_some_and(|v| !matches!(v.as_str(), Some("default" | "normal" | "high"))) {
+        return wrong("priority", "one of [default, normal, high]");
+    }
+    None
 }
 
 fn default_code(status: u16) -> &'static str {

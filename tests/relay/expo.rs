@@ -1,6 +1,6 @@
 //! The Expo client against its emulator: one case per row of the PROVIDERS.md Expo table.
 
-use crate::helpers::client_job;
+use crate::helpers::{client_job, prepare, TestApp};
 use actors::circuit::Health;
 use actors::job::{Job, Priority, Provider, SendResult};
 use actors::providers::expo::ExpoClient;
@@ -27,7 +27,7 @@ fn job(token: &str) -> Job {
     client_job(Provider::Expo, token, json!({"title": "T"}), Priority::Normal)
 }
 
-#[derive(Debug, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 enum Class {
     Ok,
     Retry,
@@ -87,7 +87,6 @@ async fn every_request_level_answer_is_classified_as_providers_md_says() {
         (503, None, Class::Retry),
         (400, Some("PUSH_TOO_MANY_NOTIFICATIONS"), Class::Perm),
         (400, Some("PUSH_TOO_MANY_RECEIPTS"), Class::Perm),
-        (400, Some("VALIDATION_ERROR"), Class::Perm),
     ];
     for (status, code, expected) in cases {
         expo.fail_next(status, code, 1);
@@ -102,10 +101,168 @@ async fn every_request_level_answer_is_classified_as_providers_md_says() {
         };
         assert!(health_ok, "{status} {code:?}: {:?}", response.health);
     }
+    // A VALIDATION_ERROR may be about one message: the batch is sent again split, and when
+    // every part is refused too, each message fails on its own (2 messages: 3 requests).
+    expo.fail_next(400, Some("VALIDATION_ERROR"), 3);
+    let before = expo.requests();
+    let response = client.send(&[job("ExponentPushToken[a]"), job("ExponentPushToken[b]")]).await;
+    assert!(response.results.iter().all(|r| class(r) == Class::Perm), "{response:?}");
+    assert_eq!(response.health, Health::Up);
+    assert_eq!(expo.requests() - before, 3);
     // A network error: nothing listens there.
     let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
     let response = self::client(format!("http://{closed}")).send(&[job("ExponentPushToken[a]")]).await;
     assert_eq!(class(&response.results[0]), Class::Retry);
     assert!(matches!(response.health, Health::Outage(_)));
     expo.stop().await;
+}
+
+fn tokens_of(response: &actors::providers::Response) -> Vec<Class> {
+    response.results.iter().map(class).collect()
+}
+
+#[actix_web::test]
+async fn tokens_of_several_expo_projects_in_one_batch_go_out_as_one_request_per_project() {
+    let expo = ExpoEmulator::start("127.0.0.1:0", None).await.unwrap();
+    let client = client(expo.url());
+    let tokens = [
+        "ExponentPushToken[shop:1]",
+        "ExponentPushToken[admin:2]",
+        "ExponentPushToken[shop:3]",
+        "ExponentPushToken[4]",
+    ];
+    let jobs: Vec<Job> = tokens.iter().map(|t| job(t)).collect();
+
+    let response = client.send(&jobs).await;
+
+    // Expo refused the mixed request naming each project's tokens; the client sent one request
+    // per project (@emulator/shop, @emulator/admin, @emulator/app), results in input order.
+    assert_eq!(tokens_of(&response), [Class::Ok, Class::Ok, Class::Ok, Class::Ok], "{response:?}");
+    assert_eq!(response.health, Health::Up);
+    assert_eq!(expo.requests(), 4);
+    let mut to: Vec<String> = expo.sent().iter().map(|m| m.to.clone()).collect();
+    to.sort();
+    let mut expected: Vec<String> = tokens.iter().map(|t| t.to_string()).collect();
+    expected.sort();
+    assert_eq!(to, expected, "each message once");
+    expo.stop().await;
+}
+
+#[actix_web::test]
+async fn a_message_expo_refuses_fails_alone_and_its_batch_mates_are_delivered() {
+    let expo = ExpoEmulator::start("127.0.0.1:0", None).await.unwrap();
+    let client = client(expo.url());
+    // Nine fine messages and one whose `ttl` Expo does not accept (the relay's fan-out refuses
+    // it; a job built here does not go through fan-out), in a batch mixing it with devices that
+    // fail on their own tickets.
+    let mut jobs: Vec<Job> = (0..10).map(|i| job(&format!("ExponentPushToken[m{i}]"))).collect();
+    jobs[6].payload = json!({"title": "T", "ttl": "soon"}).into();
+    jobs[2] = job("ExponentPushToken[unregistered-2]");
+
+    let response = client.send(&jobs).await;
+
+    let mut expected = vec![Class::Ok; 10];
+    expected[2] = Class::Invalid;
+    expected[6] = Class::Perm;
+    assert_eq!(tokens_of(&response), expected, "{response:?}");
+    let error = response.results[6].error().unwrap_or_default();
+    assert!(error.starts_with("expo: HTTP 400 VALIDATION_ERROR: \"[0].ttl\" must be a number"), "{error}");
+    assert_eq!(response.health, Health::Up);
+    // Bisection: at most 2n - 1 requests, here far fewer.
+    assert!(expo.requests() <= 9, "{} requests", expo.requests());
+    assert_eq!(expo.sent_count(), 8);
+    expo.stop().await;
+}
+
+#[actix_web::test]
+async fn a_batch_that_keeps_getting_refused_ends_within_the_timeout() {
+    let expo = ExpoEmulator::start("127.0.0.1:0", None).await.unwrap();
+    let client = client(expo.url());
+    // Every request answers a VALIDATION_ERROR after 450 ms. Splitting 16 messages down to one
+    // each takes 5 rounds of requests (16, 8, 4, 2, 1): the fifth cannot end before 2.25 s, past
+    // the 2 s timeout, so it is cut off at the timeout instead of holding the batch longer.
+    expo.set_latency(Duration::from_millis(450));
+    expo.fail_for(400, Duration::from_secs(30));
+    let jobs: Vec<Job> = (0..16).map(|i| job(&format!("ExponentPushToken[t{i}]"))).collect();
+    let started = std::time::Instant::now();
+
+    let response = client.send(&jobs).await;
+
+    let took = started.elapsed();
+    assert!(took < Duration::from_millis(2600), "the batch took {took:?} for a 2 s timeout");
+    assert_eq!(response.results.len(), 16);
+    // The messages not isolated in time are retried (Expo did not answer them in time).
+    assert!(response.results.iter().all(|r| matches!(class(r), Class::Retry)), "{response:?}");
+    assert!(matches!(response.health, Health::Outage(_)), "{:?}", response.health);
+    expo.stop().await;
+}
+
+// End to end: the relay in front of the emulator.
+
+/// A started app whose Expo sender waits long enough to put one INSERT's rows in one request.
+async fn app_batching_expo() -> TestApp {
+    let mut app = prepare().await;
+    app.env.insert("NOTIFY__PROVIDERS__EXPO__FLUSH_AFTER_MS".into(), "300".into());
+    app.start().await;
+    app
+}
+
+/// Inserts one notification for each user in one statement; returns (user, notification).
+async fn notify_all(app: &TestApp, users: &[&str]) -> Vec<(String, uuid::Uuid)> {
+    let users: Vec<String> = users.iter().map(|u| u.to_string()).collect();
+    let rows = app
+        .db
+        .query(
+            "INSERT INTO notification (user_id, type, payload)
+             SELECT u, 'test', '{\"title\": \"hi\"}' FROM unnest($1::text[]) u RETURNING user_id, id",
+            &[&users],
+        )
+        .await
+        .expect("notifications");
+    rows.iter().map(|r| (r.get(0), r.get(1))).collect()
+}
+
+#[actix_web::test]
+async fn two_users_on_two_expo_projects_notified_in_one_insert_are_both_delivered() {
+    let app = app_batching_expo().await;
+    app.add_device("ana", "expo", "ExponentPushToken[shop:ana]").await;
+    app.add_device("ben", "expo", "ExponentPushToken[admin:ben]").await;
+
+    let ids = notify_all(&app, &["ana", "ben"]).await;
+
+    for (user, id) in &ids {
+        let (status, attempts, error) = app.final_status(*id).await;
+        assert_eq!((status.as_str(), attempts, error), ("delivered", 1, None), "{user}");
+    }
+    // One request refused for mixing projects, then one per project: they shared a batch.
+    assert_eq!(app.expo.requests(), 3);
+    assert_eq!(app.duplicate_sends(), 0);
+    app.cleanup().await;
+}
+
+#[actix_web::test]
+async fn in_one_batch_only_the_message_expo_refuses_fails() {
+    let app = app_batching_expo().await;
+    let users = ["cleo", "dan", "eve", "fay", "gus", "hal"];
+    for user in &users[..5] {
+        app.add_device(user, "expo", &format!("ExponentPushToken[{user}]")).await;
+    }
+    app.add_device("hal", "expo", "ExponentPushToken[hal-validationerror]").await;
+
+    let ids = notify_all(&app, &users).await;
+
+    for (user, id) in &ids {
+        let (status, attempts, error) = app.final_status(*id).await;
+        match user.as_str() {
+            "hal" => {
+                assert_eq!((status.as_str(), attempts), ("failed", 1), "{user}");
+                let error = error.unwrap_or_default();
+                assert!(error.contains("HTTP 400 VALIDATION_ERROR") && error.contains("validationerror"), "{error}");
+            }
+            _ => assert_eq!((status.as_str(), attempts, error), ("delivered", 1, None), "{user}"),
+        }
+    }
+    assert!(app.expo.requests() > 1, "the refused batch was sent again split");
+    assert_eq!(app.expo.sent_count(), 5);
+    app.cleanup().await;
 }

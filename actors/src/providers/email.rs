@@ -9,6 +9,11 @@
 //! refused TLS certificate are credentials/configuration problems; 550/551/553 with an enhanced
 //! code 5.1.x disable the address; every other 5xx fails the message.
 //!
+//! Waiting for one of the sender's own connections is not an attempt: a job that gets none
+//! within the timeout is deferred (rescheduled through Redis without spending an attempt), so a
+//! backlog or a mailbox that stalls a connection never fails healthy messages. Only the
+//! transactions that reached the relay say how the relay is doing.
+//!
 //! `smtp_url` carries the password: it is never logged, displayed or put in an error.
 
 use super::{bounded, combine, ProviderClient};
@@ -328,47 +333,78 @@ impl ProviderClient for EmailClient {
     fn send(&self, jobs: &[Job]) -> LocalBoxFuture<'static, super::Response> {
         let prepared: Vec<_> = jobs.iter().map(|job| message(job, &self.inner.config.from)).collect();
         let inner = self.inner.clone();
-        // Waiting for a connection is bounded by the timeout too, so a batch takes at most twice
-        // the timeout however many jobs queue for the connections.
-        let deadline = tokio::time::Instant::now() + self.inner.config.timeout;
+        // A job waits at most the timeout for one of this sender's connections, then gets the
+        // whole timeout for its transaction: a batch takes at most twice the timeout however
+        // many jobs queue for the connections (the claim idle time is checked against that).
+        let wait_until = tokio::time::Instant::now() + self.inner.config.timeout;
         Box::pin(async move {
             let sends = prepared.into_iter().map(|prepared| {
                 let inner = inner.clone();
                 async move {
                     match prepared {
-                        Ok((envelope, bytes)) => inner.transaction(&envelope, &bytes, deadline).await,
-                        Err(refused) => refused,
+                        Ok((envelope, bytes)) => inner.transaction(&envelope, &bytes, wait_until).await,
+                        Err((refused, _)) => Attempt::NotSent(refused),
                     }
                 }
             });
-            combine(futures_util::future::join_all(sends).await)
+            batch_response(futures_util::future::join_all(sends).await)
         })
     }
 }
 
+/// What became of one job of a batch.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Attempt {
+    /// A transaction with the relay, classified: its health says how the relay did.
+    Transaction(SendResult, Health),
+    /// Nothing reached the relay (no free connection in time, or a message that cannot be
+    /// built), so it says nothing about the relay's health.
+    NotSent(SendResult),
+}
+
+/// One result per job, in order. The relay's health is judged on the transactions alone: a
+/// relay that hangs is an outage even when most of the batch was still waiting for the
+/// connections the hung transactions held.
+pub fn batch_response(attempts: Vec<Attempt>) -> super::Response {
+    let transactions = attempts
+        .iter()
+        .filter_map(|a| match a {
+            Attempt::Transaction(result, health) => Some((result.clone(), health.clone())),
+            Attempt::NotSent(_) => None,
+        })
+        .collect();
+    let health = combine(transactions).health;
+    let results = attempts
+        .into_iter()
+        .map(|a| match a {
+            Attempt::Transaction(result, _) | Attempt::NotSent(result) => result,
+        })
+        .collect();
+    super::Response { results, health }
+}
+
 impl Inner {
-    /// One SMTP transaction, within the timeout, classified.
-    async fn transaction(
-        &self,
-        envelope: &Envelope,
-        bytes: &[u8],
-        connection_deadline: tokio::time::Instant,
-    ) -> (SendResult, Health) {
-        let Ok(permit) = tokio::time::timeout_at(connection_deadline, self.permits.acquire()).await else {
-            // Nothing was sent: the relay is slow or the connections too few, not down.
+    /// One SMTP transaction, within the timeout, classified; or, when none of this sender's
+    /// connections came free by `wait_until`, deferred.
+    async fn transaction(&self, envelope: &Envelope, bytes: &[u8], wait_until: tokio::time::Instant) -> Attempt {
+        let Ok(permit) = tokio::time::timeout_at(wait_until, self.permits.acquire()).await else {
+            // Nothing was sent: this sender's connections are busy (a backlog, or a mailbox
+            // that holds one for the whole timeout). That is no attempt at this message: it goes
+            // back to Redis and comes again after about as long as it waited, rather than
+            // spending attempts on our own queue.
             let error = format!(
-                "email: no free SMTP connection within {} ms ({} per sender)",
+                "email: no free SMTP connection within {} ms ({} per sender); rescheduled without spending an attempt",
                 self.config.timeout.as_millis(),
                 self.config.connections
             );
-            return (SendResult::Retry { error, after: None }, Health::Up);
+            return Attempt::NotSent(SendResult::Deferred { error, after: self.config.timeout });
         };
         // The semaphore is never closed, so acquiring only fails if it were.
         let _permit = permit.ok();
         // The transaction has the whole timeout, however long it waited for its connection: a
         // timeout then says the relay is slow, not that this job queued behind others.
         let sent = tokio::time::timeout(self.config.timeout, self.send_on_a_connection(envelope, bytes)).await;
-        match sent {
+        let (result, health) = match sent {
             Ok(Ok(reply)) => {
                 self.last_454.set(None);
                 (accepted(&reply), Health::Up)
@@ -378,7 +414,8 @@ impl Inner {
                 classify(&failure, repeated)
             }
             Err(_) => classify(&Failure::Timeout(self.config.timeout, self.config.relay.name()), false),
-        }
+        };
+        Attempt::Transaction(result, health)
     }
 
     /// Sends on a kept-open connection, or a new one. A kept-open connection that turns out to be
@@ -697,6 +734,28 @@ mod tests {
         assert!(matches!(health, Health::Outage(_)));
         let (result, health) = classify(&Failure::Certificate("UnknownIssuer".into()), false);
         assert!(matches!(result, SendResult::Auth { .. }) && matches!(health, Health::AuthFailure(_)));
+    }
+
+    #[test]
+    fn jobs_that_never_reached_the_relay_do_not_hide_an_outage() {
+        let timeout = || classify(&Failure::Timeout(Duration::from_millis(300), "h:25".into()), false);
+        let (hung, outage) = timeout();
+        let waited = || Attempt::NotSent(SendResult::Deferred { error: "no free".into(), after: Duration::ZERO });
+        let refused = Attempt::NotSent(SendResult::InvalidToken { error: "not an address".into() });
+
+        let response = batch_response(vec![Attempt::Transaction(hung.clone(), outage.clone()), waited(), refused]);
+
+        assert!(matches!(response.health, Health::Outage(_)), "{response:?}");
+        assert_eq!(response.results.len(), 3);
+        assert_eq!(response.results[0], hung);
+        assert!(matches!(response.results[1], SendResult::Deferred { .. }));
+        assert!(matches!(response.results[2], SendResult::InvalidToken { .. }));
+        // One transaction the relay answered: it is up, whatever the others waited for.
+        let delivered = Attempt::Transaction(SendResult::Delivered { provider_message_id: None }, Health::Up);
+        let (hung, outage) = timeout();
+        assert_eq!(batch_response(vec![Attempt::Transaction(hung, outage), delivered, waited()]).health, Health::Up);
+        // Nothing reached the relay: nothing learned about it.
+        assert_eq!(batch_response(vec![waited(), waited()]).health, Health::Up);
     }
 
     #[test]

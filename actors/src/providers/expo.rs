@@ -1,13 +1,25 @@
 //! Expo push service: `POST {base}/--/api/v2/push/send` with up to 100 messages, one ticket
 //! back per message, in order.
+//!
+//! Expo refuses some requests as a whole because of what a few of their messages are: tokens of
+//! several Expo projects in one request (`PUSH_TOO_MANY_EXPERIENCE_IDS`, whose `details` name
+//! each project's tokens), or a message it does not accept (`VALIDATION_ERROR`, or another 400).
+//! The batch-mates of such a message must not fail with it, so the client sends the batch again,
+//! split: one request per project as Expo named them, else in halves until the refused message
+//! is alone (and fails on its own). A refusal about the request itself (credentials, too many
+//! messages, an outage) is not split. The sender still gets one [`Response`] per batch, in
+//! input order, within the provider timeout however many requests it took.
 
 use super::{bounded, ProviderClient, Response};
 use crate::circuit::Health;
 use crate::job::{Job, Priority, Provider, SendResult};
 use crate::settings::ExpoSettings;
+use futures_util::future::join_all;
 use futures_util::future::LocalBoxFuture;
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
+use std::collections::HashMap;
+use std::rc::Rc;
 use std::time::Duration;
 
 /// Request bodies larger than this are sent gzip-compressed.
@@ -21,10 +33,8 @@ pub const MAX_PAYLOAD_BYTES: usize = 4096;
 const MAX_RESPONSE_BYTES: usize = 4 * 1024 * 1024;
 
 pub struct ExpoClient {
-    http: awc::Client,
-    send_url: String,
+    poster: Poster,
     receipts_url: String,
-    access_token: Option<String>,
     flush_after: Duration,
 }
 
@@ -34,13 +44,149 @@ impl ExpoClient {
             .timeout(settings.timeout)
             .connector(awc::Connector::new().timeout(settings.timeout).limit(64))
             .finish();
-        ExpoClient {
+        let poster = Poster {
             http,
-            send_url: format!("{}/--/api/v2/push/send", settings.base_url.trim_end_matches('/')),
-            receipts_url: format!("{}/--/api/v2/push/getReceipts", settings.base_url.trim_end_matches('/')),
+            url: format!("{}/--/api/v2/push/send", settings.base_url.trim_end_matches('/')),
             access_token: settings.access_token.clone(),
+            timeout: settings.timeout,
+        };
+        ExpoClient {
+            poster,
+            receipts_url: format!("{}/--/api/v2/push/getReceipts", settings.base_url.trim_end_matches('/')),
             flush_after: settings.flush_after,
         }
+    }
+}
+
+/// What a send request needs, cheap to clone into the requests of one batch (awc's client is
+/// reference-counted).
+#[derive(Clone)]
+struct Poster {
+    http: awc::Client,
+    url: String,
+    access_token: Option<String>,
+    timeout: Duration,
+}
+
+/// One message of a batch, serialized once, whatever requests it goes out in.
+struct Outgoing {
+    /// Its place in the batch.
+    job: usize,
+    token: String,
+    json: Vec<u8>,
+}
+
+/// What the requests for some messages of a batch produced: a result per message (by its place
+/// in the batch), and the health of every request whose answer was final.
+struct Sent {
+    results: Vec<(usize, SendResult)>,
+    healths: Vec<Health>,
+}
+
+impl Poster {
+    /// Sends `messages` (places in `all`), split again as long as Expo refuses the request for
+    /// what some of them are. Every request ends by `deadline`.
+    fn deliver(
+        self,
+        all: Rc<Vec<Outgoing>>,
+        messages: Vec<usize>,
+        deadline: tokio::time::Instant,
+    ) -> LocalBoxFuture<'static, Sent> {
+        Box::pin(async move {
+            let answer = self.post(&all, &messages, deadline).await;
+            let parts = match &answer {
+                Answer::Final(_) => Vec::new(),
+                Answer::Split { projects, .. } => {
+                    let tokens: Vec<&str> = messages.iter().map(|&m| all[m].token.as_str()).collect();
+                    split(&tokens, projects)
+                }
+            };
+            if parts.is_empty() {
+                let response = answer.response();
+                let results = messages.iter().map(|&m| all[m].job).zip(response.results).collect();
+                return Sent { results, healths: vec![response.health] };
+            }
+            let requests = parts.into_iter().map(|part| {
+                let part = part.into_iter().map(|p| messages[p]).collect();
+                self.clone().deliver(Rc::clone(&all), part, deadline)
+            });
+            let mut sent = Sent { results: Vec::with_capacity(messages.len()), healths: Vec::new() };
+            for part in join_all(requests).await {
+                sent.results.extend(part.results);
+                sent.healths.extend(part.healths);
+            }
+            sent
+        })
+    }
+
+    /// One request with `messages`, and how Expo answered it (by `deadline`, or an outage).
+    async fn post(&self, all: &[Outgoing], messages: &[usize], deadline: tokio::time::Instant) -> Answer {
+        let n = messages.len();
+        let mut body = Vec::with_capacity(messages.iter().map(|&m| all[m].json.len() + 1).sum::<usize>() + 2);
+        body.push(b'[');
+        for (i, &m) in messages.iter().enumerate() {
+            if i > 0 {
+                body.push(b',');
+            }
+            body.extend_from_slice(&all[m].json);
+        }
+        body.push(b']');
+        // Expo accepts gzip request bodies; 100 messages compress to a fraction of their size.
+        let (body, gzipped) = match body.len() > GZIP_ABOVE_BYTES {
+            true => gzip(&body).map(|z| (z, true)).unwrap_or((body, false)),
+            false => (body, false),
+        };
+        let mut req = self
+            .http
+            .post(&self.url)
+            .insert_header(("content-type", "application/json"))
+            .insert_header(("accept", "application/json"))
+            .insert_header(("accept-encoding", "gzip"));
+        if gzipped {
+            req = req.insert_header(("content-encoding", "gzip"));
+        }
+        if let Some(token) = &self.access_token {
+            req = req.bearer_auth(token);
+        }
+        match tokio::time::timeout_at(deadline, send_request(req, body, n)).await {
+            Ok(answer) => answer,
+            Err(_) => Answer::Final(outage(n, format!("expo: no answer within {} ms", self.timeout.as_millis()))),
+        }
+    }
+}
+
+/// How to send a refused request again: one part per project when Expo named the projects'
+/// tokens (tokens it did not name form a part of their own), else two halves; nothing once it
+/// is down to one message, or when the projects would not divide it. Parts are places in
+/// `tokens`, each part smaller than the whole.
+pub fn split(tokens: &[&str], projects: &[Vec<String>]) -> Vec<Vec<usize>> {
+    if tokens.len() < 2 {
+        return Vec::new();
+    }
+    let project_of: HashMap<&str, usize> =
+        projects.iter().enumerate().flat_map(|(p, named)| named.iter().map(move |t| (t.as_str(), p))).collect();
+    let mut parts = vec![Vec::new(); projects.len() + 1];
+    for (i, token) in tokens.iter().enumerate() {
+        parts[project_of.get(token).copied().unwrap_or(projects.len())].push(i);
+    }
+    parts.retain(|p| !p.is_empty());
+    if parts.len() > 1 {
+        return parts;
+    }
+    let half = tokens.len() / 2;
+    vec![(0..half).collect(), (half..tokens.len()).collect()]
+}
+
+/// The health of a batch sent as several requests: credentials refused by any request are the
+/// project's problem; an outage only when every request with a final answer was one.
+fn overall(healths: Vec<Health>) -> Health {
+    if let Some(auth) = healths.iter().find(|h| matches!(h, Health::AuthFailure(_))) {
+        return auth.clone();
+    }
+    let all_out = !healths.is_empty() && healths.iter().all(|h| matches!(h, Health::Outage(_)));
+    match (all_out, healths.into_iter().next()) {
+        (true, Some(outage)) => outage,
+        _ => Health::Up,
     }
 }
 
@@ -60,54 +206,35 @@ impl ProviderClient for ExpoClient {
     fn send(&self, jobs: &[Job]) -> LocalBoxFuture<'static, Response> {
         // Each message is serialized once: to check Expo's size limit before sending (a
         // too-big message fails here with its size, without a round trip), then for the body.
-        let mut oversize: Vec<Option<SendResult>> = Vec::with_capacity(jobs.len());
-        let mut body = Vec::with_capacity(jobs.len() * 256);
-        body.push(b'[');
-        let mut n = 0;
-        for job in jobs {
-            let bytes = serde_json::to_vec(&message(job)).unwrap_or_default();
-            if bytes.len() > MAX_PAYLOAD_BYTES {
-                let error = format!("expo: payload too large: {} bytes (limit {MAX_PAYLOAD_BYTES})", bytes.len());
-                oversize.push(Some(SendResult::Permanent { error }));
+        let mut results: Vec<Option<SendResult>> = Vec::with_capacity(jobs.len());
+        let mut outgoing = Vec::with_capacity(jobs.len());
+        for (place, job) in jobs.iter().enumerate() {
+            let json = serde_json::to_vec(&message(job)).unwrap_or_default();
+            if json.len() > MAX_PAYLOAD_BYTES {
+                let error = format!("expo: payload too large: {} bytes (limit {MAX_PAYLOAD_BYTES})", json.len());
+                results.push(Some(SendResult::Permanent { error }));
                 continue;
             }
-            oversize.push(None);
-            if n > 0 {
-                body.push(b',');
-            }
-            body.extend_from_slice(&bytes);
-            n += 1;
+            results.push(None);
+            outgoing.push(Outgoing { job: place, token: job.token.clone(), json });
         }
-        body.push(b']');
-        // Expo accepts gzip request bodies; 100 messages compress to a fraction of their size.
-        let (body, gzipped) = match body.len() > GZIP_ABOVE_BYTES {
-            true => gzip(&body).map(|z| (z, true)).unwrap_or((body, false)),
-            false => (body, false),
-        };
-        if n == 0 {
-            let results = oversize.into_iter().flatten().collect();
+        if outgoing.is_empty() {
+            let results = results.into_iter().flatten().collect();
             return Box::pin(std::future::ready(Response { results, health: Health::Up }));
         }
-        let mut req = self
-            .http
-            .post(&self.send_url)
-            .insert_header(("content-type", "application/json"))
-            .insert_header(("accept", "application/json"))
-            .insert_header(("accept-encoding", "gzip"));
-        if gzipped {
-            req = req.insert_header(("content-encoding", "gzip"));
-        }
-        if let Some(token) = &self.access_token {
-            req = req.bearer_auth(token);
-        }
+        // However many requests the batch takes, it is answered within the timeout (the claim
+        // idle time is checked against it).
+        let deadline = tokio::time::Instant::now() + self.poster.timeout;
+        let messages = (0..outgoing.len()).collect();
+        let sent = self.poster.clone().deliver(Rc::new(outgoing), messages, deadline);
         Box::pin(async move {
-            let sent = send_request(req, body, n).await;
-            // Put the refused messages back in their places; Expo answered one result per message.
-            let mut from_expo = sent.results.into_iter();
+            let sent = sent.await;
+            for (place, result) in sent.results {
+                results[place] = Some(result);
+            }
             let missing = || SendResult::Retry { error: "expo: no result for this message".into(), after: None };
-            let results =
-                oversize.into_iter().map(|o| o.unwrap_or_else(|| from_expo.next().unwrap_or_else(missing))).collect();
-            Response { results, health: sent.health }
+            let results = results.into_iter().map(|r| r.unwrap_or_else(missing)).collect();
+            Response { results, health: overall(sent.healths) }
         })
     }
 }
@@ -116,8 +243,8 @@ impl ExpoClient {
     /// `POST {base}/--/api/v2/push/getReceipts` for at most 1000 ids. Returns the receipts Expo
     /// has, classified like tickets; ids it does not know yet are absent.
     pub async fn receipts(&self, ids: &[&str]) -> Result<Vec<(String, SendResult)>, String> {
-        let mut req = self.http.post(&self.receipts_url).insert_header(("accept", "application/json"));
-        if let Some(token) = &self.access_token {
+        let mut req = self.poster.http.post(&self.receipts_url).insert_header(("accept", "application/json"));
+        if let Some(token) = &self.poster.access_token {
             req = req.bearer_auth(token);
         }
         let mut resp = req.send_json(&json!({ "ids": ids })).await.map_err(|e| format!("expo receipts: {e}"))?;
@@ -154,18 +281,18 @@ fn gzip(body: &[u8]) -> std::io::Result<Vec<u8>> {
 }
 
 /// Posts a prepared body of `n` messages and classifies the answer.
-async fn send_request(req: awc::ClientRequest, body: Vec<u8>, n: usize) -> Response {
+async fn send_request(req: awc::ClientRequest, body: Vec<u8>, n: usize) -> Answer {
     let mut resp = match req.send_body(body).await {
         Ok(resp) => resp,
-        Err(e) => return outage(n, format!("expo: request failed: {e}")),
+        Err(e) => return Answer::Final(outage(n, format!("expo: request failed: {e}"))),
     };
     let status = resp.status().as_u16();
     let retry_after = super::retry_after(resp.headers());
     let body = match resp.body().limit(MAX_RESPONSE_BYTES).await {
         Ok(body) => body,
-        Err(e) => return outage(n, format!("expo: reading the response failed: {e}")),
+        Err(e) => return Answer::Final(outage(n, format!("expo: reading the response failed: {e}"))),
     };
-    classify_response(status, &body, retry_after, n)
+    answer(status, &body, retry_after, n)
 }
 
 /// The Expo message for one job (DESIGN §8): title, body, and `data` merged with the
@@ -231,6 +358,10 @@ struct ErrorResponse {
 struct RequestError {
     code: String,
     message: Option<String>,
+    /// For `PUSH_TOO_MANY_EXPERIENCE_IDS`: each project (experience id) with its tokens from
+    /// the request, `{"@owner/project-a": ["ExponentPushToken[…]", …], …}`.
+    #[serde(default)]
+    details: Option<Value>,
 }
 
 fn outage(n: usize, error: String) -> Response {
@@ -238,36 +369,92 @@ fn outage(n: usize, error: String) -> Response {
     Response::all(n, SendResult::Retry { error: error.clone(), after: None }, Health::Outage(error))
 }
 
-/// Classifies a whole response: one result per message sent, and the provider's health.
-pub fn classify_response(status: u16, body: &[u8], retry_after: Option<Duration>, n: usize) -> Response {
-    if status == 200 {
-        let results: Vec<SendResult> = match serde_json::from_slice::<SendResponse>(body) {
-            Ok(r) if r.data.len() == n => r.data.into_iter().map(classify_ticket).collect(),
-            Ok(r) => return outage(n, format!("expo: {} tickets for {n} messages", r.data.len())),
-            Err(e) => return outage(n, format!("expo: unreadable 200 response: {e}")),
-        };
-        // Credentials refused per ticket are still the project's problem, not the device's.
-        let health = match results.iter().find(|r| matches!(r, SendResult::Auth { .. })) {
-            Some(auth) => Health::AuthFailure(auth.error().unwrap_or_default().to_string()),
-            None => Health::Up,
-        };
-        return Response { results, health };
+/// How Expo answered one request.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Answer {
+    /// One result per message sent, and the provider's health: tickets, or a refusal that
+    /// applies to every message alike.
+    Final(Response),
+    /// Refused as a whole because of what some messages are: sent again split, `projects`
+    /// (each project's tokens, when Expo named them) saying how. `refused` is what the messages
+    /// get when the request cannot be split any further.
+    Split { refused: Response, projects: Vec<Vec<String>> },
+}
+
+impl Answer {
+    /// What the messages get when this request is all there is.
+    pub fn response(self) -> Response {
+        match self {
+            Answer::Final(response) | Answer::Split { refused: response, .. } => response,
+        }
     }
-    let (code, message) = match serde_json::from_slice::<ErrorResponse>(body) {
-        Ok(r) => r.errors.into_iter().next().map(|e| (e.code, e.message.unwrap_or_default())).unwrap_or_default(),
-        Err(_) => (String::new(), String::from_utf8_lossy(&body[..body.len().min(200)]).into_owned()),
+}
+
+/// Classifies a whole response: one result per message sent, and the provider's health. A
+/// refusal that splitting would get around counts here as what each message gets alone.
+pub fn classify_response(status: u16, body: &[u8], retry_after: Option<Duration>, n: usize) -> Response {
+    answer(status, body, retry_after, n).response()
+}
+
+/// Classifies a whole response, and says whether sending its messages split could fare better.
+pub fn answer(status: u16, body: &[u8], retry_after: Option<Duration>, n: usize) -> Answer {
+    if status == 200 {
+        match serde_json::from_slice::<SendResponse>(body) {
+            Ok(r) if r.data.len() == n => {
+                let results: Vec<SendResult> = r.data.into_iter().map(classify_ticket).collect();
+                // Credentials refused per ticket are still the project's problem, not the device's.
+                let health = match results.iter().find(|r| matches!(r, SendResult::Auth { .. })) {
+                    Some(auth) => Health::AuthFailure(auth.error().unwrap_or_default().to_string()),
+                    None => Health::Up,
+                };
+                return Answer::Final(Response { results, health });
+            }
+            Ok(r) => return Answer::Final(outage(n, format!("expo: {} tickets for {n} messages", r.data.len()))),
+            // A 200 that carries request errors instead of tickets is read like a 400.
+            Err(e) => match serde_json::from_slice::<ErrorResponse>(body) {
+                Ok(r) if !r.errors.is_empty() => {}
+                _ => return Answer::Final(outage(n, format!("expo: unreadable 200 response: {e}"))),
+            },
+        }
+    }
+    let (code, message, details) = match serde_json::from_slice::<ErrorResponse>(body) {
+        Ok(r) => {
+            r.errors.into_iter().next().map(|e| (e.code, e.message.unwrap_or_default(), e.details)).unwrap_or_default()
+        }
+        Err(_) => (String::new(), String::from_utf8_lossy(&body[..body.len().min(200)]).into_owned(), None),
     };
     let error = bounded(format!("expo: HTTP {status} {code}: {message}").replace(" : ", ": "));
+    // A request we built wrong fails its messages, but says nothing about Expo's health.
+    let refused = |error: String| Response::all(n, SendResult::Permanent { error }, Health::Up);
     match (status, code.as_str()) {
         (401, _) | (_, "UNAUTHORIZED") => {
-            Response::all(n, SendResult::Auth { error: error.clone() }, Health::AuthFailure(error))
+            Answer::Final(Response::all(n, SendResult::Auth { error: error.clone() }, Health::AuthFailure(error)))
         }
-        (429, _) | (_, "TOO_MANY_REQUESTS") | (500..=599, _) => {
-            Response::all(n, SendResult::Retry { error: error.clone(), after: retry_after }, Health::Outage(error))
+        (429, _) | (_, "TOO_MANY_REQUESTS") | (500..=599, _) => Answer::Final(Response::all(
+            n,
+            SendResult::Retry { error: error.clone(), after: retry_after },
+            Health::Outage(error),
+        )),
+        // About the request itself (the sender chunks at Expo's limits): no split helps.
+        (_, "PUSH_TOO_MANY_NOTIFICATIONS" | "PUSH_TOO_MANY_RECEIPTS") => Answer::Final(refused(error)),
+        (_, "PUSH_TOO_MANY_EXPERIENCE_IDS") => {
+            Answer::Split { refused: refused(error), projects: projects(details.as_ref()) }
         }
-        // A request we built wrong fails its messages, but says nothing about Expo's health.
-        _ => Response::all(n, SendResult::Permanent { error }, Health::Up),
+        // Any other 400 may be about a single message (a field Expo does not accept).
+        (200 | 400, _) => Answer::Split { refused: refused(error), projects: Vec::new() },
+        _ => Answer::Final(refused(error)),
     }
+}
+
+/// The tokens of each project that `PUSH_TOO_MANY_EXPERIENCE_IDS` names in its `details`.
+fn projects(details: Option<&Value>) -> Vec<Vec<String>> {
+    let Some(Value::Object(projects)) = details else { return Vec::new() };
+    projects
+        .values()
+        .filter_map(Value::as_array)
+        .map(|tokens| tokens.iter().filter_map(Value::as_str).map(str::to_string).collect::<Vec<_>>())
+        .filter(|tokens| !tokens.is_empty())
+        .collect()
 }
 
 /// Classifies one ticket (the same table applies to receipts).
@@ -378,6 +565,78 @@ mod tests {
         }
         let receipts = classify_receipts(200, json!({"data": long}).to_string().as_bytes()).unwrap_err();
         assert!(receipts.len() <= crate::providers::MAX_ERROR_BYTES, "{receipts}");
+    }
+
+    fn refusal(code: &str, details: Option<Value>) -> Vec<u8> {
+        let mut error = json!({"code": code, "message": "m"});
+        if let Some(details) = details {
+            error["details"] = details;
+        }
+        json!({ "errors": [error] }).to_string().into_bytes()
+    }
+
+    #[test]
+    fn mixing_expo_projects_is_split_by_the_tokens_expo_names_for_each_project() {
+        let details = json!({"@acme/shop": ["ExponentPushToken[a]", "ExponentPushToken[c]"],
+                             "@acme/admin": ["ExponentPushToken[b]"]});
+        let body = refusal("PUSH_TOO_MANY_EXPERIENCE_IDS", Some(details));
+
+        let Answer::Split { refused, projects } = answer(400, &body, None, 3) else { panic!("not split") };
+
+        assert_eq!(projects.len(), 2);
+        assert!(refused.results.iter().all(|r| matches!(r, SendResult::Permanent { .. })), "{refused:?}");
+        assert_eq!(refused.health, Health::Up);
+        let tokens = ["ExponentPushToken[a]", "ExponentPushToken[b]", "ExponentPushToken[c]", "ExponentPushToken[d]"];
+        let mut parts = split(&tokens, &projects);
+        parts.sort();
+        // One request per project; a token Expo did not name goes in a request of its own.
+        assert_eq!(parts, vec![vec![0, 2], vec![1], vec![3]]);
+        // The same refused with a 200 (no tickets, only errors) is read alike.
+        assert!(matches!(answer(200, &body, None, 3), Answer::Split { projects, .. } if projects.len() == 2));
+    }
+
+    #[test]
+    fn a_400_that_may_be_about_one_message_is_bisected_down_to_that_message() {
+        for (status, body) in [
+            (400, refusal("VALIDATION_ERROR", None)),
+            (400, b"<html>bad request</html>".to_vec()),
+            // Projects Expo did not name, or a single project: nothing to split by.
+            (400, refusal("PUSH_TOO_MANY_EXPERIENCE_IDS", Some(json!("unreadable")))),
+        ] {
+            let Answer::Split { projects, .. } = answer(status, &body, None, 5) else { panic!("{status}: not split") };
+            let tokens = ["a", "b", "c", "d", "e"];
+            assert_eq!(split(&tokens, &projects), vec![vec![0, 1], vec![2, 3, 4]]);
+        }
+        let one_project = vec![vec!["a".to_string(), "b".to_string()]];
+        assert_eq!(split(&["a", "b"], &one_project), vec![vec![0], vec![1]], "halves when projects do not divide");
+        assert!(split(&["a"], &[]).is_empty(), "one message alone is the culprit: not sent again");
+        assert!(split(&[], &[]).is_empty());
+    }
+
+    #[test]
+    fn refusals_about_the_whole_request_are_not_split() {
+        for (status, code) in [
+            (401, "UNAUTHORIZED"),
+            (400, "PUSH_TOO_MANY_NOTIFICATIONS"),
+            (400, "PUSH_TOO_MANY_RECEIPTS"),
+            (429, "TOO_MANY_REQUESTS"),
+            (503, "INTERNAL_SERVER_ERROR"),
+            (403, "FORBIDDEN"),
+            (404, "NOT_FOUND"),
+        ] {
+            let answered = answer(status, &refusal(code, None), None, 2);
+            assert!(matches!(answered, Answer::Final(_)), "{status} {code}: {answered:?}");
+            assert_eq!(answered.response(), classify_response(status, &refusal(code, None), None, 2));
+        }
+    }
+
+    #[test]
+    fn a_batch_sent_as_several_requests_is_an_outage_only_when_every_final_request_was_one() {
+        let out = || Health::Outage("503".into());
+        assert!(matches!(overall(vec![out(), out()]), Health::Outage(_)));
+        assert_eq!(overall(vec![out(), Health::Up]), Health::Up);
+        assert!(matches!(overall(vec![Health::Up, Health::AuthFailure("401".into()), out()]), Health::AuthFailure(_)));
+        assert_eq!(overall(Vec::new()), Health::Up);
     }
 
     #[test]
@@ -491,6 +750,23 @@ mod proptests {
             prop_assert_eq!(response.results.len(), n);
             for result in &response.results {
                 assert_one_class(result, &response.health);
+            }
+        }
+
+        #[test]
+        fn a_split_divides_the_messages_into_smaller_parts_that_keep_every_one(
+            tokens in prop::collection::vec("[a-d]", 0..40),
+            projects in prop::collection::vec(prop::collection::vec("[a-e]", 0..6), 0..4),
+        ) {
+            let tokens: Vec<&str> = tokens.iter().map(String::as_str).collect();
+            let parts = split(&tokens, &projects);
+            // Every split makes progress, so resending ends after at most 2n - 1 requests.
+            prop_assert!(parts.is_empty() == (tokens.len() < 2));
+            prop_assert!(parts.iter().all(|p| !p.is_empty() && p.len() < tokens.len()));
+            let mut places: Vec<usize> = parts.concat();
+            places.sort_unstable();
+            if !parts.is_empty() {
+                prop_assert_eq!(places, (0..tokens.len()).collect::<Vec<_>>());
             }
         }
 
