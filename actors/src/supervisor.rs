@@ -74,10 +74,13 @@ impl Lifecycle {
     }
 }
 
+/// From 100 ms, doubling, to at most 10 s (plus jitter): an actor stopped by a Postgres or Redis
+/// outage is back within seconds of its end, and a long outage costs one attempt (and one log
+/// line) per actor every ~10 s.
 fn backoff() -> ExponentialBackoff {
     ExponentialBuilder::default()
         .with_min_delay(Duration::from_millis(100))
-        .with_max_delay(Duration::from_secs(30))
+        .with_max_delay(Duration::from_secs(10))
         .with_jitter()
         .without_max_times()
         .build()
