@@ -30,6 +30,14 @@ use tokio_postgres::AsyncMessage;
 /// The channel the insert trigger notifies.
 pub const CHANNEL: &str = "notification_insert";
 
+/// Longest the LISTEN connection may take to connect and subscribe, or to answer the check
+/// each sweep makes, as a multiple of `database.connect_timeout_ms`: a server that accepts TCP
+/// and then says nothing (a blackholed connection after a failover) must not hold the listener
+/// for the kernel's minutes.
+fn listen_timeout(config: &tokio_postgres::Config) -> Duration {
+    config.get_connect_timeout().copied().unwrap_or(Duration::from_secs(5)) * 2
+}
+
 pub struct ListenerActor {
     life: Lifecycle,
     fanout: Fanout,
@@ -40,7 +48,7 @@ pub struct ListenerActor {
     /// A drain is already queued: further doorbells add nothing.
     rung: Arc<AtomicBool>,
     /// Kept alive for as long as the LISTEN should last; dropping it closes the connection.
-    listen_client: Option<tokio_postgres::Client>,
+    listen_client: Option<Arc<tokio_postgres::Client>>,
     /// Counts connections, so that the end of a replaced one is not mistaken for a failure.
     generation: u64,
 }
@@ -109,6 +117,12 @@ impl ListenerActor {
             });
             client.batch_execute(&format!("LISTEN {CHANNEL}")).await?;
             Ok::<_, EngineError>(client)
+        };
+        let limit = listen_timeout(&self.pg_config);
+        let fut = async move {
+            tokio::time::timeout(limit, fut).await.unwrap_or_else(|_| {
+                Err(EngineError::ListenLost(format!("no LISTEN connection within {} ms", limit.as_millis())))
+            })
         };
         ctx.wait(guarded(fut).into_actor(self).map(|res, act, ctx| match res {
             Ok(client) => {
@@ -266,7 +280,7 @@ impl Handler<Listening> for ListenerActor {
 
     fn handle(&mut self, msg: Listening, _: &mut Context<Self>) {
         info!(self.life.log, "listening for new notifications"; "channel" => CHANNEL);
-        self.listen_client = Some(msg.0);
+        self.listen_client = Some(Arc::new(msg.0));
     }
 }
 
@@ -309,7 +323,22 @@ impl Handler<Envelope<Sweep>> for ListenerActor {
         if self.shutdown.is_triggered() {
             return;
         }
-        let fut = self.fanout.clone().sweep(self.stale_after);
-        self.run_step(ctx, fut);
+        let (fanout, stale_after, listening) = (self.fanout.clone(), self.stale_after, self.listen_client.clone());
+        let limit = listen_timeout(&self.pg_config);
+        self.run_step(ctx, async move {
+            // An idle LISTEN connection behind a dead peer looks exactly like a quiet table:
+            // ask it to answer, and reconnect when it does not.
+            if let Some(client) = listening {
+                match tokio::time::timeout(limit, client.simple_query("SELECT 1")).await {
+                    Ok(Ok(_)) => {}
+                    Ok(Err(e)) => return Err(EngineError::ListenLost(crate::error::with_sources(&e))),
+                    Err(_) => {
+                        let silent = format!("the LISTEN connection did not answer within {} ms", limit.as_millis());
+                        return Err(EngineError::ListenLost(silent));
+                    }
+                }
+            }
+            fanout.sweep(stale_after).await
+        });
     }
 }

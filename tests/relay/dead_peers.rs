@@ -201,3 +201,38 @@ async fn pooled_connections_carry_the_statement_timeout_to_the_server() {
     drop(conn);
     app.cleanup().await;
 }
+
+#[actix_web::test]
+async fn a_blackholed_listen_connection_is_noticed_at_the_next_sweep_and_replaced() {
+    // Idle, the LISTEN connection sends nothing: behind a dead peer it looks like a quiet table.
+    let mut app = prepare().await;
+    let (_, upstream) = through(&base_database_url(), "", 5432);
+    let proxy = Proxy::start(upstream).await;
+    let url = app.env["NOTIFY__DATABASE__URL"].clone();
+    app.env.insert("NOTIFY__DATABASE__URL".into(), through(&url, &proxy.addr, 5432).0);
+    app.env.insert("NOTIFY__DATABASE__CONNECT_TIMEOUT_MS".into(), "1000".into());
+    app.env.insert("NOTIFY__DATABASE__STATEMENT_TIMEOUT_MS".into(), "2000".into());
+    app.env.insert("NOTIFY__LISTENER__SWEEP_INTERVAL_MS".into(), "500".into());
+    app.start_with(notify_relay::startup::ProcessRoles::parse("listener").unwrap()).await;
+    let listener = || {
+        let actors = app.app.as_ref().expect("running").engine.registry().snapshot();
+        actors.into_iter().find(|a| a.name == "listener").expect("a listener")
+    };
+    eventually(Duration::from_secs(10), || async { (listener().handled > 0).then_some(()) }).await;
+
+    proxy.blackhole();
+    eventually(Duration::from_secs(30), || async {
+        listener().last_error.filter(|e| e.contains("the LISTEN connection did not answer within 2000 ms"))
+    })
+    .await;
+    // Reconnected through the proxy (new connections pass), and listening again.
+    eventually(Duration::from_secs(30), || async { listener().running.then_some(()) }).await;
+    let id = app.notify("lena", serde_json::json!({})).await;
+    eventually(Duration::from_secs(30), || async {
+        (app.count(&format!("SELECT count(*) FROM notification WHERE id = '{id}' AND status <> 'pending'")).await == 1)
+            .then_some(())
+    })
+    .await;
+    drop(proxy);
+    app.cleanup().await;
+}

@@ -232,8 +232,14 @@ async fn a_redis_restart_without_persistence_mid_run_loses_nothing() {
     insert_bulk(&app, 2000, 20).await;
     wait_for_sends(&app, 300).await;
 
+    let failures = || {
+        let actors = app.app.as_ref().expect("running").engine.registry().snapshot();
+        actors.iter().map(|a| u64::from(a.restarts) + u64::from(!a.running)).sum::<u64>()
+    };
+    let before = failures();
     redis_server.kill();
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Down until the relay has felt it (an actor failed on the missing Redis), then back empty.
+    eventually(Duration::from_secs(30), || async { (failures() > before).then_some(()) }).await;
     let _restarted = PrivateRedis::start(redis_server.port).await;
 
     app.all_final(Duration::from_secs(90)).await;
