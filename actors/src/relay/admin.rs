@@ -213,6 +213,8 @@ impl Relay {
             let mut job = job.clone();
             job.attempt = 0;
             job.requeued = true;
+            // A fresh first attempt: `retry.max_age_ms` counts from now (as the reset row's does).
+            job.queued_ms = crate::job::now_ms();
             let shard = job.shard(self.keys.shards());
             if shard != letter.shard {
                 // `redis.shards` changed since: two keys in two slots, written one after the other.

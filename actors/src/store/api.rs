@@ -288,7 +288,7 @@ impl Store {
             .query(
                 "UPDATE delivery AS d
                     SET status = 'queued', attempt_count = 0, last_error = NULL, next_attempt_at = NULL,
-                        updated_at = now()
+                        updated_at = now(), created_at = now() -- the target starts over: so does its deadline
                    FROM unnest($1::uuid[], $2::uuid[]) AS t(n, d)
                   WHERE d.notification_id = t.n AND d.device_id = t.d AND d.status = 'failed'
               RETURNING d.notification_id, d.device_id",

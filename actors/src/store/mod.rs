@@ -246,7 +246,7 @@ impl Store {
                      SELECT n, d, p, CASE WHEN e IS NULL THEN 'queued' ELSE 'failed' END, e
                        FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::text[]) AS u(n, d, p, e)
                      ON CONFLICT (notification_id, device_id) DO UPDATE
-                        SET status = excluded.status, last_error = excluded.last_error,
+                        SET status = excluded.status, last_error = excluded.last_error, created_at = now(),
                             attempt_count = 0, next_attempt_at = NULL, delivered_at = NULL,
                             provider_message_id = NULL, updated_at = now()",
                 )
