@@ -31,7 +31,7 @@ use tokio_postgres::AsyncMessage;
 pub const CHANNEL: &str = "notification_insert";
 
 /// Longest the LISTEN connection may take to connect and subscribe, or to answer the check
-/// each sweep makes, as a multiple of `database.connect_timeout_ms`: a server that accepts TCP
+/// made every so long (the same interval), as a multiple of `database.connect_timeout_ms`: a server that accepts TCP
 /// and then says nothing (a blackholed connection after a failover) must not hold the listener
 /// for the kernel's minutes.
 fn listen_timeout(config: &tokio_postgres::Config) -> Duration {
@@ -58,6 +58,11 @@ pub struct ListenerActor {
 #[derive(Message)]
 #[rtype(result = "()")]
 struct ListenLost(u64, String);
+
+/// Time to check that the LISTEN connection still answers.
+#[derive(Message)]
+#[rtype(result = "()")]
+struct CheckListen;
 
 /// The LISTEN connection is up.
 #[derive(Message)]
@@ -259,6 +264,8 @@ impl Actor for ListenerActor {
                     ctx.address().do_send(stats.envelope(Sweep));
                 }
             });
+            // An idle LISTEN connection behind a dead peer looks exactly like a quiet table.
+            ctx.run_interval(listen_timeout(&act.pg_config), |_, ctx| ctx.notify(CheckListen));
         });
     }
 
@@ -281,6 +288,25 @@ impl Handler<Listening> for ListenerActor {
     fn handle(&mut self, msg: Listening, _: &mut Context<Self>) {
         info!(self.life.log, "listening for new notifications"; "channel" => CHANNEL);
         self.listen_client = Some(Arc::new(msg.0));
+    }
+}
+
+impl Handler<CheckListen> for ListenerActor {
+    type Result = ();
+
+    /// Asks the LISTEN connection to answer (`SELECT 1`, beside the actor's work: a drain may be
+    /// running); if it does not within the limit, it is lost and replaced.
+    fn handle(&mut self, _: CheckListen, ctx: &mut Context<Self>) {
+        let Some(client) = self.listen_client.clone() else { return };
+        let (generation, limit, addr) = (self.generation, listen_timeout(&self.pg_config), ctx.address());
+        actix_rt::spawn(async move {
+            let lost = match tokio::time::timeout(limit, client.simple_query("SELECT 1")).await {
+                Ok(Ok(_)) => return,
+                Ok(Err(e)) => crate::error::with_sources(&e),
+                Err(_) => format!("no answer to a check within {} ms", limit.as_millis()),
+            };
+            addr.do_send(ListenLost(generation, lost));
+        });
     }
 }
 
@@ -323,22 +349,7 @@ impl Handler<Envelope<Sweep>> for ListenerActor {
         if self.shutdown.is_triggered() {
             return;
         }
-        let (fanout, stale_after, listening) = (self.fanout.clone(), self.stale_after, self.listen_client.clone());
-        let limit = listen_timeout(&self.pg_config);
-        self.run_step(ctx, async move {
-            // An idle LISTEN connection behind a dead peer looks exactly like a quiet table:
-            // ask it to answer, and reconnect when it does not.
-            if let Some(client) = listening {
-                match tokio::time::timeout(limit, client.simple_query("SELECT 1")).await {
-                    Ok(Ok(_)) => {}
-                    Ok(Err(e)) => return Err(EngineError::ListenLost(crate::error::with_sources(&e))),
-                    Err(_) => {
-                        let silent = format!("the LISTEN connection did not answer within {} ms", limit.as_millis());
-                        return Err(EngineError::ListenLost(silent));
-                    }
-                }
-            }
-            fanout.sweep(stale_after).await
-        });
+        let fut = self.fanout.clone().sweep(self.stale_after);
+        self.run_step(ctx, fut);
     }
 }
