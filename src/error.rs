@@ -7,7 +7,6 @@
 
 use actix_web::http::StatusCode;
 use actix_web::{HttpResponse, ResponseError};
-use serde_json::json;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -26,6 +25,9 @@ pub enum ApiError {
     Unprocessable(String),
     #[error("{0}")]
     NotFound(String),
+    /// A known path with a method it does not take; `allow` lists the ones it does.
+    #[error("this path takes only {allow}")]
+    MethodNotAllowed { allow: String },
     #[error("{0}")]
     Unavailable(String),
     /// Postgres or Redis cannot be reached (or the engine is stopping): a 503, `what` named,
@@ -41,42 +43,43 @@ pub enum ApiError {
 }
 
 impl ApiError {
-    fn code(&self) -> &'static str {
+    /// The one table (meilisearch's `make_error_codes!` shape): each error's HTTP status and
+    /// its stable `code`, side by side in one row, so that the two cannot drift apart.
+    pub fn parts(&self) -> (StatusCode, &'static str) {
+        use ApiError as E;
         match self {
-            ApiError::BadRequest(_) => "bad_request",
-            ApiError::Unauthorized(_) => "unauthorized",
-            ApiError::Forbidden(_) => "forbidden",
-            ApiError::Conflict(_) => "conflict",
-            ApiError::PayloadTooLarge(_) => "payload_too_large",
-            ApiError::Unprocessable(_) => "invalid_value",
-            ApiError::NotFound(_) => "not_found",
-            ApiError::Unavailable(_) | ApiError::DependencyDown { .. } => "unavailable",
-            ApiError::Internal(_) => "internal",
+            E::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad_request"),
+            E::Unauthorized(_) => (StatusCode::UNAUTHORIZED, "unauthorized"),
+            E::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
+            E::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
+            E::MethodNotAllowed { .. } => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
+            E::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
+            E::PayloadTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
+            E::Unprocessable(_) => (StatusCode::UNPROCESSABLE_ENTITY, "invalid_value"),
+            E::Unavailable(_) | E::DependencyDown { .. } => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+            E::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         }
     }
 }
 
 impl ResponseError for ApiError {
     fn status_code(&self) -> StatusCode {
-        match self {
-            ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
-            ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
-            ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
-            ApiError::Conflict(_) => StatusCode::CONFLICT,
-            ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
-            ApiError::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
-            ApiError::NotFound(_) => StatusCode::NOT_FOUND,
-            ApiError::Unavailable(_) | ApiError::DependencyDown { .. } => StatusCode::SERVICE_UNAVAILABLE,
-            ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
-        }
+        self.parts().0
     }
 
     fn error_response(&self) -> HttpResponse {
-        let mut resp = HttpResponse::build(self.status_code());
-        if let ApiError::Unauthorized(_) = self {
-            resp.insert_header(("www-authenticate", "Bearer"));
+        let (status, code) = self.parts();
+        let mut resp = HttpResponse::build(status);
+        match self {
+            ApiError::Unauthorized(_) => {
+                resp.insert_header(("www-authenticate", "Bearer"));
+            }
+            ApiError::MethodNotAllowed { allow } => {
+                resp.insert_header(("allow", allow.as_str()));
+            }
+            _ => {}
         }
-        resp.json(json!({"error": {"code": self.code(), "message": self.to_string()}}))
+        resp.json(ErrorBody::new(code, self.to_string()))
     }
 }
 
@@ -194,6 +197,13 @@ pub struct ErrorBody {
     pub error: ErrorDetail,
 }
 
+impl ErrorBody {
+    /// The body of every error response: [`ApiError`]'s, and those the routes' fallbacks answer.
+    pub fn new(code: &str, message: impl Into<String>) -> ErrorBody {
+        ErrorBody { error: ErrorDetail { code: code.to_string(), message: message.into() } }
+    }
+}
+
 #[derive(serde::Serialize, utoipa::ToSchema)]
 pub struct ErrorDetail {
     /// Stable, machine-readable: bad_request, unauthorized, forbidden, not_found, conflict,
@@ -245,11 +255,6 @@ pub fn log_text(err: &actix_web::Error) -> String {
     }
 }
 
-/// The JSON error body for errors raised by actix-web itself (unknown route, bad JSON…).
-pub fn body(code: &str, message: &str) -> serde_json::Value {
-    json!({"error": {"code": code, "message": message}})
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -261,14 +266,48 @@ mod tests {
         let timeout = deadpool_postgres::PoolError::Timeout(deadpool_postgres::TimeoutType::Wait);
         for e in [E::Redis(refused), E::Pool(timeout)] {
             let api = ApiError::from(e);
-            assert_eq!(api.status_code(), StatusCode::SERVICE_UNAVAILABLE, "{api}");
-            assert_eq!(api.code(), "unavailable");
+            assert_eq!(api.parts(), (StatusCode::SERVICE_UNAVAILABLE, "unavailable"), "{api}");
             assert!(api.log_text().contains("unavailable: "), "the cause is logged: {}", api.log_text());
         }
         let wrongtype =
             redis::RedisError::from((redis::ErrorKind::Server(redis::ServerErrorKind::ResponseError), "WRONGTYPE"));
         assert_eq!(ApiError::from(E::Redis(wrongtype)).status_code(), StatusCode::INTERNAL_SERVER_ERROR);
         assert_eq!(ApiError::from(E::Provider("x".into())).status_code(), StatusCode::INTERNAL_SERVER_ERROR);
+    }
+
+    #[actix_web::test]
+    async fn every_error_answers_its_rows_status_and_code_in_the_one_json_shape() {
+        let cases = [
+            (ApiError::BadRequest("b".into()), 400, "bad_request", None),
+            (ApiError::Unauthorized("u".into()), 401, "unauthorized", Some(("www-authenticate", "Bearer"))),
+            (ApiError::Forbidden("f".into()), 403, "forbidden", None),
+            (ApiError::NotFound("no such route".into()), 404, "not_found", None),
+            (
+                ApiError::MethodNotAllowed { allow: "GET, POST".into() },
+                405,
+                "method_not_allowed",
+                Some(("allow", "GET, POST")),
+            ),
+            (ApiError::Conflict("c".into()), 409, "conflict", None),
+            (ApiError::PayloadTooLarge("p".into()), 413, "payload_too_large", None),
+            (ApiError::Unprocessable("v".into()), 422, "invalid_value", None),
+            (ApiError::Unavailable("a".into()), 503, "unavailable", None),
+            (ApiError::Internal("secret detail".into()), 500, "internal", None),
+        ];
+        for (err, status, code, header) in cases {
+            let message = err.to_string();
+            let resp = err.error_response();
+            assert_eq!((resp.status().as_u16(), err.status_code().as_u16()), (status, status), "{err}");
+            if let Some((name, value)) = header {
+                assert_eq!(resp.headers().get(name).and_then(|v| v.to_str().ok()), Some(value), "{err}");
+            }
+            let bytes = actix_web::body::to_bytes(resp.into_body()).await.unwrap();
+            let body: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+            assert_eq!(body, serde_json::json!({"error": {"code": code, "message": message}}), "{err}");
+        }
+        // Opaque: an internal error's cause goes to the log, never to the client.
+        assert_eq!(ApiError::Internal("secret detail".into()).to_string(), "internal error");
+        assert_eq!(ApiError::MethodNotAllowed { allow: "DELETE".into() }.to_string(), "this path takes only DELETE");
     }
 
     #[test]

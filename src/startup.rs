@@ -2,11 +2,12 @@
 
 use crate::auth::Authenticator;
 use crate::configuration::Settings;
+use crate::error::ApiError;
 use crate::routes::{self, AppState};
 use crate::{error, migrate};
 use actix_web::dev::ServerHandle;
 use actix_web::dev::Service;
-use actix_web::{web, App, HttpResponse, HttpServer};
+use actix_web::{web, App, HttpServer, ResponseError};
 use actors::keys::Keys;
 use actors::relay::Relay;
 use actors::settings::Roles;
@@ -151,9 +152,7 @@ impl Application {
                     .app_data(web::JsonConfig::default().limit(64 * 1024).error_handler(error::json_error))
                     .app_data(web::QueryConfig::default().error_handler(error::query_error))
                     .configure(routes::configure)
-                    .default_service(web::to(|| async {
-                        HttpResponse::NotFound().json(error::body("not_found", "no such route"))
-                    }))
+                    .default_service(web::to(|| async { ApiError::NotFound("no such route".into()).error_response() }))
             })
             .workers(1)
             // Signals are ours (the engine drains first); open requests get 5 s at shutdown.

@@ -18,7 +18,7 @@ use crate::messages::{Flush, Record};
 use crate::registry::Envelope;
 use crate::relay::{DeadLetter, RedisWrites, Relay};
 use crate::settings::RetryPolicy;
-use crate::store::{OutcomeRows, Settled, Store, Target};
+use crate::store::{DeadToken, DeliveredRow, FailedRow, OutcomeRows, RetryingRow, Settled, Store, Target};
 use crate::supervisor::{guarded, Lifecycle};
 use actix::prelude::*;
 use slog::{error, info, warn, Logger};
@@ -264,7 +264,11 @@ impl Plan {
             let (delivery, result) = match outcome {
                 Outcome::Poison { entry, raw, reason, target } => {
                     if let Some(target) = target {
-                        rows.failed.push((*target, 0, format!("unreadable stream entry: {reason}")));
+                        rows.failed.push(FailedRow {
+                            target: *target,
+                            attempts: 0,
+                            error: format!("unreadable stream entry: {reason}"),
+                        });
                         rows.shared_notifications.push(target.0);
                     }
                     redis.dead_letters.push(DeadLetter {
@@ -282,7 +286,12 @@ impl Plan {
                     if *repair {
                         // Only the idempotency key knew: Postgres learns it now.
                         let job = &delivery.job;
-                        rows.delivered.push((job.target(), pg_count(job.attempt), None, None));
+                        rows.delivered.push(DeliveredRow {
+                            target: job.target(),
+                            attempts: pg_count(job.attempt),
+                            provider_message_id: None,
+                            receipt_after: None,
+                        });
                         if job.targets > 1 {
                             rows.shared_notifications.push(job.notification_id);
                         }
@@ -292,7 +301,11 @@ impl Plan {
                 }
                 Outcome::Withdrawn { delivery, reason } => {
                     let job = &delivery.job;
-                    rows.failed.push((job.target(), pg_count(job.attempt), reason.clone()));
+                    rows.failed.push(FailedRow {
+                        target: job.target(),
+                        attempts: pg_count(job.attempt),
+                        error: reason.clone(),
+                    });
                     rows.shared_notifications.push(job.notification_id);
                     redis.tally.add(events::TARGET_WITHDRAWN, Some(job.provider.as_str()), 1);
                     continue;
@@ -305,6 +318,17 @@ impl Plan {
             if job.targets > 1 {
                 rows.shared_notifications.push(job.notification_id);
             }
+            let failed = |spent: u32, error: &str| FailedRow {
+                target: job.target(),
+                attempts: pg_count(spent),
+                error: error.to_string(),
+            };
+            let retrying = |spent: u32, error: &str, delay: Duration| RetryingRow {
+                target: job.target(),
+                attempts: pg_count(spent),
+                error: error.to_string(),
+                delay,
+            };
             let dead_letter = |reason: &'static str, error: &str| DeadLetter {
                 shard: delivery.entry.shard,
                 reason,
@@ -318,7 +342,12 @@ impl Plan {
                     // An Expo ticket: its receipt is asked for later (the row says when).
                     let receipt =
                         receipt_delay.filter(|_| job.provider == Provider::Expo && provider_message_id.is_some());
-                    rows.delivered.push((job.target(), pg_count(attempts), provider_message_id.clone(), receipt));
+                    rows.delivered.push(DeliveredRow {
+                        target: job.target(),
+                        attempts: pg_count(attempts),
+                        provider_message_id: provider_message_id.clone(),
+                        receipt_after: receipt,
+                    });
                     rows.used_devices.push(job.device_id);
                     redis.delivered.push((job.notification_id, job.device_id));
                     redis.tally.add(events::SEND_SUCCESS, provider, 1);
@@ -332,7 +361,7 @@ impl Plan {
                         retry.max_age.as_secs()
                     );
                     let spent = if matches!(result, SendResult::Deferred { .. }) { job.attempt } else { attempts };
-                    rows.failed.push((job.target(), pg_count(spent), error.clone()));
+                    rows.failed.push(failed(spent, &error));
                     redis.dead_letters.push(dead_letter("max_age", &error));
                     redis.tally.add(events::GAVE_UP, provider, 1);
                     redis.tally.add(events::DLQ_PUSHED, provider, 1);
@@ -340,7 +369,7 @@ impl Plan {
                 SendResult::Retry { error, .. } | SendResult::Auth { error } if attempts < retry.max_attempts => {
                     let after = if let SendResult::Retry { after, .. } = result { *after } else { None };
                     let delay = retry.delay(attempts, after);
-                    rows.retrying.push((job.target(), pg_count(attempts), error.clone(), delay));
+                    rows.retrying.push(retrying(attempts, error, delay));
                     let mut next = job.clone();
                     next.attempt = attempts;
                     redis.retries.push((delivery.entry.shard, now + delay, next));
@@ -354,26 +383,26 @@ impl Plan {
                     // once; never sooner than `retry.base_ms`.
                     let delay = (*after).max(retry.base);
                     let delay = delay + Duration::from_millis(rand::random_range(0..=delay.as_millis() as u64 / 2));
-                    rows.retrying.push((job.target(), pg_count(job.attempt), error.clone(), delay));
+                    rows.retrying.push(retrying(job.attempt, error, delay));
                     redis.retries.push((delivery.entry.shard, now + delay, job.clone()));
                     redis.tally.add(events::DEFERRED, provider, 1);
                 }
                 SendResult::Retry { error, .. } | SendResult::Auth { error } => {
                     let error = format!("gave up after {attempts} attempts: {error}");
-                    rows.failed.push((job.target(), pg_count(attempts), error.clone()));
+                    rows.failed.push(failed(attempts, &error));
                     redis.dead_letters.push(dead_letter("max_attempts", &error));
                     redis.tally.add(events::SEND_FAIL, provider, 1);
                     redis.tally.add(events::DLQ_PUSHED, provider, 1);
                 }
                 SendResult::Permanent { error } => {
-                    rows.failed.push((job.target(), pg_count(attempts), error.clone()));
+                    rows.failed.push(failed(attempts, error));
                     redis.dead_letters.push(dead_letter("permanent", error));
                     redis.tally.add(events::SEND_FAIL, provider, 1);
                     redis.tally.add(events::DLQ_PUSHED, provider, 1);
                 }
                 SendResult::InvalidToken { error } => {
-                    rows.failed.push((job.target(), pg_count(attempts), error.clone()));
-                    rows.disable_devices.push((job.device_id, error.clone()));
+                    rows.failed.push(failed(attempts, error));
+                    rows.disable_devices.push(DeadToken { device_id: job.device_id, reason: error.clone() });
                     redis.dead_letters.push(dead_letter("invalid_token", error));
                     redis.tally.add(events::SEND_FAIL, provider, 1);
                     redis.tally.add(events::DEVICE_DISABLED, provider, 1);
@@ -555,12 +584,12 @@ mod tests {
         // The circuit stays open 30 s; retry.max_ms is 1 s. Coming back every second would be
         // 30 useless round trips through Redis and Postgres per delivery.
         let plan = Plan::build(&[sent(2, Duration::ZERO, deferred(Duration::from_secs(30)))], &RETRY, None);
-        let (_, attempts, _, delay) = &plan.rows.retrying[0];
+        let RetryingRow { attempts, delay, .. } = &plan.rows.retrying[0];
         assert_eq!(*attempts, 2, "no attempt spent");
         assert!(*delay >= Duration::from_secs(30) && *delay <= Duration::from_secs(45), "{delay:?}");
         // A very short wait still comes back no sooner than retry.base_ms.
         let plan = Plan::build(&[sent(0, Duration::ZERO, deferred(Duration::from_millis(1)))], &RETRY, None);
-        assert!(plan.rows.retrying[0].3 >= RETRY.base);
+        assert!(plan.rows.retrying[0].delay >= RETRY.base);
     }
 
     #[test]
@@ -572,7 +601,7 @@ mod tests {
         let plan = Plan::build(&batch, &RETRY, None);
         assert!(plan.rows.retrying.is_empty());
         assert!(plan.redis.retries.is_empty());
-        let errors: Vec<(i32, &str)> = plan.rows.failed.iter().map(|(_, n, e)| (*n, e.as_str())).collect();
+        let errors: Vec<(i32, &str)> = plan.rows.failed.iter().map(|f| (f.attempts, f.error.as_str())).collect();
         assert_eq!(
             errors,
             vec![

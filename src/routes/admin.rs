@@ -90,10 +90,7 @@ pub async fn dlq(
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
     state.auth.admin(&req)?;
-    let limit = query.limit.unwrap_or(50);
-    if !(1..=1000).contains(&limit) {
-        return Err(ApiError::BadRequest(format!("limit must be between 1 and 1000, got {limit}")));
-    }
+    let limit = super::bounded("limit", query.limit, 50, 1..=1000)?;
     Ok(HttpResponse::Ok().json(DlqBody { items: state.relay.dead_letters(limit).await? }))
 }
 
@@ -255,9 +252,6 @@ pub async fn metrics(
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
     state.auth.admin(&req)?;
-    let days = query.days.unwrap_or(7);
-    if !(1..=90).contains(&days) {
-        return Err(ApiError::BadRequest(format!("days must be between 1 and 90, got {days}")));
-    }
+    let days = super::bounded("days", query.days, 7, 1..=90)?;
     Ok(HttpResponse::Ok().json(MetricsBody { days: state.relay.counters(days).await? }))
 }

@@ -12,6 +12,7 @@ use crate::error::ApiError;
 use actors::registry::Registry;
 use actors::relay::Relay;
 use actors::store::Store;
+use std::ops::RangeInclusive;
 use uuid::Uuid;
 
 /// What every handler can reach.
@@ -68,9 +69,8 @@ fn allowed_methods(item: &utoipa::openapi::PathItem) -> Vec<&'static str> {
 }
 
 fn method_not_allowed(allow: &str) -> actix_web::HttpResponse {
-    actix_web::HttpResponse::MethodNotAllowed()
-        .insert_header(("allow", allow))
-        .json(crate::error::body("method_not_allowed", &format!("this path takes only {allow}")))
+    use actix_web::ResponseError;
+    ApiError::MethodNotAllowed { allow: allow.to_string() }.error_response()
 }
 
 /// A path segment that must be a UUID, in its hyphenated form (`format: uuid`): 400 naming it
@@ -86,6 +86,25 @@ pub fn parse_uuid(name: &str, raw: &str) -> Result<Uuid, ApiError> {
         return Err(bad());
     }
     raw.parse().map_err(|_| bad())
+}
+
+/// A numeric query parameter with bounds: its value, `default` when absent, and a 400 naming it
+/// when out of `range`. The query structs stay one per route, as each one's doc comments and
+/// `#[param(minimum, maximum)]` are what the OpenAPI document says about it; only the check is
+/// shared, so that it reads the same on every route.
+pub fn bounded<T>(name: &str, value: Option<T>, default: T, range: RangeInclusive<T>) -> Result<T, ApiError>
+where
+    T: PartialOrd + Copy + std::fmt::Display,
+{
+    let value = value.unwrap_or(default);
+    match range.contains(&value) {
+        true => Ok(value),
+        false => Err(ApiError::BadRequest(format!(
+            "{name} must be between {} and {}, got {value}",
+            range.start(),
+            range.end()
+        ))),
+    }
 }
 
 /// The `user_id` pattern of the OpenAPI document: anything Postgres can store as text (no NUL).
@@ -137,6 +156,22 @@ mod tests {
         ] {
             assert!(parse_uuid("id", bad).unwrap_err().to_string().contains("id must be a UUID"), "{bad}");
         }
+    }
+
+    #[test]
+    fn a_bounded_parameter_takes_its_default_and_names_itself_out_of_range() {
+        assert_eq!(bounded("limit", None, 50, 1..=1000).unwrap(), 50);
+        assert_eq!(bounded("limit", Some(1000), 50, 1..=1000).unwrap(), 1000);
+        for (value, message) in
+            [(0, "limit must be between 1 and 1000, got 0"), (1001, "limit must be between 1 and 1000, got 1001")]
+        {
+            match bounded("limit", Some(value), 50, 1..=1000) {
+                Err(ApiError::BadRequest(m)) => assert_eq!(m, message),
+                other => panic!("{value}: {other:?}"),
+            }
+        }
+        let err = bounded("days", Some(91u32), 7, 1..=90).unwrap_err();
+        assert_eq!(err.to_string(), "days must be between 1 and 90, got 91");
     }
 
     #[test]

@@ -51,10 +51,7 @@ pub async fn failed(
 ) -> Result<HttpResponse, ApiError> {
     state.auth.user(&req).await?.may_act_for(&user_id)?;
     super::check_user_id(&user_id)?;
-    let limit = query.limit.unwrap_or(DEFAULT_LIMIT);
-    if !(1..=MAX_LIMIT).contains(&limit) {
-        return Err(ApiError::BadRequest(format!("limit must be between 1 and {MAX_LIMIT}, got {limit}")));
-    }
+    let limit = super::bounded("limit", query.limit, DEFAULT_LIMIT, 1..=MAX_LIMIT)?;
     let after = match &query.cursor {
         Some(c) => Some(cursor::decode(&state.cursor_key, c)?),
         None => None,

@@ -9,7 +9,8 @@
 //! the transaction that stores what the receipt said: a receipt is either still due in Postgres or
 //! applied, whatever fails in between (Postgres, Expo, the process) and whatever Redis forgets.
 
-use super::{disable_devices, split_targets, storable, Store, Target};
+use super::outcomes::{disable_devices, DeadToken};
+use super::{split_targets, storable, Store, Target};
 use crate::error::Result;
 use std::borrow::Cow;
 use std::time::{Duration, SystemTime};
@@ -111,11 +112,16 @@ impl Store {
             })
             .collect();
         tx.execute(&stmt, &[&n, &dev, &tickets, &errs, &again]).await?;
-        let dead = verdicts.iter().filter_map(|(r, v)| match v {
-            ReceiptVerdict::Answered { error: Some(reason), disable: true } => Some((r.target.1, reason.as_str())),
-            _ => None,
-        });
-        disable_devices(&tx, dead).await?;
+        let dead: Vec<DeadToken> = verdicts
+            .iter()
+            .filter_map(|(r, v)| match v {
+                ReceiptVerdict::Answered { error: Some(reason), disable: true } => {
+                    Some(DeadToken { device_id: r.target.1, reason: reason.clone() })
+                }
+                _ => None,
+            })
+            .collect();
+        disable_devices(&tx, &dead).await?;
         tx.commit().await?;
         Ok(())
     }
