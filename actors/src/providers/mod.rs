@@ -263,6 +263,43 @@ mod tests {
         assert_eq!(retry_after(&headers("Fri, 31 Dec 9999 23:59:59 GMT")), Some(MAX_RETRY_AFTER));
     }
 
+    #[actix_rt::test]
+    async fn send_each_answers_every_message_in_order_as_one_response() {
+        let delivered = |id: &str| (SendResult::Delivered { provider_message_id: Some(id.into()) }, Health::Up);
+        let sends = vec![
+            futures_util::future::ready(outage("a")),
+            futures_util::future::ready(delivered("b")),
+            futures_util::future::ready(outage("c")),
+        ];
+        let response = send_each(sends).await;
+        let errors: Vec<_> = response.results.iter().map(|r| r.error().unwrap_or("delivered")).collect();
+        assert_eq!(errors, ["a", "delivered", "c"]);
+        assert_eq!(response.health, Health::Up, "one message went through: FCM or APNs is up");
+        let response =
+            send_each(vec![futures_util::future::ready(outage("a")), futures_util::future::ready(outage("b"))]).await;
+        assert_eq!(response.health, Health::Outage("a".into()));
+        let response = send_each(vec![futures_util::future::ready(auth_failure("key"))]).await;
+        assert_eq!(response.results, [SendResult::Auth { error: "key".into() }]);
+        assert_eq!(response.health, Health::AuthFailure("key".into()));
+    }
+
+    #[test]
+    fn a_clients_profile_answers_for_its_provider_batch_and_flush() {
+        struct Client;
+        impl ProviderClient for Client {
+            fn profile(&self) -> ProviderProfile {
+                ProviderProfile { provider: Provider::Apns, max_batch: 7, flush_after: Duration::from_millis(3) }
+            }
+            fn send(&self, _: &[Job]) -> LocalBoxFuture<'static, Response> {
+                unreachable!("not sent in this test")
+            }
+        }
+        assert_eq!(
+            (Client.provider(), Client.max_batch(), Client.flush_after()),
+            (Provider::Apns, 7, Duration::from_millis(3))
+        );
+    }
+
     #[test]
     fn one_request_per_message_is_an_outage_only_when_every_request_was_one() {
         let out = |e: &str| (SendResult::Retry { error: e.into(), after: None }, Health::Outage(e.into()));
