@@ -15,7 +15,7 @@ use crate::circuit::Circuit;
 use crate::claim::{ClaimActor, ClaimPolicy};
 use crate::delay::DelayActor;
 use crate::dispatcher::{Dispatcher, Handle, SenderPool};
-use crate::error::{EngineError, Result};
+use crate::error::Result;
 use crate::heartbeat::HeartbeatActor;
 use crate::inflight::InFlight;
 use crate::job::Provider;
@@ -85,7 +85,12 @@ impl Engine {
         let mut arbiters = Vec::new();
         let life = |name: String, kind: &'static str| Lifecycle::new(registry.register(name, kind, MAILBOX), &log);
 
-        let providers = crate::providers::enabled(&settings).map_err(EngineError::Provider)?;
+        let providers = crate::providers::enabled(
+            settings.expo.as_ref(),
+            settings.fcm.as_ref(),
+            settings.apns.as_ref(),
+            settings.email.as_ref(),
+        )?;
         // The groups exist before anyone reads, and `/readyz` can rely on them.
         relay.ensure_groups().await?;
 

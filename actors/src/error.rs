@@ -16,7 +16,7 @@ pub enum EngineError {
     #[error("panicked: {0}")]
     Panic(String),
     #[error("provider configuration: {0}")]
-    Provider(String),
+    Provider(#[from] crate::providers::ProviderError),
 }
 
 pub type Result<T, E = EngineError> = std::result::Result<T, E>;

@@ -83,7 +83,7 @@ async fn poll(client: Rc<ExpoClient>, store: Store, lease: Duration, log: Logger
                 Err(error) => {
                     // Expo unreachable: the receipts stay leased and are asked for again once
                     // the lease ran out.
-                    warn!(log, "receipts not fetched; will retry"; "error" => &error, "count" => due.len(), "retry_in_ms" => lease.as_millis() as u64);
+                    warn!(log, "receipts not fetched; will retry"; "error" => %error, "count" => due.len(), "retry_in_ms" => lease.as_millis() as u64);
                     return Ok(answered);
                 }
             }

@@ -261,14 +261,12 @@ mod tests {
     struct Fragile;
 
     impl ProviderClient for Fragile {
-        fn provider(&self) -> Provider {
-            Provider::Expo
-        }
-        fn max_batch(&self) -> usize {
-            100
-        }
-        fn flush_after(&self) -> Duration {
-            Duration::from_millis(5)
+        fn profile(&self) -> crate::providers::ProviderProfile {
+            crate::providers::ProviderProfile {
+                provider: Provider::Expo,
+                max_batch: 100,
+                flush_after: Duration::from_millis(5),
+            }
         }
         fn send(&self, jobs: &[Job]) -> LocalBoxFuture<'static, Response> {
             assert!(jobs.iter().all(|j| j.token != "boom"), "a bug while building the request");

@@ -1,6 +1,12 @@
 //! What the engine needs to know, handed in by the binary (which owns loading and validating
-//! the configuration file). Durations are already converted from the `_ms` keys.
+//! the configuration file). Durations are already converted from the `_ms` keys. Each
+//! provider's section is owned by its module (`providers::expo::ExpoSettings`, …) and
+//! re-exported here.
 
+pub use crate::providers::apns::ApnsSettings;
+pub use crate::providers::email::EmailSettings;
+pub use crate::providers::expo::ExpoSettings;
+pub use crate::providers::fcm::FcmSettings;
 use std::time::Duration;
 
 /// Which parts of the engine this process runs (`notify-relay run --roles`).
@@ -67,111 +73,6 @@ impl Default for InputLimits {
     }
 }
 
-#[derive(Clone)]
-pub struct ExpoSettings {
-    /// e.g. `https://exp.host`; the send path is appended.
-    pub base_url: String,
-    /// Only for projects with "enhanced push security".
-    pub access_token: Option<String>,
-    pub timeout: Duration,
-    /// How long a sender waits to fill a 100-message request before sending what it has.
-    pub flush_after: Duration,
-    /// How long after a ticket its receipt is fetched.
-    pub receipt_delay: Duration,
-    /// How often the receipt poller looks for due receipts.
-    pub receipt_poll: Duration,
-    /// Shared rate limits (0 = unlimited).
-    pub limits: crate::ratelimit::Limits,
-}
-
-impl std::fmt::Debug for ExpoSettings {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        // The access token is a credential: only whether there is one.
-        f.debug_struct("ExpoSettings")
-            .field("base_url", &self.base_url)
-            .field("access_token", &self.access_token.as_ref().map(|_| "[redacted]"))
-            .field("timeout", &self.timeout)
-            .field("flush_after", &self.flush_after)
-            .field("receipt_delay", &self.receipt_delay)
-            .field("receipt_poll", &self.receipt_poll)
-            .field("limits", &self.limits)
-            .finish()
-    }
-}
-
-/// FCM HTTP v1. The service account (from `providers.fcm.service_account_file` or
-/// `.service_account_json`) gives the project, the signing key and the token endpoint.
-#[derive(Debug, Clone)]
-pub struct FcmSettings {
-    /// e.g. `https://fcm.googleapis.com`; `/v1/projects/{project}/messages:send` is appended.
-    pub base_url: String,
-    pub account: crate::providers::fcm::ServiceAccount,
-    pub timeout: Duration,
-    /// How long a sender waits to gather messages it then sends concurrently.
-    pub flush_after: Duration,
-    pub limits: crate::ratelimit::Limits,
-}
-
-/// APNs with a token-based (.p8) connection.
-#[derive(Clone)]
-pub struct ApnsSettings {
-    /// `https://api.push.apple.com` or `https://api.sandbox.push.apple.com`, or an emulator.
-    pub base_url: String,
-    /// The .p8 signing key (PKCS#8 PEM, P-256).
-    pub key_pem: String,
-    /// The key's 10-character id (JWT header `kid`).
-    pub key_id: String,
-    /// The developer team id (JWT claim `iss`).
-    pub team_id: String,
-    /// The app's bundle id (`apns-topic`).
-    pub topic: String,
-    /// Extra trusted CA certificates (PEM), for private gateways and the emulator.
-    pub ca_pem: Option<Vec<u8>>,
-    pub timeout: Duration,
-    pub flush_after: Duration,
-    pub limits: crate::ratelimit::Limits,
-}
-
-impl std::fmt::Debug for ApnsSettings {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ApnsSettings")
-            .field("base_url", &self.base_url)
-            .field("key_pem", &"[redacted]")
-            .field("key_id", &self.key_id)
-            .field("team_id", &self.team_id)
-            .field("topic", &self.topic)
-            .field("timeout", &self.timeout)
-            .finish_non_exhaustive()
-    }
-}
-
-/// Email through an SMTP relay.
-#[derive(Clone)]
-pub struct EmailSettings {
-    /// `smtp://host:port` (plain, local relays), `smtp://…?tls=starttls`, `smtps://…`;
-    /// credentials in the URL's user info.
-    pub smtp_url: String,
-    /// The `From:` mailbox, e.g. `Notifications <no-reply@example.com>`.
-    pub from: String,
-    /// Extra trusted CA certificates (PEM) for the relay's certificate.
-    pub ca_pem: Option<Vec<u8>>,
-    pub timeout: Duration,
-    pub flush_after: Duration,
-    /// SMTP connections kept open per sender.
-    pub connections: u32,
-    pub limits: crate::ratelimit::Limits,
-}
-
-impl std::fmt::Debug for EmailSettings {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        // The URL carries the credentials.
-        f.debug_struct("EmailSettings")
-            .field("from", &self.from)
-            .field("timeout", &self.timeout)
-            .finish_non_exhaustive()
-    }
-}
-
 /// Exponential backoff with full jitter, and the deadline of a target.
 #[derive(Debug, Clone, Copy)]
 pub struct RetryPolicy {
@@ -201,61 +102,6 @@ impl RetryPolicy {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    const SECRET: &str = "hunter2-very-secret";
-
-    #[test]
-    fn no_settings_struct_prints_a_credential() {
-        let limits = crate::ratelimit::Limits::default();
-        let d = Duration::from_millis(1);
-        let expo = ExpoSettings {
-            base_url: "https://exp.host".into(),
-            access_token: Some(SECRET.into()),
-            timeout: d,
-            flush_after: d,
-            receipt_delay: d,
-            receipt_poll: d,
-            limits,
-        };
-        let fcm = FcmSettings {
-            base_url: "https://fcm.googleapis.com".into(),
-            account: crate::providers::fcm::ServiceAccount {
-                project_id: "p".into(),
-                client_email: "c@p.iam.gserviceaccount.com".into(),
-                private_key: format!("-----BEGIN PRIVATE KEY-----\n{SECRET}\n-----END PRIVATE KEY-----"),
-                token_uri: "https://oauth2.googleapis.com/token".into(),
-            },
-            timeout: d,
-            flush_after: d,
-            limits,
-        };
-        let apns = ApnsSettings {
-            base_url: "https://api.push.apple.com".into(),
-            key_pem: format!("-----BEGIN PRIVATE KEY-----\n{SECRET}\n-----END PRIVATE KEY-----"),
-            key_id: "ABC123DEFG".into(),
-            team_id: "DEF123GHIJ".into(),
-            topic: "com.example.app".into(),
-            ca_pem: None,
-            timeout: d,
-            flush_after: d,
-            limits,
-        };
-        let email = EmailSettings {
-            smtp_url: format!("smtps://user:{SECRET}@smtp.example.com:465"),
-            from: "no-reply@example.com".into(),
-            ca_pem: None,
-            timeout: d,
-            flush_after: d,
-            connections: 1,
-            limits,
-        };
-        for printed in [format!("{expo:?}"), format!("{fcm:?}"), format!("{apns:?}"), format!("{email:?}")] {
-            assert!(!printed.contains(SECRET), "{printed}");
-        }
-        // What is not secret is still there to debug with.
-        assert!(format!("{expo:?}").contains("access_token: Some(\"[redacted]\")"), "{expo:?}");
-        assert!(format!("{fcm:?}").contains("c@p.iam.gserviceaccount.com"), "{fcm:?}");
-    }
 
     const POLICY: RetryPolicy = RetryPolicy {
         max_attempts: 5,

@@ -32,7 +32,7 @@ fuzz_target!(|data: &[u8]| {
                     assert_bounded(result.error().unwrap_or_default());
                 }
             }
-            Err(error) => assert_bounded(&error),
+            Err(error) => assert_bounded(&error.to_string()),
         }
     }
 });

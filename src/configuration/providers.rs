@@ -206,7 +206,7 @@ impl FcmProviderSettings {
             ("providers.fcm.service_account_file", self.service_account_file.as_ref()),
             ("providers.fcm.service_account_json", self.service_account_json.as_ref()),
         )?;
-        let account = ServiceAccount::from_json(&json).map_err(|e| invalid(key, e))?;
+        let account = ServiceAccount::from_json(&json).map_err(|e| invalid(key, e.to_string()))?;
         Ok(FcmSettings {
             base_url: self.base_url.clone(),
             account,
@@ -258,7 +258,7 @@ impl EmailProviderSettings {
     fn engine(&self) -> Result<EmailSettings, ConfigError> {
         let url = self.smtp_url.expose();
         // The parser's messages never echo the URL: it carries the password.
-        email::Relay::parse(url).map_err(|e| invalid("providers.email.smtp_url", e))?;
+        email::SmtpRelay::parse(url).map_err(|e| invalid("providers.email.smtp_url", e.to_string()))?;
         email::mailbox(&self.from).map_err(|e| invalid("providers.email.from", format!("{e}, got '{}'", self.from)))?;
         timeout("providers.email.timeout_ms", self.timeout_ms)?;
         super::within("providers.email.flush_after_ms", self.flush_after_ms, 0..=60_000)?;

@@ -121,14 +121,12 @@ async fn entries_over_max_deliveries_far_down_the_pending_list_are_retired_not_s
 struct Unreachable;
 
 impl actors::providers::ProviderClient for Unreachable {
-    fn provider(&self) -> actors::job::Provider {
-        actors::job::Provider::Expo
-    }
-    fn max_batch(&self) -> usize {
-        100
-    }
-    fn flush_after(&self) -> Duration {
-        Duration::from_millis(5)
+    fn profile(&self) -> actors::providers::ProviderProfile {
+        actors::providers::ProviderProfile {
+            provider: actors::job::Provider::Expo,
+            max_batch: 100,
+            flush_after: Duration::from_millis(5),
+        }
     }
     fn send(
         &self,

@@ -1,5 +1,10 @@
 //! Provider clients: how one batch of jobs becomes requests to a push service, and how each
 //! answer is classified (see PROVIDERS.md).
+//!
+//! One folder per provider: `mod.rs` holds its settings and its client (the requests), and
+//! `classify.rs` the pure functions from the provider's answer to a [`SendResult`] and a
+//! [`Health`], to be read beside the provider's table in PROVIDERS.md. What a provider needs
+//! besides (tokens, messages, receipts, the SMTP connection pool) has a file of its own.
 
 pub mod apns;
 pub mod email;
@@ -10,21 +15,53 @@ use crate::circuit::Health;
 pub use crate::job::{bounded, MAX_ERROR_BYTES};
 use crate::job::{Job, Provider, SendResult};
 use crate::ratelimit::Limits;
-use crate::settings::EngineSettings;
-use futures_util::future::LocalBoxFuture;
+use apns::ApnsSettings;
+use email::EmailSettings;
+use expo::ExpoSettings;
+use fcm::FcmSettings;
+use futures_util::future::{join_all, LocalBoxFuture};
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
+/// What a sender needs to know about a provider's client to batch for it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProviderProfile {
+    pub provider: Provider,
+    /// The most jobs one [`ProviderClient::send`] may carry (100 for Expo).
+    pub max_batch: usize,
+    /// How long a sender waits to fill a batch before sending what it has.
+    pub flush_after: Duration,
+}
+
 /// One provider's client, owned by a SenderActor on its own arbiter (awc clients are `!Send`).
 pub trait ProviderClient {
-    fn provider(&self) -> Provider;
-    /// The most jobs one request may carry (100 for Expo).
-    fn max_batch(&self) -> usize;
-    /// How long a sender waits to fill a batch before sending what it has.
-    fn flush_after(&self) -> Duration;
+    fn profile(&self) -> ProviderProfile;
     /// Sends the jobs: one classified result per job, in order, and how the request as a whole
     /// went (for the circuit breaker).
     fn send(&self, jobs: &[Job]) -> LocalBoxFuture<'static, Response>;
+
+    fn provider(&self) -> Provider {
+        self.profile().provider
+    }
+
+    fn max_batch(&self) -> usize {
+        self.profile().max_batch
+    }
+
+    fn flush_after(&self) -> Duration {
+        self.profile().flush_after
+    }
+}
+
+/// The sends of a provider that takes one request per message (FCM, APNs), run concurrently
+/// and answered as one [`Response`] (see [`combine`]).
+pub fn send_each<F>(sends: impl IntoIterator<Item = F>) -> LocalBoxFuture<'static, Response>
+where
+    F: Future<Output = (SendResult, Health)> + 'static,
+{
+    let sends = join_all(sends);
+    Box::pin(async move { combine(sends.await) })
 }
 
 /// What one request produced.
@@ -51,22 +88,38 @@ pub struct EnabledProvider {
     pub limits: Limits,
 }
 
-/// The providers enabled in `settings`. Everything the clients share (parsed keys, the FCM
-/// OAuth token cache) is built here once, so the senders of one provider share it.
-pub fn enabled(settings: &EngineSettings) -> Result<Vec<EnabledProvider>, String> {
+/// Why a provider's client cannot be built from its settings (the process does not start).
+#[derive(Debug, thiserror::Error)]
+pub enum ProviderError {
+    #[error(transparent)]
+    Fcm(#[from] fcm::FcmError),
+    #[error(transparent)]
+    Apns(#[from] apns::ApnsError),
+    #[error(transparent)]
+    Email(#[from] email::EmailError),
+}
+
+/// The providers enabled (the settings given). Everything the clients share (parsed keys, the
+/// FCM OAuth token cache) is built here once, so the senders of one provider share it.
+pub fn enabled(
+    expo: Option<&ExpoSettings>,
+    fcm: Option<&FcmSettings>,
+    apns: Option<&ApnsSettings>,
+    email: Option<&EmailSettings>,
+) -> Result<Vec<EnabledProvider>, ProviderError> {
     let mut enabled = Vec::new();
-    if let Some(expo) = settings.expo.clone() {
+    if let Some(expo) = expo.cloned() {
         let limits = expo.limits;
         let factory: ClientFactory = Arc::new(move || Box::new(expo::ExpoClient::new(&expo)));
         enabled.push(EnabledProvider { provider: Provider::Expo, factory, limits });
     }
-    if let Some(fcm) = settings.fcm.clone() {
+    if let Some(fcm) = fcm.cloned() {
         let limits = fcm.limits;
         let tokens = Arc::new(fcm::TokenSource::new(fcm.account.clone())?);
         let factory: ClientFactory = Arc::new(move || Box::new(fcm::FcmClient::new(&fcm, tokens.clone())));
         enabled.push(EnabledProvider { provider: Provider::Fcm, factory, limits });
     }
-    if let Some(apns) = settings.apns.clone() {
+    if let Some(apns) = apns.cloned() {
         let limits = apns.limits;
         let tls = apns::tls_config(apns.ca_pem.as_deref())?;
         let token = Arc::new(apns::ProviderToken::from_settings(&apns)?);
@@ -74,7 +127,7 @@ pub fn enabled(settings: &EngineSettings) -> Result<Vec<EnabledProvider>, String
             Arc::new(move || Box::new(apns::ApnsClient::new(&apns, tls.clone(), token.clone())));
         enabled.push(EnabledProvider { provider: Provider::Apns, factory, limits });
     }
-    if let Some(email) = settings.email.clone() {
+    if let Some(email) = email.cloned() {
         let limits = email.limits;
         let config = email::EmailConfig::new(&email)?;
         let factory: ClientFactory = Arc::new(move || Box::new(email::EmailClient::new(&config)));
@@ -97,6 +150,19 @@ pub fn retry_after(headers: &awc::http::header::HeaderMap) -> Option<Duration> {
     let at = chrono::DateTime::parse_from_rfc2822(value).ok()?;
     let wait = at.signed_duration_since(chrono::Utc::now()).to_std().unwrap_or(Duration::ZERO);
     Some(wait.min(MAX_RETRY_AFTER))
+}
+
+/// A message that got no answer to classify (the provider unreachable, or its answer
+/// unreadable): retried, and the provider counts as down.
+pub(crate) fn outage(error: impl ToString) -> (SendResult, Health) {
+    let error = error.to_string();
+    (SendResult::Retry { error: error.clone(), after: None }, Health::Outage(error))
+}
+
+/// Credentials refused: the message fails as AUTH, and the provider's circuit opens.
+pub(crate) fn auth_failure(error: impl ToString) -> (SendResult, Health) {
+    let error = error.to_string();
+    (SendResult::Auth { error: error.clone() }, Health::AuthFailure(error))
 }
 
 /// Several requests (one per message) as one [`Response`]: the provider is in trouble when any
@@ -123,6 +189,61 @@ mod tests {
         map
     }
 
+    const SECRET: &str = "hunter2-very-secret";
+
+    #[test]
+    fn no_settings_struct_prints_a_credential() {
+        let limits = crate::ratelimit::Limits::default();
+        let d = Duration::from_millis(1);
+        let expo = ExpoSettings {
+            base_url: "https://exp.host".into(),
+            access_token: Some(SECRET.into()),
+            timeout: d,
+            flush_after: d,
+            receipt_delay: d,
+            receipt_poll: d,
+            limits,
+        };
+        let fcm = FcmSettings {
+            base_url: "https://fcm.googleapis.com".into(),
+            account: crate::providers::fcm::ServiceAccount {
+                project_id: "p".into(),
+                client_email: "c@p.iam.gserviceaccount.com".into(),
+                private_key: format!("-----BEGIN PRIVATE KEY-----\n{SECRET}\n-----END PRIVATE KEY-----"),
+                token_uri: "https://oauth2.googleapis.com/token".into(),
+            },
+            timeout: d,
+            flush_after: d,
+            limits,
+        };
+        let apns = ApnsSettings {
+            base_url: "https://api.push.apple.com".into(),
+            key_pem: format!("-----BEGIN PRIVATE KEY-----\n{SECRET}\n-----END PRIVATE KEY-----"),
+            key_id: "ABC123DEFG".into(),
+            team_id: "DEF123GHIJ".into(),
+            topic: "com.example.app".into(),
+            ca_pem: None,
+            timeout: d,
+            flush_after: d,
+            limits,
+        };
+        let email = EmailSettings {
+            smtp_url: format!("smtps://user:{SECRET}@smtp.example.com:465"),
+            from: "no-reply@example.com".into(),
+            ca_pem: None,
+            timeout: d,
+            flush_after: d,
+            connections: 1,
+            limits,
+        };
+        for printed in [format!("{expo:?}"), format!("{fcm:?}"), format!("{apns:?}"), format!("{email:?}")] {
+            assert!(!printed.contains(SECRET), "{printed}");
+        }
+        // What is not secret is still there to debug with.
+        assert!(format!("{expo:?}").contains("access_token: Some(\"[redacted]\")"), "{expo:?}");
+        assert!(format!("{fcm:?}").contains("c@p.iam.gserviceaccount.com"), "{fcm:?}");
+    }
+
     #[test]
     fn retry_after_takes_seconds_or_an_http_date() {
         assert_eq!(retry_after(&headers("7")), Some(Duration::from_secs(7)));
@@ -140,6 +261,43 @@ mod tests {
     fn an_absurd_retry_after_is_read_as_a_day() {
         assert_eq!(retry_after(&headers("18446744073709551615")), Some(MAX_RETRY_AFTER));
         assert_eq!(retry_after(&headers("Fri, 31 Dec 9999 23:59:59 GMT")), Some(MAX_RETRY_AFTER));
+    }
+
+    #[actix_rt::test]
+    async fn send_each_answers_every_message_in_order_as_one_response() {
+        let delivered = |id: &str| (SendResult::Delivered { provider_message_id: Some(id.into()) }, Health::Up);
+        let sends = vec![
+            futures_util::future::ready(outage("a")),
+            futures_util::future::ready(delivered("b")),
+            futures_util::future::ready(outage("c")),
+        ];
+        let response = send_each(sends).await;
+        let errors: Vec<_> = response.results.iter().map(|r| r.error().unwrap_or("delivered")).collect();
+        assert_eq!(errors, ["a", "delivered", "c"]);
+        assert_eq!(response.health, Health::Up, "one message went through: FCM or APNs is up");
+        let response =
+            send_each(vec![futures_util::future::ready(outage("a")), futures_util::future::ready(outage("b"))]).await;
+        assert_eq!(response.health, Health::Outage("a".into()));
+        let response = send_each(vec![futures_util::future::ready(auth_failure("key"))]).await;
+        assert_eq!(response.results, [SendResult::Auth { error: "key".into() }]);
+        assert_eq!(response.health, Health::AuthFailure("key".into()));
+    }
+
+    #[test]
+    fn a_clients_profile_answers_for_its_provider_batch_and_flush() {
+        struct Client;
+        impl ProviderClient for Client {
+            fn profile(&self) -> ProviderProfile {
+                ProviderProfile { provider: Provider::Apns, max_batch: 7, flush_after: Duration::from_millis(3) }
+            }
+            fn send(&self, _: &[Job]) -> LocalBoxFuture<'static, Response> {
+                unreachable!("not sent in this test")
+            }
+        }
+        assert_eq!(
+            (Client.provider(), Client.max_batch(), Client.flush_after()),
+            (Provider::Apns, 7, Duration::from_millis(3))
+        );
     }
 
     #[test]
@@ -175,6 +333,30 @@ pub(crate) mod check {
     }
 
     pub(crate) use crate::fuzzing::assert_one_class;
+
+    /// A job for `provider`'s unit tests: the nil notification id, a fresh device id, the first
+    /// attempt.
+    pub(crate) fn job(
+        provider: Provider,
+        token: &str,
+        payload: serde_json::Value,
+        priority: crate::job::Priority,
+    ) -> Job {
+        Job {
+            notification_id: uuid::Uuid::nil(),
+            device_id: uuid::Uuid::new_v4(),
+            user_id: "u".into(),
+            provider,
+            token: token.into(),
+            payload: payload.into(),
+            priority,
+            trace_id: "t".into(),
+            attempt: 0,
+            targets: 1,
+            requeued: false,
+            queued_ms: 0,
+        }
+    }
 
     /// Any status a server could send, weighted towards the ones the tables name.
     pub(crate) fn status() -> impl Strategy<Value = u16> {

@@ -1,0 +1,224 @@
+//! APNs with a token-based connection: one `POST {base}/3/device/<hex token>` per message over
+//! HTTP/2 and TLS, authorised by an ES256 provider token signed with the team's .p8 key.
+//!
+//! The messages of a batch are sent concurrently on the client's pooled HTTP/2 connections and
+//! each answer is classified on its own (PROVIDERS.md, APNs table). The provider token is shared
+//! by every sender of the process ([`ProviderToken`]), because Apple refuses tokens that change
+//! more often than every 20 minutes (`TooManyProviderTokenUpdates`).
+//!
+//! Files: `token` signs and shares the provider token, `request` builds one request from a job,
+//! `classify` reads APNs's answers (PROVIDERS.md, APNs table); this file sends.
+
+mod classify;
+mod request;
+mod token;
+
+pub use classify::{answer, classify, Answer};
+pub use request::{body, Request, MAX_COLLAPSE_ID_BYTES, MAX_PAYLOAD_BYTES};
+pub use token::{ProviderToken, MIN_RESIGN_INTERVAL, REFRESH_AFTER};
+
+use super::{auth_failure, outage, send_each, ProviderClient, ProviderProfile, Response};
+use crate::circuit::Health;
+use crate::job::{Job, Provider, SendResult};
+use futures_util::future::LocalBoxFuture;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// APNs with a token-based (.p8) connection.
+#[derive(Clone)]
+pub struct ApnsSettings {
+    /// `https://api.push.apple.com` or `https://api.sandbox.push.apple.com`, or an emulator.
+    pub base_url: String,
+    /// The .p8 signing key (PKCS#8 PEM, P-256).
+    pub key_pem: String,
+    /// The key's 10-character id (JWT header `kid`).
+    pub key_id: String,
+    /// The developer team id (JWT claim `iss`).
+    pub team_id: String,
+    /// The app's bundle id (`apns-topic`).
+    pub topic: String,
+    /// Extra trusted CA certificates (PEM), for private gateways and the emulator.
+    pub ca_pem: Option<Vec<u8>>,
+    pub timeout: Duration,
+    pub flush_after: Duration,
+    pub limits: crate::ratelimit::Limits,
+}
+
+impl std::fmt::Debug for ApnsSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ApnsSettings")
+            .field("base_url", &self.base_url)
+            .field("key_pem", &"[redacted]")
+            .field("key_id", &self.key_id)
+            .field("team_id", &self.team_id)
+            .field("topic", &self.topic)
+            .field("timeout", &self.timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Why the APNs client cannot be built (at start-up), or cannot sign a provider token.
+#[derive(Debug, thiserror::Error)]
+pub enum ApnsError {
+    #[error("apns: the key is not a .p8 (PKCS#8 PEM P-256) key: {0}")]
+    Key(#[source] jsonwebtoken::errors::Error),
+    #[error("apns: signing the provider token failed: {0}")]
+    Sign(#[source] jsonwebtoken::errors::Error),
+    #[error("apns: unreadable CA certificates: {0}")]
+    CaUnreadable(#[source] std::io::Error),
+    #[error("apns: the CA file holds no PEM certificate")]
+    NoCa,
+    #[error("apns: unusable CA certificate: {0}")]
+    CaUnusable(#[source] rustls::Error),
+    #[error("apns: TLS configuration: {0}")]
+    Tls(#[source] rustls::Error),
+}
+
+/// A request to APNs that got no answer to classify: an outage, retried.
+#[derive(Debug, thiserror::Error)]
+enum SendError {
+    #[error("apns: request failed: {0}")]
+    Request(#[source] awc::error::SendRequestError),
+    #[error("apns: reading the answer: {0}")]
+    Read(#[source] awc::error::PayloadError),
+}
+
+/// Messages one sender gathers before sending them (concurrently, one request each).
+pub const MAX_BATCH: usize = 100;
+/// HTTP/2 connections one client keeps to APNs; awc sends one request at a time on each.
+const CONNECTIONS: usize = 32;
+const MAX_RESPONSE_BYTES: usize = 64 * 1024;
+
+/// The TLS configuration of every APNs connection: the Mozilla roots plus the certificates of
+/// `ca_pem` (private gateways, the emulator), and ALPN `h2` only, since APNs speaks HTTP/2 only.
+pub fn tls_config(ca_pem: Option<&[u8]>) -> Result<Arc<rustls::ClientConfig>, ApnsError> {
+    let mut roots = rustls::RootCertStore { roots: webpki_roots::TLS_SERVER_ROOTS.to_vec() };
+    if let Some(pem) = ca_pem {
+        let certs =
+            rustls_pemfile::certs(&mut &pem[..]).collect::<Result<Vec<_>, _>>().map_err(ApnsError::CaUnreadable)?;
+        if certs.is_empty() {
+            return Err(ApnsError::NoCa);
+        }
+        for cert in certs {
+            roots.add(cert).map_err(ApnsError::CaUnusable)?;
+        }
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(ApnsError::Tls)?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    Ok(Arc::new(config))
+}
+
+pub struct ApnsClient {
+    http: awc::Client,
+    base_url: String,
+    topic: String,
+    token: Arc<ProviderToken>,
+    profile: ProviderProfile,
+}
+
+impl ApnsClient {
+    /// `tls` and `token` are built once per process (see `providers::enabled`) and shared by
+    /// every sender; the awc client (and its connections) belongs to this sender's thread.
+    pub fn new(settings: &ApnsSettings, tls: Arc<rustls::ClientConfig>, token: Arc<ProviderToken>) -> ApnsClient {
+        let connector = awc::Connector::new()
+            .rustls_0_23(tls)
+            .timeout(settings.timeout)
+            .handshake_timeout(settings.timeout)
+            .limit(CONNECTIONS);
+        let http = awc::Client::builder().timeout(settings.timeout).connector(connector).finish();
+        ApnsClient {
+            http,
+            base_url: settings.base_url.trim_end_matches('/').to_string(),
+            topic: settings.topic.clone(),
+            token,
+            profile: ProviderProfile {
+                provider: Provider::Apns,
+                max_batch: MAX_BATCH,
+                flush_after: settings.flush_after,
+            },
+        }
+    }
+}
+
+impl ProviderClient for ApnsClient {
+    fn profile(&self) -> ProviderProfile {
+        self.profile
+    }
+
+    fn send(&self, jobs: &[Job]) -> LocalBoxFuture<'static, Response> {
+        send_each(jobs.iter().map(|job| {
+            let request = Request::build(job, &self.base_url);
+            let (http, topic, token) = (self.http.clone(), self.topic.clone(), self.token.clone());
+            async move {
+                match request {
+                    Ok(request) => send_one(&http, &topic, &token, request).await,
+                    Err(refused) => (refused, Health::Up),
+                }
+            }
+        }))
+    }
+}
+
+/// Sends one request: once, or twice when APNs says the provider token expired and it may be
+/// re-signed.
+async fn send_one(http: &awc::Client, topic: &str, token: &ProviderToken, request: Request) -> (SendResult, Health) {
+    let jwt = match token.current() {
+        Ok(jwt) => jwt,
+        Err(error) => return auth_failure(error),
+    };
+    let mut answer = match post(http, topic, &jwt, &request).await {
+        Ok(answer) => answer,
+        Err(error) => return outage(error),
+    };
+    if answer.status == 403 && answer.reason == "ExpiredProviderToken" {
+        let Some(fresh) = token.expired(&jwt) else {
+            return auth_failure("apns: HTTP 403 ExpiredProviderToken (re-signing is not allowed yet)");
+        };
+        // A second ExpiredProviderToken is classified as AUTH below: no third try.
+        answer = match post(http, topic, &fresh, &request).await {
+            Ok(answer) => answer,
+            Err(error) => return outage(error),
+        };
+    }
+    if answer.status == 429 && answer.reason == "TooManyProviderTokenUpdates" {
+        token.too_many_updates();
+    }
+    let apns_id = answer.apns_id.or(Some(request.apns_id));
+    classify(answer.status, &answer.reason, answer.timestamp, apns_id, answer.retry_after)
+}
+
+async fn post(http: &awc::Client, topic: &str, jwt: &str, request: &Request) -> Result<Answer, SendError> {
+    let mut req = http
+        .post(&request.url)
+        .insert_header(("authorization", format!("bearer {jwt}")))
+        .insert_header(("apns-topic", topic))
+        .insert_header(("apns-push-type", request.push_type))
+        .insert_header(("apns-priority", request.priority))
+        .insert_header(("apns-id", request.apns_id.as_str()))
+        .insert_header(("content-type", "application/json"));
+    if let Some(expiration) = request.expiration {
+        req = req.insert_header(("apns-expiration", expiration.to_string()));
+    }
+    if let Some(collapse_id) = &request.collapse_id {
+        req = req.insert_header(("apns-collapse-id", collapse_id.as_str()));
+    }
+    let mut resp = req.send_body(request.body.clone()).await.map_err(SendError::Request)?;
+    let body = resp.body().limit(MAX_RESPONSE_BYTES).await.map_err(SendError::Read)?;
+    Ok(answer(resp.status().as_u16(), resp.headers(), &body))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn extra_ca_certificates_must_be_pem() {
+        assert!(tls_config(None).is_ok());
+        assert!(tls_config(Some(b"garbage")).is_err());
+    }
+}

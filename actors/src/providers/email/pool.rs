@@ -1,0 +1,167 @@
+//! One sender's SMTP connections: a few kept open between transactions, at most
+//! `providers.email.connections` at once, each opened with `TCP_NODELAY`; and the transaction
+//! that runs on one of them within the timeout.
+
+use super::classify::{accepted, classify, failure_of, Attempt, Failure};
+use super::smtp_url::Security;
+use super::tls::{certificate_error, TlsConnection};
+use super::EmailConfig;
+use crate::circuit::Health;
+use crate::job::SendResult;
+use lettre::address::Envelope;
+use lettre::transport::smtp::authentication::Mechanism;
+use lettre::transport::smtp::client::{AsyncSmtpConnection, AsyncTokioStream};
+use lettre::transport::smtp::extension::ClientId;
+use lettre::transport::smtp::response::Response as Reply;
+use std::cell::{Cell, RefCell};
+use std::time::{Duration, Instant};
+
+/// A 454 (temporary authentication failure) this soon after another one, with no delivery in
+/// between, is no longer temporary: it counts as a credentials problem.
+pub const REPEATED_454_WITHIN: Duration = Duration::from_secs(300);
+/// A kept-open connection unused for this long is closed rather than reused.
+pub const MAX_IDLE: Duration = Duration::from_secs(30);
+
+impl EmailConfig {
+    /// A new connection to the relay, ready to send: TCP with `TCP_NODELAY` (lettre's own
+    /// connections lack it, and Nagle's algorithm then holds each message's final "." until the
+    /// relay's delayed ACK, ~40 ms a message), TLS as configured, EHLO, AUTH.
+    async fn open(&self) -> Result<AsyncSmtpConnection, Failure> {
+        let relay = &self.relay;
+        let refused = |e: std::io::Error| Failure::Network(format!("SMTP relay {}: {e}", relay.name()));
+        let tcp = tokio::net::TcpStream::connect((relay.host.as_str(), relay.port)).await.map_err(refused)?;
+        tcp.set_nodelay(true).map_err(refused)?;
+        let stream: Box<dyn AsyncTokioStream> = match &self.implicit {
+            Some(config) => {
+                let name = rustls::pki_types::ServerName::try_from(relay.host.clone())
+                    .map_err(|e| Failure::Setup(format!("SMTP relay {}: not a TLS server name: {e}", relay.name())))?;
+                let tls = tokio_rustls::TlsConnector::from(config.clone()).connect(name, tcp).await.map_err(|e| {
+                    match certificate_error(&e) {
+                        Some(reason) => Failure::Certificate(format!(
+                            "the TLS certificate of the SMTP relay {} was refused: {reason}",
+                            relay.name()
+                        )),
+                        None => Failure::Setup(format!("TLS with the SMTP relay {} failed: {e}", relay.name())),
+                    }
+                })?;
+                Box::new(TlsConnection(tls))
+            }
+            None => Box::new(tcp),
+        };
+        let hello = relay.hello.clone().map(ClientId::Domain).unwrap_or_default();
+        let failed = |e: lettre::transport::smtp::Error| failure_of(&e, relay);
+        let mut conn = AsyncSmtpConnection::connect_with_transport(stream, &hello).await.map_err(failed)?;
+        if let (Security::StartTls, Some(tls)) = (relay.security, &self.tls) {
+            conn.starttls(tls.clone(), &hello).await.map_err(failed)?;
+        }
+        if let Some(credentials) = &relay.credentials {
+            conn.auth(&[Mechanism::Plain, Mechanism::Login], credentials).await.map_err(failed)?;
+        }
+        Ok(conn)
+    }
+}
+
+pub(super) struct Pool {
+    pub(super) config: EmailConfig,
+    /// Connections kept open between transactions, with when they were last used. A connection
+    /// is only put back after a successful transaction (lettre closes it on any error), and a
+    /// transaction that times out drops its connection with it.
+    idle: RefCell<Vec<(AsyncSmtpConnection, Instant)>>,
+    /// Transactions (and so connections) at once.
+    permits: tokio::sync::Semaphore,
+    /// When the last 454 was answered, if no delivery succeeded since.
+    last_454: Cell<Option<Instant>>,
+}
+
+impl Pool {
+    pub(super) fn new(config: &EmailConfig) -> Pool {
+        Pool {
+            config: config.clone(),
+            idle: RefCell::new(Vec::new()),
+            permits: tokio::sync::Semaphore::new(config.connections as usize),
+            last_454: Cell::new(None),
+        }
+    }
+
+    /// One SMTP transaction, within the timeout, classified; or, when none of this sender's
+    /// connections came free by `wait_until`, deferred.
+    pub(super) async fn transaction(
+        &self,
+        envelope: &Envelope,
+        bytes: &[u8],
+        wait_until: tokio::time::Instant,
+    ) -> Attempt {
+        let Ok(permit) = tokio::time::timeout_at(wait_until, self.permits.acquire()).await else {
+            // Nothing was sent: this sender's connections are busy (a backlog, or a mailbox
+            // that holds one for the whole timeout). That is no attempt at this message: it goes
+            // back to Redis and comes again after about as long as it waited, rather than
+            // spending attempts on our own queue.
+            let error = format!(
+                "email: no free SMTP connection within {} ms ({} per sender); rescheduled without spending an attempt",
+                self.config.timeout.as_millis(),
+                self.config.connections
+            );
+            return Attempt::NotSent(SendResult::Deferred { error, after: self.config.timeout });
+        };
+        // The semaphore is never closed, so acquiring only fails if it were.
+        let _permit = permit.ok();
+        // The transaction has the whole timeout, however long it waited for its connection: a
+        // timeout then says the relay is slow, not that this job queued behind others.
+        let sent = tokio::time::timeout(self.config.timeout, self.send_on_a_connection(envelope, bytes)).await;
+        let (result, health) = match sent {
+            Ok(Ok(reply)) => {
+                self.last_454.set(None);
+                (accepted(&reply), Health::Up)
+            }
+            Ok(Err(failure)) => {
+                let repeated = matches!(failure, Failure::Reply { code: 454, .. }) && self.repeated_454();
+                classify(&failure, repeated)
+            }
+            Err(_) => classify(&Failure::Timeout(self.config.timeout, self.config.relay.name()), false),
+        };
+        Attempt::Transaction(result, health)
+    }
+
+    /// Sends on a kept-open connection, or a new one. A kept-open connection that turns out to be
+    /// closed (the relay hung up, or said 421, while it was idle) is replaced once, without
+    /// blaming the relay.
+    async fn send_on_a_connection(&self, envelope: &Envelope, bytes: &[u8]) -> Result<Reply, Failure> {
+        let reused = self.take_idle();
+        let fresh = reused.is_none();
+        let mut conn = match reused {
+            Some(conn) => conn,
+            None => self.config.open().await?,
+        };
+        match conn.send(envelope, bytes).await {
+            Ok(reply) => {
+                self.idle.borrow_mut().push((conn, Instant::now()));
+                Ok(reply)
+            }
+            // No reply (the relay hung up), or a 421 (relays say it when they close an idle
+            // connection): try once more on a new connection, which tells if the relay is down.
+            Err(e) if !fresh && e.status().is_none_or(|code| u16::from(code) == 421) => {
+                let mut conn = self.config.open().await?;
+                let reply = conn.send(envelope, bytes).await.map_err(|e| failure_of(&e, &self.config.relay))?;
+                self.idle.borrow_mut().push((conn, Instant::now()));
+                Ok(reply)
+            }
+            Err(e) => Err(failure_of(&e, &self.config.relay)),
+        }
+    }
+
+    /// The most recently used idle connection; those idle too long are closed (relays drop
+    /// idle clients after a few minutes).
+    fn take_idle(&self) -> Option<AsyncSmtpConnection> {
+        let mut idle = self.idle.borrow_mut();
+        idle.retain(|(conn, since)| since.elapsed() < MAX_IDLE && !conn.has_broken());
+        idle.pop().map(|(conn, _)| conn)
+    }
+
+    /// Records a 454; true when another one came within [`REPEATED_454_WITHIN`] before it.
+    fn repeated_454(&self) -> bool {
+        let now = Instant::now();
+        let repeated = self.last_454.get().is_some_and(|at| now.duration_since(at) < REPEATED_454_WITHIN);
+        self.last_454.set(Some(now));
+        repeated
+    }
+}

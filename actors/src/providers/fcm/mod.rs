@@ -1,0 +1,169 @@
+//! FCM HTTP v1: one `POST {base}/v1/projects/{project}/messages:send` per message, authorised by
+//! an OAuth access token obtained from the service account (RS256 JWT assertion).
+//!
+//! Files: `oauth` holds the service account and the shared access-token source, `message` builds
+//! one message, `classify` reads FCM's answers (PROVIDERS.md, FCM table); this file sends.
+
+mod classify;
+mod message;
+mod oauth;
+
+pub use classify::{classify, Classified, QUOTA_BACKOFF};
+pub use message::message;
+pub use oauth::{
+    token_answer, ServiceAccount, ServiceAccountError, TokenError, TokenSource, DEFAULT_TOKEN_URI, MAX_TOKEN_LIFETIME,
+    REFRESH_BEFORE, SCOPE,
+};
+
+use super::{auth_failure, outage, retry_after, send_each, ProviderClient, ProviderProfile, Response};
+use crate::circuit::Health;
+use crate::job::{Job, Provider, SendResult};
+use futures_util::future::LocalBoxFuture;
+use serde_json::json;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// FCM HTTP v1. The service account (from `providers.fcm.service_account_file` or
+/// `.service_account_json`) gives the project, the signing key and the token endpoint.
+#[derive(Debug, Clone)]
+pub struct FcmSettings {
+    /// e.g. `https://fcm.googleapis.com`; `/v1/projects/{project}/messages:send` is appended.
+    pub base_url: String,
+    pub account: ServiceAccount,
+    pub timeout: Duration,
+    /// How long a sender waits to gather messages it then sends concurrently.
+    pub flush_after: Duration,
+    pub limits: crate::ratelimit::Limits,
+}
+
+/// Why FCM's client cannot be built (at start-up).
+#[derive(Debug, thiserror::Error)]
+pub enum FcmError {
+    #[error("fcm: {0}")]
+    Account(#[from] ServiceAccountError),
+}
+
+/// A request to FCM that got no answer to classify: an outage, retried.
+#[derive(Debug, thiserror::Error)]
+enum SendError {
+    #[error("fcm: request failed: {0}")]
+    Request(#[source] awc::error::SendRequestError),
+    #[error("fcm: reading the response failed: {0}")]
+    Read(#[source] awc::error::PayloadError),
+}
+
+/// FCM messages are sent one per request; a sender gathers this many and sends them together.
+pub const MAX_BATCH: usize = 100;
+/// FCM's limit on a message's payload.
+pub const MAX_PAYLOAD_BYTES: usize = 4096;
+const MAX_RESPONSE_BYTES: usize = 64 * 1024;
+
+pub struct FcmClient {
+    http: awc::Client,
+    send_url: Rc<str>,
+    tokens: Arc<TokenSource>,
+    profile: ProviderProfile,
+}
+
+impl FcmClient {
+    pub fn new(settings: &FcmSettings, tokens: Arc<TokenSource>) -> Self {
+        let http = awc::Client::builder()
+            .timeout(settings.timeout)
+            .connector(awc::Connector::new().timeout(settings.timeout).limit(128))
+            .finish();
+        let send_url = format!(
+            "{}/v1/projects/{}/messages:send",
+            settings.base_url.trim_end_matches('/'),
+            settings.account.project_id
+        );
+        let profile =
+            ProviderProfile { provider: Provider::Fcm, max_batch: MAX_BATCH, flush_after: settings.flush_after };
+        FcmClient { http, send_url: send_url.into(), tokens, profile }
+    }
+}
+
+impl ProviderClient for FcmClient {
+    fn profile(&self) -> ProviderProfile {
+        self.profile
+    }
+
+    fn send(&self, jobs: &[Job]) -> LocalBoxFuture<'static, Response> {
+        send_each(
+            jobs.iter().map(|job| send_one(self.http.clone(), self.send_url.clone(), self.tokens.clone(), job.clone())),
+        )
+    }
+}
+
+/// Sends one message: size check, access token, POST, and one retry with a fresh token when FCM
+/// refuses the token itself (401 without an FcmError).
+async fn send_one(http: awc::Client, url: Rc<str>, tokens: Arc<TokenSource>, job: Job) -> (SendResult, Health) {
+    let body = match serde_json::to_vec(&json!({ "message": message(&job) })) {
+        Ok(body) if payload_bytes(&body, &job.token) > MAX_PAYLOAD_BYTES => {
+            let size = payload_bytes(&body, &job.token);
+            let error = format!("fcm: payload too large: {size} bytes (limit {MAX_PAYLOAD_BYTES})");
+            return (SendResult::Permanent { error }, Health::Up);
+        }
+        Ok(body) => body,
+        Err(e) => return (SendResult::Permanent { error: format!("fcm: unserializable message: {e}") }, Health::Up),
+    };
+    let mut rejected: Option<String> = None;
+    loop {
+        let token = match tokens.token_replacing(&http, rejected.as_deref()).await {
+            Ok(token) => token,
+            Err(TokenError::Refused(error)) => return auth_failure(error),
+            Err(TokenError::Unavailable(error)) => return outage(error),
+        };
+        let answer = post(&http, &url, &token, body.clone()).await;
+        let (status, retry_after, reply) = match answer {
+            Ok(answer) => answer,
+            Err(error) => return outage(error),
+        };
+        let reply = reply.as_ref();
+        let classified = classify(status, reply, retry_after, job.attempt);
+        if classified == Classified::RefreshToken {
+            if rejected.is_none() {
+                rejected = Some(token);
+                continue;
+            }
+            return auth_failure(format!("fcm: HTTP 401 twice, with a fresh access token too: {}", snippet(reply)));
+        }
+        return classified.into_result();
+    }
+}
+
+/// What counts against FCM's 4096-byte limit: the message without its recipient token.
+pub fn payload_bytes(body: &[u8], token: &str) -> usize {
+    body.len().saturating_sub(token.len())
+}
+
+async fn post(
+    http: &awc::Client,
+    url: &str,
+    token: &str,
+    body: Vec<u8>,
+) -> Result<(u16, Option<Duration>, impl AsRef<[u8]>), SendError> {
+    let mut resp = http
+        .post(url)
+        .bearer_auth(token)
+        .insert_header(("content-type", "application/json"))
+        .send_body(body)
+        .await
+        .map_err(SendError::Request)?;
+    let status = resp.status().as_u16();
+    let retry_after = retry_after(resp.headers());
+    let body = resp.body().limit(MAX_RESPONSE_BYTES).await.map_err(SendError::Read)?;
+    Ok((status, retry_after, body))
+}
+
+/// The start of a body, for an error: at most 200 bytes of text (each invalid UTF-8 byte becomes
+/// a 3-byte `�`, so the cut comes after the conversion).
+pub(crate) fn snippet(body: &[u8]) -> String {
+    let mut text = String::from_utf8_lossy(&body[..body.len().min(200)]).trim().to_string();
+    let mut end = text.len().min(200);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    text.truncate(end);
+    text
+}
