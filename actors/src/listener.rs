@@ -277,6 +277,9 @@ impl Actor for ListenerActor {
 
 impl Supervised for ListenerActor {
     fn restarting(&mut self, _: &mut Context<Self>) {
+        // The old connection's end ("connection closed", once its client is dropped here) is
+        // not news: without a new generation it would fail the restarted actor once more.
+        self.generation += 1;
         self.listen_client = None;
         self.life.on_restarting();
     }
