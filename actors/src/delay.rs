@@ -3,27 +3,47 @@
 //! once without losing or doubling a retry.
 
 use crate::error::Result;
-use crate::messages::MoveDue;
-use crate::registry::Envelope;
+use crate::periodic::{Periodic, PeriodicJob};
 use crate::relay::Relay;
-use crate::supervisor::{tick, Lifecycle, Shutdown, Supervisable};
-use actix::prelude::*;
-use slog::debug;
+use slog::{debug, Logger};
+use std::future::Future;
 use std::time::Duration;
 
 /// Most retries one script call moves.
 const MOVE_BATCH: usize = 500;
 
-pub struct DelayActor {
-    life: Lifecycle,
+/// The delay actor: [`MoveDue`] every `scheduler.delay_poll_ms`.
+pub type DelayActor = Periodic<MoveDue>;
+
+/// The delay actor's job: move due retries to their stream.
+pub struct MoveDue {
     relay: Relay,
     interval: Duration,
-    shutdown: Shutdown,
 }
 
-impl DelayActor {
-    pub fn new(life: Lifecycle, relay: Relay, interval: Duration, shutdown: Shutdown) -> Self {
-        DelayActor { life, relay, interval, shutdown }
+impl MoveDue {
+    pub fn new(relay: Relay, interval: Duration) -> Self {
+        MoveDue { relay, interval }
+    }
+}
+
+impl PeriodicJob for MoveDue {
+    const NAME: &'static str = "delay";
+    const KIND: &'static str = "delay";
+
+    fn interval(&self) -> Option<Duration> {
+        Some(self.interval)
+    }
+
+    fn step(&self, log: &Logger) -> impl Future<Output = Result<usize>> + use<> {
+        let (relay, log) = (self.relay.clone(), log.clone());
+        async move {
+            let moved = move_all_due(relay).await?;
+            if moved > 0 {
+                debug!(log, "due retries moved to the stream"; "moved" => moved);
+            }
+            Ok(moved)
+        }
     }
 }
 
@@ -39,45 +59,4 @@ async fn move_all_due(relay: Relay) -> Result<usize> {
         }
     }
     Ok(total)
-}
-
-impl Actor for DelayActor {
-    type Context = Context<Self>;
-
-    fn started(&mut self, ctx: &mut Context<Self>) {
-        ctx.set_mailbox_capacity(self.life.stats.mailbox_capacity);
-        let delay = self.life.on_started();
-        tick(ctx, delay, self.interval, self.life.stats.clone(), self.shutdown.clone(), || MoveDue);
-    }
-
-    fn stopped(&mut self, _: &mut Context<Self>) {
-        self.life.on_stopped();
-    }
-}
-
-impl Supervisable for DelayActor {
-    fn life(&mut self) -> &mut Lifecycle {
-        &mut self.life
-    }
-}
-
-impl Supervised for DelayActor {
-    fn restarting(&mut self, _: &mut Context<Self>) {
-        self.life.on_restarting();
-    }
-}
-
-impl Handler<Envelope<MoveDue>> for DelayActor {
-    type Result = ();
-
-    fn handle(&mut self, _: Envelope<MoveDue>, ctx: &mut Context<Self>) {
-        let (relay, log) = (self.relay.clone(), self.life.log.clone());
-        self.run_step(ctx, async move {
-            let moved = move_all_due(relay).await?;
-            if moved > 0 {
-                debug!(log, "due retries moved to the stream"; "moved" => moved);
-            }
-            Ok(moved)
-        });
-    }
 }

@@ -6,36 +6,43 @@
 //!                ├─ StreamReaderActor × shards        (role worker)
 //!                ├─ OutcomeWriter, HeartbeatActor     (role worker or scheduler)
 //!                ├─ DelayActor, ClaimActor,
-//!                │  RetentionActor                    (role scheduler)
+//!                │  RetentionActor, ReceiptPoller     (role scheduler)
 //!                └─ actix-web API                     (started by the binary)
 //! sender arbiters ─ SenderActor × senders_per_provider, one arbiter (thread) each
 //! ```
+//!
+//! The heartbeat, delay, claim, retention and receipt actors are one [`Periodic`] actor each,
+//! running their job's step on a timer. Every actor is built from one [`Deps`] bundle (the
+//! store, the relay, the in-flight permits, the shutdown flag, the consumer name, the registry
+//! and the log), taking the parts it needs.
 
 use crate::circuit::Circuit;
-use crate::claim::{ClaimActor, ClaimPolicy};
-use crate::delay::DelayActor;
-use crate::dispatcher::{Dispatcher, Handle, SenderPool};
+use crate::claim::{ClaimPolicy, ClaimStale};
+use crate::delay::MoveDue;
+use crate::deps::Deps;
+use crate::dispatcher::{Dispatcher, SenderPool};
 use crate::error::{EngineError, Result};
-use crate::heartbeat::HeartbeatActor;
+use crate::heartbeat::Heartbeat;
 use crate::inflight::InFlight;
 use crate::job::Provider;
-use crate::listener::{Fanout, ListenerActor};
+use crate::listener::ListenerActor;
 use crate::messages::Flush;
 use crate::outcome::OutcomeWriter;
+use crate::periodic::{Periodic, PeriodicJob};
+use crate::providers::EnabledProvider;
 use crate::ratelimit::RateLimiter;
-use crate::receipts::ReceiptPoller;
-use crate::registry::Registry;
+use crate::receipts::PollReceipts;
+use crate::registry::{Handle, Registry};
 use crate::relay::Relay;
-use crate::retention::RetentionActor;
+use crate::retention::Prune;
 use crate::sender::{SendGuards, SenderActor};
 use crate::settings::EngineSettings;
 use crate::store::Store;
 use crate::stream_reader::StreamReaderActor;
-use crate::supervisor::{Lifecycle, Shutdown};
-use actix::{Arbiter, Supervisor};
+use crate::supervisor::Shutdown;
+use actix::{Actor, Arbiter, Context, Supervised, Supervisor};
 use slog::{info, warn, Logger};
 use std::collections::{HashMap, HashSet};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// Mailbox capacity of every actor. Messages carry batches, so this is plenty; a full mailbox
@@ -55,6 +62,80 @@ fn count_circuit_transitions(relay: Relay, log: Logger) -> crate::circuit::Trans
         }
     });
     tx
+}
+
+/// Starts the outcome writer and every provider's pool of senders (each sender on an arbiter
+/// of its own); returns the writer and the dispatcher that hands work to the pools.
+fn start_pipeline(
+    deps: &Deps,
+    settings: &EngineSettings,
+    providers: &[EnabledProvider],
+    arbiters: &mut Vec<Arbiter>,
+) -> (Handle<OutcomeWriter>, Dispatcher) {
+    let writer_life = deps.life("outcome-writer", "outcome_writer", MAILBOX);
+    let stats = writer_life.stats.clone();
+    let (store, relay, inflight, retry) =
+        (deps.store.clone(), deps.relay.clone(), deps.inflight.clone(), settings.retry);
+    let receipt_delay = settings.expo.as_ref().map(|e| e.receipt_delay);
+    let addr =
+        Supervisor::start(move |_| OutcomeWriter::new(writer_life, store, relay, inflight, retry, receipt_delay));
+    let writer = Handle { addr, stats };
+
+    let mut pools = HashMap::new();
+    let transitions = count_circuit_transitions(deps.relay.clone(), deps.log.clone());
+    for p in providers {
+        let guards = SendGuards {
+            circuit: Circuit::new(p.provider, settings.circuit, &deps.log, Some(transitions.clone())),
+            limiter: (p.limits.per_sec > 0 || p.limits.device_per_sec > 0)
+                .then(|| RateLimiter::new(deps.relay.clone(), p.provider, p.limits)),
+        };
+        let mut senders = Vec::new();
+        for i in 0..settings.senders_per_provider.max(1) {
+            let arbiter = Arbiter::new();
+            let sender_life = deps.life(format!("sender-{}-{i}", p.provider), "sender", MAILBOX);
+            let stats = sender_life.stats.clone();
+            let (factory, writer, guards) = (p.factory.clone(), writer.clone(), guards.clone());
+            let addr = Supervisor::start_in_arbiter(&arbiter.handle(), move |_| {
+                SenderActor::new(sender_life, &factory, writer.into(), guards)
+            });
+            senders.push(Handle { addr, stats });
+            arbiters.push(arbiter);
+        }
+        pools.insert(p.provider, SenderPool::new(senders));
+    }
+    let dispatcher = Dispatcher {
+        pools,
+        outcomes: writer.clone(),
+        relay: deps.relay.clone(),
+        store: deps.store.clone(),
+        inflight: deps.inflight.clone(),
+        elsewhere_after: settings.circuit.open,
+        log: deps.log.clone(),
+    };
+    (writer, dispatcher)
+}
+
+/// What `Engine::start` has started so far.
+#[derive(Default)]
+struct Started {
+    /// Addresses of the actors nobody else addresses (see [`Engine::_supervised`]).
+    supervised: Vec<Box<dyn std::any::Any>>,
+    /// The senders' arbiters, stopped at shutdown.
+    arbiters: Vec<Arbiter>,
+    outcomes: Option<Handle<OutcomeWriter>>,
+}
+
+impl Started {
+    /// Starts an actor on this arbiter under a supervisor, which restarts it while the engine
+    /// holds its address.
+    fn supervise<A: Supervised + Actor<Context = Context<A>>>(&mut self, actor: A) {
+        self.supervised.push(Box::new(Supervisor::start(move |_| actor)));
+    }
+
+    /// Starts a periodic job's actor, registered as `J::NAME` / `J::KIND`.
+    fn periodic<J: PeriodicJob>(&mut self, deps: &Deps, job: J) {
+        self.supervise(Periodic::new(deps.life(J::NAME, J::KIND, MAILBOX), deps.shutdown.clone(), job));
+    }
 }
 
 /// A running engine.
@@ -79,126 +160,66 @@ impl Engine {
         pg_config: tokio_postgres::Config,
         log: Logger,
     ) -> Result<Engine> {
-        let registry = Registry::default();
-        let shutdown = Shutdown::default();
-        let inflight = InFlight::new(settings.concurrency);
-        let mut arbiters = Vec::new();
-        let life = |name: String, kind: &'static str| Lifecycle::new(registry.register(name, kind, MAILBOX), &log);
-
+        let deps = Deps {
+            store,
+            relay,
+            inflight: InFlight::new(settings.concurrency),
+            shutdown: Shutdown::default(),
+            consumer: settings.consumer.clone(),
+            registry: Registry::default(),
+            log,
+        };
         let providers = crate::providers::enabled(&settings).map_err(EngineError::Provider)?;
         // The groups exist before anyone reads, and `/readyz` can rely on them.
-        relay.ensure_groups().await?;
+        deps.relay.ensure_groups().await?;
 
-        let mut supervised: Vec<Box<dyn std::any::Any>> = Vec::new();
-        let mut outcomes = None;
-        let mut dispatcher = None;
-        if settings.roles.worker || settings.roles.scheduler {
-            let writer_life = life("outcome-writer".into(), "outcome_writer");
-            let stats = writer_life.stats.clone();
-            let (s, r, f, retry) = (store.clone(), relay.clone(), inflight.clone(), settings.retry);
-            let receipt_delay = settings.expo.as_ref().map(|e| e.receipt_delay);
-            let addr = Supervisor::start(move |_| OutcomeWriter::new(writer_life, s, r, f, retry, receipt_delay));
-            let writer = Handle { addr, stats };
-
-            let mut pools = HashMap::new();
-            let transitions = count_circuit_transitions(relay.clone(), log.clone());
-            for p in &providers {
-                let guards = SendGuards {
-                    circuit: Circuit::new(p.provider, settings.circuit, &log, Some(transitions.clone())),
-                    limiter: (p.limits.per_sec > 0 || p.limits.device_per_sec > 0)
-                        .then(|| RateLimiter::new(relay.clone(), p.provider, p.limits)),
-                };
-                let mut senders = Vec::new();
-                for i in 0..settings.senders_per_provider.max(1) {
-                    let arbiter = Arbiter::new();
-                    let sender_life = life(format!("sender-{}-{i}", p.provider), "sender");
-                    let stats = sender_life.stats.clone();
-                    let (factory, writer, guards) = (p.factory.clone(), writer.clone(), guards.clone());
-                    let addr = Supervisor::start_in_arbiter(&arbiter.handle(), move |_| {
-                        SenderActor::new(sender_life, &factory, writer.into(), guards)
-                    });
-                    senders.push(Handle { addr, stats });
-                    arbiters.push(arbiter);
-                }
-                pools.insert(p.provider, SenderPool::new(senders));
-            }
-            dispatcher = Some(Dispatcher {
-                pools,
-                outcomes: writer.clone(),
-                relay: relay.clone(),
-                store: store.clone(),
-                inflight: inflight.clone(),
-                elsewhere_after: settings.circuit.open,
-                log: log.clone(),
-            });
-            outcomes = Some(writer);
-        }
-
-        if dispatcher.is_some() {
+        let mut started = Started::default();
+        let pipeline = (settings.roles.worker || settings.roles.scheduler)
+            .then(|| start_pipeline(&deps, &settings, &providers, &mut started.arbiters));
+        if let Some((writer, dispatcher)) = pipeline {
             // Whatever this process has in flight — read by its readers or taken by its claim
             // actor — stays its own while it lives.
-            let heartbeat_life = life("heartbeat".into(), "heartbeat");
-            let (r, f, c, s) = (relay.clone(), inflight.clone(), settings.consumer.clone(), shutdown.clone());
-            let interval = HeartbeatActor::interval_for(settings.claim_min_idle);
-            supervised
-                .push(Box::new(Supervisor::start(move |_| HeartbeatActor::new(heartbeat_life, r, f, c, interval, s))));
-        }
-
-        if let (true, Some(dispatcher)) = (settings.roles.worker, &dispatcher) {
-            for shard in relay.keys().shard_ids() {
-                let reader_life = life(format!("stream-reader-{shard}"), "stream_reader");
-                let (d, f, s, c) = (dispatcher.clone(), inflight.clone(), shutdown.clone(), settings.consumer.clone());
-                supervised
-                    .push(Box::new(Supervisor::start(move |_| StreamReaderActor::new(reader_life, shard, c, d, f, s))));
+            started.periodic(&deps, Heartbeat::new(&deps, settings.claim_min_idle));
+            if settings.roles.worker {
+                for shard in deps.relay.keys().shard_ids() {
+                    let life = deps.life(format!("stream-reader-{shard}"), "stream_reader", MAILBOX);
+                    started.supervise(StreamReaderActor::new(life, shard, dispatcher.clone(), &deps));
+                }
             }
-        }
-
-        if let (true, Some(dispatcher)) = (settings.roles.scheduler, &dispatcher) {
-            let delay_life = life("delay".into(), "delay");
-            let (r, s, interval) = (relay.clone(), shutdown.clone(), settings.delay_poll_interval);
-            supervised.push(Box::new(Supervisor::start(move |_| DelayActor::new(delay_life, r, interval, s))));
-
-            if let Some(expo) = settings.expo.clone() {
-                let poller_life = life("receipts-expo".into(), "receipt_poller");
-                let (st, s) = (store.clone(), shutdown.clone());
-                supervised.push(Box::new(Supervisor::start(move |_| ReceiptPoller::new(poller_life, &expo, st, s))));
+            if settings.roles.scheduler {
+                started.periodic(&deps, MoveDue::new(deps.relay.clone(), settings.delay_poll_interval));
+                if let Some(expo) = &settings.expo {
+                    started.periodic(&deps, PollReceipts::new(expo, deps.store.clone()));
+                }
+                started.periodic(&deps, Prune::new(deps.store.clone(), settings.retention));
+                let policy = ClaimPolicy {
+                    interval: settings.claim_interval,
+                    min_idle: settings.claim_min_idle,
+                    max_deliveries: settings.claim_max_deliveries,
+                };
+                started.periodic(&deps, ClaimStale::new(dispatcher, &deps, policy));
             }
-
-            let retention_life = life("retention".into(), "retention");
-            let (st, s, policy) = (store.clone(), shutdown.clone(), settings.retention);
-            supervised.push(Box::new(Supervisor::start(move |_| RetentionActor::new(retention_life, st, policy, s))));
-
-            let claim_life = life("claim".into(), "claim");
-            let (d, f, s, c) = (dispatcher.clone(), inflight.clone(), shutdown.clone(), settings.consumer.clone());
-            let policy = ClaimPolicy {
-                interval: settings.claim_interval,
-                min_idle: settings.claim_min_idle,
-                max_deliveries: settings.claim_max_deliveries,
-            };
-            supervised.push(Box::new(Supervisor::start(move |_| ClaimActor::new(claim_life, c, d, f, policy, s))));
+            started.outcomes = Some(writer);
         }
 
         if settings.roles.listener {
-            let listener_life = life("listener".into(), "listener");
+            let life = deps.life("listener", "listener", MAILBOX);
             let enabled: HashSet<Provider> = providers.iter().map(|p| p.provider).collect();
-            let fanout = Fanout {
-                store: store.clone(),
-                relay: relay.clone(),
-                batch: settings.listener_batch,
-                drainers: settings.listener_drainers,
-                limits: settings.input_limits,
-                enabled: Arc::new(enabled),
-                log: listener_life.log.clone(),
-            };
-            let (s, sweep, stale) = (shutdown.clone(), settings.sweep_interval, settings.stale_after);
-            supervised.push(Box::new(Supervisor::start(move |_| {
-                ListenerActor::new(listener_life, fanout, pg_config, sweep, stale, s)
-            })));
+            started.supervise(ListenerActor::new(life, &deps, &settings, enabled, pg_config));
         }
 
-        info!(log, "engine started"; "roles" => format!("{:?}", settings.roles), "consumer" => &settings.consumer,
-              "concurrency" => settings.concurrency, "shards" => relay.keys().shards());
-        Ok(Engine { registry, shutdown, inflight, outcomes, _supervised: supervised, arbiters, log })
+        info!(deps.log, "engine started"; "roles" => format!("{:?}", settings.roles), "consumer" => &settings.consumer,
+              "concurrency" => settings.concurrency, "shards" => deps.relay.keys().shards());
+        let Started { supervised, arbiters, outcomes } = started;
+        Ok(Engine {
+            registry: deps.registry,
+            shutdown: deps.shutdown,
+            inflight: deps.inflight,
+            outcomes,
+            _supervised: supervised,
+            arbiters,
+            log: deps.log,
+        })
     }
 
     pub fn registry(&self) -> &Registry {

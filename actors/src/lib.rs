@@ -11,6 +11,7 @@
 pub mod circuit;
 pub mod claim;
 pub mod delay;
+pub mod deps;
 pub mod dispatcher;
 pub mod engine;
 pub mod error;
@@ -26,6 +27,7 @@ pub mod messages;
 pub mod operations;
 pub mod outcome;
 pub mod payload;
+pub mod periodic;
 pub mod providers;
 pub mod ratelimit;
 pub mod receipts;

@@ -6,12 +6,10 @@
 
 use crate::error::Result;
 use crate::events;
-use crate::messages::Prune;
-use crate::registry::Envelope;
+use crate::periodic::{Periodic, PeriodicJob};
 use crate::store::Store;
-use crate::supervisor::{tick, Lifecycle, Shutdown, Supervisable};
-use actix::prelude::*;
-use slog::info;
+use slog::{info, Logger};
+use std::future::Future;
 use std::time::Duration;
 
 #[derive(Debug, Clone, Copy)]
@@ -22,20 +20,37 @@ pub struct RetentionPolicy {
     pub batch: i64,
 }
 
-pub struct RetentionActor {
-    life: Lifecycle,
+/// The retention actor: [`Prune`] every `retention.interval_ms`.
+pub type RetentionActor = Periodic<Prune>;
+
+/// The retention actor's job: delete final notifications past the retention period.
+pub struct Prune {
     store: Store,
     policy: RetentionPolicy,
-    shutdown: Shutdown,
 }
 
-impl RetentionActor {
-    pub fn new(life: Lifecycle, store: Store, policy: RetentionPolicy, shutdown: Shutdown) -> Self {
-        RetentionActor { life, store, policy, shutdown }
+impl Prune {
+    pub fn new(store: Store, policy: RetentionPolicy) -> Self {
+        Prune { store, policy }
     }
 }
 
-async fn prune(store: Store, policy: RetentionPolicy, log: slog::Logger) -> Result<u64> {
+impl PeriodicJob for Prune {
+    const NAME: &'static str = "retention";
+    const KIND: &'static str = "retention";
+
+    /// `final_after_days = 0` keeps everything: the actor runs (and counts as up) but never ticks.
+    fn interval(&self) -> Option<Duration> {
+        (self.policy.final_after_days > 0).then_some(self.policy.interval)
+    }
+
+    fn step(&self, log: &Logger) -> impl Future<Output = Result<usize>> + use<> {
+        let fut = prune(self.store.clone(), self.policy, log.clone());
+        async move { Ok(usize::try_from(fut.await?).unwrap_or(usize::MAX)) }
+    }
+}
+
+async fn prune(store: Store, policy: RetentionPolicy, log: Logger) -> Result<u64> {
     let mut total = 0;
     loop {
         let deleted = store.delete_final_older_than(policy.final_after_days, policy.batch).await?;
@@ -49,42 +64,4 @@ async fn prune(store: Store, policy: RetentionPolicy, log: slog::Logger) -> Resu
               "older_than_days" => policy.final_after_days);
     }
     Ok(total)
-}
-
-impl Actor for RetentionActor {
-    type Context = Context<Self>;
-
-    fn started(&mut self, ctx: &mut Context<Self>) {
-        ctx.set_mailbox_capacity(self.life.stats.mailbox_capacity);
-        let delay = self.life.on_started();
-        if self.policy.final_after_days == 0 {
-            return;
-        }
-        tick(ctx, delay, self.policy.interval, self.life.stats.clone(), self.shutdown.clone(), || Prune);
-    }
-
-    fn stopped(&mut self, _: &mut Context<Self>) {
-        self.life.on_stopped();
-    }
-}
-
-impl Supervisable for RetentionActor {
-    fn life(&mut self) -> &mut Lifecycle {
-        &mut self.life
-    }
-}
-
-impl Supervised for RetentionActor {
-    fn restarting(&mut self, _: &mut Context<Self>) {
-        self.life.on_restarting();
-    }
-}
-
-impl Handler<Envelope<Prune>> for RetentionActor {
-    type Result = ();
-
-    fn handle(&mut self, _: Envelope<Prune>, ctx: &mut Context<Self>) {
-        let fut = prune(self.store.clone(), self.policy, self.life.log.clone());
-        self.run_step(ctx, fut);
-    }
 }
