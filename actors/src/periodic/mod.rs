@@ -1,7 +1,7 @@
 //! Periodic: the one actor that runs every job done on a timer — moving due retries
-//! ([`crate::delay`]), claiming stale entries ([`crate::claim`]), pruning old rows
-//! ([`crate::retention`]), polling Expo receipts ([`crate::receipts`]) and refreshing live
-//! entries ([`crate::heartbeat`]).
+//! ([`delay`]), claiming stale entries ([`claim`]), pruning old rows ([`retention`]), polling
+//! Expo receipts ([`receipts`]) and refreshing live entries ([`heartbeat`]); each job is a
+//! submodule.
 //!
 //! A job says what it is ([`PeriodicJob::NAME`], [`PeriodicJob::KIND`]: the actor's row in
 //! `GET /admin/actors`), how often it runs ([`PeriodicJob::interval`]) and what one run does
@@ -12,6 +12,12 @@
 //!   registry), and every tick once the process shuts down;
 //! - a step runs with the mailbox held; an error — or a panic — in it stops the actor, which its
 //!   supervisor restarts with backoff, and a successful step resets the backoff.
+
+pub mod claim;
+pub mod delay;
+pub mod heartbeat;
+pub mod receipts;
+pub mod retention;
 
 use crate::error::Result;
 use crate::messages::Step;

@@ -1,6 +1,6 @@
 //! Supervision: how every actor starts, fails and comes back.
 //!
-//! Each actor is started under an actix [`Supervisor`](actix::Supervisor), which restarts it
+//! Each actor is started under an actix [`Supervisor`], which restarts it
 //! (calling `Supervised::restarting`) whenever it stops while it is still addressed. An actor
 //! that meets an I/O error — or panics inside one of its futures, caught by [`guarded`] — records
 //! the error and calls `ctx.stop()`; when it starts again it waits out an exponential backoff
