@@ -9,35 +9,32 @@
 //! from looking abandoned. [`engine`] starts them all under supervisors.
 
 pub mod circuit;
-pub mod claim;
-pub mod delay;
-pub mod dispatcher;
-pub mod engine;
 pub mod error;
 pub mod events;
 #[doc(hidden)]
 pub mod fuzzing;
-pub mod heartbeat;
 pub mod inflight;
 pub mod job;
 pub mod keys;
-pub mod listener;
 pub mod messages;
 pub mod operations;
 pub mod outcome;
 pub mod payload;
+pub mod periodic;
+pub mod pipeline;
 pub mod providers;
 pub mod ratelimit;
-pub mod receipts;
-pub mod registry;
 pub mod relay;
-pub mod retention;
-pub mod sender;
+pub mod runtime;
 pub mod settings;
 pub mod store;
-pub mod stream_reader;
-pub mod supervisor;
 pub mod tls;
+
+// The old flat paths (`actors::dispatcher`, `crate::supervisor`, …) stay, for the binary, the
+// tests and the modules that name them.
+pub use periodic::{claim, delay, heartbeat, receipts, retention};
+pub use pipeline::{dispatcher, listener, sender, stream_reader};
+pub use runtime::{deps, engine, registry, supervisor};
 
 pub use engine::Engine;
 pub use error::EngineError;

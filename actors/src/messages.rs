@@ -39,27 +39,8 @@ pub struct Flush;
 #[rtype(result = "()")]
 pub struct ReadNext;
 
-/// Move due retries to the stream (the delay actor's tick).
+/// Run one step of a periodic job: the delay, claim, retention and receipt actors' and the
+/// heartbeat's tick (see [`crate::periodic`]).
 #[derive(Debug, Message)]
 #[rtype(result = "()")]
-pub struct MoveDue;
-
-/// Fetch the Expo receipts that are due (the receipt poller's tick).
-#[derive(Debug, Message)]
-#[rtype(result = "()")]
-pub struct PollReceipts;
-
-/// Delete final notifications past the retention period (the retention actor's tick).
-#[derive(Debug, Message)]
-#[rtype(result = "()")]
-pub struct Prune;
-
-/// Take over entries idle longer than `claim.min_idle_ms` (the claim actor's tick).
-#[derive(Debug, Message)]
-#[rtype(result = "()")]
-pub struct ClaimStale;
-
-/// Refresh the idle time of the entries in flight here (the heartbeat's tick).
-#[derive(Debug, Message)]
-#[rtype(result = "()")]
-pub struct Heartbeat;
+pub struct Step;

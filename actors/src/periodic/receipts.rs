@@ -15,16 +15,14 @@
 use crate::error::Result;
 use crate::events;
 use crate::job::SendResult;
-use crate::messages::PollReceipts;
+use crate::periodic::{Periodic, PeriodicJob};
 use crate::providers::expo::{ExpoClient, MAX_RECEIPT_IDS};
-use crate::registry::Envelope;
 use crate::settings::ExpoSettings;
 use crate::store::receipts::{DueReceipt, ReceiptVerdict};
 use crate::store::Store;
-use crate::supervisor::{tick, Lifecycle, Shutdown, Supervisable};
-use actix::prelude::*;
 use slog::{info, warn, Logger};
 use std::collections::HashMap;
+use std::future::Future;
 use std::rc::Rc;
 use std::time::{Duration, SystemTime};
 
@@ -35,25 +33,38 @@ const NOT_READY_RETRY: Duration = Duration::from_secs(60);
 /// The shortest lease, whatever the Expo timeout.
 const MIN_LEASE: Duration = Duration::from_secs(1);
 
-pub struct ReceiptPoller {
-    life: Lifecycle,
+/// The receipt poller: [`PollReceipts`] every `providers.expo.receipt_poll_ms`.
+pub type ReceiptPoller = Periodic<PollReceipts>;
+
+/// The receipt poller's job: fetch the receipts that are due, and act on them.
+pub struct PollReceipts {
     client: Rc<ExpoClient>,
     store: Store,
     interval: Duration,
     lease: Duration,
-    shutdown: Shutdown,
 }
 
-impl ReceiptPoller {
-    pub fn new(life: Lifecycle, expo: &ExpoSettings, store: Store, shutdown: Shutdown) -> Self {
-        ReceiptPoller {
-            life,
+impl PollReceipts {
+    pub fn new(expo: &ExpoSettings, store: Store) -> Self {
+        PollReceipts {
             client: Rc::new(ExpoClient::new(expo)),
             store,
             interval: expo.receipt_poll,
             lease: lease_for(expo.timeout),
-            shutdown,
         }
+    }
+}
+
+impl PeriodicJob for PollReceipts {
+    const NAME: &'static str = "receipts-expo";
+    const KIND: &'static str = "receipt_poller";
+
+    fn interval(&self) -> Option<Duration> {
+        Some(self.interval)
+    }
+
+    fn step(&self, log: &Logger) -> impl Future<Output = Result<usize>> + use<> {
+        poll(self.client.clone(), self.store.clone(), self.lease, log.clone())
     }
 }
 
@@ -145,41 +156,6 @@ fn log_verdicts(log: &Logger, verdicts: &[(&DueReceipt, ReceiptVerdict)]) {
             }
             ReceiptVerdict::Answered { error: None, .. } | ReceiptVerdict::AskAgain(_) => {}
         }
-    }
-}
-
-impl Actor for ReceiptPoller {
-    type Context = Context<Self>;
-
-    fn started(&mut self, ctx: &mut Context<Self>) {
-        ctx.set_mailbox_capacity(self.life.stats.mailbox_capacity);
-        let delay = self.life.on_started();
-        tick(ctx, delay, self.interval, self.life.stats.clone(), self.shutdown.clone(), || PollReceipts);
-    }
-
-    fn stopped(&mut self, _: &mut Context<Self>) {
-        self.life.on_stopped();
-    }
-}
-
-impl Supervisable for ReceiptPoller {
-    fn life(&mut self) -> &mut Lifecycle {
-        &mut self.life
-    }
-}
-
-impl Supervised for ReceiptPoller {
-    fn restarting(&mut self, _: &mut Context<Self>) {
-        self.life.on_restarting();
-    }
-}
-
-impl Handler<Envelope<PollReceipts>> for ReceiptPoller {
-    type Result = ();
-
-    fn handle(&mut self, _: Envelope<PollReceipts>, ctx: &mut Context<Self>) {
-        let fut = poll(self.client.clone(), self.store.clone(), self.lease, self.life.log.clone());
-        self.run_step(ctx, fut);
     }
 }
 

@@ -5,15 +5,13 @@
 //! [`Circuit`] decides whether a batch is sent at all, and whether failures spend attempts.
 
 use crate::circuit::{Circuit, Health, Permit};
-use crate::dispatcher::Handle;
 use crate::error::EngineError;
 use crate::job::{Delivery, Outcome, SendResult};
 use crate::messages::{Deliver, Record};
 use crate::outcome::OutcomeWriter;
 use crate::providers::{ClientFactory, ProviderClient, Response};
 use crate::ratelimit::RateLimiter;
-use crate::registry::ActorStats;
-use crate::registry::Envelope;
+use crate::registry::{ActorStats, Envelope, Handle};
 use crate::supervisor::Lifecycle;
 use actix::prelude::*;
 use futures_util::FutureExt;
@@ -38,7 +36,9 @@ impl From<Handle<OutcomeWriter>> for Outcomes {
 /// What stands between a sender and its provider, shared by the provider's pool.
 #[derive(Clone)]
 pub struct SendGuards {
+    /// Whether a batch is sent at all, and whether its failures spend attempts.
     pub circuit: Circuit,
+    /// The provider's shared rate limits (None: unlimited).
     pub limiter: Option<RateLimiter>,
 }
 
@@ -48,15 +48,12 @@ pub struct SenderActor {
     buffer: Vec<Delivery>,
     flush_scheduled: bool,
     outcomes: Outcomes,
-    circuit: Circuit,
-    /// The provider's shared rate limits (None: unlimited).
-    limiter: Option<RateLimiter>,
+    guards: SendGuards,
 }
 
 impl SenderActor {
     pub fn new(life: Lifecycle, factory: &ClientFactory, outcomes: Outcomes, guards: SendGuards) -> Self {
-        let SendGuards { circuit, limiter } = guards;
-        SenderActor { life, client: factory(), buffer: Vec::new(), flush_scheduled: false, outcomes, circuit, limiter }
+        SenderActor { life, client: factory(), buffer: Vec::new(), flush_scheduled: false, outcomes, guards }
     }
 
     fn send_full_batches(&mut self, ctx: &mut Context<Self>) {
@@ -71,7 +68,7 @@ impl SenderActor {
     /// Sends a batch, after the shared rate limits admitted it: what they hold back is
     /// rescheduled without spending an attempt.
     fn send(&mut self, batch: Vec<Delivery>, ctx: &mut Context<Self>) {
-        let Some(limiter) = self.limiter.clone() else {
+        let Some(limiter) = self.guards.limiter.clone() else {
             return self.send_now(batch, ctx);
         };
         let jobs: Vec<_> = batch.iter().map(|d| d.job.clone()).collect();
@@ -109,9 +106,9 @@ impl SenderActor {
     fn send_now(&mut self, mut batch: Vec<Delivery>, ctx: &mut Context<Self>) {
         let outcomes = self.outcomes.clone();
         let log = self.life.log.clone();
-        let circuit = self.circuit.clone();
+        let circuit = self.guards.circuit.clone();
         let provider = self.client.provider();
-        let (permit, request) = match self.circuit.permit() {
+        let (permit, request) = match self.guards.circuit.permit() {
             Permit::Denied { retry_in } => (Permit::Denied { retry_in }, None),
             permit => {
                 let jobs: Vec<_> = batch.iter().map(|d| d.job.clone()).collect();

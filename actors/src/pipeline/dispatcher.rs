@@ -17,29 +17,17 @@ use crate::inflight::InFlight;
 use crate::job::{Delivery, Outcome, Provider, SendResult};
 use crate::messages::{Deliver, Record};
 use crate::outcome::OutcomeWriter;
-use crate::registry::ActorStats;
+/// The handle lives in the registry (the sender needs it too); re-exported for the old path.
+pub use crate::registry::Handle;
 use crate::relay::{Entry, Relay};
 use crate::sender::SenderActor;
 use crate::store::Store;
 use crate::store::Target;
-use actix::Addr;
 use slog::{info, warn, Logger};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
-
-/// The address of an actor together with the figures that count its mailbox.
-pub struct Handle<A: actix::Actor> {
-    pub addr: Addr<A>,
-    pub stats: Arc<ActorStats>,
-}
-
-impl<A: actix::Actor> Clone for Handle<A> {
-    fn clone(&self) -> Self {
-        Handle { addr: self.addr.clone(), stats: Arc::clone(&self.stats) }
-    }
-}
 
 /// The SenderActors of one provider; deliveries go round-robin.
 #[derive(Clone)]

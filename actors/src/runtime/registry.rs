@@ -2,9 +2,10 @@
 //!
 //! actix exposes no mailbox length, so every message to a supervised actor travels in an
 //! [`Envelope`] carrying a [`MailboxToken`]: the token counts the message in when it is sent and
-//! out when the handler drops it. `GET /admin/actors` reads [`Registry::snapshot`].
+//! out when the handler drops it. `GET /admin/actors` reads [`Registry::snapshot`]. A [`Handle`]
+//! is how one actor addresses another: the address, and the figures that count its mailbox.
 
-use actix::Message;
+use actix::{Actor, Addr, Message};
 use serde::Serialize;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -85,6 +86,19 @@ impl Drop for MailboxToken {
     fn drop(&mut self) {
         self.stats.mailbox_len.fetch_sub(1, Ordering::Relaxed);
         self.stats.handled.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// The address of an actor together with the figures that count its mailbox: send it
+/// `handle.stats.envelope(msg)`, so that the message is counted while it waits.
+pub struct Handle<A: Actor> {
+    pub addr: Addr<A>,
+    pub stats: Arc<ActorStats>,
+}
+
+impl<A: Actor> Clone for Handle<A> {
+    fn clone(&self) -> Self {
+        Handle { addr: self.addr.clone(), stats: Arc::clone(&self.stats) }
     }
 }
 

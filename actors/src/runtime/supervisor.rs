@@ -1,6 +1,6 @@
 //! Supervision: how every actor starts, fails and comes back.
 //!
-//! Each actor is started under an actix [`Supervisor`](actix::Supervisor), which restarts it
+//! Each actor is started under an actix [`Supervisor`], which restarts it
 //! (calling `Supervised::restarting`) whenever it stops while it is still addressed. An actor
 //! that meets an I/O error — or panics inside one of its futures, caught by [`guarded`] — records
 //! the error and calls `ctx.stop()`; when it starts again it waits out an exponential backoff
@@ -10,7 +10,7 @@
 
 use crate::error::{EngineError, Result};
 use crate::events;
-use crate::registry::{ActorStats, Envelope};
+use crate::registry::ActorStats;
 use actix::prelude::*;
 use backon::{BackoffBuilder, ExponentialBackoff, ExponentialBuilder};
 use futures_util::FutureExt;
@@ -101,28 +101,6 @@ pub trait Supervisable: Actor<Context = Context<Self>> + Sized {
             }
         }));
     }
-}
-
-/// After `delay`, sends the actor `msg()` every `interval`, skipping a tick while the previous
-/// one still waits in the mailbox, and every tick once the process shuts down.
-pub fn tick<A, M>(
-    ctx: &mut Context<A>,
-    delay: Duration,
-    interval: Duration,
-    stats: Arc<ActorStats>,
-    shutdown: Shutdown,
-    msg: fn() -> M,
-) where
-    A: Actor<Context = Context<A>> + Handler<Envelope<M>>,
-    M: Message<Result = ()> + Send + 'static,
-{
-    ctx.run_later(delay, move |_, ctx| {
-        ctx.run_interval(interval, move |_, ctx| {
-            if !shutdown.is_triggered() && stats.mailbox_len() == 0 {
-                ctx.address().do_send(stats.envelope(msg()));
-            }
-        });
-    });
 }
 
 /// Set once the process is shutting down: readers stop reading, the listener stops claiming.

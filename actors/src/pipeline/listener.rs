@@ -8,6 +8,7 @@
 //! drain. A sweep at start-up and every `listener.sweep_interval_ms` catches rows whose NOTIFY
 //! was lost and targets whose stream entry was lost with Redis.
 
+use crate::deps::Deps;
 use crate::error::{EngineError, Result};
 use crate::events::{self, Tally};
 use crate::job::shard_of;
@@ -15,7 +16,7 @@ use crate::job::Provider;
 use crate::messages::{Drain, Sweep};
 use crate::registry::Envelope;
 use crate::relay::{DeadLetter, RedisWrites, Relay};
-use crate::settings::InputLimits;
+use crate::settings::{EngineSettings, InputLimits};
 use crate::store::{FanOutRules, Settled, Store};
 use crate::supervisor::{guarded, Lifecycle, Shutdown, Supervisable};
 use actix::prelude::*;
@@ -70,21 +71,31 @@ struct CheckListen;
 struct Listening(tokio_postgres::Client);
 
 impl ListenerActor {
+    /// The listener of this process: it fans out for the `enabled` providers, and LISTENs on a
+    /// connection of its own made from `pg_config`.
     pub fn new(
         life: Lifecycle,
-        fanout: Fanout,
+        deps: &Deps,
+        settings: &EngineSettings,
+        enabled: HashSet<Provider>,
         pg_config: tokio_postgres::Config,
-        sweep_interval: Duration,
-        stale_after: Duration,
-        shutdown: Shutdown,
     ) -> Self {
+        let fanout = Fanout {
+            store: deps.store.clone(),
+            relay: deps.relay.clone(),
+            batch: settings.listener_batch,
+            drainers: settings.listener_drainers,
+            limits: settings.input_limits,
+            enabled: Arc::new(enabled),
+            log: life.log.clone(),
+        };
         ListenerActor {
             life,
             fanout,
             pg_config,
-            sweep_interval,
-            stale_after,
-            shutdown,
+            sweep_interval: settings.sweep_interval,
+            stale_after: settings.stale_after,
+            shutdown: deps.shutdown.clone(),
             rung: Arc::new(AtomicBool::new(false)),
             listen_client: None,
             generation: 0,

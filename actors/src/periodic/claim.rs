@@ -8,16 +8,15 @@
 //! again. While Postgres is unreachable nothing is claimed: a claim could neither be screened
 //! nor stored, and would only count against the entry's `claim.max_deliveries`.
 
+use crate::deps::Deps;
 use crate::dispatcher::{Dispatcher, Screened};
 use crate::error::Result;
 use crate::events;
 use crate::inflight::InFlight;
 use crate::job::{Outcome, SendResult};
-use crate::messages::ClaimStale;
-use crate::registry::Envelope;
-use crate::supervisor::{tick, Lifecycle, Shutdown, Supervisable};
-use actix::prelude::*;
-use slog::{info, warn};
+use crate::periodic::{Periodic, PeriodicJob};
+use slog::{info, warn, Logger};
+use std::future::Future;
 use std::time::Duration;
 
 /// Most entries one `XAUTOCLAIM` takes.
@@ -33,25 +32,36 @@ pub struct ClaimPolicy {
     pub max_deliveries: u32,
 }
 
-pub struct ClaimActor {
-    life: Lifecycle,
-    consumer: String,
+/// The claim actor: [`ClaimStale`] every `claim.interval_ms`.
+pub type ClaimActor = Periodic<ClaimStale>;
+
+/// The claim actor's job: one pass over every shard, taking over what dead consumers left.
+pub struct ClaimStale {
     dispatcher: Dispatcher,
     inflight: InFlight,
+    /// Claimed entries become this consumer's.
+    consumer: String,
     policy: ClaimPolicy,
-    shutdown: Shutdown,
 }
 
-impl ClaimActor {
-    pub fn new(
-        life: Lifecycle,
-        consumer: String,
-        dispatcher: Dispatcher,
-        inflight: InFlight,
-        policy: ClaimPolicy,
-        shutdown: Shutdown,
-    ) -> Self {
-        ClaimActor { life, consumer, dispatcher, inflight, policy, shutdown }
+impl ClaimStale {
+    /// Claims as `deps.consumer`, within the permits of `deps.inflight`, and hands what it
+    /// claims to `dispatcher`.
+    pub fn new(dispatcher: Dispatcher, deps: &Deps, policy: ClaimPolicy) -> Self {
+        ClaimStale { dispatcher, inflight: deps.inflight.clone(), consumer: deps.consumer.clone(), policy }
+    }
+}
+
+impl PeriodicJob for ClaimStale {
+    const NAME: &'static str = "claim";
+    const KIND: &'static str = "claim";
+
+    fn interval(&self) -> Option<Duration> {
+        Some(self.policy.interval)
+    }
+
+    fn step(&self, log: &Logger) -> impl Future<Output = Result<usize>> + use<> {
+        claim_all(self.dispatcher.clone(), self.inflight.clone(), self.consumer.clone(), self.policy, log.clone())
     }
 }
 
@@ -67,7 +77,7 @@ async fn retire_overdelivered(
     consumer: &str,
     policy: ClaimPolicy,
     shard: u16,
-    log: &slog::Logger,
+    log: &Logger,
 ) -> Result<usize> {
     let mut after: Option<String> = None;
     let mut total = 0;
@@ -93,7 +103,7 @@ async fn retire(
     policy: ClaimPolicy,
     shard: u16,
     found: &[(String, u64)],
-    log: &slog::Logger,
+    log: &Logger,
 ) -> Result<usize> {
     let permits = inflight.try_take(found.len());
     if permits == 0 {
@@ -143,7 +153,7 @@ async fn claim_all(
     inflight: InFlight,
     consumer: String,
     policy: ClaimPolicy,
-    log: slog::Logger,
+    log: Logger,
 ) -> Result<usize> {
     // Claiming while Postgres is unreachable can only fail: skip the pass (the actor restarts
     // with backoff and tries again) instead of bumping every entry's delivery count.
@@ -184,45 +194,4 @@ async fn claim_all(
         }
     }
     Ok(total)
-}
-
-impl Actor for ClaimActor {
-    type Context = Context<Self>;
-
-    fn started(&mut self, ctx: &mut Context<Self>) {
-        ctx.set_mailbox_capacity(self.life.stats.mailbox_capacity);
-        let delay = self.life.on_started();
-        tick(ctx, delay, self.policy.interval, self.life.stats.clone(), self.shutdown.clone(), || ClaimStale);
-    }
-
-    fn stopped(&mut self, _: &mut Context<Self>) {
-        self.life.on_stopped();
-    }
-}
-
-impl Supervisable for ClaimActor {
-    fn life(&mut self) -> &mut Lifecycle {
-        &mut self.life
-    }
-}
-
-impl Supervised for ClaimActor {
-    fn restarting(&mut self, _: &mut Context<Self>) {
-        self.life.on_restarting();
-    }
-}
-
-impl Handler<Envelope<ClaimStale>> for ClaimActor {
-    type Result = ();
-
-    fn handle(&mut self, _: Envelope<ClaimStale>, ctx: &mut Context<Self>) {
-        let fut = claim_all(
-            self.dispatcher.clone(),
-            self.inflight.clone(),
-            self.consumer.clone(),
-            self.policy,
-            self.life.log.clone(),
-        );
-        self.run_step(ctx, fut);
-    }
 }

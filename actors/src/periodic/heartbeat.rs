@@ -9,45 +9,68 @@
 //! without counting a delivery (`XCLAIM … JUSTID` in a script). An entry goes idle only when the
 //! process holding it dies or stalls as a whole.
 
+use crate::deps::Deps;
 use crate::error::Result;
 use crate::inflight::InFlight;
-use crate::messages::Heartbeat;
-use crate::registry::Envelope;
+use crate::periodic::{Periodic, PeriodicJob};
 use crate::relay::Relay;
-use crate::supervisor::{tick, Lifecycle, Shutdown, Supervisable};
-use actix::prelude::*;
-use slog::debug;
+use slog::{debug, Logger};
 use std::collections::BTreeMap;
+use std::future::Future;
 use std::time::Duration;
 
 /// Entries refreshed per script call.
 const REFRESH_BATCH: usize = 500;
 
-pub struct HeartbeatActor {
-    life: Lifecycle,
+/// The heartbeat actor: [`Heartbeat`] every `claim.min_idle_ms / 4`.
+pub type HeartbeatActor = Periodic<Heartbeat>;
+
+/// The heartbeat's job: refresh the idle time of the entries in flight here.
+pub struct Heartbeat {
     relay: Relay,
     inflight: InFlight,
+    /// This process's consumer: only entries it still owns are refreshed.
     consumer: String,
     interval: Duration,
-    shutdown: Shutdown,
 }
 
-impl HeartbeatActor {
-    pub fn new(
-        life: Lifecycle,
-        relay: Relay,
-        inflight: InFlight,
-        consumer: String,
-        interval: Duration,
-        shutdown: Shutdown,
-    ) -> Self {
-        HeartbeatActor { life, relay, inflight, consumer, interval, shutdown }
+impl Heartbeat {
+    /// Refreshes `deps.consumer`'s entries of `deps.inflight`, often enough for none to look
+    /// idle after `min_idle` (`claim.min_idle_ms`).
+    pub fn new(deps: &Deps, min_idle: Duration) -> Self {
+        Heartbeat {
+            relay: deps.relay.clone(),
+            inflight: deps.inflight.clone(),
+            consumer: deps.consumer.clone(),
+            interval: Self::interval_for(min_idle),
+        }
     }
 
     /// How often entries are refreshed for a given `claim.min_idle_ms`: four beats fit in it, so
     /// one late or failed beat never lets an entry look idle.
     pub fn interval_for(min_idle: Duration) -> Duration {
         (min_idle / 4).max(Duration::from_millis(10))
+    }
+}
+
+impl PeriodicJob for Heartbeat {
+    const NAME: &'static str = "heartbeat";
+    const KIND: &'static str = "heartbeat";
+
+    fn interval(&self) -> Option<Duration> {
+        Some(self.interval)
+    }
+
+    fn step(&self, log: &Logger) -> impl Future<Output = Result<usize>> + use<> {
+        let (relay, inflight, consumer, log) =
+            (self.relay.clone(), self.inflight.clone(), self.consumer.clone(), log.clone());
+        async move {
+            let refreshed = beat(relay, inflight, consumer).await?;
+            if refreshed > 0 {
+                debug!(log, "in-flight entries refreshed"; "count" => refreshed);
+            }
+            Ok(refreshed)
+        }
     }
 }
 
@@ -65,46 +88,4 @@ async fn beat(relay: Relay, inflight: InFlight, consumer: String) -> Result<usiz
         }
     }
     Ok(refreshed)
-}
-
-impl Actor for HeartbeatActor {
-    type Context = Context<Self>;
-
-    fn started(&mut self, ctx: &mut Context<Self>) {
-        ctx.set_mailbox_capacity(self.life.stats.mailbox_capacity);
-        let delay = self.life.on_started();
-        tick(ctx, delay, self.interval, self.life.stats.clone(), self.shutdown.clone(), || Heartbeat);
-    }
-
-    fn stopped(&mut self, _: &mut Context<Self>) {
-        self.life.on_stopped();
-    }
-}
-
-impl Supervisable for HeartbeatActor {
-    fn life(&mut self) -> &mut Lifecycle {
-        &mut self.life
-    }
-}
-
-impl Supervised for HeartbeatActor {
-    fn restarting(&mut self, _: &mut Context<Self>) {
-        self.life.on_restarting();
-    }
-}
-
-impl Handler<Envelope<Heartbeat>> for HeartbeatActor {
-    type Result = ();
-
-    fn handle(&mut self, _: Envelope<Heartbeat>, ctx: &mut Context<Self>) {
-        let (relay, inflight, consumer, log) =
-            (self.relay.clone(), self.inflight.clone(), self.consumer.clone(), self.life.log.clone());
-        self.run_step(ctx, async move {
-            let refreshed = beat(relay, inflight, consumer).await?;
-            if refreshed > 0 {
-                debug!(log, "in-flight entries refreshed"; "count" => refreshed);
-            }
-            Ok(refreshed)
-        });
-    }
 }

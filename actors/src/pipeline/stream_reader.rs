@@ -4,6 +4,7 @@
 //! permits, so a slow provider or a slow database stops the reading instead of filling
 //! mailboxes. Blocking reads use a connection of their own (see [`Relay::blocking_connection`]).
 
+use crate::deps::Deps;
 use crate::dispatcher::Dispatcher;
 use crate::error::Result;
 use crate::inflight::InFlight;
@@ -32,16 +33,18 @@ pub struct StreamReaderActor {
 }
 
 impl StreamReaderActor {
-    pub fn new(
-        life: Lifecycle,
-        shard: u16,
-        consumer: String,
-        dispatcher: Dispatcher,
-        inflight: InFlight,
-        shutdown: Shutdown,
-    ) -> Self {
-        let relay = dispatcher.relay.clone();
-        StreamReaderActor { life, shard, consumer, relay, dispatcher, inflight, shutdown, conn: None }
+    /// The reader of `shard`; it reads as `deps.consumer` and hands what it reads to `dispatcher`.
+    pub fn new(life: Lifecycle, shard: u16, dispatcher: Dispatcher, deps: &Deps) -> Self {
+        StreamReaderActor {
+            life,
+            shard,
+            consumer: deps.consumer.clone(),
+            relay: deps.relay.clone(),
+            dispatcher,
+            inflight: deps.inflight.clone(),
+            shutdown: deps.shutdown.clone(),
+            conn: None,
+        }
     }
 }
 

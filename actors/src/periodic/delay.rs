@@ -1,0 +1,62 @@
+//! DelayActor: moves retries whose time has come from each shard's delayed set back to its
+//! stream. The move is one Lua script per batch, so any number of schedulers can run it at
+//! once without losing or doubling a retry.
+
+use crate::error::Result;
+use crate::periodic::{Periodic, PeriodicJob};
+use crate::relay::Relay;
+use slog::{debug, Logger};
+use std::future::Future;
+use std::time::Duration;
+
+/// Most retries one script call moves.
+const MOVE_BATCH: usize = 500;
+
+/// The delay actor: [`MoveDue`] every `scheduler.delay_poll_ms`.
+pub type DelayActor = Periodic<MoveDue>;
+
+/// The delay actor's job: move due retries to their stream.
+pub struct MoveDue {
+    relay: Relay,
+    interval: Duration,
+}
+
+impl MoveDue {
+    pub fn new(relay: Relay, interval: Duration) -> Self {
+        MoveDue { relay, interval }
+    }
+}
+
+impl PeriodicJob for MoveDue {
+    const NAME: &'static str = "delay";
+    const KIND: &'static str = "delay";
+
+    fn interval(&self) -> Option<Duration> {
+        Some(self.interval)
+    }
+
+    fn step(&self, log: &Logger) -> impl Future<Output = Result<usize>> + use<> {
+        let (relay, log) = (self.relay.clone(), log.clone());
+        async move {
+            let moved = move_all_due(relay).await?;
+            if moved > 0 {
+                debug!(log, "due retries moved to the stream"; "moved" => moved);
+            }
+            Ok(moved)
+        }
+    }
+}
+
+async fn move_all_due(relay: Relay) -> Result<usize> {
+    let mut total = 0;
+    for shard in relay.keys().shard_ids() {
+        loop {
+            let moved = relay.move_due(shard, MOVE_BATCH).await?;
+            total += moved;
+            if moved < MOVE_BATCH {
+                break;
+            }
+        }
+    }
+    Ok(total)
+}
