@@ -342,7 +342,7 @@ async fn post(
     url: &str,
     token: &str,
     body: Vec<u8>,
-) -> Result<(u16, Option<Duration>, actix_web::web::Bytes), String> {
+) -> Result<(u16, Option<Duration>, bytes::Bytes), String> {
     let mut resp = http
         .post(url)
         .bearer_auth(token)
