@@ -21,7 +21,7 @@
 //! refused by APNs/FCM later, as happens for real).
 //! `POST /__emulator/fail {"status":503,"code":"…","count":N}` makes the next N requests fail
 //! as a whole, `{"status":503,"for_ms":10000}` every request for 10 s (429 carries
-//! `Retry-After: 1`).
+//! `Retry-After: 1`; `"retry_after_secs"` sets a header on any status).
 //! `hang_for(duration)` makes the service hang: requests arriving in that window (sends and
 //! receipts) are read and never answered, as a provider that accepts connections and then
 //! stalls; only the client's timeout ends them.

@@ -20,7 +20,8 @@
 //! UNSPECIFIED_ERROR).
 //!
 //! Admin: `POST /__emulator/fail {"status":503,"count":N | "for_ms":M, "code":"…"}` fails sends
-//! as a whole (401 and 403 without `code` carry no FcmError); `POST /__emulator/fail-token` the
+//! as a whole (401 and 403 without `code` carry no FcmError; 429 and 503 carry `Retry-After: 1`
+//! unless `"retry_after_secs"` says otherwise); `POST /__emulator/fail-token` the
 //! same for the token endpoint; `POST /__emulator/revoke` invalidates every access token issued;
 //! `GET /__emulator/stats`.
 
