@@ -19,6 +19,8 @@ WORKDIR /src
 # into the binary, so they must be in the build context, not only in the runtime image.
 COPY Cargo.toml Cargo.lock rustfmt.toml ./
 COPY actors/ actors/
+# The emulators crate: a workspace member, and linked for `mock-providers` and `loadgen`.
+COPY emulators/ emulators/
 COPY src/ src/
 COPY migrations/ migrations/
 COPY config/ config/

@@ -2,7 +2,7 @@
 //! API needed). Each prints what it did; `--json` where a program may read the output.
 
 use crate::configuration::Settings;
-use crate::startup::pg_pool;
+use crate::db::pg_pool;
 use actors::keys::Keys;
 use actors::operations::requeue_dead_letters;
 use actors::relay::admin::DeadLetterEntry;
@@ -73,7 +73,7 @@ pub enum AdminError {
     #[error(transparent)]
     Engine(#[from] actors::error::EngineError),
     #[error(transparent)]
-    Start(#[from] crate::startup::StartError),
+    Pool(#[from] crate::db::PoolError),
     #[error("writing output: {0}")]
     Output(#[from] std::io::Error),
 }

@@ -34,7 +34,7 @@ pub enum Command {
     #[command(subcommand)]
     Admin(crate::admin::AdminCommand),
     /// Load test: bulk-insert notifications and measure until all are delivered.
-    Loadgen(crate::loadgen::LoadgenArgs),
+    Loadgen(emulators::loadgen::LoadgenArgs),
     /// Run loopback provider emulators for staging smoke tests and load tests.
-    MockProviders(crate::mock::MockArgs),
+    MockProviders(emulators::MockArgs),
 }

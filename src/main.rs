@@ -2,7 +2,7 @@ use clap::Parser;
 use notify_relay::cli::{Cli, Command};
 use notify_relay::configuration::Settings;
 use notify_relay::startup::{consumer_name, Application, ProcessRoles};
-use notify_relay::{admin, loadgen, migrate, mock, telemetry};
+use notify_relay::{admin, migrate, telemetry};
 use std::process::ExitCode;
 
 type Outcome = Result<(), Box<dyn std::error::Error>>;
@@ -22,8 +22,8 @@ async fn main() -> ExitCode {
         Command::Run { roles, no_migrate } => run(settings, &roles, no_migrate, log).await,
         Command::Migrate => run_migrations(&settings).await,
         Command::Admin(command) => admin::run(&settings, command, &mut std::io::stdout()).await.map_err(Into::into),
-        Command::Loadgen(args) => loadgen::run(&settings, args).await,
-        Command::MockProviders(args) => mock::serve(args).await.map_err(Into::into),
+        Command::Loadgen(args) => loadgen(&settings, args).await,
+        Command::MockProviders(args) => emulators::serve(args, wait_for_signal()).await.map_err(Into::into),
     };
     match outcome {
         Ok(()) => ExitCode::SUCCESS,
@@ -50,23 +50,38 @@ async fn run_migrations(settings: &Settings) -> Outcome {
     Ok(())
 }
 
+/// `loadgen`: against the configured Postgres and Redis, migrating its scratch database with this
+/// binary's migrations.
+async fn loadgen(settings: &Settings, args: emulators::loadgen::LoadgenArgs) -> Outcome {
+    let target = emulators::loadgen::Target {
+        database_url: settings.database.url.expose().to_string(),
+        redis_url: settings.redis.url.expose().to_string(),
+        migrate: async |config: &tokio_postgres::Config| -> Outcome { Ok(migrate::run(config).await.map(drop)?) },
+    };
+    emulators::loadgen::run(target, args).await
+}
+
 fn fail(e: &dyn std::fmt::Display) -> ExitCode {
     eprintln!("notify-relay: {e}");
     ExitCode::FAILURE
 }
 
-/// SIGTERM (Kubernetes) or SIGINT (Ctrl-C).
-async fn wait_for_signal() {
+/// SIGTERM (Kubernetes) or SIGINT (Ctrl-C). SIGTERM is listened for from the call on, so one that
+/// comes while the caller is still starting up is not lost (and does not kill the process).
+fn wait_for_signal() -> impl std::future::Future<Output = ()> {
     use tokio::signal::unix::{signal, SignalKind};
-    match signal(SignalKind::terminate()) {
-        Ok(mut term) => {
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = tokio::signal::ctrl_c() => {}
+    let term = signal(SignalKind::terminate());
+    async move {
+        match term {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = tokio::signal::ctrl_c() => {}
+                }
             }
-        }
-        Err(_) => {
-            let _ = tokio::signal::ctrl_c().await;
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
         }
     }
 }

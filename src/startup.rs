@@ -2,6 +2,7 @@
 
 use crate::auth::Authenticator;
 use crate::configuration::Settings;
+use crate::db::pg_pool;
 use crate::error::ApiError;
 use crate::routes::{self, AppState};
 use crate::{error, migrate};
@@ -11,7 +12,6 @@ use actix_web::{web, App, HttpServer, ResponseError};
 use actors::keys::Keys;
 use actors::relay::Relay;
 use actors::settings::Roles;
-use actors::store::pool::Pool;
 use actors::store::Store;
 use actors::Engine;
 use slog::{info, warn, Logger};
@@ -54,8 +54,8 @@ pub enum StartError {
     Migrate(#[from] migrate::MigrateError),
     #[error("engine: {0}")]
     Engine(#[from] actors::EngineError),
-    #[error("postgres pool: {0}")]
-    Pool(String),
+    #[error(transparent)]
+    Pool(#[from] crate::db::PoolError),
     #[error("http: cannot listen on {addr}: {source}")]
     Bind { addr: String, source: std::io::Error },
 }
@@ -68,14 +68,6 @@ pub struct Application {
     pub relay: Relay,
     server: Option<ServerHandle>,
     log: Logger,
-}
-
-/// The store's pool: every store call holds its connection under a deadline, and waiting for,
-/// opening and recycling a connection are bounded too (see `actors::store::pool`).
-pub fn pg_pool(settings: &Settings, log: &Logger) -> Result<Pool, StartError> {
-    let log = log.new(slog::o!("component" => "postgres"));
-    actors::store::pool::build(settings.pg_config()?, settings.pool_settings()?, log)
-        .map_err(|e| StartError::Pool(e.to_string()))
 }
 
 impl Application {

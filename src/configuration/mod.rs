@@ -829,7 +829,7 @@ mod tests {
     /// settings nor what they hand the engine print any of them.
     #[test]
     fn no_credential_shows_in_the_debug_output_of_the_settings_or_the_engine_settings() {
-        let fcm_key = include_str!("../mock/keys/fcm-emulator-key.pem");
+        let fcm_key = include_str!("../../emulators/keys/fcm-emulator-key.pem");
         let apns_key = rcgen::KeyPair::generate().unwrap().serialize_pem();
         let fcm_json = serde_json::json!({
             "project_id": "p", "client_email": "relay@p.iam.gserviceaccount.com", "private_key": fcm_key,

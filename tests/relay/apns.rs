@@ -7,7 +7,8 @@ use actors::job::{Job, Priority, Provider, SendResult};
 use actors::providers::apns::{tls_config, ApnsClient, ProviderToken, MIN_RESIGN_INTERVAL, REFRESH_AFTER};
 use actors::providers::ProviderClient;
 use actors::settings::ApnsSettings;
-use notify_relay::mock::apns::{ApnsEmulator, FailPlan, Rules};
+use emulators::apns::{ApnsEmulator, Rules};
+use emulators::FailPlan;
 use serde_json::{json, Value};
 use std::sync::Arc;
 use std::time::Duration;
@@ -467,7 +468,7 @@ async fn apns_whole_request_failures_are_outages_and_retry_after_is_honoured() {
     let client = client(&emulator);
     emulator.fail_with(FailPlan {
         status: 503,
-        reason: Some("ServiceUnavailable".into()),
+        code: Some("ServiceUnavailable".into()),
         count: Some(1),
         for_ms: None,
         retry_after_secs: Some(3),

@@ -154,7 +154,7 @@ async fn a_dispatch_whose_sender_is_gone_gives_back_each_permit_and_target_exact
     let app = prepare().await;
     let settings = app.settings();
     let log = notify_relay::telemetry::discard();
-    let store = actors::store::Store::new(notify_relay::startup::pg_pool(&settings, &log).unwrap());
+    let store = actors::store::Store::new(notify_relay::db::pg_pool(&settings, &log).unwrap());
     let relay = actors::relay::Relay::connect(&settings.redis_endpoint(), app.keys.clone(), 1000).await.unwrap();
     relay.ensure_groups().await.unwrap();
     let inflight = actors::inflight::InFlight::new(10);

@@ -156,7 +156,7 @@ async fn large_requests_are_sent_gzip_compressed_and_small_ones_plain() {
 #[actix_web::test]
 async fn the_expo_access_token_is_sent_as_a_bearer_token() {
     let mut app = crate::helpers::prepare().await;
-    let secured = notify_relay::mock::expo::ExpoEmulator::start("127.0.0.1:0", Some("s3cret".into())).await.unwrap();
+    let secured = emulators::expo::ExpoEmulator::start("127.0.0.1:0", Some("s3cret".into())).await.unwrap();
     app.env.insert("NOTIFY__PROVIDERS__EXPO__BASE_URL".into(), secured.url());
     app.env.insert("NOTIFY__PROVIDERS__EXPO__ACCESS_TOKEN".into(), "s3cret".into());
     app.start().await;
@@ -173,7 +173,7 @@ async fn the_expo_access_token_is_sent_as_a_bearer_token() {
 #[actix_web::test]
 async fn a_refused_access_token_opens_the_circuit_and_disables_no_device() {
     let mut app = crate::helpers::prepare().await;
-    let secured = notify_relay::mock::expo::ExpoEmulator::start("127.0.0.1:0", Some("s3cret".into())).await.unwrap();
+    let secured = emulators::expo::ExpoEmulator::start("127.0.0.1:0", Some("s3cret".into())).await.unwrap();
     app.env.insert("NOTIFY__PROVIDERS__EXPO__BASE_URL".into(), secured.url());
     app.env.insert("NOTIFY__PROVIDERS__EXPO__ACCESS_TOKEN".into(), "wrong".into());
     app.start().await;
@@ -199,9 +199,9 @@ async fn a_refused_access_token_opens_the_circuit_and_disables_no_device() {
 
 #[actix_web::test]
 async fn one_notification_reaches_a_users_expo_fcm_apns_and_email_devices() {
-    use notify_relay::mock::apns::{ApnsEmulator, Rules};
-    use notify_relay::mock::fcm::FcmEmulator;
-    use notify_relay::mock::smtp::{SmtpEmulator, SmtpOptions};
+    use emulators::apns::{ApnsEmulator, Rules};
+    use emulators::fcm::FcmEmulator;
+    use emulators::smtp::{SmtpEmulator, SmtpOptions};
 
     let mut app = prepare().await;
     let fcm = FcmEmulator::start("127.0.0.1:0").await.expect("fcm emulator");

@@ -8,7 +8,7 @@ use actors::providers::email::{EmailClient, EmailConfig};
 use actors::providers::ProviderClient;
 use actors::ratelimit::Limits;
 use actors::settings::EmailSettings;
-use notify_relay::mock::smtp::{SmtpEmulator, SmtpOptions, TlsMode};
+use emulators::smtp::{SmtpEmulator, SmtpOptions, TlsMode};
 use serde_json::{json, Value};
 use std::time::Duration;
 

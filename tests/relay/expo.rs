@@ -7,7 +7,7 @@ use actors::providers::expo::ExpoClient;
 use actors::providers::ProviderClient;
 use actors::ratelimit::Limits;
 use actors::settings::ExpoSettings;
-use notify_relay::mock::expo::ExpoEmulator;
+use emulators::expo::ExpoEmulator;
 use serde_json::json;
 use std::time::Duration;
 

@@ -8,7 +8,7 @@ use actors::providers::fcm::{FcmClient, ServiceAccount, TokenSource, QUOTA_BACKO
 use actors::providers::ProviderClient;
 use actors::ratelimit::Limits;
 use actors::settings::FcmSettings;
-use notify_relay::mock::fcm::FcmEmulator;
+use emulators::fcm::FcmEmulator;
 use serde_json::{json, Value};
 use std::sync::Arc;
 use std::time::Duration;

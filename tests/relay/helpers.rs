@@ -3,8 +3,8 @@
 //! actix System.
 
 use actors::keys::Keys;
+use emulators::expo::ExpoEmulator;
 use notify_relay::configuration::Settings;
-use notify_relay::mock::expo::ExpoEmulator;
 use notify_relay::startup::{Application, ProcessRoles};
 use serde_json::Value;
 use std::collections::HashMap;
@@ -396,14 +396,14 @@ impl TestApp {
     }
 
     /// Points the relay (when next started) at an FCM emulator.
-    pub fn enable_fcm(&mut self, fcm: &notify_relay::mock::fcm::FcmEmulator) {
+    pub fn enable_fcm(&mut self, fcm: &emulators::fcm::FcmEmulator) {
         self.set_provider("FCM", [("BASE_URL", fcm.url()), ("SERVICE_ACCOUNT_JSON", fcm.service_account_json())]);
         self.set_provider("FCM", [("TIMEOUT_MS", "2000".into())]);
     }
 
     /// Points the relay at an APNs emulator, trusting its CA, with `team_id` in the provider
     /// token (the emulator's own team unless a test wants it refused).
-    pub fn enable_apns(&mut self, apns: &notify_relay::mock::apns::ApnsEmulator, team_id: &str) {
+    pub fn enable_apns(&mut self, apns: &emulators::apns::ApnsEmulator, team_id: &str) {
         let ca_file = std::env::temp_dir().join(format!("apns-ca-{}.pem", Uuid::new_v4().simple()));
         std::fs::write(&ca_file, apns.ca_pem()).expect("write the APNs CA");
         self.temp_files.push(ca_file.clone());
@@ -422,7 +422,7 @@ impl TestApp {
     }
 
     /// Points the relay at an SMTP emulator.
-    pub fn enable_email(&mut self, smtp: &notify_relay::mock::smtp::SmtpEmulator, from: &str) {
+    pub fn enable_email(&mut self, smtp: &emulators::smtp::SmtpEmulator, from: &str) {
         // Under half of the tests' claim.min_idle_ms (2500): an email send may take twice this.
         self.set_provider(
             "EMAIL",

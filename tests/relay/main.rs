@@ -19,6 +19,7 @@ mod fcm;
 mod helpers;
 mod idempotency;
 mod limits;
+mod mock_providers;
 mod outages;
 mod poison;
 mod receipts;

@@ -9,8 +9,8 @@ use crate::helpers::{
     add_users, eventually, insert_bulk, pg, prepare, samples_holding, wait_for_sends, PrivateRedis, TestApp,
 };
 use actors::keys::Keys;
-use notify_relay::mock::expo::ExpoEmulator;
-use notify_relay::mock::fcm::FcmEmulator;
+use emulators::expo::ExpoEmulator;
+use emulators::fcm::FcmEmulator;
 use std::time::{Duration, Instant};
 
 /// (stream length, pending entries) of shard 0 on `conn`.

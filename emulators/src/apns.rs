@@ -21,17 +21,16 @@
 //! N requests as a whole, `{"status":503,"for_ms":10000}` every request for 10 s, with
 //! `"retry_after_secs"` for a `Retry-After` header. `GET /__emulator/stats` counts.
 
-use super::ActiveFailure;
-use actix_web::dev::ServerHandle;
+use crate::failure::{FailPlan, Failure};
+use crate::http::{Failing, Server};
 use actix_web::http::{StatusCode, Version};
-use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
+use actix_web::{web, HttpRequest, HttpResponse};
 use serde::Deserialize;
 use serde_json::{json, Value};
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use uuid::Uuid;
 
@@ -94,30 +93,6 @@ impl Sent {
     }
 }
 
-/// Whole-request failures: the next `count` requests, or every request for `for_ms`.
-#[derive(Debug, Clone, Deserialize)]
-pub struct FailPlan {
-    pub status: u16,
-    #[serde(default)]
-    pub reason: Option<String>,
-    #[serde(default)]
-    pub count: Option<usize>,
-    #[serde(default)]
-    pub for_ms: Option<u64>,
-    #[serde(default)]
-    pub retry_after_secs: Option<u64>,
-}
-
-impl super::Lasting for FailPlan {
-    fn count(&self) -> Option<usize> {
-        self.count
-    }
-
-    fn for_ms(&self) -> Option<u64> {
-        self.for_ms
-    }
-}
-
 /// An answer injected for one device token.
 #[derive(Debug, Clone, Deserialize)]
 pub struct Answer {
@@ -136,7 +111,7 @@ struct State {
     requests: usize,
     requests_by_token: HashMap<String, usize>,
     answers: HashMap<String, Answer>,
-    fail: Option<ActiveFailure<FailPlan>>,
+    fail: Failure,
     /// Every provider token accepted so far, in order.
     provider_tokens: Vec<String>,
     /// Every provider token presented (accepted or not), each once, in order.
@@ -146,11 +121,15 @@ struct State {
     last_new_token: Option<Instant>,
 }
 
+impl Failing for State {
+    fn failure(&mut self) -> &mut Failure {
+        &mut self.fail
+    }
+}
+
 pub struct ApnsEmulator {
     pub addr: SocketAddr,
-    state: Arc<Mutex<State>>,
-    connections: Arc<AtomicUsize>,
-    handle: ServerHandle,
+    server: Server<State>,
     ca_pem: String,
     key_pem: String,
 }
@@ -159,62 +138,26 @@ impl ApnsEmulator {
     /// Starts on `addr` (`127.0.0.1:0` for a free port) in the current actix System, with a new
     /// certificate and signing key.
     pub async fn start(addr: &str, rules: Rules) -> std::io::Result<ApnsEmulator> {
-        let certified = rcgen::generate_simple_self_signed(vec!["localhost".to_string(), "127.0.0.1".to_string()])
-            .map_err(std::io::Error::other)?;
         let signing = rcgen::KeyPair::generate().map_err(std::io::Error::other)?;
         let verify_key = jsonwebtoken::DecodingKey::from_ec_pem(signing.public_key_pem().as_bytes())
             .map_err(std::io::Error::other)?;
-        let tls = server_tls(&certified)?;
-        let state = Arc::new(Mutex::new(State {
+        let (tls, ca_pem) = crate::tls::self_signed(&["localhost", "127.0.0.1"])?;
+        let state = State {
             rules,
             verify_key,
             sent: Vec::new(),
             requests: 0,
             requests_by_token: HashMap::new(),
             answers: HashMap::new(),
-            fail: None,
+            fail: Failure::default(),
             provider_tokens: Vec::new(),
             presented_tokens: Vec::new(),
             known_tokens: HashSet::new(),
             last_new_token: None,
-        }));
-        let connections = Arc::new(AtomicUsize::new(0));
-        let data = web::Data::from(state.clone());
-        let counted = connections.clone();
-        let server = HttpServer::new(move || {
-            App::new()
-                .app_data(data.clone())
-                .app_data(web::PayloadConfig::new(1024 * 1024))
-                .service(
-                    web::resource("/3/device/{token}")
-                        .route(web::post().to(push))
-                        .default_service(web::to(method_not_allowed)),
-                )
-                .route("/3/device/", web::post().to(missing_device_token))
-                .route("/__emulator/answer", web::post().to(inject_answer))
-                .route("/__emulator/fail", web::post().to(fail))
-                .route("/__emulator/stats", web::get().to(stats))
-                .default_service(web::to(bad_path))
-        })
-        .on_connect(move |_, _| {
-            counted.fetch_add(1, Ordering::Relaxed);
-        })
-        .workers(1)
-        .disable_signals()
-        // actix-web adds ALPN `h2` and `http/1.1` itself; `push` refuses HTTP/1.1 requests.
-        .bind_rustls_0_23(addr, tls)?;
-        let addr = server.addrs()[0];
-        let server = server.run();
-        let handle = server.handle();
-        actix_rt::spawn(server);
-        Ok(ApnsEmulator {
-            addr,
-            state,
-            connections,
-            handle,
-            ca_pem: certified.cert.pem(),
-            key_pem: signing.serialize_pem(),
-        })
+        };
+        // `push` refuses the HTTP/1.1 requests the server also takes.
+        let server = Server::start(addr, state, Some(tls), routes)?;
+        Ok(ApnsEmulator { addr: server.addr, server, ca_pem, key_pem: signing.serialize_pem() })
     }
 
     pub fn url(&self) -> String {
@@ -243,78 +186,77 @@ impl ApnsEmulator {
         TOPIC
     }
 
-    fn with<T: Default>(&self, f: impl FnOnce(&mut State) -> T) -> T {
-        self.state.lock().map(|mut s| f(&mut s)).unwrap_or_default()
-    }
-
     /// Every notification accepted so far.
     pub fn sent(&self) -> Vec<Sent> {
-        self.with(|s| s.sent.clone())
+        self.server.with(|s| s.sent.clone())
     }
 
     pub fn sent_count(&self) -> usize {
-        self.with(|s| s.sent.len())
+        self.server.with(|s| s.sent.len())
     }
 
     /// Device requests received (any outcome).
     pub fn requests(&self) -> usize {
-        self.with(|s| s.requests)
+        self.server.with(|s| s.requests)
     }
 
     /// Requests received for one device token (any outcome).
     pub fn requests_for(&self, token: &str) -> usize {
-        self.with(|s| s.requests_by_token.get(&token.to_ascii_lowercase()).copied().unwrap_or(0))
+        self.server.with(|s| s.requests_by_token.get(&token.to_ascii_lowercase()).copied().unwrap_or(0))
     }
 
     /// The provider tokens accepted so far, each once, in the order they first came.
     pub fn provider_tokens(&self) -> Vec<String> {
-        self.with(|s| s.provider_tokens.clone())
+        self.server.with(|s| s.provider_tokens.clone())
     }
 
     /// The provider tokens presented so far (accepted or refused), each once, in order.
     pub fn presented_tokens(&self) -> Vec<String> {
-        self.with(|s| s.presented_tokens.clone())
+        self.server.with(|s| s.presented_tokens.clone())
     }
 
     /// TLS connections accepted so far.
     pub fn connections(&self) -> usize {
-        self.connections.load(Ordering::Relaxed)
+        self.server.connections()
     }
 
     /// Every request for `token` is answered `status` `{"reason": reason}` (410s with a
     /// `timestamp`), before any other check.
     pub fn answer(&self, token: &str, status: u16, reason: &str) {
         let answer = Answer { token: token.to_ascii_lowercase(), status, reason: reason.into(), count: None };
-        self.with(|s| s.answers.insert(answer.token.clone(), answer));
+        self.server.with(|s| s.answers.insert(answer.token.clone(), answer));
     }
 
     /// The next `count` requests fail as a whole with `status` and `reason`.
     pub fn fail_next(&self, status: u16, reason: &str, count: usize) {
-        let plan =
-            FailPlan { status, reason: Some(reason.into()), count: Some(count), for_ms: None, retry_after_secs: None };
-        self.with(|s| s.fail = Some(ActiveFailure::new(plan)));
+        self.fail_with(FailPlan::next(status, count).with_code(Some(reason)));
     }
 
     /// Every request fails with `status` and `reason` for `duration`.
     pub fn fail_for(&self, status: u16, reason: &str, duration: Duration) {
-        let plan = FailPlan {
-            status,
-            reason: Some(reason.into()),
-            count: None,
-            for_ms: Some(duration.as_millis() as u64),
-            retry_after_secs: None,
-        };
-        self.with(|s| s.fail = Some(ActiveFailure::new(plan)));
+        self.fail_with(FailPlan::lasting(status, duration).with_code(Some(reason)));
     }
 
     /// Whole-request failures as `POST /__emulator/fail` takes them.
     pub fn fail_with(&self, plan: FailPlan) {
-        self.with(|s| s.fail = Some(ActiveFailure::new(plan)));
+        self.server.with(|s| s.fail.set(plan));
     }
 
     pub async fn stop(self) {
-        self.handle.stop(false).await;
+        self.server.stop().await;
     }
+}
+
+fn routes(cfg: &mut web::ServiceConfig) {
+    cfg.app_data(web::PayloadConfig::new(1024 * 1024))
+        .service(
+            web::resource("/3/device/{token}").route(web::post().to(push)).default_service(web::to(method_not_allowed)),
+        )
+        .route("/3/device/", web::post().to(missing_device_token))
+        .route("/__emulator/answer", web::post().to(inject_answer))
+        .route("/__emulator/fail", web::post().to(crate::http::set_failure::<State>))
+        .route("/__emulator/stats", web::get().to(stats))
+        .default_service(web::to(bad_path));
 }
 
 /// `mock-providers --credentials-dir DIR`: writes the emulator's signing key (`apns-key.p8`,
@@ -332,17 +274,6 @@ pub fn write_credentials(emulator: &ApnsEmulator, dir: &Path) -> std::io::Result
     }
     std::fs::write(&ca, emulator.ca_pem())?;
     Ok((key, ca))
-}
-
-fn server_tls(certified: &rcgen::CertifiedKey<rcgen::KeyPair>) -> std::io::Result<rustls::ServerConfig> {
-    let key = rustls::pki_types::PrivateKeyDer::Pkcs8(certified.signing_key.serialize_der().into());
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    rustls::ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(std::io::Error::other)?
-        .with_no_client_auth()
-        .with_single_cert(vec![certified.cert.der().clone()], key)
-        .map_err(std::io::Error::other)
 }
 
 fn reason(status: u16, reason: &str) -> HttpResponse {
@@ -473,17 +404,12 @@ fn respond(req: &HttpRequest, token: String, body: &[u8], state: &Mutex<State>, 
     };
     state.requests += 1;
     *state.requests_by_token.entry(token.clone()).or_default() += 1;
-    if let Some(failure) = state.fail.as_mut() {
-        if failure.strikes() {
-            let plan = &failure.plan;
-            let mut resp = reason(plan.status, plan.reason.as_deref().unwrap_or(default_reason(plan.status)));
-            if let Some(secs) = plan.retry_after_secs {
-                resp.headers_mut()
-                    .insert(actix_web::http::header::RETRY_AFTER, actix_web::http::header::HeaderValue::from(secs));
-            }
-            return resp;
+    if let Some(plan) = state.fail.strike() {
+        let mut resp = reason(plan.status, plan.code.as_deref().unwrap_or(default_reason(plan.status)));
+        if let Some(seconds) = plan.retry_after_secs {
+            crate::http::retry_after(&mut resp, seconds);
         }
-        state.fail = None;
+        return resp;
     }
     if let Some(answer) = state.answers.get_mut(&token) {
         let refusal = reason(answer.status, &answer.reason);
@@ -545,13 +471,6 @@ async fn inject_answer(answer: web::Json<Answer>, state: web::Data<Mutex<State>>
     answer.token = answer.token.to_ascii_lowercase();
     if let Ok(mut s) = state.lock() {
         s.answers.insert(answer.token.clone(), answer);
-    }
-    HttpResponse::NoContent().finish()
-}
-
-async fn fail(plan: web::Json<FailPlan>, state: web::Data<Mutex<State>>) -> HttpResponse {
-    if let Ok(mut s) = state.lock() {
-        s.fail = Some(ActiveFailure::new(plan.into_inner()));
     }
     HttpResponse::NoContent().finish()
 }

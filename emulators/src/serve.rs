@@ -1,46 +1,9 @@
-//! Loopback emulators of the push providers, faithful to PROVIDERS.md (including their
-//! errors). The tests use them, and `notify-relay mock-providers` runs them for staging smoke
-//! tests and load tests without real devices.
+//! `notify-relay mock-providers`: all four emulators on their usual addresses, with the
+//! credentials a relay needs written to disk, for staging smoke tests and load tests without
+//! real devices.
 
-pub mod apns;
-pub mod expo;
-pub mod fcm;
-pub mod smtp;
-
-/// How long an injected failure lasts: for the next `count` requests, or for `for_ms`.
-pub(crate) trait Lasting {
-    fn count(&self) -> Option<usize>;
-    fn for_ms(&self) -> Option<u64>;
-}
-
-/// A failure being injected, and what is left of it.
-#[derive(Debug)]
-pub(crate) struct ActiveFailure<P> {
-    pub(crate) plan: P,
-    left: Option<usize>,
-    until: Option<std::time::Instant>,
-}
-
-impl<P: Lasting> ActiveFailure<P> {
-    pub(crate) fn new(plan: P) -> Self {
-        let until = plan.for_ms().map(|ms| std::time::Instant::now() + std::time::Duration::from_millis(ms));
-        ActiveFailure { left: plan.count(), until, plan }
-    }
-
-    /// Whether this request fails (and counts it).
-    pub(crate) fn strikes(&mut self) -> bool {
-        if let Some(until) = self.until {
-            return std::time::Instant::now() < until;
-        }
-        match self.left.as_mut() {
-            Some(n) if *n > 0 => {
-                *n -= 1;
-                true
-            }
-            _ => false,
-        }
-    }
-}
+use crate::{apns, expo, fcm, smtp};
+use std::future::Future;
 
 /// `notify-relay mock-providers` flags.
 #[derive(Debug, clap::Args)]
@@ -63,8 +26,9 @@ pub struct MockArgs {
     pub credentials_dir: std::path::PathBuf,
 }
 
-/// `notify-relay mock-providers`: serve until Ctrl-C / SIGTERM.
-pub async fn serve(args: MockArgs) -> std::io::Result<()> {
+/// `notify-relay mock-providers`: serves until `shutdown` completes (the binary passes its
+/// SIGTERM / Ctrl-C wait, the one the service stops on).
+pub async fn serve(args: MockArgs, shutdown: impl Future<Output = ()>) -> std::io::Result<()> {
     let expo = expo::ExpoEmulator::start(&args.expo_addr, None).await?;
     println!("expo emulator listening on {}", expo.url());
     println!("  failure injection: tokens containing 'unregistered', 'ratelimited', 'invalidcredentials',");
@@ -97,7 +61,7 @@ pub async fn serve(args: MockArgs) -> std::io::Result<()> {
     println!(
         "  reply-<code>[-<x.y.z>]@ (any domain; word+tag@ too); the command XFAIL {{\"status\":421,\"for_ms\":10000}}"
     );
-    let _ = tokio::signal::ctrl_c().await;
+    shutdown.await;
     smtp.stop().await;
     expo.stop().await;
     fcm.stop().await;

@@ -21,19 +21,19 @@
 //! refused by APNs/FCM later, as happens for real).
 //! `POST /__emulator/fail {"status":503,"code":"…","count":N}` makes the next N requests fail
 //! as a whole, `{"status":503,"for_ms":10000}` every request for 10 s (429 carries
-//! `Retry-After: 1`).
+//! `Retry-After: 1`; `"retry_after_secs"` sets a header on any status).
 //! `hang_for(duration)` makes the service hang: requests arriving in that window (sends and
 //! receipts) are read and never answered, as a provider that accepts connections and then
 //! stalls; only the client's timeout ends them.
 
-use super::ActiveFailure;
-use actix_web::dev::ServerHandle;
-use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
+use crate::failure::{FailPlan, Failure};
+use crate::http::{Failing, Server};
+use actix_web::{web, HttpRequest, HttpResponse};
 use serde::Deserialize;
 use serde_json::{json, Value};
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use std::time::SystemTime;
 use uuid::Uuid;
 
@@ -61,28 +61,6 @@ impl Sent {
     }
 }
 
-/// Whole-request failures to inject: the next `count` requests, or every request for `for_ms`.
-#[derive(Debug, Clone, Deserialize)]
-pub struct FailPlan {
-    pub status: u16,
-    #[serde(default)]
-    pub code: Option<String>,
-    #[serde(default)]
-    pub count: Option<usize>,
-    #[serde(default)]
-    pub for_ms: Option<u64>,
-}
-
-impl super::Lasting for FailPlan {
-    fn count(&self) -> Option<usize> {
-        self.count
-    }
-
-    fn for_ms(&self) -> Option<u64> {
-        self.for_ms
-    }
-}
-
 #[derive(Debug, Default)]
 struct State {
     sent: Vec<Sent>,
@@ -91,7 +69,7 @@ struct State {
     receipts: HashMap<String, Value>,
     receipt_requests: usize,
     gzip_requests: usize,
-    fail: Option<ActiveFailure<FailPlan>>,
+    fail: Failure,
     access_token: Option<String>,
     /// Added before every send answer, to keep requests in flight.
     latency: std::time::Duration,
@@ -103,35 +81,23 @@ struct State {
     hung: usize,
 }
 
+impl Failing for State {
+    fn failure(&mut self) -> &mut Failure {
+        &mut self.fail
+    }
+}
+
 pub struct ExpoEmulator {
     pub addr: SocketAddr,
-    state: Arc<Mutex<State>>,
-    handle: ServerHandle,
+    server: Server<State>,
 }
 
 impl ExpoEmulator {
     /// Starts on `addr` (use `127.0.0.1:0` for a free port) in the current actix System.
     /// With `access_token`, requests must carry `Authorization: Bearer <access_token>`.
     pub async fn start(addr: &str, access_token: Option<String>) -> std::io::Result<ExpoEmulator> {
-        let state = Arc::new(Mutex::new(State { access_token, ..State::default() }));
-        let data = web::Data::from(state.clone());
-        let server = HttpServer::new(move || {
-            App::new()
-                .app_data(data.clone())
-                .app_data(web::PayloadConfig::new(16 * 1024 * 1024))
-                .route("/--/api/v2/push/send", web::post().to(send))
-                .route("/--/api/v2/push/getReceipts", web::post().to(receipts))
-                .route("/__emulator/fail", web::post().to(fail))
-                .route("/__emulator/stats", web::get().to(stats))
-        })
-        .workers(1)
-        .disable_signals()
-        .bind(addr)?;
-        let addr = server.addrs()[0];
-        let server = server.run();
-        let handle = server.handle();
-        actix_rt::spawn(server);
-        Ok(ExpoEmulator { addr, state, handle })
+        let server = Server::start(addr, State { access_token, ..State::default() }, None, routes)?;
+        Ok(ExpoEmulator { addr: server.addr, server })
     }
 
     pub fn url(&self) -> String {
@@ -140,83 +106,76 @@ impl ExpoEmulator {
 
     /// Every message accepted so far.
     pub fn sent(&self) -> Vec<Sent> {
-        self.state.lock().map(|s| s.sent.clone()).unwrap_or_default()
+        self.server.with(|s| s.sent.clone())
     }
 
     pub fn sent_count(&self) -> usize {
-        self.state.lock().map(|s| s.sent.len()).unwrap_or_default()
+        self.server.with(|s| s.sent.len())
     }
 
     /// How many times this notification reached this token.
     pub fn sends_of(&self, notification_id: Uuid, to: &str) -> usize {
         let id = notification_id.to_string();
-        self.state
-            .lock()
-            .map(|s| s.sent.iter().filter(|m| m.to == to && m.notification_id() == Some(&id)).count())
-            .unwrap_or_default()
+        self.server.with(|s| s.sent.iter().filter(|m| m.to == to && m.notification_id() == Some(&id)).count())
     }
 
     /// Send requests whose body came gzip-compressed.
     pub fn gzip_requests(&self) -> usize {
-        self.state.lock().map(|s| s.gzip_requests).unwrap_or_default()
+        self.server.with(|s| s.gzip_requests)
     }
 
     /// getReceipts calls received.
     pub fn receipt_requests(&self) -> usize {
-        self.state.lock().map(|s| s.receipt_requests).unwrap_or_default()
+        self.server.with(|s| s.receipt_requests)
     }
 
     /// Requests received (any outcome).
     pub fn requests(&self) -> usize {
-        self.state.lock().map(|s| s.requests).unwrap_or_default()
+        self.server.with(|s| s.requests)
     }
 
     /// Stops answering tokens containing `word` (e.g. `ratelimited`) with their error: the
     /// condition cleared.
     pub fn forgive(&self, word: &str) {
-        if let Ok(mut s) = self.state.lock() {
-            s.forgiven.push(word.to_string());
-        }
+        self.server.with(|s| s.forgiven.push(word.to_string()))
     }
 
     /// Every send answer is delayed by `latency` (requests stay in flight that long).
     pub fn set_latency(&self, latency: std::time::Duration) {
-        if let Ok(mut s) = self.state.lock() {
-            s.latency = latency;
-        }
+        self.server.with(|s| s.latency = latency)
     }
 
     /// Every send request fails with `status` for `duration`.
     pub fn fail_for(&self, status: u16, duration: std::time::Duration) {
-        if let Ok(mut s) = self.state.lock() {
-            let plan = FailPlan { status, code: None, count: None, for_ms: Some(duration.as_millis() as u64) };
-            s.fail = Some(ActiveFailure::new(plan));
-        }
+        self.server.with(|s| s.fail.set(FailPlan::lasting(status, duration)))
     }
 
     /// The next `count` send requests fail as a whole with `status` (and error `code`).
     pub fn fail_next(&self, status: u16, code: Option<&str>, count: usize) {
-        if let Ok(mut s) = self.state.lock() {
-            let plan = FailPlan { status, code: code.map(str::to_string), count: Some(count), for_ms: None };
-            s.fail = Some(ActiveFailure::new(plan));
-        }
+        self.server.with(|s| s.fail.set(FailPlan::next(status, count).with_code(code)))
     }
 
     /// For `duration` from now, every request (send or receipts) is read and never answered.
     pub fn hang_for(&self, duration: std::time::Duration) {
-        if let Ok(mut s) = self.state.lock() {
-            s.hang_until = Some(std::time::Instant::now() + duration);
-        }
+        self.server.with(|s| s.hang_until = Some(std::time::Instant::now() + duration))
     }
 
     /// Requests left unanswered by `hang_for` (not counted in `requests`).
     pub fn hung_requests(&self) -> usize {
-        self.state.lock().map(|s| s.hung).unwrap_or_default()
+        self.server.with(|s| s.hung)
     }
 
     pub async fn stop(self) {
-        self.handle.stop(false).await;
+        self.server.stop().await;
     }
+}
+
+fn routes(cfg: &mut web::ServiceConfig) {
+    cfg.app_data(web::PayloadConfig::new(16 * 1024 * 1024))
+        .route("/--/api/v2/push/send", web::post().to(send))
+        .route("/--/api/v2/push/getReceipts", web::post().to(receipts))
+        .route("/__emulator/fail", web::post().to(crate::http::set_failure::<State>))
+        .route("/__emulator/stats", web::get().to(stats));
 }
 
 /// Whether a request arriving now falls into a hang (and counts it as hung).
@@ -301,13 +260,13 @@ async fn send(req: HttpRequest, body: web::Bytes, state: web::Data<Mutex<State>>
     if req.headers().get("content-encoding").and_then(|v| v.to_str().ok()) == Some("gzip") {
         state.gzip_requests += 1;
     }
-    if let Some(failure) = state.fail.as_mut() {
-        if failure.strikes() {
-            let plan = &failure.plan;
-            let (status, code) = (plan.status, plan.code.clone().unwrap_or_else(|| default_code(plan.status).into()));
-            return errors(status, &code, "injected failure");
+    if let Some(plan) = state.fail.strike() {
+        let mut resp =
+            errors(plan.status, plan.code.as_deref().unwrap_or(default_code(plan.status)), "injected failure");
+        if let Some(seconds) = plan.retry_after_secs {
+            crate::http::retry_after(&mut resp, seconds);
         }
-        state.fail = None;
+        return resp;
     }
     if let Some(expected) = &state.access_token {
         let given = req.headers().get("authorization").and_then(|v| v.to_str().ok());
@@ -449,13 +408,6 @@ async fn receipts(body: web::Json<ReceiptsRequest>, state: web::Data<Mutex<State
     let data: serde_json::Map<String, Value> =
         body.ids.iter().filter_map(|id| state.receipts.get(id).map(|r| (id.clone(), r.clone()))).collect();
     HttpResponse::Ok().json(json!({ "data": data }))
-}
-
-async fn fail(plan: web::Json<FailPlan>, state: web::Data<Mutex<State>>) -> HttpResponse {
-    if let Ok(mut s) = state.lock() {
-        s.fail = Some(ActiveFailure::new(plan.into_inner()));
-    }
-    HttpResponse::NoContent().finish()
 }
 
 async fn stats(state: web::Data<Mutex<State>>) -> HttpResponse {

@@ -33,14 +33,13 @@
 //! | `toolarge` | accepted, then 552 5.3.4 at the end of DATA |
 //! | `stall` | no answer at all (the client's timeout fires) |
 //!
-//! Whole-server failures, like the Expo emulator's [`FailPlan`]: [`SmtpEmulator::fail_next`]
+//! Whole-server failures, the [`FailPlan`] every emulator takes: [`SmtpEmulator::fail_next`]
 //! (the next N connections or transactions get `status` at the greeting or at MAIL FROM),
 //! [`SmtpEmulator::fail_for`] (every one for a while), or the admin command
 //! `XFAIL {"status":421,"code":"4.3.2","for_ms":10000}` on any connection. A 421 also closes the
 //! connection, as a relay that goes away does.
 
-use super::expo::FailPlan;
-use super::ActiveFailure;
+use crate::failure::{FailPlan, Failure};
 use base64::Engine;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -139,7 +138,7 @@ fn default_enhanced(status: u16) -> &'static str {
 struct State {
     received: Vec<Received>,
     /// A [`FailPlan`] in force: `status` with enhanced `code`.
-    fail: Option<ActiveFailure<FailPlan>>,
+    fail: Failure,
     connections: usize,
     transactions: usize,
     /// Whole-server failures answered (greetings and transactions refused by the plan).
@@ -156,12 +155,7 @@ struct Shared {
 impl Shared {
     fn injected(&self) -> Option<(u16, String)> {
         let mut state = self.state.lock().ok()?;
-        let failing = state.fail.as_mut()?;
-        if !failing.strikes() {
-            state.fail = None;
-            return None;
-        }
-        let plan = &failing.plan;
+        let plan = state.fail.strike()?;
         let reply = (plan.status, plan.code.clone().unwrap_or_else(|| default_enhanced(plan.status).into()));
         state.injected += 1;
         Some(reply)
@@ -190,8 +184,8 @@ impl SmtpEmulator {
         let (acceptor, ca_pem) = match options.tls {
             TlsMode::None => (None, None),
             TlsMode::StartTls | TlsMode::Implicit => {
-                let (acceptor, pem) = tls_acceptor()?;
-                (Some(acceptor), Some(pem))
+                let (config, pem) = crate::tls::self_signed(&["127.0.0.1", "localhost", "::1"])?;
+                (Some(tokio_rustls::TlsAcceptor::from(Arc::new(config))), Some(pem))
             }
         };
         let shared = Arc::new(Shared { options, acceptor, state: Mutex::new(State::default()) });
@@ -254,19 +248,19 @@ impl SmtpEmulator {
     /// Sets a whole-server failure plan (as the `XFAIL` command does).
     pub fn fail(&self, plan: FailPlan) {
         if let Ok(mut s) = self.shared.state.lock() {
-            s.fail = Some(ActiveFailure::new(plan));
+            s.fail.set(plan);
         }
     }
 
     /// The next `count` connections or transactions are answered `status` (`code` = the
     /// enhanced status code, or a usual one for the status).
     pub fn fail_next(&self, status: u16, code: Option<&str>, count: usize) {
-        self.fail(FailPlan { status, code: code.map(str::to_string), count: Some(count), for_ms: None });
+        self.fail(FailPlan::next(status, count).with_code(code));
     }
 
     /// Every connection and transaction is answered `status` for `duration`.
     pub fn fail_for(&self, status: u16, duration: Duration) {
-        self.fail(FailPlan { status, code: None, count: None, for_ms: Some(duration.as_millis() as u64) });
+        self.fail(FailPlan::lasting(status, duration));
     }
 
     pub async fn stop(self) {
@@ -293,23 +287,6 @@ fn encode(s: &str) -> String {
             _ => format!("%{b:02X}"),
         })
         .collect()
-}
-
-/// A TLS acceptor with a fresh self-signed certificate for 127.0.0.1 / localhost, and its PEM.
-fn tls_acceptor() -> std::io::Result<(tokio_rustls::TlsAcceptor, String)> {
-    let other = |e: &dyn std::fmt::Display| std::io::Error::other(e.to_string());
-    let names = vec!["127.0.0.1".to_string(), "localhost".to_string(), "::1".to_string()];
-    let certified = rcgen::generate_simple_self_signed(names).map_err(|e| other(&e))?;
-    let pem = certified.cert.pem();
-    let key = rustls::pki_types::PrivateKeyDer::Pkcs8(certified.signing_key.serialize_der().into());
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let config = rustls::ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| other(&e))?
-        .with_no_client_auth()
-        .with_single_cert(vec![certified.cert.der().clone()], key)
-        .map_err(|e| other(&e))?;
-    Ok((tokio_rustls::TlsAcceptor::from(Arc::new(config)), pem))
 }
 
 async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
@@ -388,6 +365,12 @@ async fn reply(io: &mut BufReader<Box<dyn Io>>, text: &str) -> std::io::Result<(
     io.get_mut().write_all(text.as_bytes()).await?;
     io.get_mut().write_all(b"\r\n").await?;
     io.get_mut().flush().await
+}
+
+/// Replies `text`, and the session goes on (a refusal of one command).
+async fn answer(io: &mut BufReader<Box<dyn Io>>, text: &str) -> std::io::Result<Next> {
+    reply(io, text).await?;
+    Ok(Next::Continue)
 }
 
 /// Reads one line (without its line end); `None` at the end of the stream. A line over
@@ -572,7 +555,7 @@ impl Session {
             "VRFY" => reply(io, "252 2.5.2 Cannot VRFY user").await?,
             "XFAIL" => match serde_json::from_str::<FailPlan>(arg) {
                 Ok(plan) => {
-                    self.state(|s| s.fail = Some(ActiveFailure::new(plan)));
+                    self.state(|s| s.fail.set(plan));
                     reply(io, "250 2.0.0 Failure plan set").await?;
                 }
                 Err(e) => {
@@ -655,24 +638,19 @@ impl Session {
 
     async fn mail(&mut self, io: &mut BufReader<Box<dyn Io>>, arg: &str) -> std::io::Result<Next> {
         if !self.greeted {
-            reply(io, "503 5.5.1 Send EHLO first").await?;
-            return Ok(Next::Continue);
+            return answer(io, "503 5.5.1 Send EHLO first").await;
         }
         if self.shared.options.tls == TlsMode::StartTls && !self.tls {
-            reply(io, "530 5.7.0 Must issue a STARTTLS command first").await?;
-            return Ok(Next::Continue);
+            return answer(io, "530 5.7.0 Must issue a STARTTLS command first").await;
         }
         if self.shared.options.credentials.is_some() && self.user.is_none() {
-            reply(io, "530 5.7.0 Authentication required").await?;
-            return Ok(Next::Continue);
+            return answer(io, "530 5.7.0 Authentication required").await;
         }
         if self.from.is_some() {
-            reply(io, "503 5.5.1 Nested MAIL command").await?;
-            return Ok(Next::Continue);
+            return answer(io, "503 5.5.1 Nested MAIL command").await;
         }
         let Some((path, params)) = path_arg(arg, "FROM:") else {
-            reply(io, "501 5.5.4 Syntax: MAIL FROM:<address>").await?;
-            return Ok(Next::Continue);
+            return answer(io, "501 5.5.4 Syntax: MAIL FROM:<address>").await;
         };
         if let Some((status, code)) = self.shared.injected() {
             reply(io, &format!("{status} {code} injected failure")).await?;
@@ -683,23 +661,19 @@ impl Session {
             k.eq_ignore_ascii_case("SIZE").then(|| v.parse::<usize>().ok()).flatten()
         });
         if declared.is_some_and(|size| size > self.shared.max_size()) {
-            reply(io, "552 5.3.4 Message size exceeds fixed maximum message size").await?;
-            return Ok(Next::Continue);
+            return answer(io, "552 5.3.4 Message size exceeds fixed maximum message size").await;
         }
         self.from = Some(path.to_string());
         self.state(|s| s.transactions += 1);
-        reply(io, "250 2.1.0 Ok").await?;
-        Ok(Next::Continue)
+        answer(io, "250 2.1.0 Ok").await
     }
 
     async fn rcpt(&mut self, io: &mut BufReader<Box<dyn Io>>, arg: &str) -> std::io::Result<Next> {
         if self.from.is_none() {
-            reply(io, "503 5.5.1 Need MAIL command").await?;
-            return Ok(Next::Continue);
+            return answer(io, "503 5.5.1 Need MAIL command").await;
         }
         let Some((path, _)) = path_arg(arg, "TO:") else {
-            reply(io, "501 5.5.4 Syntax: RCPT TO:<address>").await?;
-            return Ok(Next::Continue);
+            return answer(io, "501 5.5.4 Syntax: RCPT TO:<address>").await;
         };
         match recipient(path) {
             Recipient::Refuse(code, enhanced, text) => {

@@ -7,12 +7,15 @@
 //! paced with `--rate`), and measures until every row is `delivered` in Postgres: throughput,
 //! latency from commit to the provider (p50/p90/p99/max), duplicates, and the relay's peak RSS
 //! (`VmHWM`). Then it stops the relay with SIGTERM and cleans up.
+//!
+//! The relay it starts is the running executable (`notify-relay loadgen` runs `notify-relay
+//! run`), and the schema comes from the caller's migrations ([`Target::migrate`]): they are
+//! compiled into the service binary, which this crate does not depend on.
 
-use crate::configuration::Settings;
-use crate::mock::apns::{ApnsEmulator, Rules};
-use crate::mock::expo::ExpoEmulator;
-use crate::mock::fcm::FcmEmulator;
-use crate::mock::smtp::{SmtpEmulator, SmtpOptions};
+use crate::apns::{ApnsEmulator, Rules};
+use crate::expo::ExpoEmulator;
+use crate::fcm::FcmEmulator;
+use crate::smtp::{SmtpEmulator, SmtpOptions};
 use std::collections::HashMap;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -49,7 +52,18 @@ pub struct LoadgenArgs {
     pub keep: bool,
 }
 
-type BoxError = Box<dyn std::error::Error>;
+pub type BoxError = Box<dyn std::error::Error>;
+
+/// What the load runs against: the service's configured Postgres (a fresh database is created
+/// next to the one named) and Redis (a fresh key prefix), and how to migrate a database.
+pub struct Target<M> {
+    /// `database.url`, in URL form.
+    pub database_url: String,
+    /// `redis.url`.
+    pub redis_url: String,
+    /// Applies the relay's migrations to the database `config` names.
+    pub migrate: M,
+}
 
 /// The emulator the load goes to, and how the relay is pointed at it.
 enum Emulator {
@@ -160,13 +174,16 @@ pub fn check_counts(notifications: u64, users: u64) -> Result<(), String> {
     Ok(())
 }
 
-pub async fn run(settings: &Settings, args: LoadgenArgs) -> Result<(), BoxError> {
+pub async fn run<M>(target: Target<M>, args: LoadgenArgs) -> Result<(), BoxError>
+where
+    M: AsyncFn(&tokio_postgres::Config) -> Result<(), BoxError>,
+{
     check_counts(args.notifications, args.users)?;
     let _ = rustls::crypto::ring::default_provider().install_default();
     let run_id = uuid::Uuid::new_v4().simple().to_string()[..8].to_string();
     let db_name = format!("loadgen_{run_id}");
     let prefix = format!("loadgen-{run_id}");
-    let base_url = settings.database.url.expose().to_string();
+    let base_url = target.database_url.clone();
     let db_url = with_database(&base_url, &db_name)?;
 
     let emulator = Emulator::start(args.provider, &run_id).await?;
@@ -174,11 +191,11 @@ pub async fn run(settings: &Settings, args: LoadgenArgs) -> Result<(), BoxError>
     admin.batch_execute(&format!("CREATE DATABASE {db_name}")).await?;
     eprintln!("loadgen: database {db_name}, key prefix {prefix}, {} emulator {}", args.provider, emulator.url());
 
-    let result = measure(settings, &args, &db_url, &prefix, &emulator).await;
+    let result = measure(&target, &args, &db_url, &prefix, &emulator).await;
 
     if !args.keep {
         let _ = admin.batch_execute(&format!("DROP DATABASE IF EXISTS {db_name} WITH (FORCE)")).await;
-        if let Ok(client) = redis::Client::open(settings.redis.url.expose()) {
+        if let Ok(client) = redis::Client::open(target.redis_url.as_str()) {
             if let Ok(mut conn) = client.get_multiplexed_async_connection().await {
                 let keys: Vec<String> =
                     redis::cmd("KEYS").arg(format!("{prefix}:*")).query_async(&mut conn).await.unwrap_or_default();
@@ -192,15 +209,18 @@ pub async fn run(settings: &Settings, args: LoadgenArgs) -> Result<(), BoxError>
     result
 }
 
-async fn measure(
-    settings: &Settings,
+async fn measure<M>(
+    target: &Target<M>,
     args: &LoadgenArgs,
     db_url: &str,
     prefix: &str,
     emulator: &Emulator,
-) -> Result<(), BoxError> {
+) -> Result<(), BoxError>
+where
+    M: AsyncFn(&tokio_postgres::Config) -> Result<(), BoxError>,
+{
     let pg_config = pg_config(db_url)?;
-    crate::migrate::run(&pg_config).await?;
+    (target.migrate)(&pg_config).await?;
     let db = connect(db_url).await?;
     let devices = format!(
         "INSERT INTO device (user_id, provider, token)
@@ -214,7 +234,7 @@ async fn measure(
     let mut cmd = tokio::process::Command::new(std::env::current_exe()?);
     cmd.arg("run")
         .env("NOTIFY__DATABASE__URL", db_url)
-        .env("NOTIFY__REDIS__URL", settings.redis.url.expose())
+        .env("NOTIFY__REDIS__URL", &target.redis_url)
         .env("NOTIFY__REDIS__KEY_PREFIX", prefix)
         .envs(emulator.relay_env())
         .env("NOTIFY__HTTP__ADDR", format!("127.0.0.1:{http_port}"))

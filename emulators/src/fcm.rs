@@ -20,27 +20,27 @@
 //! UNSPECIFIED_ERROR).
 //!
 //! Admin: `POST /__emulator/fail {"status":503,"count":N | "for_ms":M, "code":"…"}` fails sends
-//! as a whole (401 and 403 without `code` carry no FcmError); `POST /__emulator/fail-token` the
+//! as a whole (401 and 403 without `code` carry no FcmError; 429 and 503 carry `Retry-After: 1`
+//! unless `"retry_after_secs"` says otherwise); `POST /__emulator/fail-token` the
 //! same for the token endpoint; `POST /__emulator/revoke` invalidates every access token issued;
 //! `GET /__emulator/stats`.
 
-use super::expo::FailPlan;
-use super::ActiveFailure;
-use actix_web::dev::ServerHandle;
+use crate::failure::{FailPlan, Failure};
+use crate::http::{Failing, Server};
 use actix_web::http::StatusCode;
-use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
+use actix_web::{web, HttpRequest, HttpResponse};
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde::Deserialize;
 use serde_json::{json, Value};
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use uuid::Uuid;
 
 /// The emulator's service-account key. It signs nothing but requests to this emulator.
-const PRIVATE_KEY: &str = include_str!("keys/fcm-emulator-key.pem");
-const PUBLIC_KEY: &str = include_str!("keys/fcm-emulator-key.pub.pem");
+const PRIVATE_KEY: &str = include_str!("../keys/fcm-emulator-key.pem");
+const PUBLIC_KEY: &str = include_str!("../keys/fcm-emulator-key.pub.pem");
 pub const PROJECT_ID: &str = "notify-relay-emulator";
 pub const CLIENT_EMAIL: &str = "relay@notify-relay-emulator.iam.gserviceaccount.com";
 const SCOPE: &str = "https://www.googleapis.com/auth/firebase.messaging";
@@ -63,6 +63,7 @@ impl Sent {
 
 #[derive(Debug)]
 struct State {
+    /// The emulator's own base URL: the audience of the token endpoint.
     url: String,
     sent: Vec<Sent>,
     requests: usize,
@@ -70,51 +71,38 @@ struct State {
     /// Access token → when it expires.
     tokens: HashMap<String, Instant>,
     token_lifetime: Duration,
-    fail: Option<ActiveFailure<FailPlan>>,
-    fail_token: Option<ActiveFailure<FailPlan>>,
+    fail: Failure,
+    fail_token: Failure,
+}
+
+impl Failing for State {
+    fn failure(&mut self) -> &mut Failure {
+        &mut self.fail
+    }
 }
 
 pub struct FcmEmulator {
     pub addr: SocketAddr,
-    state: Arc<Mutex<State>>,
-    handle: ServerHandle,
+    server: Server<State>,
 }
 
 impl FcmEmulator {
     /// Starts on `addr` (`127.0.0.1:0` for a free port) in the current actix System.
     pub async fn start(addr: &str) -> std::io::Result<FcmEmulator> {
-        let state = Arc::new(Mutex::new(State {
+        let state = State {
             url: String::new(),
             sent: Vec::new(),
             requests: 0,
             token_requests: 0,
             tokens: HashMap::new(),
             token_lifetime: Duration::from_secs(3599),
-            fail: None,
-            fail_token: None,
-        }));
-        let data = web::Data::from(state.clone());
-        let server = HttpServer::new(move || {
-            App::new()
-                .app_data(data.clone())
-                .route("/token", web::post().to(token))
-                .route("/v1/projects/{project}/messages:send", web::post().to(send))
-                .route("/__emulator/fail", web::post().to(fail))
-                .route("/__emulator/fail-token", web::post().to(fail_token))
-                .route("/__emulator/revoke", web::post().to(revoke))
-                .route("/__emulator/stats", web::get().to(stats))
-        })
-        .workers(1)
-        .disable_signals()
-        .bind(addr)?;
-        let addr = server.addrs()[0];
-        if let Ok(mut s) = state.lock() {
-            s.url = format!("http://{addr}");
-        }
-        let server = server.run();
-        let handle = server.handle();
-        actix_rt::spawn(server);
-        Ok(FcmEmulator { addr, state, handle })
+            fail: Failure::default(),
+            fail_token: Failure::default(),
+        };
+        let server = Server::start(addr, state, None, routes)?;
+        let addr = server.addr;
+        server.with(|s| s.url = format!("http://{addr}"));
+        Ok(FcmEmulator { addr, server })
     }
 
     /// The base URL (`providers.fcm.base_url`).
@@ -143,61 +131,63 @@ impl FcmEmulator {
         Ok(path)
     }
 
-    fn with<T: Default>(&self, f: impl FnOnce(&mut State) -> T) -> T {
-        self.state.lock().map(|mut s| f(&mut s)).unwrap_or_default()
-    }
-
     pub fn sent(&self) -> Vec<Sent> {
-        self.with(|s| s.sent.clone())
+        self.server.with(|s| s.sent.clone())
     }
 
     /// How many times this notification reached this token.
     pub fn sends_of(&self, notification_id: Uuid, token: &str) -> usize {
         let id = notification_id.to_string();
-        self.with(|s| s.sent.iter().filter(|m| m.token == token && m.notification_id() == Some(&id)).count())
+        self.server.with(|s| s.sent.iter().filter(|m| m.token == token && m.notification_id() == Some(&id)).count())
     }
 
     /// Send requests received (any outcome).
     pub fn requests(&self) -> usize {
-        self.with(|s| s.requests)
+        self.server.with(|s| s.requests)
     }
 
     /// Token requests received (any outcome).
     pub fn token_requests(&self) -> usize {
-        self.with(|s| s.token_requests)
+        self.server.with(|s| s.token_requests)
     }
 
     /// Access tokens issued from now on live this long.
     pub fn set_token_lifetime(&self, lifetime: Duration) {
-        self.with(|s| s.token_lifetime = lifetime)
+        self.server.with(|s| s.token_lifetime = lifetime)
     }
 
     /// Every access token issued so far stops working (401 on the next send).
     pub fn revoke_tokens(&self) {
-        self.with(|s| s.tokens.clear())
+        self.server.with(|s| s.tokens.clear())
     }
 
     /// The next `count` sends fail as a whole with `status` (FcmError `code` when given).
     pub fn fail_next(&self, status: u16, code: Option<&str>, count: usize) {
-        let plan = FailPlan { status, code: code.map(str::to_string), count: Some(count), for_ms: None };
-        self.with(|s| s.fail = Some(ActiveFailure::new(plan)))
+        self.server.with(|s| s.fail.set(FailPlan::next(status, count).with_code(code)))
     }
 
     /// Every send fails with `status` for `duration`.
     pub fn fail_for(&self, status: u16, duration: Duration) {
-        let plan = FailPlan { status, code: None, count: None, for_ms: Some(duration.as_millis() as u64) };
-        self.with(|s| s.fail = Some(ActiveFailure::new(plan)))
+        self.server.with(|s| s.fail.set(FailPlan::lasting(status, duration)))
     }
 
     /// The next `count` token requests fail with `status`.
     pub fn fail_token_next(&self, status: u16, count: usize) {
-        let plan = FailPlan { status, code: None, count: Some(count), for_ms: None };
-        self.with(|s| s.fail_token = Some(ActiveFailure::new(plan)))
+        self.server.with(|s| s.fail_token.set(FailPlan::next(status, count)))
     }
 
     pub async fn stop(self) {
-        self.handle.stop(false).await;
+        self.server.stop().await;
     }
+}
+
+fn routes(cfg: &mut web::ServiceConfig) {
+    cfg.route("/token", web::post().to(token))
+        .route("/v1/projects/{project}/messages:send", web::post().to(send))
+        .route("/__emulator/fail", web::post().to(crate::http::set_failure::<State>))
+        .route("/__emulator/fail-token", web::post().to(fail_token))
+        .route("/__emulator/revoke", web::post().to(revoke))
+        .route("/__emulator/stats", web::get().to(stats));
 }
 
 fn status_of(code: u16) -> StatusCode {
@@ -264,12 +254,8 @@ async fn token(form: web::Form<TokenForm>, state: web::Data<Mutex<State>>) -> Ht
         return oauth_error(500, "internal_failure", "emulator state poisoned");
     };
     state.token_requests += 1;
-    if let Some(failure) = state.fail_token.as_mut() {
-        if failure.strikes() {
-            let status = failure.plan.status;
-            return oauth_error(status, "invalid_client", "injected failure");
-        }
-        state.fail_token = None;
+    if let Some(plan) = state.fail_token.strike() {
+        return oauth_error(plan.status, "invalid_client", "injected failure");
     }
     if form.grant_type != "urn:ietf:params:oauth:grant-type:jwt-bearer" {
         return oauth_error(400, "unsupported_grant_type", &format!("Invalid grant_type: {}", form.grant_type));
@@ -315,14 +301,41 @@ fn fcm_error(status: u16, code: Option<&str>, message: &str, token_violation: bo
 }
 
 fn with_retry_after(mut resp: HttpResponse, seconds: u64) -> HttpResponse {
-    if let Ok(value) = actix_web::http::header::HeaderValue::from_str(&seconds.to_string()) {
-        resp.headers_mut().insert(actix_web::http::header::RETRY_AFTER, value);
-    }
+    crate::http::retry_after(&mut resp, seconds);
     resp
 }
 
-/// The injected whole-request failure for `status`, FCM-shaped.
-fn injected(status: u16, code: Option<&str>) -> HttpResponse {
+/// The answer to a device token containing `word` (the first that matches, in this order).
+struct TokenWord {
+    word: &'static str,
+    status: u16,
+    code: &'static str,
+    /// With the `google.rpc.BadRequest` detail naming `message.token`.
+    token_violation: bool,
+    retry_after_secs: Option<u64>,
+}
+
+const fn word(word: &'static str, status: u16, code: &'static str) -> TokenWord {
+    TokenWord { word, status, code, token_violation: false, retry_after_secs: None }
+}
+
+/// `quotanoretry` before `quota`, which it contains.
+const TOKEN_WORDS: &[TokenWord] = &[
+    word("unregistered", 404, "UNREGISTERED"),
+    word("senderidmismatch", 403, "SENDER_ID_MISMATCH"),
+    TokenWord { token_violation: true, ..word("badtoken", 400, "INVALID_ARGUMENT") },
+    word("invalidargument", 400, "INVALID_ARGUMENT"),
+    word("quotanoretry", 429, "QUOTA_EXCEEDED"),
+    TokenWord { retry_after_secs: Some(1), ..word("quota", 429, "QUOTA_EXCEEDED") },
+    word("unavailable", 503, "UNAVAILABLE"),
+    word("internal", 500, "INTERNAL"),
+    word("thirdpartyauth", 401, "THIRD_PARTY_AUTH_ERROR"),
+    word("unspecified", 500, "UNSPECIFIED_ERROR"),
+];
+
+/// The injected whole-request failure for `status`, FCM-shaped (429 and 503 with
+/// `Retry-After: 1`, as Google answers, unless the plan says otherwise).
+fn injected(status: u16, code: Option<&str>, retry_after_secs: Option<u64>) -> HttpResponse {
     let code = code.or(match status {
         429 => Some("QUOTA_EXCEEDED"),
         500 => Some("INTERNAL"),
@@ -335,9 +348,9 @@ fn injected(status: u16, code: Option<&str>) -> HttpResponse {
         _ => "injected failure",
     };
     let resp = fcm_error(status, code, message, false);
-    match status {
-        429 | 503 => with_retry_after(resp, 1),
-        _ => resp,
+    match retry_after_secs.or(matches!(status, 429 | 503).then_some(1)) {
+        Some(seconds) => with_retry_after(resp, seconds),
+        None => resp,
     }
 }
 
@@ -351,21 +364,17 @@ async fn send(
         return fcm_error(500, Some("INTERNAL"), "emulator state poisoned", false);
     };
     state.requests += 1;
-    if let Some(failure) = state.fail.as_mut() {
-        if failure.strikes() {
-            let (status, code) = (failure.plan.status, failure.plan.code.clone());
-            return injected(status, code.as_deref());
-        }
-        state.fail = None;
+    if let Some(plan) = state.fail.strike() {
+        return injected(plan.status, plan.code.as_deref(), plan.retry_after_secs);
     }
     let bearer =
         req.headers().get("authorization").and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
     let live = bearer.and_then(|t| state.tokens.get(t)).is_some_and(|until| Instant::now() < *until);
     if !live {
-        return injected(401, None);
+        return injected(401, None, None);
     }
     if project.as_str() != PROJECT_ID {
-        return injected(403, None);
+        return injected(403, None, None);
     }
     let parsed: Value = match serde_json::from_slice(&body) {
         Ok(v) => v,
@@ -398,34 +407,13 @@ async fn send(
         return fcm_error(400, Some("INVALID_ARGUMENT"), &format!("Message is too big: {size} bytes"), false);
     }
     let lower = token.to_ascii_lowercase();
-    let answer = |status: u16, code: &str, token_violation: bool| {
-        Some(fcm_error(status, Some(code), &format!("injected {code} for this token"), token_violation))
-    };
-    let injected_answer = if lower.contains("unregistered") {
-        answer(404, "UNREGISTERED", false)
-    } else if lower.contains("senderidmismatch") {
-        answer(403, "SENDER_ID_MISMATCH", false)
-    } else if lower.contains("badtoken") {
-        answer(400, "INVALID_ARGUMENT", true)
-    } else if lower.contains("invalidargument") {
-        answer(400, "INVALID_ARGUMENT", false)
-    } else if lower.contains("quotanoretry") {
-        answer(429, "QUOTA_EXCEEDED", false)
-    } else if lower.contains("quota") {
-        answer(429, "QUOTA_EXCEEDED", false).map(|r| with_retry_after(r, 1))
-    } else if lower.contains("unavailable") {
-        answer(503, "UNAVAILABLE", false)
-    } else if lower.contains("internal") {
-        answer(500, "INTERNAL", false)
-    } else if lower.contains("thirdpartyauth") {
-        answer(401, "THIRD_PARTY_AUTH_ERROR", false)
-    } else if lower.contains("unspecified") {
-        answer(500, "UNSPECIFIED_ERROR", false)
-    } else {
-        None
-    };
-    if let Some(resp) = injected_answer {
-        return resp;
+    if let Some(word) = TOKEN_WORDS.iter().find(|w| lower.contains(w.word)) {
+        let message = format!("injected {} for this token", word.code);
+        let resp = fcm_error(word.status, Some(word.code), &message, word.token_violation);
+        return match word.retry_after_secs {
+            Some(seconds) => with_retry_after(resp, seconds),
+            None => resp,
+        };
     }
     let name = format!("projects/{PROJECT_ID}/messages/{}", Uuid::new_v4().simple());
     let sent = Sent {
@@ -438,16 +426,9 @@ async fn send(
     HttpResponse::Ok().json(json!({ "name": name }))
 }
 
-async fn fail(plan: web::Json<FailPlan>, state: web::Data<Mutex<State>>) -> HttpResponse {
-    if let Ok(mut s) = state.lock() {
-        s.fail = Some(ActiveFailure::new(plan.into_inner()));
-    }
-    HttpResponse::NoContent().finish()
-}
-
 async fn fail_token(plan: web::Json<FailPlan>, state: web::Data<Mutex<State>>) -> HttpResponse {
     if let Ok(mut s) = state.lock() {
-        s.fail_token = Some(ActiveFailure::new(plan.into_inner()));
+        s.fail_token.set(plan.into_inner());
     }
     HttpResponse::NoContent().finish()
 }
