@@ -195,14 +195,19 @@ async fn a_rotated_in_key_is_fetched_once_and_made_up_kids_do_not_hammer_the_jwk
         let forged = SigningKey::generate("made-up").sign(&claims("alice", 3600));
         assert_eq!(api.get("/users/alice/notifications/failed", Some(&forged)).await.0, 401);
     }
-    assert!(api.jwks.fetches() <= fetched + 1, "unknown kids refetch at most once per jwks_min_refresh_ms");
-    // The project rotates in a new key: after the refresh interval, its tokens work.
+    assert_eq!(api.jwks.fetches(), fetched, "unknown kids refetch at most once per jwks_min_refresh_ms");
+    // The project rotates in a new key: within the refresh interval it is not fetched yet…
     let new_key = SigningKey::generate("key-2");
     api.jwks.add(&new_key);
-    tokio::time::sleep(Duration::from_millis(250)).await;
-    let (status, body) =
-        api.get("/users/alice/notifications/failed", Some(&new_key.sign(&claims("alice", 3600)))).await;
+    let rotated = new_key.sign(&claims("alice", 3600));
+    api.app.auth_clock.advance(Duration::from_millis(150));
+    assert_eq!(api.get("/users/alice/notifications/failed", Some(&rotated)).await.0, 401);
+    assert_eq!(api.jwks.fetches(), fetched, "no refetch within jwks_min_refresh_ms (200)");
+    // …after it, one fetch and its tokens work.
+    api.app.auth_clock.advance(Duration::from_millis(100));
+    let (status, body) = api.get("/users/alice/notifications/failed", Some(&rotated)).await;
     assert_eq!(status, 200, "{body}");
+    assert_eq!(api.jwks.fetches(), fetched + 1);
     api.done().await;
 }
 
@@ -224,7 +229,7 @@ async fn keys_already_fetched_keep_working_while_the_jwks_endpoint_is_down() {
     let token = key.sign(&claims("alice", 3600));
     assert_eq!(app.get("/users/alice/notifications/failed", Some(&token)).await.0, 200);
     jwks.stop().await;
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    app.auth_clock.advance(Duration::from_millis(200));
     // The refetch fails: the keys fetched before still verify, unknown ones still do not.
     assert_eq!(app.get("/users/alice/notifications/failed", Some(&token)).await.0, 200);
     let stranger = SigningKey::generate("key-2").sign(&claims("alice", 3600));

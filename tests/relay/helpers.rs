@@ -9,6 +9,7 @@ use notify_relay::startup::{Application, ProcessRoles};
 use serde_json::Value;
 use std::collections::HashMap;
 use std::future::Future;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use uuid::Uuid;
 
@@ -33,6 +34,9 @@ pub struct TestApp {
     pub redis: redis::aio::MultiplexedConnection,
     /// Files written for this test (e.g. an emulator's CA), removed by `cleanup`.
     pub temp_files: Vec<std::path::PathBuf>,
+    /// The clock of the API's JWKS cache (of `start`, not of replicas): it stands still until
+    /// the test moves it.
+    pub auth_clock: Arc<TestClock>,
     /// Last, so that it is dropped after the in-process application.
     leftovers: Leftovers,
 }
@@ -92,6 +96,7 @@ pub async fn prepare() -> TestApp {
         app: None,
         redis,
         temp_files: Vec::new(),
+        auth_clock: Arc::new(TestClock::new()),
         leftovers,
     }
 }
@@ -122,7 +127,10 @@ impl TestApp {
             notify_relay::telemetry::discard()
         };
         let consumer = format!("test-consumer-{}", Uuid::new_v4().simple());
-        let app = Application::build(settings, roles, false, consumer, log).await.expect("application starts");
+        let clock = self.auth_clock.clone();
+        let app = Application::build_with_clock(settings, roles, false, consumer, log, clock)
+            .await
+            .expect("application starts");
         self.app = Some(app);
     }
 
@@ -498,6 +506,29 @@ impl Drop for Leftovers {
             });
         });
         let _ = cleaner.join();
+    }
+}
+
+/// A clock that stands still until the test moves it with `advance`: "once the JWKS cache is
+/// stale" becomes a step of the test instead of a wait.
+pub struct TestClock {
+    start: Instant,
+    moved: Mutex<Duration>,
+}
+
+impl TestClock {
+    pub fn new() -> TestClock {
+        TestClock { start: Instant::now(), moved: Mutex::new(Duration::ZERO) }
+    }
+
+    pub fn advance(&self, by: Duration) {
+        *self.moved.lock().unwrap_or_else(|p| p.into_inner()) += by;
+    }
+}
+
+impl notify_relay::auth::Clock for TestClock {
+    fn now(&self) -> Instant {
+        self.start + *self.moved.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
 
