@@ -228,11 +228,19 @@ async fn keys_already_fetched_keep_working_while_the_jwks_endpoint_is_down() {
     app.start().await;
     let token = key.sign(&claims("alice", 3600));
     assert_eq!(app.get("/users/alice/notifications/failed", Some(&token)).await.0, 200);
+    assert_eq!(jwks.fetches(), 1);
+    let stranger = SigningKey::generate("key-2").sign(&claims("alice", 3600));
+    // The endpoint answers 503, then is gone altogether.
+    jwks.fail();
+    app.auth_clock.advance(Duration::from_millis(200));
+    // The stale keys are refetched and the refetch fails: the keys fetched before still
+    // verify, unknown ones still do not.
+    assert_eq!(app.get("/users/alice/notifications/failed", Some(&token)).await.0, 200);
+    assert_eq!(jwks.fetches(), 2, "the stale cache was refetched");
+    assert_eq!(app.get("/users/alice/notifications/failed", Some(&stranger)).await.0, 401);
     jwks.stop().await;
     app.auth_clock.advance(Duration::from_millis(200));
-    // The refetch fails: the keys fetched before still verify, unknown ones still do not.
     assert_eq!(app.get("/users/alice/notifications/failed", Some(&token)).await.0, 200);
-    let stranger = SigningKey::generate("key-2").sign(&claims("alice", 3600));
     assert_eq!(app.get("/users/alice/notifications/failed", Some(&stranger)).await.0, 401);
     app.cleanup().await;
 }
