@@ -107,7 +107,7 @@ async fn a_kept_connection_the_relay_closed_while_idle_is_replaced_without_a_fai
     let (first, _) = send(&client, "early@example.org").await;
     assert!(matches!(first, SendResult::Delivered { .. }), "{first:?}");
     // The relay times the idle connection out (421 4.4.2, then it hangs up).
-    tokio::time::sleep(Duration::from_millis(400)).await;
+    eventually(Duration::from_secs(5), || async { (smtp.closed() == 1).then_some(()) }).await;
     let (second, health) = send(&client, "late@example.org").await;
     assert!(matches!(second, SendResult::Delivered { .. }), "{second:?}");
     assert_eq!(health, Health::Up);
