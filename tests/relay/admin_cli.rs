@@ -1,6 +1,6 @@
 //! `notify-relay admin …` against a real database and Redis.
 
-use crate::helpers::{eventually, prepare, spawn_app, TestApp};
+use crate::helpers::{eventually, prepare, spawn_app, wait_for_passes, TestApp};
 use notify_relay::admin::{run, AdminCommand};
 use serde_json::{json, Value};
 use std::time::Duration;
@@ -105,8 +105,10 @@ async fn claim_stuck_moves_entries_of_a_dead_consumer_back_for_live_workers() {
     app.env.insert("NOTIFY__LISTENER__STALE_AFTER_MS".into(), "120000".into());
     app.start().await;
     let (id, _) = app.orphaned_entry("jack", "ExponentPushToken[jack]", json!({"title": "stuck"})).await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Two claim passes ran after the entry was orphaned, and left it (idle < claim.min_idle_ms).
+    wait_for_passes(app.app.as_ref().expect("started"), "claim", 2).await;
     assert_eq!(app.status(id).await.0, "queued");
+    assert_eq!(app.pending_entries().await, 1, "still pending with the dead consumer");
     let out = admin(&app, AdminCommand::ClaimStuck { min_idle_ms: Some(100) }).await;
     assert_eq!(out.trim(), "moved 1 stuck entry back into the stream");
     assert_eq!(app.final_status(id).await.0, "delivered");

@@ -1,7 +1,7 @@
 //! Claiming across processes: a live worker keeps its entries however long their outcome takes,
 //! and the claim actor looks at every pending entry before it retires one.
 
-use crate::helpers::{eventually, expo_job, prepare, TestApp};
+use crate::helpers::{eventually, expo_job, prepare, wait_for_passes};
 use notify_relay::startup::ProcessRoles;
 use serde_json::json;
 use std::time::Duration;
@@ -24,11 +24,7 @@ async fn a_worker_whose_outcome_writer_stalls_longer_than_min_idle_keeps_its_ent
 
     // Twenty claim passes of the scheduler (4 s) while the outcome cannot be stored: the entry
     // is pending for twice claim.min_idle_ms.
-    let passes = TestApp::handled(&scheduler, "claim");
-    eventually(Duration::from_secs(30), || async {
-        (TestApp::handled(&scheduler, "claim") >= passes + 20).then_some(())
-    })
-    .await;
+    wait_for_passes(&scheduler, "claim", 20).await;
     blocker.batch_execute("COMMIT").await.unwrap();
 
     assert_eq!(app.final_status(id).await.0, "delivered");

@@ -583,6 +583,14 @@ pub async fn insert_bulk(app: &TestApp, n: i64, users: i64) {
         .unwrap();
 }
 
+/// Waits until the actor `name` of `app` has handled `more` messages after this call (e.g.
+/// claim passes): "nothing happened" is then a statement about passes that ran, not about a
+/// time that went by.
+pub async fn wait_for_passes(app: &Application, name: &str, more: u64) {
+    let start = TestApp::handled(app, name);
+    eventually(Duration::from_secs(30), || async { (TestApp::handled(app, name) >= start + more).then_some(()) }).await;
+}
+
 /// Waits until the Expo emulator accepted at least `at_least` messages.
 pub async fn wait_for_sends(app: &TestApp, at_least: usize) {
     eventually(Duration::from_secs(60), || async { (app.expo.sent_count() >= at_least).then_some(()) }).await;
