@@ -254,10 +254,7 @@ impl Authenticator {
     }
 
     /// [`Authenticator::new`] with the clock its JWKS cache reads.
-    pub fn with_clock(
-        settings: &AuthSettings,
-        clock: Arc<dyn Clock>,
-    ) -> Result<Authenticator, (&'static str, String)> {
+    pub fn with_clock(settings: &AuthSettings, clock: Arc<dyn Clock>) -> Result<Authenticator, (&'static str, String)> {
         let jwks = match (&settings.jwks_url, &settings.jwks_file) {
             (Some(_), Some(_)) => return Err(("auth.jwks_url", "and auth.jwks_file are both set; set one".into())),
             (Some(url), None) => Some(Jwks {

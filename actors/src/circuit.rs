@@ -286,7 +286,8 @@ mod tests {
             assert_eq!(c.permit(), Permit::Closed);
             assert_eq!(c.record(Permit::Closed, &Health::Outage("503".into())), None, "one failure spends its attempt");
             assert_eq!(c.permit(), Permit::Closed, "one failure is not enough");
-            let wait = c.record(Permit::Closed, &Health::AuthFailure("401".into())).expect("the one that opens it is free");
+            let wait =
+                c.record(Permit::Closed, &Health::AuthFailure("401".into())).expect("the one that opens it is free");
             assert!(wait >= Duration::from_millis(25) && wait <= Duration::from_millis(50), "{wait:?}");
             match c.permit() {
                 Permit::Denied { retry_in } => assert_eq!(retry_in, wait, "denied until the interval it drew ends"),

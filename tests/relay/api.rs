@@ -251,7 +251,7 @@ async fn keys_from_a_jwks_file_verify_user_tokens() {
     let key = SigningKey::generate("file-key");
     let file = std::env::temp_dir().join(format!("jwks-{}.json", Uuid::new_v4().simple()));
     std::fs::write(&file, json!({"keys": [key.jwk.clone()]}).to_string()).unwrap();
-    app.temp_files.push(file.clone());
+    app.remove_on_drop(file.clone());
     app.env.insert("NOTIFY__AUTH__JWKS_FILE".into(), file.display().to_string());
     app.start().await;
     let token = key.sign(&claims("alice", 3600));

@@ -602,16 +602,19 @@ fn a_bad_from_or_smtp_url_stops_start_up_naming_the_key_and_hiding_the_password(
 #[actix_web::test]
 async fn mock_providers_serves_the_smtp_emulator_on_the_smtp_addr() {
     use std::io::BufRead;
-    let credentials = std::env::temp_dir().join(format!("mock-credentials-{}", uuid::Uuid::new_v4().simple()));
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_notify-relay"))
-        .args(["mock-providers", "--expo-addr", "127.0.0.1:0", "--smtp-addr", "127.0.0.1:0"])
-        .args(["--fcm-addr", "127.0.0.1:0", "--apns-addr", "127.0.0.1:0", "--credentials-dir"])
-        .arg(&credentials)
-        .env_remove("NOTIFY_CONFIG")
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .expect("start mock-providers");
-    let stdout = child.stdout.take().expect("stdout");
+    let credentials = crate::helpers::TempDir::new("mock-credentials");
+    // Killed when dropped: a failing assertion leaves no emulator process behind.
+    let mut child = crate::helpers::RelayProcess(
+        std::process::Command::new(env!("CARGO_BIN_EXE_notify-relay"))
+            .args(["mock-providers", "--expo-addr", "127.0.0.1:0", "--smtp-addr", "127.0.0.1:0"])
+            .args(["--fcm-addr", "127.0.0.1:0", "--apns-addr", "127.0.0.1:0", "--credentials-dir"])
+            .arg(credentials.path())
+            .env_remove("NOTIFY_CONFIG")
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("start mock-providers"),
+    );
+    let stdout = child.0.stdout.take().expect("stdout");
     // A blocking read must not stall the test's runtime. The pipe is kept open afterwards: the
     // child prints more, and would die of a broken pipe.
     let (url, _stdout) = tokio::task::spawn_blocking(move || {
@@ -633,14 +636,12 @@ async fn mock_providers_serves_the_smtp_emulator_on_the_smtp_addr() {
     let client = client_with(url, None, Duration::from_secs(5));
     let (result, _) = send(&client, "someone@example.org").await;
     let (refused, _) = send(&client, "unknown@example.org").await;
-    let _ = child.kill();
-    let _ = child.wait();
+    drop(child);
 
     assert!(matches!(result, SendResult::Delivered { .. }), "{result:?}");
     assert!(matches!(refused, SendResult::InvalidToken { .. }), "{refused:?}");
     // The credentials a relay needs for the FCM and APNs emulators were written where asked.
     for file in ["fcm-service-account.json", "apns-key.p8", "apns-ca.pem"] {
-        assert!(credentials.join(file).is_file(), "{file} written");
+        assert!(credentials.path().join(file).is_file(), "{file} written");
     }
-    let _ = std::fs::remove_dir_all(&credentials);
 }

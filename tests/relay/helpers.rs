@@ -1,6 +1,11 @@
 //! `TestApp`: a fresh database (named by a uuid, migrated), a unique Redis key prefix, an Expo
 //! emulator on a loopback port, and the real application (engine + API on port 0) in the test's
 //! actix System.
+//!
+//! Everything a test makes is removed when it is dropped — the database, the Redis keys, temp
+//! files and directories, child processes — so a test that fails half-way leaves nothing behind
+//! and a test that passes needs no cleanup call. Below `TestApp`: the waits (`eventually`,
+//! `samples_holding`), the shared inserts and the shared assertions.
 
 use actors::keys::Keys;
 use notify_relay::configuration::Settings;
@@ -32,8 +37,6 @@ pub struct TestApp {
     pub env: HashMap<String, String>,
     pub app: Option<Application>,
     pub redis: redis::aio::MultiplexedConnection,
-    /// Files written for this test (e.g. an emulator's CA), removed by `cleanup`.
-    pub temp_files: Vec<std::path::PathBuf>,
     /// The clock of the API's JWKS cache (of `start`, not of replicas): it stands still until
     /// the test moves it.
     pub auth_clock: Arc<TestClock>,
@@ -85,7 +88,7 @@ pub async fn prepare() -> TestApp {
     .collect();
     let redis =
         redis::Client::open(redis_url()).expect("redis url").get_multiplexed_async_connection().await.expect("redis");
-    let leftovers = Leftovers { db_name: db_name.clone(), prefix: prefix.clone(), armed: true };
+    let leftovers = Leftovers { db_name: db_name.clone(), prefix: prefix.clone(), temp_files: Vec::new() };
     TestApp {
         db: pg(&db_url).await,
         db_name,
@@ -95,7 +98,6 @@ pub async fn prepare() -> TestApp {
         env,
         app: None,
         redis,
-        temp_files: Vec::new(),
         auth_clock: Arc::new(TestClock::new()),
         leftovers,
     }
@@ -160,22 +162,15 @@ impl TestApp {
         }
     }
 
-    /// Stops the app and removes the database and Redis keys.
+    /// Stops the app gracefully (engine drain, API stop), then drops it: the database, Redis
+    /// keys and temp files go with the drop. A test that only needs the removal just ends.
     pub async fn cleanup(mut self) {
         self.stop().await;
-        let mut keys: Vec<String> =
-            redis::cmd("KEYS").arg(format!("{}:*", self.prefix)).query_async(&mut self.redis).await.unwrap_or_default();
-        keys.dedup();
-        if !keys.is_empty() {
-            let _: redis::RedisResult<()> = redis::cmd("DEL").arg(&keys).query_async(&mut self.redis).await;
-        }
-        for file in &self.temp_files {
-            let _ = std::fs::remove_file(file);
-        }
-        drop(self.db);
-        let base = pg(&base_database_url()).await;
-        let _ = base.batch_execute(&format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.db_name)).await;
-        self.leftovers.armed = false;
+    }
+
+    /// A file this test writes (an emulator's CA, a JWKS file), removed when the app is dropped.
+    pub fn remove_on_drop(&mut self, file: std::path::PathBuf) {
+        self.leftovers.temp_files.push(file);
     }
 
     /// Another client of this test's database (e.g. to hold locks in a transaction of its own).
@@ -414,7 +409,7 @@ impl TestApp {
     pub fn enable_apns(&mut self, apns: &notify_relay::mock::apns::ApnsEmulator, team_id: &str) {
         let ca_file = std::env::temp_dir().join(format!("apns-ca-{}.pem", Uuid::new_v4().simple()));
         std::fs::write(&ca_file, apns.ca_pem()).expect("write the APNs CA");
-        self.temp_files.push(ca_file.clone());
+        self.remove_on_drop(ca_file.clone());
         self.set_provider(
             "APNS",
             [
@@ -464,18 +459,18 @@ impl TestApp {
     }
 }
 
-/// What `cleanup` removes, removed on drop when the test did not get that far (it failed): a
-/// failing test leaves no database and no Redis keys behind.
+/// What a test leaves in the shared Postgres, Redis and temp directory, removed when its
+/// `TestApp` is dropped: at its end, or half-way when it fails.
 struct Leftovers {
     db_name: String,
     prefix: String,
-    armed: bool,
+    temp_files: Vec<std::path::PathBuf>,
 }
 
 impl Drop for Leftovers {
     fn drop(&mut self) {
-        if !self.armed {
-            return;
+        for file in &self.temp_files {
+            let _ = std::fs::remove_file(file);
         }
         let (db_name, prefix) = (self.db_name.clone(), self.prefix.clone());
         // Drop runs on the test's runtime, which cannot block on async work: a thread with a
@@ -529,6 +524,28 @@ impl TestClock {
 impl notify_relay::auth::Clock for TestClock {
     fn now(&self) -> Instant {
         self.start + *self.moved.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// A directory of the test's own under the system temp dir, removed with what is in it when
+/// dropped.
+pub struct TempDir(pub std::path::PathBuf);
+
+impl TempDir {
+    pub fn new(name: &str) -> TempDir {
+        let dir = std::env::temp_dir().join(format!("{name}-{}", Uuid::new_v4().simple()));
+        std::fs::create_dir_all(&dir).expect("create a temp directory");
+        TempDir(dir)
+    }
+
+    pub fn path(&self) -> &std::path::Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
     }
 }
 
