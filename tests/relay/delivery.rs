@@ -1,6 +1,6 @@
 //! The happy paths: rows in, pushes out.
 
-use crate::helpers::{eventually, prepare, spawn_app};
+use crate::helpers::{add_users, eventually, insert_bulk, prepare, spawn_app};
 use serde_json::json;
 use std::collections::HashMap;
 use std::time::Duration;
@@ -9,23 +9,11 @@ use uuid::Uuid;
 #[actix_web::test]
 async fn bulk_inserted_rows_are_each_delivered_exactly_once() {
     let app = spawn_app().await;
-    for u in 0..30 {
-        app.add_device(&format!("user-{u}"), "expo", &format!("ExponentPushToken[bulk-{u}]")).await;
-    }
+    add_users(&app, 30).await;
 
-    app.db
-        .execute(
-            "INSERT INTO notification (user_id, type, payload)
-             SELECT 'user-' || (g % 30), 'bulk', jsonb_build_object('title', 'n' || g) FROM generate_series(1, 600) g",
-            &[],
-        )
-        .await
-        .unwrap();
+    insert_bulk(&app, 600, 30).await;
 
-    eventually(Duration::from_secs(30), || async {
-        (app.count("SELECT count(*) FROM notification WHERE status = 'delivered'").await == 600).then_some(())
-    })
-    .await;
+    eventually(Duration::from_secs(30), || async { (app.delivered().await == 600).then_some(()) }).await;
     let sent = app.expo.sent();
     assert_eq!(sent.len(), 600);
     let mut per_notification: HashMap<String, usize> = HashMap::new();
@@ -40,7 +28,6 @@ async fn bulk_inserted_rows_are_each_delivered_exactly_once() {
         app.count("SELECT count(*) FROM delivery WHERE status = 'delivered' AND provider_message_id IS NOT NULL").await,
         600
     );
-    app.cleanup().await;
 }
 
 #[actix_web::test]
@@ -66,7 +53,6 @@ async fn a_single_insert_reaches_the_device_with_title_body_and_notification_id(
     assert_eq!(delivered_at_set, 1);
     let used = app.count("SELECT count(*) FROM device WHERE last_used_at IS NOT NULL").await;
     assert_eq!(used, 1);
-    app.cleanup().await;
 }
 
 #[actix_web::test]
@@ -83,7 +69,6 @@ async fn rows_inserted_while_the_service_was_stopped_are_delivered_after_it_star
         assert_eq!(app.final_status(id).await.0, "delivered");
     }
     assert_eq!(app.expo.sent_count(), 5);
-    app.cleanup().await;
 }
 
 #[actix_web::test]
@@ -107,7 +92,6 @@ async fn a_user_with_several_devices_gets_one_send_per_device() {
     for t in tokens {
         assert_eq!(app.expo.sends_of(id, t), 1, "{t}");
     }
-    app.cleanup().await;
 }
 
 #[actix_web::test]
@@ -133,7 +117,6 @@ async fn the_channel_limits_delivery_to_that_providers_devices() {
     let (status, _, error) = app.final_status(to_apns).await;
     assert_eq!((status.as_str(), error.as_deref()), ("failed", Some("user dave has no active apns device")));
     assert_eq!(app.expo.sent_count(), 1);
-    app.cleanup().await;
 }
 
 #[actix_web::test]
@@ -150,15 +133,14 @@ async fn large_requests_are_sent_gzip_compressed_and_small_ones_plain() {
     assert_eq!(app.expo.gzip_requests(), 1);
     let sent = app.expo.sent();
     assert_eq!(sent.last().unwrap().body.as_deref(), Some("x".repeat(2000).as_str()), "decompressed intact");
-    app.cleanup().await;
 }
 
 #[actix_web::test]
 async fn the_expo_access_token_is_sent_as_a_bearer_token() {
     let mut app = crate::helpers::prepare().await;
     let secured = notify_relay::mock::expo::ExpoEmulator::start("127.0.0.1:0", Some("s3cret".into())).await.unwrap();
-    app.env.insert("NOTIFY__PROVIDERS__EXPO__BASE_URL".into(), secured.url());
-    app.env.insert("NOTIFY__PROVIDERS__EXPO__ACCESS_TOKEN".into(), "s3cret".into());
+    app.set("providers.expo.base_url", secured.url());
+    app.set("providers.expo.access_token", "s3cret");
     app.start().await;
     app.add_device("ann", "expo", "ExponentPushToken[ann]").await;
 
@@ -167,15 +149,14 @@ async fn the_expo_access_token_is_sent_as_a_bearer_token() {
     assert_eq!(app.final_status(id).await.0, "delivered");
     assert_eq!(secured.sent_count(), 1);
     secured.stop().await;
-    app.cleanup().await;
 }
 
 #[actix_web::test]
 async fn a_refused_access_token_opens_the_circuit_and_disables_no_device() {
     let mut app = crate::helpers::prepare().await;
     let secured = notify_relay::mock::expo::ExpoEmulator::start("127.0.0.1:0", Some("s3cret".into())).await.unwrap();
-    app.env.insert("NOTIFY__PROVIDERS__EXPO__BASE_URL".into(), secured.url());
-    app.env.insert("NOTIFY__PROVIDERS__EXPO__ACCESS_TOKEN".into(), "wrong".into());
+    app.set("providers.expo.base_url", secured.url());
+    app.set("providers.expo.access_token", "wrong");
     app.start().await;
     app.add_device("ben", "expo", "ExponentPushToken[ben]").await;
 
@@ -191,10 +172,9 @@ async fn a_refused_access_token_opens_the_circuit_and_disables_no_device() {
     assert!(attempts <= 3, "the open circuit stops spending attempts: {attempts}");
     let error = error.unwrap();
     assert!(error.contains("HTTP 401 UNAUTHORIZED") || error.contains("circuit open for expo"), "{error}");
-    assert_eq!(app.count("SELECT count(*) FROM device WHERE disabled_at IS NOT NULL").await, 0);
+    assert_eq!(app.disabled_devices().await, 0);
     assert_eq!(secured.sent_count(), 0);
     secured.stop().await;
-    app.cleanup().await;
 }
 
 #[actix_web::test]

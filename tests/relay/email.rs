@@ -434,7 +434,6 @@ async fn a_notification_to_an_email_device_is_delivered_through_the_relay() {
     let m = &smtp.received()[0];
     assert_eq!(m.subject.as_deref(), Some("Welcome"));
     assert!(m.text().contains("Hello Mia"));
-    app.cleanup().await;
 }
 
 #[actix_web::test]
@@ -447,26 +446,12 @@ async fn an_unknown_mailbox_disables_the_address_and_the_expo_device_still_gets_
     let id = app.notify("noor", json!({"title": "hi"})).await;
 
     assert_eq!(app.final_status(id).await.0, "delivered");
-    let reason: Option<String> = eventually(Duration::from_secs(10), || async {
-        let row = app
-            .db
-            .query_one("SELECT disabled_at IS NOT NULL, disabled_reason FROM device WHERE id = $1", &[&email])
-            .await
-            .expect("device row");
-        row.get::<_, bool>(0).then(|| row.get(1))
-    })
-    .await;
-    assert!(reason.unwrap_or_default().contains("550 5.1.1"));
-    let delivery = app
-        .db
-        .query_one("SELECT status, last_error FROM delivery WHERE device_id = $1", &[&email])
-        .await
-        .expect("delivery row");
-    assert_eq!(delivery.get::<_, String>(0), "failed");
-    assert!(delivery.get::<_, Option<String>>(1).unwrap_or_default().starts_with("email: 550 5.1.1"));
+    assert!(app.disabled_reason(email).await.contains("550 5.1.1"));
+    let (status, error) = app.delivery_of(email).await;
+    assert_eq!(status, "failed");
+    assert!(error.unwrap_or_default().starts_with("email: 550 5.1.1"));
     assert_eq!(app.expo.sends_of(id, "ExponentPushToken[noor]"), 1);
     assert!(smtp.received().is_empty());
-    app.cleanup().await;
 }
 
 #[actix_web::test]
@@ -488,7 +473,6 @@ async fn a_421_outage_window_is_retried_and_ends_delivered() {
     assert!(error.contains("421 4.3.2") || error.contains("circuit open for email"), "{error}");
     assert_eq!(smtp.sends_of(id, "olga@example.org"), 1);
     assert!(app.redis_counter("DEFERRED").await > 0, "the open circuit deferred it without spending attempts");
-    app.cleanup().await;
 }
 
 #[actix_web::test]
@@ -499,18 +483,18 @@ async fn healthy_addresses_queued_behind_stalled_mailboxes_are_delivered_at_thei
     let mut app = prepare().await;
     app.enable_email(&smtp, FROM);
     for (key, value) in [
-        ("NOTIFY__PROVIDERS__EMAIL__CONNECTIONS", "1"),
-        ("NOTIFY__PROVIDERS__EMAIL__TIMEOUT_MS", "2000"),
-        ("NOTIFY__WORKER__SENDERS_PER_PROVIDER", "1"),
-        ("NOTIFY__RETRY__MAX_ATTEMPTS", "3"),
-        ("NOTIFY__CLAIM__MIN_IDLE_MS", "5000"),
+        ("providers.email.connections", "1"),
+        ("providers.email.timeout_ms", "2000"),
+        ("worker.senders_per_provider", "1"),
+        ("retry.max_attempts", "3"),
+        ("claim.min_idle_ms", "5000"),
         // The circuit is another matter (review findings 2 and 13): a stalled mailbox alone in
         // a batch looks like a hung relay, and an open circuit defers the stalled targets without
         // spending their attempts for as long as it flaps. Kept closed, this test is about the
         // attempts alone.
-        ("NOTIFY__CIRCUIT__FAILURES", "1000"),
+        ("circuit.failures", "1000"),
     ] {
-        app.env.insert(key.into(), value.into());
+        app.set(key, value);
     }
     app.start().await;
     // The stalled mailboxes sort first, so they are fanned out (and queue for the connection)
@@ -571,7 +555,6 @@ async fn healthy_addresses_queued_behind_stalled_mailboxes_are_delivered_at_thei
     let healthy: Vec<String> = rows.iter().map(|r| r.get::<_, String>(0)).filter(|t| !t.starts_with("stall")).collect();
     assert_eq!(delivered, healthy, "every healthy address got its message once");
     assert!(app.redis_counter("DEFERRED").await > 0, "the waits were rescheduled without spending attempts");
-    app.cleanup().await;
 }
 
 // The binary: configuration errors, and the emulator behind `mock-providers --smtp-addr`.

@@ -105,12 +105,38 @@ pub async fn prepare() -> TestApp {
 
 /// A prepared app, started.
 pub async fn spawn_app() -> TestApp {
+    spawn_app_with(&[]).await
+}
+
+/// A prepared app with these settings on top of the tests' defaults (see [`TestApp::set`]).
+pub async fn prepare_with(settings: &[(&str, &str)]) -> TestApp {
     let mut app = prepare().await;
+    for (key, value) in settings {
+        app.set(key, value);
+    }
+    app
+}
+
+/// [`prepare_with`], started.
+pub async fn spawn_app_with(settings: &[(&str, &str)]) -> TestApp {
+    let mut app = prepare_with(settings).await;
     app.start().await;
     app
 }
 
+/// The environment variable of a settings key: `listener.stale_after_ms` is
+/// `NOTIFY__LISTENER__STALE_AFTER_MS`.
+pub fn env_key(key: &str) -> String {
+    format!("NOTIFY__{}", key.replace('.', "__").to_uppercase())
+}
+
 impl TestApp {
+    /// Overrides a setting (when the app is next started) by its key in config/default.toml,
+    /// e.g. `app.set("claim.min_idle_ms", 60000)`; an unknown key fails the start.
+    pub fn set(&mut self, key: &str, value: impl ToString) {
+        self.env.insert(env_key(key), value.to_string());
+    }
+
     pub fn settings(&self) -> Settings {
         Settings::load(None, &self.env).expect("test settings")
     }
@@ -279,6 +305,44 @@ impl TestApp {
         .await
     }
 
+    /// Waits until the device is disabled, and returns why (`disabled_reason`).
+    pub async fn disabled_reason(&self, device: Uuid) -> String {
+        eventually(Duration::from_secs(10), || async {
+            let row = self
+                .db
+                .query_one("SELECT disabled_at IS NOT NULL, disabled_reason FROM device WHERE id = $1", &[&device])
+                .await
+                .expect("device row");
+            row.get::<_, bool>(0).then(|| row.get::<_, Option<String>>(1).unwrap_or_default())
+        })
+        .await
+    }
+
+    /// How many devices are disabled.
+    pub async fn disabled_devices(&self) -> i64 {
+        self.count("SELECT count(*) FROM device WHERE disabled_at IS NOT NULL").await
+    }
+
+    /// (status, last_error) of the delivery row of `device` (a test that sent it one).
+    pub async fn delivery_of(&self, device: Uuid) -> (String, Option<String>) {
+        let row = self
+            .db
+            .query_one("SELECT status, last_error FROM delivery WHERE device_id = $1", &[&device])
+            .await
+            .expect("delivery row");
+        (row.get(0), row.get(1))
+    }
+
+    /// How many notifications are `delivered`.
+    pub async fn delivered(&self) -> i64 {
+        self.count("SELECT count(*) FROM notification WHERE status = 'delivered'").await
+    }
+
+    /// How many `notification_failed` rows there are.
+    pub async fn failed_rows(&self) -> i64 {
+        self.count("SELECT count(*) FROM notification_failed").await
+    }
+
     pub async fn count(&self, sql: &str) -> i64 {
         self.db.query_one(sql, &[]).await.expect(sql).get(0)
     }
@@ -367,8 +431,17 @@ impl TestApp {
 
     /// The length of shard 0's stream.
     pub async fn stream_len(&self) -> i64 {
+        self.xlen(&self.keys.stream(0)).await
+    }
+
+    /// The length of shard 0's dead-letter stream.
+    pub async fn dlq_len(&self) -> i64 {
+        self.xlen(&self.keys.dlq(0)).await
+    }
+
+    async fn xlen(&self, key: &str) -> i64 {
         let mut conn = self.redis.clone();
-        redis::cmd("XLEN").arg(self.keys.stream(0)).query_async(&mut conn).await.expect("XLEN")
+        redis::cmd("XLEN").arg(key).query_async(&mut conn).await.expect("XLEN")
     }
 
     /// Destroys shard 0's consumer group, as a Redis flush or an operator mistake would.
@@ -444,12 +517,7 @@ impl TestApp {
     /// Postgres first and Redis right after, so a row can be final a moment before its dead
     /// letter is written.
     pub async fn wait_for_dead_letters(&self, n: i64) {
-        eventually(Duration::from_secs(10), || async {
-            let mut conn = self.redis.clone();
-            let len: i64 = redis::cmd("XLEN").arg(self.keys.dlq(0)).query_async(&mut conn).await.expect("XLEN");
-            (len == n).then_some(())
-        })
-        .await;
+        eventually(Duration::from_secs(10), || async { (self.dlq_len().await == n).then_some(()) }).await;
     }
 
     pub async fn redis_counter(&self, event: &str) -> i64 {
@@ -584,7 +652,29 @@ pub async fn add_users(app: &TestApp, users: i64) {
             &[&users],
         )
         .await
-        .unwrap();
+        .expect("insert the users' devices");
+}
+
+/// One notification (no payload) for each of the users `u1`… of `add_users`.
+pub async fn notify_each_user(app: &TestApp, users: i64) {
+    app.db
+        .execute(
+            "INSERT INTO notification (user_id, type) SELECT 'u' || g, 't' FROM generate_series(1, $1::int8) g",
+            &[&users],
+        )
+        .await
+        .expect("insert a notification per user");
+}
+
+/// `n` notifications (no payload) for `user`, in one statement.
+pub async fn notify_times(app: &TestApp, user: &str, n: i64) {
+    app.db
+        .execute(
+            "INSERT INTO notification (user_id, type) SELECT $1, 't' FROM generate_series(1, $2::int8)",
+            &[&user, &n],
+        )
+        .await
+        .expect("insert the notifications");
 }
 
 /// `n` notifications in one statement, spread over the users of `add_users`.
@@ -597,7 +687,7 @@ pub async fn insert_bulk(app: &TestApp, n: i64, users: i64) {
             &[&n, &users],
         )
         .await
-        .unwrap();
+        .expect("insert the notifications");
 }
 
 /// Waits until the actor `name` of `app` has handled `more` messages after this call (e.g.

@@ -35,7 +35,6 @@ async fn the_same_entry_delivered_twice_is_sent_once() {
         .await;
     assert_eq!(app.expo.sends_of(id, "ExponentPushToken[kim]"), 1);
     assert_eq!(app.pending_entries().await, 0, "the duplicate was acknowledged");
-    app.cleanup().await;
 }
 
 #[actix_web::test]
@@ -59,5 +58,4 @@ async fn a_delivered_target_gets_an_idempotency_key_that_outlives_two_sweep_leas
     // the sweep finds the target again: an hour, or two leases of listener.stale_after_ms.
     assert!(ttl > 3600 - 60 && ttl <= 3600, "{ttl}");
     let _: () = redis::cmd("PING").query_async(&mut conn).await.unwrap();
-    app.cleanup().await;
 }

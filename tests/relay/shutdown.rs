@@ -1,6 +1,6 @@
 //! SIGTERM lets in-flight work finish and exits 0.
 
-use crate::helpers::{eventually, prepare};
+use crate::helpers::{eventually, notify_times, prepare};
 use serde_json::json;
 use std::time::{Duration, Instant};
 
@@ -14,14 +14,7 @@ async fn sigterm_stops_the_service_cleanly_and_it_exits_0() {
     assert_eq!(app.final_status(id).await.0, "delivered");
     // A slow provider and a backlog in one statement: work is in flight when SIGTERM arrives.
     app.expo.set_latency(Duration::from_millis(200));
-    app.db
-        .execute(
-            "INSERT INTO notification (user_id, type, payload)
-             SELECT 'max', 'load', jsonb_build_object('title', 'load ' || g) FROM generate_series(1, 200) g",
-            &[],
-        )
-        .await
-        .expect("backlog");
+    notify_times(&app, "max", 200).await;
     // SIGTERM once the first of the backlog came back (so the next are in flight, 200 ms each),
     // before it is all done.
     eventually(Duration::from_secs(10), || async { (app.expo.sent_count() > 1).then_some(()) }).await;
