@@ -1,7 +1,7 @@
 //! The HTTP API: authentication (every security case), the pull/retry/devices routes, the
 //! admin routes and the OpenAPI document.
 
-use crate::helpers::{eventually, prepare, TestApp, ADMIN_TOKEN};
+use crate::helpers::{eventually, prepare, prepare_with, TestApp, ADMIN_TOKEN};
 use crate::tokens::{claims, hs256, unsigned, JwksServer, SigningKey, AUDIENCE, HS_SECRET, ISSUER};
 use serde_json::{json, Value};
 use std::time::Duration;
@@ -16,19 +16,23 @@ struct Api {
 /// An app whose user routes accept ES256 tokens from a loopback JWKS and legacy HS256 tokens,
 /// with issuer and audience checked.
 async fn api() -> Api {
-    let mut app = prepare().await;
+    with_jwks(&[
+        ("auth.jwt_secret", HS_SECRET),
+        ("auth.issuer", ISSUER),
+        ("auth.audience", AUDIENCE),
+        ("auth.jwks_min_refresh_ms", "200"),
+    ])
+    .await
+}
+
+/// An app whose user routes take ES256 tokens of `key-1` from a loopback JWKS, with these
+/// settings on top.
+async fn with_jwks(settings: &[(&str, &str)]) -> Api {
     let key = SigningKey::generate("key-1");
     let jwks = JwksServer::start(&[&key]).await;
-    for (k, v) in [
-        ("auth.jwks_url", jwks.url.clone()),
-        ("auth.allow_insecure_jwks", "true".into()),
-        ("auth.jwt_secret", HS_SECRET.into()),
-        ("auth.issuer", ISSUER.into()),
-        ("auth.audience", AUDIENCE.into()),
-        ("auth.jwks_min_refresh_ms", "200".into()),
-    ] {
-        app.set(k, v);
-    }
+    let mut app = prepare_with(settings).await;
+    app.set("auth.jwks_url", &jwks.url);
+    app.set("auth.allow_insecure_jwks", true);
     app.start().await;
     Api { app, jwks, key }
 }
@@ -205,19 +209,8 @@ async fn a_rotated_in_key_is_fetched_once_and_made_up_kids_do_not_hammer_the_jwk
 
 #[actix_web::test]
 async fn keys_already_fetched_keep_working_while_the_jwks_endpoint_is_down() {
-    let mut app = prepare().await;
-    let key = SigningKey::generate("key-1");
-    let jwks = JwksServer::start(&[&key]).await;
-    for (k, v) in [
-        ("auth.jwks_url", jwks.url.clone()),
-        ("auth.allow_insecure_jwks", "true".into()),
-        // Stale after 100 ms: every later request wants a fresh copy of the keys.
-        ("auth.jwks_cache_ms", "100".into()),
-        ("auth.jwks_min_refresh_ms", "0".into()),
-    ] {
-        app.set(k, v);
-    }
-    app.start().await;
+    // Stale after 100 ms: every later request wants a fresh copy of the keys.
+    let Api { app, jwks, key } = with_jwks(&[("auth.jwks_cache_ms", "100"), ("auth.jwks_min_refresh_ms", "0")]).await;
     let token = key.sign(&claims("alice", 3600));
     assert_eq!(app.get("/users/alice/notifications/failed", Some(&token)).await.0, 200);
     assert_eq!(jwks.fetches(), 1);

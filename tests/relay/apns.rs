@@ -1,7 +1,7 @@
 //! APNs: the client against the emulator (every row of PROVIDERS.md's APNs table, the provider
 //! token's 20/60-minute rules, HTTP/2 and connection reuse), then end to end through the relay.
 
-use crate::helpers::{client_job, eventually, prepare, TestApp};
+use crate::helpers::{assert_refused_credentials_defer, client_job, prepare, TestApp};
 use actors::circuit::Health;
 use actors::job::{Job, Priority, Provider, SendResult};
 use actors::providers::apns::{tls_config, ApnsClient, ProviderToken, MIN_RESIGN_INTERVAL, REFRESH_AFTER};
@@ -621,13 +621,7 @@ async fn apns_an_invalid_provider_token_opens_the_circuit_and_defers_without_fai
     let id = app.notify("cy", json!({"title": "refused"})).await;
 
     // Deliveries are only deferred while the circuit is open.
-    eventually(Duration::from_secs(10), || async { (app.redis_counter("DEFERRED").await >= 1).then_some(()) }).await;
-    let (status, attempts, error) = app.status(id).await;
-    assert_eq!(status, "retrying", "credentials are the project's problem: nothing fails for good");
-    assert!(attempts <= 3, "the open circuit stops spending attempts: {attempts}");
-    let error = error.unwrap_or_default();
-    assert!(error.contains("403 InvalidProviderToken") || error.contains("circuit open for apns"), "{error}");
-    assert_eq!(app.disabled_devices().await, 0);
+    assert_refused_credentials_defer(&app, id, "403 InvalidProviderToken", "apns").await;
     assert_eq!(app.failed_rows().await, 0);
     assert_eq!(emulator.sent_count(), 0);
     assert!(emulator.requests() >= 1);

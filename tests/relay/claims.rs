@@ -44,15 +44,7 @@ async fn entries_over_max_deliveries_far_down_the_pending_list_are_retired_not_s
     }
     let stream = app.keys.stream(0);
     let mut conn = app.redis.clone();
-    let _: () = redis::cmd("XGROUP")
-        .arg("CREATE")
-        .arg(&stream)
-        .arg(actors::keys::GROUP)
-        .arg(0)
-        .arg("MKSTREAM")
-        .query_async(&mut conn)
-        .await
-        .unwrap();
+    app.create_group().await;
     let read: redis::Value = redis::cmd("XREADGROUP")
         .arg("GROUP")
         .arg(actors::keys::GROUP)
@@ -66,17 +58,9 @@ async fn entries_over_max_deliveries_far_down_the_pending_list_are_retired_not_s
         .await
         .unwrap();
     drop(read);
-    let pending: Vec<(String, String, u64, u64)> = redis::cmd("XPENDING")
-        .arg(&stream)
-        .arg(actors::keys::GROUP)
-        .arg("-")
-        .arg("+")
-        .arg(150)
-        .query_async(&mut conn)
-        .await
-        .unwrap();
+    let pending = app.pending_ids(150).await;
     assert_eq!(pending.len(), 150);
-    for (n, (entry, ..)) in pending.iter().enumerate() {
+    for (n, entry) in pending.iter().enumerate() {
         // Long idle, and the newest 30 handed out ten times already (claim.max_deliveries is 5).
         let times = if n >= 120 { 10 } else { 1 };
         let _: redis::Value = redis::cmd("XCLAIM")

@@ -1,6 +1,8 @@
 //! The happy paths: rows in, pushes out.
 
-use crate::helpers::{add_users, eventually, insert_bulk, prepare, spawn_app};
+use crate::helpers::{
+    add_users, assert_refused_credentials_defer, eventually, insert_bulk, prepare, spawn_app, TestApp,
+};
 use serde_json::json;
 use std::collections::HashMap;
 use std::time::Duration;
@@ -122,9 +124,7 @@ async fn the_channel_limits_delivery_to_that_providers_devices() {
 #[actix_web::test]
 async fn large_requests_are_sent_gzip_compressed_and_small_ones_plain() {
     let app = spawn_app().await;
-    app.add_device("wes", "expo", "ExponentPushToken[wes]").await;
-    let small = app.notify("wes", json!({"title": "hi"})).await;
-    assert_eq!(app.final_status(small).await.0, "delivered");
+    app.delivered_first("wes", json!({"title": "hi"})).await;
     assert_eq!(app.expo.gzip_requests(), 0, "a ~150-byte body goes plain");
 
     let big = app.notify("wes", json!({"title": "long", "body": "x".repeat(2000)})).await;
@@ -135,13 +135,18 @@ async fn large_requests_are_sent_gzip_compressed_and_small_ones_plain() {
     assert_eq!(sent.last().unwrap().body.as_deref(), Some("x".repeat(2000).as_str()), "decompressed intact");
 }
 
+/// An app sending with `access_token` to an Expo emulator that wants `s3cret`.
+async fn with_secured_expo(access_token: &str) -> (TestApp, notify_relay::mock::expo::ExpoEmulator) {
+    let secured = notify_relay::mock::expo::ExpoEmulator::start("127.0.0.1:0", Some("s3cret".into())).await.unwrap();
+    let mut app = crate::helpers::prepare_with(&[("providers.expo.access_token", access_token)]).await;
+    app.set("providers.expo.base_url", secured.url());
+    app.start().await;
+    (app, secured)
+}
+
 #[actix_web::test]
 async fn the_expo_access_token_is_sent_as_a_bearer_token() {
-    let mut app = crate::helpers::prepare().await;
-    let secured = notify_relay::mock::expo::ExpoEmulator::start("127.0.0.1:0", Some("s3cret".into())).await.unwrap();
-    app.set("providers.expo.base_url", secured.url());
-    app.set("providers.expo.access_token", "s3cret");
-    app.start().await;
+    let (app, secured) = with_secured_expo("s3cret").await;
     app.add_device("ann", "expo", "ExponentPushToken[ann]").await;
 
     let id = app.notify("ann", json!({"title": "with enhanced push security"})).await;
@@ -153,26 +158,13 @@ async fn the_expo_access_token_is_sent_as_a_bearer_token() {
 
 #[actix_web::test]
 async fn a_refused_access_token_opens_the_circuit_and_disables_no_device() {
-    let mut app = crate::helpers::prepare().await;
-    let secured = notify_relay::mock::expo::ExpoEmulator::start("127.0.0.1:0", Some("s3cret".into())).await.unwrap();
-    app.set("providers.expo.base_url", secured.url());
-    app.set("providers.expo.access_token", "wrong");
-    app.start().await;
+    let (app, secured) = with_secured_expo("wrong").await;
     app.add_device("ben", "expo", "ExponentPushToken[ben]").await;
 
     let id = app.notify("ben", json!({"title": "refused"})).await;
 
     // Deliveries are only deferred while the circuit is open.
-    crate::helpers::eventually(std::time::Duration::from_secs(10), || async {
-        (app.redis_counter("DEFERRED").await >= 1).then_some(())
-    })
-    .await;
-    let (status, attempts, error) = app.status(id).await;
-    assert_eq!(status, "retrying", "credentials are the project's problem: nothing fails for good");
-    assert!(attempts <= 3, "the open circuit stops spending attempts: {attempts}");
-    let error = error.unwrap();
-    assert!(error.contains("HTTP 401 UNAUTHORIZED") || error.contains("circuit open for expo"), "{error}");
-    assert_eq!(app.disabled_devices().await, 0);
+    assert_refused_credentials_defer(&app, id, "HTTP 401 UNAUTHORIZED", "expo").await;
     assert_eq!(secured.sent_count(), 0);
     secured.stop().await;
 }

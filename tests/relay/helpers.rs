@@ -286,6 +286,29 @@ impl TestApp {
             .get(0)
     }
 
+    /// An Expo device `ExponentPushToken[user]` for `user` and a first notification to it,
+    /// waited for until delivered: the relay is up and delivering. Returns the notification.
+    pub async fn delivered_first(&self, user: &str, payload: Value) -> Uuid {
+        self.add_device(user, "expo", &format!("ExponentPushToken[{user}]")).await;
+        let id = self.notify(user, payload).await;
+        assert_eq!(self.final_status(id).await.0, "delivered");
+        id
+    }
+
+    /// `n` notifications of `user` stored as `delivered` (as if sent earlier), in one statement.
+    pub async fn delivered_rows(&self, user: &str, n: i64) -> Vec<Uuid> {
+        let rows = self
+            .db
+            .query(
+                "INSERT INTO notification (user_id, type, status, delivered_at)
+                 SELECT $1, 't', 'delivered', now() FROM generate_series(1, $2::int8) RETURNING id",
+                &[&user, &n],
+            )
+            .await
+            .expect("insert delivered notifications");
+        rows.iter().map(|r| r.get(0)).collect()
+    }
+
     /// (status, attempt_count, last_error)
     pub async fn status(&self, id: Uuid) -> (String, i32, Option<String>) {
         let row = self
@@ -418,15 +441,51 @@ impl TestApp {
     /// Writes a job to shard 0's stream, unread, as a listener (or a Redis restored from an old
     /// snapshot) would have.
     pub async fn enqueue(&self, job: &actors::job::Job) {
+        self.enqueue_entry(&job.to_json()).await;
+    }
+
+    /// Writes `job` as the `job` field of an entry in shard 0's stream, whatever it holds (a
+    /// malformed or partial job, for the poison tests).
+    pub async fn enqueue_entry(&self, job: &str) {
         let mut conn = self.redis.clone();
         let _: String = redis::cmd("XADD")
             .arg(self.keys.stream(0))
             .arg("*")
             .arg("job")
-            .arg(job.to_json())
+            .arg(job)
             .query_async(&mut conn)
             .await
             .expect("XADD");
+    }
+
+    /// Creates shard 0's consumer group (and stream) reading from the start, as the engine
+    /// does, for tests that hand entries out before it runs.
+    pub async fn create_group(&self) {
+        let mut conn = self.redis.clone();
+        let _: () = redis::cmd("XGROUP")
+            .arg("CREATE")
+            .arg(self.keys.stream(0))
+            .arg(actors::keys::GROUP)
+            .arg(0)
+            .arg("MKSTREAM")
+            .query_async(&mut conn)
+            .await
+            .expect("XGROUP CREATE");
+    }
+
+    /// The ids of the first `count` pending entries of shard 0, oldest first.
+    pub async fn pending_ids(&self, count: usize) -> Vec<String> {
+        let mut conn = self.redis.clone();
+        let pending: Vec<(String, String, u64, u64)> = redis::cmd("XPENDING")
+            .arg(self.keys.stream(0))
+            .arg(actors::keys::GROUP)
+            .arg("-")
+            .arg("+")
+            .arg(count)
+            .query_async(&mut conn)
+            .await
+            .expect("XPENDING");
+        pending.into_iter().map(|(id, ..)| id).collect()
     }
 
     /// The length of shard 0's stream.
@@ -696,6 +755,20 @@ pub async fn insert_bulk(app: &TestApp, n: i64, users: i64) {
 pub async fn wait_for_passes(app: &Application, name: &str, more: u64) {
     let start = TestApp::handled(app, name);
     eventually(Duration::from_secs(30), || async { (TestApp::handled(app, name) >= start + more).then_some(()) }).await;
+}
+
+/// A provider refuses the project's credentials: once the circuit opened and deferred a
+/// delivery, `id` is still `retrying` (credentials are the project's problem, so nothing fails
+/// for good) with few attempts spent, its error is the provider's `refusal` or the open circuit
+/// of `provider`, and no device was disabled.
+pub async fn assert_refused_credentials_defer(app: &TestApp, id: Uuid, refusal: &str, provider: &str) {
+    eventually(Duration::from_secs(10), || async { (app.redis_counter("DEFERRED").await >= 1).then_some(()) }).await;
+    let (status, attempts, error) = app.status(id).await;
+    assert_eq!(status, "retrying", "credentials are the project's problem: nothing fails for good");
+    assert!(attempts <= 3, "the open circuit stops spending attempts: {attempts}");
+    let error = error.unwrap_or_default();
+    assert!(error.contains(refusal) || error.contains(&format!("circuit open for {provider}")), "{error}");
+    assert_eq!(app.disabled_devices().await, 0);
 }
 
 /// Waits until the Expo emulator accepted at least `at_least` messages.

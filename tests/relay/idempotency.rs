@@ -7,9 +7,7 @@ use std::time::Duration;
 #[actix_web::test]
 async fn the_same_entry_delivered_twice_is_sent_once() {
     let app = spawn_app().await;
-    app.add_device("kim", "expo", "ExponentPushToken[kim]").await;
-    let id = app.notify("kim", json!({"title": "once"})).await;
-    assert_eq!(app.final_status(id).await.0, "delivered");
+    let id = app.delivered_first("kim", json!({"title": "once"})).await;
 
     // Write the very same job to the stream again, as a redelivery would.
     let row = app
@@ -21,15 +19,7 @@ async fn the_same_entry_delivered_twice_is_sent_once() {
         .await
         .unwrap();
     let job = crate::helpers::expo_job(id, row.get(0), "kim", row.get(1), json!({"title": "once"}));
-    let mut conn = app.redis.clone();
-    let _: String = redis::cmd("XADD")
-        .arg(app.keys.stream(0))
-        .arg("*")
-        .arg("job")
-        .arg(job.to_json())
-        .query_async(&mut conn)
-        .await
-        .unwrap();
+    app.enqueue(&job).await;
 
     eventually(Duration::from_secs(10), || async { (app.redis_counter("DUPLICATE_SKIPPED").await == 1).then_some(()) })
         .await;

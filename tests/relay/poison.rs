@@ -260,15 +260,7 @@ async fn an_unreadable_stream_entry_that_names_its_target_fails_that_target() {
     let deep = format!("{}{}", "[".repeat(200), "]".repeat(200));
     let entry =
         format!(r#"{{"notification_id": "{id}", "device_id": "{device}", "provider": "expo", "payload": {deep}}}"#);
-    let mut conn = app.redis.clone();
-    let _: String = redis::cmd("XADD")
-        .arg(app.keys.stream(0))
-        .arg("*")
-        .arg("job")
-        .arg(&entry)
-        .query_async(&mut conn)
-        .await
-        .unwrap();
+    app.enqueue_entry(&entry).await;
 
     let (status, _, error) = app.final_status(id).await;
     assert_eq!(status, "failed");

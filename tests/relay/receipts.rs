@@ -160,18 +160,7 @@ async fn a_receipt_leased_by_a_poller_that_died_is_applied_once_the_lease_ran_ou
 async fn a_receipt_expo_does_not_have_is_asked_again_until_it_is_a_day_old() {
     let app = spawn_app().await;
     let device = app.add_device("yan", "expo", "ExponentPushToken[yan]").await;
-    let ids: Vec<Uuid> = app
-        .db
-        .query(
-            "INSERT INTO notification (user_id, type, status, delivered_at)
-             SELECT 'yan', 't', 'delivered', now() FROM generate_series(1, 2) RETURNING id",
-            &[],
-        )
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
+    let ids = app.delivered_rows("yan", 2).await;
     // Tickets the emulator never issued: Expo has no receipt for them (yet, or any more).
     for (id, hours) in [(ids[0], 1), (ids[1], 25)] {
         app.db
@@ -216,18 +205,7 @@ async fn admin_queues_count_the_receipts_due_in_postgres_per_shard() {
     // API only: no poller that would ask for these receipts.
     app.start_with(ProcessRoles::parse("api").unwrap()).await;
     let device = app.add_device("zed", "expo", "ExponentPushToken[zed]").await;
-    let ids: Vec<Uuid> = app
-        .db
-        .query(
-            "INSERT INTO notification (user_id, type, status) SELECT 'zed', 't', 'delivered'
-               FROM generate_series(1, 40) RETURNING id",
-            &[],
-        )
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
+    let ids = app.delivered_rows("zed", 40).await;
     app.db
         .execute(
             "INSERT INTO delivery (notification_id, device_id, provider, status, provider_message_id, delivered_at,

@@ -8,9 +8,7 @@ use std::time::Duration;
 #[actix_web::test]
 async fn the_listener_reconnects_after_its_connection_is_terminated() {
     let app = spawn_app().await;
-    app.add_device("olga", "expo", "ExponentPushToken[olga]").await;
-    let first = app.notify("olga", json!({"title": "before"})).await;
-    assert_eq!(app.final_status(first).await.0, "delivered");
+    app.delivered_first("olga", json!({"title": "before"})).await;
 
     let killed: i64 = app
         .db
@@ -70,9 +68,7 @@ async fn a_target_whose_entry_was_lost_is_re_enqueued_by_the_sweep() {
 #[actix_web::test]
 async fn a_stream_reader_whose_connection_is_killed_is_restarted_and_delivery_goes_on() {
     let app = spawn_app().await;
-    app.add_device("rita", "expo", "ExponentPushToken[rita]").await;
-    let first = app.notify("rita", json!({"title": "before"})).await;
-    assert_eq!(app.final_status(first).await.0, "delivered");
+    app.delivered_first("rita", json!({"title": "before"})).await;
 
     let mut conn = app.redis.clone();
     let clients: String = redis::cmd("CLIENT").arg("LIST").query_async(&mut conn).await.unwrap();
@@ -101,16 +97,7 @@ async fn an_entry_handed_out_max_deliveries_times_is_dead_lettered_not_sent() {
     let (id, _) = app.orphaned_entry("sam", "ExponentPushToken[sam]", json!({"title": "poison"})).await;
     let stream = app.keys.stream(0);
     let mut conn = app.redis.clone();
-    let pending: Vec<(String, String, u64, u64)> = redis::cmd("XPENDING")
-        .arg(&stream)
-        .arg(actors::keys::GROUP)
-        .arg("-")
-        .arg("+")
-        .arg(10)
-        .query_async(&mut conn)
-        .await
-        .unwrap();
-    let entry = pending[0].0.clone();
+    let entry = app.pending_ids(10).await.remove(0);
     for n in 1..5 {
         let _: redis::Value = redis::cmd("XCLAIM")
             .arg(&stream)
