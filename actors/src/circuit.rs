@@ -279,6 +279,15 @@ mod tests {
         assert!(matches!(c.permit(), Permit::Denied { .. }), "two failures in a row open it");
     }
 
+    /// Opens the circuit, moves past its interval and takes the half-open probe.
+    fn probe(c: &Circuit, clock: &mut MockClock) -> Permit {
+        open(c);
+        past_open(clock);
+        let probe = c.permit();
+        assert!(matches!(probe, Permit::Probe(_)), "half-open after the interval: {probe:?}");
+        probe
+    }
+
     #[test]
     fn consecutive_outages_open_the_circuit_and_a_good_probe_closes_it() {
         clock::freeze(|clock| {
@@ -309,10 +318,7 @@ mod tests {
     fn half_open_lets_one_probe_out_at_a_time() {
         clock::freeze(|clock| {
             let c = circuit();
-            open(&c);
-            past_open(clock);
-            let probe = c.permit();
-            assert!(matches!(probe, Permit::Probe(_)));
+            let probe = probe(&c, clock);
             for _ in 0..10 {
                 match c.permit() {
                     Permit::Denied { retry_in } => assert_eq!(retry_in, Duration::from_millis(50)),
@@ -333,10 +339,7 @@ mod tests {
     fn a_probe_that_never_reports_gives_its_token_back_when_dropped() {
         clock::freeze(|clock| {
             let c = circuit();
-            open(&c);
-            past_open(clock);
-            let probe = c.permit();
-            assert!(matches!(probe, Permit::Probe(_)));
+            let probe = probe(&c, clock);
             assert!(matches!(c.permit(), Permit::Denied { .. }), "the token is out");
             drop(probe); // its send was cancelled
             assert!(matches!(c.permit(), Permit::Probe(_)));
