@@ -16,7 +16,7 @@ use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, JwkSet, KeyAlgorithm
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde::Deserialize;
 use std::collections::HashMap;
-use std::sync::RwLock;
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 /// The role Supabase gives its service key: it may act for any user.
@@ -81,6 +81,22 @@ pub fn same_address(a: &str, b: &str) -> bool {
     }
 }
 
+/// What time it is for the JWKS cache (its age and the refetch rate limit). The service reads
+/// the system's monotonic clock ([`SystemClock`]); a test passes a clock it moves itself, so
+/// that "after the cache is stale" needs no waiting.
+pub trait Clock: Send + Sync {
+    fn now(&self) -> Instant;
+}
+
+/// `Instant::now()`.
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now(&self) -> Instant {
+        Instant::now()
+    }
+}
+
 /// A verification key and the one algorithm it verifies.
 #[derive(Clone)]
 struct Key {
@@ -111,6 +127,7 @@ struct Jwks {
     ttl: Duration,
     /// …and, when a token names an unknown `kid`, no more often than this.
     min_refresh: Duration,
+    clock: Arc<dyn Clock>,
 }
 
 pub struct Authenticator {
@@ -168,9 +185,14 @@ fn parse_jwks(raw: &[u8]) -> Result<HashMap<String, Key>, String> {
 }
 
 impl Jwks {
+    /// How long ago `t` was, by this cache's clock.
+    fn since(&self, t: Instant) -> Duration {
+        self.clock.now().saturating_duration_since(t)
+    }
+
     fn fresh(&self) -> bool {
         let keys = self.keys.read().unwrap_or_else(|p| p.into_inner());
-        matches!(self.source, Source::Fixed) || keys.fetched_at.is_some_and(|t| t.elapsed() < self.ttl)
+        matches!(self.source, Source::Fixed) || keys.fetched_at.is_some_and(|t| self.since(t) < self.ttl)
     }
 
     fn lookup(&self, kid: &str) -> Option<Key> {
@@ -192,22 +214,23 @@ impl Jwks {
         {
             // Another request may have fetched while this one waited.
             let keys = self.keys.read().unwrap_or_else(|p| p.into_inner());
-            let fresh = keys.fetched_at.is_some_and(|t| t.elapsed() < self.ttl);
+            let fresh = keys.fetched_at.is_some_and(|t| self.since(t) < self.ttl);
             let known = keys.by_kid.get(kid);
             if known.is_some() && fresh {
                 return known.cloned();
             }
-            if keys.last_attempt.is_some_and(|t| t.elapsed() < self.min_refresh) {
+            if keys.last_attempt.is_some_and(|t| self.since(t) < self.min_refresh) {
                 return known.cloned();
             }
         }
         let fetched = fetch(url).await;
         let mut keys = self.keys.write().unwrap_or_else(|p| p.into_inner());
-        keys.last_attempt = Some(Instant::now());
+        let now = self.clock.now();
+        keys.last_attempt = Some(now);
         // On failure keep serving the keys we had: a JWKS outage must not log everyone out.
         if let Ok(by_kid) = fetched {
             keys.by_kid = by_kid;
-            keys.fetched_at = Some(Instant::now());
+            keys.fetched_at = Some(now);
         }
         keys.by_kid.get(kid).cloned()
     }
@@ -227,6 +250,11 @@ impl Authenticator {
     /// Builds the authenticator from `[auth]`; reads `auth.jwks_file` now. The error names
     /// the key.
     pub fn new(settings: &AuthSettings) -> Result<Authenticator, (&'static str, String)> {
+        Authenticator::with_clock(settings, Arc::new(SystemClock))
+    }
+
+    /// [`Authenticator::new`] with the clock its JWKS cache reads.
+    pub fn with_clock(settings: &AuthSettings, clock: Arc<dyn Clock>) -> Result<Authenticator, (&'static str, String)> {
         let jwks = match (&settings.jwks_url, &settings.jwks_file) {
             (Some(_), Some(_)) => return Err(("auth.jwks_url", "and auth.jwks_file are both set; set one".into())),
             (Some(url), None) => Some(Jwks {
@@ -235,6 +263,7 @@ impl Authenticator {
                 fetching: tokio::sync::Mutex::new(()),
                 ttl: Duration::from_millis(settings.jwks_cache_ms),
                 min_refresh: Duration::from_millis(settings.jwks_min_refresh_ms),
+                clock,
             }),
             (None, Some(path)) => {
                 let raw = std::fs::read(path)
@@ -245,10 +274,11 @@ impl Authenticator {
                 }
                 Some(Jwks {
                     source: Source::Fixed,
-                    keys: RwLock::new(KeySet { by_kid, fetched_at: Some(Instant::now()), last_attempt: None }),
+                    keys: RwLock::new(KeySet { by_kid, fetched_at: Some(clock.now()), last_attempt: None }),
                     fetching: tokio::sync::Mutex::new(()),
                     ttl: Duration::MAX,
                     min_refresh: Duration::MAX,
+                    clock,
                 })
             }
             (None, None) => None,

@@ -79,6 +79,20 @@ impl Application {
         consumer: String,
         log: Logger,
     ) -> Result<Self, StartError> {
+        let clock = std::sync::Arc::new(crate::auth::SystemClock);
+        Application::build_with_clock(settings, roles, run_migrations, consumer, log, clock).await
+    }
+
+    /// [`Application::build`] with the clock the API's JWKS cache reads (tests pass one they
+    /// move, instead of waiting for the cache to age).
+    pub async fn build_with_clock(
+        settings: Settings,
+        roles: ProcessRoles,
+        run_migrations: bool,
+        consumer: String,
+        log: Logger,
+        clock: std::sync::Arc<dyn crate::auth::Clock>,
+    ) -> Result<Self, StartError> {
         let _ = rustls::crypto::ring::default_provider().install_default();
         if run_migrations {
             let applied = migrate::run(&settings.migrations_pg_config()?).await?;
@@ -104,7 +118,7 @@ impl Application {
 
         let (mut port, mut server) = (None, None);
         if roles.api {
-            let auth = Authenticator::new(&settings.auth)
+            let auth = Authenticator::with_clock(&settings.auth, clock)
                 .map_err(|(key, message)| crate::configuration::ConfigError::Invalid { key, message })?;
             if let Some(warning) = settings.auth.unchecked_claims_warning() {
                 warn!(log, "{}", warning; "event" => "AUTH_CLAIMS_UNCHECKED");

@@ -13,9 +13,15 @@
 //! already in flight when it opened (a provider that hangs fails all of them at once, one
 //! timeout later), and every failed probe are free. So an outage, however it looks, costs a
 //! delivery at most the attempts it made before `circuit.failures` requests in a row had failed.
+//!
+//! Time is failsafe's clock (`failsafe::clock::now`): the system's monotonic clock, unless a
+//! test froze it on its thread (`failsafe::clock::freeze`) to move it by hand. The open
+//! intervals kept here read the same clock as failsafe's state machine, so both agree on when
+//! a probe may go out.
 
 use crate::events;
 use crate::job::Provider;
+use failsafe::clock;
 use failsafe::failure_policy::{consecutive_failures, ConsecutiveFailures};
 use failsafe::StateMachine;
 use slog::{info, warn, Logger};
@@ -68,7 +74,7 @@ impl Iterator for OpenIntervals {
         let jitter = rand::random_range(0..=half.as_millis() as u64);
         let interval = half + Duration::from_millis(jitter);
         if let Ok(mut until) = self.until.lock() {
-            *until = Instant::now() + interval;
+            *until = clock::now() + interval;
         }
         Some(interval)
     }
@@ -195,7 +201,7 @@ impl Circuit {
             tripped: Arc::new(AtomicBool::new(false)),
             last_failure: Arc::new(Mutex::new(String::new())),
         };
-        let until = Arc::new(Mutex::new(Instant::now()));
+        let until = Arc::new(Mutex::new(clock::now()));
         let intervals =
             OpenIntervals { next: settings.open, max: settings.max_open.max(settings.open), until: Arc::clone(&until) };
         let policy = consecutive_failures(settings.failures.max(1), intervals);
@@ -219,7 +225,7 @@ impl Circuit {
 
     /// How long until the open circuit lets a probe through (zero when it is not open).
     fn reopens_in(&self) -> Duration {
-        self.until.lock().map(|until| until.saturating_duration_since(Instant::now())).unwrap_or(self.probe_wait)
+        self.until.lock().map(|until| until.saturating_duration_since(clock::now())).unwrap_or(self.probe_wait)
     }
 
     /// Records how a permitted request went. Returns `Some(wait)` when its failures must not
@@ -251,22 +257,19 @@ impl Circuit {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use failsafe::clock::MockClock;
 
+    /// Opens after 2 failures, for 25–50 ms the first time (equal jitter), 50–100 ms after.
     fn circuit() -> Circuit {
         let settings =
             CircuitSettings { failures: 2, open: Duration::from_millis(50), max_open: Duration::from_millis(100) };
         Circuit::new(Provider::Expo, settings, &Logger::root(slog::Discard, slog::o!()), None)
     }
 
-    /// Polls until the open interval is over and a request is let through (with a deadline).
-    fn once_permitted(c: &Circuit) -> Permit {
-        let deadline = Instant::now() + Duration::from_secs(5);
-        loop {
-            match c.permit() {
-                Permit::Denied { .. } if Instant::now() < deadline => std::thread::yield_now(),
-                permit => return permit,
-            }
-        }
+    /// Moves the frozen clock past the longest open interval (`max_open`, 100 ms): failsafe
+    /// lets a request through only once its clock is strictly past the interval's end.
+    fn past_open(clock: &mut MockClock) {
+        clock.advance(Duration::from_millis(101));
     }
 
     fn open(c: &Circuit) {
@@ -276,87 +279,118 @@ mod tests {
         assert!(matches!(c.permit(), Permit::Denied { .. }), "two failures in a row open it");
     }
 
+    /// Opens the circuit, moves past its interval and takes the half-open probe.
+    fn probe(c: &Circuit, clock: &mut MockClock) -> Permit {
+        open(c);
+        past_open(clock);
+        let probe = c.permit();
+        assert!(matches!(probe, Permit::Probe(_)), "half-open after the interval: {probe:?}");
+        probe
+    }
+
     #[test]
     fn consecutive_outages_open_the_circuit_and_a_good_probe_closes_it() {
-        let c = circuit();
-        assert_eq!(c.permit(), Permit::Closed);
-        assert_eq!(c.record(Permit::Closed, &Health::Outage("503".into())), None, "one failure spends its attempt");
-        assert_eq!(c.permit(), Permit::Closed, "one failure is not enough");
-        assert!(
-            c.record(Permit::Closed, &Health::AuthFailure("401".into())).is_some(),
-            "the one that opens it is free"
-        );
-        assert!(matches!(c.permit(), Permit::Denied { .. }));
-        let probe = once_permitted(&c);
-        assert!(matches!(probe, Permit::Probe(_)), "half-open after the interval: {probe:?}");
-        assert_eq!(c.record(probe, &Health::Up), None);
-        assert_eq!(c.permit(), Permit::Closed);
-        c.record(Permit::Closed, &Health::Outage("503".into()));
-        assert_eq!(c.permit(), Permit::Closed, "closed again: the count starts over");
+        clock::freeze(|clock| {
+            let c = circuit();
+            assert_eq!(c.permit(), Permit::Closed);
+            assert_eq!(c.record(Permit::Closed, &Health::Outage("503".into())), None, "one failure spends its attempt");
+            assert_eq!(c.permit(), Permit::Closed, "one failure is not enough");
+            let wait =
+                c.record(Permit::Closed, &Health::AuthFailure("401".into())).expect("the one that opens it is free");
+            assert!(wait >= Duration::from_millis(25) && wait <= Duration::from_millis(50), "{wait:?}");
+            match c.permit() {
+                Permit::Denied { retry_in } => assert_eq!(retry_in, wait, "denied until the interval it drew ends"),
+                other => panic!("open, yet {other:?}"),
+            }
+            clock.advance(Duration::from_millis(24));
+            assert!(matches!(c.permit(), Permit::Denied { .. }), "still open before the shortest interval ends");
+            past_open(clock);
+            let probe = c.permit();
+            assert!(matches!(probe, Permit::Probe(_)), "half-open after the interval: {probe:?}");
+            assert_eq!(c.record(probe, &Health::Up), None);
+            assert_eq!(c.permit(), Permit::Closed);
+            c.record(Permit::Closed, &Health::Outage("503".into()));
+            assert_eq!(c.permit(), Permit::Closed, "closed again: the count starts over");
+        });
     }
 
     #[test]
     fn half_open_lets_one_probe_out_at_a_time() {
-        let c = circuit();
-        open(&c);
-        let probe = once_permitted(&c);
-        assert!(matches!(probe, Permit::Probe(_)));
-        for _ in 0..10 {
-            match c.permit() {
-                Permit::Denied { retry_in } => assert_eq!(retry_in, Duration::from_millis(50)),
-                other => panic!("a second request went out while the probe is out: {other:?}"),
+        clock::freeze(|clock| {
+            let c = circuit();
+            let probe = probe(&c, clock);
+            for _ in 0..10 {
+                match c.permit() {
+                    Permit::Denied { retry_in } => assert_eq!(retry_in, Duration::from_millis(50)),
+                    other => panic!("a second request went out while the probe is out: {other:?}"),
+                }
             }
-        }
-        // The probe failed: open again, the next probe only after the next interval.
-        let wait = c.record(probe, &Health::Outage("timeout".into())).expect("a failed probe is free");
-        assert!(wait > Duration::ZERO && wait <= Duration::from_millis(100), "{wait:?}");
-        assert!(matches!(c.permit(), Permit::Denied { .. }));
-        assert!(matches!(once_permitted(&c), Permit::Probe(_)), "one probe again after the interval");
+            // The probe failed: open again (the interval doubled), the next probe only after it.
+            let wait = c.record(probe, &Health::Outage("timeout".into())).expect("a failed probe is free");
+            assert!(wait >= Duration::from_millis(50) && wait <= Duration::from_millis(100), "{wait:?}");
+            clock.advance(Duration::from_millis(49));
+            assert!(matches!(c.permit(), Permit::Denied { .. }));
+            past_open(clock);
+            assert!(matches!(c.permit(), Permit::Probe(_)), "one probe again after the interval");
+        });
     }
 
     #[test]
     fn a_probe_that_never_reports_gives_its_token_back_when_dropped() {
-        let c = circuit();
-        open(&c);
-        let probe = once_permitted(&c);
-        assert!(matches!(probe, Permit::Probe(_)));
-        drop(probe); // its send was cancelled
-        assert!(matches!(c.permit(), Permit::Probe(_)));
+        clock::freeze(|clock| {
+            let c = circuit();
+            let probe = probe(&c, clock);
+            assert!(matches!(c.permit(), Permit::Denied { .. }), "the token is out");
+            drop(probe); // its send was cancelled
+            assert!(matches!(c.permit(), Permit::Probe(_)));
+        });
     }
 
     #[test]
     fn failures_of_requests_in_flight_when_it_opened_are_free() {
         // A provider that hangs fails every request in flight at once, one timeout later.
-        let c = circuit();
-        let in_flight: Vec<Permit> = (0..5).map(|_| c.permit()).collect();
-        let spent: Vec<bool> =
-            in_flight.into_iter().map(|permit| c.record(permit, &Health::Outage("timeout".into())).is_none()).collect();
-        assert_eq!(spent, vec![true, false, false, false, false], "only the failure before it opened spends");
-        let wait = c.record(Permit::Closed, &Health::Outage("late".into())).expect("free while open");
-        assert!(wait <= Duration::from_millis(100), "{wait:?}: until it may close");
+        clock::freeze(|clock| {
+            let c = circuit();
+            let in_flight: Vec<Permit> = (0..5).map(|_| c.permit()).collect();
+            let spent: Vec<bool> = in_flight
+                .into_iter()
+                .map(|permit| c.record(permit, &Health::Outage("timeout".into())).is_none())
+                .collect();
+            assert_eq!(spent, vec![true, false, false, false, false], "only the failure before it opened spends");
+            let opened_for = match c.permit() {
+                Permit::Denied { retry_in } => retry_in,
+                other => panic!("open, yet {other:?}"),
+            };
+            clock.advance(Duration::from_millis(10));
+            let wait = c.record(Permit::Closed, &Health::Outage("late".into())).expect("free while open");
+            assert_eq!(wait, opened_for - Duration::from_millis(10), "until it may close");
+        });
     }
 
     #[test]
     fn transitions_are_handed_over_to_be_counted() {
-        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-        let settings =
-            CircuitSettings { failures: 1, open: Duration::from_millis(20), max_open: Duration::from_millis(20) };
-        let c = Circuit::new(Provider::Fcm, settings, &Logger::root(slog::Discard, slog::o!()), Some(tx));
-        c.record(Permit::Closed, &Health::Outage("a".into()));
-        let probe = once_permitted(&c);
-        c.record(probe, &Health::Up);
-        let mut seen = Vec::new();
-        while let Ok(e) = rx.try_recv() {
-            seen.push(e);
-        }
-        assert_eq!(
-            seen,
-            vec![
-                (events::CIRCUIT_OPEN, Provider::Fcm),
-                (events::CIRCUIT_HALF_OPEN, Provider::Fcm),
-                (events::CIRCUIT_CLOSED, Provider::Fcm)
-            ]
-        );
+        clock::freeze(|clock| {
+            let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+            let settings =
+                CircuitSettings { failures: 1, open: Duration::from_millis(20), max_open: Duration::from_millis(20) };
+            let c = Circuit::new(Provider::Fcm, settings, &Logger::root(slog::Discard, slog::o!()), Some(tx));
+            c.record(Permit::Closed, &Health::Outage("a".into()));
+            clock.advance(Duration::from_millis(21));
+            let probe = c.permit();
+            c.record(probe, &Health::Up);
+            let mut seen = Vec::new();
+            while let Ok(e) = rx.try_recv() {
+                seen.push(e);
+            }
+            assert_eq!(
+                seen,
+                vec![
+                    (events::CIRCUIT_OPEN, Provider::Fcm),
+                    (events::CIRCUIT_HALF_OPEN, Provider::Fcm),
+                    (events::CIRCUIT_CLOSED, Provider::Fcm)
+                ]
+            );
+        });
     }
 
     #[test]

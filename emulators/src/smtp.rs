@@ -140,6 +140,8 @@ struct State {
     /// A [`FailPlan`] in force: `status` with enhanced `code`.
     fail: Failure,
     connections: usize,
+    /// Connections ended (by either side), counted once the socket is closed.
+    closed: usize,
     transactions: usize,
     /// Whole-server failures answered (greetings and transactions refused by the plan).
     injected: usize,
@@ -235,6 +237,12 @@ impl SmtpEmulator {
         self.shared.state.lock().map(|s| s.connections).unwrap_or_default()
     }
 
+    /// Connections ended so far (the client quit or went away, or the emulator hung up, e.g.
+    /// after `idle_timeout`).
+    pub fn closed(&self) -> usize {
+        self.shared.state.lock().map(|s| s.closed).unwrap_or_default()
+    }
+
     /// Transactions begun (MAIL FROM answered 250).
     pub fn transactions(&self) -> usize {
         self.shared.state.lock().map(|s| s.transactions).unwrap_or_default()
@@ -299,7 +307,14 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
                 continue;
             }
         };
-        let session = tokio::spawn(serve_connection(stream, shared.clone()));
+        let ended = shared.clone();
+        let session = tokio::spawn(async move {
+            serve_connection(stream, ended.clone()).await;
+            // The stream is dropped (closed) by now: a test waiting for this sees it closed.
+            if let Ok(mut s) = ended.state.lock() {
+                s.closed += 1;
+            }
+        });
         if let Ok(mut s) = shared.state.lock() {
             s.connections += 1;
             s.sessions.retain(|h| !h.is_finished());

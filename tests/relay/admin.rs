@@ -11,7 +11,6 @@ async fn healthz_and_readyz_report_ok_when_everything_runs() {
     assert_eq!(body, serde_json::json!({"status": "ok", "postgres": "ok", "redis": "ok"}));
     let (status, body) = app.get("/readyz", None).await;
     assert_eq!(status, 200, "{body}");
-    app.cleanup().await;
 }
 
 #[actix_web::test]
@@ -23,7 +22,6 @@ async fn admin_actors_refuses_a_missing_or_wrong_token() {
     assert_eq!(body["error"]["code"], "unauthorized");
     let (status, _) = app.get("/admin/actors", Some("not-the-token")).await;
     assert_eq!(status, 401);
-    app.cleanup().await;
 }
 
 #[actix_web::test]
@@ -42,7 +40,6 @@ async fn admin_actors_lists_every_actor_with_its_mailbox_figures() {
         assert!(actor["mailbox_capacity"].as_u64().unwrap() > 0);
         assert_eq!(actor["running"], true);
     }
-    app.cleanup().await;
 }
 
 #[actix_web::test]
@@ -51,7 +48,6 @@ async fn unknown_routes_answer_a_json_404() {
     let (status, body) = app.get("/nope", None).await;
     assert_eq!(status, 404);
     assert_eq!(body["error"]["code"], "not_found");
-    app.cleanup().await;
 }
 
 #[actix_web::test]
@@ -67,7 +63,6 @@ async fn readyz_turns_503_when_a_consumer_group_is_missing() {
     assert_eq!(status, 503);
     assert_eq!(body["consumer_groups"], false);
     assert_eq!(body["migrations"], true);
-    app.cleanup().await;
 }
 
 #[actix_web::test]
@@ -80,5 +75,4 @@ async fn a_destroyed_consumer_group_is_recreated_and_delivery_goes_on() {
 
     assert_eq!(app.final_status(id).await.0, "delivered");
     assert_eq!(app.get("/readyz", None).await.0, 200);
-    app.cleanup().await;
 }

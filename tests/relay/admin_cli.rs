@@ -1,6 +1,6 @@
 //! `notify-relay admin …` against a real database and Redis.
 
-use crate::helpers::{eventually, prepare, spawn_app, TestApp};
+use crate::helpers::{eventually, spawn_app, spawn_app_with, wait_for_passes, TestApp};
 use notify_relay::admin::{run, AdminCommand};
 use serde_json::{json, Value};
 use std::time::Duration;
@@ -13,9 +13,7 @@ async fn admin(app: &TestApp, command: AdminCommand) -> String {
 
 /// A dead letter: a device that keeps answering MessageRateExceeded, with max_attempts 2.
 async fn app_with_a_dead_letter() -> (TestApp, uuid::Uuid) {
-    let mut app = prepare().await;
-    app.env.insert("NOTIFY__RETRY__MAX_ATTEMPTS".into(), "2".into());
-    app.start().await;
+    let app = spawn_app_with(&[("retry.max_attempts", "2")]).await;
     app.add_device("gina", "expo", "ExponentPushToken[gina-ratelimited]").await;
     let id = app.notify("gina", json!({"title": "t"})).await;
     assert_eq!(app.final_status(id).await.0, "failed");
@@ -46,7 +44,6 @@ async fn inspect_dlq_prints_a_table_or_json_and_requeue_dlq_brings_letters_back(
             .await
             .unwrap_err();
     assert!(err.to_string().contains("--id junk"), "{err}");
-    app.cleanup().await;
 }
 
 #[actix_web::test]
@@ -77,7 +74,6 @@ async fn requeue_failed_filters_by_user_counts_in_a_dry_run_and_retries() {
     assert_eq!(app.status(ids[2]).await.0, "failed", "ivy's was not touched");
     let future = RequeueFailed { user: None, dry_run: true, since: Some("2999-01-01") };
     assert!(admin(&app, future.command()).await.starts_with("would requeue 0"));
-    app.cleanup().await;
 }
 
 struct RequeueFailed {
@@ -99,27 +95,26 @@ impl RequeueFailed {
 
 #[actix_web::test]
 async fn claim_stuck_moves_entries_of_a_dead_consumer_back_for_live_workers() {
-    let mut app = prepare().await;
-    // Claiming by the claim actor is far away: only the admin command can free the entry.
-    app.env.insert("NOTIFY__CLAIM__MIN_IDLE_MS".into(), "60000".into());
-    app.env.insert("NOTIFY__LISTENER__STALE_AFTER_MS".into(), "120000".into());
-    app.start().await;
+    let app = spawn_app_with(&[
+        // Claiming by the claim actor is far away: only the admin command can free the entry.
+        ("claim.min_idle_ms", "60000"),
+        ("listener.stale_after_ms", "120000"),
+    ])
+    .await;
     let (id, _) = app.orphaned_entry("jack", "ExponentPushToken[jack]", json!({"title": "stuck"})).await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Two claim passes ran after the entry was orphaned, and left it (idle < claim.min_idle_ms).
+    wait_for_passes(app.app.as_ref().expect("started"), "claim", 2).await;
     assert_eq!(app.status(id).await.0, "queued");
+    assert_eq!(app.pending_entries().await, 1, "still pending with the dead consumer");
     let out = admin(&app, AdminCommand::ClaimStuck { min_idle_ms: Some(100) }).await;
     assert_eq!(out.trim(), "moved 1 stuck entry back into the stream");
     assert_eq!(app.final_status(id).await.0, "delivered");
     assert_eq!(app.expo.sends_of(id, "ExponentPushToken[jack]"), 1);
-    app.cleanup().await;
 }
 
 #[actix_web::test]
 async fn reset_group_asks_for_yes_and_then_hands_pending_entries_out_again() {
-    let mut app = prepare().await;
-    app.env.insert("NOTIFY__CLAIM__MIN_IDLE_MS".into(), "60000".into());
-    app.env.insert("NOTIFY__LISTENER__STALE_AFTER_MS".into(), "120000".into());
-    app.start().await;
+    let app = spawn_app_with(&[("claim.min_idle_ms", "60000"), ("listener.stale_after_ms", "120000")]).await;
     let (id, _) = app.orphaned_entry("kim", "ExponentPushToken[kim]", json!({"title": "stuck"})).await;
     let mut out = Vec::new();
     let err = run(&app.settings(), AdminCommand::ResetGroup { yes: false }, &mut out).await.unwrap_err();
@@ -139,5 +134,4 @@ async fn reset_group_asks_for_yes_and_then_hands_pending_entries_out_again() {
     assert_eq!(out.trim(), "consumer group reset on 1 shard(s); 1 entry that were pending will be handed out again");
     assert_eq!(app.final_status(id).await.0, "delivered");
     assert_eq!(app.expo.sends_of(id, "ExponentPushToken[kim]"), 1);
-    app.cleanup().await;
 }

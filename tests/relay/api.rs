@@ -1,7 +1,7 @@
 //! The HTTP API: authentication (every security case), the pull/retry/devices routes, the
 //! admin routes and the OpenAPI document.
 
-use crate::helpers::{eventually, prepare, TestApp, ADMIN_TOKEN};
+use crate::helpers::{eventually, prepare, prepare_with, TestApp, ADMIN_TOKEN};
 use crate::tokens::{claims, hs256, unsigned, JwksServer, SigningKey, AUDIENCE, HS_SECRET, ISSUER};
 use serde_json::{json, Value};
 use std::time::Duration;
@@ -16,19 +16,23 @@ struct Api {
 /// An app whose user routes accept ES256 tokens from a loopback JWKS and legacy HS256 tokens,
 /// with issuer and audience checked.
 async fn api() -> Api {
-    let mut app = prepare().await;
+    with_jwks(&[
+        ("auth.jwt_secret", HS_SECRET),
+        ("auth.issuer", ISSUER),
+        ("auth.audience", AUDIENCE),
+        ("auth.jwks_min_refresh_ms", "200"),
+    ])
+    .await
+}
+
+/// An app whose user routes take ES256 tokens of `key-1` from a loopback JWKS, with these
+/// settings on top.
+async fn with_jwks(settings: &[(&str, &str)]) -> Api {
     let key = SigningKey::generate("key-1");
     let jwks = JwksServer::start(&[&key]).await;
-    for (k, v) in [
-        ("NOTIFY__AUTH__JWKS_URL", jwks.url.clone()),
-        ("NOTIFY__AUTH__ALLOW_INSECURE_JWKS", "true".into()),
-        ("NOTIFY__AUTH__JWT_SECRET", HS_SECRET.into()),
-        ("NOTIFY__AUTH__ISSUER", ISSUER.into()),
-        ("NOTIFY__AUTH__AUDIENCE", AUDIENCE.into()),
-        ("NOTIFY__AUTH__JWKS_MIN_REFRESH_MS", "200".into()),
-    ] {
-        app.env.insert(k.into(), v);
-    }
+    let mut app = prepare_with(settings).await;
+    app.set("auth.jwks_url", &jwks.url);
+    app.set("auth.allow_insecure_jwks", true);
     app.start().await;
     Api { app, jwks, key }
 }
@@ -88,11 +92,6 @@ impl Api {
             .unwrap();
         id
     }
-
-    async fn done(self) {
-        self.app.cleanup().await;
-        self.jwks.stop().await;
-    }
 }
 
 fn code(body: &Value) -> &str {
@@ -124,7 +123,6 @@ async fn user_routes_accept_es256_from_the_jwks_and_legacy_hs256() {
     service["role"] = json!("service_role");
     service.as_object_mut().unwrap().remove("sub");
     assert_eq!(api.get("/users/bob/notifications/failed", Some(&api.key.sign(&service))).await.0, 200);
-    api.done().await;
 }
 
 #[actix_web::test]
@@ -182,7 +180,6 @@ async fn every_bad_credential_is_refused_on_every_user_route() {
     assert_eq!(status, 403);
     let (status, _) = api.post(&format!("/notifications/{id}/retry"), None, json!({})).await;
     assert_eq!(status, 401);
-    api.done().await;
 }
 
 #[actix_web::test]
@@ -195,41 +192,41 @@ async fn a_rotated_in_key_is_fetched_once_and_made_up_kids_do_not_hammer_the_jwk
         let forged = SigningKey::generate("made-up").sign(&claims("alice", 3600));
         assert_eq!(api.get("/users/alice/notifications/failed", Some(&forged)).await.0, 401);
     }
-    assert!(api.jwks.fetches() <= fetched + 1, "unknown kids refetch at most once per jwks_min_refresh_ms");
-    // The project rotates in a new key: after the refresh interval, its tokens work.
+    assert_eq!(api.jwks.fetches(), fetched, "unknown kids refetch at most once per jwks_min_refresh_ms");
+    // The project rotates in a new key: within the refresh interval it is not fetched yet…
     let new_key = SigningKey::generate("key-2");
     api.jwks.add(&new_key);
-    tokio::time::sleep(Duration::from_millis(250)).await;
-    let (status, body) =
-        api.get("/users/alice/notifications/failed", Some(&new_key.sign(&claims("alice", 3600)))).await;
+    let rotated = new_key.sign(&claims("alice", 3600));
+    api.app.auth_clock.advance(Duration::from_millis(150));
+    assert_eq!(api.get("/users/alice/notifications/failed", Some(&rotated)).await.0, 401);
+    assert_eq!(api.jwks.fetches(), fetched, "no refetch within jwks_min_refresh_ms (200)");
+    // …after it, one fetch and its tokens work.
+    api.app.auth_clock.advance(Duration::from_millis(100));
+    let (status, body) = api.get("/users/alice/notifications/failed", Some(&rotated)).await;
     assert_eq!(status, 200, "{body}");
-    api.done().await;
+    assert_eq!(api.jwks.fetches(), fetched + 1);
 }
 
 #[actix_web::test]
 async fn keys_already_fetched_keep_working_while_the_jwks_endpoint_is_down() {
-    let mut app = prepare().await;
-    let key = SigningKey::generate("key-1");
-    let jwks = JwksServer::start(&[&key]).await;
-    for (k, v) in [
-        ("NOTIFY__AUTH__JWKS_URL", jwks.url.clone()),
-        ("NOTIFY__AUTH__ALLOW_INSECURE_JWKS", "true".into()),
-        // Stale after 100 ms: every later request wants a fresh copy of the keys.
-        ("NOTIFY__AUTH__JWKS_CACHE_MS", "100".into()),
-        ("NOTIFY__AUTH__JWKS_MIN_REFRESH_MS", "0".into()),
-    ] {
-        app.env.insert(k.into(), v);
-    }
-    app.start().await;
+    // Stale after 100 ms: every later request wants a fresh copy of the keys.
+    let Api { app, jwks, key } = with_jwks(&[("auth.jwks_cache_ms", "100"), ("auth.jwks_min_refresh_ms", "0")]).await;
     let token = key.sign(&claims("alice", 3600));
     assert_eq!(app.get("/users/alice/notifications/failed", Some(&token)).await.0, 200);
-    jwks.stop().await;
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    // The refetch fails: the keys fetched before still verify, unknown ones still do not.
-    assert_eq!(app.get("/users/alice/notifications/failed", Some(&token)).await.0, 200);
+    assert_eq!(jwks.fetches(), 1);
     let stranger = SigningKey::generate("key-2").sign(&claims("alice", 3600));
+    // The endpoint answers 503, then is gone altogether.
+    jwks.fail();
+    app.auth_clock.advance(Duration::from_millis(200));
+    // The stale keys are refetched and the refetch fails: the keys fetched before still
+    // verify, unknown ones still do not.
+    assert_eq!(app.get("/users/alice/notifications/failed", Some(&token)).await.0, 200);
+    assert_eq!(jwks.fetches(), 2, "the stale cache was refetched");
     assert_eq!(app.get("/users/alice/notifications/failed", Some(&stranger)).await.0, 401);
-    app.cleanup().await;
+    jwks.stop().await;
+    app.auth_clock.advance(Duration::from_millis(200));
+    assert_eq!(app.get("/users/alice/notifications/failed", Some(&token)).await.0, 200);
+    assert_eq!(app.get("/users/alice/notifications/failed", Some(&stranger)).await.0, 401);
 }
 
 #[actix_web::test]
@@ -238,8 +235,8 @@ async fn keys_from_a_jwks_file_verify_user_tokens() {
     let key = SigningKey::generate("file-key");
     let file = std::env::temp_dir().join(format!("jwks-{}.json", Uuid::new_v4().simple()));
     std::fs::write(&file, json!({"keys": [key.jwk.clone()]}).to_string()).unwrap();
-    app.temp_files.push(file.clone());
-    app.env.insert("NOTIFY__AUTH__JWKS_FILE".into(), file.display().to_string());
+    app.remove_on_drop(file.clone());
+    app.set("auth.jwks_file", file.display().to_string());
     app.start().await;
     let token = key.sign(&claims("alice", 3600));
     assert_eq!(app.get("/users/alice/notifications/failed", Some(&token)).await.0, 200);
@@ -248,7 +245,6 @@ async fn keys_from_a_jwks_file_verify_user_tokens() {
     // Without a jwt_secret, HS256 tokens are refused outright.
     let legacy = hs256(HS_SECRET.as_bytes(), &claims("alice", 3600));
     assert_eq!(app.get("/users/alice/notifications/failed", Some(&legacy)).await.0, 401);
-    app.cleanup().await;
 }
 
 #[actix_web::test]
@@ -266,7 +262,6 @@ async fn admin_routes_take_only_the_admin_token() {
     }
     let (status, _) = api.post("/admin/dlq/requeue", Some(&api.token("alice")), json!({"all": true})).await;
     assert_eq!(status, 401);
-    api.done().await;
 }
 
 #[actix_web::test]
@@ -311,7 +306,6 @@ async fn failed_notifications_page_newest_first_with_signed_cursors() {
         assert_eq!(status, 400, "{bad}: {body}");
         assert_eq!(code(&body), "bad_request");
     }
-    api.done().await;
 }
 
 #[actix_web::test]
@@ -357,7 +351,6 @@ async fn retry_answers_202_404_409_and_400_as_it_should() {
     let other = api.failed_notification("bob", 5).await;
     let (status, _) = api.post(&format!("/notifications/{other}/retry"), Some(ADMIN_TOKEN), json!({})).await;
     assert_eq!(status, 202);
-    api.done().await;
 }
 
 #[actix_web::test]
@@ -378,7 +371,7 @@ async fn devices_are_registered_validated_re_enabled_and_removed() {
     // Removed, then registered again: the same row, enabled again.
     let (status, _) = api.call("DELETE", &format!("/users/alice/devices/{id}"), Some(&token), None).await;
     assert_eq!(status, 204);
-    assert_eq!(api.app.count("SELECT count(*) FROM device WHERE disabled_at IS NOT NULL").await, 1);
+    assert_eq!(api.app.disabled_devices().await, 1);
     let (status, again) = register(json!({"provider": "expo", "token": "ExponentPushToken[alice-1]"})).await;
     assert_eq!(status, 201);
     assert_eq!(again["id"], device["id"]);
@@ -412,7 +405,6 @@ async fn devices_are_registered_validated_re_enabled_and_removed() {
     let bob = api.token("bob");
     let (status, _) = api.call("DELETE", &format!("/users/bob/devices/{id}"), Some(&bob), None).await;
     assert_eq!(status, 404);
-    api.done().await;
 }
 
 #[actix_web::test]
@@ -440,14 +432,13 @@ async fn pull_add_a_device_retry_and_the_notification_is_delivered() {
     assert_eq!(api.app.expo.sends_of(id, "ExponentPushToken[erin-new]"), 1);
     let (_, page) = api.get("/users/erin/notifications/failed", Some(&token)).await;
     assert!(page["items"][0]["retried_at"].is_string(), "{page}");
-    api.done().await;
 }
 
 #[actix_web::test]
 async fn admin_sees_queues_and_metrics_and_requeues_dead_letters() {
     let mut api = api().await;
     api.app.stop().await;
-    api.app.env.insert("NOTIFY__RETRY__MAX_ATTEMPTS".into(), "2".into());
+    api.app.set("retry.max_attempts", "2");
     api.app.start().await;
     api.app.add_device("fred", "expo", "ExponentPushToken[fred-ratelimited]").await;
     let id = api.app.notify("fred", json!({"title": "t"})).await;
@@ -486,7 +477,6 @@ async fn admin_sees_queues_and_metrics_and_requeues_dead_letters() {
     // Requeueing it again: it is gone.
     let (_, report) = api.post("/admin/dlq/requeue", Some(ADMIN_TOKEN), json!({"ids": [letter]})).await;
     assert_eq!(report, json!({"requeued": [], "skipped": []}));
-    api.done().await;
 }
 
 #[actix_web::test]
@@ -520,14 +510,13 @@ async fn the_openapi_document_lists_every_route_and_the_docs_page_is_served_offl
     let mut js = client.get(format!("{}/docs/swagger-ui-bundle.js", api.app.api())).send().await.unwrap();
     assert_eq!(js.status().as_u16(), 200);
     assert!(js.body().limit(20 * 1024 * 1024).await.unwrap().len() > 100_000, "the bundle is served by the binary");
-    api.done().await;
 }
 
 #[actix_web::test]
 async fn the_dlq_listing_reads_a_bounded_total_across_shards_not_limit_per_shard() {
     let mut app = prepare().await;
     let shards: u16 = 64;
-    app.env.insert("NOTIFY__REDIS__SHARDS".into(), shards.to_string());
+    app.set("redis.shards", shards.to_string());
     app.start().await;
     let keys = actors::keys::Keys::new(app.prefix.clone(), shards);
     // 20 dead letters in every shard, their ids interleaved in time across the shards.
@@ -564,7 +553,6 @@ async fn the_dlq_listing_reads_a_bounded_total_across_shards_not_limit_per_shard
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["items"][0]["id"], "3:2000029-0");
     assert_eq!(body["items"].as_array().unwrap().len(), 20);
-    app.cleanup().await;
 }
 
 #[actix_web::test]
@@ -588,7 +576,6 @@ async fn a_500_is_logged_with_its_postgres_error_chain_but_no_row_data() {
     let err = app.db.execute("SELECT $1::text::uuid", &[&token]).await.expect_err("not a uuid");
     let logged = notify_relay::error::ApiError::from(actors::error::EngineError::Postgres(err)).log_text();
     assert!(!logged.contains("secret-of-a-user") && logged.contains("22P02"), "{logged}");
-    app.cleanup().await;
 }
 
 /// A JSON logger whose lines land in a buffer.
@@ -622,12 +609,12 @@ impl Captured {
 async fn user_tokens_without_issuer_or_audience_are_warned_about_in_the_json_log() {
     use notify_relay::startup::{Application, ProcessRoles};
     let mut app = prepare().await;
-    app.env.insert("NOTIFY__AUTH__JWT_SECRET".into(), HS_SECRET.into());
+    app.set("auth.jwt_secret", HS_SECRET);
     let api_only = ProcessRoles::parse("api").unwrap();
     let mut warned = Vec::new();
     for issuer in [None, Some(ISSUER)] {
         if let Some(iss) = issuer {
-            app.env.insert("NOTIFY__AUTH__ISSUER".into(), iss.into());
+            app.set("auth.issuer", iss);
         }
         let log = Captured::default();
         let started = Application::build(app.settings(), api_only, false, "c".into(), log.logger()).await.unwrap();
@@ -640,7 +627,6 @@ async fn user_tokens_without_issuer_or_audience_are_warned_about_in_the_json_log
     assert_eq!(line["level"], "WARN");
     assert!(line["msg"].as_str().unwrap().contains("auth.issuer"), "{line}");
     assert!(warned[1].is_none(), "no warning once auth.issuer is set: {:?}", warned[1]);
-    app.cleanup().await;
 }
 
 impl Api {
@@ -677,7 +663,6 @@ async fn unsupported_methods_answer_405_with_allow_and_the_json_error_shape() {
     // An unknown path is still a 404.
     let (status, body) = api.call("PUT", "/no/such/route", None, None).await;
     assert_eq!((status, code(&body)), (404, "not_found"));
-    api.done().await;
 }
 
 #[actix_web::test]
@@ -708,7 +693,6 @@ async fn a_user_id_of_any_text_gets_a_valid_location_and_one_with_a_nul_is_a_400
     let (status, body) =
         api.post("/users/alice/devices", Some(&service), json!({"provider": "fcm", "token": "a\u{0}b"})).await;
     assert_eq!((status, code(&body)), (422, "invalid_value"), "{body}");
-    api.done().await;
 }
 
 #[actix_web::test]
@@ -722,7 +706,6 @@ async fn removing_a_device_twice_is_a_404_the_second_time() {
     let (status, body) = api.call("DELETE", &path, Some(&token), None).await;
     assert_eq!(status, 404, "{body}");
     assert!(body["error"]["message"].as_str().unwrap().contains("no active device"));
-    api.done().await;
 }
 
 #[actix_web::test]
@@ -748,7 +731,6 @@ async fn requeue_takes_what_its_schema_allows_and_refuses_the_rest() {
         let (status, resp) = api.post("/admin/dlq/requeue", admin, body.clone()).await;
         assert_eq!((status, code(&resp)), (422, "invalid_value"), "{body}: {resp}");
     }
-    api.done().await;
 }
 
 #[actix_web::test]
@@ -780,7 +762,6 @@ async fn the_openapi_document_states_the_constraints_the_server_enforces() {
     for status in ["200", "400", "401", "413", "422"] {
         assert!(op("/admin/dlq/requeue", "post")["responses"][status].is_object(), "requeue does not list {status}");
     }
-    api.done().await;
 }
 
 #[actix_web::test]
@@ -806,5 +787,4 @@ async fn postgres_out_of_reach_is_a_503_naming_it_not_a_500() {
         (api.get("/users/alice/notifications/failed", Some(&token)).await.0 == 200).then_some(())
     })
     .await;
-    api.done().await;
 }

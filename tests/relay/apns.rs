@@ -1,7 +1,7 @@
 //! APNs: the client against the emulator (every row of PROVIDERS.md's APNs table, the provider
 //! token's 20/60-minute rules, HTTP/2 and connection reuse), then end to end through the relay.
 
-use crate::helpers::{client_job, eventually, prepare, TestApp};
+use crate::helpers::{assert_refused_credentials_defer, client_job, prepare, TestApp};
 use actors::circuit::Health;
 use actors::job::{Job, Priority, Provider, SendResult};
 use actors::providers::apns::{tls_config, ApnsClient, ProviderToken, MIN_RESIGN_INTERVAL, REFRESH_AFTER};
@@ -603,23 +603,10 @@ async fn apns_410_unregistered_disables_the_device_and_the_users_expo_device_sti
     let id = app.notify("bo", json!({"title": "hi"})).await;
 
     assert_eq!(app.final_status(id).await.0, "delivered");
-    let reason: Option<String> = eventually(Duration::from_secs(10), || async {
-        let row = app
-            .db
-            .query_one("SELECT disabled_at IS NOT NULL, disabled_reason FROM device WHERE id = $1", &[&dead])
-            .await
-            .expect("device row");
-        row.get::<_, bool>(0).then(|| row.get(1))
-    })
-    .await;
-    assert!(reason.unwrap_or_default().contains("410 Unregistered"));
-    let delivery = app
-        .db
-        .query_one("SELECT status, last_error FROM delivery WHERE device_id = $1", &[&dead])
-        .await
-        .expect("delivery row");
-    assert_eq!(delivery.get::<_, String>(0), "failed");
-    assert!(delivery.get::<_, Option<String>>(1).unwrap_or_default().contains("(timestamp "));
+    assert!(app.disabled_reason(dead).await.contains("410 Unregistered"));
+    let (status, error) = app.delivery_of(dead).await;
+    assert_eq!(status, "failed");
+    assert!(error.unwrap_or_default().contains("(timestamp "));
     assert_eq!(app.expo.sends_of(id, "ExponentPushToken[bo]"), 1);
     assert_eq!(emulator.requests_for(&device(2)), 1, "an invalid token is not retried");
     app.cleanup().await;
@@ -635,14 +622,8 @@ async fn apns_an_invalid_provider_token_opens_the_circuit_and_defers_without_fai
     let id = app.notify("cy", json!({"title": "refused"})).await;
 
     // Deliveries are only deferred while the circuit is open.
-    eventually(Duration::from_secs(10), || async { (app.redis_counter("DEFERRED").await >= 1).then_some(()) }).await;
-    let (status, attempts, error) = app.status(id).await;
-    assert_eq!(status, "retrying", "credentials are the project's problem: nothing fails for good");
-    assert!(attempts <= 3, "the open circuit stops spending attempts: {attempts}");
-    let error = error.unwrap_or_default();
-    assert!(error.contains("403 InvalidProviderToken") || error.contains("circuit open for apns"), "{error}");
-    assert_eq!(app.count("SELECT count(*) FROM device WHERE disabled_at IS NOT NULL").await, 0);
-    assert_eq!(app.count("SELECT count(*) FROM notification_failed").await, 0);
+    assert_refused_credentials_defer(&app, id, "403 InvalidProviderToken", "apns").await;
+    assert_eq!(app.failed_rows().await, 0);
     assert_eq!(emulator.sent_count(), 0);
     assert!(emulator.requests() >= 1);
     app.cleanup().await;

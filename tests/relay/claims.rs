@@ -1,7 +1,7 @@
 //! Claiming across processes: a live worker keeps its entries however long their outcome takes,
 //! and the claim actor looks at every pending entry before it retires one.
 
-use crate::helpers::{eventually, expo_job, prepare, TestApp};
+use crate::helpers::{eventually, expo_job, prepare, prepare_with, wait_for_passes};
 use notify_relay::startup::ProcessRoles;
 use serde_json::json;
 use std::time::Duration;
@@ -10,8 +10,7 @@ use std::time::Duration;
 async fn a_worker_whose_outcome_writer_stalls_longer_than_min_idle_keeps_its_entry() {
     // The shipped k8s layout: workers and the scheduler (with the claim actor) in different
     // processes. The worker has sent; storing the outcome hangs (Postgres locks, a slow commit).
-    let mut app = prepare().await;
-    app.env.insert("NOTIFY__CLAIM__MIN_IDLE_MS".into(), "2100".into());
+    let mut app = prepare_with(&[("claim.min_idle_ms", "2100")]).await;
     let token = "ExponentPushToken[jo]";
     let (id, device) = app.queued_target("jo", token, &json!({}), 0).await;
     let blocker = app.connect_db().await;
@@ -24,17 +23,12 @@ async fn a_worker_whose_outcome_writer_stalls_longer_than_min_idle_keeps_its_ent
 
     // Twenty claim passes of the scheduler (4 s) while the outcome cannot be stored: the entry
     // is pending for twice claim.min_idle_ms.
-    let passes = TestApp::handled(&scheduler, "claim");
-    eventually(Duration::from_secs(30), || async {
-        (TestApp::handled(&scheduler, "claim") >= passes + 20).then_some(())
-    })
-    .await;
+    wait_for_passes(&scheduler, "claim", 20).await;
     blocker.batch_execute("COMMIT").await.unwrap();
 
     assert_eq!(app.final_status(id).await.0, "delivered");
     assert_eq!(app.expo.sends_of(id, token), 1, "the scheduler took over a send that was alive");
     scheduler.stop(Duration::from_secs(5)).await;
-    app.cleanup().await;
 }
 
 #[actix_web::test]
@@ -50,15 +44,7 @@ async fn entries_over_max_deliveries_far_down_the_pending_list_are_retired_not_s
     }
     let stream = app.keys.stream(0);
     let mut conn = app.redis.clone();
-    let _: () = redis::cmd("XGROUP")
-        .arg("CREATE")
-        .arg(&stream)
-        .arg(actors::keys::GROUP)
-        .arg(0)
-        .arg("MKSTREAM")
-        .query_async(&mut conn)
-        .await
-        .unwrap();
+    app.create_group().await;
     let read: redis::Value = redis::cmd("XREADGROUP")
         .arg("GROUP")
         .arg(actors::keys::GROUP)
@@ -72,17 +58,9 @@ async fn entries_over_max_deliveries_far_down_the_pending_list_are_retired_not_s
         .await
         .unwrap();
     drop(read);
-    let pending: Vec<(String, String, u64, u64)> = redis::cmd("XPENDING")
-        .arg(&stream)
-        .arg(actors::keys::GROUP)
-        .arg("-")
-        .arg("+")
-        .arg(150)
-        .query_async(&mut conn)
-        .await
-        .unwrap();
+    let pending = app.pending_ids(150).await;
     assert_eq!(pending.len(), 150);
-    for (n, (entry, ..)) in pending.iter().enumerate() {
+    for (n, entry) in pending.iter().enumerate() {
         // Long idle, and the newest 30 handed out ten times already (claim.max_deliveries is 5).
         let times = if n >= 120 { 10 } else { 1 };
         let _: redis::Value = redis::cmd("XCLAIM")
@@ -114,7 +92,6 @@ async fn entries_over_max_deliveries_far_down_the_pending_list_are_retired_not_s
             assert_eq!(app.expo.sends_of(*id, token), 1, "target {n}");
         }
     }
-    app.cleanup().await;
 }
 
 /// A provider client that is never reached in the test below.
@@ -213,5 +190,4 @@ async fn a_dispatch_whose_sender_is_gone_gives_back_each_permit_and_target_exact
     eventually(Duration::from_secs(10), || async { (inflight.used() == 1).then_some(()) }).await;
     assert!(inflight.claim_target((to_send, device), &entry("3-0")), "the target is not left marked in flight");
     assert_eq!(inflight.used(), 1);
-    app.cleanup().await;
 }

@@ -1,7 +1,7 @@
 //! The relay against a real Redis Cluster: three private `redis-server` nodes in cluster mode,
 //! four stream shards spread over them.
 
-use crate::helpers::{eventually, prepare, ADMIN_TOKEN};
+use crate::helpers::{add_users, eventually, insert_bulk, prepare, ADMIN_TOKEN};
 use serde_json::{json, Value};
 use std::time::Duration;
 
@@ -108,33 +108,24 @@ async fn the_relay_runs_on_a_redis_cluster_with_shards_spread_over_its_nodes() {
     let cluster = PrivateCluster::start().await;
     let mut app = prepare().await;
     for (k, v) in [
-        ("NOTIFY__REDIS__CLUSTER_URLS", cluster.seeds()),
-        ("NOTIFY__REDIS__SHARDS", "4".into()),
-        ("NOTIFY__RETRY__MAX_ATTEMPTS", "2".into()),
+        ("redis.cluster_urls", cluster.seeds()),
+        ("redis.shards", "4".into()),
+        ("retry.max_attempts", "2".into()),
         // Exercise the rate limiter's scripts on the cluster (limits far above the load).
-        ("NOTIFY__PROVIDERS__EXPO__RATE_PER_SEC", "100000".into()),
-        ("NOTIFY__PROVIDERS__EXPO__DEVICE_RATE_PER_SEC", "1000".into()),
+        ("providers.expo.rate_per_sec", "100000".into()),
+        ("providers.expo.device_rate_per_sec", "1000".into()),
     ] {
-        app.env.insert(k.into(), v);
+        app.set(k, v);
     }
     app.start().await;
-    for u in 0..40 {
-        app.add_device(&format!("user-{u}"), "expo", &format!("ExponentPushToken[cluster-{u}]")).await;
-    }
+    add_users(&app, 40).await;
     // Retried twice (the delayed set and its Lua move), then dead-lettered.
     app.add_device("slow", "expo", "ExponentPushToken[slow-ratelimited]").await;
-    app.db
-        .execute(
-            "INSERT INTO notification (user_id, type, payload)
-             SELECT 'user-' || (g % 40), 'bulk', jsonb_build_object('title', 'n' || g) FROM generate_series(1, 400) g",
-            &[],
-        )
-        .await
-        .unwrap();
+    insert_bulk(&app, 400, 40).await;
     let slow = app.notify("slow", json!({"title": "never"})).await;
     app.all_final(Duration::from_secs(30)).await;
 
-    assert_eq!(app.count("SELECT count(*) FROM notification WHERE status = 'delivered'").await, 400);
+    assert_eq!(app.delivered().await, 400);
     assert_eq!(app.status(slow).await.0, "failed");
     assert_eq!(app.expo.sent_count(), 400);
     assert_eq!(app.duplicate_sends(), 0);
@@ -169,5 +160,4 @@ async fn the_relay_runs_on_a_redis_cluster_with_shards_spread_over_its_nodes() {
     let report: Value = resp.json().await.unwrap();
     assert_eq!(report["requeued"].as_array().unwrap().len(), 1, "{report}");
     eventually(Duration::from_secs(20), || async { (app.status(slow).await.0 == "delivered").then_some(()) }).await;
-    app.cleanup().await;
 }

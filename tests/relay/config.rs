@@ -28,16 +28,14 @@ fn a_value_of_the_wrong_type_names_the_key() {
 
 #[test]
 fn a_config_file_with_an_unknown_key_is_refused() {
-    let dir = std::env::temp_dir().join(format!("notify-relay-test-{}", uuid::Uuid::new_v4()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let file = dir.join("bad.toml");
+    let dir = crate::helpers::TempDir::new("notify-relay-test");
+    let file = dir.path().join("bad.toml");
     std::fs::write(&file, "[retry]\nmax_atempts = 3\n").unwrap();
     let out =
         Command::new(env!("CARGO_BIN_EXE_notify-relay")).arg("--config").arg(&file).arg("migrate").output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1));
     assert!(stderr.contains("max_atempts"), "{stderr}");
-    std::fs::remove_dir_all(&dir).ok();
 }
 
 #[test]

@@ -5,7 +5,9 @@
 //! kernel keeps acknowledging, so TCP keepalives and `tcp_user_timeout` never fire: only the
 //! relay's own deadlines can notice.
 
-use crate::helpers::{add_users, base_database_url, eventually, insert_bulk, prepare, redis_url, TestApp};
+use crate::helpers::{
+    add_users, base_database_url, eventually, insert_bulk, prepare, redis_url, spawn_app_with, TestApp,
+};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -103,8 +105,8 @@ fn through(url: &str, addr: &str, default_port: u16) -> (String, String) {
 
 /// Short leases, so that work whose Redis write was lost is found again by the sweep quickly.
 fn short_leases(app: &mut TestApp) {
-    app.env.insert("NOTIFY__LISTENER__SWEEP_INTERVAL_MS".into(), "1000".into());
-    app.env.insert("NOTIFY__LISTENER__STALE_AFTER_MS".into(), "3000".into());
+    app.set("listener.sweep_interval_ms", "1000");
+    app.set("listener.stale_after_ms", "3000");
 }
 
 /// Loads the relay, blackholes the proxy mid-run, inserts more, and waits for every
@@ -124,7 +126,7 @@ async fn deliver_through_a_failover(app: &mut TestApp, proxy: &Proxy) -> Duratio
 
     app.all_final(Duration::from_secs(60)).await;
     let took = blackholed.elapsed();
-    assert_eq!(app.count("SELECT count(*) FROM notification WHERE status = 'delivered'").await, 700);
+    assert_eq!(app.delivered().await, 700);
     assert!(proxy.connections() > before, "the relay opened fresh connections after the failover");
     // No actor is stuck: every one runs again, and new work still flows.
     let registry = app.app.as_ref().expect("app running").engine.registry().clone();
@@ -140,15 +142,14 @@ async fn a_blackholed_postgres_fails_store_calls_in_seconds_and_every_notificati
     let (_, upstream) = through(&base_database_url(), "", 5432);
     let proxy = Proxy::start(upstream).await;
     let url = app.env["NOTIFY__DATABASE__URL"].clone();
-    app.env.insert("NOTIFY__DATABASE__URL".into(), through(&url, &proxy.addr, 5432).0);
+    app.set("database.url", through(&url, &proxy.addr, 5432).0);
     // A store call without an answer after 2 s + the 2 s margin gives up its connection.
-    app.env.insert("NOTIFY__DATABASE__STATEMENT_TIMEOUT_MS".into(), "2000".into());
+    app.set("database.statement_timeout_ms", "2000");
     short_leases(&mut app);
 
     let took = deliver_through_a_failover(&mut app, &proxy).await;
     eprintln!("postgres blackholed: every notification final {} ms later", took.as_millis());
     drop(proxy);
-    app.cleanup().await;
 }
 
 #[actix_web::test]
@@ -156,27 +157,23 @@ async fn a_blackholed_redis_connection_is_replaced_and_every_notification_is_del
     let mut app = prepare().await;
     let (_, upstream) = through(&redis_url(), "", 6379);
     let proxy = Proxy::start(upstream).await;
-    app.env.insert("NOTIFY__REDIS__URL".into(), through(&redis_url(), &proxy.addr, 6379).0);
-    app.env.insert("NOTIFY__REDIS__RESPONSE_TIMEOUT_MS".into(), "1000".into());
+    app.set("redis.url", through(&redis_url(), &proxy.addr, 6379).0);
+    app.set("redis.response_timeout_ms", "1000");
     short_leases(&mut app);
 
     let took = deliver_through_a_failover(&mut app, &proxy).await;
     eprintln!("redis blackholed: every notification final {} ms later", took.as_millis());
     drop(proxy);
-    app.cleanup().await;
 }
 
 #[actix_web::test]
 async fn pooled_connections_carry_the_statement_timeout_to_the_server() {
-    let mut app = prepare().await;
-    app.env.insert("NOTIFY__DATABASE__STATEMENT_TIMEOUT_MS".into(), "2500".into());
-    app.start().await;
+    let app = spawn_app_with(&[("database.statement_timeout_ms", "2500")]).await;
     let store = app.app.as_ref().expect("app running").store.clone();
     let conn = store.conn().await.expect("a pooled connection");
     let timeout: String = conn.query_one("SHOW statement_timeout", &[]).await.expect("SHOW").get(0);
     assert_eq!(timeout, "2500ms");
     drop(conn);
-    app.cleanup().await;
 }
 
 #[actix_web::test]
@@ -187,10 +184,10 @@ async fn a_blackholed_listen_connection_is_noticed_and_replaced_so_notify_rings_
     let (_, upstream) = through(&base_database_url(), "", 5432);
     let proxy = Proxy::start(upstream).await;
     let url = app.env["NOTIFY__DATABASE__URL"].clone();
-    app.env.insert("NOTIFY__DATABASE__URL".into(), through(&url, &proxy.addr, 5432).0);
-    app.env.insert("NOTIFY__DATABASE__CONNECT_TIMEOUT_MS".into(), "1000".into());
-    app.env.insert("NOTIFY__DATABASE__STATEMENT_TIMEOUT_MS".into(), "2000".into());
-    app.env.insert("NOTIFY__LISTENER__SWEEP_INTERVAL_MS".into(), "60000".into());
+    app.set("database.url", through(&url, &proxy.addr, 5432).0);
+    app.set("database.connect_timeout_ms", "1000");
+    app.set("database.statement_timeout_ms", "2000");
+    app.set("listener.sweep_interval_ms", "60000");
     app.start_with(notify_relay::startup::ProcessRoles::parse("listener").unwrap()).await;
     let listener = || {
         let actors = app.app.as_ref().expect("running").engine.registry().snapshot();
@@ -201,7 +198,8 @@ async fn a_blackholed_listen_connection_is_noticed_and_replaced_so_notify_rings_
     // proxy goes silent — only the LISTEN connection's silence is left to notice.
     let warm_up = app.notify("kim", serde_json::json!({})).await;
     eventually(Duration::from_secs(10), || async {
-        (app.count(&format!("SELECT count(*) FROM notification WHERE id = '{warm_up}' AND status = 'failed'")).await == 1)
+        (app.count(&format!("SELECT count(*) FROM notification WHERE id = '{warm_up}' AND status = 'failed'")).await
+            == 1)
             .then_some(())
     })
     .await;
@@ -228,5 +226,4 @@ async fn a_blackholed_listen_connection_is_noticed_and_replaced_so_notify_rings_
     })
     .await;
     drop(proxy);
-    app.cleanup().await;
 }

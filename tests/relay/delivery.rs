@@ -1,6 +1,8 @@
 //! The happy paths: rows in, pushes out.
 
-use crate::helpers::{eventually, prepare, spawn_app};
+use crate::helpers::{
+    add_users, assert_refused_credentials_defer, eventually, insert_bulk, prepare, spawn_app, TestApp,
+};
 use serde_json::json;
 use std::collections::HashMap;
 use std::time::Duration;
@@ -9,23 +11,11 @@ use uuid::Uuid;
 #[actix_web::test]
 async fn bulk_inserted_rows_are_each_delivered_exactly_once() {
     let app = spawn_app().await;
-    for u in 0..30 {
-        app.add_device(&format!("user-{u}"), "expo", &format!("ExponentPushToken[bulk-{u}]")).await;
-    }
+    add_users(&app, 30).await;
 
-    app.db
-        .execute(
-            "INSERT INTO notification (user_id, type, payload)
-             SELECT 'user-' || (g % 30), 'bulk', jsonb_build_object('title', 'n' || g) FROM generate_series(1, 600) g",
-            &[],
-        )
-        .await
-        .unwrap();
+    insert_bulk(&app, 600, 30).await;
 
-    eventually(Duration::from_secs(30), || async {
-        (app.count("SELECT count(*) FROM notification WHERE status = 'delivered'").await == 600).then_some(())
-    })
-    .await;
+    eventually(Duration::from_secs(30), || async { (app.delivered().await == 600).then_some(()) }).await;
     let sent = app.expo.sent();
     assert_eq!(sent.len(), 600);
     let mut per_notification: HashMap<String, usize> = HashMap::new();
@@ -40,7 +30,6 @@ async fn bulk_inserted_rows_are_each_delivered_exactly_once() {
         app.count("SELECT count(*) FROM delivery WHERE status = 'delivered' AND provider_message_id IS NOT NULL").await,
         600
     );
-    app.cleanup().await;
 }
 
 #[actix_web::test]
@@ -66,7 +55,6 @@ async fn a_single_insert_reaches_the_device_with_title_body_and_notification_id(
     assert_eq!(delivered_at_set, 1);
     let used = app.count("SELECT count(*) FROM device WHERE last_used_at IS NOT NULL").await;
     assert_eq!(used, 1);
-    app.cleanup().await;
 }
 
 #[actix_web::test]
@@ -83,7 +71,6 @@ async fn rows_inserted_while_the_service_was_stopped_are_delivered_after_it_star
         assert_eq!(app.final_status(id).await.0, "delivered");
     }
     assert_eq!(app.expo.sent_count(), 5);
-    app.cleanup().await;
 }
 
 #[actix_web::test]
@@ -107,7 +94,6 @@ async fn a_user_with_several_devices_gets_one_send_per_device() {
     for t in tokens {
         assert_eq!(app.expo.sends_of(id, t), 1, "{t}");
     }
-    app.cleanup().await;
 }
 
 #[actix_web::test]
@@ -133,15 +119,12 @@ async fn the_channel_limits_delivery_to_that_providers_devices() {
     let (status, _, error) = app.final_status(to_apns).await;
     assert_eq!((status.as_str(), error.as_deref()), ("failed", Some("user dave has no active apns device")));
     assert_eq!(app.expo.sent_count(), 1);
-    app.cleanup().await;
 }
 
 #[actix_web::test]
 async fn large_requests_are_sent_gzip_compressed_and_small_ones_plain() {
     let app = spawn_app().await;
-    app.add_device("wes", "expo", "ExponentPushToken[wes]").await;
-    let small = app.notify("wes", json!({"title": "hi"})).await;
-    assert_eq!(app.final_status(small).await.0, "delivered");
+    app.delivered_first("wes", json!({"title": "hi"})).await;
     assert_eq!(app.expo.gzip_requests(), 0, "a ~150-byte body goes plain");
 
     let big = app.notify("wes", json!({"title": "long", "body": "x".repeat(2000)})).await;
@@ -150,16 +133,20 @@ async fn large_requests_are_sent_gzip_compressed_and_small_ones_plain() {
     assert_eq!(app.expo.gzip_requests(), 1);
     let sent = app.expo.sent();
     assert_eq!(sent.last().unwrap().body.as_deref(), Some("x".repeat(2000).as_str()), "decompressed intact");
-    app.cleanup().await;
+}
+
+/// An app sending with `access_token` to an Expo emulator that wants `s3cret`.
+async fn with_secured_expo(access_token: &str) -> (TestApp, emulators::expo::ExpoEmulator) {
+    let secured = emulators::expo::ExpoEmulator::start("127.0.0.1:0", Some("s3cret".into())).await.unwrap();
+    let mut app = crate::helpers::prepare_with(&[("providers.expo.access_token", access_token)]).await;
+    app.set("providers.expo.base_url", secured.url());
+    app.start().await;
+    (app, secured)
 }
 
 #[actix_web::test]
 async fn the_expo_access_token_is_sent_as_a_bearer_token() {
-    let mut app = crate::helpers::prepare().await;
-    let secured = emulators::expo::ExpoEmulator::start("127.0.0.1:0", Some("s3cret".into())).await.unwrap();
-    app.env.insert("NOTIFY__PROVIDERS__EXPO__BASE_URL".into(), secured.url());
-    app.env.insert("NOTIFY__PROVIDERS__EXPO__ACCESS_TOKEN".into(), "s3cret".into());
-    app.start().await;
+    let (app, secured) = with_secured_expo("s3cret").await;
     app.add_device("ann", "expo", "ExponentPushToken[ann]").await;
 
     let id = app.notify("ann", json!({"title": "with enhanced push security"})).await;
@@ -167,34 +154,19 @@ async fn the_expo_access_token_is_sent_as_a_bearer_token() {
     assert_eq!(app.final_status(id).await.0, "delivered");
     assert_eq!(secured.sent_count(), 1);
     secured.stop().await;
-    app.cleanup().await;
 }
 
 #[actix_web::test]
 async fn a_refused_access_token_opens_the_circuit_and_disables_no_device() {
-    let mut app = crate::helpers::prepare().await;
-    let secured = emulators::expo::ExpoEmulator::start("127.0.0.1:0", Some("s3cret".into())).await.unwrap();
-    app.env.insert("NOTIFY__PROVIDERS__EXPO__BASE_URL".into(), secured.url());
-    app.env.insert("NOTIFY__PROVIDERS__EXPO__ACCESS_TOKEN".into(), "wrong".into());
-    app.start().await;
+    let (app, secured) = with_secured_expo("wrong").await;
     app.add_device("ben", "expo", "ExponentPushToken[ben]").await;
 
     let id = app.notify("ben", json!({"title": "refused"})).await;
 
     // Deliveries are only deferred while the circuit is open.
-    crate::helpers::eventually(std::time::Duration::from_secs(10), || async {
-        (app.redis_counter("DEFERRED").await >= 1).then_some(())
-    })
-    .await;
-    let (status, attempts, error) = app.status(id).await;
-    assert_eq!(status, "retrying", "credentials are the project's problem: nothing fails for good");
-    assert!(attempts <= 3, "the open circuit stops spending attempts: {attempts}");
-    let error = error.unwrap();
-    assert!(error.contains("HTTP 401 UNAUTHORIZED") || error.contains("circuit open for expo"), "{error}");
-    assert_eq!(app.count("SELECT count(*) FROM device WHERE disabled_at IS NOT NULL").await, 0);
+    assert_refused_credentials_defer(&app, id, "HTTP 401 UNAUTHORIZED", "expo").await;
     assert_eq!(secured.sent_count(), 0);
     secured.stop().await;
-    app.cleanup().await;
 }
 
 #[actix_web::test]

@@ -10,8 +10,8 @@ use std::time::Duration;
 /// An app whose user routes take HS256 tokens, with `devices.max_per_user` = `max`.
 async fn app(max: u32) -> TestApp {
     let mut app = prepare().await;
-    app.env.insert("NOTIFY__AUTH__JWT_SECRET".into(), HS_SECRET.into());
-    app.env.insert("NOTIFY__DEVICES__MAX_PER_USER".into(), max.to_string());
+    app.set("auth.jwt_secret", HS_SECRET);
+    app.set("devices.max_per_user", max.to_string());
     app.start().await;
     app
 }
@@ -96,7 +96,6 @@ async fn an_email_address_not_in_the_token_needs_the_service_role() {
     let (status, body) = register(&app, "alice", &service(), "email", "alice.work@example.org").await;
     assert_eq!(status, 201, "{body}");
     assert_eq!(owner(&app, "email", "alice.work@example.org").await, ("alice".into(), true));
-    app.cleanup().await;
 }
 
 #[actix_web::test]
@@ -123,7 +122,6 @@ async fn an_active_email_device_never_moves_to_another_user() {
     let (status, _) = register(&app, "alice", &service(), "email", address).await;
     assert_eq!(status, 201);
     assert_eq!(owner(&app, "email", address).await, ("alice".into(), true));
-    app.cleanup().await;
 }
 
 #[actix_web::test]
@@ -138,7 +136,6 @@ async fn two_accounts_registering_one_address_at_once_leave_it_with_exactly_one(
     statuses.sort_unstable();
     assert_eq!(statuses, [201, 409, 409, 409, 409, 409, 409, 409]);
     assert_eq!(app.count("SELECT count(*) FROM device WHERE token = 'contested@example.com'").await, 1);
-    app.cleanup().await;
 }
 
 #[actix_web::test]
@@ -162,7 +159,6 @@ async fn a_push_token_moves_with_the_phone_and_the_old_owner_stops_receiving() {
     assert_eq!(app.final_status(for_bob).await.0, "delivered");
     assert_eq!(app.expo.sends_of(for_alice, phone), 0);
     assert_eq!(app.expo.sends_of(for_bob, phone), 1);
-    app.cleanup().await;
 }
 
 #[actix_web::test]
@@ -190,7 +186,6 @@ async fn registering_beyond_devices_max_per_user_is_a_422_naming_the_limit() {
     assert_eq!(register(&app, "dave", &dave, "fcm", "dave-3").await.0, 201);
     assert_eq!(register(&app, "dave", &dave, "fcm", "dave-0").await.0, 422, "re-enabling is a fourth active one");
     assert_eq!(app.count("SELECT count(*) FROM device WHERE user_id = 'dave' AND disabled_at IS NULL").await, 3);
-    app.cleanup().await;
 }
 
 #[actix_web::test]
@@ -205,5 +200,4 @@ async fn concurrent_registrations_cannot_pass_devices_max_per_user() {
     assert_eq!(statuses.iter().filter(|&&s| s == 201).count(), 5, "{statuses:?}");
     assert_eq!(statuses.iter().filter(|&&s| s == 422).count(), 11, "{statuses:?}");
     assert_eq!(app.count("SELECT count(*) FROM device WHERE user_id = 'frank' AND disabled_at IS NULL").await, 5);
-    app.cleanup().await;
 }

@@ -107,7 +107,7 @@ async fn a_kept_connection_the_relay_closed_while_idle_is_replaced_without_a_fai
     let (first, _) = send(&client, "early@example.org").await;
     assert!(matches!(first, SendResult::Delivered { .. }), "{first:?}");
     // The relay times the idle connection out (421 4.4.2, then it hangs up).
-    tokio::time::sleep(Duration::from_millis(400)).await;
+    eventually(Duration::from_secs(5), || async { (smtp.closed() == 1).then_some(()) }).await;
     let (second, health) = send(&client, "late@example.org").await;
     assert!(matches!(second, SendResult::Delivered { .. }), "{second:?}");
     assert_eq!(health, Health::Up);
@@ -434,7 +434,6 @@ async fn a_notification_to_an_email_device_is_delivered_through_the_relay() {
     let m = &smtp.received()[0];
     assert_eq!(m.subject.as_deref(), Some("Welcome"));
     assert!(m.text().contains("Hello Mia"));
-    app.cleanup().await;
 }
 
 #[actix_web::test]
@@ -447,26 +446,12 @@ async fn an_unknown_mailbox_disables_the_address_and_the_expo_device_still_gets_
     let id = app.notify("noor", json!({"title": "hi"})).await;
 
     assert_eq!(app.final_status(id).await.0, "delivered");
-    let reason: Option<String> = eventually(Duration::from_secs(10), || async {
-        let row = app
-            .db
-            .query_one("SELECT disabled_at IS NOT NULL, disabled_reason FROM device WHERE id = $1", &[&email])
-            .await
-            .expect("device row");
-        row.get::<_, bool>(0).then(|| row.get(1))
-    })
-    .await;
-    assert!(reason.unwrap_or_default().contains("550 5.1.1"));
-    let delivery = app
-        .db
-        .query_one("SELECT status, last_error FROM delivery WHERE device_id = $1", &[&email])
-        .await
-        .expect("delivery row");
-    assert_eq!(delivery.get::<_, String>(0), "failed");
-    assert!(delivery.get::<_, Option<String>>(1).unwrap_or_default().starts_with("email: 550 5.1.1"));
+    assert!(app.disabled_reason(email).await.contains("550 5.1.1"));
+    let (status, error) = app.delivery_of(email).await;
+    assert_eq!(status, "failed");
+    assert!(error.unwrap_or_default().starts_with("email: 550 5.1.1"));
     assert_eq!(app.expo.sends_of(id, "ExponentPushToken[noor]"), 1);
     assert!(smtp.received().is_empty());
-    app.cleanup().await;
 }
 
 #[actix_web::test]
@@ -488,7 +473,6 @@ async fn a_421_outage_window_is_retried_and_ends_delivered() {
     assert!(error.contains("421 4.3.2") || error.contains("circuit open for email"), "{error}");
     assert_eq!(smtp.sends_of(id, "olga@example.org"), 1);
     assert!(app.redis_counter("DEFERRED").await > 0, "the open circuit deferred it without spending attempts");
-    app.cleanup().await;
 }
 
 #[actix_web::test]
@@ -499,18 +483,18 @@ async fn healthy_addresses_queued_behind_stalled_mailboxes_are_delivered_at_thei
     let mut app = prepare().await;
     app.enable_email(&smtp, FROM);
     for (key, value) in [
-        ("NOTIFY__PROVIDERS__EMAIL__CONNECTIONS", "1"),
-        ("NOTIFY__PROVIDERS__EMAIL__TIMEOUT_MS", "2000"),
-        ("NOTIFY__WORKER__SENDERS_PER_PROVIDER", "1"),
-        ("NOTIFY__RETRY__MAX_ATTEMPTS", "3"),
-        ("NOTIFY__CLAIM__MIN_IDLE_MS", "5000"),
+        ("providers.email.connections", "1"),
+        ("providers.email.timeout_ms", "2000"),
+        ("worker.senders_per_provider", "1"),
+        ("retry.max_attempts", "3"),
+        ("claim.min_idle_ms", "5000"),
         // The circuit is another matter (review findings 2 and 13): a stalled mailbox alone in
         // a batch looks like a hung relay, and an open circuit defers the stalled targets without
         // spending their attempts for as long as it flaps. Kept closed, this test is about the
         // attempts alone.
-        ("NOTIFY__CIRCUIT__FAILURES", "1000"),
+        ("circuit.failures", "1000"),
     ] {
-        app.env.insert(key.into(), value.into());
+        app.set(key, value);
     }
     app.start().await;
     // The stalled mailboxes sort first, so they are fanned out (and queue for the connection)
@@ -571,7 +555,6 @@ async fn healthy_addresses_queued_behind_stalled_mailboxes_are_delivered_at_thei
     let healthy: Vec<String> = rows.iter().map(|r| r.get::<_, String>(0)).filter(|t| !t.starts_with("stall")).collect();
     assert_eq!(delivered, healthy, "every healthy address got its message once");
     assert!(app.redis_counter("DEFERRED").await > 0, "the waits were rescheduled without spending attempts");
-    app.cleanup().await;
 }
 
 // The binary: configuration errors, and the emulator behind `mock-providers --smtp-addr`.
@@ -602,16 +585,19 @@ fn a_bad_from_or_smtp_url_stops_start_up_naming_the_key_and_hiding_the_password(
 #[actix_web::test]
 async fn mock_providers_serves_the_smtp_emulator_on_the_smtp_addr() {
     use std::io::BufRead;
-    let credentials = std::env::temp_dir().join(format!("mock-credentials-{}", uuid::Uuid::new_v4().simple()));
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_notify-relay"))
-        .args(["mock-providers", "--expo-addr", "127.0.0.1:0", "--smtp-addr", "127.0.0.1:0"])
-        .args(["--fcm-addr", "127.0.0.1:0", "--apns-addr", "127.0.0.1:0", "--credentials-dir"])
-        .arg(&credentials)
-        .env_remove("NOTIFY_CONFIG")
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .expect("start mock-providers");
-    let stdout = child.stdout.take().expect("stdout");
+    let credentials = crate::helpers::TempDir::new("mock-credentials");
+    // Killed when dropped: a failing assertion leaves no emulator process behind.
+    let mut child = crate::helpers::RelayProcess(
+        std::process::Command::new(env!("CARGO_BIN_EXE_notify-relay"))
+            .args(["mock-providers", "--expo-addr", "127.0.0.1:0", "--smtp-addr", "127.0.0.1:0"])
+            .args(["--fcm-addr", "127.0.0.1:0", "--apns-addr", "127.0.0.1:0", "--credentials-dir"])
+            .arg(credentials.path())
+            .env_remove("NOTIFY_CONFIG")
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("start mock-providers"),
+    );
+    let stdout = child.0.stdout.take().expect("stdout");
     // A blocking read must not stall the test's runtime. The pipe is kept open afterwards: the
     // child prints more, and would die of a broken pipe.
     let (url, _stdout) = tokio::task::spawn_blocking(move || {
@@ -633,14 +619,12 @@ async fn mock_providers_serves_the_smtp_emulator_on_the_smtp_addr() {
     let client = client_with(url, None, Duration::from_secs(5));
     let (result, _) = send(&client, "someone@example.org").await;
     let (refused, _) = send(&client, "unknown@example.org").await;
-    let _ = child.kill();
-    let _ = child.wait();
+    drop(child);
 
     assert!(matches!(result, SendResult::Delivered { .. }), "{result:?}");
     assert!(matches!(refused, SendResult::InvalidToken { .. }), "{refused:?}");
     // The credentials a relay needs for the FCM and APNs emulators were written where asked.
     for file in ["fcm-service-account.json", "apns-key.p8", "apns-ca.pem"] {
-        assert!(credentials.join(file).is_file(), "{file} written");
+        assert!(credentials.path().join(file).is_file(), "{file} written");
     }
-    let _ = std::fs::remove_dir_all(&credentials);
 }

@@ -1,6 +1,6 @@
 //! The Expo client against its emulator: one case per row of the PROVIDERS.md Expo table.
 
-use crate::helpers::{client_job, prepare, TestApp};
+use crate::helpers::{client_job, spawn_app_with, TestApp};
 use actors::circuit::Health;
 use actors::job::{Job, Priority, Provider, SendResult};
 use actors::providers::expo::ExpoClient;
@@ -201,9 +201,7 @@ async fn a_batch_that_keeps_getting_refused_ends_within_the_timeout() {
 
 /// A started app whose Expo sender waits long enough to put one INSERT's rows in one request.
 async fn app_batching_expo() -> TestApp {
-    let mut app = prepare().await;
-    app.env.insert("NOTIFY__PROVIDERS__EXPO__FLUSH_AFTER_MS".into(), "300".into());
-    app.start().await;
+    let app = spawn_app_with(&[("providers.expo.flush_after_ms", "300")]).await;
     app
 }
 
@@ -237,7 +235,6 @@ async fn two_users_on_two_expo_projects_notified_in_one_insert_are_both_delivere
     // One request refused for mixing projects, then one per project: they shared a batch.
     assert_eq!(app.expo.requests(), 3);
     assert_eq!(app.duplicate_sends(), 0);
-    app.cleanup().await;
 }
 
 #[actix_web::test]
@@ -264,5 +261,4 @@ async fn in_one_batch_only_the_message_expo_refuses_fails() {
     }
     assert!(app.expo.requests() > 1, "the refused batch was sent again split");
     assert_eq!(app.expo.sent_count(), 5);
-    app.cleanup().await;
 }

@@ -1,8 +1,7 @@
 //! What goes wrong is failed or retried with a clear reason, and the rest keeps flowing.
 
-use crate::helpers::{eventually, spawn_app};
+use crate::helpers::spawn_app;
 use serde_json::json;
-use std::time::Duration;
 
 #[actix_web::test]
 async fn a_user_without_devices_is_failed_with_one_notification_failed_row() {
@@ -21,8 +20,7 @@ async fn a_user_without_devices_is_failed_with_one_notification_failed_row() {
     assert_eq!(row.get::<_, String>(0), "nobody");
     assert_eq!(row.get::<_, String>(1), "user nobody has no active device");
     assert_eq!(row.get::<_, serde_json::Value>(2), json!({"title": "lost?"}));
-    assert_eq!(app.count("SELECT count(*) FROM notification_failed").await, 1);
-    app.cleanup().await;
+    assert_eq!(app.failed_rows().await, 1);
 }
 
 #[actix_web::test]
@@ -34,25 +32,13 @@ async fn device_not_registered_disables_the_device_and_the_other_device_still_ge
     let id = app.notify("erin", json!({"title": "hi"})).await;
 
     assert_eq!(app.final_status(id).await.0, "delivered");
-    let reason: Option<String> = eventually(Duration::from_secs(10), || async {
-        let row = app
-            .db
-            .query_one("SELECT disabled_at IS NOT NULL, disabled_reason FROM device WHERE id = $1", &[&dead])
-            .await
-            .unwrap();
-        row.get::<_, bool>(0).then(|| row.get(1))
-    })
-    .await;
-    assert!(reason.unwrap().contains("DeviceNotRegistered"));
-    let delivery =
-        app.db.query_one("SELECT status, last_error FROM delivery WHERE device_id = $1", &[&dead]).await.unwrap();
-    assert_eq!(delivery.get::<_, String>(0), "failed");
+    assert!(app.disabled_reason(dead).await.contains("DeviceNotRegistered"));
+    assert_eq!(app.delivery_of(dead).await.0, "failed");
     app.wait_for_dead_letters(1).await; // one dead letter for the dead token
                                         // A disabled device is not targeted again.
     let next = app.notify("erin", json!({"title": "again"})).await;
     assert_eq!(app.final_status(next).await.0, "delivered");
     assert_eq!(app.expo.sends_of(next, "ExponentPushToken[unregistered-erin]"), 0);
-    app.cleanup().await;
 }
 
 #[actix_web::test]
@@ -69,14 +55,11 @@ async fn retryable_errors_are_retried_with_backoff_until_delivered() {
     assert!(error.unwrap_or_default().contains("HTTP 503"));
     assert_eq!(app.expo.sent_count(), 1);
     assert_eq!(app.redis_counter("RETRY_SCHEDULED").await, 2);
-    app.cleanup().await;
 }
 
 #[actix_web::test]
 async fn retries_stop_at_max_attempts_and_the_notification_fails() {
-    let mut app = crate::helpers::prepare().await;
-    app.env.insert("NOTIFY__RETRY__MAX_ATTEMPTS".into(), "3".into());
-    app.start().await;
+    let app = crate::helpers::spawn_app_with(&[("retry.max_attempts", "3")]).await;
     app.add_device("gina", "expo", "ExponentPushToken[gina-ratelimited]").await;
 
     let id = app.notify("gina", json!({"title": "never"})).await;
@@ -84,8 +67,7 @@ async fn retries_stop_at_max_attempts_and_the_notification_fails() {
     let (status, attempts, error) = app.final_status(id).await;
     assert_eq!((status.as_str(), attempts), ("failed", 3));
     assert!(error.unwrap().starts_with("gave up after 3 attempts: expo: MessageRateExceeded"));
-    assert_eq!(app.count("SELECT count(*) FROM notification_failed").await, 1);
-    app.cleanup().await;
+    assert_eq!(app.failed_rows().await, 1);
 }
 
 #[actix_web::test]
@@ -122,8 +104,7 @@ async fn malformed_rows_fail_with_a_precise_error_and_the_rest_keeps_flowing() {
         assert_eq!((status.as_str(), error.as_deref()), ("failed", Some(expected)));
     }
     assert_eq!(app.final_status(good).await.0, "delivered");
-    assert_eq!(app.count("SELECT count(*) FROM notification_failed").await, 4);
-    app.cleanup().await;
+    assert_eq!(app.failed_rows().await, 4);
 }
 
 #[actix_web::test]
@@ -140,9 +121,8 @@ async fn a_payload_over_expos_limit_fails_permanently_and_is_dead_lettered() {
     assert!(error.starts_with("expo: payload too large: ") && error.ends_with(" bytes (limit 4096)"), "{error}");
     assert_eq!(app.final_status(small).await.0, "delivered");
     assert_eq!(app.expo.requests(), 1, "the big one was refused before sending");
-    assert_eq!(app.count("SELECT count(*) FROM notification_failed").await, 1);
+    assert_eq!(app.failed_rows().await, 1);
     app.wait_for_dead_letters(1).await;
-    app.cleanup().await;
 }
 
 #[actix_web::test]
@@ -159,12 +139,7 @@ async fn garbage_in_the_stream_is_dead_lettered_without_stalling_delivery() {
     let id = app.notify("jo", json!({"title": "still works"})).await;
 
     assert_eq!(app.final_status(id).await.0, "delivered");
-    eventually(Duration::from_secs(10), || async {
-        let mut conn = app.redis.clone();
-        let n: i64 = redis::cmd("XLEN").arg(app.keys.dlq(0)).query_async(&mut conn).await.unwrap();
-        (n == 2).then_some(())
-    })
-    .await;
+    app.wait_for_dead_letters(2).await;
     let mut conn = app.redis.clone();
     let entries: Vec<(String, Vec<(String, String)>)> =
         redis::cmd("XRANGE").arg(app.keys.dlq(0)).arg("-").arg("+").query_async(&mut conn).await.unwrap();
@@ -177,5 +152,4 @@ async fn garbage_in_the_stream_is_dead_lettered_without_stalling_delivery() {
     // Both were acknowledged and deleted: nothing is left pending.
     let len: i64 = redis::cmd("XLEN").arg(&stream).query_async(&mut conn).await.unwrap();
     assert_eq!(len, 0);
-    app.cleanup().await;
 }

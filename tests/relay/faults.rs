@@ -2,18 +2,22 @@
 //! still reaches a final state, and that provider sends are duplicated only for work that was in
 //! flight in a process that died.
 
-use crate::helpers::{add_users, eventually, insert_bulk, prepare, spawn_app, wait_for_sends, PrivateRedis};
+use crate::helpers::{
+    add_users, eventually, insert_bulk, prepare, prepare_with, spawn_app, spawn_app_with, wait_for_sends, PrivateRedis,
+};
 use notify_relay::startup::ProcessRoles;
 use std::time::{Duration, Instant};
 
 #[actix_web::test]
 async fn kill_9_of_the_service_under_load_three_times_loses_nothing() {
-    let mut app = prepare().await;
-    app.env.insert("NOTIFY__WORKER__CONCURRENCY".into(), "200".into());
-    // A process killed between its fan-out commit and its XADD leaves targets that only the
-    // sweep finds again: a short lease keeps the test short.
-    app.env.insert("NOTIFY__LISTENER__SWEEP_INTERVAL_MS".into(), "500".into());
-    app.env.insert("NOTIFY__LISTENER__STALE_AFTER_MS".into(), "3000".into());
+    let app = prepare_with(&[
+        ("worker.concurrency", "200"),
+        // A process killed between its fan-out commit and its XADD leaves targets that only the
+        // sweep finds again: a short lease keeps the test short.
+        ("listener.sweep_interval_ms", "500"),
+        ("listener.stale_after_ms", "3000"),
+    ])
+    .await;
     app.expo.set_latency(Duration::from_millis(20));
     add_users(&app, 50).await;
     insert_bulk(&app, 3000, 50).await;
@@ -30,21 +34,22 @@ async fn kill_9_of_the_service_under_load_three_times_loses_nothing() {
     app.all_final(Duration::from_secs(90)).await;
     drop(relay);
 
-    assert_eq!(app.count("SELECT count(*) FROM notification WHERE status = 'delivered'").await, 3000);
+    assert_eq!(app.delivered().await, 3000);
     let duplicates = app.duplicate_sends();
     println!("kill -9 x{kills}: {} sends for 3000 notifications, {duplicates} duplicates", app.expo.sent_count());
     // Only what was in flight in a killed process may go out twice: at most worker.concurrency each.
     assert!(duplicates <= kills * 200, "{duplicates} duplicates");
-    app.cleanup().await;
 }
 
 #[actix_web::test]
 async fn wiping_the_redis_keys_mid_run_loses_nothing_and_resends_nothing_delivered() {
-    let mut app = prepare().await;
-    app.env.insert("NOTIFY__LISTENER__SWEEP_INTERVAL_MS".into(), "200".into());
-    app.env.insert("NOTIFY__LISTENER__STALE_AFTER_MS".into(), "3000".into());
-    // Few in flight, so that most of the work is still waiting in the stream when it is wiped.
-    app.env.insert("NOTIFY__WORKER__CONCURRENCY".into(), "200".into());
+    let mut app = prepare_with(&[
+        ("listener.sweep_interval_ms", "200"),
+        ("listener.stale_after_ms", "3000"),
+        // Few in flight, so that most of the work is still waiting in the stream when it is wiped.
+        ("worker.concurrency", "200"),
+    ])
+    .await;
     app.expo.set_latency(Duration::from_millis(100));
     app.start().await;
     add_users(&app, 40).await;
@@ -56,21 +61,18 @@ async fn wiping_the_redis_keys_mid_run_loses_nothing_and_resends_nothing_deliver
     let _: () = redis::cmd("DEL").arg(&keys).query_async(&mut conn).await.unwrap();
 
     app.all_final(Duration::from_secs(60)).await;
-    assert_eq!(app.count("SELECT count(*) FROM notification WHERE status = 'delivered'").await, 4000);
+    assert_eq!(app.delivered().await, 4000);
     let duplicates = app.duplicate_sends();
     println!("redis wipe: {} sends for 4000 notifications, {duplicates} duplicates", app.expo.sent_count());
     // The wipe took the idempotency keys too; Postgres still knows what was delivered.
     assert_eq!(duplicates, 0, "delivered work is never resent");
     assert!(app.redis_counter("REQUEUED").await > 0, "the sweep rebuilt what the wipe lost");
-    assert_eq!(app.count("SELECT count(*) FROM notification_failed").await, 0, "nothing failed because of the wipe");
-    app.cleanup().await;
+    assert_eq!(app.failed_rows().await, 0, "nothing failed because of the wipe");
 }
 
 #[actix_web::test]
 async fn a_provider_outage_longer_than_every_retry_delay_keeps_the_attempts() {
-    let mut app = prepare().await;
-    app.env.insert("NOTIFY__RETRY__MAX_ATTEMPTS".into(), "3".into());
-    app.start().await;
+    let app = spawn_app_with(&[("retry.max_attempts", "3")]).await;
     add_users(&app, 10).await;
     // All retry delays together are well under 1 s (20 ms, then up to 100 ms); the outage lasts 3 s.
     app.expo.fail_for(503, Duration::from_secs(3));
@@ -78,12 +80,11 @@ async fn a_provider_outage_longer_than_every_retry_delay_keeps_the_attempts() {
     insert_bulk(&app, 200, 10).await;
 
     app.all_final(Duration::from_secs(30)).await;
-    assert_eq!(app.count("SELECT count(*) FROM notification WHERE status = 'delivered'").await, 200);
+    assert_eq!(app.delivered().await, 200);
     let most = app.count("SELECT max(attempt_count)::int8 FROM delivery").await;
     assert!(most <= 3, "the open circuit kept the attempts: at most {most}");
     assert!(app.redis_counter("DEFERRED").await > 0, "deliveries waited without spending attempts");
     assert_eq!(app.duplicate_sends(), 0);
-    app.cleanup().await;
 }
 
 #[actix_web::test]
@@ -105,11 +106,10 @@ async fn sigterm_under_load_exits_0_in_time_and_another_process_finishes_the_wor
     let second = app.spawn_binary(&[]);
     app.all_final(Duration::from_secs(60)).await;
     drop(second);
-    assert_eq!(app.count("SELECT count(*) FROM notification WHERE status = 'delivered'").await, 1500);
+    assert_eq!(app.delivered().await, 1500);
     let duplicates = app.duplicate_sends();
     println!("SIGTERM under load: stopped in {took:?}, {duplicates} duplicates");
     assert_eq!(duplicates, 0, "a graceful stop finishes or hands over, it never resends");
-    app.cleanup().await;
 }
 
 #[actix_web::test]
@@ -122,19 +122,15 @@ async fn a_backlog_of_120000_entries_built_with_the_workers_stopped_is_delivered
         (app.count("SELECT count(*) FROM notification WHERE status = 'queued'").await == 120_000).then_some(())
     })
     .await;
-    let mut conn = app.redis.clone();
-    let backlog: i64 = redis::cmd("XLEN").arg(app.keys.stream(0)).query_async(&mut conn).await.unwrap();
-    assert_eq!(backlog, 120_000, "every entry waits in the stream; nothing trimmed it");
+    assert_eq!(app.stream_len().await, 120_000, "every entry waits in the stream; nothing trimmed it");
     app.stop().await;
 
     app.start_with(ProcessRoles::parse("worker,scheduler").unwrap()).await;
 
     app.all_final(Duration::from_secs(240)).await;
-    assert_eq!(app.count("SELECT count(*) FROM notification WHERE status = 'delivered'").await, 120_000);
+    assert_eq!(app.delivered().await, 120_000);
     assert_eq!(app.expo.sent_count(), 120_000);
-    let left: i64 = redis::cmd("XLEN").arg(app.keys.stream(0)).query_async(&mut conn).await.unwrap();
-    assert_eq!(left, 0, "acknowledged entries are deleted");
-    app.cleanup().await;
+    assert_eq!(app.stream_len().await, 0, "acknowledged entries are deleted");
 }
 
 #[actix_web::test]
@@ -147,16 +143,13 @@ async fn the_same_process_restarting_its_engine_picks_up_where_it_left() {
     app.stop().await;
     app.start().await;
     app.all_final(Duration::from_secs(30)).await;
-    assert_eq!(app.count("SELECT count(*) FROM notification WHERE status = 'delivered'").await, 300);
+    assert_eq!(app.delivered().await, 300);
     assert_eq!(app.duplicate_sends(), 0);
-    app.cleanup().await;
 }
 
 #[actix_web::test]
 async fn terminating_every_postgres_connection_mid_run_loses_nothing() {
-    let mut app = prepare().await;
-    app.env.insert("NOTIFY__WORKER__CONCURRENCY".into(), "500".into());
-    app.start().await;
+    let app = spawn_app_with(&[("worker.concurrency", "500")]).await;
     app.expo.set_latency(Duration::from_millis(20));
     add_users(&app, 20).await;
     insert_bulk(&app, 2000, 20).await;
@@ -175,13 +168,12 @@ async fn terminating_every_postgres_connection_mid_run_loses_nothing() {
     assert!(killed >= 2, "the pool and the LISTEN connection: {killed}");
 
     app.all_final(Duration::from_secs(60)).await;
-    assert_eq!(app.count("SELECT count(*) FROM notification WHERE status = 'delivered'").await, 2000);
+    assert_eq!(app.delivered().await, 2000);
     let duplicates = app.duplicate_sends();
     println!("postgres connections terminated ({killed}): {duplicates} duplicates");
     // Outcomes whose transaction was cut are kept and written again after the writer restarts;
     // at worst what was in flight (worker.concurrency) could be claimed and sent twice.
     assert!(duplicates <= 500, "{duplicates}");
-    app.cleanup().await;
 }
 
 #[actix_web::test]
@@ -211,10 +203,9 @@ async fn several_schedulers_move_each_due_retry_exactly_once() {
     let (x, y) = futures_util::join!(mover(a), mover(b));
 
     assert_eq!(x + y, 3000);
-    let len: i64 = redis::cmd("XLEN").arg(app.keys.stream(0)).query_async(&mut conn).await.unwrap();
+    let len = app.stream_len().await;
     let left: i64 = redis::cmd("ZCARD").arg(app.keys.delayed(0)).query_async(&mut conn).await.unwrap();
     assert_eq!((len, left), (3000, 0));
-    app.cleanup().await;
 }
 
 #[actix_web::test]
@@ -222,10 +213,10 @@ async fn a_redis_restart_without_persistence_mid_run_loses_nothing() {
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let mut redis_server = PrivateRedis::start(port).await;
     let mut app = prepare().await;
-    app.env.insert("NOTIFY__REDIS__URL".into(), format!("redis://127.0.0.1:{port}"));
-    app.env.insert("NOTIFY__WORKER__CONCURRENCY".into(), "300".into());
-    app.env.insert("NOTIFY__LISTENER__SWEEP_INTERVAL_MS".into(), "300".into());
-    app.env.insert("NOTIFY__LISTENER__STALE_AFTER_MS".into(), "3000".into());
+    app.set("redis.url", format!("redis://127.0.0.1:{port}"));
+    app.set("worker.concurrency", "300");
+    app.set("listener.sweep_interval_ms", "300");
+    app.set("listener.stale_after_ms", "3000");
     app.expo.set_latency(Duration::from_millis(20));
     app.start().await;
     add_users(&app, 20).await;
@@ -243,12 +234,11 @@ async fn a_redis_restart_without_persistence_mid_run_loses_nothing() {
     let _restarted = PrivateRedis::start(redis_server.port).await;
 
     app.all_final(Duration::from_secs(90)).await;
-    assert_eq!(app.count("SELECT count(*) FROM notification WHERE status = 'delivered'").await, 2000);
+    assert_eq!(app.delivered().await, 2000);
     let duplicates = app.duplicate_sends();
     println!("redis restarted empty: {} sends, {duplicates} duplicates", app.expo.sent_count());
     // Everything Redis held is rebuilt from Postgres; what was delivered stays delivered.
     assert!(duplicates <= 300, "at most what was in flight: {duplicates}");
-    app.cleanup().await;
 }
 
 #[actix_web::test]
@@ -261,9 +251,8 @@ async fn two_replicas_running_every_role_deliver_each_notification_once() {
     insert_bulk(&app, 3000, 30).await;
 
     app.all_final(Duration::from_secs(60)).await;
-    assert_eq!(app.count("SELECT count(*) FROM notification WHERE status = 'delivered'").await, 3000);
+    assert_eq!(app.delivered().await, 3000);
     assert_eq!(app.expo.sent_count(), 3000);
     assert_eq!(app.duplicate_sends(), 0);
     replica.stop(Duration::from_secs(5)).await;
-    app.cleanup().await;
 }

@@ -298,8 +298,8 @@ async fn a_service_account_fcm_refuses_opens_the_circuit_without_failing_anythin
     let (status, _, error) = app.final_status(id).await;
     assert_eq!(status, "delivered", "{error:?}");
     assert_eq!(fcm.sends_of(id, "dave-phone"), 1);
-    assert_eq!(app.count("SELECT count(*) FROM notification_failed").await, 0);
-    assert_eq!(app.count("SELECT count(*) FROM device WHERE disabled_at IS NOT NULL").await, 0);
+    assert_eq!(app.failed_rows().await, 0);
+    assert_eq!(app.disabled_devices().await, 0);
     let attempts = app.count("SELECT max(attempt_count)::bigint FROM delivery").await;
     // circuit.failures = 3 in tests: three refusals open it, then only the successful send counts.
     assert!(attempts <= 4, "an open circuit spends no attempts: {attempts}");

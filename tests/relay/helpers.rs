@@ -1,6 +1,11 @@
 //! `TestApp`: a fresh database (named by a uuid, migrated), a unique Redis key prefix, an Expo
 //! emulator on a loopback port, and the real application (engine + API on port 0) in the test's
 //! actix System.
+//!
+//! Everything a test makes is removed when it is dropped — the database, the Redis keys, temp
+//! files and directories, child processes — so a test that fails half-way leaves nothing behind
+//! and a test that passes needs no cleanup call. Below `TestApp`: the waits (`eventually`,
+//! `samples_holding`), the shared inserts and the shared assertions.
 
 use actors::keys::Keys;
 use emulators::expo::ExpoEmulator;
@@ -9,6 +14,7 @@ use notify_relay::startup::{Application, ProcessRoles};
 use serde_json::Value;
 use std::collections::HashMap;
 use std::future::Future;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use uuid::Uuid;
 
@@ -31,8 +37,9 @@ pub struct TestApp {
     pub env: HashMap<String, String>,
     pub app: Option<Application>,
     pub redis: redis::aio::MultiplexedConnection,
-    /// Files written for this test (e.g. an emulator's CA), removed by `cleanup`.
-    pub temp_files: Vec<std::path::PathBuf>,
+    /// The clock of the API's JWKS cache (of `start`, not of replicas): it stands still until
+    /// the test moves it.
+    pub auth_clock: Arc<TestClock>,
     /// Last, so that it is dropped after the in-process application.
     leftovers: Leftovers,
 }
@@ -81,7 +88,7 @@ pub async fn prepare() -> TestApp {
     .collect();
     let redis =
         redis::Client::open(redis_url()).expect("redis url").get_multiplexed_async_connection().await.expect("redis");
-    let leftovers = Leftovers { db_name: db_name.clone(), prefix: prefix.clone(), armed: true };
+    let leftovers = Leftovers { db_name: db_name.clone(), prefix: prefix.clone(), temp_files: Vec::new() };
     TestApp {
         db: pg(&db_url).await,
         db_name,
@@ -91,19 +98,45 @@ pub async fn prepare() -> TestApp {
         env,
         app: None,
         redis,
-        temp_files: Vec::new(),
+        auth_clock: Arc::new(TestClock::new()),
         leftovers,
     }
 }
 
 /// A prepared app, started.
 pub async fn spawn_app() -> TestApp {
+    spawn_app_with(&[]).await
+}
+
+/// A prepared app with these settings on top of the tests' defaults (see [`TestApp::set`]).
+pub async fn prepare_with(settings: &[(&str, &str)]) -> TestApp {
     let mut app = prepare().await;
+    for (key, value) in settings {
+        app.set(key, value);
+    }
+    app
+}
+
+/// [`prepare_with`], started.
+pub async fn spawn_app_with(settings: &[(&str, &str)]) -> TestApp {
+    let mut app = prepare_with(settings).await;
     app.start().await;
     app
 }
 
+/// The environment variable of a settings key: `listener.stale_after_ms` is
+/// `NOTIFY__LISTENER__STALE_AFTER_MS`.
+pub fn env_key(key: &str) -> String {
+    format!("NOTIFY__{}", key.replace('.', "__").to_uppercase())
+}
+
 impl TestApp {
+    /// Overrides a setting (when the app is next started) by its key in config/default.toml,
+    /// e.g. `app.set("claim.min_idle_ms", 60000)`; an unknown key fails the start.
+    pub fn set(&mut self, key: &str, value: impl ToString) {
+        self.env.insert(env_key(key), value.to_string());
+    }
+
     pub fn settings(&self) -> Settings {
         Settings::load(None, &self.env).expect("test settings")
     }
@@ -122,7 +155,10 @@ impl TestApp {
             notify_relay::telemetry::discard()
         };
         let consumer = format!("test-consumer-{}", Uuid::new_v4().simple());
-        let app = Application::build(settings, roles, false, consumer, log).await.expect("application starts");
+        let clock = self.auth_clock.clone();
+        let app = Application::build_with_clock(settings, roles, false, consumer, log, clock)
+            .await
+            .expect("application starts");
         self.app = Some(app);
     }
 
@@ -152,22 +188,15 @@ impl TestApp {
         }
     }
 
-    /// Stops the app and removes the database and Redis keys.
+    /// Stops the app gracefully (engine drain, API stop), then drops it: the database, Redis
+    /// keys and temp files go with the drop. A test that only needs the removal just ends.
     pub async fn cleanup(mut self) {
         self.stop().await;
-        let mut keys: Vec<String> =
-            redis::cmd("KEYS").arg(format!("{}:*", self.prefix)).query_async(&mut self.redis).await.unwrap_or_default();
-        keys.dedup();
-        if !keys.is_empty() {
-            let _: redis::RedisResult<()> = redis::cmd("DEL").arg(&keys).query_async(&mut self.redis).await;
-        }
-        for file in &self.temp_files {
-            let _ = std::fs::remove_file(file);
-        }
-        drop(self.db);
-        let base = pg(&base_database_url()).await;
-        let _ = base.batch_execute(&format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.db_name)).await;
-        self.leftovers.armed = false;
+    }
+
+    /// A file this test writes (an emulator's CA, a JWKS file), removed when the app is dropped.
+    pub fn remove_on_drop(&mut self, file: std::path::PathBuf) {
+        self.leftovers.temp_files.push(file);
     }
 
     /// Another client of this test's database (e.g. to hold locks in a transaction of its own).
@@ -257,6 +286,29 @@ impl TestApp {
             .get(0)
     }
 
+    /// An Expo device `ExponentPushToken[user]` for `user` and a first notification to it,
+    /// waited for until delivered: the relay is up and delivering. Returns the notification.
+    pub async fn delivered_first(&self, user: &str, payload: Value) -> Uuid {
+        self.add_device(user, "expo", &format!("ExponentPushToken[{user}]")).await;
+        let id = self.notify(user, payload).await;
+        assert_eq!(self.final_status(id).await.0, "delivered");
+        id
+    }
+
+    /// `n` notifications of `user` stored as `delivered` (as if sent earlier), in one statement.
+    pub async fn delivered_rows(&self, user: &str, n: i64) -> Vec<Uuid> {
+        let rows = self
+            .db
+            .query(
+                "INSERT INTO notification (user_id, type, status, delivered_at)
+                 SELECT $1, 't', 'delivered', now() FROM generate_series(1, $2::int8) RETURNING id",
+                &[&user, &n],
+            )
+            .await
+            .expect("insert delivered notifications");
+        rows.iter().map(|r| r.get(0)).collect()
+    }
+
     /// (status, attempt_count, last_error)
     pub async fn status(&self, id: Uuid) -> (String, i32, Option<String>) {
         let row = self
@@ -274,6 +326,44 @@ impl TestApp {
             (s.0 == "delivered" || s.0 == "failed").then_some(s)
         })
         .await
+    }
+
+    /// Waits until the device is disabled, and returns why (`disabled_reason`).
+    pub async fn disabled_reason(&self, device: Uuid) -> String {
+        eventually(Duration::from_secs(10), || async {
+            let row = self
+                .db
+                .query_one("SELECT disabled_at IS NOT NULL, disabled_reason FROM device WHERE id = $1", &[&device])
+                .await
+                .expect("device row");
+            row.get::<_, bool>(0).then(|| row.get::<_, Option<String>>(1).unwrap_or_default())
+        })
+        .await
+    }
+
+    /// How many devices are disabled.
+    pub async fn disabled_devices(&self) -> i64 {
+        self.count("SELECT count(*) FROM device WHERE disabled_at IS NOT NULL").await
+    }
+
+    /// (status, last_error) of the delivery row of `device` (a test that sent it one).
+    pub async fn delivery_of(&self, device: Uuid) -> (String, Option<String>) {
+        let row = self
+            .db
+            .query_one("SELECT status, last_error FROM delivery WHERE device_id = $1", &[&device])
+            .await
+            .expect("delivery row");
+        (row.get(0), row.get(1))
+    }
+
+    /// How many notifications are `delivered`.
+    pub async fn delivered(&self) -> i64 {
+        self.count("SELECT count(*) FROM notification WHERE status = 'delivered'").await
+    }
+
+    /// How many `notification_failed` rows there are.
+    pub async fn failed_rows(&self) -> i64 {
+        self.count("SELECT count(*) FROM notification_failed").await
     }
 
     pub async fn count(&self, sql: &str) -> i64 {
@@ -351,21 +441,66 @@ impl TestApp {
     /// Writes a job to shard 0's stream, unread, as a listener (or a Redis restored from an old
     /// snapshot) would have.
     pub async fn enqueue(&self, job: &actors::job::Job) {
+        self.enqueue_entry(&job.to_json()).await;
+    }
+
+    /// Writes `job` as the `job` field of an entry in shard 0's stream, whatever it holds (a
+    /// malformed or partial job, for the poison tests).
+    pub async fn enqueue_entry(&self, job: &str) {
         let mut conn = self.redis.clone();
         let _: String = redis::cmd("XADD")
             .arg(self.keys.stream(0))
             .arg("*")
             .arg("job")
-            .arg(job.to_json())
+            .arg(job)
             .query_async(&mut conn)
             .await
             .expect("XADD");
     }
 
+    /// Creates shard 0's consumer group (and stream) reading from the start, as the engine
+    /// does, for tests that hand entries out before it runs.
+    pub async fn create_group(&self) {
+        let mut conn = self.redis.clone();
+        let _: () = redis::cmd("XGROUP")
+            .arg("CREATE")
+            .arg(self.keys.stream(0))
+            .arg(actors::keys::GROUP)
+            .arg(0)
+            .arg("MKSTREAM")
+            .query_async(&mut conn)
+            .await
+            .expect("XGROUP CREATE");
+    }
+
+    /// The ids of the first `count` pending entries of shard 0, oldest first.
+    pub async fn pending_ids(&self, count: usize) -> Vec<String> {
+        let mut conn = self.redis.clone();
+        let pending: Vec<(String, String, u64, u64)> = redis::cmd("XPENDING")
+            .arg(self.keys.stream(0))
+            .arg(actors::keys::GROUP)
+            .arg("-")
+            .arg("+")
+            .arg(count)
+            .query_async(&mut conn)
+            .await
+            .expect("XPENDING");
+        pending.into_iter().map(|(id, ..)| id).collect()
+    }
+
     /// The length of shard 0's stream.
     pub async fn stream_len(&self) -> i64 {
+        self.xlen(&self.keys.stream(0)).await
+    }
+
+    /// The length of shard 0's dead-letter stream.
+    pub async fn dlq_len(&self) -> i64 {
+        self.xlen(&self.keys.dlq(0)).await
+    }
+
+    async fn xlen(&self, key: &str) -> i64 {
         let mut conn = self.redis.clone();
-        redis::cmd("XLEN").arg(self.keys.stream(0)).query_async(&mut conn).await.expect("XLEN")
+        redis::cmd("XLEN").arg(key).query_async(&mut conn).await.expect("XLEN")
     }
 
     /// Destroys shard 0's consumer group, as a Redis flush or an operator mistake would.
@@ -406,7 +541,7 @@ impl TestApp {
     pub fn enable_apns(&mut self, apns: &emulators::apns::ApnsEmulator, team_id: &str) {
         let ca_file = std::env::temp_dir().join(format!("apns-ca-{}.pem", Uuid::new_v4().simple()));
         std::fs::write(&ca_file, apns.ca_pem()).expect("write the APNs CA");
-        self.temp_files.push(ca_file.clone());
+        self.remove_on_drop(ca_file.clone());
         self.set_provider(
             "APNS",
             [
@@ -441,12 +576,7 @@ impl TestApp {
     /// Postgres first and Redis right after, so a row can be final a moment before its dead
     /// letter is written.
     pub async fn wait_for_dead_letters(&self, n: i64) {
-        eventually(Duration::from_secs(10), || async {
-            let mut conn = self.redis.clone();
-            let len: i64 = redis::cmd("XLEN").arg(self.keys.dlq(0)).query_async(&mut conn).await.expect("XLEN");
-            (len == n).then_some(())
-        })
-        .await;
+        eventually(Duration::from_secs(10), || async { (self.dlq_len().await == n).then_some(()) }).await;
     }
 
     pub async fn redis_counter(&self, event: &str) -> i64 {
@@ -456,18 +586,18 @@ impl TestApp {
     }
 }
 
-/// What `cleanup` removes, removed on drop when the test did not get that far (it failed): a
-/// failing test leaves no database and no Redis keys behind.
+/// What a test leaves in the shared Postgres, Redis and temp directory, removed when its
+/// `TestApp` is dropped: at its end, or half-way when it fails.
 struct Leftovers {
     db_name: String,
     prefix: String,
-    armed: bool,
+    temp_files: Vec<std::path::PathBuf>,
 }
 
 impl Drop for Leftovers {
     fn drop(&mut self) {
-        if !self.armed {
-            return;
+        for file in &self.temp_files {
+            let _ = std::fs::remove_file(file);
         }
         let (db_name, prefix) = (self.db_name.clone(), self.prefix.clone());
         // Drop runs on the test's runtime, which cannot block on async work: a thread with a
@@ -498,6 +628,51 @@ impl Drop for Leftovers {
             });
         });
         let _ = cleaner.join();
+    }
+}
+
+/// A clock that stands still until the test moves it with `advance`: "once the JWKS cache is
+/// stale" becomes a step of the test instead of a wait.
+pub struct TestClock {
+    start: Instant,
+    moved: Mutex<Duration>,
+}
+
+impl TestClock {
+    pub fn new() -> TestClock {
+        TestClock { start: Instant::now(), moved: Mutex::new(Duration::ZERO) }
+    }
+
+    pub fn advance(&self, by: Duration) {
+        *self.moved.lock().unwrap_or_else(|p| p.into_inner()) += by;
+    }
+}
+
+impl notify_relay::auth::Clock for TestClock {
+    fn now(&self) -> Instant {
+        self.start + *self.moved.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// A directory of the test's own under the system temp dir, removed with what is in it when
+/// dropped.
+pub struct TempDir(pub std::path::PathBuf);
+
+impl TempDir {
+    pub fn new(name: &str) -> TempDir {
+        let dir = std::env::temp_dir().join(format!("{name}-{}", Uuid::new_v4().simple()));
+        std::fs::create_dir_all(&dir).expect("create a temp directory");
+        TempDir(dir)
+    }
+
+    pub fn path(&self) -> &std::path::Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
     }
 }
 
@@ -536,7 +711,29 @@ pub async fn add_users(app: &TestApp, users: i64) {
             &[&users],
         )
         .await
-        .unwrap();
+        .expect("insert the users' devices");
+}
+
+/// One notification (no payload) for each of the users `u1`… of `add_users`.
+pub async fn notify_each_user(app: &TestApp, users: i64) {
+    app.db
+        .execute(
+            "INSERT INTO notification (user_id, type) SELECT 'u' || g, 't' FROM generate_series(1, $1::int8) g",
+            &[&users],
+        )
+        .await
+        .expect("insert a notification per user");
+}
+
+/// `n` notifications (no payload) for `user`, in one statement.
+pub async fn notify_times(app: &TestApp, user: &str, n: i64) {
+    app.db
+        .execute(
+            "INSERT INTO notification (user_id, type) SELECT $1, 't' FROM generate_series(1, $2::int8)",
+            &[&user, &n],
+        )
+        .await
+        .expect("insert the notifications");
 }
 
 /// `n` notifications in one statement, spread over the users of `add_users`.
@@ -549,7 +746,29 @@ pub async fn insert_bulk(app: &TestApp, n: i64, users: i64) {
             &[&n, &users],
         )
         .await
-        .unwrap();
+        .expect("insert the notifications");
+}
+
+/// Waits until the actor `name` of `app` has handled `more` messages after this call (e.g.
+/// claim passes): "nothing happened" is then a statement about passes that ran, not about a
+/// time that went by.
+pub async fn wait_for_passes(app: &Application, name: &str, more: u64) {
+    let start = TestApp::handled(app, name);
+    eventually(Duration::from_secs(30), || async { (TestApp::handled(app, name) >= start + more).then_some(()) }).await;
+}
+
+/// A provider refuses the project's credentials: once the circuit opened and deferred a
+/// delivery, `id` is still `retrying` (credentials are the project's problem, so nothing fails
+/// for good) with few attempts spent, its error is the provider's `refusal` or the open circuit
+/// of `provider`, and no device was disabled.
+pub async fn assert_refused_credentials_defer(app: &TestApp, id: Uuid, refusal: &str, provider: &str) {
+    eventually(Duration::from_secs(10), || async { (app.redis_counter("DEFERRED").await >= 1).then_some(()) }).await;
+    let (status, attempts, error) = app.status(id).await;
+    assert_eq!(status, "retrying", "credentials are the project's problem: nothing fails for good");
+    assert!(attempts <= 3, "the open circuit stops spending attempts: {attempts}");
+    let error = error.unwrap_or_default();
+    assert!(error.contains(refusal) || error.contains(&format!("circuit open for {provider}")), "{error}");
+    assert_eq!(app.disabled_devices().await, 0);
 }
 
 /// Waits until the Expo emulator accepted at least `at_least` messages.

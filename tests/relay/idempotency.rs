@@ -7,9 +7,7 @@ use std::time::Duration;
 #[actix_web::test]
 async fn the_same_entry_delivered_twice_is_sent_once() {
     let app = spawn_app().await;
-    app.add_device("kim", "expo", "ExponentPushToken[kim]").await;
-    let id = app.notify("kim", json!({"title": "once"})).await;
-    assert_eq!(app.final_status(id).await.0, "delivered");
+    let id = app.delivered_first("kim", json!({"title": "once"})).await;
 
     // Write the very same job to the stream again, as a redelivery would.
     let row = app
@@ -21,21 +19,12 @@ async fn the_same_entry_delivered_twice_is_sent_once() {
         .await
         .unwrap();
     let job = crate::helpers::expo_job(id, row.get(0), "kim", row.get(1), json!({"title": "once"}));
-    let mut conn = app.redis.clone();
-    let _: String = redis::cmd("XADD")
-        .arg(app.keys.stream(0))
-        .arg("*")
-        .arg("job")
-        .arg(job.to_json())
-        .query_async(&mut conn)
-        .await
-        .unwrap();
+    app.enqueue(&job).await;
 
     eventually(Duration::from_secs(10), || async { (app.redis_counter("DUPLICATE_SKIPPED").await == 1).then_some(()) })
         .await;
     assert_eq!(app.expo.sends_of(id, "ExponentPushToken[kim]"), 1);
     assert_eq!(app.pending_entries().await, 0, "the duplicate was acknowledged");
-    app.cleanup().await;
 }
 
 #[actix_web::test]
@@ -59,5 +48,4 @@ async fn a_delivered_target_gets_an_idempotency_key_that_outlives_two_sweep_leas
     // the sweep finds the target again: an hour, or two leases of listener.stale_after_ms.
     assert!(ttl > 3600 - 60 && ttl <= 3600, "{ttl}");
     let _: () = redis::cmd("PING").query_async(&mut conn).await.unwrap();
-    app.cleanup().await;
 }

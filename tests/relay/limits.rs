@@ -1,58 +1,37 @@
 //! Shared rate limits: a limited delivery waits, is never dropped, and spends no attempt.
 
-use crate::helpers::{prepare, samples_holding};
+use crate::helpers::{add_users, notify_each_user, notify_times, samples_holding, spawn_app_with};
 use std::time::Duration;
 
 #[actix_web::test]
 async fn the_provider_rate_limit_defers_without_spending_attempts() {
-    let mut app = prepare().await;
-    app.env.insert("NOTIFY__PROVIDERS__EXPO__RATE_PER_SEC".into(), "100".into());
-    app.env.insert("NOTIFY__RETRY__MAX_ATTEMPTS".into(), "1".into());
-    app.start().await;
-    app.db
-        .execute(
-            "INSERT INTO device (user_id, provider, token)
-             SELECT 'x' || g, 'expo', 'ExponentPushToken[x' || g || ']' FROM generate_series(1, 300) g",
-            &[],
-        )
-        .await
-        .unwrap();
-
-    app.db
-        .execute("INSERT INTO notification (user_id, type) SELECT 'x' || g, 't' FROM generate_series(1, 300) g", &[])
-        .await
-        .unwrap();
+    let app = spawn_app_with(&[("providers.expo.rate_per_sec", "100"), ("retry.max_attempts", "1")]).await;
+    add_users(&app, 300).await;
+    notify_each_user(&app, 300).await;
 
     app.all_final(Duration::from_secs(30)).await;
     // With one attempt allowed, a limit that spent attempts would have failed most of them.
-    assert_eq!(app.count("SELECT count(*) FROM notification WHERE status = 'delivered'").await, 300);
+    assert_eq!(app.delivered().await, 300);
     assert_eq!(app.count("SELECT max(attempt_count)::int8 FROM delivery").await, 1);
     assert!(app.redis_counter("DEFERRED").await > 0, "the burst of 300 exceeded 100/s");
     assert_eq!(app.expo.sent_count(), 300);
-    app.cleanup().await;
 }
 
 #[actix_web::test]
 async fn the_per_device_limit_spreads_a_burst_to_one_device() {
-    let mut app = prepare().await;
-    app.env.insert("NOTIFY__PROVIDERS__EXPO__DEVICE_RATE_PER_SEC".into(), "5".into());
-    app.start().await;
+    let app = spawn_app_with(&[("providers.expo.device_rate_per_sec", "5")]).await;
     app.add_device("yan", "expo", "ExponentPushToken[yan]").await;
     app.add_device("zoe", "expo", "ExponentPushToken[zoe]").await;
 
-    app.db
-        .execute("INSERT INTO notification (user_id, type) SELECT 'yan', 't' FROM generate_series(1, 12)", &[])
-        .await
-        .unwrap();
+    notify_times(&app, "yan", 12).await;
     let other = app.notify("zoe", serde_json::json!({})).await;
 
     app.all_final(Duration::from_secs(30)).await;
-    assert_eq!(app.count("SELECT count(*) FROM notification WHERE status = 'delivered'").await, 13);
+    assert_eq!(app.delivered().await, 13);
     assert_eq!(app.count("SELECT max(attempt_count)::int8 FROM delivery").await, 1);
     assert!(app.redis_counter("DEFERRED").await > 0, "12 at once exceed 5/s for one device");
     let (_, attempts, _) = app.status(other).await;
     assert_eq!(attempts, 1, "another device is not held back");
-    app.cleanup().await;
 }
 
 /// An idle shard's reader waits for entries holding no in-flight permits, so busy shards are
@@ -60,10 +39,7 @@ async fn the_per_device_limit_spreads_a_burst_to_one_device() {
 /// reader holding it through its 1 s BLOCK left the others waiting).
 #[actix_web::test]
 async fn idle_readers_hold_no_permits_and_one_permit_serves_every_shard() {
-    let mut app = prepare().await;
-    app.env.insert("NOTIFY__REDIS__SHARDS".into(), "4".into());
-    app.env.insert("NOTIFY__WORKER__CONCURRENCY".into(), "1".into());
-    app.start().await;
+    let app = spawn_app_with(&[("redis.shards", "4"), ("worker.concurrency", "1")]).await;
     app.add_device("sam", "expo", "ExponentPushToken[sam]").await;
 
     // Idle: sampled 50 times, the permit is (all but) always free.
@@ -71,12 +47,9 @@ async fn idle_readers_hold_no_permits_and_one_permit_serves_every_shard() {
     let held = samples_holding(50, Duration::from_millis(20), || engine.in_flight(), |n| *n > 0).await;
     assert!(held <= 2, "idle readers held the permit in {held} of 50 samples");
 
-    app.db
-        .execute("INSERT INTO notification (user_id, type) SELECT 'sam', 't' FROM generate_series(1, 40)", &[])
-        .await
-        .unwrap();
+    notify_times(&app, "sam", 40).await;
     app.all_final(Duration::from_secs(30)).await;
-    assert_eq!(app.count("SELECT count(*) FROM notification WHERE status = 'delivered'").await, 40);
+    assert_eq!(app.delivered().await, 40);
     assert_eq!(
         app.count(
             "SELECT count(DISTINCT shard) FROM (SELECT get_byte(uuid_send(id), 15) % 4 AS shard FROM notification) s"
@@ -84,5 +57,4 @@ async fn idle_readers_hold_no_permits_and_one_permit_serves_every_shard() {
         .await,
         4
     );
-    app.cleanup().await;
 }

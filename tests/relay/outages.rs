@@ -65,7 +65,7 @@ async fn a_redis_restored_from_a_snapshot_taken_before_400_deliveries_resends_no
     let started = Instant::now();
     let mut redis_server = PrivateRedis::persistent().await;
     let mut app = prepare().await;
-    app.env.insert("NOTIFY__REDIS__URL".into(), redis_server.url());
+    app.set("redis.url", redis_server.url());
     add_users(&app, 20).await;
 
     // Fan-out only: the 400 entries wait unread in the stream when the snapshot is taken.
@@ -81,7 +81,7 @@ async fn a_redis_restored_from_a_snapshot_taken_before_400_deliveries_resends_no
 
     let worker = app.spawn_roles("worker,scheduler", &[]);
     app.all_final(Duration::from_secs(60)).await;
-    assert_eq!(app.count("SELECT count(*) FROM notification WHERE status = 'delivered'").await, 400);
+    assert_eq!(app.delivered().await, 400);
     assert_eq!(app.expo.sent_count(), 400);
     // Every entry acknowledged and deleted: the live Redis has moved on from the snapshot.
     eventually(Duration::from_secs(30), || async { (backlog(&conn, &app.keys).await == (0, 0)).then_some(()) }).await;
@@ -104,9 +104,8 @@ async fn a_redis_restored_from_a_snapshot_taken_before_400_deliveries_resends_no
     );
     assert_eq!(app.expo.sent_count(), 400, "what Postgres records as delivered is never sent again");
     assert_eq!(app.duplicate_sends(), 0);
-    assert_eq!(app.count("SELECT count(*) FROM notification WHERE status = 'delivered'").await, 400);
+    assert_eq!(app.delivered().await, 400);
     drop((worker, listener));
-    app.cleanup().await;
 }
 
 #[actix_web::test]
@@ -114,17 +113,17 @@ async fn a_provider_that_hangs_for_25_s_fails_nothing_and_costs_at_most_3_attemp
     let started = Instant::now();
     let mut app = prepare().await;
     for (key, value) in [
-        ("NOTIFY__PROVIDERS__EXPO__TIMEOUT_MS", "1000"),
-        ("NOTIFY__RETRY__MAX_ATTEMPTS", "5"),
-        ("NOTIFY__RETRY__BASE_MS", "200"),
-        ("NOTIFY__RETRY__MAX_MS", "2000"),
+        ("providers.expo.timeout_ms", "1000"),
+        ("retry.max_attempts", "5"),
+        ("retry.base_ms", "200"),
+        ("retry.max_ms", "2000"),
         // Above the provider timeout, so that a hung send is never claimed while it waits.
-        ("NOTIFY__CLAIM__MIN_IDLE_MS", "5000"),
-        ("NOTIFY__CIRCUIT__FAILURES", "3"),
-        ("NOTIFY__CIRCUIT__OPEN_MS", "500"),
-        ("NOTIFY__CIRCUIT__MAX_OPEN_MS", "2000"),
+        ("claim.min_idle_ms", "5000"),
+        ("circuit.failures", "3"),
+        ("circuit.open_ms", "500"),
+        ("circuit.max_open_ms", "2000"),
     ] {
-        app.env.insert(key.into(), value.into());
+        app.set(key, value);
     }
     add_users(&app, 20).await;
     let relay = app.spawn_binary(&[]);
@@ -151,7 +150,7 @@ async fn a_provider_that_hangs_for_25_s_fails_nothing_and_costs_at_most_3_attemp
     }
 
     app.all_final(Duration::from_secs(90)).await;
-    let delivered = app.count("SELECT count(*) FROM notification WHERE status = 'delivered'").await;
+    let delivered = app.delivered().await;
     let most = app.count("SELECT coalesce(max(attempt_count), 0)::int8 FROM delivery").await;
     let (failed_targets, failed, gave_up) = failures(&app).await;
     println!(
@@ -166,7 +165,6 @@ async fn a_provider_that_hangs_for_25_s_fails_nothing_and_costs_at_most_3_attemp
     assert!(most <= 3, "an outage costs no attempts: a target spent {most}");
     assert_eq!(app.duplicate_sends(), 0);
     drop(relay);
-    app.cleanup().await;
 }
 
 #[actix_web::test]
@@ -174,7 +172,7 @@ async fn a_worker_whose_outcome_writer_stalls_past_min_idle_is_not_sent_twice_by
     let started = Instant::now();
     let mut app = prepare().await;
     let min_idle = Duration::from_millis(3000);
-    app.env.insert("NOTIFY__CLAIM__MIN_IDLE_MS".into(), min_idle.as_millis().to_string());
+    app.set("claim.min_idle_ms", min_idle.as_millis().to_string());
     // Sends take long enough for the test to lock the fanned-out rows before any outcome is stored.
     app.expo.set_latency(Duration::from_millis(500));
     add_users(&app, 20).await;
@@ -211,7 +209,7 @@ async fn a_worker_whose_outcome_writer_stalls_past_min_idle_is_not_sent_twice_by
     locker.batch_execute("COMMIT").await.unwrap();
 
     app.all_final(Duration::from_secs(60)).await;
-    let delivered = app.count("SELECT count(*) FROM notification WHERE status = 'delivered'").await;
+    let delivered = app.delivered().await;
     let (failed_targets, failed, _) = failures(&app).await;
     let duplicates = app.duplicate_sends();
     println!(
@@ -225,7 +223,6 @@ async fn a_worker_whose_outcome_writer_stalls_past_min_idle_is_not_sent_twice_by
     assert_eq!((failed_targets, failed), (0, 0));
     assert_eq!(delivered, 200);
     drop((worker, scheduler));
-    app.cleanup().await;
 }
 
 #[actix_web::test]
@@ -233,7 +230,7 @@ async fn postgres_unreachable_for_40_s_under_load_fails_nothing() {
     let started = Instant::now();
     let mut app = prepare().await;
     let concurrency = 500;
-    app.env.insert("NOTIFY__WORKER__CONCURRENCY".into(), concurrency.to_string());
+    app.set("worker.concurrency", concurrency.to_string());
     app.expo.set_latency(Duration::from_millis(100));
     add_users(&app, 40).await;
     insert_bulk(&app, 4000, 40).await;
@@ -274,7 +271,7 @@ async fn postgres_unreachable_for_40_s_under_load_fails_nothing() {
     assert_eq!(connected, 0, "Postgres stayed unreachable for the relay");
 
     app.all_final(Duration::from_secs(90)).await;
-    let delivered = app.count("SELECT count(*) FROM notification WHERE status = 'delivered'").await;
+    let delivered = app.delivered().await;
     let (failed_targets, failed, gave_up) = failures(&app).await;
     let duplicates = app.duplicate_sends();
     println!(
@@ -288,7 +285,6 @@ async fn postgres_unreachable_for_40_s_under_load_fails_nothing() {
     assert_eq!(delivered, 4000);
     assert!(duplicates <= concurrency, "at most what was in flight ({concurrency}): {duplicates}");
     drop(relays);
-    app.cleanup().await;
 }
 
 #[actix_web::test]

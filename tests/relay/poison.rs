@@ -113,19 +113,18 @@ async fn poison_rows_among_a_thousand_good_ones_fail_alone_and_every_good_row_is
     }
     assert_eq!(failed.len(), expected.len(), "{failed:?}");
     let poison = 2 * rows.len() as i64 + 2;
-    assert_eq!(app.count("SELECT count(*) FROM notification_failed").await, poison);
+    assert_eq!(app.failed_rows().await, poison);
     app.wait_for_dead_letters(poison).await;
     assert_no_actor_restarted(&app).await;
-    app.cleanup().await;
 }
 
 /// A row nobody can send that was fanned out by an earlier version (before the caps) is failed
 /// by the sweep instead of being re-enqueued forever.
 #[actix_web::test]
 async fn the_sweep_fails_a_stale_target_whose_payload_can_no_longer_be_sent() {
-    let mut app = crate::helpers::prepare().await;
-    app.env.insert("NOTIFY__LISTENER__STALE_AFTER_MS".into(), "3000".into());
-    app.env.insert("NOTIFY__LISTENER__SWEEP_INTERVAL_MS".into(), "200".into());
+    let mut app =
+        crate::helpers::prepare_with(&[("listener.stale_after_ms", "3000"), ("listener.sweep_interval_ms", "200")])
+            .await;
     let (id, _) = app.queued_target("old", "ExponentPushToken[old]", &json!({"title": "t", "ttl": "soon"}), 3600).await;
     app.start().await;
 
@@ -135,8 +134,7 @@ async fn the_sweep_fails_a_stale_target_whose_payload_can_no_longer_be_sent() {
         ("failed", Some("payload.ttl must be a non-negative integer, got a string"))
     );
     assert_eq!(app.expo.sent_count(), 0);
-    assert_eq!(app.count("SELECT count(*) FROM notification_failed").await, 1);
-    app.cleanup().await;
+    assert_eq!(app.failed_rows().await, 1);
 }
 
 #[actix_web::test]
@@ -156,7 +154,6 @@ async fn a_nul_byte_in_a_providers_answer_is_stored_without_it_and_the_writer_ke
     let after = app.notify("fine", json!({"title": "after"})).await;
     assert_eq!(app.final_status(after).await.0, "delivered");
     assert_no_actor_restarted(&app).await;
-    app.cleanup().await;
 }
 
 /// Postgres refuses one outcome (here a trigger stands in for whatever it may refuse): the
@@ -180,7 +177,7 @@ async fn an_outcome_postgres_refuses_is_isolated_and_the_rest_of_its_batch_is_st
         .await
         .unwrap();
     // Large flush windows, so the refused outcome shares its batches with the good ones.
-    app.env.insert("NOTIFY__PROVIDERS__EXPO__FLUSH_AFTER_MS".into(), "200".into());
+    app.set("providers.expo.flush_after_ms", "200");
     app.start().await;
     app.add_device("bad", "expo", "ExponentPushToken[developererror-bad]").await;
     for u in 0..20 {
@@ -196,7 +193,7 @@ async fn an_outcome_postgres_refuses_is_isolated_and_the_rest_of_its_batch_is_st
         .unwrap();
 
     app.all_final(Duration::from_secs(30)).await;
-    assert_eq!(app.count("SELECT count(*) FROM notification WHERE status = 'delivered'").await, 19);
+    assert_eq!(app.delivered().await, 19);
     let error: String = app
         .db
         .query_one("SELECT last_error FROM notification WHERE user_id = 'bad' AND status = 'failed'", &[])
@@ -206,7 +203,6 @@ async fn an_outcome_postgres_refuses_is_isolated_and_the_rest_of_its_batch_is_st
     assert!(error.starts_with("the provider's answer could not be stored: "), "{error}");
     assert!(app.redis_counter("OUTCOME_REFUSED").await >= 1);
     assert_no_actor_restarted(&app).await;
-    app.cleanup().await;
 }
 
 /// If Postgres refuses even the plainest record of a target, the entry is dead-lettered in
@@ -252,7 +248,6 @@ async fn a_target_postgres_refuses_every_outcome_for_is_dead_lettered_and_the_re
     let later = app.notify("fine", json!({"title": "later"})).await;
     assert_eq!(app.final_status(later).await.0, "delivered");
     assert_no_actor_restarted(&app).await;
-    app.cleanup().await;
 }
 
 /// A stream entry that is not a whole job but still names its target (a field missing, a
@@ -265,25 +260,16 @@ async fn an_unreadable_stream_entry_that_names_its_target_fails_that_target() {
     let deep = format!("{}{}", "[".repeat(200), "]".repeat(200));
     let entry =
         format!(r#"{{"notification_id": "{id}", "device_id": "{device}", "provider": "expo", "payload": {deep}}}"#);
-    let mut conn = app.redis.clone();
-    let _: String = redis::cmd("XADD")
-        .arg(app.keys.stream(0))
-        .arg("*")
-        .arg("job")
-        .arg(&entry)
-        .query_async(&mut conn)
-        .await
-        .unwrap();
+    app.enqueue_entry(&entry).await;
 
     let (status, _, error) = app.final_status(id).await;
     assert_eq!(status, "failed");
     let error = error.unwrap_or_default();
     assert!(error.starts_with("unreadable stream entry: malformed job: recursion limit exceeded"), "{error}");
-    assert_eq!(app.count("SELECT count(*) FROM notification_failed").await, 1);
+    assert_eq!(app.failed_rows().await, 1);
     app.wait_for_dead_letters(1).await;
     assert_eq!(app.expo.sent_count(), 0);
     assert_no_actor_restarted(&app).await;
-    app.cleanup().await;
 }
 
 /// A user with more active devices than `devices.max_per_user` (rows written around the API)
@@ -312,7 +298,7 @@ async fn fan_out_is_capped_per_user_and_large_fan_outs_are_enqueued_in_parts() {
         .unwrap();
 
     app.all_final(Duration::from_secs(60)).await;
-    assert_eq!(app.count("SELECT count(*) FROM notification WHERE status = 'delivered'").await, 20);
+    assert_eq!(app.delivered().await, 20);
     assert_eq!(app.count("SELECT count(*) FROM delivery").await, 20 * 100);
     assert_eq!(app.expo.sent_count(), 2000);
     // The newest 100: created 1 to 100 minutes ago.
@@ -323,7 +309,6 @@ async fn fan_out_is_capped_per_user_and_large_fan_outs_are_enqueued_in_parts() {
         .await;
     assert_eq!(oldest_used, 100);
     assert_no_actor_restarted(&app).await;
-    app.cleanup().await;
 }
 
 /// The pull API shows a user's failures whatever their payloads hold: one the relay cannot read
@@ -332,7 +317,7 @@ async fn fan_out_is_capped_per_user_and_large_fan_outs_are_enqueued_in_parts() {
 async fn failures_with_unreadable_or_oversized_payloads_are_listed_with_a_null_payload() {
     use crate::tokens::{claims, hs256, HS_SECRET};
     let mut app = crate::helpers::prepare().await;
-    app.env.insert("NOTIFY__AUTH__JWT_SECRET".into(), HS_SECRET.into());
+    app.set("auth.jwt_secret", HS_SECRET);
     app.start().await;
     let rows = poison_rows();
     let mut tx = String::from("BEGIN;");
@@ -360,7 +345,6 @@ async fn failures_with_unreadable_or_oversized_payloads_are_listed_with_a_null_p
         let readable = !matches!(*kind, "number beyond f64" | "300-deep nesting" | "1 MiB payload");
         assert_eq!(payload.is_null(), !readable, "{kind}: {payload}");
     }
-    app.cleanup().await;
 }
 
 /// While Postgres fails every write (here a trigger raising a serialization failure, which is
@@ -398,7 +382,6 @@ async fn the_outcome_writer_waits_out_its_backoff_however_many_outcomes_arrive()
 
     app.db.batch_execute("UPDATE chaos SET on_ = false").await.unwrap();
     app.all_final(Duration::from_secs(60)).await;
-    assert_eq!(app.count("SELECT count(*) FROM notification WHERE status = 'delivered'").await, 40);
+    assert_eq!(app.delivered().await, 40);
     assert_eq!(app.expo.sent_count(), 40, "nothing sent twice");
-    app.cleanup().await;
 }

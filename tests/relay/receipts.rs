@@ -2,7 +2,9 @@
 //! forgotten — and never lost: not to a Redis flush, a write Postgres refused, or a poller that
 //! died holding them.
 
-use crate::helpers::{eventually, prepare, spawn_app, TestApp, ADMIN_TOKEN};
+use crate::helpers::{
+    add_users, eventually, notify_each_user, prepare, prepare_with, spawn_app, spawn_app_with, TestApp, ADMIN_TOKEN,
+};
 use notify_relay::startup::ProcessRoles;
 use serde_json::json;
 use std::time::{Duration, SystemTime};
@@ -46,24 +48,13 @@ async fn a_receipt_saying_device_not_registered_disables_the_device() {
         app.db.query_one("SELECT last_error FROM delivery WHERE notification_id = $1", &[&id]).await.unwrap().get(0);
     assert!(last_error.unwrap().starts_with("receipt: "));
     eventually(Duration::from_secs(5), || async { (receipts_due(&app).await == 0).then_some(()) }).await;
-    app.cleanup().await;
 }
 
 #[actix_web::test]
 async fn ok_receipts_are_fetched_in_few_calls_and_forgotten() {
     let app = spawn_app().await;
-    app.db
-        .execute(
-            "INSERT INTO device (user_id, provider, token)
-             SELECT 'v' || g, 'expo', 'ExponentPushToken[v' || g || ']' FROM generate_series(1, 150) g",
-            &[],
-        )
-        .await
-        .unwrap();
-    app.db
-        .execute("INSERT INTO notification (user_id, type) SELECT 'v' || g, 't' FROM generate_series(1, 150) g", &[])
-        .await
-        .unwrap();
+    add_users(&app, 150).await;
+    notify_each_user(&app, 150).await;
 
     app.all_final(Duration::from_secs(20)).await;
     eventually(Duration::from_secs(10), || async {
@@ -71,26 +62,21 @@ async fn ok_receipts_are_fetched_in_few_calls_and_forgotten() {
     })
     .await;
     assert!(app.expo.receipt_requests() <= 20, "{} calls for 150 receipts", app.expo.receipt_requests());
-    assert_eq!(app.count("SELECT count(*) FROM device WHERE disabled_at IS NOT NULL").await, 0);
-    app.cleanup().await;
+    assert_eq!(app.disabled_devices().await, 0);
 }
 
 #[actix_web::test]
 async fn a_receipt_still_due_when_redis_is_flushed_is_applied() {
-    let mut app = prepare().await;
-    // Due well after the flush below.
-    app.env.insert("NOTIFY__PROVIDERS__EXPO__RECEIPT_DELAY_MS".into(), "3000".into());
-    app.start().await;
+    let app = spawn_app_with(&[
+        // Due well after the flush below.
+        ("providers.expo.receipt_delay_ms", "3000"),
+    ])
+    .await;
     let device = app.add_device("vic", "expo", "ExponentPushToken[receiptgone-vic]").await;
     let id = app.notify("vic", json!({"title": "ticket before the flush"})).await;
     assert_eq!(app.final_status(id).await.0, "delivered");
     // The outcome's Redis writes are done too: the ack (and anything written with it) empties the stream.
-    eventually(Duration::from_secs(5), || async {
-        let mut conn = app.redis.clone();
-        let len: i64 = redis::cmd("XLEN").arg(app.keys.stream(0)).query_async(&mut conn).await.unwrap();
-        (len == 0).then_some(())
-    })
-    .await;
+    eventually(Duration::from_secs(5), || async { (app.stream_len().await == 0).then_some(()) }).await;
 
     wipe_redis(&app).await;
 
@@ -98,7 +84,6 @@ async fn a_receipt_still_due_when_redis_is_flushed_is_applied() {
     let (_, reason) = disabled(&app, device, Duration::from_secs(15)).await;
     assert!(reason.starts_with("receipt: expo: DeviceNotRegistered"), "{reason}");
     assert_eq!(receipts_due(&app).await, 0);
-    app.cleanup().await;
 }
 
 #[actix_web::test]
@@ -136,7 +121,6 @@ async fn a_receipt_whose_write_postgres_refused_once_is_applied_later() {
     let poller = poller.unwrap_or_else(|| panic!("no receipt poller in {actors}"));
     assert!(poller["last_error"].as_str().unwrap_or_default().contains("refused"), "{poller}");
     assert_eq!(receipts_due(&app).await, 0);
-    app.cleanup().await;
 }
 
 #[actix_web::test]
@@ -170,25 +154,13 @@ async fn a_receipt_leased_by_a_poller_that_died_is_applied_once_the_lease_ran_ou
     assert!(disabled_at >= leased_until, "applied before the lease ran out");
     assert_eq!(receipts_due(&app).await, 0);
     replica.stop(Duration::from_secs(5)).await;
-    app.cleanup().await;
 }
 
 #[actix_web::test]
 async fn a_receipt_expo_does_not_have_is_asked_again_until_it_is_a_day_old() {
     let app = spawn_app().await;
     let device = app.add_device("yan", "expo", "ExponentPushToken[yan]").await;
-    let ids: Vec<Uuid> = app
-        .db
-        .query(
-            "INSERT INTO notification (user_id, type, status, delivered_at)
-             SELECT 'yan', 't', 'delivered', now() FROM generate_series(1, 2) RETURNING id",
-            &[],
-        )
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
+    let ids = app.delivered_rows("yan", 2).await;
     // Tickets the emulator never issued: Expo has no receipt for them (yet, or any more).
     for (id, hours) in [(ids[0], 1), (ids[1], 25)] {
         app.db
@@ -223,30 +195,17 @@ async fn a_receipt_expo_does_not_have_is_asked_again_until_it_is_a_day_old() {
     .await;
 
     assert!(app.expo.receipt_requests() >= 1);
-    assert_eq!(app.count("SELECT count(*) FROM device WHERE disabled_at IS NOT NULL").await, 0);
+    assert_eq!(app.disabled_devices().await, 0);
     assert_eq!(app.count("SELECT count(*) FROM delivery WHERE last_error IS NOT NULL").await, 0);
-    app.cleanup().await;
 }
 
 #[actix_web::test]
 async fn admin_queues_count_the_receipts_due_in_postgres_per_shard() {
-    let mut app = prepare().await;
-    app.env.insert("NOTIFY__REDIS__SHARDS".into(), "3".into());
+    let mut app = prepare_with(&[("redis.shards", "3")]).await;
     // API only: no poller that would ask for these receipts.
     app.start_with(ProcessRoles::parse("api").unwrap()).await;
     let device = app.add_device("zed", "expo", "ExponentPushToken[zed]").await;
-    let ids: Vec<Uuid> = app
-        .db
-        .query(
-            "INSERT INTO notification (user_id, type, status) SELECT 'zed', 't', 'delivered'
-               FROM generate_series(1, 40) RETURNING id",
-            &[],
-        )
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
+    let ids = app.delivered_rows("zed", 40).await;
     app.db
         .execute(
             "INSERT INTO delivery (notification_id, device_id, provider, status, provider_message_id, delivered_at,
@@ -269,5 +228,4 @@ async fn admin_queues_count_the_receipts_due_in_postgres_per_shard() {
         queues["shards"].as_array().unwrap().iter().map(|s| s["receipts_pending"].as_u64().unwrap()).collect();
     assert_eq!(per_shard, expected, "{queues}");
     assert_eq!(queues["totals"]["receipts_pending"], 40, "{queues}");
-    app.cleanup().await;
 }

@@ -8,9 +8,7 @@ use std::time::Duration;
 #[actix_web::test]
 async fn the_listener_reconnects_after_its_connection_is_terminated() {
     let app = spawn_app().await;
-    app.add_device("olga", "expo", "ExponentPushToken[olga]").await;
-    let first = app.notify("olga", json!({"title": "before"})).await;
-    assert_eq!(app.final_status(first).await.0, "delivered");
+    app.delivered_first("olga", json!({"title": "before"})).await;
 
     let killed: i64 = app
         .db
@@ -36,7 +34,6 @@ async fn the_listener_reconnects_after_its_connection_is_terminated() {
         running.then_some(())
     })
     .await;
-    app.cleanup().await;
 }
 
 #[actix_web::test]
@@ -51,14 +48,13 @@ async fn an_entry_left_pending_by_a_dead_consumer_is_claimed_and_delivered() {
     assert_eq!((status.as_str(), attempts), ("delivered", 1));
     assert_eq!(app.expo.sends_of(id, "ExponentPushToken[pete]"), 1);
     eventually(Duration::from_secs(5), || async { (app.pending_entries().await == 0).then_some(()) }).await;
-    app.cleanup().await;
 }
 
 #[actix_web::test]
 async fn a_target_whose_entry_was_lost_is_re_enqueued_by_the_sweep() {
-    let mut app = crate::helpers::prepare().await;
-    app.env.insert("NOTIFY__LISTENER__SWEEP_INTERVAL_MS".into(), "200".into());
-    app.env.insert("NOTIFY__LISTENER__STALE_AFTER_MS".into(), "3000".into());
+    let mut app =
+        crate::helpers::prepare_with(&[("listener.sweep_interval_ms", "200"), ("listener.stale_after_ms", "3000")])
+            .await;
     // Queued in Postgres an hour ago, but its stream entry never made it (Redis lost it).
     let (id, _) = app.queued_target("quinn", "ExponentPushToken[quinn]", &json!({"title": "lost"}), 3600).await;
 
@@ -67,15 +63,12 @@ async fn a_target_whose_entry_was_lost_is_re_enqueued_by_the_sweep() {
     assert_eq!(app.final_status(id).await.0, "delivered");
     assert_eq!(app.expo.sends_of(id, "ExponentPushToken[quinn]"), 1);
     assert_eq!(app.redis_counter("REQUEUED").await, 1);
-    app.cleanup().await;
 }
 
 #[actix_web::test]
 async fn a_stream_reader_whose_connection_is_killed_is_restarted_and_delivery_goes_on() {
     let app = spawn_app().await;
-    app.add_device("rita", "expo", "ExponentPushToken[rita]").await;
-    let first = app.notify("rita", json!({"title": "before"})).await;
-    assert_eq!(app.final_status(first).await.0, "delivered");
+    app.delivered_first("rita", json!({"title": "before"})).await;
 
     let mut conn = app.redis.clone();
     let clients: String = redis::cmd("CLIENT").arg("LIST").query_async(&mut conn).await.unwrap();
@@ -94,7 +87,6 @@ async fn a_stream_reader_whose_connection_is_killed_is_restarted_and_delivery_go
     let (_, body) = app.get("/admin/actors", Some(ADMIN_TOKEN)).await;
     let reader = body["actors"].as_array().unwrap().iter().find(|a| a["kind"] == "stream_reader").unwrap().clone();
     assert_eq!(reader["restarts"], 1, "{reader}");
-    app.cleanup().await;
 }
 
 #[actix_web::test]
@@ -105,16 +97,7 @@ async fn an_entry_handed_out_max_deliveries_times_is_dead_lettered_not_sent() {
     let (id, _) = app.orphaned_entry("sam", "ExponentPushToken[sam]", json!({"title": "poison"})).await;
     let stream = app.keys.stream(0);
     let mut conn = app.redis.clone();
-    let pending: Vec<(String, String, u64, u64)> = redis::cmd("XPENDING")
-        .arg(&stream)
-        .arg(actors::keys::GROUP)
-        .arg("-")
-        .arg("+")
-        .arg(10)
-        .query_async(&mut conn)
-        .await
-        .unwrap();
-    let entry = pending[0].0.clone();
+    let entry = app.pending_ids(10).await.remove(0);
     for n in 1..5 {
         let _: redis::Value = redis::cmd("XCLAIM")
             .arg(&stream)
@@ -134,15 +117,16 @@ async fn an_entry_handed_out_max_deliveries_times_is_dead_lettered_not_sent() {
     assert_eq!(app.expo.sent_count(), 0, "a poison entry is not sent again");
     app.wait_for_dead_letters(1).await;
     eventually(Duration::from_secs(5), || async { (app.pending_entries().await == 0).then_some(()) }).await;
-    app.cleanup().await;
 }
 
 #[actix_web::test]
 async fn the_retention_job_deletes_old_final_rows_and_keeps_the_rest() {
-    let mut app = crate::helpers::prepare().await;
-    app.env.insert("NOTIFY__RETENTION__FINAL_AFTER_DAYS".into(), "30".into());
-    app.env.insert("NOTIFY__RETENTION__INTERVAL_MS".into(), "200".into());
-    app.env.insert("NOTIFY__RETENTION__BATCH_SIZE".into(), "2".into());
+    let mut app = crate::helpers::prepare_with(&[
+        ("retention.final_after_days", "30"),
+        ("retention.interval_ms", "200"),
+        ("retention.batch_size", "2"),
+    ])
+    .await;
     let device = app.add_device("tess", "expo", "ExponentPushToken[tess]").await;
     let old = "now() - interval '40 days'";
     for status in ["delivered", "delivered", "failed"] {
@@ -194,7 +178,6 @@ async fn the_retention_job_deletes_old_final_rows_and_keeps_the_rest() {
     })
     .await;
     assert_eq!(app.count("SELECT count(*) FROM delivery").await, 0);
-    assert_eq!(app.count("SELECT count(*) FROM notification_failed").await, 0);
+    assert_eq!(app.failed_rows().await, 0);
     assert_eq!(app.count("SELECT count(*) FROM notification WHERE type IN ('new', 'stuck')").await, 2);
-    app.cleanup().await;
 }

@@ -31,7 +31,6 @@ async fn the_claim_the_fan_out_the_sweep_and_the_receipt_lease_use_their_indexes
     )
     .await;
     assert!(receipts.contains("delivery_receipt_due_idx"), "{receipts}");
-    app.cleanup().await;
 }
 
 #[actix_web::test]
@@ -56,5 +55,4 @@ async fn inserting_a_notification_rings_the_doorbell_with_its_id() {
     let rung = tokio::time::timeout(std::time::Duration::from_secs(5), rx.recv()).await.unwrap().unwrap();
     assert_eq!(rung, ("notification_insert".to_string(), id.to_string()));
     drop(client);
-    app.cleanup().await;
 }

@@ -2,7 +2,7 @@
 //! before every send (a first attempt too), so work that is finished, withdrawn or orphaned is
 //! never sent, and what only Redis knew is written back to Postgres.
 
-use crate::helpers::{eventually, expo_job, prepare, TestApp};
+use crate::helpers::{eventually, expo_job, prepare, prepare_with, TestApp};
 use notify_relay::startup::ProcessRoles;
 use serde_json::json;
 use std::time::Duration;
@@ -41,7 +41,6 @@ async fn a_first_attempt_postgres_has_as_delivered_is_not_sent_again_without_its
     assert_eq!(app.expo.sends_of(id, &token), 0, "Postgres said delivered");
     assert_eq!(app.redis_counter("DUPLICATE_SKIPPED").await, 1);
     let _ = device;
-    app.cleanup().await;
 }
 
 #[actix_web::test]
@@ -60,7 +59,6 @@ async fn a_target_only_its_idempotency_key_knows_as_delivered_is_marked_delivere
     assert_eq!(row, "delivered");
     drained(&app).await;
     assert_eq!(app.expo.sends_of(id, &token), 0);
-    app.cleanup().await;
 }
 
 #[actix_web::test]
@@ -86,7 +84,6 @@ async fn queued_work_for_a_device_removed_or_given_to_another_user_is_not_sent()
     assert_eq!(app.expo.sends_of(moved, &moved_token), 0, "the new owner gets nothing of the old owner's");
     assert_eq!(app.expo.sends_of(kept, &kept_token), 1);
     assert_eq!(app.redis_counter("TARGET_WITHDRAWN").await, 2);
-    app.cleanup().await;
 }
 
 #[actix_web::test]
@@ -116,9 +113,8 @@ async fn deleting_the_devices_of_a_notification_in_flight_settles_it() {
     assert_eq!(error.as_deref(), Some("not delivered: every target was deleted with its device"));
     let (status, _, error) = app.status(half).await;
     assert_eq!((status.as_str(), error.as_deref()), ("failed", Some("boom")), "settled by what is left");
-    let failures = app.count("SELECT count(*) FROM notification_failed").await;
+    let failures = app.failed_rows().await;
     assert_eq!(failures, 2, "one notification_failed row each");
-    app.cleanup().await;
 }
 
 async fn age_by_40_days(app: &TestApp, id: Uuid) {
@@ -130,8 +126,7 @@ async fn age_by_40_days(app: &TestApp, id: Uuid) {
 
 #[actix_web::test]
 async fn retention_keeps_a_delivered_notification_while_another_of_its_targets_is_in_flight() {
-    let mut app = prepare().await;
-    app.env.insert("NOTIFY__RETENTION__INTERVAL_MS".into(), "100".into());
+    let mut app = prepare_with(&[("retention.interval_ms", "100")]).await;
     // Delivered to one device, still retrying on the other.
     let (busy, first) = app.queued_target("hal", "ExponentPushToken[hal-1]", &json!({}), 0).await;
     let second = app.add_device("hal", "expo", "ExponentPushToken[hal-2]").await;
@@ -159,15 +154,16 @@ async fn retention_keeps_a_delivered_notification_while_another_of_its_targets_i
     .await;
     assert_eq!(app.count(&format!("SELECT count(*) FROM notification WHERE id = '{busy}'")).await, 1);
     assert_eq!(app.count(&format!("SELECT count(*) FROM delivery WHERE notification_id = '{busy}'")).await, 2);
-    app.cleanup().await;
 }
 
 #[actix_web::test]
 async fn the_sweep_leaves_a_backlog_nobody_has_read_yet_and_requeues_only_what_redis_lost() {
-    let mut app = prepare().await;
-    app.env.insert("NOTIFY__CLAIM__MIN_IDLE_MS".into(), "2100".into());
-    app.env.insert("NOTIFY__LISTENER__STALE_AFTER_MS".into(), "2500".into());
-    app.env.insert("NOTIFY__LISTENER__SWEEP_INTERVAL_MS".into(), "200".into());
+    let mut app = prepare_with(&[
+        ("claim.min_idle_ms", "2100"),
+        ("listener.stale_after_ms", "2500"),
+        ("listener.sweep_interval_ms", "200"),
+    ])
+    .await;
     for i in 0..20 {
         app.add_device(&format!("u{i}"), "expo", &format!("ExponentPushToken[u{i}]")).await;
     }
@@ -196,5 +192,4 @@ async fn the_sweep_leaves_a_backlog_nobody_has_read_yet_and_requeues_only_what_r
     let mut conn = app.redis.clone();
     let _: i64 = redis::cmd("XTRIM").arg(app.keys.stream(0)).arg("MAXLEN").arg(0).query_async(&mut conn).await.unwrap();
     eventually(Duration::from_secs(15), || async { (app.stream_len().await == 20).then_some(()) }).await;
-    app.cleanup().await;
 }

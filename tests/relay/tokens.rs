@@ -62,11 +62,13 @@ pub fn unsigned(claims: &Value) -> String {
     format!("{header}.{}.", URL_SAFE_NO_PAD.encode(claims.to_string()))
 }
 
-/// A JWKS endpoint on loopback; keys can be added (rotation) while it runs.
+/// A JWKS endpoint on loopback; keys can be added (rotation) while it runs, and it can be made
+/// to answer 503 (an outage that still counts the fetches).
 pub struct JwksServer {
     pub url: String,
     keys: Arc<Mutex<Vec<Value>>>,
     pub fetches: Arc<Mutex<usize>>,
+    failing: Arc<std::sync::atomic::AtomicBool>,
     handle: ServerHandle,
 }
 
@@ -74,15 +76,19 @@ impl JwksServer {
     pub async fn start(keys: &[&SigningKey]) -> JwksServer {
         let keys = Arc::new(Mutex::new(keys.iter().map(|k| k.jwk.clone()).collect::<Vec<_>>()));
         let fetches = Arc::new(Mutex::new(0));
-        let (k, f) = (keys.clone(), fetches.clone());
+        let failing = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (k, f, down) = (keys.clone(), fetches.clone(), failing.clone());
         let server = HttpServer::new(move || {
-            let (k, f) = (k.clone(), f.clone());
+            let (k, f, down) = (k.clone(), f.clone(), down.clone());
             App::new().route(
                 "/auth/v1/.well-known/jwks.json",
                 web::get().to(move || {
-                    let (k, f) = (k.clone(), f.clone());
+                    let (k, f, down) = (k.clone(), f.clone(), down.clone());
                     async move {
                         *f.lock().unwrap() += 1;
+                        if down.load(std::sync::atomic::Ordering::SeqCst) {
+                            return HttpResponse::ServiceUnavailable().finish();
+                        }
                         HttpResponse::Ok().json(json!({"keys": *k.lock().unwrap()}))
                     }
                 }),
@@ -96,11 +102,16 @@ impl JwksServer {
         let server = server.run();
         let handle = server.handle();
         actix_rt::spawn(server);
-        JwksServer { url, keys, fetches, handle }
+        JwksServer { url, keys, fetches, failing, handle }
     }
 
     pub fn add(&self, key: &SigningKey) {
         self.keys.lock().unwrap().push(key.jwk.clone());
+    }
+
+    /// From now on every fetch is answered 503.
+    pub fn fail(&self) {
+        self.failing.store(true, std::sync::atomic::Ordering::SeqCst);
     }
 
     pub fn fetches(&self) -> usize {
