@@ -8,8 +8,8 @@
 //! and only if that key is of that algorithm. `alg: none`, other algorithms, unknown `kid`s and
 //! tokens without `exp` are refused.
 
-use crate::configuration::{AuthSettings, Secret};
 use crate::error::ApiError;
+use crate::secret::Secret;
 use actix_web::http::header::HeaderValue;
 use actix_web::HttpRequest;
 use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, JwkSet, KeyAlgorithm, PublicKeyUse};
@@ -18,6 +18,45 @@ use serde::Deserialize;
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthSettings {
+    /// Bearer token for `/admin/*`; unset means the admin routes refuse everyone.
+    pub admin_token: Option<Secret>,
+    /// The project's JWKS (`https://<project>.supabase.co/auth/v1/.well-known/jwks.json`):
+    /// ES256/RS256 user tokens are verified with its keys…
+    pub jwks_url: Option<String>,
+    /// …or with the keys of this JWKS file.
+    pub jwks_file: Option<std::path::PathBuf>,
+    /// Legacy HS256 user tokens are verified with this shared secret.
+    pub jwt_secret: Option<Secret>,
+    /// Required `iss` of user tokens, when set (Supabase: `https://<project>.supabase.co/auth/v1`).
+    pub issuer: Option<String>,
+    /// Required `aud` of user tokens, when set (Supabase: `authenticated`).
+    pub audience: Option<String>,
+    /// Clock skew allowed on `exp`/`nbf`, in seconds.
+    pub leeway_secs: u64,
+    /// How long fetched JWKS keys are used before they are fetched again, in ms.
+    pub jwks_cache_ms: u64,
+    /// A token with an unknown `kid` triggers a JWKS fetch at most this often, in ms.
+    pub jwks_min_refresh_ms: u64,
+    /// Accept an `http://` `jwks_url` (anyone on the path could inject keys): loopback tests only.
+    pub allow_insecure_jwks: bool,
+}
+
+impl AuthSettings {
+    /// The start-up warning when user tokens are accepted but neither `iss` nor `aud` is
+    /// checked: then a token of any project that shares the key (or a Supabase token meant for
+    /// another audience) is accepted.
+    pub fn unchecked_claims_warning(&self) -> Option<&'static str> {
+        let user_tokens = self.jwks_url.is_some() || self.jwks_file.is_some() || self.jwt_secret.is_some();
+        (user_tokens && self.issuer.is_none() && self.audience.is_none()).then_some(
+            "user tokens are accepted without checking iss or aud: set auth.issuer \
+             (https://<project>.supabase.co/auth/v1) and/or auth.audience (authenticated)",
+        )
+    }
+}
 
 /// The role Supabase gives its service key: it may act for any user.
 pub const SERVICE_ROLE: &str = "service_role";

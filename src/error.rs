@@ -273,7 +273,7 @@ mod tests {
             redis::RedisError::from((redis::ErrorKind::Server(redis::ServerErrorKind::ResponseError), "WRONGTYPE"));
         assert_eq!(ApiError::from(E::Redis(wrongtype)).status_code(), StatusCode::INTERNAL_SERVER_ERROR);
         let provider = actors::providers::ProviderError::Email(actors::providers::email::EmailError::NoCa);
-        assert_eq!(ApiError::from(E::Provider(provider)).status_code(), StatusCode::INTERNAL_SERVER_ERROR);
+        assert_eq!(ApiError::from(E::from(provider)).status_code(), StatusCode::INTERNAL_SERVER_ERROR);
     }
 
     #[actix_web::test]

@@ -15,8 +15,10 @@ pub enum EngineError {
     ListenLost(String),
     #[error("panicked: {0}")]
     Panic(String),
+    /// A provider's settings cannot be used (a key that does not parse…). Boxed so that the
+    /// error type depends on nothing of the engine's (see `providers::ProviderError`).
     #[error("provider configuration: {0}")]
-    Provider(#[from] crate::providers::ProviderError),
+    Provider(#[source] Box<dyn std::error::Error + Send + Sync>),
 }
 
 pub type Result<T, E = EngineError> = std::result::Result<T, E>;

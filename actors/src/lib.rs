@@ -2,11 +2,27 @@
 //!
 //! A row inserted into `notification` rings the [`listener`]'s doorbell; the listener fans it
 //! out to one [`job::Job`] per device and writes them to Redis streams ([`relay`]).
-//! [`stream_reader`]s read the streams and hand jobs to per-provider pools of [`sender`]s,
-//! whose results the [`outcome`] writer stores in Postgres ([`store`]) before acknowledging
-//! them. The [`delay`] actor brings retries back when they are due; the [`claim`] actor takes
-//! over what a dead process left pending, while the [`heartbeat`] keeps what a live one holds
-//! from looking abandoned. [`engine`] starts them all under supervisors.
+//! [`stream_reader`]s read the streams and hand them to the [`dispatcher`], which screens each
+//! entry against Postgres and passes it to a per-provider pool of [`sender`]s, whose results the
+//! [`outcome`] writer stores in Postgres ([`store`]) before acknowledging them. The [`delay`] job
+//! brings retries back when they are due; the [`claim`] job takes over what a dead process left
+//! pending, while the [`heartbeat`] keeps what a live one holds from looking abandoned.
+//! [`engine`] starts them all under supervisors.
+//!
+//! # Layout
+//!
+//! | folder / module | what |
+//! |---|---|
+//! | `pipeline/` | the path of one notification: `listener` (LISTEN, fan-out, sweep) → `stream_reader` → `dispatcher` (screen, route) → `sender` (batches, circuit, rate limit) |
+//! | `outcome` | the outcome writer: Postgres first, then Redis, then the permits |
+//! | `periodic/` | one `Periodic<J>` actor and its jobs: `delay`, `claim`, `retention`, `receipts`, `heartbeat` |
+//! | `runtime/` | `engine` (the supervisor tree and its wiring), `deps` (what every actor shares), `supervisor` (start, fail, restart), `registry` (mailbox counts, `Handle`) |
+//! | `store/` | Postgres, by concern: `fanout`, `targets` (the screen), `outcomes`, `sweep`, `retention`, `receipts`, `api`, `pool` |
+//! | `relay/` | Redis: streams, delayed sets, dead letters, idempotency keys, counters (`keys` names them) |
+//! | `providers/` | one folder per provider: settings, client, `message`, `classify` (a pure function per answer table) |
+//! | `job`, `payload` | the domain: a target as it travels, a payload parsed once |
+//! | `circuit`, `ratelimit`, `inflight` | what stands between a delivery and its provider |
+//! | `settings`, `events`, `error`, `messages` | what the binary hands in; the event names; errors; the typed actor messages |
 
 pub mod circuit;
 pub mod error;

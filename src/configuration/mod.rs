@@ -6,40 +6,19 @@
 
 mod providers;
 
+pub use crate::auth::AuthSettings;
+pub use crate::secret::Secret;
 pub use providers::ProvidersSettings;
 
 use actors::settings::{EngineSettings, RetryPolicy, Roles};
 use config::{Config, Environment, File, FileFormat};
 use serde::Deserialize;
 use std::collections::HashMap;
-use std::fmt;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
 const DEFAULTS: &str = include_str!("../../config/default.toml");
-
-/// A value that must never be printed: `Debug` and `Display` show `[redacted]`.
-#[derive(Clone, Deserialize, PartialEq, Eq)]
-#[serde(transparent)]
-pub struct Secret(String);
-
-impl Secret {
-    pub fn new(s: impl Into<String>) -> Self {
-        Secret(s.into())
-    }
-
-    /// The secret itself, for the one place that needs it.
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("[redacted]")
-    }
-}
 
 #[derive(Debug, thiserror::Error, PartialEq)]
 pub enum ConfigError {
@@ -236,45 +215,6 @@ pub struct SchedulerSettings {
 pub struct HttpSettings {
     /// API listen address.
     pub addr: String,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct AuthSettings {
-    /// Bearer token for `/admin/*`; unset means the admin routes refuse everyone.
-    pub admin_token: Option<Secret>,
-    /// The project's JWKS (`https://<project>.supabase.co/auth/v1/.well-known/jwks.json`):
-    /// ES256/RS256 user tokens are verified with its keys…
-    pub jwks_url: Option<String>,
-    /// …or with the keys of this JWKS file.
-    pub jwks_file: Option<std::path::PathBuf>,
-    /// Legacy HS256 user tokens are verified with this shared secret.
-    pub jwt_secret: Option<Secret>,
-    /// Required `iss` of user tokens, when set (Supabase: `https://<project>.supabase.co/auth/v1`).
-    pub issuer: Option<String>,
-    /// Required `aud` of user tokens, when set (Supabase: `authenticated`).
-    pub audience: Option<String>,
-    /// Clock skew allowed on `exp`/`nbf`, in seconds.
-    pub leeway_secs: u64,
-    /// How long fetched JWKS keys are used before they are fetched again, in ms.
-    pub jwks_cache_ms: u64,
-    /// A token with an unknown `kid` triggers a JWKS fetch at most this often, in ms.
-    pub jwks_min_refresh_ms: u64,
-    /// Accept an `http://` `jwks_url` (anyone on the path could inject keys): loopback tests only.
-    pub allow_insecure_jwks: bool,
-}
-
-impl AuthSettings {
-    /// The start-up warning when user tokens are accepted but neither `iss` nor `aud` is
-    /// checked: then a token of any project that shares the key (or a Supabase token meant for
-    /// another audience) is accepted.
-    pub fn unchecked_claims_warning(&self) -> Option<&'static str> {
-        let user_tokens = self.jwks_url.is_some() || self.jwks_file.is_some() || self.jwt_secret.is_some();
-        (user_tokens && self.issuer.is_none() && self.audience.is_none()).then_some(
-            "user tokens are accepted without checking iss or aud: set auth.issuer \
-             (https://<project>.supabase.co/auth/v1) and/or auth.audience (authenticated)",
-        )
-    }
 }
 
 /// `[devices]`: what one user may register.

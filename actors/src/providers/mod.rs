@@ -99,6 +99,12 @@ pub enum ProviderError {
     Email(#[from] email::EmailError),
 }
 
+impl From<ProviderError> for crate::error::EngineError {
+    fn from(e: ProviderError) -> Self {
+        crate::error::EngineError::Provider(Box::new(e))
+    }
+}
+
 /// The providers enabled (the settings given). Everything the clients share (parsed keys, the
 /// FCM OAuth token cache) is built here once, so the senders of one provider share it.
 pub fn enabled(
