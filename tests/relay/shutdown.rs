@@ -8,13 +8,16 @@ use std::time::{Duration, Instant};
 async fn sigterm_stops_the_service_cleanly_and_it_exits_0() {
     let app = prepare().await;
     app.add_device("max", "expo", "ExponentPushToken[max]").await;
-    let mut relay = app.spawn_binary(&[("NOTIFY__SHUTDOWN__GRACE_MS", "3000")]);
+    // At most 100 in flight: a backlog of 1,000 takes ten 200 ms rounds, so SIGTERM always meets
+    // work in flight and work not yet read.
+    let mut relay =
+        app.spawn_binary(&[("NOTIFY__SHUTDOWN__GRACE_MS", "3000"), ("NOTIFY__WORKER__CONCURRENCY", "100")]);
 
     let id = app.notify("max", json!({"title": "before shutdown"})).await;
     assert_eq!(app.final_status(id).await.0, "delivered");
     // A slow provider and a backlog in one statement: work is in flight when SIGTERM arrives.
     app.expo.set_latency(Duration::from_millis(200));
-    notify_times(&app, "max", 200).await;
+    notify_times(&app, "max", 1000).await;
     // SIGTERM once the first of the backlog came back (so the next are in flight, 200 ms each),
     // before it is all done.
     eventually(Duration::from_secs(10), || async { (app.expo.sent_count() > 1).then_some(()) }).await;
