@@ -3,14 +3,14 @@
 
 use crate::configuration::Settings;
 use crate::db::pg_pool;
-use actors::keys::Keys;
-use actors::operations::requeue_dead_letters;
-use actors::relay::admin::DeadLetterEntry;
-use actors::relay::Relay;
-use actors::store::api::FailedFilter;
-use actors::store::Store;
 use chrono::{DateTime, NaiveDate, Utc};
 use clap::Subcommand;
+use notify_relay_engine::keys::Keys;
+use notify_relay_engine::operations::requeue_dead_letters;
+use notify_relay_engine::relay::admin::DeadLetterEntry;
+use notify_relay_engine::relay::Relay;
+use notify_relay_engine::store::api::FailedFilter;
+use notify_relay_engine::store::Store;
 use std::io::Write;
 use std::time::Duration;
 
@@ -71,7 +71,7 @@ pub enum AdminError {
     #[error("{0}")]
     Usage(String),
     #[error(transparent)]
-    Engine(#[from] actors::error::EngineError),
+    Engine(#[from] notify_relay_engine::error::EngineError),
     #[error(transparent)]
     Pool(#[from] crate::db::PoolError),
     #[error("writing output: {0}")]

@@ -2,7 +2,7 @@
 //! service's start-up and the admin commands need it, and neither should depend on the other.
 
 use crate::configuration::{ConfigError, Settings};
-use actors::store::pool::Pool;
+use notify_relay_engine::store::pool::Pool;
 use slog::Logger;
 
 #[derive(Debug, thiserror::Error)]
@@ -14,9 +14,9 @@ pub enum PoolError {
 }
 
 /// The store's pool: every store call holds its connection under a deadline, and waiting for,
-/// opening and recycling a connection are bounded too (see `actors::store::pool`).
+/// opening and recycling a connection are bounded too (see `notify_relay_engine::store::pool`).
 pub fn pg_pool(settings: &Settings, log: &Logger) -> Result<Pool, PoolError> {
     let log = log.new(slog::o!("component" => "postgres"));
-    actors::store::pool::build(settings.pg_config()?, settings.pool_settings()?, log)
+    notify_relay_engine::store::pool::build(settings.pg_config()?, settings.pool_settings()?, log)
         .map_err(|e| PoolError::Build(e.to_string()))
 }

@@ -152,10 +152,10 @@ pub fn mask_values(message: &str) -> String {
     out
 }
 
-impl From<actors::error::EngineError> for ApiError {
+impl From<notify_relay_engine::error::EngineError> for ApiError {
     /// Postgres or Redis out of reach is a 503 (the client may try again); anything else a 500.
-    fn from(e: actors::error::EngineError) -> Self {
-        use actors::error::EngineError as E;
+    fn from(e: notify_relay_engine::error::EngineError) -> Self {
+        use notify_relay_engine::error::EngineError as E;
         let what = match &e {
             E::Pool(_) => Some("postgres"),
             E::Postgres(pg) if postgres_unreachable(pg) => Some("postgres"),
@@ -261,7 +261,7 @@ mod tests {
 
     #[test]
     fn postgres_or_redis_out_of_reach_is_a_503_and_anything_else_a_500() {
-        use actors::error::EngineError as E;
+        use notify_relay_engine::error::EngineError as E;
         let refused = redis::RedisError::from(std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "refused"));
         let timeout = deadpool_postgres::PoolError::Timeout(deadpool_postgres::TimeoutType::Wait);
         for e in [E::Redis(refused), E::Pool(timeout)] {
@@ -272,7 +272,9 @@ mod tests {
         let wrongtype =
             redis::RedisError::from((redis::ErrorKind::Server(redis::ServerErrorKind::ResponseError), "WRONGTYPE"));
         assert_eq!(ApiError::from(E::Redis(wrongtype)).status_code(), StatusCode::INTERNAL_SERVER_ERROR);
-        let provider = actors::providers::ProviderError::Email(actors::providers::email::EmailError::NoCa);
+        let provider = notify_relay_engine::providers::ProviderError::Email(
+            notify_relay_engine::providers::email::EmailError::NoCa,
+        );
         assert_eq!(ApiError::from(E::from(provider)).status_code(), StatusCode::INTERNAL_SERVER_ERROR);
     }
 

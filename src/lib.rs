@@ -1,6 +1,7 @@
 //! The `notify-relay` binary's library: CLI, configuration, telemetry, HTTP API, start-up
-//! wiring and the admin commands. The relay engine itself is the `actors` crate; the provider
-//! emulators and the load generator (`mock-providers`, `loadgen`) are the `emulators` crate.
+//! wiring and the admin commands. The relay engine itself is the `notify-relay-engine` crate
+//! (folder `actors/`); the provider emulators and the load generator (`mock-providers`,
+//! `loadgen`) are the `emulators` crate.
 
 pub mod admin;
 pub mod auth;

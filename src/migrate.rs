@@ -36,8 +36,9 @@ pub async fn is_current(client: &tokio_postgres::Client) -> bool {
 /// Applies pending migrations; returns the names of those applied now.
 pub async fn run(config: &Config) -> Result<Vec<String>, MigrateError> {
     let mut config = config.clone();
-    actors::tls::only_when_required(&mut config);
-    let (mut client, connection) = config.connect(actors::tls::postgres()).await.map_err(MigrateError::Connect)?;
+    notify_relay_engine::tls::only_when_required(&mut config);
+    let (mut client, connection) =
+        config.connect(notify_relay_engine::tls::postgres()).await.map_err(MigrateError::Connect)?;
     let driver = actix_rt::spawn(connection);
     client.execute("SELECT pg_advisory_lock($1)", &[&LOCK_KEY]).await?;
     let report = embedded::migrations::runner().run_async(&mut client).await;

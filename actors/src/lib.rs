@@ -46,7 +46,7 @@ pub mod settings;
 pub mod store;
 pub mod tls;
 
-// The old flat paths (`actors::dispatcher`, `crate::supervisor`, …) stay, for the binary, the
+// The old flat paths (`notify_relay_engine::dispatcher`, `crate::supervisor`, …) stay, for the binary, the
 // tests and the modules that name them.
 pub use periodic::{claim, delay, heartbeat, receipts, retention};
 pub use pipeline::{dispatcher, listener, sender, stream_reader};

@@ -24,7 +24,7 @@ pub struct LoadgenArgs {
     /// The provider the devices are registered with (its emulator runs in-process): expo, fcm,
     /// apns or email.
     #[arg(long, default_value = "expo")]
-    pub provider: actors::job::Provider,
+    pub provider: notify_relay_engine::job::Provider,
     /// Notifications to commit.
     #[arg(long, default_value_t = 100_000)]
     pub notifications: u64,
@@ -74,8 +74,8 @@ enum Emulator {
 }
 
 impl Emulator {
-    async fn start(provider: actors::job::Provider, run_id: &str) -> Result<Emulator, BoxError> {
-        use actors::job::Provider;
+    async fn start(provider: notify_relay_engine::job::Provider, run_id: &str) -> Result<Emulator, BoxError> {
+        use notify_relay_engine::job::Provider;
         Ok(match provider {
             Provider::Expo => Emulator::Expo(ExpoEmulator::start("127.0.0.1:0", None).await?),
             Provider::Fcm => Emulator::Fcm(FcmEmulator::start("127.0.0.1:0").await?),
@@ -394,13 +394,13 @@ where
 
 fn pg_config(url: &str) -> Result<tokio_postgres::Config, BoxError> {
     let mut config: tokio_postgres::Config = url.parse()?;
-    actors::tls::only_when_required(&mut config);
+    notify_relay_engine::tls::only_when_required(&mut config);
     config.connect_timeout(Duration::from_secs(5));
     Ok(config)
 }
 
 async fn connect(url: &str) -> Result<tokio_postgres::Client, BoxError> {
-    let (client, connection) = pg_config(url)?.connect(actors::tls::postgres()).await?;
+    let (client, connection) = pg_config(url)?.connect(notify_relay_engine::tls::postgres()).await?;
     actix_rt::spawn(connection);
     Ok(client)
 }

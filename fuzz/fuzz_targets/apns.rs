@@ -3,8 +3,8 @@
 //! answer, Retry-After clamped, the apns-id kept on a 200, bounded errors. Never a panic.
 #![no_main]
 
-use actors::fuzzing::MAX_RETRY_AFTER;
-use actors::fuzzing::{apns_answer, apns_classify, retry_after, HeaderMap, HeaderName, HeaderValue, SendResult};
+use notify_relay_engine::fuzzing::MAX_RETRY_AFTER;
+use notify_relay_engine::fuzzing::{apns_answer, apns_classify, retry_after, HeaderMap, HeaderName, HeaderValue, SendResult};
 use libfuzzer_sys::fuzz_target;
 use notify_relay_fuzz::{assert_one_class, take_u16, take_u8};
 

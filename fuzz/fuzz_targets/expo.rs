@@ -3,7 +3,7 @@
 //! One result of one class per message sent; bounded errors. Never a panic.
 #![no_main]
 
-use actors::fuzzing::{expo_classify, expo_classify_receipts, Health, SendResult};
+use notify_relay_engine::fuzzing::{expo_classify, expo_classify_receipts, Health, SendResult};
 use libfuzzer_sys::fuzz_target;
 use notify_relay_fuzz::{assert_bounded, assert_one_class, take_u16, take_u8};
 use std::time::Duration;

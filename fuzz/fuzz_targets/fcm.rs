@@ -3,7 +3,7 @@
 //! One class per answer, a refresh only for a 401, tokens used at most an hour, bounded errors.
 #![no_main]
 
-use actors::fuzzing::{fcm_classify, fcm_token_answer, FcmClassified, FcmTokenError};
+use notify_relay_engine::fuzzing::{fcm_classify, fcm_token_answer, FcmClassified, FcmTokenError};
 use libfuzzer_sys::fuzz_target;
 use notify_relay_fuzz::{assert_bounded, assert_one_class, take_u16, take_u8};
 use std::time::Duration;

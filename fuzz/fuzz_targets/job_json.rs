@@ -2,7 +2,7 @@
 //! trip unchanged, or a bounded "malformed job" reason. Never a panic.
 #![no_main]
 
-use actors::fuzzing::Job;
+use notify_relay_engine::fuzzing::Job;
 use libfuzzer_sys::fuzz_target;
 use notify_relay_fuzz::assert_bounded;
 

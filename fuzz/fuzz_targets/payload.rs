@@ -4,7 +4,7 @@
 //! `MAX_DEPTH` deep, and fits the limit; `readable` (the pull API's view) never panics either.
 #![no_main]
 
-use actors::fuzzing::{payload_readable, Payload, MAX_PAYLOAD_DEPTH};
+use notify_relay_engine::fuzzing::{payload_readable, Payload, MAX_PAYLOAD_DEPTH};
 use libfuzzer_sys::fuzz_target;
 
 const LIMIT: usize = 4096;

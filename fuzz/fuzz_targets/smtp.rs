@@ -3,7 +3,7 @@
 //! "repeated 454" flag (1 byte) and the reply text. One class per reply, bounded errors.
 #![no_main]
 
-use actors::fuzzing::{smtp_accepted, smtp_classify, smtp_enhanced_code, Health, SmtpFailure, SmtpReply};
+use notify_relay_engine::fuzzing::{smtp_accepted, smtp_classify, smtp_enhanced_code, Health, SmtpFailure, SmtpReply};
 use libfuzzer_sys::fuzz_target;
 use notify_relay_fuzz::{assert_one_class, take_u16, take_u8};
 use std::time::Duration;

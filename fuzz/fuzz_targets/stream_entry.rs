@@ -4,7 +4,7 @@
 //! `arbitrary`). Never a panic.
 #![no_main]
 
-use actors::fuzzing::{parse_entry, Entry, Job, RedisValue, StreamId};
+use notify_relay_engine::fuzzing::{parse_entry, Entry, Job, RedisValue, StreamId};
 use arbitrary::{Arbitrary, Unstructured};
 use libfuzzer_sys::fuzz_target;
 use notify_relay_fuzz::{assert_bounded, take_u8};

@@ -10,8 +10,8 @@ pub use crate::auth::AuthSettings;
 pub use crate::secret::Secret;
 pub use providers::ProvidersSettings;
 
-use actors::settings::{EngineSettings, RetryPolicy, Roles};
 use config::{Config, Environment, File, FileFormat};
+use notify_relay_engine::settings::{EngineSettings, RetryPolicy, Roles};
 use serde::Deserialize;
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -441,9 +441,9 @@ impl Settings {
     }
 
     /// The Redis the relay talks to: the cluster when `redis.cluster_urls` is set.
-    pub fn redis_endpoint(&self) -> actors::relay::conn::Endpoint {
+    pub fn redis_endpoint(&self) -> notify_relay_engine::relay::conn::Endpoint {
         let seeds: Vec<String> = self.redis.cluster_urls.iter().map(|s| s.expose().to_string()).collect();
-        actors::relay::conn::Endpoint::new(self.redis.url.expose(), &seeds)
+        notify_relay_engine::relay::conn::Endpoint::new(self.redis.url.expose(), &seeds)
     }
 
     /// The Postgres config of the pool and the LISTEN connection: [`Settings::migrations_pg_config`]
@@ -472,7 +472,7 @@ impl Settings {
             self.database.url.expose().parse().map_err(|_| {
                 invalid("database.url", "is not a valid Postgres URL (postgres://user:pass@host:port/db)")
             })?;
-        actors::tls::only_when_required(&mut config);
+        notify_relay_engine::tls::only_when_required(&mut config);
         let db = &self.database;
         if config.get_connect_timeout().is_none() {
             config.connect_timeout(Duration::from_millis(db.connect_timeout_ms));
@@ -499,11 +499,11 @@ impl Settings {
     }
 
     /// How the store's pool lends connections.
-    pub fn pool_settings(&self) -> Result<actors::store::pool::PoolSettings, ConfigError> {
+    pub fn pool_settings(&self) -> Result<notify_relay_engine::store::pool::PoolSettings, ConfigError> {
         let db = &self.database;
         // Each host of a multi-host URL gets its own connect timeout.
         let hosts = self.migrations_pg_config()?.get_hosts().len().max(1) as u32;
-        Ok(actors::store::pool::PoolSettings {
+        Ok(notify_relay_engine::store::pool::PoolSettings {
             size: db.pool_size,
             wait: Duration::from_millis(db.pool_wait_ms),
             connect: Duration::from_millis(db.connect_timeout_ms) * hosts,
@@ -512,8 +512,8 @@ impl Settings {
     }
 
     /// The Redis connect and reply timeouts.
-    pub fn redis_timeouts(&self) -> actors::relay::conn::Timeouts {
-        actors::relay::conn::Timeouts {
+    pub fn redis_timeouts(&self) -> notify_relay_engine::relay::conn::Timeouts {
+        notify_relay_engine::relay::conn::Timeouts {
             connect: Duration::from_millis(self.redis.connect_timeout_ms),
             response: Duration::from_millis(self.redis.response_timeout_ms),
         }
@@ -549,7 +549,7 @@ impl Settings {
                 max: Duration::from_millis(self.retry.max_ms),
                 max_age: Duration::from_millis(self.retry.max_age_ms),
             },
-            circuit: actors::circuit::CircuitSettings {
+            circuit: notify_relay_engine::circuit::CircuitSettings {
                 failures: self.circuit.failures,
                 open: Duration::from_millis(self.circuit.open_ms),
                 max_open: Duration::from_millis(self.circuit.max_open_ms),
@@ -557,7 +557,7 @@ impl Settings {
             claim_interval: Duration::from_millis(self.claim.interval_ms),
             claim_min_idle: Duration::from_millis(self.claim.min_idle_ms),
             claim_max_deliveries: self.claim.max_deliveries,
-            retention: actors::retention::RetentionPolicy {
+            retention: notify_relay_engine::retention::RetentionPolicy {
                 final_after_days: self.retention.final_after_days,
                 interval: Duration::from_millis(self.retention.interval_ms),
                 batch: self.retention.batch_size,
@@ -568,7 +568,7 @@ impl Settings {
             apns: providers.apns,
             email: providers.email,
             senders_per_provider: self.worker.senders_per_provider,
-            input_limits: actors::settings::InputLimits {
+            input_limits: notify_relay_engine::settings::InputLimits {
                 payload_max_bytes: self.payload.max_bytes,
                 devices_per_user: self.devices.max_per_user as usize,
             },
@@ -634,11 +634,14 @@ mod tests {
         let s = Settings::load(None, &HashMap::new()).unwrap();
         assert_eq!(s.payload.max_bytes, 16 * 1024);
         assert_eq!(
-            s.engine(actors::settings::Roles::ALL, "c".into()).unwrap().input_limits.payload_max_bytes,
+            s.engine(notify_relay_engine::settings::Roles::ALL, "c".into()).unwrap().input_limits.payload_max_bytes,
             16 * 1024
         );
         let s = Settings::load(None, &env(&[("NOTIFY__DEVICES__MAX_PER_USER", "7")])).unwrap();
-        assert_eq!(s.engine(actors::settings::Roles::ALL, "c".into()).unwrap().input_limits.devices_per_user, 7);
+        assert_eq!(
+            s.engine(notify_relay_engine::settings::Roles::ALL, "c".into()).unwrap().input_limits.devices_per_user,
+            7
+        );
         assert!(error(&[("NOTIFY__PAYLOAD__MAX_BYTES", "100")])
             .contains("`payload.max_bytes` must be between 4096 and 1048576"));
         assert!(error(&[("NOTIFY__PAYLOAD__MAX_BYTES", "2000000")]).contains("`payload.max_bytes`"));
@@ -669,11 +672,13 @@ mod tests {
             Settings::load(None, &env(&[("NOTIFY__REDIS__CLUSTER_URLS", "redis://a:7000,redis://b:7001")])).unwrap();
         let seeds: Vec<&str> = s.redis.cluster_urls.iter().map(Secret::expose).collect();
         assert_eq!(seeds, ["redis://a:7000", "redis://b:7001"]);
-        assert!(matches!(s.redis_endpoint(), actors::relay::conn::Endpoint::Cluster(ref v) if v.len() == 2));
+        assert!(
+            matches!(s.redis_endpoint(), notify_relay_engine::relay::conn::Endpoint::Cluster(ref v) if v.len() == 2)
+        );
         let err = error(&[("NOTIFY__REDIS__CLUSTER_URLS", "redis://a:7000,http://b")]);
         assert!(err.contains("`redis.cluster_urls` entry 1 must start with"), "{err}");
         let single = Settings::load(None, &env(&[])).unwrap();
-        assert!(matches!(single.redis_endpoint(), actors::relay::conn::Endpoint::Single(_)));
+        assert!(matches!(single.redis_endpoint(), notify_relay_engine::relay::conn::Endpoint::Single(_)));
     }
 
     #[test]
@@ -796,7 +801,7 @@ mod tests {
             ]),
         )
         .unwrap();
-        let engine = s.engine(actors::settings::Roles::ALL, "c".into()).unwrap();
+        let engine = s.engine(notify_relay_engine::settings::Roles::ALL, "c".into()).unwrap();
         assert!(engine.expo.as_ref().and_then(|e| e.access_token.as_deref()) == Some("expo-access-token-6"));
         let printed = [format!("{s:?}"), format!("{engine:?}"), format!("{:?}", s.providers.engine().unwrap())];
         for secret in [
@@ -898,7 +903,10 @@ mod tests {
         assert_eq!(edges.database.statement_timeout_ms, 3_600_000);
         assert_eq!(
             edges.redis_timeouts(),
-            actors::relay::conn::Timeouts { connect: Duration::from_secs(60), response: Duration::from_millis(100) }
+            notify_relay_engine::relay::conn::Timeouts {
+                connect: Duration::from_secs(60),
+                response: Duration::from_millis(100)
+            }
         );
     }
 

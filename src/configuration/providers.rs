@@ -3,10 +3,10 @@
 //! [`Secret`], and are read and checked at start-up so a bad key stops the process there, named.
 
 use super::{invalid, ConfigError, Secret};
-use actors::providers::email;
-use actors::providers::fcm::ServiceAccount;
-use actors::ratelimit::Limits;
-use actors::settings::{ApnsSettings, EmailSettings, ExpoSettings, FcmSettings};
+use notify_relay_engine::providers::email;
+use notify_relay_engine::providers::fcm::ServiceAccount;
+use notify_relay_engine::ratelimit::Limits;
+use notify_relay_engine::settings::{ApnsSettings, EmailSettings, ExpoSettings, FcmSettings};
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
 use std::time::Duration;

@@ -2,11 +2,11 @@
 //! a client cannot forge one. A cursor that does not verify is a 400, not an empty page.
 
 use crate::error::ApiError;
-use actors::store::api::Position;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use chrono::{DateTime, Utc};
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey};
+use notify_relay_engine::store::api::Position;
 
 pub fn encode(key: &[u8], (at, id): Position) -> String {
     let body = URL_SAFE_NO_PAD.encode(format!("{}:{id}", at.timestamp_micros()));

@@ -3,8 +3,8 @@
 use super::{parse_uuid, AppState};
 use crate::error::ApiError;
 use actix_web::{delete, post, web, HttpRequest, HttpResponse};
-use actors::job::Provider;
-use actors::store::api::{Device, Registration};
+use notify_relay_engine::job::Provider;
+use notify_relay_engine::store::api::{Device, Registration};
 use serde::Deserialize;
 use serde_json::json;
 

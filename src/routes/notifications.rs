@@ -3,7 +3,7 @@
 use super::{cursor, parse_uuid, AppState};
 use crate::error::ApiError;
 use actix_web::{get, post, web, HttpRequest, HttpResponse};
-use actors::store::api::FailedNotification;
+use notify_relay_engine::store::api::FailedNotification;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;

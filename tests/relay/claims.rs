@@ -47,7 +47,7 @@ async fn entries_over_max_deliveries_far_down_the_pending_list_are_retired_not_s
     app.create_group().await;
     let read: redis::Value = redis::cmd("XREADGROUP")
         .arg("GROUP")
-        .arg(actors::keys::GROUP)
+        .arg(notify_relay_engine::keys::GROUP)
         .arg("dead-0")
         .arg("COUNT")
         .arg(150)
@@ -65,7 +65,7 @@ async fn entries_over_max_deliveries_far_down_the_pending_list_are_retired_not_s
         let times = if n >= 120 { 10 } else { 1 };
         let _: redis::Value = redis::cmd("XCLAIM")
             .arg(&stream)
-            .arg(actors::keys::GROUP)
+            .arg(notify_relay_engine::keys::GROUP)
             .arg("dead-0")
             .arg(0)
             .arg(entry)
@@ -97,24 +97,24 @@ async fn entries_over_max_deliveries_far_down_the_pending_list_are_retired_not_s
 /// A provider client that is never reached in the test below.
 struct Unreachable;
 
-impl actors::providers::ProviderClient for Unreachable {
-    fn profile(&self) -> actors::providers::ProviderProfile {
-        actors::providers::ProviderProfile {
-            provider: actors::job::Provider::Expo,
+impl notify_relay_engine::providers::ProviderClient for Unreachable {
+    fn profile(&self) -> notify_relay_engine::providers::ProviderProfile {
+        notify_relay_engine::providers::ProviderProfile {
+            provider: notify_relay_engine::job::Provider::Expo,
             max_batch: 100,
             flush_after: Duration::from_millis(5),
         }
     }
     fn send(
         &self,
-        jobs: &[actors::job::Job],
-    ) -> futures_util::future::LocalBoxFuture<'static, actors::providers::Response> {
+        jobs: &[notify_relay_engine::job::Job],
+    ) -> futures_util::future::LocalBoxFuture<'static, notify_relay_engine::providers::Response> {
         let n = jobs.len();
         Box::pin(async move {
-            actors::providers::Response::all(
+            notify_relay_engine::providers::Response::all(
                 n,
-                actors::job::SendResult::Delivered { provider_message_id: None },
-                actors::circuit::Health::Up,
+                notify_relay_engine::job::SendResult::Delivered { provider_message_id: None },
+                notify_relay_engine::circuit::Health::Up,
             )
         })
     }
@@ -123,42 +123,50 @@ impl actors::providers::ProviderClient for Unreachable {
 #[actix_web::test]
 async fn a_dispatch_whose_sender_is_gone_gives_back_each_permit_and_target_exactly_once() {
     use actix::{Actor, Arbiter};
-    use actors::dispatcher::{Dispatcher, Handle, SenderPool};
-    use actors::job::{EntryRef, Provider};
-    use actors::relay::Entry;
+    use notify_relay_engine::dispatcher::{Dispatcher, Handle, SenderPool};
+    use notify_relay_engine::job::{EntryRef, Provider};
+    use notify_relay_engine::relay::Entry;
     use std::sync::Arc;
 
     let app = prepare().await;
     let settings = app.settings();
     let log = notify_relay::telemetry::discard();
-    let store = actors::store::Store::new(notify_relay::db::pg_pool(&settings, &log).unwrap());
-    let relay = actors::relay::Relay::connect(&settings.redis_endpoint(), app.keys.clone(), 1000).await.unwrap();
+    let store = notify_relay_engine::store::Store::new(notify_relay::db::pg_pool(&settings, &log).unwrap());
+    let relay =
+        notify_relay_engine::relay::Relay::connect(&settings.redis_endpoint(), app.keys.clone(), 1000).await.unwrap();
     relay.ensure_groups().await.unwrap();
-    let inflight = actors::inflight::InFlight::new(10);
-    let registry = actors::registry::Registry::default();
-    let life = |name: &str, kind| actors::supervisor::Lifecycle::new(registry.register(name, kind, 64), &log);
+    let inflight = notify_relay_engine::inflight::InFlight::new(10);
+    let registry = notify_relay_engine::registry::Registry::default();
+    let life =
+        |name: &str, kind| notify_relay_engine::supervisor::Lifecycle::new(registry.register(name, kind, 64), &log);
 
     let writer_life = life("writer", "outcome_writer");
     let stats = writer_life.stats.clone();
-    let retry = settings.engine(actors::settings::Roles::ALL, "c".into()).unwrap().retry;
-    let writer =
-        actors::outcome::OutcomeWriter::new(writer_life, store.clone(), relay.clone(), inflight.clone(), retry, None);
+    let retry = settings.engine(notify_relay_engine::settings::Roles::ALL, "c".into()).unwrap().retry;
+    let writer = notify_relay_engine::outcome::OutcomeWriter::new(
+        writer_life,
+        store.clone(),
+        relay.clone(),
+        inflight.clone(),
+        retry,
+        None,
+    );
     let writer = Handle { addr: writer.start(), stats };
     // A sender whose arbiter is gone: every Deliver to it fails.
     let arbiter = Arbiter::new();
     let sender_life = life("sender", "sender");
     let stats = sender_life.stats.clone();
-    let circuit = actors::circuit::Circuit::new(
+    let circuit = notify_relay_engine::circuit::Circuit::new(
         Provider::Expo,
-        settings.engine(actors::settings::Roles::ALL, "c".into()).unwrap().circuit,
+        settings.engine(notify_relay_engine::settings::Roles::ALL, "c".into()).unwrap().circuit,
         &log,
         None,
     );
-    let guards = actors::sender::SendGuards { circuit, limiter: None };
-    let factory: actors::providers::ClientFactory = Arc::new(|| Box::new(Unreachable));
+    let guards = notify_relay_engine::sender::SendGuards { circuit, limiter: None };
+    let factory: notify_relay_engine::providers::ClientFactory = Arc::new(|| Box::new(Unreachable));
     let outcomes = writer.clone().into();
-    let addr = actors::sender::SenderActor::start_in_arbiter(&arbiter.handle(), move |_| {
-        actors::sender::SenderActor::new(sender_life, &factory, outcomes, guards)
+    let addr = notify_relay_engine::sender::SenderActor::start_in_arbiter(&arbiter.handle(), move |_| {
+        notify_relay_engine::sender::SenderActor::new(sender_life, &factory, outcomes, guards)
     });
     arbiter.stop();
     eventually(Duration::from_secs(5), || async { (!addr.connected()).then_some(()) }).await;

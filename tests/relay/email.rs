@@ -2,13 +2,13 @@
 //! then end to end through the relay.
 
 use crate::helpers::{client_job, eventually, prepare, TestApp};
-use actors::circuit::Health;
-use actors::job::{Job, Priority, Provider, SendResult};
-use actors::providers::email::{EmailClient, EmailConfig};
-use actors::providers::ProviderClient;
-use actors::ratelimit::Limits;
-use actors::settings::EmailSettings;
 use emulators::smtp::{SmtpEmulator, SmtpOptions, TlsMode};
+use notify_relay_engine::circuit::Health;
+use notify_relay_engine::job::{Job, Priority, Provider, SendResult};
+use notify_relay_engine::providers::email::{EmailClient, EmailConfig};
+use notify_relay_engine::providers::ProviderClient;
+use notify_relay_engine::ratelimit::Limits;
+use notify_relay_engine::settings::EmailSettings;
 use serde_json::{json, Value};
 use std::time::Duration;
 

@@ -1,13 +1,13 @@
 //! The Expo client against its emulator: one case per row of the PROVIDERS.md Expo table.
 
 use crate::helpers::{client_job, spawn_app_with, TestApp};
-use actors::circuit::Health;
-use actors::job::{Job, Priority, Provider, SendResult};
-use actors::providers::expo::ExpoClient;
-use actors::providers::ProviderClient;
-use actors::ratelimit::Limits;
-use actors::settings::ExpoSettings;
 use emulators::expo::ExpoEmulator;
+use notify_relay_engine::circuit::Health;
+use notify_relay_engine::job::{Job, Priority, Provider, SendResult};
+use notify_relay_engine::providers::expo::ExpoClient;
+use notify_relay_engine::providers::ProviderClient;
+use notify_relay_engine::ratelimit::Limits;
+use notify_relay_engine::settings::ExpoSettings;
 use serde_json::json;
 use std::time::Duration;
 
@@ -117,7 +117,7 @@ async fn every_request_level_answer_is_classified_as_providers_md_says() {
     expo.stop().await;
 }
 
-fn tokens_of(response: &actors::providers::Response) -> Vec<Class> {
+fn tokens_of(response: &notify_relay_engine::providers::Response) -> Vec<Class> {
     response.results.iter().map(class).collect()
 }
 

@@ -180,8 +180,8 @@ async fn terminating_every_postgres_connection_mid_run_loses_nothing() {
 async fn several_schedulers_move_each_due_retry_exactly_once() {
     let app = prepare().await;
     let url = crate::helpers::redis_url();
-    let endpoint = actors::relay::conn::Endpoint::Single(url.clone());
-    let connect = || actors::relay::Relay::connect(&endpoint, app.keys.clone(), 1000);
+    let endpoint = notify_relay_engine::relay::conn::Endpoint::Single(url.clone());
+    let connect = || notify_relay_engine::relay::Relay::connect(&endpoint, app.keys.clone(), 1000);
     let (a, b) = (connect().await.unwrap(), connect().await.unwrap());
     let mut conn = app.redis.clone();
     let mut pipe = redis::pipe();
@@ -190,7 +190,7 @@ async fn several_schedulers_move_each_due_retry_exactly_once() {
     }
     let _: () = pipe.query_async(&mut conn).await.unwrap();
 
-    let mover = |relay: actors::relay::Relay| async move {
+    let mover = |relay: notify_relay_engine::relay::Relay| async move {
         let mut moved = 0;
         loop {
             let n = relay.move_due(0, 100).await.unwrap();

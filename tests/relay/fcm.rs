@@ -2,13 +2,13 @@
 //! delivery through the whole relay.
 
 use crate::helpers::{client_job, eventually, prepare, TestApp};
-use actors::circuit::Health;
-use actors::job::{Job, Priority, Provider, SendResult};
-use actors::providers::fcm::{FcmClient, ServiceAccount, TokenSource, QUOTA_BACKOFF};
-use actors::providers::ProviderClient;
-use actors::ratelimit::Limits;
-use actors::settings::FcmSettings;
 use emulators::fcm::FcmEmulator;
+use notify_relay_engine::circuit::Health;
+use notify_relay_engine::job::{Job, Priority, Provider, SendResult};
+use notify_relay_engine::providers::fcm::{FcmClient, ServiceAccount, TokenSource, QUOTA_BACKOFF};
+use notify_relay_engine::providers::ProviderClient;
+use notify_relay_engine::ratelimit::Limits;
+use notify_relay_engine::settings::FcmSettings;
 use serde_json::{json, Value};
 use std::sync::Arc;
 use std::time::Duration;

@@ -7,10 +7,10 @@
 //! and a test that passes needs no cleanup call. Below `TestApp`: the waits (`eventually`,
 //! `samples_holding`), the shared inserts and the shared assertions.
 
-use actors::keys::Keys;
 use emulators::expo::ExpoEmulator;
 use notify_relay::configuration::Settings;
 use notify_relay::startup::{Application, ProcessRoles};
+use notify_relay_engine::keys::Keys;
 use serde_json::Value;
 use std::collections::HashMap;
 use std::future::Future;
@@ -425,7 +425,7 @@ impl TestApp {
             .arg(job.to_json())
             .cmd("XREADGROUP")
             .arg("GROUP")
-            .arg(actors::keys::GROUP)
+            .arg(notify_relay_engine::keys::GROUP)
             .arg("dead-0")
             .arg("COUNT")
             .arg(1)
@@ -440,7 +440,7 @@ impl TestApp {
 
     /// Writes a job to shard 0's stream, unread, as a listener (or a Redis restored from an old
     /// snapshot) would have.
-    pub async fn enqueue(&self, job: &actors::job::Job) {
+    pub async fn enqueue(&self, job: &notify_relay_engine::job::Job) {
         self.enqueue_entry(&job.to_json()).await;
     }
 
@@ -465,7 +465,7 @@ impl TestApp {
         let _: () = redis::cmd("XGROUP")
             .arg("CREATE")
             .arg(self.keys.stream(0))
-            .arg(actors::keys::GROUP)
+            .arg(notify_relay_engine::keys::GROUP)
             .arg(0)
             .arg("MKSTREAM")
             .query_async(&mut conn)
@@ -478,7 +478,7 @@ impl TestApp {
         let mut conn = self.redis.clone();
         let pending: Vec<(String, String, u64, u64)> = redis::cmd("XPENDING")
             .arg(self.keys.stream(0))
-            .arg(actors::keys::GROUP)
+            .arg(notify_relay_engine::keys::GROUP)
             .arg("-")
             .arg("+")
             .arg(count)
@@ -509,7 +509,7 @@ impl TestApp {
         let _: () = redis::cmd("XGROUP")
             .arg("DESTROY")
             .arg(self.keys.stream(0))
-            .arg(actors::keys::GROUP)
+            .arg(notify_relay_engine::keys::GROUP)
             .query_async(&mut conn)
             .await
             .expect("XGROUP DESTROY");
@@ -520,7 +520,7 @@ impl TestApp {
         let mut conn = self.redis.clone();
         let summary: Vec<redis::Value> = redis::cmd("XPENDING")
             .arg(self.keys.stream(0))
-            .arg(actors::keys::GROUP)
+            .arg(notify_relay_engine::keys::GROUP)
             .query_async(&mut conn)
             .await
             .expect("XPENDING");
@@ -580,7 +580,7 @@ impl TestApp {
     }
 
     pub async fn redis_counter(&self, event: &str) -> i64 {
-        let key = self.keys.counter(event, None, &actors::events::today());
+        let key = self.keys.counter(event, None, &notify_relay_engine::events::today());
         let mut conn = self.redis.clone();
         redis::cmd("GET").arg(key).query_async::<Option<i64>>(&mut conn).await.expect("counter").unwrap_or(0)
     }
@@ -888,11 +888,11 @@ pub fn free_port() -> u16 {
 /// A first attempt for a new (notification, device) of `provider`, for calling a provider
 /// client directly.
 pub fn client_job(
-    provider: actors::job::Provider,
+    provider: notify_relay_engine::job::Provider,
     token: &str,
     payload: Value,
-    priority: actors::job::Priority,
-) -> actors::job::Job {
+    priority: notify_relay_engine::job::Priority,
+) -> notify_relay_engine::job::Job {
     let mut job = expo_job(Uuid::new_v4(), Uuid::new_v4(), "u", token, payload);
     job.provider = provider;
     job.priority = priority;
@@ -900,15 +900,21 @@ pub fn client_job(
 }
 
 /// The stream job of a first attempt at (notification, device) for an Expo token.
-pub fn expo_job(notification_id: Uuid, device_id: Uuid, user: &str, token: &str, payload: Value) -> actors::job::Job {
-    actors::job::Job {
+pub fn expo_job(
+    notification_id: Uuid,
+    device_id: Uuid,
+    user: &str,
+    token: &str,
+    payload: Value,
+) -> notify_relay_engine::job::Job {
+    notify_relay_engine::job::Job {
         notification_id,
         device_id,
         user_id: user.into(),
-        provider: actors::job::Provider::Expo,
+        provider: notify_relay_engine::job::Provider::Expo,
         token: token.into(),
         payload: payload.into(),
-        priority: actors::job::Priority::Normal,
+        priority: notify_relay_engine::job::Priority::Normal,
         trace_id: "test-trace".into(),
         attempt: 0,
         targets: 1,

@@ -8,17 +8,21 @@
 use crate::helpers::{
     add_users, eventually, insert_bulk, pg, prepare, samples_holding, wait_for_sends, PrivateRedis, TestApp,
 };
-use actors::keys::Keys;
 use emulators::expo::ExpoEmulator;
 use emulators::fcm::FcmEmulator;
+use notify_relay_engine::keys::Keys;
 use std::time::{Duration, Instant};
 
 /// (stream length, pending entries) of shard 0 on `conn`.
 async fn backlog(conn: &redis::aio::MultiplexedConnection, keys: &Keys) -> (i64, i64) {
     let conn = &mut conn.clone();
     let len: i64 = redis::cmd("XLEN").arg(keys.stream(0)).query_async(conn).await.expect("XLEN");
-    let summary: Vec<redis::Value> =
-        redis::cmd("XPENDING").arg(keys.stream(0)).arg(actors::keys::GROUP).query_async(conn).await.unwrap_or_default();
+    let summary: Vec<redis::Value> = redis::cmd("XPENDING")
+        .arg(keys.stream(0))
+        .arg(notify_relay_engine::keys::GROUP)
+        .query_async(conn)
+        .await
+        .unwrap_or_default();
     let pending = match summary.first() {
         Some(redis::Value::Int(n)) => *n,
         _ => 0,

@@ -218,7 +218,7 @@ async fn admin_queues_count_the_receipts_due_in_postgres_per_shard() {
         .unwrap();
     let mut expected = [0u64; 3];
     for id in &ids {
-        expected[usize::from(actors::job::shard_of(*id, 3))] += 1;
+        expected[usize::from(notify_relay_engine::job::shard_of(*id, 3))] += 1;
     }
 
     let (status, queues) = app.get("/admin/queues", Some(ADMIN_TOKEN)).await;
