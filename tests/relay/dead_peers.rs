@@ -136,13 +136,19 @@ async fn deliver_through_a_failover(app: &mut TestApp, proxy: &Proxy) -> Duratio
     took
 }
 
-#[actix_web::test]
-async fn a_blackholed_postgres_fails_store_calls_in_seconds_and_every_notification_is_delivered() {
-    let mut app = prepare().await;
+/// Points the app's database URL at a proxy in front of the test's Postgres.
+async fn postgres_behind_a_proxy(app: &mut TestApp) -> Proxy {
     let (_, upstream) = through(&base_database_url(), "", 5432);
     let proxy = Proxy::start(upstream).await;
     let url = app.env["NOTIFY__DATABASE__URL"].clone();
     app.set("database.url", through(&url, &proxy.addr, 5432).0);
+    proxy
+}
+
+#[actix_web::test]
+async fn a_blackholed_postgres_fails_store_calls_in_seconds_and_every_notification_is_delivered() {
+    let mut app = prepare().await;
+    let proxy = postgres_behind_a_proxy(&mut app).await;
     // A store call without an answer after 2 s + the 2 s margin gives up its connection.
     app.set("database.statement_timeout_ms", "2000");
     short_leases(&mut app);
@@ -181,10 +187,7 @@ async fn a_blackholed_listen_connection_is_noticed_and_replaced_so_notify_rings_
     // Idle, the LISTEN connection sends nothing: behind a dead peer it looks like a quiet table,
     // and new rows would wait for the next sweep (a minute here).
     let mut app = prepare().await;
-    let (_, upstream) = through(&base_database_url(), "", 5432);
-    let proxy = Proxy::start(upstream).await;
-    let url = app.env["NOTIFY__DATABASE__URL"].clone();
-    app.set("database.url", through(&url, &proxy.addr, 5432).0);
+    let proxy = postgres_behind_a_proxy(&mut app).await;
     app.set("database.connect_timeout_ms", "1000");
     app.set("database.statement_timeout_ms", "2000");
     app.set("listener.sweep_interval_ms", "60000");
