@@ -126,7 +126,7 @@ pub async fn run(settings: &Settings, command: AdminCommand, out: &mut dyn Write
             requeue_failed(&store, &filter, dry_run, batch.clamp(1, 10_000), out).await?;
         }
         AdminCommand::ClaimStuck { min_idle_ms } => {
-            let min_idle = Duration::from_millis(min_idle_ms.unwrap_or(settings.claim.min_idle_ms));
+            let min_idle = min_idle_ms.map_or(settings.claim.min_idle, Duration::from_millis);
             let moved = relay.release_stuck(min_idle, "admin-claim-stuck").await?;
             writeln!(out, "moved {moved} stuck entr{} back into the stream", if moved == 1 { "y" } else { "ies" })?;
         }

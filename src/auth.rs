@@ -9,43 +9,82 @@
 //! tokens without `exp` are refused.
 
 use crate::error::ApiError;
-use crate::secret::Secret;
 use actix_web::http::header::HeaderValue;
 use actix_web::HttpRequest;
 use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, JwkSet, KeyAlgorithm, PublicKeyUse};
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
-use serde::Deserialize;
+use notify_relay_engine::settings::{millis, Secret};
+use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
-#[derive(Debug, Clone, Deserialize)]
+/// `[auth]`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct AuthSettings {
     /// Bearer token for `/admin/*`; unset means the admin routes refuse everyone.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub admin_token: Option<Secret>,
     /// The project's JWKS (`https://<project>.supabase.co/auth/v1/.well-known/jwks.json`):
     /// ES256/RS256 user tokens are verified with its keys…
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub jwks_url: Option<String>,
     /// …or with the keys of this JWKS file.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub jwks_file: Option<std::path::PathBuf>,
     /// Legacy HS256 user tokens are verified with this shared secret.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub jwt_secret: Option<Secret>,
     /// Required `iss` of user tokens, when set (Supabase: `https://<project>.supabase.co/auth/v1`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub issuer: Option<String>,
     /// Required `aud` of user tokens, when set (Supabase: `authenticated`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub audience: Option<String>,
     /// Clock skew allowed on `exp`/`nbf`, in seconds.
     pub leeway_secs: u64,
-    /// How long fetched JWKS keys are used before they are fetched again, in ms.
-    pub jwks_cache_ms: u64,
-    /// A token with an unknown `kid` triggers a JWKS fetch at most this often, in ms.
-    pub jwks_min_refresh_ms: u64,
+    /// How long fetched JWKS keys are used before they are fetched again (`auth.jwks_cache_ms`).
+    #[serde(rename = "jwks_cache_ms", with = "millis")]
+    pub jwks_cache: Duration,
+    /// A token with an unknown `kid` triggers a JWKS fetch at most this often
+    /// (`auth.jwks_min_refresh_ms`).
+    #[serde(rename = "jwks_min_refresh_ms", with = "millis")]
+    pub jwks_min_refresh: Duration,
     /// Accept an `http://` `jwks_url` (anyone on the path could inject keys): loopback tests only.
     pub allow_insecure_jwks: bool,
 }
 
 impl AuthSettings {
+    /// The section's own rules, then the authenticator built once to read the JWKS file: an
+    /// error names its key.
+    pub fn validate(&self) -> Result<(), (&'static str, String)> {
+        if let Some(url) = &self.jwks_url {
+            if !(url.starts_with("https://") || url.starts_with("http://")) {
+                return Err(("auth.jwks_url", format!("must be an http(s) URL, got '{url}'")));
+            }
+            // Keys fetched in clear can be replaced by anyone on the path: then any token verifies.
+            if url.starts_with("http://") && !self.allow_insecure_jwks {
+                return Err((
+                    "auth.jwks_url",
+                    "is http://: keys fetched in clear can be forged on the way; use https:// \
+                     (or set auth.allow_insecure_jwks = true for a loopback test JWKS)"
+                        .into(),
+                ));
+            }
+        }
+        if self.jwt_secret.as_ref().is_some_and(|s| s.expose().len() < 16) {
+            return Err(("auth.jwt_secret", "must be at least 16 characters".into()));
+        }
+        if self.admin_token.as_ref().is_some_and(|s| s.expose().len() < 16) {
+            return Err(("auth.admin_token", "must be at least 16 characters".into()));
+        }
+        if self.leeway_secs > 300 {
+            return Err(("auth.leeway_secs", "must be at most 300".into()));
+        }
+        Authenticator::new(self).map(|_| ())
+    }
+
     /// The start-up warning when user tokens are accepted but neither `iss` nor `aud` is
     /// checked: then a token of any project that shares the key (or a Supabase token meant for
     /// another audience) is accepted.
@@ -300,8 +339,8 @@ impl Authenticator {
                 source: Source::Url(url.clone()),
                 keys: RwLock::new(KeySet::default()),
                 fetching: tokio::sync::Mutex::new(()),
-                ttl: Duration::from_millis(settings.jwks_cache_ms),
-                min_refresh: Duration::from_millis(settings.jwks_min_refresh_ms),
+                ttl: settings.jwks_cache,
+                min_refresh: settings.jwks_min_refresh,
                 clock,
             }),
             (None, Some(path)) => {
@@ -523,8 +562,8 @@ mod proptests {
             issuer: checks_iss_and_aud.then(|| ISSUER.to_string()),
             audience: checks_iss_and_aud.then(|| AUDIENCE.to_string()),
             leeway_secs: 30,
-            jwks_cache_ms: 60_000,
-            jwks_min_refresh_ms: 10_000,
+            jwks_cache: Duration::from_secs(60),
+            jwks_min_refresh: Duration::from_secs(10),
             allow_insecure_jwks: false,
         };
         Authenticator::new(&settings).expect("authenticator")

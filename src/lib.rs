@@ -13,6 +13,5 @@ pub mod error;
 pub mod fuzzing;
 pub mod migrate;
 pub mod routes;
-pub mod secret;
 pub mod startup;
 pub mod telemetry;

@@ -107,12 +107,10 @@ impl Application {
             settings.redis.dlq_max_len,
         )
         .await?
-        .with_delivered_ttl(notify_relay_engine::keys::delivered_ttl(std::time::Duration::from_millis(
-            settings.listener.stale_after_ms,
-        )));
+        .with_delivered_ttl(notify_relay_engine::keys::delivered_ttl(settings.listener.stale_after));
         warn_if_relay_keys_can_be_evicted(&relay, &log).await;
 
-        let engine_settings = settings.engine(roles.engine, consumer)?;
+        let engine_settings = settings.engine(roles.engine, consumer);
         let engine =
             Engine::start(engine_settings, store.clone(), relay.clone(), settings.pg_config()?, log.clone()).await?;
 

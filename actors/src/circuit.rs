@@ -21,9 +21,11 @@
 
 use crate::events;
 use crate::job::Provider;
+use crate::settings::{millis, within, within_ms, SettingsError, DAY_MS};
 use failsafe::clock;
 use failsafe::failure_policy::{consecutive_failures, ConsecutiveFailures};
 use failsafe::StateMachine;
+use serde::{Deserialize, Serialize};
 use slog::{info, warn, Logger};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
@@ -40,14 +42,34 @@ pub enum Health {
     AuthFailure(String),
 }
 
-#[derive(Debug, Clone, Copy)]
+/// `[circuit]`.
+#[derive(Debug, Clone, Copy, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
 pub struct CircuitSettings {
-    /// Failed requests in a row that open the circuit.
+    /// Failed requests in a row (outage or refused credentials) that open the circuit.
     pub failures: u32,
-    /// First open interval.
+    /// First open interval (`circuit.open_ms`); it grows (jittered) while probes keep failing…
+    #[serde(rename = "open_ms", with = "millis")]
     pub open: Duration,
-    /// Longest open interval.
+    /// …up to this (`circuit.max_open_ms`).
+    #[serde(rename = "max_open_ms", with = "millis")]
     pub max_open: Duration,
+}
+
+impl CircuitSettings {
+    pub fn validate(&self) -> Result<(), SettingsError> {
+        within("circuit.failures", u64::from(self.failures), 1..=100_000)?;
+        within_ms("circuit.open_ms", self.open, 1..=DAY_MS)?;
+        within_ms("circuit.max_open_ms", self.max_open, 1..=DAY_MS)?;
+        if self.max_open < self.open {
+            let open = millis::of(self.open);
+            return Err(SettingsError::new(
+                "circuit.max_open_ms",
+                format!("must be at least circuit.open_ms ({open})"),
+            ));
+        }
+        Ok(())
+    }
 }
 
 type Machine = StateMachine<ConsecutiveFailures<OpenIntervals>, Events>;

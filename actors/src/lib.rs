@@ -22,7 +22,7 @@
 //! | `providers/` | one folder per provider: settings, client, `message`, `classify` (a pure function per answer table) |
 //! | `job`, `payload` | the domain: a target as it travels, a payload parsed once |
 //! | `circuit`, `ratelimit`, `inflight` | what stands between a delivery and its provider |
-//! | `settings`, `events`, `error`, `messages` | what the binary hands in; the event names; errors; the typed actor messages |
+//! | `settings`, `secret`, `events`, `error`, `messages` | what the binary hands in (each configuration section is owned by the module that uses it; `settings` lists them); `Secret`; the event names; errors; the typed actor messages |
 
 pub mod circuit;
 pub mod error;
@@ -42,6 +42,7 @@ pub mod providers;
 pub mod ratelimit;
 pub mod relay;
 pub mod runtime;
+pub mod secret;
 pub mod settings;
 pub mod store;
 pub mod tls;

@@ -8,8 +8,31 @@
 //! (`payload.data.amount: number out of range`). A row that fails here is failed on its own;
 //! it never stops the batch it was claimed with.
 
+use crate::settings::{within, SettingsError};
+use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use std::fmt;
+
+/// `[payload]`.
+#[derive(Debug, Clone, Copy, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct PayloadSettings {
+    /// Largest `notification.payload` sent, in bytes as Postgres prints the jsonb; a larger one
+    /// fails its notification with a `last_error` naming the limit.
+    pub max_bytes: usize,
+}
+
+/// Every provider's own limit fits under the smallest accepted `payload.max_bytes`.
+pub const MIN_PAYLOAD_BYTES: u64 = 4 * 1024;
+/// A payload is copied into every target's stream entry: beyond this, Redis and the fan-out
+/// pay for what no provider accepts.
+pub const MAX_PAYLOAD_BYTES: u64 = 1024 * 1024;
+
+impl PayloadSettings {
+    pub fn validate(&self) -> Result<(), SettingsError> {
+        within("payload.max_bytes", self.max_bytes as u64, MIN_PAYLOAD_BYTES..=MAX_PAYLOAD_BYTES)
+    }
+}
 
 /// Deepest nesting accepted (objects and arrays; the payload object itself is level 1).
 /// serde_json refuses more than 128; providers accept far less in practice.

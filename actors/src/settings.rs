@@ -1,13 +1,125 @@
-//! What the engine needs to know, handed in by the binary (which owns loading and validating
-//! the configuration file). Durations are already converted from the `_ms` keys. Each
-//! provider's section is owned by its module (`providers::expo::ExpoSettings`, …) and
-//! re-exported here.
+//! What the engine needs to know, handed in by the binary (which owns loading the layers of
+//! configuration). The engine owns each section it uses, and that type is what is deserialized
+//! from the configuration (`#[serde(deny_unknown_fields)]`): there is no second copy to convert.
+//!
+//! | section | type | where |
+//! |---|---|---|
+//! | `[worker]` | [`WorkerSettings`] | here |
+//! | `[retry]` | [`RetryPolicy`] | here |
+//! | `[listener]` | `ListenerSettings` | `pipeline::listener` |
+//! | `[claim]` | `ClaimSettings` | `periodic::claim` |
+//! | `[circuit]` | `CircuitSettings` | `circuit` |
+//! | `[retention]` | `RetentionPolicy` | `periodic::retention` |
+//! | `[scheduler]` | `SchedulerSettings` | `periodic::delay` |
+//! | `[payload]` | `PayloadSettings` | `payload` |
+//! | `[providers.*]` | `Providers` and one struct per provider | `providers`, `providers::<p>` |
+//!
+//! Durations are [`Duration`] fields, read once from the `_ms` keys through [`millis`].
+//! Validation is split: each section's `validate()` checks its own fields (range errors print
+//! milliseconds, as the keys do) and returns a [`SettingsError`] naming the key; the rules that
+//! compare two sections live in the binary (`configuration::cross_checks`), which also owns the
+//! sections only it uses (database, redis, http, auth, devices, shutdown, log).
 
+pub use crate::circuit::CircuitSettings;
+pub use crate::claim::ClaimSettings;
+pub use crate::delay::SchedulerSettings;
+pub use crate::listener::ListenerSettings;
+pub use crate::payload::PayloadSettings;
 pub use crate::providers::apns::ApnsSettings;
 pub use crate::providers::email::EmailSettings;
 pub use crate::providers::expo::ExpoSettings;
 pub use crate::providers::fcm::FcmSettings;
+pub use crate::providers::Providers;
+pub use crate::retention::RetentionPolicy;
+pub use crate::secret::Secret;
+use serde::{Deserialize, Serialize};
+use std::ops::RangeInclusive;
+use std::path::Path;
 use std::time::Duration;
+
+pub const SECOND_MS: u64 = 1000;
+pub const MINUTE_MS: u64 = 60 * SECOND_MS;
+pub const HOUR_MS: u64 = 3600 * SECOND_MS;
+pub const DAY_MS: u64 = 24 * HOUR_MS;
+
+/// A setting that cannot be used: its key (`retry.max_age_ms`) and what is wrong with it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("`{key}` {message}")]
+pub struct SettingsError {
+    pub key: &'static str,
+    pub message: String,
+}
+
+impl SettingsError {
+    pub fn new(key: &'static str, message: impl Into<String>) -> Self {
+        SettingsError { key, message: message.into() }
+    }
+}
+
+/// `value` must lie in `range`. Upper bounds matter as much as lower ones: a value past them is
+/// a typo, and some would overflow a timer, an int4 or a date.
+pub fn within(key: &'static str, value: u64, range: RangeInclusive<u64>) -> Result<(), SettingsError> {
+    match range.contains(&value) {
+        true => Ok(()),
+        false => {
+            Err(SettingsError::new(key, format!("must be between {} and {}, got {value}", range.start(), range.end())))
+        }
+    }
+}
+
+/// [`within`] for a duration, in milliseconds (as its `_ms` key says).
+pub fn within_ms(key: &'static str, value: Duration, range: RangeInclusive<u64>) -> Result<(), SettingsError> {
+    within(key, millis::of(value), range)
+}
+
+/// `url` must be an http(s) URL.
+pub fn http_url(key: &'static str, url: &str) -> Result<(), SettingsError> {
+    match url.starts_with("http://") || url.starts_with("https://") {
+        true => Ok(()),
+        false => Err(SettingsError::new(key, format!("must be an http(s) URL, got '{url}'"))),
+    }
+}
+
+/// A file named by a setting, read (the error names the key and the path).
+pub fn read_file(key: &'static str, path: &Path) -> Result<String, SettingsError> {
+    std::fs::read_to_string(path).map_err(|e| SettingsError::new(key, format!("cannot read {}: {e}", path.display())))
+}
+
+/// A credential given either as a file or inline; exactly one of the two. Returns its text and
+/// the key it came from (for the errors about what it holds).
+pub fn file_or_inline(
+    (file_key, file): (&'static str, Option<&Path>),
+    (inline_key, inline): (&'static str, Option<&Secret>),
+) -> Result<(String, &'static str), SettingsError> {
+    match (file, inline) {
+        (Some(path), None) => Ok((read_file(file_key, path)?, file_key)),
+        (None, Some(secret)) => Ok((secret.expose().to_string(), inline_key)),
+        (Some(_), Some(_)) => Err(SettingsError::new(file_key, format!("and `{inline_key}` are both set; set one"))),
+        (None, None) => {
+            Err(SettingsError::new(file_key, format!("(or `{inline_key}`) must be set when the provider is enabled")))
+        }
+    }
+}
+
+/// `#[serde(with = "crate::settings::millis")]`: a [`Duration`] kept in the configuration as
+/// whole milliseconds (the `_ms` keys). A value that is not a `u64` fails with its key.
+pub mod millis {
+    use serde::{Deserialize, Deserializer, Serializer};
+    use std::time::Duration;
+
+    /// The duration in whole milliseconds (`u64::MAX` past it).
+    pub fn of(value: Duration) -> u64 {
+        u64::try_from(value.as_millis()).unwrap_or(u64::MAX)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Duration, D::Error> {
+        u64::deserialize(deserializer).map(Duration::from_millis)
+    }
+
+    pub fn serialize<S: Serializer>(value: &Duration, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_u64(of(*value))
+    }
+}
 
 /// Which parts of the engine this process runs (`notify-relay run --roles`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -24,37 +136,51 @@ impl Roles {
     pub const ALL: Roles = Roles { listener: true, worker: true, scheduler: true };
 }
 
+/// The sections of the configuration the engine runs with, as they were loaded, and what the
+/// process adds (its roles and consumer name, and the input caps drawn from `[payload]` and
+/// `[devices]`).
 #[derive(Debug, Clone)]
 pub struct EngineSettings {
     pub roles: Roles,
-    /// Deliveries in flight in this process (read from the stream but not yet stored).
-    pub concurrency: usize,
     /// Name of this process's consumer in the group; unique per process.
     pub consumer: String,
-    /// How many pending notifications one fan-out transaction claims.
-    pub listener_batch: i64,
-    /// Fan-out transactions in flight at once.
-    pub listener_drainers: usize,
-    pub sweep_interval: Duration,
-    pub stale_after: Duration,
+    pub worker: WorkerSettings,
+    pub listener: ListenerSettings,
     pub retry: RetryPolicy,
+    pub claim: ClaimSettings,
     /// Per-provider circuit breakers.
-    pub circuit: crate::circuit::CircuitSettings,
-    pub claim_interval: Duration,
-    pub claim_min_idle: Duration,
-    /// Hand-outs of one entry without an outcome before it is dead-lettered.
-    pub claim_max_deliveries: u32,
-    pub retention: crate::retention::RetentionPolicy,
-    /// How often due retries are moved from the delayed set back to the stream.
-    pub delay_poll_interval: Duration,
-    pub expo: Option<ExpoSettings>,
-    pub fcm: Option<FcmSettings>,
-    pub apns: Option<ApnsSettings>,
-    pub email: Option<EmailSettings>,
-    /// SenderActors per provider.
-    pub senders_per_provider: usize,
+    pub circuit: CircuitSettings,
+    pub retention: RetentionPolicy,
+    pub scheduler: SchedulerSettings,
+    /// Every provider's section; only the enabled ones get senders.
+    pub providers: Providers,
     /// Caps on what one notification row or one user can cost.
     pub input_limits: InputLimits,
+}
+
+/// `[worker]`.
+#[derive(Debug, Clone, Copy, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct WorkerSettings {
+    /// Deliveries in flight per process (read from the stream but not yet stored).
+    pub concurrency: usize,
+    /// SenderActors (one thread each) per enabled provider.
+    pub senders_per_provider: usize,
+}
+
+impl WorkerSettings {
+    pub fn validate(&self) -> Result<(), SettingsError> {
+        if !(1..=100_000).contains(&self.concurrency) {
+            return Err(SettingsError::new(
+                "worker.concurrency",
+                format!("must be between 1 and 100000, got {}", self.concurrency),
+            ));
+        }
+        if !(1..=64).contains(&self.senders_per_provider) {
+            return Err(SettingsError::new("worker.senders_per_provider", "must be between 1 and 64"));
+        }
+        Ok(())
+    }
 }
 
 /// Caps on what one notification row or one user can cost (`payload.max_bytes`,
@@ -73,18 +199,36 @@ impl Default for InputLimits {
     }
 }
 
-/// Exponential backoff with full jitter, and the deadline of a target.
-#[derive(Debug, Clone, Copy)]
+/// `[retry]`: exponential backoff with full jitter, and the deadline of a target.
+#[derive(Debug, Clone, Copy, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
 pub struct RetryPolicy {
+    /// Attempts per target before it is dead-lettered.
     pub max_attempts: u32,
+    /// First backoff ceiling (`retry.base_ms`).
+    #[serde(rename = "base_ms", with = "millis")]
     pub base: Duration,
+    /// Largest backoff, also the clamp for `Retry-After` (`retry.max_ms`).
+    #[serde(rename = "max_ms", with = "millis")]
     pub max: Duration,
     /// A target not delivered this long after it was first queued fails instead of being
     /// retried or deferred again (`retry.max_age_ms`).
+    #[serde(rename = "max_age_ms", with = "millis")]
     pub max_age: Duration,
 }
 
 impl RetryPolicy {
+    pub fn validate(&self) -> Result<(), SettingsError> {
+        within("retry.max_attempts", u64::from(self.max_attempts), 1..=100)?;
+        within_ms("retry.base_ms", self.base, 1..=DAY_MS)?;
+        within_ms("retry.max_ms", self.max, 1..=7 * DAY_MS)?;
+        if self.max < self.base {
+            let base = millis::of(self.base);
+            return Err(SettingsError::new("retry.max_ms", format!("must be at least retry.base_ms ({base})")));
+        }
+        within_ms("retry.max_age_ms", self.max_age, 60 * SECOND_MS..=30 * DAY_MS)
+    }
+
     /// The delay before attempt number `attempt + 1`, given that `attempt` attempts failed:
     /// uniform in `[0, min(max, base * 2^(attempt-1))]` ("full jitter"), or the provider's
     /// `Retry-After` clamped to `[base, max]` when it sent one.
@@ -131,5 +275,15 @@ mod tests {
         assert_eq!(POLICY.delay(1, Some(Duration::from_millis(500))), Duration::from_millis(500));
         assert_eq!(POLICY.delay(1, Some(Duration::from_secs(60))), Duration::from_millis(1000));
         assert_eq!(POLICY.delay(1, Some(Duration::ZERO)), Duration::from_millis(100));
+    }
+
+    #[test]
+    fn range_errors_print_milliseconds_and_name_the_key() {
+        let policy = RetryPolicy { max_age: Duration::from_secs(1), ..POLICY };
+        let err = policy.validate().unwrap_err();
+        assert_eq!(err.to_string(), "`retry.max_age_ms` must be between 60000 and 2592000000, got 1000");
+        let policy = RetryPolicy { max: Duration::from_millis(50), ..POLICY };
+        assert_eq!(policy.validate().unwrap_err().message, "must be at least retry.base_ms (100)");
+        assert!(POLICY.validate().is_ok());
     }
 }

@@ -3,16 +3,36 @@
 //! then `NOTIFY__<SECTION>__<KEY>` variables. Loaded and validated once at start-up: a bad value
 //! stops the process with a message naming its key. Secrets are wrapped in [`Secret`] so they
 //! cannot reach a log.
+//!
+//! One type per section, deserialized as it is (durations already [`Duration`]s, read from the
+//! `_ms` keys), with no second copy to convert into:
+//!
+//! - the sections the engine runs with are the engine's own types (`[worker]`, `[listener]`,
+//!   `[retry]`, `[claim]`, `[circuit]`, `[retention]`, `[scheduler]`, `[payload]`,
+//!   `[providers.*]`; `notify_relay_engine::settings` says where each lives);
+//! - the sections only the binary uses are in `sections` (`[database]`, `[redis]`, `[http]`,
+//!   `[devices]`, `[shutdown]`, `[log]`), and `[auth]` in `crate::auth`.
+//!
+//! Validation is split the same way: each section's `validate()` checks its own fields next to
+//! them (provider credentials included: the files are read and the keys parsed), and
+//! `cross_checks` holds the few rules that compare two sections, each with its reason.
+//! [`Settings::validate`] runs them all; [`Settings::engine`] clones the engine's sections.
 
-mod providers;
+mod cross_checks;
+mod sections;
 
 pub use crate::auth::AuthSettings;
-pub use crate::secret::Secret;
-pub use providers::ProvidersSettings;
+pub use notify_relay_engine::settings::Secret;
+pub use sections::{
+    DatabaseSettings, DevicesSettings, HttpSettings, LogSettings, RedisSettings, ShutdownSettings, MAX_PER_USER_RANGE,
+};
 
 use config::{Config, Environment, File, FileFormat};
-use notify_relay_engine::settings::{EngineSettings, RetryPolicy, Roles};
-use serde::Deserialize;
+use notify_relay_engine::settings::{
+    CircuitSettings, ClaimSettings, EngineSettings, InputLimits, ListenerSettings, PayloadSettings, Providers,
+    RetentionPolicy, RetryPolicy, Roles, SchedulerSettings, SettingsError, WorkerSettings, SECOND_MS,
+};
+use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::Path;
@@ -28,43 +48,37 @@ pub enum ConfigError {
     Invalid { key: &'static str, message: String },
 }
 
-fn invalid(key: &'static str, message: impl Into<String>) -> ConfigError {
-    ConfigError::Invalid { key, message: message.into() }
-}
-
-/// `value` must lie in `range`. Upper bounds matter as much as lower ones: a value past them is
-/// a typo, and some would overflow a timer, an int4 or a date.
-fn within(key: &'static str, value: u64, range: std::ops::RangeInclusive<u64>) -> Result<(), ConfigError> {
-    match range.contains(&value) {
-        true => Ok(()),
-        false => Err(invalid(key, format!("must be between {} and {}, got {value}", range.start(), range.end()))),
+impl From<SettingsError> for ConfigError {
+    fn from(e: SettingsError) -> Self {
+        ConfigError::Invalid { key: e.key, message: e.message }
     }
 }
 
-const SECOND_MS: u64 = 1000;
-const MINUTE_MS: u64 = 60 * SECOND_MS;
-const HOUR_MS: u64 = 3600 * SECOND_MS;
-const DAY_MS: u64 = 24 * HOUR_MS;
+fn invalid(key: &'static str, message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid { key, message: message.into() }
+}
 
 /// tokio-postgres's (and libpq's) keepalive idle time when the URL sets none: 2 hours.
 const LIBPQ_KEEPALIVES_IDLE: Duration = Duration::from_secs(2 * 3600);
 /// Unanswered keepalive probes before the kernel gives up on a connection.
 const KEEPALIVE_PROBES: u32 = 3;
 
-#[derive(Debug, Clone, Deserialize)]
+/// Every section of the configuration. `Serialize` writes the keys back (secrets included):
+/// the tests hand their typed settings to the binary that way.
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Settings {
     pub database: DatabaseSettings,
     pub redis: RedisSettings,
     pub worker: WorkerSettings,
     pub listener: ListenerSettings,
-    pub retry: RetrySettings,
+    pub retry: RetryPolicy,
     pub claim: ClaimSettings,
-    pub circuit: CircuitBreakerSettings,
-    pub retention: RetentionSettings,
+    pub circuit: CircuitSettings,
+    pub retention: RetentionPolicy,
     pub scheduler: SchedulerSettings,
     pub payload: PayloadSettings,
-    pub providers: ProvidersSettings,
+    pub providers: Providers,
     pub http: HttpSettings,
     pub auth: AuthSettings,
     pub devices: DevicesSettings,
@@ -72,179 +86,9 @@ pub struct Settings {
     pub log: LogSettings,
 }
 
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct DatabaseSettings {
-    /// Postgres URL (may hold a password); `sslmode=require` asks for TLS.
-    pub url: Secret,
-    /// Pooled connections for fan-out, outcome writes and the API.
-    pub pool_size: usize,
-    /// How long opening a connection may take, in ms (the TCP connect to each host; for a
-    /// pooled connection, TLS and login included). The URL's `connect_timeout` wins.
-    pub connect_timeout_ms: u64,
-    /// Server-side `statement_timeout`, in ms, sent as `options=-c statement_timeout=…` (unless
-    /// the URL's `options` set one). Also enforced by the relay: a store call that has no answer
-    /// after this plus 2 s closes its connection, so a blackholed connection fails in seconds.
-    pub statement_timeout_ms: u64,
-    /// TCP keepalives start after this much idle time, in ms (then probe every half of it, 3
-    /// times): a dead host is noticed even on an idle connection such as the LISTEN one.
-    pub keepalive_idle_ms: u64,
-    /// `TCP_USER_TIMEOUT`, in ms: sent data (or keepalive probes) unacknowledged this long
-    /// closes the connection.
-    pub tcp_user_timeout_ms: u64,
-    /// How long a store call waits for a free pooled connection, in ms.
-    pub pool_wait_ms: u64,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RedisSettings {
-    /// `redis://` or `rediss://` URL (may hold a password).
-    pub url: Secret,
-    /// Seed nodes of a Redis Cluster (`redis://` or `rediss://` URLs); when set, the relay
-    /// talks to the cluster and `url` is not used. From the environment: comma-separated.
-    #[serde(default)]
-    pub cluster_urls: Vec<Secret>,
-    /// First segment of every key.
-    pub key_prefix: String,
-    /// Number of stream shards.
-    pub shards: u16,
-    /// Dead letters kept per shard's DLQ stream (approximately; Postgres keeps every failure).
-    pub dlq_max_len: usize,
-    /// How long connecting to Redis may take, in ms.
-    pub connect_timeout_ms: u64,
-    /// How long a command waits for its reply, in ms (blocking reads: their block time plus
-    /// this). A reply that times out replaces the shared connection: a blackholed one would
-    /// otherwise time out every command for ever.
-    pub response_timeout_ms: u64,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct WorkerSettings {
-    /// Deliveries in flight per process.
-    pub concurrency: usize,
-    /// SenderActors (one thread each) per enabled provider.
-    pub senders_per_provider: usize,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ListenerSettings {
-    /// Notifications claimed per fan-out transaction.
-    pub batch_size: i64,
-    /// Fan-out transactions in flight at once (each on its own pooled connection).
-    pub drainers: usize,
-    /// Period of the sweep, in ms.
-    pub sweep_interval_ms: u64,
-    /// A queued/retrying target without progress for this many ms is re-enqueued.
-    pub stale_after_ms: u64,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RetrySettings {
-    /// Attempts per target before it is dead-lettered.
-    pub max_attempts: u32,
-    /// First backoff ceiling, in ms.
-    pub base_ms: u64,
-    /// Largest backoff, in ms (also the clamp for `Retry-After`).
-    pub max_ms: u64,
-    /// A target not delivered this long (ms) after it was first queued fails, however many
-    /// attempts it has left: deferrals (an open circuit, revoked credentials) end too.
-    pub max_age_ms: u64,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ClaimSettings {
-    /// Period of the XAUTOCLAIM pass, in ms.
-    pub interval_ms: u64,
-    /// Idle time after which a pending entry is taken over, in ms.
-    pub min_idle_ms: u64,
-    /// An entry handed out this many times without an outcome is dead-lettered (poison).
-    pub max_deliveries: u32,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct CircuitBreakerSettings {
-    /// Failed requests in a row (outage or refused credentials) that open a provider's circuit.
-    pub failures: u32,
-    /// First open interval, in ms; it grows (jittered) while probes keep failing…
-    pub open_ms: u64,
-    /// …up to this, in ms.
-    pub max_open_ms: u64,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RetentionSettings {
-    /// Final notifications (and their delivery / notification_failed rows) older than this many
-    /// days are deleted; 0 keeps everything.
-    pub final_after_days: u32,
-    /// How often the retention job runs, in ms.
-    pub interval_ms: u64,
-    /// Notifications deleted per statement.
-    pub batch_size: i64,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct PayloadSettings {
-    /// Largest `notification.payload` sent, in bytes as Postgres prints the jsonb; a larger one
-    /// fails its notification with a `last_error` naming the limit.
-    pub max_bytes: usize,
-}
-
-/// Every provider's own limit fits under the smallest accepted `payload.max_bytes`.
-pub const MIN_PAYLOAD_BYTES: u64 = 4 * 1024;
-/// A payload is copied into every target's stream entry: beyond this, Redis and the fan-out
-/// pay for what no provider accepts.
-pub const MAX_PAYLOAD_BYTES: u64 = 1024 * 1024;
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct SchedulerSettings {
-    /// Period of the move of due retries back to the stream, in ms.
-    pub delay_poll_ms: u64,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct HttpSettings {
-    /// API listen address.
-    pub addr: String,
-}
-
-/// `[devices]`: what one user may register.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct DevicesSettings {
-    /// Active devices one user may have; registering one more is a 422.
-    pub max_per_user: u32,
-}
-
-/// The range `devices.max_per_user` must be in.
-pub const MAX_PER_USER_RANGE: std::ops::RangeInclusive<u32> = 1..=10_000;
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ShutdownSettings {
-    /// How long SIGTERM waits for in-flight work, in ms.
-    pub grace_ms: u64,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct LogSettings {
-    /// trace | debug | info | warning | error | critical
-    pub level: String,
-}
-
 impl Settings {
-    /// Loads the layers. `env` is the process environment (a parameter so tests can pass
-    /// their own without touching the process's).
+    /// Loads the layers, then validates them. `env` is the process environment (a parameter so
+    /// tests can pass their own without touching the process's).
     pub fn load(file: Option<&Path>, env: &HashMap<String, String>) -> Result<Settings, ConfigError> {
         let mut builder = Config::builder().add_source(File::from_str(DEFAULTS, FileFormat::Toml));
         if let Some(path) = file {
@@ -279,165 +123,28 @@ impl Settings {
         Ok(settings)
     }
 
-    /// Checks every value once; each error names its key.
+    /// Checks every value once: each section's own rules, then the rules that span sections
+    /// (`cross_checks`). Each error names its key.
     pub fn validate(&self) -> Result<(), ConfigError> {
         self.pg_config()?;
-        if self.database.pool_size == 0 {
-            return Err(invalid("database.pool_size", "must be at least 1"));
-        }
-        // Upper bounds keep "dead in seconds" true; a typo of minutes would undo it.
-        within("database.connect_timeout_ms", self.database.connect_timeout_ms, 100..=MINUTE_MS)?;
-        within("database.statement_timeout_ms", self.database.statement_timeout_ms, SECOND_MS..=HOUR_MS)?;
-        within("database.keepalive_idle_ms", self.database.keepalive_idle_ms, SECOND_MS..=2 * HOUR_MS)?;
-        within("database.tcp_user_timeout_ms", self.database.tcp_user_timeout_ms, SECOND_MS..=10 * MINUTE_MS)?;
-        within("database.pool_wait_ms", self.database.pool_wait_ms, 100..=10 * MINUTE_MS)?;
-        within("redis.connect_timeout_ms", self.redis.connect_timeout_ms, 100..=MINUTE_MS)?;
-        within("redis.response_timeout_ms", self.redis.response_timeout_ms, 100..=5 * MINUTE_MS)?;
-        let url = self.redis.url.expose();
-        if !(url.starts_with("redis://") || url.starts_with("rediss://") || url.starts_with("unix://")) {
-            return Err(invalid("redis.url", "must start with redis://, rediss:// or unix://"));
-        }
-        redis::Client::open(url).map_err(|_| invalid("redis.url", "is not a valid Redis URL"))?;
-        for (i, seed) in self.redis.cluster_urls.iter().enumerate() {
-            let seed = seed.expose();
-            if !(seed.starts_with("redis://") || seed.starts_with("rediss://")) {
-                return Err(invalid("redis.cluster_urls", format!("entry {i} must start with redis:// or rediss://")));
-            }
-            redis::Client::open(seed)
-                .map_err(|_| invalid("redis.cluster_urls", format!("entry {i} is not a valid Redis URL")))?;
-        }
-        let prefix = &self.redis.key_prefix;
-        if prefix.is_empty() || prefix.chars().any(|c| c.is_whitespace() || c == '{' || c == '}') {
-            return Err(invalid("redis.key_prefix", "must be non-empty, without spaces or braces"));
-        }
-        if !(1..=1024).contains(&self.redis.shards) {
-            return Err(invalid("redis.shards", format!("must be between 1 and 1024, got {}", self.redis.shards)));
-        }
-        if self.redis.dlq_max_len < 100 {
-            return Err(invalid("redis.dlq_max_len", "must be at least 100"));
-        }
-        if !(1..=100_000).contains(&self.worker.concurrency) {
-            return Err(invalid(
-                "worker.concurrency",
-                format!("must be between 1 and 100000, got {}", self.worker.concurrency),
-            ));
-        }
-        if !(1..=64).contains(&self.worker.senders_per_provider) {
-            return Err(invalid("worker.senders_per_provider", "must be between 1 and 64"));
-        }
-        if !(1..=10_000).contains(&self.listener.batch_size) {
-            return Err(invalid("listener.batch_size", "must be between 1 and 10000"));
-        }
-        if !(1..=16).contains(&self.listener.drainers) {
-            return Err(invalid("listener.drainers", "must be between 1 and 16"));
-        }
-        if self.listener.drainers >= self.database.pool_size {
-            let pool = self.database.pool_size;
-            return Err(invalid(
-                "listener.drainers",
-                format!("must be below database.pool_size ({pool}) to leave connections for the writer and the API"),
-            ));
-        }
-        within("listener.sweep_interval_ms", self.listener.sweep_interval_ms, 100..=DAY_MS)?;
-        within("listener.stale_after_ms", self.listener.stale_after_ms, SECOND_MS..=7 * DAY_MS)?;
-        within("retry.max_attempts", u64::from(self.retry.max_attempts), 1..=100)?;
-        within("retry.base_ms", self.retry.base_ms, 1..=DAY_MS)?;
-        within("retry.max_ms", self.retry.max_ms, 1..=7 * DAY_MS)?;
-        if self.retry.max_ms < self.retry.base_ms {
-            return Err(invalid("retry.max_ms", format!("must be at least retry.base_ms ({})", self.retry.base_ms)));
-        }
-        within("retry.max_age_ms", self.retry.max_age_ms, 60 * SECOND_MS..=30 * DAY_MS)?;
-        if self.claim.max_deliveries < 2 {
-            return Err(invalid("claim.max_deliveries", "must be at least 2 (the first read counts as one)"));
-        }
-        within("claim.max_deliveries", u64::from(self.claim.max_deliveries), 2..=1000)?;
-        within("claim.interval_ms", self.claim.interval_ms, 10..=HOUR_MS)?;
-        within("claim.min_idle_ms", self.claim.min_idle_ms, 1..=DAY_MS)?;
-        within("circuit.failures", u64::from(self.circuit.failures), 1..=100_000)?;
-        within("circuit.open_ms", self.circuit.open_ms, 1..=DAY_MS)?;
-        within("circuit.max_open_ms", self.circuit.max_open_ms, 1..=DAY_MS)?;
-        if self.circuit.max_open_ms < self.circuit.open_ms {
-            return Err(invalid(
-                "circuit.max_open_ms",
-                format!("must be at least circuit.open_ms ({})", self.circuit.open_ms),
-            ));
-        }
-        // 0 keeps everything; 100 years is the most that still reads as a retention period (a
-        // value near u32::MAX once wrapped to -1 day and deleted every final notification).
-        within("retention.final_after_days", u64::from(self.retention.final_after_days), 0..=36_500)?;
-        within("retention.interval_ms", self.retention.interval_ms, 100..=7 * DAY_MS)?;
-        if !(1..=100_000).contains(&self.retention.batch_size) {
-            return Err(invalid("retention.batch_size", "must be between 1 and 100000"));
-        }
-        within("scheduler.delay_poll_ms", self.scheduler.delay_poll_ms, 10..=60 * SECOND_MS)?;
-        within("shutdown.grace_ms", self.shutdown.grace_ms, 0..=HOUR_MS)?;
-        within("payload.max_bytes", self.payload.max_bytes as u64, MIN_PAYLOAD_BYTES..=MAX_PAYLOAD_BYTES)?;
+        self.database.validate()?;
+        self.redis.validate()?;
+        self.worker.validate()?;
+        self.listener.validate()?;
+        self.retry.validate()?;
+        self.claim.validate()?;
+        self.circuit.validate()?;
+        self.retention.validate()?;
+        self.scheduler.validate()?;
+        self.shutdown.validate()?;
+        self.payload.validate()?;
         self.providers.validate()?;
-        // A send still running must never be claimed and sent a second time in parallel.
-        if let Some(longest) = self.providers.longest_timeout_ms() {
-            if self.claim.min_idle_ms <= longest {
-                return Err(invalid(
-                    "claim.min_idle_ms",
-                    format!(
-                        "must exceed the longest provider send ({longest} ms: flush_after_ms + timeout_ms, the \
-                         timeout twice for email), got {}",
-                        self.claim.min_idle_ms
-                    ),
-                ));
-            }
-        }
-        // The sweep must not re-enqueue what the claim actor is about to recover: that would put a
-        // second copy of a pending entry in the stream.
-        if self.listener.stale_after_ms <= self.claim.min_idle_ms {
-            return Err(invalid(
-                "listener.stale_after_ms",
-                format!(
-                    "must exceed claim.min_idle_ms ({}), got {}",
-                    self.claim.min_idle_ms, self.listener.stale_after_ms
-                ),
-            ));
-        }
-        self.http_addr()?;
-        self.log_level()?;
-        self.validate_auth()?;
-        self.validate_devices()?;
+        cross_checks::check(self)?;
+        self.http.addr()?;
+        self.log.level()?;
+        self.auth.validate().map_err(|(key, message)| invalid(key, message))?;
+        self.devices.validate()?;
         Ok(())
-    }
-
-    fn validate_devices(&self) -> Result<(), ConfigError> {
-        let max = self.devices.max_per_user;
-        if !MAX_PER_USER_RANGE.contains(&max) {
-            let (lo, hi) = (MAX_PER_USER_RANGE.start(), MAX_PER_USER_RANGE.end());
-            return Err(invalid("devices.max_per_user", format!("must be between {lo} and {hi}, got {max}")));
-        }
-        Ok(())
-    }
-
-    fn validate_auth(&self) -> Result<(), ConfigError> {
-        let auth = &self.auth;
-        if let Some(url) = &auth.jwks_url {
-            if !(url.starts_with("https://") || url.starts_with("http://")) {
-                return Err(invalid("auth.jwks_url", format!("must be an http(s) URL, got '{url}'")));
-            }
-            // Keys fetched in clear can be replaced by anyone on the path: then any token verifies.
-            if url.starts_with("http://") && !auth.allow_insecure_jwks {
-                return Err(invalid(
-                    "auth.jwks_url",
-                    "is http://: keys fetched in clear can be forged on the way; use https:// \
-                     (or set auth.allow_insecure_jwks = true for a loopback test JWKS)",
-                ));
-            }
-        }
-        if auth.jwt_secret.as_ref().is_some_and(|s| s.expose().len() < 16) {
-            return Err(invalid("auth.jwt_secret", "must be at least 16 characters"));
-        }
-        if auth.admin_token.as_ref().is_some_and(|s| s.expose().len() < 16) {
-            return Err(invalid("auth.admin_token", "must be at least 16 characters"));
-        }
-        if auth.leeway_secs > 300 {
-            return Err(invalid("auth.leeway_secs", "must be at most 300"));
-        }
-        crate::auth::Authenticator::new(auth).map(|_| ()).map_err(|(key, message)| invalid(key, message))
     }
 
     /// The Redis the relay talks to: the cluster when `redis.cluster_urls` is set.
@@ -451,7 +158,7 @@ impl Settings {
     /// one already.
     pub fn pg_config(&self) -> Result<tokio_postgres::Config, ConfigError> {
         let mut config = self.migrations_pg_config()?;
-        let timeout = format!("-c statement_timeout={}", self.database.statement_timeout_ms);
+        let timeout = format!("-c statement_timeout={}", self.database.statement_timeout.as_millis());
         let options = match config.get_options().map(str::trim) {
             Some(o) if o.contains("statement_timeout") || o.contains("statement-timeout") => None,
             Some(o) if !o.is_empty() => Some(format!("{o} {timeout}")),
@@ -475,22 +182,22 @@ impl Settings {
         notify_relay_engine::tls::only_when_required(&mut config);
         let db = &self.database;
         if config.get_connect_timeout().is_none() {
-            config.connect_timeout(Duration::from_millis(db.connect_timeout_ms));
+            config.connect_timeout(db.connect_timeout);
         }
         // `keepalives=0` in the URL turns them off; its other keepalive parameters win.
         if config.get_keepalives() {
             if config.get_keepalives_idle() == LIBPQ_KEEPALIVES_IDLE {
-                config.keepalives_idle(Duration::from_millis(db.keepalive_idle_ms));
+                config.keepalives_idle(db.keepalive_idle);
             }
             if config.get_keepalives_interval().is_none() {
-                config.keepalives_interval(Duration::from_millis((db.keepalive_idle_ms / 2).max(SECOND_MS)));
+                config.keepalives_interval((db.keepalive_idle / 2).max(Duration::from_millis(SECOND_MS)));
             }
             if config.get_keepalives_retries().is_none() {
                 config.keepalives_retries(KEEPALIVE_PROBES);
             }
         }
         if config.get_tcp_user_timeout().is_none() {
-            config.tcp_user_timeout(Duration::from_millis(db.tcp_user_timeout_ms));
+            config.tcp_user_timeout(db.tcp_user_timeout);
         }
         if config.get_application_name().is_none() {
             config.application_name("notify-relay");
@@ -505,74 +212,52 @@ impl Settings {
         let hosts = self.migrations_pg_config()?.get_hosts().len().max(1) as u32;
         Ok(notify_relay_engine::store::pool::PoolSettings {
             size: db.pool_size,
-            wait: Duration::from_millis(db.pool_wait_ms),
-            connect: Duration::from_millis(db.connect_timeout_ms) * hosts,
-            statement_timeout: Duration::from_millis(db.statement_timeout_ms),
+            wait: db.pool_wait,
+            connect: db.connect_timeout * hosts,
+            statement_timeout: db.statement_timeout,
         })
     }
 
     /// The Redis connect and reply timeouts.
     pub fn redis_timeouts(&self) -> notify_relay_engine::relay::conn::Timeouts {
         notify_relay_engine::relay::conn::Timeouts {
-            connect: Duration::from_millis(self.redis.connect_timeout_ms),
-            response: Duration::from_millis(self.redis.response_timeout_ms),
+            connect: self.redis.connect_timeout,
+            response: self.redis.response_timeout,
         }
     }
 
     pub fn http_addr(&self) -> Result<SocketAddr, ConfigError> {
-        self.http.addr.parse().map_err(|_| invalid("http.addr", format!("must be host:port, got '{}'", self.http.addr)))
+        Ok(self.http.addr()?)
     }
 
     pub fn log_level(&self) -> Result<slog::Level, ConfigError> {
-        self.log.level.parse().map_err(|_| invalid("log.level", format!("unknown level '{}'", self.log.level)))
+        Ok(self.log.level()?)
     }
 
     pub fn grace(&self) -> Duration {
-        Duration::from_millis(self.shutdown.grace_ms)
+        self.shutdown.grace
     }
 
-    /// What the engine needs, for the given roles and consumer name. Reads the provider
-    /// credential files (again: they were checked by `validate`, but may have been rotated).
-    pub fn engine(&self, roles: Roles, consumer: String) -> Result<EngineSettings, ConfigError> {
-        let providers = self.providers.engine()?;
-        Ok(EngineSettings {
+    /// What the engine runs with, for the given roles and consumer name: its sections as they
+    /// are, and the input caps of `[payload]` and `[devices]`. The provider credentials are read
+    /// when the engine builds its clients.
+    pub fn engine(&self, roles: Roles, consumer: String) -> EngineSettings {
+        EngineSettings {
             roles,
-            concurrency: self.worker.concurrency,
             consumer,
-            listener_batch: self.listener.batch_size,
-            listener_drainers: self.listener.drainers,
-            sweep_interval: Duration::from_millis(self.listener.sweep_interval_ms),
-            stale_after: Duration::from_millis(self.listener.stale_after_ms),
-            retry: RetryPolicy {
-                max_attempts: self.retry.max_attempts,
-                base: Duration::from_millis(self.retry.base_ms),
-                max: Duration::from_millis(self.retry.max_ms),
-                max_age: Duration::from_millis(self.retry.max_age_ms),
-            },
-            circuit: notify_relay_engine::circuit::CircuitSettings {
-                failures: self.circuit.failures,
-                open: Duration::from_millis(self.circuit.open_ms),
-                max_open: Duration::from_millis(self.circuit.max_open_ms),
-            },
-            claim_interval: Duration::from_millis(self.claim.interval_ms),
-            claim_min_idle: Duration::from_millis(self.claim.min_idle_ms),
-            claim_max_deliveries: self.claim.max_deliveries,
-            retention: notify_relay_engine::retention::RetentionPolicy {
-                final_after_days: self.retention.final_after_days,
-                interval: Duration::from_millis(self.retention.interval_ms),
-                batch: self.retention.batch_size,
-            },
-            delay_poll_interval: Duration::from_millis(self.scheduler.delay_poll_ms),
-            expo: providers.expo,
-            fcm: providers.fcm,
-            apns: providers.apns,
-            email: providers.email,
-            senders_per_provider: self.worker.senders_per_provider,
-            input_limits: notify_relay_engine::settings::InputLimits {
+            worker: self.worker,
+            listener: self.listener,
+            retry: self.retry,
+            claim: self.claim,
+            circuit: self.circuit,
+            retention: self.retention,
+            scheduler: self.scheduler,
+            providers: self.providers.clone(),
+            input_limits: InputLimits {
                 payload_max_bytes: self.payload.max_bytes,
                 devices_per_user: self.devices.max_per_user as usize,
             },
-        })
+        }
     }
 }
 
@@ -634,14 +319,11 @@ mod tests {
         let s = Settings::load(None, &HashMap::new()).unwrap();
         assert_eq!(s.payload.max_bytes, 16 * 1024);
         assert_eq!(
-            s.engine(notify_relay_engine::settings::Roles::ALL, "c".into()).unwrap().input_limits.payload_max_bytes,
+            s.engine(notify_relay_engine::settings::Roles::ALL, "c".into()).input_limits.payload_max_bytes,
             16 * 1024
         );
         let s = Settings::load(None, &env(&[("NOTIFY__DEVICES__MAX_PER_USER", "7")])).unwrap();
-        assert_eq!(
-            s.engine(notify_relay_engine::settings::Roles::ALL, "c".into()).unwrap().input_limits.devices_per_user,
-            7
-        );
+        assert_eq!(s.engine(notify_relay_engine::settings::Roles::ALL, "c".into()).input_limits.devices_per_user, 7);
         assert!(error(&[("NOTIFY__PAYLOAD__MAX_BYTES", "100")])
             .contains("`payload.max_bytes` must be between 4096 and 1048576"));
         assert!(error(&[("NOTIFY__PAYLOAD__MAX_BYTES", "2000000")]).contains("`payload.max_bytes`"));
@@ -709,7 +391,7 @@ mod tests {
     #[test]
     fn retry_max_age_defaults_to_a_day_and_is_range_checked() {
         let settings = Settings::load(None, &env(&[])).unwrap();
-        assert_eq!(settings.retry.max_age_ms, 86_400_000);
+        assert_eq!(settings.retry.max_age, Duration::from_millis(86_400_000));
         let err = error(&[("NOTIFY__RETRY__MAX_AGE_MS", "1000")]);
         assert!(err.contains("`retry.max_age_ms` must be between 60000 and 2592000000, got 1000"), "{err}");
         let err = error(&[("NOTIFY__RETRY__MAX_AGE_MS", "18446744073709551615")]);
@@ -801,9 +483,11 @@ mod tests {
             ]),
         )
         .unwrap();
-        let engine = s.engine(notify_relay_engine::settings::Roles::ALL, "c".into()).unwrap();
-        assert!(engine.expo.as_ref().and_then(|e| e.access_token.as_deref()) == Some("expo-access-token-6"));
-        let printed = [format!("{s:?}"), format!("{engine:?}"), format!("{:?}", s.providers.engine().unwrap())];
+        let engine = s.engine(notify_relay_engine::settings::Roles::ALL, "c".into());
+        assert!(engine.providers.expo.access_token.as_ref().map(Secret::expose) == Some("expo-access-token-6"));
+        // What the credentials resolve to, as the engine's clients get them.
+        let account = s.providers.fcm.account().unwrap();
+        let printed = [format!("{s:?}"), format!("{engine:?}"), format!("{account:?}")];
         for secret in [
             "pg-password-1",
             "redis-password-2",
@@ -867,10 +551,11 @@ mod tests {
     fn connection_timeouts_have_defaults_and_ranges_that_name_their_key() {
         let s = Settings::load(None, &HashMap::new()).unwrap();
         let db = &s.database;
-        let shipped = (db.connect_timeout_ms, db.statement_timeout_ms, db.keepalive_idle_ms);
-        assert_eq!(shipped, (5000, 30_000, 10_000));
-        assert_eq!((db.tcp_user_timeout_ms, db.pool_wait_ms), (20_000, 10_000));
-        assert_eq!((s.redis.connect_timeout_ms, s.redis.response_timeout_ms), (5000, 5000));
+        let ms = Duration::from_millis;
+        let shipped = (db.connect_timeout, db.statement_timeout, db.keepalive_idle);
+        assert_eq!(shipped, (ms(5000), ms(30_000), ms(10_000)));
+        assert_eq!((db.tcp_user_timeout, db.pool_wait), (ms(20_000), ms(10_000)));
+        assert_eq!((s.redis.connect_timeout, s.redis.response_timeout), (ms(5000), ms(5000)));
         for (key, var, low, high) in [
             ("database.connect_timeout_ms", "NOTIFY__DATABASE__CONNECT_TIMEOUT_MS", "99", "60001"),
             ("database.statement_timeout_ms", "NOTIFY__DATABASE__STATEMENT_TIMEOUT_MS", "999", "3600001"),
@@ -900,7 +585,7 @@ mod tests {
             ]),
         )
         .unwrap();
-        assert_eq!(edges.database.statement_timeout_ms, 3_600_000);
+        assert_eq!(edges.database.statement_timeout, Duration::from_millis(3_600_000));
         assert_eq!(
             edges.redis_timeouts(),
             notify_relay_engine::relay::conn::Timeouts {

@@ -15,6 +15,8 @@ use crate::events;
 use crate::inflight::InFlight;
 use crate::job::{Outcome, SendResult};
 use crate::periodic::{Periodic, PeriodicJob};
+use crate::settings::{millis, within, within_ms, SettingsError, DAY_MS, HOUR_MS};
+use serde::{Deserialize, Serialize};
 use slog::{info, warn, Logger};
 use std::future::Future;
 use std::time::Duration;
@@ -24,12 +26,32 @@ const CLAIM_BATCH: usize = 100;
 /// Pending entries looked at per `XPENDING` page.
 const PEL_PAGE: usize = 500;
 
-/// `claim.*`: when and what to take over.
-#[derive(Debug, Clone, Copy)]
-pub struct ClaimPolicy {
+/// `[claim]`: when and what to take over.
+#[derive(Debug, Clone, Copy, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClaimSettings {
+    /// Period of the XAUTOCLAIM pass (`claim.interval_ms`).
+    #[serde(rename = "interval_ms", with = "millis")]
     pub interval: Duration,
+    /// Idle time after which a pending entry is taken over (`claim.min_idle_ms`).
+    #[serde(rename = "min_idle_ms", with = "millis")]
     pub min_idle: Duration,
+    /// An entry handed out this many times without an outcome is dead-lettered (poison).
     pub max_deliveries: u32,
+}
+
+impl ClaimSettings {
+    pub fn validate(&self) -> std::result::Result<(), SettingsError> {
+        if self.max_deliveries < 2 {
+            return Err(SettingsError::new(
+                "claim.max_deliveries",
+                "must be at least 2 (the first read counts as one)",
+            ));
+        }
+        within("claim.max_deliveries", u64::from(self.max_deliveries), 2..=1000)?;
+        within_ms("claim.interval_ms", self.interval, 10..=HOUR_MS)?;
+        within_ms("claim.min_idle_ms", self.min_idle, 1..=DAY_MS)
+    }
 }
 
 /// The claim actor: [`ClaimStale`] every `claim.interval_ms`.
@@ -41,13 +63,13 @@ pub struct ClaimStale {
     inflight: InFlight,
     /// Claimed entries become this consumer's.
     consumer: String,
-    policy: ClaimPolicy,
+    policy: ClaimSettings,
 }
 
 impl ClaimStale {
     /// Claims as `deps.consumer`, within the permits of `deps.inflight`, and hands what it
     /// claims to `dispatcher`.
-    pub fn new(dispatcher: Dispatcher, deps: &Deps, policy: ClaimPolicy) -> Self {
+    pub fn new(dispatcher: Dispatcher, deps: &Deps, policy: ClaimSettings) -> Self {
         ClaimStale { dispatcher, inflight: deps.inflight.clone(), consumer: deps.consumer.clone(), policy }
     }
 }
@@ -75,7 +97,7 @@ async fn retire_overdelivered(
     dispatcher: &Dispatcher,
     inflight: &InFlight,
     consumer: &str,
-    policy: ClaimPolicy,
+    policy: ClaimSettings,
     shard: u16,
     log: &Logger,
 ) -> Result<usize> {
@@ -100,7 +122,7 @@ async fn retire(
     dispatcher: &Dispatcher,
     inflight: &InFlight,
     consumer: &str,
-    policy: ClaimPolicy,
+    policy: ClaimSettings,
     shard: u16,
     found: &[(String, u64)],
     log: &Logger,
@@ -152,7 +174,7 @@ async fn claim_all(
     dispatcher: Dispatcher,
     inflight: InFlight,
     consumer: String,
-    policy: ClaimPolicy,
+    policy: ClaimSettings,
     log: Logger,
 ) -> Result<usize> {
     // Claiming while Postgres is unreachable can only fail: skip the pass (the actor restarts

@@ -5,9 +5,26 @@
 use crate::error::Result;
 use crate::periodic::{Periodic, PeriodicJob};
 use crate::relay::Relay;
+use crate::settings::{millis, within_ms, SettingsError, SECOND_MS};
+use serde::{Deserialize, Serialize};
 use slog::{debug, Logger};
 use std::future::Future;
 use std::time::Duration;
+
+/// `[scheduler]`.
+#[derive(Debug, Clone, Copy, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct SchedulerSettings {
+    /// Period of the move of due retries back to the stream (`scheduler.delay_poll_ms`).
+    #[serde(rename = "delay_poll_ms", with = "millis")]
+    pub delay_poll: Duration,
+}
+
+impl SchedulerSettings {
+    pub fn validate(&self) -> std::result::Result<(), SettingsError> {
+        within_ms("scheduler.delay_poll_ms", self.delay_poll, 10..=60 * SECOND_MS)
+    }
+}
 
 /// Most retries one script call moves.
 const MOVE_BATCH: usize = 500;

@@ -7,17 +7,39 @@
 use crate::error::Result;
 use crate::events;
 use crate::periodic::{Periodic, PeriodicJob};
+use crate::settings::{millis, within, within_ms, SettingsError, DAY_MS};
 use crate::store::Store;
+use serde::{Deserialize, Serialize};
 use slog::{info, Logger};
 use std::future::Future;
 use std::time::Duration;
 
-#[derive(Debug, Clone, Copy)]
+/// `[retention]`.
+#[derive(Debug, Clone, Copy, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
 pub struct RetentionPolicy {
-    /// Final rows older than this many days are deleted; 0 keeps everything.
+    /// Final notifications (and their delivery / notification_failed rows) older than this many
+    /// days are deleted; 0 keeps everything.
     pub final_after_days: u32,
+    /// How often the retention job runs (`retention.interval_ms`).
+    #[serde(rename = "interval_ms", with = "millis")]
     pub interval: Duration,
+    /// Notifications deleted per statement (`retention.batch_size`).
+    #[serde(rename = "batch_size")]
     pub batch: i64,
+}
+
+impl RetentionPolicy {
+    pub fn validate(&self) -> std::result::Result<(), SettingsError> {
+        // 0 keeps everything; 100 years is the most that still reads as a retention period (a
+        // value near u32::MAX once wrapped to -1 day and deleted every final notification).
+        within("retention.final_after_days", u64::from(self.final_after_days), 0..=36_500)?;
+        within_ms("retention.interval_ms", self.interval, 100..=7 * DAY_MS)?;
+        if !(1..=100_000).contains(&self.batch) {
+            return Err(SettingsError::new("retention.batch_size", "must be between 1 and 100000"));
+        }
+        Ok(())
+    }
 }
 
 /// The retention actor: [`Prune`] every `retention.interval_ms`.

@@ -1,7 +1,9 @@
 //! Provider clients: how one batch of jobs becomes requests to a push service, and how each
 //! answer is classified (see PROVIDERS.md).
 //!
-//! One folder per provider: `mod.rs` holds its settings and its client (the requests), and
+//! One folder per provider: `mod.rs` holds its settings section (`[providers.<p>]`, deserialized
+//! as it is, with its own `validate()` and the methods that read its credentials) and its client
+//! (the requests), and
 //! `classify.rs` the pure functions from the provider's answer to a [`SendResult`] and a
 //! [`Health`], to be read beside the provider's table in PROVIDERS.md. What a provider needs
 //! besides (tokens, messages, receipts, the SMTP connection pool) has a file of its own.
@@ -15,14 +17,65 @@ use crate::circuit::Health;
 pub use crate::job::{bounded, MAX_ERROR_BYTES};
 use crate::job::{Job, Provider, SendResult};
 use crate::ratelimit::Limits;
+use crate::settings::{within_ms, SettingsError};
 use apns::ApnsSettings;
 use email::EmailSettings;
 use expo::ExpoSettings;
 use fcm::FcmSettings;
 use futures_util::future::{join_all, LocalBoxFuture};
+use serde::{Deserialize, Serialize};
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
+
+/// `[providers]`: one section per provider, each with its `enabled` flag.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Providers {
+    pub expo: ExpoSettings,
+    pub fcm: FcmSettings,
+    pub apns: ApnsSettings,
+    pub email: EmailSettings,
+}
+
+impl Providers {
+    /// Checks every enabled provider, reading its credentials; a disabled one is not looked at.
+    pub fn validate(&self) -> Result<(), SettingsError> {
+        if self.expo.enabled {
+            self.expo.validate()?;
+        }
+        if self.fcm.enabled {
+            self.fcm.validate()?;
+        }
+        if self.apns.enabled {
+            self.apns.validate()?;
+        }
+        if self.email.enabled {
+            self.email.validate()?;
+        }
+        Ok(())
+    }
+
+    /// The longest a send of the enabled providers can take: a delivery may wait `flush_after`
+    /// in its sender's buffer before it is sent at all, then the request's timeout (twice it
+    /// for email, see [`EmailSettings::longest_send`]).
+    pub fn longest_send(&self) -> Option<Duration> {
+        [
+            (self.expo.enabled, self.expo.timeout, self.expo.flush_after),
+            (self.fcm.enabled, self.fcm.timeout, self.fcm.flush_after),
+            (self.apns.enabled, self.apns.timeout, self.apns.flush_after),
+            (self.email.enabled, self.email.longest_send(), self.email.flush_after),
+        ]
+        .into_iter()
+        .filter_map(|(enabled, timeout, flush)| enabled.then_some(timeout.saturating_add(flush)))
+        .max()
+    }
+}
+
+/// A provider request timeout: at least 1 ms, at most 10 minutes.
+fn timeout(key: &'static str, value: Duration) -> Result<(), SettingsError> {
+    within_ms(key, value, 1..=600_000)
+}
 
 /// What a sender needs to know about a provider's client to batch for it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -91,6 +144,9 @@ pub struct EnabledProvider {
 /// Why a provider's client cannot be built from its settings (the process does not start).
 #[derive(Debug, thiserror::Error)]
 pub enum ProviderError {
+    /// A credential file could not be read, or holds no usable key.
+    #[error(transparent)]
+    Settings(#[from] SettingsError),
     #[error(transparent)]
     Fcm(#[from] fcm::FcmError),
     #[error(transparent)]
@@ -105,37 +161,38 @@ impl From<ProviderError> for crate::error::EngineError {
     }
 }
 
-/// The providers enabled (the settings given). Everything the clients share (parsed keys, the
-/// FCM OAuth token cache) is built here once, so the senders of one provider share it.
-pub fn enabled(
-    expo: Option<&ExpoSettings>,
-    fcm: Option<&FcmSettings>,
-    apns: Option<&ApnsSettings>,
-    email: Option<&EmailSettings>,
-) -> Result<Vec<EnabledProvider>, ProviderError> {
+/// The providers enabled in `providers`. Everything the clients share (parsed keys, the FCM
+/// OAuth token cache) is built here once, so the senders of one provider share it; the
+/// credential files are read again here (they were checked at start-up, but may have been
+/// rotated since).
+pub fn enabled(providers: &Providers) -> Result<Vec<EnabledProvider>, ProviderError> {
     let mut enabled = Vec::new();
-    if let Some(expo) = expo.cloned() {
-        let limits = expo.limits;
+    if providers.expo.enabled {
+        let expo = providers.expo.clone();
+        let limits = expo.limits();
         let factory: ClientFactory = Arc::new(move || Box::new(expo::ExpoClient::new(&expo)));
         enabled.push(EnabledProvider { provider: Provider::Expo, factory, limits });
     }
-    if let Some(fcm) = fcm.cloned() {
-        let limits = fcm.limits;
-        let tokens = Arc::new(fcm::TokenSource::new(fcm.account.clone())?);
+    if providers.fcm.enabled {
+        let fcm = providers.fcm.clone();
+        let limits = fcm.limits();
+        let tokens = Arc::new(fcm::TokenSource::new(fcm.account()?)?);
         let factory: ClientFactory = Arc::new(move || Box::new(fcm::FcmClient::new(&fcm, tokens.clone())));
         enabled.push(EnabledProvider { provider: Provider::Fcm, factory, limits });
     }
-    if let Some(apns) = apns.cloned() {
-        let limits = apns.limits;
-        let tls = apns::tls_config(apns.ca_pem.as_deref())?;
-        let token = Arc::new(apns::ProviderToken::from_settings(&apns)?);
+    if providers.apns.enabled {
+        let apns = providers.apns.clone();
+        let limits = apns.limits();
+        let tls = apns::tls_config(apns.ca_pem()?.as_deref())?;
+        let token = Arc::new(apns::ProviderToken::from_settings(&apns.key_pem()?, &apns)?);
         let factory: ClientFactory =
             Arc::new(move || Box::new(apns::ApnsClient::new(&apns, tls.clone(), token.clone())));
         enabled.push(EnabledProvider { provider: Provider::Apns, factory, limits });
     }
-    if let Some(email) = email.cloned() {
-        let limits = email.limits;
-        let config = email::EmailConfig::new(&email)?;
+    if providers.email.enabled {
+        let email = providers.email.clone();
+        let limits = email.limits();
+        let config = email::EmailConfig::new(&email, email.ca_pem()?.as_deref())?;
         let factory: ClientFactory = Arc::new(move || Box::new(email::EmailClient::new(&config)));
         enabled.push(EnabledProvider { provider: Provider::Email, factory, limits });
     }
@@ -199,55 +256,76 @@ mod tests {
 
     #[test]
     fn no_settings_struct_prints_a_credential() {
-        let limits = crate::ratelimit::Limits::default();
         let d = Duration::from_millis(1);
+        let pem = format!("-----BEGIN PRIVATE KEY-----\n{SECRET}\n-----END PRIVATE KEY-----");
         let expo = ExpoSettings {
+            enabled: true,
             base_url: "https://exp.host".into(),
-            access_token: Some(SECRET.into()),
+            access_token: Some(crate::secret::Secret::new(SECRET)),
             timeout: d,
             flush_after: d,
             receipt_delay: d,
             receipt_poll: d,
-            limits,
+            rate_per_sec: 0,
+            device_rate_per_sec: 0,
+        };
+        let account = crate::providers::fcm::ServiceAccount {
+            project_id: "p".into(),
+            client_email: "c@p.iam.gserviceaccount.com".into(),
+            private_key: pem.clone(),
+            token_uri: "https://oauth2.googleapis.com/token".into(),
         };
         let fcm = FcmSettings {
+            enabled: true,
             base_url: "https://fcm.googleapis.com".into(),
-            account: crate::providers::fcm::ServiceAccount {
-                project_id: "p".into(),
-                client_email: "c@p.iam.gserviceaccount.com".into(),
-                private_key: format!("-----BEGIN PRIVATE KEY-----\n{SECRET}\n-----END PRIVATE KEY-----"),
-                token_uri: "https://oauth2.googleapis.com/token".into(),
-            },
+            service_account_file: None,
+            service_account_json: Some(crate::secret::Secret::new(format!(
+                r#"{{"project_id": "p", "client_email": "c@p.iam.gserviceaccount.com", "private_key": "{SECRET}"}}"#
+            ))),
             timeout: d,
             flush_after: d,
-            limits,
+            rate_per_sec: 0,
+            device_rate_per_sec: 0,
         };
         let apns = ApnsSettings {
+            enabled: true,
             base_url: "https://api.push.apple.com".into(),
-            key_pem: format!("-----BEGIN PRIVATE KEY-----\n{SECRET}\n-----END PRIVATE KEY-----"),
+            key_file: None,
+            key: Some(crate::secret::Secret::new(pem)),
             key_id: "ABC123DEFG".into(),
             team_id: "DEF123GHIJ".into(),
             topic: "com.example.app".into(),
-            ca_pem: None,
+            ca_file: None,
             timeout: d,
             flush_after: d,
-            limits,
+            rate_per_sec: 0,
+            device_rate_per_sec: 0,
         };
         let email = EmailSettings {
-            smtp_url: format!("smtps://user:{SECRET}@smtp.example.com:465"),
+            enabled: true,
+            smtp_url: crate::secret::Secret::new(format!("smtps://user:{SECRET}@smtp.example.com:465")),
             from: "no-reply@example.com".into(),
-            ca_pem: None,
+            ca_file: None,
             timeout: d,
             flush_after: d,
             connections: 1,
-            limits,
+            rate_per_sec: 0,
+            device_rate_per_sec: 0,
         };
-        for printed in [format!("{expo:?}"), format!("{fcm:?}"), format!("{apns:?}"), format!("{email:?}")] {
+        let printed = [
+            format!("{expo:?}"),
+            format!("{account:?}"),
+            format!("{fcm:?}"),
+            format!("{apns:?}"),
+            format!("{email:?}"),
+        ];
+        for printed in printed {
             assert!(!printed.contains(SECRET), "{printed}");
         }
         // What is not secret is still there to debug with.
-        assert!(format!("{expo:?}").contains("access_token: Some(\"[redacted]\")"), "{expo:?}");
-        assert!(format!("{fcm:?}").contains("c@p.iam.gserviceaccount.com"), "{fcm:?}");
+        assert!(format!("{expo:?}").contains("access_token: Some([redacted])"), "{expo:?}");
+        assert!(format!("{account:?}").contains("c@p.iam.gserviceaccount.com"), "{account:?}");
+        assert!(format!("{apns:?}").contains("ABC123DEFG"), "{apns:?}");
     }
 
     #[test]

@@ -17,7 +17,7 @@
 //! and the log), taking the parts it needs.
 
 use crate::circuit::Circuit;
-use crate::claim::{ClaimPolicy, ClaimStale};
+use crate::claim::ClaimStale;
 use crate::delay::MoveDue;
 use crate::deps::Deps;
 use crate::dispatcher::{Dispatcher, SenderPool};
@@ -76,7 +76,8 @@ fn start_pipeline(
     let stats = writer_life.stats.clone();
     let (store, relay, inflight, retry) =
         (deps.store.clone(), deps.relay.clone(), deps.inflight.clone(), settings.retry);
-    let receipt_delay = settings.expo.as_ref().map(|e| e.receipt_delay);
+    let expo = &settings.providers.expo;
+    let receipt_delay = expo.enabled.then_some(expo.receipt_delay);
     let addr =
         Supervisor::start(move |_| OutcomeWriter::new(writer_life, store, relay, inflight, retry, receipt_delay));
     let writer = Handle { addr, stats };
@@ -90,7 +91,7 @@ fn start_pipeline(
                 .then(|| RateLimiter::new(deps.relay.clone(), p.provider, p.limits)),
         };
         let mut senders = Vec::new();
-        for i in 0..settings.senders_per_provider.max(1) {
+        for i in 0..settings.worker.senders_per_provider.max(1) {
             let arbiter = Arbiter::new();
             let sender_life = deps.life(format!("sender-{}-{i}", p.provider), "sender", MAILBOX);
             let stats = sender_life.stats.clone();
@@ -163,18 +164,13 @@ impl Engine {
         let deps = Deps {
             store,
             relay,
-            inflight: InFlight::new(settings.concurrency),
+            inflight: InFlight::new(settings.worker.concurrency),
             shutdown: Shutdown::default(),
             consumer: settings.consumer.clone(),
             registry: Registry::default(),
             log,
         };
-        let providers = crate::providers::enabled(
-            settings.expo.as_ref(),
-            settings.fcm.as_ref(),
-            settings.apns.as_ref(),
-            settings.email.as_ref(),
-        )?;
+        let providers = crate::providers::enabled(&settings.providers)?;
         // The groups exist before anyone reads, and `/readyz` can rely on them.
         deps.relay.ensure_groups().await?;
 
@@ -184,7 +180,7 @@ impl Engine {
         if let Some((writer, dispatcher)) = pipeline {
             // Whatever this process has in flight — read by its readers or taken by its claim
             // actor — stays its own while it lives.
-            started.periodic(&deps, Heartbeat::new(&deps, settings.claim_min_idle));
+            started.periodic(&deps, Heartbeat::new(&deps, settings.claim.min_idle));
             if settings.roles.worker {
                 for shard in deps.relay.keys().shard_ids() {
                     let life = deps.life(format!("stream-reader-{shard}"), "stream_reader", MAILBOX);
@@ -192,17 +188,12 @@ impl Engine {
                 }
             }
             if settings.roles.scheduler {
-                started.periodic(&deps, MoveDue::new(deps.relay.clone(), settings.delay_poll_interval));
-                if let Some(expo) = &settings.expo {
-                    started.periodic(&deps, PollReceipts::new(expo, deps.store.clone()));
+                started.periodic(&deps, MoveDue::new(deps.relay.clone(), settings.scheduler.delay_poll));
+                if settings.providers.expo.enabled {
+                    started.periodic(&deps, PollReceipts::new(&settings.providers.expo, deps.store.clone()));
                 }
                 started.periodic(&deps, Prune::new(deps.store.clone(), settings.retention));
-                let policy = ClaimPolicy {
-                    interval: settings.claim_interval,
-                    min_idle: settings.claim_min_idle,
-                    max_deliveries: settings.claim_max_deliveries,
-                };
-                started.periodic(&deps, ClaimStale::new(dispatcher, &deps, policy));
+                started.periodic(&deps, ClaimStale::new(dispatcher, &deps, settings.claim));
             }
             started.outcomes = Some(writer);
         }
@@ -214,7 +205,7 @@ impl Engine {
         }
 
         info!(deps.log, "engine started"; "roles" => format!("{:?}", settings.roles), "consumer" => &settings.consumer,
-              "concurrency" => settings.concurrency, "shards" => deps.relay.keys().shards());
+              "concurrency" => settings.worker.concurrency, "shards" => deps.relay.keys().shards());
         let Started { supervised, arbiters, outcomes } = started;
         Ok(Engine {
             registry: deps.registry,

@@ -20,40 +20,89 @@ pub use token::{ProviderToken, MIN_RESIGN_INTERVAL, REFRESH_AFTER};
 use super::{auth_failure, outage, send_each, ProviderClient, ProviderProfile, Response};
 use crate::circuit::Health;
 use crate::job::{Job, Provider, SendResult};
+use crate::ratelimit::Limits;
+use crate::secret::Secret;
+use crate::settings::{file_or_inline, http_url, millis, read_file, within_ms, SettingsError};
 use futures_util::future::LocalBoxFuture;
+use serde::{Deserialize, Serialize};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-/// APNs with a token-based (.p8) connection.
-#[derive(Clone)]
+/// `[providers.apns]`: APNs with a token-based (.p8) connection. The key comes from `key_file`
+/// or `key` (see [`ApnsSettings::key_pem`]).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
 pub struct ApnsSettings {
+    pub enabled: bool,
     /// `https://api.push.apple.com` or `https://api.sandbox.push.apple.com`, or an emulator.
     pub base_url: String,
-    /// The .p8 signing key (PKCS#8 PEM, P-256).
-    pub key_pem: String,
+    /// Path of the .p8 token-signing key (PKCS#8 PEM, P-256)…
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_file: Option<PathBuf>,
+    /// …or its PEM text.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<Secret>,
     /// The key's 10-character id (JWT header `kid`).
     pub key_id: String,
     /// The developer team id (JWT claim `iss`).
     pub team_id: String,
     /// The app's bundle id (`apns-topic`).
     pub topic: String,
-    /// Extra trusted CA certificates (PEM), for private gateways and the emulator.
-    pub ca_pem: Option<Vec<u8>>,
+    /// Extra CA certificates (PEM) to trust, for private gateways and the emulator.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<PathBuf>,
+    /// Request timeout (`timeout_ms`).
+    #[serde(rename = "timeout_ms", with = "millis")]
     pub timeout: Duration,
+    #[serde(rename = "flush_after_ms", with = "millis")]
     pub flush_after: Duration,
-    pub limits: crate::ratelimit::Limits,
+    /// Sends per second for the whole app, shared by every worker (0 = unlimited).
+    pub rate_per_sec: u32,
+    /// Sends per second to one device (0 = unlimited).
+    pub device_rate_per_sec: u32,
 }
 
-impl std::fmt::Debug for ApnsSettings {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ApnsSettings")
-            .field("base_url", &self.base_url)
-            .field("key_pem", &"[redacted]")
-            .field("key_id", &self.key_id)
-            .field("team_id", &self.team_id)
-            .field("topic", &self.topic)
-            .field("timeout", &self.timeout)
-            .finish_non_exhaustive()
+impl ApnsSettings {
+    pub fn validate(&self) -> Result<(), SettingsError> {
+        http_url("providers.apns.base_url", &self.base_url)?;
+        super::timeout("providers.apns.timeout_ms", self.timeout)?;
+        within_ms("providers.apns.flush_after_ms", self.flush_after, 0..=60_000)?;
+        self.key_pem()?;
+        for (key, value) in [("providers.apns.key_id", &self.key_id), ("providers.apns.team_id", &self.team_id)] {
+            if value.len() != 10 || !value.chars().all(|c| c.is_ascii_alphanumeric()) {
+                return Err(SettingsError::new(key, format!("must be 10 letters or digits, got '{value}'")));
+            }
+        }
+        if self.topic.trim().is_empty() {
+            return Err(SettingsError::new("providers.apns.topic", "must be the app's bundle id"));
+        }
+        self.ca_pem().map(|_| ())
+    }
+
+    /// The .p8 key's PEM, read from `key_file` (now: it may have been rotated) or `key`, and
+    /// checked to be a P-256 PKCS#8 key; the error names the key it came from.
+    pub fn key_pem(&self) -> Result<String, SettingsError> {
+        let (pem, key) = file_or_inline(
+            ("providers.apns.key_file", self.key_file.as_deref()),
+            ("providers.apns.key", self.key.as_ref()),
+        )?;
+        jsonwebtoken::EncodingKey::from_ec_pem(pem.as_bytes())
+            .map_err(|e| SettingsError::new(key, format!("is not a .p8 (PKCS#8 PEM P-256) key: {e}")))?;
+        Ok(pem)
+    }
+
+    /// The extra CA certificates of `ca_file`, read now.
+    pub fn ca_pem(&self) -> Result<Option<Vec<u8>>, SettingsError> {
+        match &self.ca_file {
+            Some(path) => Ok(Some(read_file("providers.apns.ca_file", path)?.into_bytes())),
+            None => Ok(None),
+        }
+    }
+
+    /// The shared rate limits.
+    pub fn limits(&self) -> Limits {
+        Limits { per_sec: self.rate_per_sec, device_per_sec: self.device_rate_per_sec }
     }
 }
 

@@ -39,10 +39,11 @@ struct Claims<'a> {
 }
 
 impl ProviderToken {
-    /// A token source for `key_pem` (PKCS#8 P-256, the .p8 file) with Apple's timing
+    /// A token source for `key_pem` (PKCS#8 P-256, the .p8 file, see
+    /// [`ApnsSettings::key_pem`](super::ApnsSettings::key_pem)) with Apple's timing
     /// ([`REFRESH_AFTER`], [`MIN_RESIGN_INTERVAL`]).
-    pub fn from_settings(settings: &super::ApnsSettings) -> Result<ProviderToken, ApnsError> {
-        ProviderToken::new(&settings.key_pem, &settings.key_id, &settings.team_id, REFRESH_AFTER, MIN_RESIGN_INTERVAL)
+    pub fn from_settings(key_pem: &str, settings: &super::ApnsSettings) -> Result<ProviderToken, ApnsError> {
+        ProviderToken::new(key_pem, &settings.key_id, &settings.team_id, REFRESH_AFTER, MIN_RESIGN_INTERVAL)
     }
 
     pub fn new(

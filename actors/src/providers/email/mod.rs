@@ -33,38 +33,83 @@ pub use smtp_url::{Security, SmtpRelay, SmtpUrlError};
 
 use super::{ProviderClient, ProviderProfile, Response};
 use crate::job::{Job, Provider};
+use crate::ratelimit::Limits;
+use crate::secret::Secret;
+use crate::settings::{millis, read_file, within_ms, SettingsError};
 use futures_util::future::LocalBoxFuture;
 use lettre::message::Mailbox;
 use lettre::transport::smtp::client::{Certificate, TlsParameters};
 use pool::Pool;
+use serde::{Deserialize, Serialize};
+use std::path::PathBuf;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
 
-/// Email through an SMTP relay.
-#[derive(Clone)]
+/// `[providers.email]`: email through an SMTP relay. The URL carries the credentials, so it is
+/// a [`Secret`].
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
 pub struct EmailSettings {
-    /// `smtp://host:port` (plain, local relays), `smtp://…?tls=starttls`, `smtps://…`;
-    /// credentials in the URL's user info.
-    pub smtp_url: String,
-    /// The `From:` mailbox, e.g. `Notifications <no-reply@example.com>`.
+    pub enabled: bool,
+    /// `smtp://host:port` (plain, local relays), `smtp://user:pass@host:587?tls=starttls`,
+    /// `smtps://user:pass@host:465`; credentials in the URL's user info.
+    pub smtp_url: Secret,
+    /// The `From:` mailbox: `no-reply@example.com` or `Name <no-reply@example.com>`.
     pub from: String,
-    /// Extra trusted CA certificates (PEM) for the relay's certificate.
-    pub ca_pem: Option<Vec<u8>>,
+    /// Extra CA certificates (PEM) to trust for the relay's certificate.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<PathBuf>,
+    /// How long a transaction (and, before it, the wait for a connection) may take.
+    #[serde(rename = "timeout_ms", with = "millis")]
     pub timeout: Duration,
+    #[serde(rename = "flush_after_ms", with = "millis")]
     pub flush_after: Duration,
     /// SMTP connections kept open per sender.
     pub connections: u32,
-    pub limits: crate::ratelimit::Limits,
+    /// Sends per second for the whole relay, shared by every worker (0 = unlimited).
+    pub rate_per_sec: u32,
+    /// Sends per second to one address (0 = unlimited).
+    pub device_rate_per_sec: u32,
 }
 
-impl std::fmt::Debug for EmailSettings {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        // The URL carries the credentials.
-        f.debug_struct("EmailSettings")
-            .field("from", &self.from)
-            .field("timeout", &self.timeout)
-            .finish_non_exhaustive()
+impl EmailSettings {
+    pub fn validate(&self) -> Result<(), SettingsError> {
+        // The parser's messages never echo the URL: it carries the password.
+        SmtpRelay::parse(self.smtp_url.expose())
+            .map_err(|e| SettingsError::new("providers.email.smtp_url", e.to_string()))?;
+        mailbox(&self.from)
+            .map_err(|e| SettingsError::new("providers.email.from", format!("{e}, got '{}'", self.from)))?;
+        super::timeout("providers.email.timeout_ms", self.timeout)?;
+        within_ms("providers.email.flush_after_ms", self.flush_after, 0..=60_000)?;
+        if !(1..=100).contains(&self.connections) {
+            return Err(SettingsError::new("providers.email.connections", "must be between 1 and 100"));
+        }
+        if let Some(pem) = self.ca_pem()? {
+            if !rustls_pemfile::certs(&mut pem.as_slice()).any(|c| c.is_ok()) {
+                return Err(SettingsError::new("providers.email.ca_file", "holds no PEM certificate"));
+            }
+        }
+        Ok(())
+    }
+
+    /// The extra CA certificates of `ca_file`, read now.
+    pub fn ca_pem(&self) -> Result<Option<Vec<u8>>, SettingsError> {
+        match &self.ca_file {
+            Some(path) => Ok(Some(read_file("providers.email.ca_file", path)?.into_bytes())),
+            None => Ok(None),
+        }
+    }
+
+    /// The shared rate limits.
+    pub fn limits(&self) -> Limits {
+        Limits { per_sec: self.rate_per_sec, device_per_sec: self.device_rate_per_sec }
+    }
+
+    /// The longest one send may take: a job may wait `timeout` for a connection, then take
+    /// `timeout` for its transaction.
+    pub fn longest_send(&self) -> Duration {
+        self.timeout.saturating_mul(2)
     }
 }
 
@@ -108,16 +153,17 @@ pub struct EmailConfig {
 }
 
 impl EmailConfig {
-    /// Errors name the problem but never repeat `smtp_url`.
-    pub fn new(settings: &EmailSettings) -> Result<EmailConfig, EmailError> {
-        let relay = SmtpRelay::parse(&settings.smtp_url).map_err(EmailError::SmtpUrl)?;
+    /// Errors name the problem but never repeat `smtp_url`. `ca_pem` is what
+    /// [`EmailSettings::ca_pem`] read.
+    pub fn new(settings: &EmailSettings, ca_pem: Option<&[u8]>) -> Result<EmailConfig, EmailError> {
+        let relay = SmtpRelay::parse(settings.smtp_url.expose()).map_err(EmailError::SmtpUrl)?;
         let from = mailbox(&settings.from).map_err(EmailError::From)?;
         let tls = match relay.security {
             Security::Plain => None,
             Security::StartTls | Security::Implicit => {
                 let mut builder = TlsParameters::builder(relay.host.clone());
-                if let Some(pem) = &settings.ca_pem {
-                    let found = rustls_pemfile::certs(&mut pem.as_slice()).filter(Result::is_ok).count();
+                if let Some(pem) = ca_pem {
+                    let found = rustls_pemfile::certs(&mut &pem[..]).filter(Result::is_ok).count();
                     if found == 0 {
                         return Err(EmailError::NoCa);
                     }
@@ -128,7 +174,7 @@ impl EmailConfig {
             }
         };
         let implicit = match relay.security {
-            Security::Implicit => Some(Arc::new(tls::implicit_tls(settings.ca_pem.as_deref())?)),
+            Security::Implicit => Some(Arc::new(tls::implicit_tls(ca_pem)?)),
             _ => None,
         };
         Ok(EmailConfig {

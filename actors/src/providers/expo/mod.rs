@@ -24,43 +24,65 @@ pub use receipts::{classify_receipts, ReceiptsError};
 use super::{ProviderClient, ProviderProfile, Response};
 use crate::circuit::Health;
 use crate::job::{Job, Provider, SendResult};
+use crate::ratelimit::Limits;
+use crate::secret::Secret;
+use crate::settings::{http_url, millis, within_ms, SettingsError, DAY_MS};
 use classify::outage;
 use futures_util::future::join_all;
 use futures_util::future::LocalBoxFuture;
+use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::rc::Rc;
 use std::time::Duration;
 
-/// `[providers.expo]`, as the engine uses it.
-#[derive(Clone)]
+/// `[providers.expo]`. The access token is a [`Secret`]: `Debug` shows only whether there is one.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
 pub struct ExpoSettings {
-    /// e.g. `https://exp.host`; the send path is appended.
+    pub enabled: bool,
+    /// e.g. `https://exp.host` (or an emulator); the send path is appended.
     pub base_url: String,
-    /// Only for projects with "enhanced push security".
-    pub access_token: Option<String>,
+    /// Only for projects with Expo's "enhanced push security".
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub access_token: Option<Secret>,
+    /// Request timeout (`timeout_ms`).
+    #[serde(rename = "timeout_ms", with = "millis")]
     pub timeout: Duration,
     /// How long a sender waits to fill a 100-message request before sending what it has.
+    #[serde(rename = "flush_after_ms", with = "millis")]
     pub flush_after: Duration,
-    /// How long after a ticket its receipt is fetched.
+    /// How long after a ticket its receipt is fetched (Expo: ~15 minutes).
+    #[serde(rename = "receipt_delay_ms", with = "millis")]
     pub receipt_delay: Duration,
     /// How often the receipt poller looks for due receipts.
+    #[serde(rename = "receipt_poll_ms", with = "millis")]
     pub receipt_poll: Duration,
-    /// Shared rate limits (0 = unlimited).
-    pub limits: crate::ratelimit::Limits,
+    /// Sends per second for the whole project, shared by every worker (0 = unlimited).
+    pub rate_per_sec: u32,
+    /// Sends per second to one device (0 = unlimited).
+    pub device_rate_per_sec: u32,
 }
 
-impl std::fmt::Debug for ExpoSettings {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        // The access token is a credential: only whether there is one.
-        f.debug_struct("ExpoSettings")
-            .field("base_url", &self.base_url)
-            .field("access_token", &self.access_token.as_ref().map(|_| "[redacted]"))
-            .field("timeout", &self.timeout)
-            .field("flush_after", &self.flush_after)
-            .field("receipt_delay", &self.receipt_delay)
-            .field("receipt_poll", &self.receipt_poll)
-            .field("limits", &self.limits)
-            .finish()
+impl ExpoSettings {
+    pub fn validate(&self) -> Result<(), SettingsError> {
+        http_url("providers.expo.base_url", &self.base_url)?;
+        super::timeout("providers.expo.timeout_ms", self.timeout)?;
+        within_ms("providers.expo.flush_after_ms", self.flush_after, 0..=60_000)?;
+        if self.receipt_poll < Duration::from_millis(50) {
+            return Err(SettingsError::new("providers.expo.receipt_poll_ms", "must be at least 50"));
+        }
+        if self.receipt_delay >= Duration::from_millis(DAY_MS) {
+            return Err(SettingsError::new(
+                "providers.expo.receipt_delay_ms",
+                "must be under 24 h (Expo keeps receipts a day)",
+            ));
+        }
+        Ok(())
+    }
+
+    /// The shared rate limits.
+    pub fn limits(&self) -> Limits {
+        Limits { per_sec: self.rate_per_sec, device_per_sec: self.device_rate_per_sec }
     }
 }
 
@@ -89,7 +111,7 @@ impl ExpoClient {
         let poster = Poster {
             http,
             url: format!("{}/--/api/v2/push/send", settings.base_url.trim_end_matches('/')),
-            access_token: settings.access_token.clone(),
+            access_token: settings.access_token.as_ref().map(|t| t.expose().to_string()),
             timeout: settings.timeout,
         };
         ExpoClient {

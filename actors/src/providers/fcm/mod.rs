@@ -18,23 +18,66 @@ pub use oauth::{
 use super::{auth_failure, outage, retry_after, send_each, ProviderClient, ProviderProfile, Response};
 use crate::circuit::Health;
 use crate::job::{Job, Provider, SendResult};
+use crate::ratelimit::Limits;
+use crate::secret::Secret;
+use crate::settings::{file_or_inline, http_url, millis, within_ms, SettingsError};
 use futures_util::future::LocalBoxFuture;
+use serde::{Deserialize, Serialize};
 use serde_json::json;
+use std::path::PathBuf;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
 
-/// FCM HTTP v1. The service account (from `providers.fcm.service_account_file` or
-/// `.service_account_json`) gives the project, the signing key and the token endpoint.
-#[derive(Debug, Clone)]
+/// `[providers.fcm]`: FCM HTTP v1. The service account (from `service_account_file` or
+/// `service_account_json`, see [`FcmSettings::account`]) gives the project, the signing key and
+/// the token endpoint.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
 pub struct FcmSettings {
+    pub enabled: bool,
     /// e.g. `https://fcm.googleapis.com`; `/v1/projects/{project}/messages:send` is appended.
     pub base_url: String,
-    pub account: ServiceAccount,
+    /// Path of the service-account JSON key…
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service_account_file: Option<PathBuf>,
+    /// …or the JSON itself (e.g. from a Kubernetes secret in the environment).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service_account_json: Option<Secret>,
+    /// Request timeout (`timeout_ms`).
+    #[serde(rename = "timeout_ms", with = "millis")]
     pub timeout: Duration,
-    /// How long a sender waits to gather messages it then sends concurrently.
+    /// How long a sender gathers messages it then sends concurrently (`flush_after_ms`).
+    #[serde(rename = "flush_after_ms", with = "millis")]
     pub flush_after: Duration,
-    pub limits: crate::ratelimit::Limits,
+    /// Sends per second for the whole project, shared by every worker (0 = unlimited).
+    pub rate_per_sec: u32,
+    /// Sends per second to one device (0 = unlimited).
+    pub device_rate_per_sec: u32,
+}
+
+impl FcmSettings {
+    pub fn validate(&self) -> Result<(), SettingsError> {
+        http_url("providers.fcm.base_url", &self.base_url)?;
+        super::timeout("providers.fcm.timeout_ms", self.timeout)?;
+        within_ms("providers.fcm.flush_after_ms", self.flush_after, 0..=60_000)?;
+        self.account().map(|_| ())
+    }
+
+    /// The service account, read from `service_account_file` (now: it may have been rotated)
+    /// or `service_account_json`, and checked; the error names the key it came from.
+    pub fn account(&self) -> Result<ServiceAccount, SettingsError> {
+        let (json, key) = file_or_inline(
+            ("providers.fcm.service_account_file", self.service_account_file.as_deref()),
+            ("providers.fcm.service_account_json", self.service_account_json.as_ref()),
+        )?;
+        ServiceAccount::from_json(&json).map_err(|e| SettingsError::new(key, e.to_string()))
+    }
+
+    /// The shared rate limits.
+    pub fn limits(&self) -> Limits {
+        Limits { per_sec: self.rate_per_sec, device_per_sec: self.device_rate_per_sec }
+    }
 }
 
 /// Why FCM's client cannot be built (at start-up).
@@ -67,16 +110,14 @@ pub struct FcmClient {
 }
 
 impl FcmClient {
+    /// The project comes from the service account of `tokens`.
     pub fn new(settings: &FcmSettings, tokens: Arc<TokenSource>) -> Self {
         let http = awc::Client::builder()
             .timeout(settings.timeout)
             .connector(awc::Connector::new().timeout(settings.timeout).limit(128))
             .finish();
-        let send_url = format!(
-            "{}/v1/projects/{}/messages:send",
-            settings.base_url.trim_end_matches('/'),
-            settings.account.project_id
-        );
+        let send_url =
+            format!("{}/v1/projects/{}/messages:send", settings.base_url.trim_end_matches('/'), tokens.project_id());
         let profile =
             ProviderProfile { provider: Provider::Fcm, max_batch: MAX_BATCH, flush_after: settings.flush_after };
         FcmClient { http, send_url: send_url.into(), tokens, profile }

@@ -141,6 +141,11 @@ impl TokenSource {
         Ok(TokenSource { account, key, cache: Default::default() })
     }
 
+    /// The FCM project of the service account.
+    pub fn project_id(&self) -> &str {
+        &self.account.project_id
+    }
+
     /// Token requests made so far (for the admin view and tests).
     pub async fn fetched(&self) -> u64 {
         self.cache.lock().await.fetched

@@ -1,0 +1,185 @@
+//! The sections only the binary uses: `[database]`, `[redis]`, `[http]`, `[devices]`,
+//! `[shutdown]` and `[log]` (`[auth]` lives with the authenticator, in `crate::auth`). Each
+//! checks its own fields in `validate()`; an error names its key.
+
+use notify_relay_engine::settings::{millis, within_ms, Secret, SettingsError, HOUR_MS, MINUTE_MS, SECOND_MS};
+use serde::{Deserialize, Serialize};
+use std::net::SocketAddr;
+use std::time::Duration;
+
+/// `[database]`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct DatabaseSettings {
+    /// Postgres URL (may hold a password); `sslmode=require` asks for TLS.
+    pub url: Secret,
+    /// Pooled connections for fan-out, outcome writes and the API.
+    pub pool_size: usize,
+    /// How long opening a connection may take (the TCP connect to each host; for a pooled
+    /// connection, TLS and login included). The URL's `connect_timeout` wins.
+    #[serde(rename = "connect_timeout_ms", with = "millis")]
+    pub connect_timeout: Duration,
+    /// Server-side `statement_timeout`, sent as `options=-c statement_timeout=…` (unless the
+    /// URL's `options` set one). Also enforced by the relay: a store call that has no answer
+    /// after this plus 2 s closes its connection, so a blackholed connection fails in seconds.
+    #[serde(rename = "statement_timeout_ms", with = "millis")]
+    pub statement_timeout: Duration,
+    /// TCP keepalives start after this much idle time (then probe every half of it, 3 times):
+    /// a dead host is noticed even on an idle connection such as the LISTEN one.
+    #[serde(rename = "keepalive_idle_ms", with = "millis")]
+    pub keepalive_idle: Duration,
+    /// `TCP_USER_TIMEOUT`: sent data (or keepalive probes) unacknowledged this long closes the
+    /// connection.
+    #[serde(rename = "tcp_user_timeout_ms", with = "millis")]
+    pub tcp_user_timeout: Duration,
+    /// How long a store call waits for a free pooled connection.
+    #[serde(rename = "pool_wait_ms", with = "millis")]
+    pub pool_wait: Duration,
+}
+
+impl DatabaseSettings {
+    /// The URL itself is checked where it is parsed (`Settings::pg_config`).
+    pub fn validate(&self) -> Result<(), SettingsError> {
+        if self.pool_size == 0 {
+            return Err(SettingsError::new("database.pool_size", "must be at least 1"));
+        }
+        // Upper bounds keep "dead in seconds" true; a typo of minutes would undo it.
+        within_ms("database.connect_timeout_ms", self.connect_timeout, 100..=MINUTE_MS)?;
+        within_ms("database.statement_timeout_ms", self.statement_timeout, SECOND_MS..=HOUR_MS)?;
+        within_ms("database.keepalive_idle_ms", self.keepalive_idle, SECOND_MS..=2 * HOUR_MS)?;
+        within_ms("database.tcp_user_timeout_ms", self.tcp_user_timeout, SECOND_MS..=10 * MINUTE_MS)?;
+        within_ms("database.pool_wait_ms", self.pool_wait, 100..=10 * MINUTE_MS)
+    }
+}
+
+/// `[redis]`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RedisSettings {
+    /// `redis://` or `rediss://` URL (may hold a password).
+    pub url: Secret,
+    /// Seed nodes of a Redis Cluster (`redis://` or `rediss://` URLs); when set, the relay
+    /// talks to the cluster and `url` is not used. From the environment: comma-separated.
+    #[serde(default)]
+    pub cluster_urls: Vec<Secret>,
+    /// First segment of every key.
+    pub key_prefix: String,
+    /// Number of stream shards.
+    pub shards: u16,
+    /// Dead letters kept per shard's DLQ stream (approximately; Postgres keeps every failure).
+    pub dlq_max_len: usize,
+    /// How long connecting to Redis may take.
+    #[serde(rename = "connect_timeout_ms", with = "millis")]
+    pub connect_timeout: Duration,
+    /// How long a command waits for its reply (blocking reads: their block time plus this). A
+    /// reply that times out replaces the shared connection: a blackholed one would otherwise
+    /// time out every command for ever.
+    #[serde(rename = "response_timeout_ms", with = "millis")]
+    pub response_timeout: Duration,
+}
+
+impl RedisSettings {
+    pub fn validate(&self) -> Result<(), SettingsError> {
+        within_ms("redis.connect_timeout_ms", self.connect_timeout, 100..=MINUTE_MS)?;
+        within_ms("redis.response_timeout_ms", self.response_timeout, 100..=5 * MINUTE_MS)?;
+        let url = self.url.expose();
+        if !(url.starts_with("redis://") || url.starts_with("rediss://") || url.starts_with("unix://")) {
+            return Err(SettingsError::new("redis.url", "must start with redis://, rediss:// or unix://"));
+        }
+        redis::Client::open(url).map_err(|_| SettingsError::new("redis.url", "is not a valid Redis URL"))?;
+        for (i, seed) in self.cluster_urls.iter().enumerate() {
+            let seed = seed.expose();
+            if !(seed.starts_with("redis://") || seed.starts_with("rediss://")) {
+                return Err(SettingsError::new(
+                    "redis.cluster_urls",
+                    format!("entry {i} must start with redis:// or rediss://"),
+                ));
+            }
+            redis::Client::open(seed)
+                .map_err(|_| SettingsError::new("redis.cluster_urls", format!("entry {i} is not a valid Redis URL")))?;
+        }
+        let prefix = &self.key_prefix;
+        if prefix.is_empty() || prefix.chars().any(|c| c.is_whitespace() || c == '{' || c == '}') {
+            return Err(SettingsError::new("redis.key_prefix", "must be non-empty, without spaces or braces"));
+        }
+        if !(1..=1024).contains(&self.shards) {
+            return Err(SettingsError::new("redis.shards", format!("must be between 1 and 1024, got {}", self.shards)));
+        }
+        if self.dlq_max_len < 100 {
+            return Err(SettingsError::new("redis.dlq_max_len", "must be at least 100"));
+        }
+        Ok(())
+    }
+}
+
+/// `[http]`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpSettings {
+    /// API listen address.
+    pub addr: String,
+}
+
+impl HttpSettings {
+    /// The listen address, parsed.
+    pub fn addr(&self) -> Result<SocketAddr, SettingsError> {
+        self.addr
+            .parse()
+            .map_err(|_| SettingsError::new("http.addr", format!("must be host:port, got '{}'", self.addr)))
+    }
+}
+
+/// `[devices]`: what one user may register.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct DevicesSettings {
+    /// Active devices one user may have; registering one more is a 422.
+    pub max_per_user: u32,
+}
+
+/// The range `devices.max_per_user` must be in.
+pub const MAX_PER_USER_RANGE: std::ops::RangeInclusive<u32> = 1..=10_000;
+
+impl DevicesSettings {
+    pub fn validate(&self) -> Result<(), SettingsError> {
+        let max = self.max_per_user;
+        if !MAX_PER_USER_RANGE.contains(&max) {
+            let (lo, hi) = (MAX_PER_USER_RANGE.start(), MAX_PER_USER_RANGE.end());
+            return Err(SettingsError::new(
+                "devices.max_per_user",
+                format!("must be between {lo} and {hi}, got {max}"),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// `[shutdown]`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ShutdownSettings {
+    /// How long SIGTERM waits for in-flight work (`shutdown.grace_ms`).
+    #[serde(rename = "grace_ms", with = "millis")]
+    pub grace: Duration,
+}
+
+impl ShutdownSettings {
+    pub fn validate(&self) -> Result<(), SettingsError> {
+        within_ms("shutdown.grace_ms", self.grace, 0..=HOUR_MS)
+    }
+}
+
+/// `[log]`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogSettings {
+    /// trace | debug | info | warning | error | critical
+    pub level: String,
+}
+
+impl LogSettings {
+    /// The level, parsed.
+    pub fn level(&self) -> Result<slog::Level, SettingsError> {
+        self.level.parse().map_err(|_| SettingsError::new("log.level", format!("unknown level '{}'", self.level)))
+    }
+}
