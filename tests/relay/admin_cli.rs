@@ -7,13 +7,13 @@ use std::time::Duration;
 
 async fn admin(app: &TestApp, command: AdminCommand) -> String {
     let mut out = Vec::new();
-    run(&app.settings(), command, &mut out).await.expect("admin command");
+    run(&app.settings, command, &mut out).await.expect("admin command");
     String::from_utf8(out).expect("utf-8 output")
 }
 
 /// A dead letter: a device that keeps answering MessageRateExceeded, with max_attempts 2.
 async fn app_with_a_dead_letter() -> (TestApp, uuid::Uuid) {
-    let app = spawn_app_with(&[("retry.max_attempts", "2")]).await;
+    let app = spawn_app_with(|s| s.retry.max_attempts = 2).await;
     app.add_device("gina", "expo", "ExponentPushToken[gina-ratelimited]").await;
     let id = app.notify("gina", json!({"title": "t"})).await;
     assert_eq!(app.final_status(id).await.0, "failed");
@@ -39,10 +39,9 @@ async fn inspect_dlq_prints_a_table_or_json_and_requeue_dlq_brings_letters_back(
     eventually(Duration::from_secs(20), || async { (app.status(id).await.0 == "delivered").then_some(()) }).await;
     assert_eq!(admin(&app, AdminCommand::InspectDlq { limit: 10, json: false }).await.trim(), "no dead letters");
     let mut out = Vec::new();
-    let err =
-        run(&app.settings(), AdminCommand::RequeueDlq { ids: vec!["junk".into()], all: false, limit: 1 }, &mut out)
-            .await
-            .unwrap_err();
+    let err = run(&app.settings, AdminCommand::RequeueDlq { ids: vec!["junk".into()], all: false, limit: 1 }, &mut out)
+        .await
+        .unwrap_err();
     assert!(err.to_string().contains("--id junk"), "{err}");
 }
 
@@ -95,11 +94,11 @@ impl RequeueFailed {
 
 #[actix_web::test]
 async fn claim_stuck_moves_entries_of_a_dead_consumer_back_for_live_workers() {
-    let app = spawn_app_with(&[
+    let app = spawn_app_with(|s| {
         // Claiming by the claim actor is far away: only the admin command can free the entry.
-        ("claim.min_idle_ms", "60000"),
-        ("listener.stale_after_ms", "120000"),
-    ])
+        s.claim.min_idle = Duration::from_secs(60);
+        s.listener.stale_after = Duration::from_secs(120);
+    })
     .await;
     let (id, _) = app.orphaned_entry("jack", "ExponentPushToken[jack]", json!({"title": "stuck"})).await;
     // Two claim passes ran after the entry was orphaned, and left it (idle < claim.min_idle_ms).
@@ -114,17 +113,21 @@ async fn claim_stuck_moves_entries_of_a_dead_consumer_back_for_live_workers() {
 
 #[actix_web::test]
 async fn reset_group_asks_for_yes_and_then_hands_pending_entries_out_again() {
-    let app = spawn_app_with(&[("claim.min_idle_ms", "60000"), ("listener.stale_after_ms", "120000")]).await;
+    let app = spawn_app_with(|s| {
+        s.claim.min_idle = Duration::from_secs(60);
+        s.listener.stale_after = Duration::from_secs(120);
+    })
+    .await;
     let (id, _) = app.orphaned_entry("kim", "ExponentPushToken[kim]", json!({"title": "stuck"})).await;
     let mut out = Vec::new();
-    let err = run(&app.settings(), AdminCommand::ResetGroup { yes: false }, &mut out).await.unwrap_err();
+    let err = run(&app.settings, AdminCommand::ResetGroup { yes: false }, &mut out).await.unwrap_err();
     assert!(err.to_string().contains("--yes"), "{err}");
     assert_eq!(app.status(id).await.0, "queued", "nothing happened without --yes");
     // Through the binary too: a non-zero exit and the reason on stderr.
     let refused = std::process::Command::new(env!("CARGO_BIN_EXE_notify-relay"))
         .args(["admin", "reset-group"])
         .env_remove("NOTIFY_CONFIG")
-        .envs(app.env.iter())
+        .envs(app.binary_env())
         .output()
         .expect("run the binary");
     assert!(!refused.status.success());

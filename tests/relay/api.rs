@@ -3,6 +3,7 @@
 
 use crate::helpers::{eventually, prepare, prepare_with, TestApp, ADMIN_TOKEN};
 use crate::tokens::{claims, hs256, unsigned, JwksServer, SigningKey, AUDIENCE, HS_SECRET, ISSUER};
+use notify_relay::configuration::{Secret, Settings};
 use serde_json::{json, Value};
 use std::time::Duration;
 use uuid::Uuid;
@@ -16,23 +17,23 @@ struct Api {
 /// An app whose user routes accept ES256 tokens from a loopback JWKS and legacy HS256 tokens,
 /// with issuer and audience checked.
 async fn api() -> Api {
-    with_jwks(&[
-        ("auth.jwt_secret", HS_SECRET),
-        ("auth.issuer", ISSUER),
-        ("auth.audience", AUDIENCE),
-        ("auth.jwks_min_refresh_ms", "200"),
-    ])
+    with_jwks(|s| {
+        s.auth.jwt_secret = Some(Secret::new(HS_SECRET));
+        s.auth.issuer = Some(ISSUER.into());
+        s.auth.audience = Some(AUDIENCE.into());
+        s.auth.jwks_min_refresh = Duration::from_millis(200);
+    })
     .await
 }
 
 /// An app whose user routes take ES256 tokens of `key-1` from a loopback JWKS, with these
 /// settings on top.
-async fn with_jwks(settings: &[(&str, &str)]) -> Api {
+async fn with_jwks(change: impl FnOnce(&mut Settings)) -> Api {
     let key = SigningKey::generate("key-1");
     let jwks = JwksServer::start(&[&key]).await;
-    let mut app = prepare_with(settings).await;
-    app.set("auth.jwks_url", &jwks.url);
-    app.set("auth.allow_insecure_jwks", true);
+    let mut app = prepare_with(change).await;
+    app.settings.auth.jwks_url = Some(jwks.url.clone());
+    app.settings.auth.allow_insecure_jwks = true;
     app.start().await;
     Api { app, jwks, key }
 }
@@ -210,7 +211,11 @@ async fn a_rotated_in_key_is_fetched_once_and_made_up_kids_do_not_hammer_the_jwk
 #[actix_web::test]
 async fn keys_already_fetched_keep_working_while_the_jwks_endpoint_is_down() {
     // Stale after 100 ms: every later request wants a fresh copy of the keys.
-    let Api { app, jwks, key } = with_jwks(&[("auth.jwks_cache_ms", "100"), ("auth.jwks_min_refresh_ms", "0")]).await;
+    let Api { app, jwks, key } = with_jwks(|s| {
+        s.auth.jwks_cache = Duration::from_millis(100);
+        s.auth.jwks_min_refresh = Duration::ZERO;
+    })
+    .await;
     let token = key.sign(&claims("alice", 3600));
     assert_eq!(app.get("/users/alice/notifications/failed", Some(&token)).await.0, 200);
     assert_eq!(jwks.fetches(), 1);
@@ -236,7 +241,7 @@ async fn keys_from_a_jwks_file_verify_user_tokens() {
     let file = std::env::temp_dir().join(format!("jwks-{}.json", Uuid::new_v4().simple()));
     std::fs::write(&file, json!({"keys": [key.jwk.clone()]}).to_string()).unwrap();
     app.remove_on_drop(file.clone());
-    app.set("auth.jwks_file", file.display().to_string());
+    app.settings.auth.jwks_file = Some(file.clone());
     app.start().await;
     let token = key.sign(&claims("alice", 3600));
     assert_eq!(app.get("/users/alice/notifications/failed", Some(&token)).await.0, 200);
@@ -438,7 +443,7 @@ async fn pull_add_a_device_retry_and_the_notification_is_delivered() {
 async fn admin_sees_queues_and_metrics_and_requeues_dead_letters() {
     let mut api = api().await;
     api.app.stop().await;
-    api.app.set("retry.max_attempts", "2");
+    api.app.settings.retry.max_attempts = 2;
     api.app.start().await;
     api.app.add_device("fred", "expo", "ExponentPushToken[fred-ratelimited]").await;
     let id = api.app.notify("fred", json!({"title": "t"})).await;
@@ -516,7 +521,7 @@ async fn the_openapi_document_lists_every_route_and_the_docs_page_is_served_offl
 async fn the_dlq_listing_reads_a_bounded_total_across_shards_not_limit_per_shard() {
     let mut app = prepare().await;
     let shards: u16 = 64;
-    app.set("redis.shards", shards.to_string());
+    app.settings.redis.shards = shards;
     app.start().await;
     let keys = notify_relay_engine::keys::Keys::new(app.prefix.clone(), shards);
     // 20 dead letters in every shard, their ids interleaved in time across the shards.
@@ -609,15 +614,16 @@ impl Captured {
 async fn user_tokens_without_issuer_or_audience_are_warned_about_in_the_json_log() {
     use notify_relay::startup::{Application, ProcessRoles};
     let mut app = prepare().await;
-    app.set("auth.jwt_secret", HS_SECRET);
+    app.settings.auth.jwt_secret = Some(Secret::new(HS_SECRET));
     let api_only = ProcessRoles::parse("api").unwrap();
     let mut warned = Vec::new();
     for issuer in [None, Some(ISSUER)] {
         if let Some(iss) = issuer {
-            app.set("auth.issuer", iss);
+            app.settings.auth.issuer = Some(iss.into());
         }
         let log = Captured::default();
-        let started = Application::build(app.settings(), api_only, false, "c".into(), log.logger()).await.unwrap();
+        let started =
+            Application::build(app.valid_settings(), api_only, false, "c".into(), log.logger()).await.unwrap();
         started.stop(Duration::from_secs(1)).await;
         let lines = log.lines();
         assert!(lines.iter().any(|l| l["msg"] == "http api listening"), "the log is captured: {lines:?}");

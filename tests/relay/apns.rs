@@ -8,7 +8,7 @@ use notify_relay_engine::circuit::Health;
 use notify_relay_engine::job::{Job, Priority, Provider, SendResult};
 use notify_relay_engine::providers::apns::{tls_config, ApnsClient, ProviderToken, MIN_RESIGN_INTERVAL, REFRESH_AFTER};
 use notify_relay_engine::providers::ProviderClient;
-use notify_relay_engine::settings::ApnsSettings;
+use notify_relay_engine::settings::{ApnsSettings, Secret};
 use serde_json::{json, Value};
 use std::sync::Arc;
 use std::time::Duration;
@@ -21,29 +21,35 @@ fn device(n: u32) -> String {
 
 fn settings(emulator: &ApnsEmulator) -> ApnsSettings {
     ApnsSettings {
+        enabled: true,
         base_url: emulator.url(),
-        key_pem: emulator.key_pem().to_string(),
+        key_file: None,
+        key: Some(Secret::new(emulator.key_pem())),
         key_id: emulator.key_id().to_string(),
         team_id: emulator.team_id().to_string(),
         topic: emulator.topic().to_string(),
-        ca_pem: Some(emulator.ca_pem().as_bytes().to_vec()),
+        // The emulator's CA is handed to `tls_config` directly (see `client_with`).
+        ca_file: None,
         timeout: Duration::from_secs(2),
         flush_after: Duration::from_millis(5),
-        limits: notify_relay_engine::ratelimit::Limits::default(),
+        rate_per_sec: 0,
+        device_rate_per_sec: 0,
     }
 }
 
-/// A client for `settings` whose provider token uses these timings.
-fn client_with(settings: &ApnsSettings, refresh_after: Duration, min_interval: Duration) -> ApnsClient {
-    let token = ProviderToken::new(&settings.key_pem, &settings.key_id, &settings.team_id, refresh_after, min_interval)
+/// A client for `settings` trusting the emulator's CA (`ca_pem`), whose provider token uses
+/// these timings.
+fn client_with(settings: &ApnsSettings, ca_pem: &str, refresh_after: Duration, min_interval: Duration) -> ApnsClient {
+    let key_pem = settings.key_pem().expect("key");
+    let token = ProviderToken::new(&key_pem, &settings.key_id, &settings.team_id, refresh_after, min_interval)
         .expect("provider token");
-    let tls = tls_config(settings.ca_pem.as_deref()).expect("tls");
+    let tls = tls_config(Some(ca_pem.as_bytes())).expect("tls");
     ApnsClient::new(settings, tls, Arc::new(token))
 }
 
 /// A client with Apple's timings (re-sign after 50 min, never within 20 min).
 fn client(emulator: &ApnsEmulator) -> ApnsClient {
-    client_with(&settings(emulator), REFRESH_AFTER, MIN_RESIGN_INTERVAL)
+    client_with(&settings(emulator), emulator.ca_pem(), REFRESH_AFTER, MIN_RESIGN_INTERVAL)
 }
 
 async fn emulator(rules: Rules) -> ApnsEmulator {
@@ -252,7 +258,7 @@ async fn apns_the_emulators_own_checks_reach_the_client_classified() {
     let with = |f: &dyn Fn(&mut ApnsSettings)| {
         let mut s = base.clone();
         f(&mut s);
-        client_with(&s, REFRESH_AFTER, MIN_RESIGN_INTERVAL)
+        client_with(&s, emulator.ca_pem(), REFRESH_AFTER, MIN_RESIGN_INTERVAL)
     };
     let other_key = rcgen::KeyPair::generate().expect("key").serialize_pem();
     type Class = fn(&SendResult) -> bool;
@@ -275,9 +281,12 @@ async fn apns_the_emulators_own_checks_reach_the_client_classified() {
         ("another key id", with(&|s| s.key_id = "WRONGKEY01".into()), "apns: HTTP 403 InvalidProviderToken", |r| {
             matches!(r, SendResult::Auth { .. })
         }),
-        ("another key", with(&|s| s.key_pem = other_key.clone()), "apns: HTTP 403 InvalidProviderToken", |r| {
-            matches!(r, SendResult::Auth { .. })
-        }),
+        (
+            "another key",
+            with(&|s| s.key = Some(Secret::new(other_key.clone()))),
+            "apns: HTTP 403 InvalidProviderToken",
+            |r| matches!(r, SendResult::Auth { .. }),
+        ),
     ];
 
     for (case, client, error, class) in cases {
@@ -371,7 +380,7 @@ async fn apns_an_expired_provider_token_is_re_signed_and_the_message_retried_onc
     // Apple's hour shrunk to 2 s (`iat` counts whole seconds).
     let rules = Rules { token_max_age: Duration::from_secs(2), min_resign_interval: Duration::from_secs(1) };
     let emulator = emulator(rules).await;
-    let client = client_with(&settings(&emulator), REFRESH_AFTER, Duration::from_secs(1));
+    let client = client_with(&settings(&emulator), emulator.ca_pem(), REFRESH_AFTER, Duration::from_secs(1));
     assert!(matches!(send_one(&client, alert(&device(1))).await.0, SendResult::Delivered { .. }));
     // The token is now older than the emulator's hour, and may be re-signed.
     actix_rt::time::sleep(Duration::from_millis(3500)).await;
@@ -406,7 +415,7 @@ async fn apns_an_expired_provider_token_within_20_minutes_of_signing_is_auth_wit
 #[actix_web::test]
 async fn apns_a_repeated_expired_provider_token_is_auth_after_one_retry() {
     let emulator = emulator(Rules::default()).await;
-    let client = client_with(&settings(&emulator), REFRESH_AFTER, Duration::ZERO);
+    let client = client_with(&settings(&emulator), emulator.ca_pem(), REFRESH_AFTER, Duration::ZERO);
     let token = device(9);
     emulator.answer(&token, 403, "ExpiredProviderToken");
 
@@ -422,7 +431,7 @@ async fn apns_a_repeated_expired_provider_token_is_auth_after_one_retry() {
 async fn apns_too_many_provider_token_updates_is_auth_and_stops_re_signing() {
     // Apple's 20 minutes between new tokens; a client that would re-sign every second.
     let emulator = emulator(Rules::default()).await;
-    let client = client_with(&settings(&emulator), Duration::from_secs(1), Duration::ZERO);
+    let client = client_with(&settings(&emulator), emulator.ca_pem(), Duration::from_secs(1), Duration::ZERO);
     assert!(matches!(send_one(&client, alert(&device(1))).await.0, SendResult::Delivered { .. }));
     actix_rt::time::sleep(Duration::from_millis(1100)).await;
 
@@ -447,7 +456,7 @@ async fn apns_the_provider_token_is_refreshed_before_it_expires_and_no_sooner_th
     // Apple's 60/20 minutes shrunk to 6 s / 1 s; the client re-signs after 3 s.
     let rules = Rules { token_max_age: Duration::from_secs(6), min_resign_interval: Duration::from_secs(1) };
     let emulator = emulator(rules).await;
-    let client = client_with(&settings(&emulator), Duration::from_secs(3), Duration::from_secs(1));
+    let client = client_with(&settings(&emulator), emulator.ca_pem(), Duration::from_secs(3), Duration::from_secs(1));
     for n in 0..3 {
         assert!(matches!(send_one(&client, alert(&device(n))).await.0, SendResult::Delivered { .. }));
     }
@@ -498,7 +507,7 @@ async fn apns_a_refused_connection_is_an_outage() {
     drop(closed);
     let mut s = settings(&emulator);
     s.base_url = format!("https://127.0.0.1:{port}");
-    let client = client_with(&s, REFRESH_AFTER, MIN_RESIGN_INTERVAL);
+    let client = client_with(&s, emulator.ca_pem(), REFRESH_AFTER, MIN_RESIGN_INTERVAL);
 
     let (result, health) = send_one(&client, alert(&device(1))).await;
 
@@ -522,7 +531,7 @@ async fn apns_a_connection_reset_is_an_outage() {
     });
     let mut s = settings(&emulator);
     s.base_url = format!("https://127.0.0.1:{port}");
-    let client = client_with(&s, REFRESH_AFTER, MIN_RESIGN_INTERVAL);
+    let client = client_with(&s, emulator.ca_pem(), REFRESH_AFTER, MIN_RESIGN_INTERVAL);
 
     let (result, health) = send_one(&client, alert(&device(1))).await;
 

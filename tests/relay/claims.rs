@@ -10,7 +10,7 @@ use std::time::Duration;
 async fn a_worker_whose_outcome_writer_stalls_longer_than_min_idle_keeps_its_entry() {
     // The shipped k8s layout: workers and the scheduler (with the claim actor) in different
     // processes. The worker has sent; storing the outcome hangs (Postgres locks, a slow commit).
-    let mut app = prepare_with(&[("claim.min_idle_ms", "2100")]).await;
+    let mut app = prepare_with(|s| s.claim.min_idle = Duration::from_millis(2100)).await;
     let token = "ExponentPushToken[jo]";
     let (id, device) = app.queued_target("jo", token, &json!({}), 0).await;
     let blocker = app.connect_db().await;
@@ -129,7 +129,7 @@ async fn a_dispatch_whose_sender_is_gone_gives_back_each_permit_and_target_exact
     use std::sync::Arc;
 
     let app = prepare().await;
-    let settings = app.settings();
+    let settings = app.settings.clone();
     let log = notify_relay::telemetry::discard();
     let store = notify_relay_engine::store::Store::new(notify_relay::db::pg_pool(&settings, &log).unwrap());
     let relay =
@@ -142,7 +142,7 @@ async fn a_dispatch_whose_sender_is_gone_gives_back_each_permit_and_target_exact
 
     let writer_life = life("writer", "outcome_writer");
     let stats = writer_life.stats.clone();
-    let retry = settings.engine(notify_relay_engine::settings::Roles::ALL, "c".into()).unwrap().retry;
+    let retry = settings.retry;
     let writer = notify_relay_engine::outcome::OutcomeWriter::new(
         writer_life,
         store.clone(),
@@ -156,12 +156,7 @@ async fn a_dispatch_whose_sender_is_gone_gives_back_each_permit_and_target_exact
     let arbiter = Arbiter::new();
     let sender_life = life("sender", "sender");
     let stats = sender_life.stats.clone();
-    let circuit = notify_relay_engine::circuit::Circuit::new(
-        Provider::Expo,
-        settings.engine(notify_relay_engine::settings::Roles::ALL, "c".into()).unwrap().circuit,
-        &log,
-        None,
-    );
+    let circuit = notify_relay_engine::circuit::Circuit::new(Provider::Expo, settings.circuit, &log, None);
     let guards = notify_relay_engine::sender::SendGuards { circuit, limiter: None };
     let factory: notify_relay_engine::providers::ClientFactory = Arc::new(|| Box::new(Unreachable));
     let outcomes = writer.clone().into();

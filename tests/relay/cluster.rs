@@ -2,6 +2,7 @@
 //! four stream shards spread over them.
 
 use crate::helpers::{add_users, eventually, insert_bulk, prepare, ADMIN_TOKEN};
+use notify_relay::configuration::Secret;
 use serde_json::{json, Value};
 use std::time::Duration;
 
@@ -107,16 +108,12 @@ impl Drop for PrivateCluster {
 async fn the_relay_runs_on_a_redis_cluster_with_shards_spread_over_its_nodes() {
     let cluster = PrivateCluster::start().await;
     let mut app = prepare().await;
-    for (k, v) in [
-        ("redis.cluster_urls", cluster.seeds()),
-        ("redis.shards", "4".into()),
-        ("retry.max_attempts", "2".into()),
-        // Exercise the rate limiter's scripts on the cluster (limits far above the load).
-        ("providers.expo.rate_per_sec", "100000".into()),
-        ("providers.expo.device_rate_per_sec", "1000".into()),
-    ] {
-        app.set(k, v);
-    }
+    app.settings.redis.cluster_urls = cluster.seeds().split(',').map(Secret::new).collect();
+    app.settings.redis.shards = 4;
+    app.settings.retry.max_attempts = 2;
+    // Exercise the rate limiter's scripts on the cluster (limits far above the load).
+    app.settings.providers.expo.rate_per_sec = 100_000;
+    app.settings.providers.expo.device_rate_per_sec = 1000;
     app.start().await;
     add_users(&app, 40).await;
     // Retried twice (the delayed set and its Lua move), then dead-lettered.

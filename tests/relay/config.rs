@@ -45,3 +45,23 @@ fn a_claim_idle_time_shorter_than_a_provider_timeout_is_refused() {
     assert_eq!(code, 1);
     assert!(stderr.contains("`claim.min_idle_ms` must exceed the longest provider send (5005 ms"), "{stderr}");
 }
+
+/// What `TestApp::spawn_binary` hands the binary: the typed settings, written as `NOTIFY__…`
+/// variables, load back as the same settings (a value lost on the way would silently leave the
+/// binary on a default).
+#[test]
+fn typed_test_settings_reach_the_binary_unchanged_through_its_environment() {
+    use notify_relay::configuration::{Secret, Settings};
+    use std::time::Duration;
+    let mut s = Settings::load(None, &Default::default()).expect("defaults");
+    s.redis.cluster_urls = vec![Secret::new("redis://a:7000"), Secret::new("redis://b:7001")];
+    s.claim.min_idle = Duration::from_millis(60_001);
+    s.listener.stale_after = Duration::from_secs(120);
+    s.providers.expo.access_token = Some(Secret::new("expo-token"));
+    s.providers.email.enabled = true;
+    s.auth.jwt_secret = Some(Secret::new("a-secret-of-16-chars"));
+    s.shutdown.grace = Duration::ZERO;
+    let back = Settings::load(None, &crate::helpers::settings_env(&s)).expect("loads back");
+    let json = |s: &Settings| serde_json::to_value(s).expect("serialize");
+    assert_eq!(json(&back), json(&s));
+}

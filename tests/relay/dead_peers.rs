@@ -8,6 +8,7 @@
 use crate::helpers::{
     add_users, base_database_url, eventually, insert_bulk, prepare, redis_url, spawn_app_with, TestApp,
 };
+use notify_relay::configuration::Secret;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -105,8 +106,8 @@ fn through(url: &str, addr: &str, default_port: u16) -> (String, String) {
 
 /// Short leases, so that work whose Redis write was lost is found again by the sweep quickly.
 fn short_leases(app: &mut TestApp) {
-    app.set("listener.sweep_interval_ms", "1000");
-    app.set("listener.stale_after_ms", "3000");
+    app.settings.listener.sweep_interval = Duration::from_secs(1);
+    app.settings.listener.stale_after = Duration::from_secs(3);
 }
 
 /// Loads the relay, blackholes the proxy mid-run, inserts more, and waits for every
@@ -140,8 +141,8 @@ async fn deliver_through_a_failover(app: &mut TestApp, proxy: &Proxy) -> Duratio
 async fn postgres_behind_a_proxy(app: &mut TestApp) -> Proxy {
     let (_, upstream) = through(&base_database_url(), "", 5432);
     let proxy = Proxy::start(upstream).await;
-    let url = app.env["NOTIFY__DATABASE__URL"].clone();
-    app.set("database.url", through(&url, &proxy.addr, 5432).0);
+    let url = app.settings.database.url.expose().to_string();
+    app.settings.database.url = Secret::new(through(&url, &proxy.addr, 5432).0);
     proxy
 }
 
@@ -150,7 +151,7 @@ async fn a_blackholed_postgres_fails_store_calls_in_seconds_and_every_notificati
     let mut app = prepare().await;
     let proxy = postgres_behind_a_proxy(&mut app).await;
     // A store call without an answer after 2 s + the 2 s margin gives up its connection.
-    app.set("database.statement_timeout_ms", "2000");
+    app.settings.database.statement_timeout = Duration::from_secs(2);
     short_leases(&mut app);
 
     let took = deliver_through_a_failover(&mut app, &proxy).await;
@@ -163,8 +164,8 @@ async fn a_blackholed_redis_connection_is_replaced_and_every_notification_is_del
     let mut app = prepare().await;
     let (_, upstream) = through(&redis_url(), "", 6379);
     let proxy = Proxy::start(upstream).await;
-    app.set("redis.url", through(&redis_url(), &proxy.addr, 6379).0);
-    app.set("redis.response_timeout_ms", "1000");
+    app.settings.redis.url = Secret::new(through(&redis_url(), &proxy.addr, 6379).0);
+    app.settings.redis.response_timeout = Duration::from_secs(1);
     short_leases(&mut app);
 
     let took = deliver_through_a_failover(&mut app, &proxy).await;
@@ -174,7 +175,7 @@ async fn a_blackholed_redis_connection_is_replaced_and_every_notification_is_del
 
 #[actix_web::test]
 async fn pooled_connections_carry_the_statement_timeout_to_the_server() {
-    let app = spawn_app_with(&[("database.statement_timeout_ms", "2500")]).await;
+    let app = spawn_app_with(|s| s.database.statement_timeout = Duration::from_millis(2500)).await;
     let store = app.app.as_ref().expect("app running").store.clone();
     let conn = store.conn().await.expect("a pooled connection");
     let timeout: String = conn.query_one("SHOW statement_timeout", &[]).await.expect("SHOW").get(0);
@@ -188,9 +189,9 @@ async fn a_blackholed_listen_connection_is_noticed_and_replaced_so_notify_rings_
     // and new rows would wait for the next sweep (a minute here).
     let mut app = prepare().await;
     let proxy = postgres_behind_a_proxy(&mut app).await;
-    app.set("database.connect_timeout_ms", "1000");
-    app.set("database.statement_timeout_ms", "2000");
-    app.set("listener.sweep_interval_ms", "60000");
+    app.settings.database.connect_timeout = Duration::from_secs(1);
+    app.settings.database.statement_timeout = Duration::from_secs(2);
+    app.settings.listener.sweep_interval = Duration::from_secs(60);
     app.start_with(notify_relay::startup::ProcessRoles::parse("listener").unwrap()).await;
     let listener = || {
         let actors = app.app.as_ref().expect("running").engine.registry().snapshot();

@@ -3,6 +3,7 @@
 use crate::helpers::{
     add_users, assert_refused_credentials_defer, eventually, insert_bulk, prepare, spawn_app, TestApp,
 };
+use notify_relay::configuration::Secret;
 use serde_json::json;
 use std::collections::HashMap;
 use std::time::Duration;
@@ -138,8 +139,11 @@ async fn large_requests_are_sent_gzip_compressed_and_small_ones_plain() {
 /// An app sending with `access_token` to an Expo emulator that wants `s3cret`.
 async fn with_secured_expo(access_token: &str) -> (TestApp, emulators::expo::ExpoEmulator) {
     let secured = emulators::expo::ExpoEmulator::start("127.0.0.1:0", Some("s3cret".into())).await.unwrap();
-    let mut app = crate::helpers::prepare_with(&[("providers.expo.access_token", access_token)]).await;
-    app.set("providers.expo.base_url", secured.url());
+    let mut app = crate::helpers::prepare_with(|s| {
+        s.providers.expo.access_token = Some(Secret::new(access_token));
+        s.providers.expo.base_url = secured.url();
+    })
+    .await;
     app.start().await;
     (app, secured)
 }

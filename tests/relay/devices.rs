@@ -4,14 +4,15 @@
 use crate::helpers::{prepare, TestApp};
 use crate::tokens::{claims, hs256, HS_SECRET};
 use futures_util::future::join_all;
+use notify_relay::configuration::Secret;
 use serde_json::{json, Value};
 use std::time::Duration;
 
 /// An app whose user routes take HS256 tokens, with `devices.max_per_user` = `max`.
 async fn app(max: u32) -> TestApp {
     let mut app = prepare().await;
-    app.set("auth.jwt_secret", HS_SECRET);
-    app.set("devices.max_per_user", max.to_string());
+    app.settings.auth.jwt_secret = Some(Secret::new(HS_SECRET));
+    app.settings.devices.max_per_user = max;
     app.start().await;
     app
 }

@@ -7,27 +7,30 @@ use notify_relay_engine::circuit::Health;
 use notify_relay_engine::job::{Job, Priority, Provider, SendResult};
 use notify_relay_engine::providers::email::{EmailClient, EmailConfig};
 use notify_relay_engine::providers::ProviderClient;
-use notify_relay_engine::ratelimit::Limits;
-use notify_relay_engine::settings::EmailSettings;
+use notify_relay_engine::settings::{EmailSettings, Secret};
 use serde_json::{json, Value};
 use std::time::Duration;
 
 const FROM: &str = "Notify <no-reply@example.com>";
 
-fn settings(smtp_url: String, ca_pem: Option<&str>, timeout: Duration) -> EmailSettings {
+fn settings(smtp_url: String, timeout: Duration) -> EmailSettings {
     EmailSettings {
-        smtp_url,
+        enabled: true,
+        smtp_url: Secret::new(smtp_url),
         from: FROM.into(),
-        ca_pem: ca_pem.map(|p| p.as_bytes().to_vec()),
+        // The emulator's CA is handed to `EmailConfig::new` directly.
+        ca_file: None,
         timeout,
         flush_after: Duration::from_millis(5),
         connections: 2,
-        limits: Limits { per_sec: 0, device_per_sec: 0 },
+        rate_per_sec: 0,
+        device_rate_per_sec: 0,
     }
 }
 
 fn client_with(smtp_url: String, ca_pem: Option<&str>, timeout: Duration) -> EmailClient {
-    EmailClient::new(&EmailConfig::new(&settings(smtp_url, ca_pem, timeout)).expect("email config"))
+    let config = EmailConfig::new(&settings(smtp_url, timeout), ca_pem.map(str::as_bytes)).expect("email config");
+    EmailClient::new(&config)
 }
 
 fn client(emulator: &SmtpEmulator) -> EmailClient {
@@ -368,9 +371,9 @@ async fn a_relay_that_stops_answering_times_out_and_the_next_message_still_goes_
 #[actix_web::test]
 async fn jobs_that_get_no_connection_within_the_timeout_are_deferred_and_only_transactions_judge_the_relay() {
     let smtp = emulator(SmtpOptions::default()).await;
-    let mut one_connection = settings(smtp.url(), None, Duration::from_millis(300));
+    let mut one_connection = settings(smtp.url(), Duration::from_millis(300));
     one_connection.connections = 1;
-    let client = EmailClient::new(&EmailConfig::new(&one_connection).expect("email config"));
+    let client = EmailClient::new(&EmailConfig::new(&one_connection, None).expect("email config"));
     let jobs =
         [job("stall@example.org", json!({})), job("stall+2@example.org", json!({})), job("w@example.org", json!({}))];
 
@@ -482,20 +485,17 @@ async fn healthy_addresses_queued_behind_stalled_mailboxes_are_delivered_at_thei
     let smtp = emulator(SmtpOptions::default()).await;
     let mut app = prepare().await;
     app.enable_email(&smtp, FROM);
-    for (key, value) in [
-        ("providers.email.connections", "1"),
-        ("providers.email.timeout_ms", "2000"),
-        ("worker.senders_per_provider", "1"),
-        ("retry.max_attempts", "3"),
-        ("claim.min_idle_ms", "5000"),
-        // The circuit is another matter (review findings 2 and 13): a stalled mailbox alone in
-        // a batch looks like a hung relay, and an open circuit defers the stalled targets without
-        // spending their attempts for as long as it flaps. Kept closed, this test is about the
-        // attempts alone.
-        ("circuit.failures", "1000"),
-    ] {
-        app.set(key, value);
-    }
+    let s = &mut app.settings;
+    s.providers.email.connections = 1;
+    s.providers.email.timeout = Duration::from_secs(2);
+    s.worker.senders_per_provider = 1;
+    s.retry.max_attempts = 3;
+    s.claim.min_idle = Duration::from_secs(5);
+    // The circuit is another matter (review findings 2 and 13): a stalled mailbox alone in
+    // a batch looks like a hung relay, and an open circuit defers the stalled targets without
+    // spending their attempts for as long as it flaps. Kept closed, this test is about the
+    // attempts alone.
+    s.circuit.failures = 1000;
     app.start().await;
     // The stalled mailboxes sort first, so they are fanned out (and queue for the connection)
     // ahead of the healthy ones.

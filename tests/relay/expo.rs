@@ -6,20 +6,21 @@ use notify_relay_engine::circuit::Health;
 use notify_relay_engine::job::{Job, Priority, Provider, SendResult};
 use notify_relay_engine::providers::expo::ExpoClient;
 use notify_relay_engine::providers::ProviderClient;
-use notify_relay_engine::ratelimit::Limits;
 use notify_relay_engine::settings::ExpoSettings;
 use serde_json::json;
 use std::time::Duration;
 
 fn client(base_url: String) -> ExpoClient {
     ExpoClient::new(&ExpoSettings {
+        enabled: true,
         base_url,
         access_token: None,
         timeout: Duration::from_secs(2),
         flush_after: Duration::from_millis(5),
         receipt_delay: Duration::from_secs(1),
         receipt_poll: Duration::from_secs(1),
-        limits: Limits::default(),
+        rate_per_sec: 0,
+        device_rate_per_sec: 0,
     })
 }
 
@@ -201,7 +202,7 @@ async fn a_batch_that_keeps_getting_refused_ends_within_the_timeout() {
 
 /// A started app whose Expo sender waits long enough to put one INSERT's rows in one request.
 async fn app_batching_expo() -> TestApp {
-    let app = spawn_app_with(&[("providers.expo.flush_after_ms", "300")]).await;
+    let app = spawn_app_with(|s| s.providers.expo.flush_after = Duration::from_millis(300)).await;
     app
 }
 

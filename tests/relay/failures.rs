@@ -59,7 +59,7 @@ async fn retryable_errors_are_retried_with_backoff_until_delivered() {
 
 #[actix_web::test]
 async fn retries_stop_at_max_attempts_and_the_notification_fails() {
-    let app = crate::helpers::spawn_app_with(&[("retry.max_attempts", "3")]).await;
+    let app = crate::helpers::spawn_app_with(|s| s.retry.max_attempts = 3).await;
     app.add_device("gina", "expo", "ExponentPushToken[gina-ratelimited]").await;
 
     let id = app.notify("gina", json!({"title": "never"})).await;

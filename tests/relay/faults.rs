@@ -5,18 +5,19 @@
 use crate::helpers::{
     add_users, eventually, insert_bulk, prepare, prepare_with, spawn_app, spawn_app_with, wait_for_sends, PrivateRedis,
 };
+use notify_relay::configuration::Secret;
 use notify_relay::startup::ProcessRoles;
 use std::time::{Duration, Instant};
 
 #[actix_web::test]
 async fn kill_9_of_the_service_under_load_three_times_loses_nothing() {
-    let app = prepare_with(&[
-        ("worker.concurrency", "200"),
+    let app = prepare_with(|s| {
+        s.worker.concurrency = 200;
         // A process killed between its fan-out commit and its XADD leaves targets that only the
         // sweep finds again: a short lease keeps the test short.
-        ("listener.sweep_interval_ms", "500"),
-        ("listener.stale_after_ms", "3000"),
-    ])
+        s.listener.sweep_interval = Duration::from_millis(500);
+        s.listener.stale_after = Duration::from_secs(3);
+    })
     .await;
     app.expo.set_latency(Duration::from_millis(20));
     add_users(&app, 50).await;
@@ -24,13 +25,13 @@ async fn kill_9_of_the_service_under_load_three_times_loses_nothing() {
 
     let mut kills = 0;
     for threshold in [300, 1200, 2100] {
-        let mut relay = app.spawn_binary(&[]);
+        let mut relay = app.spawn_binary(|_| {});
         wait_for_sends(&app, threshold).await;
         relay.signal("-KILL");
         relay.exited(Duration::from_secs(5)).await;
         kills += 1;
     }
-    let relay = app.spawn_binary(&[]);
+    let relay = app.spawn_binary(|_| {});
     app.all_final(Duration::from_secs(90)).await;
     drop(relay);
 
@@ -43,12 +44,12 @@ async fn kill_9_of_the_service_under_load_three_times_loses_nothing() {
 
 #[actix_web::test]
 async fn wiping_the_redis_keys_mid_run_loses_nothing_and_resends_nothing_delivered() {
-    let mut app = prepare_with(&[
-        ("listener.sweep_interval_ms", "200"),
-        ("listener.stale_after_ms", "3000"),
+    let mut app = prepare_with(|s| {
+        s.listener.sweep_interval = Duration::from_millis(200);
+        s.listener.stale_after = Duration::from_secs(3);
         // Few in flight, so that most of the work is still waiting in the stream when it is wiped.
-        ("worker.concurrency", "200"),
-    ])
+        s.worker.concurrency = 200;
+    })
     .await;
     app.expo.set_latency(Duration::from_millis(100));
     app.start().await;
@@ -72,7 +73,7 @@ async fn wiping_the_redis_keys_mid_run_loses_nothing_and_resends_nothing_deliver
 
 #[actix_web::test]
 async fn a_provider_outage_longer_than_every_retry_delay_keeps_the_attempts() {
-    let app = spawn_app_with(&[("retry.max_attempts", "3")]).await;
+    let app = spawn_app_with(|s| s.retry.max_attempts = 3).await;
     add_users(&app, 10).await;
     // All retry delays together are well under 1 s (20 ms, then up to 100 ms); the outage lasts 3 s.
     app.expo.fail_for(503, Duration::from_secs(3));
@@ -94,7 +95,7 @@ async fn sigterm_under_load_exits_0_in_time_and_another_process_finishes_the_wor
     add_users(&app, 20).await;
     insert_bulk(&app, 1500, 20).await;
 
-    let mut first = app.spawn_binary(&[("NOTIFY__SHUTDOWN__GRACE_MS", "2000")]);
+    let mut first = app.spawn_binary(|s| s.shutdown.grace = Duration::from_secs(2));
     wait_for_sends(&app, 200).await;
     let stopping = Instant::now();
     first.signal("-TERM");
@@ -103,7 +104,7 @@ async fn sigterm_under_load_exits_0_in_time_and_another_process_finishes_the_wor
     assert_eq!(status.code(), Some(0));
     assert!(took < Duration::from_millis(2000 + 1500), "exited within grace + a little: {took:?}");
 
-    let second = app.spawn_binary(&[]);
+    let second = app.spawn_binary(|_| {});
     app.all_final(Duration::from_secs(60)).await;
     drop(second);
     assert_eq!(app.delivered().await, 1500);
@@ -149,7 +150,7 @@ async fn the_same_process_restarting_its_engine_picks_up_where_it_left() {
 
 #[actix_web::test]
 async fn terminating_every_postgres_connection_mid_run_loses_nothing() {
-    let app = spawn_app_with(&[("worker.concurrency", "500")]).await;
+    let app = spawn_app_with(|s| s.worker.concurrency = 500).await;
     app.expo.set_latency(Duration::from_millis(20));
     add_users(&app, 20).await;
     insert_bulk(&app, 2000, 20).await;
@@ -213,10 +214,10 @@ async fn a_redis_restart_without_persistence_mid_run_loses_nothing() {
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let mut redis_server = PrivateRedis::start(port).await;
     let mut app = prepare().await;
-    app.set("redis.url", format!("redis://127.0.0.1:{port}"));
-    app.set("worker.concurrency", "300");
-    app.set("listener.sweep_interval_ms", "300");
-    app.set("listener.stale_after_ms", "3000");
+    app.settings.redis.url = Secret::new(format!("redis://127.0.0.1:{port}"));
+    app.settings.worker.concurrency = 300;
+    app.settings.listener.sweep_interval = Duration::from_millis(300);
+    app.settings.listener.stale_after = Duration::from_secs(3);
     app.expo.set_latency(Duration::from_millis(20));
     app.start().await;
     add_users(&app, 20).await;

@@ -7,11 +7,24 @@ use notify_relay_engine::circuit::Health;
 use notify_relay_engine::job::{Job, Priority, Provider, SendResult};
 use notify_relay_engine::providers::fcm::{FcmClient, ServiceAccount, TokenSource, QUOTA_BACKOFF};
 use notify_relay_engine::providers::ProviderClient;
-use notify_relay_engine::ratelimit::Limits;
-use notify_relay_engine::settings::FcmSettings;
+use notify_relay_engine::settings::{FcmSettings, Secret};
 use serde_json::{json, Value};
 use std::sync::Arc;
 use std::time::Duration;
+
+/// The client's settings: the service account inline, as `providers.fcm.service_account_json`.
+fn settings(base_url: String, service_account_json: &str) -> FcmSettings {
+    FcmSettings {
+        enabled: true,
+        base_url,
+        service_account_file: None,
+        service_account_json: Some(Secret::new(service_account_json)),
+        timeout: Duration::from_secs(2),
+        flush_after: Duration::from_millis(5),
+        rate_per_sec: 0,
+        device_rate_per_sec: 0,
+    }
+}
 
 struct Fixture {
     emulator: FcmEmulator,
@@ -22,13 +35,7 @@ struct Fixture {
 async fn fixture() -> Fixture {
     let emulator = FcmEmulator::start("127.0.0.1:0").await.expect("fcm emulator");
     let account = ServiceAccount::from_json(&emulator.service_account_json()).expect("emulator service account");
-    let settings = FcmSettings {
-        base_url: emulator.url(),
-        account: account.clone(),
-        timeout: Duration::from_secs(2),
-        flush_after: Duration::from_millis(5),
-        limits: Limits::default(),
-    };
+    let settings = settings(emulator.url(), &emulator.service_account_json());
     let tokens = Arc::new(TokenSource::new(account).expect("token source"));
     let client = FcmClient::new(&settings, tokens.clone());
     Fixture { emulator, client, tokens }
@@ -164,14 +171,8 @@ async fn a_bad_signing_key_is_refused_by_the_token_endpoint() {
     // Another RSA key than the one the emulator knows for this account.
     let mut account = ServiceAccount::from_json(&f.emulator.service_account_json()).unwrap();
     account.private_key = include_str!("fixtures/other-rsa-key.pem").to_string();
-    let tokens = Arc::new(TokenSource::new(account.clone()).unwrap());
-    let settings = FcmSettings {
-        base_url: f.emulator.url(),
-        account,
-        timeout: Duration::from_secs(2),
-        flush_after: Duration::from_millis(5),
-        limits: Limits::default(),
-    };
+    let tokens = Arc::new(TokenSource::new(account).unwrap());
+    let settings = settings(f.emulator.url(), &f.emulator.service_account_json());
     let client = FcmClient::new(&settings, tokens);
     let response = client.send(&[job("device", json!({}))]).await;
     assert!(
@@ -230,13 +231,7 @@ async fn an_unreachable_fcm_is_an_outage() {
     assert!(matches!(f.send("device").await.0, SendResult::Delivered { .. }));
     // The same (cached) access token, but nothing listens where the sends go.
     let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
-    let settings = FcmSettings {
-        base_url: format!("http://{closed}"),
-        account: ServiceAccount::from_json(&f.emulator.service_account_json()).unwrap(),
-        timeout: Duration::from_secs(2),
-        flush_after: Duration::from_millis(5),
-        limits: Limits::default(),
-    };
+    let settings = settings(format!("http://{closed}"), &f.emulator.service_account_json());
     let client = FcmClient::new(&settings, f.tokens.clone());
     let response = client.send(&[job("device", json!({}))]).await;
     assert!(matches!(response.results[0], SendResult::Retry { .. }), "{:?}", response.results);

@@ -2,13 +2,19 @@
 //! emulator on a loopback port, and the real application (engine + API on port 0) in the test's
 //! actix System.
 //!
+//! Its [`Settings`] are loaded once (the shipped defaults, then this test's database, Redis
+//! prefix, emulator and the tests' quicker timings) and changed through their typed fields:
+//! `app.settings.claim.min_idle = Duration::from_secs(60)`, or `prepare_with(|s| …)`. `start`
+//! validates them first, so a test cannot start what the binary would refuse; the binary
+//! (`spawn_binary`) gets the same settings as `NOTIFY__…` variables.
+//!
 //! Everything a test makes is removed when it is dropped — the database, the Redis keys, temp
 //! files and directories, child processes — so a test that fails half-way leaves nothing behind
 //! and a test that passes needs no cleanup call. Below `TestApp`: the waits (`eventually`,
 //! `samples_holding`), the shared inserts and the shared assertions.
 
 use emulators::expo::ExpoEmulator;
-use notify_relay::configuration::Settings;
+use notify_relay::configuration::{Secret, Settings};
 use notify_relay::startup::{Application, ProcessRoles};
 use notify_relay_engine::keys::Keys;
 use serde_json::Value;
@@ -34,7 +40,8 @@ pub struct TestApp {
     pub prefix: String,
     pub keys: Keys,
     pub expo: ExpoEmulator,
-    pub env: HashMap<String, String>,
+    /// What `start` (and `spawn_binary`) run with; change it before starting.
+    pub settings: Settings,
     pub app: Option<Application>,
     pub redis: redis::aio::MultiplexedConnection,
     /// The clock of the API's JWKS cache (of `start`, not of replicas): it stands still until
@@ -61,31 +68,7 @@ pub async fn prepare() -> TestApp {
     notify_relay::migrate::run(&config).await.expect("migrations");
     let expo = ExpoEmulator::start("127.0.0.1:0", None).await.expect("expo emulator");
     let prefix = format!("test-{id}");
-    let env: HashMap<String, String> = [
-        ("NOTIFY__DATABASE__URL", db_url.clone()),
-        ("NOTIFY__DATABASE__POOL_SIZE", "4".into()),
-        ("NOTIFY__REDIS__URL", redis_url()),
-        ("NOTIFY__REDIS__KEY_PREFIX", prefix.clone()),
-        ("NOTIFY__PROVIDERS__EXPO__BASE_URL", expo.url()),
-        ("NOTIFY__PROVIDERS__EXPO__TIMEOUT_MS", "2000".into()),
-        ("NOTIFY__HTTP__ADDR", "127.0.0.1:0".into()),
-        ("NOTIFY__AUTH__ADMIN_TOKEN", ADMIN_TOKEN.into()),
-        ("NOTIFY__RETRY__BASE_MS", "20".into()),
-        ("NOTIFY__RETRY__MAX_MS", "100".into()),
-        ("NOTIFY__CLAIM__INTERVAL_MS", "200".into()),
-        ("NOTIFY__CLAIM__MIN_IDLE_MS", "2500".into()),
-        ("NOTIFY__SCHEDULER__DELAY_POLL_MS", "20".into()),
-        ("NOTIFY__WORKER__SENDERS_PER_PROVIDER", "1".into()),
-        ("NOTIFY__CIRCUIT__FAILURES", "3".into()),
-        ("NOTIFY__PROVIDERS__EXPO__RECEIPT_DELAY_MS", "100".into()),
-        ("NOTIFY__PROVIDERS__EXPO__RATE_PER_SEC", "0".into()),
-        ("NOTIFY__PROVIDERS__EXPO__RECEIPT_POLL_MS", "100".into()),
-        ("NOTIFY__CIRCUIT__OPEN_MS", "100".into()),
-        ("NOTIFY__CIRCUIT__MAX_OPEN_MS", "400".into()),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_string(), v))
-    .collect();
+    let settings = test_settings(&db_url, &prefix, &expo.url());
     let redis =
         redis::Client::open(redis_url()).expect("redis url").get_multiplexed_async_connection().await.expect("redis");
     let leftovers = Leftovers { db_name: db_name.clone(), prefix: prefix.clone(), temp_files: Vec::new() };
@@ -95,7 +78,7 @@ pub async fn prepare() -> TestApp {
         keys: Keys::new(prefix.clone(), 1),
         prefix,
         expo,
-        env,
+        settings,
         app: None,
         redis,
         auth_clock: Arc::new(TestClock::new()),
@@ -103,50 +86,90 @@ pub async fn prepare() -> TestApp {
     }
 }
 
-/// A prepared app, started.
-pub async fn spawn_app() -> TestApp {
-    spawn_app_with(&[]).await
+/// The shipped defaults with this test's database, Redis prefix and Expo emulator, and the
+/// tests' quicker timings (retries in milliseconds, claims after 2.5 s, one sender).
+fn test_settings(db_url: &str, prefix: &str, expo_url: &str) -> Settings {
+    let ms = Duration::from_millis;
+    let mut s = Settings::load(None, &HashMap::new()).expect("the shipped defaults load");
+    s.database.url = Secret::new(db_url);
+    s.database.pool_size = 4;
+    s.redis.url = Secret::new(redis_url());
+    s.redis.key_prefix = prefix.to_string();
+    s.http.addr = "127.0.0.1:0".into();
+    s.auth.admin_token = Some(Secret::new(ADMIN_TOKEN));
+    s.retry.base = ms(20);
+    s.retry.max = ms(100);
+    s.claim.interval = ms(200);
+    s.claim.min_idle = ms(2500);
+    s.scheduler.delay_poll = ms(20);
+    s.worker.senders_per_provider = 1;
+    s.circuit.failures = 3;
+    s.circuit.open = ms(100);
+    s.circuit.max_open = ms(400);
+    let expo = &mut s.providers.expo;
+    expo.base_url = expo_url.to_string();
+    expo.timeout = ms(2000);
+    expo.receipt_delay = ms(100);
+    expo.receipt_poll = ms(100);
+    expo.rate_per_sec = 0;
+    s
 }
 
-/// A prepared app with these settings on top of the tests' defaults (see [`TestApp::set`]).
-pub async fn prepare_with(settings: &[(&str, &str)]) -> TestApp {
+/// A prepared app, started.
+pub async fn spawn_app() -> TestApp {
+    spawn_app_with(|_| {}).await
+}
+
+/// A prepared app whose settings `change` changes, on top of the tests' defaults.
+pub async fn prepare_with(change: impl FnOnce(&mut Settings)) -> TestApp {
     let mut app = prepare().await;
-    for (key, value) in settings {
-        app.set(key, value);
-    }
+    change(&mut app.settings);
     app
 }
 
 /// [`prepare_with`], started.
-pub async fn spawn_app_with(settings: &[(&str, &str)]) -> TestApp {
-    let mut app = prepare_with(settings).await;
+pub async fn spawn_app_with(change: impl FnOnce(&mut Settings)) -> TestApp {
+    let mut app = prepare_with(change).await;
     app.start().await;
     app
 }
 
-/// The environment variable of a settings key: `listener.stale_after_ms` is
-/// `NOTIFY__LISTENER__STALE_AFTER_MS`.
-pub fn env_key(key: &str) -> String {
-    format!("NOTIFY__{}", key.replace('.', "__").to_uppercase())
+/// `settings` as the binary reads them from its environment: one `NOTIFY__<SECTION>__<KEY>`
+/// variable per value (lists comma-separated; unset options and empty lists left out, as the
+/// defaults have them).
+pub fn settings_env(settings: &Settings) -> HashMap<String, String> {
+    fn walk(prefix: &str, value: &Value, env: &mut HashMap<String, String>) {
+        let text = match value {
+            Value::Object(map) => {
+                for (key, value) in map {
+                    walk(&format!("{prefix}__{}", key.to_uppercase()), value, env);
+                }
+                return;
+            }
+            Value::Null => return,
+            Value::Array(items) if items.is_empty() => return,
+            Value::Array(items) => items
+                .iter()
+                .map(|i| i.as_str().map_or_else(|| i.to_string(), str::to_string))
+                .collect::<Vec<_>>()
+                .join(","),
+            Value::String(s) => s.clone(),
+            other => other.to_string(),
+        };
+        env.insert(prefix.to_string(), text);
+    }
+    let mut env = HashMap::new();
+    walk("NOTIFY", &serde_json::to_value(settings).expect("settings serialize"), &mut env);
+    env
 }
 
 impl TestApp {
-    /// Overrides a setting (when the app is next started) by its key in config/default.toml,
-    /// e.g. `app.set("claim.min_idle_ms", 60000)`; an unknown key fails the start.
-    pub fn set(&mut self, key: &str, value: impl ToString) {
-        self.env.insert(env_key(key), value.to_string());
-    }
-
-    pub fn settings(&self) -> Settings {
-        Settings::load(None, &self.env).expect("test settings")
-    }
-
     pub async fn start(&mut self) {
         self.start_with(ProcessRoles::ALL).await;
     }
 
     pub async fn start_with(&mut self, roles: ProcessRoles) {
-        let settings = self.settings();
+        let settings = self.valid_settings();
         let log = if std::env::var("TEST_LOG").is_ok() {
             let (log, guard) = notify_relay::telemetry::logger(slog::Level::Debug);
             std::mem::forget(guard); // keep the log thread for the whole test process
@@ -162,6 +185,14 @@ impl TestApp {
         self.app = Some(app);
     }
 
+    /// The settings, checked as the binary would check them at start-up.
+    pub fn valid_settings(&self) -> Settings {
+        if let Err(e) = self.settings.validate() {
+            panic!("the test's settings would not start: {e}");
+        }
+        self.settings.clone()
+    }
+
     /// Another process's worth of engine and API on the same database and Redis prefix (a second
     /// replica), started in this System.
     pub async fn start_replica(&self) -> Application {
@@ -171,7 +202,7 @@ impl TestApp {
     /// Another process with only these roles (e.g. a scheduler next to this app's worker).
     pub async fn start_replica_with(&self, roles: ProcessRoles) -> Application {
         let consumer = format!("test-replica-{}", Uuid::new_v4().simple());
-        Application::build(self.settings(), roles, false, consumer, notify_relay::telemetry::discard())
+        Application::build(self.valid_settings(), roles, false, consumer, notify_relay::telemetry::discard())
             .await
             .expect("replica starts")
     }
@@ -201,17 +232,28 @@ impl TestApp {
 
     /// Another client of this test's database (e.g. to hold locks in a transaction of its own).
     pub async fn connect_db(&self) -> tokio_postgres::Client {
-        pg(&self.env["NOTIFY__DATABASE__URL"]).await
+        pg(self.settings.database.url.expose()).await
     }
 
-    /// Starts the real binary (`notify-relay run`) with this app's settings.
-    pub fn spawn_binary(&self, extra: &[(&str, &str)]) -> RelayProcess {
-        self.spawn_roles("listener,worker,scheduler,api", extra)
+    /// Starts the real binary (`notify-relay run`) with this app's settings, as `change` changes
+    /// them for this process only.
+    pub fn spawn_binary(&self, change: impl FnOnce(&mut Settings)) -> RelayProcess {
+        self.spawn_roles("listener,worker,scheduler,api", change)
     }
 
-    /// Starts the real binary with `--roles roles` and this app's settings, `extra` on top.
-    /// Its log goes to the test's stdout when `TEST_LOG` is set.
-    pub fn spawn_roles(&self, roles: &str, extra: &[(&str, &str)]) -> RelayProcess {
+    /// The environment that hands this app's settings to the binary.
+    pub fn binary_env(&self) -> HashMap<String, String> {
+        settings_env(&self.valid_settings())
+    }
+
+    /// Starts the real binary with `--roles roles` and this app's settings, as `change` changes
+    /// them for this process only. Its log goes to the test's stdout when `TEST_LOG` is set.
+    pub fn spawn_roles(&self, roles: &str, change: impl FnOnce(&mut Settings)) -> RelayProcess {
+        let mut settings = self.valid_settings();
+        change(&mut settings);
+        if let Err(e) = settings.validate() {
+            panic!("the binary's settings would not start: {e}");
+        }
         let log = if std::env::var("TEST_LOG").is_ok() {
             std::process::Stdio::inherit()
         } else {
@@ -223,8 +265,7 @@ impl TestApp {
             .arg("--roles")
             .arg(roles)
             .env_remove("NOTIFY_CONFIG")
-            .envs(self.env.iter())
-            .envs(extra.iter().copied())
+            .envs(settings_env(&settings))
             .stdout(log)
             .spawn()
             .expect("start the binary");
@@ -532,8 +573,11 @@ impl TestApp {
 
     /// Points the relay (when next started) at an FCM emulator.
     pub fn enable_fcm(&mut self, fcm: &emulators::fcm::FcmEmulator) {
-        self.set_provider("FCM", [("BASE_URL", fcm.url()), ("SERVICE_ACCOUNT_JSON", fcm.service_account_json())]);
-        self.set_provider("FCM", [("TIMEOUT_MS", "2000".into())]);
+        let s = &mut self.settings.providers.fcm;
+        s.enabled = true;
+        s.base_url = fcm.url();
+        s.service_account_json = Some(Secret::new(fcm.service_account_json()));
+        s.timeout = Duration::from_millis(2000);
     }
 
     /// Points the relay at an APNs emulator, trusting its CA, with `team_id` in the provider
@@ -542,34 +586,25 @@ impl TestApp {
         let ca_file = std::env::temp_dir().join(format!("apns-ca-{}.pem", Uuid::new_v4().simple()));
         std::fs::write(&ca_file, apns.ca_pem()).expect("write the APNs CA");
         self.remove_on_drop(ca_file.clone());
-        self.set_provider(
-            "APNS",
-            [
-                ("BASE_URL", apns.url()),
-                ("KEY", apns.key_pem().to_string()),
-                ("KEY_ID", apns.key_id().to_string()),
-                ("TEAM_ID", team_id.to_string()),
-                ("TOPIC", apns.topic().to_string()),
-                ("CA_FILE", ca_file.display().to_string()),
-            ],
-        );
-        self.set_provider("APNS", [("TIMEOUT_MS", "2000".into())]);
+        let s = &mut self.settings.providers.apns;
+        s.enabled = true;
+        s.base_url = apns.url();
+        s.key = Some(Secret::new(apns.key_pem()));
+        s.key_id = apns.key_id().to_string();
+        s.team_id = team_id.to_string();
+        s.topic = apns.topic().to_string();
+        s.ca_file = Some(ca_file);
+        s.timeout = Duration::from_millis(2000);
     }
 
     /// Points the relay at an SMTP emulator.
     pub fn enable_email(&mut self, smtp: &emulators::smtp::SmtpEmulator, from: &str) {
+        let s = &mut self.settings.providers.email;
+        s.enabled = true;
+        s.smtp_url = Secret::new(smtp.url());
+        s.from = from.to_string();
         // Under half of the tests' claim.min_idle_ms (2500): an email send may take twice this.
-        self.set_provider(
-            "EMAIL",
-            [("SMTP_URL", smtp.url()), ("FROM", from.to_string()), ("TIMEOUT_MS", "1200".into())],
-        );
-    }
-
-    fn set_provider<const N: usize>(&mut self, provider: &str, values: [(&str, String); N]) {
-        self.env.insert(format!("NOTIFY__PROVIDERS__{provider}__ENABLED"), "true".into());
-        for (key, value) in values {
-            self.env.insert(format!("NOTIFY__PROVIDERS__{provider}__{key}"), value);
-        }
+        s.timeout = Duration::from_millis(1200);
     }
 
     /// Waits until the dead-letter stream of shard 0 holds `n` entries. The outcome writer stores

@@ -5,7 +5,11 @@ use std::time::Duration;
 
 #[actix_web::test]
 async fn the_provider_rate_limit_defers_without_spending_attempts() {
-    let app = spawn_app_with(&[("providers.expo.rate_per_sec", "100"), ("retry.max_attempts", "1")]).await;
+    let app = spawn_app_with(|s| {
+        s.providers.expo.rate_per_sec = 100;
+        s.retry.max_attempts = 1;
+    })
+    .await;
     add_users(&app, 300).await;
     notify_each_user(&app, 300).await;
 
@@ -19,7 +23,7 @@ async fn the_provider_rate_limit_defers_without_spending_attempts() {
 
 #[actix_web::test]
 async fn the_per_device_limit_spreads_a_burst_to_one_device() {
-    let app = spawn_app_with(&[("providers.expo.device_rate_per_sec", "5")]).await;
+    let app = spawn_app_with(|s| s.providers.expo.device_rate_per_sec = 5).await;
     app.add_device("yan", "expo", "ExponentPushToken[yan]").await;
     app.add_device("zoe", "expo", "ExponentPushToken[zoe]").await;
 
@@ -39,7 +43,11 @@ async fn the_per_device_limit_spreads_a_burst_to_one_device() {
 /// reader holding it through its 1 s BLOCK left the others waiting).
 #[actix_web::test]
 async fn idle_readers_hold_no_permits_and_one_permit_serves_every_shard() {
-    let app = spawn_app_with(&[("redis.shards", "4"), ("worker.concurrency", "1")]).await;
+    let app = spawn_app_with(|s| {
+        s.redis.shards = 4;
+        s.worker.concurrency = 1;
+    })
+    .await;
     app.add_device("sam", "expo", "ExponentPushToken[sam]").await;
 
     // Idle: sampled 50 times, the permit is (all but) always free.

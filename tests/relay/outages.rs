@@ -10,6 +10,7 @@ use crate::helpers::{
 };
 use emulators::expo::ExpoEmulator;
 use emulators::fcm::FcmEmulator;
+use notify_relay::configuration::Secret;
 use notify_relay_engine::keys::Keys;
 use std::time::{Duration, Instant};
 
@@ -69,11 +70,11 @@ async fn a_redis_restored_from_a_snapshot_taken_before_400_deliveries_resends_no
     let started = Instant::now();
     let mut redis_server = PrivateRedis::persistent().await;
     let mut app = prepare().await;
-    app.set("redis.url", redis_server.url());
+    app.settings.redis.url = Secret::new(redis_server.url());
     add_users(&app, 20).await;
 
     // Fan-out only: the 400 entries wait unread in the stream when the snapshot is taken.
-    let listener = app.spawn_roles("listener,api", &[]);
+    let listener = app.spawn_roles("listener,api", |_| {});
     insert_bulk(&app, 400, 20).await;
     let conn = redis_server.connection().await;
     eventually(Duration::from_secs(30), || async {
@@ -83,7 +84,7 @@ async fn a_redis_restored_from_a_snapshot_taken_before_400_deliveries_resends_no
     .await;
     redis_server.save().await;
 
-    let worker = app.spawn_roles("worker,scheduler", &[]);
+    let worker = app.spawn_roles("worker,scheduler", |_| {});
     app.all_final(Duration::from_secs(60)).await;
     assert_eq!(app.delivered().await, 400);
     assert_eq!(app.expo.sent_count(), 400);
@@ -116,21 +117,18 @@ async fn a_redis_restored_from_a_snapshot_taken_before_400_deliveries_resends_no
 async fn a_provider_that_hangs_for_25_s_fails_nothing_and_costs_at_most_3_attempts() {
     let started = Instant::now();
     let mut app = prepare().await;
-    for (key, value) in [
-        ("providers.expo.timeout_ms", "1000"),
-        ("retry.max_attempts", "5"),
-        ("retry.base_ms", "200"),
-        ("retry.max_ms", "2000"),
-        // Above the provider timeout, so that a hung send is never claimed while it waits.
-        ("claim.min_idle_ms", "5000"),
-        ("circuit.failures", "3"),
-        ("circuit.open_ms", "500"),
-        ("circuit.max_open_ms", "2000"),
-    ] {
-        app.set(key, value);
-    }
+    let s = &mut app.settings;
+    s.providers.expo.timeout = Duration::from_secs(1);
+    s.retry.max_attempts = 5;
+    s.retry.base = Duration::from_millis(200);
+    s.retry.max = Duration::from_secs(2);
+    // Above the provider timeout, so that a hung send is never claimed while it waits.
+    s.claim.min_idle = Duration::from_secs(5);
+    s.circuit.failures = 3;
+    s.circuit.open = Duration::from_millis(500);
+    s.circuit.max_open = Duration::from_secs(2);
     add_users(&app, 20).await;
-    let relay = app.spawn_binary(&[]);
+    let relay = app.spawn_binary(|_| {});
 
     insert_bulk(&app, 100, 20).await;
     let hang = Duration::from_secs(25);
@@ -176,13 +174,13 @@ async fn a_worker_whose_outcome_writer_stalls_past_min_idle_is_not_sent_twice_by
     let started = Instant::now();
     let mut app = prepare().await;
     let min_idle = Duration::from_millis(3000);
-    app.set("claim.min_idle_ms", min_idle.as_millis().to_string());
+    app.settings.claim.min_idle = min_idle;
     // Sends take long enough for the test to lock the fanned-out rows before any outcome is stored.
     app.expo.set_latency(Duration::from_millis(500));
     add_users(&app, 20).await;
     // The shipped Kubernetes layout: claims run in scheduler pods, apart from the workers.
-    let worker = app.spawn_roles("listener,worker,api", &[]);
-    let scheduler = app.spawn_roles("scheduler", &[]);
+    let worker = app.spawn_roles("listener,worker,api", |_| {});
+    let scheduler = app.spawn_roles("scheduler", |_| {});
 
     insert_bulk(&app, 200, 20).await;
     eventually(Duration::from_secs(30), || async {
@@ -234,15 +232,15 @@ async fn postgres_unreachable_for_40_s_under_load_fails_nothing() {
     let started = Instant::now();
     let mut app = prepare().await;
     let concurrency = 500;
-    app.set("worker.concurrency", concurrency.to_string());
+    app.settings.worker.concurrency = concurrency;
     app.expo.set_latency(Duration::from_millis(100));
     add_users(&app, 40).await;
     insert_bulk(&app, 4000, 40).await;
     // The shipped Kubernetes layout: each role in processes of its own.
     let relays = [
-        app.spawn_roles("listener,api", &[]),
-        app.spawn_roles("worker,api", &[]),
-        app.spawn_roles("scheduler,api", &[]),
+        app.spawn_roles("listener,api", |_| {}),
+        app.spawn_roles("worker,api", |_| {}),
+        app.spawn_roles("scheduler,api", |_| {}),
     ];
     wait_for_sends(&app, 300).await;
 
@@ -308,9 +306,9 @@ async fn during_a_rolling_config_change_a_worker_without_fcm_fails_no_fcm_target
 
     // A worker still on the old config (FCM off) is up and reading when the listener, already on
     // the new config, fans out the FCM targets; a worker on the new config runs next to it.
-    let old = app.spawn_roles("worker", &[("NOTIFY__PROVIDERS__FCM__ENABLED", "false")]);
+    let old = app.spawn_roles("worker", |s| s.providers.fcm.enabled = false);
     eventually(Duration::from_secs(30), || async { (app.readers_waiting().await >= 1).then_some(()) }).await;
-    let new = app.spawn_roles("listener,worker,scheduler,api", &[]);
+    let new = app.spawn_roles("listener,worker,scheduler,api", |_| {});
     app.all_final(Duration::from_secs(90)).await;
     // More waves while both wait on the stream: whichever reader is waiting takes the first entry
     // of a wave, and both read the rest.

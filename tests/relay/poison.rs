@@ -2,6 +2,7 @@
 //! another row; an answer Postgres cannot store never stops the outcome writer.
 
 use crate::helpers::{eventually, spawn_app, TestApp, ADMIN_TOKEN};
+use notify_relay::configuration::Secret;
 use serde_json::{json, Value};
 use std::time::Duration;
 
@@ -122,9 +123,11 @@ async fn poison_rows_among_a_thousand_good_ones_fail_alone_and_every_good_row_is
 /// by the sweep instead of being re-enqueued forever.
 #[actix_web::test]
 async fn the_sweep_fails_a_stale_target_whose_payload_can_no_longer_be_sent() {
-    let mut app =
-        crate::helpers::prepare_with(&[("listener.stale_after_ms", "3000"), ("listener.sweep_interval_ms", "200")])
-            .await;
+    let mut app = crate::helpers::prepare_with(|s| {
+        s.listener.stale_after = Duration::from_secs(3);
+        s.listener.sweep_interval = Duration::from_millis(200);
+    })
+    .await;
     let (id, _) = app.queued_target("old", "ExponentPushToken[old]", &json!({"title": "t", "ttl": "soon"}), 3600).await;
     app.start().await;
 
@@ -177,7 +180,7 @@ async fn an_outcome_postgres_refuses_is_isolated_and_the_rest_of_its_batch_is_st
         .await
         .unwrap();
     // Large flush windows, so the refused outcome shares its batches with the good ones.
-    app.set("providers.expo.flush_after_ms", "200");
+    app.settings.providers.expo.flush_after = Duration::from_millis(200);
     app.start().await;
     app.add_device("bad", "expo", "ExponentPushToken[developererror-bad]").await;
     for u in 0..20 {
@@ -317,7 +320,7 @@ async fn fan_out_is_capped_per_user_and_large_fan_outs_are_enqueued_in_parts() {
 async fn failures_with_unreadable_or_oversized_payloads_are_listed_with_a_null_payload() {
     use crate::tokens::{claims, hs256, HS_SECRET};
     let mut app = crate::helpers::prepare().await;
-    app.set("auth.jwt_secret", HS_SECRET);
+    app.settings.auth.jwt_secret = Some(Secret::new(HS_SECRET));
     app.start().await;
     let rows = poison_rows();
     let mut tx = String::from("BEGIN;");

@@ -67,10 +67,10 @@ async fn ok_receipts_are_fetched_in_few_calls_and_forgotten() {
 
 #[actix_web::test]
 async fn a_receipt_still_due_when_redis_is_flushed_is_applied() {
-    let app = spawn_app_with(&[
+    let app = spawn_app_with(|s| {
         // Due well after the flush below.
-        ("providers.expo.receipt_delay_ms", "3000"),
-    ])
+        s.providers.expo.receipt_delay = Duration::from_secs(3);
+    })
     .await;
     let device = app.add_device("vic", "expo", "ExponentPushToken[receiptgone-vic]").await;
     let id = app.notify("vic", json!({"title": "ticket before the flush"})).await;
@@ -201,7 +201,7 @@ async fn a_receipt_expo_does_not_have_is_asked_again_until_it_is_a_day_old() {
 
 #[actix_web::test]
 async fn admin_queues_count_the_receipts_due_in_postgres_per_shard() {
-    let mut app = prepare_with(&[("redis.shards", "3")]).await;
+    let mut app = prepare_with(|s| s.redis.shards = 3).await;
     // API only: no poller that would ask for these receipts.
     app.start_with(ProcessRoles::parse("api").unwrap()).await;
     let device = app.add_device("zed", "expo", "ExponentPushToken[zed]").await;

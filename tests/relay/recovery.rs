@@ -52,9 +52,11 @@ async fn an_entry_left_pending_by_a_dead_consumer_is_claimed_and_delivered() {
 
 #[actix_web::test]
 async fn a_target_whose_entry_was_lost_is_re_enqueued_by_the_sweep() {
-    let mut app =
-        crate::helpers::prepare_with(&[("listener.sweep_interval_ms", "200"), ("listener.stale_after_ms", "3000")])
-            .await;
+    let mut app = crate::helpers::prepare_with(|s| {
+        s.listener.sweep_interval = std::time::Duration::from_millis(200);
+        s.listener.stale_after = std::time::Duration::from_secs(3);
+    })
+    .await;
     // Queued in Postgres an hour ago, but its stream entry never made it (Redis lost it).
     let (id, _) = app.queued_target("quinn", "ExponentPushToken[quinn]", &json!({"title": "lost"}), 3600).await;
 
@@ -121,11 +123,11 @@ async fn an_entry_handed_out_max_deliveries_times_is_dead_lettered_not_sent() {
 
 #[actix_web::test]
 async fn the_retention_job_deletes_old_final_rows_and_keeps_the_rest() {
-    let mut app = crate::helpers::prepare_with(&[
-        ("retention.final_after_days", "30"),
-        ("retention.interval_ms", "200"),
-        ("retention.batch_size", "2"),
-    ])
+    let mut app = crate::helpers::prepare_with(|s| {
+        s.retention.final_after_days = 30;
+        s.retention.interval = Duration::from_millis(200);
+        s.retention.batch = 2;
+    })
     .await;
     let device = app.add_device("tess", "expo", "ExponentPushToken[tess]").await;
     let old = "now() - interval '40 days'";

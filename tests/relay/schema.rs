@@ -38,7 +38,7 @@ async fn inserting_a_notification_rings_the_doorbell_with_its_id() {
     use futures_util::StreamExt;
     let app = prepare().await;
     let (client, mut connection) =
-        tokio_postgres::connect(&app.env["NOTIFY__DATABASE__URL"], tokio_postgres::NoTls).await.unwrap();
+        tokio_postgres::connect(app.settings.database.url.expose(), tokio_postgres::NoTls).await.unwrap();
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     actix_rt::spawn(async move {
         let mut messages = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));

@@ -126,7 +126,7 @@ async fn age_by_40_days(app: &TestApp, id: Uuid) {
 
 #[actix_web::test]
 async fn retention_keeps_a_delivered_notification_while_another_of_its_targets_is_in_flight() {
-    let mut app = prepare_with(&[("retention.interval_ms", "100")]).await;
+    let mut app = prepare_with(|s| s.retention.interval = Duration::from_millis(100)).await;
     // Delivered to one device, still retrying on the other.
     let (busy, first) = app.queued_target("hal", "ExponentPushToken[hal-1]", &json!({}), 0).await;
     let second = app.add_device("hal", "expo", "ExponentPushToken[hal-2]").await;
@@ -158,11 +158,11 @@ async fn retention_keeps_a_delivered_notification_while_another_of_its_targets_i
 
 #[actix_web::test]
 async fn the_sweep_leaves_a_backlog_nobody_has_read_yet_and_requeues_only_what_redis_lost() {
-    let mut app = prepare_with(&[
-        ("claim.min_idle_ms", "2100"),
-        ("listener.stale_after_ms", "2500"),
-        ("listener.sweep_interval_ms", "200"),
-    ])
+    let mut app = prepare_with(|s| {
+        s.claim.min_idle = Duration::from_millis(2100);
+        s.listener.stale_after = Duration::from_millis(2500);
+        s.listener.sweep_interval = Duration::from_millis(200);
+    })
     .await;
     for i in 0..20 {
         app.add_device(&format!("u{i}"), "expo", &format!("ExponentPushToken[u{i}]")).await;

@@ -10,7 +10,10 @@ async fn sigterm_stops_the_service_cleanly_and_it_exits_0() {
     app.add_device("max", "expo", "ExponentPushToken[max]").await;
     // At most 100 in flight: a backlog of 1,000 takes ten 200 ms rounds, so SIGTERM always meets
     // work in flight and work not yet read.
-    let mut relay = app.spawn_binary(&[("NOTIFY__SHUTDOWN__GRACE_MS", "3000"), ("NOTIFY__WORKER__CONCURRENCY", "100")]);
+    let mut relay = app.spawn_binary(|s| {
+        s.shutdown.grace = Duration::from_secs(3);
+        s.worker.concurrency = 100;
+    });
 
     let id = app.notify("max", json!({"title": "before shutdown"})).await;
     assert_eq!(app.final_status(id).await.0, "delivered");
