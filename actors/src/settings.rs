@@ -85,6 +85,11 @@ pub fn read_file(key: &'static str, path: &Path) -> Result<String, SettingsError
     std::fs::read_to_string(path).map_err(|e| SettingsError::new(key, format!("cannot read {}: {e}", path.display())))
 }
 
+/// The bytes of an optional file named by a setting (a CA bundle), read now.
+pub fn read_optional(key: &'static str, path: Option<&Path>) -> Result<Option<Vec<u8>>, SettingsError> {
+    path.map(|path| read_file(key, path).map(String::into_bytes)).transpose()
+}
+
 /// A credential given either as a file or inline; exactly one of the two. Returns its text and
 /// the key it came from (for the errors about what it holds).
 pub fn file_or_inline(

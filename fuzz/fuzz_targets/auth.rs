@@ -14,6 +14,7 @@ use notify_relay::fuzzing::{
 };
 use notify_relay_fuzz::take_u8;
 use std::sync::OnceLock;
+use std::time::Duration;
 
 const SECRET: &str = "fuzz-hs256-secret";
 
@@ -41,8 +42,8 @@ fn keys() -> &'static Keys {
             issuer: None,
             audience: None,
             leeway_secs: 30,
-            jwks_cache_ms: 60_000,
-            jwks_min_refresh_ms: 10_000,
+            jwks_cache: Duration::from_secs(60),
+            jwks_min_refresh: Duration::from_secs(10),
             allow_insecure_jwks: false,
         };
         let auth = Authenticator::new(&settings).expect("authenticator");

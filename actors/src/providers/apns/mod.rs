@@ -22,7 +22,7 @@ use crate::circuit::Health;
 use crate::job::{Job, Provider, SendResult};
 use crate::ratelimit::Limits;
 use crate::secret::Secret;
-use crate::settings::{file_or_inline, http_url, millis, read_file, within_ms, SettingsError};
+use crate::settings::{file_or_inline, http_url, millis, read_optional, within_ms, SettingsError};
 use futures_util::future::LocalBoxFuture;
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
@@ -94,10 +94,7 @@ impl ApnsSettings {
 
     /// The extra CA certificates of `ca_file`, read now.
     pub fn ca_pem(&self) -> Result<Option<Vec<u8>>, SettingsError> {
-        match &self.ca_file {
-            Some(path) => Ok(Some(read_file("providers.apns.ca_file", path)?.into_bytes())),
-            None => Ok(None),
-        }
+        read_optional("providers.apns.ca_file", self.ca_file.as_deref())
     }
 
     /// The shared rate limits.

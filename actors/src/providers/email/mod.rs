@@ -35,7 +35,7 @@ use super::{ProviderClient, ProviderProfile, Response};
 use crate::job::{Job, Provider};
 use crate::ratelimit::Limits;
 use crate::secret::Secret;
-use crate::settings::{millis, read_file, within_ms, SettingsError};
+use crate::settings::{millis, read_optional, within_ms, SettingsError};
 use futures_util::future::LocalBoxFuture;
 use lettre::message::Mailbox;
 use lettre::transport::smtp::client::{Certificate, TlsParameters};
@@ -95,10 +95,7 @@ impl EmailSettings {
 
     /// The extra CA certificates of `ca_file`, read now.
     pub fn ca_pem(&self) -> Result<Option<Vec<u8>>, SettingsError> {
-        match &self.ca_file {
-            Some(path) => Ok(Some(read_file("providers.email.ca_file", path)?.into_bytes())),
-            None => Ok(None),
-        }
+        read_optional("providers.email.ca_file", self.ca_file.as_deref())
     }
 
     /// The shared rate limits.
