@@ -21,7 +21,7 @@
 
 use crate::events;
 use crate::job::Provider;
-use crate::settings::{millis, within, within_ms, SettingsError, DAY_MS};
+use crate::settings::rules::{millis, within, within_ms, SettingsError, DAY_MS};
 use failsafe::clock;
 use failsafe::failure_policy::{consecutive_failures, ConsecutiveFailures};
 use failsafe::StateMachine;

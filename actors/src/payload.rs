@@ -8,7 +8,7 @@
 //! (`payload.data.amount: number out of range`). A row that fails here is failed on its own;
 //! it never stops the batch it was claimed with.
 
-use crate::settings::{within, SettingsError};
+use crate::settings::rules::{within, SettingsError};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use std::fmt;

@@ -15,7 +15,7 @@ use crate::events;
 use crate::inflight::InFlight;
 use crate::job::{Outcome, SendResult};
 use crate::periodic::{Periodic, PeriodicJob};
-use crate::settings::{millis, within, within_ms, SettingsError, DAY_MS, HOUR_MS};
+use crate::settings::rules::{millis, within, within_ms, SettingsError, DAY_MS, HOUR_MS};
 use serde::{Deserialize, Serialize};
 use slog::{info, warn, Logger};
 use std::future::Future;

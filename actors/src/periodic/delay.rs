@@ -5,7 +5,7 @@
 use crate::error::Result;
 use crate::periodic::{Periodic, PeriodicJob};
 use crate::relay::Relay;
-use crate::settings::{millis, within_ms, SettingsError, SECOND_MS};
+use crate::settings::rules::{millis, within_ms, SettingsError, SECOND_MS};
 use serde::{Deserialize, Serialize};
 use slog::{debug, Logger};
 use std::future::Future;

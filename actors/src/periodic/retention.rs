@@ -7,7 +7,7 @@
 use crate::error::Result;
 use crate::events;
 use crate::periodic::{Periodic, PeriodicJob};
-use crate::settings::{millis, within, within_ms, SettingsError, DAY_MS};
+use crate::settings::rules::{millis, within, within_ms, SettingsError, DAY_MS};
 use crate::store::Store;
 use serde::{Deserialize, Serialize};
 use slog::{info, Logger};

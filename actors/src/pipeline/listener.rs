@@ -16,48 +16,17 @@ use crate::job::Provider;
 use crate::messages::{Drain, Sweep};
 use crate::registry::Envelope;
 use crate::relay::{DeadLetter, RedisWrites, Relay};
-use crate::settings::{millis, within_ms, EngineSettings, InputLimits, SettingsError, DAY_MS, SECOND_MS};
+use crate::settings::{EngineSettings, InputLimits};
 use crate::store::{FanOutRules, Settled, Store};
 use crate::supervisor::{guarded, Lifecycle, Shutdown, Supervisable};
 use actix::prelude::*;
 use futures_util::StreamExt;
-use serde::{Deserialize, Serialize};
 use slog::{info, warn, Logger};
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio_postgres::AsyncMessage;
-
-/// `[listener]`: how the fan-out claims pending notifications and how often the sweep runs.
-#[derive(Debug, Clone, Copy, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct ListenerSettings {
-    /// Notifications claimed per fan-out transaction.
-    pub batch_size: i64,
-    /// Fan-out transactions in flight at once (each on its own pooled connection).
-    pub drainers: usize,
-    /// Period of the sweep (`listener.sweep_interval_ms`).
-    #[serde(rename = "sweep_interval_ms", with = "millis")]
-    pub sweep_interval: Duration,
-    /// A queued/retrying target without progress for this long is re-enqueued
-    /// (`listener.stale_after_ms`).
-    #[serde(rename = "stale_after_ms", with = "millis")]
-    pub stale_after: Duration,
-}
-
-impl ListenerSettings {
-    pub fn validate(&self) -> std::result::Result<(), SettingsError> {
-        if !(1..=10_000).contains(&self.batch_size) {
-            return Err(SettingsError::new("listener.batch_size", "must be between 1 and 10000"));
-        }
-        if !(1..=16).contains(&self.drainers) {
-            return Err(SettingsError::new("listener.drainers", "must be between 1 and 16"));
-        }
-        within_ms("listener.sweep_interval_ms", self.sweep_interval, 100..=DAY_MS)?;
-        within_ms("listener.stale_after_ms", self.stale_after, SECOND_MS..=7 * DAY_MS)
-    }
-}
 
 /// The channel the insert trigger notifies.
 pub const CHANNEL: &str = "notification_insert";

@@ -17,7 +17,7 @@ use crate::circuit::Health;
 pub use crate::job::{bounded, MAX_ERROR_BYTES};
 use crate::job::{Job, Provider, SendResult};
 use crate::ratelimit::Limits;
-use crate::settings::{within_ms, SettingsError};
+use crate::settings::rules::{within_ms, SettingsError};
 use apns::ApnsSettings;
 use email::EmailSettings;
 use expo::ExpoSettings;

@@ -22,7 +22,7 @@ use crate::circuit::Health;
 use crate::job::{Job, Provider, SendResult};
 use crate::ratelimit::Limits;
 use crate::secret::Secret;
-use crate::settings::{file_or_inline, http_url, millis, read_optional, within_ms, SettingsError};
+use crate::settings::rules::{file_or_inline, http_url, millis, read_optional, within_ms, SettingsError};
 use futures_util::future::LocalBoxFuture;
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;

@@ -35,7 +35,7 @@ use super::{ProviderClient, ProviderProfile, Response};
 use crate::job::{Job, Provider};
 use crate::ratelimit::Limits;
 use crate::secret::Secret;
-use crate::settings::{millis, read_optional, within_ms, SettingsError};
+use crate::settings::rules::{millis, read_optional, within_ms, SettingsError};
 use futures_util::future::LocalBoxFuture;
 use lettre::message::Mailbox;
 use lettre::transport::smtp::client::{Certificate, TlsParameters};

@@ -26,7 +26,7 @@ use crate::circuit::Health;
 use crate::job::{Job, Provider, SendResult};
 use crate::ratelimit::Limits;
 use crate::secret::Secret;
-use crate::settings::{http_url, millis, within_ms, SettingsError, DAY_MS};
+use crate::settings::rules::{http_url, millis, within_ms, SettingsError, DAY_MS};
 use classify::outage;
 use futures_util::future::join_all;
 use futures_util::future::LocalBoxFuture;

@@ -6,7 +6,7 @@
 //! |---|---|---|
 //! | `[worker]` | [`WorkerSettings`] | here |
 //! | `[retry]` | [`RetryPolicy`] | here |
-//! | `[listener]` | `ListenerSettings` | `pipeline::listener` |
+//! | `[listener]` | [`ListenerSettings`] | here (the listener reads [`EngineSettings`]) |
 //! | `[claim]` | `ClaimSettings` | `periodic::claim` |
 //! | `[circuit]` | `CircuitSettings` | `circuit` |
 //! | `[retention]` | `RetentionPolicy` | `periodic::retention` |
@@ -16,115 +16,31 @@
 //!
 //! Durations are [`Duration`] fields, read once from the `_ms` keys through [`millis`].
 //! Validation is split: each section's `validate()` checks its own fields (range errors print
-//! milliseconds, as the keys do) and returns a [`SettingsError`] naming the key; the rules that
+//! milliseconds, as the keys do) and returns a [`SettingsError`] naming the key (the shared
+//! checks are in `rules`, a leaf module every section can use); the rules that
 //! compare two sections live in the binary (`configuration::cross_checks`), which also owns the
 //! sections only it uses (database, redis, http, auth, devices, shutdown, log).
 
+pub mod rules;
+
 pub use crate::circuit::CircuitSettings;
-pub use crate::claim::ClaimSettings;
-pub use crate::delay::SchedulerSettings;
-pub use crate::listener::ListenerSettings;
 pub use crate::payload::PayloadSettings;
+pub use crate::periodic::claim::ClaimSettings;
+pub use crate::periodic::delay::SchedulerSettings;
+pub use crate::periodic::retention::RetentionPolicy;
 pub use crate::providers::apns::ApnsSettings;
 pub use crate::providers::email::EmailSettings;
 pub use crate::providers::expo::ExpoSettings;
 pub use crate::providers::fcm::FcmSettings;
 pub use crate::providers::Providers;
-pub use crate::retention::RetentionPolicy;
 pub use crate::secret::Secret;
+pub use crate::store::InputLimits;
+pub use rules::{
+    file_or_inline, http_url, millis, read_file, read_optional, within, within_ms, SettingsError, DAY_MS, HOUR_MS,
+    MINUTE_MS, SECOND_MS,
+};
 use serde::{Deserialize, Serialize};
-use std::ops::RangeInclusive;
-use std::path::Path;
 use std::time::Duration;
-
-pub const SECOND_MS: u64 = 1000;
-pub const MINUTE_MS: u64 = 60 * SECOND_MS;
-pub const HOUR_MS: u64 = 3600 * SECOND_MS;
-pub const DAY_MS: u64 = 24 * HOUR_MS;
-
-/// A setting that cannot be used: its key (`retry.max_age_ms`) and what is wrong with it.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("`{key}` {message}")]
-pub struct SettingsError {
-    pub key: &'static str,
-    pub message: String,
-}
-
-impl SettingsError {
-    pub fn new(key: &'static str, message: impl Into<String>) -> Self {
-        SettingsError { key, message: message.into() }
-    }
-}
-
-/// `value` must lie in `range`. Upper bounds matter as much as lower ones: a value past them is
-/// a typo, and some would overflow a timer, an int4 or a date.
-pub fn within(key: &'static str, value: u64, range: RangeInclusive<u64>) -> Result<(), SettingsError> {
-    match range.contains(&value) {
-        true => Ok(()),
-        false => {
-            Err(SettingsError::new(key, format!("must be between {} and {}, got {value}", range.start(), range.end())))
-        }
-    }
-}
-
-/// [`within`] for a duration, in milliseconds (as its `_ms` key says).
-pub fn within_ms(key: &'static str, value: Duration, range: RangeInclusive<u64>) -> Result<(), SettingsError> {
-    within(key, millis::of(value), range)
-}
-
-/// `url` must be an http(s) URL.
-pub fn http_url(key: &'static str, url: &str) -> Result<(), SettingsError> {
-    match url.starts_with("http://") || url.starts_with("https://") {
-        true => Ok(()),
-        false => Err(SettingsError::new(key, format!("must be an http(s) URL, got '{url}'"))),
-    }
-}
-
-/// A file named by a setting, read (the error names the key and the path).
-pub fn read_file(key: &'static str, path: &Path) -> Result<String, SettingsError> {
-    std::fs::read_to_string(path).map_err(|e| SettingsError::new(key, format!("cannot read {}: {e}", path.display())))
-}
-
-/// The bytes of an optional file named by a setting (a CA bundle), read now.
-pub fn read_optional(key: &'static str, path: Option<&Path>) -> Result<Option<Vec<u8>>, SettingsError> {
-    path.map(|path| read_file(key, path).map(String::into_bytes)).transpose()
-}
-
-/// A credential given either as a file or inline; exactly one of the two. Returns its text and
-/// the key it came from (for the errors about what it holds).
-pub fn file_or_inline(
-    (file_key, file): (&'static str, Option<&Path>),
-    (inline_key, inline): (&'static str, Option<&Secret>),
-) -> Result<(String, &'static str), SettingsError> {
-    match (file, inline) {
-        (Some(path), None) => Ok((read_file(file_key, path)?, file_key)),
-        (None, Some(secret)) => Ok((secret.expose().to_string(), inline_key)),
-        (Some(_), Some(_)) => Err(SettingsError::new(file_key, format!("and `{inline_key}` are both set; set one"))),
-        (None, None) => {
-            Err(SettingsError::new(file_key, format!("(or `{inline_key}`) must be set when the provider is enabled")))
-        }
-    }
-}
-
-/// `#[serde(with = "crate::settings::millis")]`: a [`Duration`] kept in the configuration as
-/// whole milliseconds (the `_ms` keys). A value that is not a `u64` fails with its key.
-pub mod millis {
-    use serde::{Deserialize, Deserializer, Serializer};
-    use std::time::Duration;
-
-    /// The duration in whole milliseconds (`u64::MAX` past it).
-    pub fn of(value: Duration) -> u64 {
-        u64::try_from(value.as_millis()).unwrap_or(u64::MAX)
-    }
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Duration, D::Error> {
-        u64::deserialize(deserializer).map(Duration::from_millis)
-    }
-
-    pub fn serialize<S: Serializer>(value: &Duration, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.serialize_u64(of(*value))
-    }
-}
 
 /// Which parts of the engine this process runs (`notify-relay run --roles`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -188,19 +104,33 @@ impl WorkerSettings {
     }
 }
 
-/// Caps on what one notification row or one user can cost (`payload.max_bytes`,
-/// `devices.max_per_user`). A row over a cap fails on its own, with a `last_error` naming it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct InputLimits {
-    /// Largest payload accepted, as Postgres prints the jsonb (`payload::text`).
-    pub payload_max_bytes: usize,
-    /// Most active devices one notification fans out to (the newest are chosen).
-    pub devices_per_user: usize,
+/// `[listener]`: how the fan-out claims pending notifications and how often the sweep runs.
+#[derive(Debug, Clone, Copy, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenerSettings {
+    /// Notifications claimed per fan-out transaction.
+    pub batch_size: i64,
+    /// Fan-out transactions in flight at once (each on its own pooled connection).
+    pub drainers: usize,
+    /// Period of the sweep (`listener.sweep_interval_ms`).
+    #[serde(rename = "sweep_interval_ms", with = "millis")]
+    pub sweep_interval: Duration,
+    /// A queued/retrying target without progress for this long is re-enqueued
+    /// (`listener.stale_after_ms`).
+    #[serde(rename = "stale_after_ms", with = "millis")]
+    pub stale_after: Duration,
 }
 
-impl Default for InputLimits {
-    fn default() -> Self {
-        InputLimits { payload_max_bytes: 16 * 1024, devices_per_user: 100 }
+impl ListenerSettings {
+    pub fn validate(&self) -> Result<(), SettingsError> {
+        if !(1..=10_000).contains(&self.batch_size) {
+            return Err(SettingsError::new("listener.batch_size", "must be between 1 and 10000"));
+        }
+        if !(1..=16).contains(&self.drainers) {
+            return Err(SettingsError::new("listener.drainers", "must be between 1 and 16"));
+        }
+        within_ms("listener.sweep_interval_ms", self.sweep_interval, 100..=DAY_MS)?;
+        within_ms("listener.stale_after_ms", self.stale_after, SECOND_MS..=7 * DAY_MS)
     }
 }
 
