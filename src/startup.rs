@@ -9,11 +9,11 @@ use crate::{error, migrate};
 use actix_web::dev::ServerHandle;
 use actix_web::dev::Service;
 use actix_web::{web, App, HttpServer, ResponseError};
-use notify_relay_engine::keys::Keys;
 use notify_relay_engine::relay::Relay;
 use notify_relay_engine::settings::Roles;
 use notify_relay_engine::store::Store;
 use notify_relay_engine::Engine;
+use notify_relay_engine::Keys;
 use slog::{info, warn, Logger};
 
 /// Which parts run in this process (`--roles`).
@@ -116,7 +116,7 @@ impl Application {
             settings.redis.dlq_max_len,
         )
         .await?
-        .with_delivered_ttl(notify_relay_engine::keys::delivered_ttl(std::time::Duration::from_millis(
+        .with_delivered_ttl(notify_relay_engine::delivered_ttl(std::time::Duration::from_millis(
             settings.listener.stale_after_ms,
         )));
         warn_if_relay_keys_can_be_evicted(&relay, &log).await;

@@ -1,5 +1,5 @@
 //! The typed messages the actors exchange. Messages to supervised actors travel in a
-//! [`crate::registry::Envelope`] so that their mailboxes can be counted.
+//! [`crate::runtime::registry::Envelope`] so that their mailboxes can be counted.
 
 use crate::job::{Delivery, Outcome};
 use actix::Message;

@@ -7,6 +7,7 @@ pub use crate::providers::apns::ApnsSettings;
 pub use crate::providers::email::EmailSettings;
 pub use crate::providers::expo::ExpoSettings;
 pub use crate::providers::fcm::FcmSettings;
+pub use crate::store::InputLimits;
 use std::time::Duration;
 
 /// Which parts of the engine this process runs (`notify-relay run --roles`).
@@ -44,7 +45,7 @@ pub struct EngineSettings {
     pub claim_min_idle: Duration,
     /// Hand-outs of one entry without an outcome before it is dead-lettered.
     pub claim_max_deliveries: u32,
-    pub retention: crate::retention::RetentionPolicy,
+    pub retention: crate::periodic::retention::RetentionPolicy,
     /// How often due retries are moved from the delayed set back to the stream.
     pub delay_poll_interval: Duration,
     pub expo: Option<ExpoSettings>,
@@ -55,22 +56,6 @@ pub struct EngineSettings {
     pub senders_per_provider: usize,
     /// Caps on what one notification row or one user can cost.
     pub input_limits: InputLimits,
-}
-
-/// Caps on what one notification row or one user can cost (`payload.max_bytes`,
-/// `devices.max_per_user`). A row over a cap fails on its own, with a `last_error` naming it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct InputLimits {
-    /// Largest payload accepted, as Postgres prints the jsonb (`payload::text`).
-    pub payload_max_bytes: usize,
-    /// Most active devices one notification fans out to (the newest are chosen).
-    pub devices_per_user: usize,
-}
-
-impl Default for InputLimits {
-    fn default() -> Self {
-        InputLimits { payload_max_bytes: 16 * 1024, devices_per_user: 100 }
-    }
 }
 
 /// Exponential backoff with full jitter, and the deadline of a target.

@@ -549,7 +549,7 @@ impl Settings {
                 max: Duration::from_millis(self.retry.max_ms),
                 max_age: Duration::from_millis(self.retry.max_age_ms),
             },
-            circuit: notify_relay_engine::circuit::CircuitSettings {
+            circuit: notify_relay_engine::CircuitSettings {
                 failures: self.circuit.failures,
                 open: Duration::from_millis(self.circuit.open_ms),
                 max_open: Duration::from_millis(self.circuit.max_open_ms),
@@ -557,7 +557,7 @@ impl Settings {
             claim_interval: Duration::from_millis(self.claim.interval_ms),
             claim_min_idle: Duration::from_millis(self.claim.min_idle_ms),
             claim_max_deliveries: self.claim.max_deliveries,
-            retention: notify_relay_engine::retention::RetentionPolicy {
+            retention: notify_relay_engine::RetentionPolicy {
                 final_after_days: self.retention.final_after_days,
                 interval: Duration::from_millis(self.retention.interval_ms),
                 batch: self.retention.batch_size,

@@ -5,8 +5,8 @@
 use super::{invalid, ConfigError, Secret};
 use notify_relay_engine::providers::email;
 use notify_relay_engine::providers::fcm::ServiceAccount;
-use notify_relay_engine::ratelimit::Limits;
 use notify_relay_engine::settings::{ApnsSettings, EmailSettings, ExpoSettings, FcmSettings};
+use notify_relay_engine::Limits;
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
 use std::time::Duration;

@@ -6,7 +6,7 @@
 
 use crate::error::Result;
 use crate::events;
-use crate::periodic::{Periodic, PeriodicJob};
+use crate::periodic::PeriodicJob;
 use crate::store::Store;
 use slog::{info, Logger};
 use std::future::Future;
@@ -19,9 +19,6 @@ pub struct RetentionPolicy {
     pub interval: Duration,
     pub batch: i64,
 }
-
-/// The retention actor: [`Prune`] every `retention.interval_ms`.
-pub type RetentionActor = Periodic<Prune>;
 
 /// The retention actor's job: delete final notifications past the retention period.
 pub struct Prune {

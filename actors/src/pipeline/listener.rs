@@ -8,17 +8,17 @@
 //! drain. A sweep at start-up and every `listener.sweep_interval_ms` catches rows whose NOTIFY
 //! was lost and targets whose stream entry was lost with Redis.
 
-use crate::deps::Deps;
 use crate::error::{EngineError, Result};
 use crate::events::{self, Tally};
 use crate::job::shard_of;
 use crate::job::Provider;
 use crate::messages::{Drain, Sweep};
-use crate::registry::Envelope;
 use crate::relay::{DeadLetter, RedisWrites, Relay};
+use crate::runtime::deps::Deps;
+use crate::runtime::registry::Envelope;
+use crate::runtime::supervisor::{guarded, Lifecycle, Shutdown, Supervisable};
 use crate::settings::{EngineSettings, InputLimits};
 use crate::store::{FanOutRules, Settled, Store};
-use crate::supervisor::{guarded, Lifecycle, Shutdown, Supervisable};
 use actix::prelude::*;
 use futures_util::StreamExt;
 use slog::{info, Logger};

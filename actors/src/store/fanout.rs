@@ -8,7 +8,6 @@ use super::{storable, Settled, Store, Unsendable};
 use crate::error::Result;
 use crate::job::{Job, Priority, Provider};
 use crate::payload::{Payload, PayloadError};
-use crate::settings::InputLimits;
 use serde_json::Value;
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -35,6 +34,22 @@ struct Claimed {
     payload: std::result::Result<Arc<Value>, Unsendable>,
     priority: String,
     trace_id: String,
+}
+
+/// Caps on what one notification row or one user can cost (`payload.max_bytes`,
+/// `devices.max_per_user`). A row over a cap fails on its own, with a `last_error` naming it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct InputLimits {
+    /// Largest payload accepted, as Postgres prints the jsonb (`payload::text`).
+    pub payload_max_bytes: usize,
+    /// Most active devices one notification fans out to (the newest are chosen).
+    pub devices_per_user: usize,
+}
+
+impl Default for InputLimits {
+    fn default() -> Self {
+        InputLimits { payload_max_bytes: 16 * 1024, devices_per_user: 100 }
+    }
 }
 
 /// What a fan-out may cost: rows that exceed a cap fail on their own.

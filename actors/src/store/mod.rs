@@ -31,13 +31,12 @@ mod sweep;
 mod targets;
 mod unsendable;
 
-pub use fanout::{FanOutBatch, FanOutRules, MAX_ID_BYTES, MAX_TOKEN_BYTES};
+pub use fanout::{FanOutBatch, FanOutRules, InputLimits, MAX_ID_BYTES, MAX_TOKEN_BYTES};
 pub use outcomes::{DeadToken, DeliveredRow, FailedRow, OutcomeRows, RetryingRow};
 pub use targets::{DeviceNow, TargetState};
 pub use unsendable::Unsendable;
 
 use crate::error::Result;
-use crate::settings::InputLimits;
 use pool::{Lease, Pool};
 use std::borrow::Cow;
 use uuid::Uuid;

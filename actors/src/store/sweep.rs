@@ -2,11 +2,11 @@
 //! written to the stream again.
 
 use super::outcomes::settle;
+use super::InputLimits;
 use super::{split_targets, storable, Settled, Store, Target, Unsendable};
 use crate::error::Result;
 use crate::job::{Job, Provider};
 use crate::payload::Payload;
-use crate::settings::InputLimits;
 use std::sync::Arc;
 use std::time::Duration;
 
