@@ -5,12 +5,12 @@ use crate::configuration::Settings;
 use crate::db::pg_pool;
 use chrono::{DateTime, NaiveDate, Utc};
 use clap::Subcommand;
-use notify_relay_engine::keys::Keys;
-use notify_relay_engine::operations::requeue_dead_letters;
 use notify_relay_engine::relay::admin::DeadLetterEntry;
 use notify_relay_engine::relay::Relay;
+use notify_relay_engine::requeue_dead_letters;
 use notify_relay_engine::store::api::FailedFilter;
 use notify_relay_engine::store::Store;
+use notify_relay_engine::Keys;
 use std::io::Write;
 use std::time::Duration;
 
@@ -71,7 +71,7 @@ pub enum AdminError {
     #[error("{0}")]
     Usage(String),
     #[error(transparent)]
-    Engine(#[from] notify_relay_engine::error::EngineError),
+    Engine(#[from] notify_relay_engine::EngineError),
     #[error(transparent)]
     Pool(#[from] crate::db::PoolError),
     #[error("writing output: {0}")]

@@ -152,10 +152,10 @@ pub fn mask_values(message: &str) -> String {
     out
 }
 
-impl From<notify_relay_engine::error::EngineError> for ApiError {
+impl From<notify_relay_engine::EngineError> for ApiError {
     /// Postgres or Redis out of reach is a 503 (the client may try again); anything else a 500.
-    fn from(e: notify_relay_engine::error::EngineError) -> Self {
-        use notify_relay_engine::error::EngineError as E;
+    fn from(e: notify_relay_engine::EngineError) -> Self {
+        use notify_relay_engine::EngineError as E;
         let what = match &e {
             E::Pool(_) => Some("postgres"),
             E::Postgres(pg) if postgres_unreachable(pg) => Some("postgres"),
@@ -261,7 +261,7 @@ mod tests {
 
     #[test]
     fn postgres_or_redis_out_of_reach_is_a_503_and_anything_else_a_500() {
-        use notify_relay_engine::error::EngineError as E;
+        use notify_relay_engine::EngineError as E;
         let refused = redis::RedisError::from(std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "refused"));
         let timeout = deadpool_postgres::PoolError::Timeout(deadpool_postgres::TimeoutType::Wait);
         for e in [E::Redis(refused), E::Pool(timeout)] {

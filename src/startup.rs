@@ -9,11 +9,11 @@ use crate::{error, migrate};
 use actix_web::dev::ServerHandle;
 use actix_web::dev::Service;
 use actix_web::{web, App, HttpServer, ResponseError};
-use notify_relay_engine::keys::Keys;
 use notify_relay_engine::relay::Relay;
 use notify_relay_engine::settings::Roles;
 use notify_relay_engine::store::Store;
 use notify_relay_engine::Engine;
+use notify_relay_engine::Keys;
 use slog::{info, warn, Logger};
 
 /// Which parts run in this process (`--roles`).
@@ -27,7 +27,7 @@ impl ProcessRoles {
     pub const ALL: ProcessRoles = ProcessRoles { engine: Roles::ALL, api: true };
 
     /// Parses `listener,worker,scheduler,api`.
-    pub fn parse(list: &str) -> Result<ProcessRoles, String> {
+    pub fn parse(list: &str) -> Result<ProcessRoles, RolesError> {
         let mut roles = ProcessRoles { engine: Roles { listener: false, worker: false, scheduler: false }, api: false };
         for role in list.split(',').map(str::trim).filter(|r| !r.is_empty()) {
             match role {
@@ -36,14 +36,23 @@ impl ProcessRoles {
                 "scheduler" => roles.engine.scheduler = true,
                 "api" => roles.api = true,
                 "all" => roles = ProcessRoles::ALL,
-                other => return Err(format!("unknown role '{other}' (expected listener, worker, scheduler, api)")),
+                other => return Err(RolesError::Unknown(other.to_string())),
             }
         }
         if roles == (ProcessRoles { engine: Roles { listener: false, worker: false, scheduler: false }, api: false }) {
-            return Err("no role given".into());
+            return Err(RolesError::None);
         }
         Ok(roles)
     }
+}
+
+/// A `--roles` list that names no role, or one that does not exist.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RolesError {
+    #[error("unknown role '{0}' (expected listener, worker, scheduler, api)")]
+    Unknown(String),
+    #[error("no role given")]
+    None,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -107,7 +116,7 @@ impl Application {
             settings.redis.dlq_max_len,
         )
         .await?
-        .with_delivered_ttl(notify_relay_engine::keys::delivered_ttl(settings.listener.stale_after));
+        .with_delivered_ttl(notify_relay_engine::delivered_ttl(settings.listener.stale_after));
         warn_if_relay_keys_can_be_evicted(&relay, &log).await;
 
         let engine_settings = settings.engine(roles.engine, consumer);
@@ -235,7 +244,7 @@ mod tests {
         let r = ProcessRoles::parse("listener,api").unwrap();
         assert!(r.engine.listener && r.api && !r.engine.worker && !r.engine.scheduler);
         assert_eq!(ProcessRoles::parse("all").unwrap(), ProcessRoles::ALL);
-        assert!(ProcessRoles::parse("listener,mailer").unwrap_err().contains("'mailer'"));
+        assert!(ProcessRoles::parse("listener,mailer").unwrap_err().to_string().contains("'mailer'"));
         assert!(ProcessRoles::parse("").is_err());
     }
 }

@@ -8,7 +8,7 @@
 //! It also remembers which targets are being sent right now, and from which stream entry: a
 //! second copy of a target (a reclaimed entry and its re-enqueued twin) is not sent while the
 //! first is in flight, and the heartbeat keeps the entries of live sends from looking idle to
-//! the claim actor of another process (see [`crate::heartbeat`]).
+//! the claim actor of another process (see [`crate::periodic::heartbeat`]).
 
 use crate::job::EntryRef;
 use crate::store::Target;

@@ -4,9 +4,9 @@
 use super::AppState;
 use crate::error::ApiError;
 use actix_web::{get, post, web, HttpRequest, HttpResponse};
-use notify_relay_engine::operations::{requeue_dead_letters, RequeueReport};
-use notify_relay_engine::registry::ActorSnapshot;
 use notify_relay_engine::relay::admin::{DayCounters, DeadLetterEntry, ShardQueues};
+use notify_relay_engine::ActorSnapshot;
+use notify_relay_engine::{requeue_dead_letters, RequeueReport};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 

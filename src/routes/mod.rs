@@ -9,9 +9,9 @@ pub mod notifications;
 
 use crate::auth::Authenticator;
 use crate::error::ApiError;
-use notify_relay_engine::registry::Registry;
 use notify_relay_engine::relay::Relay;
 use notify_relay_engine::store::Store;
+use notify_relay_engine::Registry;
 use std::ops::RangeInclusive;
 use uuid::Uuid;
 

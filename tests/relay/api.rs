@@ -523,7 +523,7 @@ async fn the_dlq_listing_reads_a_bounded_total_across_shards_not_limit_per_shard
     let shards: u16 = 64;
     app.settings.redis.shards = shards;
     app.start().await;
-    let keys = notify_relay_engine::keys::Keys::new(app.prefix.clone(), shards);
+    let keys = notify_relay_engine::Keys::new(app.prefix.clone(), shards);
     // 20 dead letters in every shard, their ids interleaved in time across the shards.
     let mut conn = app.redis.clone();
     let mut pipe = redis::pipe();
@@ -572,14 +572,14 @@ async fn a_500_is_logged_with_its_postgres_error_chain_but_no_row_data() {
         .await
         .expect_err("duplicate token");
     assert!(format!("{err:?}").contains(token), "the raw error does carry it: {err:?}");
-    let logged = notify_relay::error::ApiError::from(notify_relay_engine::error::EngineError::Postgres(err)).log_text();
+    let logged = notify_relay::error::ApiError::from(notify_relay_engine::EngineError::Postgres(err)).log_text();
     assert!(!logged.contains("secret-of-a-user"), "{logged}");
     for useful in ["postgres", "ERROR 23505", "duplicate key value violates unique constraint", "(table device)"] {
         assert!(logged.contains(useful), "{useful} missing from {logged}");
     }
     // A value quoted in the message itself is masked too.
     let err = app.db.execute("SELECT $1::text::uuid", &[&token]).await.expect_err("not a uuid");
-    let logged = notify_relay::error::ApiError::from(notify_relay_engine::error::EngineError::Postgres(err)).log_text();
+    let logged = notify_relay::error::ApiError::from(notify_relay_engine::EngineError::Postgres(err)).log_text();
     assert!(!logged.contains("secret-of-a-user") && logged.contains("22P02"), "{logged}");
 }
 

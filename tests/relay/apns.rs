@@ -4,11 +4,11 @@
 use crate::helpers::{assert_refused_credentials_defer, client_job, prepare, TestApp};
 use emulators::apns::{ApnsEmulator, Rules};
 use emulators::FailPlan;
-use notify_relay_engine::circuit::Health;
 use notify_relay_engine::job::{Job, Priority, Provider, SendResult};
 use notify_relay_engine::providers::apns::{tls_config, ApnsClient, ProviderToken, MIN_RESIGN_INTERVAL, REFRESH_AFTER};
 use notify_relay_engine::providers::ProviderClient;
 use notify_relay_engine::settings::{ApnsSettings, Secret};
+use notify_relay_engine::Health;
 use serde_json::{json, Value};
 use std::sync::Arc;
 use std::time::Duration;

@@ -47,7 +47,7 @@ async fn entries_over_max_deliveries_far_down_the_pending_list_are_retired_not_s
     app.create_group().await;
     let read: redis::Value = redis::cmd("XREADGROUP")
         .arg("GROUP")
-        .arg(notify_relay_engine::keys::GROUP)
+        .arg(notify_relay_engine::GROUP)
         .arg("dead-0")
         .arg("COUNT")
         .arg(150)
@@ -65,7 +65,7 @@ async fn entries_over_max_deliveries_far_down_the_pending_list_are_retired_not_s
         let times = if n >= 120 { 10 } else { 1 };
         let _: redis::Value = redis::cmd("XCLAIM")
             .arg(&stream)
-            .arg(notify_relay_engine::keys::GROUP)
+            .arg(notify_relay_engine::GROUP)
             .arg("dead-0")
             .arg(0)
             .arg(entry)
@@ -114,7 +114,7 @@ impl notify_relay_engine::providers::ProviderClient for Unreachable {
             notify_relay_engine::providers::Response::all(
                 n,
                 notify_relay_engine::job::SendResult::Delivered { provider_message_id: None },
-                notify_relay_engine::circuit::Health::Up,
+                notify_relay_engine::Health::Up,
             )
         })
     }
@@ -123,8 +123,8 @@ impl notify_relay_engine::providers::ProviderClient for Unreachable {
 #[actix_web::test]
 async fn a_dispatch_whose_sender_is_gone_gives_back_each_permit_and_target_exactly_once() {
     use actix::{Actor, Arbiter};
-    use notify_relay_engine::dispatcher::{Dispatcher, Handle, SenderPool};
     use notify_relay_engine::job::{EntryRef, Provider};
+    use notify_relay_engine::parts::{Dispatcher, Handle, SenderPool};
     use notify_relay_engine::relay::Entry;
     use std::sync::Arc;
 
@@ -135,15 +135,14 @@ async fn a_dispatch_whose_sender_is_gone_gives_back_each_permit_and_target_exact
     let relay =
         notify_relay_engine::relay::Relay::connect(&settings.redis_endpoint(), app.keys.clone(), 1000).await.unwrap();
     relay.ensure_groups().await.unwrap();
-    let inflight = notify_relay_engine::inflight::InFlight::new(10);
-    let registry = notify_relay_engine::registry::Registry::default();
-    let life =
-        |name: &str, kind| notify_relay_engine::supervisor::Lifecycle::new(registry.register(name, kind, 64), &log);
+    let inflight = notify_relay_engine::parts::InFlight::new(10);
+    let registry = notify_relay_engine::Registry::default();
+    let life = |name: &str, kind| notify_relay_engine::parts::Lifecycle::new(registry.register(name, kind, 64), &log);
 
     let writer_life = life("writer", "outcome_writer");
     let stats = writer_life.stats.clone();
     let retry = settings.retry;
-    let writer = notify_relay_engine::outcome::OutcomeWriter::new(
+    let writer = notify_relay_engine::parts::OutcomeWriter::new(
         writer_life,
         store.clone(),
         relay.clone(),
@@ -156,12 +155,12 @@ async fn a_dispatch_whose_sender_is_gone_gives_back_each_permit_and_target_exact
     let arbiter = Arbiter::new();
     let sender_life = life("sender", "sender");
     let stats = sender_life.stats.clone();
-    let circuit = notify_relay_engine::circuit::Circuit::new(Provider::Expo, settings.circuit, &log, None);
-    let guards = notify_relay_engine::sender::SendGuards { circuit, limiter: None };
+    let circuit = notify_relay_engine::parts::Circuit::new(Provider::Expo, settings.circuit, &log, None);
+    let guards = notify_relay_engine::parts::SendGuards { circuit, limiter: None };
     let factory: notify_relay_engine::providers::ClientFactory = Arc::new(|| Box::new(Unreachable));
     let outcomes = writer.clone().into();
-    let addr = notify_relay_engine::sender::SenderActor::start_in_arbiter(&arbiter.handle(), move |_| {
-        notify_relay_engine::sender::SenderActor::new(sender_life, &factory, outcomes, guards)
+    let addr = notify_relay_engine::parts::SenderActor::start_in_arbiter(&arbiter.handle(), move |_| {
+        notify_relay_engine::parts::SenderActor::new(sender_life, &factory, outcomes, guards)
     });
     arbiter.stop();
     eventually(Duration::from_secs(5), || async { (!addr.connected()).then_some(()) }).await;

@@ -3,11 +3,11 @@
 
 use crate::helpers::{client_job, eventually, prepare, TestApp};
 use emulators::smtp::{SmtpEmulator, SmtpOptions, TlsMode};
-use notify_relay_engine::circuit::Health;
 use notify_relay_engine::job::{Job, Priority, Provider, SendResult};
 use notify_relay_engine::providers::email::{EmailClient, EmailConfig};
 use notify_relay_engine::providers::ProviderClient;
 use notify_relay_engine::settings::{EmailSettings, Secret};
+use notify_relay_engine::Health;
 use serde_json::{json, Value};
 use std::time::Duration;
 

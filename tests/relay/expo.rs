@@ -2,11 +2,11 @@
 
 use crate::helpers::{client_job, spawn_app_with, TestApp};
 use emulators::expo::ExpoEmulator;
-use notify_relay_engine::circuit::Health;
 use notify_relay_engine::job::{Job, Priority, Provider, SendResult};
 use notify_relay_engine::providers::expo::ExpoClient;
 use notify_relay_engine::providers::ProviderClient;
 use notify_relay_engine::settings::ExpoSettings;
+use notify_relay_engine::Health;
 use serde_json::json;
 use std::time::Duration;
 

@@ -3,11 +3,11 @@
 
 use crate::helpers::{client_job, eventually, prepare, TestApp};
 use emulators::fcm::FcmEmulator;
-use notify_relay_engine::circuit::Health;
 use notify_relay_engine::job::{Job, Priority, Provider, SendResult};
 use notify_relay_engine::providers::fcm::{FcmClient, ServiceAccount, TokenSource, QUOTA_BACKOFF};
 use notify_relay_engine::providers::ProviderClient;
 use notify_relay_engine::settings::{FcmSettings, Secret};
+use notify_relay_engine::Health;
 use serde_json::{json, Value};
 use std::sync::Arc;
 use std::time::Duration;

@@ -16,7 +16,7 @@
 use emulators::expo::ExpoEmulator;
 use notify_relay::configuration::{Secret, Settings};
 use notify_relay::startup::{Application, ProcessRoles};
-use notify_relay_engine::keys::Keys;
+use notify_relay_engine::Keys;
 use serde_json::Value;
 use std::collections::HashMap;
 use std::future::Future;
@@ -466,7 +466,7 @@ impl TestApp {
             .arg(job.to_json())
             .cmd("XREADGROUP")
             .arg("GROUP")
-            .arg(notify_relay_engine::keys::GROUP)
+            .arg(notify_relay_engine::GROUP)
             .arg("dead-0")
             .arg("COUNT")
             .arg(1)
@@ -506,7 +506,7 @@ impl TestApp {
         let _: () = redis::cmd("XGROUP")
             .arg("CREATE")
             .arg(self.keys.stream(0))
-            .arg(notify_relay_engine::keys::GROUP)
+            .arg(notify_relay_engine::GROUP)
             .arg(0)
             .arg("MKSTREAM")
             .query_async(&mut conn)
@@ -519,7 +519,7 @@ impl TestApp {
         let mut conn = self.redis.clone();
         let pending: Vec<(String, String, u64, u64)> = redis::cmd("XPENDING")
             .arg(self.keys.stream(0))
-            .arg(notify_relay_engine::keys::GROUP)
+            .arg(notify_relay_engine::GROUP)
             .arg("-")
             .arg("+")
             .arg(count)
@@ -550,7 +550,7 @@ impl TestApp {
         let _: () = redis::cmd("XGROUP")
             .arg("DESTROY")
             .arg(self.keys.stream(0))
-            .arg(notify_relay_engine::keys::GROUP)
+            .arg(notify_relay_engine::GROUP)
             .query_async(&mut conn)
             .await
             .expect("XGROUP DESTROY");
@@ -561,7 +561,7 @@ impl TestApp {
         let mut conn = self.redis.clone();
         let summary: Vec<redis::Value> = redis::cmd("XPENDING")
             .arg(self.keys.stream(0))
-            .arg(notify_relay_engine::keys::GROUP)
+            .arg(notify_relay_engine::GROUP)
             .query_async(&mut conn)
             .await
             .expect("XPENDING");

@@ -11,7 +11,7 @@ use crate::helpers::{
 use emulators::expo::ExpoEmulator;
 use emulators::fcm::FcmEmulator;
 use notify_relay::configuration::Secret;
-use notify_relay_engine::keys::Keys;
+use notify_relay_engine::Keys;
 use std::time::{Duration, Instant};
 
 /// (stream length, pending entries) of shard 0 on `conn`.
@@ -20,7 +20,7 @@ async fn backlog(conn: &redis::aio::MultiplexedConnection, keys: &Keys) -> (i64,
     let len: i64 = redis::cmd("XLEN").arg(keys.stream(0)).query_async(conn).await.expect("XLEN");
     let summary: Vec<redis::Value> = redis::cmd("XPENDING")
         .arg(keys.stream(0))
-        .arg(notify_relay_engine::keys::GROUP)
+        .arg(notify_relay_engine::GROUP)
         .query_async(conn)
         .await
         .unwrap_or_default();

@@ -103,7 +103,7 @@ async fn an_entry_handed_out_max_deliveries_times_is_dead_lettered_not_sent() {
     for n in 1..5 {
         let _: redis::Value = redis::cmd("XCLAIM")
             .arg(&stream)
-            .arg(notify_relay_engine::keys::GROUP)
+            .arg(notify_relay_engine::GROUP)
             .arg(format!("dead-{n}"))
             .arg(0)
             .arg(&entry)

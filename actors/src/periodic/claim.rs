@@ -1,20 +1,20 @@
 //! ClaimActor: takes over stream entries whose consumer died.
 //!
 //! An entry stays pending until its outcome is stored. A live consumer keeps the entries it is
-//! working on fresh (the heartbeat, see [`crate::heartbeat`]), however long the send, the
+//! working on fresh (the heartbeat, see [`crate::periodic::heartbeat`]), however long the send, the
 //! outcome writer or Postgres takes; an entry idle longer than `claim.min_idle_ms` therefore
 //! belongs to a consumer that died or stalled, and is claimed with `XAUTOCLAIM`. Claimed
 //! entries are screened against Postgres and the idempotency keys before anything is sent
 //! again. While Postgres is unreachable nothing is claimed: a claim could neither be screened
 //! nor stored, and would only count against the entry's `claim.max_deliveries`.
 
-use crate::deps::Deps;
-use crate::dispatcher::{Dispatcher, Screened};
 use crate::error::Result;
 use crate::events;
 use crate::inflight::InFlight;
 use crate::job::{Outcome, SendResult};
-use crate::periodic::{Periodic, PeriodicJob};
+use crate::periodic::PeriodicJob;
+use crate::pipeline::dispatcher::{Dispatcher, Screened};
+use crate::runtime::deps::Deps;
 use crate::settings::rules::{millis, within, within_ms, SettingsError, DAY_MS, HOUR_MS};
 use serde::{Deserialize, Serialize};
 use slog::{info, warn, Logger};
@@ -53,9 +53,6 @@ impl ClaimSettings {
         within_ms("claim.min_idle_ms", self.min_idle, 1..=DAY_MS)
     }
 }
-
-/// The claim actor: [`ClaimStale`] every `claim.interval_ms`.
-pub type ClaimActor = Periodic<ClaimStale>;
 
 /// The claim actor's job: one pass over every shard, taking over what dead consumers left.
 pub struct ClaimStale {

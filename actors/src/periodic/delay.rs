@@ -3,7 +3,7 @@
 //! once without losing or doubling a retry.
 
 use crate::error::Result;
-use crate::periodic::{Periodic, PeriodicJob};
+use crate::periodic::PeriodicJob;
 use crate::relay::Relay;
 use crate::settings::rules::{millis, within_ms, SettingsError, SECOND_MS};
 use serde::{Deserialize, Serialize};
@@ -28,9 +28,6 @@ impl SchedulerSettings {
 
 /// Most retries one script call moves.
 const MOVE_BATCH: usize = 500;
-
-/// The delay actor: [`MoveDue`] every `scheduler.delay_poll_ms`.
-pub type DelayActor = Periodic<MoveDue>;
 
 /// The delay actor's job: move due retries to their stream.
 pub struct MoveDue {

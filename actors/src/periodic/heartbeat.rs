@@ -9,11 +9,11 @@
 //! without counting a delivery (`XCLAIM … JUSTID` in a script). An entry goes idle only when the
 //! process holding it dies or stalls as a whole.
 
-use crate::deps::Deps;
 use crate::error::Result;
 use crate::inflight::InFlight;
-use crate::periodic::{Periodic, PeriodicJob};
+use crate::periodic::PeriodicJob;
 use crate::relay::Relay;
+use crate::runtime::deps::Deps;
 use slog::{debug, Logger};
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -21,9 +21,6 @@ use std::time::Duration;
 
 /// Entries refreshed per script call.
 const REFRESH_BATCH: usize = 500;
-
-/// The heartbeat actor: [`Heartbeat`] every `claim.min_idle_ms / 4`.
-pub type HeartbeatActor = Periodic<Heartbeat>;
 
 /// The heartbeat's job: refresh the idle time of the entries in flight here.
 pub struct Heartbeat {

@@ -12,6 +12,10 @@
 //!   registry), and every tick once the process shuts down;
 //! - a step runs with the mailbox held; an error — or a panic — in it stops the actor, which its
 //!   supervisor restarts with backoff, and a successful step resets the backoff.
+//!
+//! The actors the README names are these: DelayActor = `Periodic<delay::MoveDue>`, ClaimActor =
+//! `Periodic<claim::ClaimStale>`, RetentionActor = `Periodic<retention::Prune>`, ReceiptPoller =
+//! `Periodic<receipts::PollReceipts>`, HeartbeatActor = `Periodic<heartbeat::Heartbeat>`.
 
 pub mod claim;
 pub mod delay;
@@ -21,8 +25,8 @@ pub mod retention;
 
 use crate::error::Result;
 use crate::messages::Step;
-use crate::registry::Envelope;
-use crate::supervisor::{Lifecycle, Shutdown, Supervisable};
+use crate::runtime::registry::Envelope;
+use crate::runtime::supervisor::{Lifecycle, Shutdown, Supervisable};
 use actix::prelude::*;
 use slog::Logger;
 use std::future::Future;
@@ -104,7 +108,7 @@ impl<J: PeriodicJob> Handler<Envelope<Step>> for Periodic<J> {
 mod tests {
     use super::*;
     use crate::error::EngineError;
-    use crate::registry::Registry;
+    use crate::runtime::registry::Registry;
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::sync::Arc;
     use std::time::Instant;
@@ -141,7 +145,7 @@ mod tests {
         job: Counting,
         registry: &Registry,
         shutdown: &Shutdown,
-    ) -> (Addr<Periodic<Counting>>, Arc<crate::registry::ActorStats>) {
+    ) -> (Addr<Periodic<Counting>>, Arc<crate::runtime::registry::ActorStats>) {
         let log = Logger::root(slog::Discard, slog::o!());
         let stats = registry.register(Counting::NAME, Counting::KIND, 4);
         let life = Lifecycle::new(stats.clone(), &log);
@@ -197,10 +201,10 @@ mod tests {
         fn row<J: PeriodicJob>() -> (&'static str, &'static str) {
             (J::NAME, J::KIND)
         }
-        assert_eq!(row::<crate::delay::MoveDue>(), ("delay", "delay"));
-        assert_eq!(row::<crate::claim::ClaimStale>(), ("claim", "claim"));
-        assert_eq!(row::<crate::retention::Prune>(), ("retention", "retention"));
-        assert_eq!(row::<crate::receipts::PollReceipts>(), ("receipts-expo", "receipt_poller"));
-        assert_eq!(row::<crate::heartbeat::Heartbeat>(), ("heartbeat", "heartbeat"));
+        assert_eq!(row::<crate::periodic::delay::MoveDue>(), ("delay", "delay"));
+        assert_eq!(row::<crate::periodic::claim::ClaimStale>(), ("claim", "claim"));
+        assert_eq!(row::<crate::periodic::retention::Prune>(), ("retention", "retention"));
+        assert_eq!(row::<crate::periodic::receipts::PollReceipts>(), ("receipts-expo", "receipt_poller"));
+        assert_eq!(row::<crate::periodic::heartbeat::Heartbeat>(), ("heartbeat", "heartbeat"));
     }
 }

@@ -15,7 +15,7 @@
 use crate::error::Result;
 use crate::events;
 use crate::job::SendResult;
-use crate::periodic::{Periodic, PeriodicJob};
+use crate::periodic::PeriodicJob;
 use crate::providers::expo::ExpoSettings;
 use crate::providers::expo::{ExpoClient, MAX_RECEIPT_IDS};
 use crate::store::receipts::{DueReceipt, ReceiptVerdict};
@@ -32,9 +32,6 @@ const RECEIPT_LIFETIME: Duration = Duration::from_secs(24 * 3600);
 const NOT_READY_RETRY: Duration = Duration::from_secs(60);
 /// The shortest lease, whatever the Expo timeout.
 const MIN_LEASE: Duration = Duration::from_secs(1);
-
-/// The receipt poller: [`PollReceipts`] every `providers.expo.receipt_poll_ms`.
-pub type ReceiptPoller = Periodic<PollReceipts>;
 
 /// The receipt poller's job: fetch the receipts that are due, and act on them.
 pub struct PollReceipts {

@@ -6,7 +6,7 @@
 
 use crate::error::Result;
 use crate::events;
-use crate::periodic::{Periodic, PeriodicJob};
+use crate::periodic::PeriodicJob;
 use crate::settings::rules::{millis, within, within_ms, SettingsError, DAY_MS};
 use crate::store::Store;
 use serde::{Deserialize, Serialize};
@@ -41,9 +41,6 @@ impl RetentionPolicy {
         Ok(())
     }
 }
-
-/// The retention actor: [`Prune`] every `retention.interval_ms`.
-pub type RetentionActor = Periodic<Prune>;
 
 /// The retention actor's job: delete final notifications past the retention period.
 pub struct Prune {

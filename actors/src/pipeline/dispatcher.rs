@@ -17,10 +17,10 @@ use crate::inflight::InFlight;
 use crate::job::{Delivery, Outcome, Provider, SendResult};
 use crate::messages::{Deliver, Record};
 use crate::outcome::OutcomeWriter;
-/// The handle lives in the registry (the sender needs it too); re-exported for the old path.
-pub use crate::registry::Handle;
+use crate::pipeline::sender::SenderActor;
 use crate::relay::{Entry, Relay};
-use crate::sender::SenderActor;
+/// The handle lives in the registry (the sender needs it too); re-exported for the old path.
+pub use crate::runtime::registry::Handle;
 use crate::store::Store;
 use crate::store::Target;
 use slog::{info, warn, Logger};

@@ -4,14 +4,14 @@
 //! permits, so a slow provider or a slow database stops the reading instead of filling
 //! mailboxes. Blocking reads use a connection of their own (see [`Relay::blocking_connection`]).
 
-use crate::deps::Deps;
-use crate::dispatcher::Dispatcher;
 use crate::error::Result;
 use crate::inflight::InFlight;
 use crate::messages::ReadNext;
+use crate::pipeline::dispatcher::Dispatcher;
 use crate::relay::conn::RelayConn;
 use crate::relay::Relay;
-use crate::supervisor::{guarded, Lifecycle, Shutdown};
+use crate::runtime::deps::Deps;
+use crate::runtime::supervisor::{guarded, Lifecycle, Shutdown};
 use actix::prelude::*;
 use slog::warn;
 use std::time::Duration;

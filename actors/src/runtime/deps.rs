@@ -6,10 +6,10 @@
 //! shares it; nothing here is per actor.
 
 use crate::inflight::InFlight;
-use crate::registry::Registry;
 use crate::relay::Relay;
+use crate::runtime::registry::Registry;
+use crate::runtime::supervisor::{Lifecycle, Shutdown};
 use crate::store::Store;
-use crate::supervisor::{Lifecycle, Shutdown};
 use slog::Logger;
 
 /// The process-wide handles every actor is built from.

@@ -10,7 +10,7 @@
 
 use crate::error::{EngineError, Result};
 use crate::events;
-use crate::registry::ActorStats;
+use crate::runtime::registry::ActorStats;
 use actix::prelude::*;
 use backon::{BackoffBuilder, ExponentialBackoff, ExponentialBuilder};
 use futures_util::FutureExt;
@@ -132,7 +132,7 @@ mod tests {
 
     #[test]
     fn restart_delays_grow_and_reset_when_healthy() {
-        let registry = crate::registry::Registry::default();
+        let registry = crate::runtime::registry::Registry::default();
         let mut life = Lifecycle::new(registry.register("x", "test", 1), &Logger::root(slog::Discard, slog::o!()));
         assert_eq!(life.on_started(), Duration::ZERO);
         let mut last = Duration::ZERO;
