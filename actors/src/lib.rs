@@ -22,9 +22,11 @@
 //! | `providers/` | one folder per provider: settings, client, `message`, `classify` (a pure function per answer table) |
 //! | `job`, `payload` | the domain: a target as it travels, a payload parsed once |
 //! | `circuit`, `ratelimit`, `inflight` | what stands between a delivery and its provider |
+//! | `clock` | the time token sources, the JWKS cache and the emulators read (`SystemClock`, or a test's `ManualClock`) |
 //! | `settings`, `events`, `error`, `messages` | what the binary hands in; the event names; errors; the typed actor messages |
 
 pub mod circuit;
+pub mod clock;
 pub mod error;
 pub mod events;
 #[doc(hidden)]
