@@ -186,6 +186,22 @@ uzQcTSf1skvCNYBseC2yZ1A57q1rCuGb0nDFngD3RZWbbd6BnWMXEiO5
     }
 
     #[test]
+    fn the_token_ages_on_its_clock_and_is_signed_with_the_clocks_time() {
+        let clock = crate::clock::ManualClock::new();
+        let t =
+            ProviderToken::new(KEY_PEM, "ABC123DEFG", "DEF123GHIJ", REFRESH_AFTER, MIN_RESIGN_INTERVAL, clock.shared())
+                .expect("key");
+        let first = t.current().expect("token");
+        clock.advance(Duration::from_secs(49 * 60));
+        assert_eq!(t.current().expect("token"), first, "49 minutes on the clock: reused");
+        clock.advance(Duration::from_secs(60));
+        let second = t.current().expect("token");
+        assert_ne!(second, first, "50 minutes on the clock: re-signed");
+        let claims: Value = jsonwebtoken::dangerous::insecure_decode(&second).expect("claims").claims;
+        assert_eq!(claims["iat"], json!(clock.unix_secs()));
+    }
+
+    #[test]
     fn an_expired_token_is_re_signed_only_20_minutes_after_the_last_signature() {
         let t = token(REFRESH_AFTER, MIN_RESIGN_INTERVAL);
         let start = Instant::now();
