@@ -27,7 +27,7 @@ impl ProcessRoles {
     pub const ALL: ProcessRoles = ProcessRoles { engine: Roles::ALL, api: true };
 
     /// Parses `listener,worker,scheduler,api`.
-    pub fn parse(list: &str) -> Result<ProcessRoles, String> {
+    pub fn parse(list: &str) -> Result<ProcessRoles, RolesError> {
         let mut roles = ProcessRoles { engine: Roles { listener: false, worker: false, scheduler: false }, api: false };
         for role in list.split(',').map(str::trim).filter(|r| !r.is_empty()) {
             match role {
@@ -36,14 +36,23 @@ impl ProcessRoles {
                 "scheduler" => roles.engine.scheduler = true,
                 "api" => roles.api = true,
                 "all" => roles = ProcessRoles::ALL,
-                other => return Err(format!("unknown role '{other}' (expected listener, worker, scheduler, api)")),
+                other => return Err(RolesError::Unknown(other.to_string())),
             }
         }
         if roles == (ProcessRoles { engine: Roles { listener: false, worker: false, scheduler: false }, api: false }) {
-            return Err("no role given".into());
+            return Err(RolesError::None);
         }
         Ok(roles)
     }
+}
+
+/// A `--roles` list that names no role, or one that does not exist.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RolesError {
+    #[error("unknown role '{0}' (expected listener, worker, scheduler, api)")]
+    Unknown(String),
+    #[error("no role given")]
+    None,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -237,7 +246,7 @@ mod tests {
         let r = ProcessRoles::parse("listener,api").unwrap();
         assert!(r.engine.listener && r.api && !r.engine.worker && !r.engine.scheduler);
         assert_eq!(ProcessRoles::parse("all").unwrap(), ProcessRoles::ALL);
-        assert!(ProcessRoles::parse("listener,mailer").unwrap_err().contains("'mailer'"));
+        assert!(ProcessRoles::parse("listener,mailer").unwrap_err().to_string().contains("'mailer'"));
         assert!(ProcessRoles::parse("").is_err());
     }
 }

@@ -41,14 +41,16 @@ impl fmt::Display for Provider {
     }
 }
 
+/// A name that is none of [`Provider::ALL`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown provider `{0}` (expected one of expo, fcm, apns, email)")]
+pub struct UnknownProvider(pub String);
+
 impl FromStr for Provider {
-    type Err = String;
+    type Err = UnknownProvider;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Provider::ALL
-            .into_iter()
-            .find(|p| p.as_str() == s)
-            .ok_or_else(|| format!("unknown provider `{s}` (expected one of expo, fcm, apns, email)"))
+        Provider::ALL.into_iter().find(|p| p.as_str() == s).ok_or_else(|| UnknownProvider(s.to_string()))
     }
 }
 
@@ -61,14 +63,19 @@ pub enum Priority {
     High,
 }
 
+/// A `notification.priority` that is neither `normal` nor `high`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("must be 'normal' or 'high', got '{0}'")]
+pub struct UnknownPriority(pub String);
+
 impl FromStr for Priority {
-    type Err = String;
+    type Err = UnknownPriority;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         match s {
             "normal" => Ok(Priority::Normal),
             "high" => Ok(Priority::High),
-            other => Err(format!("must be 'normal' or 'high', got '{other}'")),
+            other => Err(UnknownPriority(other.to_string())),
         }
     }
 }
@@ -142,8 +149,8 @@ impl Job {
         serde_json::to_string(self).unwrap_or_default()
     }
 
-    pub fn from_json(raw: &[u8]) -> Result<Self, String> {
-        serde_json::from_slice(raw).map_err(|e| bounded(format!("malformed job: {e}")))
+    pub fn from_json(raw: &[u8]) -> Result<Self, MalformedJob> {
+        serde_json::from_slice(raw).map_err(|e| MalformedJob(bounded(format!("malformed job: {e}"))))
     }
 
     /// The target named by an entry that is not a whole job (a field missing or malformed),
@@ -158,6 +165,12 @@ impl Job {
         Some((ids.notification_id, ids.device_id))
     }
 }
+
+/// A stream entry's `job` field that does not decode to a [`Job`]. Its text (parser's message
+/// included) is at most [`MAX_ERROR_BYTES`]: it is stored with the dead letter.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct MalformedJob(String);
 
 /// Now, in ms since the epoch (the unit of stream scores and `Job::queued_ms`).
 pub fn now_ms() -> u64 {
@@ -320,7 +333,7 @@ mod tests {
 
     #[test]
     fn garbage_is_reported_as_a_malformed_job() {
-        let err = Job::from_json(b"{\"notification_id\": 3}").unwrap_err();
+        let err = Job::from_json(b"{\"notification_id\": 3}").unwrap_err().to_string();
         assert!(err.starts_with("malformed job:"), "{err}");
     }
 
@@ -339,7 +352,7 @@ mod tests {
     #[test]
     fn unknown_providers_are_named_in_the_error() {
         assert_eq!("fcm".parse::<Provider>(), Ok(Provider::Fcm));
-        assert!("sms".parse::<Provider>().unwrap_err().contains("`sms`"));
+        assert!("sms".parse::<Provider>().unwrap_err().to_string().contains("`sms`"));
     }
 }
 
@@ -410,7 +423,7 @@ pub(crate) mod proptests {
     proptest! {
         #[test]
         fn any_bytes_decode_to_a_job_or_a_bounded_malformed_job_error(raw in prop::collection::vec(any::<u8>(), 0..512)) {
-            if let Err(reason) = Job::from_json(&raw) {
+            if let Err(reason) = Job::from_json(&raw).map_err(|e| e.to_string()) {
                 prop_assert!(reason.starts_with("malformed job: "), "{}", reason);
                 prop_assert!(reason.len() <= MAX_ERROR_BYTES, "{} bytes", reason.len());
             }
@@ -447,7 +460,7 @@ pub(crate) mod proptests {
         fn a_long_malformed_job_gives_a_reason_of_bounded_length(junk in "\\PC{600,2000}") {
             // serde_json quotes the offending string in its message.
             let raw = serde_json::json!({ "notification_id": junk }).to_string();
-            let reason = Job::from_json(raw.as_bytes()).unwrap_err();
+            let reason = Job::from_json(raw.as_bytes()).unwrap_err().to_string();
             prop_assert!(reason.len() <= MAX_ERROR_BYTES, "{} bytes", reason.len());
         }
 

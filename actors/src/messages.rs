@@ -31,8 +31,16 @@ pub struct Record {
 
 /// Write everything buffered now (at shutdown); answers once it is stored, or with the error.
 #[derive(Debug, Message)]
-#[rtype(result = "Result<(), String>")]
+#[rtype(result = "Result<(), Unwritten>")]
 pub struct Flush;
+
+/// Outcomes still buffered after a [`Flush`]: their write failed (Postgres down). Their entries
+/// stay pending in Redis, so the claim job hands them out again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("{outcomes} outcomes not written")]
+pub struct Unwritten {
+    pub outcomes: usize,
+}
 
 /// Read the next batch from the stream (a reader's own loop).
 #[derive(Debug, Message)]

@@ -14,7 +14,7 @@ use crate::error::{EngineError, Result};
 use crate::events;
 use crate::inflight::InFlight;
 use crate::job::{Outcome, Provider, SendResult};
-use crate::messages::{Flush, Record};
+use crate::messages::{Flush, Record, Unwritten};
 use crate::registry::Envelope;
 use crate::relay::{DeadLetter, RedisWrites, Relay};
 use crate::settings::RetryPolicy;
@@ -481,10 +481,7 @@ fn log_outcomes(log: &Logger, batch: &[Outcome], settled: &[Settled], retry: &Re
             }
         }
     }
-    for s in settled.iter().filter(|s| !s.delivered) {
-        warn!(log, "notification failed"; "event" => events::NOTIFICATION_FAILED, "notification_id" => %s.notification_id,
-              "trace_id" => s.trace_id.as_deref().unwrap_or_default(), "error" => s.last_error.as_deref().unwrap_or_default());
-    }
+    Settled::log_failures(log, settled);
 }
 
 impl Actor for OutcomeWriter {
@@ -525,7 +522,7 @@ impl Handler<Envelope<Record>> for OutcomeWriter {
 }
 
 impl Handler<Envelope<Flush>> for OutcomeWriter {
-    type Result = ResponseActFuture<Self, Result<(), String>>;
+    type Result = ResponseActFuture<Self, Result<(), Unwritten>>;
 
     /// Answers once the buffer is empty (every batch written), or with the last error.
     fn handle(&mut self, _: Envelope<Flush>, ctx: &mut Context<Self>) -> Self::Result {
@@ -534,7 +531,7 @@ impl Handler<Envelope<Flush>> for OutcomeWriter {
             if act.buffer.is_empty() {
                 Ok(())
             } else {
-                Err(format!("{} outcomes not written", act.buffer.len()))
+                Err(Unwritten { outcomes: act.buffer.len() })
             }
         }))
     }

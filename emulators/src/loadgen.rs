@@ -165,14 +165,29 @@ impl Emulator {
 pub const MAX_COUNT: u64 = 1_000_000_000;
 
 /// `--notifications` and `--users`: 1 to [`MAX_COUNT`].
-pub fn check_counts(notifications: u64, users: u64) -> Result<(), String> {
+pub fn check_counts(notifications: u64, users: u64) -> Result<(), CountError> {
     for (flag, n) in [("--notifications", notifications), ("--users", users)] {
         if !(1..=MAX_COUNT).contains(&n) {
-            return Err(format!("{flag} must be between 1 and {MAX_COUNT}, got {n}"));
+            return Err(CountError { flag, got: n });
         }
     }
     Ok(())
 }
+
+/// A count flag outside 1..=[`MAX_COUNT`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CountError {
+    pub flag: &'static str,
+    pub got: u64,
+}
+
+impl std::fmt::Display for CountError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} must be between 1 and {MAX_COUNT}, got {}", self.flag, self.got)
+    }
+}
+
+impl std::error::Error for CountError {}
 
 pub async fn run<M>(target: Target<M>, args: LoadgenArgs) -> Result<(), BoxError>
 where
@@ -452,9 +467,9 @@ mod tests {
     fn counts_that_would_wrap_in_int8_arithmetic_are_refused() {
         assert!(check_counts(1, 1).is_ok());
         assert!(check_counts(MAX_COUNT, MAX_COUNT).is_ok());
-        assert!(check_counts(0, 1).unwrap_err().contains("--notifications"));
-        assert!(check_counts(u64::MAX, 1).unwrap_err().contains("--notifications"));
-        assert!(check_counts(1, u64::MAX).unwrap_err().contains("--users"));
+        assert!(check_counts(0, 1).unwrap_err().to_string().contains("--notifications"));
+        assert!(check_counts(u64::MAX, 1).unwrap_err().to_string().contains("--notifications"));
+        assert!(check_counts(1, u64::MAX).unwrap_err().to_string().contains("--users"));
     }
 
     #[test]

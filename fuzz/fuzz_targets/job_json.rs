@@ -9,7 +9,8 @@ use notify_relay_fuzz::assert_bounded;
 fuzz_target!(|data: &[u8]| {
     match Job::from_json(data) {
         Ok(job) => assert_eq!(Job::from_json(job.to_json().as_bytes()).as_ref(), Ok(&job)),
-        Err(reason) => {
+        Err(error) => {
+            let reason = error.to_string();
             assert!(reason.starts_with("malformed job: "), "{reason}");
             assert_bounded(&reason);
         }

@@ -74,12 +74,12 @@ impl utoipa::PartialSchema for NewDevice {
 
 /// Checks a token's shape for its provider, exactly as the OpenAPI patterns say; the error
 /// names the field.
-pub fn validate_token(provider: Provider, token: &str) -> Result<(), String> {
+pub fn validate_token(provider: Provider, token: &str) -> Result<(), BadToken> {
     if token.is_empty() {
-        return Err("token: must not be empty".into());
+        return Err(BadToken::Empty);
     }
     if token.chars().count() > MAX_TOKEN_CHARS {
-        return Err(format!("token: longer than {MAX_TOKEN_CHARS} characters"));
+        return Err(BadToken::TooLong);
     }
     let printable = |s: &str| s.chars().all(|c| c.is_ascii_graphic());
     let ok = match provider {
@@ -105,15 +105,27 @@ pub fn validate_token(provider: Provider, token: &str) -> Result<(), String> {
     };
     match ok {
         true => Ok(()),
-        false => Err(format!(
-            "token: not a valid {provider} token ({})",
-            match provider {
-                Provider::Expo => "expected ExponentPushToken[…] of printable characters",
-                Provider::Fcm => "expected printable ASCII without spaces",
-                Provider::Apns => "expected at least 64 hex digits, an even number",
-                Provider::Email => "expected an email address",
-            }
-        )),
+        false => Err(BadToken::Shape(provider)),
+    }
+}
+
+/// Why a device token is refused (a 422 naming the field).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum BadToken {
+    #[error("token: must not be empty")]
+    Empty,
+    #[error("token: longer than {MAX_TOKEN_CHARS} characters")]
+    TooLong,
+    #[error("token: not a valid {provider} token ({expected})", provider = .0, expected = expected_shape(*.0))]
+    Shape(Provider),
+}
+
+fn expected_shape(provider: Provider) -> &'static str {
+    match provider {
+        Provider::Expo => "expected ExponentPushToken[…] of printable characters",
+        Provider::Fcm => "expected printable ASCII without spaces",
+        Provider::Apns => "expected at least 64 hex digits, an even number",
+        Provider::Email => "expected an email address",
     }
 }
 
@@ -150,7 +162,7 @@ pub async fn register(
     super::check_user_id(&user_id)?;
     let body: NewDevice = crate::error::from_json(body.into_inner())?;
     let provider: Provider = body.provider.parse().map_err(|e| ApiError::Unprocessable(format!("provider: {e}")))?;
-    validate_token(provider, &body.token).map_err(ApiError::Unprocessable)?;
+    validate_token(provider, &body.token).map_err(|e| ApiError::Unprocessable(e.to_string()))?;
     let token = match provider {
         Provider::Email => {
             caller.may_register_email(&body.token)?;
@@ -236,7 +248,10 @@ mod tests {
     #[test]
     fn tokens_are_checked_for_their_provider() {
         assert!(validate_token(Provider::Expo, "ExponentPushToken[abc]").is_ok());
-        assert!(validate_token(Provider::Expo, "abc").unwrap_err().starts_with("token: not a valid expo token"));
+        assert!(validate_token(Provider::Expo, "abc")
+            .unwrap_err()
+            .to_string()
+            .starts_with("token: not a valid expo token"));
         assert!(validate_token(Provider::Apns, &"ab".repeat(32)).is_ok());
         assert!(validate_token(Provider::Apns, "xyz").is_err());
         assert!(validate_token(Provider::Email, "a@example.com").is_ok());
@@ -267,6 +282,6 @@ mod tests {
         assert!(validate_token(Provider::Fcm, &"é".repeat(10)).is_err());
         // The length is counted in characters, as JSON Schema's maxLength does.
         assert!(validate_token(Provider::Email, &format!("{}@example.com", "é".repeat(3000))).is_ok());
-        assert!(validate_token(Provider::Fcm, &"a".repeat(4097)).unwrap_err().contains("longer than 4096"));
+        assert!(validate_token(Provider::Fcm, &"a".repeat(4097)).unwrap_err().to_string().contains("longer than 4096"));
     }
 }

@@ -21,7 +21,7 @@ use crate::store::{FanOutRules, Settled, Store};
 use crate::supervisor::{guarded, Lifecycle, Shutdown, Supervisable};
 use actix::prelude::*;
 use futures_util::StreamExt;
-use slog::{info, warn, Logger};
+use slog::{info, Logger};
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -195,7 +195,7 @@ impl Fanout {
                 info!(self.log, "enqueued"; "event" => events::ENQUEUE, "notification_id" => %job.notification_id,
                       "trace_id" => &job.trace_id, "provider" => job.provider.as_str(), "device_id" => %job.device_id);
             }
-            log_settled(&self.log, &out.settled);
+            Settled::log_failures(&self.log, &out.settled);
             total += out.claimed;
             if (out.claimed as i64) < self.batch {
                 return Ok(total);
@@ -209,7 +209,7 @@ impl Fanout {
         let live_since = self.relay.oldest_live().await?;
         loop {
             let (jobs, settled) = self.store.requeue_stale(stale_after, live_since, self.batch, self.limits).await?;
-            log_settled(&self.log, &settled);
+            Settled::log_failures(&self.log, &settled);
             let mut tally = Tally::default();
             tally.add(events::REQUEUED, None, jobs.len() as u64);
             tally.add(events::NOTIFICATION_FAILED, None, settled.iter().filter(|s| !s.delivered).count() as u64);
@@ -250,13 +250,6 @@ impl Fanout {
         }
         writes.tally.add(events::DLQ_PUSHED, None, writes.dead_letters.len() as u64);
         self.relay.write_outcomes(&writes, &events::today()).await
-    }
-}
-
-fn log_settled(log: &Logger, settled: &[Settled]) {
-    for s in settled.iter().filter(|s| !s.delivered) {
-        warn!(log, "notification failed"; "event" => events::NOTIFICATION_FAILED, "notification_id" => %s.notification_id,
-              "trace_id" => s.trace_id.as_deref().unwrap_or_default(), "error" => s.last_error.as_deref().unwrap_or_default());
     }
 }
 

@@ -124,6 +124,14 @@ impl Relay {
         self.conn.clone()
     }
 
+    /// A consumer-group command on a shard's stream, its first two arguments given:
+    /// `<command> <stream> <group>`.
+    fn group_cmd(&self, command: &str, shard: u16) -> redis::Cmd {
+        let mut cmd = redis::cmd(command);
+        cmd.arg(self.keys.stream(shard)).arg(GROUP);
+        cmd
+    }
+
     /// Whether this relay talks to a Redis Cluster.
     pub fn is_cluster(&self) -> bool {
         self.conn.is_cluster()
@@ -241,9 +249,8 @@ impl Relay {
         count: usize,
     ) -> Result<(String, Vec<Entry>, Vec<String>)> {
         let mut conn = self.conn();
-        let reply: StreamAutoClaimReply = redis::cmd("XAUTOCLAIM")
-            .arg(self.keys.stream(shard))
-            .arg(GROUP)
+        let reply: StreamAutoClaimReply = self
+            .group_cmd("XAUTOCLAIM", shard)
             .arg(consumer)
             .arg(min_idle.as_millis() as u64)
             .arg(start)
@@ -266,9 +273,8 @@ impl Relay {
     ) -> Result<Vec<(String, u64)>> {
         let mut conn = self.conn();
         let start = after.map_or_else(|| "-".to_string(), |id| format!("({id}"));
-        let pending: Vec<(String, String, u64, u64)> = redis::cmd("XPENDING")
-            .arg(self.keys.stream(shard))
-            .arg(GROUP)
+        let pending: Vec<(String, String, u64, u64)> = self
+            .group_cmd("XPENDING", shard)
             .arg("IDLE")
             .arg(min_idle.as_millis() as u64)
             .arg(start)
@@ -299,9 +305,8 @@ impl Relay {
     /// `XCLAIM`s these pending entries for `consumer` (if still idle for `min_idle`).
     pub async fn claim_ids(&self, shard: u16, consumer: &str, min_idle: Duration, ids: &[&str]) -> Result<Vec<Entry>> {
         let mut conn = self.conn();
-        let reply: StreamClaimReply = redis::cmd("XCLAIM")
-            .arg(self.keys.stream(shard))
-            .arg(GROUP)
+        let reply: StreamClaimReply = self
+            .group_cmd("XCLAIM", shard)
             .arg(consumer)
             .arg(min_idle.as_millis() as u64)
             .arg(ids)
@@ -460,7 +465,7 @@ pub(crate) fn parse_entry(shard: u16, id: StreamId) -> Entry {
             Err(reason) => Entry::Poison {
                 entry,
                 raw: String::from_utf8_lossy(raw).into_owned(),
-                reason,
+                reason: reason.to_string(),
                 target: Job::target_of(raw),
             },
         },

@@ -4,13 +4,12 @@
 //! whose `last_error` names the field at fault; one bad row never fails the batch.
 
 use super::outcomes::settle;
-use super::{storable, Settled, Store};
+use super::{storable, Settled, Store, Unsendable};
 use crate::error::Result;
 use crate::job::{Job, Priority, Provider};
 use crate::payload::{Payload, PayloadError};
 use crate::settings::InputLimits;
 use serde_json::Value;
-use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::Arc;
 use uuid::Uuid;
@@ -33,7 +32,7 @@ struct Claimed {
     user_id: String,
     channel: Option<String>,
     /// The payload, or why it cannot be sent.
-    payload: std::result::Result<Arc<Value>, String>,
+    payload: std::result::Result<Arc<Value>, Unsendable>,
     priority: String,
     trace_id: String,
 }
@@ -66,7 +65,7 @@ struct Planned {
     device: Uuid,
     provider: String,
     token: String,
-    error: Option<String>,
+    error: Option<Unsendable>,
 }
 
 impl Store {
@@ -129,7 +128,7 @@ impl Store {
         }
 
         let mut targets = Vec::new();
-        let mut rejected: Vec<(Uuid, String)> = Vec::new();
+        let mut rejected: Vec<(Uuid, Unsendable)> = Vec::new();
         for (i, n) in claimed.iter().enumerate() {
             match plan_targets(n, by_user.get(&n.user_id).map(Vec::as_slice).unwrap_or(&[]), rules.enabled) {
                 Ok(ts) => targets.extend(ts.into_iter().map(|mut t| {
@@ -156,7 +155,8 @@ impl Store {
             let n_ids: Vec<Uuid> = targets.iter().map(|t| claimed[t.notification].id).collect();
             let d_ids: Vec<Uuid> = targets.iter().map(|t| t.device).collect();
             let providers: Vec<&str> = targets.iter().map(|t| t.provider.as_str()).collect();
-            let errors: Vec<Option<&str>> = targets.iter().map(|t| t.error.as_deref()).collect();
+            let errors: Vec<Option<String>> =
+                targets.iter().map(|t| t.error.as_ref().map(Unsendable::to_string)).collect();
             tx.execute(&insert, &[&n_ids, &d_ids, &providers, &errors]).await?;
             let mut per_notification: HashMap<usize, u32> = HashMap::new();
             for t in &targets {
@@ -199,7 +199,7 @@ impl Store {
                 )
                 .await?;
             let ids: Vec<Uuid> = rejected.iter().map(|r| r.0).collect();
-            let errs: Vec<Cow<str>> = rejected.iter().map(|r| storable(&r.1)).collect();
+            let errs: Vec<String> = rejected.iter().map(|r| storable(&r.1.to_string()).into_owned()).collect();
             for r in tx.query(&fail, &[&ids, &errs]).await? {
                 out.settled.push(Settled {
                     notification_id: r.get(0),
@@ -226,7 +226,7 @@ fn plan_targets(
     n: &Claimed,
     devices: &[DeviceRow],
     enabled: &dyn Fn(Provider) -> bool,
-) -> Result<Vec<Planned>, String> {
+) -> Result<Vec<Planned>, Unsendable> {
     validate(n)?;
     let channel = n.channel.as_deref();
     let targets: Vec<Planned> = devices
@@ -237,33 +237,34 @@ fn plan_targets(
                 // A device row written around the API can hold anything; its token travels in
                 // every stream entry and request.
                 _ if d.token.len() > MAX_TOKEN_BYTES => {
-                    Some(format!("token: {} bytes, over the limit of {MAX_TOKEN_BYTES}", d.token.len()))
+                    Some(Unsendable::TooLong { field: "token", bytes: d.token.len(), limit: MAX_TOKEN_BYTES })
                 }
                 Ok(p) if enabled(p) => None,
-                Ok(p) => Some(format!("provider {p} is not enabled in this deployment")),
-                Err(e) => Some(e),
+                Ok(p) => Some(Unsendable::NotEnabled(p)),
+                Err(e) => Some(Unsendable::DeviceProvider(e)),
             };
             Planned { notification: 0, device: d.id, provider: d.provider.clone(), token: d.token.clone(), error }
         })
         .collect();
     if targets.is_empty() {
+        let user = n.user_id.clone();
         return Err(match channel {
-            Some(c) => format!("user {} has no active {c} device", n.user_id),
-            None => format!("user {} has no active device", n.user_id),
+            Some(c) => Unsendable::NoDeviceOnChannel { user, channel: c.to_string() },
+            None => Unsendable::NoDevice { user },
         });
     }
     Ok(targets)
 }
 
 /// The checks a row must pass before anything is sent; each failure names the field.
-fn validate(n: &Claimed) -> Result<(), String> {
+fn validate(n: &Claimed) -> Result<(), Unsendable> {
     if let Some(c) = &n.channel {
-        c.parse::<Provider>().map_err(|e| format!("channel: {e}"))?;
+        c.parse::<Provider>().map_err(Unsendable::Channel)?;
     }
-    n.priority.parse::<Priority>().map_err(|e| format!("priority: {e}"))?;
+    n.priority.parse::<Priority>().map_err(Unsendable::Priority)?;
     for (field, value) in [("user_id", &n.user_id), ("trace_id", &n.trace_id)] {
         if value.len() > MAX_ID_BYTES {
-            return Err(format!("{field}: {} bytes, over the limit of {MAX_ID_BYTES}", value.len()));
+            return Err(Unsendable::TooLong { field, bytes: value.len(), limit: MAX_ID_BYTES });
         }
     }
     n.payload.as_ref().map(|_| ()).map_err(Clone::clone)
@@ -277,13 +278,13 @@ fn decode_claimed(max_bytes: usize) -> impl Fn(&tokio_postgres::Row) -> Option<C
         let text = |i: usize| r.try_get::<_, Option<String>>(i).map_err(|e| e.to_string());
         let payload = match (text(3), r.try_get::<_, Option<i32>>(4)) {
             (Ok(Some(raw)), _) => {
-                Payload::parse(&raw, max_bytes).map(|p| Arc::new(p.into_value())).map_err(|e| e.to_string())
+                Payload::parse(&raw, max_bytes).map(|p| Arc::new(p.into_value())).map_err(Unsendable::Payload)
             }
             (Ok(None), Ok(Some(bytes))) => {
-                Err(PayloadError::TooLarge { bytes: bytes as usize, limit: max_bytes }.to_string())
+                Err(Unsendable::Payload(PayloadError::TooLarge { bytes: bytes as usize, limit: max_bytes }))
             }
-            (Ok(None), _) => Err("payload: missing".to_string()),
-            (Err(e), _) => Err(format!("payload: unreadable: {e}")),
+            (Ok(None), _) => Err(Unsendable::PayloadMissing),
+            (Err(e), _) => Err(Unsendable::PayloadUnreadable(e.to_string())),
         };
         Some(Claimed {
             id,
@@ -306,7 +307,7 @@ mod tests {
             id: Uuid::new_v4(),
             user_id: "u1".into(),
             channel: channel.map(str::to_string),
-            payload: Payload::from_value(payload).map(|p| Arc::new(p.into_value())).map_err(|e| e.to_string()),
+            payload: Payload::from_value(payload).map(|p| Arc::new(p.into_value())).map_err(Unsendable::Payload),
             priority: "normal".into(),
             trace_id: "t".into(),
         }
@@ -322,21 +323,21 @@ mod tests {
 
     #[test]
     fn malformed_rows_are_rejected_naming_the_field() {
-        let err = plan_targets(&claimed(None, json!({"title": 5})), &[device("expo")], &all).err().unwrap();
+        let err = plan_targets(&claimed(None, json!({"title": 5})), &[device("expo")], &all).err().unwrap().to_string();
         assert_eq!(err, "payload.title must be a string, got 5");
         let mut row = claimed(None, json!({}));
         row.priority = "urgent".into();
-        let err = plan_targets(&row, &[device("expo")], &all).err().unwrap();
+        let err = plan_targets(&row, &[device("expo")], &all).err().unwrap().to_string();
         assert_eq!(err, "priority: must be 'normal' or 'high', got 'urgent'");
         let mut row = claimed(None, json!({}));
         row.trace_id = "t".repeat(MAX_ID_BYTES + 1);
-        let err = plan_targets(&row, &[device("expo")], &all).err().unwrap();
+        let err = plan_targets(&row, &[device("expo")], &all).err().unwrap().to_string();
         assert_eq!(err, format!("trace_id: {} bytes, over the limit of {MAX_ID_BYTES}", MAX_ID_BYTES + 1));
     }
 
     #[test]
     fn an_unknown_channel_is_rejected() {
-        let err = plan_targets(&claimed(Some("sms"), json!({})), &[device("expo")], &all).err().unwrap();
+        let err = plan_targets(&claimed(Some("sms"), json!({})), &[device("expo")], &all).err().unwrap().to_string();
         assert!(err.starts_with("channel: unknown provider `sms`"), "{err}");
     }
 
@@ -347,7 +348,7 @@ mod tests {
         assert_eq!(targets.len(), 2);
         let targets = plan_targets(&claimed(None, json!({})), &devices, &all).unwrap();
         assert_eq!(targets.len(), 3);
-        let err = plan_targets(&claimed(Some("apns"), json!({})), &devices, &all).err().unwrap();
+        let err = plan_targets(&claimed(Some("apns"), json!({})), &devices, &all).err().unwrap().to_string();
         assert_eq!(err, "user u1 has no active apns device");
     }
 
@@ -357,7 +358,7 @@ mod tests {
         huge.token = "t".repeat(MAX_TOKEN_BYTES + 1);
         let targets = plan_targets(&claimed(None, json!({})), &[huge, device("expo")], &all).unwrap();
         assert_eq!(
-            targets[0].error,
+            targets[0].error.as_ref().map(Unsendable::to_string),
             Some(format!("token: {} bytes, over the limit of {MAX_TOKEN_BYTES}", MAX_TOKEN_BYTES + 1))
         );
         assert_eq!(targets[1].error, None);
@@ -368,6 +369,9 @@ mod tests {
         let only_expo = |p: Provider| p == Provider::Expo;
         let targets = plan_targets(&claimed(None, json!({})), &[device("expo"), device("fcm")], &only_expo).unwrap();
         assert_eq!(targets[0].error, None);
-        assert_eq!(targets[1].error.as_deref(), Some("provider fcm is not enabled in this deployment"));
+        assert_eq!(
+            targets[1].error.as_ref().map(Unsendable::to_string).as_deref(),
+            Some("provider fcm is not enabled in this deployment")
+        );
     }
 }

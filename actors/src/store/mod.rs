@@ -14,6 +14,7 @@
 //!   ([`Store::record`]).
 //! - `sweep`: targets Redis lost, found again ([`Store::requeue_stale`]).
 //! - `retention`: old final notifications deleted ([`Store::delete_final_older_than`]).
+//! - `unsendable`: why a row cannot be sent ([`Unsendable`], its `last_error`).
 //! - [`receipts`]: Expo receipts leased and settled; [`api`]: what the HTTP API and the admin
 //!   command line ask; [`pool`]: connections with deadlines.
 //!
@@ -28,10 +29,12 @@ pub mod receipts;
 mod retention;
 mod sweep;
 mod targets;
+mod unsendable;
 
 pub use fanout::{FanOutBatch, FanOutRules, MAX_ID_BYTES, MAX_TOKEN_BYTES};
 pub use outcomes::{DeadToken, DeliveredRow, FailedRow, OutcomeRows, RetryingRow};
 pub use targets::{DeviceNow, TargetState};
+pub use unsendable::Unsendable;
 
 use crate::error::Result;
 use crate::settings::InputLimits;
@@ -56,6 +59,18 @@ pub struct Settled {
     pub trace_id: Option<String>,
     pub delivered: bool,
     pub last_error: Option<String>,
+}
+
+impl Settled {
+    /// Logs each notification of `settled` that failed (`notification_failed`), whoever settled
+    /// it: the outcome writer, the fan-out or the sweep.
+    pub fn log_failures(log: &slog::Logger, settled: &[Settled]) {
+        for s in settled.iter().filter(|s| !s.delivered) {
+            slog::warn!(log, "notification failed"; "event" => crate::events::NOTIFICATION_FAILED,
+                        "notification_id" => %s.notification_id, "trace_id" => s.trace_id.as_deref().unwrap_or_default(),
+                        "error" => s.last_error.as_deref().unwrap_or_default());
+        }
+    }
 }
 
 impl Store {

@@ -2,12 +2,11 @@
 //! written to the stream again.
 
 use super::outcomes::settle;
-use super::{split_targets, storable, Settled, Store, Target};
+use super::{split_targets, storable, Settled, Store, Target, Unsendable};
 use crate::error::Result;
 use crate::job::{Job, Provider};
 use crate::payload::Payload;
 use crate::settings::InputLimits;
-use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -54,7 +53,7 @@ impl Store {
             .await?;
         let max_bytes = limits.payload_max_bytes;
         let mut jobs = Vec::new();
-        let mut unsendable: Vec<(Target, String)> = Vec::new();
+        let mut unsendable: Vec<(Target, Unsendable)> = Vec::new();
         for r in tx.query(&stmt, &[&stale_ms, &limit, &(max_bytes as i64), &live_since]).await? {
             let target: Target = (r.get(0), r.get(1));
             match stale_job(&r, max_bytes) {
@@ -72,7 +71,7 @@ impl Store {
                 )
                 .await?;
             let (n, dev) = split_targets(unsendable.iter().map(|u| u.0));
-            let errs: Vec<Cow<str>> = unsendable.iter().map(|u| storable(&u.1)).collect();
+            let errs: Vec<String> = unsendable.iter().map(|u| storable(&u.1.to_string()).into_owned()).collect();
             tx.execute(&stmt, &[&n, &dev, &errs]).await?;
             let mut ids = n;
             ids.sort_unstable();
@@ -85,13 +84,13 @@ impl Store {
 }
 
 /// The job for a row of the sweep's RETURNING list, or why it cannot be sent any more.
-fn stale_job(r: &tokio_postgres::Row, max_bytes: usize) -> std::result::Result<Job, String> {
+fn stale_job(r: &tokio_postgres::Row, max_bytes: usize) -> std::result::Result<Job, Unsendable> {
     let text = |i: usize| r.try_get::<_, Option<String>>(i).ok().flatten().unwrap_or_default();
-    let provider: Provider = text(2).parse().map_err(|e| format!("provider: {e}"))?;
+    let provider: Provider = text(2).parse().map_err(Unsendable::TargetProvider)?;
     let payload = match r.try_get::<_, Option<String>>(5) {
-        Ok(Some(raw)) => Payload::parse(&raw, max_bytes).map_err(|e| e.to_string())?,
-        Ok(None) => return Err(format!("payload: over the limit of {max_bytes} bytes (payload.max_bytes)")),
-        Err(e) => return Err(format!("payload: unreadable: {e}")),
+        Ok(Some(raw)) => Payload::parse(&raw, max_bytes).map_err(Unsendable::Payload)?,
+        Ok(None) => return Err(Unsendable::PayloadOverLimit(max_bytes)),
+        Err(e) => return Err(Unsendable::PayloadUnreadable(e.to_string())),
     };
     Ok(Job {
         notification_id: r.get(0),
