@@ -13,6 +13,7 @@ use actix_web::http::header::HeaderValue;
 use actix_web::HttpRequest;
 use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, JwkSet, KeyAlgorithm, PublicKeyUse};
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use notify_relay_engine::clock::{Clock, SystemClock};
 use notify_relay_engine::settings::{millis, Secret};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
@@ -159,22 +160,6 @@ pub fn same_address(a: &str, b: &str) -> bool {
     }
 }
 
-/// What time it is for the JWKS cache (its age and the refetch rate limit). The service reads
-/// the system's monotonic clock ([`SystemClock`]); a test passes a clock it moves itself, so
-/// that "after the cache is stale" needs no waiting.
-pub trait Clock: Send + Sync {
-    fn now(&self) -> Instant;
-}
-
-/// `Instant::now()`.
-pub struct SystemClock;
-
-impl Clock for SystemClock {
-    fn now(&self) -> Instant {
-        Instant::now()
-    }
-}
-
 /// A verification key and the one algorithm it verifies.
 #[derive(Clone)]
 struct Key {
@@ -205,6 +190,8 @@ struct Jwks {
     ttl: Duration,
     /// …and, when a token names an unknown `kid`, no more often than this.
     min_refresh: Duration,
+    /// What time it is for the cache's age and the refetch rate limit: the system's clock, or a
+    /// test's `ManualClock`, so that "after the cache is stale" needs no waiting.
     clock: Arc<dyn Clock>,
 }
 

@@ -88,7 +88,7 @@ impl Application {
         consumer: String,
         log: Logger,
     ) -> Result<Self, StartError> {
-        let clock = std::sync::Arc::new(crate::auth::SystemClock);
+        let clock = std::sync::Arc::new(notify_relay_engine::clock::SystemClock);
         Application::build_with_clock(settings, roles, run_migrations, consumer, log, clock).await
     }
 
@@ -100,7 +100,7 @@ impl Application {
         run_migrations: bool,
         consumer: String,
         log: Logger,
-        clock: std::sync::Arc<dyn crate::auth::Clock>,
+        clock: std::sync::Arc<dyn notify_relay_engine::clock::Clock>,
     ) -> Result<Self, StartError> {
         let _ = rustls::crypto::ring::default_provider().install_default();
         if run_migrations {

@@ -12,7 +12,7 @@
 //! # Public surface
 //!
 //! What the binary (the HTTP API, the admin commands, start-up) and the emulators need, and no
-//! more: [`Engine`] and its [`settings`]; the domain ([`job`]); the two stores the API reads
+//! more: [`Engine`] and its [`settings`]; the [`clock`] token sources and emulators read; the domain ([`job`]); the two stores the API reads
 //! ([`store`] for Postgres, [`relay`] for Redis, named by [`Keys`]); the provider clients
 //! ([`providers`]); the event names ([`events`]); Postgres TLS ([`tls`]); and a few types at the
 //! root. The actors, the periodic jobs and the runtime are private. Two hidden modules exist
@@ -32,10 +32,12 @@
 //! | `providers/` | one folder per provider: settings, client, `message`, `classify` (a pure function per answer table) |
 //! | `job`, `payload` | the domain: a target as it travels, a payload parsed once |
 //! | `circuit`, `ratelimit`, `inflight` | what stands between a delivery and its provider |
+//! | `clock` | the time token sources, the JWKS cache and the emulators read (`SystemClock`, or a test's `ManualClock`) |
 //! | `settings`, `secret`, `events`, `error`, `messages` | what the binary hands in (each configuration section is owned by the module that uses it; `settings` lists them, `settings::rules` holds the shared checks); `Secret`; the event names; errors; the typed actor messages |
 //! | `retry` | `[retry]`: the backoff and deadline of a target |
 
 // The public surface: see the crate docs.
+pub mod clock;
 pub mod events;
 pub mod job;
 pub mod providers;

@@ -6,7 +6,8 @@
 //! are refused (505), then the provider token is checked (403 `MissingProviderToken`,
 //! `InvalidProviderToken` for a wrong key id, signature or team, `ExpiredProviderToken` past
 //! [`Rules::token_max_age`], 429 `TooManyProviderTokenUpdates` for a new token sooner than
-//! [`Rules::min_resign_interval`] after the previous new one), then the headers (`apns-topic`:
+//! [`Rules::min_resign_interval`] after the previous new one; both judged on the emulator's
+//! clock, [`ApnsEmulator::with_clock`]), then the headers (`apns-topic`:
 //! 400 `MissingTopic`, `DeviceTokenNotForTopic` for a sub-topic such as `<topic>.voip`,
 //! `TopicDisallowed` for another app; `apns-priority` 10|5 and 5 for background pushes,
 //! `BadPriority`; `apns-push-type`, `InvalidPushType`; `apns-collapse-id` ≤ 64 bytes,
@@ -25,12 +26,13 @@ use crate::failure::{FailPlan, Failure};
 use crate::http::{Failing, Server};
 use actix_web::http::{StatusCode, Version};
 use actix_web::{web, HttpRequest, HttpResponse};
+use notify_relay_engine::clock::{Clock, SystemClock};
 use serde::Deserialize;
 use serde_json::{json, Value};
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use uuid::Uuid;
 
@@ -55,7 +57,15 @@ const PUSH_TYPES: [&str; 11] = [
     "controls",
 ];
 
-/// Apple's provider-token timing, shrinkable for tests.
+/// A well-formed device token, made from `n`: 64 hex digits.
+pub fn device_token(n: u32) -> String {
+    format!("{n:064x}")
+}
+
+/// Apple's provider-token timing, shrinkable for tests (or kept, with a [`ManualClock`] the test
+/// moves: [`ApnsEmulator::with_clock`]).
+///
+/// [`ManualClock`]: notify_relay_engine::clock::ManualClock
 #[derive(Debug, Clone, Copy)]
 pub struct Rules {
     /// Tokens whose `iat` is older than this are refused with `ExpiredProviderToken` (60 min).
@@ -106,6 +116,8 @@ pub struct Answer {
 
 struct State {
     rules: Rules,
+    /// What the token checks read: the `iat` age and the spacing of new tokens.
+    clock: Arc<dyn Clock>,
     verify_key: jsonwebtoken::DecodingKey,
     sent: Vec<Sent>,
     requests: usize,
@@ -144,6 +156,7 @@ impl ApnsEmulator {
         let (tls, ca_pem) = crate::tls::self_signed(&["localhost", "127.0.0.1"])?;
         let state = State {
             rules,
+            clock: Arc::new(SystemClock),
             verify_key,
             sent: Vec::new(),
             requests: 0,
@@ -158,6 +171,14 @@ impl ApnsEmulator {
         // `push` refuses the HTTP/1.1 requests the server also takes.
         let server = Server::start(addr, state, Some(tls), routes)?;
         Ok(ApnsEmulator { addr: server.addr, server, ca_pem, key_pem: signing.serialize_pem() })
+    }
+
+    /// Judges the provider token's age and the spacing of new tokens on `clock` from now on
+    /// (set it before the first request): a test that shares a `ManualClock` with the relay's
+    /// token source moves both by an hour at once.
+    pub fn with_clock(self, clock: Arc<dyn Clock>) -> ApnsEmulator {
+        self.server.with(|s| s.clock = clock);
+        self
     }
 
     pub fn url(&self) -> String {
@@ -332,18 +353,20 @@ fn authorize(req: &HttpRequest, state: &mut State) -> Result<String, Refusal> {
     if claims.claims.iss != TEAM_ID {
         return Err(invalid());
     }
-    let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or_default();
+    let now = state.clock.unix_secs();
     if now.saturating_sub(claims.claims.iat) > state.rules.token_max_age.as_secs() {
         return Err((403, "ExpiredProviderToken"));
     }
     if !state.known_tokens.contains(jwt) {
-        let too_soon = state.last_new_token.is_some_and(|at| at.elapsed() < state.rules.min_resign_interval);
+        let now = state.clock.now();
+        let too_soon =
+            state.last_new_token.is_some_and(|at| now.saturating_duration_since(at) < state.rules.min_resign_interval);
         if too_soon {
             return Err((429, "TooManyProviderTokenUpdates"));
         }
         state.known_tokens.insert(jwt.to_string());
         state.provider_tokens.push(jwt.to_string());
-        state.last_new_token = Some(Instant::now());
+        state.last_new_token = Some(now);
     }
     Ok(jwt.to_string())
 }

@@ -6,7 +6,8 @@
 //! endpoint, `scope` including firebase.messaging, `exp` in the future and at most an hour after
 //! `iat`. Refusals are 400 `invalid_grant` / `invalid_scope` / `unsupported_grant_type`. It answers
 //! `{"access_token","expires_in"}` (3599 s unless [`FcmEmulator::set_token_lifetime`] says
-//! otherwise).
+//! otherwise). The assertion's times and the access tokens' lifetimes are judged on the
+//! emulator's clock ([`FcmEmulator::with_clock`]; the system's unless a test passes its own).
 //!
 //! `POST /v1/projects/{project}/messages:send` requires a live access token (else 401
 //! `UNAUTHENTICATED` without an FcmError, as Google answers a stale token), the emulator's
@@ -30,12 +31,13 @@ use crate::http::{Failing, Server};
 use actix_web::http::StatusCode;
 use actix_web::{web, HttpRequest, HttpResponse};
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use notify_relay_engine::clock::{Clock, SystemClock};
 use serde::Deserialize;
 use serde_json::{json, Value};
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::Mutex;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 use uuid::Uuid;
 
 /// The emulator's service-account key. It signs nothing but requests to this emulator.
@@ -61,7 +63,6 @@ impl Sent {
     }
 }
 
-#[derive(Debug)]
 struct State {
     /// The emulator's own base URL: the audience of the token endpoint.
     url: String,
@@ -71,6 +72,8 @@ struct State {
     /// Access token → when it expires.
     tokens: HashMap<String, Instant>,
     token_lifetime: Duration,
+    /// What token lifetimes and the assertion's `iat` are judged on.
+    clock: Arc<dyn Clock>,
     fail: Failure,
     fail_token: Failure,
 }
@@ -96,6 +99,7 @@ impl FcmEmulator {
             token_requests: 0,
             tokens: HashMap::new(),
             token_lifetime: Duration::from_secs(3599),
+            clock: Arc::new(SystemClock),
             fail: Failure::default(),
             fail_token: Failure::default(),
         };
@@ -103,6 +107,14 @@ impl FcmEmulator {
         let addr = server.addr;
         server.with(|s| s.url = format!("http://{addr}"));
         Ok(FcmEmulator { addr, server })
+    }
+
+    /// Judges assertions and access-token lifetimes on `clock` from now on (set it before the
+    /// first request): a test that shares a `ManualClock` with the relay's token source moves
+    /// both past a token's hour at once.
+    pub fn with_clock(self, clock: Arc<dyn Clock>) -> FcmEmulator {
+        self.server.with(|s| s.clock = clock);
+        self
     }
 
     /// The base URL (`providers.fcm.base_url`).
@@ -212,12 +224,9 @@ struct AssertionClaims {
     exp: u64,
 }
 
-fn now_secs() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_secs()
-}
-
-/// Checks an assertion as Google's token endpoint does; the error is the OAuth error body.
-fn verify_assertion(assertion: &str, audience: &str) -> Result<(), (&'static str, String)> {
+/// Checks an assertion as Google's token endpoint does, at `now_secs` (the emulator's clock); the
+/// error is the OAuth error body.
+fn verify_assertion(assertion: &str, audience: &str, now_secs: u64) -> Result<(), (&'static str, String)> {
     let header = jsonwebtoken::decode_header(assertion).map_err(|e| ("invalid_grant", format!("Invalid JWT: {e}")))?;
     if header.alg != Algorithm::RS256 {
         return Err(("invalid_grant", format!("Invalid JWT: algorithm {:?} is not RS256", header.alg)));
@@ -228,9 +237,13 @@ fn verify_assertion(assertion: &str, audience: &str) -> Result<(), (&'static str
     validation.set_audience(&[audience]);
     validation.set_required_spec_claims(&["exp", "iat", "iss", "aud"]);
     validation.leeway = 60;
-    let claims = jsonwebtoken::decode::<AssertionClaims>(assertion, &key, &validation)
-        .map_err(|e| ("invalid_grant", format!("Invalid JWT Signature or claims: {e}")))?
-        .claims;
+    // `exp` is judged below on the emulator's clock, not on the system's.
+    validation.validate_exp = false;
+    let invalid = |e: jsonwebtoken::errors::Error| ("invalid_grant", format!("Invalid JWT Signature or claims: {e}"));
+    let claims = jsonwebtoken::decode::<AssertionClaims>(assertion, &key, &validation).map_err(invalid)?.claims;
+    if claims.exp.saturating_add(validation.leeway) < now_secs {
+        return Err(invalid(jsonwebtoken::errors::ErrorKind::ExpiredSignature.into()));
+    }
     if claims.iss != CLIENT_EMAIL {
         return Err(("invalid_grant", format!("Invalid grant: account not found ({})", claims.iss)));
     }
@@ -240,7 +253,7 @@ fn verify_assertion(assertion: &str, audience: &str) -> Result<(), (&'static str
     if claims.exp <= claims.iat || claims.exp - claims.iat > 3600 {
         return Err(("invalid_grant", "Invalid JWT: exp must be after iat and at most an hour later".into()));
     }
-    if claims.iat > now_secs() + 60 {
+    if claims.iat > now_secs + 60 {
         return Err((
             "invalid_grant",
             "Invalid JWT: Token must be a short-lived token and in a reasonable timeframe".into(),
@@ -261,12 +274,13 @@ async fn token(form: web::Form<TokenForm>, state: web::Data<Mutex<State>>) -> Ht
         return oauth_error(400, "unsupported_grant_type", &format!("Invalid grant_type: {}", form.grant_type));
     }
     let audience = format!("{}/token", state.url);
-    if let Err((error, description)) = verify_assertion(&form.assertion, &audience) {
+    if let Err((error, description)) = verify_assertion(&form.assertion, &audience, state.clock.unix_secs()) {
         return oauth_error(400, error, &description);
     }
     let access_token = format!("ya29.emulator-{}", Uuid::new_v4().simple());
     let lifetime = state.token_lifetime;
-    state.tokens.insert(access_token.clone(), Instant::now() + lifetime);
+    let expires = state.clock.now() + lifetime;
+    state.tokens.insert(access_token.clone(), expires);
     HttpResponse::Ok()
         .json(json!({"access_token": access_token, "expires_in": lifetime.as_secs(), "token_type": "Bearer"}))
 }
@@ -369,7 +383,8 @@ async fn send(
     }
     let bearer =
         req.headers().get("authorization").and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
-    let live = bearer.and_then(|t| state.tokens.get(t)).is_some_and(|until| Instant::now() < *until);
+    let now = state.clock.now();
+    let live = bearer.and_then(|t| state.tokens.get(t)).is_some_and(|until| now < *until);
     if !live {
         return injected(401, None, None);
     }

@@ -19,6 +19,11 @@
 //! - [`serve`] and [`MockArgs`]: `notify-relay mock-providers`, all four emulators until the
 //!   process is asked to stop.
 //! - [`loadgen`]: `notify-relay loadgen`, an end-to-end benchmark against one emulator.
+//! - [`testing`]: what both integration-test targets share (`eventually`, `TempDir`,
+//!   `RelayProcess`, `client_job`).
+//!
+//! The APNs and FCM emulators judge token ages on a [`Clock`](notify_relay_engine::clock::Clock)
+//! (`with_clock`): the system's, or a test's `ManualClock` shared with the client under test.
 //! - `keys/`: the FCM emulator's fixed service-account key (it signs nothing but requests to the
 //!   emulator; the APNs key and all certificates are generated at start).
 
@@ -30,6 +35,7 @@ mod http;
 pub mod loadgen;
 mod serve;
 pub mod smtp;
+pub mod testing;
 mod tls;
 
 pub use failure::FailPlan;

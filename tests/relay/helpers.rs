@@ -14,14 +14,15 @@
 //! `samples_holding`), the shared inserts and the shared assertions.
 
 use emulators::expo::ExpoEmulator;
+// Shared with tests/providers.
+pub use emulators::testing::{eventually, RelayProcess, TempDir};
 use notify_relay::configuration::{Secret, Settings};
 use notify_relay::startup::{Application, ProcessRoles};
+use notify_relay_engine::clock::ManualClock;
 use notify_relay_engine::Keys;
 use serde_json::Value;
 use std::collections::HashMap;
-use std::future::Future;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use uuid::Uuid;
 
 pub const ADMIN_TOKEN: &str = "test-admin-token";
@@ -46,7 +47,7 @@ pub struct TestApp {
     pub redis: redis::aio::MultiplexedConnection,
     /// The clock of the API's JWKS cache (of `start`, not of replicas): it stands still until
     /// the test moves it.
-    pub auth_clock: Arc<TestClock>,
+    pub auth_clock: ManualClock,
     /// Last, so that it is dropped after the in-process application.
     leftovers: Leftovers,
 }
@@ -81,7 +82,7 @@ pub async fn prepare() -> TestApp {
         settings,
         app: None,
         redis,
-        auth_clock: Arc::new(TestClock::new()),
+        auth_clock: ManualClock::new(),
         leftovers,
     }
 }
@@ -178,7 +179,7 @@ impl TestApp {
             notify_relay::telemetry::discard()
         };
         let consumer = format!("test-consumer-{}", Uuid::new_v4().simple());
-        let clock = self.auth_clock.clone();
+        let clock = self.auth_clock.shared();
         let app = Application::build_with_clock(settings, roles, false, consumer, log, clock)
             .await
             .expect("application starts");
@@ -666,77 +667,6 @@ impl Drop for Leftovers {
     }
 }
 
-/// A clock that stands still until the test moves it with `advance`: "once the JWKS cache is
-/// stale" becomes a step of the test instead of a wait.
-pub struct TestClock {
-    start: Instant,
-    moved: Mutex<Duration>,
-}
-
-impl TestClock {
-    pub fn new() -> TestClock {
-        TestClock { start: Instant::now(), moved: Mutex::new(Duration::ZERO) }
-    }
-
-    pub fn advance(&self, by: Duration) {
-        *self.moved.lock().unwrap_or_else(|p| p.into_inner()) += by;
-    }
-}
-
-impl notify_relay::auth::Clock for TestClock {
-    fn now(&self) -> Instant {
-        self.start + *self.moved.lock().unwrap_or_else(|p| p.into_inner())
-    }
-}
-
-/// A directory of the test's own under the system temp dir, removed with what is in it when
-/// dropped.
-pub struct TempDir(pub std::path::PathBuf);
-
-impl TempDir {
-    pub fn new(name: &str) -> TempDir {
-        let dir = std::env::temp_dir().join(format!("{name}-{}", Uuid::new_v4().simple()));
-        std::fs::create_dir_all(&dir).expect("create a temp directory");
-        TempDir(dir)
-    }
-
-    pub fn path(&self) -> &std::path::Path {
-        &self.0
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-/// A relay started as a child process; killed when dropped, so a failing test leaves none behind.
-pub struct RelayProcess(pub std::process::Child);
-
-impl RelayProcess {
-    /// Sends a signal (`-KILL`, `-TERM`).
-    pub fn signal(&self, signal: &str) {
-        let _ = std::process::Command::new("kill").arg(signal).arg(self.0.id().to_string()).status();
-    }
-
-    /// Waits up to `limit` for the process to exit.
-    pub async fn exited(&mut self, limit: Duration) -> std::process::ExitStatus {
-        eventually(limit, || {
-            let status = self.0.try_wait().expect("try_wait");
-            async move { status }
-        })
-        .await
-    }
-}
-
-impl Drop for RelayProcess {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 /// `users` users `u1`…, each with one Expo device.
 pub async fn add_users(app: &TestApp, users: i64) {
     app.db
@@ -920,20 +850,6 @@ pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
-/// A first attempt for a new (notification, device) of `provider`, for calling a provider
-/// client directly.
-pub fn client_job(
-    provider: notify_relay_engine::job::Provider,
-    token: &str,
-    payload: Value,
-    priority: notify_relay_engine::job::Priority,
-) -> notify_relay_engine::job::Job {
-    let mut job = expo_job(Uuid::new_v4(), Uuid::new_v4(), "u", token, payload);
-    job.provider = provider;
-    job.priority = priority;
-    job
-}
-
 /// The stream job of a first attempt at (notification, device) for an Expo token.
 pub fn expo_job(
     notification_id: Uuid,
@@ -942,23 +858,14 @@ pub fn expo_job(
     token: &str,
     payload: Value,
 ) -> notify_relay_engine::job::Job {
-    notify_relay_engine::job::Job {
-        notification_id,
-        device_id,
-        user_id: user.into(),
-        provider: notify_relay_engine::job::Provider::Expo,
-        token: token.into(),
-        payload: payload.into(),
-        priority: notify_relay_engine::job::Priority::Normal,
-        trace_id: "test-trace".into(),
-        attempt: 0,
-        targets: 1,
-        requeued: false,
-        queued_ms: 0,
-    }
+    use notify_relay_engine::job::{Priority, Provider};
+    let mut job = emulators::testing::client_job(Provider::Expo, token, payload, Priority::Normal);
+    job.notification_id = notification_id;
+    job.device_id = device_id;
+    job.user_id = user.into();
+    job
 }
 
-/// Polls `check` until it yields a value, failing the test after `limit`.
 /// Observes `value` `n` times, `every` apart, and returns how often `hold` held: for
 /// properties over time ("the permit is free while the readers are idle"), not for waiting.
 pub async fn samples_holding<T>(
@@ -975,19 +882,4 @@ pub async fn samples_holding<T>(
         tokio::time::sleep(every).await;
     }
     held
-}
-
-pub async fn eventually<T, F, Fut>(limit: Duration, mut check: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Option<T>>,
-{
-    let deadline = Instant::now() + limit;
-    loop {
-        if let Some(v) = check().await {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "condition not reached within {limit:?}");
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
 }

@@ -1,5 +1,6 @@
 //! Integration tests against the real PostgreSQL and Redis (and a private Redis Cluster), with
-//! the providers emulated on loopback.
+//! the providers emulated on loopback. The provider clients against their emulators alone, which
+//! need neither, are the `providers` target (`tests/providers/`).
 
 mod admin;
 mod admin_cli;
@@ -19,7 +20,6 @@ mod fcm;
 mod helpers;
 mod idempotency;
 mod limits;
-mod mock_providers;
 mod outages;
 mod poison;
 mod receipts;

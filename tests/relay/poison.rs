@@ -204,7 +204,9 @@ async fn an_outcome_postgres_refuses_is_isolated_and_the_rest_of_its_batch_is_st
         .unwrap()
         .get(0);
     assert!(error.starts_with("the provider's answer could not be stored: "), "{error}");
-    assert!(app.redis_counter("OUTCOME_REFUSED").await >= 1);
+    // The counters are written to Redis after the outcomes are committed to Postgres.
+    eventually(Duration::from_secs(10), || async { (app.redis_counter("OUTCOME_REFUSED").await >= 1).then_some(()) })
+        .await;
     assert_no_actor_restarted(&app).await;
 }
 

@@ -2,9 +2,10 @@
 //! re-signed on Apple's schedule.
 
 use super::ApnsError;
+use crate::clock::{Clock, SystemClock};
 use serde::Serialize;
-use std::sync::Mutex;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 /// Re-sign the provider token once it is this old: before Apple's 60 minutes…
 pub const REFRESH_AFTER: Duration = Duration::from_secs(50 * 60);
@@ -14,13 +15,15 @@ pub const MIN_RESIGN_INTERVAL: Duration = Duration::from_secs(20 * 60);
 /// The ES256 provider token (JWT `{"alg":"ES256","kid"}` `{"iss":team,"iat"}`), shared by all
 /// senders of the provider. It is re-signed when older than `refresh_after`, or when APNs says
 /// it expired, but never sooner than `min_interval` after the previous signature, and not at all
-/// for 20 minutes after APNs answered `TooManyProviderTokenUpdates`.
+/// for 20 minutes after APNs answered `TooManyProviderTokenUpdates`. Ages and `iat` are read
+/// from its [`Clock`].
 pub struct ProviderToken {
     key: jsonwebtoken::EncodingKey,
     header: jsonwebtoken::Header,
     team_id: String,
     refresh_after: Duration,
     min_interval: Duration,
+    clock: Arc<dyn Clock>,
     state: Mutex<TokenState>,
 }
 
@@ -41,17 +44,20 @@ struct Claims<'a> {
 impl ProviderToken {
     /// A token source for `key_pem` (PKCS#8 P-256, the .p8 file, see
     /// [`ApnsSettings::key_pem`](super::ApnsSettings::key_pem)) with Apple's timing
-    /// ([`REFRESH_AFTER`], [`MIN_RESIGN_INTERVAL`]).
+    /// ([`REFRESH_AFTER`], [`MIN_RESIGN_INTERVAL`]) on the system's clock.
     pub fn from_settings(key_pem: &str, settings: &super::ApnsSettings) -> Result<ProviderToken, ApnsError> {
-        ProviderToken::new(key_pem, &settings.key_id, &settings.team_id, REFRESH_AFTER, MIN_RESIGN_INTERVAL)
+        let (refresh_after, min_interval, clock) = (REFRESH_AFTER, MIN_RESIGN_INTERVAL, Arc::new(SystemClock));
+        ProviderToken::new(key_pem, &settings.key_id, &settings.team_id, refresh_after, min_interval, clock)
     }
 
+    /// A token source with these timings, reading the time from `clock`.
     pub fn new(
         key_pem: &str,
         key_id: &str,
         team_id: &str,
         refresh_after: Duration,
         min_interval: Duration,
+        clock: Arc<dyn Clock>,
     ) -> Result<ProviderToken, ApnsError> {
         let key = jsonwebtoken::EncodingKey::from_ec_pem(key_pem.as_bytes()).map_err(ApnsError::Key)?;
         let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::ES256);
@@ -63,30 +69,31 @@ impl ProviderToken {
             team_id: team_id.to_string(),
             refresh_after,
             min_interval,
+            clock,
             state: Mutex::new(TokenState::default()),
         };
         // Signed now, so that a key jsonwebtoken parses but cannot sign with stops start-up.
         let jwt = token.sign()?;
-        token.state().current = Some((jwt, Instant::now()));
+        token.state().current = Some((jwt, token.clock.now()));
         Ok(token)
     }
 
     /// The token to send now, signed anew when the current one is due.
     pub fn current(&self) -> Result<String, ApnsError> {
-        self.current_at(Instant::now())
+        self.current_at(self.clock.now())
     }
 
     /// APNs answered `ExpiredProviderToken` to a request that carried `used`: the token to retry
     /// with, or `None` when re-signing is not allowed yet. When another request already re-signed,
     /// that newer token is returned without signing again.
     pub fn expired(&self, used: &str) -> Option<String> {
-        self.expired_at(used, Instant::now())
+        self.expired_at(used, self.clock.now())
     }
 
     /// APNs answered `TooManyProviderTokenUpdates`: do not re-sign for 20 minutes (or
     /// `min_interval` when that is longer), whatever the token's age.
     pub fn too_many_updates(&self) {
-        self.too_many_updates_at(Instant::now());
+        self.too_many_updates_at(self.clock.now());
     }
 
     fn state(&self) -> std::sync::MutexGuard<'_, TokenState> {
@@ -95,7 +102,7 @@ impl ProviderToken {
     }
 
     fn sign(&self) -> Result<String, ApnsError> {
-        let iat = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or_default();
+        let iat = self.clock.unix_secs();
         jsonwebtoken::encode(&self.header, &Claims { iss: &self.team_id, iat }, &self.key).map_err(ApnsError::Sign)
     }
 
@@ -153,7 +160,8 @@ uzQcTSf1skvCNYBseC2yZ1A57q1rCuGb0nDFngD3RZWbbd6BnWMXEiO5
 ";
 
     fn token(refresh_after: Duration, min_interval: Duration) -> ProviderToken {
-        ProviderToken::new(KEY_PEM, "ABC123DEFG", "DEF123GHIJ", refresh_after, min_interval).expect("key")
+        ProviderToken::new(KEY_PEM, "ABC123DEFG", "DEF123GHIJ", refresh_after, min_interval, Arc::new(SystemClock))
+            .expect("key")
     }
 
     #[test]
@@ -176,6 +184,22 @@ uzQcTSf1skvCNYBseC2yZ1A57q1rCuGb0nDFngD3RZWbbd6BnWMXEiO5
         assert_eq!(t.current_at(start + Duration::from_secs(49 * 60)).expect("token"), "first");
         let later = t.current_at(start + Duration::from_secs(50 * 60)).expect("token");
         assert_ne!(later, "first", "re-signed at 50 minutes");
+    }
+
+    #[test]
+    fn the_token_ages_on_its_clock_and_is_signed_with_the_clocks_time() {
+        let clock = crate::clock::ManualClock::new();
+        let t =
+            ProviderToken::new(KEY_PEM, "ABC123DEFG", "DEF123GHIJ", REFRESH_AFTER, MIN_RESIGN_INTERVAL, clock.shared())
+                .expect("key");
+        let first = t.current().expect("token");
+        clock.advance(Duration::from_secs(49 * 60));
+        assert_eq!(t.current().expect("token"), first, "49 minutes on the clock: reused");
+        clock.advance(Duration::from_secs(60));
+        let second = t.current().expect("token");
+        assert_ne!(second, first, "50 minutes on the clock: re-signed");
+        let claims: Value = jsonwebtoken::dangerous::insecure_decode(&second).expect("claims").claims;
+        assert_eq!(claims["iat"], json!(clock.unix_secs()));
     }
 
     #[test]
@@ -208,9 +232,11 @@ uzQcTSf1skvCNYBseC2yZ1A57q1rCuGb0nDFngD3RZWbbd6BnWMXEiO5
 
     #[test]
     fn a_key_that_is_not_p256_pkcs8_is_refused() {
-        let err = ProviderToken::new("not a key", "ABC123DEFG", "DEF123GHIJ", REFRESH_AFTER, MIN_RESIGN_INTERVAL)
-            .err()
-            .expect("refused");
+        let clock = Arc::new(SystemClock);
+        let err =
+            ProviderToken::new("not a key", "ABC123DEFG", "DEF123GHIJ", REFRESH_AFTER, MIN_RESIGN_INTERVAL, clock)
+                .err()
+                .expect("refused");
         assert!(err.to_string().starts_with("apns: the key is not a .p8"), "{err}");
     }
 }

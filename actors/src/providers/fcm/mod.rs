@@ -11,8 +11,8 @@ mod oauth;
 pub use classify::{classify, Classified, QUOTA_BACKOFF};
 pub use message::message;
 pub use oauth::{
-    token_answer, ServiceAccount, ServiceAccountError, TokenError, TokenSource, DEFAULT_TOKEN_URI, MAX_TOKEN_LIFETIME,
-    REFRESH_BEFORE, SCOPE,
+    token_answer, ServiceAccount, ServiceAccountError, TokenError, TokenSource, DEFAULT_TOKEN_URI, FAILURE_MEMORY,
+    MAX_TOKEN_LIFETIME, REFRESH_BEFORE, SCOPE,
 };
 
 use super::{auth_failure, outage, retry_after, send_each, ProviderClient, ProviderProfile, Response};

@@ -2,10 +2,12 @@
 //! token endpoint, cached and shared by every FCM sender of the process.
 
 use super::snippet;
+use crate::clock::{Clock, SystemClock};
 use crate::job::bounded;
 use serde::{Deserialize, Serialize};
 use std::fmt;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 /// The OAuth scope FCM sends need.
 pub const SCOPE: &str = "https://www.googleapis.com/auth/firebase.messaging";
@@ -95,10 +97,12 @@ pub enum TokenError {
 
 /// The OAuth access tokens of one service account, shared by every sender of the provider:
 /// fetched on first use, cached, refreshed [`REFRESH_BEFORE`] before they expire, and never
-/// fetched by two senders at once (the mutex is held across the fetch).
+/// fetched by two senders at once (the mutex is held across the fetch). Lifetimes, the failure
+/// memory and the assertion's `iat` are read from its [`Clock`].
 pub struct TokenSource {
     account: ServiceAccount,
     key: jsonwebtoken::EncodingKey,
+    clock: Arc<dyn Clock>,
     cache: tokio::sync::Mutex<Cache>,
 }
 
@@ -113,7 +117,7 @@ struct Cache {
 /// How long before its expiry a token is replaced.
 pub const REFRESH_BEFORE: Duration = Duration::from_secs(300);
 /// How long a failed token request is answered from memory.
-const FAILURE_MEMORY: Duration = Duration::from_secs(1);
+pub const FAILURE_MEMORY: Duration = Duration::from_secs(1);
 
 #[derive(Serialize)]
 struct Assertion<'a> {
@@ -136,9 +140,15 @@ fn an_hour() -> u64 {
 }
 
 impl TokenSource {
+    /// The token source of `account`, on the system's clock.
     pub fn new(account: ServiceAccount) -> Result<TokenSource, super::FcmError> {
+        TokenSource::with_clock(account, Arc::new(SystemClock))
+    }
+
+    /// The token source of `account`, reading the time from `clock`.
+    pub fn with_clock(account: ServiceAccount, clock: Arc<dyn Clock>) -> Result<TokenSource, super::FcmError> {
         let key = account.signing_key()?;
-        Ok(TokenSource { account, key, cache: Default::default() })
+        Ok(TokenSource { account, key, clock, cache: Default::default() })
     }
 
     /// The FCM project of the service account.
@@ -160,7 +170,7 @@ impl TokenSource {
     /// again: unless another sender already replaced it, a new one is fetched.
     pub async fn token_replacing(&self, http: &awc::Client, rejected: Option<&str>) -> Result<String, TokenError> {
         let mut cache = self.cache.lock().await;
-        let now = Instant::now();
+        let now = self.clock.now();
         if let Some(token) = &cache.token {
             if now < token.refresh_at && Some(token.value.as_str()) != rejected {
                 return Ok(token.value.clone());
@@ -180,7 +190,7 @@ impl TokenSource {
             }
             Err(error) => {
                 cache.token = None;
-                cache.failed = Some((Instant::now(), error.clone()));
+                cache.failed = Some((self.clock.now(), error.clone()));
                 Err(error)
             }
         }
@@ -188,7 +198,7 @@ impl TokenSource {
 
     /// The signed assertion for the token endpoint (RS256, valid for an hour).
     fn assertion(&self) -> Result<String, TokenError> {
-        let iat = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_secs();
+        let iat = self.clock.unix_secs();
         let claims = Assertion {
             iss: &self.account.client_email,
             scope: SCOPE,
@@ -204,7 +214,7 @@ impl TokenSource {
     async fn fetch(&self, http: &awc::Client) -> Result<AccessToken, TokenError> {
         let assertion = self.assertion()?;
         let form = [("grant_type", "urn:ietf:params:oauth:grant-type:jwt-bearer"), ("assertion", assertion.as_str())];
-        let started = Instant::now();
+        let started = self.clock.now();
         let mut resp = http
             .post(&self.account.token_uri)
             .insert_header(("accept", "application/json"))

@@ -2,7 +2,7 @@
 //! needs and stops cleanly on SIGTERM (how a container runtime or a CI job stops it), not only
 //! on Ctrl-C.
 
-use crate::helpers::{eventually, RelayProcess};
+use emulators::testing::{eventually, RelayProcess};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 

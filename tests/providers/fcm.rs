@@ -1,0 +1,277 @@
+//! FCM HTTP v1 against its emulator: the OAuth token dance (on a clock the test moves, shared
+//! by the token source and the emulator) and one test per PROVIDERS.md row. Delivery through
+//! the whole relay is `tests/relay/fcm.rs`.
+
+use emulators::fcm::FcmEmulator;
+use emulators::testing::client_job;
+use notify_relay_engine::clock::ManualClock;
+use notify_relay_engine::job::{Job, Priority, Provider, SendResult};
+use notify_relay_engine::providers::fcm::{
+    FcmClient, ServiceAccount, TokenSource, FAILURE_MEMORY, QUOTA_BACKOFF, REFRESH_BEFORE,
+};
+use notify_relay_engine::providers::ProviderClient;
+use notify_relay_engine::settings::{FcmSettings, Secret};
+use notify_relay_engine::Health;
+use serde_json::{json, Value};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// The client's settings: `base_url`, the service account inline (as
+/// `providers.fcm.service_account_json`), test timings. The client takes its project from the
+/// token source.
+fn settings(base_url: String, service_account_json: &str) -> FcmSettings {
+    FcmSettings {
+        enabled: true,
+        base_url,
+        service_account_file: None,
+        service_account_json: Some(Secret::new(service_account_json)),
+        timeout: Duration::from_secs(2),
+        flush_after: Duration::from_millis(5),
+        rate_per_sec: 0,
+        device_rate_per_sec: 0,
+    }
+}
+
+/// The emulator and a client whose token source reads the same clock, which only the test moves.
+struct Fixture {
+    emulator: FcmEmulator,
+    client: FcmClient,
+    tokens: Arc<TokenSource>,
+    clock: ManualClock,
+}
+
+async fn fixture() -> Fixture {
+    let clock = ManualClock::new();
+    let emulator = FcmEmulator::start("127.0.0.1:0").await.expect("fcm emulator").with_clock(clock.shared());
+    let account = ServiceAccount::from_json(&emulator.service_account_json()).expect("emulator service account");
+    let settings = settings(emulator.url(), &emulator.service_account_json());
+    let tokens = Arc::new(TokenSource::with_clock(account, clock.shared()).expect("token source"));
+    let client = FcmClient::new(&settings, tokens.clone());
+    Fixture { emulator, client, tokens, clock }
+}
+
+fn job(token: &str, payload: Value) -> Job {
+    client_job(Provider::Fcm, token, payload, Priority::High)
+}
+
+impl Fixture {
+    async fn send(&self, token: &str) -> (SendResult, Health) {
+        self.send_job(job(token, json!({"title": "T"}))).await
+    }
+
+    async fn send_job(&self, job: Job) -> (SendResult, Health) {
+        let response = self.client.send(&[job]).await;
+        assert_eq!(response.results.len(), 1);
+        (response.results.into_iter().next().unwrap(), response.health)
+    }
+}
+
+#[actix_web::test]
+async fn messages_are_delivered_with_one_cached_access_token() {
+    let f = fixture().await;
+    let jobs: Vec<Job> = (0..20)
+        .map(|i| job(&format!("device-{i}"), json!({"title": "Hi", "body": "there", "data": {"order": i}})))
+        .collect();
+    let response = f.client.send(&jobs).await;
+    assert_eq!(response.health, Health::Up);
+    for r in &response.results {
+        assert!(
+            matches!(r, SendResult::Delivered { provider_message_id: Some(name) } if name.starts_with("projects/")),
+            "{r:?}"
+        );
+    }
+    // 20 concurrent sends, one token request: the token source refreshes one at a time.
+    assert_eq!(f.emulator.token_requests(), 1);
+    f.client.send(&jobs[..3]).await;
+    assert_eq!(f.emulator.token_requests(), 1, "the token is cached");
+    let sent = f.emulator.sent();
+    let first = sent.iter().find(|s| s.token == "device-0").expect("device-0 got it");
+    assert_eq!(first.message["notification"], json!({"title": "Hi", "body": "there"}));
+    assert_eq!(first.message["data"]["order"], json!("0"), "data values are strings");
+    assert_eq!(first.notification_id(), Some(jobs[0].notification_id.to_string().as_str()));
+    assert_eq!(first.message["android"]["priority"], json!("HIGH"));
+    assert_eq!(f.tokens.fetched().await, 1);
+    f.emulator.stop().await;
+}
+
+#[actix_web::test]
+async fn dead_tokens_are_invalid_and_bad_messages_permanent() {
+    let f = fixture().await;
+    for (token, expect_invalid) in
+        [("x-unregistered", true), ("x-senderidmismatch", true), ("x-badtoken", true), ("x-invalidargument", false)]
+    {
+        let (result, health) = f.send(token).await;
+        match expect_invalid {
+            true => assert!(matches!(result, SendResult::InvalidToken { .. }), "{token}: {result:?}"),
+            false => assert!(matches!(result, SendResult::Permanent { .. }), "{token}: {result:?}"),
+        }
+        assert_eq!(health, Health::Up, "{token}: a single message's problem says nothing about FCM");
+    }
+    let (result, _) = f.send("x-unregistered").await;
+    assert_eq!(result.error(), Some("fcm: HTTP 404 UNREGISTERED: injected UNREGISTERED for this token"));
+    f.emulator.stop().await;
+}
+
+#[actix_web::test]
+async fn a_payload_over_4096_bytes_fails_before_it_is_sent() {
+    let f = fixture().await;
+    let requests = f.emulator.requests();
+    let (result, _) = f.send_job(job("device", json!({"title": "big", "data": {"blob": "x".repeat(5000)}}))).await;
+    assert!(
+        matches!(&result, SendResult::Permanent { error } if error.starts_with("fcm: payload too large")),
+        "{result:?}"
+    );
+    assert_eq!(f.emulator.requests(), requests, "nothing was sent");
+    f.emulator.stop().await;
+}
+
+#[actix_web::test]
+async fn quota_and_outages_are_retried_after_retry_after() {
+    let f = fixture().await;
+    let (result, health) = f.send("x-quota").await;
+    assert!(matches!(result, SendResult::Retry { after: Some(d), .. } if d == Duration::from_secs(1)), "{result:?}");
+    assert!(matches!(health, Health::Outage(_)));
+    let (result, _) = f.send("x-quotanoretry").await;
+    assert!(matches!(result, SendResult::Retry { after: Some(d), .. } if d == QUOTA_BACKOFF), "{result:?}");
+    for token in ["x-unavailable", "x-internal"] {
+        let (result, health) = f.send(token).await;
+        assert!(matches!(result, SendResult::Retry { .. }), "{token}: {result:?}");
+        assert!(matches!(health, Health::Outage(_)), "{token}");
+    }
+    f.emulator.fail_next(503, None, 1);
+    let (result, _) = f.send("device").await;
+    assert!(matches!(result, SendResult::Retry { after: Some(d), .. } if d == Duration::from_secs(1)), "{result:?}");
+    f.emulator.stop().await;
+}
+
+#[actix_web::test]
+async fn credential_problems_are_auth_failures() {
+    let f = fixture().await;
+    let (result, health) = f.send("x-thirdpartyauth").await;
+    assert!(matches!(result, SendResult::Auth { .. }), "{result:?}");
+    assert!(matches!(health, Health::AuthFailure(_)));
+    // 403 without an FcmError: the service account may not send for this project.
+    f.emulator.fail_next(403, None, 1);
+    let (result, health) = f.send("device").await;
+    assert!(matches!(result, SendResult::Auth { .. }), "{result:?}");
+    assert!(matches!(health, Health::AuthFailure(_)));
+    f.emulator.stop().await;
+}
+
+#[actix_web::test]
+async fn a_refused_token_request_is_an_auth_failure_and_an_unreachable_one_an_outage() {
+    let f = fixture().await;
+    f.emulator.fail_token_next(401, 1);
+    let (result, health) = f.send("device").await;
+    assert!(matches!(&result, SendResult::Auth { error } if error.contains("token endpoint refused")), "{result:?}");
+    assert!(matches!(health, Health::AuthFailure(_)));
+    assert_eq!(f.emulator.requests(), 0, "no send without a token");
+    // Within the failure memory the refusal is answered again without asking the endpoint.
+    let (again, _) = f.send("device").await;
+    assert_eq!(again, result);
+    assert_eq!(f.emulator.token_requests(), 1, "the failure is remembered for a moment");
+    f.clock.advance(FAILURE_MEMORY);
+    f.emulator.fail_token_next(500, 1);
+    let (result, health) = f.send("device").await;
+    assert!(matches!(result, SendResult::Retry { .. }), "{result:?}");
+    assert!(matches!(health, Health::Outage(_)));
+    assert_eq!(f.emulator.token_requests(), 2);
+    f.emulator.stop().await;
+}
+
+#[actix_web::test]
+async fn a_bad_signing_key_is_refused_by_the_token_endpoint() {
+    let f = fixture().await;
+    // Another RSA key than the one the emulator knows for this account.
+    let mut account = ServiceAccount::from_json(&f.emulator.service_account_json()).unwrap();
+    account.private_key = include_str!("fixtures/other-rsa-key.pem").to_string();
+    let tokens = Arc::new(TokenSource::new(account).unwrap());
+    let settings = settings(f.emulator.url(), &f.emulator.service_account_json());
+    let client = FcmClient::new(&settings, tokens);
+    let response = client.send(&[job("device", json!({}))]).await;
+    assert!(
+        matches!(&response.results[0], SendResult::Auth { error } if error.contains("invalid_grant")),
+        "{:?}",
+        response.results
+    );
+    f.emulator.stop().await;
+}
+
+#[actix_web::test]
+async fn a_bare_401_refreshes_the_token_once() {
+    let f = fixture().await;
+    assert!(matches!(f.send("device").await.0, SendResult::Delivered { .. }));
+    // The token was revoked behind our back: one refresh, and the send goes through.
+    f.emulator.revoke_tokens();
+    assert!(matches!(f.send("device").await.0, SendResult::Delivered { .. }));
+    assert_eq!(f.emulator.token_requests(), 2);
+    // Refused again with the fresh token too: an auth failure, and no third token.
+    f.emulator.fail_next(401, None, 2);
+    let (result, health) = f.send("device").await;
+    assert!(matches!(&result, SendResult::Auth { error } if error.contains("401 twice")), "{result:?}");
+    assert!(matches!(health, Health::AuthFailure(_)));
+    assert_eq!(f.emulator.token_requests(), 3);
+    f.emulator.stop().await;
+}
+
+#[actix_web::test]
+async fn the_token_is_replaced_before_it_expires() {
+    let f = fixture().await;
+    // Google's hour: the token is used until 5 minutes before it ends, then replaced while valid.
+    let lifetime = Duration::from_secs(3600);
+    f.emulator.set_token_lifetime(lifetime);
+    assert!(matches!(f.send("device").await.0, SendResult::Delivered { .. }));
+    assert_eq!(f.emulator.token_requests(), 1);
+    f.clock.advance(lifetime - REFRESH_BEFORE - Duration::from_secs(1));
+    assert!(matches!(f.send("device").await.0, SendResult::Delivered { .. }));
+    assert_eq!(f.emulator.token_requests(), 1, "still the first token a second before its refresh");
+    f.clock.advance(Duration::from_secs(1));
+    assert!(matches!(f.send("device").await.0, SendResult::Delivered { .. }));
+    assert_eq!(f.emulator.token_requests(), 2);
+    assert_eq!(f.emulator.requests(), 3, "no send was refused on the way");
+    f.emulator.stop().await;
+}
+
+#[actix_web::test]
+async fn a_token_fcm_judges_expired_is_refused_and_replaced_once() {
+    // The emulator's clock runs an hour ahead of the token source's (the system's): the cached
+    // token is past its hour at FCM, which answers a bare 401, and the client fetches a new one.
+    let f = fixture().await;
+    let account = ServiceAccount::from_json(&f.emulator.service_account_json()).expect("service account");
+    let tokens = Arc::new(TokenSource::new(account).expect("token source"));
+    let settings = settings(f.emulator.url(), &f.emulator.service_account_json());
+    let client = FcmClient::new(&settings, tokens.clone());
+    assert!(matches!(client.send(&[job("device", json!({}))]).await.results[0], SendResult::Delivered { .. }));
+
+    f.clock.advance(Duration::from_secs(3600));
+
+    assert!(matches!(client.send(&[job("device", json!({}))]).await.results[0], SendResult::Delivered { .. }));
+    assert_eq!(f.emulator.token_requests(), 2, "one refresh after the refusal");
+    assert_eq!(f.emulator.requests(), 3, "sent, refused as expired, sent again");
+    f.emulator.stop().await;
+}
+
+#[actix_web::test]
+async fn unspecified_error_gets_one_bounded_retry() {
+    let f = fixture().await;
+    let first = job("x-unspecified", json!({}));
+    let mut second = first.clone();
+    second.attempt = 1;
+    assert!(matches!(f.send_job(first).await.0, SendResult::Retry { .. }));
+    assert!(matches!(f.send_job(second).await.0, SendResult::Permanent { .. }));
+    f.emulator.stop().await;
+}
+
+#[actix_web::test]
+async fn an_unreachable_fcm_is_an_outage() {
+    let f = fixture().await;
+    assert!(matches!(f.send("device").await.0, SendResult::Delivered { .. }));
+    // The same (cached) access token, but nothing listens where the sends go.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let settings = settings(format!("http://{closed}"), &f.emulator.service_account_json());
+    let client = FcmClient::new(&settings, f.tokens.clone());
+    let response = client.send(&[job("device", json!({}))]).await;
+    assert!(matches!(response.results[0], SendResult::Retry { .. }), "{:?}", response.results);
+    assert!(matches!(response.health, Health::Outage(_)));
+    f.emulator.stop().await;
+}
