@@ -210,14 +210,14 @@ where
 
     if !args.keep {
         let _ = admin.batch_execute(&format!("DROP DATABASE IF EXISTS {db_name} WITH (FORCE)")).await;
-        if let Ok(client) = redis::Client::open(target.redis_url.as_str()) {
-            if let Ok(mut conn) = client.get_multiplexed_async_connection().await {
-                let keys: Vec<String> =
-                    redis::cmd("KEYS").arg(format!("{prefix}:*")).query_async(&mut conn).await.unwrap_or_default();
-                for chunk in keys.chunks(500) {
-                    let _: Result<(), _> = redis::cmd("DEL").arg(chunk).query_async(&mut conn).await;
-                }
-            }
+        // SCAN + UNLINK in batches: a 1M-key run's cleanup neither blocks Redis nor outlasts a
+        // reply timeout, and a failure is said, not swallowed.
+        let removed = match crate::testing::redis_connection(&target.redis_url).await {
+            Ok(mut conn) => crate::testing::remove_keys(&mut conn, &prefix).await,
+            Err(e) => Err(e),
+        };
+        if let Err(e) = removed {
+            eprintln!("loadgen: could not remove its Redis keys ({prefix}:*): {e}");
         }
     }
     emulator.stop().await;

@@ -1,7 +1,8 @@
 //! What both integration-test targets use (`tests/relay`, with Postgres and Redis, and
 //! `tests/providers`, the provider clients against the emulators alone): a wait for a condition
 //! with a deadline, a temp directory and a child process that are removed when dropped, and a
-//! job to hand a provider client directly. Test support only: these panic when the test fails.
+//! job to hand a provider client directly, and a Redis connection patient enough for a loaded
+//! machine. Test support only: these panic when the test fails.
 
 use notify_relay_engine::job::{Job, Priority, Provider};
 use serde_json::Value;
@@ -9,6 +10,36 @@ use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 use uuid::Uuid;
+
+/// A connection to the Redis at `url` for a test's own commands. redis-rs gives up on a reply
+/// after 500 ms by default; on a machine running many tests at once (or while another test
+/// loads 100k entries) a healthy Redis can take longer, and a test must fail on what it checks,
+/// not on a client timeout.
+pub async fn redis_connection(url: &str) -> redis::RedisResult<redis::aio::MultiplexedConnection> {
+    let patient = redis::AsyncConnectionConfig::new()
+        .set_connection_timeout(Some(Duration::from_secs(10)))
+        .set_response_timeout(Some(Duration::from_secs(10)));
+    redis::Client::open(url)?.get_multiplexed_async_connection_with_config(&patient).await
+}
+
+/// Removes every key under `prefix` (`prefix:*`) with `SCAN` and `UNLINK` in batches, so that
+/// cleaning up after a test with 100k keys never blocks the Redis that other tests share
+/// (`KEYS` walks the whole keyspace in one command, `DEL` frees memory inline).
+pub async fn remove_keys(conn: &mut redis::aio::MultiplexedConnection, prefix: &str) -> redis::RedisResult<()> {
+    let pattern = format!("{prefix}:*");
+    let mut cursor: u64 = 0;
+    loop {
+        let (next, keys): (u64, Vec<String>) =
+            redis::cmd("SCAN").arg(cursor).arg("MATCH").arg(&pattern).arg("COUNT").arg(1000).query_async(conn).await?;
+        if !keys.is_empty() {
+            redis::cmd("UNLINK").arg(&keys).query_async::<()>(conn).await?;
+        }
+        if next == 0 {
+            return Ok(());
+        }
+        cursor = next;
+    }
+}
 
 /// Polls `check` until it yields a value, failing the test after `limit`.
 pub async fn eventually<T, F, Fut>(limit: Duration, mut check: F) -> T

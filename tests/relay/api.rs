@@ -73,24 +73,19 @@ impl Api {
     async fn failed_notification(&self, user: &str, ago_secs: i64) -> Uuid {
         let id: Uuid = self
             .app
-            .db
-            .query_one(
+            .one(
                 "INSERT INTO notification (user_id, type, status, last_error, attempt_count, payload)
                  VALUES ($1, 't', 'failed', 'gone', 1, '{\"title\":\"x\"}') RETURNING id",
                 &[&user],
             )
-            .await
-            .unwrap()
-            .get(0);
+            .await;
         self.app
-            .db
-            .execute(
+            .exec(
                 "INSERT INTO notification_failed (notification_id, user_id, error, attempt_count, payload, failed_at)
                  VALUES ($1, $2, 'gone', 1, '{\"title\":\"x\"}', now() - make_interval(secs => $3))",
                 &[&id, &user, &(ago_secs as f64)],
             )
-            .await
-            .unwrap();
+            .await;
         id
     }
 }
@@ -324,14 +319,8 @@ async fn retry_answers_202_404_409_and_400_as_it_should() {
     assert_eq!(status, 404);
     let delivered: Uuid = api
         .app
-        .db
-        .query_one(
-            "INSERT INTO notification (user_id, type, status) VALUES ('alice', 't', 'delivered') RETURNING id",
-            &[],
-        )
-        .await
-        .unwrap()
-        .get(0);
+        .one("INSERT INTO notification (user_id, type, status) VALUES ('alice', 't', 'delivered') RETURNING id", &[])
+        .await;
     let (status, body) = api.post(&format!("/notifications/{delivered}/retry"), Some(&token), json!({})).await;
     assert_eq!((status, code(&body)), (409, "conflict"), "{body}");
 

@@ -177,7 +177,7 @@ async fn a_dispatch_whose_sender_is_gone_gives_back_each_permit_and_target_exact
     // One target to send, one already delivered (decided without a send, so it reaches the writer).
     let (to_send, device) = app.queued_target("kai", "ExponentPushToken[kai]", &json!({}), 0).await;
     let (done, done_device) = app.queued_target("lu", "ExponentPushToken[lu]", &json!({}), 0).await;
-    app.db.execute("UPDATE delivery SET status = 'delivered' WHERE notification_id = $1", &[&done]).await.unwrap();
+    app.exec("UPDATE delivery SET status = 'delivered' WHERE notification_id = $1", &[&done]).await;
     let entry = |id: &str| EntryRef { shard: 0, id: id.into() };
     let entries = vec![
         Entry::Job(entry("1-0"), expo_job(to_send, device, "kai", "ExponentPushToken[kai]", json!({}))),

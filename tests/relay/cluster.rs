@@ -1,7 +1,7 @@
 //! The relay against a real Redis Cluster: three private `redis-server` nodes in cluster mode,
 //! four stream shards spread over them.
 
-use crate::helpers::{add_users, eventually, insert_bulk, prepare, ADMIN_TOKEN};
+use crate::helpers::{add_users, eventually, insert_bulk, prepare, redis_connection, ADMIN_TOKEN};
 use notify_relay::configuration::Secret;
 use serde_json::{json, Value};
 use std::time::Duration;
@@ -48,7 +48,7 @@ impl PrivateCluster {
             eventually(Duration::from_secs(10), || {
                 let url = url.clone();
                 async move {
-                    let mut conn = redis::Client::open(url).ok()?.get_multiplexed_async_connection().await.ok()?;
+                    let mut conn = redis_connection(&url).await.ok()?;
                     redis::cmd("PING").query_async::<String>(&mut conn).await.ok()
                 }
             })
@@ -67,7 +67,7 @@ impl PrivateCluster {
             eventually(Duration::from_secs(20), || {
                 let url = url.clone();
                 async move {
-                    let mut conn = redis::Client::open(url).ok()?.get_multiplexed_async_connection().await.ok()?;
+                    let mut conn = redis_connection(&url).await.ok()?;
                     let info: String = redis::cmd("CLUSTER").arg("INFO").query_async(&mut conn).await.ok()?;
                     info.contains("cluster_state:ok").then_some(())
                 }
@@ -85,8 +85,7 @@ impl PrivateCluster {
     async fn keys_per_node(&self, prefix: &str) -> Vec<usize> {
         let mut counts = Vec::new();
         for port in &self.ports {
-            let client = redis::Client::open(format!("redis://127.0.0.1:{port}")).unwrap();
-            let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+            let mut conn = redis_connection(&format!("redis://127.0.0.1:{port}")).await.unwrap();
             let keys: Vec<String> = redis::cmd("KEYS").arg(format!("{prefix}:*")).query_async(&mut conn).await.unwrap();
             counts.push(keys.len());
         }

@@ -104,17 +104,11 @@ async fn the_channel_limits_delivery_to_that_providers_devices() {
     app.add_device("dave", "email", "dave@example.com").await;
 
     let to_expo: Uuid = app
-        .db
-        .query_one("INSERT INTO notification (user_id, type, channel) VALUES ('dave', 't', 'expo') RETURNING id", &[])
-        .await
-        .unwrap()
-        .get(0);
+        .one("INSERT INTO notification (user_id, type, channel) VALUES ('dave', 't', 'expo') RETURNING id", &[])
+        .await;
     let to_apns: Uuid = app
-        .db
-        .query_one("INSERT INTO notification (user_id, type, channel) VALUES ('dave', 't', 'apns') RETURNING id", &[])
-        .await
-        .unwrap()
-        .get(0);
+        .one("INSERT INTO notification (user_id, type, channel) VALUES ('dave', 't', 'apns') RETURNING id", &[])
+        .await;
 
     assert_eq!(app.final_status(to_expo).await.0, "delivered");
     let (status, _, error) = app.final_status(to_apns).await;

@@ -31,12 +31,7 @@ async fn the_relay_delivers_to_fcm_and_disables_unregistered_tokens() {
     .await;
     assert_eq!(fcm.sends_of(id, "carol-phone"), 1);
     assert_eq!(app.expo.sends_of(id, "ExponentPushToken[carol]"), 1);
-    let name: Option<String> = app
-        .db
-        .query_one("SELECT provider_message_id FROM delivery d JOIN device v ON v.id = d.device_id WHERE v.token = 'carol-phone'", &[])
-        .await
-        .unwrap()
-        .get(0);
+    let name: Option<String> = app.one("SELECT provider_message_id FROM delivery d JOIN device v ON v.id = d.device_id WHERE v.token = 'carol-phone'", &[]).await;
     assert!(name.is_some_and(|n| n.starts_with("projects/notify-relay-emulator/messages/")));
     let row = app
         .db

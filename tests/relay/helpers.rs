@@ -15,7 +15,8 @@
 
 use emulators::expo::ExpoEmulator;
 // Shared with tests/providers.
-pub use emulators::testing::{eventually, RelayProcess, TempDir};
+use emulators::testing::remove_keys;
+pub use emulators::testing::{eventually, redis_connection, RelayProcess, TempDir};
 use notify_relay::configuration::{Secret, Settings};
 use notify_relay::startup::{Application, ProcessRoles};
 use notify_relay_engine::clock::ManualClock;
@@ -23,6 +24,7 @@ use notify_relay_engine::Keys;
 use serde_json::Value;
 use std::collections::HashMap;
 use std::time::Duration;
+use tokio_postgres::types::{FromSql, ToSql};
 use uuid::Uuid;
 
 pub const ADMIN_TOKEN: &str = "test-admin-token";
@@ -70,8 +72,7 @@ pub async fn prepare() -> TestApp {
     let expo = ExpoEmulator::start("127.0.0.1:0", None).await.expect("expo emulator");
     let prefix = format!("test-{id}");
     let settings = test_settings(&db_url, &prefix, &expo.url());
-    let redis =
-        redis::Client::open(redis_url()).expect("redis url").get_multiplexed_async_connection().await.expect("redis");
+    let redis = redis_connection(&redis_url()).await.expect("redis");
     let leftovers = Leftovers { db_name: db_name.clone(), prefix: prefix.clone(), temp_files: Vec::new() };
     TestApp {
         db: pg(&db_url).await,
@@ -409,7 +410,20 @@ impl TestApp {
     }
 
     pub async fn count(&self, sql: &str) -> i64 {
-        self.db.query_one(sql, &[]).await.expect(sql).get(0)
+        self.one(sql, &[]).await
+    }
+
+    /// The first column of the one row `sql` returns.
+    pub async fn one<T>(&self, sql: &str, params: &[&(dyn ToSql + Sync)]) -> T
+    where
+        T: for<'a> FromSql<'a>,
+    {
+        self.db.query_one(sql, params).await.unwrap_or_else(|e| panic!("{sql}: {e}")).get(0)
+    }
+
+    /// Runs one statement; the number of rows it changed.
+    pub async fn exec(&self, sql: &str, params: &[&(dyn ToSql + Sync)]) -> u64 {
+        self.db.execute(sql, params).await.unwrap_or_else(|e| panic!("{sql}: {e}"))
     }
 
     pub async fn get(&self, path: &str, token: Option<&str>) -> (u16, Value) {
@@ -643,17 +657,8 @@ impl Drop for Leftovers {
                 return;
             };
             runtime.block_on(async move {
-                if let Ok(client) = redis::Client::open(redis_url()) {
-                    if let Ok(mut conn) = client.get_multiplexed_async_connection().await {
-                        let keys: Vec<String> = redis::cmd("KEYS")
-                            .arg(format!("{prefix}:*"))
-                            .query_async(&mut conn)
-                            .await
-                            .unwrap_or_default();
-                        if !keys.is_empty() {
-                            let _: redis::RedisResult<()> = redis::cmd("DEL").arg(&keys).query_async(&mut conn).await;
-                        }
-                    }
+                if let Ok(mut conn) = redis_connection(&redis_url()).await {
+                    let _ = remove_keys(&mut conn, &prefix).await;
                 }
                 if let Ok((client, connection)) =
                     tokio_postgres::connect(&base_database_url(), tokio_postgres::NoTls).await
@@ -775,11 +780,7 @@ impl PrivateRedis {
 
     /// A new connection (one made before a restart is gone with the old process).
     pub async fn connection(&self) -> redis::aio::MultiplexedConnection {
-        redis::Client::open(self.url())
-            .expect("private redis url")
-            .get_multiplexed_async_connection()
-            .await
-            .expect("connect to the private redis")
+        redis_connection(&self.url()).await.expect("connect to the private redis")
     }
 
     /// `SAVE`: a snapshot of this moment, for `restart` to come back from.
@@ -827,8 +828,7 @@ impl PrivateRedis {
         eventually(Duration::from_secs(10), || {
             let url = url.clone();
             async move {
-                let client = redis::Client::open(url).ok()?;
-                let mut conn = client.get_multiplexed_async_connection().await.ok()?;
+                let mut conn = redis_connection(&url).await.ok()?;
                 redis::cmd("PING").query_async::<String>(&mut conn).await.ok()
             }
         })

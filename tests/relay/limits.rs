@@ -50,10 +50,12 @@ async fn idle_readers_hold_no_permits_and_one_permit_serves_every_shard() {
     .await;
     app.add_device("sam", "expo", "ExponentPushToken[sam]").await;
 
-    // Idle: sampled 50 times, the permit is (all but) always free.
+    // Idle: sampled 50 times, the permit is mostly free. A reader that held it through its 1 s
+    // BLOCK would show in every sample; the short non-blocking reads between BLOCKs show in a
+    // few, more of them on a loaded machine.
     let engine = &app.app.as_ref().expect("running").engine;
     let held = samples_holding(50, Duration::from_millis(20), || engine.in_flight(), |n| *n > 0).await;
-    assert!(held <= 2, "idle readers held the permit in {held} of 50 samples");
+    assert!(held < 25, "idle readers held the permit in {held} of 50 samples");
 
     notify_times(&app, "sam", 40).await;
     app.all_final(Duration::from_secs(30)).await;

@@ -245,7 +245,7 @@ async fn postgres_unreachable_for_40_s_under_load_fails_nothing() {
     wait_for_sends(&app, 300).await;
 
     // The test's own connection stays; every other is cut, and no new one is let in.
-    let own: i32 = app.db.query_one("SELECT pg_backend_pid()", &[]).await.unwrap().get(0);
+    let own: i32 = app.one("SELECT pg_backend_pid()", &[]).await;
     let admin = pg(&crate::helpers::base_database_url()).await;
     admin.batch_execute(&format!("ALTER DATABASE {} ALLOW_CONNECTIONS false", app.db_name)).await.unwrap();
     let cut: i64 = admin
@@ -295,13 +295,8 @@ async fn during_a_rolling_config_change_a_worker_without_fcm_fails_no_fcm_target
     let mut app = prepare().await;
     let fcm = FcmEmulator::start("127.0.0.1:0").await.expect("fcm emulator");
     app.enable_fcm(&fcm);
-    app.db
-        .execute(
-            "INSERT INTO device (user_id, provider, token) SELECT 'u' || g, 'fcm', 'fcm-u' || g FROM generate_series(1, 30) g",
-            &[],
-        )
-        .await
-        .unwrap();
+    app.exec("INSERT INTO device (user_id, provider, token) SELECT 'u' || g, 'fcm', 'fcm-u' || g FROM generate_series(1, 30) g",
+            &[]).await;
     insert_bulk(&app, 300, 30).await;
 
     // A worker still on the old config (FCM off) is up and reading when the listener, already on

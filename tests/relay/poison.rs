@@ -197,12 +197,8 @@ async fn an_outcome_postgres_refuses_is_isolated_and_the_rest_of_its_batch_is_st
 
     app.all_final(Duration::from_secs(30)).await;
     assert_eq!(app.delivered().await, 19);
-    let error: String = app
-        .db
-        .query_one("SELECT last_error FROM notification WHERE user_id = 'bad' AND status = 'failed'", &[])
-        .await
-        .unwrap()
-        .get(0);
+    let error: String =
+        app.one("SELECT last_error FROM notification WHERE user_id = 'bad' AND status = 'failed'", &[]).await;
     assert!(error.starts_with("the provider's answer could not be stored: "), "{error}");
     // The counters are written to Redis after the outcomes are committed to Postgres.
     eventually(Duration::from_secs(10), || async { (app.redis_counter("OUTCOME_REFUSED").await >= 1).then_some(()) })
@@ -283,24 +279,20 @@ async fn an_unreadable_stream_entry_that_names_its_target_fails_that_target() {
 #[actix_web::test]
 async fn fan_out_is_capped_per_user_and_large_fan_outs_are_enqueued_in_parts() {
     let app = spawn_app().await;
-    app.db
-        .execute(
-            "INSERT INTO device (user_id, provider, token, created_at)
+    app.exec(
+        "INSERT INTO device (user_id, provider, token, created_at)
              SELECT 'many', 'expo', 'ExponentPushToken[many' || g || ']', now() - g * interval '1 minute'
                FROM generate_series(1, 150) g",
-            &[],
-        )
-        .await
-        .unwrap();
+        &[],
+    )
+    .await;
     let body = "b".repeat(3000);
-    app.db
-        .execute(
-            "INSERT INTO notification (user_id, type, payload)
+    app.exec(
+        "INSERT INTO notification (user_id, type, payload)
              SELECT 'many', 't', jsonb_build_object('title', 'n' || g, 'body', $1::text) FROM generate_series(1, 20) g",
-            &[&body],
-        )
-        .await
-        .unwrap();
+        &[&body],
+    )
+    .await;
 
     app.all_final(Duration::from_secs(60)).await;
     assert_eq!(app.delivered().await, 20);

@@ -45,7 +45,7 @@ async fn a_receipt_saying_device_not_registered_disables_the_device() {
     let (_, reason) = disabled(&app, device, Duration::from_secs(10)).await;
     assert!(reason.starts_with("receipt: expo: DeviceNotRegistered"), "{reason}");
     let last_error: Option<String> =
-        app.db.query_one("SELECT last_error FROM delivery WHERE notification_id = $1", &[&id]).await.unwrap().get(0);
+        app.one("SELECT last_error FROM delivery WHERE notification_id = $1", &[&id]).await;
     assert!(last_error.unwrap().starts_with("receipt: "));
     eventually(Duration::from_secs(5), || async { (receipts_due(&app).await == 0).then_some(()) }).await;
 }
@@ -138,12 +138,8 @@ async fn a_receipt_leased_by_a_poller_that_died_is_applied_once_the_lease_ran_ou
     })
     .await;
     assert_eq!(leased.iter().map(|r| r.target).collect::<Vec<_>>(), vec![(id, device)]);
-    let leased_until: SystemTime = app
-        .db
-        .query_one("SELECT receipt_due_at FROM delivery WHERE notification_id = $1", &[&id])
-        .await
-        .unwrap()
-        .get(0);
+    let leased_until: SystemTime =
+        app.one("SELECT receipt_due_at FROM delivery WHERE notification_id = $1", &[&id]).await;
     drop(leased); // the poller "crashes": it never asks Expo nor writes anything
 
     // A scheduler comes up (another replica); the lease holds it off, then runs out.
@@ -163,16 +159,14 @@ async fn a_receipt_expo_does_not_have_is_asked_again_until_it_is_a_day_old() {
     let ids = app.delivered_rows("yan", 2).await;
     // Tickets the emulator never issued: Expo has no receipt for them (yet, or any more).
     for (id, hours) in [(ids[0], 1), (ids[1], 25)] {
-        app.db
-            .execute(
-                "INSERT INTO delivery (notification_id, device_id, provider, status, provider_message_id,
+        app.exec(
+            "INSERT INTO delivery (notification_id, device_id, provider, status, provider_message_id,
                                        delivered_at, receipt_due_at)
                  VALUES ($1, $2, 'expo', 'delivered', 'unknown-' || $1::uuid::text,
                          now() - $3::int4 * interval '1 hour', now())",
-                &[&id, &device, &hours],
-            )
-            .await
-            .unwrap();
+            &[&id, &device, &hours],
+        )
+        .await;
     }
 
     let due_in = |id: Uuid| {
@@ -206,16 +200,14 @@ async fn admin_queues_count_the_receipts_due_in_postgres_per_shard() {
     app.start_with(ProcessRoles::parse("api").unwrap()).await;
     let device = app.add_device("zed", "expo", "ExponentPushToken[zed]").await;
     let ids = app.delivered_rows("zed", 40).await;
-    app.db
-        .execute(
-            "INSERT INTO delivery (notification_id, device_id, provider, status, provider_message_id, delivered_at,
+    app.exec(
+        "INSERT INTO delivery (notification_id, device_id, provider, status, provider_message_id, delivered_at,
                                    receipt_due_at)
              SELECT id, $2, 'expo', 'delivered', 'ticket-' || id, now(), now() + interval '1 hour'
                FROM unnest($1::uuid[]) AS id",
-            &[&ids, &device],
-        )
-        .await
-        .unwrap();
+        &[&ids, &device],
+    )
+    .await;
     let mut expected = [0u64; 3];
     for id in &ids {
         expected[usize::from(notify_relay_engine::job::shard_of(*id, 3))] += 1;

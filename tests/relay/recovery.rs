@@ -11,15 +11,12 @@ async fn the_listener_reconnects_after_its_connection_is_terminated() {
     app.delivered_first("olga", json!({"title": "before"})).await;
 
     let killed: i64 = app
-        .db
-        .query_one(
+        .one(
             "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity
               WHERE datname = current_database() AND query LIKE 'LISTEN%'",
             &[],
         )
-        .await
-        .unwrap()
-        .get(0);
+        .await;
     assert_eq!(killed, 1, "one LISTEN connection");
     let after = app.notify("olga", json!({"title": "after"})).await;
 
@@ -132,48 +129,37 @@ async fn the_retention_job_deletes_old_final_rows_and_keeps_the_rest() {
     let device = app.add_device("tess", "expo", "ExponentPushToken[tess]").await;
     let old = "now() - interval '40 days'";
     for status in ["delivered", "delivered", "failed"] {
-        let id: uuid::Uuid = app
-            .db
-            .query_one(
-                &format!(
+        let id: uuid::Uuid = app.one(&format!(
                     "INSERT INTO notification (user_id, type, status, created_at) VALUES ('tess', 'old', '{status}', {old})
                      RETURNING id"
                 ),
-                &[],
-            )
-            .await
-            .unwrap()
-            .get(0);
-        app.db
-            .execute(
-                "INSERT INTO delivery (notification_id, device_id, provider, status) VALUES ($1, $2, 'expo', 'delivered')",
-                &[&id, &device],
-            )
-            .await
-            .unwrap();
+                &[]).await;
+        app.exec(
+            "INSERT INTO delivery (notification_id, device_id, provider, status) VALUES ($1, $2, 'expo', 'delivered')",
+            &[&id, &device],
+        )
+        .await;
         if status == "failed" {
-            app.db
-                .execute(
-                    "INSERT INTO notification_failed (notification_id, user_id, error, attempt_count, payload)
+            app.exec(
+                "INSERT INTO notification_failed (notification_id, user_id, error, attempt_count, payload)
                      VALUES ($1, 'tess', 'x', 1, '{}')",
-                    &[&id],
-                )
-                .await
-                .unwrap();
+                &[&id],
+            )
+            .await;
         }
     }
     // Recent final rows stay.
-    app.db
-        .execute("INSERT INTO notification (user_id, type, status) VALUES ('tess', 'new', 'delivered')", &[])
-        .await
-        .unwrap();
+    app.exec("INSERT INTO notification (user_id, type, status) VALUES ('tess', 'new', 'delivered')", &[]).await;
     app.start().await;
     // An old row that is still in flight is never deleted (inserted after start so that the
     // relay does not deliver it: it is 'queued' with no stream entry and a fresh lease).
-    app.db
-        .execute(&format!("INSERT INTO notification (user_id, type, status, created_at) VALUES ('tess', 'stuck', 'queued', {old})"), &[])
-        .await
-        .unwrap();
+    app.exec(
+        &format!(
+            "INSERT INTO notification (user_id, type, status, created_at) VALUES ('tess', 'stuck', 'queued', {old})"
+        ),
+        &[],
+    )
+    .await;
 
     eventually(Duration::from_secs(10), || async {
         (app.count("SELECT count(*) FROM notification WHERE type = 'old'").await == 0).then_some(())

@@ -30,11 +30,8 @@ async fn a_first_attempt_postgres_has_as_delivered_is_not_sent_again_without_its
     // and has lost their idempotency keys.
     let mut app = prepare().await;
     let (id, device, token) = first_attempt(&app, "ann").await;
-    app.db
-        .execute("UPDATE delivery SET status = 'delivered', delivered_at = now() WHERE notification_id = $1", &[&id])
-        .await
-        .unwrap();
-    app.db.execute("UPDATE notification SET status = 'delivered' WHERE id = $1", &[&id]).await.unwrap();
+    app.exec("UPDATE delivery SET status = 'delivered', delivered_at = now() WHERE notification_id = $1", &[&id]).await;
+    app.exec("UPDATE notification SET status = 'delivered' WHERE id = $1", &[&id]).await;
     app.start().await;
 
     drained(&app).await;
@@ -54,8 +51,7 @@ async fn a_target_only_its_idempotency_key_knows_as_delivered_is_marked_delivere
 
     let (status, _, _) = app.final_status(id).await;
     assert_eq!(status, "delivered", "repaired from the key");
-    let row: String =
-        app.db.query_one("SELECT status FROM delivery WHERE notification_id = $1", &[&id]).await.unwrap().get(0);
+    let row: String = app.one("SELECT status FROM delivery WHERE notification_id = $1", &[&id]).await;
     assert_eq!(row, "delivered");
     drained(&app).await;
     assert_eq!(app.expo.sends_of(id, &token), 0);
@@ -67,9 +63,9 @@ async fn queued_work_for_a_device_removed_or_given_to_another_user_is_not_sent()
     let (removed, removed_device, removed_token) = first_attempt(&app, "cy").await;
     let (moved, moved_device, moved_token) = first_attempt(&app, "di").await;
     let (kept, _, kept_token) = first_attempt(&app, "ed").await;
-    app.db.execute("UPDATE device SET disabled_at = now() WHERE id = $1", &[&removed_device]).await.unwrap();
+    app.exec("UPDATE device SET disabled_at = now() WHERE id = $1", &[&removed_device]).await;
     // The phone changed hands: the new owner registered the same token.
-    app.db.execute("UPDATE device SET user_id = 'new-owner' WHERE id = $1", &[&moved_device]).await.unwrap();
+    app.exec("UPDATE device SET user_id = 'new-owner' WHERE id = $1", &[&moved_device]).await;
     app.start().await;
 
     let (status, _, error) = app.final_status(removed).await;
@@ -93,20 +89,12 @@ async fn deleting_the_devices_of_a_notification_in_flight_settles_it() {
     // A second notification with one target delivered and one still queued on another device.
     let (half, first) = app.queued_target("gus", "ExponentPushToken[gus-1]", &json!({}), 0).await;
     let second = app.add_device("gus", "expo", "ExponentPushToken[gus-2]").await;
-    app.db
-        .execute("UPDATE delivery SET status = 'failed', last_error = 'boom' WHERE device_id = $1", &[&first])
-        .await
-        .unwrap();
-    app.db
-        .execute(
-            "INSERT INTO delivery (notification_id, device_id, provider) VALUES ($1, $2, 'expo')",
-            &[&half, &second],
-        )
-        .await
-        .unwrap();
+    app.exec("UPDATE delivery SET status = 'failed', last_error = 'boom' WHERE device_id = $1", &[&first]).await;
+    app.exec("INSERT INTO delivery (notification_id, device_id, provider) VALUES ($1, $2, 'expo')", &[&half, &second])
+        .await;
 
     // Erasing users: their devices go, and their delivery rows with them (ON DELETE CASCADE).
-    app.db.execute("DELETE FROM device WHERE id = ANY($1)", &[&vec![device, second]]).await.unwrap();
+    app.exec("DELETE FROM device WHERE id = ANY($1)", &[&vec![device, second]]).await;
 
     let (status, _, error) = app.status(lost).await;
     assert_eq!(status, "failed");
@@ -118,10 +106,7 @@ async fn deleting_the_devices_of_a_notification_in_flight_settles_it() {
 }
 
 async fn age_by_40_days(app: &TestApp, id: Uuid) {
-    app.db
-        .execute("UPDATE notification SET created_at = now() - interval '40 days' WHERE id = $1", &[&id])
-        .await
-        .unwrap();
+    app.exec("UPDATE notification SET created_at = now() - interval '40 days' WHERE id = $1", &[&id]).await;
 }
 
 #[actix_web::test]
@@ -130,21 +115,19 @@ async fn retention_keeps_a_delivered_notification_while_another_of_its_targets_i
     // Delivered to one device, still retrying on the other.
     let (busy, first) = app.queued_target("hal", "ExponentPushToken[hal-1]", &json!({}), 0).await;
     let second = app.add_device("hal", "expo", "ExponentPushToken[hal-2]").await;
-    app.db.execute("UPDATE delivery SET status = 'delivered' WHERE device_id = $1", &[&first]).await.unwrap();
-    app.db
-        .execute(
-            "INSERT INTO delivery (notification_id, device_id, provider, status, next_attempt_at)
+    app.exec("UPDATE delivery SET status = 'delivered' WHERE device_id = $1", &[&first]).await;
+    app.exec(
+        "INSERT INTO delivery (notification_id, device_id, provider, status, next_attempt_at)
              VALUES ($1, $2, 'expo', 'retrying', now() + interval '1 hour')",
-            &[&busy, &second],
-        )
-        .await
-        .unwrap();
-    app.db.execute("UPDATE notification SET status = 'delivered' WHERE id = $1", &[&busy]).await.unwrap();
+        &[&busy, &second],
+    )
+    .await;
+    app.exec("UPDATE notification SET status = 'delivered' WHERE id = $1", &[&busy]).await;
     age_by_40_days(&app, busy).await;
     // The control: old, delivered, nothing in flight.
     let (done, _) = app.queued_target("ivy", "ExponentPushToken[ivy]", &json!({}), 0).await;
-    app.db.execute("UPDATE delivery SET status = 'delivered' WHERE notification_id = $1", &[&done]).await.unwrap();
-    app.db.execute("UPDATE notification SET status = 'delivered' WHERE id = $1", &[&done]).await.unwrap();
+    app.exec("UPDATE delivery SET status = 'delivered' WHERE notification_id = $1", &[&done]).await;
+    app.exec("UPDATE notification SET status = 'delivered' WHERE id = $1", &[&done]).await;
     age_by_40_days(&app, done).await;
     app.start_with(ProcessRoles::parse("scheduler").unwrap()).await;
 
@@ -169,14 +152,12 @@ async fn the_sweep_leaves_a_backlog_nobody_has_read_yet_and_requeues_only_what_r
     }
     // Fan-out only: the backlog waits, unread, for workers that are not there.
     app.start_with(ProcessRoles::parse("listener").unwrap()).await;
-    app.db
-        .execute(
-            "INSERT INTO notification (user_id, type, payload)
+    app.exec(
+        "INSERT INTO notification (user_id, type, payload)
              SELECT 'u' || g, 't', '{}' FROM generate_series(0, 19) g",
-            &[],
-        )
-        .await
-        .unwrap();
+        &[],
+    )
+    .await;
     eventually(Duration::from_secs(10), || async { (app.stream_len().await == 20).then_some(()) }).await;
 
     // Twenty sweeps later — 4 s, past the 2.5 s lease: still one entry per target.
