@@ -191,6 +191,17 @@ fn redis_unreachable(e: &redis::RedisError) -> bool {
         || matches!(e.code(), Some("LOADING" | "BUSY" | "TRYAGAIN" | "CLUSTERDOWN" | "MASTERDOWN"))
 }
 
+/// The 401 every authenticated route can answer, for the OpenAPI document (listed in a route's
+/// `responses(...)` by name).
+#[derive(utoipa::IntoResponses)]
+#[response(status = 401, description = "no token, or one that is malformed, expired, or not for this route")]
+pub struct Unauthorized(pub ErrorBody);
+
+/// The 503 every route that reads Postgres or Redis can answer, for the OpenAPI document.
+#[derive(utoipa::IntoResponses)]
+#[response(status = 503, description = "Postgres or Redis cannot be reached; try again")]
+pub struct Unavailable(pub ErrorBody);
+
 /// `{"error": {"code", "message"}}`, for the OpenAPI document.
 #[derive(serde::Serialize, utoipa::ToSchema)]
 pub struct ErrorBody {

@@ -22,6 +22,18 @@ pub async fn redis_connection(url: &str) -> redis::RedisResult<redis::aio::Multi
     redis::Client::open(url)?.get_multiplexed_async_connection_with_config(&patient).await
 }
 
+/// Waits until the Redis at `url` answers `command` with a text `ready` accepts (`PING` once a
+/// server listens and has loaded its snapshot; `CLUSTER INFO` once a cluster is formed); fails
+/// the test after `limit`.
+pub async fn until_redis_answers(url: &str, limit: Duration, command: &redis::Cmd, ready: impl Fn(&str) -> bool) {
+    eventually(limit, || async {
+        let mut conn = redis_connection(url).await.ok()?;
+        let reply: String = command.query_async(&mut conn).await.ok()?;
+        ready(&reply).then_some(())
+    })
+    .await
+}
+
 /// Removes every key under `prefix` (`prefix:*`) with `SCAN` and `UNLINK` in batches, so that
 /// cleaning up after a test with 100k keys never blocks the Redis that other tests share
 /// (`KEYS` walks the whole keyspace in one command, `DEL` frees memory inline).

@@ -16,7 +16,7 @@ pub struct ActorsBody {
 }
 
 /// Every live actor with its mailbox figures.
-#[utoipa::path(tag = "admin", responses((status = 200, body = ActorsBody), (status = 401, body = crate::error::ErrorBody)),
+#[utoipa::path(tag = "admin", responses((status = 200, body = ActorsBody), crate::error::Unauthorized),
     security(("admin_token" = [])))]
 #[get("/admin/actors")]
 pub async fn list_actors(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
@@ -42,8 +42,8 @@ pub struct Totals {
 }
 
 /// Per shard: stream length, pending, lag, delayed retries, dead letters, receipts to fetch.
-#[utoipa::path(tag = "admin", responses((status = 200, body = QueuesBody), (status = 401, body = crate::error::ErrorBody),
-    (status = 503, description = "Postgres or Redis cannot be reached; try again", body = crate::error::ErrorBody)),
+#[utoipa::path(tag = "admin", responses((status = 200, body = QueuesBody), crate::error::Unauthorized,
+    crate::error::Unavailable),
     security(("admin_token" = [])))]
 #[get("/admin/queues")]
 pub async fn queues(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
@@ -80,8 +80,8 @@ pub struct DlqBody {
 
 /// The newest dead letters of every shard.
 #[utoipa::path(tag = "admin", params(DlqQuery),
-    responses((status = 200, body = DlqBody), (status = 400, body = crate::error::ErrorBody), (status = 401, body = crate::error::ErrorBody),
-    (status = 503, description = "Postgres or Redis cannot be reached; try again", body = crate::error::ErrorBody)),
+    responses((status = 200, body = DlqBody), (status = 400, body = crate::error::ErrorBody), crate::error::Unauthorized,
+    crate::error::Unavailable),
     security(("admin_token" = [])))]
 #[get("/admin/dlq")]
 pub async fn dlq(
@@ -161,10 +161,10 @@ impl utoipa::PartialSchema for RequeueRequest {
 #[utoipa::path(tag = "admin", request_body(content = inline(RequeueRequest), content_type = "application/json"),
     responses((status = 200, body = RequeueReport),
               (status = 400, description = "malformed JSON or not Content-Type: application/json", body = crate::error::ErrorBody),
-              (status = 401, body = crate::error::ErrorBody),
+              crate::error::Unauthorized,
               (status = 413, description = "body over 64 KiB", body = crate::error::ErrorBody),
               (status = 422, description = "no ids and not `all`, both, a malformed id, or a limit out of range", body = crate::error::ErrorBody),
-              (status = 503, description = "Postgres or Redis cannot be reached; try again", body = crate::error::ErrorBody)),
+              crate::error::Unavailable),
     security(("admin_token" = [])))]
 #[post("/admin/dlq/requeue")]
 pub async fn requeue(
@@ -242,8 +242,8 @@ pub struct MetricsBody {
 
 /// The daily Redis counters per event (and `event:provider`), today first.
 #[utoipa::path(tag = "admin", params(MetricsQuery),
-    responses((status = 200, body = MetricsBody), (status = 400, body = crate::error::ErrorBody), (status = 401, body = crate::error::ErrorBody),
-    (status = 503, description = "Postgres or Redis cannot be reached; try again", body = crate::error::ErrorBody)),
+    responses((status = 200, body = MetricsBody), (status = 400, body = crate::error::ErrorBody), crate::error::Unauthorized,
+    crate::error::Unavailable),
     security(("admin_token" = [])))]
 #[get("/admin/metrics")]
 pub async fn metrics(

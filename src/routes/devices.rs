@@ -141,12 +141,12 @@ fn expected_shape(provider: Provider) -> &'static str {
     responses(
         (status = 201, body = Device, headers(("location" = String, description = "/users/{user_id}/devices/{id}"))),
         (status = 400, description = "malformed JSON, not Content-Type: application/json, or a user_id with a NUL", body = crate::error::ErrorBody),
-        (status = 401, body = crate::error::ErrorBody),
+        crate::error::Unauthorized,
         (status = 403, description = "another user's path, or an email address that is not the token's `email` claim", body = crate::error::ErrorBody),
         (status = 409, description = "the email address is an active device of another user", body = crate::error::ErrorBody),
         (status = 413, description = "body over 64 KiB", body = crate::error::ErrorBody),
         (status = 422, description = "missing field or bad provider/token (the message names the field), or the user has `devices.max_per_user` active devices", body = crate::error::ErrorBody),
-        (status = 503, description = "Postgres or Redis cannot be reached; try again", body = crate::error::ErrorBody),
+        crate::error::Unavailable,
     ),
     security(("user_jwt" = []))
 )]
@@ -218,10 +218,10 @@ pub fn normalize_address(address: &str) -> String {
     responses(
         (status = 204, description = "removed"),
         (status = 400, description = "the id is not a UUID, or a user_id with a NUL", body = crate::error::ErrorBody),
-        (status = 401, body = crate::error::ErrorBody),
+        crate::error::Unauthorized,
         (status = 403, body = crate::error::ErrorBody),
         (status = 404, description = "the user has no such active device", body = crate::error::ErrorBody),
-        (status = 503, description = "Postgres or Redis cannot be reached; try again", body = crate::error::ErrorBody),
+        crate::error::Unavailable,
     ),
     security(("user_jwt" = []))
 )]

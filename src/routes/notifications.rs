@@ -36,9 +36,9 @@ pub struct FailedPage {
     responses(
         (status = 200, body = FailedPage),
         (status = 400, description = "bad `limit`, a malformed or tampered cursor, or a user_id with a NUL", body = crate::error::ErrorBody),
-        (status = 401, body = crate::error::ErrorBody),
+        crate::error::Unauthorized,
         (status = 403, description = "another user's notifications", body = crate::error::ErrorBody),
-        (status = 503, description = "Postgres or Redis cannot be reached; try again", body = crate::error::ErrorBody),
+        crate::error::Unavailable,
     ),
     security(("user_jwt" = []))
 )]
@@ -83,11 +83,11 @@ pub struct RetryAccepted {
     responses(
         (status = 202, body = RetryAccepted),
         (status = 400, description = "the id is not a UUID", body = crate::error::ErrorBody),
-        (status = 401, body = crate::error::ErrorBody),
+        crate::error::Unauthorized,
         (status = 403, description = "another user's notification", body = crate::error::ErrorBody),
         (status = 404, body = crate::error::ErrorBody),
         (status = 409, description = "the notification is not failed", body = crate::error::ErrorBody),
-        (status = 503, description = "Postgres or Redis cannot be reached; try again", body = crate::error::ErrorBody),
+        crate::error::Unavailable,
     ),
     security(("user_jwt" = []), ("admin_token" = []))
 )]

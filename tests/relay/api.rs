@@ -496,6 +496,13 @@ async fn the_openapi_document_lists_every_route_and_the_docs_page_is_served_offl
         assert!(paths.contains_key(path), "{path} missing from {:?}", paths.keys().collect::<Vec<_>>());
     }
     assert!(doc["components"]["securitySchemes"]["user_jwt"].is_object());
+    // The shared 401 and 503 answers carry the error body, as every other error does.
+    let queues = &doc["paths"]["/admin/queues"]["get"]["responses"];
+    for status in ["401", "503"] {
+        let schema = &queues[status]["content"]["application/json"]["schema"]["$ref"];
+        assert_eq!(schema, "#/components/schemas/ErrorBody", "{status}: {queues}");
+        assert!(!queues[status]["description"].as_str().unwrap_or_default().is_empty(), "{status}: {queues}");
+    }
     let client = awc::Client::default();
     let mut page = client.get(format!("{}/docs/", api.app.api())).send().await.unwrap();
     assert_eq!(page.status().as_u16(), 200);

@@ -32,13 +32,11 @@ async fn apns_a_notification_reaches_an_apns_device_through_the_relay() {
     assert_eq!(sent[0].body["aps"]["alert"], json!({"title": "Hello", "body": "from APNs"}));
     assert_eq!(sent[0].body["k"], json!("v"));
     let row = app
-        .db
-        .query_one(
+        .row(
             "SELECT status, provider_message_id FROM delivery WHERE notification_id = $1 AND device_id = $2",
             &[&id, &device_id],
         )
-        .await
-        .expect("delivery row");
+        .await;
     assert_eq!(row.get::<_, String>(0), "delivered");
     assert_eq!(row.get::<_, Option<String>>(1), Some(sent[0].apns_id.clone()));
     app.cleanup().await;

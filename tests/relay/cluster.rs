@@ -1,7 +1,7 @@
 //! The relay against a real Redis Cluster: three private `redis-server` nodes in cluster mode,
 //! four stream shards spread over them.
 
-use crate::helpers::{add_users, eventually, insert_bulk, prepare, redis_connection, ADMIN_TOKEN};
+use crate::helpers::{add_users, eventually, insert_bulk, prepare, redis_connection, until_redis_answers, ADMIN_TOKEN};
 use notify_relay::configuration::Secret;
 use serde_json::{json, Value};
 use std::time::Duration;
@@ -45,14 +45,7 @@ impl PrivateCluster {
         let cluster = PrivateCluster { nodes, ports, dir };
         for port in &cluster.ports {
             let url = format!("redis://127.0.0.1:{port}");
-            eventually(Duration::from_secs(10), || {
-                let url = url.clone();
-                async move {
-                    let mut conn = redis_connection(&url).await.ok()?;
-                    redis::cmd("PING").query_async::<String>(&mut conn).await.ok()
-                }
-            })
-            .await;
+            until_redis_answers(&url, Duration::from_secs(10), &redis::cmd("PING"), |_| true).await;
         }
         let created = std::process::Command::new("redis-cli")
             .arg("--cluster")
@@ -62,17 +55,11 @@ impl PrivateCluster {
             .output()
             .expect("redis-cli on PATH");
         assert!(created.status.success(), "{}", String::from_utf8_lossy(&created.stdout));
+        let mut info = redis::cmd("CLUSTER");
+        info.arg("INFO");
         for port in &cluster.ports {
             let url = format!("redis://127.0.0.1:{port}");
-            eventually(Duration::from_secs(20), || {
-                let url = url.clone();
-                async move {
-                    let mut conn = redis_connection(&url).await.ok()?;
-                    let info: String = redis::cmd("CLUSTER").arg("INFO").query_async(&mut conn).await.ok()?;
-                    info.contains("cluster_state:ok").then_some(())
-                }
-            })
-            .await;
+            until_redis_answers(&url, Duration::from_secs(20), &info, |i| i.contains("cluster_state:ok")).await;
         }
         cluster
     }

@@ -58,13 +58,8 @@ async fn remove(app: &TestApp, user: &str, token: &str, id: &str) -> u16 {
 
 async fn owner(app: &TestApp, provider: &str, token: &str) -> (String, bool) {
     let row = app
-        .db
-        .query_one(
-            "SELECT user_id, disabled_at IS NULL FROM device WHERE provider = $1 AND token = $2",
-            &[&provider, &token],
-        )
-        .await
-        .expect("device row");
+        .row("SELECT user_id, disabled_at IS NULL FROM device WHERE provider = $1 AND token = $2", &[&provider, &token])
+        .await;
     (row.get(0), row.get(1))
 }
 

@@ -31,11 +31,7 @@ async fn a_notification_to_an_email_device_is_delivered_through_the_relay() {
 
     let (status, attempts, error) = app.final_status(id).await;
     assert_eq!((status.as_str(), attempts, error), ("delivered", 1, None));
-    let row = app
-        .db
-        .query_one("SELECT status, provider_message_id FROM delivery WHERE device_id = $1", &[&device])
-        .await
-        .expect("delivery row");
+    let row = app.row("SELECT status, provider_message_id FROM delivery WHERE device_id = $1", &[&device]).await;
     assert_eq!(row.get::<_, String>(0), "delivered");
     assert!(row.get::<_, Option<String>>(1).unwrap_or_default().starts_with("250 "));
     assert_eq!(smtp.sends_of(id, "mia@example.org"), 1);

@@ -12,11 +12,8 @@ async fn a_user_without_devices_is_failed_with_one_notification_failed_row() {
     let (status, _, error) = app.final_status(id).await;
     assert_eq!(status, "failed");
     assert_eq!(error.as_deref(), Some("user nobody has no active device"));
-    let row = app
-        .db
-        .query_one("SELECT user_id, error, payload FROM notification_failed WHERE notification_id = $1", &[&id])
-        .await
-        .unwrap();
+    let row =
+        app.row("SELECT user_id, error, payload FROM notification_failed WHERE notification_id = $1", &[&id]).await;
     assert_eq!(row.get::<_, String>(0), "nobody");
     assert_eq!(row.get::<_, String>(1), "user nobody has no active device");
     assert_eq!(row.get::<_, serde_json::Value>(2), json!({"title": "lost?"}));

@@ -33,11 +33,7 @@ async fn the_relay_delivers_to_fcm_and_disables_unregistered_tokens() {
     assert_eq!(app.expo.sends_of(id, "ExponentPushToken[carol]"), 1);
     let name: Option<String> = app.one("SELECT provider_message_id FROM delivery d JOIN device v ON v.id = d.device_id WHERE v.token = 'carol-phone'", &[]).await;
     assert!(name.is_some_and(|n| n.starts_with("projects/notify-relay-emulator/messages/")));
-    let row = app
-        .db
-        .query_one("SELECT disabled_at IS NOT NULL, disabled_reason FROM device WHERE id = $1", &[&gone])
-        .await
-        .unwrap();
+    let row = app.row("SELECT disabled_at IS NOT NULL, disabled_reason FROM device WHERE id = $1", &[&gone]).await;
     assert!(row.get::<_, bool>(0), "the unregistered token is disabled");
     assert!(row.get::<_, Option<String>>(1).is_some_and(|r| r.contains("UNREGISTERED")));
     app.cleanup().await;

@@ -16,7 +16,7 @@
 use emulators::expo::ExpoEmulator;
 // Shared with tests/providers.
 use emulators::testing::remove_keys;
-pub use emulators::testing::{eventually, redis_connection, RelayProcess, TempDir};
+pub use emulators::testing::{eventually, redis_connection, until_redis_answers, RelayProcess, TempDir};
 use notify_relay::configuration::{Secret, Settings};
 use notify_relay::startup::{Application, ProcessRoles};
 use notify_relay_engine::clock::ManualClock;
@@ -419,6 +419,11 @@ impl TestApp {
         T: for<'a> FromSql<'a>,
     {
         self.db.query_one(sql, params).await.unwrap_or_else(|e| panic!("{sql}: {e}")).get(0)
+    }
+
+    /// The one row `sql` returns.
+    pub async fn row(&self, sql: &str, params: &[&(dyn ToSql + Sync)]) -> tokio_postgres::Row {
+        self.db.query_one(sql, params).await.unwrap_or_else(|e| panic!("{sql}: {e}"))
     }
 
     /// Runs one statement; the number of rows it changed.
@@ -825,14 +830,7 @@ impl PrivateRedis {
         self.child = Some(command.stdout(std::process::Stdio::null()).spawn().expect("redis-server on PATH"));
         let url = self.url();
         // PING answers once the server listens and has loaded its snapshot (LOADING before).
-        eventually(Duration::from_secs(10), || {
-            let url = url.clone();
-            async move {
-                let mut conn = redis_connection(&url).await.ok()?;
-                redis::cmd("PING").query_async::<String>(&mut conn).await.ok()
-            }
-        })
-        .await;
+        until_redis_answers(&url, Duration::from_secs(10), &redis::cmd("PING"), |_| true).await;
     }
 }
 

@@ -10,14 +10,8 @@ async fn the_same_entry_delivered_twice_is_sent_once() {
     let id = app.delivered_first("kim", json!({"title": "once"})).await;
 
     // Write the very same job to the stream again, as a redelivery would.
-    let row = app
-        .db
-        .query_one(
-            "SELECT d.device_id, dev.token FROM delivery d JOIN device dev ON dev.id = d.device_id WHERE d.notification_id = $1",
-            &[&id],
-        )
-        .await
-        .unwrap();
+    let row = app.row("SELECT d.device_id, dev.token FROM delivery d JOIN device dev ON dev.id = d.device_id WHERE d.notification_id = $1",
+            &[&id]).await;
     let job = crate::helpers::expo_job(id, row.get(0), "kim", row.get(1), json!({"title": "once"}));
     app.enqueue(&job).await;
 
