@@ -41,16 +41,21 @@ impl fmt::Display for Provider {
     }
 }
 
-/// A name that is none of [`Provider::ALL`].
+/// A text that names none of the values of [`Provider`] or [`Priority`] (a column or a field
+/// written by someone else); the message names what is expected.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("unknown provider `{0}` (expected one of expo, fcm, apns, email)")]
-pub struct UnknownProvider(pub String);
+pub enum UnknownName {
+    #[error("unknown provider `{0}` (expected one of expo, fcm, apns, email)")]
+    Provider(String),
+    #[error("must be 'normal' or 'high', got '{0}'")]
+    Priority(String),
+}
 
 impl FromStr for Provider {
-    type Err = UnknownProvider;
+    type Err = UnknownName;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Provider::ALL.into_iter().find(|p| p.as_str() == s).ok_or_else(|| UnknownProvider(s.to_string()))
+        Provider::ALL.into_iter().find(|p| p.as_str() == s).ok_or_else(|| UnknownName::Provider(s.to_string()))
     }
 }
 
@@ -63,19 +68,14 @@ pub enum Priority {
     High,
 }
 
-/// A `notification.priority` that is neither `normal` nor `high`.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("must be 'normal' or 'high', got '{0}'")]
-pub struct UnknownPriority(pub String);
-
 impl FromStr for Priority {
-    type Err = UnknownPriority;
+    type Err = UnknownName;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         match s {
             "normal" => Ok(Priority::Normal),
             "high" => Ok(Priority::High),
-            other => Err(UnknownPriority(other.to_string())),
+            other => Err(UnknownName::Priority(other.to_string())),
         }
     }
 }

@@ -73,7 +73,6 @@ impl ClaimStale {
 
 impl PeriodicJob for ClaimStale {
     const NAME: &'static str = "claim";
-    const KIND: &'static str = "claim";
 
     fn interval(&self) -> Option<Duration> {
         Some(self.policy.interval)

@@ -43,7 +43,6 @@ impl MoveDue {
 
 impl PeriodicJob for MoveDue {
     const NAME: &'static str = "delay";
-    const KIND: &'static str = "delay";
 
     fn interval(&self) -> Option<Duration> {
         Some(self.interval)

@@ -52,7 +52,6 @@ impl Heartbeat {
 
 impl PeriodicJob for Heartbeat {
     const NAME: &'static str = "heartbeat";
-    const KIND: &'static str = "heartbeat";
 
     fn interval(&self) -> Option<Duration> {
         Some(self.interval)

@@ -36,8 +36,9 @@ use std::time::Duration;
 pub trait PeriodicJob: Unpin + 'static {
     /// The actor's name in the registry (and in its log lines).
     const NAME: &'static str;
-    /// The actor's kind in the registry.
-    const KIND: &'static str;
+    /// The actor's kind in the registry: its name, unless the name says more (the poller named
+    /// `receipts-expo` is a `receipt_poller`).
+    const KIND: &'static str = Self::NAME;
 
     /// Time between two steps; `None` never ticks (the actor still runs, so that `/readyz`
     /// counts it as up).

@@ -56,7 +56,6 @@ impl Prune {
 
 impl PeriodicJob for Prune {
     const NAME: &'static str = "retention";
-    const KIND: &'static str = "retention";
 
     /// `final_after_days = 0` keeps everything: the actor runs (and counts as up) but never ticks.
     fn interval(&self) -> Option<Duration> {

@@ -2,21 +2,21 @@
 //! its notification (fan-out) or of its target (fan-out, sweep), with a text that names the
 //! field, so the producer who wrote the row can see what to fix.
 
-use crate::job::{Provider, UnknownPriority, UnknownProvider};
+use crate::job::{Provider, UnknownName};
 use crate::payload::PayloadError;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Unsendable {
     #[error("channel: {0}")]
-    Channel(UnknownProvider),
+    Channel(UnknownName),
     #[error("priority: {0}")]
-    Priority(UnknownPriority),
+    Priority(UnknownName),
     /// A target's `delivery.provider` (sweep) is not a provider.
     #[error("provider: {0}")]
-    TargetProvider(UnknownProvider),
+    TargetProvider(UnknownName),
     /// A device row written around the API names no provider.
     #[error(transparent)]
-    DeviceProvider(UnknownProvider),
+    DeviceProvider(UnknownName),
     #[error("provider {0} is not enabled in this deployment")]
     NotEnabled(Provider),
     /// An id or token over the relay's limit: it would travel in every stream entry and request.
