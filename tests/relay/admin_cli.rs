@@ -4,6 +4,7 @@ use crate::helpers::{eventually, spawn_app, spawn_app_with, wait_for_passes, Tes
 use notify_relay::admin::{run, AdminCommand};
 use serde_json::{json, Value};
 use std::time::Duration;
+use uuid::Uuid;
 
 async fn admin(app: &TestApp, command: AdminCommand) -> String {
     let mut out = Vec::new();
@@ -92,15 +93,22 @@ impl RequeueFailed {
     }
 }
 
-#[actix_web::test]
-async fn claim_stuck_moves_entries_of_a_dead_consumer_back_for_live_workers() {
+/// An app with an entry of `user`'s left pending by a dead consumer, and a claim actor that
+/// keeps away from it (60 s idle): only the admin commands can free it.
+async fn app_with_an_orphan(user: &str) -> (TestApp, Uuid) {
     let app = spawn_app_with(|s| {
-        // Claiming by the claim actor is far away: only the admin command can free the entry.
         s.claim.min_idle = Duration::from_secs(60);
         s.listener.stale_after = Duration::from_secs(120);
     })
     .await;
-    let (id, _) = app.orphaned_entry("jack", "ExponentPushToken[jack]", json!({"title": "stuck"})).await;
+    let token = format!("ExponentPushToken[{user}]");
+    let (id, _) = app.orphaned_entry(user, &token, json!({"title": "stuck"})).await;
+    (app, id)
+}
+
+#[actix_web::test]
+async fn claim_stuck_moves_entries_of_a_dead_consumer_back_for_live_workers() {
+    let (app, id) = app_with_an_orphan("jack").await;
     // Two claim passes ran after the entry was orphaned, and left it (idle < claim.min_idle_ms).
     wait_for_passes(app.app.as_ref().expect("started"), "claim", 2).await;
     assert_eq!(app.status(id).await.0, "queued");
@@ -113,12 +121,7 @@ async fn claim_stuck_moves_entries_of_a_dead_consumer_back_for_live_workers() {
 
 #[actix_web::test]
 async fn reset_group_asks_for_yes_and_then_hands_pending_entries_out_again() {
-    let app = spawn_app_with(|s| {
-        s.claim.min_idle = Duration::from_secs(60);
-        s.listener.stale_after = Duration::from_secs(120);
-    })
-    .await;
-    let (id, _) = app.orphaned_entry("kim", "ExponentPushToken[kim]", json!({"title": "stuck"})).await;
+    let (app, id) = app_with_an_orphan("kim").await;
     let mut out = Vec::new();
     let err = run(&app.settings, AdminCommand::ResetGroup { yes: false }, &mut out).await.unwrap_err();
     assert!(err.to_string().contains("--yes"), "{err}");

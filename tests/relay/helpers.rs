@@ -523,10 +523,8 @@ impl TestApp {
     /// does, for tests that hand entries out before it runs.
     pub async fn create_group(&self) {
         let mut conn = self.redis.clone();
-        let _: () = redis::cmd("XGROUP")
-            .arg("CREATE")
-            .arg(self.keys.stream(0))
-            .arg(notify_relay_engine::GROUP)
+        let _: () = self
+            .group_cmd(&["XGROUP", "CREATE"])
             .arg(0)
             .arg("MKSTREAM")
             .query_async(&mut conn)
@@ -537,16 +535,16 @@ impl TestApp {
     /// The ids of the first `count` pending entries of shard 0, oldest first.
     pub async fn pending_ids(&self, count: usize) -> Vec<String> {
         let mut conn = self.redis.clone();
-        let pending: Vec<(String, String, u64, u64)> = redis::cmd("XPENDING")
-            .arg(self.keys.stream(0))
-            .arg(notify_relay_engine::GROUP)
-            .arg("-")
-            .arg("+")
-            .arg(count)
-            .query_async(&mut conn)
-            .await
-            .expect("XPENDING");
+        let pending: Vec<(String, String, u64, u64)> =
+            self.group_cmd(&["XPENDING"]).arg("-").arg("+").arg(count).query_async(&mut conn).await.expect("XPENDING");
         pending.into_iter().map(|(id, ..)| id).collect()
+    }
+
+    /// A command on shard 0's consumer group: `words`, then the stream and the group.
+    fn group_cmd(&self, words: &[&str]) -> redis::Cmd {
+        let mut cmd = redis::cmd(words[0]);
+        cmd.arg(&words[1..]).arg(self.keys.stream(0)).arg(notify_relay_engine::GROUP);
+        cmd
     }
 
     /// The length of shard 0's stream.
@@ -567,13 +565,7 @@ impl TestApp {
     /// Destroys shard 0's consumer group, as a Redis flush or an operator mistake would.
     pub async fn destroy_group(&self) {
         let mut conn = self.redis.clone();
-        let _: () = redis::cmd("XGROUP")
-            .arg("DESTROY")
-            .arg(self.keys.stream(0))
-            .arg(notify_relay_engine::GROUP)
-            .query_async(&mut conn)
-            .await
-            .expect("XGROUP DESTROY");
+        let _: () = self.group_cmd(&["XGROUP", "DESTROY"]).query_async(&mut conn).await.expect("XGROUP DESTROY");
     }
 
     /// Entries of shard 0 read by a consumer and not yet acknowledged.

@@ -248,25 +248,12 @@ async fn postgres_unreachable_for_40_s_under_load_fails_nothing() {
     let own: i32 = app.one("SELECT pg_backend_pid()", &[]).await;
     let admin = pg(&crate::helpers::base_database_url()).await;
     admin.batch_execute(&format!("ALTER DATABASE {} ALLOW_CONNECTIONS false", app.db_name)).await.unwrap();
-    let cut: i64 = admin
-        .query_one(
-            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE datname::text = $1 AND pid <> $2",
-            &[&app.db_name, &own],
-        )
-        .await
-        .unwrap()
-        .get(0);
+    let others = "FROM pg_stat_activity WHERE datname::text = $1 AND pid <> $2";
+    let cut: i64 = app.one(&format!("SELECT count(pg_terminate_backend(pid)) {others}"), &[&app.db_name, &own]).await;
     let sent_at_cut = app.expo.sent_count();
     let outage = Duration::from_secs(40);
     let sending = samples_holding(400, outage / 400, || app.expo.sent_count(), |&n| n > sent_at_cut).await;
-    let connected: i64 = admin
-        .query_one(
-            "SELECT count(*) FROM pg_stat_activity WHERE datname::text = $1 AND pid <> $2",
-            &[&app.db_name, &own],
-        )
-        .await
-        .unwrap()
-        .get(0);
+    let connected: i64 = app.one(&format!("SELECT count(*) {others}"), &[&app.db_name, &own]).await;
     let sent_in_outage = app.expo.sent_count() - sent_at_cut;
     admin.batch_execute(&format!("ALTER DATABASE {} ALLOW_CONNECTIONS true", app.db_name)).await.unwrap();
     assert!(cut >= 3, "every process's connections were cut: {cut}");
