@@ -2,7 +2,8 @@
 //! `tests/providers`, the provider clients against the emulators alone): a wait for a condition
 //! with a deadline, a temp directory and a child process that are removed when dropped, and a
 //! job to hand a provider client directly, and a Redis connection patient enough for a loaded
-//! machine. Test support only: these panic when the test fails.
+//! machine. Test support: the waits panic when the test fails. `redis_connection` and
+//! `remove_keys` return errors instead, and `loadgen` uses them to clean up after a run.
 
 use notify_relay_engine::job::{Job, Priority, Provider};
 use serde_json::Value;
