@@ -56,3 +56,34 @@ async fn inserting_a_notification_rings_the_doorbell_with_its_id() {
     assert_eq!(rung, ("notification_insert".to_string(), id.to_string()));
     drop(client);
 }
+
+/// A test's app, dropped, leaves neither its database nor any of its Redis keys behind, however
+/// many there are (more than one SCAN page here).
+#[actix_web::test]
+async fn a_dropped_test_app_leaves_no_database_and_no_redis_keys() {
+    let app = crate::helpers::prepare().await;
+    let (db_name, prefix) = (app.db_name.clone(), app.prefix.clone());
+    let mut conn = app.redis.clone();
+    let mut pipe = redis::pipe();
+    for i in 0..2500 {
+        pipe.cmd("SET").arg(format!("{prefix}:k{i}")).arg(1).ignore();
+    }
+    let _: () = pipe.query_async(&mut conn).await.expect("SET");
+    drop(app);
+
+    let mut conn = crate::helpers::redis_connection(&crate::helpers::redis_url()).await.expect("redis");
+    let (_, left): (u64, Vec<String>) = redis::cmd("SCAN")
+        .arg(0)
+        .arg("MATCH")
+        .arg(format!("{prefix}:*"))
+        .arg("COUNT")
+        .arg(1_000_000)
+        .query_async(&mut conn)
+        .await
+        .expect("SCAN");
+    assert!(left.is_empty(), "{} keys left", left.len());
+    let admin = crate::helpers::pg(&crate::helpers::base_database_url()).await;
+    let dbs: i64 =
+        admin.query_one("SELECT count(*) FROM pg_database WHERE datname = $1", &[&db_name]).await.unwrap().get(0);
+    assert_eq!(dbs, 0, "database {db_name} left");
+}
