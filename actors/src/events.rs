@@ -32,8 +32,20 @@ pub const TARGET_WITHDRAWN: &str = "TARGET_WITHDRAWN";
 /// A target failed because it was not delivered within `retry.max_age_ms`.
 pub const GAVE_UP: &str = "GAVE_UP";
 
+/// A target not sent because its notification's `expires_at` passed first (per provider).
+pub const EXPIRED: &str = "EXPIRED";
+/// A notification that reached `expired`: a target expired and none was delivered, or it
+/// expired before it was fanned out.
+pub const NOTIFICATION_EXPIRED: &str = "NOTIFICATION_EXPIRED";
+/// A notification cancelled before it was fanned out (`POST /notifications/{id}/cancel`).
+pub const CANCELLED: &str = "CANCELLED";
+/// A scheduled notification became due and was handed to the fan-out.
+pub const SCHEDULED_DUE: &str = "SCHEDULED_DUE";
+/// Rows written for a topic's subscribers (counted per subscriber).
+pub const TOPIC_FANOUT: &str = "TOPIC_FANOUT";
+
 /// Every event, for reading the counters back (`GET /admin/metrics`).
-pub const ALL: [&str; 22] = [
+pub const ALL: [&str; 27] = [
     ENQUEUE,
     DEQUEUE,
     SEND_SUCCESS,
@@ -56,6 +68,11 @@ pub const ALL: [&str; 22] = [
     OUTCOME_REFUSED,
     TARGET_WITHDRAWN,
     GAVE_UP,
+    EXPIRED,
+    NOTIFICATION_EXPIRED,
+    CANCELLED,
+    SCHEDULED_DUE,
+    TOPIC_FANOUT,
 ];
 
 /// `YYYYMMDD` of today in UTC: the day part of counter keys.

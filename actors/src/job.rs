@@ -59,6 +59,29 @@ impl FromStr for Provider {
     }
 }
 
+/// Longest topic name, in bytes.
+pub const MAX_TOPIC_BYTES: usize = 256;
+
+/// Longest `collapse_key`, in bytes: APNs refuses an `apns-collapse-id` over 64 bytes.
+pub const MAX_COLLAPSE_KEY_BYTES: usize = 64;
+
+/// A topic name that is not one: empty, too long, or with a character outside letters, digits
+/// and `_ . ~ % : -` (names travel in URLs and log lines, and FCM's topic names are of the same
+/// alphabet).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("topic: must be 1 to {MAX_TOPIC_BYTES} bytes of letters, digits and _ . ~ % : -, got {0:?}")]
+pub struct BadTopic(pub String);
+
+/// Checks a topic name (see [`BadTopic`]).
+pub fn check_topic(name: &str) -> Result<(), BadTopic> {
+    let allowed = |c: char| c.is_ascii_alphanumeric() || "_.~%:-".contains(c);
+    if name.is_empty() || name.len() > MAX_TOPIC_BYTES || !name.chars().all(allowed) {
+        let shown: String = name.chars().take(64).collect();
+        return Err(BadTopic(shown));
+    }
+    Ok(())
+}
+
 /// `notification.priority`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
@@ -111,6 +134,14 @@ pub struct Job {
     /// an older version). `retry.max_age_ms` counts from here.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub queued_ms: u64,
+    /// `notification.expires_at` (ms since the epoch): not sent from then on, and what is sent
+    /// carries the time left to the provider. None: it never expires.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_ms: Option<u64>,
+    /// `notification.collapse_key`: a newer notification with the same key replaces this one on
+    /// the device, where the provider can do that (FCM, APNs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub collapse_key: Option<String>,
 }
 
 fn is_zero(n: &u64) -> bool {
@@ -131,6 +162,22 @@ impl Job {
     /// `now_ms`. Unknown start times never expire.
     pub fn past_deadline(&self, now_ms: u64, max_age: Duration) -> bool {
         self.queued_ms > 0 && now_ms.saturating_sub(self.queued_ms) > max_age.as_millis() as u64
+    }
+
+    /// `delay`, shortened so that it ends no later than the notification's expiry: a retry is
+    /// never scheduled past it (it comes back when it expires, and is expired then).
+    pub fn clamp_to_expiry(&self, now_ms: u64, delay: Duration) -> Duration {
+        self.time_left(now_ms).map_or(delay, |left| delay.min(left))
+    }
+
+    /// Whether the target's notification has expired at `now_ms`.
+    pub fn expired(&self, now_ms: u64) -> bool {
+        self.expires_ms.is_some_and(|at| now_ms >= at)
+    }
+
+    /// How long the target has left at `now_ms` (None: it never expires; zero once expired).
+    pub fn time_left(&self, now_ms: u64) -> Option<Duration> {
+        self.expires_ms.map(|at| Duration::from_millis(at.saturating_sub(now_ms)))
     }
 
     /// The number of the attempt this entry is (1 for a first send). Saturates: the count
@@ -171,6 +218,15 @@ impl Job {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{0}")]
 pub struct MalformedJob(String);
+
+/// The `last_error` of something not sent because it expired: "expired at <time> <what>".
+pub fn expired_text(expires_ms: Option<u64>, what: &str) -> String {
+    let at = expires_ms
+        .and_then(|ms| chrono::DateTime::from_timestamp_millis(i64::try_from(ms).ok()?))
+        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
+        .unwrap_or_else(|| "its expires_at".into());
+    format!("expired at {at} {what}")
+}
 
 /// Now, in ms since the epoch (the unit of stream scores and `Job::queued_ms`).
 pub fn now_ms() -> u64 {
@@ -260,6 +316,10 @@ pub enum Outcome {
     /// to another user before the send, or its row is gone. Fails the target (if its row still
     /// exists) with `reason`; no dead letter, as there is nothing to send again.
     Withdrawn { delivery: Delivery, reason: String },
+    /// Not sent (again) because its notification's `expires_at` passed first: the target ends
+    /// `expired` (no dead letter: it is not to be sent again). `last_attempt`: why the attempt
+    /// before it did not deliver, if there was one.
+    Expired { delivery: Delivery, last_attempt: Option<String> },
     /// The entry could not be parsed: dead-letter it with the reason and acknowledge it, and
     /// fail its target when the entry still names one.
     Poison { entry: EntryRef, raw: String, reason: String, target: Option<(Uuid, Uuid)> },
@@ -270,7 +330,8 @@ impl Outcome {
         match self {
             Outcome::Sent { delivery, .. }
             | Outcome::Duplicate { delivery, .. }
-            | Outcome::Withdrawn { delivery, .. } => &delivery.entry,
+            | Outcome::Withdrawn { delivery, .. }
+            | Outcome::Expired { delivery, .. } => &delivery.entry,
             Outcome::Poison { entry, .. } => entry,
         }
     }
@@ -294,6 +355,8 @@ mod tests {
             targets: 1,
             requeued: false,
             queued_ms: 0,
+            expires_ms: None,
+            collapse_key: None,
         }
     }
 
@@ -395,7 +458,8 @@ pub(crate) mod proptests {
         let priority = prop_oneof![Just(Priority::Normal), Just(Priority::High)];
         let strings = (any::<String>(), any::<String>(), any::<String>());
         let counts = (any::<u32>(), any::<u32>(), any::<bool>(), any::<u64>());
-        (ids, provider, strings, payload(), priority, counts).prop_map(
+        let lifetime = (any::<Option<u64>>(), any::<Option<String>>());
+        (ids, provider, strings, payload(), priority, counts, lifetime).prop_map(
             |(
                 (n, d),
                 provider,
@@ -403,6 +467,7 @@ pub(crate) mod proptests {
                 payload,
                 priority,
                 (attempt, targets, requeued, queued_ms),
+                (expires_ms, collapse_key),
             )| Job {
                 notification_id: Uuid::from_u128(n),
                 device_id: Uuid::from_u128(d),
@@ -416,6 +481,8 @@ pub(crate) mod proptests {
                 targets,
                 requeued,
                 queued_ms,
+                expires_ms,
+                collapse_key,
             },
         )
     }

@@ -13,7 +13,7 @@
 use crate::error::{EngineError, Result};
 use crate::events;
 use crate::inflight::InFlight;
-use crate::job::{Outcome, Provider, SendResult};
+use crate::job::{expired_text, Outcome, Provider, SendResult};
 use crate::messages::{Flush, Record, Unwritten};
 use crate::relay::{DeadLetter, RedisWrites, Relay};
 use crate::retry::RetryPolicy;
@@ -209,8 +209,9 @@ impl Sink {
         let plan = Plan::build(part, &self.retry, self.receipt_delay);
         let settled = self.store.record(&plan.rows).await?;
         let mut writes = plan.redis;
-        let failed = settled.iter().filter(|s| !s.delivered).count() as u64;
+        let (failed, expired) = Settled::count_unsent(&settled);
         writes.tally.add(events::NOTIFICATION_FAILED, None, failed);
+        writes.tally.add(events::NOTIFICATION_EXPIRED, None, expired);
         self.relay.write_outcomes(&writes, &events::today()).await?;
         Ok(settled)
     }
@@ -310,6 +311,17 @@ impl Plan {
                     redis.tally.add(events::TARGET_WITHDRAWN, Some(job.provider.as_str()), 1);
                     continue;
                 }
+                Outcome::Expired { delivery, last_attempt } => {
+                    let job = &delivery.job;
+                    let mut error = expired_text(job.expires_ms, "before it was delivered");
+                    if let Some(last) = last_attempt {
+                        error = format!("{error} (last attempt: {last})");
+                    }
+                    rows.expired.push(FailedRow { target: job.target(), attempts: pg_count(job.attempt), error });
+                    rows.shared_notifications.push(job.notification_id);
+                    redis.tally.add(events::EXPIRED, Some(job.provider.as_str()), 1);
+                    continue;
+                }
                 Outcome::Sent { delivery, result, .. } => (delivery, result),
             };
             let job = &delivery.job;
@@ -368,7 +380,7 @@ impl Plan {
                 }
                 SendResult::Retry { error, .. } | SendResult::Auth { error } if attempts < retry.max_attempts => {
                     let after = if let SendResult::Retry { after, .. } = result { *after } else { None };
-                    let delay = retry.delay(attempts, after);
+                    let delay = job.clamp_to_expiry(now_ms, retry.delay(attempts, after));
                     rows.retrying.push(retrying(attempts, error, delay));
                     let mut next = job.clone();
                     next.attempt = attempts;
@@ -383,6 +395,7 @@ impl Plan {
                     // once; never sooner than `retry.base_ms`.
                     let delay = (*after).max(retry.base);
                     let delay = delay + Duration::from_millis(rand::random_range(0..=delay.as_millis() as u64 / 2));
+                    let delay = job.clamp_to_expiry(now_ms, delay);
                     rows.retrying.push(retrying(job.attempt, error, delay));
                     redis.retries.push((delivery.entry.shard, now + delay, job.clone()));
                     redis.tally.add(events::DEFERRED, provider, 1);
@@ -414,6 +427,25 @@ impl Plan {
     }
 }
 
+/// A target that would be retried or deferred although its notification has expired ends
+/// here instead, as `expired`.
+fn expire_if_due(outcome: Outcome, now_ms: u64) -> Outcome {
+    match outcome {
+        Outcome::Sent {
+            delivery,
+            result: result @ (SendResult::Retry { .. } | SendResult::Auth { .. } | SendResult::Deferred { .. }),
+            latency_ms,
+        } => {
+            if delivery.job.expired(now_ms) {
+                Outcome::Expired { delivery, last_attempt: result.error().map(str::to_string) }
+            } else {
+                Outcome::Sent { delivery, result, latency_ms }
+            }
+        }
+        other => other,
+    }
+}
+
 /// An attempt count as Postgres stores it (int4); a hostile stream entry cannot wrap it.
 fn pg_count(n: u32) -> i32 {
     i32::try_from(n).unwrap_or(i32::MAX)
@@ -432,6 +464,12 @@ fn log_outcomes(log: &Logger, batch: &[Outcome], settled: &[Settled], retry: &Re
                 info!(log, "already final, or a copy is being sent: acknowledged without sending"; "event" => events::DUPLICATE_SKIPPED,
                       "notification_id" => %j.notification_id, "trace_id" => &j.trace_id, "provider" => j.provider.as_str(),
                       "repaired" => *repair);
+            }
+            Outcome::Expired { delivery, last_attempt } => {
+                let j = &delivery.job;
+                info!(log, "target expired before it was delivered"; "event" => events::EXPIRED,
+                      "notification_id" => %j.notification_id, "trace_id" => &j.trace_id, "provider" => j.provider.as_str(),
+                      "device_id" => %j.device_id, "attempt" => j.attempt, "error" => last_attempt.as_deref().unwrap_or_default());
             }
             Outcome::Withdrawn { delivery, reason } => {
                 let j = &delivery.job;
@@ -516,7 +554,8 @@ impl Handler<Envelope<Record>> for OutcomeWriter {
     type Result = ();
 
     fn handle(&mut self, msg: Envelope<Record>, ctx: &mut Context<Self>) {
-        self.buffer.extend(msg.msg.outcomes);
+        let now_ms = crate::job::now_ms();
+        self.buffer.extend(msg.msg.outcomes.into_iter().map(|o| expire_if_due(o, now_ms)));
         self.schedule(ctx);
     }
 }
@@ -564,6 +603,8 @@ mod tests {
             targets: 1,
             requeued: false,
             queued_ms: crate::job::now_ms() - queued_ago.as_millis() as u64,
+            expires_ms: None,
+            collapse_key: None,
         };
         Outcome::Sent {
             delivery: Delivery { job, entry: EntryRef { shard: 0, id: "1-0".into() } },

@@ -86,6 +86,8 @@ pub fn client_job(provider: Provider, token: &str, payload: Value, priority: Pri
         targets: 1,
         requeued: false,
         queued_ms: 0,
+        expires_ms: None,
+        collapse_key: None,
     }
 }
 

@@ -141,7 +141,8 @@ impl Dispatcher {
     /// - the same target twice in one read (a reclaimed entry and its re-enqueued copy): once;
     /// - targets Postgres has as delivered or failed: acknowledged;
     /// - targets whose device was deleted, disabled, or given to another user: withdrawn;
-    /// - targets only the idempotency key knows as delivered: acknowledged, and the row repaired.
+    /// - targets only the idempotency key knows as delivered: acknowledged, and the row repaired;
+    /// - targets whose notification expired: expired, not sent.
     ///
     /// Fails (deciding nothing) when Postgres or Redis cannot be asked.
     pub async fn screen(&self, entries: Vec<Entry>) -> Result<Screened> {
@@ -163,6 +164,7 @@ impl Dispatcher {
         let jobs: Vec<_> = deliveries.iter().map(|d| &d.job).collect();
         let (seen, states) = futures_util::try_join!(self.relay.delivered(&jobs), self.store.target_states(&targets))?;
         let mut fresh = Vec::with_capacity(deliveries.len());
+        let now_ms = crate::job::now_ms();
         for (delivery, seen) in deliveries.into_iter().zip(seen) {
             let Some(state) = states.get(&delivery.job.target()) else {
                 // No row: the device was deleted (its targets go with it) or the notification
@@ -176,6 +178,8 @@ impl Dispatcher {
                 done.push(Outcome::Withdrawn { delivery, reason: reason.to_string() });
             } else if seen {
                 done.push(Outcome::Duplicate { delivery, repair: true });
+            } else if delivery.job.expired(now_ms) {
+                done.push(Outcome::Expired { delivery, last_attempt: None });
             } else {
                 fresh.push(delivery);
             }

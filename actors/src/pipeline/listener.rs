@@ -45,6 +45,7 @@ pub struct ListenerActor {
     pg_config: tokio_postgres::Config,
     sweep_interval: Duration,
     stale_after: Duration,
+    schedule_poll: Duration,
     shutdown: Shutdown,
     /// A drain is already queued: further doorbells add nothing.
     rung: Arc<AtomicBool>,
@@ -95,6 +96,7 @@ impl ListenerActor {
             pg_config,
             sweep_interval: settings.listener.sweep_interval,
             stale_after: settings.listener.stale_after,
+            schedule_poll: settings.listener.schedule_poll,
             shutdown: deps.shutdown.clone(),
             rung: Arc::new(AtomicBool::new(false)),
             listen_client: None,
@@ -170,11 +172,40 @@ pub struct Fanout {
 }
 
 impl Fanout {
-    /// Claims and enqueues pending notifications until none is left, with `drainers`
-    /// transactions in flight so that Postgres works on one batch while Redis takes another.
+    /// Makes due scheduled notifications pending, then claims and enqueues pending
+    /// notifications until none is left, with `drainers` transactions in flight so that
+    /// Postgres works on one batch while Redis takes another.
     async fn drain(self) -> Result<usize> {
+        loop {
+            let due = self.store.promote_due(self.batch).await?;
+            if due > 0 {
+                info!(self.log, "scheduled notifications are due"; "event" => events::SCHEDULED_DUE, "count" => due);
+                let mut tally = Tally::default();
+                tally.add(events::SCHEDULED_DUE, None, due);
+                self.relay.enqueue(&[], &tally, &events::today()).await?;
+            }
+            if (due as i64) < self.batch {
+                break;
+            }
+        }
         let drainers = (0..self.drainers.max(1)).map(|_| self.clone().drain_one());
         Ok(futures_util::future::try_join_all(drainers).await?.into_iter().sum())
+    }
+
+    /// Writes the next batch of a topic's subscriber rows, if a topic notification is being
+    /// fanned out. Returns whether there was one.
+    async fn expand_topic(&self) -> Result<bool> {
+        let Some(progress) = self.store.expand_topic(self.batch).await? else { return Ok(false) };
+        let mut tally = Tally::default();
+        tally.add(events::TOPIC_FANOUT, None, progress.written);
+        if let Some(settled) = &progress.settled {
+            tally.add(events::NOTIFICATION_EXPIRED, None, 1);
+            Settled::log_failures(&self.log, std::slice::from_ref(settled));
+        }
+        self.relay.enqueue(&[], &tally, &events::today()).await?;
+        info!(self.log, "topic fan-out"; "event" => events::TOPIC_FANOUT, "notification_id" => %progress.notification_id,
+              "topic" => &progress.topic, "count" => progress.written, "done" => progress.done);
+        Ok(true)
     }
 
     async fn drain_one(self) -> Result<usize> {
@@ -188,7 +219,9 @@ impl Fanout {
             for job in &out.jobs {
                 tally.add(events::ENQUEUE, Some(job.provider.as_str()), 1);
             }
-            tally.add(events::NOTIFICATION_FAILED, None, out.settled.iter().filter(|s| !s.delivered).count() as u64);
+            let (failed, expired) = Settled::count_unsent(&out.settled);
+            tally.add(events::NOTIFICATION_FAILED, None, failed);
+            tally.add(events::NOTIFICATION_EXPIRED, None, expired);
             self.relay.enqueue(&out.jobs, &tally, &events::today()).await?;
             self.dead_letter(&out.settled).await?;
             for job in &out.jobs {
@@ -197,7 +230,9 @@ impl Fanout {
             }
             Settled::log_failures(&self.log, &out.settled);
             total += out.claimed;
-            if (out.claimed as i64) < self.batch {
+            // Pending rows first; when they run out, a topic's next batch of subscribers (which
+            // are pending rows again).
+            if (out.claimed as i64) < self.batch && !self.expand_topic().await? {
                 return Ok(total);
             }
         }
@@ -212,7 +247,9 @@ impl Fanout {
             Settled::log_failures(&self.log, &settled);
             let mut tally = Tally::default();
             tally.add(events::REQUEUED, None, jobs.len() as u64);
-            tally.add(events::NOTIFICATION_FAILED, None, settled.iter().filter(|s| !s.delivered).count() as u64);
+            let (failed, expired) = Settled::count_unsent(&settled);
+            tally.add(events::NOTIFICATION_FAILED, None, failed);
+            tally.add(events::NOTIFICATION_EXPIRED, None, expired);
             self.relay.enqueue(&jobs, &tally, &events::today()).await?;
             self.dead_letter(&settled).await?;
             for job in &jobs {
@@ -234,7 +271,7 @@ impl Fanout {
     /// Postgres holds the rest.
     async fn dead_letter(&self, settled: &[Settled]) -> Result<()> {
         let mut writes = RedisWrites::default();
-        for s in settled.iter().filter(|s| !s.delivered) {
+        for s in settled.iter().filter(|s| s.failed()) {
             let job = serde_json::json!({"notification_id": s.notification_id, "trace_id": s.trace_id});
             writes.dead_letters.push(DeadLetter {
                 shard: shard_of(s.notification_id, self.relay.keys().shards()),
@@ -270,6 +307,8 @@ impl Actor for ListenerActor {
             });
             // An idle LISTEN connection behind a dead peer looks exactly like a quiet table.
             ctx.run_interval(listen_timeout(&act.pg_config), |_, ctx| ctx.notify(CheckListen));
+            // Scheduled rows ring no doorbell: they are looked for.
+            ctx.run_interval(act.schedule_poll, |act, ctx| act.poll_schedule(ctx));
         });
     }
 
@@ -286,6 +325,24 @@ impl Supervised for ListenerActor {
         self.generation += 1;
         self.listen_client = None;
         self.life.on_restarting();
+    }
+}
+
+impl ListenerActor {
+    /// Rings the doorbell when a scheduled notification is due (one index probe, beside the
+    /// actor's work). A probe that fails says nothing: the next one asks again, and a Postgres
+    /// that stays away fails the drains and the sweep, which restart the actor.
+    fn poll_schedule(&mut self, ctx: &mut Context<Self>) {
+        if self.shutdown.is_triggered() || self.rung.load(Ordering::Acquire) {
+            return;
+        }
+        let (store, rung, addr, stats) =
+            (self.fanout.store.clone(), self.rung.clone(), ctx.address(), self.life.stats.clone());
+        actix_rt::spawn(async move {
+            if matches!(store.any_due().await, Ok(true)) && !rung.swap(true, Ordering::AcqRel) {
+                addr.do_send(stats.envelope(Drain));
+            }
+        });
     }
 }
 

@@ -103,9 +103,21 @@ impl SenderActor {
         }));
     }
 
-    fn send_now(&mut self, mut batch: Vec<Delivery>, ctx: &mut Context<Self>) {
+    fn send_now(&mut self, batch: Vec<Delivery>, ctx: &mut Context<Self>) {
         let outcomes = self.outcomes.clone();
         let log = self.life.log.clone();
+        // What expired while it waited here (the rate limit, a full batch) is not sent.
+        let now_ms = crate::job::now_ms();
+        let (expired, mut batch): (Vec<_>, Vec<_>) = batch.into_iter().partition(|d| d.job.expired(now_ms));
+        if !expired.is_empty() {
+            let expired =
+                expired.into_iter().map(|delivery| Outcome::Expired { delivery, last_attempt: None }).collect();
+            let (outcomes, log) = (outcomes.clone(), log.clone());
+            ctx.spawn(async move { record(&outcomes, expired, &log).await }.into_actor(self));
+        }
+        if batch.is_empty() {
+            return;
+        }
         let circuit = self.guards.circuit.clone();
         let provider = self.client.provider();
         let (permit, request) = match self.guards.circuit.permit() {
@@ -303,6 +315,8 @@ mod tests {
                 targets: 1,
                 requeued: false,
                 queued_ms: 0,
+                expires_ms: None,
+                collapse_key: None,
             },
             entry: EntryRef { shard: 0, id: "1-0".into() },
         }

@@ -439,6 +439,8 @@ pub(crate) mod check {
             targets: 1,
             requeued: false,
             queued_ms: 0,
+            expires_ms: None,
+            collapse_key: None,
         }
     }
 

@@ -120,6 +120,10 @@ pub struct ListenerSettings {
     /// (`listener.stale_after_ms`).
     #[serde(rename = "stale_after_ms", with = "millis")]
     pub stale_after: Duration,
+    /// How often the listener looks for scheduled notifications that are due
+    /// (`listener.schedule_poll_ms`): a due row waits at most this long, plus its fan-out.
+    #[serde(rename = "schedule_poll_ms", with = "millis")]
+    pub schedule_poll: Duration,
 }
 
 impl ListenerSettings {
@@ -131,6 +135,7 @@ impl ListenerSettings {
             return Err(SettingsError::new("listener.drainers", "must be between 1 and 16"));
         }
         within_ms("listener.sweep_interval_ms", self.sweep_interval, 100..=DAY_MS)?;
-        within_ms("listener.stale_after_ms", self.stale_after, SECOND_MS..=7 * DAY_MS)
+        within_ms("listener.stale_after_ms", self.stale_after, SECOND_MS..=7 * DAY_MS)?;
+        within_ms("listener.schedule_poll_ms", self.schedule_poll, 10..=MINUTE_MS)
     }
 }

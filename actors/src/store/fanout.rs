@@ -4,9 +4,9 @@
 //! whose `last_error` names the field at fault; one bad row never fails the batch.
 
 use super::outcomes::settle;
-use super::{storable, Settled, Store, Unsendable};
+use super::{storable, Final, Settled, Store, Unsendable};
 use crate::error::Result;
-use crate::job::{Job, Priority, Provider};
+use crate::job::{check_topic, expired_text, Job, Priority, Provider, MAX_COLLAPSE_KEY_BYTES};
 use crate::payload::{Payload, PayloadError};
 use serde_json::Value;
 use std::collections::HashMap;
@@ -28,12 +28,20 @@ pub struct FanOutBatch {
 /// either something to send or a failure with a reason; decoding never panics.
 struct Claimed {
     id: Uuid,
+    /// Empty for a topic row (user_id NULL).
     user_id: String,
+    /// Set for a row addressed to a topic's subscribers instead of a user.
+    topic: Option<String>,
     channel: Option<String>,
     /// The payload, or why it cannot be sent.
     payload: std::result::Result<Arc<Value>, Unsendable>,
     priority: String,
     trace_id: String,
+    /// `expires_at` in ms since the epoch.
+    expires_ms: Option<u64>,
+    /// `expires_at` had passed when the row was claimed.
+    expired: bool,
+    collapse_key: Option<String>,
 }
 
 /// Caps on what one notification row or one user can cost (`payload.max_bytes`,
@@ -96,16 +104,20 @@ impl Store {
         // The payload comes back as text, and only when it is within the cap: a jsonb that
         // serde_json cannot read (1e400, deep nesting) must not fail the whole batch, and a
         // 200 MB payload is not worth the transfer.
+        // A topic row is claimed like any other; its fan-out to subscribers (`expand_topic`)
+        // starts from an empty cursor.
         let claim = tx
             .prepare_cached(
                 "UPDATE notification n
                     SET status = 'queued', queued_at = now(), updated_at = now(),
-                        trace_id = coalesce(n.trace_id, gen_random_uuid()::text)
+                        trace_id = coalesce(n.trace_id, gen_random_uuid()::text),
+                        fanout_cursor = CASE WHEN n.topic IS NOT NULL THEN coalesce(n.fanout_cursor, '') END
                   WHERE n.id IN (SELECT id FROM notification WHERE status = 'pending'
                                   ORDER BY created_at LIMIT $1 FOR UPDATE SKIP LOCKED)
               RETURNING n.id, n.user_id, n.channel,
                         CASE WHEN octet_length(n.payload::text) <= $2::int8 THEN n.payload::text END,
-                        octet_length(n.payload::text), n.priority, n.trace_id",
+                        octet_length(n.payload::text), n.priority, n.trace_id, n.topic,
+                        (extract(epoch FROM n.expires_at) * 1000)::int8, n.expires_at <= now(), n.collapse_key",
             )
             .await?;
         let max_bytes = rules.limits.payload_max_bytes;
@@ -122,7 +134,8 @@ impl Store {
 
         // Each user's active devices, newest first, at most `devices_per_user` of them: one user
         // with a million rows never loads a million rows.
-        let mut users: Vec<&str> = claimed.iter().map(|c| c.user_id.as_str()).collect();
+        let mut users: Vec<&str> =
+            claimed.iter().filter(|c| c.topic.is_none() && !c.expired).map(|c| c.user_id.as_str()).collect();
         users.sort_unstable();
         users.dedup();
         let devices = tx
@@ -143,14 +156,25 @@ impl Store {
         }
 
         let mut targets = Vec::new();
-        let mut rejected: Vec<(Uuid, Unsendable)> = Vec::new();
+        let mut unsent: Vec<(Uuid, Final, String)> = Vec::new();
         for (i, n) in claimed.iter().enumerate() {
+            if n.expired {
+                unsent.push((n.id, Final::Expired, expired_text(n.expires_ms, "before it was sent")));
+                continue;
+            }
+            if let Some(topic) = &n.topic {
+                // Its subscribers' rows are written by `expand_topic`, batch by batch.
+                if let Err(reason) = validate(n).and_then(|_| check_topic(topic).map_err(Unsendable::Topic)) {
+                    unsent.push((n.id, Final::Failed, reason.to_string()));
+                }
+                continue;
+            }
             match plan_targets(n, by_user.get(&n.user_id).map(Vec::as_slice).unwrap_or(&[]), rules.enabled) {
                 Ok(ts) => targets.extend(ts.into_iter().map(|mut t| {
                     t.notification = i;
                     t
                 })),
-                Err(reason) => rejected.push((n.id, reason)),
+                Err(reason) => unsent.push((n.id, Final::Failed, reason.to_string())),
             }
         }
 
@@ -194,36 +218,13 @@ impl Store {
                     targets: per_notification.get(&t.notification).copied().unwrap_or(1),
                     requeued: false,
                     queued_ms,
+                    expires_ms: n.expires_ms,
+                    collapse_key: n.collapse_key.clone(),
                 });
             }
         }
 
-        if !rejected.is_empty() {
-            let fail = tx
-                .prepare_cached(
-                    "WITH f AS (
-                        UPDATE notification n SET status = 'failed', last_error = u.err, updated_at = now()
-                          FROM unnest($1::uuid[], $2::text[]) AS u(id, err)
-                         WHERE n.id = u.id
-                     RETURNING n.id, n.user_id, n.last_error, n.attempt_count, n.payload, n.trace_id
-                     ), ins AS (
-                        INSERT INTO notification_failed (notification_id, user_id, error, attempt_count, payload)
-                        SELECT id, user_id, last_error, attempt_count, payload FROM f
-                     )
-                     SELECT id, trace_id, last_error FROM f",
-                )
-                .await?;
-            let ids: Vec<Uuid> = rejected.iter().map(|r| r.0).collect();
-            let errs: Vec<String> = rejected.iter().map(|r| storable(&r.1.to_string()).into_owned()).collect();
-            for r in tx.query(&fail, &[&ids, &errs]).await? {
-                out.settled.push(Settled {
-                    notification_id: r.get(0),
-                    trace_id: r.get(1),
-                    delivered: false,
-                    last_error: r.get(2),
-                });
-            }
-        }
+        out.settled.extend(finish_unsent(&tx, &unsent).await?);
 
         // Targets failed on the spot (provider not enabled…) may have settled a notification.
         let instantly_failed: Vec<Uuid> =
@@ -234,6 +235,47 @@ impl Store {
         tx.commit().await?;
         Ok(out)
     }
+}
+
+/// Settles notifications that end without a target: `failed` ones (a malformed row, no device)
+/// get their `notification_failed` row — when they have a user to pull it: a topic row has
+/// none — and `expired` ones none.
+async fn finish_unsent(
+    tx: &deadpool_postgres::Transaction<'_>,
+    unsent: &[(Uuid, Final, String)],
+) -> Result<Vec<Settled>> {
+    if unsent.is_empty() {
+        return Ok(Vec::new());
+    }
+    let stmt = tx
+        .prepare_cached(
+            "WITH f AS (
+                UPDATE notification n SET status = u.status, last_error = u.err, updated_at = now()
+                  FROM unnest($1::uuid[], $2::text[], $3::text[]) AS u(id, err, status)
+                 WHERE n.id = u.id
+             RETURNING n.id, n.user_id, n.status, n.last_error, n.attempt_count, n.payload, n.trace_id
+             ), ins AS (
+                INSERT INTO notification_failed (notification_id, user_id, error, attempt_count, payload)
+                SELECT id, user_id, last_error, attempt_count, payload FROM f
+                 WHERE status = 'failed' AND user_id IS NOT NULL
+             )
+             SELECT id, trace_id, status, last_error FROM f",
+        )
+        .await?;
+    let ids: Vec<Uuid> = unsent.iter().map(|u| u.0).collect();
+    let errs: Vec<String> = unsent.iter().map(|u| storable(&u.2).into_owned()).collect();
+    let statuses: Vec<&str> = unsent.iter().map(|u| if u.1 == Final::Expired { "expired" } else { "failed" }).collect();
+    Ok(tx
+        .query(&stmt, &[&ids, &errs, &statuses])
+        .await?
+        .into_iter()
+        .map(|r| Settled {
+            notification_id: r.get(0),
+            trace_id: r.get(1),
+            status: Final::from_status(r.get(2)),
+            last_error: r.get(3),
+        })
+        .collect())
 }
 
 /// Decides the targets of one notification, or why it cannot be sent at all.
@@ -282,6 +324,9 @@ fn validate(n: &Claimed) -> Result<(), Unsendable> {
             return Err(Unsendable::TooLong { field, bytes: value.len(), limit: MAX_ID_BYTES });
         }
     }
+    if let Some(key) = n.collapse_key.as_ref().filter(|k| k.len() > MAX_COLLAPSE_KEY_BYTES) {
+        return Err(Unsendable::TooLong { field: "collapse_key", bytes: key.len(), limit: MAX_COLLAPSE_KEY_BYTES });
+    }
     n.payload.as_ref().map(|_| ()).map_err(Clone::clone)
 }
 
@@ -304,10 +349,14 @@ fn decode_claimed(max_bytes: usize) -> impl Fn(&tokio_postgres::Row) -> Option<C
         Some(Claimed {
             id,
             user_id: text(1).ok().flatten().unwrap_or_default(),
+            topic: text(7).ok().flatten(),
             channel: text(2).ok().flatten(),
             payload,
             priority: text(5).ok().flatten().unwrap_or_default(),
             trace_id: text(6).ok().flatten().unwrap_or_else(|| id.to_string()),
+            expires_ms: r.try_get::<_, Option<i64>>(8).ok().flatten().map(|ms| ms.max(0) as u64),
+            expired: r.try_get::<_, Option<bool>>(9).ok().flatten().unwrap_or(false),
+            collapse_key: text(10).ok().flatten(),
         })
     }
 }
@@ -321,10 +370,14 @@ mod tests {
         Claimed {
             id: Uuid::new_v4(),
             user_id: "u1".into(),
+            topic: None,
             channel: channel.map(str::to_string),
             payload: Payload::from_value(payload).map(|p| Arc::new(p.into_value())).map_err(Unsendable::Payload),
             priority: "normal".into(),
             trace_id: "t".into(),
+            expires_ms: None,
+            expired: false,
+            collapse_key: None,
         }
     }
 

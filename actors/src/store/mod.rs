@@ -13,6 +13,9 @@
 //! - `outcomes`: a batch's results, and the status rule that settles a notification
 //!   ([`Store::record`]).
 //! - `sweep`: targets Redis lost, found again ([`Store::requeue_stale`]).
+//! - `schedule`: scheduled notifications made pending when due ([`Store::promote_due`]).
+//! - `topics`: a topic notification written out as one row per subscriber
+//!   ([`Store::expand_topic`]).
 //! - `retention`: old final notifications deleted ([`Store::delete_final_older_than`]).
 //! - `unsendable`: why a row cannot be sent ([`Unsendable`], its `last_error`).
 //! - [`receipts`]: Expo receipts leased and settled; [`api`]: what the HTTP API and the admin
@@ -27,13 +30,16 @@ mod outcomes;
 pub mod pool;
 pub mod receipts;
 mod retention;
+mod schedule;
 mod sweep;
 mod targets;
+mod topics;
 mod unsendable;
 
 pub use fanout::{FanOutBatch, FanOutRules, InputLimits, MAX_ID_BYTES, MAX_TOKEN_BYTES};
 pub use outcomes::{DeadToken, DeliveredRow, FailedRow, OutcomeRows, RetryingRow};
 pub use targets::{DeviceNow, TargetState};
+pub use topics::TopicProgress;
 pub use unsendable::Unsendable;
 
 use crate::error::Result;
@@ -56,16 +62,53 @@ pub struct Store {
 pub struct Settled {
     pub notification_id: Uuid,
     pub trace_id: Option<String>,
-    pub delivered: bool,
+    pub status: Final,
     pub last_error: Option<String>,
 }
 
+/// The final states a notification settles in by the status rule (`cancelled`, the fourth,
+/// is only ever set by a producer's cancel).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Final {
+    Delivered,
+    /// Every target failed (or there was none): one `notification_failed` row says why.
+    Failed,
+    /// Not delivered before `expires_at`: final, and not a failure of the user's.
+    Expired,
+}
+
+impl Final {
+    /// The `status` column's value.
+    pub fn from_status(status: &str) -> Final {
+        match status {
+            "delivered" => Final::Delivered,
+            "expired" => Final::Expired,
+            _ => Final::Failed,
+        }
+    }
+}
+
 impl Settled {
-    /// Logs each notification of `settled` that failed (`notification_failed`), whoever settled
-    /// it: the outcome writer, the fan-out or the sweep.
+    pub fn failed(&self) -> bool {
+        self.status == Final::Failed
+    }
+
+    /// How many of `settled` failed, and how many expired.
+    pub fn count_unsent(settled: &[Settled]) -> (u64, u64) {
+        let count = |f| settled.iter().filter(|s| s.status == f).count() as u64;
+        (count(Final::Failed), count(Final::Expired))
+    }
+
+    /// Logs each notification of `settled` that failed (`notification_failed`) or expired,
+    /// whoever settled it: the outcome writer, the fan-out or the sweep.
     pub fn log_failures(log: &slog::Logger, settled: &[Settled]) {
-        for s in settled.iter().filter(|s| !s.delivered) {
-            slog::warn!(log, "notification failed"; "event" => crate::events::NOTIFICATION_FAILED,
+        for s in settled {
+            let (event, message) = match s.status {
+                Final::Delivered => continue,
+                Final::Failed => (crate::events::NOTIFICATION_FAILED, "notification failed"),
+                Final::Expired => (crate::events::NOTIFICATION_EXPIRED, "notification expired before it was delivered"),
+            };
+            slog::warn!(log, "{}", message; "event" => event,
                         "notification_id" => %s.notification_id, "trace_id" => s.trace_id.as_deref().unwrap_or_default(),
                         "error" => s.last_error.as_deref().unwrap_or_default());
         }

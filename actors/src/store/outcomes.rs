@@ -1,7 +1,7 @@
 //! Outcomes: storing what the senders' batch did to its targets, and the status rule that
 //! settles a notification from its delivery rows.
 
-use super::{split_targets, storable, Settled, Store, Target};
+use super::{split_targets, storable, Final, Settled, Store, Target};
 use crate::error::Result;
 use std::borrow::Cow;
 use std::time::Duration;
@@ -13,6 +13,8 @@ pub struct OutcomeRows {
     pub delivered: Vec<DeliveredRow>,
     pub retrying: Vec<RetryingRow>,
     pub failed: Vec<FailedRow>,
+    /// Targets whose notification expired before they were delivered.
+    pub expired: Vec<FailedRow>,
     /// Tokens the provider says are dead: their devices are disabled.
     pub disable_devices: Vec<DeadToken>,
     /// Devices that just received something.
@@ -155,6 +157,23 @@ impl Store {
             let errs: Vec<Cow<str>> = rows.failed.iter().map(|r| storable(&r.error)).collect();
             tx.execute(&stmt, &[&n, &dev, &attempts, &errs]).await?;
         }
+        if !rows.expired.is_empty() {
+            // Final like `failed`, but not the user's failure: the status rule below makes the
+            // notification `expired` (no notification_failed row) unless a sibling was delivered.
+            let stmt = tx
+                .prepare_cached(
+                    "UPDATE delivery d
+                        SET status = 'expired', attempt_count = greatest(d.attempt_count, u.attempts),
+                            last_error = u.err, next_attempt_at = NULL, updated_at = now()
+                       FROM unnest($1::uuid[], $2::uuid[], $3::int4[], $4::text[]) AS u(n, dev, attempts, err)
+                      WHERE d.notification_id = u.n AND d.device_id = u.dev AND d.status IN ('queued', 'retrying')",
+                )
+                .await?;
+            let (n, dev) = split_targets(rows.expired.iter().map(|r| r.target));
+            let attempts: Vec<i32> = rows.expired.iter().map(|r| r.attempts).collect();
+            let errs: Vec<Cow<str>> = rows.expired.iter().map(|r| storable(&r.error)).collect();
+            tx.execute(&stmt, &[&n, &dev, &attempts, &errs]).await?;
+        }
         disable_devices(&tx, &rows.disable_devices).await?;
         if !rows.used_devices.is_empty() {
             // Refreshed at most once a minute per device: a busy device is not rewritten per push.
@@ -176,6 +195,8 @@ impl Store {
                         SET status = 'delivered', delivered_at = now(), updated_at = now(),
                             attempt_count = greatest(n.attempt_count, u.attempts)
                        FROM unnest($1::uuid[], $2::int4[]) AS u(id, attempts)
+                      -- An expired notification delivered after all (a copy in flight when it
+                      -- expired) is delivered: the delivery is what the user got.
                       WHERE n.id = u.id AND n.status NOT IN ('delivered', 'failed')
                   RETURNING n.id, n.trace_id",
                 )
@@ -186,13 +207,13 @@ impl Store {
                 settled.push(Settled {
                     notification_id: r.get(0),
                     trace_id: r.get(1),
-                    delivered: true,
+                    status: Final::Delivered,
                     last_error: None,
                 });
             }
         }
         settled.extend(corrected);
-        let mut failing: Vec<Uuid> = rows.failed.iter().map(|r| r.target.0).collect();
+        let mut failing: Vec<Uuid> = rows.failed.iter().chain(&rows.expired).map(|r| r.target.0).collect();
         failing.sort_unstable();
         failing.dedup();
         if !failing.is_empty() {
@@ -257,28 +278,32 @@ async fn correct_failed(
         .query(&stmt, &[&n, &dev, &attempts, &msgs])
         .await?
         .into_iter()
-        .map(|r| Settled { notification_id: r.get(0), trace_id: r.get(1), delivered: true, last_error: None })
+        .map(|r| Settled { notification_id: r.get(0), trace_id: r.get(1), status: Final::Delivered, last_error: None })
         .collect())
 }
 
-/// Applies the status rule to these notifications: `delivered` once any target is delivered,
-/// `failed` (with exactly one `notification_failed` row) once every target failed. Rows already
-/// final are left alone, so settling twice writes nothing twice.
+/// Applies the status rule to these notifications: `delivered` once any target is delivered;
+/// once every target is final without one delivered, `expired` if any target expired (it would
+/// not be delivered now anyway, and it is not the user's failure: no `notification_failed` row),
+/// else `failed` (with exactly one `notification_failed` row). Rows already final are left
+/// alone, so settling twice writes nothing twice.
 pub(super) async fn settle(tx: &deadpool_postgres::Transaction<'_>, ids: &[Uuid]) -> Result<Vec<Settled>> {
     let stmt = tx
         .prepare_cached(
             "WITH agg AS (
                 SELECT notification_id AS id,
                        bool_or(status = 'delivered') AS delivered,
-                       bool_and(status IN ('delivered', 'failed')) AS final,
+                       bool_or(status = 'expired') AS expired,
+                       bool_and(status IN ('delivered', 'failed', 'expired')) AS final,
                        max(attempt_count) AS attempts,
                        max(delivered_at) AS delivered_at,
-                       string_agg(DISTINCT last_error, '; ') FILTER (WHERE status = 'failed') AS errors
+                       string_agg(DISTINCT last_error, '; ') FILTER (WHERE status IN ('failed', 'expired')) AS errors
                   FROM delivery WHERE notification_id = ANY($1)
                  GROUP BY notification_id
              ), done AS (
                 UPDATE notification n
-                   SET status = CASE WHEN agg.delivered THEN 'delivered' ELSE 'failed' END,
+                   SET status = CASE WHEN agg.delivered THEN 'delivered' WHEN agg.expired THEN 'expired'
+                                     ELSE 'failed' END,
                        delivered_at = CASE WHEN agg.delivered THEN agg.delivered_at END,
                        last_error = CASE WHEN agg.delivered THEN n.last_error
                                          ELSE coalesce(agg.errors, 'every target failed') END,
@@ -286,19 +311,24 @@ pub(super) async fn settle(tx: &deadpool_postgres::Transaction<'_>, ids: &[Uuid]
                        updated_at = now()
                   FROM agg
                  WHERE n.id = agg.id AND (agg.delivered OR agg.final)
-                   AND n.status NOT IN ('delivered', 'failed')
+                   AND n.status NOT IN ('delivered', 'failed', 'expired')
              RETURNING n.id, n.user_id, n.status, n.last_error, n.attempt_count, n.payload, n.trace_id
              ), failed AS (
                 INSERT INTO notification_failed (notification_id, user_id, error, attempt_count, payload)
                 SELECT id, user_id, last_error, attempt_count, payload FROM done WHERE status = 'failed'
              )
-             SELECT id, trace_id, status = 'delivered', last_error FROM done",
+             SELECT id, trace_id, status, last_error FROM done",
         )
         .await?;
     Ok(tx
         .query(&stmt, &[&ids])
         .await?
         .into_iter()
-        .map(|r| Settled { notification_id: r.get(0), trace_id: r.get(1), delivered: r.get(2), last_error: r.get(3) })
+        .map(|r| Settled {
+            notification_id: r.get(0),
+            trace_id: r.get(1),
+            status: Final::from_status(r.get(2)),
+            last_error: r.get(3),
+        })
         .collect())
 }

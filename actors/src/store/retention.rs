@@ -15,7 +15,7 @@ impl Store {
                 "WITH old AS (
                     SELECT id FROM notification
                      WHERE created_at < now() - $1::int4 * interval '1 day'
-                       AND status IN ('delivered', 'failed')
+                       AND status IN ('delivered', 'failed', 'expired', 'cancelled')
                        -- Delivered means one target was: its siblings may still be on their way.
                        AND NOT EXISTS (SELECT 1 FROM delivery d WHERE d.notification_id = notification.id
                                           AND d.status IN ('queued', 'retrying'))

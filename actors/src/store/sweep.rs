@@ -48,7 +48,8 @@ impl Store {
                         n.user_id, CASE WHEN octet_length(n.payload::text) <= $3::int8 THEN n.payload::text END,
                         n.priority, coalesce(n.trace_id, n.id::text), dev.token,
                         (SELECT count(*) FROM delivery s WHERE s.notification_id = d.notification_id),
-                        (extract(epoch FROM d.created_at) * 1000)::int8",
+                        (extract(epoch FROM d.created_at) * 1000)::int8,
+                        (extract(epoch FROM n.expires_at) * 1000)::int8, n.collapse_key",
             )
             .await?;
         let max_bytes = limits.payload_max_bytes;
@@ -105,5 +106,7 @@ fn stale_job(r: &tokio_postgres::Row, max_bytes: usize) -> std::result::Result<J
         targets: r.try_get::<_, i64>(9).unwrap_or(1).max(1) as u32,
         requeued: true,
         queued_ms: r.try_get::<_, i64>(10).unwrap_or(0).max(0) as u64,
+        expires_ms: r.try_get::<_, Option<i64>>(11).ok().flatten().map(|ms| ms.max(0) as u64),
+        collapse_key: r.try_get::<_, Option<String>>(12).ok().flatten(),
     })
 }

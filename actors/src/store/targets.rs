@@ -7,7 +7,7 @@ use std::collections::HashMap;
 /// A target as Postgres has it when its entry is about to be sent.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TargetState {
-    /// Delivered or failed already.
+    /// Delivered, failed or expired already.
     pub finished: bool,
     /// The device row as it is now (None: deleted).
     pub device: Option<DeviceNow>,
@@ -46,7 +46,7 @@ impl Store {
         let client = self.conn().await?;
         let stmt = client
             .prepare_cached(
-                "SELECT d.notification_id, d.device_id, d.status IN ('delivered', 'failed'),
+                "SELECT d.notification_id, d.device_id, d.status IN ('delivered', 'failed', 'expired'),
                         dev.user_id, dev.token, dev.disabled_at IS NOT NULL
                    FROM unnest($1::uuid[], $2::uuid[]) AS u(n, dev_id)
                    JOIN delivery d ON d.notification_id = u.n AND d.device_id = u.dev_id

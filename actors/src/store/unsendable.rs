@@ -2,7 +2,7 @@
 //! its notification (fan-out) or of its target (fan-out, sweep), with a text that names the
 //! field, so the producer who wrote the row can see what to fix.
 
-use crate::job::{Provider, UnknownName};
+use crate::job::{BadTopic, Provider, UnknownName};
 use crate::payload::PayloadError;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -31,6 +31,8 @@ pub enum Unsendable {
     PayloadMissing,
     #[error("payload: unreadable: {0}")]
     PayloadUnreadable(String),
+    #[error(transparent)]
+    Topic(BadTopic),
     #[error("user {user} has no active device")]
     NoDevice { user: String },
     /// The row's `channel` names a provider the user has no active device with.
