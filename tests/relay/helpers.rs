@@ -292,11 +292,14 @@ impl TestApp {
         sent.len() - unique.len()
     }
 
-    /// Waits until no notification is pending, queued or retrying.
+    /// Waits until no notification is scheduled, pending, queued or retrying.
     pub async fn all_final(&self, limit: Duration) {
         eventually(limit, || async {
-            let open =
-                self.count("SELECT count(*) FROM notification WHERE status IN ('pending', 'queued', 'retrying')").await;
+            let open = self
+                .count(
+                    "SELECT count(*) FROM notification WHERE status IN ('scheduled', 'pending', 'queued', 'retrying')",
+                )
+                .await;
             (open == 0).then_some(())
         })
         .await;

@@ -87,3 +87,54 @@ async fn a_dropped_test_app_leaves_no_database_and_no_redis_keys() {
         admin.query_one("SELECT count(*) FROM pg_database WHERE datname = $1", &[&db_name]).await.unwrap().get(0);
     assert_eq!(dbs, 0, "database {db_name} left");
 }
+
+/// `migrate` builds the indexes of V5 with `CREATE INDEX CONCURRENTLY`: a producer's open
+/// transaction delays the build, never the other producers' inserts; an index an interrupted
+/// build left invalid is built again; `/readyz` waits for all of them.
+#[actix_web::test]
+async fn the_online_indexes_are_built_while_inserts_go_on_and_an_invalid_one_is_rebuilt() {
+    use crate::helpers::{eventually, pg};
+    use std::time::Duration;
+    let app = prepare().await;
+    app.db
+        .batch_execute(
+            "DROP INDEX notification_scheduled_idx;
+             UPDATE pg_index SET indisvalid = false WHERE indexrelid = 'notification_parent_idx'::regclass",
+        )
+        .await
+        .unwrap();
+    assert!(!notify_relay::migrate::is_current(&app.db).await, "not ready without its indexes");
+
+    let url = app.settings.database.url.expose().to_string();
+    let mut producer = pg(&url).await;
+    let open = producer.transaction().await.unwrap();
+    open.execute("INSERT INTO notification (user_id, type) VALUES ('p', 'x')", &[]).await.unwrap();
+    let config: tokio_postgres::Config = url.parse().unwrap();
+    let migrating = actix_rt::spawn(async move { notify_relay::migrate::run(&config).await });
+    eventually(Duration::from_secs(20), || async {
+        let waiting = app
+            .count(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()
+                   AND query LIKE 'CREATE INDEX CONCURRENTLY%' AND wait_event_type = 'Lock'",
+            )
+            .await;
+        (waiting > 0).then_some(())
+    })
+    .await;
+    // While the build waits for the open transaction, other inserts are not held up.
+    let others = pg(&url).await;
+    let inserts = async {
+        for i in 0..100 {
+            others
+                .execute("INSERT INTO notification (user_id, type) VALUES ($1, 'x')", &[&format!("o{i}")])
+                .await
+                .unwrap();
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(20), inserts).await.expect("inserts are not blocked by the index build");
+    assert!(!migrating.is_finished(), "the build waits for the producer's open transaction");
+    open.commit().await.unwrap();
+    let applied = migrating.await.unwrap().expect("migrate");
+    assert_eq!(applied, vec!["index notification_scheduled_idx", "index notification_parent_idx"]);
+    assert!(notify_relay::migrate::is_current(&app.db).await);
+}

@@ -1,0 +1,347 @@
+//! What producers write: idempotency keys, scheduled sends, expiry, collapse keys and topics, as
+//! the relay carries them out (the HTTP routes are in `producers_api`).
+
+use crate::helpers::{eventually, pg, prepare, spawn_app, spawn_app_with, TestApp};
+use emulators::testing::remove_keys;
+use std::time::{Duration, SystemTime};
+use uuid::Uuid;
+
+/// The statement the README gives producers: a retried transaction inserts nothing twice.
+const IDEMPOTENT_INSERT: &str = "INSERT INTO notification (user_id, type, payload, idempotency_key)
+     VALUES ($1, 'order.shipped', '{\"title\": \"Shipped\"}', $2)
+     ON CONFLICT DO NOTHING";
+
+async fn final_of(app: &TestApp, id: Uuid) -> String {
+    eventually(Duration::from_secs(30), || async {
+        let status: String = app.one("SELECT status FROM notification WHERE id = $1", &[&id]).await;
+        (!["pending", "scheduled", "queued", "retrying"].contains(&status.as_str())).then_some(status)
+    })
+    .await
+}
+
+#[actix_web::test]
+async fn two_transactions_racing_with_the_same_idempotency_key_make_one_notification_sent_once() {
+    let app = spawn_app().await;
+    app.add_device("ida", "expo", "ExponentPushToken[ida]").await;
+    let url = app.settings.database.url.expose().to_string();
+    let (mut first, mut second) = (pg(&url).await, pg(&url).await);
+    let a = first.transaction().await.unwrap();
+    assert_eq!(a.execute(IDEMPOTENT_INSERT, &[&"ida", &"order-42"]).await.unwrap(), 1);
+    // The second insert waits on the first's uncommitted key, then finds it committed.
+    let b = second.transaction().await.unwrap();
+    let racing = async { b.execute(IDEMPOTENT_INSERT, &[&"ida", &"order-42"]).await.unwrap() };
+    let commit = async {
+        // Only once the second one is waiting on the key: otherwise the race is not run.
+        eventually(Duration::from_secs(10), || async {
+            let waiting = app
+                .count(
+                    "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'",
+                )
+                .await;
+            (waiting > 0).then_some(())
+        })
+        .await;
+        a.commit().await.unwrap();
+    };
+    let (inserted, ()) = futures_util::join!(racing, commit);
+    b.commit().await.unwrap();
+    assert_eq!(inserted, 0, "the retried insert is a no-op");
+
+    // Another user's key of the same text is another notification.
+    app.add_device("jo", "expo", "ExponentPushToken[jo]").await;
+    assert_eq!(app.exec(IDEMPOTENT_INSERT, &[&"jo", &"order-42"]).await, 1);
+    let ids: Vec<Uuid> = app
+        .db
+        .query("SELECT id FROM notification WHERE idempotency_key = 'order-42' ORDER BY user_id", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(ids.len(), 2);
+    for id in &ids {
+        assert_eq!(final_of(&app, *id).await, "delivered");
+    }
+    assert_eq!(app.expo.sends_of(ids[0], "ExponentPushToken[ida]"), 1);
+    assert_eq!(app.expo.sent_count(), 2);
+}
+
+#[actix_web::test]
+async fn a_topic_key_is_unique_per_topic_and_does_not_collide_with_a_users_key() {
+    let app = prepare().await;
+    let topic_insert = "INSERT INTO notification (topic, type, idempotency_key) VALUES ($1, 'news', $2)
+                        ON CONFLICT DO NOTHING";
+    assert_eq!(app.exec(topic_insert, &[&"sports", &"k1"]).await, 1);
+    assert_eq!(app.exec(topic_insert, &[&"sports", &"k1"]).await, 0);
+    assert_eq!(app.exec(topic_insert, &[&"news", &"k1"]).await, 1);
+    // A user named like the topic, with the same key.
+    assert_eq!(app.exec(IDEMPOTENT_INSERT, &[&"sports", &"k1"]).await, 1);
+    // Exactly one of user_id and topic.
+    for bad in [
+        "INSERT INTO notification (type) VALUES ('x')",
+        "INSERT INTO notification (user_id, topic, type) VALUES ('u', 't', 'x')",
+    ] {
+        let err = app.db.execute(bad, &[]).await.unwrap_err();
+        let constraint = err.as_db_error().and_then(|e| e.constraint()).map(str::to_string);
+        assert_eq!(constraint.as_deref(), Some("notification_one_audience"), "{err:?}");
+    }
+}
+
+#[actix_web::test]
+async fn a_scheduled_notification_waits_for_send_at_and_is_sent_right_after_it() {
+    let app = spawn_app().await;
+    app.add_device("sam", "expo", "ExponentPushToken[sam]").await;
+    let id: Uuid = app
+        .one(
+            "INSERT INTO notification (user_id, type, payload, send_at)
+             VALUES ('sam', 'reminder', '{\"title\": \"now\"}', now() + interval '2 seconds') RETURNING id",
+            &[],
+        )
+        .await;
+    assert_eq!(app.status(id).await.0, "scheduled");
+    assert_eq!(final_of(&app, id).await, "delivered");
+    let row = app.row("SELECT send_at, queued_at FROM notification WHERE id = $1", &[&id]).await;
+    let (send_at, queued_at): (SystemTime, SystemTime) = (row.get(0), row.get(1));
+    let sent = app.expo.sent();
+    let received = sent[0].received_at;
+    let late = received.duration_since(send_at).expect("not sent before send_at");
+    println!(
+        "scheduled send: fanned out {:?} after send_at, received {late:?} after it",
+        queued_at.duration_since(send_at)
+    );
+    assert!(queued_at >= send_at, "not fanned out before send_at");
+    assert_eq!(sent.len(), 1);
+}
+
+#[actix_web::test]
+async fn a_past_send_at_is_sent_at_once() {
+    let app = spawn_app().await;
+    app.add_device("pat", "expo", "ExponentPushToken[pat]").await;
+    let id: Uuid = app
+        .one(
+            "INSERT INTO notification (user_id, type, send_at) VALUES ('pat', 'x', now() - interval '1 hour') RETURNING id",
+            &[],
+        )
+        .await;
+    assert_eq!(final_of(&app, id).await, "delivered");
+}
+
+#[actix_web::test]
+async fn scheduled_rows_survive_kill_9_of_every_process_and_a_redis_flush() {
+    let app = prepare().await;
+    crate::helpers::add_users(&app, 20).await;
+    let relays = || {
+        [
+            app.spawn_roles("listener,api", |_| {}),
+            app.spawn_roles("worker,api", |_| {}),
+            app.spawn_roles("scheduler,api", |_| {}),
+        ]
+    };
+    let first = relays();
+    eventually(Duration::from_secs(30), || async { (app.readers_waiting().await >= 1).then_some(()) }).await;
+    // Two waves: one due while every process is down, one due after they are back.
+    app.exec(
+        "INSERT INTO notification (user_id, type, payload, send_at)
+         SELECT 'u' || (1 + g % 20), 'wave', jsonb_build_object('title', 'w' || g),
+                now() + CASE WHEN g <= 20 THEN interval '2 seconds' ELSE interval '6 seconds' END
+           FROM generate_series(1, 40) g",
+        &[],
+    )
+    .await;
+    assert_eq!(app.count("SELECT count(*) FROM notification WHERE status = 'scheduled'").await, 40);
+    for relay in &first {
+        relay.signal("-KILL");
+    }
+    drop(first);
+    let mut conn = app.redis.clone();
+    remove_keys(&mut conn, &app.prefix).await.expect("flush the relay's keys");
+    // Down past the first wave's send_at.
+    eventually(Duration::from_secs(10), || async {
+        (app.count("SELECT count(*) FROM notification WHERE send_at <= now() AND status = 'scheduled'").await == 20)
+            .then_some(())
+    })
+    .await;
+    let _second = relays();
+    app.all_final(Duration::from_secs(60)).await;
+
+    assert_eq!(app.delivered().await, 40);
+    assert_eq!(app.expo.sent_count(), 40, "each once");
+    assert_eq!(app.duplicate_sends(), 0);
+    let early = app.count("SELECT count(*) FROM notification WHERE queued_at < send_at").await;
+    assert_eq!(early, 0, "none fanned out before its send_at");
+}
+
+#[actix_web::test]
+async fn an_expiry_that_passes_during_a_provider_outage_ends_expired_never_sent() {
+    let app = spawn_app_with(|s| s.retry.max_attempts = 50).await;
+    app.add_device("eve", "expo", "ExponentPushToken[eve]").await;
+    app.expo.fail_for(503, Duration::from_secs(120));
+    let id: Uuid = app
+        .one(
+            "INSERT INTO notification (user_id, type, payload, expires_at)
+             VALUES ('eve', 'flash-sale', '{\"title\": \"ends soon\"}', now() + interval '3 seconds') RETURNING id",
+            &[],
+        )
+        .await;
+    assert_eq!(final_of(&app, id).await, "expired");
+    assert_eq!(app.expo.sent_count(), 0, "never accepted by the provider");
+    assert!(app.expo.requests() >= 1, "it was tried during the outage");
+    let (status, error): (String, String) = {
+        let r = app.row("SELECT status, last_error FROM delivery WHERE notification_id = $1", &[&id]).await;
+        (r.get(0), r.get(1))
+    };
+    assert_eq!(status, "expired");
+    assert!(error.starts_with("expired at ") && error.contains("before it was delivered"), "{error}");
+    assert_eq!(app.failed_rows().await, 0, "an expiry is not the user's failure");
+    assert_eq!(app.dlq_len().await, 0, "nothing to send again");
+    eventually(Duration::from_secs(10), || async {
+        (app.redis_counter("EXPIRED").await == 1 && app.redis_counter("NOTIFICATION_EXPIRED").await == 1).then_some(())
+    })
+    .await;
+}
+
+#[actix_web::test]
+async fn rows_expired_before_they_are_fanned_out_end_expired_without_a_target() {
+    let app = spawn_app().await;
+    app.add_device("old", "expo", "ExponentPushToken[old]").await;
+    let stale: Uuid = app
+        .one(
+            "INSERT INTO notification (user_id, type, expires_at) VALUES ('old', 'x', now() - interval '1 second')
+             RETURNING id",
+            &[],
+        )
+        .await;
+    // Due after it expires: never sent either.
+    let late: Uuid = app
+        .one(
+            "INSERT INTO notification (user_id, type, send_at, expires_at)
+             VALUES ('old', 'x', now() + interval '1 second', now() + interval '500 milliseconds') RETURNING id",
+            &[],
+        )
+        .await;
+    for id in [stale, late] {
+        assert_eq!(final_of(&app, id).await, "expired");
+        let error: String = app.one("SELECT last_error FROM notification WHERE id = $1", &[&id]).await;
+        assert!(error.starts_with("expired at ") && error.ends_with("before it was sent"), "{error}");
+    }
+    assert_eq!(app.count("SELECT count(*) FROM delivery").await, 0);
+    assert_eq!(app.failed_rows().await, 0);
+    assert_eq!(app.expo.sent_count(), 0);
+    // What expires later is sent, carrying the time it has left.
+    let fresh: Uuid = app
+        .one(
+            "INSERT INTO notification (user_id, type, expires_at) VALUES ('old', 'x', now() + interval '1 hour') RETURNING id",
+            &[],
+        )
+        .await;
+    assert_eq!(final_of(&app, fresh).await, "delivered");
+}
+
+#[actix_web::test]
+async fn a_collapse_key_over_64_bytes_fails_its_row_naming_the_field() {
+    let app = spawn_app().await;
+    app.add_device("cal", "expo", "ExponentPushToken[cal]").await;
+    let long = "k".repeat(65);
+    let bad: Uuid = app
+        .one("INSERT INTO notification (user_id, type, collapse_key) VALUES ('cal', 'x', $1) RETURNING id", &[&long])
+        .await;
+    let good: Uuid = app
+        .one("INSERT INTO notification (user_id, type, collapse_key) VALUES ('cal', 'x', 'score') RETURNING id", &[])
+        .await;
+    assert_eq!(final_of(&app, bad).await, "failed");
+    assert_eq!(app.status(bad).await.2.as_deref(), Some("collapse_key: 65 bytes, over the limit of 64"));
+    assert_eq!(final_of(&app, good).await, "delivered");
+}
+
+#[actix_web::test]
+async fn a_topic_of_10000_subscribers_reaches_each_device_once() {
+    let app = spawn_app_with(|s| s.listener.batch_size = 500).await;
+    let subscribers = 10_000i64;
+    app.exec(
+        "WITH u AS (SELECT 'sub' || g AS id FROM generate_series(1, $1::int8) g),
+              d AS (INSERT INTO device (user_id, provider, token)
+                    SELECT id, 'expo', 'ExponentPushToken[' || id || ']' FROM u)
+         INSERT INTO topic_subscription (topic, user_id) SELECT 'match.42', id FROM u",
+        &[&subscribers],
+    )
+    .await;
+    // Someone subscribed to another topic, and a subscriber without a device.
+    app.exec("INSERT INTO topic_subscription (topic, user_id) VALUES ('other', 'sub1'), ('match.42', 'nodevice')", &[])
+        .await;
+    let id: Uuid = app
+        .one(
+            "INSERT INTO notification (topic, type, payload) VALUES ('match.42', 'goal', '{\"title\": \"Goal!\"}')
+             RETURNING id",
+            &[],
+        )
+        .await;
+    eventually(Duration::from_secs(120), || async {
+        let open = app
+            .count(
+                "SELECT count(*) FROM notification
+                  WHERE status IN ('pending', 'queued', 'retrying') OR (topic IS NOT NULL AND status <> 'delivered')",
+            )
+            .await;
+        (open == 0).then_some(())
+    })
+    .await;
+    assert_eq!(app.status(id).await.0, "delivered");
+    let children = app.count(&format!("SELECT count(*) FROM notification WHERE parent_id = '{id}'")).await;
+    assert_eq!(children, subscribers + 1, "one row per subscriber");
+    assert_eq!(
+        app.count(&format!("SELECT count(*) FROM notification WHERE parent_id = '{id}' AND status = 'delivered'"))
+            .await,
+        subscribers
+    );
+    let failed: String =
+        app.one("SELECT last_error FROM notification WHERE parent_id = $1 AND user_id = 'nodevice'", &[&id]).await;
+    assert_eq!(failed, "user nodevice has no active device");
+    assert_eq!(app.expo.sent_count(), subscribers as usize);
+    assert_eq!(app.duplicate_sends(), 0, "once to each device");
+}
+
+#[actix_web::test]
+async fn topic_rows_without_subscribers_or_with_a_malformed_topic_end_without_a_pull_row() {
+    let app = spawn_app().await;
+    let empty: Uuid = app.one("INSERT INTO notification (topic, type) VALUES ('nobody', 'x') RETURNING id", &[]).await;
+    let bad: Uuid =
+        app.one("INSERT INTO notification (topic, type) VALUES ('no spaces/allowed', 'x') RETURNING id", &[]).await;
+    eventually(Duration::from_secs(20), || async {
+        (app.count("SELECT count(*) FROM notification WHERE status IN ('pending', 'queued')").await == 0).then_some(())
+    })
+    .await;
+    assert_eq!(app.status(empty).await.0, "delivered", "handed to every subscriber: none");
+    let (status, _, error) = app.status(bad).await;
+    assert_eq!(status, "failed");
+    assert!(error.unwrap_or_default().starts_with("topic: must be 1 to 256 bytes"));
+    assert_eq!(app.failed_rows().await, 0, "a topic row has no user to pull it");
+}
+
+#[actix_web::test]
+async fn the_scheduler_probe_and_the_topic_queries_use_their_indexes() {
+    let app = prepare().await;
+    app.db.batch_execute("SET enable_seqscan = off").await.unwrap();
+    for (sql, index) in [
+        (
+            "SELECT id FROM notification WHERE status = 'scheduled' AND send_at <= now() ORDER BY send_at LIMIT 1000",
+            "notification_scheduled_idx",
+        ),
+        (
+            "SELECT id FROM notification WHERE topic IS NOT NULL AND status = 'queued' ORDER BY created_at LIMIT 1",
+            "notification_topic_fanout_idx",
+        ),
+        (
+            "SELECT status, count(*) FROM notification WHERE parent_id = gen_random_uuid() GROUP BY status",
+            "notification_parent_idx",
+        ),
+        (
+            "SELECT user_id FROM topic_subscription WHERE topic = 't' AND user_id > '' ORDER BY user_id LIMIT 1000",
+            "topic_subscription_pkey",
+        ),
+        ("SELECT topic FROM topic_subscription WHERE user_id = 'u' ORDER BY topic", "topic_subscription_user_idx"),
+    ] {
+        let plan: Vec<String> =
+            app.db.query(&format!("EXPLAIN {sql}"), &[]).await.unwrap().iter().map(|r| r.get(0)).collect();
+        assert!(plan.join("\n").contains(index), "{sql}: {plan:?}");
+    }
+}
