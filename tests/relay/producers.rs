@@ -345,3 +345,58 @@ async fn the_scheduler_probe_and_the_topic_queries_use_their_indexes() {
         assert!(plan.join("\n").contains(index), "{sql}: {plan:?}");
     }
 }
+
+/// Cancels racing the fan-out of rows that fall due: for every row, either the cancel won (200,
+/// `cancelled`, never sent) or the fan-out did (409, sent once) — never both, never neither.
+#[actix_web::test]
+async fn cancels_racing_the_due_send_either_win_whole_or_answer_409() {
+    let app = spawn_app().await;
+    app.add_device("rae", "expo", "ExponentPushToken[rae]").await;
+    let due_in = Duration::from_secs(2);
+    let ids: Vec<Uuid> = app
+        .db
+        .query(
+            "INSERT INTO notification (user_id, type, send_at)
+             SELECT 'rae', 'race', now() + $1::int8 * interval '1 millisecond' FROM generate_series(1, 100)
+             RETURNING id",
+            &[&(due_in.as_millis() as i64)],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let send_at: SystemTime = app.one("SELECT min(send_at) FROM notification", &[]).await;
+    // Start cancelling just before they are due, so that some cancels meet the fan-out.
+    eventually(Duration::from_secs(10), || async {
+        let left = send_at.duration_since(SystemTime::now()).unwrap_or_default();
+        (left < Duration::from_millis(100)).then_some(())
+    })
+    .await;
+    let client = awc::Client::builder().timeout(Duration::from_secs(20)).finish();
+    let cancels = ids.iter().map(|id| {
+        let req = client
+            .post(format!("{}/notifications/{id}/cancel", app.api()))
+            .bearer_auth(crate::helpers::ADMIN_TOKEN);
+        async move { req.send().await.map(|r| r.status().as_u16()).unwrap_or(0) }
+    });
+    let answers = futures_util::future::join_all(cancels).await;
+    app.all_final(Duration::from_secs(30)).await;
+    let (mut won, mut lost) = (0, 0);
+    for (id, answer) in ids.iter().zip(&answers) {
+        let status = app.status(*id).await.0;
+        let sends = app.expo.sends_of(*id, "ExponentPushToken[rae]");
+        match answer {
+            200 => {
+                won += 1;
+                assert_eq!((status.as_str(), sends), ("cancelled", 0), "{id}: the cancel won");
+            }
+            409 => {
+                lost += 1;
+                assert_eq!((status.as_str(), sends), ("delivered", 1), "{id}: the fan-out won");
+            }
+            other => panic!("{id}: cancel answered {other}"),
+        }
+    }
+    println!("cancels racing the due send: {won} won, {lost} answered 409");
+}
