@@ -548,6 +548,19 @@ mod tests {
     }
 
     #[test]
+    fn the_schedule_poll_has_a_default_and_a_range_that_names_its_key() {
+        let s = Settings::load(None, &HashMap::new()).unwrap();
+        assert_eq!(s.listener.schedule_poll, Duration::from_millis(200));
+        for bad in ["9", "60001", "0"] {
+            let err = error(&[("NOTIFY__LISTENER__SCHEDULE_POLL_MS", bad)]);
+            let expected = format!("`listener.schedule_poll_ms` must be between 10 and 60000, got {bad}");
+            assert!(err.contains(&expected), "{bad}: {err}");
+        }
+        let edge = Settings::load(None, &env(&[("NOTIFY__LISTENER__SCHEDULE_POLL_MS", "10")])).unwrap();
+        assert_eq!(edge.listener.schedule_poll, Duration::from_millis(10));
+    }
+
+    #[test]
     fn connection_timeouts_have_defaults_and_ranges_that_name_their_key() {
         let s = Settings::load(None, &HashMap::new()).unwrap();
         let db = &s.database;
