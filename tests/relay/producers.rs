@@ -375,9 +375,8 @@ async fn cancels_racing_the_due_send_either_win_whole_or_answer_409() {
     .await;
     let client = awc::Client::builder().timeout(Duration::from_secs(20)).finish();
     let cancels = ids.iter().map(|id| {
-        let req = client
-            .post(format!("{}/notifications/{id}/cancel", app.api()))
-            .bearer_auth(crate::helpers::ADMIN_TOKEN);
+        let req =
+            client.post(format!("{}/notifications/{id}/cancel", app.api())).bearer_auth(crate::helpers::ADMIN_TOKEN);
         async move { req.send().await.map(|r| r.status().as_u16()).unwrap_or(0) }
     });
     let answers = futures_util::future::join_all(cancels).await;
@@ -399,4 +398,36 @@ async fn cancels_racing_the_due_send_either_win_whole_or_answer_409() {
         }
     }
     println!("cancels racing the due send: {won} won, {lost} answered 409");
+}
+
+/// A batch of subscriber rows Postgres refuses (here a producer's own trigger) fails its topic
+/// row, saying why, instead of being retried forever; the next topic goes out.
+#[actix_web::test]
+async fn a_topic_whose_subscriber_rows_postgres_refuses_fails_and_the_next_topic_goes_out() {
+    let app = spawn_app().await;
+    app.db
+        .batch_execute(
+            "CREATE FUNCTION refuse_mallory() RETURNS trigger LANGUAGE plpgsql AS $$
+             BEGIN
+                 IF NEW.user_id = 'mallory' THEN RAISE EXCEPTION 'mallory gets nothing'; END IF;
+                 RETURN NEW;
+             END $$;
+             CREATE TRIGGER refuse_mallory BEFORE INSERT ON notification
+                 FOR EACH ROW EXECUTE FUNCTION refuse_mallory();
+             INSERT INTO topic_subscription (topic, user_id) VALUES ('tainted', 'mallory'), ('clean', 'cy');",
+        )
+        .await
+        .unwrap();
+    app.add_device("cy", "expo", "ExponentPushToken[cy]").await;
+    let tainted: Uuid =
+        app.one("INSERT INTO notification (topic, type) VALUES ('tainted', 'x') RETURNING id", &[]).await;
+    let clean: Uuid = app.one("INSERT INTO notification (topic, type) VALUES ('clean', 'x') RETURNING id", &[]).await;
+    assert_eq!(final_of(&app, tainted).await, "failed");
+    let error = app.status(tainted).await.2.unwrap_or_default();
+    assert!(
+        error.starts_with("topic fan-out stopped: Postgres refused a batch") && error.contains("mallory gets nothing"),
+        "{error}"
+    );
+    assert_eq!(final_of(&app, clean).await, "delivered");
+    eventually(Duration::from_secs(20), || async { (app.expo.sent_count() == 1).then_some(()) }).await;
 }

@@ -199,7 +199,9 @@ impl Fanout {
         let mut tally = Tally::default();
         tally.add(events::TOPIC_FANOUT, None, progress.written);
         if let Some(settled) = &progress.settled {
-            tally.add(events::NOTIFICATION_EXPIRED, None, 1);
+            let (failed, expired) = Settled::count_unsent(std::slice::from_ref(settled));
+            tally.add(events::NOTIFICATION_FAILED, None, failed);
+            tally.add(events::NOTIFICATION_EXPIRED, None, expired);
             Settled::log_failures(&self.log, std::slice::from_ref(settled));
         }
         self.relay.enqueue(&[], &tally, &events::today()).await?;

@@ -9,8 +9,8 @@
 //! batch, so a crash repeats nothing and skips nobody; the row lock taken with `SKIP LOCKED`
 //! keeps two listeners from writing the same topic's batches at once.
 
-use super::{Final, Settled, Store};
-use crate::error::Result;
+use super::{storable, Final, Settled, Store};
+use crate::error::{EngineError, Result};
 use crate::job::expired_text;
 use uuid::Uuid;
 
@@ -23,7 +23,8 @@ pub struct TopicProgress {
     pub written: u64,
     /// Every subscriber has a row: the topic row is `delivered` (handed over).
     pub done: bool,
-    /// The topic row reached a final state without finishing (it expired).
+    /// The topic row reached a final state without finishing (it expired, or Postgres refused
+    /// its subscribers' rows).
     pub settled: Option<Settled>,
 }
 
@@ -32,7 +33,7 @@ impl Store {
     /// fan-out has begun (the oldest not being written by someone else). None: there is none.
     pub async fn expand_topic(&self, batch: i64) -> Result<Option<TopicProgress>> {
         let mut client = self.conn().await?;
-        let tx = client.transaction().await?;
+        let mut tx = client.transaction().await?;
         let pick = tx
             .prepare_cached(
                 "SELECT id, topic, coalesce(fanout_cursor, ''), expires_at <= now(),
@@ -88,7 +89,45 @@ impl Store {
                         (SELECT count(*) FROM written)",
             )
             .await?;
-        let r = tx.query_one(&write, &[&id, &topic, &cursor, &batch]).await?;
+        // Postgres may refuse a batch for what the rows hold (a producer's own trigger on
+        // `notification`, a constraint added since): retrying would refuse it again, forever, and
+        // hold up every topic behind it. The topic row fails instead, saying why.
+        let savepoint = tx.savepoint("topic_batch").await?;
+        let r = match savepoint.query_one(&write, &[&id, &topic, &cursor, &batch]).await {
+            Ok(r) => {
+                savepoint.commit().await?;
+                r
+            }
+            Err(e) => {
+                let e = EngineError::from(e);
+                if !e.is_refused_write() {
+                    return Err(e);
+                }
+                savepoint.rollback().await?;
+                let error =
+                    storable(&format!("topic fan-out stopped: Postgres refused a batch: {}", e.chain())).into_owned();
+                let stmt = tx
+                    .prepare_cached(
+                        "UPDATE notification SET status = 'failed', last_error = $2, updated_at = now() WHERE id = $1",
+                    )
+                    .await?;
+                tx.execute(&stmt, &[&id, &error]).await?;
+                tx.commit().await?;
+                let settled = Settled {
+                    notification_id: id,
+                    trace_id: row.get(5),
+                    status: Final::Failed,
+                    last_error: Some(error),
+                };
+                return Ok(Some(TopicProgress {
+                    notification_id: id,
+                    topic,
+                    written: 0,
+                    done: true,
+                    settled: Some(settled),
+                }));
+            }
+        };
         let seen: i64 = r.get(0);
         let last: Option<String> = r.get(1);
         let written: i64 = r.get(2);
