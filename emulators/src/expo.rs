@@ -4,9 +4,10 @@
 //! project is the part of `ExponentPushToken[<project>:…]` before the colon (`@emulator/<project>`),
 //! or [`DEFAULT_PROJECT`] for other tokens, and a request with tokens of several projects gets
 //! 400 `PUSH_TOO_MANY_EXPERIENCE_IDS` with `details` mapping each project to its tokens. A message
-//! whose fields have the wrong type (`ttl`, `expiration`, `badge` not numbers, `title` not a
-//! string, …), or whose token contains `validationerror` (a message Expo refuses that the relay
-//! cannot tell apart), gets the whole request a 400 `VALIDATION_ERROR` naming that message.
+//! whose fields have the wrong type (`ttl`, `expiration`, `badge` not numbers, `title` or
+//! `collapseId` not a string, …), or whose token contains `validationerror` (a message Expo
+//! refuses that the relay cannot tell apart), gets the whole request a 400 `VALIDATION_ERROR`
+//! naming that message.
 //!
 //! `POST /--/api/v2/push/send` takes one message or an array (gzip bodies too), refuses more
 //! than 100 recipients with `PUSH_TOO_MANY_NOTIFICATIONS`, checks the bearer token when one is
@@ -16,6 +17,7 @@
 //! `ratelimited` (`MessageRateExceeded`), `invalidcredentials`, `developererror`, `expoerror`,
 //! `mismatchsenderid`, `providererror`. A token containing `nulbyte` gets its error message
 //! with a NUL character in it, as a broken upstream or proxy may send (Postgres cannot store it).
+//! Each accepted message is recorded with its `ttl`, `expiration` and `collapseId` ([`Sent`]).
 //! `POST /--/api/v2/push/getReceipts` answers receipts for ids it issued (≤ 1000 per call):
 //! `ok`, or `DeviceNotRegistered` for tokens containing `receiptgone` (accepted at send time,
 //! refused by APNs/FCM later, as happens for real).
@@ -52,6 +54,11 @@ pub struct Sent {
     pub body: Option<String>,
     pub data: Value,
     pub priority: Option<String>,
+    /// `ttl` (seconds), `expiration` (Unix seconds) and `collapseId`, as sent: what a message
+    /// carries of its notification's lifetime and collapse key.
+    pub ttl: Option<u64>,
+    pub expiration: Option<u64>,
+    pub collapse_id: Option<String>,
     pub received_at: SystemTime,
 }
 
@@ -240,6 +247,9 @@ fn ticket(message: &Value, to: &str, state: &mut State) -> Value {
         body: message.get("body").and_then(Value::as_str).map(str::to_string),
         data: message.get("data").cloned().unwrap_or(Value::Null),
         priority: message.get("priority").and_then(Value::as_str).map(str::to_string),
+        ttl: message.get("ttl").and_then(Value::as_u64),
+        expiration: message.get("expiration").and_then(Value::as_u64),
+        collapse_id: message.get("collapseId").and_then(Value::as_str).map(str::to_string),
         received_at: SystemTime::now(),
     });
     json!({"status": "ok", "id": id})
@@ -356,7 +366,7 @@ fn invalid_field(i: usize, message: &Value) -> Option<String> {
             return wrong(key, "a number");
         }
     }
-    for key in ["title", "body", "subtitle", "channelId", "categoryId"] {
+    for key in ["title", "body", "subtitle", "channelId", "categoryId", "collapseId"] {
         if field(key).is_some_and(|v| !v.is_string()) {
             return wrong(key, "a string");
         }

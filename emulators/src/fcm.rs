@@ -12,8 +12,10 @@
 //! `POST /v1/projects/{project}/messages:send` requires a live access token (else 401
 //! `UNAUTHENTICATED` without an FcmError, as Google answers a stale token), the emulator's
 //! project (else 403 `PERMISSION_DENIED`, no FcmError), a `message.token`, string `data`
-//! values, `android.priority` NORMAL|HIGH and at most 4096 bytes of payload (else 400
-//! `INVALID_ARGUMENT`). Tokens containing a failure word get that answer: `unregistered` (404
+//! values, `android.priority` NORMAL|HIGH, `android.ttl` a protobuf Duration of 0 to 2,419,200
+//! seconds (`"3600s"`, `"1.5s"`), `android.collapse_key` a string, `apns.headers` a map of
+//! strings, and at most 4096 bytes of payload (else 400 `INVALID_ARGUMENT`; a bad field is named
+//! in a `google.rpc.BadRequest` detail, as FCM's ErrorCode reference says of INVALID_ARGUMENT). Tokens containing a failure word get that answer: `unregistered` (404
 //! UNREGISTERED), `senderidmismatch` (403 SENDER_ID_MISMATCH), `badtoken` (400 INVALID_ARGUMENT
 //! with a `message.token` field violation), `invalidargument` (400 INVALID_ARGUMENT), `quota`
 //! (429 QUOTA_EXCEEDED, `Retry-After: 1`; `quotanoretry` without it), `unavailable` (503),
@@ -60,6 +62,26 @@ pub struct Sent {
 impl Sent {
     pub fn notification_id(&self) -> Option<&str> {
         self.message.pointer("/data/notification_id").and_then(Value::as_str)
+    }
+
+    /// `android.ttl` as sent (`"3600s"`).
+    pub fn android_ttl(&self) -> Option<&str> {
+        self.message.pointer("/android/ttl").and_then(Value::as_str)
+    }
+
+    /// `android.collapse_key`.
+    pub fn collapse_key(&self) -> Option<&str> {
+        self.message.pointer("/android/collapse_key").and_then(Value::as_str)
+    }
+
+    /// `apns.headers["apns-expiration"]` (Unix seconds, a string).
+    pub fn apns_expiration(&self) -> Option<&str> {
+        self.message.pointer("/apns/headers/apns-expiration").and_then(Value::as_str)
+    }
+
+    /// `apns.headers["apns-collapse-id"]`.
+    pub fn apns_collapse_id(&self) -> Option<&str> {
+        self.message.pointer("/apns/headers/apns-collapse-id").and_then(Value::as_str)
     }
 }
 
@@ -300,10 +322,16 @@ fn google_status(status: u16) -> &'static str {
 /// An error as FCM sends it; `code` becomes the FcmError `errorCode`, `token_violation` adds
 /// the `google.rpc.BadRequest` detail naming `message.token`.
 fn fcm_error(status: u16, code: Option<&str>, message: &str, token_violation: bool) -> HttpResponse {
+    let violation = token_violation.then_some(("message.token", "Invalid registration token"));
+    fcm_error_on(status, code, message, violation)
+}
+
+/// [`fcm_error`] with a `google.rpc.BadRequest` detail naming `(field, description)`.
+fn fcm_error_on(status: u16, code: Option<&str>, message: &str, violation: Option<(&str, &str)>) -> HttpResponse {
     let mut details = Vec::new();
-    if token_violation {
+    if let Some((field, description)) = violation {
         details.push(json!({"@type": "type.googleapis.com/google.rpc.BadRequest",
-            "fieldViolations": [{"field": "message.token", "description": "Invalid registration token"}]}));
+            "fieldViolations": [{"field": field, "description": description}]}));
     }
     if let Some(code) = code {
         details.push(json!({"@type": "type.googleapis.com/google.firebase.fcm.v1.FcmError", "errorCode": code}));
@@ -417,6 +445,9 @@ async fn send(
             return fcm_error(400, Some("INVALID_ARGUMENT"), "Invalid value at 'message.android.priority'", false);
         }
     }
+    if let Some(refusal) = lifetime_fields(message) {
+        return refusal;
+    }
     let size = body.len().saturating_sub(token.len());
     if size > MAX_PAYLOAD_BYTES {
         return fcm_error(400, Some("INVALID_ARGUMENT"), &format!("Message is too big: {size} bytes"), false);
@@ -439,6 +470,50 @@ async fn send(
     };
     state.sent.push(sent);
     HttpResponse::Ok().json(json!({ "name": name }))
+}
+
+/// FCM's longest `android.ttl`: "a duration from 0 to 2,419,200 seconds (28 days)".
+pub const MAX_TTL_SECS: u64 = 2_419_200;
+
+/// Whether `ttl` is what FCM takes for `android.ttl`: a protobuf Duration in its JSON form
+/// (whole seconds, then up to nine fractional digits, then `s`) between 0 and [`MAX_TTL_SECS`].
+pub fn valid_ttl(ttl: &str) -> bool {
+    let Some(number) = ttl.strip_suffix('s') else { return false };
+    let (whole, fraction) = number.split_once('.').unwrap_or((number, ""));
+    let digits = |s: &str| s.bytes().all(|b| b.is_ascii_digit());
+    let fraction_ok = !number.contains('.') || (!fraction.is_empty() && fraction.len() <= 9 && digits(fraction));
+    if whole.is_empty() || !digits(whole) || !fraction_ok {
+        return false;
+    }
+    // Exactly 2,419,200 s is allowed, a fraction more is not.
+    match whole.parse::<u64>() {
+        Ok(secs) if secs < MAX_TTL_SECS => true,
+        Ok(MAX_TTL_SECS) => fraction.bytes().all(|b| b == b'0'),
+        _ => false,
+    }
+}
+
+/// The refusal of a message whose lifetime or collapse fields FCM would not take, as it answers
+/// a bad field: 400 INVALID_ARGUMENT naming it.
+fn lifetime_fields(message: &Value) -> Option<HttpResponse> {
+    let refuse = |field: &str, what: &str| {
+        let text = format!("Invalid value at '{field}': {what}");
+        Some(fcm_error_on(400, Some("INVALID_ARGUMENT"), &text, Some((field, what))))
+    };
+    if let Some(ttl) = message.pointer("/android/ttl") {
+        if !ttl.as_str().is_some_and(valid_ttl) {
+            return refuse("message.android.ttl", &format!("not a duration of 0 to {MAX_TTL_SECS}s: {ttl}"));
+        }
+    }
+    if message.pointer("/android/collapse_key").is_some_and(|k| !k.is_string()) {
+        return refuse("message.android.collapse_key", "must be a string");
+    }
+    if let Some(headers) = message.pointer("/apns/headers") {
+        if !headers.as_object().is_some_and(|h| h.values().all(Value::is_string)) {
+            return refuse("message.apns.headers", "must be a map of strings");
+        }
+    }
+    None
 }
 
 async fn fail_token(plan: web::Json<FailPlan>, state: web::Data<Mutex<State>>) -> HttpResponse {

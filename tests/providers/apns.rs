@@ -590,3 +590,88 @@ async fn apns_payloads_over_4096_bytes_and_collapse_ids_over_64_bytes_are_refuse
     assert_eq!(emulator.requests(), 1, "only the fine one was sent");
     emulator.stop().await;
 }
+
+#[actix_web::test]
+async fn apns_an_expiring_notification_expires_at_its_expiry_second_with_its_collapse_id() {
+    let clock = ManualClock::new();
+    let emulator = emulator_on(&clock, Rules::default()).await;
+    let settings = settings(&emulator);
+    let client = client_with(&settings, emulator.ca_pem(), REFRESH_AFTER, MIN_RESIGN_INTERVAL, clock.shared());
+    let now_ms = notify_relay_engine::providers::lifetime::now_ms(&clock);
+    let mut lasting = alert(&device(1));
+    lasting.expires_ms = Some(now_ms + 3_600_900);
+    lasting.collapse_key = Some("score".into());
+    // Under a second left: the second it expires in, which APNs does not store (one attempt).
+    let mut last = alert(&device(2));
+    let last_expiry = now_ms + 999;
+    last.expires_ms = Some(last_expiry);
+    // A payload ttl that ends sooner than the notification is kept.
+    let mut own = job(&device(3), json!({"title": "T", "ttl": 60}), Priority::High);
+    own.expires_ms = Some(now_ms + 3_600_000);
+    let plain = alert(&device(4));
+
+    let response = client.send(&[lasting, last, own, plain]).await;
+
+    assert!(response.results.iter().all(|r| matches!(r, SendResult::Delivered { .. })), "{response:?}");
+    let sent = emulator.sent();
+    let of = |token: &str| sent.iter().find(|s| s.token == token).cloned().expect("sent");
+    let s = of(&device(1));
+    let expected = ((now_ms + 3_600_900) / 1000).to_string();
+    assert_eq!((s.expiration.as_deref(), s.collapse_id.as_deref()), (Some(expected.as_str()), Some("score")));
+    let expected = (last_expiry / 1000).to_string();
+    assert_eq!(of(&device(2)).expiration.as_deref(), Some(expected.as_str()));
+    let expected = (now_ms / 1000 + 60).to_string();
+    assert_eq!(of(&device(3)).expiration.as_deref(), Some(expected.as_str()));
+    // Neither an expiry nor a key: neither header (APNs' default storage applies).
+    let s = of(&device(4));
+    assert_eq!((s.expiration, s.collapse_id), (None, None));
+    emulator.stop().await;
+}
+
+#[actix_web::test]
+async fn apns_the_emulators_refusal_of_a_bad_collapse_id_or_expiration_is_classified_perm() {
+    let emulator = emulator(Rules::default()).await;
+    let jwt = ProviderToken::new(
+        emulator.key_pem(),
+        "ABC123DEFG",
+        "DEF123GHIJ",
+        REFRESH_AFTER,
+        MIN_RESIGN_INTERVAL,
+        Arc::new(SystemClock),
+    )
+    .expect("token")
+    .current()
+    .expect("jwt");
+    let http = raw_client(&emulator, b"h2");
+    let url = format!("{}/3/device/{}", emulator.url(), device(1));
+    let long = "c".repeat(65);
+    let cases =
+        [("apns-collapse-id", long.as_str(), "BadCollapseId"), ("apns-expiration", "soon", "BadExpirationDate")];
+    for (name, value, reason) in cases {
+        let mut resp = http
+            .post(&url)
+            .insert_header(("authorization", format!("bearer {jwt}")))
+            .insert_header(("apns-topic", "com.example.app"))
+            .insert_header(("apns-push-type", "alert"))
+            .insert_header(("apns-priority", "10"))
+            .insert_header((name, value))
+            .send_body(json!({"aps": {"alert": "hi"}}).to_string())
+            .await
+            .expect("request");
+        let status = resp.status().as_u16();
+        let body = resp.body().await.expect("body");
+        let answer = notify_relay_engine::providers::apns::answer(status, resp.headers(), &body);
+        assert_eq!((answer.status, answer.reason.as_str()), (400, reason), "{name}");
+        let (result, health) = notify_relay_engine::providers::apns::classify(
+            answer.status,
+            &answer.reason,
+            answer.timestamp,
+            answer.apns_id,
+            answer.retry_after,
+        );
+        assert!(matches!(result, SendResult::Permanent { .. }), "{name}: {result:?}");
+        assert_eq!(health, Health::Up, "{name}: one message's problem says nothing about APNs");
+    }
+    assert_eq!(emulator.sent_count(), 0);
+    emulator.stop().await;
+}

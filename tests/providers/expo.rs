@@ -197,3 +197,84 @@ async fn a_batch_that_keeps_getting_refused_ends_within_the_timeout() {
     assert!(matches!(response.health, Health::Outage(_)), "{:?}", response.health);
     expo.stop().await;
 }
+
+/// A job for `token` that expires `left_ms` from now (the system's clock: the Expo client has no
+/// clock of its own), with `collapse_key`.
+fn expiring(token: &str, left_ms: u64, collapse_key: Option<&str>) -> Job {
+    let mut j = job(token);
+    j.expires_ms = Some(notify_relay_engine::job::now_ms() + left_ms);
+    j.collapse_key = collapse_key.map(str::to_string);
+    j
+}
+
+#[actix_web::test]
+async fn expo_an_expiring_notification_carries_its_whole_seconds_left_its_expiry_and_its_collapse_id() {
+    let expo = ExpoEmulator::start("127.0.0.1:0", None).await.unwrap();
+    let client = client(expo.url());
+    // 3600.9 s left: ttl 3600, rounded down (the send takes far less than the 0.9 s to spare).
+    let lasting = expiring("ExponentPushToken[lasting]", 3_600_900, Some("score"));
+    let expires_secs = lasting.expires_ms.unwrap() / 1000;
+    // Under a second left: ttl 0, which Expo documents as "deliver now" (no redelivery).
+    let last = expiring("ExponentPushToken[last]", 300, None);
+    let last_secs = last.expires_ms.unwrap() / 1000;
+    let plain = job("ExponentPushToken[plain]");
+
+    let response = client.send(&[lasting, last, plain]).await;
+
+    assert!(response.results.iter().all(|r| class(r) == Class::Ok), "{response:?}");
+    let sent = expo.sent();
+    let of = |to: &str| sent.iter().find(|m| m.to == to).cloned().expect("sent");
+    let m = of("ExponentPushToken[lasting]");
+    assert_eq!((m.ttl, m.expiration, m.collapse_id.as_deref()), (Some(3600), Some(expires_secs), Some("score")));
+    let m = of("ExponentPushToken[last]");
+    assert_eq!((m.ttl, m.expiration, m.collapse_id), (Some(0), Some(last_secs), None));
+    // Neither an expiry nor a key: nothing of either is sent (Expo's defaults apply).
+    let m = of("ExponentPushToken[plain]");
+    assert_eq!((m.ttl, m.expiration, m.collapse_id), (None, None, None));
+    expo.stop().await;
+}
+
+#[actix_web::test]
+async fn expo_a_payload_ttl_is_kept_when_shorter_than_what_is_left_and_a_non_numeric_one_is_refused() {
+    let expo = ExpoEmulator::start("127.0.0.1:0", None).await.unwrap();
+    let client = client(expo.url());
+    let mut short = expiring("ExponentPushToken[short]", 3_600_900, None);
+    short.payload = json!({"title": "T", "ttl": 60}).into();
+    let mut long = expiring("ExponentPushToken[long]", 120_500, None);
+    long.payload = json!({"title": "T", "ttl": 86_400}).into();
+    // Without an expiry the payload's ttl goes as it is, and Expo refuses one that is not a
+    // number with its validation error (the request as a whole; the client isolates it).
+    let mut bad = job("ExponentPushToken[bad]");
+    bad.payload = json!({"title": "T", "ttl": "soon"}).into();
+
+    let response = client.send(&[short, long, bad]).await;
+
+    assert_eq!(tokens_of(&response), [Class::Ok, Class::Ok, Class::Perm], "{response:?}");
+    let error = response.results[2].error().unwrap_or_default();
+    assert!(error.starts_with("expo: HTTP 400 VALIDATION_ERROR: \"[0].ttl\" must be a number"), "{error}");
+    let sent = expo.sent();
+    let ttl_of = |to: &str| sent.iter().find(|m| m.to == to).and_then(|m| m.ttl);
+    assert_eq!(ttl_of("ExponentPushToken[short]"), Some(60));
+    assert_eq!(ttl_of("ExponentPushToken[long]"), Some(120));
+    expo.stop().await;
+}
+
+#[actix_web::test]
+async fn expo_the_emulator_refuses_a_collapse_id_that_is_not_a_string_as_expo_validates_fields() {
+    let expo = ExpoEmulator::start("127.0.0.1:0", None).await.unwrap();
+    // The relay only sends strings; a raw request shows the emulator checks the field's type.
+    let resp = awc::Client::default()
+        .post(format!("{}/--/api/v2/push/send", expo.url()))
+        .send_json(&json!([{"to": "ExponentPushToken[a]", "title": "T", "collapseId": 7}]))
+        .await;
+    let mut resp = resp.expect("request");
+    let status = resp.status().as_u16();
+    let body = resp.body().await.expect("body");
+    let answer = notify_relay_engine::providers::expo::classify_response(status, &body, None, 1);
+    assert_eq!(class(&answer.results[0]), Class::Perm, "{answer:?}");
+    assert!(
+        answer.results[0].error().unwrap_or_default().contains("\"[0].collapseId\" must be a string"),
+        "{answer:?}"
+    );
+    expo.stop().await;
+}

@@ -7,7 +7,7 @@ use emulators::testing::client_job;
 use notify_relay_engine::clock::ManualClock;
 use notify_relay_engine::job::{Job, Priority, Provider, SendResult};
 use notify_relay_engine::providers::fcm::{
-    FcmClient, ServiceAccount, TokenSource, FAILURE_MEMORY, QUOTA_BACKOFF, REFRESH_BEFORE,
+    Classified, FcmClient, ServiceAccount, TokenSource, FAILURE_MEMORY, QUOTA_BACKOFF, REFRESH_BEFORE,
 };
 use notify_relay_engine::providers::ProviderClient;
 use notify_relay_engine::settings::{FcmSettings, Secret};
@@ -273,5 +273,110 @@ async fn an_unreachable_fcm_is_an_outage() {
     let response = client.send(&[job("device", json!({}))]).await;
     assert!(matches!(response.results[0], SendResult::Retry { .. }), "{:?}", response.results);
     assert!(matches!(response.health, Health::Outage(_)));
+    f.emulator.stop().await;
+}
+
+impl Fixture {
+    /// A job for `token` that expires `left_ms` from now on the fixture's clock, with `collapse_key`.
+    fn expiring(&self, token: &str, left_ms: u64, collapse_key: Option<&str>) -> Job {
+        let mut j = job(token, json!({"title": "T", "badge": 2}));
+        j.expires_ms = Some(notify_relay_engine::providers::lifetime::now_ms(&self.clock) + left_ms);
+        j.collapse_key = collapse_key.map(str::to_string);
+        j
+    }
+
+    fn sent_to(&self, token: &str) -> emulators::fcm::Sent {
+        self.emulator.sent().into_iter().find(|s| s.token == token).expect("sent")
+    }
+}
+
+#[actix_web::test]
+async fn fcm_an_expiring_notification_carries_its_ttl_expiry_and_collapse_key_to_android_and_apns() {
+    let f = fixture().await;
+    // 3600.9 s left on the client's clock, which stands still: ttl exactly 3600 s (rounded down).
+    let j = f.expiring("device-lasting", 3_600_900, Some("score"));
+    let expires_secs = j.expires_ms.unwrap() / 1000;
+
+    let (result, _) = f.send_job(j).await;
+
+    assert!(matches!(result, SendResult::Delivered { .. }), "{result:?}");
+    let s = f.sent_to("device-lasting");
+    assert_eq!(s.android_ttl(), Some("3600s"));
+    assert_eq!(s.collapse_key(), Some("score"));
+    assert_eq!(s.apns_expiration(), Some(expires_secs.to_string().as_str()));
+    assert_eq!(s.apns_collapse_id(), Some("score"));
+    // What was sent before stays beside them.
+    assert_eq!(s.message["android"]["priority"], json!("HIGH"));
+    assert_eq!(s.message["apns"]["payload"], json!({"aps": {"badge": 2}}));
+    f.emulator.stop().await;
+}
+
+#[actix_web::test]
+async fn fcm_under_a_second_left_is_ttl_0_and_four_weeks_at_most_and_no_expiry_keeps_todays_message() {
+    let f = fixture().await;
+    let last = f.expiring("device-last", 999, None);
+    let last_secs = last.expires_ms.unwrap() / 1000;
+    let year = f.expiring("device-year", 365 * 86_400_000, None);
+    let mut own = job("device-own", json!({"title": "T", "ttl": 60}));
+    own.collapse_key = None;
+    let plain = job("device-plain", json!({"title": "T"}));
+
+    let response = f.client.send(&[last, year, own, plain]).await;
+
+    assert!(response.results.iter().all(|r| matches!(r, SendResult::Delivered { .. })), "{response:?}");
+    // ttl 0: FCM delivers it now or drops it, never stores it.
+    let s = f.sent_to("device-last");
+    assert_eq!((s.android_ttl(), s.apns_expiration()), (Some("0s"), Some(last_secs.to_string().as_str())));
+    assert_eq!(f.sent_to("device-year").android_ttl(), Some("2419200s"), "FCM keeps a message 4 weeks at most");
+    // Without an expiry: the payload's ttl as before, no APNs headers, no collapse key.
+    let s = f.sent_to("device-own");
+    assert_eq!((s.android_ttl(), s.apns_expiration(), s.collapse_key()), (Some("60s"), None, None));
+    let s = f.sent_to("device-plain");
+    assert_eq!((s.android_ttl(), s.apns_collapse_id()), (None, None));
+    assert!(s.message.get("apns").is_none(), "{}", s.message);
+    f.emulator.stop().await;
+}
+
+#[test]
+fn fcm_the_emulator_takes_android_ttl_as_a_protobuf_duration_of_at_most_four_weeks() {
+    use emulators::fcm::valid_ttl;
+    for ok in ["0s", "3600s", "1.5s", "3.000000001s", "2419200s", "2419200.000s"] {
+        assert!(valid_ttl(ok), "{ok}");
+    }
+    for bad in ["", "s", "3600", "soon", "-1s", "1.s", ".5s", "3.0000000001s", "2419200.5s", "2419201s", "1e3s", " 1s"]
+    {
+        assert!(!valid_ttl(bad), "{bad:?}");
+    }
+}
+
+#[actix_web::test]
+async fn fcm_the_emulator_refuses_a_malformed_lifetime_field_with_invalid_argument_classified_perm() {
+    let f = fixture().await;
+    let http = awc::Client::default();
+    let access = f.tokens.token(&http).await.expect("access token");
+    let url = format!("{}/v1/projects/{}/messages:send", f.emulator.url(), emulators::fcm::PROJECT_ID);
+    let cases = [
+        ("message.android.ttl", json!({"token": "d", "android": {"ttl": "soon"}})),
+        ("message.android.ttl", json!({"token": "d", "android": {"ttl": 3600}})),
+        ("message.android.ttl", json!({"token": "d", "android": {"ttl": "2419201s"}})),
+        ("message.android.collapse_key", json!({"token": "d", "android": {"collapse_key": 7}})),
+        ("message.apns.headers", json!({"token": "d", "apns": {"headers": {"apns-expiration": 1700000000}}})),
+    ];
+    for (field, message) in cases {
+        let mut resp =
+            http.post(&url).bearer_auth(&access).send_json(&json!({ "message": message })).await.expect("post");
+        let status = resp.status().as_u16();
+        let body = resp.body().await.expect("body");
+        let answer: Value = serde_json::from_slice(&body).expect("json");
+        assert_eq!((status, answer["error"]["status"].as_str()), (400, Some("INVALID_ARGUMENT")), "{message}");
+        assert_eq!(answer["error"]["details"][0]["fieldViolations"][0]["field"], json!(field), "{message}");
+        // PROVIDERS.md: INVALID_ARGUMENT is PERM unless the violation is on message.token.
+        let classified = notify_relay_engine::providers::fcm::classify(status, &body, None, 0);
+        assert!(
+            matches!(classified, Classified::Result(SendResult::Permanent { .. }, Health::Up)),
+            "{message}: {classified:?}"
+        );
+    }
+    assert!(f.emulator.sent().is_empty());
     f.emulator.stop().await;
 }

@@ -7,11 +7,14 @@
 //! `classify.rs` the pure functions from the provider's answer to a [`SendResult`] and a
 //! [`Health`], to be read beside the provider's table in PROVIDERS.md. What a provider needs
 //! besides (tokens, messages, receipts, the SMTP connection pool) has a file of its own.
+//! `lifetime` is what every push provider is told of a job's `expires_at`: the whole seconds left
+//! and the expiry second, both rounded down.
 
 pub mod apns;
 pub mod email;
 pub mod expo;
 pub mod fcm;
+pub mod lifetime;
 
 use crate::circuit::Health;
 pub use crate::job::{bounded, MAX_ERROR_BYTES};

@@ -197,8 +197,10 @@ impl ProviderClient for ApnsClient {
     }
 
     fn send(&self, jobs: &[Job]) -> LocalBoxFuture<'static, Response> {
+        // The lifetime left is read on the provider token's clock (a test's `ManualClock`).
+        let now_ms = super::lifetime::now_ms(self.token.clock());
         send_each(jobs.iter().map(|job| {
-            let request = Request::build(job, &self.base_url);
+            let request = Request::build(job, &self.base_url, now_ms);
             let (http, topic, token) = (self.http.clone(), self.topic.clone(), self.token.clone());
             async move {
                 match request {

@@ -2,8 +2,8 @@
 //! result of a job refused before any round trip.
 
 use crate::job::{Job, Priority, SendResult};
+use crate::providers::lifetime::Lifetime;
 use serde_json::{Map, Value};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 /// Apple's limit for the JSON body of a regular notification.
 pub const MAX_PAYLOAD_BYTES: usize = 4096;
@@ -23,16 +23,23 @@ pub struct Request {
 }
 
 impl Request {
-    /// The request for one job, or the result of a job refused without a round trip (a token
-    /// that is not hex, a collapse id over 64 bytes, a body over 4096 bytes).
-    pub fn build(job: &Job, base_url: &str) -> Result<Request, SendResult> {
+    /// The request for one job at `now_ms` (ms since the epoch, on the client's clock), or the
+    /// result of a job refused without a round trip (a token that is not hex, a collapse id over
+    /// 64 bytes, a body over 4096 bytes).
+    ///
+    /// `apns-expiration` is the job's `expires_at` in Unix seconds (rounded down, so never after
+    /// it), or the payload's own expiry when that is sooner; a job that does not expire keeps the
+    /// payload's (see [`expiration`]). `apns-collapse-id` is the job's `collapse_key`, else the
+    /// payload's `collapse_id`.
+    pub fn build(job: &Job, base_url: &str, now_ms: u64) -> Result<Request, SendResult> {
         if job.token.is_empty() || !job.token.bytes().all(|b| b.is_ascii_hexdigit()) {
             return Err(SendResult::InvalidToken {
                 error: "apns: BadDeviceToken: the token is not hexadecimal".into(),
             });
         }
         let payload = job.payload.as_object().cloned().unwrap_or_default();
-        let collapse_id = payload.get("collapse_id").and_then(Value::as_str).map(str::to_string);
+        let collapse_id =
+            job.collapse_key.clone().or_else(|| payload.get("collapse_id").and_then(Value::as_str).map(str::to_string));
         if let Some(id) = &collapse_id {
             // Fan-out refuses these already; an entry written by an older version still must
             // not reach awc, which would fail the request as if APNs were down.
@@ -62,7 +69,11 @@ impl Request {
             apns_id: uuid::Uuid::new_v4().to_string(),
             push_type,
             priority,
-            expiration: expiration(&payload),
+            expiration: match (Lifetime::of(job, now_ms), expiration(&payload, now_ms)) {
+                (Some(left), Some(own)) => Some(own.min(left.expires_secs)),
+                (Some(left), None) => Some(left.expires_secs),
+                (None, own) => own,
+            },
             collapse_id,
             body,
         })
@@ -71,13 +82,12 @@ impl Request {
 
 /// `apns-expiration`: `ttl` seconds from now (0 = deliver now or never), else the payload's
 /// absolute `expiration` (UNIX seconds), else none (APNs stores it for a while).
-fn expiration(payload: &Map<String, Value>) -> Option<u64> {
+fn expiration(payload: &Map<String, Value>, now_ms: u64) -> Option<u64> {
     if let Some(ttl) = payload.get("ttl").and_then(Value::as_u64) {
         if ttl == 0 {
             return Some(0);
         }
-        let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or_default();
-        return Some(now.saturating_add(ttl));
+        return Some((now_ms / 1000).saturating_add(ttl));
     }
     payload.get("expiration").and_then(Value::as_u64)
 }
@@ -124,6 +134,9 @@ mod tests {
     use serde_json::json;
     use uuid::Uuid;
 
+    /// The client's clock when the requests are built.
+    const NOW: u64 = 1_700_000_000_000;
+
     fn job(payload: Value, priority: Priority) -> Job {
         crate::providers::check::job(Provider::Apns, &"AB".repeat(32), payload, priority)
     }
@@ -135,7 +148,7 @@ mod tests {
                    "mutableContent": true, "data": {"order": 7, "aps": "not mine"}, "x": 1}),
             Priority::High,
         );
-        let request = Request::build(&j, "https://apns").expect("request");
+        let request = Request::build(&j, "https://apns", NOW).expect("request");
         assert_eq!((request.push_type, request.priority), ("alert", "10"));
         assert_eq!(request.url, format!("https://apns/3/device/{}", "ab".repeat(32)));
         let body: Value = serde_json::from_slice(&request.body).expect("json");
@@ -149,45 +162,66 @@ mod tests {
 
     #[test]
     fn a_payload_without_title_or_body_is_a_background_push_at_priority_5() {
-        let request = Request::build(&job(json!({"data": {"sync": true}}), Priority::High), "b").expect("request");
+        let request = Request::build(&job(json!({"data": {"sync": true}}), Priority::High), "b", NOW).expect("request");
         assert_eq!((request.push_type, request.priority), ("background", "5"));
         let body: Value = serde_json::from_slice(&request.body).expect("json");
         assert_eq!(body["aps"], json!({"content-available": 1}));
         assert_eq!(body["sync"], json!(true));
-        let normal = Request::build(&job(json!({"title": "T"}), Priority::Normal), "b").expect("request");
+        let normal = Request::build(&job(json!({"title": "T"}), Priority::Normal), "b", NOW).expect("request");
         assert_eq!((normal.push_type, normal.priority), ("alert", "5"));
     }
 
     #[test]
     fn ttl_becomes_an_absolute_expiration_and_collapse_id_a_header() {
-        let before = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs();
         let request =
-            Request::build(&job(json!({"title": "T", "ttl": 60, "collapse_id": "score"}), Priority::Normal), "b")
+            Request::build(&job(json!({"title": "T", "ttl": 60, "collapse_id": "score"}), Priority::Normal), "b", NOW)
                 .expect("request");
-        let expiration = request.expiration.expect("expiration");
-        assert!(expiration >= before + 60 && expiration <= before + 3600, "{expiration}");
+        assert_eq!(request.expiration, Some(1_700_000_060), "60 s from the clock's now");
         assert_eq!(request.collapse_id.as_deref(), Some("score"));
-        let once = Request::build(&job(json!({"title": "T", "ttl": 0}), Priority::Normal), "b").expect("request");
+        let once = Request::build(&job(json!({"title": "T", "ttl": 0}), Priority::Normal), "b", NOW).expect("request");
         assert_eq!(once.expiration, Some(0));
-        let none = Request::build(&job(json!({"title": "T"}), Priority::Normal), "b").expect("request");
+        let none = Request::build(&job(json!({"title": "T"}), Priority::Normal), "b", NOW).expect("request");
         assert_eq!(none.expiration, None);
         // A ttl near u64::MAX saturates instead of overflowing (a panic in a debug build).
-        let huge = Request::build(&job(json!({"title": "T", "ttl": u64::MAX}), Priority::Normal), "b");
+        let huge = Request::build(&job(json!({"title": "T", "ttl": u64::MAX}), Priority::Normal), "b", NOW);
         assert_eq!(huge.expect("request").expiration, Some(u64::MAX));
     }
 
     #[test]
+    fn an_expiring_job_expires_at_its_expires_at_second_and_its_collapse_key_wins() {
+        let mut j = job(json!({"title": "T", "collapse_id": "payload's"}), Priority::Normal);
+        j.expires_ms = Some(NOW + 3_600_900);
+        j.collapse_key = Some("score".into());
+        let request = Request::build(&j, "b", NOW).expect("request");
+        assert_eq!(request.expiration, Some(1_700_003_600), "rounded down: never after expires_at");
+        assert_eq!(request.collapse_id.as_deref(), Some("score"));
+        // A payload ttl that ends sooner stays; one that ends later is cut to expires_at.
+        j.payload = json!({"title": "T", "ttl": 60}).into();
+        assert_eq!(Request::build(&j, "b", NOW).expect("request").expiration, Some(1_700_000_060));
+        j.payload = json!({"title": "T", "ttl": 86_400}).into();
+        assert_eq!(Request::build(&j, "b", NOW).expect("request").expiration, Some(1_700_003_600));
+        // Under a second left: the second it expires in, which APNs tries once and does not store.
+        j.expires_ms = Some(NOW + 400);
+        assert_eq!(Request::build(&j, "b", NOW).expect("request").expiration, Some(1_700_000_000));
+        // The job's key is checked as the payload's is.
+        j.collapse_key = Some("k".repeat(65));
+        assert!(matches!(Request::build(&j, "b", NOW), Err(SendResult::Permanent { .. })));
+    }
+
+    #[test]
     fn oversized_bodies_long_collapse_ids_and_non_hex_tokens_are_refused_before_sending() {
-        let big = Request::build(&job(json!({"body": "x".repeat(4100)}), Priority::Normal), "b").unwrap_err();
+        let big = Request::build(&job(json!({"body": "x".repeat(4100)}), Priority::Normal), "b", NOW).unwrap_err();
         let error = big.error().unwrap_or_default().to_string();
         assert!(matches!(big, SendResult::Permanent { .. }), "{big:?}");
         assert!(error.starts_with("apns: payload too large: ") && error.ends_with(" bytes (limit 4096)"), "{error}");
-        let long = Request::build(&job(json!({"title": "T", "collapse_id": "c".repeat(65)}), Priority::Normal), "b");
+        let long =
+            Request::build(&job(json!({"title": "T", "collapse_id": "c".repeat(65)}), Priority::Normal), "b", NOW);
         assert_eq!(
             long.unwrap_err(),
             SendResult::Permanent { error: "apns: collapse_id too long: 65 bytes (limit 64)".into() }
         );
-        let newline = Request::build(&job(json!({"title": "T", "collapse_id": "order\n42"}), Priority::Normal), "b");
+        let newline =
+            Request::build(&job(json!({"title": "T", "collapse_id": "order\n42"}), Priority::Normal), "b", NOW);
         assert_eq!(
             newline.unwrap_err(),
             SendResult::Permanent {
@@ -196,6 +230,6 @@ mod tests {
         );
         let mut bad = job(json!({"title": "T"}), Priority::Normal);
         bad.token = "ExponentPushToken[x]".into();
-        assert!(matches!(Request::build(&bad, "b").unwrap_err(), SendResult::InvalidToken { .. }));
+        assert!(matches!(Request::build(&bad, "b", NOW).unwrap_err(), SendResult::InvalidToken { .. }));
     }
 }

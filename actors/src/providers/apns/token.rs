@@ -78,6 +78,12 @@ impl ProviderToken {
         Ok(token)
     }
 
+    /// The clock the token is judged on: the APNs client reads the time a job has left from it
+    /// too, so that a test's `ManualClock` decides both.
+    pub fn clock(&self) -> &dyn Clock {
+        self.clock.as_ref()
+    }
+
     /// The token to send now, signed anew when the current one is due.
     pub fn current(&self) -> Result<String, ApnsError> {
         self.current_at(self.clock.now())

@@ -268,8 +268,10 @@ impl ProviderClient for ExpoClient {
         // too-big message fails here with its size, without a round trip), then for the body.
         let mut results: Vec<Option<SendResult>> = Vec::with_capacity(jobs.len());
         let mut outgoing = Vec::with_capacity(jobs.len());
+        // The client has no clock of its own: the lifetime left is read from the system's.
+        let now_ms = crate::job::now_ms();
         for (place, job) in jobs.iter().enumerate() {
-            let json = serde_json::to_vec(&message(job)).unwrap_or_default();
+            let json = serde_json::to_vec(&message(job, now_ms)).unwrap_or_default();
             if json.len() > MAX_PAYLOAD_BYTES {
                 let error = format!("expo: payload too large: {} bytes (limit {MAX_PAYLOAD_BYTES})", json.len());
                 results.push(Some(SendResult::Permanent { error }));

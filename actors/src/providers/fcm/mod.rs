@@ -9,7 +9,7 @@ mod message;
 mod oauth;
 
 pub use classify::{classify, Classified, QUOTA_BACKOFF};
-pub use message::message;
+pub use message::{message, MAX_TTL_SECS};
 pub use oauth::{
     token_answer, ServiceAccount, ServiceAccountError, TokenError, TokenSource, DEFAULT_TOKEN_URI, FAILURE_MEMORY,
     MAX_TOKEN_LIFETIME, REFRESH_BEFORE, SCOPE,
@@ -139,7 +139,9 @@ impl ProviderClient for FcmClient {
 /// Sends one message: size check, access token, POST, and one retry with a fresh token when FCM
 /// refuses the token itself (401 without an FcmError).
 async fn send_one(http: awc::Client, url: Rc<str>, tokens: Arc<TokenSource>, job: Job) -> (SendResult, Health) {
-    let body = match serde_json::to_vec(&json!({ "message": message(&job) })) {
+    // The lifetime left is read on the token source's clock (a test's `ManualClock`).
+    let now_ms = super::lifetime::now_ms(tokens.clock());
+    let body = match serde_json::to_vec(&json!({ "message": message(&job, now_ms) })) {
         Ok(body) if payload_bytes(&body, &job.token) > MAX_PAYLOAD_BYTES => {
             let size = payload_bytes(&body, &job.token);
             let error = format!("fcm: payload too large: {size} bytes (limit {MAX_PAYLOAD_BYTES})");

@@ -156,6 +156,12 @@ impl TokenSource {
         &self.account.project_id
     }
 
+    /// The clock tokens are judged on: the FCM client reads the time a job has left from it too,
+    /// so that a test's `ManualClock` decides both.
+    pub fn clock(&self) -> &dyn Clock {
+        self.clock.as_ref()
+    }
+
     /// Token requests made so far (for the admin view and tests).
     pub async fn fetched(&self) -> u64 {
         self.cache.lock().await.fetched
