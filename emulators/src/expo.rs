@@ -4,8 +4,8 @@
 //! project is the part of `ExponentPushToken[<project>:…]` before the colon (`@emulator/<project>`),
 //! or [`DEFAULT_PROJECT`] for other tokens, and a request with tokens of several projects gets
 //! 400 `PUSH_TOO_MANY_EXPERIENCE_IDS` with `details` mapping each project to its tokens. A message
-//! whose fields have the wrong type (`ttl`, `expiration`, `badge` not numbers, `title` or
-//! `collapseId` not a string, …), or whose token contains `validationerror` (a message Expo
+//! whose fields have the wrong type (`ttl`, `expiration`, `badge` not numbers, `title` not a
+//! string, …), or whose token contains `validationerror` (a message Expo
 //! refuses that the relay cannot tell apart), gets the whole request a 400 `VALIDATION_ERROR`
 //! naming that message.
 //!
@@ -17,7 +17,8 @@
 //! `ratelimited` (`MessageRateExceeded`), `invalidcredentials`, `developererror`, `expoerror`,
 //! `mismatchsenderid`, `providererror`. A token containing `nulbyte` gets its error message
 //! with a NUL character in it, as a broken upstream or proxy may send (Postgres cannot store it).
-//! Each accepted message is recorded with its `ttl`, `expiration` and `collapseId` ([`Sent`]).
+//! Each accepted message is recorded with its `ttl` and `expiration` ([`Sent`]), and with a
+//! `collapseId` if one came (the relay sends none: a test can check that).
 //! `POST /--/api/v2/push/getReceipts` answers receipts for ids it issued (≤ 1000 per call):
 //! `ok`, or `DeviceNotRegistered` for tokens containing `receiptgone` (accepted at send time,
 //! refused by APNs/FCM later, as happens for real).
@@ -366,7 +367,7 @@ fn invalid_field(i: usize, message: &Value) -> Option<String> {
             return wrong(key, "a number");
         }
     }
-    for key in ["title", "body", "subtitle", "channelId", "categoryId", "collapseId"] {
+    for key in ["title", "body", "subtitle", "channelId", "categoryId"] {
         if field(key).is_some_and(|v| !v.is_string()) {
             return wrong(key, "a string");
         }

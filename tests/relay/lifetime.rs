@@ -30,7 +30,7 @@ fn about_an_hour(ttl: u64) -> bool {
 }
 
 #[actix_web::test]
-async fn lifetime_an_expiring_notification_reaches_expo_with_its_ttl_expiration_and_collapse_id() {
+async fn lifetime_an_expiring_notification_reaches_expo_with_its_ttl_and_expiration_and_no_collapse_key() {
     let mut app = prepare().await;
     app.start().await;
     app.add_device("eve", "expo", "ExponentPushToken[eve]").await;
@@ -42,7 +42,7 @@ async fn lifetime_an_expiring_notification_reaches_expo_with_its_ttl_expiration_
     let m = sent.iter().find(|m| m.notification_id() == Some(id.to_string().as_str())).expect("sent to expo");
     assert!(m.ttl.is_some_and(about_an_hour), "ttl {:?}", m.ttl);
     assert_eq!(m.expiration, Some(expires_secs));
-    assert_eq!(m.collapse_id.as_deref(), Some("score"));
+    assert_eq!(m.collapse_id, None, "Expo has no collapse field");
     app.cleanup().await;
 }
 

@@ -10,8 +10,8 @@ use serde_json::{json, Map, Value};
 /// A job that expires carries what is left of its life at `now_ms`: `ttl` (whole seconds left)
 /// and `expiration` (its `expires_at` in Unix seconds), each no later than the payload's own
 /// when it gives one. Expo documents `ttl` as taking precedence; both are sent so that either
-/// reading stops at `expires_at`. Its `collapse_key` goes as `collapseId`, which Expo hands on
-/// as FCM's `collapse_key` and APNs' `apns-collapse-id`.
+/// reading stops at `expires_at`. Its `collapse_key` is not sent: Expo's push API, as
+/// PROVIDERS.md documents it, has no collapse field, and an unknown field risks the message.
 pub fn message(job: &Job, now_ms: u64) -> Value {
     let payload = job.payload.as_object().cloned().unwrap_or_default();
     let mut data = match payload.get("data") {
@@ -47,9 +47,6 @@ pub fn message(job: &Job, now_ms: u64) -> Value {
         msg.insert("ttl".into(), json!(ttl));
         msg.insert("expiration".into(), json!(expiration));
     }
-    if let Some(key) = &job.collapse_key {
-        msg.insert("collapseId".into(), json!(key));
-    }
     msg.insert("data".into(), Value::Object(data));
     let priority = match job.priority {
         Priority::High => "high",
@@ -80,21 +77,19 @@ mod tests {
     }
 
     #[test]
-    fn an_expiring_job_carries_the_seconds_left_and_its_expiry_and_its_collapse_key() {
+    fn an_expiring_job_carries_the_seconds_left_and_its_expiry_but_no_collapse_key() {
         let now = 1_700_000_000_000;
         let mut j = job(json!({"title": "T"}));
         j.expires_ms = Some(now + 3_600_900);
         j.collapse_key = Some("score".into());
         let m = message(&j, now);
-        assert_eq!(
-            (&m["ttl"], &m["expiration"], &m["collapseId"]),
-            (&json!(3600), &json!(1_700_003_600), &json!("score"))
-        );
+        assert_eq!((&m["ttl"], &m["expiration"]), (&json!(3600), &json!(1_700_003_600)));
+        assert!(m.get("collapseId").is_none(), "Expo has no collapse field: {m}");
         // A shorter ttl or expiration of the payload's own stays; a longer one is cut to what is left.
         j.payload = json!({"title": "T", "ttl": 60, "expiration": 1_800_000_000}).into();
         let m = message(&j, now);
         assert_eq!((&m["ttl"], &m["expiration"]), (&json!(60), &json!(1_700_003_600)));
-        // Without an expiry nor a key: the payload's fields as they are, no collapseId.
+        // Without an expiry: the payload's fields as they are.
         let plain = message(&job(json!({"title": "T", "ttl": 30})), now);
         assert_eq!(plain["ttl"], json!(30));
         assert!(plain.get("expiration").is_none() && plain.get("collapseId").is_none(), "{plain}");
