@@ -22,6 +22,7 @@ mod idempotency;
 mod limits;
 mod outages;
 mod poison;
+mod producers_api;
 mod receipts;
 mod recovery;
 mod schema;
