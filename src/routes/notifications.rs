@@ -168,7 +168,7 @@ pub struct CancelledNotification {
         crate::error::Unauthorized,
         (status = 403, description = "another user's notification, or a topic notification on a user token", body = crate::error::ErrorBody),
         (status = 404, body = crate::error::ErrorBody),
-        (status = 409, description = "fanned out already (queued, retrying, delivered, failed, expired, cancelled, or a topic notification whose subscribers are being given rows): the message names its status", body = crate::error::ErrorBody),
+        (status = 409, description = "fanned out already (queued, retrying, delivered, failed, expired, cancelled, or a topic notification whose fan-out to its subscribers has begun): the message names its status", body = crate::error::ErrorBody),
         crate::error::Unavailable,
     ),
     security(("user_jwt" = []), ("admin_token" = []))
