@@ -5,14 +5,16 @@ use crate::configuration::Settings;
 use crate::db::pg_pool;
 use chrono::{DateTime, NaiveDate, Utc};
 use clap::Subcommand;
+use notify_relay_engine::events::{self, Tally};
 use notify_relay_engine::relay::admin::DeadLetterEntry;
 use notify_relay_engine::relay::Relay;
 use notify_relay_engine::requeue_dead_letters;
-use notify_relay_engine::store::api::FailedFilter;
+use notify_relay_engine::store::api::{cancel_refused, Cancellation, FailedFilter};
 use notify_relay_engine::store::Store;
 use notify_relay_engine::Keys;
 use std::io::Write;
 use std::time::Duration;
+use uuid::Uuid;
 
 #[derive(Debug, Subcommand)]
 pub enum AdminCommand {
@@ -58,6 +60,18 @@ pub enum AdminCommand {
         #[arg(long)]
         min_idle_ms: Option<u64>,
     },
+    /// Cancel a notification before it is fanned out (as POST /notifications/{id}/cancel does):
+    /// a scheduled one, or a pending one not claimed yet.
+    Cancel {
+        /// The notification's id.
+        id: Uuid,
+    },
+    /// The topics with the most subscribers, and how many each has.
+    Topics {
+        /// How many topics, most subscribers first.
+        #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(i64).range(1..=100_000))]
+        limit: i64,
+    },
     /// Destroy and recreate the consumer group of every shard: all entries still in the streams
     /// are handed out again (delivered targets are not re-sent). Needs --yes.
     ResetGroup {
@@ -70,6 +84,12 @@ pub enum AdminCommand {
 pub enum AdminError {
     #[error("{0}")]
     Usage(String),
+    /// What the command was to act on does not exist.
+    #[error("{0}")]
+    NotFound(String),
+    /// The command may not act on it as it is now (e.g. a cancel after the fan-out).
+    #[error("{0}")]
+    Conflict(String),
     #[error(transparent)]
     Engine(#[from] notify_relay_engine::EngineError),
     #[error(transparent)]
@@ -130,6 +150,8 @@ pub async fn run(settings: &Settings, command: AdminCommand, out: &mut dyn Write
             let moved = relay.release_stuck(min_idle, "admin-claim-stuck").await?;
             writeln!(out, "moved {moved} stuck entr{} back into the stream", if moved == 1 { "y" } else { "ies" })?;
         }
+        AdminCommand::Cancel { id } => cancel(&store, &relay, id, out).await?,
+        AdminCommand::Topics { limit } => print_topics(&store.topic_counts(limit).await?, out)?,
         AdminCommand::ResetGroup { .. } => {
             let pending = relay.reset_groups().await?;
             writeln!(
@@ -172,6 +194,37 @@ async fn requeue_failed(
     progress.finish();
     writeln!(out, "requeued {done} failed notification(s)")?;
     Ok(())
+}
+
+/// The cancel of the API's route, by an operator: the same statement, and counted the same.
+async fn cancel(store: &Store, relay: &Relay, id: Uuid, out: &mut dyn Write) -> Result<(), AdminError> {
+    match store.cancel(id, "notify-relay admin cancel").await? {
+        Cancellation::Cancelled { .. } => {
+            let mut tally = Tally::default();
+            tally.add(events::CANCELLED, None, 1);
+            writeln!(out, "cancelled notification {id}: it will not be sent")?;
+            // The cancel is committed: a counter Redis could not take does not undo it.
+            if let Err(e) = relay.enqueue(&[], &tally, &events::today()).await {
+                eprintln!("notify-relay: the CANCELLED counter could not be written: {}", e.chain());
+            }
+            Ok(())
+        }
+        Cancellation::NotFound => Err(AdminError::NotFound(format!("no notification {id}"))),
+        Cancellation::TooLate { status, fanning_out } => {
+            Err(AdminError::Conflict(cancel_refused(id, &status, fanning_out)))
+        }
+    }
+}
+
+fn print_topics(topics: &[(String, i64)], out: &mut dyn Write) -> std::io::Result<()> {
+    if topics.is_empty() {
+        return writeln!(out, "no topic has subscribers");
+    }
+    writeln!(out, "{:<40} {:>11}", "TOPIC", "SUBSCRIBERS")?;
+    for (topic, subscribers) in topics {
+        writeln!(out, "{topic:<40} {subscribers:>11}")?;
+    }
+    writeln!(out, "{} topic(s)", topics.len())
 }
 
 /// A progress bar on stderr, drawn only when stderr is a terminal and the job is large.

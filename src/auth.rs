@@ -126,6 +126,18 @@ impl Caller {
         }
     }
 
+    /// Whether the caller may read or cancel a notification of `owner`: their own, or any as a
+    /// service. A topic notification has no owner (`None`): a service's only.
+    pub fn may_act_for_notification(&self, owner: Option<&str>) -> Result<(), ApiError> {
+        match owner {
+            Some(user) => self.may_act_for(user),
+            None if self.is_service() => Ok(()),
+            None => Err(ApiError::Forbidden(
+                "a topic notification belongs to no user: only service_role or the admin token may act on it".into(),
+            )),
+        }
+    }
+
     pub fn is_service(&self) -> bool {
         matches!(self, Caller::Service)
     }

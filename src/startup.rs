@@ -137,6 +137,7 @@ impl Application {
                 auth,
                 cursor_key: cursor_key(&settings),
                 max_devices_per_user: settings.devices.max_per_user,
+                max_topics_per_user: settings.topics.max_per_user,
                 log: log.new(slog::o!("component" => "api")),
             });
             let addr = settings.http_addr()?;

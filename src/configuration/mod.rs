@@ -11,7 +11,7 @@
 //!   `[retry]`, `[claim]`, `[circuit]`, `[retention]`, `[scheduler]`, `[payload]`,
 //!   `[providers.*]`; `notify_relay_engine::settings` says where each lives);
 //! - the sections only the binary uses are in `sections` (`[database]`, `[redis]`, `[http]`,
-//!   `[devices]`, `[shutdown]`, `[log]`), and `[auth]` in `crate::auth`.
+//!   `[devices]`, `[topics]`, `[shutdown]`, `[log]`), and `[auth]` in `crate::auth`.
 //!
 //! Validation is split the same way: each section's `validate()` checks its own fields next to
 //! them (provider credentials included: the files are read and the keys parsed), and
@@ -24,7 +24,8 @@ mod sections;
 pub use crate::auth::AuthSettings;
 pub use notify_relay_engine::settings::Secret;
 pub use sections::{
-    DatabaseSettings, DevicesSettings, HttpSettings, LogSettings, RedisSettings, ShutdownSettings, MAX_PER_USER_RANGE,
+    DatabaseSettings, DevicesSettings, HttpSettings, LogSettings, RedisSettings, ShutdownSettings, TopicsSettings,
+    MAX_PER_USER_RANGE, MAX_TOPICS_PER_USER_RANGE,
 };
 
 use config::{Config, Environment, File, FileFormat};
@@ -82,6 +83,7 @@ pub struct Settings {
     pub http: HttpSettings,
     pub auth: AuthSettings,
     pub devices: DevicesSettings,
+    pub topics: TopicsSettings,
     pub shutdown: ShutdownSettings,
     pub log: LogSettings,
 }
@@ -144,6 +146,7 @@ impl Settings {
         self.log.level()?;
         self.auth.validate().map_err(|(key, message)| invalid(key, message))?;
         self.devices.validate()?;
+        self.topics.validate()?;
         Ok(())
     }
 
@@ -558,6 +561,19 @@ mod tests {
         }
         let edge = Settings::load(None, &env(&[("NOTIFY__LISTENER__SCHEDULE_POLL_MS", "10")])).unwrap();
         assert_eq!(edge.listener.schedule_poll, Duration::from_millis(10));
+    }
+
+    #[test]
+    fn topics_max_per_user_defaults_to_1000_and_is_range_checked() {
+        assert_eq!(Settings::load(None, &HashMap::new()).unwrap().topics.max_per_user, 1000);
+        for bad in ["0", "100001"] {
+            let err = error(&[("NOTIFY__TOPICS__MAX_PER_USER", bad)]);
+            assert!(err.contains("`topics.max_per_user` must be between 1 and 100000"), "{err}");
+        }
+        let err = error(&[("NOTIFY__TOPICS__MAX_PER_USER", "-1")]);
+        assert!(err.contains("topics.max_per_user"), "{err}");
+        let s = Settings::load(None, &env(&[("NOTIFY__TOPICS__MAX_PER_USER", "100000")])).unwrap();
+        assert_eq!(s.topics.max_per_user, 100_000);
     }
 
     #[test]

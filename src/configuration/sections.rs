@@ -1,5 +1,5 @@
 //! The sections only the binary uses: `[database]`, `[redis]`, `[http]`, `[devices]`,
-//! `[shutdown]` and `[log]` (`[auth]` lives with the authenticator, in `crate::auth`). Each
+//! `[topics]`, `[shutdown]` and `[log]` (`[auth]` lives with the authenticator, in `crate::auth`). Each
 //! checks its own fields in `validate()`; an error names its key.
 
 use notify_relay_engine::settings::{millis, within_ms, Secret, SettingsError, HOUR_MS, MINUTE_MS, SECOND_MS};
@@ -149,6 +149,28 @@ impl DevicesSettings {
                 "devices.max_per_user",
                 format!("must be between {lo} and {hi}, got {max}"),
             ));
+        }
+        Ok(())
+    }
+}
+
+/// `[topics]`: what one user may subscribe to.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct TopicsSettings {
+    /// Topics one user may subscribe to; subscribing to one more is a 409.
+    pub max_per_user: u32,
+}
+
+/// The range `topics.max_per_user` must be in.
+pub const MAX_TOPICS_PER_USER_RANGE: std::ops::RangeInclusive<u32> = 1..=100_000;
+
+impl TopicsSettings {
+    pub fn validate(&self) -> Result<(), SettingsError> {
+        let max = self.max_per_user;
+        if !MAX_TOPICS_PER_USER_RANGE.contains(&max) {
+            let (lo, hi) = (MAX_TOPICS_PER_USER_RANGE.start(), MAX_TOPICS_PER_USER_RANGE.end());
+            return Err(SettingsError::new("topics.max_per_user", format!("must be between {lo} and {hi}, got {max}")));
         }
         Ok(())
     }

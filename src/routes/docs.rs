@@ -9,13 +9,18 @@ use utoipa_swagger_ui::SwaggerUi;
 #[openapi(
     info(
         title = "notify-relay",
-        description = "Pull back the notifications that could not be pushed, retry them, register devices, and inspect the relay."
+        description = "Pull back the notifications that could not be pushed, retry them, read and cancel notifications, register devices, subscribe to topics, and inspect the relay."
     ),
     paths(
         super::health::healthz,
         super::health::readyz,
         super::notifications::failed,
         super::notifications::retry,
+        super::notifications::show,
+        super::notifications::cancel,
+        super::topics::subscribe,
+        super::topics::unsubscribe,
+        super::topics::list,
         super::devices::register,
         super::devices::remove,
         super::admin::list_actors,
@@ -26,8 +31,9 @@ use utoipa_swagger_ui::SwaggerUi;
     ),
     modifiers(&Security),
     tags(
-        (name = "notifications", description = "A user's failed notifications (Supabase Auth JWT)"),
+        (name = "notifications", description = "A user's failed notifications (Supabase Auth JWT); a notification's status, and cancelling it (its owner, service_role or the admin token)"),
         (name = "devices", description = "A user's devices (Supabase Auth JWT)"),
+        (name = "topics", description = "A user's topic subscriptions (Supabase Auth JWT)"),
         (name = "admin", description = "Operators (auth.admin_token)"),
         (name = "health", description = "Probes"),
     )

@@ -6,6 +6,7 @@ pub mod devices;
 pub mod docs;
 pub mod health;
 pub mod notifications;
+pub mod topics;
 
 use crate::auth::Authenticator;
 use crate::error::ApiError;
@@ -25,6 +26,8 @@ pub struct AppState {
     pub cursor_key: Vec<u8>,
     /// `devices.max_per_user`.
     pub max_devices_per_user: u32,
+    /// `topics.max_per_user`.
+    pub max_topics_per_user: u32,
     pub log: slog::Logger,
 }
 
@@ -34,6 +37,11 @@ pub fn configure(cfg: &mut actix_web::web::ServiceConfig) {
         .service(health::readyz)
         .service(notifications::failed)
         .service(notifications::retry)
+        .service(notifications::show)
+        .service(notifications::cancel)
+        .service(topics::subscribe)
+        .service(topics::unsubscribe)
+        .service(topics::list)
         .service(devices::register)
         .service(devices::remove)
         .service(admin::list_actors)

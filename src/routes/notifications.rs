@@ -1,9 +1,12 @@
-//! What a user's app asks about its notifications: the failed ones, and retrying one.
+//! What a user's app and a producer ask about notifications: the failed ones, retrying one,
+//! reading one with its targets, and cancelling one before it is fanned out.
 
 use super::{cursor, parse_uuid, AppState};
+use crate::auth::Caller;
 use crate::error::ApiError;
 use actix_web::{get, post, web, HttpRequest, HttpResponse};
-use notify_relay_engine::store::api::FailedNotification;
+use notify_relay_engine::events::{self, Tally};
+use notify_relay_engine::store::api::{cancel_refused, Cancellation, FailedNotification, NotificationDetail};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
@@ -102,7 +105,7 @@ pub async fn retry(
     let Some(notification) = state.store.notification_state(id).await? else {
         return Err(ApiError::NotFound(format!("no notification {id}")));
     };
-    caller.may_act_for(&notification.user_id)?;
+    caller.may_act_for_notification(notification.user_id.as_deref())?;
     let conflict =
         || ApiError::Conflict(format!("notification {id} is {}; only failed ones can be retried", notification.status));
     if notification.status != "failed" {
@@ -113,4 +116,102 @@ pub async fn retry(
         return Err(conflict());
     }
     Ok(HttpResponse::Accepted().json(RetryAccepted { id, status: "pending".into() }))
+}
+
+/// A notification with its status and every target; for a topic notification, the rows
+/// written for its subscribers, counted by status (each subscriber's row carries its own
+/// status and targets, and can be read by that user).
+#[utoipa::path(
+    tag = "notifications",
+    params(("id" = uuid::Uuid, Path, description = "The notification's id")),
+    responses(
+        (status = 200, body = NotificationDetail),
+        (status = 400, description = "the id is not a UUID", body = crate::error::ErrorBody),
+        crate::error::Unauthorized,
+        (status = 403, description = "another user's notification, or a topic notification on a user token", body = crate::error::ErrorBody),
+        (status = 404, body = crate::error::ErrorBody),
+        crate::error::Unavailable,
+    ),
+    security(("user_jwt" = []), ("admin_token" = []))
+)]
+#[get("/notifications/{id}")]
+pub async fn show(
+    req: HttpRequest,
+    id: web::Path<String>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let caller = state.auth.admin_or_user(&req).await?;
+    let id = parse_uuid("id", &id)?;
+    let Some(notification) = state.store.notification_detail(id).await? else {
+        return Err(ApiError::NotFound(format!("no notification {id}")));
+    };
+    caller.may_act_for_notification(notification.user_id.as_deref())?;
+    Ok(HttpResponse::Ok().json(notification))
+}
+
+/// The notification is cancelled: it will not be sent.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct CancelledNotification {
+    pub id: Uuid,
+    pub status: String,
+}
+
+/// Cancels a notification before it is fanned out: a `scheduled` one (future `send_at`), or a
+/// `pending` one the listener has not claimed yet. It ends `cancelled`, its `last_error` saying
+/// who cancelled it. Race-free with the listener: whichever commits first wins.
+#[utoipa::path(
+    tag = "notifications",
+    params(("id" = uuid::Uuid, Path, description = "The notification's id")),
+    responses(
+        (status = 200, body = CancelledNotification),
+        (status = 400, description = "the id is not a UUID", body = crate::error::ErrorBody),
+        crate::error::Unauthorized,
+        (status = 403, description = "another user's notification, or a topic notification on a user token", body = crate::error::ErrorBody),
+        (status = 404, body = crate::error::ErrorBody),
+        (status = 409, description = "fanned out already (queued, retrying, delivered, failed, expired, cancelled, or a topic notification whose fan-out to its subscribers has begun): the message names its status", body = crate::error::ErrorBody),
+        crate::error::Unavailable,
+    ),
+    security(("user_jwt" = []), ("admin_token" = []))
+)]
+#[post("/notifications/{id}/cancel")]
+pub async fn cancel(
+    req: HttpRequest,
+    id: web::Path<String>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let caller = state.auth.admin_or_user(&req).await?;
+    let id = parse_uuid("id", &id)?;
+    let Some(notification) = state.store.notification_state(id).await? else {
+        return Err(ApiError::NotFound(format!("no notification {id}")));
+    };
+    caller.may_act_for_notification(notification.user_id.as_deref())?;
+    let by = canceller(&state, &req, &caller);
+    match state.store.cancel(id, &by).await? {
+        Cancellation::Cancelled { trace_id } => {
+            let mut tally = Tally::default();
+            tally.add(events::CANCELLED, None, 1);
+            // The cancel is committed: a counter Redis could not take is no reason to answer
+            // as if it had failed.
+            if let Err(e) = state.relay.enqueue(&[], &tally, &events::today()).await {
+                slog::warn!(state.log, "could not count a cancellation"; "event" => events::CANCELLED, "error" => e.chain());
+            }
+            slog::info!(state.log, "notification cancelled"; "event" => events::CANCELLED, "notification_id" => %id,
+                        "trace_id" => trace_id, "by" => &by);
+            Ok(HttpResponse::Ok().json(CancelledNotification { id, status: "cancelled".into() }))
+        }
+        // Deleted (retention) between the two statements.
+        Cancellation::NotFound => Err(ApiError::NotFound(format!("no notification {id}"))),
+        Cancellation::TooLate { status, fanning_out } => {
+            Err(ApiError::Conflict(cancel_refused(id, &status, fanning_out)))
+        }
+    }
+}
+
+/// Who cancels, as the row's `last_error` and the log line name them.
+fn canceller(state: &AppState, req: &HttpRequest, caller: &Caller) -> String {
+    match caller {
+        _ if state.auth.is_admin(req) => "the admin token".into(),
+        Caller::User { sub, .. } => format!("user {sub}"),
+        Caller::Service => "a service_role token".into(),
+    }
 }

@@ -8,15 +8,16 @@ use serde_json::{json, Value};
 use std::time::Duration;
 use uuid::Uuid;
 
-struct Api {
-    app: TestApp,
-    jwks: JwksServer,
-    key: SigningKey,
+/// Shared with the producer routes' tests (`producers_api`).
+pub(crate) struct Api {
+    pub(crate) app: TestApp,
+    pub(crate) jwks: JwksServer,
+    pub(crate) key: SigningKey,
 }
 
 /// An app whose user routes accept ES256 tokens from a loopback JWKS and legacy HS256 tokens,
 /// with issuer and audience checked.
-async fn api() -> Api {
+pub(crate) async fn api() -> Api {
     with_jwks(|s| {
         s.auth.jwt_secret = Some(Secret::new(HS_SECRET));
         s.auth.issuer = Some(ISSUER.into());
@@ -28,7 +29,7 @@ async fn api() -> Api {
 
 /// An app whose user routes take ES256 tokens of `key-1` from a loopback JWKS, with these
 /// settings on top.
-async fn with_jwks(change: impl FnOnce(&mut Settings)) -> Api {
+pub(crate) async fn with_jwks(change: impl FnOnce(&mut Settings)) -> Api {
     let key = SigningKey::generate("key-1");
     let jwks = JwksServer::start(&[&key]).await;
     let mut app = prepare_with(change).await;
@@ -39,11 +40,17 @@ async fn with_jwks(change: impl FnOnce(&mut Settings)) -> Api {
 }
 
 impl Api {
-    fn token(&self, user: &str) -> String {
+    pub(crate) fn token(&self, user: &str) -> String {
         self.key.sign(&claims(user, 3600))
     }
 
-    async fn call(&self, method: &str, path: &str, token: Option<&str>, body: Option<&[u8]>) -> (u16, Value) {
+    pub(crate) async fn call(
+        &self,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        body: Option<&[u8]>,
+    ) -> (u16, Value) {
         let client = awc::Client::builder().timeout(Duration::from_secs(10)).finish();
         let url = format!("{}{path}", self.app.api());
         let method = awc::http::Method::from_bytes(method.as_bytes()).expect("method");
@@ -61,11 +68,11 @@ impl Api {
         (status, serde_json::from_slice(&bytes).unwrap_or(Value::Null))
     }
 
-    async fn get(&self, path: &str, token: Option<&str>) -> (u16, Value) {
+    pub(crate) async fn get(&self, path: &str, token: Option<&str>) -> (u16, Value) {
         self.call("GET", path, token, None).await
     }
 
-    async fn post(&self, path: &str, token: Option<&str>, body: Value) -> (u16, Value) {
+    pub(crate) async fn post(&self, path: &str, token: Option<&str>, body: Value) -> (u16, Value) {
         self.call("POST", path, token, Some(body.to_string().as_bytes())).await
     }
 
@@ -90,7 +97,7 @@ impl Api {
     }
 }
 
-fn code(body: &Value) -> &str {
+pub(crate) fn code(body: &Value) -> &str {
     body["error"]["code"].as_str().unwrap_or("")
 }
 
@@ -632,7 +639,7 @@ async fn user_tokens_without_issuer_or_audience_are_warned_about_in_the_json_log
 }
 
 impl Api {
-    fn service_token(&self) -> String {
+    pub(crate) fn service_token(&self) -> String {
         let mut service = claims("", 3600);
         service["role"] = json!("service_role");
         service.as_object_mut().unwrap().remove("sub");

@@ -24,6 +24,7 @@ mod limits;
 mod outages;
 mod poison;
 mod producers;
+mod producers_api;
 mod receipts;
 mod recovery;
 mod schema;
