@@ -256,17 +256,20 @@ async fn postgres_unreachable_for_40_s_under_load_fails_nothing() {
     let connected: i64 = app.one(&format!("SELECT count(*) {others}"), &[&app.db_name, &own]).await;
     let sent_in_outage = app.expo.sent_count() - sent_at_cut;
     admin.batch_execute(&format!("ALTER DATABASE {} ALLOW_CONNECTIONS true", app.db_name)).await.unwrap();
+    let reopened = Instant::now();
     assert!(cut >= 3, "every process's connections were cut: {cut}");
     assert_eq!(connected, 0, "Postgres stayed unreachable for the relay");
 
     app.all_final(Duration::from_secs(90)).await;
+    let recovery = reopened.elapsed();
     let delivered = app.delivered().await;
     let (failed_targets, failed, gave_up) = failures(&app).await;
     let duplicates = app.duplicate_sends();
     println!(
         "postgres unreachable {outage:?} ({cut} connections cut after {sent_at_cut} sends; {sent_in_outage} sent \
-         during it, past the cut in {sending}/400 samples): {} sends for 4000, {duplicates} duplicates, {delivered} \
-         delivered, {failed} failed ({failed_targets} targets, {gave_up} gave up), {:?}",
+         during it, past the cut in {sending}/400 samples): all final {recovery:?} after it ended, {} sends for \
+         4000, {duplicates} duplicates, {delivered} delivered, {failed} failed ({failed_targets} targets, {gave_up} \
+         gave up), {:?}",
         app.expo.sent_count(),
         started.elapsed()
     );

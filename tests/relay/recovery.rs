@@ -1,7 +1,7 @@
 //! The basic recovery paths of the walking skeleton: a lost LISTEN connection, an entry left
 //! pending by a consumer that died.
 
-use crate::helpers::{eventually, spawn_app, ADMIN_TOKEN};
+use crate::helpers::{add_users, eventually, insert_bulk, prepare_with, spawn_app, ADMIN_TOKEN};
 use serde_json::json;
 use std::time::Duration;
 
@@ -31,6 +31,59 @@ async fn the_listener_reconnects_after_its_connection_is_terminated() {
         running.then_some(())
     })
     .await;
+}
+
+/// Two drainers fan out at once; one fails (as a Postgres outage fails it) while the other waits
+/// for its COMMIT's answer. The committed batch still reaches the stream at once: cancelled
+/// there, its rows would stay `queued` with no stream entry until the sweep finds them after
+/// `listener.stale_after_ms` (5 min), and a 40 s outage under load once left 1,000 such rows.
+#[actix_web::test]
+async fn a_drainer_that_fails_does_not_strand_the_batch_its_sibling_committed() {
+    let mut app = prepare_with(|s| {
+        s.listener.drainers = 2;
+        s.listener.batch_size = 10;
+    })
+    .await;
+    add_users(&app, 20).await;
+    // The first row claimed fails its fan-out 1 s later; the first fan-out to commit takes 3 s
+    // to do so (a deferred trigger runs at COMMIT). Sequences are not rolled back with the
+    // transaction that failed, so each happens once.
+    app.db
+        .batch_execute(
+            "CREATE SEQUENCE fanout_claims;
+             CREATE SEQUENCE fanout_commits;
+             CREATE FUNCTION fail_first_claim() RETURNS trigger LANGUAGE plpgsql AS $$
+             BEGIN
+                 IF nextval('fanout_claims') = 1 THEN
+                     PERFORM pg_sleep(1);
+                     RAISE EXCEPTION 'test: the first fan-out fails';
+                 END IF;
+                 RETURN NEW;
+             END $$;
+             CREATE TRIGGER fail_first_claim BEFORE UPDATE ON notification FOR EACH ROW
+                 WHEN (OLD.status = 'pending' AND NEW.status = 'queued') EXECUTE FUNCTION fail_first_claim();
+             CREATE FUNCTION slow_first_commit() RETURNS trigger LANGUAGE plpgsql AS $$
+             BEGIN
+                 IF nextval('fanout_commits') = 1 THEN
+                     PERFORM pg_sleep(3);
+                 END IF;
+                 RETURN NULL;
+             END $$;
+             CREATE CONSTRAINT TRIGGER slow_first_commit AFTER UPDATE ON notification
+                 DEFERRABLE INITIALLY DEFERRED FOR EACH ROW
+                 WHEN (OLD.status = 'pending' AND NEW.status = 'queued') EXECUTE FUNCTION slow_first_commit();",
+        )
+        .await
+        .unwrap();
+    insert_bulk(&app, 20, 20).await;
+    app.start().await;
+
+    app.all_final(Duration::from_secs(30)).await;
+    assert_eq!(app.delivered().await, 20);
+    let (_, body) = app.get("/admin/actors", Some(ADMIN_TOKEN)).await;
+    let listener = body["actors"].as_array().unwrap().iter().find(|a| a["kind"] == "listener").unwrap().clone();
+    assert!(listener["last_error"].as_str().unwrap_or_default().contains("the first fan-out fails"), "{listener}");
+    assert!(app.count("SELECT last_value FROM fanout_commits").await >= 2, "both batches were committed");
 }
 
 #[actix_web::test]

@@ -175,6 +175,13 @@ impl Fanout {
     /// Makes due scheduled notifications pending, then claims and enqueues pending
     /// notifications until none is left, with `drainers` transactions in flight so that
     /// Postgres works on one batch while Redis takes another.
+    ///
+    /// A drainer that fails never cancels the others: a sibling may have committed its batch
+    /// as `queued` and be on its way to the XADD (or waiting for its COMMIT's answer), and
+    /// dropping it there leaves those targets in Postgres with no stream entry, found again only
+    /// by the sweep after `listener.stale_after_ms` (5 min by default). That is what a Postgres
+    /// outage cutting a fan-out did (`try_join_all`). So every drainer finishes the batch it
+    /// holds; the first failure only stops them all from claiming another one.
     async fn drain(self) -> Result<usize> {
         loop {
             let due = self.store.promote_due(self.batch).await?;
@@ -188,8 +195,32 @@ impl Fanout {
                 break;
             }
         }
-        let drainers = (0..self.drainers.max(1)).map(|_| self.clone().drain_one());
-        Ok(futures_util::future::try_join_all(drainers).await?.into_iter().sum())
+        let failed = Arc::new(AtomicBool::new(false));
+        let drainers = (0..self.drainers.max(1)).map(|_| {
+            let failed = failed.clone();
+            let drainer = self.clone();
+            async move {
+                let out = drainer.drain_one(&failed).await;
+                if out.is_err() {
+                    failed.store(true, Ordering::Release);
+                }
+                out
+            }
+        });
+        let mut total = 0;
+        let mut first_error = None;
+        for out in futures_util::future::join_all(drainers).await {
+            match out {
+                Ok(n) => total += n,
+                Err(e) => {
+                    first_error.get_or_insert(e);
+                }
+            }
+        }
+        match first_error {
+            Some(e) => Err(e),
+            None => Ok(total),
+        }
     }
 
     /// Writes the next batch of a topic's subscriber rows, if a topic notification is being
@@ -210,9 +241,14 @@ impl Fanout {
         Ok(true)
     }
 
-    async fn drain_one(self) -> Result<usize> {
+    /// Drains batch after batch until none is left, or until a sibling drainer failed (checked
+    /// only between batches: a batch claimed is always enqueued or failed on its own).
+    async fn drain_one(self, sibling_failed: &AtomicBool) -> Result<usize> {
         let mut total = 0;
         loop {
+            if sibling_failed.load(Ordering::Acquire) {
+                return Ok(total);
+            }
             let enabled = |p| self.enabled.contains(&p);
             let rules = FanOutRules { batch: self.batch, limits: self.limits, enabled: &enabled };
             let out = self.store.fan_out_pending(rules).await?;
