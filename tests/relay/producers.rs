@@ -350,14 +350,15 @@ async fn the_scheduler_probe_and_the_topic_queries_use_their_indexes() {
 /// `cancelled`, never sent) or the fan-out did (409, sent once) — never both, never neither.
 #[actix_web::test]
 async fn cancels_racing_the_due_send_either_win_whole_or_answer_409() {
-    let app = spawn_app().await;
+    // Due rows are looked for every 10 ms: the fan-out starts right at send_at.
+    let app = spawn_app_with(|s| s.listener.schedule_poll = Duration::from_millis(10)).await;
     app.add_device("rae", "expo", "ExponentPushToken[rae]").await;
     let due_in = Duration::from_secs(2);
     let ids: Vec<Uuid> = app
         .db
         .query(
             "INSERT INTO notification (user_id, type, send_at)
-             SELECT 'rae', 'race', now() + $1::int8 * interval '1 millisecond' FROM generate_series(1, 100)
+             SELECT 'rae', 'race', now() + $1::int8 * interval '1 millisecond' FROM generate_series(1, 200)
              RETURNING id",
             &[&(due_in.as_millis() as i64)],
         )
