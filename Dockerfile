@@ -38,6 +38,10 @@ FROM debian:bookworm-slim
 
 # Postgres TLS uses the compiled-in webpki roots; the system store is for anything else that
 # speaks TLS (rediss://, provider endpoints, debugging from a shell).
+# DL3008 (pin apt versions) does not fit here: bookworm replaces a package version when it
+# ships an update, so a pinned ca-certificates would break the build at Debian's next CA-bundle
+# update, and the newest CA bundle is the one wanted. The base image tag fixes the release.
+# hadolint ignore=DL3008
 RUN apt-get update \
  && apt-get install -y --no-install-recommends ca-certificates \
  && rm -rf /var/lib/apt/lists/*
