@@ -65,17 +65,19 @@ pub const MAX_TOPIC_BYTES: usize = 256;
 /// Longest `collapse_key`, in bytes: APNs refuses an `apns-collapse-id` over 64 bytes.
 pub const MAX_COLLAPSE_KEY_BYTES: usize = 64;
 
-/// A topic name that is not one: empty, too long, or with a character outside letters, digits
-/// and `_ . ~ % : -` (names travel in URLs and log lines, and FCM's topic names are of the same
-/// alphabet).
+/// A topic name that is not one: empty, too long, only dots, or with a character outside
+/// letters, digits and `_ . ~ % : -` (names travel in URLs and log lines, and FCM's topic names
+/// are of the same alphabet).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("topic: must be 1 to {MAX_TOPIC_BYTES} bytes of letters, digits and _ . ~ % : -, got {0:?}")]
+#[error("topic: must be 1 to {MAX_TOPIC_BYTES} bytes of letters, digits and _ . ~ % : -, not only dots, got {0:?}")]
 pub struct BadTopic(pub String);
 
 /// Checks a topic name (see [`BadTopic`]).
 pub fn check_topic(name: &str) -> Result<(), BadTopic> {
     let allowed = |c: char| c.is_ascii_alphanumeric() || "_.~%:-".contains(c);
-    if name.is_empty() || name.len() > MAX_TOPIC_BYTES || !name.chars().all(allowed) {
+    // `.` and `..` are path segments every HTTP client resolves away: no route could name them.
+    let dots_only = name.chars().all(|c| c == '.');
+    if name.is_empty() || name.len() > MAX_TOPIC_BYTES || dots_only || !name.chars().all(allowed) {
         let shown: String = name.chars().take(64).collect();
         return Err(BadTopic(shown));
     }
@@ -365,6 +367,17 @@ mod tests {
         let mut j = job();
         j.attempt = u32::MAX;
         assert_eq!(j.attempt_number(), u32::MAX);
+    }
+
+    #[test]
+    fn topic_names_are_url_safe_and_bounded() {
+        for good in ["sports", "match.42", "a-b_c~d%20:e", &"t".repeat(MAX_TOPIC_BYTES), "..x"] {
+            assert_eq!(check_topic(good), Ok(()), "{good}");
+        }
+        for bad in ["", ".", "..", "...", "a b", "a/b", "é", &"t".repeat(MAX_TOPIC_BYTES + 1)] {
+            let err = check_topic(bad).unwrap_err().to_string();
+            assert!(err.starts_with("topic: must be 1 to 256 bytes"), "{bad}: {err}");
+        }
     }
 
     #[test]
