@@ -15,7 +15,8 @@ async fn main() -> ExitCode {
         Ok(s) => s,
         Err(e) => return fail(&e),
     };
-    let (log, _guard) = telemetry::logger(settings.log_level().unwrap_or(slog::Level::Info));
+    let level = settings.log_level().unwrap_or(slog::Level::Info);
+    let (log, _guard) = telemetry::logger_as(settings.log_format(), level);
     telemetry::log_panics(log.clone());
 
     let outcome: Outcome = match cli.command {

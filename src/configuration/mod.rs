@@ -24,8 +24,8 @@ mod sections;
 pub use crate::auth::AuthSettings;
 pub use notify_relay_engine::settings::Secret;
 pub use sections::{
-    DatabaseSettings, DevicesSettings, HttpSettings, LogSettings, RedisSettings, ShutdownSettings, TopicsSettings,
-    MAX_PER_USER_RANGE, MAX_TOPICS_PER_USER_RANGE,
+    DatabaseSettings, DevicesSettings, HttpSettings, LogFormat, LogSettings, RedisSettings, ShutdownSettings,
+    TopicsSettings, MAX_PER_USER_RANGE, MAX_TOPICS_PER_USER_RANGE,
 };
 
 use config::{Config, Environment, File, FileFormat};
@@ -235,6 +235,12 @@ impl Settings {
 
     pub fn log_level(&self) -> Result<slog::Level, ConfigError> {
         Ok(self.log.level()?)
+    }
+
+    /// `log.format`, or what suits this process's stdout when it is unset.
+    pub fn log_format(&self) -> LogFormat {
+        use std::io::IsTerminal;
+        self.log.format(std::io::stdout().is_terminal())
     }
 
     pub fn grace(&self) -> Duration {
@@ -548,6 +554,19 @@ mod tests {
         assert!(err.contains("devices.max_per_user"), "{err}");
         let s = Settings::load(None, &env(&[("NOTIFY__DEVICES__MAX_PER_USER", "10000")])).unwrap();
         assert_eq!(s.devices.max_per_user, 10_000);
+    }
+
+    #[test]
+    fn the_log_format_is_json_or_pretty_and_unset_follows_the_terminal() {
+        let s = Settings::load(None, &HashMap::new()).unwrap();
+        assert_eq!(s.log.format, None);
+        assert_eq!((s.log.format(true), s.log.format(false)), (LogFormat::Pretty, LogFormat::Json));
+        for (value, format) in [("json", LogFormat::Json), ("pretty", LogFormat::Pretty)] {
+            let s = Settings::load(None, &env(&[("NOTIFY__LOG__FORMAT", value)])).unwrap();
+            assert_eq!((s.log.format(true), s.log.format(false)), (format, format), "{value}");
+        }
+        let err = error(&[("NOTIFY__LOG__FORMAT", "xml")]);
+        assert!(err.contains("must be `json` or `pretty`, got `xml`") && err.contains("log.format"), "{err}");
     }
 
     #[test]

@@ -197,9 +197,40 @@ impl ShutdownSettings {
 pub struct LogSettings {
     /// trace | debug | info | warning | error | critical
     pub level: String,
+    /// `json` (one object per line, for log agents) or `pretty` (one readable line per event,
+    /// for a person at a terminal). Unset: pretty when stdout is a terminal, JSON otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub format: Option<LogFormat>,
+}
+
+/// `log.format`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase", try_from = "String")]
+pub enum LogFormat {
+    Json,
+    Pretty,
+}
+
+impl TryFrom<String> for LogFormat {
+    type Error = String;
+
+    /// The loader names the key; the message says what it takes.
+    fn try_from(value: String) -> Result<Self, String> {
+        match value.as_str() {
+            "json" => Ok(LogFormat::Json),
+            "pretty" => Ok(LogFormat::Pretty),
+            other => Err(format!("must be `json` or `pretty`, got `{other}`")),
+        }
+    }
 }
 
 impl LogSettings {
+    /// The format to write in: the configured one, else pretty on a terminal and JSON
+    /// otherwise (a container's stdout, a pipe, a file).
+    pub fn format(&self, stdout_is_terminal: bool) -> LogFormat {
+        self.format.unwrap_or(if stdout_is_terminal { LogFormat::Pretty } else { LogFormat::Json })
+    }
+
     /// The level, parsed.
     pub fn level(&self) -> Result<slog::Level, SettingsError> {
         self.level.parse().map_err(|_| SettingsError::new("log.level", format!("unknown level '{}'", self.level)))
