@@ -2,8 +2,8 @@
 //! schema, `auth.uid()`, the roles `anon` and `authenticated`, and its default grants of every
 //! table to both): a signed-in user (`SET ROLE authenticated` with the JWT's `sub` set as
 //! PostgREST sets it) reaches their own rows as docs/supabase.md says and nobody else's; `anon`
-//! reaches nothing. And the relay's migrations run on a database where Supabase's `auth` schema
-//! is already there.
+//! reaches nothing. The relay's migrations run on a database where Supabase's `auth` schema is
+//! already there. And what docs/supabase.md says of Supabase's own service role key.
 
 use crate::helpers::{base_database_url, pg, prepare, TestApp};
 use tokio_postgres::error::SqlState;
@@ -442,4 +442,34 @@ async fn the_migrations_run_beside_supabases_auth_schema() {
     as_anon(&db).await;
     refused(db.execute("SELECT * FROM notification", &[]).await);
     as_owner(&db).await;
+}
+
+/// docs/supabase.md, "The service role": the key a Supabase project hands out as its service
+/// role key is an HS256 JWT of the legacy secret with `iss: supabase` and no `aud`. The relay
+/// checks `auth.issuer` / `auth.audience` on every token, so that key is refused where they are
+/// set, and a service token minted with the project's issuer and audience is accepted.
+#[actix_web::test]
+async fn supabases_service_role_key_is_refused_where_issuer_and_audience_are_checked() {
+    use crate::tokens::{hs256, AUDIENCE, HS_SECRET, ISSUER};
+    use notify_relay::configuration::Secret;
+    let now = chrono::Utc::now().timestamp();
+    let supabase_key = hs256(
+        HS_SECRET.as_bytes(),
+        &serde_json::json!({"iss": "supabase", "ref": "test-project", "role": "service_role", "iat": now, "exp": now + 3600}),
+    );
+    let minted = hs256(
+        HS_SECRET.as_bytes(),
+        &serde_json::json!({"iss": ISSUER, "aud": AUDIENCE, "role": "service_role", "exp": now + 300}),
+    );
+    let route = "/users/bob/notifications/failed";
+
+    let checked = crate::api::api().await; // jwt_secret, issuer and audience set
+    let (status, body) = checked.get(route, Some(&supabase_key)).await;
+    assert_eq!(status, 401, "{body}");
+    assert_eq!(checked.get(route, Some(&minted)).await.0, 200);
+    drop(checked);
+
+    let unchecked = crate::api::with_jwks(|s| s.auth.jwt_secret = Some(Secret::new(HS_SECRET))).await;
+    let (status, body) = unchecked.get(route, Some(&supabase_key)).await;
+    assert_eq!(status, 200, "{body}");
 }
