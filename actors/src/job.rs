@@ -273,7 +273,7 @@ pub struct Delivery {
     pub entry: EntryRef,
 }
 
-/// How a provider answered, classified as in PROVIDERS.md.
+/// How a provider answered, classified as in docs/providers.md.
 #[derive(Debug, Clone, PartialEq)]
 pub enum SendResult {
     /// Accepted; the provider's id for the message (Expo ticket id, FCM name, apns-id).

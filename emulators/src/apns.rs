@@ -2,7 +2,7 @@
 //! (generated at start, [`ApnsEmulator::ca_pem`]) and a generated .p8 signing key
 //! ([`ApnsEmulator::key_pem`], key id [`KEY_ID`], team [`TEAM_ID`], topic [`TOPIC`]).
 //!
-//! `POST /3/device/<64 hex>` answers like Apple (PROVIDERS.md): requests that are not HTTP/2
+//! `POST /3/device/<64 hex>` answers like Apple (docs/providers.md): requests that are not HTTP/2
 //! are refused (505), then the provider token is checked (403 `MissingProviderToken`,
 //! `InvalidProviderToken` for a wrong key id, signature or team, `ExpiredProviderToken` past
 //! [`Rules::token_max_age`], 429 `TooManyProviderTokenUpdates` for a new token sooner than

@@ -1,4 +1,4 @@
-//! Loopback emulators of the push providers, faithful to PROVIDERS.md (including their
+//! Loopback emulators of the push providers, faithful to docs/providers.md (including their
 //! errors), and the load generator that drives the relay against them.
 //!
 //! The integration tests use the emulators directly; the service binary links this crate only

@@ -10,7 +10,7 @@
 //! (clients pool their connections). With credentials configured, MAIL before AUTH → 530 5.7.0.
 //!
 //! Failures are injected by the recipient's local part (`word@any.domain`, or `word+tag@…`),
-//! mirroring PROVIDERS.md's SMTP table:
+//! mirroring docs/providers.md's SMTP table:
 //!
 //! | local part | reply to RCPT TO |
 //! |---|---|

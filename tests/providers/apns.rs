@@ -1,4 +1,4 @@
-//! APNs: the client against the emulator (every row of PROVIDERS.md's APNs table, the provider
+//! APNs: the client against the emulator (every row of docs/providers.md's APNs table, the provider
 //! token's 20/50/60-minute rules on a clock the test moves, HTTP/2 and connection reuse). The
 //! relay end to end is `tests/relay/apns.rs`.
 

@@ -1,4 +1,4 @@
-//! Email: the SMTP client against the SMTP emulator (every row of PROVIDERS.md's SMTP table),
+//! Email: the SMTP client against the SMTP emulator (every row of docs/providers.md's SMTP table),
 //! and the emulator behind `mock-providers --smtp-addr`. The relay end to end is
 //! `tests/relay/email.rs`.
 

@@ -1,4 +1,4 @@
-//! The Expo client against its emulator: one case per row of the PROVIDERS.md Expo table.
+//! The Expo client against its emulator: one case per row of the docs/providers.md Expo table.
 
 use emulators::expo::ExpoEmulator;
 use emulators::testing::client_job;

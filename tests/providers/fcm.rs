@@ -1,5 +1,5 @@
 //! FCM HTTP v1 against its emulator: the OAuth token dance (on a clock the test moves, shared
-//! by the token source and the emulator) and one test per PROVIDERS.md row. Delivery through
+//! by the token source and the emulator) and one test per docs/providers.md row. Delivery through
 //! the whole relay is `tests/relay/fcm.rs`.
 
 use emulators::fcm::FcmEmulator;
@@ -370,7 +370,7 @@ async fn fcm_the_emulator_refuses_a_malformed_lifetime_field_with_invalid_argume
         let answer: Value = serde_json::from_slice(&body).expect("json");
         assert_eq!((status, answer["error"]["status"].as_str()), (400, Some("INVALID_ARGUMENT")), "{message}");
         assert_eq!(answer["error"]["details"][0]["fieldViolations"][0]["field"], json!(field), "{message}");
-        // PROVIDERS.md: INVALID_ARGUMENT is PERM unless the violation is on message.token.
+        // docs/providers.md: INVALID_ARGUMENT is PERM unless the violation is on message.token.
         let classified = notify_relay_engine::providers::fcm::classify(status, &body, None, 0);
         assert!(
             matches!(classified, Classified::Result(SendResult::Permanent { .. }, Health::Up)),

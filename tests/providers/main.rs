@@ -1,5 +1,5 @@
 //! The provider clients against their emulators, and the emulators themselves: every row of
-//! PROVIDERS.md's tables, the token rules, connection handling. No PostgreSQL, no Redis — these
+//! docs/providers.md's tables, the token rules, connection handling. No PostgreSQL, no Redis — these
 //! run anywhere (`cargo nextest run --test providers`); the relay end to end is `tests/relay/`.
 //!
 //! Time-based token rules (APNs' 20/50/60 minutes, FCM's access-token hour and the memory of a

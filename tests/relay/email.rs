@@ -1,5 +1,5 @@
 //! Email end to end: the relay with the email provider enabled and pointed at the SMTP emulator
-//! (the client against the emulator alone, every row of PROVIDERS.md's SMTP table, is in
+//! (the client against the emulator alone, every row of docs/providers.md's SMTP table, is in
 //! `tests/providers/email.rs`), and the binary's email configuration errors.
 
 use crate::helpers::{prepare, TestApp};
@@ -129,7 +129,7 @@ async fn healthy_addresses_queued_behind_stalled_mailboxes_are_delivered_at_thei
         .await
         .expect("deliveries");
     assert_eq!(rows.len(), 20);
-    // Every target that did not end as PROVIDERS.md says, so that a failure shows all of them.
+    // Every target that did not end as docs/providers.md says, so that a failure shows all of them.
     let wrong: Vec<String> = rows
         .iter()
         .filter_map(|row| {

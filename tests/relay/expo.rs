@@ -1,5 +1,5 @@
 //! Expo end to end: the relay in front of the emulator (the client against the emulator alone,
-//! one case per row of the PROVIDERS.md Expo table, is in `tests/providers/expo.rs`).
+//! one case per row of the docs/providers.md Expo table, is in `tests/providers/expo.rs`).
 
 use crate::helpers::{spawn_app_with, TestApp};
 use std::time::Duration;

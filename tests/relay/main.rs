@@ -30,4 +30,5 @@ mod recovery;
 mod schema;
 mod screening;
 mod shutdown;
+mod supabase_rls;
 mod tokens;

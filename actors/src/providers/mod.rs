@@ -1,11 +1,11 @@
 //! Provider clients: how one batch of jobs becomes requests to a push service, and how each
-//! answer is classified (see PROVIDERS.md).
+//! answer is classified (see docs/providers.md).
 //!
 //! One folder per provider: `mod.rs` holds its settings section (`[providers.<p>]`, deserialized
 //! as it is, with its own `validate()` and the methods that read its credentials) and its client
 //! (the requests), and
 //! `classify.rs` the pure functions from the provider's answer to a [`SendResult`] and a
-//! [`Health`], to be read beside the provider's table in PROVIDERS.md. What a provider needs
+//! [`Health`], to be read beside the provider's table in docs/providers.md. What a provider needs
 //! besides (tokens, messages, receipts, the SMTP connection pool) has a file of its own.
 //! `lifetime` is what every push provider is told of a job's `expires_at`: the whole seconds left
 //! and the expiry second, both rounded down.
@@ -407,7 +407,7 @@ pub(crate) mod check {
     use awc::http::header::{HeaderMap, HeaderName, HeaderValue};
     use proptest::prelude::*;
 
-    /// The PROVIDERS.md class of a result.
+    /// The docs/providers.md class of a result.
     pub(crate) fn class(result: &SendResult) -> &'static str {
         match result {
             SendResult::Delivered { .. } => "OK",

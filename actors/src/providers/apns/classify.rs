@@ -1,4 +1,4 @@
-//! How APNs answered, as PROVIDERS.md's APNs table says: [`answer`] reads the status, headers
+//! How APNs answered, as docs/providers.md's APNs table says: [`answer`] reads the status, headers
 //! and body, and [`classify`] maps them to the message's result and the provider's health.
 
 use crate::circuit::Health;
@@ -33,7 +33,7 @@ pub fn answer(status: u16, headers: &awc::http::header::HeaderMap, body: &[u8]) 
     Answer { status, reason, timestamp, apns_id, retry_after }
 }
 
-/// Classifies one APNs answer (PROVIDERS.md): the message's result and what it says about the
+/// Classifies one APNs answer (docs/providers.md): the message's result and what it says about the
 /// provider's health. `ExpiredProviderToken` arrives here only when it could not be cured by
 /// re-signing, and is AUTH like the other refused credentials.
 pub fn classify(
@@ -170,7 +170,7 @@ mod proptests {
         "IdleTimeout",
     ];
 
-    /// PROVIDERS.md's APNs table (ExpiredProviderToken as it arrives here: after re-signing).
+    /// docs/providers.md's APNs table (ExpiredProviderToken as it arrives here: after re-signing).
     fn documented(status: u16, reason: &str) -> &'static str {
         match (status, reason) {
             (200, _) => "OK",

@@ -2,12 +2,12 @@
 //! HTTP/2 and TLS, authorised by an ES256 provider token signed with the team's .p8 key.
 //!
 //! The messages of a batch are sent concurrently on the client's pooled HTTP/2 connections and
-//! each answer is classified on its own (PROVIDERS.md, APNs table). The provider token is shared
+//! each answer is classified on its own (docs/providers.md, APNs table). The provider token is shared
 //! by every sender of the process ([`ProviderToken`]), because Apple refuses tokens that change
 //! more often than every 20 minutes (`TooManyProviderTokenUpdates`).
 //!
 //! Files: `token` signs and shares the provider token, `request` builds one request from a job,
-//! `classify` reads APNs's answers (PROVIDERS.md, APNs table); this file sends.
+//! `classify` reads APNs's answers (docs/providers.md, APNs table); this file sends.
 
 mod classify;
 mod request;

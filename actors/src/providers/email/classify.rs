@@ -1,4 +1,4 @@
-//! How the relay answered, as PROVIDERS.md's SMTP table says: what went wrong in a transaction
+//! How the relay answered, as docs/providers.md's SMTP table says: what went wrong in a transaction
 //! ([`Failure`], read from lettre's error by [`failure_of`]), classified by [`classify`] into the
 //! job's result and the relay's health; and how a batch's health follows from its transactions.
 
@@ -45,7 +45,7 @@ pub fn accepted(reply: &Reply) -> SendResult {
     SendResult::Delivered { provider_message_id: id }
 }
 
-/// PROVIDERS.md's SMTP table. `repeated_454` says whether a 454 follows another one closely.
+/// docs/providers.md's SMTP table. `repeated_454` says whether a 454 follows another one closely.
 pub fn classify(failure: &Failure, repeated_454: bool) -> (SendResult, Health) {
     let retry = |error: String| SendResult::Retry { error, after: None };
     match failure {
@@ -279,7 +279,7 @@ mod proptests {
     use crate::providers::check::{assert_one_class, class};
     use proptest::prelude::*;
 
-    /// PROVIDERS.md's SMTP table.
+    /// docs/providers.md's SMTP table.
     fn documented(code: u16, text: &str, repeated_454: bool) -> &'static str {
         match code {
             200..=299 => "OK",

@@ -2,7 +2,7 @@
 //! jobs of a batch sent concurrently over a few kept-open connections (lettre speaks SMTP on
 //! connections this client opens itself, with `TCP_NODELAY`).
 //!
-//! The device token of an email device is its address. Replies are classified as PROVIDERS.md's
+//! The device token of an email device is its address. Replies are classified as docs/providers.md's
 //! SMTP table says: 2xx delivered; 421 and connect/timeout failures retried as an outage of the
 //! relay; 450/451/452/455 retried (the mailbox, not the relay); 454 retried, and a second 454 in
 //! a row within [`REPEATED_454_WITHIN`] treated as a credentials problem; 530/534/535/538 and a
@@ -18,7 +18,7 @@
 //!
 //! Files: `smtp_url` parses the relay's URL, `tls` holds the implicit-TLS client, `message`
 //! builds one email, `pool` keeps the connections and runs a transaction, `classify` reads the
-//! relay's replies (PROVIDERS.md, SMTP table); this file holds the settings and the client.
+//! relay's replies (docs/providers.md, SMTP table); this file holds the settings and the client.
 
 mod classify;
 mod message;

@@ -1,4 +1,4 @@
-//! How Expo answered, as PROVIDERS.md's Expo table says: pure functions from a send answer
+//! How Expo answered, as docs/providers.md's Expo table says: pure functions from a send answer
 //! (status, body, `Retry-After`) to one result per message and the provider's health, or to a
 //! split of the request. Tickets and receipts share [`classify_ticket`].
 
@@ -274,7 +274,7 @@ mod proptests {
         "ProviderError",
     ];
 
-    /// PROVIDERS.md's Expo table, for a ticket or a receipt.
+    /// docs/providers.md's Expo table, for a ticket or a receipt.
     fn documented(ticket: &Value) -> &'static str {
         if ticket["status"] == "ok" {
             return "OK";

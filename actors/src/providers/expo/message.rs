@@ -11,7 +11,7 @@ use serde_json::{json, Map, Value};
 /// and `expiration` (its `expires_at` in Unix seconds), each no later than the payload's own
 /// when it gives one. Expo documents `ttl` as taking precedence; both are sent so that either
 /// reading stops at `expires_at`. Its `collapse_key` is not sent: Expo's push API, as
-/// PROVIDERS.md documents it, has no collapse field, and an unknown field risks the message.
+/// docs/providers.md documents it, has no collapse field, and an unknown field risks the message.
 pub fn message(job: &Job, now_ms: u64) -> Value {
     let payload = job.payload.as_object().cloned().unwrap_or_default();
     let mut data = match payload.get("data") {

@@ -10,7 +10,7 @@
 //! messages, an outage) is not split. The sender still gets one [`Response`] per batch, in
 //! input order, within the provider timeout however many requests it took.
 //!
-//! Files: `classify` reads Expo's answers (PROVIDERS.md, Expo table) and nothing else,
+//! Files: `classify` reads Expo's answers (docs/providers.md, Expo table) and nothing else,
 //! `message` builds one message, `receipts` fetches and reads getReceipts; this file sends.
 
 mod classify;

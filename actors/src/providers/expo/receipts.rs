@@ -1,5 +1,5 @@
 //! Expo push receipts: `POST {base}/--/api/v2/push/getReceipts`, and how its answer is read.
-//! A receipt is classified like the ticket it follows (PROVIDERS.md, Expo table).
+//! A receipt is classified like the ticket it follows (docs/providers.md, Expo table).
 
 use super::classify::{classify_ticket, Ticket};
 use super::{ExpoClient, MAX_RESPONSE_BYTES};

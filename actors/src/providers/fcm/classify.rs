@@ -1,4 +1,4 @@
-//! How FCM answered, as PROVIDERS.md's FCM table says: a pure function from a send answer
+//! How FCM answered, as docs/providers.md's FCM table says: a pure function from a send answer
 //! (status, body, `Retry-After`, the attempt) to a result and the provider's health, or to
 //! "get a new access token and try once more".
 
@@ -8,7 +8,7 @@ use serde::Deserialize;
 use serde_json::Value;
 use std::time::Duration;
 
-/// How one FCM answer is classified (PROVIDERS.md), before the token-refresh rule is applied.
+/// How one FCM answer is classified (docs/providers.md), before the token-refresh rule is applied.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Classified {
     Result(SendResult, Health),

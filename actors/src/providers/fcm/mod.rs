@@ -2,7 +2,7 @@
 //! an OAuth access token obtained from the service account (RS256 JWT assertion).
 //!
 //! Files: `oauth` holds the service account and the shared access-token source, `message` builds
-//! one message, `classify` reads FCM's answers (PROVIDERS.md, FCM table); this file sends.
+//! one message, `classify` reads FCM's answers (docs/providers.md, FCM table); this file sends.
 
 mod classify;
 mod message;
