@@ -103,7 +103,11 @@ impl RedisSettings {
             true => ("redis.url", !self.url.expose().starts_with("rediss://")),
             false => ("redis.cluster_urls", self.cluster_urls.iter().any(|u| !u.expose().starts_with("rediss://"))),
         };
-        let set = [("redis.ca_file", &self.ca_file), ("redis.cert_file", &self.cert_file), ("redis.key_file", &self.key_file)];
+        let set = [
+            ("redis.ca_file", &self.ca_file),
+            ("redis.cert_file", &self.cert_file),
+            ("redis.key_file", &self.key_file),
+        ];
         if plain {
             let key = set.iter().find(|(_, v)| v.is_some()).map_or("redis.ca_file", |(k, _)| k);
             return Err(SettingsError::new(key, format!("is set but {url_key} is not rediss:// (TLS)")));
@@ -126,7 +130,9 @@ impl RedisSettings {
                 match rustls_pemfile::private_key(&mut client_key.as_slice()) {
                     Ok(Some(_)) => {}
                     Ok(None) => return Err(SettingsError::new("redis.key_file", "holds no PEM private key")),
-                    Err(e) => return Err(SettingsError::new("redis.key_file", format!("is not a PEM private key: {e}"))),
+                    Err(e) => {
+                        return Err(SettingsError::new("redis.key_file", format!("is not a PEM private key: {e}")))
+                    }
                 }
                 Some(redis::ClientTlsConfig { client_cert, client_key })
             }

@@ -11,8 +11,8 @@ use redis::cluster::ClusterClient;
 use redis::cluster_async::ClusterConnection;
 use redis::cluster_routing::Slot;
 use redis::{
-    AsyncConnectionConfig, Client, Cmd, FromRedisValue, Pipeline, RedisError, RedisFuture, RedisResult, TlsCertificates,
-    Value,
+    AsyncConnectionConfig, Client, Cmd, FromRedisValue, Pipeline, RedisError, RedisFuture, RedisResult,
+    TlsCertificates, Value,
 };
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -73,6 +73,14 @@ impl Endpoint {
 
     pub fn is_cluster(&self) -> bool {
         matches!(self.nodes, Nodes::Cluster(_))
+    }
+
+    /// Whether the connections are TLS (`rediss://`).
+    pub fn is_tls(&self) -> bool {
+        match &self.nodes {
+            Nodes::Single(url) => url.starts_with("rediss://"),
+            Nodes::Cluster(urls) => urls.iter().any(|u| u.starts_with("rediss://")),
+        }
     }
 }
 
@@ -202,7 +210,8 @@ pub fn tls_failure(error: &RedisError, endpoint: &Endpoint) -> Option<String> {
         "TLS: the server's certificate has expired or is not valid yet; renew it on the server \
          (or check this machine's clock)"
             .to_string()
-    } else if has(&["certificaterequired", "handshakefailure"]) && endpoint.tls.as_ref().is_none_or(|t| t.client_tls.is_none())
+    } else if has(&["certificaterequired", "handshakefailure"])
+        && endpoint.tls.as_ref().is_none_or(|t| t.client_tls.is_none())
     {
         "TLS: the server requires a client certificate (tls-auth-clients); set redis.cert_file and redis.key_file"
             .to_string()
@@ -211,8 +220,18 @@ pub fn tls_failure(error: &RedisError, endpoint: &Endpoint) -> Option<String> {
          check redis.cert_file and redis.key_file"
             .to_string()
     } else if has(&["corrupt message", "invalidcontenttype", "invalidmessage"]) {
+        format!("TLS: the server does not speak TLS on this port; use redis:// in {url_key}, or the server's tls-port")
+    } else if error.is_timeout() && endpoint.is_tls() {
+        // A plain Redis reads the TLS ClientHello as the start of an inline command and waits for
+        // its end: the handshake gets no answer at all, rather than a wrong one.
         format!(
-            "TLS: the server does not speak TLS on this port; use redis:// in {url_key}, or the server's tls-port"
+            "no answer to the TLS handshake within redis.connect_timeout_ms; if the server does not speak TLS \
+             on this port, use redis:// in {url_key}, or the server's tls-port"
+        )
+    } else if has(&["connection reset"]) && !endpoint.is_tls() {
+        // A TLS-only port drops a connection whose first bytes are no handshake.
+        format!(
+            "the server closed the connection at once; if it speaks only TLS on this port, use rediss:// in {url_key}"
         )
     } else {
         return None;
