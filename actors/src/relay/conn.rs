@@ -187,8 +187,8 @@ fn cluster_client(
     builder.build()
 }
 
-/// What a failed TLS connection to Redis means, and the setting that fixes it; `None` for other
-/// errors. redis-rs hands rustls's error on as text (inside an I/O error), so the cause is read
+/// What a failed TLS connection to Redis means (or a plain one to a TLS-only port), and the
+/// setting that fixes it; `None` for other errors. redis-rs hands rustls's error on as text (inside an I/O error), so the cause is read
 /// from the message: rustls's names for certificate errors and alerts are stable.
 pub fn tls_failure(error: &RedisError, endpoint: &Endpoint) -> Option<String> {
     let text = format!("{error} {error:?}").to_ascii_lowercase();
@@ -197,6 +197,14 @@ pub fn tls_failure(error: &RedisError, endpoint: &Endpoint) -> Option<String> {
         false => "redis.url",
     };
     let has = |words: &[&str]| words.iter().any(|w| text.contains(w));
+    if !endpoint.is_tls() {
+        // A TLS-only port drops a connection whose first bytes are no handshake.
+        return has(&["connection reset"]).then(|| {
+            format!(
+                "the server closed the connection at once; if it speaks only TLS on this port, use rediss:// in {url_key}"
+            )
+        });
+    }
     let hint = if has(&["unknownissuer", "unknown issuer"]) {
         "TLS: the server's certificate is signed by a CA the relay does not trust (unknown issuer); \
          set redis.ca_file to the PEM file of the CA that signed it"
@@ -221,17 +229,12 @@ pub fn tls_failure(error: &RedisError, endpoint: &Endpoint) -> Option<String> {
             .to_string()
     } else if has(&["corrupt message", "invalidcontenttype", "invalidmessage"]) {
         format!("TLS: the server does not speak TLS on this port; use redis:// in {url_key}, or the server's tls-port")
-    } else if error.is_timeout() && endpoint.is_tls() {
+    } else if error.is_timeout() {
         // A plain Redis reads the TLS ClientHello as the start of an inline command and waits for
         // its end: the handshake gets no answer at all, rather than a wrong one.
         format!(
             "no answer to the TLS handshake within redis.connect_timeout_ms; if the server does not speak TLS \
              on this port, use redis:// in {url_key}, or the server's tls-port"
-        )
-    } else if has(&["connection reset"]) && !endpoint.is_tls() {
-        // A TLS-only port drops a connection whose first bytes are no handshake.
-        format!(
-            "the server closed the connection at once; if it speaks only TLS on this port, use rediss:// in {url_key}"
         )
     } else {
         return None;
