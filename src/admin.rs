@@ -92,6 +92,9 @@ pub enum AdminError {
     Conflict(String),
     #[error(transparent)]
     Engine(#[from] notify_relay_engine::EngineError),
+    /// A Redis TLS file that cannot be read or parsed (`redis.ca_file`…).
+    #[error(transparent)]
+    Config(#[from] crate::configuration::ConfigError),
     #[error(transparent)]
     Pool(#[from] crate::db::PoolError),
     #[error("writing output: {0}")]
@@ -108,7 +111,7 @@ pub async fn run(settings: &Settings, command: AdminCommand, out: &mut dyn Write
     }
     let keys = Keys::new(settings.redis.key_prefix.clone(), settings.redis.shards);
     let relay =
-        Relay::connect_with(&settings.redis_endpoint(), settings.redis_timeouts(), keys, settings.redis.dlq_max_len)
+        Relay::connect_with(&settings.redis_endpoint()?, settings.redis_timeouts(), keys, settings.redis.dlq_max_len)
             .await?;
     let store = Store::new(pg_pool(settings, &slog::Logger::root(slog::Discard, slog::o!()))?);
     match command {

@@ -110,7 +110,7 @@ impl Application {
         let store = Store::new(pg_pool(&settings, &log)?).with_payload_limit(settings.payload.max_bytes);
         let keys = Keys::new(settings.redis.key_prefix.clone(), settings.redis.shards);
         let relay = Relay::connect_with(
-            &settings.redis_endpoint(),
+            &settings.redis_endpoint()?,
             settings.redis_timeouts(),
             keys,
             settings.redis.dlq_max_len,

@@ -9,6 +9,9 @@ pub enum EngineError {
     Pool(#[from] deadpool_postgres::PoolError),
     #[error("redis: {0}")]
     Redis(#[from] redis::RedisError),
+    /// Connecting over TLS failed: `hint` names the cause and the setting that fixes it.
+    #[error("redis: {hint} ({source})")]
+    RedisTls { hint: String, source: redis::RedisError },
     #[error("actor mailbox: {0}")]
     Mailbox(#[from] actix::MailboxError),
     #[error("the LISTEN connection was lost: {0}")]

@@ -150,10 +150,12 @@ impl Settings {
         Ok(())
     }
 
-    /// The Redis the relay talks to: the cluster when `redis.cluster_urls` is set.
-    pub fn redis_endpoint(&self) -> notify_relay_engine::relay::conn::Endpoint {
+    /// The Redis the relay talks to: the cluster when `redis.cluster_urls` is set, with the
+    /// certificates of `redis.ca_file`, `.cert_file` and `.key_file` (read now).
+    pub fn redis_endpoint(&self) -> Result<notify_relay_engine::relay::conn::Endpoint, ConfigError> {
         let seeds: Vec<String> = self.redis.cluster_urls.iter().map(|s| s.expose().to_string()).collect();
-        notify_relay_engine::relay::conn::Endpoint::new(self.redis.url.expose(), &seeds)
+        let endpoint = notify_relay_engine::relay::conn::Endpoint::new(self.redis.url.expose(), &seeds);
+        Ok(endpoint.with_tls(self.redis.tls_certificates()?))
     }
 
     /// The Postgres config of the pool and the LISTEN connection: [`Settings::migrations_pg_config`]
@@ -364,12 +366,12 @@ mod tests {
         let seeds: Vec<&str> = s.redis.cluster_urls.iter().map(Secret::expose).collect();
         assert_eq!(seeds, ["redis://a:7000", "redis://b:7001"]);
         assert!(
-            matches!(s.redis_endpoint(), notify_relay_engine::relay::conn::Endpoint::Cluster(ref v) if v.len() == 2)
+            matches!(s.redis_endpoint().unwrap().nodes, notify_relay_engine::relay::conn::Nodes::Cluster(ref v) if v.len() == 2)
         );
         let err = error(&[("NOTIFY__REDIS__CLUSTER_URLS", "redis://a:7000,http://b")]);
         assert!(err.contains("`redis.cluster_urls` entry 1 must start with"), "{err}");
         let single = Settings::load(None, &env(&[])).unwrap();
-        assert!(matches!(single.redis_endpoint(), notify_relay_engine::relay::conn::Endpoint::Single(_)));
+        assert!(matches!(single.redis_endpoint().unwrap().nodes, notify_relay_engine::relay::conn::Nodes::Single(_)));
     }
 
     #[test]

@@ -2,9 +2,11 @@
 //! `[topics]`, `[shutdown]` and `[log]` (`[auth]` lives with the authenticator, in `crate::auth`). Each
 //! checks its own fields in `validate()`; an error names its key.
 
+use notify_relay_engine::settings::rules::{read_file, read_optional};
 use notify_relay_engine::settings::{millis, within_ms, Secret, SettingsError, HOUR_MS, MINUTE_MS, SECOND_MS};
 use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 /// `[database]`.
@@ -76,9 +78,68 @@ pub struct RedisSettings {
     /// time out every command for ever.
     #[serde(rename = "response_timeout_ms", with = "millis")]
     pub response_timeout: Duration,
+    /// PEM file of the CA(s) that signed the Redis server's certificate (`rediss://` only). When
+    /// set, only these CAs are trusted, not the public roots.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<PathBuf>,
+    /// PEM client certificate (chain) offered when the server asks for one
+    /// (`tls-auth-clients yes`); set with `key_file`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cert_file: Option<PathBuf>,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1) of `cert_file`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_file: Option<PathBuf>,
 }
 
 impl RedisSettings {
+    /// The TLS material of `ca_file`, `cert_file` and `key_file`, read and checked now (so a
+    /// bad file fails start-up naming its key, not the first connection); `None` when none is
+    /// set. They need `rediss://` URLs: with `redis://` they would silently do nothing.
+    pub fn tls_certificates(&self) -> Result<Option<redis::TlsCertificates>, SettingsError> {
+        if self.ca_file.is_none() && self.cert_file.is_none() && self.key_file.is_none() {
+            return Ok(None);
+        }
+        let (url_key, plain) = match self.cluster_urls.is_empty() {
+            true => ("redis.url", !self.url.expose().starts_with("rediss://")),
+            false => ("redis.cluster_urls", self.cluster_urls.iter().any(|u| !u.expose().starts_with("rediss://"))),
+        };
+        let set = [
+            ("redis.ca_file", &self.ca_file),
+            ("redis.cert_file", &self.cert_file),
+            ("redis.key_file", &self.key_file),
+        ];
+        if plain {
+            let key = set.iter().find(|(_, v)| v.is_some()).map_or("redis.ca_file", |(k, _)| k);
+            return Err(SettingsError::new(key, format!("is set but {url_key} is not rediss:// (TLS)")));
+        }
+        let root_cert = match read_optional("redis.ca_file", self.ca_file.as_deref())? {
+            Some(pem) => {
+                pem_certificates("redis.ca_file", &pem)?;
+                Some(pem)
+            }
+            None => None,
+        };
+        let client_tls = match (&self.cert_file, &self.key_file) {
+            (None, None) => None,
+            (Some(_), None) => return Err(SettingsError::new("redis.key_file", "must be set with redis.cert_file")),
+            (None, Some(_)) => return Err(SettingsError::new("redis.cert_file", "must be set with redis.key_file")),
+            (Some(cert), Some(key)) => {
+                let client_cert = read_file("redis.cert_file", cert)?.into_bytes();
+                pem_certificates("redis.cert_file", &client_cert)?;
+                let client_key = read_file("redis.key_file", key)?.into_bytes();
+                match rustls_pemfile::private_key(&mut client_key.as_slice()) {
+                    Ok(Some(_)) => {}
+                    Ok(None) => return Err(SettingsError::new("redis.key_file", "holds no PEM private key")),
+                    Err(e) => {
+                        return Err(SettingsError::new("redis.key_file", format!("is not a PEM private key: {e}")))
+                    }
+                }
+                Some(redis::ClientTlsConfig { client_cert, client_key })
+            }
+        };
+        Ok(Some(redis::TlsCertificates { client_tls, root_cert }))
+    }
+
     pub fn validate(&self) -> Result<(), SettingsError> {
         within_ms("redis.connect_timeout_ms", self.connect_timeout, 100..=MINUTE_MS)?;
         within_ms("redis.response_timeout_ms", self.response_timeout, 100..=5 * MINUTE_MS)?;
@@ -108,7 +169,18 @@ impl RedisSettings {
         if self.dlq_max_len < 100 {
             return Err(SettingsError::new("redis.dlq_max_len", "must be at least 100"));
         }
-        Ok(())
+        self.tls_certificates().map(|_| ())
+    }
+}
+
+/// Checks that `pem` holds at least one certificate, and nothing unparsable.
+fn pem_certificates(key: &'static str, pem: &[u8]) -> Result<(), SettingsError> {
+    let certs = rustls_pemfile::certs(&mut &pem[..])
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| SettingsError::new(key, format!("is not a PEM certificate: {e}")))?;
+    match certs.is_empty() {
+        true => Err(SettingsError::new(key, "holds no PEM certificate")),
+        false => Ok(()),
     }
 }
 

@@ -132,8 +132,9 @@ async fn a_dispatch_whose_sender_is_gone_gives_back_each_permit_and_target_exact
     let settings = app.settings.clone();
     let log = notify_relay::telemetry::discard();
     let store = notify_relay_engine::store::Store::new(notify_relay::db::pg_pool(&settings, &log).unwrap());
-    let relay =
-        notify_relay_engine::relay::Relay::connect(&settings.redis_endpoint(), app.keys.clone(), 1000).await.unwrap();
+    let relay = notify_relay_engine::relay::Relay::connect(&settings.redis_endpoint().unwrap(), app.keys.clone(), 1000)
+        .await
+        .unwrap();
     relay.ensure_groups().await.unwrap();
     let inflight = notify_relay_engine::parts::InFlight::new(10);
     let registry = notify_relay_engine::Registry::default();

@@ -181,7 +181,7 @@ async fn terminating_every_postgres_connection_mid_run_loses_nothing() {
 async fn several_schedulers_move_each_due_retry_exactly_once() {
     let app = prepare().await;
     let url = crate::helpers::redis_url();
-    let endpoint = notify_relay_engine::relay::conn::Endpoint::Single(url.clone());
+    let endpoint = notify_relay_engine::relay::conn::Endpoint::single(url.clone());
     let connect = || notify_relay_engine::relay::Relay::connect(&endpoint, app.keys.clone(), 1000);
     let (a, b) = (connect().await.unwrap(), connect().await.unwrap());
     let mut conn = app.redis.clone();

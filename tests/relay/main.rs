@@ -27,6 +27,7 @@ mod producers;
 mod producers_api;
 mod receipts;
 mod recovery;
+mod redis_tls;
 mod schema;
 mod screening;
 mod shutdown;

@@ -10,24 +10,43 @@ use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::cluster::ClusterClient;
 use redis::cluster_async::ClusterConnection;
 use redis::cluster_routing::Slot;
-use redis::{AsyncConnectionConfig, Client, Cmd, FromRedisValue, Pipeline, RedisFuture, RedisResult, Value};
+use redis::{
+    AsyncConnectionConfig, Client, Cmd, FromRedisValue, Pipeline, RedisError, RedisFuture, RedisResult,
+    TlsCertificates, Value,
+};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-/// Where Redis is: `redis.url`, or the seed nodes of `redis.cluster_urls`.
+/// Where Redis is (`redis.url`, or the seed nodes of `redis.cluster_urls`), and the TLS
+/// material for `rediss://` beyond the defaults (`redis.ca_file`, `redis.cert_file`,
+/// `redis.key_file`).
 #[derive(Clone)]
-pub enum Endpoint {
+pub struct Endpoint {
+    pub nodes: Nodes,
+    /// `None`: a `rediss://` server is checked against the public (webpki) roots and no client
+    /// certificate is offered.
+    pub tls: Option<TlsCertificates>,
+}
+
+/// One Redis, or the seed nodes of a cluster.
+#[derive(Clone)]
+pub enum Nodes {
     Single(String),
     Cluster(Vec<String>),
 }
 
-/// The URLs may carry a password: `Debug` says only how many there are.
+/// The URLs may carry a password: `Debug` says only how many there are (and the certificates,
+/// redacted by redis-rs, only whether they are set).
 impl std::fmt::Debug for Endpoint {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Endpoint::Single(_) => f.write_str("Endpoint::Single([redacted])"),
-            Endpoint::Cluster(seeds) => write!(f, "Endpoint::Cluster([{} redacted seeds])", seeds.len()),
+        match &self.nodes {
+            Nodes::Single(_) => f.write_str("Endpoint::Single([redacted])")?,
+            Nodes::Cluster(seeds) => write!(f, "Endpoint::Cluster([{} redacted seeds])", seeds.len())?,
+        }
+        match &self.tls {
+            Some(tls) => write!(f, " with {tls:?}"),
+            None => Ok(()),
         }
     }
 }
@@ -35,9 +54,32 @@ impl std::fmt::Debug for Endpoint {
 impl Endpoint {
     /// The cluster when seed nodes are given, else the one URL.
     pub fn new(url: &str, cluster_urls: &[String]) -> Endpoint {
-        match cluster_urls.is_empty() {
-            true => Endpoint::Single(url.to_string()),
-            false => Endpoint::Cluster(cluster_urls.to_vec()),
+        let nodes = match cluster_urls.is_empty() {
+            true => Nodes::Single(url.to_string()),
+            false => Nodes::Cluster(cluster_urls.to_vec()),
+        };
+        Endpoint { nodes, tls: None }
+    }
+
+    /// One Redis at `url`, with the default TLS settings.
+    pub fn single(url: impl Into<String>) -> Endpoint {
+        Endpoint { nodes: Nodes::Single(url.into()), tls: None }
+    }
+
+    /// The same nodes, reached with these certificates.
+    pub fn with_tls(self, tls: Option<TlsCertificates>) -> Endpoint {
+        Endpoint { tls, ..self }
+    }
+
+    pub fn is_cluster(&self) -> bool {
+        matches!(self.nodes, Nodes::Cluster(_))
+    }
+
+    /// Whether the connections are TLS (`rediss://`).
+    pub fn is_tls(&self) -> bool {
+        match &self.nodes {
+            Nodes::Single(url) => url.starts_with("rediss://"),
+            Nodes::Cluster(urls) => urls.iter().any(|u| u.starts_with("rediss://")),
         }
     }
 }
@@ -66,17 +108,22 @@ pub(crate) struct Opener {
 #[derive(Clone)]
 enum Target {
     Single(Box<Client>),
-    Cluster(Vec<String>),
+    Cluster(Vec<String>, Option<TlsCertificates>),
 }
 
 impl Opener {
     pub(crate) fn new(endpoint: &Endpoint, timeouts: Timeouts) -> RedisResult<Opener> {
-        let target = match endpoint {
-            Endpoint::Single(url) => Target::Single(Box::new(Client::open(url.as_str())?)),
-            Endpoint::Cluster(urls) => {
-                // Checked here so a bad seed fails at start-up, not on first use.
-                ClusterClient::new(urls.iter().map(String::as_str).collect::<Vec<_>>())?;
-                Target::Cluster(urls.clone())
+        let target = match (&endpoint.nodes, &endpoint.tls) {
+            (Nodes::Single(url), None) => Target::Single(Box::new(Client::open(url.as_str())?)),
+            // redis-rs refuses certificates with a `redis://` URL (the settings say so first,
+            // naming the key).
+            (Nodes::Single(url), Some(tls)) => {
+                Target::Single(Box::new(Client::build_with_tls(url.as_str(), tls.clone())?))
+            }
+            (Nodes::Cluster(urls), tls) => {
+                // Built here so a bad seed or certificate fails at start-up, not on first use.
+                cluster_client(urls, tls.as_ref(), timeouts.connect, timeouts.response)?;
+                Target::Cluster(urls.clone(), tls.clone())
             }
         };
         Ok(Opener { target, timeouts })
@@ -92,7 +139,7 @@ impl Opener {
                     .set_number_of_retries(3);
                 Ok(RelayConn::Single(SharedConn::connect(client, config).await?))
             }
-            Target::Cluster(urls) => self.cluster(urls, self.timeouts.response).await,
+            Target::Cluster(..) => self.cluster(self.timeouts.response).await,
         }
     }
 
@@ -110,18 +157,89 @@ impl Opener {
                 redis::cmd("CLIENT").arg("SETNAME").arg(name).query_async::<()>(&mut conn).await?;
                 Ok(RelayConn::Reader(conn))
             }
-            Target::Cluster(urls) => self.cluster(urls, timeout).await,
+            Target::Cluster(..) => self.cluster(timeout).await,
         }
     }
 
-    async fn cluster(&self, urls: &[String], response_timeout: Duration) -> RedisResult<RelayConn> {
-        let client = ClusterClient::builder(urls.iter().map(String::as_str).collect::<Vec<_>>())
-            .connection_timeout(self.timeouts.connect)
-            .response_timeout(response_timeout)
-            .retries(3)
-            .build()?;
+    async fn cluster(&self, response_timeout: Duration) -> RedisResult<RelayConn> {
+        let Target::Cluster(urls, tls) = &self.target else {
+            return Err(RedisError::from((redis::ErrorKind::InvalidClientConfig, "not a cluster")));
+        };
+        let client = cluster_client(urls, tls.as_ref(), self.timeouts.connect, response_timeout)?;
         Ok(RelayConn::Cluster(client.get_async_connection().await?))
     }
+}
+
+fn cluster_client(
+    urls: &[String],
+    tls: Option<&TlsCertificates>,
+    connect_timeout: Duration,
+    response_timeout: Duration,
+) -> RedisResult<ClusterClient> {
+    let mut builder = ClusterClient::builder(urls.iter().map(String::as_str).collect::<Vec<_>>())
+        .connection_timeout(connect_timeout)
+        .response_timeout(response_timeout)
+        .retries(3);
+    // The nodes the cluster names in its slot map are reached with the same certificates.
+    if let Some(tls) = tls {
+        builder = builder.certs(tls.clone());
+    }
+    builder.build()
+}
+
+/// What a failed TLS connection to Redis means (or a plain one to a TLS-only port), and the
+/// setting that fixes it; `None` for other errors. redis-rs hands rustls's error on as text (inside an I/O error), so the cause is read
+/// from the message: rustls's names for certificate errors and alerts are stable.
+pub fn tls_failure(error: &RedisError, endpoint: &Endpoint) -> Option<String> {
+    let text = format!("{error} {error:?}").to_ascii_lowercase();
+    let url_key = match endpoint.is_cluster() {
+        true => "redis.cluster_urls",
+        false => "redis.url",
+    };
+    let has = |words: &[&str]| words.iter().any(|w| text.contains(w));
+    if !endpoint.is_tls() {
+        // A TLS-only port drops a connection whose first bytes are no handshake.
+        return has(&["connection reset"]).then(|| {
+            format!(
+                "the server closed the connection at once; if it speaks only TLS on this port, use rediss:// in {url_key}"
+            )
+        });
+    }
+    let hint = if has(&["unknownissuer", "unknown issuer"]) {
+        "TLS: the server's certificate is signed by a CA the relay does not trust (unknown issuer); \
+         set redis.ca_file to the PEM file of the CA that signed it"
+            .to_string()
+    } else if has(&["notvalidforname", "not valid for name"]) {
+        format!(
+            "TLS: the server's certificate is not valid for the host in {url_key} (hostname mismatch); \
+             connect by a name or address the certificate lists"
+        )
+    } else if has(&["expired", "notvalidyet"]) {
+        "TLS: the server's certificate has expired or is not valid yet; renew it on the server \
+         (or check this machine's clock)"
+            .to_string()
+    } else if has(&["certificaterequired", "handshakefailure"])
+        && endpoint.tls.as_ref().is_none_or(|t| t.client_tls.is_none())
+    {
+        "TLS: the server requires a client certificate (tls-auth-clients); set redis.cert_file and redis.key_file"
+            .to_string()
+    } else if has(&["unknownca", "badcertificate", "certificateunknown", "decrypterror", "handshakefailure"]) {
+        "TLS: the server refused the client certificate (not signed by a CA in its tls-ca-cert-file); \
+         check redis.cert_file and redis.key_file"
+            .to_string()
+    } else if has(&["corrupt message", "invalidcontenttype", "invalidmessage"]) {
+        format!("TLS: the server does not speak TLS on this port; use redis:// in {url_key}, or the server's tls-port")
+    } else if error.is_timeout() {
+        // A plain Redis reads the TLS ClientHello as the start of an inline command and waits for
+        // its end: the handshake gets no answer at all, rather than a wrong one.
+        format!(
+            "no answer to the TLS handshake within redis.connect_timeout_ms; if the server does not speak TLS \
+             on this port, use redis:// in {url_key}, or the server's tls-port"
+        )
+    } else {
+        return None;
+    };
+    Some(hint)
 }
 
 /// The shared connection to one Redis. redis-rs's `ConnectionManager` reconnects when its

@@ -98,7 +98,11 @@ impl Relay {
     /// [`Relay::connect`] with the configured connect and reply timeouts.
     pub async fn connect_with(endpoint: &Endpoint, timeouts: Timeouts, keys: Keys, dlq_max_len: usize) -> Result<Self> {
         let opener = Opener::new(endpoint, timeouts)?;
-        let conn = opener.shared().await?;
+        // The start-up connection is where a TLS mistake shows first: say what it means.
+        let conn = opener.shared().await.map_err(|source| match conn::tls_failure(&source, endpoint) {
+            Some(hint) => crate::error::EngineError::RedisTls { hint, source },
+            None => source.into(),
+        })?;
         Ok(Relay {
             opener,
             conn,
