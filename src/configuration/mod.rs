@@ -693,7 +693,9 @@ mod tests {
         assert!(!err.contains("secret"), "the URL's password stays out: {err}");
 
         let ca = rcgen::generate_simple_self_signed(vec!["db.example.com".to_string()]).unwrap();
-        let good = std::env::temp_dir().join(format!("ca-{}.pem", uuid::Uuid::new_v4().simple()));
+        // Removed with the directory, whatever the test's outcome: the CA is read at each use.
+        let dir = emulators::testing::TempDir::new("notify-relay-ca");
+        let good = dir.path().join("ca.pem");
         std::fs::write(&good, ca.cert.pem()).unwrap();
         let good = good.to_str().unwrap().to_string();
         let url = "postgres://u@h/db?sslmode=verify-full";
@@ -703,7 +705,6 @@ mod tests {
             None,
             &env(&[("DATABASE_URL", url), ("PGSSLROOTCERT", "/nonexistent/x"), ("NOTIFY__DATABASE__CA_FILE", &good)]),
         );
-        let _ = std::fs::remove_file(&good);
         let from_env = from_env.unwrap();
         assert_eq!(from_env.database.ca_file.as_deref(), Some(Path::new(&good)));
         assert_eq!(from_env.pg_config().unwrap().mode(), notify_relay_engine::tls::SslMode::VerifyFull);
