@@ -121,8 +121,12 @@ impl managed::Manager for PgManager {
             Ok(opened) => opened,
             Err(e) => {
                 // Said here because deadpool hands on only the driver's words, and a refused
-                // certificate should name its cause and the setting that fixes it.
-                slog::warn!(self.log, "could not open a Postgres connection"; "error" => self.target.explain(&e));
+                // certificate should name its cause and the setting that fixes it. Only TLS
+                // failures: an outage's refused connections are reported by the calls that
+                // wanted them, and would repeat here at every attempt.
+                if crate::tls::tls_failure(&e).is_some() {
+                    slog::warn!(self.log, "could not open a Postgres connection"; "error" => self.target.explain(&e));
+                }
                 return Err(e);
             }
         };
