@@ -57,7 +57,10 @@ async fn loadgen(settings: &Settings, args: emulators::loadgen::LoadgenArgs) -> 
     let target = emulators::loadgen::Target {
         database_url: settings.database.url.expose().to_string(),
         redis_url: settings.redis.url.expose().to_string(),
-        migrate: async |config: &tokio_postgres::Config| -> Outcome { Ok(migrate::run(config).await.map(drop)?) },
+        database_ca_file: settings.database.ca_file.clone(),
+        migrate: async |config: &notify_relay_engine::tls::PgTarget| -> Outcome {
+            Ok(migrate::run(config).await.map(drop)?)
+        },
     };
     emulators::loadgen::run(target, args).await
 }

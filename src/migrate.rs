@@ -1,6 +1,6 @@
 //! Schema migrations (refinery, SQL files in `migrations/`, compiled into the binary).
 
-use tokio_postgres::Config;
+use notify_relay_engine::tls::PgTarget;
 
 mod embedded {
     refinery::embed_migrations!("migrations");
@@ -11,8 +11,14 @@ const LOCK_KEY: i64 = 0x6e6f_7469_6679; // "notify"
 
 #[derive(Debug, thiserror::Error)]
 pub enum MigrateError {
-    #[error("could not connect to Postgres: {0}")]
-    Connect(#[source] tokio_postgres::Error),
+    /// `message` is the driver's error with its sources and, for a TLS failure, its cause and
+    /// the setting that fixes it (see `PgTarget::explain`).
+    #[error("could not connect to Postgres: {message}")]
+    Connect {
+        message: String,
+        #[source]
+        source: tokio_postgres::Error,
+    },
     #[error("migration failed: {0}")]
     Migration(#[from] refinery::Error),
     #[error("postgres: {0}")]
@@ -130,11 +136,9 @@ async fn build_online_indexes(client: &tokio_postgres::Client) -> Result<Vec<Str
 }
 
 /// Applies pending migrations; returns the names of those applied now.
-pub async fn run(config: &Config) -> Result<Vec<String>, MigrateError> {
-    let mut config = config.clone();
-    notify_relay_engine::tls::only_when_required(&mut config);
+pub async fn run(target: &PgTarget) -> Result<Vec<String>, MigrateError> {
     let (mut client, connection) =
-        config.connect(notify_relay_engine::tls::postgres()).await.map_err(MigrateError::Connect)?;
+        target.connect().await.map_err(|source| MigrateError::Connect { message: target.explain(&source), source })?;
     let driver = actix_rt::spawn(connection);
     client.execute("SELECT pg_advisory_lock($1)", &[&LOCK_KEY]).await?;
     let report = embedded::migrations::runner().run_async(&mut client).await;

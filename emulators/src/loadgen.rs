@@ -59,6 +59,9 @@ pub type BoxError = Box<dyn std::error::Error>;
 pub struct Target<M> {
     /// `database.url`, in URL form.
     pub database_url: String,
+    /// `database.ca_file`: the CA of the server's certificate when the URL's `sslrootcert`
+    /// does not give one.
+    pub database_ca_file: Option<std::path::PathBuf>,
     /// `redis.url`.
     pub redis_url: String,
     /// Applies the relay's migrations to the database `config` names.
@@ -191,7 +194,7 @@ impl std::error::Error for CountError {}
 
 pub async fn run<M>(target: Target<M>, args: LoadgenArgs) -> Result<(), BoxError>
 where
-    M: AsyncFn(&tokio_postgres::Config) -> Result<(), BoxError>,
+    M: AsyncFn(&notify_relay_engine::tls::PgTarget) -> Result<(), BoxError>,
 {
     check_counts(args.notifications, args.users)?;
     let _ = rustls::crypto::ring::default_provider().install_default();
@@ -202,7 +205,7 @@ where
     let db_url = with_database(&base_url, &db_name)?;
 
     let emulator = Emulator::start(args.provider, &run_id).await?;
-    let admin = connect(&base_url).await?;
+    let admin = connect(&base_url, target.database_ca_file.as_deref()).await?;
     admin.batch_execute(&format!("CREATE DATABASE {db_name}")).await?;
     eprintln!("loadgen: database {db_name}, key prefix {prefix}, {} emulator {}", args.provider, emulator.url());
 
@@ -232,11 +235,11 @@ async fn measure<M>(
     emulator: &Emulator,
 ) -> Result<(), BoxError>
 where
-    M: AsyncFn(&tokio_postgres::Config) -> Result<(), BoxError>,
+    M: AsyncFn(&notify_relay_engine::tls::PgTarget) -> Result<(), BoxError>,
 {
-    let pg_config = pg_config(db_url)?;
+    let pg_config = pg_config(db_url, target.database_ca_file.as_deref())?;
     (target.migrate)(&pg_config).await?;
-    let db = connect(db_url).await?;
+    let db = connect(db_url, target.database_ca_file.as_deref()).await?;
     let devices = format!(
         "INSERT INTO device (user_id, provider, token)
          SELECT 'loadgen-user-' || g, $2, {} FROM generate_series(1, $1::int8) g",
@@ -407,15 +410,15 @@ where
     Ok(())
 }
 
-fn pg_config(url: &str) -> Result<tokio_postgres::Config, BoxError> {
-    let mut config: tokio_postgres::Config = url.parse()?;
-    notify_relay_engine::tls::only_when_required(&mut config);
+fn pg_config(url: &str, ca_file: Option<&std::path::Path>) -> Result<notify_relay_engine::tls::PgTarget, BoxError> {
+    let mut config = notify_relay_engine::tls::PgTarget::from_url(url, ca_file)?;
     config.connect_timeout(Duration::from_secs(5));
     Ok(config)
 }
 
-async fn connect(url: &str) -> Result<tokio_postgres::Client, BoxError> {
-    let (client, connection) = pg_config(url)?.connect(notify_relay_engine::tls::postgres()).await?;
+async fn connect(url: &str, ca_file: Option<&std::path::Path>) -> Result<tokio_postgres::Client, BoxError> {
+    let config = pg_config(url, ca_file)?;
+    let (client, connection) = config.connect().await.map_err(|e| config.explain(&e))?;
     actix_rt::spawn(connection);
     Ok(client)
 }

@@ -33,6 +33,7 @@ use notify_relay_engine::settings::{
     CircuitSettings, ClaimSettings, EngineSettings, InputLimits, ListenerSettings, PayloadSettings, Providers,
     RetentionPolicy, RetryPolicy, Roles, SchedulerSettings, SettingsError, WorkerSettings, SECOND_MS,
 };
+use notify_relay_engine::tls::{PgTarget, PgUrlError};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -101,7 +102,13 @@ impl Settings {
         }
         // The conventional variables sit below the NOTIFY__ ones, which are more specific.
         for (var, key) in
-            [("DATABASE_URL", "database.url"), ("REDIS_URL", "redis.url"), ("WORKER_CONCURRENCY", "worker.concurrency")]
+            // PGSSLROOTCERT as libpq reads it; the URL's sslrootcert= still wins over it.
+            [
+                ("DATABASE_URL", "database.url"),
+                ("PGSSLROOTCERT", "database.ca_file"),
+                ("REDIS_URL", "redis.url"),
+                ("WORKER_CONCURRENCY", "worker.concurrency"),
+            ]
         {
             let specific = format!("NOTIFY__{}", key.replace('.', "__").to_uppercase());
             if let (Some(value), false) = (env.get(var), env.contains_key(&specific)) {
@@ -161,7 +168,7 @@ impl Settings {
     /// The Postgres config of the pool and the LISTEN connection: [`Settings::migrations_pg_config`]
     /// plus the server-side `statement_timeout`, appended to the URL's `options` unless they set
     /// one already.
-    pub fn pg_config(&self) -> Result<tokio_postgres::Config, ConfigError> {
+    pub fn pg_config(&self) -> Result<PgTarget, ConfigError> {
         let mut config = self.migrations_pg_config()?;
         let timeout = format!("-c statement_timeout={}", self.database.statement_timeout.as_millis());
         let options = match config.get_options().map(str::trim) {
@@ -178,13 +185,16 @@ impl Settings {
     /// The URL, then where it does not say otherwise: the connect timeout, TCP keepalives and
     /// `tcp_user_timeout`, so that a dead host is noticed in seconds. No statement timeout:
     /// migrations may build an index or wait for another replica's migration lock for longer.
-    pub fn migrations_pg_config(&self) -> Result<tokio_postgres::Config, ConfigError> {
-        // The parser's message could quote the URL (and its password): say only what is wrong.
-        let mut config: tokio_postgres::Config =
-            self.database.url.expose().parse().map_err(|_| {
-                invalid("database.url", "is not a valid Postgres URL (postgres://user:pass@host:port/db)")
+    /// TLS as the URL's `sslmode` says, with the CA of its `sslrootcert`, else of
+    /// `database.ca_file` (see `notify_relay_engine::tls`).
+    pub fn migrations_pg_config(&self) -> Result<PgTarget, ConfigError> {
+        // The parser's message could quote the URL (and its password): ours say only what is
+        // wrong. A CA file's message names the setting it came from.
+        let mut config =
+            PgTarget::from_url(self.database.url.expose(), self.database.ca_file.as_deref()).map_err(|e| match e {
+                PgUrlError::CaFile(ca) => invalid("database.ca_file", ca.to_string()),
+                other => invalid("database.url", other.to_string()),
             })?;
-        notify_relay_engine::tls::only_when_required(&mut config);
         let db = &self.database;
         if config.get_connect_timeout().is_none() {
             config.connect_timeout(db.connect_timeout);
@@ -683,6 +693,46 @@ mod tests {
         // Every host of a failover list gets its own connect timeout.
         let hosts = Settings::load(None, &env(&[("DATABASE_URL", "postgres://u@a,b,c/db")])).unwrap();
         assert_eq!(hosts.pool_settings().unwrap().connect, Duration::from_secs(15));
+    }
+
+    #[test]
+    fn the_postgres_ca_comes_from_ca_file_or_pgsslrootcert_and_a_bad_one_names_its_key() {
+        let err = error(&[("NOTIFY__DATABASE__CA_FILE", "/nonexistent/ca.pem")]);
+        assert!(err.contains("`database.ca_file` file /nonexistent/ca.pem cannot be read"), "{err}");
+        let err = error(&[("PGSSLROOTCERT", "/nonexistent/root.crt")]);
+        assert!(err.contains("`database.ca_file` file /nonexistent/root.crt cannot be read"), "{err}");
+        let garbage = std::env::temp_dir().join(format!("ca-{}.pem", uuid::Uuid::new_v4().simple()));
+        std::fs::write(&garbage, "not a certificate").unwrap();
+        let err = error(&[("NOTIFY__DATABASE__CA_FILE", garbage.to_str().unwrap())]);
+        let _ = std::fs::remove_file(&garbage);
+        assert!(err.contains("`database.ca_file` file") && err.contains("holds no PEM certificate"), "{err}");
+        let url = "postgres://u@h/db?sslmode=verify-full&sslrootcert=%2Fnonexistent%2Fx.pem";
+        let err = error(&[("DATABASE_URL", url)]);
+        assert!(err.contains("`database.url` sslrootcert file /nonexistent/x.pem cannot be read"), "{err}");
+        let err = error(&[("DATABASE_URL", "postgres://u:secret@h/db?sslmode=allow")]);
+        assert!(err.contains("`database.url` has sslmode=allow; use disable, prefer, require"), "{err}");
+        assert!(!err.contains("secret"), "the URL's password stays out: {err}");
+
+        let ca = rcgen::generate_simple_self_signed(vec!["db.example.com".to_string()]).unwrap();
+        // Removed with the directory, whatever the test's outcome: the CA is read at each use.
+        let dir = emulators::testing::TempDir::new("notify-relay-ca");
+        let good = dir.path().join("ca.pem");
+        std::fs::write(&good, ca.cert.pem()).unwrap();
+        let good = good.to_str().unwrap().to_string();
+        let url = "postgres://u@h/db?sslmode=verify-full";
+        let from_env = Settings::load(None, &env(&[("DATABASE_URL", url), ("PGSSLROOTCERT", &good)]));
+        // NOTIFY__DATABASE__CA_FILE is the more specific of the two.
+        let both = Settings::load(
+            None,
+            &env(&[("DATABASE_URL", url), ("PGSSLROOTCERT", "/nonexistent/x"), ("NOTIFY__DATABASE__CA_FILE", &good)]),
+        );
+        let from_env = from_env.unwrap();
+        assert_eq!(from_env.database.ca_file.as_deref(), Some(Path::new(&good)));
+        assert_eq!(from_env.pg_config().unwrap().mode(), notify_relay_engine::tls::SslMode::VerifyFull);
+        assert_eq!(both.unwrap().database.ca_file.as_deref(), Some(Path::new(&good)));
+        // Without sslmode, libpq's default.
+        let default = Settings::load(None, &env(&[])).unwrap().pg_config().unwrap();
+        assert_eq!(default.mode(), notify_relay_engine::tls::SslMode::Prefer);
     }
 
     #[test]

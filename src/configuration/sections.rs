@@ -13,8 +13,13 @@ use std::time::Duration;
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct DatabaseSettings {
-    /// Postgres URL (may hold a password); `sslmode=require` asks for TLS.
+    /// Postgres URL (may hold a password). `sslmode` = disable | prefer (the default) | require
+    /// | verify-ca | verify-full, as in libpq; `sslrootcert=<file>` gives the server's CA.
     pub url: Secret,
+    /// PEM file of the CA that signed the server's certificate (also `PGSSLROOTCERT`); the
+    /// URL's `sslrootcert` wins. Checked in `Settings::migrations_pg_config`, where the URL is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<std::path::PathBuf>,
     /// Pooled connections for fan-out, outcome writes and the API.
     pub pool_size: usize,
     /// How long opening a connection may take (the TCP connect to each host; for a pooled
@@ -40,7 +45,7 @@ pub struct DatabaseSettings {
 }
 
 impl DatabaseSettings {
-    /// The URL itself is checked where it is parsed (`Settings::pg_config`).
+    /// The URL and the CA file are checked where the URL is parsed (`Settings::pg_config`).
     pub fn validate(&self) -> Result<(), SettingsError> {
         if self.pool_size == 0 {
             return Err(SettingsError::new("database.pool_size", "must be at least 1"));

@@ -40,14 +40,20 @@ const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 #[get("/healthz")]
 pub async fn healthz(state: web::Data<AppState>) -> HttpResponse {
     let postgres = async {
-        let client = state.store.pool().get().await.map_err(|e| e.to_string())?;
-        client.simple_query("SELECT 1").await.map(|_| ()).map_err(|e| e.to_string())
+        let pool = state.store.pool();
+        let client = pool.get().await.map_err(|e| pool.manager().explain(&e))?;
+        client.simple_query("SELECT 1").await.map(|_| ()).map_err(|e| crate::error::loggable(&e))
     };
     let (pg, redis) = futures_util::join!(
         tokio::time::timeout(PROBE_TIMEOUT, postgres),
         tokio::time::timeout(PROBE_TIMEOUT, state.relay.ping())
     );
     let pg_ok = matches!(pg, Ok(Ok(())));
+    // Said here so that a probe's 503 has its reason in the log (a refused certificate names
+    // its cause and the setting that fixes it).
+    if let Ok(Err(e)) = &pg {
+        slog::warn!(state.log, "healthz: Postgres is down"; "error" => e);
+    }
     let redis_ok = matches!(redis, Ok(Ok(())));
     let word = |ok: bool| if ok { "ok" } else { "down" };
     let body = Health {

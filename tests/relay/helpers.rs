@@ -68,7 +68,7 @@ pub async fn prepare() -> TestApp {
     pg(&base).await.batch_execute(&format!("CREATE DATABASE {db_name}")).await.expect("create test database");
     let db_url = format!("{}/{db_name}", base.rsplit_once('/').map(|(b, _)| b).unwrap_or(&base));
     let config: tokio_postgres::Config = db_url.parse().expect("database url");
-    notify_relay::migrate::run(&config).await.expect("migrations");
+    notify_relay::migrate::run(&config.into()).await.expect("migrations");
     let expo = ExpoEmulator::start("127.0.0.1:0", None).await.expect("expo emulator");
     let prefix = format!("test-{id}");
     let settings = test_settings(&db_url, &prefix, &expo.url());

@@ -23,6 +23,7 @@ mod lifetime;
 mod limits;
 mod outages;
 mod poison;
+mod postgres_tls;
 mod producers;
 mod producers_api;
 mod receipts;

@@ -110,7 +110,7 @@ async fn the_online_indexes_are_built_while_inserts_go_on_and_an_invalid_one_is_
     let open = producer.transaction().await.unwrap();
     open.execute("INSERT INTO notification (user_id, type) VALUES ('p', 'x')", &[]).await.unwrap();
     let config: tokio_postgres::Config = url.parse().unwrap();
-    let migrating = actix_rt::spawn(async move { notify_relay::migrate::run(&config).await });
+    let migrating = actix_rt::spawn(async move { notify_relay::migrate::run(&config.into()).await });
     eventually(Duration::from_secs(20), || async {
         let waiting = app
             .count(

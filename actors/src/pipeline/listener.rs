@@ -35,14 +35,14 @@ pub const CHANNEL: &str = "notification_insert";
 /// made every so long (the same interval), as a multiple of `database.connect_timeout_ms`: a server that accepts TCP
 /// and then says nothing (a blackholed connection after a failover) must not hold the listener
 /// for the kernel's minutes.
-fn listen_timeout(config: &tokio_postgres::Config) -> Duration {
+fn listen_timeout(config: &crate::tls::PgTarget) -> Duration {
     config.get_connect_timeout().copied().unwrap_or(Duration::from_secs(5)) * 2
 }
 
 pub struct ListenerActor {
     life: Lifecycle,
     fanout: Fanout,
-    pg_config: tokio_postgres::Config,
+    pg_config: crate::tls::PgTarget,
     sweep_interval: Duration,
     stale_after: Duration,
     schedule_poll: Duration,
@@ -79,7 +79,7 @@ impl ListenerActor {
         deps: &Deps,
         settings: &EngineSettings,
         enabled: HashSet<Provider>,
-        pg_config: tokio_postgres::Config,
+        pg_config: crate::tls::PgTarget,
     ) -> Self {
         let fanout = Fanout {
             store: deps.store.clone(),
@@ -112,7 +112,11 @@ impl ListenerActor {
         self.generation += 1;
         let generation = self.generation;
         let fut = async move {
-            let (client, mut connection) = config.connect(crate::tls::postgres()).await?;
+            // A refused certificate names its cause and the setting that fixes it.
+            let (client, mut connection) = config
+                .connect()
+                .await
+                .map_err(|e| EngineError::ListenLost(format!("could not connect: {}", config.explain(&e))))?;
             // The connection delivers notifications only while something polls it.
             let lost = addr.clone();
             actix_rt::spawn(async move {

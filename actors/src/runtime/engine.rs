@@ -158,7 +158,7 @@ impl Engine {
         settings: EngineSettings,
         store: Store,
         relay: Relay,
-        pg_config: tokio_postgres::Config,
+        pg_config: crate::tls::PgTarget,
         log: Logger,
     ) -> Result<Engine> {
         let deps = Deps {

@@ -54,8 +54,8 @@ impl PoolSettings {
 }
 
 /// The pool, with deadpool's wait, create and recycle timeouts set (they need a runtime).
-pub fn build(config: tokio_postgres::Config, settings: PoolSettings, log: Logger) -> Result<Pool, managed::BuildError> {
-    let manager = PgManager { config, tls: crate::tls::postgres(), call_limit: settings.call_limit(), log };
+pub fn build(target: crate::tls::PgTarget, settings: PoolSettings, log: Logger) -> Result<Pool, managed::BuildError> {
+    let manager = PgManager { target, call_limit: settings.call_limit(), log };
     Pool::builder(manager)
         .max_size(settings.size)
         .runtime(deadpool::Runtime::Tokio1)
@@ -67,8 +67,7 @@ pub fn build(config: tokio_postgres::Config, settings: PoolSettings, log: Logger
 
 /// Opens connections whose driving task closes them when their call's deadline passes.
 pub struct PgManager {
-    config: tokio_postgres::Config,
-    tls: tokio_postgres_rustls::MakeRustlsConnect,
+    target: crate::tls::PgTarget,
     call_limit: Duration,
     log: Logger,
 }
@@ -77,6 +76,15 @@ impl PgManager {
     /// The deadline of one store call.
     pub fn call_limit(&self) -> Duration {
         self.call_limit
+    }
+
+    /// A pool error with its sources, and for a TLS failure its cause and the setting that
+    /// fixes it (deadpool's own message says only that creating a connection failed).
+    pub fn explain(&self, err: &managed::PoolError<tokio_postgres::Error>) -> String {
+        match err {
+            managed::PoolError::Backend(pg) => format!("opening a connection: {}", self.target.explain(pg)),
+            other => crate::error::with_sources(other),
+        }
     }
 }
 
@@ -109,7 +117,19 @@ impl managed::Manager for PgManager {
     type Error = tokio_postgres::Error;
 
     async fn create(&self) -> Result<PgConn, tokio_postgres::Error> {
-        let (client, connection) = self.config.connect(self.tls.clone()).await?;
+        let (client, connection) = match self.target.connect().await {
+            Ok(opened) => opened,
+            Err(e) => {
+                // Said here because deadpool hands on only the driver's words, and a refused
+                // certificate should name its cause and the setting that fixes it. Only TLS
+                // failures: an outage's refused connections are reported by the calls that
+                // wanted them, and would repeat here at every attempt.
+                if crate::tls::tls_failure(&e).is_some() {
+                    slog::warn!(self.log, "could not open a Postgres connection"; "error" => self.target.explain(&e));
+                }
+                return Err(e);
+            }
+        };
         let (deadline, watched) = watch::channel(None);
         let expired = Arc::new(AtomicBool::new(false));
         let limit = self.call_limit;
