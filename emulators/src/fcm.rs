@@ -169,6 +169,10 @@ impl FcmEmulator {
         self.server.with(|s| s.sent.clone())
     }
 
+    pub fn sent_count(&self) -> usize {
+        self.server.with(|s| s.sent.len())
+    }
+
     /// How many times this notification reached this token.
     pub fn sends_of(&self, notification_id: Uuid, token: &str) -> usize {
         let id = notification_id.to_string();

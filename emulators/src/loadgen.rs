@@ -8,6 +8,10 @@
 //! latency from commit to the provider (p50/p90/p99/max), duplicates, and the relay's peak RSS
 //! (`VmHWM`). Then it stops the relay with SIGTERM and cleans up.
 //!
+//! For the producer features: `--topic` (one topic row to `--users` subscribers),
+//! `--send-in-ms` (scheduled rows; lateness after `send_at`) and `--future` (rows scheduled a
+//! day ahead during the run; `EXPLAIN` of the hot path's queries after it). See `LoadgenArgs`.
+//!
 //! The relay it starts is the running executable (`notify-relay loadgen` runs `notify-relay
 //! run`), and the schema comes from the caller's migrations ([`Target::migrate`]): they are
 //! compiled into the service binary, which this crate does not depend on.
@@ -50,6 +54,26 @@ pub struct LoadgenArgs {
     /// Keep the database and Redis keys afterwards.
     #[arg(long)]
     pub keep: bool,
+    /// Topic fan-out instead of per-user rows: every one of `--users` users (one device each)
+    /// subscribes to one topic (`topic_subscription`, bulk-inserted before the relay starts) and
+    /// ONE topic row is committed. Measured until every subscriber's row (`parent_id` = the
+    /// topic row) is delivered: subscriber deliveries/s, latency from the topic row's commit to
+    /// the provider, the relay's peak RSS. `--notifications` and `--rate` do not apply.
+    #[arg(long, conflicts_with_all = ["notifications", "rate"])]
+    pub topic: bool,
+    /// Scheduled sends: every notification is committed with `send_at = now() + MS` (`now()` of
+    /// its transaction, so one bulk commit makes all of them due at the same instant). The
+    /// latency printed is then lateness, provider receipt minus `send_at` (p50/p90/p99/max), and
+    /// throughput counts from the first `send_at`; a receipt before its `send_at` is counted and
+    /// fails the run.
+    #[arg(long, value_name = "MS")]
+    pub send_in_ms: Option<u64>,
+    /// Before the run, commit N rows scheduled a day ahead, for N other users (without devices:
+    /// never due, never waited for), then `VACUUM ANALYZE notification`; after the run, print
+    /// `EXPLAIN (ANALYZE, BUFFERS)` of the listener's claim query and of the scheduler's probe
+    /// and promotion with those rows present. `--future 0` prints the same plans without them.
+    #[arg(long, value_name = "N")]
+    pub future: Option<u64>,
 }
 
 pub type BoxError = Box<dyn std::error::Error>;
@@ -150,6 +174,16 @@ impl Emulator {
         }
     }
 
+    /// How many messages were accepted (cheap: no copy).
+    fn received_count(&self) -> usize {
+        match self {
+            Emulator::Expo(e) => e.sent_count(),
+            Emulator::Fcm(e) => e.sent_count(),
+            Emulator::Apns(e, _) => e.sent_count(),
+            Emulator::Email(e) => e.received_count(),
+        }
+    }
+
     async fn stop(self) {
         match self {
             Emulator::Expo(e) => e.stop().await,
@@ -166,6 +200,13 @@ impl Emulator {
 /// Most notifications (and users) one run may ask for: the counts become Postgres `int8`
 /// arithmetic and in-memory tables, so they are bounded well below where they would wrap.
 pub const MAX_COUNT: u64 = 1_000_000_000;
+
+/// Longest `--send-in-ms`, half an hour: the completion check counts scheduled rows due within
+/// the hour (`--future`'s are a day ahead).
+pub const MAX_SEND_IN_MS: u64 = 30 * 60 * 1000;
+
+/// The topic every subscriber of a `--topic` run follows.
+const TOPIC: &str = "loadgen.topic";
 
 /// `--notifications` and `--users`: 1 to [`MAX_COUNT`].
 pub fn check_counts(notifications: u64, users: u64) -> Result<(), CountError> {
@@ -197,6 +238,12 @@ where
     M: AsyncFn(&notify_relay_engine::tls::PgTarget) -> Result<(), BoxError>,
 {
     check_counts(args.notifications, args.users)?;
+    if let Some(n) = args.future.filter(|&n| n > MAX_COUNT) {
+        return Err(CountError { flag: "--future", got: n }.into());
+    }
+    if let Some(ms) = args.send_in_ms.filter(|&ms| ms > MAX_SEND_IN_MS) {
+        return Err(format!("--send-in-ms must be at most {MAX_SEND_IN_MS} (half an hour), got {ms}").into());
+    }
     let _ = rustls::crypto::ring::default_provider().install_default();
     let run_id = uuid::Uuid::new_v4().simple().to_string()[..8].to_string();
     let db_name = format!("loadgen_{run_id}");
@@ -245,7 +292,43 @@ where
          SELECT 'loadgen-user-' || g, $2, {} FROM generate_series(1, $1::int8) g",
         emulator.token_sql()
     );
+    let setup = Instant::now();
     db.execute(&devices, &[&(args.users as i64), &args.provider.as_str()]).await?;
+    if args.topic {
+        db.execute(
+            "INSERT INTO topic_subscription (topic, user_id) SELECT $1, 'loadgen-user-' || g FROM generate_series(1, $2::int8) g",
+            &[&TOPIC, &(args.users as i64)],
+        )
+        .await?;
+    }
+    if let Some(future) = args.future.filter(|&n| n > 0) {
+        // Other users (no devices), a day ahead: they sit in notification_scheduled_idx and are
+        // never due during the run.
+        db.execute(
+            "INSERT INTO notification (user_id, type, payload, send_at)
+             SELECT 'loadgen-future-' || g, 'loadgen-future',
+                    jsonb_build_object('title', 'Later', 'body', 'Scheduled ' || g), now() + interval '1 day'
+               FROM generate_series(1, $1::int8) g",
+            &[&(future as i64)],
+        )
+        .await?;
+    }
+    // Statistics (and, for the scheduled rows, the visibility map) as a table of that size has
+    // in production, where autovacuum keeps them.
+    db.batch_execute("VACUUM ANALYZE device").await?;
+    if args.topic {
+        db.batch_execute("VACUUM ANALYZE topic_subscription").await?;
+    }
+    if args.future.is_some() {
+        db.batch_execute("VACUUM ANALYZE notification").await?;
+    }
+    eprintln!(
+        "loadgen: {} users{}{} set up in {} ms",
+        args.users,
+        if args.topic { ", subscribed to one topic" } else { "" },
+        args.future.map(|n| format!(", {n} rows scheduled a day ahead")).unwrap_or_default(),
+        setup.elapsed().as_millis()
+    );
 
     let http_port = free_port()?;
     let log_file = std::fs::File::create(&args.relay_log)?;
@@ -273,89 +356,178 @@ where
     // Commit the notifications, remembering when each batch became visible.
     let n = args.notifications as i64;
     let users = args.users as i64;
-    let insert = "INSERT INTO notification (user_id, type, payload)
+    let send_in_ms = args.send_in_ms.map(|ms| ms as i64);
+    let insert = "INSERT INTO notification (user_id, type, payload, send_at)
                   SELECT 'loadgen-user-' || (1 + g % $3::int8), 'loadgen',
                          jsonb_build_object('title', 'Load test', 'body', 'Notification ' || g,
-                                            'data', jsonb_build_object('seq', g))
+                                            'data', jsonb_build_object('seq', g)),
+                         now() + $4::int8 * interval '1 millisecond'
                     FROM generate_series($1::int8, $2::int8) g";
     let mut commits: Vec<(i64, SystemTime)> = Vec::new(); // (last seq of the batch, commit time)
     let started = Instant::now();
     let first_commit;
-    match args.rate {
-        None => {
-            db.execute(insert, &[&1i64, &n, &users]).await?;
-            first_commit = SystemTime::now();
-            commits.push((n, first_commit));
-            eprintln!("loadgen: committed {n} notifications in one transaction ({} ms)", started.elapsed().as_millis());
-        }
-        Some(rate) => {
-            let per_tick = (rate / 20).max(1) as i64;
-            let mut tick = tokio::time::interval(Duration::from_millis(50));
-            let mut next = 1i64;
-            first_commit = SystemTime::now();
-            while next <= n {
-                tick.tick().await;
-                let last = next.saturating_add(per_tick - 1).min(n);
-                db.execute(insert, &[&next, &last, &users]).await?;
-                commits.push((last, SystemTime::now()));
-                next = last + 1;
+    let mut topic_row: Option<uuid::Uuid> = None;
+    // Rows (or, with --topic, subscriber rows) that must be delivered.
+    let expected = if args.topic { users } else { n };
+    if args.topic {
+        let row = db
+            .query_one(
+                "INSERT INTO notification (topic, type, payload, send_at)
+                 VALUES ($1, 'loadgen', jsonb_build_object('title', 'Load test', 'body', 'To every subscriber',
+                                                          'data', jsonb_build_object('seq', 1)),
+                         now() + $2::int8 * interval '1 millisecond')
+                 RETURNING id",
+                &[&TOPIC, &send_in_ms],
+            )
+            .await?;
+        first_commit = SystemTime::now();
+        topic_row = Some(row.get(0));
+        commits.push((n, first_commit));
+        eprintln!("loadgen: committed one topic row for {users} subscribers");
+    } else {
+        match args.rate {
+            None => {
+                db.execute(insert, &[&1i64, &n, &users, &send_in_ms]).await?;
+                first_commit = SystemTime::now();
+                commits.push((n, first_commit));
+                eprintln!(
+                    "loadgen: committed {n} notifications in one transaction ({} ms)",
+                    started.elapsed().as_millis()
+                );
             }
-            eprintln!("loadgen: committed {n} notifications at {rate}/s");
+            Some(rate) => {
+                let per_tick = (rate / 20).max(1) as i64;
+                let mut tick = tokio::time::interval(Duration::from_millis(50));
+                let mut next = 1i64;
+                first_commit = SystemTime::now();
+                while next <= n {
+                    tick.tick().await;
+                    let last = next.saturating_add(per_tick - 1).min(n);
+                    db.execute(insert, &[&next, &last, &users, &send_in_ms]).await?;
+                    commits.push((last, SystemTime::now()));
+                    next = last + 1;
+                }
+                eprintln!("loadgen: committed {n} notifications at {rate}/s");
+            }
         }
     }
 
-    // Wait until Postgres says every notification is final.
+    // Wait until Postgres says every notification is final. Postgres is only asked once the
+    // emulator has accepted every message (or its count stopped moving for 2 s: some failed),
+    // and then only through partial indexes whose size is the open work, never by a scan of the
+    // table (which holds `--future`'s rows, and a million subscriber rows with `--topic`).
     let deadline = Instant::now() + Duration::from_secs(args.timeout_secs);
     let mut peak_rss = 0;
+    let mut last_count = (0usize, Instant::now());
     let done_at = loop {
         peak_rss = peak_rss.max(read_status_kb(pid, "VmHWM:").unwrap_or(0));
-        let open: i64 = db
-            .query_one("SELECT count(*) FROM notification WHERE status IN ('pending', 'queued', 'retrying')", &[])
-            .await?
-            .get(0);
-        if open == 0 && commits.last().map(|c| c.0) == Some(n) {
-            break SystemTime::now();
+        let received = emulator.received_count();
+        if received != last_count.0 {
+            last_count = (received, Instant::now());
         }
-        if Instant::now() > deadline {
-            return Err(
-                format!("timed out with {open} notifications not final, {} sent", emulator.received().len()).into()
-            );
+        let ask = received as i64 >= expected || last_count.1.elapsed() > Duration::from_secs(2);
+        if ask {
+            let open = open_work(&db).await?;
+            if open == 0 {
+                break SystemTime::now();
+            }
+            if Instant::now() > deadline {
+                return Err(format!("timed out with {open} rows or targets not final, {received} sent").into());
+            }
+        } else if Instant::now() > deadline {
+            return Err(format!("timed out with {received} of {expected} sent").into());
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
     peak_rss = peak_rss.max(read_status_kb(pid, "VmHWM:").unwrap_or(0));
-    let row = db
-        .query_one(
-            "SELECT count(*) FILTER (WHERE status = 'delivered'), count(*) FILTER (WHERE status = 'failed') FROM notification",
-            &[],
-        )
-        .await?;
+    let row = match topic_row {
+        Some(id) => {
+            db.query_one(
+                "SELECT count(*) FILTER (WHERE status = 'delivered'), count(*) FILTER (WHERE status = 'failed')
+                   FROM notification WHERE parent_id = $1",
+                &[&id],
+            )
+            .await?
+        }
+        None => {
+            db.query_one(
+                "SELECT count(*) FILTER (WHERE status = 'delivered'), count(*) FILTER (WHERE status = 'failed')
+                   FROM notification WHERE type = 'loadgen'",
+                &[],
+            )
+            .await?
+        }
+    };
     let (delivered, failed): (i64, i64) = (row.get(0), row.get(1));
+    let topic_status: Option<String> = match topic_row {
+        Some(id) => Some(db.query_one("SELECT status FROM notification WHERE id = $1", &[&id]).await?.get(0)),
+        None => None,
+    };
 
-    // Latency of each message: provider receipt minus the commit of its batch (found by the
-    // notification's sequence number).
-    let seq_of: HashMap<String, i64> = db
-        .query("SELECT id::text, (payload->'data'->>'seq')::int8 FROM notification", &[])
-        .await?
-        .iter()
-        .map(|r| (r.get(0), r.get(1)))
-        .collect();
+    // When each row was meant to reach the provider: the commit of its batch (found by its
+    // sequence number), or its `send_at` (`--send-in-ms`); a topic's subscriber rows, the topic
+    // row's.
+    let epoch = |secs: f64| SystemTime::UNIX_EPOCH + Duration::from_secs_f64(secs.max(0.0));
+    let reference_of: HashMap<String, SystemTime> = match topic_row {
+        Some(id) => {
+            let at = match send_in_ms {
+                Some(_) => epoch(
+                    db.query_one("SELECT extract(epoch FROM send_at)::float8 FROM notification WHERE id = $1", &[&id])
+                        .await?
+                        .get(0),
+                ),
+                None => first_commit,
+            };
+            db.query("SELECT id::text FROM notification WHERE parent_id = $1", &[&id])
+                .await?
+                .iter()
+                .map(|r| (r.get(0), at))
+                .collect()
+        }
+        None if send_in_ms.is_some() => db
+            .query("SELECT id::text, extract(epoch FROM send_at)::float8 FROM notification WHERE type = 'loadgen'", &[])
+            .await?
+            .iter()
+            .map(|r| (r.get(0), epoch(r.get(1))))
+            .collect(),
+        None => db
+            .query("SELECT id::text, (payload->'data'->>'seq')::int8 FROM notification WHERE type = 'loadgen'", &[])
+            .await?
+            .iter()
+            .map(|r| {
+                let seq: i64 = r.get(1);
+                let idx = commits.partition_point(|c| c.0 < seq).min(commits.len() - 1);
+                (r.get(0), commits[idx].1)
+            })
+            .collect(),
+    };
+    let first_due = match send_in_ms {
+        Some(_) => reference_of.values().min().copied().unwrap_or(first_commit),
+        None => first_commit,
+    };
     let sent = emulator.received();
-    let mut per_seq: HashMap<i64, u32> = HashMap::new();
+    let mut per_id: HashMap<&str, u32> = HashMap::with_capacity(sent.len());
     let mut latencies: Vec<f64> = Vec::with_capacity(sent.len());
+    let mut early = 0u64;
     for (id, received_at) in &sent {
-        let Some(&seq) = seq_of.get(id) else {
+        let Some(reference) = reference_of.get(id) else {
             continue;
         };
-        *per_seq.entry(seq).or_default() += 1;
-        let idx = commits.partition_point(|c| c.0 < seq).min(commits.len() - 1);
-        if let Ok(d) = received_at.duration_since(commits[idx].1) {
-            latencies.push(d.as_secs_f64() * 1000.0);
+        *per_id.entry(id.as_str()).or_default() += 1;
+        match received_at.duration_since(*reference) {
+            Ok(d) => latencies.push(d.as_secs_f64() * 1000.0),
+            // Before its send_at: a scheduled row sent too soon. (Before the commit as
+            // loadgen timed it: the commit's answer was still on its way; not counted.)
+            Err(e) if send_in_ms.is_some() => {
+                early += 1;
+                latencies.push(-e.duration().as_secs_f64() * 1000.0);
+            }
+            Err(_) => {}
         }
     }
     latencies.sort_by(|a, b| a.total_cmp(b));
-    let duplicates: u32 = per_seq.values().map(|c| c.saturating_sub(1)).sum();
-    let elapsed = done_at.duration_since(first_commit).unwrap_or_default().as_secs_f64();
+    let duplicates: u32 = per_id.values().map(|c| c.saturating_sub(1)).sum();
+    let elapsed = done_at.duration_since(first_due).unwrap_or_default().as_secs_f64();
 
     // Graceful stop, timed.
     let stop_started = Instant::now();
@@ -370,6 +542,13 @@ where
         }
     };
 
+    // The hot path's queries with the scheduled rows present (and the relay stopped, so that
+    // nothing else runs), each twice: the first pays for whatever the run left behind.
+    let plans = match args.future {
+        Some(_) => explain_hot_path(&db).await?,
+        None => Vec::new(),
+    };
+
     let pct = |p: f64| -> f64 {
         if latencies.is_empty() {
             return 0.0;
@@ -377,37 +556,152 @@ where
         latencies[((latencies.len() - 1) as f64 * p).round() as usize]
     };
     let throughput = delivered as f64 / elapsed.max(1e-9);
+    let what = if args.topic { "subscriber deliveries/s" } else { "notifications/s" };
     println!("notify-relay loadgen");
-    println!(
-        "  notifications        {n} for {users} {} devices ({})",
-        args.provider,
-        args.rate.map(|r| format!("paced at {r}/s")).unwrap_or_else(|| "one bulk commit".into())
-    );
-    println!("  delivered / failed   {delivered} / {failed}");
+    if args.topic {
+        println!(
+            "  topic                one row to {users} subscribers, one {} device each (topic row: {})",
+            args.provider,
+            topic_status.as_deref().unwrap_or("?")
+        );
+    } else {
+        println!(
+            "  notifications        {n} for {users} {} devices ({})",
+            args.provider,
+            args.rate.map(|r| format!("paced at {r}/s")).unwrap_or_else(|| "one bulk commit".into())
+        );
+    }
+    if let Some(ms) = send_in_ms {
+        println!("  scheduled            send_at = commit + {ms} ms");
+    }
+    if let Some(future) = args.future {
+        println!("  also present         {future} rows scheduled a day ahead (other users)");
+    }
+    println!("  delivered / failed   {delivered} / {failed}{}", if args.topic { " (subscriber rows)" } else { "" });
     println!("  provider sends       {} (duplicates: {duplicates})", sent.len());
-    println!("  end to end           {elapsed:.2} s  ->  {throughput:.0} notifications/s");
     println!(
-        "  latency commit->provider  p50 {:.0} ms  p90 {:.0} ms  p99 {:.0} ms  max {:.0} ms",
+        "  end to end           {elapsed:.2} s{}  ->  {throughput:.0} {what}",
+        if send_in_ms.is_some() { " from send_at" } else { "" }
+    );
+    let latency_label = if send_in_ms.is_some() { "lateness send_at->provider" } else { "latency commit->provider" };
+    println!(
+        "  {latency_label}  p50 {:.0} ms  p90 {:.0} ms  p99 {:.0} ms  max {:.0} ms",
         pct(0.5),
         pct(0.9),
         pct(0.99),
         pct(1.0)
     );
+    if send_in_ms.is_some() {
+        println!("  received before send_at  {early}");
+    }
     println!("  relay RSS            idle {} MiB, peak {} MiB (VmHWM)", idle_rss / 1024, peak_rss / 1024);
     println!("  relay SIGTERM        exit {exit} after {stop_ms} ms");
+    for plan in &plans {
+        println!("  EXPLAIN (ANALYZE, BUFFERS) {}: {:.3} ms, then {:.3} ms", plan.name, plan.first_ms, plan.second_ms);
+        for line in &plan.lines {
+            println!("    {line}");
+        }
+    }
     println!(
         "{}",
         serde_json::json!({
-            "provider": args.provider.as_str(), "notifications": n, "users": users, "rate": args.rate, "delivered": delivered, "failed": failed,
+            "provider": args.provider.as_str(), "notifications": if args.topic { 1 } else { n }, "users": users,
+            "rate": args.rate, "topic": args.topic, "send_in_ms": send_in_ms, "future": args.future,
+            "delivered": delivered, "failed": failed,
             "sends": sent.len(), "duplicates": duplicates, "seconds": elapsed, "per_second": throughput,
+            "latency_from": if send_in_ms.is_some() { "send_at" } else { "commit" },
             "latency_ms": {"p50": pct(0.5), "p90": pct(0.9), "p99": pct(0.99), "max": pct(1.0)},
+            "received_before_send_at": early,
             "rss_mib": {"idle": idle_rss / 1024, "peak": peak_rss / 1024}, "shutdown_ms": stop_ms,
+            "explain_ms": plans.iter().map(|p| (p.name.to_string(), serde_json::json!([p.first_ms, p.second_ms])))
+                .collect::<serde_json::Map<_, _>>(),
         })
     );
-    if delivered != n {
-        return Err(format!("only {delivered} of {n} delivered").into());
+    if delivered != expected {
+        return Err(format!("only {delivered} of {expected} delivered").into());
+    }
+    if early > 0 {
+        return Err(format!("{early} messages reached the provider before their send_at").into());
     }
     Ok(())
+}
+
+/// Rows and targets not final yet, counted through the partial indexes that hold exactly them
+/// (so the count costs the open work, not the table): pending rows (`notification_pending_idx`),
+/// scheduled rows due within the hour (`notification_scheduled_idx`, which leaves out
+/// `--future`'s), targets queued or retrying (`delivery_in_flight_idx`), and topic rows whose
+/// subscribers are still being written (`notification_topic_fanout_idx`). A notification is
+/// `queued` or `retrying` exactly while one of its targets is: both are written in one
+/// transaction.
+async fn open_work(db: &tokio_postgres::Client) -> Result<i64, BoxError> {
+    Ok(db
+        .query_one(
+            "SELECT (SELECT count(*) FROM notification WHERE status = 'pending')
+                  + (SELECT count(*) FROM notification WHERE status = 'scheduled' AND send_at < now() + interval '1 hour')
+                  + (SELECT count(*) FROM delivery WHERE status IN ('queued', 'retrying'))
+                  + (SELECT count(*) FROM notification WHERE topic IS NOT NULL AND status = 'queued')",
+            &[],
+        )
+        .await?
+        .get(0))
+}
+
+/// One query's `EXPLAIN (ANALYZE, BUFFERS)`.
+struct Plan {
+    name: &'static str,
+    /// The plan of the first execution.
+    lines: Vec<String>,
+    /// `Execution Time` of the first and of a second execution.
+    first_ms: f64,
+    second_ms: f64,
+}
+
+/// The queries every listener runs all the time, whatever is scheduled: the claim of pending
+/// rows (as `Store::fan_out_pending` runs it, without the UPDATE around it), the scheduler's
+/// probe (`Store::any_due`, every `listener.schedule_poll_ms`) and its promotion's SELECT
+/// (`Store::promote_due`). Each in a transaction rolled back, so that the row locks go.
+async fn explain_hot_path(db: &tokio_postgres::Client) -> Result<Vec<Plan>, BoxError> {
+    const QUERIES: [(&str, &str); 3] = [
+        (
+            "listener claim",
+            "SELECT id FROM notification WHERE status = 'pending' ORDER BY created_at LIMIT 1000 FOR UPDATE SKIP LOCKED",
+        ),
+        (
+            "scheduler probe",
+            "SELECT EXISTS (SELECT 1 FROM notification WHERE status = 'scheduled' AND send_at <= now())",
+        ),
+        (
+            "scheduler promotion (its SELECT)",
+            "SELECT id FROM notification WHERE status = 'scheduled' AND send_at <= now()
+              ORDER BY send_at LIMIT 1000 FOR UPDATE SKIP LOCKED",
+        ),
+    ];
+    let mut plans = Vec::new();
+    for (name, query) in QUERIES {
+        let mut runs = Vec::new();
+        for _ in 0..2 {
+            db.batch_execute("BEGIN").await?;
+            let lines: Vec<String> = db
+                .simple_query(&format!("EXPLAIN (ANALYZE, BUFFERS) {query}"))
+                .await?
+                .iter()
+                .filter_map(|m| match m {
+                    tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(str::to_string),
+                    _ => None,
+                })
+                .collect();
+            db.batch_execute("ROLLBACK").await?;
+            let ms = lines
+                .iter()
+                .find_map(|l| l.strip_prefix("Execution Time: ")?.strip_suffix(" ms")?.parse::<f64>().ok())
+                .unwrap_or(f64::NAN);
+            runs.push((lines, ms));
+        }
+        let second_ms = runs[1].1;
+        let (lines, first_ms) = runs.swap_remove(0);
+        plans.push(Plan { name, lines, first_ms, second_ms });
+    }
+    Ok(plans)
 }
 
 fn pg_config(url: &str, ca_file: Option<&std::path::Path>) -> Result<notify_relay_engine::tls::PgTarget, BoxError> {
@@ -464,7 +758,25 @@ fn read_status_kb(pid: u32, field: &str) -> Option<u64> {
 
 #[cfg(test)]
 mod tests {
-    use super::{check_counts, with_database, MAX_COUNT};
+    use super::{check_counts, with_database, LoadgenArgs, MAX_COUNT};
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: LoadgenArgs,
+    }
+
+    #[test]
+    fn the_producer_options_parse_and_a_topic_run_takes_no_row_count() {
+        let cli = Cli::try_parse_from(["loadgen", "--topic", "--users", "1000000"]).unwrap();
+        assert!(cli.args.topic);
+        assert_eq!(cli.args.users, 1_000_000);
+        let cli = Cli::try_parse_from(["loadgen", "--send-in-ms", "5000", "--future", "1000000"]).unwrap();
+        assert_eq!((cli.args.send_in_ms, cli.args.future, cli.args.topic), (Some(5000), Some(1_000_000), false));
+        assert!(Cli::try_parse_from(["loadgen", "--topic", "--notifications", "5"]).is_err());
+        assert!(Cli::try_parse_from(["loadgen", "--topic", "--rate", "5"]).is_err());
+    }
 
     #[test]
     fn counts_that_would_wrap_in_int8_arithmetic_are_refused() {

@@ -223,6 +223,10 @@ impl SmtpEmulator {
         self.shared.state.lock().map(|s| s.received.clone()).unwrap_or_default()
     }
 
+    pub fn received_count(&self) -> usize {
+        self.shared.state.lock().map(|s| s.received.len()).unwrap_or_default()
+    }
+
     /// How many times this notification reached this address.
     pub fn sends_of(&self, notification_id: Uuid, to: &str) -> usize {
         let id = notification_id.to_string();

@@ -424,7 +424,7 @@ async fn the_migrations_run_beside_supabases_auth_schema() {
     let before: String = db.query_one(auth_objects, &[]).await.unwrap().get(0);
 
     let config: tokio_postgres::Config = url.parse().expect("database url");
-    notify_relay::migrate::run(&config).await.expect("the migrations run beside auth");
+    notify_relay::migrate::run(&config.into()).await.expect("the migrations run beside auth");
 
     let after: String = db.query_one(auth_objects, &[]).await.unwrap().get(0);
     assert_eq!(after, before, "the migrations added nothing to auth, nor removed anything");

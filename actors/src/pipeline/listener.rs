@@ -176,9 +176,9 @@ pub struct Fanout {
 }
 
 impl Fanout {
-    /// Makes due scheduled notifications pending, then claims and enqueues pending
-    /// notifications until none is left, with `drainers` transactions in flight so that
-    /// Postgres works on one batch while Redis takes another.
+    /// Makes due scheduled notifications pending and claims and enqueues pending notifications
+    /// until none is left, with `drainers` transactions in flight so that Postgres works on one
+    /// batch while Redis takes another.
     ///
     /// A drainer that fails never cancels the others: a sibling may have committed its batch
     /// as `queued` and be on its way to the XADD (or waiting for its COMMIT's answer), and
@@ -187,18 +187,6 @@ impl Fanout {
     /// outage cutting a fan-out did (`try_join_all`). So every drainer finishes the batch it
     /// holds; the first failure only stops them all from claiming another one.
     async fn drain(self) -> Result<usize> {
-        loop {
-            let due = self.store.promote_due(self.batch).await?;
-            if due > 0 {
-                info!(self.log, "scheduled notifications are due"; "event" => events::SCHEDULED_DUE, "count" => due);
-                let mut tally = Tally::default();
-                tally.add(events::SCHEDULED_DUE, None, due);
-                self.relay.enqueue(&[], &tally, &events::today()).await?;
-            }
-            if (due as i64) < self.batch {
-                break;
-            }
-        }
         let failed = Arc::new(AtomicBool::new(false));
         let drainers = (0..self.drainers.max(1)).map(|_| {
             let failed = failed.clone();
@@ -227,6 +215,21 @@ impl Fanout {
         }
     }
 
+    /// Makes up to a batch of due scheduled notifications pending: one batch before each claim,
+    /// so that a thousand rows due in the same second are sent batch by batch as they are
+    /// promoted, not after all of them are. (With nothing scheduled, one probe of an empty
+    /// index range per batch claimed.)
+    async fn promote_due(&self) -> Result<()> {
+        let due = self.store.promote_due(self.batch).await?;
+        if due > 0 {
+            info!(self.log, "scheduled notifications are due"; "event" => events::SCHEDULED_DUE, "count" => due);
+            let mut tally = Tally::default();
+            tally.add(events::SCHEDULED_DUE, None, due);
+            self.relay.enqueue(&[], &tally, &events::today()).await?;
+        }
+        Ok(())
+    }
+
     /// Writes the next batch of a topic's subscriber rows, if a topic notification is being
     /// fanned out. Returns whether there was one.
     async fn expand_topic(&self) -> Result<bool> {
@@ -253,6 +256,7 @@ impl Fanout {
             if sibling_failed.load(Ordering::Acquire) {
                 return Ok(total);
             }
+            self.promote_due().await?;
             let enabled = |p| self.enabled.contains(&p);
             let rules = FanOutRules { batch: self.batch, limits: self.limits, enabled: &enabled };
             let out = self.store.fan_out_pending(rules).await?;
