@@ -278,13 +278,13 @@ fn client_config(mode: SslMode, ca: Option<Vec<CertificateDer<'static>>>) -> rus
             Ok(webpki) => webpki,
             // Only when there is no root at all: nothing can be trusted, which is what an
             // empty store means anyway.
-            Err(_) => Arc::new(Refuse(provider.clone())),
+            Err(_) => Arc::new(NoChain { provider: provider.clone(), accept: false }),
         }
     };
     let verifier: Arc<dyn ServerCertVerifier> = match (mode, has_ca) {
         (SslMode::VerifyFull, _) => chain(),
         (SslMode::VerifyCa, _) | (SslMode::Prefer | SslMode::Require, true) => Arc::new(ChainOnly(chain())),
-        _ => Arc::new(Unverified(provider.clone())),
+        _ => Arc::new(NoChain { provider: provider.clone(), accept: true }),
     };
     let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
@@ -337,52 +337,17 @@ impl ServerCertVerifier for ChainOnly {
     }
 }
 
-/// `prefer`/`require` without a CA: encryption against passive listeners only, as in libpq. The
-/// handshake's signatures are still checked (they prove the server holds the certificate's
-/// key, whatever that certificate is worth).
+/// A verifier that does not look at the chain: it accepts every certificate (`prefer`/`require`
+/// without a CA: encryption against passive listeners only, as in libpq) or refuses every one (a
+/// verifying mode whose root store came out empty). Either way the handshake's signatures are
+/// checked (they prove the server holds the certificate's key, whatever that is worth).
 #[derive(Debug)]
-struct Unverified(Arc<CryptoProvider>);
-
-impl ServerCertVerifier for Unverified {
-    fn verify_server_cert(
-        &self,
-        _: &CertificateDer<'_>,
-        _: &[CertificateDer<'_>],
-        _: &ServerName<'_>,
-        _: &[u8],
-        _: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.0.signature_verification_algorithms)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.0.signature_verification_algorithms)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
-    }
+struct NoChain {
+    provider: Arc<CryptoProvider>,
+    accept: bool,
 }
 
-/// Trusts nothing (a verifying mode whose root store came out empty).
-#[derive(Debug)]
-struct Refuse(Arc<CryptoProvider>);
-
-impl ServerCertVerifier for Refuse {
+impl ServerCertVerifier for NoChain {
     fn verify_server_cert(
         &self,
         _: &CertificateDer<'_>,
@@ -391,7 +356,10 @@ impl ServerCertVerifier for Refuse {
         _: &[u8],
         _: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        Err(rustls::Error::InvalidCertificate(CertificateError::UnknownIssuer))
+        match self.accept {
+            true => Ok(ServerCertVerified::assertion()),
+            false => Err(rustls::Error::InvalidCertificate(CertificateError::UnknownIssuer)),
+        }
     }
 
     fn verify_tls12_signature(
@@ -400,7 +368,7 @@ impl ServerCertVerifier for Refuse {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
     }
 
     fn verify_tls13_signature(
@@ -409,11 +377,11 @@ impl ServerCertVerifier for Refuse {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
+        self.provider.signature_verification_algorithms.supported_schemes()
     }
 }
 

@@ -6,7 +6,9 @@ use crate::auth::Caller;
 use crate::error::ApiError;
 use actix_web::{get, post, web, HttpRequest, HttpResponse};
 use notify_relay_engine::events::{self, Tally};
-use notify_relay_engine::store::api::{cancel_refused, Cancellation, FailedNotification, NotificationDetail};
+use notify_relay_engine::store::api::{
+    cancel_refused, Cancellation, FailedNotification, NotificationDetail, NotificationState,
+};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
@@ -71,6 +73,23 @@ pub async fn failed(
     Ok(HttpResponse::Ok().json(FailedPage { items, next_cursor }))
 }
 
+/// The caller, the notification's id and its state, once the caller may act on it: the admin
+/// token, a service, or the owner's JWT (a topic notification has no owner). 400 for an id that
+/// is not a UUID, 404 for one that names nothing.
+async fn owned_notification(
+    req: &HttpRequest,
+    id: &str,
+    state: &AppState,
+) -> Result<(Caller, Uuid, NotificationState), ApiError> {
+    let caller = state.auth.admin_or_user(req).await?;
+    let id = parse_uuid("id", id)?;
+    let Some(notification) = state.store.notification_state(id).await? else {
+        return Err(ApiError::NotFound(format!("no notification {id}")));
+    };
+    caller.may_act_for_notification(notification.user_id.as_deref())?;
+    Ok((caller, id, notification))
+}
+
 /// The notification is back to `pending`.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct RetryAccepted {
@@ -100,12 +119,7 @@ pub async fn retry(
     id: web::Path<String>,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    let caller = state.auth.admin_or_user(&req).await?;
-    let id = parse_uuid("id", &id)?;
-    let Some(notification) = state.store.notification_state(id).await? else {
-        return Err(ApiError::NotFound(format!("no notification {id}")));
-    };
-    caller.may_act_for_notification(notification.user_id.as_deref())?;
+    let (_, id, notification) = owned_notification(&req, &id, &state).await?;
     let conflict =
         || ApiError::Conflict(format!("notification {id} is {}; only failed ones can be retried", notification.status));
     if notification.status != "failed" {
@@ -179,12 +193,7 @@ pub async fn cancel(
     id: web::Path<String>,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    let caller = state.auth.admin_or_user(&req).await?;
-    let id = parse_uuid("id", &id)?;
-    let Some(notification) = state.store.notification_state(id).await? else {
-        return Err(ApiError::NotFound(format!("no notification {id}")));
-    };
-    caller.may_act_for_notification(notification.user_id.as_deref())?;
+    let (caller, id, _) = owned_notification(&req, &id, &state).await?;
     let by = canceller(&state, &req, &caller);
     match state.store.cancel(id, &by).await? {
         Cancellation::Cancelled { trace_id } => {
