@@ -101,6 +101,9 @@ impl AuthSettings {
 /// The role Supabase gives its service key: it may act for any user.
 pub const SERVICE_ROLE: &str = "service_role";
 
+/// The `iss` of Supabase's own API keys (the legacy `anon` and `service_role` JWTs).
+pub const SUPABASE_KEY_ISSUER: &str = "supabase";
+
 /// The verified caller of a user route.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Caller {
@@ -408,9 +411,13 @@ impl Authenticator {
         if let Some(iss) = &self.issuer {
             validation.set_issuer(&[iss]);
         }
-        let claims = jsonwebtoken::decode::<Claims>(token, &key.key, &validation)
-            .map_err(|e| unauthorized(format!("invalid token: {e}")))?
-            .claims;
+        let claims = match jsonwebtoken::decode::<Claims>(token, &key.key, &validation) {
+            Ok(data) => data.claims,
+            Err(e) => match self.supabase_service_key(token, &key) {
+                Some(claims) => claims,
+                None => return Err(unauthorized(format!("invalid token: {e}"))),
+            },
+        };
         if claims.role.as_deref() == Some(SERVICE_ROLE) {
             return Ok(Caller::Service);
         }
@@ -418,6 +425,24 @@ impl Authenticator {
             Some(sub) if !sub.is_empty() => Ok(Caller::User { sub, email: claims.email }),
             _ => Err(unauthorized("token has no subject")),
         }
+    }
+
+    /// Supabase's legacy `service_role` API key: signed with the project's JWT secret (HS256)
+    /// like its user tokens, but with `iss: supabase` and no `aud`, whatever issuer and audience
+    /// the project's user tokens carry. Such a key is taken for what it says — the service role —
+    /// and for nothing else: the same issuer with any other role (the `anon` key) is refused.
+    fn supabase_service_key(&self, token: &str, key: &Key) -> Option<Claims> {
+        if key.alg != Algorithm::HS256 || (self.issuer.is_none() && self.audience.is_none()) {
+            return None;
+        }
+        let mut validation = Validation::new(Algorithm::HS256);
+        validation.leeway = self.leeway_secs;
+        validation.set_required_spec_claims(&["exp", "iss"]);
+        validation.validate_nbf = true;
+        validation.validate_aud = false;
+        validation.set_issuer(&[SUPABASE_KEY_ISSUER]);
+        let claims = jsonwebtoken::decode::<Claims>(token, &key.key, &validation).ok()?.claims;
+        (claims.role.as_deref() == Some(SERVICE_ROLE)).then_some(claims)
     }
 
     /// The caller of a user route.

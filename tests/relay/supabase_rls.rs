@@ -452,7 +452,7 @@ async fn the_migrations_run_beside_supabases_auth_schema() {
 /// checks `auth.issuer` / `auth.audience` on every token, so that key is refused where they are
 /// set, and a service token minted with the project's issuer and audience is accepted.
 #[actix_web::test]
-async fn supabases_service_role_key_is_refused_where_issuer_and_audience_are_checked() {
+async fn supabases_service_role_key_is_accepted_where_issuer_and_audience_are_checked_and_its_anon_key_is_not() {
     use crate::tokens::{hs256, AUDIENCE, HS_SECRET, ISSUER};
     use notify_relay::configuration::Secret;
     let now = chrono::Utc::now().timestamp();
@@ -466,10 +466,25 @@ async fn supabases_service_role_key_is_refused_where_issuer_and_audience_are_che
     );
     let route = "/users/bob/notifications/failed";
 
+    // Its anon key has the same issuer; a key of that issuer signed with another secret.
+    let anon_key = hs256(
+        HS_SECRET.as_bytes(),
+        &serde_json::json!({"iss": "supabase", "ref": "test-project", "role": "anon", "iat": now, "exp": now + 3600}),
+    );
+    let forged = hs256(
+        b"not-the-project-secret-not-the-project-secret",
+        &serde_json::json!({"iss": "supabase", "role": "service_role", "exp": now + 3600}),
+    );
+    let expired =
+        hs256(HS_SECRET.as_bytes(), &serde_json::json!({"iss": "supabase", "role": "service_role", "exp": now - 3600}));
     let checked = crate::api::api().await; // jwt_secret, issuer and audience set
     let (status, body) = checked.get(route, Some(&supabase_key)).await;
-    assert_eq!(status, 401, "{body}");
+    assert_eq!(status, 200, "the project's service_role key: {body}");
     assert_eq!(checked.get(route, Some(&minted)).await.0, 200);
+    for (name, token) in [("anon key", &anon_key), ("forged", &forged), ("expired", &expired)] {
+        let (status, body) = checked.get(route, Some(token)).await;
+        assert_eq!(status, 401, "{name}: {body}");
+    }
     drop(checked);
 
     let unchecked = crate::api::with_jwks(|s| s.auth.jwt_secret = Some(Secret::new(HS_SECRET))).await;
