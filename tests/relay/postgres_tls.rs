@@ -11,7 +11,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// Where Debian's PostgreSQL 15 keeps `initdb` and `postgres`; `PG_BINDIR` overrides it.
 fn bindir() -> PathBuf {
@@ -204,13 +204,18 @@ impl Drop for PrivatePostgres {
         if let Some(mut child) = self.child.take() {
             // SIGQUIT: immediate shutdown, which still removes the shared memory and the
             // socket; SIGKILL only if it does not go within the deadline.
-            let _ = Command::new("kill").arg("-QUIT").arg(child.id().to_string()).status();
-            let deadline = Instant::now() + Duration::from_secs(10);
-            while matches!(child.try_wait(), Ok(None)) && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(20));
+            let pid = child.id().to_string();
+            let _ = Command::new("kill").arg("-QUIT").arg(&pid).status();
+            // Waited for on a thread of its own, so that the wait has a deadline.
+            let (exited, gone) = std::sync::mpsc::channel();
+            std::thread::spawn(move || {
+                let _ = child.wait();
+                let _ = exited.send(());
+            });
+            if gone.recv_timeout(Duration::from_secs(10)).is_err() {
+                let _ = Command::new("kill").arg("-KILL").arg(&pid).status();
+                let _ = gone.recv_timeout(Duration::from_secs(10));
             }
-            let _ = child.kill();
-            let _ = child.wait();
         }
     }
 }

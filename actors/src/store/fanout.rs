@@ -265,17 +265,7 @@ async fn finish_unsent(
     let ids: Vec<Uuid> = unsent.iter().map(|u| u.0).collect();
     let errs: Vec<String> = unsent.iter().map(|u| storable(&u.2).into_owned()).collect();
     let statuses: Vec<&str> = unsent.iter().map(|u| if u.1 == Final::Expired { "expired" } else { "failed" }).collect();
-    Ok(tx
-        .query(&stmt, &[&ids, &errs, &statuses])
-        .await?
-        .into_iter()
-        .map(|r| Settled {
-            notification_id: r.get(0),
-            trace_id: r.get(1),
-            status: Final::from_status(r.get(2)),
-            last_error: r.get(3),
-        })
-        .collect())
+    Ok(tx.query(&stmt, &[&ids, &errs, &statuses]).await?.into_iter().map(|r| Settled::from_row(&r)).collect())
 }
 
 /// Decides the targets of one notification, or why it cannot be sent at all.

@@ -89,6 +89,17 @@ impl Final {
 }
 
 impl Settled {
+    /// A row of `SELECT id, trace_id, status, last_error`, as the statements that settle
+    /// notifications return them.
+    pub(crate) fn from_row(r: &tokio_postgres::Row) -> Settled {
+        Settled {
+            notification_id: r.get(0),
+            trace_id: r.get(1),
+            status: Final::from_status(r.get(2)),
+            last_error: r.get(3),
+        }
+    }
+
     pub fn failed(&self) -> bool {
         self.status == Final::Failed
     }

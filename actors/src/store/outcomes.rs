@@ -320,15 +320,5 @@ pub(super) async fn settle(tx: &deadpool_postgres::Transaction<'_>, ids: &[Uuid]
              SELECT id, trace_id, status, last_error FROM done",
         )
         .await?;
-    Ok(tx
-        .query(&stmt, &[&ids])
-        .await?
-        .into_iter()
-        .map(|r| Settled {
-            notification_id: r.get(0),
-            trace_id: r.get(1),
-            status: Final::from_status(r.get(2)),
-            last_error: r.get(3),
-        })
-        .collect())
+    Ok(tx.query(&stmt, &[&ids]).await?.into_iter().map(|r| Settled::from_row(&r)).collect())
 }
