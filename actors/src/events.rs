@@ -43,6 +43,10 @@ pub const CANCELLED: &str = "CANCELLED";
 pub const SCHEDULED_DUE: &str = "SCHEDULED_DUE";
 /// Rows written for a topic's subscribers (counted per subscriber).
 pub const TOPIC_FANOUT: &str = "TOPIC_FANOUT";
+/// The dead letters held or written since the previous check passed `alerts.*` (logged only).
+pub const DLQ_GROWING: &str = "DLQ_GROWING";
+/// The entries waiting for a worker, or the age of the oldest, passed `alerts.*` (logged only).
+pub const LAG_HIGH: &str = "LAG_HIGH";
 
 /// Every event, for reading the counters back (`GET /admin/metrics`).
 pub const ALL: [&str; 27] = [

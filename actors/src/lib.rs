@@ -25,7 +25,7 @@
 //! |---|---|
 //! | `pipeline/` | the path of one notification: `listener` (LISTEN, fan-out, sweep) → `stream_reader` → `dispatcher` (screen, route) → `sender` (batches, circuit, rate limit) |
 //! | `outcome` | the outcome writer: Postgres first, then Redis, then the permits |
-//! | `periodic/` | one `Periodic<J>` actor and its jobs: `delay`, `claim`, `retention`, `receipts`, `heartbeat` |
+//! | `periodic/` | one `Periodic<J>` actor and its jobs: `delay`, `claim`, `retention`, `receipts`, `heartbeat`, `alerts` |
 //! | `runtime/` | `engine` (the supervisor tree and its wiring), `deps` (what every actor shares), `supervisor` (start, fail, restart), `registry` (mailbox counts, `Handle`) |
 //! | `store/` | Postgres, by concern: `fanout`, `targets` (the screen), `outcomes`, `sweep`, `retention`, `receipts`, `api`, `pool` |
 //! | `relay/` | Redis: streams, delayed sets, dead letters, idempotency keys, counters (`keys` names them) |

@@ -8,7 +8,7 @@
 //! `_ms` keys), with no second copy to convert into:
 //!
 //! - the sections the engine runs with are the engine's own types (`[worker]`, `[listener]`,
-//!   `[retry]`, `[claim]`, `[circuit]`, `[retention]`, `[scheduler]`, `[payload]`,
+//!   `[retry]`, `[claim]`, `[circuit]`, `[retention]`, `[scheduler]`, `[alerts]`, `[payload]`,
 //!   `[providers.*]`; `notify_relay_engine::settings` says where each lives);
 //! - the sections only the binary uses are in `sections` (`[database]`, `[redis]`, `[http]`,
 //!   `[devices]`, `[topics]`, `[shutdown]`, `[log]`), and `[auth]` in `crate::auth`.
@@ -30,8 +30,8 @@ pub use sections::{
 
 use config::{Config, Environment, File, FileFormat};
 use notify_relay_engine::settings::{
-    CircuitSettings, ClaimSettings, EngineSettings, InputLimits, ListenerSettings, PayloadSettings, Providers,
-    RetentionPolicy, RetryPolicy, Roles, SchedulerSettings, SettingsError, WorkerSettings, SECOND_MS,
+    AlertSettings, CircuitSettings, ClaimSettings, EngineSettings, InputLimits, ListenerSettings, PayloadSettings,
+    Providers, RetentionPolicy, RetryPolicy, Roles, SchedulerSettings, SettingsError, WorkerSettings, SECOND_MS,
 };
 use notify_relay_engine::tls::{PgTarget, PgUrlError};
 use serde::{Deserialize, Serialize};
@@ -79,6 +79,7 @@ pub struct Settings {
     pub circuit: CircuitSettings,
     pub retention: RetentionPolicy,
     pub scheduler: SchedulerSettings,
+    pub alerts: AlertSettings,
     pub payload: PayloadSettings,
     pub providers: Providers,
     pub http: HttpSettings,
@@ -145,6 +146,7 @@ impl Settings {
         self.circuit.validate()?;
         self.retention.validate()?;
         self.scheduler.validate()?;
+        self.alerts.validate()?;
         self.shutdown.validate()?;
         self.payload.validate()?;
         self.providers.validate()?;
@@ -273,6 +275,7 @@ impl Settings {
             circuit: self.circuit,
             retention: self.retention,
             scheduler: self.scheduler,
+            alerts: self.alerts,
             providers: self.providers.clone(),
             input_limits: InputLimits {
                 payload_max_bytes: self.payload.max_bytes,
@@ -348,6 +351,23 @@ mod tests {
         assert!(error(&[("NOTIFY__PAYLOAD__MAX_BYTES", "100")])
             .contains("`payload.max_bytes` must be between 4096 and 1048576"));
         assert!(error(&[("NOTIFY__PAYLOAD__MAX_BYTES", "2000000")]).contains("`payload.max_bytes`"));
+    }
+
+    #[test]
+    fn the_alert_thresholds_have_defaults_and_ranges_that_name_their_keys() {
+        let alerts = Settings::load(None, &HashMap::new()).unwrap().alerts;
+        assert!(alerts.enabled);
+        assert_eq!((alerts.interval, alerts.lag_age_max), (Duration::from_secs(30), Duration::from_secs(60)));
+        assert_eq!((alerts.dlq_length_max, alerts.dlq_added_max, alerts.lag_max), (1000, 100, 10_000));
+        let off = Settings::load(None, &env(&[("NOTIFY__ALERTS__ENABLED", "false")])).unwrap();
+        assert!(!off.engine(notify_relay_engine::settings::Roles::ALL, "c".into()).alerts.enabled);
+        assert_eq!(
+            error(&[("NOTIFY__ALERTS__INTERVAL_MS", "50")]),
+            "invalid configuration: `alerts.interval_ms` must be between 100 and 3600000, got 50"
+        );
+        assert!(error(&[("NOTIFY__ALERTS__LAG_MAX", "-1")]).contains("`alerts.lag_max`"));
+        let unknown = error(&[("NOTIFY__ALERTS__THRESHOLD", "1")]);
+        assert!(unknown.contains("threshold"), "{unknown}");
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! The HTTP API: authentication (every security case), the pull/retry/devices routes, the
 //! admin routes and the OpenAPI document.
 
-use crate::helpers::{eventually, prepare, prepare_with, TestApp, ADMIN_TOKEN};
+use crate::helpers::{eventually, prepare, prepare_with, CapturedLog, TestApp, ADMIN_TOKEN};
 use crate::tokens::{claims, hs256, unsigned, JwksServer, SigningKey, AUDIENCE, HS_SECRET, ISSUER};
 use notify_relay::configuration::{Secret, Settings};
 use serde_json::{json, Value};
@@ -586,33 +586,6 @@ async fn a_500_is_logged_with_its_postgres_error_chain_but_no_row_data() {
     assert!(!logged.contains("secret-of-a-user") && logged.contains("22P02"), "{logged}");
 }
 
-/// A JSON logger whose lines land in a buffer.
-#[derive(Clone, Default)]
-struct Captured(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
-
-impl std::io::Write for Captured {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl Captured {
-    fn logger(&self) -> slog::Logger {
-        use slog::Drain;
-        let json = slog_json::Json::new(self.clone()).add_default_keys().build();
-        slog::Logger::root(std::sync::Mutex::new(json).fuse(), slog::o!())
-    }
-
-    fn lines(&self) -> Vec<Value> {
-        let text = String::from_utf8_lossy(&self.0.lock().unwrap()).to_string();
-        text.lines().filter_map(|l| serde_json::from_str(l).ok()).collect()
-    }
-}
-
 #[actix_web::test]
 async fn user_tokens_without_issuer_or_audience_are_warned_about_in_the_json_log() {
     use notify_relay::startup::{Application, ProcessRoles};
@@ -624,7 +597,7 @@ async fn user_tokens_without_issuer_or_audience_are_warned_about_in_the_json_log
         if let Some(iss) = issuer {
             app.settings.auth.issuer = Some(iss.into());
         }
-        let log = Captured::default();
+        let log = CapturedLog::default();
         let started =
             Application::build(app.valid_settings(), api_only, false, "c".into(), log.logger()).await.unwrap();
         started.stop(Duration::from_secs(1)).await;

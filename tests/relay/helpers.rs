@@ -171,7 +171,6 @@ impl TestApp {
     }
 
     pub async fn start_with(&mut self, roles: ProcessRoles) {
-        let settings = self.valid_settings();
         let log = if std::env::var("TEST_LOG").is_ok() {
             let (log, guard) = notify_relay::telemetry::logger(slog::Level::Debug);
             std::mem::forget(guard); // keep the log thread for the whole test process
@@ -179,6 +178,18 @@ impl TestApp {
         } else {
             notify_relay::telemetry::discard()
         };
+        self.start_logging_to(roles, log).await;
+    }
+
+    /// Starts the app with `roles`, its log lines kept for the test to read.
+    pub async fn start_logged(&mut self, roles: ProcessRoles) -> CapturedLog {
+        let captured = CapturedLog::default();
+        self.start_logging_to(roles, captured.logger()).await;
+        captured
+    }
+
+    async fn start_logging_to(&mut self, roles: ProcessRoles, log: slog::Logger) {
+        let settings = self.valid_settings();
         let consumer = format!("test-consumer-{}", Uuid::new_v4().simple());
         let clock = self.auth_clock.shared();
         let app = Application::build_with_clock(settings, roles, false, consumer, log, clock)
@@ -633,6 +644,34 @@ impl TestApp {
         let key = self.keys.counter(event, None, &notify_relay_engine::events::today());
         let mut conn = self.redis.clone();
         redis::cmd("GET").arg(key).query_async::<Option<i64>>(&mut conn).await.expect("counter").unwrap_or(0)
+    }
+}
+
+/// A JSON logger whose lines land in a buffer.
+#[derive(Clone, Default)]
+pub struct CapturedLog(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for CapturedLog {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl CapturedLog {
+    pub fn logger(&self) -> slog::Logger {
+        use slog::Drain;
+        let json = slog_json::Json::new(self.clone()).add_default_keys().build();
+        slog::Logger::root(std::sync::Mutex::new(json).fuse(), slog::o!())
+    }
+
+    /// The lines written so far, parsed.
+    pub fn lines(&self) -> Vec<Value> {
+        let text = String::from_utf8_lossy(&self.0.lock().unwrap()).to_string();
+        text.lines().filter_map(|l| serde_json::from_str(l).ok()).collect()
     }
 }
 

@@ -4,6 +4,7 @@
 
 mod admin;
 mod admin_cli;
+mod alerts;
 mod api;
 mod apns;
 mod claims;

@@ -1,7 +1,7 @@
 //! Periodic: the one actor that runs every job done on a timer — moving due retries
 //! ([`delay`]), claiming stale entries ([`claim`]), pruning old rows ([`retention`]), polling
-//! Expo receipts ([`receipts`]) and refreshing live entries ([`heartbeat`]); each job is a
-//! submodule.
+//! Expo receipts ([`receipts`]), refreshing live entries ([`heartbeat`]) and warning of a
+//! growing backlog ([`alerts`]); each job is a submodule.
 //!
 //! A job says what it is ([`PeriodicJob::NAME`], [`PeriodicJob::KIND`]: the actor's row in
 //! `GET /admin/actors`), how often it runs ([`PeriodicJob::interval`]) and what one run does
@@ -15,8 +15,10 @@
 //!
 //! The actors the README names are these: DelayActor = `Periodic<delay::MoveDue>`, ClaimActor =
 //! `Periodic<claim::ClaimStale>`, RetentionActor = `Periodic<retention::Prune>`, ReceiptPoller =
-//! `Periodic<receipts::PollReceipts>`, HeartbeatActor = `Periodic<heartbeat::Heartbeat>`.
+//! `Periodic<receipts::PollReceipts>`, HeartbeatActor = `Periodic<heartbeat::Heartbeat>`,
+//! AlertActor = `Periodic<alerts::WatchBacklog>`.
 
+pub mod alerts;
 pub mod claim;
 pub mod delay;
 pub mod heartbeat;

@@ -1,15 +1,17 @@
 //! What operators ask of Redis: queue figures per shard, the dead letters, the daily counters,
 //! and the repairs of the admin command line (moving stuck entries, resetting the group).
 
+use super::conn::RelayConn;
 use super::{parse_entry, Entry, Relay};
 use crate::error::Result;
 use crate::events;
 use crate::job::{EntryRef, Job, Provider};
 use crate::keys::{GROUP, JOB_FIELD};
-use redis::streams::{StreamId, StreamInfoGroupsReply, StreamRangeReply};
+use redis::streams::{StreamId, StreamInfoGroup, StreamInfoGroupsReply, StreamRangeReply};
+use redis::Value;
 use serde::Serialize;
-use std::collections::BTreeMap;
-use std::time::Duration;
+use std::collections::{BTreeMap, HashMap};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// One shard's queues.
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -28,6 +30,21 @@ pub struct ShardQueues {
     /// Expo tickets of this shard's notifications whose receipt is still to be fetched (counted
     /// in Postgres, where receipts are due).
     pub receipts_pending: u64,
+}
+
+/// One shard's backlog, as the alert check reads it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ShardBacklog {
+    pub shard: u16,
+    /// Dead letters held (the stream is capped near `redis.dlq_max_len`).
+    pub dlq_length: u64,
+    /// Dead letters ever written to the shard's stream (Redis's `entries-added`, which trimming
+    /// does not lower); None while the stream holds none.
+    pub dlq_added: Option<u64>,
+    /// Entries no consumer has read yet.
+    pub unread: u64,
+    /// When the oldest of them was written (its entry id's time); None when there are none.
+    pub oldest_unread: Option<SystemTime>,
 }
 
 /// A dead letter as operators see it.
@@ -108,9 +125,7 @@ impl Relay {
         let counts: Vec<u64> = conn.query_each(cmds).await?;
         let mut out = Vec::new();
         for (i, shard) in self.keys.shard_ids().enumerate() {
-            let groups: Result<StreamInfoGroupsReply, _> =
-                redis::cmd("XINFO").arg("GROUPS").arg(self.keys.stream(shard)).query_async(&mut conn).await;
-            let group = groups.ok().and_then(|g| g.groups.into_iter().find(|g| g.name == GROUP));
+            let group = self.group_info(&mut conn, shard).await;
             let c = &counts[i * 3..i * 3 + 3];
             out.push(ShardQueues {
                 shard,
@@ -123,6 +138,73 @@ impl Relay {
             });
         }
         Ok(out)
+    }
+
+    /// The consumer group's figures on one shard's stream; None when the stream or the group
+    /// does not exist (yet), or Redis cannot tell.
+    async fn group_info(&self, conn: &mut RelayConn, shard: u16) -> Option<StreamInfoGroup> {
+        let groups: Result<StreamInfoGroupsReply, _> =
+            redis::cmd("XINFO").arg("GROUPS").arg(self.keys.stream(shard)).query_async(conn).await;
+        groups.ok()?.groups.into_iter().find(|g| g.name == GROUP)
+    }
+
+    /// What the alert check ([`crate::periodic::alerts`]) reads of every shard: the dead
+    /// letters held and ever written, and the entries no consumer has read yet with the time the
+    /// oldest of them was written. Three round trips whatever the number of shards, plus one
+    /// `XINFO GROUPS` per shard.
+    pub async fn backlog(&self) -> Result<Vec<ShardBacklog>> {
+        let mut conn = self.conn();
+        let mut lengths = Vec::new();
+        for shard in self.keys.shard_ids() {
+            for key in [self.keys.dlq(shard), self.keys.stream(shard)] {
+                let mut xlen = redis::cmd("XLEN");
+                xlen.arg(&key);
+                lengths.push((key, xlen));
+            }
+        }
+        let lengths: Vec<u64> = conn.query_each(lengths).await?;
+        let mut out = Vec::new();
+        for (i, shard) in self.keys.shard_ids().enumerate() {
+            let (dlq_length, stream_length) = (lengths[2 * i], lengths[2 * i + 1]);
+            let group = self.group_info(&mut conn, shard).await;
+            // Acknowledged entries are deleted, so what the stream holds is either pending or
+            // not read yet: the difference stands in when Redis cannot count the lag itself.
+            let unread = match &group {
+                Some(g) => g.lag.map_or(stream_length.saturating_sub(g.pending as u64), |l| l as u64),
+                None => stream_length,
+            };
+            let after = group.map_or_else(|| "0-0".to_string(), |g| g.last_delivered_id);
+            out.push((ShardBacklog { shard, dlq_length, dlq_added: None, unread, oldest_unread: None }, after));
+        }
+        // `XINFO STREAM` fails on a key that does not exist: only the dead-letter streams that
+        // hold letters are asked (a stream is never removed by trimming or deleting entries).
+        let mut asks = Vec::new();
+        for (b, after) in &out {
+            if b.dlq_length > 0 {
+                let mut info = redis::cmd("XINFO");
+                info.arg("STREAM").arg(self.keys.dlq(b.shard));
+                asks.push((self.keys.dlq(b.shard), info));
+            }
+            if b.unread > 0 {
+                let mut first = redis::cmd("XRANGE");
+                first.arg(self.keys.stream(b.shard)).arg(format!("({after}")).arg("+").arg("COUNT").arg(1);
+                asks.push((self.keys.stream(b.shard), first));
+            }
+        }
+        let mut replies = conn.query_each::<Value>(asks).await?.into_iter();
+        let mut backlog = Vec::new();
+        for (mut b, _) in out {
+            if b.dlq_length > 0 {
+                let info: HashMap<String, Value> = parse(replies.next())?;
+                b.dlq_added = info.get("entries-added").and_then(|v| redis::from_redis_value::<u64>(v.clone()).ok());
+            }
+            if b.unread > 0 {
+                let first: StreamRangeReply = parse(replies.next())?;
+                b.oldest_unread = first.ids.first().and_then(|e| entry_time(&e.id));
+            }
+            backlog.push(b);
+        }
+        Ok(backlog)
     }
 
     /// The newest `limit` dead letters of all shards, newest first.
@@ -392,6 +474,17 @@ fn ack_delete(pipe: &mut redis::Pipeline, stream: &str, at: &EntryRef) {
 fn entry_order(id: &str) -> (u64, u64) {
     let (ms, seq) = id.split_once('-').unwrap_or((id, "0"));
     (ms.parse().unwrap_or(0), seq.parse().unwrap_or(0))
+}
+
+/// A reply as `T`; a missing one reads as nil.
+fn parse<T: redis::FromRedisValue>(reply: Option<Value>) -> Result<T> {
+    Ok(redis::from_redis_value(reply.unwrap_or(Value::Nil)).map_err(redis::RedisError::from)?)
+}
+
+/// When a stream entry was written: the time in its id (`<ms>-<seq>`).
+pub(super) fn entry_time(id: &str) -> Option<SystemTime> {
+    let ms = id.split_once('-').map_or(id, |(ms, _)| ms);
+    ms.parse().ok().map(|ms| UNIX_EPOCH + Duration::from_millis(ms))
 }
 
 #[cfg(test)]

@@ -22,6 +22,7 @@ use crate::inflight::InFlight;
 use crate::job::Provider;
 use crate::messages::Flush;
 use crate::outcome::OutcomeWriter;
+use crate::periodic::alerts::WatchBacklog;
 use crate::periodic::claim::ClaimStale;
 use crate::periodic::delay::MoveDue;
 use crate::periodic::heartbeat::Heartbeat;
@@ -189,6 +190,7 @@ impl Engine {
             }
             if settings.roles.scheduler {
                 started.periodic(&deps, MoveDue::new(deps.relay.clone(), settings.scheduler.delay_poll));
+                started.periodic(&deps, WatchBacklog::new(deps.relay.clone(), settings.alerts));
                 if settings.providers.expo.enabled {
                     started.periodic(&deps, PollReceipts::new(&settings.providers.expo, deps.store.clone()));
                 }

@@ -11,6 +11,7 @@
 //! | `[circuit]` | `CircuitSettings` | `circuit` |
 //! | `[retention]` | `RetentionPolicy` | `periodic::retention` |
 //! | `[scheduler]` | `SchedulerSettings` | `periodic::delay` |
+//! | `[alerts]` | `AlertSettings` | `periodic::alerts` |
 //! | `[payload]` | `PayloadSettings` | `payload` |
 //! | `[providers.*]` | `Providers` and one struct per provider | `providers`, `providers::<p>` |
 //!
@@ -25,6 +26,7 @@ pub mod rules;
 
 pub use crate::circuit::CircuitSettings;
 pub use crate::payload::PayloadSettings;
+pub use crate::periodic::alerts::AlertSettings;
 pub use crate::periodic::claim::ClaimSettings;
 pub use crate::periodic::delay::SchedulerSettings;
 pub use crate::periodic::retention::RetentionPolicy;
@@ -74,6 +76,8 @@ pub struct EngineSettings {
     pub circuit: CircuitSettings,
     pub retention: RetentionPolicy,
     pub scheduler: SchedulerSettings,
+    /// Thresholds of the `DLQ_GROWING` and `LAG_HIGH` warnings.
+    pub alerts: AlertSettings,
     /// Every provider's section; only the enabled ones get senders.
     pub providers: Providers,
     /// Caps on what one notification row or one user can cost.
