@@ -123,8 +123,8 @@ pub async fn run(settings: &Settings, command: AdminCommand, out: &mut dyn Write
             }
         }
         AdminCommand::RequeueDlq { ids, all, limit } => {
-            let letters = match (all, ids.is_empty()) {
-                (true, _) => relay.dead_letters(limit).await?,
+            let (letters, missing) = match (all, ids.is_empty()) {
+                (true, _) => (relay.dead_letters(limit).await?, Vec::new()),
                 (false, false) => {
                     let parsed = ids
                         .iter()
@@ -133,14 +133,26 @@ pub async fn run(settings: &Settings, command: AdminCommand, out: &mut dyn Write
                                 .ok_or_else(|| AdminError::Usage(format!("--id {id}: expected <shard>:<entry id>")))
                         })
                         .collect::<Result<Vec<_>, _>>()?;
-                    relay.dead_letters_by_id(&parsed).await?
+                    let letters = relay.dead_letters_by_id(&parsed).await?;
+                    let missing: Vec<String> = ids
+                        .into_iter()
+                        .filter(|id| !letters.iter().any(|l| DeadLetterEntry::same_id(&l.id, id)))
+                        .collect();
+                    (letters, missing)
                 }
                 (false, true) => return Err(AdminError::Usage("give --id (repeatable) or --all".into())),
             };
             let report = requeue_dead_letters(&store, &relay, letters).await?;
-            writeln!(out, "requeued {} dead letter(s), skipped {}", report.requeued.len(), report.skipped.len())?;
+            let skipped = report.skipped.len() + missing.len();
+            writeln!(out, "requeued {} dead letter(s), skipped {skipped}", report.requeued.len())?;
             for s in &report.skipped {
                 writeln!(out, "  skipped {}: {}", s.id, s.reason)?;
+            }
+            for id in &missing {
+                writeln!(
+                    out,
+                    "  skipped {id}: no such dead letter (requeued already, or trimmed past redis.dlq_max_len)"
+                )?;
             }
         }
         AdminCommand::RequeueFailed { user, since, dry_run, batch } => {

@@ -9,6 +9,7 @@ use crate::{error, migrate};
 use actix_web::dev::ServerHandle;
 use actix_web::dev::Service;
 use actix_web::{web, App, HttpServer, ResponseError};
+use notify_relay_engine::events;
 use notify_relay_engine::relay::Relay;
 use notify_relay_engine::settings::Roles;
 use notify_relay_engine::store::Store;
@@ -215,7 +216,7 @@ async fn warn_if_relay_keys_can_be_evicted(relay: &Relay, log: &Logger) {
         Ok(v) => {
             let policy = v.get(1).cloned().unwrap_or_default();
             if policy != "noeviction" && !policy.is_empty() {
-                warn!(log, "Redis may evict relay keys under memory pressure; set maxmemory-policy noeviction";
+                warn!(log, "Redis may evict relay keys under memory pressure; set maxmemory-policy noeviction"; "event" => events::REDIS_EVICTION_POSSIBLE,
                       "maxmemory_policy" => policy);
             }
         }

@@ -47,6 +47,8 @@ pub const TOPIC_FANOUT: &str = "TOPIC_FANOUT";
 pub const DLQ_GROWING: &str = "DLQ_GROWING";
 /// The entries waiting for a worker, or the age of the oldest, passed `alerts.*` (logged only).
 pub const LAG_HIGH: &str = "LAG_HIGH";
+/// At start-up: Redis's `maxmemory-policy` may evict the relay's keys (logged only).
+pub const REDIS_EVICTION_POSSIBLE: &str = "REDIS_EVICTION_POSSIBLE";
 
 /// Every event, for reading the counters back (`GET /admin/metrics`).
 pub const ALL: [&str; 27] = [

@@ -39,6 +39,13 @@ async fn inspect_dlq_prints_a_table_or_json_and_requeue_dlq_brings_letters_back(
     assert_eq!(out.trim(), "requeued 1 dead letter(s), skipped 0");
     eventually(Duration::from_secs(20), || async { (app.status(id).await.0 == "delivered").then_some(()) }).await;
     assert_eq!(admin(&app, AdminCommand::InspectDlq { limit: 10, json: false }).await.trim(), "no dead letters");
+    // An id that names no letter (this one was requeued above) is said to be skipped, and why.
+    let letter = doc["items"][0]["id"].as_str().expect("the letter's id").to_string();
+    let out = admin(&app, AdminCommand::RequeueDlq { ids: vec![letter.clone()], all: false, limit: 1 }).await;
+    assert_eq!(
+        out.trim(),
+        format!("requeued 0 dead letter(s), skipped 1\n  skipped {letter}: no such dead letter (requeued already, or trimmed past redis.dlq_max_len)")
+    );
     let mut out = Vec::new();
     let err = run(&app.settings, AdminCommand::RequeueDlq { ids: vec!["junk".into()], all: false, limit: 1 }, &mut out)
         .await

@@ -1,8 +1,12 @@
 //! The scheduler's alert check: `LAG_HIGH` while entries wait for a worker, `DLQ_GROWING` while
 //! dead letters pile up, each logged at every check the condition holds and no longer once it
-//! ends (docs/alerts.md).
+//! ends (docs/alerts.md); and the start-up warning for a Redis that may evict the relay's keys.
 
-use crate::helpers::{add_users, eventually, notify_each_user, prepare_with, wait_for_passes, CapturedLog, TestApp};
+use crate::helpers::{
+    add_users, eventually, free_port, notify_each_user, prepare_with, wait_for_passes, CapturedLog, PrivateRedis,
+    TestApp,
+};
+use notify_relay::configuration::Secret;
 use notify_relay::startup::{Application, ProcessRoles};
 use serde_json::Value;
 use std::time::Duration;
@@ -120,4 +124,32 @@ async fn a_disabled_check_never_runs() {
     wait_for_passes(app_of(&app), "delay", 25).await;
     assert_eq!(TestApp::handled(app_of(&app), "alerts"), 0);
     assert!(events(&log, "LAG_HIGH").is_empty());
+}
+
+#[actix_web::test]
+async fn a_redis_that_may_evict_relay_keys_is_warned_about_at_start_up() {
+    let redis_server = PrivateRedis::start(free_port()).await;
+    let url = format!("redis://127.0.0.1:{}", redis_server.port);
+    let mut conn = crate::helpers::redis_connection(&url).await.expect("the private redis");
+    let mut app = prepare_with(|s| s.redis.url = Secret::new(url.clone())).await;
+    let mut warnings = Vec::new();
+    for policy in ["noeviction", "allkeys-lru"] {
+        let _: () = redis::cmd("CONFIG")
+            .arg("SET")
+            .arg("maxmemory-policy")
+            .arg(policy)
+            .query_async(&mut conn)
+            .await
+            .expect("CONFIG SET");
+        let log = app.start_logged(ProcessRoles::parse("api").expect("roles")).await;
+        app.stop().await;
+        warnings.push(events(&log, "REDIS_EVICTION_POSSIBLE"));
+    }
+    assert!(warnings[0].is_empty(), "noeviction is what the relay asks for: {:?}", warnings[0]);
+    let line = warnings[1].first().expect("a warning for allkeys-lru");
+    assert_eq!(
+        (line["level"].as_str(), line["maxmemory_policy"].as_str()),
+        (Some("WARN"), Some("allkeys-lru")),
+        "{line}"
+    );
 }

@@ -76,6 +76,12 @@ impl DeadLetterEntry {
     }
 
     /// The job, if the entry holds one.
+    /// Whether two `<shard>:<entry id>` name the same dead letter (`0:007-1` is `0:7-1`).
+    pub fn same_id(a: &str, b: &str) -> bool {
+        let key = |id: &str| DeadLetterEntry::parse_id(id).map(|(shard, entry)| (shard, entry_order(&entry)));
+        key(a).is_some() && key(a) == key(b)
+    }
+
     pub fn parsed_job(&self) -> Option<Job> {
         serde_json::from_value(self.job.clone()).ok()
     }
@@ -490,6 +496,13 @@ pub(super) fn entry_time(id: &str) -> Option<SystemTime> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn dead_letter_ids_compare_by_their_numbers() {
+        assert!(DeadLetterEntry::same_id("0:007-1", "0:7-1"));
+        assert!(!DeadLetterEntry::same_id("0:7-1", "1:7-1") && !DeadLetterEntry::same_id("0:7-1", "0:7-2"));
+        assert!(!DeadLetterEntry::same_id("junk", "junk"), "what names no letter is no letter");
+    }
 
     #[test]
     fn dead_letter_ids_name_a_shard_and_an_entry() {
