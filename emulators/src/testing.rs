@@ -73,22 +73,7 @@ where
 /// A first attempt for a new (notification, device) of `provider`, for calling a provider
 /// client directly.
 pub fn client_job(provider: Provider, token: &str, payload: Value, priority: Priority) -> Job {
-    Job {
-        notification_id: Uuid::new_v4(),
-        device_id: Uuid::new_v4(),
-        user_id: "u".into(),
-        provider,
-        token: token.into(),
-        payload: payload.into(),
-        priority,
-        trace_id: "test-trace".into(),
-        attempt: 0,
-        targets: 1,
-        requeued: false,
-        queued_ms: 0,
-        expires_ms: None,
-        collapse_key: None,
-    }
+    Job { trace_id: "test-trace".into(), ..Job::first_attempt(provider, token, payload, priority) }
 }
 
 /// A directory of the test's own under the system temp dir, removed with what is in it when
