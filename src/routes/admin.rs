@@ -1,7 +1,7 @@
 //! Operator routes, behind `Authorization: Bearer <auth.admin_token>` (and nothing else: a user
 //! token, even a `service_role` one, is refused here).
 
-use super::AppState;
+use super::{Admin, AppState};
 use crate::error::ApiError;
 use actix_web::{get, post, web, HttpRequest, HttpResponse};
 use notify_relay_engine::relay::admin::{DayCounters, DeadLetterEntry, ShardQueues};
@@ -19,8 +19,7 @@ pub struct ActorsBody {
 #[utoipa::path(tag = "admin", responses((status = 200, body = ActorsBody), crate::error::Unauthorized),
     security(("admin_token" = [])))]
 #[get("/admin/actors")]
-pub async fn list_actors(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
-    state.auth.admin(&req)?;
+pub async fn list_actors(_: Admin, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     Ok(HttpResponse::Ok().json(ActorsBody { actors: state.registry.snapshot() }))
 }
 
@@ -46,8 +45,7 @@ pub struct Totals {
     crate::error::Unavailable),
     security(("admin_token" = [])))]
 #[get("/admin/queues")]
-pub async fn queues(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
-    state.auth.admin(&req)?;
+pub async fn queues(_: Admin, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     let mut shards = state.relay.queues().await?;
     // Receipts are bookkept in Postgres, per delivery; counted by the shard of their notification.
     let receipts = state.store.receipts_pending(state.relay.keys().shards()).await?;
@@ -84,12 +82,7 @@ pub struct DlqBody {
     crate::error::Unavailable),
     security(("admin_token" = [])))]
 #[get("/admin/dlq")]
-pub async fn dlq(
-    req: HttpRequest,
-    query: web::Query<DlqQuery>,
-    state: web::Data<AppState>,
-) -> Result<HttpResponse, ApiError> {
-    state.auth.admin(&req)?;
+pub async fn dlq(query: web::Query<DlqQuery>, _: Admin, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     let limit = super::bounded("limit", query.limit, 50, 1..=1000)?;
     Ok(HttpResponse::Ok().json(DlqBody { items: state.relay.dead_letters(limit).await? }))
 }
@@ -247,11 +240,10 @@ pub struct MetricsBody {
     security(("admin_token" = [])))]
 #[get("/admin/metrics")]
 pub async fn metrics(
-    req: HttpRequest,
     query: web::Query<MetricsQuery>,
+    _: Admin,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    state.auth.admin(&req)?;
     let days = super::bounded("days", query.days, 7, 1..=90)?;
     Ok(HttpResponse::Ok().json(MetricsBody { days: state.relay.counters(days).await? }))
 }
