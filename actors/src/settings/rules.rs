@@ -4,6 +4,7 @@
 //! names no other module of the engine but `secret`, so every section can use it.
 
 use crate::secret::Secret;
+use std::fmt;
 use std::ops::RangeInclusive;
 use std::path::Path;
 use std::time::Duration;
@@ -29,7 +30,11 @@ impl SettingsError {
 
 /// `value` must lie in `range`. Upper bounds matter as much as lower ones: a value past them is
 /// a typo, and some would overflow a timer, an int4 or a date.
-pub fn within(key: &'static str, value: u64, range: RangeInclusive<u64>) -> Result<(), SettingsError> {
+pub fn within<T: PartialOrd + fmt::Display>(
+    key: &'static str,
+    value: T,
+    range: RangeInclusive<T>,
+) -> Result<(), SettingsError> {
     match range.contains(&value) {
         true => Ok(()),
         false => {
