@@ -32,15 +32,7 @@ async fn two_transactions_racing_with_the_same_idempotency_key_make_one_notifica
     let racing = async { b.execute(IDEMPOTENT_INSERT, &[&"ida", &"order-42"]).await.unwrap() };
     let commit = async {
         // Only once the second one is waiting on the key: otherwise the race is not run.
-        eventually(Duration::from_secs(10), || async {
-            let waiting = app
-                .count(
-                    "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'",
-                )
-                .await;
-            (waiting > 0).then_some(())
-        })
-        .await;
+        app.wait_for_a_lock_wait(Duration::from_secs(10)).await;
         a.commit().await.unwrap();
     };
     let (inserted, ()) = futures_util::join!(racing, commit);
@@ -50,14 +42,8 @@ async fn two_transactions_racing_with_the_same_idempotency_key_make_one_notifica
     // Another user's key of the same text is another notification.
     app.add_device("jo", "expo", "ExponentPushToken[jo]").await;
     assert_eq!(app.exec(IDEMPOTENT_INSERT, &[&"jo", &"order-42"]).await, 1);
-    let ids: Vec<Uuid> = app
-        .db
-        .query("SELECT id FROM notification WHERE idempotency_key = 'order-42' ORDER BY user_id", &[])
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
+    let ids: Vec<Uuid> =
+        app.column("SELECT id FROM notification WHERE idempotency_key = 'order-42' ORDER BY user_id", &[]).await;
     assert_eq!(ids.len(), 2);
     for id in &ids {
         assert_eq!(final_of(&app, *id).await, "delivered");
@@ -340,8 +326,7 @@ async fn the_scheduler_probe_and_the_topic_queries_use_their_indexes() {
         ),
         ("SELECT topic FROM topic_subscription WHERE user_id = 'u' ORDER BY topic", "topic_subscription_user_idx"),
     ] {
-        let plan: Vec<String> =
-            app.db.query(&format!("EXPLAIN {sql}"), &[]).await.unwrap().iter().map(|r| r.get(0)).collect();
+        let plan: Vec<String> = app.column(&format!("EXPLAIN {sql}"), &[]).await;
         assert!(plan.join("\n").contains(index), "{sql}: {plan:?}");
     }
 }
