@@ -3,6 +3,7 @@
 
 use crate::helpers::{eventually, prepare, prepare_with, TestApp, ADMIN_TOKEN};
 use crate::tokens::{claims, hs256, unsigned, JwksServer, SigningKey, AUDIENCE, HS_SECRET, ISSUER};
+use emulators::testing::Captured;
 use notify_relay::configuration::{Secret, Settings};
 use serde_json::{json, Value};
 use std::time::Duration;
@@ -586,31 +587,16 @@ async fn a_500_is_logged_with_its_postgres_error_chain_but_no_row_data() {
     assert!(!logged.contains("secret-of-a-user") && logged.contains("22P02"), "{logged}");
 }
 
-/// A JSON logger whose lines land in a buffer.
-#[derive(Clone, Default)]
-struct Captured(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
-
-impl std::io::Write for Captured {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
+/// A JSON logger whose lines land in `out`.
+fn json_logger(out: &Captured) -> slog::Logger {
+    use slog::Drain;
+    let json = slog_json::Json::new(out.clone()).add_default_keys().build();
+    slog::Logger::root(std::sync::Mutex::new(json).fuse(), slog::o!())
 }
 
-impl Captured {
-    fn logger(&self) -> slog::Logger {
-        use slog::Drain;
-        let json = slog_json::Json::new(self.clone()).add_default_keys().build();
-        slog::Logger::root(std::sync::Mutex::new(json).fuse(), slog::o!())
-    }
-
-    fn lines(&self) -> Vec<Value> {
-        let text = String::from_utf8_lossy(&self.0.lock().unwrap()).to_string();
-        text.lines().filter_map(|l| serde_json::from_str(l).ok()).collect()
-    }
+/// The JSON lines of `out`.
+fn json_lines(out: &Captured) -> Vec<Value> {
+    out.text().lines().filter_map(|l| serde_json::from_str(l).ok()).collect()
 }
 
 #[actix_web::test]
@@ -626,9 +612,9 @@ async fn user_tokens_without_issuer_or_audience_are_warned_about_in_the_json_log
         }
         let log = Captured::default();
         let started =
-            Application::build(app.valid_settings(), api_only, false, "c".into(), log.logger()).await.unwrap();
+            Application::build(app.valid_settings(), api_only, false, "c".into(), json_logger(&log)).await.unwrap();
         started.stop(Duration::from_secs(1)).await;
-        let lines = log.lines();
+        let lines = json_lines(&log);
         assert!(lines.iter().any(|l| l["msg"] == "http api listening"), "the log is captured: {lines:?}");
         warned.push(lines.into_iter().find(|l| l["event"] == "AUTH_CLAIMS_UNCHECKED"));
     }
