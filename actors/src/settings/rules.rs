@@ -43,6 +43,15 @@ pub fn within<T: PartialOrd + fmt::Display>(
     }
 }
 
+/// The top of a duration range must not be below its bottom: `key` must be at least the
+/// `floor` of `floor_key` (named with its value, in milliseconds).
+pub fn at_least_ms(key: &'static str, value: Duration, floor_key: &str, floor: Duration) -> Result<(), SettingsError> {
+    match value < floor {
+        true => Err(SettingsError::new(key, format!("must be at least {floor_key} ({})", millis::of(floor)))),
+        false => Ok(()),
+    }
+}
+
 /// [`within`] for a duration, in milliseconds (as its `_ms` key says).
 pub fn within_ms(key: &'static str, value: Duration, range: RangeInclusive<u64>) -> Result<(), SettingsError> {
     within(key, millis::of(value), range)
