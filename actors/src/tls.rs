@@ -273,12 +273,9 @@ fn client_config(mode: SslMode, ca: Option<Vec<CertificateDer<'static>>>) -> rus
         None => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
     }
     let roots = Arc::new(roots);
-    let chain = || match WebPkiServerVerifier::builder_with_provider(roots.clone(), provider.clone()).build() {
-        Ok(webpki) => Some(webpki),
-        // Only when there is no root at all: nothing can be trusted, which is what an empty
-        // store means anyway.
-        Err(_) => None,
-    };
+    // None only when there is no root at all: nothing can be trusted, which is what an empty
+    // store means anyway (every certificate is then refused).
+    let chain = || WebPkiServerVerifier::builder_with_provider(roots.clone(), provider.clone()).build().ok();
     let check = match (mode, has_ca) {
         (SslMode::VerifyFull, _) => chain().map_or(CertCheck::Refuse, CertCheck::Full),
         (SslMode::VerifyCa, _) | (SslMode::Prefer | SslMode::Require, true) => {
