@@ -207,20 +207,6 @@ fn well_formed_id(id: &str) -> bool {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn dead_letter_ids_are_digits_colon_digits_hyphen_digits() {
-        assert!(well_formed_id("0:1700000000000-0"));
-        assert!(well_formed_id("99999:99999999999999999999999-1"), "well formed, names nothing");
-        for bad in ["", "0", "0:", "0:1", "0:1-", ":1-1", "+1:1-1", "1:+1-1", "1:1-+1", "a:1-1", "1:1-1-1", "１:1-1"] {
-            assert!(!well_formed_id(bad), "{bad}");
-        }
-    }
-}
-
 #[derive(Debug, Deserialize, IntoParams)]
 pub struct MetricsQuery {
     /// Days back from today, 1–90 (default 7).
@@ -246,4 +232,18 @@ pub async fn metrics(
 ) -> Result<HttpResponse, ApiError> {
     let days = super::bounded("days", query.days, 7, 1..=90)?;
     Ok(HttpResponse::Ok().json(MetricsBody { days: state.relay.counters(days).await? }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dead_letter_ids_are_digits_colon_digits_hyphen_digits() {
+        assert!(well_formed_id("0:1700000000000-0"));
+        assert!(well_formed_id("99999:99999999999999999999999-1"), "well formed, names nothing");
+        for bad in ["", "0", "0:", "0:1", "0:1-", ":1-1", "+1:1-1", "1:+1-1", "1:1-+1", "a:1-1", "1:1-1-1", "１:1-1"] {
+            assert!(!well_formed_id(bad), "{bad}");
+        }
+    }
 }
