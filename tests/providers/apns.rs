@@ -64,6 +64,14 @@ async fn emulator_on(clock: &ManualClock, rules: Rules) -> ApnsEmulator {
     emulator(rules).await.with_clock(clock.shared())
 }
 
+/// A first message delivered (the client has signed its first token), then, `later`, a second
+/// one: what the second one came to.
+async fn first_delivered_then(clock: &ManualClock, client: &ApnsClient, later: Duration) -> (SendResult, Health) {
+    assert!(matches!(send_one(client, alert(&device(1))).await.0, SendResult::Delivered { .. }));
+    clock.advance(later);
+    send_one(client, alert(&device(2))).await
+}
+
 /// An emulator that takes a provider token for `secs` seconds after it was issued.
 fn tokens_last(secs: u64) -> Rules {
     Rules { token_max_age: Duration::from_secs(secs), ..Rules::default() }
@@ -408,11 +416,9 @@ async fn apns_an_expired_provider_token_is_re_signed_and_the_message_retried_onc
     // An APNs that takes tokens for 30 minutes instead of Apple's 60: the client's token
     // expires there before the client's own 50 minutes are up.
     let (clock, emulator, client) = on_a_clock(tokens_last(30 * 60), REFRESH_AFTER, MIN_RESIGN_INTERVAL).await;
-    assert!(matches!(send_one(&client, alert(&device(1))).await.0, SendResult::Delivered { .. }));
-    // The token is now older than the emulator's limit, and 20 minutes old: it may be re-signed.
-    clock.advance(Duration::from_secs(31 * 60));
-
-    let (result, health) = send_one(&client, alert(&device(2))).await;
+    // 31 minutes on, the token is older than the emulator's limit, and over 20 minutes old: it may
+    // be re-signed.
+    let (result, health) = first_delivered_then(&clock, &client, Duration::from_secs(31 * 60)).await;
 
     assert!(matches!(result, SendResult::Delivered { .. }), "{result:?}");
     assert_eq!(health, Health::Up);
@@ -425,10 +431,7 @@ async fn apns_an_expired_provider_token_is_re_signed_and_the_message_retried_onc
 async fn apns_an_expired_provider_token_within_20_minutes_of_signing_is_auth_without_a_retry() {
     // An APNs that takes tokens for 10 minutes: expired there, but signed too recently to re-sign.
     let (clock, emulator, client) = on_a_clock(tokens_last(10 * 60), REFRESH_AFTER, MIN_RESIGN_INTERVAL).await;
-    assert!(matches!(send_one(&client, alert(&device(1))).await.0, SendResult::Delivered { .. }));
-    clock.advance(Duration::from_secs(11 * 60));
-
-    let (result, health) = send_one(&client, alert(&device(2))).await;
+    let (result, health) = first_delivered_then(&clock, &client, Duration::from_secs(11 * 60)).await;
 
     assert!(matches!(result, SendResult::Auth { .. }), "{result:?}");
     assert!(result.error().unwrap_or_default().contains("ExpiredProviderToken"), "{result:?}");
@@ -458,10 +461,7 @@ async fn apns_a_repeated_expired_provider_token_is_auth_after_one_retry() {
 async fn apns_too_many_provider_token_updates_is_auth_and_stops_re_signing() {
     // Apple's 20 minutes between new tokens; a client that would re-sign every minute.
     let (clock, emulator, client) = on_a_clock(Rules::default(), Duration::from_secs(60), Duration::ZERO).await;
-    assert!(matches!(send_one(&client, alert(&device(1))).await.0, SendResult::Delivered { .. }));
-    clock.advance(Duration::from_secs(2 * 60));
-
-    let (result, health) = send_one(&client, alert(&device(2))).await;
+    let (result, health) = first_delivered_then(&clock, &client, Duration::from_secs(2 * 60)).await;
 
     assert_eq!(result, SendResult::Auth { error: "apns: HTTP 429 TooManyProviderTokenUpdates".into() });
     assert!(matches!(health, Health::AuthFailure(_)));
