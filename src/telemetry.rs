@@ -107,6 +107,7 @@ pub fn log_panics(log: Logger) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use emulators::testing::Captured;
     use std::sync::mpsc;
     use std::time::Duration;
 
@@ -123,29 +124,15 @@ mod tests {
         }
     }
 
-    /// A writer the test can read back.
-    #[derive(Clone, Default)]
-    struct Shared(std::sync::Arc<Mutex<Vec<u8>>>);
-
-    impl std::io::Write for Shared {
-        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-            self.0.lock().unwrap().extend_from_slice(buf);
-            Ok(buf.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
-
     #[test]
     fn the_pretty_format_is_one_readable_line_per_event_with_its_keys() {
-        let out = Shared::default();
+        let out = Captured::default();
         let (log, guard) = logger_to(out.clone(), LogFormat::Pretty, Level::Info);
         slog::info!(log, "delivered"; "event" => "SEND_SUCCESS", "provider" => "expo", "error" => "HTTP 503: try later");
         slog::debug!(log, "below the level");
         drop(log);
         drop(guard);
-        let text = String::from_utf8(out.0.lock().unwrap().clone()).unwrap();
+        let text = out.text();
         let lines: Vec<&str> = text.lines().collect();
         assert_eq!(lines.len(), 1, "{text}");
         let line = lines[0];
@@ -158,12 +145,12 @@ mod tests {
 
     #[test]
     fn the_json_format_is_one_object_per_line() {
-        let out = Shared::default();
+        let out = Captured::default();
         let (log, guard) = logger_to(out.clone(), LogFormat::Json, Level::Info);
         slog::info!(log, "delivered"; "event" => "SEND_SUCCESS");
         drop(log);
         drop(guard);
-        let text = String::from_utf8(out.0.lock().unwrap().clone()).unwrap();
+        let text = out.text();
         let line: serde_json::Value = serde_json::from_str(text.trim()).unwrap();
         assert_eq!((line["msg"].as_str(), line["event"].as_str()), (Some("delivered"), Some("SEND_SUCCESS")));
         assert_eq!(line["service"], "notify-relay");

@@ -21,7 +21,7 @@
 
 use crate::events;
 use crate::job::Provider;
-use crate::settings::rules::{millis, within, within_ms, SettingsError, DAY_MS};
+use crate::settings::rules::{at_least_ms, millis, within, within_ms, SettingsError, DAY_MS};
 use failsafe::clock;
 use failsafe::failure_policy::{consecutive_failures, ConsecutiveFailures};
 use failsafe::StateMachine;
@@ -61,14 +61,7 @@ impl CircuitSettings {
         within("circuit.failures", u64::from(self.failures), 1..=100_000)?;
         within_ms("circuit.open_ms", self.open, 1..=DAY_MS)?;
         within_ms("circuit.max_open_ms", self.max_open, 1..=DAY_MS)?;
-        if self.max_open < self.open {
-            let open = millis::of(self.open);
-            return Err(SettingsError::new(
-                "circuit.max_open_ms",
-                format!("must be at least circuit.open_ms ({open})"),
-            ));
-        }
-        Ok(())
+        at_least_ms("circuit.max_open_ms", self.max_open, "circuit.open_ms", self.open)
     }
 }
 

@@ -155,6 +155,28 @@ fn one() -> u32 {
 }
 
 impl Job {
+    /// A first attempt at a new (notification, device) of `provider`, with fresh ids, user `u`,
+    /// trace `t` and nothing else set: a job for calling a provider client outside the
+    /// pipeline (the engine's unit tests, the emulators' test support).
+    pub fn first_attempt(provider: Provider, token: &str, payload: serde_json::Value, priority: Priority) -> Job {
+        Job {
+            notification_id: Uuid::new_v4(),
+            device_id: Uuid::new_v4(),
+            user_id: "u".into(),
+            provider,
+            token: token.into(),
+            payload: payload.into(),
+            priority,
+            trace_id: "t".into(),
+            attempt: 0,
+            targets: 1,
+            requeued: false,
+            queued_ms: 0,
+            expires_ms: None,
+            collapse_key: None,
+        }
+    }
+
     /// Which stream shard this job lives on: every target of one notification shares a shard.
     pub fn shard(&self, shards: u16) -> u16 {
         shard_of(self.notification_id, shards)
@@ -344,22 +366,13 @@ mod tests {
     use super::*;
 
     fn job() -> Job {
-        Job {
-            notification_id: Uuid::new_v4(),
-            device_id: Uuid::new_v4(),
-            user_id: "u1".into(),
-            provider: Provider::Expo,
-            token: "ExponentPushToken[abc]".into(),
-            payload: serde_json::json!({"title": "hi"}).into(),
-            priority: Priority::High,
-            trace_id: "t".into(),
-            attempt: 2,
-            targets: 1,
-            requeued: false,
-            queued_ms: 0,
-            expires_ms: None,
-            collapse_key: None,
-        }
+        let first = Job::first_attempt(
+            Provider::Expo,
+            "ExponentPushToken[abc]",
+            serde_json::json!({"title": "hi"}),
+            Priority::High,
+        );
+        Job { user_id: "u1".into(), attempt: 2, ..first }
     }
 
     #[test]

@@ -580,7 +580,6 @@ impl Handler<Envelope<Flush>> for OutcomeWriter {
 mod tests {
     use super::*;
     use crate::job::{Delivery, EntryRef, Job, Priority};
-    use uuid::Uuid;
 
     const RETRY: RetryPolicy = RetryPolicy {
         max_attempts: 5,
@@ -591,20 +590,9 @@ mod tests {
 
     fn sent(attempt: u32, queued_ago: Duration, result: SendResult) -> Outcome {
         let job = Job {
-            notification_id: Uuid::new_v4(),
-            device_id: Uuid::new_v4(),
-            user_id: "u".into(),
-            provider: Provider::Fcm,
-            token: "t".into(),
-            payload: serde_json::json!({}).into(),
-            priority: Priority::Normal,
-            trace_id: "t".into(),
             attempt,
-            targets: 1,
-            requeued: false,
             queued_ms: crate::job::now_ms() - queued_ago.as_millis() as u64,
-            expires_ms: None,
-            collapse_key: None,
+            ..Job::first_attempt(Provider::Fcm, "t", serde_json::json!({}), Priority::Normal)
         };
         Outcome::Sent {
             delivery: Delivery { job, entry: EntryRef { shard: 0, id: "1-0".into() } },

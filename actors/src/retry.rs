@@ -2,7 +2,7 @@
 //! provider's `Retry-After`), and when a target stops being retried at all (`max_age`). Read by
 //! the outcome writer.
 
-use crate::settings::rules::{millis, within, within_ms, SettingsError, DAY_MS, SECOND_MS};
+use crate::settings::rules::{at_least_ms, millis, within, within_ms, SettingsError, DAY_MS, SECOND_MS};
 use serde::{Deserialize, Serialize};
 use std::time::Duration;
 
@@ -29,10 +29,7 @@ impl RetryPolicy {
         within("retry.max_attempts", u64::from(self.max_attempts), 1..=100)?;
         within_ms("retry.base_ms", self.base, 1..=DAY_MS)?;
         within_ms("retry.max_ms", self.max, 1..=7 * DAY_MS)?;
-        if self.max < self.base {
-            let base = millis::of(self.base);
-            return Err(SettingsError::new("retry.max_ms", format!("must be at least retry.base_ms ({base})")));
-        }
+        at_least_ms("retry.max_ms", self.max, "retry.base_ms", self.base)?;
         within_ms("retry.max_age_ms", self.max_age, 60 * SECOND_MS..=30 * DAY_MS)
     }
 

@@ -273,31 +273,49 @@ fn client_config(mode: SslMode, ca: Option<Vec<CertificateDer<'static>>>) -> rus
         None => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
     }
     let roots = Arc::new(roots);
-    let chain = || -> Arc<dyn ServerCertVerifier> {
-        match WebPkiServerVerifier::builder_with_provider(roots.clone(), provider.clone()).build() {
-            Ok(webpki) => webpki,
-            // Only when there is no root at all: nothing can be trusted, which is what an
-            // empty store means anyway.
-            Err(_) => Arc::new(NoChain { provider: provider.clone(), accept: false }),
+    // None only when there is no root at all: nothing can be trusted, which is what an empty
+    // store means anyway (every certificate is then refused).
+    let chain = || WebPkiServerVerifier::builder_with_provider(roots.clone(), provider.clone()).build().ok();
+    let check = match (mode, has_ca) {
+        (SslMode::VerifyFull, _) => chain().map_or(CertCheck::Refuse, CertCheck::Full),
+        (SslMode::VerifyCa, _) | (SslMode::Prefer | SslMode::Require, true) => {
+            chain().map_or(CertCheck::Refuse, CertCheck::ChainOnly)
         }
+        _ => CertCheck::Accept,
     };
-    let verifier: Arc<dyn ServerCertVerifier> = match (mode, has_ca) {
-        (SslMode::VerifyFull, _) => chain(),
-        (SslMode::VerifyCa, _) | (SslMode::Prefer | SslMode::Require, true) => Arc::new(ChainOnly(chain())),
-        _ => Arc::new(NoChain { provider: provider.clone(), accept: true }),
-    };
+    let verifier = Arc::new(Verifier { provider: provider.clone(), check });
     let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
         .unwrap_or_else(|_| rustls::ClientConfig::builder());
     builder.dangerous().with_custom_certificate_verifier(verifier).with_no_client_auth()
 }
 
-/// `verify-ca`: the chain must lead to a trusted root; the names in the certificate are not
-/// looked at. webpki checks the chain before the name, so a name error means the chain passed.
+/// What is checked of the server's certificate.
 #[derive(Debug)]
-struct ChainOnly(Arc<dyn ServerCertVerifier>);
+enum CertCheck {
+    /// `verify-full`: the chain must lead to a trusted root, and the certificate must be for the
+    /// host.
+    Full(Arc<WebPkiServerVerifier>),
+    /// `verify-ca`: the chain must lead to a trusted root; the names in the certificate are not
+    /// looked at. webpki checks the chain before the name, so a name error means the chain passed.
+    ChainOnly(Arc<WebPkiServerVerifier>),
+    /// `prefer`/`require` without a CA: every certificate is accepted (encryption against
+    /// passive listeners only, as in libpq).
+    Accept,
+    /// A verifying mode whose root store came out empty: every certificate is refused.
+    Refuse,
+}
 
-impl ServerCertVerifier for ChainOnly {
+/// The relay's verifier for every `sslmode` that uses TLS: the certificate as [`CertCheck`]
+/// says, and in every case the handshake's signatures (they prove the server holds the
+/// certificate's key) with the provider's algorithms, as webpki checks them.
+#[derive(Debug)]
+struct Verifier {
+    provider: Arc<CryptoProvider>,
+    check: CertCheck,
+}
+
+impl ServerCertVerifier for Verifier {
     fn verify_server_cert(
         &self,
         end_entity: &CertificateDer<'_>,
@@ -306,59 +324,19 @@ impl ServerCertVerifier for ChainOnly {
         ocsp_response: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        match self.0.verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now) {
-            Err(rustls::Error::InvalidCertificate(
-                CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
-            )) => Ok(ServerCertVerified::assertion()),
-            other => other,
-        }
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.0.verify_tls12_signature(message, cert, dss)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.0.verify_tls13_signature(message, cert, dss)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.supported_verify_schemes()
-    }
-}
-
-/// A verifier that does not look at the chain: it accepts every certificate (`prefer`/`require`
-/// without a CA: encryption against passive listeners only, as in libpq) or refuses every one (a
-/// verifying mode whose root store came out empty). Either way the handshake's signatures are
-/// checked (they prove the server holds the certificate's key, whatever that is worth).
-#[derive(Debug)]
-struct NoChain {
-    provider: Arc<CryptoProvider>,
-    accept: bool,
-}
-
-impl ServerCertVerifier for NoChain {
-    fn verify_server_cert(
-        &self,
-        _: &CertificateDer<'_>,
-        _: &[CertificateDer<'_>],
-        _: &ServerName<'_>,
-        _: &[u8],
-        _: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        match self.accept {
-            true => Ok(ServerCertVerified::assertion()),
-            false => Err(rustls::Error::InvalidCertificate(CertificateError::UnknownIssuer)),
+        let chain = |webpki: &WebPkiServerVerifier| {
+            webpki.verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)
+        };
+        match &self.check {
+            CertCheck::Full(webpki) => chain(webpki),
+            CertCheck::ChainOnly(webpki) => match chain(webpki) {
+                Err(rustls::Error::InvalidCertificate(
+                    CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
+                )) => Ok(ServerCertVerified::assertion()),
+                other => other,
+            },
+            CertCheck::Accept => Ok(ServerCertVerified::assertion()),
+            CertCheck::Refuse => Err(rustls::Error::InvalidCertificate(CertificateError::UnknownIssuer)),
         }
     }
 
@@ -433,27 +411,31 @@ impl TlsFailure {
     }
 }
 
-/// The TLS failure somewhere in `err`'s chain of sources, if it is one. tokio-rustls wraps the
-/// rustls error in an `io::Error`, whose `source()` skips it, hence `get_ref`.
+/// The TLS failure somewhere in `err`'s chain of sources, if it is one.
 pub fn tls_failure(err: &(dyn std::error::Error + 'static)) -> Option<TlsFailure> {
-    let mut next: Option<&(dyn std::error::Error + 'static)> = Some(err);
-    while let Some(e) = next {
-        let inner = e
-            .downcast_ref::<std::io::Error>()
-            .and_then(|io| io.get_ref())
-            .map(|i| i as &(dyn std::error::Error + 'static));
-        for candidate in [Some(e), inner].into_iter().flatten() {
-            if let Some(tls) = candidate.downcast_ref::<rustls::Error>() {
-                return Some(from_rustls(tls));
-            }
-            // tokio-postgres's own words when the server answers the TLS request with "N".
-            if candidate.source().is_none() && candidate.to_string() == "server does not support TLS" {
-                return Some(TlsFailure::ServerWithoutTls);
-            }
+    causes(err).find_map(|cause| {
+        if let Some(tls) = cause.downcast_ref::<rustls::Error>() {
+            return Some(from_rustls(tls));
         }
-        next = inner.and_then(|i| i.source()).or_else(|| e.source());
-    }
-    None
+        // tokio-postgres's own words when the server answers the TLS request with "N".
+        (cause.source().is_none() && cause.to_string() == "server does not support TLS")
+            .then_some(TlsFailure::ServerWithoutTls)
+    })
+}
+
+/// `err` and every error below it, outermost first, the errors an `io::Error` wraps included:
+/// tokio-rustls wraps the rustls error in an `io::Error`, whose `source()` skips it, hence
+/// `get_ref`.
+pub(crate) fn causes<'a>(
+    err: &'a (dyn std::error::Error + 'static),
+) -> impl Iterator<Item = &'a (dyn std::error::Error + 'static)> {
+    std::iter::successors(Some(err), |&e| io_inner(e).and_then(|i| i.source()).or_else(|| e.source()))
+        .flat_map(|e| [Some(e), io_inner(e)].into_iter().flatten())
+}
+
+/// The error an `io::Error` wraps, if `e` is one that wraps one.
+fn io_inner<'a>(e: &'a (dyn std::error::Error + 'static)) -> Option<&'a (dyn std::error::Error + 'static)> {
+    e.downcast_ref::<std::io::Error>().and_then(|io| io.get_ref()).map(|i| i as &(dyn std::error::Error + 'static))
 }
 
 fn from_rustls(err: &rustls::Error) -> TlsFailure {

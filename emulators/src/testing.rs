@@ -9,6 +9,7 @@ use notify_relay_engine::job::{Job, Priority, Provider};
 use serde_json::Value;
 use std::future::Future;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use uuid::Uuid;
 
@@ -73,21 +74,30 @@ where
 /// A first attempt for a new (notification, device) of `provider`, for calling a provider
 /// client directly.
 pub fn client_job(provider: Provider, token: &str, payload: Value, priority: Priority) -> Job {
-    Job {
-        notification_id: Uuid::new_v4(),
-        device_id: Uuid::new_v4(),
-        user_id: "u".into(),
-        provider,
-        token: token.into(),
-        payload: payload.into(),
-        priority,
-        trace_id: "test-trace".into(),
-        attempt: 0,
-        targets: 1,
-        requeued: false,
-        queued_ms: 0,
-        expires_ms: None,
-        collapse_key: None,
+    Job { trace_id: "test-trace".into(), ..Job::first_attempt(provider, token, payload, priority) }
+}
+
+/// An `io::Write` that keeps what is written to it, for a test to read back (a logger's output).
+#[derive(Clone, Default)]
+pub struct Captured(Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let mut kept = self.0.lock().map_err(|_| std::io::Error::other("a writer panicked"))?;
+        kept.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Captured {
+    /// What was written so far, as text (bytes that are not UTF-8 replaced).
+    pub fn text(&self) -> String {
+        let kept = self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        String::from_utf8_lossy(&kept).into_owned()
     }
 }
 

@@ -68,9 +68,23 @@ $f$;
 REVOKE ALL ON FUNCTION notify_relay_own_active_devices(), notify_relay_own_topics() FROM PUBLIC, anon;
 GRANT EXECUTE ON FUNCTION notify_relay_own_active_devices(), notify_relay_own_topics() TO authenticated;
 
-DROP POLICY IF EXISTS device_select_own ON device;
-CREATE POLICY device_select_own ON device FOR SELECT TO authenticated
-    USING (user_id = (select auth.uid())::text);
+-- Reading and deleting: the caller's own rows, one policy `<table>_<command>_own` per pair below.
+DO $$
+DECLARE
+    own record;
+    policy text;
+BEGIN
+    FOR own IN SELECT * FROM (VALUES ('device', 'SELECT'), ('device', 'DELETE'), ('notification', 'SELECT'),
+                                     ('notification_failed', 'SELECT'), ('topic_subscription', 'SELECT'),
+                                     ('topic_subscription', 'DELETE')) AS pairs (tbl, command)
+    LOOP
+        policy := format('%s_%s_own', own.tbl, lower(own.command));
+        EXECUTE format('DROP POLICY IF EXISTS %I ON %I', policy, own.tbl);
+        EXECUTE format('CREATE POLICY %I ON %I FOR %s TO authenticated USING (user_id = (select auth.uid())::text)',
+                       policy, own.tbl, own.command);
+    END LOOP;
+END
+$$;
 
 -- Registering checks what the relay's POST /users/{id}/devices checks that SQL can: the token's
 -- shape for its provider (as src/routes/devices.rs) and the per-user cap of active devices (keep
@@ -91,22 +105,6 @@ CREATE POLICY device_insert_own ON device FOR INSERT TO authenticated
         AND notify_relay_own_active_devices() < 100
     );
 
-DROP POLICY IF EXISTS device_delete_own ON device;
-CREATE POLICY device_delete_own ON device FOR DELETE TO authenticated
-    USING (user_id = (select auth.uid())::text);
-
-DROP POLICY IF EXISTS notification_select_own ON notification;
-CREATE POLICY notification_select_own ON notification FOR SELECT TO authenticated
-    USING (user_id = (select auth.uid())::text);
-
-DROP POLICY IF EXISTS notification_failed_select_own ON notification_failed;
-CREATE POLICY notification_failed_select_own ON notification_failed FOR SELECT TO authenticated
-    USING (user_id = (select auth.uid())::text);
-
-DROP POLICY IF EXISTS topic_subscription_select_own ON topic_subscription;
-CREATE POLICY topic_subscription_select_own ON topic_subscription FOR SELECT TO authenticated
-    USING (user_id = (select auth.uid())::text);
-
 -- The topic rule of PUT /users/{id}/topics/{topic}, and `topics.max_per_user` (1000).
 DROP POLICY IF EXISTS topic_subscription_insert_own ON topic_subscription;
 CREATE POLICY topic_subscription_insert_own ON topic_subscription FOR INSERT TO authenticated
@@ -117,10 +115,6 @@ CREATE POLICY topic_subscription_insert_own ON topic_subscription FOR INSERT TO 
         AND topic !~ '^\.+$'
         AND notify_relay_own_topics() < 1000
     );
-
-DROP POLICY IF EXISTS topic_subscription_delete_own ON topic_subscription;
-CREATE POLICY topic_subscription_delete_own ON topic_subscription FOR DELETE TO authenticated
-    USING (user_id = (select auth.uid())::text);
 
 -- Deleting a device deletes its delivery rows (ON DELETE CASCADE, done as the table's owner), and
 -- the statement trigger on delivery then settles the notifications left without an open target

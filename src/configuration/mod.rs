@@ -297,6 +297,12 @@ mod tests {
         Settings::load(None, &env(pairs)).expect_err("should be rejected").to_string()
     }
 
+    /// The settings `pairs` make are refused, with a message that contains `expected`.
+    fn assert_refused(pairs: &[(&str, &str)], expected: &str) {
+        let err = error(pairs);
+        assert!(err.contains(expected), "{err}");
+    }
+
     #[test]
     fn the_shipped_defaults_are_valid() {
         let s = Settings::load(None, &HashMap::new()).unwrap();
@@ -383,10 +389,8 @@ mod tests {
 
     #[test]
     fn values_of_the_wrong_type_name_their_key() {
-        let err = error(&[("WORKER_CONCURRENCY", "lots")]);
-        assert!(err.contains("worker.concurrency"), "{err}");
-        let err = error(&[("NOTIFY__RETRY__MAX_ATTEMPTS", "-1")]);
-        assert!(err.contains("retry.max_attempts"), "{err}");
+        assert_refused(&[("WORKER_CONCURRENCY", "lots")], "worker.concurrency");
+        assert_refused(&[("NOTIFY__RETRY__MAX_ATTEMPTS", "-1")], "retry.max_attempts");
     }
 
     #[test]
@@ -398,8 +402,10 @@ mod tests {
         assert!(
             matches!(s.redis_endpoint().unwrap().nodes, notify_relay_engine::relay::conn::Nodes::Cluster(ref v) if v.len() == 2)
         );
-        let err = error(&[("NOTIFY__REDIS__CLUSTER_URLS", "redis://a:7000,http://b")]);
-        assert!(err.contains("`redis.cluster_urls` entry 1 must start with"), "{err}");
+        assert_refused(
+            &[("NOTIFY__REDIS__CLUSTER_URLS", "redis://a:7000,http://b")],
+            "`redis.cluster_urls` entry 1 must start with",
+        );
         let single = Settings::load(None, &env(&[])).unwrap();
         assert!(matches!(single.redis_endpoint().unwrap().nodes, notify_relay_engine::relay::conn::Nodes::Single(_)));
     }
@@ -412,31 +418,48 @@ mod tests {
 
     #[test]
     fn unknown_keys_are_rejected() {
-        let err = error(&[("NOTIFY__RETRY__MAX_ATEMPTS", "3")]);
-        assert!(err.contains("max_atempts"), "{err}");
+        assert_refused(&[("NOTIFY__RETRY__MAX_ATEMPTS", "3")], "max_atempts");
     }
 
     #[test]
     fn claim_min_idle_must_exceed_every_provider_timeout() {
-        let err = error(&[("NOTIFY__CLAIM__MIN_IDLE_MS", "5000"), ("NOTIFY__PROVIDERS__EXPO__TIMEOUT_MS", "10000")]);
-        // The default flush_after_ms (5) counts too: a delivery may wait that long before its send.
-        assert!(err.contains("`claim.min_idle_ms` must exceed the longest provider send (10005 ms"), "{err}");
-        let err = error(&[
-            ("NOTIFY__CLAIM__MIN_IDLE_MS", "12000"),
-            ("NOTIFY__PROVIDERS__EXPO__TIMEOUT_MS", "10000"),
-            ("NOTIFY__PROVIDERS__EXPO__FLUSH_AFTER_MS", "8000"),
-        ]);
-        assert!(err.contains("longest provider send (18000 ms: flush_after_ms + timeout_ms"), "{err}");
+        for (pairs, expected) in [
+            // The default flush_after_ms (5) counts too: a delivery may wait that long before its send.
+            (
+                &[("NOTIFY__CLAIM__MIN_IDLE_MS", "5000"), ("NOTIFY__PROVIDERS__EXPO__TIMEOUT_MS", "10000")][..],
+                "`claim.min_idle_ms` must exceed the longest provider send (10005 ms",
+            ),
+            (
+                &[
+                    ("NOTIFY__CLAIM__MIN_IDLE_MS", "12000"),
+                    ("NOTIFY__PROVIDERS__EXPO__TIMEOUT_MS", "10000"),
+                    ("NOTIFY__PROVIDERS__EXPO__FLUSH_AFTER_MS", "8000"),
+                ],
+                "longest provider send (18000 ms: flush_after_ms + timeout_ms",
+            ),
+            // An email send counts its timeout twice (the wait for a connection, then the transaction).
+            (
+                &[
+                    ("NOTIFY__PROVIDERS__EMAIL__ENABLED", "true"),
+                    ("NOTIFY__PROVIDERS__EMAIL__TIMEOUT_MS", "40000"),
+                    ("NOTIFY__CLAIM__MIN_IDLE_MS", "60000"),
+                ],
+                "longest provider send (80005 ms",
+            ),
+        ] {
+            assert_refused(pairs, expected);
+        }
     }
 
     #[test]
     fn retry_max_age_defaults_to_a_day_and_is_range_checked() {
         let settings = Settings::load(None, &env(&[])).unwrap();
         assert_eq!(settings.retry.max_age, Duration::from_millis(86_400_000));
-        let err = error(&[("NOTIFY__RETRY__MAX_AGE_MS", "1000")]);
-        assert!(err.contains("`retry.max_age_ms` must be between 60000 and 2592000000, got 1000"), "{err}");
-        let err = error(&[("NOTIFY__RETRY__MAX_AGE_MS", "18446744073709551615")]);
-        assert!(err.contains("`retry.max_age_ms` must be between"), "{err}");
+        assert_refused(
+            &[("NOTIFY__RETRY__MAX_AGE_MS", "1000")],
+            "`retry.max_age_ms` must be between 60000 and 2592000000, got 1000",
+        );
+        assert_refused(&[("NOTIFY__RETRY__MAX_AGE_MS", "18446744073709551615")], "`retry.max_age_ms` must be between");
     }
 
     #[test]
@@ -457,26 +480,17 @@ mod tests {
     }
 
     #[test]
-    fn an_email_send_counts_twice_its_timeout() {
-        let err = error(&[
-            ("NOTIFY__PROVIDERS__EMAIL__ENABLED", "true"),
-            ("NOTIFY__PROVIDERS__EMAIL__TIMEOUT_MS", "40000"),
-            ("NOTIFY__CLAIM__MIN_IDLE_MS", "60000"),
-        ]);
-        assert!(err.contains("longest provider send (80005 ms"), "{err}");
-    }
-
-    #[test]
     fn the_sweep_lease_must_outlast_the_claim_idle_time() {
-        let err = error(&[("NOTIFY__LISTENER__STALE_AFTER_MS", "60000"), ("NOTIFY__CLAIM__MIN_IDLE_MS", "60000")]);
-        assert!(err.contains("`listener.stale_after_ms` must exceed claim.min_idle_ms (60000)"), "{err}");
+        assert_refused(
+            &[("NOTIFY__LISTENER__STALE_AFTER_MS", "60000"), ("NOTIFY__CLAIM__MIN_IDLE_MS", "60000")],
+            "`listener.stale_after_ms` must exceed claim.min_idle_ms (60000)",
+        );
     }
 
     #[test]
     fn a_bad_database_url_is_named_without_echoing_it() {
         let err = error(&[("DATABASE_URL", "postgres://u:hunter2@h:notaport/db")]);
-        assert!(err.contains("`database.url`"), "{err}");
-        assert!(!err.contains("hunter2"), "{err}");
+        assert!(err.contains("`database.url`") && !err.contains("hunter2"), "{err}");
     }
 
     #[test]
@@ -549,8 +563,7 @@ mod tests {
     #[test]
     fn an_http_jwks_url_is_refused_unless_allow_insecure_jwks_is_set() {
         let err = error(&[("NOTIFY__AUTH__JWKS_URL", "http://p.supabase.co/auth/v1/.well-known/jwks.json")]);
-        assert!(err.contains("`auth.jwks_url` is http://"), "{err}");
-        assert!(err.contains("auth.allow_insecure_jwks"), "{err}");
+        assert!(err.contains("`auth.jwks_url` is http://") && err.contains("auth.allow_insecure_jwks"), "{err}");
         let s = Settings::load(
             None,
             &env(&[
@@ -576,16 +589,21 @@ mod tests {
     }
 
     #[test]
-    fn devices_max_per_user_defaults_to_100_and_is_range_checked() {
-        assert_eq!(Settings::load(None, &HashMap::new()).unwrap().devices.max_per_user, 100);
-        for bad in ["0", "10001"] {
-            let err = error(&[("NOTIFY__DEVICES__MAX_PER_USER", bad)]);
-            assert!(err.contains("`devices.max_per_user` must be between 1 and 10000"), "{err}");
+    fn the_per_user_caps_of_devices_and_topics_have_defaults_and_ranges_that_name_their_key() {
+        type Cap = fn(&Settings) -> u32;
+        let caps: [(&str, &str, Cap, u32, u32); 2] = [
+            ("devices.max_per_user", "NOTIFY__DEVICES__MAX_PER_USER", |s| s.devices.max_per_user, 100, 10_000),
+            ("topics.max_per_user", "NOTIFY__TOPICS__MAX_PER_USER", |s| s.topics.max_per_user, 1000, 100_000),
+        ];
+        for (key, var, read, default, max) in caps {
+            assert_eq!(read(&Settings::load(None, &HashMap::new()).unwrap()), default, "{key}");
+            for bad in ["0".to_string(), (max + 1).to_string()] {
+                assert_refused(&[(var, &bad)], &format!("`{key}` must be between 1 and {max}, got {bad}"));
+            }
+            assert_refused(&[(var, "-1")], key);
+            let edge = Settings::load(None, &env(&[(var, &max.to_string())])).unwrap();
+            assert_eq!(read(&edge), max, "{key}");
         }
-        let err = error(&[("NOTIFY__DEVICES__MAX_PER_USER", "-1")]);
-        assert!(err.contains("devices.max_per_user"), "{err}");
-        let s = Settings::load(None, &env(&[("NOTIFY__DEVICES__MAX_PER_USER", "10000")])).unwrap();
-        assert_eq!(s.devices.max_per_user, 10_000);
     }
 
     #[test]
@@ -612,19 +630,6 @@ mod tests {
         }
         let edge = Settings::load(None, &env(&[("NOTIFY__LISTENER__SCHEDULE_POLL_MS", "10")])).unwrap();
         assert_eq!(edge.listener.schedule_poll, Duration::from_millis(10));
-    }
-
-    #[test]
-    fn topics_max_per_user_defaults_to_1000_and_is_range_checked() {
-        assert_eq!(Settings::load(None, &HashMap::new()).unwrap().topics.max_per_user, 1000);
-        for bad in ["0", "100001"] {
-            let err = error(&[("NOTIFY__TOPICS__MAX_PER_USER", bad)]);
-            assert!(err.contains("`topics.max_per_user` must be between 1 and 100000"), "{err}");
-        }
-        let err = error(&[("NOTIFY__TOPICS__MAX_PER_USER", "-1")]);
-        assert!(err.contains("topics.max_per_user"), "{err}");
-        let s = Settings::load(None, &env(&[("NOTIFY__TOPICS__MAX_PER_USER", "100000")])).unwrap();
-        assert_eq!(s.topics.max_per_user, 100_000);
     }
 
     #[test]
@@ -717,20 +722,25 @@ mod tests {
 
     #[test]
     fn the_postgres_ca_comes_from_ca_file_or_pgsslrootcert_and_a_bad_one_names_its_key() {
-        let err = error(&[("NOTIFY__DATABASE__CA_FILE", "/nonexistent/ca.pem")]);
-        assert!(err.contains("`database.ca_file` file /nonexistent/ca.pem cannot be read"), "{err}");
-        let err = error(&[("PGSSLROOTCERT", "/nonexistent/root.crt")]);
-        assert!(err.contains("`database.ca_file` file /nonexistent/root.crt cannot be read"), "{err}");
+        assert_refused(
+            &[("NOTIFY__DATABASE__CA_FILE", "/nonexistent/ca.pem")],
+            "`database.ca_file` file /nonexistent/ca.pem cannot be read",
+        );
+        assert_refused(
+            &[("PGSSLROOTCERT", "/nonexistent/root.crt")],
+            "`database.ca_file` file /nonexistent/root.crt cannot be read",
+        );
         let garbage = std::env::temp_dir().join(format!("ca-{}.pem", uuid::Uuid::new_v4().simple()));
         std::fs::write(&garbage, "not a certificate").unwrap();
         let err = error(&[("NOTIFY__DATABASE__CA_FILE", garbage.to_str().unwrap())]);
         let _ = std::fs::remove_file(&garbage);
         assert!(err.contains("`database.ca_file` file") && err.contains("holds no PEM certificate"), "{err}");
         let url = "postgres://u@h/db?sslmode=verify-full&sslrootcert=%2Fnonexistent%2Fx.pem";
-        let err = error(&[("DATABASE_URL", url)]);
-        assert!(err.contains("`database.url` sslrootcert file /nonexistent/x.pem cannot be read"), "{err}");
-        let err = error(&[("DATABASE_URL", "postgres://u:secret@h/db?sslmode=allow")]);
-        assert!(err.contains("`database.url` has sslmode=allow; use disable, prefer, require"), "{err}");
+        assert_refused(&[("DATABASE_URL", url)], "`database.url` sslrootcert file /nonexistent/x.pem cannot be read");
+        assert_refused(
+            &[("DATABASE_URL", "postgres://u:secret@h/db?sslmode=allow")],
+            "`database.url` has sslmode=allow; use disable, prefer, require",
+        );
         assert!(!err.contains("secret"), "the URL's password stays out: {err}");
 
         let ca = rcgen::generate_simple_self_signed(vec!["db.example.com".to_string()]).unwrap();

@@ -3,7 +3,7 @@
 //! checks its own fields in `validate()`; an error names its key.
 
 use notify_relay_engine::settings::rules::{read_file, read_optional};
-use notify_relay_engine::settings::{millis, within_ms, Secret, SettingsError, HOUR_MS, MINUTE_MS, SECOND_MS};
+use notify_relay_engine::settings::{millis, within, within_ms, Secret, SettingsError, HOUR_MS, MINUTE_MS, SECOND_MS};
 use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -219,15 +219,7 @@ pub const MAX_PER_USER_RANGE: std::ops::RangeInclusive<u32> = 1..=10_000;
 
 impl DevicesSettings {
     pub fn validate(&self) -> Result<(), SettingsError> {
-        let max = self.max_per_user;
-        if !MAX_PER_USER_RANGE.contains(&max) {
-            let (lo, hi) = (MAX_PER_USER_RANGE.start(), MAX_PER_USER_RANGE.end());
-            return Err(SettingsError::new(
-                "devices.max_per_user",
-                format!("must be between {lo} and {hi}, got {max}"),
-            ));
-        }
-        Ok(())
+        within("devices.max_per_user", self.max_per_user, MAX_PER_USER_RANGE)
     }
 }
 
@@ -244,12 +236,7 @@ pub const MAX_TOPICS_PER_USER_RANGE: std::ops::RangeInclusive<u32> = 1..=100_000
 
 impl TopicsSettings {
     pub fn validate(&self) -> Result<(), SettingsError> {
-        let max = self.max_per_user;
-        if !MAX_TOPICS_PER_USER_RANGE.contains(&max) {
-            let (lo, hi) = (MAX_TOPICS_PER_USER_RANGE.start(), MAX_TOPICS_PER_USER_RANGE.end());
-            return Err(SettingsError::new("topics.max_per_user", format!("must be between {lo} and {hi}, got {max}")));
-        }
-        Ok(())
+        within("topics.max_per_user", self.max_per_user, MAX_TOPICS_PER_USER_RANGE)
     }
 }
 

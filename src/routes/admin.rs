@@ -1,7 +1,7 @@
 //! Operator routes, behind `Authorization: Bearer <auth.admin_token>` (and nothing else: a user
 //! token, even a `service_role` one, is refused here).
 
-use super::AppState;
+use super::{Admin, AppState};
 use crate::error::ApiError;
 use actix_web::{get, post, web, HttpRequest, HttpResponse};
 use notify_relay_engine::relay::admin::{DayCounters, DeadLetterEntry, ShardQueues};
@@ -19,8 +19,7 @@ pub struct ActorsBody {
 #[utoipa::path(tag = "admin", responses((status = 200, body = ActorsBody), crate::error::Unauthorized),
     security(("admin_token" = [])))]
 #[get("/admin/actors")]
-pub async fn list_actors(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
-    state.auth.admin(&req)?;
+pub async fn list_actors(_: Admin, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     Ok(HttpResponse::Ok().json(ActorsBody { actors: state.registry.snapshot() }))
 }
 
@@ -46,8 +45,7 @@ pub struct Totals {
     crate::error::Unavailable),
     security(("admin_token" = [])))]
 #[get("/admin/queues")]
-pub async fn queues(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
-    state.auth.admin(&req)?;
+pub async fn queues(_: Admin, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     let mut shards = state.relay.queues().await?;
     // Receipts are bookkept in Postgres, per delivery; counted by the shard of their notification.
     let receipts = state.store.receipts_pending(state.relay.keys().shards()).await?;
@@ -84,12 +82,7 @@ pub struct DlqBody {
     crate::error::Unavailable),
     security(("admin_token" = [])))]
 #[get("/admin/dlq")]
-pub async fn dlq(
-    req: HttpRequest,
-    query: web::Query<DlqQuery>,
-    state: web::Data<AppState>,
-) -> Result<HttpResponse, ApiError> {
-    state.auth.admin(&req)?;
+pub async fn dlq(query: web::Query<DlqQuery>, _: Admin, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     let limit = super::bounded("limit", query.limit, 50, 1..=1000)?;
     Ok(HttpResponse::Ok().json(DlqBody { items: state.relay.dead_letters(limit).await? }))
 }
@@ -214,20 +207,6 @@ fn well_formed_id(id: &str) -> bool {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn dead_letter_ids_are_digits_colon_digits_hyphen_digits() {
-        assert!(well_formed_id("0:1700000000000-0"));
-        assert!(well_formed_id("99999:99999999999999999999999-1"), "well formed, names nothing");
-        for bad in ["", "0", "0:", "0:1", "0:1-", ":1-1", "+1:1-1", "1:+1-1", "1:1-+1", "a:1-1", "1:1-1-1", "１:1-1"] {
-            assert!(!well_formed_id(bad), "{bad}");
-        }
-    }
-}
-
 #[derive(Debug, Deserialize, IntoParams)]
 pub struct MetricsQuery {
     /// Days back from today, 1–90 (default 7).
@@ -247,11 +226,24 @@ pub struct MetricsBody {
     security(("admin_token" = [])))]
 #[get("/admin/metrics")]
 pub async fn metrics(
-    req: HttpRequest,
     query: web::Query<MetricsQuery>,
+    _: Admin,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    state.auth.admin(&req)?;
     let days = super::bounded("days", query.days, 7, 1..=90)?;
     Ok(HttpResponse::Ok().json(MetricsBody { days: state.relay.counters(days).await? }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dead_letter_ids_are_digits_colon_digits_hyphen_digits() {
+        assert!(well_formed_id("0:1700000000000-0"));
+        assert!(well_formed_id("99999:99999999999999999999999-1"), "well formed, names nothing");
+        for bad in ["", "0", "0:", "0:1", "0:1-", ":1-1", "+1:1-1", "1:+1-1", "1:1-+1", "a:1-1", "1:1-1-1", "１:1-1"] {
+            assert!(!well_formed_id(bad), "{bad}");
+        }
+    }
 }

@@ -1,6 +1,6 @@
 //! A user's devices: registering a push token (or email address) and removing it.
 
-use super::{parse_uuid, AppState};
+use super::{parse_uuid, ActingFor, AppState};
 use crate::error::ApiError;
 use actix_web::{delete, post, web, HttpRequest, HttpResponse};
 use notify_relay_engine::job::Provider;
@@ -157,9 +157,8 @@ pub async fn register(
     body: web::Json<serde_json::Value>,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    let caller = state.auth.user(&req).await?;
-    caller.may_act_for(&user_id)?;
-    super::check_user_id(&user_id)?;
+    // Not the `ActingFor` extractor: the body's errors are answered before the credentials.
+    let caller = super::acting_for(&req, &state, &user_id).await?;
     let body: NewDevice = crate::error::from_json(body.into_inner())?;
     let provider: Provider = body.provider.parse().map_err(|e| ApiError::Unprocessable(format!("provider: {e}")))?;
     validate_token(provider, &body.token).map_err(|e| ApiError::Unprocessable(e.to_string()))?;
@@ -227,13 +226,12 @@ pub fn normalize_address(address: &str) -> String {
 )]
 #[delete("/users/{user_id}/devices/{device_id}")]
 pub async fn remove(
-    req: HttpRequest,
     path: web::Path<(String, String)>,
+    user: ActingFor,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    let (user_id, device_id) = path.into_inner();
-    state.auth.user(&req).await?.may_act_for(&user_id)?;
-    super::check_user_id(&user_id)?;
+    let (_, device_id) = path.into_inner();
+    let user_id = user.user_id;
     let device_id = parse_uuid("device_id", &device_id)?;
     match state.store.remove_device(&user_id, device_id).await? {
         true => Ok(HttpResponse::NoContent().finish()),

@@ -8,8 +8,11 @@ pub mod health;
 pub mod notifications;
 pub mod topics;
 
-use crate::auth::Authenticator;
+use crate::auth::{Authenticator, Caller};
 use crate::error::ApiError;
+use actix_web::dev::Payload;
+use actix_web::{web, FromRequest, HttpRequest};
+use futures_util::future::LocalBoxFuture;
 use notify_relay_engine::relay::Relay;
 use notify_relay_engine::store::Store;
 use notify_relay_engine::Registry;
@@ -29,6 +32,61 @@ pub struct AppState {
     /// `topics.max_per_user`.
     pub max_topics_per_user: u32,
     pub log: slog::Logger,
+}
+
+/// An operator route's caller: the request carries `Authorization: Bearer <auth.admin_token>`
+/// (401 otherwise). A handler lists it after its query, whose errors are answered first, as they
+/// were before credentials were looked at.
+pub struct Admin;
+
+impl FromRequest for Admin {
+    type Error = actix_web::Error;
+    type Future = std::future::Ready<Result<Admin, actix_web::Error>>;
+
+    fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
+        std::future::ready(app_state(req).and_then(|state| Ok(state.auth.admin(req).map(|()| Admin)?)))
+    }
+}
+
+/// A user route's caller, checked against the path's `{user_id}` by [`acting_for`]. A handler
+/// lists it after its path and query, whose errors are answered first.
+pub struct ActingFor {
+    pub caller: Caller,
+    /// The path's `{user_id}`.
+    pub user_id: String,
+}
+
+impl FromRequest for ActingFor {
+    type Error = actix_web::Error;
+    type Future = LocalBoxFuture<'static, Result<ActingFor, actix_web::Error>>;
+
+    fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
+        #[derive(serde::Deserialize)]
+        struct UserSegment {
+            user_id: String,
+        }
+        let req = req.clone();
+        Box::pin(async move {
+            let state = app_state(&req)?;
+            let UserSegment { user_id } = web::Path::<UserSegment>::extract(&req).await?.into_inner();
+            let caller = acting_for(&req, state, &user_id).await?;
+            Ok(ActingFor { caller, user_id })
+        })
+    }
+}
+
+/// The caller of a user route, once it may act for `user_id`: that user's token, or
+/// `service_role` (401, 403 otherwise), and `user_id` one Postgres can store (400 otherwise).
+pub async fn acting_for(req: &HttpRequest, state: &AppState, user_id: &str) -> Result<Caller, ApiError> {
+    let caller = state.auth.user(req).await?;
+    caller.may_act_for(user_id)?;
+    check_user_id(user_id)?;
+    Ok(caller)
+}
+
+fn app_state(req: &HttpRequest) -> Result<&web::Data<AppState>, actix_web::Error> {
+    req.app_data::<web::Data<AppState>>()
+        .ok_or_else(|| actix_web::error::ErrorInternalServerError("the API state is not configured"))
 }
 
 pub fn configure(cfg: &mut actix_web::web::ServiceConfig) {

@@ -1,7 +1,7 @@
 //! What a user's app and a producer ask about notifications: the failed ones, retrying one,
 //! reading one with its targets, and cancelling one before it is fanned out.
 
-use super::{cursor, parse_uuid, AppState};
+use super::{cursor, parse_uuid, ActingFor, AppState};
 use crate::auth::Caller;
 use crate::error::ApiError;
 use actix_web::{get, post, web, HttpRequest, HttpResponse};
@@ -49,20 +49,17 @@ pub struct FailedPage {
 )]
 #[get("/users/{user_id}/notifications/failed")]
 pub async fn failed(
-    req: HttpRequest,
-    user_id: web::Path<String>,
     query: web::Query<FailedQuery>,
+    user: ActingFor,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    state.auth.user(&req).await?.may_act_for(&user_id)?;
-    super::check_user_id(&user_id)?;
     let limit = super::bounded("limit", query.limit, DEFAULT_LIMIT, 1..=MAX_LIMIT)?;
     let after = match &query.cursor {
         Some(c) => Some(cursor::decode(&state.cursor_key, c)?),
         None => None,
     };
     // One more than asked: whether a next page exists, without a count.
-    let mut items = state.store.failed_for_user(&user_id, after, limit + 1).await?;
+    let mut items = state.store.failed_for_user(&user.user_id, after, limit + 1).await?;
     let next_cursor = match items.len() as i64 > limit {
         true => {
             items.truncate(limit as usize);

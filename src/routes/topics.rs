@@ -1,9 +1,9 @@
 //! A user's topics: subscribing, unsubscribing and listing. A notification inserted for a topic
 //! (`topic` set, `user_id` NULL) reaches every subscriber's active devices.
 
-use super::AppState;
+use super::{ActingFor, AppState};
 use crate::error::ApiError;
-use actix_web::{delete, get, put, web, HttpRequest, HttpResponse};
+use actix_web::{delete, get, put, web, HttpResponse};
 use notify_relay_engine::job::check_topic;
 use notify_relay_engine::store::api::{Subscribe, Subscription, UserTopic};
 use serde::Serialize;
@@ -40,14 +40,13 @@ fn parse_topic(raw: &str) -> Result<&str, ApiError> {
 )]
 #[put("/users/{user_id}/topics/{topic}")]
 pub async fn subscribe(
-    req: HttpRequest,
     path: web::Path<(String, String)>,
+    user: ActingFor,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    let (user_id, topic) = path.into_inner();
-    state.auth.user(&req).await?.may_act_for(&user_id)?;
-    super::check_user_id(&user_id)?;
+    let (_, topic) = path.into_inner();
     let topic = parse_topic(&topic)?;
+    let user_id = user.user_id;
     let max = i64::from(state.max_topics_per_user);
     match state.store.subscribe(&user_id, topic, max).await? {
         Subscribe::Subscribed { subscription, created: true } => Ok(HttpResponse::Created().json(subscription)),
@@ -77,14 +76,13 @@ pub async fn subscribe(
 )]
 #[delete("/users/{user_id}/topics/{topic}")]
 pub async fn unsubscribe(
-    req: HttpRequest,
     path: web::Path<(String, String)>,
+    user: ActingFor,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    let (user_id, topic) = path.into_inner();
-    state.auth.user(&req).await?.may_act_for(&user_id)?;
-    super::check_user_id(&user_id)?;
+    let (_, topic) = path.into_inner();
     let topic = parse_topic(&topic)?;
+    let user_id = user.user_id;
     match state.store.unsubscribe(&user_id, topic).await? {
         true => Ok(HttpResponse::NoContent().finish()),
         false => Err(ApiError::NotFound(format!("user {user_id} is not subscribed to {topic}"))),
@@ -112,14 +110,8 @@ pub struct TopicList {
     security(("user_jwt" = []))
 )]
 #[get("/users/{user_id}/topics")]
-pub async fn list(
-    req: HttpRequest,
-    user_id: web::Path<String>,
-    state: web::Data<AppState>,
-) -> Result<HttpResponse, ApiError> {
-    state.auth.user(&req).await?.may_act_for(&user_id)?;
-    super::check_user_id(&user_id)?;
-    let items = state.store.topics_of(&user_id).await?;
+pub async fn list(user: ActingFor, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    let items = state.store.topics_of(&user.user_id).await?;
     Ok(HttpResponse::Ok().json(TopicList { items }))
 }
 

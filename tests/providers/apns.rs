@@ -64,6 +64,32 @@ async fn emulator_on(clock: &ManualClock, rules: Rules) -> ApnsEmulator {
     emulator(rules).await.with_clock(clock.shared())
 }
 
+/// A first message delivered (the client has signed its first token), then, `later`, a second
+/// one: what the second one came to.
+async fn first_delivered_then(clock: &ManualClock, client: &ApnsClient, later: Duration) -> (SendResult, Health) {
+    assert!(matches!(send_one(client, alert(&device(1))).await.0, SendResult::Delivered { .. }));
+    clock.advance(later);
+    send_one(client, alert(&device(2))).await
+}
+
+/// An emulator that takes a provider token for `secs` seconds after it was issued.
+fn tokens_last(secs: u64) -> Rules {
+    Rules { token_max_age: Duration::from_secs(secs), ..Rules::default() }
+}
+
+/// An emulator and a client on one manual clock: the client re-signs its token after
+/// `refresh_after`, and not twice within `min_interval`.
+async fn on_a_clock(
+    rules: Rules,
+    refresh_after: Duration,
+    min_interval: Duration,
+) -> (ManualClock, ApnsEmulator, ApnsClient) {
+    let clock = ManualClock::new();
+    let emulator = emulator_on(&clock, rules).await;
+    let client = client_with(&settings(&emulator), emulator.ca_pem(), refresh_after, min_interval, clock.shared());
+    (clock, emulator, client)
+}
+
 fn job(token: &str, payload: Value, priority: Priority) -> Job {
     client_job(Provider::Apns, token, payload, priority)
 }
@@ -389,15 +415,10 @@ async fn apns_the_emulator_refuses_what_apple_refuses() {
 async fn apns_an_expired_provider_token_is_re_signed_and_the_message_retried_once() {
     // An APNs that takes tokens for 30 minutes instead of Apple's 60: the client's token
     // expires there before the client's own 50 minutes are up.
-    let clock = ManualClock::new();
-    let emulator = emulator_on(&clock, Rules { token_max_age: Duration::from_secs(30 * 60), ..Rules::default() }).await;
-    let client =
-        client_with(&settings(&emulator), emulator.ca_pem(), REFRESH_AFTER, MIN_RESIGN_INTERVAL, clock.shared());
-    assert!(matches!(send_one(&client, alert(&device(1))).await.0, SendResult::Delivered { .. }));
-    // The token is now older than the emulator's limit, and 20 minutes old: it may be re-signed.
-    clock.advance(Duration::from_secs(31 * 60));
-
-    let (result, health) = send_one(&client, alert(&device(2))).await;
+    let (clock, emulator, client) = on_a_clock(tokens_last(30 * 60), REFRESH_AFTER, MIN_RESIGN_INTERVAL).await;
+    // 31 minutes on, the token is older than the emulator's limit, and over 20 minutes old: it may
+    // be re-signed.
+    let (result, health) = first_delivered_then(&clock, &client, Duration::from_secs(31 * 60)).await;
 
     assert!(matches!(result, SendResult::Delivered { .. }), "{result:?}");
     assert_eq!(health, Health::Up);
@@ -409,14 +430,8 @@ async fn apns_an_expired_provider_token_is_re_signed_and_the_message_retried_onc
 #[actix_web::test]
 async fn apns_an_expired_provider_token_within_20_minutes_of_signing_is_auth_without_a_retry() {
     // An APNs that takes tokens for 10 minutes: expired there, but signed too recently to re-sign.
-    let clock = ManualClock::new();
-    let emulator = emulator_on(&clock, Rules { token_max_age: Duration::from_secs(10 * 60), ..Rules::default() }).await;
-    let client =
-        client_with(&settings(&emulator), emulator.ca_pem(), REFRESH_AFTER, MIN_RESIGN_INTERVAL, clock.shared());
-    assert!(matches!(send_one(&client, alert(&device(1))).await.0, SendResult::Delivered { .. }));
-    clock.advance(Duration::from_secs(11 * 60));
-
-    let (result, health) = send_one(&client, alert(&device(2))).await;
+    let (clock, emulator, client) = on_a_clock(tokens_last(10 * 60), REFRESH_AFTER, MIN_RESIGN_INTERVAL).await;
+    let (result, health) = first_delivered_then(&clock, &client, Duration::from_secs(11 * 60)).await;
 
     assert!(matches!(result, SendResult::Auth { .. }), "{result:?}");
     assert!(result.error().unwrap_or_default().contains("ExpiredProviderToken"), "{result:?}");
@@ -445,14 +460,8 @@ async fn apns_a_repeated_expired_provider_token_is_auth_after_one_retry() {
 #[actix_web::test]
 async fn apns_too_many_provider_token_updates_is_auth_and_stops_re_signing() {
     // Apple's 20 minutes between new tokens; a client that would re-sign every minute.
-    let clock = ManualClock::new();
-    let emulator = emulator_on(&clock, Rules::default()).await;
-    let client =
-        client_with(&settings(&emulator), emulator.ca_pem(), Duration::from_secs(60), Duration::ZERO, clock.shared());
-    assert!(matches!(send_one(&client, alert(&device(1))).await.0, SendResult::Delivered { .. }));
-    clock.advance(Duration::from_secs(2 * 60));
-
-    let (result, health) = send_one(&client, alert(&device(2))).await;
+    let (clock, emulator, client) = on_a_clock(Rules::default(), Duration::from_secs(60), Duration::ZERO).await;
+    let (result, health) = first_delivered_then(&clock, &client, Duration::from_secs(2 * 60)).await;
 
     assert_eq!(result, SendResult::Auth { error: "apns: HTTP 429 TooManyProviderTokenUpdates".into() });
     assert!(matches!(health, Health::AuthFailure(_)));
@@ -477,10 +486,7 @@ async fn apns_too_many_provider_token_updates_is_auth_and_stops_re_signing() {
 #[actix_web::test]
 async fn apns_the_provider_token_is_refreshed_before_it_expires_and_no_sooner_than_allowed() {
     // Apple's 60/20 minutes; the client re-signs after 50.
-    let clock = ManualClock::new();
-    let emulator = emulator_on(&clock, Rules::default()).await;
-    let client =
-        client_with(&settings(&emulator), emulator.ca_pem(), REFRESH_AFTER, MIN_RESIGN_INTERVAL, clock.shared());
+    let (clock, emulator, client) = on_a_clock(Rules::default(), REFRESH_AFTER, MIN_RESIGN_INTERVAL).await;
     for n in 0..3 {
         assert!(matches!(send_one(&client, alert(&device(n))).await.0, SendResult::Delivered { .. }));
     }
@@ -593,10 +599,7 @@ async fn apns_payloads_over_4096_bytes_and_collapse_ids_over_64_bytes_are_refuse
 
 #[actix_web::test]
 async fn apns_an_expiring_notification_expires_at_its_expiry_second_with_its_collapse_id() {
-    let clock = ManualClock::new();
-    let emulator = emulator_on(&clock, Rules::default()).await;
-    let settings = settings(&emulator);
-    let client = client_with(&settings, emulator.ca_pem(), REFRESH_AFTER, MIN_RESIGN_INTERVAL, clock.shared());
+    let (clock, emulator, client) = on_a_clock(Rules::default(), REFRESH_AFTER, MIN_RESIGN_INTERVAL).await;
     let now_ms = notify_relay_engine::providers::lifetime::now_ms(&clock);
     let mut lasting = alert(&device(1));
     lasting.expires_ms = Some(now_ms + 3_600_900);

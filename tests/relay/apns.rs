@@ -1,7 +1,7 @@
 //! APNs end to end through the relay (the client against the emulator alone is in
 //! `tests/providers/apns.rs`).
 
-use crate::helpers::{assert_refused_credentials_defer, prepare, TestApp};
+use crate::helpers::{assert_refused_credentials_defer, spawn_app_enabling, TestApp};
 use emulators::apns::{device_token as device, ApnsEmulator, Rules};
 use serde_json::json;
 
@@ -11,10 +11,7 @@ async fn emulator() -> ApnsEmulator {
 
 /// A started app with APNs enabled against `emulator`.
 async fn relay_with_apns(emulator: &ApnsEmulator, team_id: &str) -> TestApp {
-    let mut app = prepare().await;
-    app.enable_apns(emulator, team_id);
-    app.start().await;
-    app
+    spawn_app_enabling(|app| app.enable_apns(emulator, team_id)).await
 }
 
 #[actix_web::test]
@@ -53,11 +50,8 @@ async fn apns_410_unregistered_disables_the_device_and_the_users_expo_device_sti
 
     let id = app.notify("bo", json!({"title": "hi"})).await;
 
-    assert_eq!(app.final_status(id).await.0, "delivered");
-    assert!(app.disabled_reason(dead).await.contains("410 Unregistered"));
-    let (status, error) = app.delivery_of(dead).await;
-    assert_eq!(status, "failed");
-    assert!(error.unwrap_or_default().contains("(timestamp "));
+    let error = app.dead_device_error(id, dead, "410 Unregistered").await;
+    assert!(error.contains("(timestamp "), "{error}");
     assert_eq!(app.expo.sends_of(id, "ExponentPushToken[bo]"), 1);
     assert_eq!(emulator.requests_for(&device(2)), 1, "an invalid token is not retried");
     app.cleanup().await;

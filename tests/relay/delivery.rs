@@ -203,14 +203,8 @@ async fn one_notification_reaches_a_users_expo_fcm_apns_and_email_devices() {
     assert_eq!(smtp.sends_of(id, "zoe@example.com"), 1);
     let mail = smtp.received().into_iter().find(|m| m.to.iter().any(|t| t == "zoe@example.com")).unwrap();
     assert_eq!(mail.subject.as_deref(), Some("Everywhere"));
-    let providers: Vec<String> = app
-        .db
-        .query("SELECT provider FROM delivery WHERE notification_id = $1 ORDER BY provider", &[&id])
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
+    let providers: Vec<String> =
+        app.column("SELECT provider FROM delivery WHERE notification_id = $1 ORDER BY provider", &[&id]).await;
     assert_eq!(providers, ["apns", "email", "expo", "fcm"]);
     app.cleanup().await;
     fcm.stop().await;

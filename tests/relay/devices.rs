@@ -1,6 +1,7 @@
 //! Device ownership (`POST /users/{user_id}/devices`): whose email address a user token may
 //! register, which active devices move between users, and `devices.max_per_user`.
 
+use crate::api::code;
 use crate::helpers::{prepare, TestApp};
 use crate::tokens::{claims, hs256, HS_SECRET};
 use futures_util::future::join_all;
@@ -73,8 +74,7 @@ async fn an_email_address_not_in_the_token_needs_the_service_role() {
     let alice = user("alice", Some("alice@Example.com"));
     // Someone else's address: refused, saying why.
     let (status, body) = register(&app, "alice", &alice, "email", "bob@example.com").await;
-    assert_eq!(status, 403, "{body}");
-    assert_eq!(body["error"]["code"], "forbidden");
+    assert_eq!((status, code(&body)), (403, "forbidden"), "{body}");
     assert!(message(&body).contains("`email` claim") && message(&body).contains("service_role"), "{body}");
     // A token without an email claim registers no address at all.
     let (status, body) = register(&app, "carol", &user("carol", None), "email", "carol@example.com").await;
@@ -104,8 +104,7 @@ async fn an_active_email_device_never_moves_to_another_user() {
     // the active device stays with alice.
     let mallory = user("mallory", Some(address));
     let (status, body) = register(&app, "mallory", &mallory, "email", address).await;
-    assert_eq!(status, 409, "{body}");
-    assert_eq!(body["error"]["code"], "conflict");
+    assert_eq!((status, code(&body)), (409, "conflict"), "{body}");
     assert!(message(&body).contains("active device of another user"), "{body}");
     assert_eq!(owner(&app, "email", address).await, ("alice".into(), true));
     // Once alice removed it, the address's owner may register it.
@@ -170,8 +169,7 @@ async fn registering_beyond_devices_max_per_user_is_a_422_naming_the_limit() {
     // Registering one of them again is not a new device.
     assert_eq!(register(&app, "dave", &dave, "fcm", "dave-1").await.0, 201);
     let (status, body) = register(&app, "dave", &dave, "fcm", "dave-3").await;
-    assert_eq!(status, 422, "{body}");
-    assert_eq!(body["error"]["code"], "invalid_value");
+    assert_eq!((status, code(&body)), (422, "invalid_value"), "{body}");
     assert!(message(&body).contains("devices.max_per_user") && message(&body).contains("at most 3 active devices"));
     // A token of someone else would be a new device of dave's too.
     assert_eq!(register(&app, "erin", &user("erin", None), "fcm", "erin-0").await.0, 201);

@@ -2,7 +2,7 @@
 //! (the client against the emulator alone, every row of docs/providers.md's SMTP table, is in
 //! `tests/providers/email.rs`), and the binary's email configuration errors.
 
-use crate::helpers::{prepare, TestApp};
+use crate::helpers::{prepare, spawn_app_enabling, TestApp};
 use emulators::smtp::{SmtpEmulator, SmtpOptions};
 use serde_json::json;
 use std::time::Duration;
@@ -15,10 +15,7 @@ async fn emulator() -> SmtpEmulator {
 }
 
 async fn app_with_email(smtp: &SmtpEmulator) -> TestApp {
-    let mut app = prepare().await;
-    app.enable_email(smtp, FROM);
-    app.start().await;
-    app
+    spawn_app_enabling(|app| app.enable_email(smtp, FROM)).await
 }
 
 #[actix_web::test]
@@ -49,11 +46,8 @@ async fn an_unknown_mailbox_disables_the_address_and_the_expo_device_still_gets_
 
     let id = app.notify("noor", json!({"title": "hi"})).await;
 
-    assert_eq!(app.final_status(id).await.0, "delivered");
-    assert!(app.disabled_reason(email).await.contains("550 5.1.1"));
-    let (status, error) = app.delivery_of(email).await;
-    assert_eq!(status, "failed");
-    assert!(error.unwrap_or_default().starts_with("email: 550 5.1.1"));
+    let error = app.dead_device_error(id, email, "550 5.1.1").await;
+    assert!(error.starts_with("email: 550 5.1.1"), "{error}");
     assert_eq!(app.expo.sends_of(id, "ExponentPushToken[noor]"), 1);
     assert!(smtp.received().is_empty());
 }

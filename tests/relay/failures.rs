@@ -28,11 +28,10 @@ async fn device_not_registered_disables_the_device_and_the_other_device_still_ge
 
     let id = app.notify("erin", json!({"title": "hi"})).await;
 
-    assert_eq!(app.final_status(id).await.0, "delivered");
-    assert!(app.disabled_reason(dead).await.contains("DeviceNotRegistered"));
-    assert_eq!(app.delivery_of(dead).await.0, "failed");
+    app.dead_device_error(id, dead, "DeviceNotRegistered").await;
     app.wait_for_dead_letters(1).await; // one dead letter for the dead token
-                                        // A disabled device is not targeted again.
+
+    // A disabled device is not targeted again.
     let next = app.notify("erin", json!({"title": "again"})).await;
     assert_eq!(app.final_status(next).await.0, "delivered");
     assert_eq!(app.expo.sends_of(next, "ExponentPushToken[unregistered-erin]"), 0);

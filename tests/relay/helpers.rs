@@ -136,6 +136,14 @@ pub async fn spawn_app_with(change: impl FnOnce(&mut Settings)) -> TestApp {
     app
 }
 
+/// A prepared app that `enable` changes first (a provider pointed at its emulator), started.
+pub async fn spawn_app_enabling(enable: impl FnOnce(&mut TestApp)) -> TestApp {
+    let mut app = prepare().await;
+    enable(&mut app);
+    app.start().await;
+    app
+}
+
 /// `settings` as the binary reads them from its environment: one `NOTIFY__<SECTION>__<KEY>`
 /// variable per value (lists comma-separated; unset options and empty lists left out, as the
 /// defaults have them).
@@ -305,15 +313,13 @@ impl TestApp {
 
     /// Waits until no notification is scheduled, pending, queued or retrying.
     pub async fn all_final(&self, limit: Duration) {
-        eventually(limit, || async {
-            let open = self
-                .count(
-                    "SELECT count(*) FROM notification WHERE status IN ('scheduled', 'pending', 'queued', 'retrying')",
-                )
-                .await;
-            (open == 0).then_some(())
-        })
-        .await;
+        let open = "SELECT count(*) FROM notification WHERE status IN ('scheduled', 'pending', 'queued', 'retrying')";
+        self.wait_for_count(limit, open, |open| open == 0).await;
+    }
+
+    /// Waits, for up to `limit`, until the count `sql` returns satisfies `holds`.
+    pub async fn wait_for_count(&self, limit: Duration, sql: &str, holds: impl Fn(i64) -> bool) {
+        eventually(limit, || async { holds(self.count(sql).await).then_some(()) }).await;
     }
 
     pub fn api(&self) -> String {
@@ -398,6 +404,18 @@ impl TestApp {
         .await
     }
 
+    /// After notification `id` went to a user with a dead `device` besides a working one: the
+    /// notification is delivered, `device` is disabled saying `reason` and its target failed.
+    /// Returns the target's `last_error`.
+    pub async fn dead_device_error(&self, id: Uuid, device: Uuid, reason: &str) -> String {
+        assert_eq!(self.final_status(id).await.0, "delivered");
+        let disabled = self.disabled_reason(device).await;
+        assert!(disabled.contains(reason), "{disabled}");
+        let (status, error) = self.delivery_of(device).await;
+        assert_eq!(status, "failed");
+        error.unwrap_or_default()
+    }
+
     /// How many devices are disabled.
     pub async fn disabled_devices(&self) -> i64 {
         self.count("SELECT count(*) FROM device WHERE disabled_at IS NOT NULL").await
@@ -433,6 +451,15 @@ impl TestApp {
         T: for<'a> FromSql<'a>,
     {
         self.db.query_one(sql, params).await.unwrap_or_else(|e| panic!("{sql}: {e}")).get(0)
+    }
+
+    /// The first column of every row `sql` returns, in order.
+    pub async fn column<T>(&self, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Vec<T>
+    where
+        T: for<'a> FromSql<'a>,
+    {
+        let rows = self.db.query(sql, params).await.unwrap_or_else(|e| panic!("{sql}: {e}"));
+        rows.iter().map(|r| r.get(0)).collect()
     }
 
     /// The one row `sql` returns.
@@ -640,6 +667,14 @@ impl TestApp {
         eventually(Duration::from_secs(10), || async { (self.dlq_len().await == n).then_some(()) }).await;
     }
 
+    /// Waits until a session of the test's database waits on a lock (a row lock another
+    /// transaction holds), for up to `limit`.
+    pub async fn wait_for_a_lock_wait(&self, limit: Duration) {
+        let waiting =
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'";
+        self.wait_for_count(limit, waiting, |waiting| waiting > 0).await;
+    }
+
     pub async fn redis_counter(&self, event: &str) -> i64 {
         let key = self.keys.counter(event, None, &notify_relay_engine::events::today());
         let mut conn = self.redis.clone();
@@ -647,31 +682,20 @@ impl TestApp {
     }
 }
 
-/// A JSON logger whose lines land in a buffer.
+/// A JSON logger whose lines land in a buffer, for tests that read the relay's log.
 #[derive(Clone, Default)]
-pub struct CapturedLog(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
-
-impl std::io::Write for CapturedLog {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
+pub struct CapturedLog(emulators::testing::Captured);
 
 impl CapturedLog {
     pub fn logger(&self) -> slog::Logger {
         use slog::Drain;
-        let json = slog_json::Json::new(self.clone()).add_default_keys().build();
+        let json = slog_json::Json::new(self.0.clone()).add_default_keys().build();
         slog::Logger::root(std::sync::Mutex::new(json).fuse(), slog::o!())
     }
 
     /// The lines written so far, parsed.
     pub fn lines(&self) -> Vec<Value> {
-        let text = String::from_utf8_lossy(&self.0.lock().unwrap()).to_string();
-        text.lines().filter_map(|l| serde_json::from_str(l).ok()).collect()
+        self.0.text().lines().filter_map(|l| serde_json::from_str(l).ok()).collect()
     }
 }
 

@@ -3,7 +3,7 @@
 //! lifetime and its key, in that provider's fields. The mappings and their rounding, on a clock
 //! the test holds still, are `tests/providers/`.
 
-use crate::helpers::{prepare, TestApp};
+use crate::helpers::{prepare, spawn_app_enabling, TestApp};
 use emulators::apns::{device_token, ApnsEmulator, Rules};
 use emulators::fcm::FcmEmulator;
 use serde_json::json;
@@ -48,10 +48,8 @@ async fn lifetime_an_expiring_notification_reaches_expo_with_its_ttl_and_expirat
 
 #[actix_web::test]
 async fn lifetime_an_expiring_notification_reaches_fcm_with_android_ttl_collapse_key_and_apns_headers() {
-    let mut app = prepare().await;
     let fcm = FcmEmulator::start("127.0.0.1:0").await.expect("fcm emulator");
-    app.enable_fcm(&fcm);
-    app.start().await;
+    let app = spawn_app_enabling(|app| app.enable_fcm(&fcm)).await;
     app.add_device("fay", "fcm", "fay-phone").await;
 
     let (id, expires_secs) = notify_expiring(&app, "fay").await;
@@ -70,10 +68,8 @@ async fn lifetime_an_expiring_notification_reaches_fcm_with_android_ttl_collapse
 
 #[actix_web::test]
 async fn lifetime_an_expiring_notification_reaches_apns_with_apns_expiration_and_apns_collapse_id() {
-    let mut app = prepare().await;
     let apns = ApnsEmulator::start("127.0.0.1:0", Rules::default()).await.expect("apns emulator");
-    app.enable_apns(&apns, apns.team_id());
-    app.start().await;
+    let app = spawn_app_enabling(|app| app.enable_apns(&apns, apns.team_id())).await;
     app.add_device("gus", "apns", &device_token(12)).await;
 
     let (id, expires_secs) = notify_expiring(&app, "gus").await;

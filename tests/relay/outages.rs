@@ -197,15 +197,7 @@ async fn a_worker_whose_outcome_writer_stalls_past_min_idle_is_not_sent_twice_by
         "locked before any outcome was stored (raise the emulator latency)"
     );
     wait_for_sends(&app, 200).await;
-    eventually(Duration::from_secs(20), || async {
-        let waiting = app
-            .count(
-                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'",
-            )
-            .await;
-        (waiting > 0).then_some(())
-    })
-    .await;
+    app.wait_for_a_lock_wait(Duration::from_secs(20)).await;
     // The stall lasts twice claim.min_idle_ms; meanwhile, count the moments with extra sends.
     let once = samples_holding(60, min_idle * 2 / 60, || app.expo.sent_count(), |&n| n == 200).await;
     locker.batch_execute("COMMIT").await.unwrap();

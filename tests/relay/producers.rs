@@ -4,12 +4,18 @@
 use crate::helpers::{eventually, pg, prepare, spawn_app, spawn_app_with, TestApp};
 use emulators::testing::remove_keys;
 use std::time::{Duration, SystemTime};
+use tokio_postgres::types::ToSql;
 use uuid::Uuid;
 
 /// The statement the README gives producers: a retried transaction inserts nothing twice.
 const IDEMPOTENT_INSERT: &str = "INSERT INTO notification (user_id, type, payload, idempotency_key)
      VALUES ($1, 'order.shipped', '{\"title\": \"Shipped\"}', $2)
      ON CONFLICT DO NOTHING";
+
+/// The id of the notification row `row` (`(columns) VALUES (…)`) inserts.
+async fn inserted(app: &TestApp, row: &str, params: &[&(dyn ToSql + Sync)]) -> Uuid {
+    app.one(&format!("INSERT INTO notification {row} RETURNING id"), params).await
+}
 
 async fn final_of(app: &TestApp, id: Uuid) -> String {
     eventually(Duration::from_secs(30), || async {
@@ -32,15 +38,7 @@ async fn two_transactions_racing_with_the_same_idempotency_key_make_one_notifica
     let racing = async { b.execute(IDEMPOTENT_INSERT, &[&"ida", &"order-42"]).await.unwrap() };
     let commit = async {
         // Only once the second one is waiting on the key: otherwise the race is not run.
-        eventually(Duration::from_secs(10), || async {
-            let waiting = app
-                .count(
-                    "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'",
-                )
-                .await;
-            (waiting > 0).then_some(())
-        })
-        .await;
+        app.wait_for_a_lock_wait(Duration::from_secs(10)).await;
         a.commit().await.unwrap();
     };
     let (inserted, ()) = futures_util::join!(racing, commit);
@@ -50,14 +48,8 @@ async fn two_transactions_racing_with_the_same_idempotency_key_make_one_notifica
     // Another user's key of the same text is another notification.
     app.add_device("jo", "expo", "ExponentPushToken[jo]").await;
     assert_eq!(app.exec(IDEMPOTENT_INSERT, &[&"jo", &"order-42"]).await, 1);
-    let ids: Vec<Uuid> = app
-        .db
-        .query("SELECT id FROM notification WHERE idempotency_key = 'order-42' ORDER BY user_id", &[])
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
+    let ids: Vec<Uuid> =
+        app.column("SELECT id FROM notification WHERE idempotency_key = 'order-42' ORDER BY user_id", &[]).await;
     assert_eq!(ids.len(), 2);
     for id in &ids {
         assert_eq!(final_of(&app, *id).await, "delivered");
@@ -91,13 +83,13 @@ async fn a_topic_key_is_unique_per_topic_and_does_not_collide_with_a_users_key()
 async fn a_scheduled_notification_waits_for_send_at_and_is_sent_right_after_it() {
     let app = spawn_app().await;
     app.add_device("sam", "expo", "ExponentPushToken[sam]").await;
-    let id: Uuid = app
-        .one(
-            "INSERT INTO notification (user_id, type, payload, send_at)
-             VALUES ('sam', 'reminder', '{\"title\": \"now\"}', now() + interval '2 seconds') RETURNING id",
-            &[],
-        )
-        .await;
+    let id = inserted(
+        &app,
+        "(user_id, type, payload, send_at)
+             VALUES ('sam', 'reminder', '{\"title\": \"now\"}', now() + interval '2 seconds')",
+        &[],
+    )
+    .await;
     assert_eq!(app.status(id).await.0, "scheduled");
     assert_eq!(final_of(&app, id).await, "delivered");
     let row = app.row("SELECT send_at, queued_at FROM notification WHERE id = $1", &[&id]).await;
@@ -117,12 +109,7 @@ async fn a_scheduled_notification_waits_for_send_at_and_is_sent_right_after_it()
 async fn a_past_send_at_is_sent_at_once() {
     let app = spawn_app().await;
     app.add_device("pat", "expo", "ExponentPushToken[pat]").await;
-    let id: Uuid = app
-        .one(
-            "INSERT INTO notification (user_id, type, send_at) VALUES ('pat', 'x', now() - interval '1 hour') RETURNING id",
-            &[],
-        )
-        .await;
+    let id = inserted(&app, "(user_id, type, send_at) VALUES ('pat', 'x', now() - interval '1 hour')", &[]).await;
     assert_eq!(final_of(&app, id).await, "delivered");
 }
 
@@ -176,13 +163,13 @@ async fn an_expiry_that_passes_during_a_provider_outage_ends_expired_never_sent(
     let app = spawn_app_with(|s| s.retry.max_attempts = 50).await;
     app.add_device("eve", "expo", "ExponentPushToken[eve]").await;
     app.expo.fail_for(503, Duration::from_secs(120));
-    let id: Uuid = app
-        .one(
-            "INSERT INTO notification (user_id, type, payload, expires_at)
-             VALUES ('eve', 'flash-sale', '{\"title\": \"ends soon\"}', now() + interval '3 seconds') RETURNING id",
-            &[],
-        )
-        .await;
+    let id = inserted(
+        &app,
+        "(user_id, type, payload, expires_at)
+             VALUES ('eve', 'flash-sale', '{\"title\": \"ends soon\"}', now() + interval '3 seconds')",
+        &[],
+    )
+    .await;
     assert_eq!(final_of(&app, id).await, "expired");
     assert_eq!(app.expo.sent_count(), 0, "never accepted by the provider");
     assert!(app.expo.requests() >= 1, "it was tried during the outage");
@@ -204,21 +191,16 @@ async fn an_expiry_that_passes_during_a_provider_outage_ends_expired_never_sent(
 async fn rows_expired_before_they_are_fanned_out_end_expired_without_a_target() {
     let app = spawn_app().await;
     app.add_device("old", "expo", "ExponentPushToken[old]").await;
-    let stale: Uuid = app
-        .one(
-            "INSERT INTO notification (user_id, type, expires_at) VALUES ('old', 'x', now() - interval '1 second')
-             RETURNING id",
-            &[],
-        )
-        .await;
+    let stale =
+        inserted(&app, "(user_id, type, expires_at) VALUES ('old', 'x', now() - interval '1 second')", &[]).await;
     // Due after it expires: never sent either.
-    let late: Uuid = app
-        .one(
-            "INSERT INTO notification (user_id, type, send_at, expires_at)
-             VALUES ('old', 'x', now() + interval '1 second', now() + interval '500 milliseconds') RETURNING id",
-            &[],
-        )
-        .await;
+    let late = inserted(
+        &app,
+        "(user_id, type, send_at, expires_at)
+             VALUES ('old', 'x', now() + interval '1 second', now() + interval '500 milliseconds')",
+        &[],
+    )
+    .await;
     for id in [stale, late] {
         assert_eq!(final_of(&app, id).await, "expired");
         let error: String = app.one("SELECT last_error FROM notification WHERE id = $1", &[&id]).await;
@@ -228,12 +210,7 @@ async fn rows_expired_before_they_are_fanned_out_end_expired_without_a_target() 
     assert_eq!(app.failed_rows().await, 0);
     assert_eq!(app.expo.sent_count(), 0);
     // What expires later is sent, carrying the time it has left.
-    let fresh: Uuid = app
-        .one(
-            "INSERT INTO notification (user_id, type, expires_at) VALUES ('old', 'x', now() + interval '1 hour') RETURNING id",
-            &[],
-        )
-        .await;
+    let fresh = inserted(&app, "(user_id, type, expires_at) VALUES ('old', 'x', now() + interval '1 hour')", &[]).await;
     assert_eq!(final_of(&app, fresh).await, "delivered");
 }
 
@@ -242,12 +219,8 @@ async fn a_collapse_key_over_64_bytes_fails_its_row_naming_the_field() {
     let app = spawn_app().await;
     app.add_device("cal", "expo", "ExponentPushToken[cal]").await;
     let long = "k".repeat(65);
-    let bad: Uuid = app
-        .one("INSERT INTO notification (user_id, type, collapse_key) VALUES ('cal', 'x', $1) RETURNING id", &[&long])
-        .await;
-    let good: Uuid = app
-        .one("INSERT INTO notification (user_id, type, collapse_key) VALUES ('cal', 'x', 'score') RETURNING id", &[])
-        .await;
+    let bad = inserted(&app, "(user_id, type, collapse_key) VALUES ('cal', 'x', $1)", &[&long]).await;
+    let good = inserted(&app, "(user_id, type, collapse_key) VALUES ('cal', 'x', 'score')", &[]).await;
     assert_eq!(final_of(&app, bad).await, "failed");
     assert_eq!(app.status(bad).await.2.as_deref(), Some("collapse_key: 65 bytes, over the limit of 64"));
     assert_eq!(final_of(&app, good).await, "delivered");
@@ -268,13 +241,7 @@ async fn a_topic_of_10000_subscribers_reaches_each_device_once() {
     // Someone subscribed to another topic, and a subscriber without a device.
     app.exec("INSERT INTO topic_subscription (topic, user_id) VALUES ('other', 'sub1'), ('match.42', 'nodevice')", &[])
         .await;
-    let id: Uuid = app
-        .one(
-            "INSERT INTO notification (topic, type, payload) VALUES ('match.42', 'goal', '{\"title\": \"Goal!\"}')
-             RETURNING id",
-            &[],
-        )
-        .await;
+    let id = inserted(&app, "(topic, type, payload) VALUES ('match.42', 'goal', '{\"title\": \"Goal!\"}')", &[]).await;
     eventually(Duration::from_secs(120), || async {
         let open = app
             .count(
@@ -303,9 +270,8 @@ async fn a_topic_of_10000_subscribers_reaches_each_device_once() {
 #[actix_web::test]
 async fn topic_rows_without_subscribers_or_with_a_malformed_topic_end_without_a_pull_row() {
     let app = spawn_app().await;
-    let empty: Uuid = app.one("INSERT INTO notification (topic, type) VALUES ('nobody', 'x') RETURNING id", &[]).await;
-    let bad: Uuid =
-        app.one("INSERT INTO notification (topic, type) VALUES ('no spaces/allowed', 'x') RETURNING id", &[]).await;
+    let empty = inserted(&app, "(topic, type) VALUES ('nobody', 'x')", &[]).await;
+    let bad: Uuid = inserted(&app, "(topic, type) VALUES ('no spaces/allowed', 'x')", &[]).await;
     eventually(Duration::from_secs(20), || async {
         (app.count("SELECT count(*) FROM notification WHERE status IN ('pending', 'queued')").await == 0).then_some(())
     })
@@ -340,8 +306,7 @@ async fn the_scheduler_probe_and_the_topic_queries_use_their_indexes() {
         ),
         ("SELECT topic FROM topic_subscription WHERE user_id = 'u' ORDER BY topic", "topic_subscription_user_idx"),
     ] {
-        let plan: Vec<String> =
-            app.db.query(&format!("EXPLAIN {sql}"), &[]).await.unwrap().iter().map(|r| r.get(0)).collect();
+        let plan: Vec<String> = app.column(&format!("EXPLAIN {sql}"), &[]).await;
         assert!(plan.join("\n").contains(index), "{sql}: {plan:?}");
     }
 }
@@ -420,9 +385,8 @@ async fn a_topic_whose_subscriber_rows_postgres_refuses_fails_and_the_next_topic
         .await
         .unwrap();
     app.add_device("cy", "expo", "ExponentPushToken[cy]").await;
-    let tainted: Uuid =
-        app.one("INSERT INTO notification (topic, type) VALUES ('tainted', 'x') RETURNING id", &[]).await;
-    let clean: Uuid = app.one("INSERT INTO notification (topic, type) VALUES ('clean', 'x') RETURNING id", &[]).await;
+    let tainted: Uuid = inserted(&app, "(topic, type) VALUES ('tainted', 'x')", &[]).await;
+    let clean = inserted(&app, "(topic, type) VALUES ('clean', 'x')", &[]).await;
     assert_eq!(final_of(&app, tainted).await, "failed");
     let error = app.status(tainted).await.2.unwrap_or_default();
     assert!(

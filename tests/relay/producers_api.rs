@@ -83,15 +83,8 @@ async fn reading_and_cancelling_take_the_owner_a_service_or_the_admin_token() {
         }
     }
     // Who cancelled is the row's last_error.
-    let errors: Vec<String> = api
-        .app
-        .db
-        .query("SELECT last_error FROM notification WHERE status = 'cancelled' ORDER BY updated_at", &[])
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
+    let errors: Vec<String> =
+        api.app.column("SELECT last_error FROM notification WHERE status = 'cancelled' ORDER BY updated_at", &[]).await;
     assert_eq!(
         errors,
         ["cancelled by user alice", "cancelled by a service_role token", "cancelled by the admin token"]

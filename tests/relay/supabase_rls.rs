@@ -7,6 +7,7 @@
 
 use crate::helpers::{base_database_url, pg, prepare, TestApp};
 use tokio_postgres::error::SqlState;
+use tokio_postgres::types::ToSql;
 use tokio_postgres::Client;
 use uuid::Uuid;
 
@@ -24,19 +25,17 @@ CREATE OR REPLACE FUNCTION auth.uid() RETURNS uuid LANGUAGE sql STABLE AS $$
                            (current_setting('request.jwt.claims', true)::jsonb ->> 'sub')), '')::uuid
 $$;
 DO $$
+DECLARE
+    role_name text;
 BEGIN
-    IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'authenticated') THEN
-        CREATE ROLE authenticated NOLOGIN NOINHERIT;
-    END IF;
-EXCEPTION WHEN duplicate_object OR unique_violation THEN NULL;
-END
-$$;
-DO $$
-BEGIN
-    IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'anon') THEN
-        CREATE ROLE anon NOLOGIN NOINHERIT;
-    END IF;
-EXCEPTION WHEN duplicate_object OR unique_violation THEN NULL;
+    FOREACH role_name IN ARRAY ARRAY['authenticated', 'anon'] LOOP
+        BEGIN
+            IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = role_name) THEN
+                EXECUTE format('CREATE ROLE %I NOLOGIN NOINHERIT', role_name);
+            END IF;
+        EXCEPTION WHEN duplicate_object OR unique_violation THEN NULL;
+        END;
+    END LOOP;
 END
 $$;
 GRANT USAGE ON SCHEMA auth, public TO anon, authenticated;
@@ -84,8 +83,8 @@ async fn as_owner(db: &Client) {
 
 /// The statement was refused for want of a privilege or by a policy (both SQLSTATE 42501);
 /// returns the message, which tells the two apart.
-fn refused<T: std::fmt::Debug>(result: Result<T, tokio_postgres::Error>) -> String {
-    let error = result.expect_err("refused");
+async fn refused(db: &Client, sql: &str, params: &[&(dyn ToSql + Sync)]) -> String {
+    let error = db.execute(sql, params).await.expect_err(sql);
     assert_eq!(error.code(), Some(&SqlState::INSUFFICIENT_PRIVILEGE), "{error:?}");
     error.as_db_error().map(|e| e.message().to_string()).unwrap_or_default()
 }
@@ -127,42 +126,33 @@ async fn a_user_registers_reads_and_removes_their_own_devices_and_touches_no_one
 
     // Not for someone else, not an email address (the API checks those against the token's
     // claim), not a malformed token, not the relay's columns.
-    let other = refused(
-        db.execute(
-            "INSERT INTO device (user_id, provider, token) VALUES ($1, 'expo', 'ExponentPushToken[for-bob]')",
-            &[&bob.to_string()],
-        )
-        .await,
-    );
-    assert!(other.contains("row-level security"), "{other}");
-    for (provider, token) in [("email", "bob@example.com"), ("expo", "not-a-token"), ("apns", "abc"), ("sms", "1")] {
-        let message = refused(
-            db.execute(
-                "INSERT INTO device (user_id, provider, token) VALUES ($1, $2, $3)",
-                &[&alice.to_string(), &provider, &token],
-            )
-            .await,
-        );
-        assert!(message.contains("row-level security"), "{provider} {token}: {message}");
+    for (user, provider, token) in [
+        (bob, "expo", "ExponentPushToken[for-bob]"),
+        (alice, "email", "bob@example.com"),
+        (alice, "expo", "not-a-token"),
+        (alice, "apns", "abc"),
+        (alice, "sms", "1"),
+    ] {
+        let sql = "INSERT INTO device (user_id, provider, token) VALUES ($1, $2, $3)";
+        let message = refused(db, sql, &[&user.to_string(), &provider, &token]).await;
+        assert!(message.contains("row-level security"), "{user} {provider} {token}: {message}");
     }
     let apns = "ab".repeat(32);
     db.execute("INSERT INTO device (user_id, provider, token) VALUES ($1, 'apns', $2)", &[&alice.to_string(), &apns])
         .await
         .expect("a well-formed APNs token");
     let column = refused(
-        db.execute(
-            "INSERT INTO device (user_id, provider, token, disabled_at) VALUES ($1, 'fcm', 'x', now())",
-            &[&alice.to_string()],
-        )
-        .await,
-    );
+        db,
+        "INSERT INTO device (user_id, provider, token, disabled_at) VALUES ($1, 'fcm', 'x', now())",
+        &[&alice.to_string()],
+    )
+    .await;
     assert!(column.contains("permission denied"), "{column}");
 
     // Bob's device: invisible, and neither deleted nor re-pointed.
     assert_eq!(count(db, &format!("SELECT 1 FROM device WHERE id = '{bobs}'")).await, 0);
     assert_eq!(db.execute("DELETE FROM device WHERE id = $1", &[&bobs]).await.expect("DELETE runs"), 0);
-    let update =
-        refused(db.execute("UPDATE device SET user_id = $1 WHERE id = $2", &[&alice.to_string(), &bobs]).await);
+    let update = refused(db, "UPDATE device SET user_id = $1 WHERE id = $2", &[&alice.to_string(), &bobs]).await;
     assert!(update.contains("permission denied"), "{update}");
 
     // Her own: removed.
@@ -253,26 +243,25 @@ async fn a_user_reads_only_their_own_notifications_failures_and_subscriptions_an
     assert_eq!(count(db, "SELECT 1 FROM topic_subscription").await, 2);
 
     // Notifications are read-only, her own too; the relay's bookkeeping is not hers to read.
-    let update = refused(db.execute("UPDATE notification SET status = 'pending' WHERE id = $1", &[&alices]).await);
+    let update = refused(db, "UPDATE notification SET status = 'pending' WHERE id = $1", &[&alices]).await;
     assert!(update.contains("permission denied"), "{update}");
-    refused(db.execute("DELETE FROM notification WHERE id = $1", &[&alices]).await);
-    refused(db.execute("INSERT INTO notification (user_id, type) VALUES ($1, 'spoofed')", &[&me]).await);
-    refused(db.execute("UPDATE notification_failed SET retried_at = now()", &[]).await);
-    refused(db.execute("SELECT * FROM delivery", &[]).await);
-    refused(db.execute("SELECT * FROM refinery_schema_history", &[]).await);
+    refused(db, "DELETE FROM notification WHERE id = $1", &[&alices]).await;
+    refused(db, "INSERT INTO notification (user_id, type) VALUES ($1, 'spoofed')", &[&me]).await;
+    refused(db, "UPDATE notification_failed SET retried_at = now()", &[]).await;
+    refused(db, "SELECT * FROM delivery", &[]).await;
+    refused(db, "SELECT * FROM refinery_schema_history", &[]).await;
 
     // Subscriptions: her own in and out, nobody else's.
     db.execute("INSERT INTO topic_subscription (topic, user_id) VALUES ('match.3', $1)", &[&me])
         .await
         .expect("alice subscribes");
-    let bobs = refused(
-        db.execute("INSERT INTO topic_subscription (topic, user_id) VALUES ('match.3', $1)", &[&bob.to_string()]).await,
-    );
+    let bobs =
+        refused(db, "INSERT INTO topic_subscription (topic, user_id) VALUES ('match.3', $1)", &[&bob.to_string()])
+            .await;
     assert!(bobs.contains("row-level security"), "{bobs}");
     for topic in ["a b", "..", ""] {
-        let bad_topic = refused(
-            db.execute("INSERT INTO topic_subscription (topic, user_id) VALUES ($1, $2)", &[&topic, &me]).await,
-        );
+        let bad_topic =
+            refused(db, "INSERT INTO topic_subscription (topic, user_id) VALUES ($1, $2)", &[&topic, &me]).await;
         assert!(bad_topic.contains("row-level security"), "{topic:?}: {bad_topic}");
     }
     assert_eq!(
@@ -307,15 +296,13 @@ async fn anon_and_a_session_without_a_user_reach_nothing() {
 
     as_anon(db).await;
     for table in TABLES {
-        let message = refused(db.execute(&format!("SELECT * FROM {table}"), &[]).await);
+        let message = refused(db, &format!("SELECT * FROM {table}"), &[]).await;
         assert!(message.contains("permission denied"), "{table}: {message}");
     }
-    refused(
-        db.execute("INSERT INTO device (user_id, provider, token) VALUES ('x', 'expo', 'ExponentPushToken[x]')", &[])
-            .await,
-    );
-    refused(db.execute("INSERT INTO topic_subscription (topic, user_id) VALUES ('t', 'x')", &[]).await);
-    refused(db.execute("SELECT notify_relay_own_active_devices()", &[]).await);
+    refused(db, "INSERT INTO device (user_id, provider, token) VALUES ('x', 'expo', 'ExponentPushToken[x]')", &[])
+        .await;
+    refused(db, "INSERT INTO topic_subscription (topic, user_id) VALUES ('t', 'x')", &[]).await;
+    refused(db, "SELECT notify_relay_own_active_devices()", &[]).await;
 
     // `authenticated` without a `sub` (auth.uid() is NULL) matches no row.
     db.batch_execute("RESET ROLE; SELECT set_config('request.jwt.claim.sub', '', false); SET ROLE authenticated")
@@ -358,7 +345,7 @@ async fn a_trigger_on_the_apps_table_notifies_when_its_function_is_security_defi
     db.execute("INSERT INTO orders (id, user_id) VALUES (42, $1)", &[&alice]).await.unwrap();
 
     as_user(db, alice).await;
-    let plain = refused(db.execute("UPDATE orders SET shipped_at = now() WHERE id = 42", &[]).await);
+    let plain = refused(db, "UPDATE orders SET shipped_at = now() WHERE id = 42", &[]).await;
     assert!(plain.contains("permission denied for table notification"), "{plain}");
 
     as_owner(db).await;
@@ -443,7 +430,7 @@ async fn the_migrations_run_beside_supabases_auth_schema() {
     // The default grants reached the relay's tables; the RLS file takes them back.
     db.batch_execute(RLS).await.expect("supabase_rls.sql applies");
     as_anon(&db).await;
-    refused(db.execute("SELECT * FROM notification", &[]).await);
+    refused(&db, "SELECT * FROM notification", &[]).await;
     as_owner(&db).await;
 }
 

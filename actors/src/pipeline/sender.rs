@@ -264,7 +264,6 @@ mod tests {
     use crate::runtime::registry::Registry;
     use futures_util::future::LocalBoxFuture;
     use std::sync::Mutex;
-    use uuid::Uuid;
 
     /// A client whose request building panics when a job's token says `boom`.
     struct Fragile;
@@ -302,22 +301,7 @@ mod tests {
 
     fn delivery(token: &str) -> Delivery {
         Delivery {
-            job: Job {
-                notification_id: Uuid::new_v4(),
-                device_id: Uuid::new_v4(),
-                user_id: "u".into(),
-                provider: Provider::Expo,
-                token: token.into(),
-                payload: serde_json::json!({}).into(),
-                priority: Priority::Normal,
-                trace_id: "t".into(),
-                attempt: 0,
-                targets: 1,
-                requeued: false,
-                queued_ms: 0,
-                expires_ms: None,
-                collapse_key: None,
-            },
+            job: Job::first_attempt(Provider::Expo, token, serde_json::json!({}), Priority::Normal),
             entry: EntryRef { shard: 0, id: "1-0".into() },
         }
     }

@@ -429,22 +429,7 @@ pub(crate) mod check {
         payload: serde_json::Value,
         priority: crate::job::Priority,
     ) -> Job {
-        Job {
-            notification_id: uuid::Uuid::nil(),
-            device_id: uuid::Uuid::new_v4(),
-            user_id: "u".into(),
-            provider,
-            token: token.into(),
-            payload: payload.into(),
-            priority,
-            trace_id: "t".into(),
-            attempt: 0,
-            targets: 1,
-            requeued: false,
-            queued_ms: 0,
-            expires_ms: None,
-            collapse_key: None,
-        }
+        Job { notification_id: uuid::Uuid::nil(), ..Job::first_attempt(provider, token, payload, priority) }
     }
 
     /// Any status a server could send, weighted towards the ones the tables name.

@@ -136,6 +136,14 @@ impl Relay {
         cmd
     }
 
+    /// `XAUTOCLAIM` or `XCLAIM` on `shard` for `consumer`, of entries idle for at least
+    /// `min_idle`: the arguments both commands start with, in their order.
+    fn claim_cmd(&self, command: &str, shard: u16, consumer: &str, min_idle: Duration) -> redis::Cmd {
+        let mut cmd = self.group_cmd(command, shard);
+        cmd.arg(consumer).arg(min_idle.as_millis() as u64);
+        cmd
+    }
+
     /// Whether this relay talks to a Redis Cluster.
     pub fn is_cluster(&self) -> bool {
         self.conn.is_cluster()
@@ -254,9 +262,7 @@ impl Relay {
     ) -> Result<(String, Vec<Entry>, Vec<String>)> {
         let mut conn = self.conn();
         let reply: StreamAutoClaimReply = self
-            .group_cmd("XAUTOCLAIM", shard)
-            .arg(consumer)
-            .arg(min_idle.as_millis() as u64)
+            .claim_cmd("XAUTOCLAIM", shard, consumer, min_idle)
             .arg(start)
             .arg("COUNT")
             .arg(count)
@@ -309,13 +315,8 @@ impl Relay {
     /// `XCLAIM`s these pending entries for `consumer` (if still idle for `min_idle`).
     pub async fn claim_ids(&self, shard: u16, consumer: &str, min_idle: Duration, ids: &[&str]) -> Result<Vec<Entry>> {
         let mut conn = self.conn();
-        let reply: StreamClaimReply = self
-            .group_cmd("XCLAIM", shard)
-            .arg(consumer)
-            .arg(min_idle.as_millis() as u64)
-            .arg(ids)
-            .query_async(&mut conn)
-            .await?;
+        let reply: StreamClaimReply =
+            self.claim_cmd("XCLAIM", shard, consumer, min_idle).arg(ids).query_async(&mut conn).await?;
         Ok(reply.ids.into_iter().map(|id| parse_entry(shard, id)).collect())
     }
 

@@ -4,6 +4,7 @@
 //! names no other module of the engine but `secret`, so every section can use it.
 
 use crate::secret::Secret;
+use std::fmt;
 use std::ops::RangeInclusive;
 use std::path::Path;
 use std::time::Duration;
@@ -29,12 +30,25 @@ impl SettingsError {
 
 /// `value` must lie in `range`. Upper bounds matter as much as lower ones: a value past them is
 /// a typo, and some would overflow a timer, an int4 or a date.
-pub fn within(key: &'static str, value: u64, range: RangeInclusive<u64>) -> Result<(), SettingsError> {
+pub fn within<T: PartialOrd + fmt::Display>(
+    key: &'static str,
+    value: T,
+    range: RangeInclusive<T>,
+) -> Result<(), SettingsError> {
     match range.contains(&value) {
         true => Ok(()),
         false => {
             Err(SettingsError::new(key, format!("must be between {} and {}, got {value}", range.start(), range.end())))
         }
+    }
+}
+
+/// The top of a duration range must not be below its bottom: `key` must be at least the
+/// `floor` of `floor_key` (named with its value, in milliseconds).
+pub fn at_least_ms(key: &'static str, value: Duration, floor_key: &str, floor: Duration) -> Result<(), SettingsError> {
+    match value < floor {
+        true => Err(SettingsError::new(key, format!("must be at least {floor_key} ({})", millis::of(floor)))),
+        false => Ok(()),
     }
 }
 

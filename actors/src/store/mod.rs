@@ -86,6 +86,15 @@ impl Final {
             _ => Final::Failed,
         }
     }
+
+    /// The `status` column's value for it.
+    pub fn as_status(self) -> &'static str {
+        match self {
+            Final::Delivered => "delivered",
+            Final::Failed => "failed",
+            Final::Expired => "expired",
+        }
+    }
 }
 
 impl Settled {

@@ -54,22 +54,12 @@ impl Store {
             // The rows written so far carry the same expires_at and expire on their own.
             let expires_ms = row.get::<_, Option<i64>>(4).map(|ms| ms.max(0) as u64);
             let error = expired_text(expires_ms, "before every subscriber was given a row");
-            let stmt = tx
-                .prepare_cached(
-                    "UPDATE notification SET status = 'expired', last_error = $2, updated_at = now() WHERE id = $1",
-                )
-                .await?;
-            tx.execute(&stmt, &[&id, &error]).await?;
-            tx.commit().await?;
-            let settled =
-                Settled { notification_id: id, trace_id: row.get(5), status: Final::Expired, last_error: Some(error) };
-            return Ok(Some(TopicProgress {
-                notification_id: id,
+            return settle_topic(
+                tx,
+                Settled { notification_id: id, trace_id: row.get(5), status: Final::Expired, last_error: Some(error) },
                 topic,
-                written: 0,
-                done: true,
-                settled: Some(settled),
-            }));
+            )
+            .await;
         }
         let write = tx
             .prepare_cached(
@@ -106,26 +96,17 @@ impl Store {
                 savepoint.rollback().await?;
                 let error =
                     storable(&format!("topic fan-out stopped: Postgres refused a batch: {}", e.chain())).into_owned();
-                let stmt = tx
-                    .prepare_cached(
-                        "UPDATE notification SET status = 'failed', last_error = $2, updated_at = now() WHERE id = $1",
-                    )
-                    .await?;
-                tx.execute(&stmt, &[&id, &error]).await?;
-                tx.commit().await?;
-                let settled = Settled {
-                    notification_id: id,
-                    trace_id: row.get(5),
-                    status: Final::Failed,
-                    last_error: Some(error),
-                };
-                return Ok(Some(TopicProgress {
-                    notification_id: id,
+                return settle_topic(
+                    tx,
+                    Settled {
+                        notification_id: id,
+                        trace_id: row.get(5),
+                        status: Final::Failed,
+                        last_error: Some(error),
+                    },
                     topic,
-                    written: 0,
-                    done: true,
-                    settled: Some(settled),
-                }));
+                )
+                .await;
             }
         };
         let seen: i64 = r.get(0);
@@ -145,4 +126,25 @@ impl Store {
         tx.commit().await?;
         Ok(Some(TopicProgress { notification_id: id, topic, written: written.max(0) as u64, done, settled: None }))
     }
+}
+
+/// Ends a topic row before every subscriber has a row of their own, as `settled` says (expired,
+/// or failed), and commits: its fan-out is over.
+async fn settle_topic(
+    tx: deadpool_postgres::Transaction<'_>,
+    settled: Settled,
+    topic: String,
+) -> Result<Option<TopicProgress>> {
+    let stmt = tx
+        .prepare_cached("UPDATE notification SET status = $3, last_error = $2, updated_at = now() WHERE id = $1")
+        .await?;
+    tx.execute(&stmt, &[&settled.notification_id, &settled.last_error, &settled.status.as_status()]).await?;
+    tx.commit().await?;
+    Ok(Some(TopicProgress {
+        notification_id: settled.notification_id,
+        topic,
+        written: 0,
+        done: true,
+        settled: Some(settled),
+    }))
 }

@@ -57,23 +57,12 @@ impl tokio::io::AsyncWrite for TlsConnection {
     }
 }
 
-/// A certificate that rustls refused, anywhere in the error's chain (tokio-rustls wraps it in
-/// an `io::Error`, whose `source()` skips it, hence `get_ref`).
+/// A certificate that rustls refused, anywhere in the error's chain.
 pub(super) fn certificate_error(e: &(dyn std::error::Error + 'static)) -> Option<String> {
-    let mut next: Option<&(dyn std::error::Error + 'static)> = Some(e);
-    while let Some(err) = next {
-        let inner = err
-            .downcast_ref::<std::io::Error>()
-            .and_then(|io| io.get_ref())
-            .map(|i| i as &(dyn std::error::Error + 'static));
-        for candidate in [Some(err), inner].into_iter().flatten() {
-            if let Some(tls) = candidate.downcast_ref::<rustls::Error>() {
-                if matches!(tls, rustls::Error::InvalidCertificate(_) | rustls::Error::NoCertificatesPresented) {
-                    return Some(tls.to_string());
-                }
-            }
+    crate::tls::causes(e).find_map(|cause| match cause.downcast_ref::<rustls::Error>() {
+        Some(tls @ (rustls::Error::InvalidCertificate(_) | rustls::Error::NoCertificatesPresented)) => {
+            Some(tls.to_string())
         }
-        next = inner.and_then(|i| i.source()).or_else(|| err.source());
-    }
-    None
+        _ => None,
+    })
 }
