@@ -6,7 +6,9 @@
 //! Then what the role and the user must not do is refused.
 //!
 //! Roles and ACL users belong to the whole server, and tests run at once: each test makes its own
-//! (named by a uuid) and its guard removes it on drop, also when the test fails half-way.
+//! login role and ACL user (named by a uuid) and its guard removes it on drop, also when the test
+//! fails half-way. The NOLOGIN role `notify_relay` that the grants file creates is shared and
+//! kept (as `supabase_rls`'s stand-in roles are): its grants go with each test's database.
 
 use crate::helpers::{
     base_database_url, eventually, pg, prepare_with, redis_connection, redis_url, TestApp, ADMIN_TOKEN,
@@ -177,7 +179,7 @@ fn restricted(s: &mut Settings) {
     s.retention.final_after_days = 30;
     s.retention.interval = Duration::from_millis(200);
     s.providers.expo.rate_per_sec = 10_000;
-    s.providers.expo.device_rate_per_sec = 1_000;
+    s.providers.expo.device_rate_per_sec = 1;
 }
 
 #[actix_web::test]
@@ -201,6 +203,10 @@ async fn every_role_of_the_relay_runs_on_the_runtime_grants_and_the_redis_acl_al
             &[],
         )
         .await;
+    // Redis's script cache is the server's: empty it, so that this relay must load its scripts
+    // itself (SCRIPT LOAD) as after a Redis restart. Other tests' relays just load them again.
+    let mut redis = app.redis.clone();
+    let _: () = redis::cmd("SCRIPT").arg("FLUSH").query_async(&mut redis).await.expect("SCRIPT FLUSH");
     app.start().await;
 
     // Ready: migrations current (refinery_schema_history, pg_index), groups created.
@@ -250,6 +256,15 @@ async fn every_role_of_the_relay_runs_on_the_runtime_grants_and_the_redis_acl_al
     app.expo.forgive("ratelimited");
     assert_eq!(app.final_status(retried).await.0, "delivered");
     assert!(app.one::<i32>("SELECT attempt_count FROM delivery WHERE notification_id = $1", &[&retried]).await >= 2);
+
+    // Two notifications at once to a device allowed one per second: the rate limiter's bucket
+    // (a Lua script) defers the second, which is delivered a second later without an attempt
+    // spent. The limiter fails open when Redis refuses it, so the deferral is the evidence.
+    app.add_device("dee", "expo", "ExponentPushToken[dee]").await;
+    app.exec("INSERT INTO notification (user_id, type) SELECT 'dee', 'burst' FROM generate_series(1, 2)", &[]).await;
+    app.all_final(Duration::from_secs(20)).await;
+    assert_eq!(app.count("SELECT count(*) FROM notification WHERE user_id = 'dee' AND status = 'delivered'").await, 2);
+    assert!(app.redis_counter("DEFERRED").await >= 1, "the device's bucket deferred the second send");
 
     // A dead token: failed, pulled back by its user, a new device registered, retried, delivered.
     let erin = user_token("erin");
