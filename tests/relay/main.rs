@@ -20,6 +20,7 @@ mod faults;
 mod fcm;
 mod helpers;
 mod idempotency;
+mod least_privilege;
 mod lifetime;
 mod limits;
 mod outages;
