@@ -1,7 +1,7 @@
 //! The happy paths: rows in, pushes out.
 
 use crate::helpers::{
-    add_users, assert_refused_credentials_defer, eventually, insert_bulk, prepare, spawn_app, TestApp,
+    add_users, assert_refused_credentials_defer, eventually, insert_bulk, prepare, spawn_app, OtherProviders, TestApp,
 };
 use notify_relay::configuration::Secret;
 use serde_json::json;
@@ -169,17 +169,8 @@ async fn a_refused_access_token_opens_the_circuit_and_disables_no_device() {
 
 #[actix_web::test]
 async fn one_notification_reaches_a_users_expo_fcm_apns_and_email_devices() {
-    use emulators::apns::{ApnsEmulator, Rules};
-    use emulators::fcm::FcmEmulator;
-    use emulators::smtp::{SmtpEmulator, SmtpOptions};
-
     let mut app = prepare().await;
-    let fcm = FcmEmulator::start("127.0.0.1:0").await.expect("fcm emulator");
-    let apns = ApnsEmulator::start("127.0.0.1:0", Rules::default()).await.expect("apns emulator");
-    let smtp = SmtpEmulator::start("127.0.0.1:0", SmtpOptions::default()).await.expect("smtp emulator");
-    app.enable_fcm(&fcm);
-    app.enable_apns(&apns, apns.team_id());
-    app.enable_email(&smtp, "Notifications <no-reply@example.com>");
+    let OtherProviders { fcm, apns, smtp } = app.enable_every_provider().await;
     app.start().await;
     let apns_token = "ab".repeat(32);
     app.add_device("zoe", "expo", "ExponentPushToken[zoe]").await;

@@ -650,6 +650,19 @@ impl TestApp {
         s.timeout = Duration::from_millis(2000);
     }
 
+    /// Starts emulators of FCM, APNs and SMTP and points the relay at them (Expo's is always
+    /// there): every provider, for the tests that go through all four.
+    pub async fn enable_every_provider(&mut self) -> OtherProviders {
+        use emulators::{apns::ApnsEmulator, apns::Rules, fcm::FcmEmulator, smtp::SmtpEmulator, smtp::SmtpOptions};
+        let fcm = FcmEmulator::start("127.0.0.1:0").await.expect("fcm emulator");
+        let apns = ApnsEmulator::start("127.0.0.1:0", Rules::default()).await.expect("apns emulator");
+        let smtp = SmtpEmulator::start("127.0.0.1:0", SmtpOptions::default()).await.expect("smtp emulator");
+        self.enable_fcm(&fcm);
+        self.enable_apns(&apns, apns.team_id());
+        self.enable_email(&smtp, "Notifications <no-reply@example.com>");
+        OtherProviders { fcm, apns, smtp }
+    }
+
     /// Points the relay at an SMTP emulator.
     pub fn enable_email(&mut self, smtp: &emulators::smtp::SmtpEmulator, from: &str) {
         let s = &mut self.settings.providers.email;
@@ -699,6 +712,13 @@ impl CapturedLog {
     }
 }
 
+/// The emulators of `TestApp::enable_every_provider`, running while this lives.
+pub struct OtherProviders {
+    pub fcm: emulators::fcm::FcmEmulator,
+    pub apns: emulators::apns::ApnsEmulator,
+    pub smtp: emulators::smtp::SmtpEmulator,
+}
+
 /// What a test leaves in the shared Postgres, Redis and temp directory, removed when its
 /// `TestApp` is dropped: at its end, or half-way when it fails.
 struct Leftovers {
@@ -713,26 +733,37 @@ impl Drop for Leftovers {
             let _ = std::fs::remove_file(file);
         }
         let (db_name, prefix) = (self.db_name.clone(), self.prefix.clone());
-        // Drop runs on the test's runtime, which cannot block on async work: a thread with a
-        // runtime of its own does it.
-        let cleaner = std::thread::spawn(move || {
-            let Ok(runtime) = tokio::runtime::Builder::new_current_thread().enable_all().build() else {
-                return;
-            };
-            runtime.block_on(async move {
-                if let Ok(mut conn) = redis_connection(&redis_url()).await {
-                    let _ = remove_keys(&mut conn, &prefix).await;
-                }
-                if let Ok((client, connection)) =
-                    tokio_postgres::connect(&base_database_url(), tokio_postgres::NoTls).await
-                {
-                    tokio::spawn(connection);
-                    let _ = client.batch_execute(&format!("DROP DATABASE IF EXISTS {db_name} WITH (FORCE)")).await;
-                }
-            });
+        clean_up(async move {
+            if let Ok(mut conn) = redis_connection(&redis_url()).await {
+                let _ = remove_keys(&mut conn, &prefix).await;
+            }
+            drop_database(&db_name).await;
         });
-        let _ = cleaner.join();
     }
+}
+
+/// Runs a guard's async clean-up to its end from `Drop`. Drop runs on the test's runtime, which
+/// cannot block on async work: a thread with a runtime of its own does it, and is waited for.
+pub fn clean_up(work: impl std::future::Future<Output = ()> + Send + 'static) {
+    let cleaner = std::thread::spawn(move || {
+        if let Ok(runtime) = tokio::runtime::Builder::new_current_thread().enable_all().build() {
+            runtime.block_on(work);
+        }
+    });
+    let _ = cleaner.join();
+}
+
+/// Runs `sql` on the server's base database, ignoring failures (for clean-ups).
+pub async fn on_base_database(sql: &str) {
+    if let Ok((client, connection)) = tokio_postgres::connect(&base_database_url(), tokio_postgres::NoTls).await {
+        tokio::spawn(connection);
+        let _ = client.batch_execute(sql).await;
+    }
+}
+
+/// Drops the database `name` and ends its sessions, ignoring failures (for clean-ups).
+pub async fn drop_database(name: &str) {
+    on_base_database(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")).await;
 }
 
 /// `users` users `u1`…, each with one Expo device.

@@ -11,12 +11,10 @@
 //! kept (as `supabase_rls`'s stand-in roles are): its grants go with each test's database.
 
 use crate::helpers::{
-    base_database_url, eventually, pg, prepare_with, redis_connection, redis_url, TestApp, ADMIN_TOKEN,
+    clean_up, eventually, on_base_database, pg, prepare_with, redis_connection, redis_url, OtherProviders, TestApp,
+    ADMIN_TOKEN,
 };
 use crate::tokens::{claims, hs256, HS_SECRET};
-use emulators::apns::{ApnsEmulator, Rules};
-use emulators::fcm::FcmEmulator;
-use emulators::smtp::{SmtpEmulator, SmtpOptions};
 use notify_relay::admin::{run as admin, AdminCommand};
 use notify_relay::configuration::{Secret, Settings};
 use serde_json::{json, Value};
@@ -73,28 +71,17 @@ impl PgRole {
 impl Drop for PgRole {
     fn drop(&mut self) {
         let (name, db_url) = (self.name.clone(), self.db_url.clone());
-        // Drop runs on the test's runtime, which cannot block on async work.
-        let cleaner = std::thread::spawn(move || {
-            let Ok(runtime) = tokio::runtime::Builder::new_current_thread().enable_all().build() else {
-                return;
-            };
-            runtime.block_on(async move {
-                if let Ok((client, connection)) = tokio_postgres::connect(&db_url, tokio_postgres::NoTls).await {
-                    tokio::spawn(connection);
-                    let _ = client.batch_execute(&format!("DROP OWNED BY {name}")).await;
-                }
-                if let Ok((client, connection)) =
-                    tokio_postgres::connect(&base_database_url(), tokio_postgres::NoTls).await
-                {
-                    tokio::spawn(connection);
-                    let _ = client
-                        .execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = $1", &[&name])
-                        .await;
-                    let _ = client.batch_execute(&format!("DROP ROLE IF EXISTS {name}")).await;
-                }
-            });
+        clean_up(async move {
+            if let Ok((client, connection)) = tokio_postgres::connect(&db_url, tokio_postgres::NoTls).await {
+                tokio::spawn(connection);
+                let _ = client.batch_execute(&format!("DROP OWNED BY {name}")).await;
+            }
+            on_base_database(&format!(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = '{name}';
+                 DROP ROLE IF EXISTS {name}"
+            ))
+            .await;
         });
-        let _ = cleaner.join();
     }
 }
 
@@ -139,18 +126,19 @@ impl RedisUser {
 impl Drop for RedisUser {
     fn drop(&mut self) {
         let name = self.name.clone();
-        let cleaner = std::thread::spawn(move || {
-            let Ok(runtime) = tokio::runtime::Builder::new_current_thread().enable_all().build() else {
-                return;
-            };
-            runtime.block_on(async move {
-                if let Ok(mut conn) = redis_connection(&redis_url()).await {
-                    let _ = redis::cmd("ACL").arg("DELUSER").arg(&name).query_async::<()>(&mut conn).await;
-                }
-            });
+        clean_up(async move {
+            if let Ok(mut conn) = redis_connection(&redis_url()).await {
+                let _ = redis::cmd("ACL").arg("DELUSER").arg(&name).query_async::<()>(&mut conn).await;
+            }
         });
-        let _ = cleaner.join();
     }
+}
+
+/// `user` registers the Expo device `ExponentPushToken[<user>-api]` through the API.
+async fn register_expo_device(app: &TestApp, user: &str, token: &str) {
+    let body = json!({"provider": "expo", "token": format!("ExponentPushToken[{user}-api]")});
+    let (status, answer) = call(app, "POST", &format!("/users/{user}/devices"), token, Some(body)).await;
+    assert_eq!(status, 201, "{answer}");
 }
 
 /// A request to the app's API: (status, JSON body).
@@ -185,12 +173,7 @@ fn restricted(s: &mut Settings) {
 #[actix_web::test]
 async fn every_role_of_the_relay_runs_on_the_runtime_grants_and_the_redis_acl_alone() {
     let mut app = prepare_with(restricted).await;
-    let fcm = FcmEmulator::start("127.0.0.1:0").await.expect("fcm emulator");
-    let apns = ApnsEmulator::start("127.0.0.1:0", Rules::default()).await.expect("apns emulator");
-    let smtp = SmtpEmulator::start("127.0.0.1:0", SmtpOptions::default()).await.expect("smtp emulator");
-    app.enable_fcm(&fcm);
-    app.enable_apns(&apns, apns.team_id());
-    app.enable_email(&smtp, "Notifications <no-reply@example.com>");
+    let OtherProviders { fcm, apns, smtp } = app.enable_every_provider().await;
     let role = PgRole::create(&app).await;
     let redis_user = RedisUser::create(&app.prefix).await;
     app.settings.database.url = Secret::new(role.url());
@@ -216,15 +199,7 @@ async fn every_role_of_the_relay_runs_on_the_runtime_grants_and_the_redis_acl_al
     // Every provider, one notification; devices registered through the API and in SQL. Expo is
     // slow for it, so that the heartbeat refreshes entries in flight.
     let zoe = user_token("zoe");
-    let (status, _) = call(
-        &app,
-        "POST",
-        "/users/zoe/devices",
-        &zoe,
-        Some(json!({"provider": "expo", "token": "ExponentPushToken[zoe]"})),
-    )
-    .await;
-    assert_eq!(status, 201);
+    register_expo_device(&app, "zoe", &zoe).await;
     let apns_token = "ab".repeat(32);
     app.add_device("zoe", "fcm", "zoe-android").await;
     app.add_device("zoe", "apns", &apns_token).await;
@@ -243,7 +218,7 @@ async fn every_role_of_the_relay_runs_on_the_runtime_grants_and_the_redis_acl_al
     .await;
     app.expo.set_latency(Duration::ZERO);
     assert_eq!(app.status(everywhere).await.0, "delivered");
-    assert_eq!(app.expo.sends_of(everywhere, "ExponentPushToken[zoe]"), 1);
+    assert_eq!(app.expo.sends_of(everywhere, "ExponentPushToken[zoe-api]"), 1);
     assert_eq!(fcm.sends_of(everywhere, "zoe-android"), 1);
     assert_eq!(apns.sent().iter().filter(|s| s.token == apns_token).count(), 1);
     assert_eq!(smtp.sends_of(everywhere, "zoe@example.com"), 1);
@@ -275,19 +250,11 @@ async fn every_role_of_the_relay_runs_on_the_runtime_grants_and_the_redis_acl_al
     let (status, page) = call(&app, "GET", "/users/erin/notifications/failed", &erin, None).await;
     assert_eq!(status, 200, "{page}");
     assert_eq!(page["items"][0]["notification_id"], failed.to_string(), "{page}");
-    let (status, _) = call(
-        &app,
-        "POST",
-        "/users/erin/devices",
-        &erin,
-        Some(json!({"provider": "expo", "token": "ExponentPushToken[erin-new]"})),
-    )
-    .await;
-    assert_eq!(status, 201);
+    register_expo_device(&app, "erin", &erin).await;
     let (status, body) = call(&app, "POST", &format!("/notifications/{failed}/retry"), &erin, Some(json!({}))).await;
     assert_eq!(status, 202, "{body}");
     eventually(Duration::from_secs(20), || async { (app.status(failed).await.0 == "delivered").then_some(()) }).await;
-    assert_eq!(app.expo.sends_of(failed, "ExponentPushToken[erin-new]"), 1);
+    assert_eq!(app.expo.sends_of(failed, "ExponentPushToken[erin-api]"), 1);
     let (_, page) = call(&app, "GET", "/users/erin/notifications/failed", &erin, None).await;
     assert!(page["items"][0]["retried_at"].is_string(), "{page}");
 

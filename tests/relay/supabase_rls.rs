@@ -5,7 +5,7 @@
 //! reaches nothing. The relay's migrations run on a database where Supabase's `auth` schema is
 //! already there. And what docs/supabase.md says of Supabase's own service role key.
 
-use crate::helpers::{base_database_url, pg, prepare, TestApp};
+use crate::helpers::{base_database_url, clean_up, drop_database, pg, prepare, TestApp};
 use tokio_postgres::error::SqlState;
 use tokio_postgres::types::ToSql;
 use tokio_postgres::Client;
@@ -368,21 +368,7 @@ struct ScratchDatabase {
 impl Drop for ScratchDatabase {
     fn drop(&mut self) {
         let name = self.name.clone();
-        // Drop runs on the test's runtime, which cannot block on async work.
-        let _ = std::thread::spawn(move || {
-            let Ok(runtime) = tokio::runtime::Builder::new_current_thread().enable_all().build() else {
-                return;
-            };
-            runtime.block_on(async move {
-                if let Ok((client, connection)) =
-                    tokio_postgres::connect(&base_database_url(), tokio_postgres::NoTls).await
-                {
-                    tokio::spawn(connection);
-                    let _ = client.batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")).await;
-                }
-            });
-        })
-        .join();
+        clean_up(async move { drop_database(&name).await });
     }
 }
 
