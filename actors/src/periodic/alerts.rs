@@ -1,6 +1,6 @@
 //! The alert check: every `alerts.interval_ms` a scheduler reads each shard's backlog
 //! ([`Relay::backlog`]) and logs a warning when it passes a configured threshold, so that a log
-//! pipeline (Loki, Elasticsearch) can alert without Prometheus:
+//! pipeline (Loki, Elasticsearch) can alert on them; no metrics endpoint is needed:
 //!
 //! - `DLQ_GROWING` when the dead letters of all shards together exceed `alerts.dlq_length_max`,
 //!   or when more than `alerts.dlq_added_max` were written since this process's previous check
