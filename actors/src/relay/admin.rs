@@ -156,7 +156,7 @@ impl Relay {
 
     /// What the alert check ([`crate::periodic::alerts`]) reads of every shard: the dead
     /// letters held and ever written, and the entries no consumer has read yet with the time the
-    /// oldest of them was written. Three round trips whatever the number of shards, plus one
+    /// oldest of them was written. Two pipelined round trips whatever the number of shards, plus one
     /// `XINFO GROUPS` per shard.
     pub async fn backlog(&self) -> Result<Vec<ShardBacklog>> {
         let mut conn = self.conn();
