@@ -75,13 +75,13 @@ impl DeadLetterEntry {
         Some((shard.parse().ok()?, entry.to_string()))
     }
 
-    /// The job, if the entry holds one.
     /// Whether two `<shard>:<entry id>` name the same dead letter (`0:007-1` is `0:7-1`).
     pub fn same_id(a: &str, b: &str) -> bool {
         let key = |id: &str| DeadLetterEntry::parse_id(id).map(|(shard, entry)| (shard, entry_order(&entry)));
         key(a).is_some() && key(a) == key(b)
     }
 
+    /// The job, if the entry holds one.
     pub fn parsed_job(&self) -> Option<Job> {
         serde_json::from_value(self.job.clone()).ok()
     }
