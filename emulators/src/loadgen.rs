@@ -511,10 +511,12 @@ where
                 }
             }
         }
+        let transactions = match commits.len() {
+            1 => "one transaction".to_string(),
+            c => format!("{c} transactions of at most {} rows", args.batch.min(args.notifications)),
+        };
         eprintln!(
-            "loadgen: committed {n} notifications in {} transactions of at most {} rows{} ({} ms)",
-            commits.len(),
-            args.batch.min(args.notifications),
+            "loadgen: committed {n} notifications in {transactions}{} ({} ms)",
             args.rate.map(|r| format!(" at {r}/s")).unwrap_or_default(),
             started.elapsed().as_millis()
         );
