@@ -3,10 +3,12 @@
 //! It starts the emulator of `--provider` (Expo by default; FCM, APNs or SMTP) in-process,
 //! creates a fresh database (next to the configured one) with one device of that provider per
 //! user, starts the relay as a child process against that
-//! database and a fresh Redis key prefix, commits the notifications (all in one transaction, or
-//! paced with `--rate`), and measures until every row is `delivered` in Postgres: throughput,
-//! latency from commit to the provider (p50/p90/p99/max), duplicates, and the relay's peak RSS
-//! (`VmHWM`). Then it stops the relay with SIGTERM and cleans up.
+//! database and a fresh Redis key prefix, commits the notifications (in transactions of
+//! `--batch` rows one after another while the relay already delivers, or paced with `--rate`),
+//! and measures until every row is `delivered` in Postgres: throughput, latency from commit to
+//! the provider (p50/p90/p99/max), duplicates, and the relay's peak RSS (`VmHWM`). Then it stops
+//! the relay with SIGTERM and cleans up: drops the database and unlinks every Redis key of the
+//! prefix; a cleanup that fails fails the run.
 //!
 //! For the producer features: `--topic` (one topic row to `--users` subscribers),
 //! `--send-in-ms` (scheduled rows; lateness after `send_at`) and `--future` (rows scheduled a
@@ -35,10 +37,16 @@ pub struct LoadgenArgs {
     /// Distinct users (one Expo device each); notifications are spread evenly.
     #[arg(long, default_value_t = 1_000)]
     pub users: u64,
-    /// Commit at this many notifications per second (in 20 batches a second) instead of one
-    /// bulk transaction.
-    #[arg(long)]
+    /// Commit at this many notifications per second (20 times a second, the rows due by then, in
+    /// statements of at most `--batch` rows) instead of as fast as Postgres takes them.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=MAX_COUNT))]
     pub rate: Option<u64>,
+    /// Rows per `INSERT` statement, each its own transaction, committed one after another: the
+    /// relay starts delivering the first batch while the next ones are written, and a row's
+    /// latency counts from the commit of its own batch. 1 to 1,000,000,000; a batch of at least
+    /// `--notifications` is one bulk commit.
+    #[arg(long, default_value_t = DEFAULT_BATCH, value_name = "ROWS", value_parser = parse_batch)]
+    pub batch: u64,
     /// Give up after this many seconds.
     #[arg(long, default_value_t = 600)]
     pub timeout_secs: u64,
@@ -59,10 +67,11 @@ pub struct LoadgenArgs {
     /// ONE topic row is committed. Measured until every subscriber's row (`parent_id` = the
     /// topic row) is delivered: subscriber deliveries/s, latency from the topic row's commit to
     /// the provider, the relay's peak RSS. `--notifications` and `--rate` do not apply.
-    #[arg(long, conflicts_with_all = ["notifications", "rate"])]
+    #[arg(long, conflicts_with_all = ["notifications", "rate", "batch"])]
     pub topic: bool,
     /// Scheduled sends: every notification is committed with `send_at = now() + MS` (`now()` of
-    /// its transaction, so one bulk commit makes all of them due at the same instant). The
+    /// its transaction: the rows of one batch are due at the same instant, and a `--batch` of at
+    /// least `--notifications` makes all of them due at once). The
     /// latency printed is then lateness, provider receipt minus `send_at` (p50/p90/p99/max), and
     /// throughput counts from the first `send_at`; a receipt before its `send_at` is counted and
     /// fails the run.
@@ -205,6 +214,39 @@ pub const MAX_COUNT: u64 = 1_000_000_000;
 /// the hour (`--future`'s are a day ahead).
 pub const MAX_SEND_IN_MS: u64 = 30 * 60 * 1000;
 
+/// `--batch` when not given: 100,000 rows are 10 commits, 1,000,000 are 100.
+pub const DEFAULT_BATCH: u64 = 10_000;
+
+/// `--batch`'s parser: a whole number of rows, 1 to [`MAX_COUNT`].
+pub fn parse_batch(text: &str) -> Result<u64, String> {
+    let rows: u64 =
+        text.trim().parse().map_err(|_| format!("expected a whole number of rows per commit, got {text:?}"))?;
+    check_batch(rows).map_err(|e| e.to_string())?;
+    Ok(rows)
+}
+
+/// `--batch`: 1 to [`MAX_COUNT`] rows per commit.
+pub fn check_batch(rows: u64) -> Result<(), CountError> {
+    if (1..=MAX_COUNT).contains(&rows) {
+        Ok(())
+    } else {
+        Err(CountError { flag: "--batch", got: rows })
+    }
+}
+
+/// The statements that commit the rows `first..=last`: consecutive `(first, last)` ranges of at
+/// most `batch` rows each, in order, covering every row once. Nothing when `first > last`.
+pub fn batches(first: u64, last: u64, batch: u64) -> impl Iterator<Item = (u64, u64)> {
+    let batch = batch.max(1);
+    let mut next = Some(first).filter(|&f| f <= last);
+    std::iter::from_fn(move || {
+        let start = next?;
+        let end = start.saturating_add(batch - 1).min(last);
+        next = end.checked_add(1).filter(|&n| n <= last);
+        Some((start, end))
+    })
+}
+
 /// The topic every subscriber of a `--topic` run follows.
 const TOPIC: &str = "loadgen.topic";
 
@@ -238,6 +280,7 @@ where
     M: AsyncFn(&notify_relay_engine::tls::PgTarget) -> Result<(), BoxError>,
 {
     check_counts(args.notifications, args.users)?;
+    check_batch(args.batch)?;
     if let Some(n) = args.future.filter(|&n| n > MAX_COUNT) {
         return Err(CountError { flag: "--future", got: n }.into());
     }
@@ -251,27 +294,81 @@ where
     let base_url = target.database_url.clone();
     let db_url = with_database(&base_url, &db_name)?;
 
-    let emulator = Emulator::start(args.provider, &run_id).await?;
     let admin = connect(&base_url, target.database_ca_file.as_deref()).await?;
-    admin.batch_execute(&format!("CREATE DATABASE {db_name}")).await?;
+    let emulator = Emulator::start(args.provider, &run_id).await?;
+    if let Err(e) = admin.batch_execute(&format!("CREATE DATABASE {db_name}")).await {
+        emulator.stop().await;
+        return Err(e.into());
+    }
     eprintln!("loadgen: database {db_name}, key prefix {prefix}, {} emulator {}", args.provider, emulator.url());
 
-    let result = measure(&target, &args, &db_url, &prefix, &emulator).await;
-
-    if !args.keep {
-        let _ = admin.batch_execute(&format!("DROP DATABASE IF EXISTS {db_name} WITH (FORCE)")).await;
-        // SCAN + UNLINK in batches: a 1M-key run's cleanup neither blocks Redis nor outlasts a
-        // reply timeout, and a failure is said, not swallowed.
-        let removed = match crate::testing::redis_connection(&target.redis_url).await {
-            Ok(mut conn) => crate::testing::remove_keys(&mut conn, &prefix).await,
-            Err(e) => Err(e),
-        };
-        if let Err(e) = removed {
-            eprintln!("loadgen: could not remove its Redis keys ({prefix}:*): {e}");
-        }
+    // The relay is kept here, so that whatever `measure` returns it is gone (killed and
+    // reaped) before the cleanup: nothing writes a key after the keys are removed.
+    let mut relay: Option<tokio::process::Child> = None;
+    let result = measure(&target, &args, &db_url, &prefix, &emulator, &mut relay).await;
+    if let Some(mut child) = relay.take() {
+        // An error here is a child already reaped by `measure`.
+        let _ = child.kill().await;
     }
     emulator.stop().await;
-    result
+
+    if args.keep {
+        eprintln!("loadgen: kept database {db_name} and the Redis keys {prefix}:* (--keep)");
+        return result;
+    }
+    let cleaned = clean_up(&admin, &db_name, &target.redis_url, &prefix).await;
+    match (&result, cleaned) {
+        (_, Ok(removed)) => {
+            eprintln!(
+                "loadgen: cleaned up: database {db_name} dropped, {removed} Redis keys of {prefix}:* unlinked, 0 left"
+            );
+            result
+        }
+        (Ok(()), Err(e)) => Err(format!("cleanup failed: {e}").into()),
+        (Err(_), Err(e)) => {
+            // The run's own error is the one returned; this one is said too.
+            eprintln!("loadgen: cleanup failed: {e}");
+            result
+        }
+    }
+}
+
+/// Drops the run's database and unlinks every Redis key of its prefix (`SCAN` + `UNLINK` in
+/// batches: a 1M-key cleanup neither blocks Redis nor outlasts a reply timeout), then counts what
+/// is left of the prefix with `SCAN`. Returns the keys unlinked; any failure, or a key left, is an
+/// error naming what is left behind. Both are tried whatever the other's outcome.
+pub async fn clean_up(
+    admin: &tokio_postgres::Client,
+    db_name: &str,
+    redis_url: &str,
+    prefix: &str,
+) -> Result<u64, String> {
+    let mut problems = Vec::new();
+    if let Err(e) = admin.batch_execute(&format!("DROP DATABASE IF EXISTS {db_name} WITH (FORCE)")).await {
+        problems.push(format!("database {db_name} not dropped: {e}"));
+    }
+    let keys = async {
+        let mut conn = crate::testing::redis_connection(redis_url).await?;
+        let removed = crate::testing::remove_keys(&mut conn, prefix).await?;
+        let left = crate::testing::count_keys(&mut conn, prefix).await?;
+        Ok::<_, redis::RedisError>((removed, left))
+    };
+    let removed = match keys.await {
+        Ok((removed, 0)) => removed,
+        Ok((removed, left)) => {
+            problems.push(format!("{left} Redis keys of {prefix}:* still there after unlinking {removed}"));
+            removed
+        }
+        Err(e) => {
+            problems.push(format!("Redis keys of {prefix}:* not removed: {e}"));
+            0
+        }
+    };
+    if problems.is_empty() {
+        Ok(removed)
+    } else {
+        Err(problems.join("; "))
+    }
 }
 
 async fn measure<M>(
@@ -280,6 +377,7 @@ async fn measure<M>(
     db_url: &str,
     prefix: &str,
     emulator: &Emulator,
+    relay_slot: &mut Option<tokio::process::Child>,
 ) -> Result<(), BoxError>
 where
     M: AsyncFn(&notify_relay_engine::tls::PgTarget) -> Result<(), BoxError>,
@@ -348,7 +446,7 @@ where
         let (k, v) = pair.split_once('=').ok_or_else(|| format!("--relay-env {pair}: expected NAME=VALUE"))?;
         cmd.env(k, v);
     }
-    let mut relay = cmd.spawn()?;
+    let relay = relay_slot.insert(cmd.spawn()?);
     let pid = relay.id().ok_or("relay exited at once")?;
     wait_ready(http_port, Duration::from_secs(60)).await?;
     let idle_rss = read_status_kb(pid, "VmRSS:").unwrap_or(0);
@@ -365,7 +463,6 @@ where
                     FROM generate_series($1::int8, $2::int8) g";
     let mut commits: Vec<(i64, SystemTime)> = Vec::new(); // (last seq of the batch, commit time)
     let started = Instant::now();
-    let first_commit;
     let mut topic_row: Option<uuid::Uuid> = None;
     // Rows (or, with --topic, subscriber rows) that must be delivered.
     let expected = if args.topic { users } else { n };
@@ -380,42 +477,66 @@ where
                 &[&TOPIC, &send_in_ms],
             )
             .await?;
-        first_commit = SystemTime::now();
         topic_row = Some(row.get(0));
-        commits.push((n, first_commit));
+        commits.push((n, SystemTime::now()));
         eprintln!("loadgen: committed one topic row for {users} subscribers");
     } else {
+        // Each statement is its own transaction (autocommit): the relay hears the first batch
+        // and delivers it while the next ones are written.
+        let mut commit = async |(first, last): (u64, u64)| -> Result<(), BoxError> {
+            db.execute(insert, &[&(first as i64), &(last as i64), &users, &send_in_ms]).await?;
+            commits.push((last as i64, SystemTime::now()));
+            Ok(())
+        };
         match args.rate {
             None => {
-                db.execute(insert, &[&1i64, &n, &users, &send_in_ms]).await?;
-                first_commit = SystemTime::now();
-                commits.push((n, first_commit));
-                eprintln!(
-                    "loadgen: committed {n} notifications in one transaction ({} ms)",
-                    started.elapsed().as_millis()
-                );
+                for range in batches(1, args.notifications, args.batch) {
+                    commit(range).await?;
+                }
             }
             Some(rate) => {
-                let per_tick = (rate / 20).max(1) as i64;
+                // Tick k (20 a second) brings the rows committed up to rate * k / 20, so any
+                // rate is kept on average, also one below 20/s.
                 let mut tick = tokio::time::interval(Duration::from_millis(50));
-                let mut next = 1i64;
-                first_commit = SystemTime::now();
-                while next <= n {
+                let mut done = 0u64;
+                let mut k = 0u64;
+                while done < args.notifications {
                     tick.tick().await;
-                    let last = next.saturating_add(per_tick - 1).min(n);
-                    db.execute(insert, &[&next, &last, &users, &send_in_ms]).await?;
-                    commits.push((last, SystemTime::now()));
-                    next = last + 1;
+                    k += 1;
+                    let due = (u128::from(rate) * u128::from(k) / 20).min(u128::from(args.notifications)) as u64;
+                    for range in batches(done + 1, due, args.batch) {
+                        commit(range).await?;
+                    }
+                    done = done.max(due);
                 }
-                eprintln!("loadgen: committed {n} notifications at {rate}/s");
             }
         }
+        let transactions = match commits.len() {
+            1 => "one transaction".to_string(),
+            c => format!("{c} transactions of at most {} rows", args.batch.min(args.notifications)),
+        };
+        eprintln!(
+            "loadgen: committed {n} notifications in {transactions}{} ({} ms)",
+            args.rate.map(|r| format!(" at {r}/s")).unwrap_or_default(),
+            started.elapsed().as_millis()
+        );
     }
+    // The clock starts at the first commit: before it the relay has nothing to do.
+    let first_commit = commits.first().map(|c| c.1).ok_or("nothing was committed")?;
 
     // Wait until Postgres says every notification is final. Postgres is only asked once the
     // emulator has accepted every message (or its count stopped moving for 2 s: some failed),
     // and then only through partial indexes whose size is the open work, never by a scan of the
     // table (which holds `--future`'s rows, and a million subscriber rows with `--topic`).
+    //
+    // On a connection of its own that plans them as index (only) scans, never bitmap scans: the
+    // partial indexes keep an entry for every row that left them until vacuum comes (1M after a
+    // 1M run), and a bitmap heap scan visits the heap for each of them on every check, where a
+    // plain index scan marks the dead entries on its first pass, so that each later check reads
+    // the index alone (EXPLAIN of a 1M-row run in bench/README.md: 26k heap buffers every time
+    // as a bitmap scan; 1,900 index buffers from the second check on as an index scan).
+    let checker = connect(db_url, target.database_ca_file.as_deref()).await?;
+    checker.batch_execute("SET enable_bitmapscan = off").await?;
     let deadline = Instant::now() + Duration::from_secs(args.timeout_secs);
     let mut peak_rss = 0;
     let mut last_count = (0usize, Instant::now());
@@ -427,7 +548,7 @@ where
         }
         let ask = received as i64 >= expected || last_count.1.elapsed() > Duration::from_secs(2);
         if ask {
-            let open = open_work(&db).await?;
+            let open = open_work(&checker).await?;
             if open == 0 {
                 break SystemTime::now();
             }
@@ -526,6 +647,9 @@ where
         }
     }
     latencies.sort_by(|a, b| a.total_cmp(b));
+    // Streamed commits: how much the relay had sent before the last batch was committed.
+    let last_commit = commits.last().map(|c| c.1).unwrap_or(first_commit);
+    let sent_before_last_commit = sent.iter().filter(|(_, at)| *at < last_commit).count();
     let duplicates: u32 = per_id.values().map(|c| c.saturating_sub(1)).sum();
     let elapsed = done_at.duration_since(first_due).unwrap_or_default().as_secs_f64();
 
@@ -568,7 +692,11 @@ where
         println!(
             "  notifications        {n} for {users} {} devices ({})",
             args.provider,
-            args.rate.map(|r| format!("paced at {r}/s")).unwrap_or_else(|| "one bulk commit".into())
+            match args.rate {
+                Some(r) => format!("paced at {r}/s in {} commits", commits.len()),
+                None if commits.len() == 1 => "one bulk commit".into(),
+                None => format!("{} commits of at most {} rows, one after another", commits.len(), args.batch),
+            }
         );
     }
     if let Some(ms) = send_in_ms {
@@ -583,6 +711,9 @@ where
         "  end to end           {elapsed:.2} s{}  ->  {throughput:.0} {what}",
         if send_in_ms.is_some() { " from send_at" } else { "" }
     );
+    if commits.len() > 1 {
+        println!("  sent while committing {sent_before_last_commit} before the last of {} commits", commits.len());
+    }
     let latency_label = if send_in_ms.is_some() { "lateness send_at->provider" } else { "latency commit->provider" };
     println!(
         "  {latency_label}  p50 {:.0} ms  p90 {:.0} ms  p99 {:.0} ms  max {:.0} ms",
@@ -606,9 +737,11 @@ where
         "{}",
         serde_json::json!({
             "provider": args.provider.as_str(), "notifications": if args.topic { 1 } else { n }, "users": users,
-            "rate": args.rate, "topic": args.topic, "send_in_ms": send_in_ms, "future": args.future,
+            "rate": args.rate, "batch": if args.topic { None } else { Some(args.batch) },
+            "commits": commits.len(), "topic": args.topic, "send_in_ms": send_in_ms, "future": args.future,
             "delivered": delivered, "failed": failed,
-            "sends": sent.len(), "duplicates": duplicates, "seconds": elapsed, "per_second": throughput,
+            "sends": sent.len(), "duplicates": duplicates,
+            "sent_before_last_commit": sent_before_last_commit, "seconds": elapsed, "per_second": throughput,
             "latency_from": if send_in_ms.is_some() { "send_at" } else { "commit" },
             "latency_ms": {"p50": pct(0.5), "p90": pct(0.9), "p99": pct(0.99), "max": pct(1.0)},
             "received_before_send_at": early,
@@ -758,7 +891,7 @@ fn read_status_kb(pid: u32, field: &str) -> Option<u64> {
 
 #[cfg(test)]
 mod tests {
-    use super::{check_counts, with_database, LoadgenArgs, MAX_COUNT};
+    use super::{batches, check_batch, check_counts, with_database, LoadgenArgs, DEFAULT_BATCH, MAX_COUNT};
     use clap::Parser;
 
     #[derive(Parser)]
@@ -785,6 +918,58 @@ mod tests {
         assert!(check_counts(0, 1).unwrap_err().to_string().contains("--notifications"));
         assert!(check_counts(u64::MAX, 1).unwrap_err().to_string().contains("--notifications"));
         assert!(check_counts(1, u64::MAX).unwrap_err().to_string().contains("--users"));
+    }
+
+    #[test]
+    fn batches_cover_every_row_once_in_order_and_none_is_over_the_size() {
+        assert_eq!(batches(1, 100_000, 10_000).count(), 10);
+        assert_eq!(batches(1, 25, 10).collect::<Vec<_>>(), [(1, 10), (11, 20), (21, 25)]);
+        assert_eq!(batches(1, 5, 10).collect::<Vec<_>>(), [(1, 5)]);
+        assert_eq!(batches(1, 3, 1).collect::<Vec<_>>(), [(1, 1), (2, 2), (3, 3)]);
+        assert_eq!(batches(7, 7, 10).collect::<Vec<_>>(), [(7, 7)]);
+        assert_eq!(batches(8, 7, 10).count(), 0);
+        // Near the top of u64: no overflow, the last range ends at `last`.
+        assert_eq!(
+            batches(u64::MAX - 2, u64::MAX, 2).collect::<Vec<_>>(),
+            [(u64::MAX - 2, u64::MAX - 1), (u64::MAX, u64::MAX)]
+        );
+        for (first, last, size) in [(1, 1_000_003, 10_000), (1, 999, 7), (50, 1_049, 1_000), (3, 3, MAX_COUNT)] {
+            let mut expected_next = first;
+            for (a, b) in batches(first, last, size) {
+                assert_eq!(a, expected_next, "ranges are consecutive");
+                assert!(a <= b && b - a < size, "({a}, {b}) within {size}");
+                expected_next = b + 1;
+            }
+            assert_eq!(expected_next, last + 1, "every row up to {last}");
+        }
+    }
+
+    #[test]
+    fn batch_defaults_to_ten_thousand_and_bad_values_get_a_clear_error() {
+        let cli = Cli::try_parse_from(["loadgen"]).unwrap();
+        assert_eq!((cli.args.batch, DEFAULT_BATCH), (10_000, 10_000));
+        let cli = Cli::try_parse_from(["loadgen", "--batch", "250"]).unwrap();
+        assert_eq!(cli.args.batch, 250);
+        for (bad, says) in [
+            ("0", "--batch must be between 1 and 1000000000, got 0"),
+            ("1000000001", "--batch must be between 1 and 1000000000, got 1000000001"),
+            ("-5", "expected a whole number of rows per commit, got \"-5\""),
+            ("ten", "expected a whole number of rows per commit, got \"ten\""),
+            ("", "expected a whole number of rows per commit"),
+        ] {
+            let err =
+                Cli::try_parse_from(["loadgen".to_string(), format!("--batch={bad}")]).err().expect(bad).to_string();
+            assert!(err.contains("--batch") && err.contains(says), "--batch {bad:?}: {err}");
+        }
+        assert_eq!(check_batch(0).unwrap_err().to_string(), "--batch must be between 1 and 1000000000, got 0");
+        assert!(check_batch(1).is_ok() && check_batch(MAX_COUNT).is_ok());
+        // A topic run commits one row: a batch size means nothing there.
+        assert!(Cli::try_parse_from(["loadgen", "--topic", "--batch", "10"]).is_err());
+        // --rate 0 would commit nothing forever.
+        let err = Cli::try_parse_from(["loadgen", "--rate", "0"]).err().expect("--rate 0").to_string();
+        assert!(err.contains("--rate"), "{err}");
+        let cli = Cli::try_parse_from(["loadgen", "--rate", "5", "--batch", "2"]).unwrap();
+        assert_eq!((cli.args.rate, cli.args.batch), (Some(5), 2));
     }
 
     #[test]

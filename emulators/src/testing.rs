@@ -2,8 +2,9 @@
 //! `tests/providers`, the provider clients against the emulators alone): a wait for a condition
 //! with a deadline, a temp directory and a child process that are removed when dropped, and a
 //! job to hand a provider client directly, and a Redis connection patient enough for a loaded
-//! machine. Test support: the waits panic when the test fails. `redis_connection` and
-//! `remove_keys` return errors instead, and `loadgen` uses them to clean up after a run.
+//! machine. Test support: the waits panic when the test fails. `redis_connection`,
+//! `remove_keys` and `count_keys` return errors instead, and `loadgen` uses them to clean up after
+//! a run.
 
 use notify_relay_engine::job::{Job, Priority, Provider};
 use serde_json::Value;
@@ -38,18 +39,36 @@ pub async fn until_redis_answers(url: &str, limit: Duration, command: &redis::Cm
 
 /// Removes every key under `prefix` (`prefix:*`) with `SCAN` and `UNLINK` in batches, so that
 /// cleaning up after a test with 100k keys never blocks the Redis that other tests share
-/// (`KEYS` walks the whole keyspace in one command, `DEL` frees memory inline).
-pub async fn remove_keys(conn: &mut redis::aio::MultiplexedConnection, prefix: &str) -> redis::RedisResult<()> {
+/// (`KEYS` walks the whole keyspace in one command, `DEL` frees memory inline). Returns how many
+/// keys were unlinked.
+pub async fn remove_keys(conn: &mut redis::aio::MultiplexedConnection, prefix: &str) -> redis::RedisResult<u64> {
     let pattern = format!("{prefix}:*");
     let mut cursor: u64 = 0;
+    let mut removed = 0;
     loop {
         let (next, keys): (u64, Vec<String>) =
             redis::cmd("SCAN").arg(cursor).arg("MATCH").arg(&pattern).arg("COUNT").arg(1000).query_async(conn).await?;
         if !keys.is_empty() {
-            redis::cmd("UNLINK").arg(&keys).query_async::<()>(conn).await?;
+            removed += redis::cmd("UNLINK").arg(&keys).query_async::<u64>(conn).await?;
         }
         if next == 0 {
-            return Ok(());
+            return Ok(removed);
+        }
+        cursor = next;
+    }
+}
+
+/// How many keys there are under `prefix` (`prefix:*`), counted with `SCAN` (never `KEYS`).
+pub async fn count_keys(conn: &mut redis::aio::MultiplexedConnection, prefix: &str) -> redis::RedisResult<u64> {
+    let pattern = format!("{prefix}:*");
+    let mut cursor: u64 = 0;
+    let mut count = 0;
+    loop {
+        let (next, keys): (u64, Vec<String>) =
+            redis::cmd("SCAN").arg(cursor).arg("MATCH").arg(&pattern).arg("COUNT").arg(1000).query_async(conn).await?;
+        count += keys.len() as u64;
+        if next == 0 {
+            return Ok(count);
         }
         cursor = next;
     }

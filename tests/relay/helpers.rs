@@ -721,10 +721,17 @@ pub struct OtherProviders {
 
 /// What a test leaves in the shared Postgres, Redis and temp directory, removed when its
 /// `TestApp` is dropped: at its end, or half-way when it fails.
-struct Leftovers {
+pub struct Leftovers {
     db_name: String,
     prefix: String,
     temp_files: Vec<std::path::PathBuf>,
+}
+
+impl Leftovers {
+    /// A guard of a database and a Redis key prefix made by something else (a `loadgen` run).
+    pub fn of(db_name: &str, prefix: &str) -> Leftovers {
+        Leftovers { db_name: db_name.into(), prefix: prefix.into(), temp_files: Vec::new() }
+    }
 }
 
 impl Drop for Leftovers {

@@ -23,6 +23,7 @@ mod idempotency;
 mod least_privilege;
 mod lifetime;
 mod limits;
+mod loadgen;
 mod outages;
 mod poison;
 mod postgres_tls;

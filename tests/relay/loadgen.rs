@@ -1,0 +1,128 @@
+//! `notify-relay loadgen`: the run streams its commits (`--batch`, `--rate`) and leaves neither
+//! its database nor a Redis key of its prefix behind; a cleanup that cannot finish says so.
+
+use crate::helpers::{base_database_url, pg, redis_connection, redis_url, Leftovers, TempDir};
+use emulators::loadgen::clean_up;
+use emulators::testing::count_keys;
+use serde_json::Value;
+use std::process::Stdio;
+use std::time::Duration;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
+use uuid::Uuid;
+
+async fn database_exists(name: &str) -> bool {
+    let admin = pg(&base_database_url()).await;
+    let row =
+        admin.query_one("SELECT count(*) FROM pg_database WHERE datname = $1", &[&name]).await.expect("pg_database");
+    row.get::<_, i64>(0) == 1
+}
+
+#[actix_web::test]
+async fn a_paced_run_commits_in_batches_while_the_relay_delivers_and_leaves_nothing_behind() {
+    let dir = TempDir::new("loadgen-test");
+    // 1,000/s is 50 rows a tick, in statements of at most 20: 20 + 20 + 10, 50 ticks.
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_notify-relay"))
+        .args(["loadgen", "--notifications", "2500", "--users", "40", "--rate", "1000", "--batch", "20"])
+        .args(["--timeout-secs", "120", "--relay-log"])
+        .arg(dir.path().join("relay.log"))
+        .env_remove("NOTIFY_CONFIG")
+        .env("DATABASE_URL", base_database_url())
+        .env("REDIS_URL", redis_url())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start loadgen");
+    let mut stdout = child.stdout.take().expect("piped stdout");
+    let mut stderr = BufReader::new(child.stderr.take().expect("piped stderr")).lines();
+
+    // Its first line names the database and the key prefix: guarded from here on.
+    let first = tokio::time::timeout(Duration::from_secs(60), stderr.next_line())
+        .await
+        .expect("loadgen names its database within 60 s")
+        .expect("read loadgen's stderr")
+        .expect("a first line");
+    let names = first.strip_prefix("loadgen: database ").unwrap_or_else(|| panic!("first line: {first}"));
+    let (db_name, rest) = names.split_once(", key prefix ").unwrap_or_else(|| panic!("first line: {first}"));
+    let prefix = rest.split_once(',').map(|(p, _)| p).unwrap_or_else(|| panic!("first line: {first}"));
+    let (db_name, prefix) = (db_name.to_string(), prefix.to_string());
+    let _guard = Leftovers::of(&db_name, &prefix);
+    assert!(db_name.starts_with("loadgen_") && prefix.starts_with("loadgen-"), "{first}");
+
+    let rest_of_stderr = async {
+        let mut lines = Vec::new();
+        while let Some(line) = stderr.next_line().await.expect("read loadgen's stderr") {
+            lines.push(line);
+        }
+        lines
+    };
+    let all_of_stdout = async {
+        let mut text = String::new();
+        stdout.read_to_string(&mut text).await.expect("read loadgen's stdout");
+        text
+    };
+    let (status, lines, out) = tokio::time::timeout(Duration::from_secs(240), async {
+        let (lines, out) = tokio::join!(rest_of_stderr, all_of_stdout);
+        (child.wait().await.expect("wait for loadgen"), lines, out)
+    })
+    .await
+    .expect("loadgen ends within 240 s");
+    let err = lines.join("\n");
+    assert!(status.success(), "loadgen: {status}\n{err}\n{out}");
+
+    assert!(err.contains("committed 2500 notifications in 150 transactions of at most 20 rows at 1000/s"), "{err}");
+    let report: Value = out
+        .lines()
+        .find_map(|l| serde_json::from_str(l).ok())
+        .unwrap_or_else(|| panic!("a JSON line in the output:\n{out}"));
+    assert_eq!(
+        (&report["delivered"], &report["failed"], &report["duplicates"], &report["commits"], &report["batch"]),
+        (&Value::from(2500), &Value::from(0), &Value::from(0), &Value::from(150), &Value::from(20)),
+        "{out}"
+    );
+    // Paced: 50 ticks of 50 ms from the first commit, so at least 2.4 s from it to the last.
+    let seconds = report["seconds"].as_f64().expect("seconds");
+    assert!(seconds >= 2.4, "{seconds} s for 2,500 rows at 1,000/s: the rate was not kept\n{out}");
+    // Streamed: the relay sent while later batches were still being committed.
+    let early = report["sent_before_last_commit"].as_u64().expect("sent_before_last_commit");
+    assert!(early > 0 && early < 2500, "{early} sent before the last commit\n{out}");
+
+    assert!(err.contains(&format!("cleaned up: database {db_name} dropped")) && err.contains("0 left"), "{err}");
+    assert!(!database_exists(&db_name).await, "{db_name} is still there");
+    let mut redis = redis_connection(&redis_url()).await.expect("redis");
+    assert_eq!(count_keys(&mut redis, &prefix).await.expect("SCAN"), 0, "keys of {prefix} left");
+}
+
+#[actix_web::test]
+async fn the_cleanup_unlinks_every_key_of_the_prefix_and_a_redis_it_cannot_reach_is_an_error() {
+    let id = Uuid::new_v4().simple().to_string();
+    let (db_name, prefix) = (format!("loadgen_{id}"), format!("loadgen-{id}"));
+    let _guard = Leftovers::of(&db_name, &prefix);
+    let admin = pg(&base_database_url()).await;
+    let mut redis = redis_connection(&redis_url()).await.expect("redis");
+
+    // More keys than one SCAN batch, and one key of another prefix sharing the first letters.
+    admin.batch_execute(&format!("CREATE DATABASE {db_name}")).await.expect("create database");
+    let mut pipe = redis::pipe();
+    for i in 0..2_500 {
+        pipe.cmd("SET").arg(format!("{prefix}:delivered:{i}")).arg(1).ignore();
+    }
+    let neighbour = format!("{prefix}x:other");
+    let _neighbour_guard = Leftovers::of(&format!("{db_name}x"), &format!("{prefix}x"));
+    pipe.cmd("SET").arg(&neighbour).arg(1).ignore();
+    pipe.query_async::<()>(&mut redis).await.expect("SET");
+
+    let removed = clean_up(&admin, &db_name, &redis_url(), &prefix).await.expect("clean up");
+    assert_eq!(removed, 2_500);
+    assert_eq!(count_keys(&mut redis, &prefix).await.expect("SCAN"), 0);
+    assert!(!database_exists(&db_name).await);
+    let kept: u64 = redis::cmd("UNLINK").arg(&neighbour).query_async(&mut redis).await.expect("UNLINK");
+    assert_eq!(kept, 1, "a key outside the prefix was removed");
+
+    // Nothing listens on port 1: the keys cannot be removed, which is said, naming the prefix;
+    // the database is dropped all the same.
+    admin.batch_execute(&format!("CREATE DATABASE {db_name}")).await.expect("create database");
+    let err = clean_up(&admin, &db_name, "redis://127.0.0.1:1", &prefix).await.expect_err("Redis is unreachable");
+    assert!(err.contains(&format!("Redis keys of {prefix}:* not removed")), "{err}");
+    assert!(!database_exists(&db_name).await);
+}
