@@ -36,7 +36,7 @@ cargo build --locked --bin notify-relay >&2
 psql "$BASE" -qAtX -v ON_ERROR_STOP=1 -c "CREATE DATABASE $DB" >/dev/null
 DATABASE_URL=$SCRATCH target/debug/notify-relay migrate >&2
 
-sql() { psql "$SCRATCH" -qAtX -v ON_ERROR_STOP=1 "$@"; }
+sql() { PGOPTIONS="-c client_min_messages=warning" psql "$SCRATCH" -qAtX -v ON_ERROR_STOP=1 "$@"; }
 
 # The statement trigger exactly as the migrations made it, to put back after the others.
 STATEMENT_TRIGGER=$(sql -c "SELECT pg_get_triggerdef(oid) FROM pg_trigger
