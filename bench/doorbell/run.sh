@@ -14,6 +14,7 @@
 #
 #   bench/doorbell/run.sh                                  # 1,000,000 rows, 3 runs, 8 clients, 20 s
 #   ROWS=100000 RUNS=1 SECONDS_PER_RUN=5 bench/doorbell/run.sh
+#   SYNCHRONOUS_COMMIT=off bench/doorbell/run.sh           # pgbench with synchronous_commit = off
 #
 # Nothing listens in the scratch database (no relay): what is measured is the producer's side.
 set -euo pipefail
@@ -26,6 +27,8 @@ ROWS=${ROWS:-1000000}
 RUNS=${RUNS:-3}
 CLIENTS=${CLIENTS:-8}
 SECONDS_PER_RUN=${SECONDS_PER_RUN:-20}
+# pgbench's sessions only: `off` shows what the commit's WAL flush adds to NOTIFY's commit lock.
+SYNCHRONOUS_COMMIT=${SYNCHRONOUS_COMMIT:-on}
 DB="doorbell_bench_$(date +%s)_$$"
 SCRATCH="${BASE%/*}/$DB"
 
@@ -81,7 +84,8 @@ bulk_ms() {
 
 pgbench_tps() {
   fresh
-  pgbench -n -c "$CLIENTS" -j 2 -T "$SECONDS_PER_RUN" -f bench/doorbell/insert.sql "$SCRATCH" |
+  PGOPTIONS="-c synchronous_commit=$SYNCHRONOUS_COMMIT" \
+    pgbench -n -c "$CLIENTS" -j 2 -T "$SECONDS_PER_RUN" -f bench/doorbell/insert.sql "$SCRATCH" |
     sed -n 's/^tps = \([0-9.]*\) (without initial connection time)/\1/p'
 }
 
@@ -117,7 +121,7 @@ stats() {
 read -r _ none_med <<<"$(stats 0 ${BULK[none]})"
 read -r _ none_tps_med <<<"$(stats 0 ${TPS[none]})"
 echo
-echo "| doorbell | bulk insert of $ROWS rows, min | median | median / none | single-row commits/s ($CLIENTS clients, ${SECONDS_PER_RUN} s), min | median | median / none |"
+echo "| doorbell | bulk insert of $ROWS rows, min | median | median / none | single-row commits/s ($CLIENTS clients, ${SECONDS_PER_RUN} s, synchronous_commit $SYNCHRONOUS_COMMIT), min | median | median / none |"
 echo "|---|---|---|---|---|---|---|"
 for d in "${DOORBELLS[@]}"; do
   read -r bmin bmed <<<"$(stats 0 ${BULK[$d]})"
