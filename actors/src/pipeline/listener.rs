@@ -6,8 +6,8 @@
 //! share the work), fan them out to delivery rows and `XADD` one entry per target in a
 //! pipeline. The insert trigger rings once per statement that inserts a claimable row, however
 //! many rows it inserts (migrations/V6__doorbell.sql), and rings that arrive while a drain is
-//! queued are coalesced into it. A sweep at start-up and every `listener.sweep_interval_ms` catches rows whose NOTIFY
-//! was lost and targets whose stream entry was lost with Redis.
+//! queued are coalesced into it. A sweep at start-up and every `listener.sweep_interval_ms`
+//! catches rows whose NOTIFY was lost and targets whose stream entry was lost with Redis.
 
 use crate::error::{EngineError, Result};
 use crate::events::{self, Tally};
