@@ -13,6 +13,7 @@ mod config;
 mod dead_peers;
 mod delivery;
 mod devices;
+mod doorbell;
 mod email;
 mod expo;
 mod failures;

@@ -33,30 +33,6 @@ async fn the_claim_the_fan_out_the_sweep_and_the_receipt_lease_use_their_indexes
     assert!(receipts.contains("delivery_receipt_due_idx"), "{receipts}");
 }
 
-#[actix_web::test]
-async fn inserting_a_notification_rings_the_doorbell_with_its_id() {
-    use futures_util::StreamExt;
-    let app = prepare().await;
-    let (client, mut connection) =
-        tokio_postgres::connect(app.settings.database.url.expose(), tokio_postgres::NoTls).await.unwrap();
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-    actix_rt::spawn(async move {
-        let mut messages = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
-        while let Some(Ok(message)) = messages.next().await {
-            if let tokio_postgres::AsyncMessage::Notification(n) = message {
-                let _ = tx.send((n.channel().to_string(), n.payload().to_string()));
-            }
-        }
-    });
-    client.batch_execute("LISTEN notification_insert").await.unwrap();
-
-    let id = app.notify("ringo", serde_json::json!({})).await;
-
-    let rung = tokio::time::timeout(std::time::Duration::from_secs(5), rx.recv()).await.unwrap().unwrap();
-    assert_eq!(rung, ("notification_insert".to_string(), id.to_string()));
-    drop(client);
-}
-
 /// A test's app, dropped, leaves neither its database nor any of its Redis keys behind, however
 /// many there are (more than one SCAN page here).
 #[actix_web::test]

@@ -4,9 +4,10 @@
 //! that `LISTEN`s on `notification_insert`. A notification is only a doorbell: it makes the
 //! actor drain *all* pending rows in batches (`FOR UPDATE SKIP LOCKED`, so several listeners
 //! share the work), fan them out to delivery rows and `XADD` one entry per target in a
-//! pipeline. A bulk insert rings the bell thousands of times; the rings are coalesced into one
-//! drain. A sweep at start-up and every `listener.sweep_interval_ms` catches rows whose NOTIFY
-//! was lost and targets whose stream entry was lost with Redis.
+//! pipeline. The insert trigger rings once per statement that inserts a claimable row, however
+//! many rows it inserts (migrations/V6__doorbell.sql), and rings that arrive while a drain is
+//! queued are coalesced into it. A sweep at start-up and every `listener.sweep_interval_ms`
+//! catches rows whose NOTIFY was lost and targets whose stream entry was lost with Redis.
 
 use crate::error::{EngineError, Result};
 use crate::events::{self, Tally};

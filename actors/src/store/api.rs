@@ -159,8 +159,9 @@ impl Store {
                 &[&requeued],
             )
             .await?;
-            tx.execute("SELECT pg_notify('notification_insert', id::text) FROM unnest($1::uuid[]) id", &[&requeued])
-                .await?;
+            // One doorbell for the whole batch: its payload is never read (the listener drains every
+            // pending row), as the insert trigger's (migrations/V6__doorbell.sql).
+            tx.execute("SELECT pg_notify('notification_insert', '')", &[]).await?;
         }
         tx.commit().await?;
         Ok(requeued)
