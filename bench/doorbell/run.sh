@@ -48,16 +48,12 @@ case $STATEMENT_TRIGGER in
   *"FOR EACH STATEMENT"*) ;;
   *) echo "the migrated doorbell is not a statement trigger: $STATEMENT_TRIGGER" >&2; exit 1 ;;
 esac
-# V5's doorbell (migrations/V1__init.sql's function, V5__producers.sql's trigger).
-sql >/dev/null <<'SQL'
-CREATE FUNCTION bench_v5_notify_insert() RETURNS trigger
-LANGUAGE plpgsql AS $$
-BEGIN
-    PERFORM pg_notify('notification_insert', NEW.id::text);
-    RETURN NEW;
-END
-$$;
-SQL
+# V5's doorbell: the function as migrations/V1__init.sql created it (V6 dropped it), under the
+# trigger V5__producers.sql put on it.
+sed -n '/^CREATE FUNCTION notification_notify_insert()/,/^\$\$;/p' migrations/V1__init.sql |
+  sed 's/notification_notify_insert/bench_v5_notify_insert/' | sql >/dev/null
+sql -Atc "SELECT 1 FROM pg_proc WHERE proname = 'bench_v5_notify_insert'" | grep -q 1 ||
+  { echo "could not recreate V5's doorbell function from migrations/V1__init.sql" >&2; exit 1; }
 
 use_doorbell() {
   local create
@@ -91,24 +87,22 @@ pgbench_tps() {
 
 DOORBELLS=(row statement none)
 declare -A BULK TPS
-for run in $(seq 1 "$RUNS"); do
-  for d in "${DOORBELLS[@]}"; do
-    use_doorbell "$d"
-    ms=$(bulk_ms)
-    [[ -n $ms ]] || { echo "run $run, $d: the bulk insert printed no time" >&2; exit 1; }
-    BULK[$d]+="$ms "
-    echo "run $run, $d: bulk insert of $ROWS rows in $ms ms" >&2
+# measure <table> <function> <unit>: RUNS rounds of every doorbell, round-robin, into <table>.
+measure() {
+  local -n into=$1
+  for run in $(seq 1 "$RUNS"); do
+    for d in "${DOORBELLS[@]}"; do
+      use_doorbell "$d"
+      local got
+      got=$($2)
+      [[ -n $got ]] || { echo "run $run, $d: $2 printed no figure" >&2; exit 1; }
+      into[$d]+="$got "
+      echo "run $run, $d: $2 $got $3" >&2
+    done
   done
-done
-for run in $(seq 1 "$RUNS"); do
-  for d in "${DOORBELLS[@]}"; do
-    use_doorbell "$d"
-    tps=$(pgbench_tps)
-    [[ -n $tps ]] || { echo "run $run, $d: pgbench printed no tps" >&2; exit 1; }
-    TPS[$d]+="$tps "
-    echo "run $run, $d: pgbench $tps commits/s" >&2
-  done
-done
+}
+measure BULK bulk_ms "ms for $ROWS rows"
+measure TPS pgbench_tps commits/s
 
 # min and median of a list of numbers, with `digits` decimals.
 stats() {

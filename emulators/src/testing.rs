@@ -42,36 +42,39 @@ pub async fn until_redis_answers(url: &str, limit: Duration, command: &redis::Cm
 /// (`KEYS` walks the whole keyspace in one command, `DEL` frees memory inline). Returns how many
 /// keys were unlinked.
 pub async fn remove_keys(conn: &mut redis::aio::MultiplexedConnection, prefix: &str) -> redis::RedisResult<u64> {
-    let pattern = format!("{prefix}:*");
-    let mut cursor: u64 = 0;
-    let mut removed = 0;
+    let (pattern, mut cursor, mut removed) = (format!("{prefix}:*"), 0, 0);
     loop {
-        let (next, keys): (u64, Vec<String>) =
-            redis::cmd("SCAN").arg(cursor).arg("MATCH").arg(&pattern).arg("COUNT").arg(1000).query_async(conn).await?;
+        let (next, keys) = scan_page(conn, &pattern, cursor).await?;
         if !keys.is_empty() {
             removed += redis::cmd("UNLINK").arg(&keys).query_async::<u64>(conn).await?;
         }
-        if next == 0 {
-            return Ok(removed);
+        match next {
+            0 => return Ok(removed),
+            next => cursor = next,
         }
-        cursor = next;
     }
 }
 
 /// How many keys there are under `prefix` (`prefix:*`), counted with `SCAN` (never `KEYS`).
 pub async fn count_keys(conn: &mut redis::aio::MultiplexedConnection, prefix: &str) -> redis::RedisResult<u64> {
-    let pattern = format!("{prefix}:*");
-    let mut cursor: u64 = 0;
-    let mut count = 0;
+    let (pattern, mut cursor, mut count) = (format!("{prefix}:*"), 0, 0);
     loop {
-        let (next, keys): (u64, Vec<String>) =
-            redis::cmd("SCAN").arg(cursor).arg("MATCH").arg(&pattern).arg("COUNT").arg(1000).query_async(conn).await?;
+        let (next, keys) = scan_page(conn, &pattern, cursor).await?;
         count += keys.len() as u64;
-        if next == 0 {
-            return Ok(count);
+        match next {
+            0 => return Ok(count),
+            next => cursor = next,
         }
-        cursor = next;
     }
+}
+
+/// One `SCAN` page of the keys matching `pattern`: the next cursor (0 at the end) and the keys.
+async fn scan_page(
+    conn: &mut redis::aio::MultiplexedConnection,
+    pattern: &str,
+    cursor: u64,
+) -> redis::RedisResult<(u64, Vec<String>)> {
+    redis::cmd("SCAN").arg(cursor).arg("MATCH").arg(pattern).arg("COUNT").arg(1000).query_async(conn).await
 }
 
 /// Polls `check` until it yields a value, failing the test after `limit`.
