@@ -2,7 +2,9 @@
 // relay, fed the way loadgen feeds the relay (all jobs added in a few bulk calls while the
 // worker already runs). Completed jobs are removed, as the relay deletes acknowledged entries.
 //
-//   node bench/bullmq/noop.mjs [--jobs 100000] [--batches 10] [--concurrency 100] [--redis redis://127.0.0.1:6379]
+//   node bench/bullmq/noop.mjs [--jobs 100000] [--batches 10] [--concurrency 100] [--keep-completed] [--redis redis://127.0.0.1:6379]
+//
+// --keep-completed leaves completed jobs in Redis (BullMQ's default) instead of removing them.
 //
 // Prints one JSON line: jobs, seconds from the first add to the last completion, jobs/s, the
 // add -> completion latency percentiles (ms) and this process's peak RSS. Removes its queue
@@ -33,6 +35,7 @@ const url = option("redis", process.env.REDIS_URL ?? "redis://127.0.0.1:6379");
 const client = () => new Redis(url, { maxRetriesPerRequest: null });
 const prefix = `bench-bullmq-${randomUUID()}`;
 const name = "noop";
+const keep = process.argv.includes("--keep-completed");
 
 const queue = new Queue(name, { connection: client(), prefix });
 const latencies = [];
@@ -57,7 +60,7 @@ try {
     const bulk = Array.from({ length: count }, (_, i) => ({
       name,
       data: { n: first + i },
-      opts: { removeOnComplete: true, removeOnFail: true },
+      opts: keep ? {} : { removeOnComplete: true, removeOnFail: true },
     }));
     await queue.addBulk(bulk);
   }
@@ -71,6 +74,7 @@ try {
       jobs,
       batches,
       concurrency,
+      completed: keep ? "kept" : "removed",
       seconds: Number(seconds.toFixed(2)),
       rate: Math.round(jobs / seconds),
       p50_ms: pct(0.5),
