@@ -110,7 +110,7 @@ DROP POLICY IF EXISTS topic_subscription_insert_own ON topic_subscription;
 CREATE POLICY topic_subscription_insert_own ON topic_subscription FOR INSERT TO authenticated
     WITH CHECK (
         user_id = (select auth.uid())::text
-        AND topic ~ '^[A-Za-z0-9_.~%:-]+$' AND octet_length(topic) <= 256
+        AND topic ~ '^[A-Za-z0-9_.~:-]+$' AND octet_length(topic) <= 256
         -- Not only dots: `.` and `..` are path segments an HTTP client resolves away.
         AND topic !~ '^\.+$'
         AND notify_relay_own_topics() < 1000
