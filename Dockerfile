@@ -17,7 +17,7 @@ WORKDIR /src
 
 # migrations/ (refinery embed_migrations!) and config/default.toml (include_str!) are compiled
 # into the binary, so they must be in the build context, not only in the runtime image.
-COPY Cargo.toml Cargo.lock rustfmt.toml ./
+COPY Cargo.toml Cargo.lock rustfmt.toml build.rs ./
 COPY actors/ actors/
 # The emulators crate: a workspace member, and linked for `mock-providers` and `loadgen`.
 COPY emulators/ emulators/

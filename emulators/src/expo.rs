@@ -72,6 +72,9 @@ impl Sent {
 #[derive(Debug, Default)]
 struct State {
     sent: Vec<Sent>,
+    /// In lean mode ([`ExpoEmulator::keep_arrivals_only`]): (notification id, when) of every
+    /// message accepted, instead of the message in `sent` and its receipt.
+    arrivals: Option<Vec<(Option<Uuid>, SystemTime)>>,
     requests: usize,
     /// Receipt of every ticket issued, by ticket id.
     receipts: HashMap<String, Value>,
@@ -118,7 +121,25 @@ impl ExpoEmulator {
     }
 
     pub fn sent_count(&self) -> usize {
-        self.server.with(|s| s.sent.len())
+        self.server.with(|s| s.sent.len() + s.arrivals.as_ref().map_or(0, Vec::len))
+    }
+
+    /// Lean mode, for loads of millions: from now on an accepted message is kept only as its
+    /// `data.notification_id` and arrival time (24 bytes, see [`ExpoEmulator::arrivals`]), not
+    /// in [`ExpoEmulator::sent`], and its ticket has no receipt (getReceipts leaves it out, as
+    /// Expo does for an id it no longer knows).
+    pub fn keep_arrivals_only(&self) {
+        self.server.with(|s| s.arrivals = Some(s.arrivals.take().unwrap_or_default()))
+    }
+
+    /// (notification id, arrival time) of every message accepted, in either mode; the id is
+    /// None when the message's `data.notification_id` is missing or not a uuid.
+    pub fn arrivals(&self) -> Vec<(Option<Uuid>, SystemTime)> {
+        self.server.with(|s| {
+            let full =
+                s.sent.iter().map(|m| (m.notification_id().and_then(|n| Uuid::parse_str(n).ok()), m.received_at));
+            full.chain(s.arrivals.iter().flatten().copied()).collect()
+        })
     }
 
     /// How many times this notification reached this token.
@@ -241,6 +262,12 @@ fn ticket(message: &Value, to: &str, state: &mut State) -> Value {
     } else {
         json!({"status": "ok"})
     };
+    let received_at = SystemTime::now();
+    if let Some(arrivals) = &mut state.arrivals {
+        let notification = message.pointer("/data/notification_id").and_then(Value::as_str);
+        arrivals.push((notification.and_then(|n| Uuid::parse_str(n).ok()), received_at));
+        return json!({"status": "ok", "id": id});
+    }
     state.receipts.insert(id.clone(), receipt);
     state.sent.push(Sent {
         to: to.to_string(),
@@ -251,7 +278,7 @@ fn ticket(message: &Value, to: &str, state: &mut State) -> Value {
         ttl: message.get("ttl").and_then(Value::as_u64),
         expiration: message.get("expiration").and_then(Value::as_u64),
         collapse_id: message.get("collapseId").and_then(Value::as_str).map(str::to_string),
-        received_at: SystemTime::now(),
+        received_at,
     });
     json!({"status": "ok", "id": id})
 }

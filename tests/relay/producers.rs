@@ -142,10 +142,10 @@ async fn scheduled_rows_survive_kill_9_of_every_process_and_a_redis_flush() {
     drop(first);
     let mut conn = app.redis.clone();
     remove_keys(&mut conn, &app.prefix).await.expect("flush the relay's keys");
-    // Down past the first wave's send_at.
+    // Down past the first wave's send_at. (Judged by the clock alone: on a loaded machine the
+    // scheduler may have promoted some of the first wave before it was killed.)
     eventually(Duration::from_secs(10), || async {
-        (app.count("SELECT count(*) FROM notification WHERE send_at <= now() AND status = 'scheduled'").await == 20)
-            .then_some(())
+        (app.count("SELECT count(*) FROM notification WHERE send_at <= now()").await >= 20).then_some(())
     })
     .await;
     let _second = relays();

@@ -114,3 +114,63 @@ async fn the_online_indexes_are_built_while_inserts_go_on_and_an_invalid_one_is_
     assert_eq!(applied, vec!["index notification_scheduled_idx", "index notification_parent_idx"]);
     assert!(notify_relay::migrate::is_current(&app.db).await);
 }
+
+/// New notification ids are UUIDv7 (migrations/V7__write_path.sql): version 7, RFC 4122
+/// variant, their first 48 bits the creation time in Unix ms, so ids grow with time and new rows
+/// go to the right edge of the primary keys. Several rows of one statement differ in their
+/// random bits. And the tables that are updated keep room on each page for new row versions.
+#[actix_web::test]
+async fn notification_ids_are_time_ordered_uuid_v7_and_the_updated_tables_keep_free_space() {
+    let app = prepare().await;
+    let before_ms: i64 =
+        app.db.query_one("SELECT (extract(epoch FROM clock_timestamp()) * 1000)::int8", &[]).await.unwrap().get(0);
+    let rows = app
+        .db
+        .query(
+            "INSERT INTO notification (user_id, type) SELECT 'u' || g, 't' FROM generate_series(1, 50) g
+             RETURNING id, (extract(epoch FROM created_at) * 1000)::int8",
+            &[],
+        )
+        .await
+        .unwrap();
+    let later =
+        app.db.query_one("INSERT INTO notification (user_id, type) VALUES ('u', 't') RETURNING id", &[]).await.unwrap();
+    let after_ms: i64 =
+        app.db.query_one("SELECT (extract(epoch FROM clock_timestamp()) * 1000)::int8", &[]).await.unwrap().get(0);
+
+    let ms_of = |id: uuid::Uuid| -> i64 {
+        let b = id.as_bytes();
+        i64::from_be_bytes([0, 0, b[0], b[1], b[2], b[3], b[4], b[5]])
+    };
+    let mut ids = std::collections::HashSet::new();
+    for row in &rows {
+        let id: uuid::Uuid = row.get(0);
+        assert_eq!(id.get_version_num(), 7, "{id}");
+        assert_eq!(id.get_variant(), uuid::Variant::RFC4122, "{id}");
+        let ms = ms_of(id);
+        assert!((before_ms..=after_ms).contains(&ms), "{id}: {ms} ms not within {before_ms}..={after_ms}");
+        // created_at is the statement's now(): at most the statement's own duration earlier.
+        let created_ms: i64 = row.get(1);
+        assert!(ms >= created_ms - 1, "{id}: time {ms} before created_at {created_ms}");
+        assert!(ids.insert(id), "duplicate id {id}");
+    }
+    let later: uuid::Uuid = later.get(0);
+    // Time-ordered: a later row's id never sorts before an earlier millisecond's.
+    assert!(ids.iter().all(|id| ms_of(*id) <= ms_of(later)), "{later} sorts before an earlier row");
+
+    let options: Vec<(String, Option<Vec<String>>)> = app
+        .db
+        .query(
+            "SELECT relname::text, reloptions FROM pg_class WHERE relname IN ('notification', 'delivery') ORDER BY 1",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    for (table, opts) in &options {
+        assert!(opts.as_deref().unwrap_or_default().iter().any(|o| o == "fillfactor=85"), "{table}: {opts:?}");
+    }
+    assert_eq!(options.len(), 2);
+}
