@@ -84,6 +84,13 @@ pub struct LoadgenArgs {
     /// and promotion with those rows present. `--future 0` prints the same plans without them.
     #[arg(long, value_name = "N")]
     pub future: Option<u64>,
+    /// Retention at work during the run: before it, commit N notifications already delivered
+    /// (one delivery row each, to the run's devices) and created 31 days ago, past the default
+    /// `retention.final_after_days` of 30, and run the relay's retention job every second
+    /// (`retention.interval_ms = 1000`) instead of hourly. The report says how many of them it
+    /// deleted while the run went on.
+    #[arg(long, value_name = "N")]
+    pub aged: Option<u64>,
 }
 
 pub type BoxError = Box<dyn std::error::Error>;
@@ -292,6 +299,9 @@ where
     if let Some(n) = args.future.filter(|&n| n > MAX_COUNT) {
         return Err(CountError { flag: "--future", got: n }.into());
     }
+    if let Some(n) = args.aged.filter(|&n| n > MAX_COUNT) {
+        return Err(CountError { flag: "--aged", got: n }.into());
+    }
     if let Some(ms) = args.send_in_ms.filter(|&ms| ms > MAX_SEND_IN_MS) {
         return Err(format!("--send-in-ms must be at most {MAX_SEND_IN_MS} (half an hour), got {ms}").into());
     }
@@ -419,20 +429,46 @@ where
         )
         .await?;
     }
+    if let Some(aged) = args.aged.filter(|&n| n > 0) {
+        // A month-old backlog for retention: final rows of the run's own users and devices, in
+        // statements of `--batch` rows.
+        for (first, last) in batches(1, aged, args.batch) {
+            db.execute(
+                "WITH n AS (
+                    INSERT INTO notification (user_id, type, payload, status, attempt_count, created_at, updated_at,
+                                              queued_at, delivered_at)
+                    SELECT 'loadgen-user-' || (1 + g % $3::int8), 'loadgen-aged', jsonb_build_object('title', 'Old ' || g),
+                           'delivered', 1, t, t, t, t
+                      FROM generate_series($1::int8, $2::int8) g, LATERAL (SELECT now() - interval '31 days' AS t) c
+                 RETURNING id, user_id, created_at
+                 )
+                 INSERT INTO delivery (notification_id, device_id, provider, status, attempt_count, created_at,
+                                       updated_at, delivered_at)
+                 SELECT n.id, d.id, d.provider, 'delivered', 1, n.created_at, n.created_at, n.created_at
+                   FROM n JOIN device d ON d.user_id = n.user_id",
+                &[&(first as i64), &(last as i64), &(args.users as i64)],
+            )
+            .await?;
+        }
+    }
     // Statistics (and, for the scheduled rows, the visibility map) as a table of that size has
     // in production, where autovacuum keeps them.
     db.batch_execute("VACUUM ANALYZE device").await?;
     if args.topic {
         db.batch_execute("VACUUM ANALYZE topic_subscription").await?;
     }
-    if args.future.is_some() {
+    if args.future.is_some() || args.aged.is_some() {
         db.batch_execute("VACUUM ANALYZE notification").await?;
     }
+    if args.aged.is_some() {
+        db.batch_execute("VACUUM ANALYZE delivery").await?;
+    }
     eprintln!(
-        "loadgen: {} users{}{} set up in {} ms",
+        "loadgen: {} users{}{}{} set up in {} ms",
         args.users,
         if args.topic { ", subscribed to one topic" } else { "" },
         args.future.map(|n| format!(", {n} rows scheduled a day ahead")).unwrap_or_default(),
+        args.aged.map(|n| format!(", {n} delivered rows 31 days old")).unwrap_or_default(),
         setup.elapsed().as_millis()
     );
 
@@ -450,6 +486,9 @@ where
         .stdout(log_file)
         .stderr(std::process::Stdio::inherit())
         .kill_on_drop(true);
+    if args.aged.is_some() {
+        cmd.env("NOTIFY__RETENTION__INTERVAL_MS", "1000");
+    }
     for pair in &args.relay_env {
         let (k, v) = pair.split_once('=').ok_or_else(|| format!("--relay-env {pair}: expected NAME=VALUE"))?;
         cmd.env(k, v);
@@ -661,6 +700,15 @@ where
     let duplicates: u32 = per_id.values().map(|c| c.saturating_sub(1)).sum();
     let elapsed = done_at.duration_since(first_due).unwrap_or_default().as_secs_f64();
 
+    // What the run left in the tables, and what retention took away meanwhile.
+    let tables = table_report(&db).await?;
+    let aged_left = match args.aged {
+        Some(_) => Some(
+            db.query_one("SELECT count(*) FROM notification WHERE type = 'loadgen-aged'", &[]).await?.get::<_, i64>(0),
+        ),
+        None => None,
+    };
+
     // Graceful stop, timed.
     let stop_started = Instant::now();
     let _ = std::process::Command::new("kill").arg("-TERM").arg(pid.to_string()).status();
@@ -733,6 +781,15 @@ where
     if send_in_ms.is_some() {
         println!("  received before send_at  {early}");
     }
+    if let (Some(aged), Some(left)) = (args.aged, aged_left) {
+        println!("  retention            deleted {} of {aged} rows 31 days old during the run", aged as i64 - left);
+    }
+    for t in &tables {
+        println!(
+            "  table {:<14} heap {} MiB, indexes {} MiB, {} live / {} dead rows, {} autovacuums, {} autoanalyzes",
+            t.name, t.heap_mib, t.index_mib, t.live, t.dead, t.autovacuums, t.autoanalyzes
+        );
+    }
     println!("  relay RSS            idle {} MiB, peak {} MiB (VmHWM)", idle_rss / 1024, peak_rss / 1024);
     println!("  relay SIGTERM        exit {exit} after {stop_ms} ms");
     for plan in &plans {
@@ -747,6 +804,11 @@ where
             "provider": args.provider.as_str(), "notifications": if args.topic { 1 } else { n }, "users": users,
             "rate": args.rate, "batch": if args.topic { None } else { Some(args.batch) },
             "commits": commits.len(), "topic": args.topic, "send_in_ms": send_in_ms, "future": args.future,
+            "aged": args.aged, "aged_deleted": args.aged.zip(aged_left).map(|(a, left)| a as i64 - left),
+            "tables": tables.iter().map(|t| (t.name.clone(), serde_json::json!({
+                "heap_mib": t.heap_mib, "index_mib": t.index_mib, "live": t.live, "dead": t.dead,
+                "autovacuums": t.autovacuums, "autoanalyzes": t.autoanalyzes,
+            }))).collect::<serde_json::Map<_, _>>(),
             "delivered": delivered, "failed": failed,
             "sends": sent.len(), "duplicates": duplicates,
             "sent_before_last_commit": sent_before_last_commit, "seconds": elapsed, "per_second": throughput,
@@ -765,6 +827,43 @@ where
         return Err(format!("{early} messages reached the provider before their send_at").into());
     }
     Ok(())
+}
+
+/// Size and vacuum state of a table the relay writes, at the end of a run.
+struct TableReport {
+    name: String,
+    heap_mib: i64,
+    index_mib: i64,
+    live: i64,
+    dead: i64,
+    autovacuums: i64,
+    autoanalyzes: i64,
+}
+
+/// `notification` and `delivery`: heap and index sizes, live and dead rows, and how often
+/// autovacuum and autoanalyze ran during the run (pg_stat_user_tables; the counts lag by up to
+/// the statistics collector's flush interval).
+async fn table_report(db: &tokio_postgres::Client) -> Result<Vec<TableReport>, BoxError> {
+    let rows = db
+        .query(
+            "SELECT relname::text, pg_table_size(relid) / 1048576, pg_indexes_size(relid) / 1048576,
+                    n_live_tup, n_dead_tup, autovacuum_count, autoanalyze_count
+               FROM pg_stat_user_tables WHERE relname IN ('notification', 'delivery') ORDER BY relname DESC",
+            &[],
+        )
+        .await?;
+    Ok(rows
+        .iter()
+        .map(|r| TableReport {
+            name: r.get(0),
+            heap_mib: r.get(1),
+            index_mib: r.get(2),
+            live: r.get(3),
+            dead: r.get(4),
+            autovacuums: r.get(5),
+            autoanalyzes: r.get(6),
+        })
+        .collect())
 }
 
 /// Rows and targets not final yet, counted through the partial indexes that hold exactly them

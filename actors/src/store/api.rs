@@ -294,7 +294,9 @@ impl Store {
                     SET status = 'queued', attempt_count = 0, last_error = NULL, next_attempt_at = NULL,
                         updated_at = now(), created_at = now() -- the target starts over: so does its deadline
                    FROM unnest($1::uuid[], $2::uuid[]) AS t(n, d)
-                  WHERE d.notification_id = t.n AND d.device_id = t.d AND d.status = 'failed'
+                  -- The plan's rules of store::outcomes: keys by the primary key, a CASE guard.
+                  WHERE d.notification_id = t.n AND d.device_id = t.d AND d.notification_id = ANY($1)
+                    AND CASE WHEN d.status = 'failed' THEN true ELSE false END
               RETURNING d.notification_id, d.device_id",
                 &[&n, &d],
             )

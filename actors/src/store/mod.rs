@@ -29,7 +29,7 @@ mod fanout;
 mod outcomes;
 pub mod pool;
 pub mod receipts;
-mod retention;
+pub mod retention;
 mod schedule;
 mod sweep;
 mod targets;

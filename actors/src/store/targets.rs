@@ -50,7 +50,9 @@ impl Store {
                         dev.user_id, dev.token, dev.disabled_at IS NOT NULL
                    FROM unnest($1::uuid[], $2::uuid[]) AS u(n, dev_id)
                    JOIN delivery d ON d.notification_id = u.n AND d.device_id = u.dev_id
-                   LEFT JOIN device dev ON dev.id = u.dev_id",
+                   LEFT JOIN device dev ON dev.id = u.dev_id
+                  -- Through the primary key whatever the table's size (see store::outcomes).
+                  WHERE d.notification_id = ANY($1)",
             )
             .await?;
         let (n, dev) = split_targets(targets.iter().copied());
