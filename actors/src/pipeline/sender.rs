@@ -1,10 +1,6 @@
 //! SenderActor: one member of a provider's pool. It gathers deliveries into provider-sized
 //! batches (100 for Expo, or whatever arrived within `flush_after`), sends each batch as one
-//! request, and hands the classified results to the outcome writer. `flush_after` spaces the
-//! partial batches, it is not a wait of its own: a delivery that reaches a sender whose last
-//! partial batch left at least `flush_after` ago goes at once (a steady trickle does not pay
-//! `flush_after` per message), and one that comes sooner waits for the rest of the interval, so
-//! a sender still sends at most one partial batch per `flush_after`. Several requests of one
+//! request, and hands the classified results to the outcome writer. Several requests of one
 //! sender are in flight at once; the stream readers' permits bound the total. The provider's
 //! [`Circuit`] decides whether a batch is sent at all, and whether failures spend attempts.
 
@@ -51,32 +47,13 @@ pub struct SenderActor {
     client: Box<dyn ProviderClient>,
     buffer: Vec<Delivery>,
     flush_scheduled: bool,
-    /// When the last partial batch was sent (full ones do not count: they never waited).
-    last_partial: Option<Instant>,
     outcomes: Outcomes,
     guards: SendGuards,
 }
 
 impl SenderActor {
     pub fn new(life: Lifecycle, factory: &ClientFactory, outcomes: Outcomes, guards: SendGuards) -> Self {
-        SenderActor {
-            life,
-            client: factory(),
-            buffer: Vec::new(),
-            flush_scheduled: false,
-            last_partial: None,
-            outcomes,
-            guards,
-        }
-    }
-
-    /// Sends what is buffered as one (partial) batch.
-    fn flush(&mut self, ctx: &mut Context<Self>) {
-        let batch = std::mem::take(&mut self.buffer);
-        if !batch.is_empty() {
-            self.last_partial = Some(Instant::now());
-            self.send(batch, ctx);
-        }
+        SenderActor { life, client: factory(), buffer: Vec::new(), flush_scheduled: false, outcomes, guards }
     }
 
     fn send_full_batches(&mut self, ctx: &mut Context<Self>) {
@@ -257,7 +234,6 @@ impl Supervised for SenderActor {
     fn restarting(&mut self, _: &mut Context<Self>) {
         self.life.on_restarting();
         self.flush_scheduled = false;
-        self.last_partial = None;
     }
 }
 
@@ -267,21 +243,15 @@ impl Handler<Envelope<Deliver>> for SenderActor {
     fn handle(&mut self, msg: Envelope<Deliver>, ctx: &mut Context<Self>) {
         self.buffer.extend(msg.msg.deliveries);
         self.send_full_batches(ctx);
-        if self.buffer.is_empty() || self.flush_scheduled {
-            return;
-        }
-        // At most one partial batch per `flush_after`: what comes within it waits for the rest
-        // of the interval (and gathers), what comes after it goes now.
-        let since = self.last_partial.map_or(Duration::MAX, |at| at.elapsed());
-        match self.client.flush_after().checked_sub(since) {
-            None | Some(Duration::ZERO) => self.flush(ctx),
-            Some(rest) => {
-                self.flush_scheduled = true;
-                ctx.run_later(rest, |act, ctx| {
-                    act.flush_scheduled = false;
-                    act.flush(ctx);
-                });
-            }
+        if !self.buffer.is_empty() && !self.flush_scheduled {
+            self.flush_scheduled = true;
+            ctx.run_later(self.client.flush_after(), |act, ctx| {
+                act.flush_scheduled = false;
+                let batch = std::mem::take(&mut act.buffer);
+                if !batch.is_empty() {
+                    act.send(batch, ctx);
+                }
+            });
         }
     }
 }
@@ -363,58 +333,6 @@ mod tests {
         // Still alive, and still sending.
         sender.send(stats.envelope(Deliver { deliveries: vec![delivery("c")] })).await.expect("sender alive");
         assert_eq!(wait_for(&seen, 4).await.len(), 4);
-    }
-
-    /// A client that counts the messages of each request it is asked to send.
-    struct Counting {
-        requests: Arc<Mutex<Vec<usize>>>,
-        flush_after: Duration,
-    }
-
-    impl ProviderClient for Counting {
-        fn profile(&self) -> crate::providers::ProviderProfile {
-            crate::providers::ProviderProfile {
-                provider: Provider::Expo,
-                max_batch: 100,
-                flush_after: self.flush_after,
-            }
-        }
-        fn send(&self, jobs: &[Job]) -> LocalBoxFuture<'static, Response> {
-            if let Ok(mut requests) = self.requests.lock() {
-                requests.push(jobs.len());
-            }
-            let n = jobs.len();
-            Box::pin(async move { Response::all(n, SendResult::Delivered { provider_message_id: None }, Health::Up) })
-        }
-    }
-
-    #[actix_rt::test]
-    async fn a_delivery_to_an_idle_sender_goes_at_once_and_the_next_within_flush_after_waits_for_it() {
-        let log = slog::Logger::root(slog::Discard, slog::o!());
-        let registry = Registry::default();
-        let seen = Arc::new(Mutex::new(Vec::new()));
-        let collector = Collector(Arc::clone(&seen)).start();
-        let outcomes =
-            Outcomes { recipient: collector.recipient(), stats: registry.register("writer", "outcome_writer", 64) };
-        let settings = CircuitSettings { failures: 3, open: Duration::from_secs(1), max_open: Duration::from_secs(1) };
-        let guards = SendGuards { circuit: Circuit::new(Provider::Expo, settings, &log, None), limiter: None };
-        let requests = Arc::new(Mutex::new(Vec::new()));
-        let counting = Arc::clone(&requests);
-        // Long enough that b always comes within it of a's request, however slow this machine.
-        let flush_after = Duration::from_secs(2);
-        let factory: ClientFactory = Arc::new(move || {
-            Box::new(Counting { requests: Arc::clone(&counting), flush_after }) as Box<dyn ProviderClient>
-        });
-        let stats = registry.register("sender", "sender", 64);
-        let life = Lifecycle::new(Arc::clone(&stats), &log);
-        let sender = SenderActor::new(life, &factory, outcomes, guards).start();
-
-        sender.send(stats.envelope(Deliver { deliveries: vec![delivery("a")] })).await.expect("sender alive");
-        sender.send(stats.envelope(Deliver { deliveries: vec![delivery("b")] })).await.expect("sender alive");
-        let results = wait_for(&seen, 2).await;
-
-        // a did not wait to gather (it would have taken b along); b waited for the interval.
-        assert_eq!(requests.lock().map(|r| r.clone()).unwrap_or_default(), vec![1, 1], "{results:?}");
     }
 
     /// (token, result) of every outcome recorded, once there are `n`.
