@@ -38,3 +38,8 @@ ensure_redis() {
   for _ in $(seq 1 40); do redis-cli -h 127.0.0.1 -p 6379 ping >/dev/null 2>&1 && return; sleep 0.25; done
   say "Redis did not come up"; exit 1
 }
+
+# pgbench (the PostgreSQL client package has it): `loadgen --producer pgbench` and its test.
+ensure_pgbench() {
+  command -v pgbench >/dev/null || install_packages postgresql-client
+}

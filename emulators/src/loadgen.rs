@@ -91,6 +91,40 @@ pub struct LoadgenArgs {
     /// deleted while the run went on.
     #[arg(long, value_name = "N")]
     pub aged: Option<u64>,
+    /// Who commits the rows: `loadgen` itself (`INSERT … SELECT` statements of `--batch` rows),
+    /// or `pgbench`: one single-row autocommit `INSERT` per transaction, `--pgbench-clients`
+    /// connections paced at `--rate` for `--duration-secs`, as producers committing one row at
+    /// a time do. A pgbench row's latency counts from its `created_at`, set to
+    /// `clock_timestamp()` by the `INSERT`: inside its transaction, before the commit, so the
+    /// figure is at most the transaction's duration (pgbench's latency) above commit → provider.
+    #[arg(long, value_enum, default_value_t = Producer::Loadgen)]
+    pub producer: Producer,
+    /// With `--producer pgbench`: how long pgbench commits (`pgbench -T`).
+    #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    pub duration_secs: u64,
+    /// With `--producer pgbench`: its client connections (`-c`), shared by 2 threads (`-j`).
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub pgbench_clients: u32,
+    /// With `--producer pgbench`: pgbench's `--latency-limit`: transactions later than this
+    /// (schedule lag included) are counted, and those already that late when their turn comes
+    /// are skipped (both printed).
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..=600_000))]
+    pub pgbench_latency_limit_ms: u64,
+    /// Also write one CSV line per provider receipt to this file: `notification_id,
+    /// reference_unix_us, received_unix_us` (the reference is what the latency counts from), for
+    /// finding where the time went (bench/latency/stages.py joins it with the relay's log).
+    #[arg(long, value_name = "FILE")]
+    pub samples_file: Option<std::path::PathBuf>,
+}
+
+/// Who commits the notifications of a run (`--producer`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Producer {
+    /// loadgen's own `INSERT … SELECT` statements (`--batch`, `--rate`).
+    Loadgen,
+    /// pgbench, one single-row autocommit `INSERT` per transaction, at `--rate` for
+    /// `--duration-secs`.
+    Pgbench,
 }
 
 pub type BoxError = Box<dyn std::error::Error>;
@@ -305,6 +339,14 @@ where
     if let Some(ms) = args.send_in_ms.filter(|&ms| ms > MAX_SEND_IN_MS) {
         return Err(format!("--send-in-ms must be at most {MAX_SEND_IN_MS} (half an hour), got {ms}").into());
     }
+    if args.producer == Producer::Pgbench {
+        if args.rate.is_none() {
+            return Err("--producer pgbench needs --rate (pgbench -R: commits per second)".into());
+        }
+        if args.topic || args.send_in_ms.is_some() {
+            return Err("--producer pgbench commits single rows now: --topic and --send-in-ms do not apply".into());
+        }
+    }
     let _ = rustls::crypto::ring::default_provider().install_default();
     let run_id = uuid::Uuid::new_v4().simple().to_string()[..8].to_string();
     let db_name = format!("loadgen_{run_id}");
@@ -511,9 +553,27 @@ where
     let mut commits: Vec<(i64, SystemTime)> = Vec::new(); // (last seq of the batch, commit time)
     let started = Instant::now();
     let mut topic_row: Option<uuid::Uuid> = None;
+    let mut pgbench: Option<PgbenchReport> = None;
     // Rows (or, with --topic, subscriber rows) that must be delivered.
-    let expected = if args.topic { users } else { n };
-    if args.topic {
+    let mut expected = if args.topic { users } else { n };
+    if args.producer == Producer::Pgbench {
+        let rate = args.rate.ok_or("--producer pgbench needs --rate")?;
+        let script = std::env::temp_dir().join(format!("{prefix}-pgbench.sql"));
+        commits.push((0, SystemTime::now()));
+        let report = run_pgbench(db_url, target.database_ca_file.as_deref(), args, rate, &script).await;
+        let _ = std::fs::remove_file(&script);
+        let report = report?;
+        commits.push((0, SystemTime::now()));
+        // Every transaction pgbench counts as processed committed one row: the run waits for
+        // exactly those (the final count of delivered rows checks it).
+        expected = report.processed as i64;
+        eprintln!(
+            "loadgen: pgbench committed {} single-row transactions in {} s at {:.0}/s (asked {rate}/s; {} skipped, {} over {} ms, {} failed)",
+            report.processed, args.duration_secs, report.tps, report.skipped, report.late,
+            args.pgbench_latency_limit_ms, report.failed
+        );
+        pgbench = Some(report);
+    } else if args.topic {
         let row = db
             .query_one(
                 "INSERT INTO notification (topic, type, payload, send_at)
@@ -568,6 +628,7 @@ where
             started.elapsed().as_millis()
         );
     }
+    let n = if pgbench.is_some() { expected } else { n };
     // The clock starts at the first commit: before it the relay has nothing to do.
     let first_commit = commits.first().map(|c| c.1).ok_or("nothing was committed")?;
 
@@ -652,6 +713,15 @@ where
                 .map(|r| (r.get(0), at))
                 .collect()
         }
+        None if pgbench.is_some() => db
+            .query(
+                "SELECT id, extract(epoch FROM created_at)::float8 FROM notification WHERE type = 'loadgen'",
+                &[],
+            )
+            .await?
+            .iter()
+            .map(|r| (r.get(0), epoch(r.get(1))))
+            .collect(),
         None if send_in_ms.is_some() => db
             .query("SELECT id, extract(epoch FROM send_at)::float8 FROM notification WHERE type = 'loadgen'", &[])
             .await?
@@ -669,9 +739,9 @@ where
             })
             .collect(),
     };
-    let first_due = match send_in_ms {
-        Some(_) => reference_of.values().min().copied().unwrap_or(first_commit),
-        None => first_commit,
+    let first_due = match (send_in_ms, &pgbench) {
+        (Some(_), _) | (_, Some(_)) => reference_of.values().min().copied().unwrap_or(first_commit),
+        (None, None) => first_commit,
     };
     let sent = emulator.received();
     let mut per_id: HashMap<Uuid, u32> = HashMap::with_capacity(sent.len());
@@ -694,6 +764,9 @@ where
         }
     }
     latencies.sort_by(|a, b| a.total_cmp(b));
+    if let Some(path) = &args.samples_file {
+        write_samples(path, &sent, &reference_of)?;
+    }
     // Streamed commits: how much the relay had sent before the last batch was committed.
     let last_commit = commits.last().map(|c| c.1).unwrap_or(first_commit);
     let sent_before_last_commit = sent.iter().filter(|(_, at)| *at < last_commit).count();
@@ -744,6 +817,26 @@ where
             args.provider,
             topic_status.as_deref().unwrap_or("?")
         );
+    } else if let Some(report) = &pgbench {
+        println!(
+            "  notifications        {n} for {users} {} devices (pgbench: {} clients, one single-row autocommit INSERT per transaction, -R {} for {} s)",
+            args.provider,
+            args.pgbench_clients,
+            args.rate.unwrap_or_default(),
+            args.duration_secs
+        );
+        println!(
+            "  pgbench              tps {:.1}, latency avg {:.3} ms (stddev {:.3}), schedule lag avg {:.3} ms (max {:.3}), skipped {}, over {} ms {}, failed {}",
+            report.tps,
+            report.latency_avg_ms,
+            report.latency_stddev_ms,
+            report.lag_avg_ms,
+            report.lag_max_ms,
+            report.skipped,
+            args.pgbench_latency_limit_ms,
+            report.late,
+            report.failed
+        );
     } else {
         println!(
             "  notifications        {n} for {users} {} devices ({})",
@@ -770,13 +863,20 @@ where
     if commits.len() > 1 {
         println!("  sent while committing {sent_before_last_commit} before the last of {} commits", commits.len());
     }
-    let latency_label = if send_in_ms.is_some() { "lateness send_at->provider" } else { "latency commit->provider" };
+    let latency_label = match (send_in_ms, &pgbench) {
+        (Some(_), _) => "lateness send_at->provider",
+        (None, Some(_)) => "latency created_at->provider",
+        (None, None) => "latency commit->provider",
+    };
+    // Whole milliseconds hide what a steady-load run is about: one decimal below 100 ms.
+    let ms = |v: f64| if v.abs() < 100.0 { format!("{v:.1} ms") } else { format!("{v:.0} ms") };
     println!(
-        "  {latency_label}  p50 {:.0} ms  p90 {:.0} ms  p99 {:.0} ms  max {:.0} ms",
-        pct(0.5),
-        pct(0.9),
-        pct(0.99),
-        pct(1.0)
+        "  {latency_label}  p50 {}  p90 {}  p99 {}  p99.9 {}  max {}",
+        ms(pct(0.5)),
+        ms(pct(0.9)),
+        ms(pct(0.99)),
+        ms(pct(0.999)),
+        ms(pct(1.0))
     );
     if send_in_ms.is_some() {
         println!("  received before send_at  {early}");
@@ -802,8 +902,10 @@ where
         "{}",
         serde_json::json!({
             "provider": args.provider.as_str(), "notifications": if args.topic { 1 } else { n }, "users": users,
-            "rate": args.rate, "batch": if args.topic { None } else { Some(args.batch) },
-            "commits": commits.len(), "topic": args.topic, "send_in_ms": send_in_ms, "future": args.future,
+            "rate": args.rate,
+            "batch": if args.topic || pgbench.is_some() { None } else { Some(args.batch) },
+            // pgbench commits one row per transaction.
+            "commits": pgbench.as_ref().map_or(commits.len() as u64, |r| r.processed), "topic": args.topic, "send_in_ms": send_in_ms, "future": args.future,
             "aged": args.aged, "aged_deleted": args.aged.zip(aged_left).map(|(a, left)| a as i64 - left),
             "tables": tables.iter().map(|t| (t.name.clone(), serde_json::json!({
                 "heap_mib": t.heap_mib, "index_mib": t.index_mib, "live": t.live, "dead": t.dead,
@@ -812,8 +914,20 @@ where
             "delivered": delivered, "failed": failed,
             "sends": sent.len(), "duplicates": duplicates,
             "sent_before_last_commit": sent_before_last_commit, "seconds": elapsed, "per_second": throughput,
-            "latency_from": if send_in_ms.is_some() { "send_at" } else { "commit" },
-            "latency_ms": {"p50": pct(0.5), "p90": pct(0.9), "p99": pct(0.99), "max": pct(1.0)},
+            "latency_from": match (send_in_ms, &pgbench) {
+                (Some(_), _) => "send_at",
+                (None, Some(_)) => "created_at",
+                (None, None) => "commit",
+            },
+            "latency_ms": {"p50": pct(0.5), "p90": pct(0.9), "p99": pct(0.99), "p99_9": pct(0.999), "max": pct(1.0)},
+            "producer": match args.producer { Producer::Loadgen => "loadgen", Producer::Pgbench => "pgbench" },
+            "pgbench": pgbench.as_ref().map(|r| serde_json::json!({
+                "clients": args.pgbench_clients, "duration_secs": args.duration_secs,
+                "processed": r.processed, "failed": r.failed, "skipped": r.skipped, "late": r.late,
+                "latency_limit_ms": args.pgbench_latency_limit_ms, "tps": r.tps,
+                "latency_avg_ms": r.latency_avg_ms, "latency_stddev_ms": r.latency_stddev_ms,
+                "schedule_lag_avg_ms": r.lag_avg_ms, "schedule_lag_max_ms": r.lag_max_ms,
+            })),
             "received_before_send_at": early,
             "rss_mib": {"idle": idle_rss / 1024, "peak": peak_rss / 1024}, "shutdown_ms": stop_ms,
             "explain_ms": plans.iter().map(|p| (p.name.to_string(), serde_json::json!([p.first_ms, p.second_ms])))
@@ -864,6 +978,138 @@ async fn table_report(db: &tokio_postgres::Client) -> Result<Vec<TableReport>, B
             autoanalyzes: r.get(6),
         })
         .collect())
+}
+
+/// `--samples-file`: one line per receipt of a row of the run, `id,reference_us,received_us`.
+fn write_samples(
+    path: &std::path::Path,
+    sent: &[(Uuid, SystemTime)],
+    reference_of: &HashMap<Uuid, SystemTime>,
+) -> Result<(), BoxError> {
+    use std::io::Write as _;
+    let us = |t: &SystemTime| t.duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_micros()).unwrap_or(0);
+    let mut out = std::io::BufWriter::new(std::fs::File::create(path)?);
+    writeln!(out, "notification_id,reference_unix_us,received_unix_us")?;
+    for (id, received_at) in sent {
+        if let Some(reference) = reference_of.get(id) {
+            writeln!(out, "{id},{},{}", us(reference), us(received_at))?;
+        }
+    }
+    out.flush()?;
+    Ok(())
+}
+
+/// What pgbench reported about the transactions it committed (its summary, parsed).
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct PgbenchReport {
+    /// `number of transactions actually processed`: each committed one row.
+    pub processed: u64,
+    /// `number of failed transactions` (PostgreSQL 15's pgbench; 0 when absent).
+    pub failed: u64,
+    /// `number of transactions skipped`: already later than `--latency-limit` when due.
+    pub skipped: u64,
+    /// `number of transactions above the … ms latency limit`.
+    pub late: u64,
+    /// `tps = … (without initial connection time)`.
+    pub tps: f64,
+    /// `latency average`, `latency stddev`: per transaction, schedule lag included.
+    pub latency_avg_ms: f64,
+    pub latency_stddev_ms: f64,
+    /// `rate limit schedule lag: avg … (max …) ms`: how late pgbench started transactions.
+    pub lag_avg_ms: f64,
+    pub lag_max_ms: f64,
+}
+
+/// Parses pgbench's summary (what it prints to stdout at the end of a run).
+pub fn parse_pgbench(out: &str) -> Result<PgbenchReport, String> {
+    fn first_number(text: &str) -> Option<f64> {
+        let start = text.find(|c: char| c.is_ascii_digit())?;
+        let rest = &text[start..];
+        let end = rest.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(rest.len());
+        rest[..end].parse().ok()
+    }
+    let mut report = PgbenchReport::default();
+    let mut saw = (false, false);
+    for line in out.lines().map(str::trim) {
+        let after = |prefix: &str| line.strip_prefix(prefix).and_then(first_number);
+        if let Some(v) = after("number of transactions actually processed:") {
+            report.processed = v as u64;
+            saw.0 = true;
+        } else if let Some(v) = after("number of failed transactions:") {
+            report.failed = v as u64;
+        } else if let Some(v) = after("number of transactions skipped:") {
+            report.skipped = v as u64;
+        } else if let Some(rest) = line.strip_prefix("number of transactions above the") {
+            // "… above the 100.0 ms latency limit: 3/119990 (0.003%)"
+            report.late = rest.split_once(':').and_then(|(_, v)| first_number(v)).unwrap_or(0.0) as u64;
+        } else if let Some(v) = after("latency average =") {
+            report.latency_avg_ms = v;
+        } else if let Some(v) = after("latency stddev =") {
+            report.latency_stddev_ms = v;
+        } else if let Some(rest) = line.strip_prefix("rate limit schedule lag: avg") {
+            report.lag_avg_ms = first_number(rest).unwrap_or(0.0);
+            report.lag_max_ms = rest.split_once("max").and_then(|(_, v)| first_number(v)).unwrap_or(0.0);
+        } else if let Some(v) = after("tps =") {
+            report.tps = v;
+            saw.1 = true;
+        }
+    }
+    match saw {
+        (true, true) => Ok(report),
+        _ => Err(format!("no transaction count and tps in pgbench's output:\n{out}")),
+    }
+}
+
+/// The pgbench script of `--producer pgbench`: one notification per transaction for a random
+/// user, its `created_at` the clock at the `INSERT` (not `now()`, the transaction's start).
+fn pgbench_script(users: u64) -> String {
+    format!(
+        "\\set u random(1, {users})
+INSERT INTO notification (user_id, type, payload, created_at)
+VALUES ('loadgen-user-' || :u, 'loadgen',
+        jsonb_build_object('title', 'Load test', 'body', 'pgbench client ' || :client_id),
+        clock_timestamp());
+"
+    )
+}
+
+/// Runs pgbench against the run's database: `-n -R rate -T duration -c clients -j 2 -L limit`,
+/// the script of [`pgbench_script`] written to `script`. A pgbench that is not installed, or
+/// that fails, is an error with its own words.
+async fn run_pgbench(
+    db_url: &str,
+    ca_file: Option<&std::path::Path>,
+    args: &LoadgenArgs,
+    rate: u64,
+    script: &std::path::Path,
+) -> Result<PgbenchReport, BoxError> {
+    std::fs::write(script, pgbench_script(args.users))?;
+    let threads = args.pgbench_clients.min(2);
+    let mut cmd = tokio::process::Command::new("pgbench");
+    cmd.arg("-n")
+        .args(["-R", &rate.to_string(), "-T", &args.duration_secs.to_string()])
+        .args(["-c", &args.pgbench_clients.to_string(), "-j", &threads.to_string()])
+        .args(["-L", &args.pgbench_latency_limit_ms.to_string()])
+        .arg("-f")
+        .arg(script)
+        .arg(db_url)
+        .stdin(std::process::Stdio::null())
+        .kill_on_drop(true);
+    if let Some(ca) = ca_file {
+        cmd.env("PGSSLROOTCERT", ca);
+    }
+    let out = cmd.output().await.map_err(|e| -> BoxError {
+        if e.kind() == std::io::ErrorKind::NotFound {
+            "--producer pgbench: pgbench is not on PATH (Debian: apt-get install postgresql-client)".into()
+        } else {
+            format!("could not run pgbench: {e}").into()
+        }
+    })?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    if !out.status.success() {
+        return Err(format!("pgbench failed ({}): {}{stdout}", out.status, String::from_utf8_lossy(&out.stderr)).into());
+    }
+    Ok(parse_pgbench(&stdout)?)
 }
 
 /// Rows and targets not final yet, counted through the partial indexes that hold exactly them
@@ -998,7 +1244,10 @@ fn read_status_kb(pid: u32, field: &str) -> Option<u64> {
 
 #[cfg(test)]
 mod tests {
-    use super::{batches, check_batch, check_counts, with_database, LoadgenArgs, DEFAULT_BATCH, MAX_COUNT};
+    use super::{
+        batches, check_batch, check_counts, parse_pgbench, pgbench_script, with_database, LoadgenArgs, PgbenchReport,
+        Producer, DEFAULT_BATCH, MAX_COUNT,
+    };
     use clap::Parser;
 
     #[derive(Parser)]
@@ -1077,6 +1326,65 @@ mod tests {
         assert!(err.contains("--rate"), "{err}");
         let cli = Cli::try_parse_from(["loadgen", "--rate", "5", "--batch", "2"]).unwrap();
         assert_eq!((cli.args.rate, cli.args.batch), (Some(5), 2));
+    }
+
+    #[test]
+    fn pgbench_as_producer_takes_a_rate_a_duration_and_its_clients() {
+        let cli = Cli::try_parse_from(["loadgen", "--producer", "pgbench", "--rate", "2000", "--duration-secs", "60"])
+            .unwrap();
+        assert_eq!(
+            (cli.args.producer, cli.args.rate, cli.args.duration_secs, cli.args.pgbench_clients),
+            (Producer::Pgbench, Some(2000), 60, 8)
+        );
+        assert_eq!(Cli::try_parse_from(["loadgen"]).unwrap().args.producer, Producer::Loadgen);
+        assert!(Cli::try_parse_from(["loadgen", "--producer", "psql"]).is_err());
+        assert!(Cli::try_parse_from(["loadgen", "--duration-secs", "0"]).is_err());
+    }
+
+    #[test]
+    fn the_pgbench_script_stamps_each_row_with_the_clock_of_its_insert() {
+        let script = pgbench_script(40);
+        assert!(script.starts_with("\\set u random(1, 40)\n"), "{script}");
+        assert!(script.contains("clock_timestamp()") && !script.contains("now()"), "{script}");
+    }
+
+    #[test]
+    fn pgbench_s_summary_is_parsed() {
+        // PostgreSQL 15.20's pgbench, -R 100 -T 1 -c 2 -j 2 -L 100.
+        let out = "pgbench (15.20 (Debian 15.20-0+deb12u1))
+transaction type: /tmp/lat-select.sql
+scaling factor: 1
+query mode: simple
+number of clients: 2
+number of threads: 2
+maximum number of tries: 1
+duration: 1 s
+number of transactions actually processed: 94
+number of failed transactions: 0 (0.000%)
+number of transactions skipped: 2 (2.083%)
+number of transactions above the 100.0 ms latency limit: 3/94 (3.191%)
+latency average = 0.597 ms
+latency stddev = 0.313 ms
+rate limit schedule lag: avg 0.121 (max 0.511) ms
+initial connection time = 19.579 ms
+tps = 96.428850 (without initial connection time)
+";
+        let report = parse_pgbench(out).unwrap();
+        assert_eq!(
+            report,
+            PgbenchReport {
+                processed: 94,
+                failed: 0,
+                skipped: 2,
+                late: 3,
+                tps: 96.428850,
+                latency_avg_ms: 0.597,
+                latency_stddev_ms: 0.313,
+                lag_avg_ms: 0.121,
+                lag_max_ms: 0.511,
+            }
+        );
+        assert!(parse_pgbench("pgbench: error: connection refused").is_err());
     }
 
     #[test]

@@ -1,5 +1,6 @@
-//! `notify-relay loadgen`: the run streams its commits (`--batch`, `--rate`) and leaves neither
-//! its database nor a Redis key of its prefix behind; a cleanup that cannot finish says so.
+//! `notify-relay loadgen`: the run streams its commits (`--batch`, `--rate`, or pgbench's single
+//! rows with `--producer pgbench`) and leaves neither its database nor a Redis key of its prefix
+//! behind; a cleanup that cannot finish says so.
 
 use crate::helpers::{base_database_url, pg, redis_connection, redis_url, Leftovers, TempDir};
 use emulators::loadgen::clean_up;
@@ -17,12 +18,41 @@ async fn database_exists(name: &str) -> bool {
     row.get::<_, i64>(0) == 1
 }
 
-#[actix_web::test]
-async fn a_paced_run_commits_in_batches_while_the_relay_delivers_and_leaves_nothing_behind() {
-    let dir = TempDir::new("loadgen-test");
-    // 1,000/s is 50 rows a tick, in statements of at most 20: 20 + 20 + 10, 50 ticks.
+/// A finished `notify-relay loadgen` run: how it exited, what it printed, and the names of its
+/// database and key prefix (guarded: whatever it left is removed when this is dropped).
+struct Run {
+    status: std::process::ExitStatus,
+    err: String,
+    out: String,
+    db_name: String,
+    prefix: String,
+    _guard: Leftovers,
+}
+
+impl Run {
+    /// The JSON summary line of the output.
+    fn report(&self) -> Value {
+        self.out
+            .lines()
+            .find_map(|l| serde_json::from_str(l).ok())
+            .unwrap_or_else(|| panic!("a JSON line in the output:\n{}", self.out))
+    }
+
+    /// It said it cleaned up, and neither its database nor a key of its prefix is left.
+    async fn assert_left_nothing(&self) {
+        let (db_name, prefix, err) = (&self.db_name, &self.prefix, &self.err);
+        assert!(err.contains(&format!("cleaned up: database {db_name} dropped")) && err.contains("0 left"), "{err}");
+        assert!(!database_exists(db_name).await, "{db_name} is still there");
+        let mut redis = redis_connection(&redis_url()).await.expect("redis");
+        assert_eq!(count_keys(&mut redis, prefix).await.expect("SCAN"), 0, "keys of {prefix} left");
+    }
+}
+
+/// Runs `notify-relay loadgen ARGS` (relay log in `dir`) to its end, within `limit`.
+async fn run_loadgen(args: &[&str], dir: &TempDir, limit: Duration) -> Run {
     let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_notify-relay"))
-        .args(["loadgen", "--notifications", "2500", "--users", "40", "--rate", "1000", "--batch", "20"])
+        .arg("loadgen")
+        .args(args)
         .args(["--timeout-secs", "120", "--relay-log"])
         .arg(dir.path().join("relay.log"))
         .env_remove("NOTIFY_CONFIG")
@@ -46,7 +76,7 @@ async fn a_paced_run_commits_in_batches_while_the_relay_delivers_and_leaves_noth
     let (db_name, rest) = names.split_once(", key prefix ").unwrap_or_else(|| panic!("first line: {first}"));
     let prefix = rest.split_once(',').map(|(p, _)| p).unwrap_or_else(|| panic!("first line: {first}"));
     let (db_name, prefix) = (db_name.to_string(), prefix.to_string());
-    let _guard = Leftovers::of(&db_name, &prefix);
+    let guard = Leftovers::of(&db_name, &prefix);
     assert!(db_name.starts_with("loadgen_") && prefix.starts_with("loadgen-"), "{first}");
 
     let rest_of_stderr = async {
@@ -61,20 +91,26 @@ async fn a_paced_run_commits_in_batches_while_the_relay_delivers_and_leaves_noth
         stdout.read_to_string(&mut text).await.expect("read loadgen's stdout");
         text
     };
-    let (status, lines, out) = tokio::time::timeout(Duration::from_secs(240), async {
+    let (status, lines, out) = tokio::time::timeout(limit, async {
         let (lines, out) = tokio::join!(rest_of_stderr, all_of_stdout);
         (child.wait().await.expect("wait for loadgen"), lines, out)
     })
     .await
-    .expect("loadgen ends within 240 s");
-    let err = lines.join("\n");
-    assert!(status.success(), "loadgen: {status}\n{err}\n{out}");
+    .unwrap_or_else(|_| panic!("loadgen ends within {} s", limit.as_secs()));
+    Run { status, err: lines.join("\n"), out, db_name, prefix, _guard: guard }
+}
+
+#[actix_web::test]
+async fn a_paced_run_commits_in_batches_while_the_relay_delivers_and_leaves_nothing_behind() {
+    let dir = TempDir::new("loadgen-test");
+    // 1,000/s is 50 rows a tick, in statements of at most 20: 20 + 20 + 10, 50 ticks.
+    let args = ["--notifications", "2500", "--users", "40", "--rate", "1000", "--batch", "20"];
+    let run = run_loadgen(&args, &dir, Duration::from_secs(240)).await;
+    let (err, out) = (&run.err, &run.out);
+    assert!(run.status.success(), "loadgen: {}\n{err}\n{out}", run.status);
 
     assert!(err.contains("committed 2500 notifications in 150 transactions of at most 20 rows at 1000/s"), "{err}");
-    let report: Value = out
-        .lines()
-        .find_map(|l| serde_json::from_str(l).ok())
-        .unwrap_or_else(|| panic!("a JSON line in the output:\n{out}"));
+    let report = run.report();
     assert_eq!(
         (&report["delivered"], &report["failed"], &report["duplicates"], &report["commits"], &report["batch"]),
         (&Value::from(2500), &Value::from(0), &Value::from(0), &Value::from(150), &Value::from(20)),
@@ -86,11 +122,52 @@ async fn a_paced_run_commits_in_batches_while_the_relay_delivers_and_leaves_noth
     // Streamed: the relay sent while later batches were still being committed.
     let early = report["sent_before_last_commit"].as_u64().expect("sent_before_last_commit");
     assert!(early > 0 && early < 2500, "{early} sent before the last commit\n{out}");
+    let latency = &report["latency_ms"];
+    let p99_9 = latency["p99_9"].as_f64().expect("p99.9 in the summary");
+    assert!(latency["p99"].as_f64().expect("p99") <= p99_9 && p99_9 <= latency["max"].as_f64().expect("max"), "{out}");
 
-    assert!(err.contains(&format!("cleaned up: database {db_name} dropped")) && err.contains("0 left"), "{err}");
-    assert!(!database_exists(&db_name).await, "{db_name} is still there");
-    let mut redis = redis_connection(&redis_url()).await.expect("redis");
-    assert_eq!(count_keys(&mut redis, &prefix).await.expect("SCAN"), 0, "keys of {prefix} left");
+    run.assert_left_nothing().await;
+}
+
+#[actix_web::test]
+async fn pgbench_as_the_producer_commits_single_rows_at_the_rate_and_every_one_is_delivered() {
+    // CI installs pgbench with the PostgreSQL client (scripts/services.sh): missing is a failure.
+    let found = std::env::var_os("PATH")
+        .map(|path| std::env::split_paths(&path).any(|dir| dir.join("pgbench").is_file()))
+        .unwrap_or(false);
+    assert!(found, "pgbench is not on PATH (scripts/test installs it: postgresql-client)");
+    let dir = TempDir::new("loadgen-pgbench-test");
+    let args = ["--producer", "pgbench", "--rate", "200", "--duration-secs", "2", "--users", "20"];
+    let args = [&args[..], &["--pgbench-clients", "2"]].concat();
+    let run = run_loadgen(&args, &dir, Duration::from_secs(240)).await;
+    let (err, out) = (&run.err, &run.out);
+    assert!(run.status.success(), "loadgen: {}\n{err}\n{out}", run.status);
+
+    let report = run.report();
+    let pgbench = &report["pgbench"];
+    let processed = pgbench["processed"].as_u64().expect("pgbench's transaction count");
+    // 200/s for 2 s is about 400 single-row commits (pgbench's schedule is a Poisson process).
+    assert!((200..=600).contains(&processed), "{processed} transactions\n{out}");
+    assert!(pgbench["tps"].as_f64().expect("tps") > 0.0, "{out}");
+    assert_eq!(
+        (&report["producer"], &report["latency_from"], &report["delivered"], &report["failed"], &report["duplicates"]),
+        (
+            &Value::from("pgbench"),
+            &Value::from("created_at"),
+            &Value::from(processed),
+            &Value::from(0),
+            &Value::from(0)
+        ),
+        "{out}"
+    );
+    assert_eq!(report["sends"].as_u64(), Some(processed), "{out}");
+    let latency = &report["latency_ms"];
+    for p in ["p50", "p90", "p99", "p99_9", "max"] {
+        assert!(latency[p].as_f64().is_some_and(|ms| ms >= 0.0), "{p}\n{out}");
+    }
+    assert!(out.contains("pgbench              tps "), "{out}");
+
+    run.assert_left_nothing().await;
 }
 
 #[actix_web::test]
