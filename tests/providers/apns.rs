@@ -663,7 +663,9 @@ async fn apns_the_emulators_refusal_of_a_bad_collapse_id_or_expiration_is_classi
             .expect("request");
         let status = resp.status().as_u16();
         let body = resp.body().await.expect("body");
-        let answer = notify_relay_engine::providers::apns::answer(status, resp.headers(), &body);
+        // awc's header map, as the APNs client's (h2's `http::HeaderMap`).
+        let headers: http::HeaderMap = resp.headers().iter().map(|(n, v)| (n.clone(), v.clone())).collect();
+        let answer = notify_relay_engine::providers::apns::answer(status, &headers, &body);
         assert_eq!((answer.status, answer.reason.as_str()), (400, reason), "{name}");
         let (result, health) = notify_relay_engine::providers::apns::classify(
             answer.status,
