@@ -23,7 +23,7 @@
 //! `"retry_after_secs"` for a `Retry-After` header. `GET /__emulator/stats` counts: `sent`,
 //! `requests`, `provider_tokens`, `connections` (TCP connections opened) and
 //! `peak_concurrent_streams` (the most streams open at once on one connection), with the
-//! `max_concurrent_streams` it advertises.
+//! `max_concurrent_streams` it advertises and the `refused_streams` opened beyond it.
 //!
 //! HTTP/2 is served by the emulator's own server on the `h2` crate, because actix-web's HTTP/2
 //! server cannot be told to advertise `SETTINGS_MAX_CONCURRENT_STREAMS` (Apple's is 1000,
@@ -163,6 +163,9 @@ struct State {
     hung: HashSet<String>,
     /// TCP connections accepted (HTTP/2 or not).
     connections_seen: usize,
+    /// Client streams h2 refused (over the stream limit) before one it accepted: the gaps in
+    /// the accepted stream ids.
+    refused_streams: usize,
 }
 
 impl Failing for State {
@@ -208,6 +211,7 @@ impl ApnsEmulator {
             goaway_at: None,
             hung: HashSet::new(),
             connections_seen: 0,
+            refused_streams: 0,
         };
         // `push_http1` refuses the HTTP/1.1 requests this server takes.
         let server = Server::start("127.0.0.1:0", state, None, routes)?;
@@ -238,6 +242,12 @@ impl ApnsEmulator {
     /// The most streams that were open at once on one connection.
     pub fn peak_concurrent_streams(&self) -> usize {
         self.server.with(|s| s.peak_streams)
+    }
+
+    /// Streams the HTTP/2 server refused because the client opened more than it allowed (those
+    /// followed by an accepted stream on the same connection).
+    pub fn refused_streams(&self) -> usize {
+        self.server.with(|s| s.refused_streams)
     }
 
     /// The next connection on which `streams` streams are open at once sends GOAWAY and closes
@@ -412,10 +422,17 @@ where
     let open = Rc::new(Cell::new(0usize));
     // Set once the connection is gone: what held streams wait for.
     let (closed, gone) = watch::channel(false);
+    let (mut accepted, mut skipped) = (0usize, 0usize);
     while let Some(Ok((request, respond))) = connection.accept().await {
         open.set(open.get() + 1);
+        accepted += 1;
+        // Client streams have odd ids, one after another: the ids passed over were refused.
+        let id = respond.stream_id().as_u32() as usize;
+        let gap = (id + 1) / 2 - accepted;
         let (held, goaway) = {
             let mut s = lock(&state);
+            s.refused_streams += gap.saturating_sub(skipped);
+            skipped = skipped.max(gap);
             s.peak_streams = s.peak_streams.max(open.get());
             let goaway = s.goaway_at.is_some_and(|at| open.get() >= at);
             let held = s.goaway_at.is_some();
@@ -803,6 +820,7 @@ fn stats_of(s: &State) -> Value {
         "provider_tokens": s.provider_tokens.len(),
         "connections": s.connections_seen,
         "peak_concurrent_streams": s.peak_streams,
+        "refused_streams": s.refused_streams,
         "max_concurrent_streams": s.max_concurrent_streams,
     })
 }

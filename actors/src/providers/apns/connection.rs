@@ -136,8 +136,9 @@ impl Connections {
         if tls.get_ref().1.alpn_protocol() != Some(b"h2") {
             return Err(SendError::NoHttp2(target.addr.clone()));
         }
-        let (send, connection) =
+        let (send, mut connection) =
             h2::client::Builder::new().handshake::<_, Bytes>(tls).await.map_err(SendError::Http2)?;
+        let ping = connection.ping_pong();
         let closed = Rc::new(Cell::new(false));
         let ended = closed.clone();
         // The connection's frames are read and written by this task, on the client's own
@@ -147,6 +148,12 @@ impl Connections {
             let _ = connection.await;
             ended.set(true);
         });
+        // Until the server's SETTINGS arrive, h2 assumes 100 concurrent streams may be opened,
+        // and a server that allows fewer refuses the rest (REFUSED_STREAM). The server sends
+        // SETTINGS first, so once a PING is answered its limit is the one h2 keeps to.
+        if let Some(mut ping) = ping {
+            ping.ping(h2::Ping::opaque()).await.map_err(SendError::Http2)?;
+        }
         Ok(Live { send, closed })
     }
 }

@@ -251,14 +251,23 @@ async fn post(
     request: &Request,
 ) -> Result<Answer, SendError> {
     let exchange = async {
-        let live = connections.get().await?;
-        let answer = exchange(live.send.clone(), topic, jwt, request).await;
-        if let Err(SendError::Http2(e)) = &answer {
-            if !e.is_reset() {
-                connections.discard(&live);
+        // A stream the server refused (REFUSED_STREAM: it lowered its stream limit while the
+        // request was on its way) was not processed (RFC 9113 §8.7): sent once more.
+        let mut refused_once = false;
+        loop {
+            let live = connections.get().await?;
+            let answer = exchange(live.send.clone(), topic, jwt, request).await;
+            if let Err(SendError::Http2(e)) = &answer {
+                if e.reason() == Some(h2::Reason::REFUSED_STREAM) && e.is_reset() && !refused_once {
+                    refused_once = true;
+                    continue;
+                }
+                if !e.is_reset() {
+                    connections.discard(&live);
+                }
             }
+            return answer;
         }
-        answer
     };
     tokio::time::timeout(timeout, exchange).await.map_err(|_| SendError::Timeout(timeout))?
 }
