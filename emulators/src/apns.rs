@@ -428,7 +428,7 @@ where
         accepted += 1;
         // Client streams have odd ids, one after another: the ids passed over were refused.
         let id = respond.stream_id().as_u32() as usize;
-        let gap = (id + 1) / 2 - accepted;
+        let gap = id.div_ceil(2).saturating_sub(accepted);
         let (held, goaway) = {
             let mut s = lock(&state);
             s.refused_streams += gap.saturating_sub(skipped);
