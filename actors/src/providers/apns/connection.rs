@@ -48,6 +48,10 @@ pub enum SendError {
     NoHttp2(String),
     #[error("apns: request failed: HTTP/2: {0}")]
     Http2(#[source] h2::Error),
+    /// The connection could take no new stream (it had ended, or got a GOAWAY): the request
+    /// never left.
+    #[error("apns: request failed: HTTP/2 (not sent): {0}")]
+    NotSent(#[source] h2::Error),
     #[error("apns: request failed: no connection within {0:?} (TCP, TLS and the HTTP/2 handshake)")]
     HandshakeTimeout(Duration),
     #[error("apns: request failed: no answer within {0:?}")]

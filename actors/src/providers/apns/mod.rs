@@ -251,20 +251,32 @@ async fn post(
     request: &Request,
 ) -> Result<Answer, SendError> {
     let exchange = async {
-        // A stream the server refused (REFUSED_STREAM: it lowered its stream limit while the
-        // request was on its way) was not processed (RFC 9113 §8.7): sent once more.
-        let mut refused_once = false;
+        // Sent once more, once: a request that never left (the connection had just ended, e.g.
+        // APNs closed it for idling), on a new connection; and a stream the server refused
+        // (REFUSED_STREAM: it lowered its stream limit while the request was on its way),
+        // which was not processed (RFC 9113 §8.7).
+        let mut again = false;
         loop {
             let live = connections.get().await?;
             let answer = exchange(live.send.clone(), topic, jwt, request).await;
-            if let Err(SendError::Http2(e)) = &answer {
-                if e.reason() == Some(h2::Reason::REFUSED_STREAM) && e.is_reset() && !refused_once {
-                    refused_once = true;
-                    continue;
-                }
-                if !e.is_reset() {
+            match &answer {
+                Err(SendError::NotSent(_)) => {
                     connections.discard(&live);
+                    if !again {
+                        again = true;
+                        continue;
+                    }
                 }
+                Err(SendError::Http2(e)) => {
+                    if e.reason() == Some(h2::Reason::REFUSED_STREAM) && e.is_reset() && !again {
+                        again = true;
+                        continue;
+                    }
+                    if !e.is_reset() {
+                        connections.discard(&live);
+                    }
+                }
+                _ => {}
             }
             return answer;
         }
@@ -282,7 +294,7 @@ async fn exchange(
 ) -> Result<Answer, SendError> {
     // Waits while h2's queue of streams beyond the server's SETTINGS_MAX_CONCURRENT_STREAMS is
     // occupied (see `connection`).
-    let mut send = send.ready().await.map_err(SendError::Http2)?;
+    let mut send = send.ready().await.map_err(SendError::NotSent)?;
     let mut head = http::Request::post(request.url.as_str())
         .header("authorization", format!("bearer {jwt}"))
         .header("apns-topic", topic)
@@ -297,7 +309,7 @@ async fn exchange(
         head = head.header("apns-collapse-id", collapse_id.as_str());
     }
     let head = head.body(()).map_err(SendError::Build)?;
-    let (response, mut body_out) = send.send_request(head, false).map_err(SendError::Http2)?;
+    let (response, mut body_out) = send.send_request(head, false).map_err(SendError::NotSent)?;
     // At most 4096 bytes, within the initial stream window: h2 buffers it until it is written.
     body_out.send_data(Bytes::copy_from_slice(&request.body), true).map_err(SendError::Http2)?;
     let (parts, mut body_in) = response.await.map_err(SendError::Http2)?.into_parts();
