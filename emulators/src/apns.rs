@@ -20,20 +20,36 @@
 //! device token so (410s carry a `timestamp`), every time or `count` times;
 //! `POST /__emulator/fail {"status":503,"reason":"ServiceUnavailable","count":N}` fails the next
 //! N requests as a whole, `{"status":503,"for_ms":10000}` every request for 10 s, with
-//! `"retry_after_secs"` for a `Retry-After` header. `GET /__emulator/stats` counts.
+//! `"retry_after_secs"` for a `Retry-After` header. `GET /__emulator/stats` counts: `sent`,
+//! `requests`, `provider_tokens`, `connections` (TCP connections opened) and
+//! `peak_concurrent_streams` (the most streams open at once on one connection), with the
+//! `max_concurrent_streams` it advertises and the `refused_streams` opened beyond it.
+//!
+//! HTTP/2 is served by the emulator's own server on the `h2` crate, because actix-web's HTTP/2
+//! server cannot be told to advertise `SETTINGS_MAX_CONCURRENT_STREAMS` (Apple's is 1000,
+//! [`DEFAULT_MAX_CONCURRENT_STREAMS`]; [`ApnsEmulator::with_max_concurrent_streams`] lowers it
+//! for a test). A connection whose ALPN is not `h2` is handed, decrypted, to an actix-web server
+//! on a loopback port of its own, which refuses the device requests with 505 and serves the
+//! admin calls. Connection faults for tests: [`ApnsEmulator::goaway_at_streams`] (GOAWAY and
+//! close, mid-flight) and [`ApnsEmulator::hang`] (never answer a device).
 
 use crate::failure::{FailPlan, Failure};
 use crate::http::{Failing, Server};
-use actix_web::http::{StatusCode, Version};
-use actix_web::{web, HttpRequest, HttpResponse};
+use actix_web::http::StatusCode;
+use actix_web::{web, HttpResponse};
+use bytes::Bytes;
+use http::HeaderMap;
 use notify_relay_engine::clock::{Clock, SystemClock};
 use serde::Deserialize;
 use serde_json::{json, Value};
+use std::cell::Cell;
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::rc::Rc;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use tokio::sync::watch;
 use uuid::Uuid;
 
 /// The emulator's key id, team and topic: `config/default.toml`'s examples, so that only the
@@ -43,6 +59,10 @@ pub const TEAM_ID: &str = "DEF123GHIJ";
 pub const TOPIC: &str = "com.example.app";
 pub const MAX_PAYLOAD_BYTES: usize = 4096;
 pub const MAX_COLLAPSE_ID_BYTES: usize = 64;
+/// The `SETTINGS_MAX_CONCURRENT_STREAMS` Apple documents for an established connection.
+pub const DEFAULT_MAX_CONCURRENT_STREAMS: u32 = 1000;
+/// The largest request body read (the device routes answer 413 past 4096 bytes anyway).
+const MAX_REQUEST_BYTES: usize = 1024 * 1024;
 const PUSH_TYPES: [&str; 11] = [
     "alert",
     "background",
@@ -128,9 +148,24 @@ struct State {
     provider_tokens: Vec<String>,
     /// Every provider token presented (accepted or not), each once, in order.
     presented_tokens: Vec<String>,
-    known_tokens: HashSet<String>,
+    /// The accepted provider tokens and their `iat`: a token seen before is not verified again
+    /// (ES256 verification per request would make the emulator the benchmark's bottleneck).
+    known_tokens: HashMap<String, u64>,
     /// When the last new provider token was accepted.
     last_new_token: Option<Instant>,
+    /// What the HTTP/2 server advertises (read when a connection opens).
+    max_concurrent_streams: u32,
+    /// The most streams open at once on one connection so far.
+    peak_streams: usize,
+    /// The next connection to have this many streams open sends GOAWAY and closes, answering none.
+    goaway_at: Option<usize>,
+    /// Device tokens whose requests are never answered.
+    hung: HashSet<String>,
+    /// TCP connections accepted (HTTP/2 or not).
+    connections_seen: usize,
+    /// Client streams h2 refused (over the stream limit) before one it accepted: the gaps in
+    /// the accepted stream ids.
+    refused_streams: usize,
 }
 
 impl Failing for State {
@@ -141,7 +176,11 @@ impl Failing for State {
 
 pub struct ApnsEmulator {
     pub addr: SocketAddr,
+    /// The HTTP/1.1 side (505s and the admin calls), on a loopback port of its own; it owns the
+    /// state.
     server: Server<State>,
+    /// Tells the accept loop and every connection to stop.
+    shutdown: watch::Sender<bool>,
     ca_pem: String,
     key_pem: String,
 }
@@ -165,12 +204,64 @@ impl ApnsEmulator {
             fail: Failure::default(),
             provider_tokens: Vec::new(),
             presented_tokens: Vec::new(),
-            known_tokens: HashSet::new(),
+            known_tokens: HashMap::new(),
             last_new_token: None,
+            max_concurrent_streams: DEFAULT_MAX_CONCURRENT_STREAMS,
+            peak_streams: 0,
+            goaway_at: None,
+            hung: HashSet::new(),
+            connections_seen: 0,
+            refused_streams: 0,
         };
-        // `push` refuses the HTTP/1.1 requests the server also takes.
-        let server = Server::start(addr, state, Some(tls), routes)?;
-        Ok(ApnsEmulator { addr: server.addr, server, ca_pem, key_pem: signing.serialize_pem() })
+        // `push_http1` refuses the HTTP/1.1 requests this server takes.
+        let server = Server::start("127.0.0.1:0", state, None, routes)?;
+        let listener = tokio::net::TcpListener::bind(addr).await?;
+        let front = Front {
+            tls: {
+                let mut tls = tls;
+                tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+                tokio_rustls::TlsAcceptor::from(Arc::new(tls))
+            },
+            state: server.state(),
+            http1: server.addr,
+        };
+        let (shutdown, stop) = watch::channel(false);
+        let emulator =
+            ApnsEmulator { addr: listener.local_addr()?, server, shutdown, ca_pem, key_pem: signing.serialize_pem() };
+        actix_rt::spawn(front.accept(listener, stop));
+        Ok(emulator)
+    }
+
+    /// Advertises `max` as `SETTINGS_MAX_CONCURRENT_STREAMS` on the connections opened from now
+    /// on (Apple: [`DEFAULT_MAX_CONCURRENT_STREAMS`]).
+    pub fn with_max_concurrent_streams(self, max: u32) -> ApnsEmulator {
+        self.server.with(|s| s.max_concurrent_streams = max);
+        self
+    }
+
+    /// The most streams that were open at once on one connection.
+    pub fn peak_concurrent_streams(&self) -> usize {
+        self.server.with(|s| s.peak_streams)
+    }
+
+    /// Streams the HTTP/2 server refused because the client opened more than it allowed (those
+    /// followed by an accepted stream on the same connection).
+    pub fn refused_streams(&self) -> usize {
+        self.server.with(|s| s.refused_streams)
+    }
+
+    /// The next connection on which `streams` streams are open at once sends GOAWAY and closes
+    /// without answering them (once): what a client sees when APNs drops a connection
+    /// mid-flight. Until then, device requests are held unanswered, so that they all are in
+    /// flight when it happens.
+    pub fn goaway_at_streams(&self, streams: usize) {
+        self.server.with(|s| s.goaway_at = Some(streams.max(1)));
+    }
+
+    /// Requests for `token` are never answered (the stream stays open until the client gives
+    /// up or the connection closes): a hung APNs.
+    pub fn hang(&self, token: &str) {
+        self.server.with(|s| s.hung.insert(token.to_ascii_lowercase()));
     }
 
     /// Judges the provider token's age and the spacing of new tokens on `clock` from now on
@@ -236,9 +327,9 @@ impl ApnsEmulator {
         self.server.with(|s| s.presented_tokens.clone())
     }
 
-    /// TLS connections accepted so far.
+    /// TCP connections accepted so far (HTTP/2 or not).
     pub fn connections(&self) -> usize {
-        self.server.connections()
+        self.server.with(|s| s.connections_seen)
     }
 
     /// Every request for `token` is answered `status` `{"reason": reason}` (410s with a
@@ -264,14 +355,240 @@ impl ApnsEmulator {
     }
 
     pub async fn stop(self) {
+        let _ = self.shutdown.send(true);
         self.server.stop().await;
+    }
+}
+
+/// The TLS listener: HTTP/2 served here, anything else passed to the HTTP/1.1 server.
+struct Front {
+    tls: tokio_rustls::TlsAcceptor,
+    state: Arc<Mutex<State>>,
+    http1: SocketAddr,
+}
+
+impl Front {
+    async fn accept(self, listener: tokio::net::TcpListener, mut stop: watch::Receiver<bool>) {
+        let front = Rc::new(self);
+        loop {
+            let tcp = tokio::select! {
+                accepted = listener.accept() => match accepted {
+                    Ok((tcp, _)) => tcp,
+                    // Out of descriptors, or a connection reset before it was accepted.
+                    Err(_) => continue,
+                },
+                _ = stop.changed() => return,
+            };
+            lock(&front.state).connections_seen += 1;
+            let _ = tcp.set_nodelay(true);
+            let (front, mut stop) = (front.clone(), stop.clone());
+            actix_rt::spawn(async move {
+                tokio::select! {
+                    _ = front.serve(tcp) => {}
+                    _ = stop.changed() => {}
+                }
+            });
+        }
+    }
+
+    async fn serve(&self, tcp: tokio::net::TcpStream) {
+        let Ok(mut tls) = self.tls.accept(tcp).await else { return };
+        if tls.get_ref().1.alpn_protocol() == Some(b"h2") {
+            return serve_h2(tls, self.state.clone()).await;
+        }
+        // HTTP/1.1: the actix-web side answers (505 for a device, the admin calls).
+        if let Ok(mut plain) = tokio::net::TcpStream::connect(self.http1).await {
+            let _ = tokio::io::copy_bidirectional(&mut tls, &mut plain).await;
+        }
+    }
+}
+
+fn lock(state: &Mutex<State>) -> std::sync::MutexGuard<'_, State> {
+    // A handler that panicked holding the lock left the state as it was: go on with it.
+    state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// One HTTP/2 connection: every stream is answered by a task of its own, so that a held or
+/// slow answer holds no other; the connection counts its open streams.
+async fn serve_h2<T>(io: T, state: Arc<Mutex<State>>)
+where
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + 'static,
+{
+    let max = lock(&state).max_concurrent_streams;
+    let Ok(mut connection) = h2::server::Builder::new().max_concurrent_streams(max).handshake::<_, Bytes>(io).await
+    else {
+        return;
+    };
+    let open = Rc::new(Cell::new(0usize));
+    // Set once the connection is gone: what held streams wait for.
+    let (closed, gone) = watch::channel(false);
+    let (mut accepted, mut skipped) = (0usize, 0usize);
+    while let Some(Ok((request, respond))) = connection.accept().await {
+        open.set(open.get() + 1);
+        accepted += 1;
+        // Client streams have odd ids, one after another: the ids passed over were refused.
+        let id = respond.stream_id().as_u32() as usize;
+        let gap = id.div_ceil(2).saturating_sub(accepted);
+        let (held, goaway) = {
+            let mut s = lock(&state);
+            s.refused_streams += gap.saturating_sub(skipped);
+            skipped = skipped.max(gap);
+            s.peak_streams = s.peak_streams.max(open.get());
+            let goaway = s.goaway_at.is_some_and(|at| open.get() >= at);
+            let held = s.goaway_at.is_some();
+            if goaway {
+                s.goaway_at = None;
+            }
+            (held, goaway)
+        };
+        let stream = Stream { open: open.clone(), gone: gone.clone(), held };
+        actix_rt::spawn(answer_stream(request, respond, state.clone(), stream));
+        if goaway {
+            // GOAWAY, then the connection closes with its streams unanswered.
+            connection.abrupt_shutdown(h2::Reason::NO_ERROR);
+            while let Some(Ok(_)) = connection.accept().await {}
+            break;
+        }
+    }
+    drop(connection);
+    let _ = closed.send(true);
+}
+
+/// A stream being answered: counted open until its task ends.
+struct Stream {
+    open: Rc<Cell<usize>>,
+    gone: watch::Receiver<bool>,
+    /// Waiting for a GOAWAY: not answered (see [`ApnsEmulator::goaway_at_streams`]).
+    held: bool,
+}
+
+impl Drop for Stream {
+    fn drop(&mut self) {
+        self.open.set(self.open.get().saturating_sub(1));
+    }
+}
+
+async fn answer_stream(
+    request: http::Request<h2::RecvStream>,
+    mut respond: h2::server::SendResponse<Bytes>,
+    state: Arc<Mutex<State>>,
+    mut stream: Stream,
+) {
+    let (head, mut body_in) = request.into_parts();
+    let mut body = Vec::new();
+    while let Some(chunk) = body_in.data().await {
+        let Ok(chunk) = chunk else { return };
+        let _ = body_in.flow_control().release_capacity(chunk.len());
+        if body.len() + chunk.len() > MAX_REQUEST_BYTES {
+            return send(&mut respond, reply(413, "PayloadTooLarge"));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    let path = head.uri.path();
+    let device = path.strip_prefix("/3/device/").filter(|t| !t.is_empty() && !t.contains('/'));
+    let answer = match (device, head.method.as_str(), path) {
+        (Some(token), "POST", _) => {
+            let token = token.to_ascii_lowercase();
+            if stream.held || lock(&state).hung.contains(&token) {
+                // Never answered: the client times out, or the connection goes (GOAWAY).
+                let _ = stream.gone.wait_for(|gone| *gone).await;
+                return;
+            }
+            let apns_id =
+                header(&head.headers, "apns-id").map(str::to_string).unwrap_or_else(|| Uuid::new_v4().to_string());
+            let mut answer = respond_device(&head.headers, token, &body, &state, &apns_id);
+            answer.apns_id = Some(apns_id);
+            answer
+        }
+        (Some(_), _, _) => reply(405, "MethodNotAllowed"),
+        (None, "POST", "/3/device/") => reply(400, "MissingDeviceToken"),
+        (None, "POST", "/__emulator/answer") => match serde_json::from_slice::<Answer>(&body) {
+            Ok(answer) => {
+                insert_answer(&mut lock(&state), answer);
+                Reply::empty(204)
+            }
+            Err(e) => Reply::text(400, e.to_string()),
+        },
+        (None, "POST", "/__emulator/fail") => match serde_json::from_slice::<FailPlan>(&body) {
+            Ok(plan) => {
+                lock(&state).fail.set(plan);
+                Reply::empty(204)
+            }
+            Err(e) => Reply::text(400, e.to_string()),
+        },
+        (None, "GET", "/__emulator/stats") => Reply::json(200, stats_of(&lock(&state))),
+        _ => reply(404, "BadPath"),
+    };
+    send(&mut respond, answer);
+}
+
+/// Sends an answer on an HTTP/2 stream (a stream the client reset is not answered).
+fn send(respond: &mut h2::server::SendResponse<Bytes>, answer: Reply) {
+    let mut head = http::Response::builder().status(answer.status);
+    if let Some(id) = &answer.apns_id {
+        head = head.header("apns-id", id.as_str());
+    }
+    if let Some(secs) = answer.retry_after {
+        head = head.header("retry-after", secs.to_string());
+    }
+    if !answer.body.is_empty() {
+        head = head.header("content-type", answer.content_type);
+    }
+    let Ok(head) = head.body(()) else { return };
+    let Ok(mut out) = respond.send_response(head, answer.body.is_empty()) else { return };
+    if !answer.body.is_empty() {
+        let _ = out.send_data(Bytes::from(answer.body), true);
+    }
+}
+
+/// An answer, as both servers send it.
+struct Reply {
+    status: u16,
+    body: Vec<u8>,
+    content_type: &'static str,
+    apns_id: Option<String>,
+    retry_after: Option<u64>,
+}
+
+impl Reply {
+    fn json(status: u16, body: Value) -> Reply {
+        Reply {
+            status,
+            body: body.to_string().into_bytes(),
+            content_type: "application/json",
+            apns_id: None,
+            retry_after: None,
+        }
+    }
+
+    fn text(status: u16, body: String) -> Reply {
+        Reply { status, body: body.into_bytes(), content_type: "text/plain", apns_id: None, retry_after: None }
+    }
+
+    fn empty(status: u16) -> Reply {
+        Reply { status, body: Vec::new(), content_type: "", apns_id: None, retry_after: None }
+    }
+
+    fn into_actix(self) -> HttpResponse {
+        let status = StatusCode::from_u16(self.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let mut resp = HttpResponse::build(status);
+        if !self.body.is_empty() {
+            resp.content_type(self.content_type);
+        }
+        let mut resp = resp.body(self.body);
+        if let Some(secs) = self.retry_after {
+            crate::http::retry_after(&mut resp, secs);
+        }
+        resp
     }
 }
 
 fn routes(cfg: &mut web::ServiceConfig) {
     cfg.app_data(web::PayloadConfig::new(1024 * 1024))
         .service(
-            web::resource("/3/device/{token}").route(web::post().to(push)).default_service(web::to(method_not_allowed)),
+            web::resource("/3/device/{token}")
+                .route(web::post().to(push_http1))
+                .default_service(web::to(method_not_allowed)),
         )
         .route("/3/device/", web::post().to(missing_device_token))
         .route("/__emulator/answer", web::post().to(inject_answer))
@@ -297,14 +614,18 @@ pub fn write_credentials(emulator: &ApnsEmulator, dir: &Path) -> std::io::Result
     Ok((key, ca))
 }
 
-fn reason(status: u16, reason: &str) -> HttpResponse {
-    let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+/// Apple's error answer: `{"reason": …}`, with a `timestamp` on a 410.
+fn reply(status: u16, reason: &str) -> Reply {
     let mut body = json!({ "reason": reason });
-    if status == StatusCode::GONE {
+    if status == 410 {
         let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or_default();
         body["timestamp"] = json!(now);
     }
-    HttpResponse::build(status).json(body)
+    Reply::json(status, body)
+}
+
+fn reason(status: u16, reason: &str) -> HttpResponse {
+    reply(status, reason).into_actix()
 }
 
 fn default_reason(status: u16) -> &'static str {
@@ -318,8 +639,8 @@ fn default_reason(status: u16) -> &'static str {
     }
 }
 
-fn header<'a>(req: &'a HttpRequest, name: &str) -> Option<&'a str> {
-    req.headers().get(name).and_then(|v| v.to_str().ok())
+fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers.get(name).and_then(|v| v.to_str().ok())
 }
 
 #[derive(Deserialize)]
@@ -332,13 +653,21 @@ struct TokenClaims {
 type Refusal = (u16, &'static str);
 
 /// The provider-token checks, in Apple's order; `Err` is the refusal.
-fn authorize(req: &HttpRequest, state: &mut State) -> Result<String, Refusal> {
-    let jwt = match header(req, "authorization").and_then(|v| v.split_once(' ')) {
+fn authorize(headers: &HeaderMap, state: &mut State) -> Result<String, Refusal> {
+    let jwt = match header(headers, "authorization").and_then(|v| v.split_once(' ')) {
         Some((scheme, jwt)) if scheme.eq_ignore_ascii_case("bearer") && !jwt.trim().is_empty() => jwt.trim(),
         _ => return Err((403, "MissingProviderToken")),
     };
     if !state.presented_tokens.iter().any(|t| t == jwt) {
         state.presented_tokens.push(jwt.to_string());
+    }
+    let now = state.clock.unix_secs();
+    if let Some(iat) = state.known_tokens.get(jwt) {
+        // Verified when it was first accepted; only its age can have changed.
+        if now.saturating_sub(*iat) > state.rules.token_max_age.as_secs() {
+            return Err((403, "ExpiredProviderToken"));
+        }
+        return Ok(jwt.to_string());
     }
     let invalid = || (403, "InvalidProviderToken");
     let head = jsonwebtoken::decode_header(jwt).map_err(|_| invalid())?;
@@ -353,26 +682,23 @@ fn authorize(req: &HttpRequest, state: &mut State) -> Result<String, Refusal> {
     if claims.claims.iss != TEAM_ID {
         return Err(invalid());
     }
-    let now = state.clock.unix_secs();
     if now.saturating_sub(claims.claims.iat) > state.rules.token_max_age.as_secs() {
         return Err((403, "ExpiredProviderToken"));
     }
-    if !state.known_tokens.contains(jwt) {
-        let now = state.clock.now();
-        let too_soon =
-            state.last_new_token.is_some_and(|at| now.saturating_duration_since(at) < state.rules.min_resign_interval);
-        if too_soon {
-            return Err((429, "TooManyProviderTokenUpdates"));
-        }
-        state.known_tokens.insert(jwt.to_string());
-        state.provider_tokens.push(jwt.to_string());
-        state.last_new_token = Some(now);
+    let now = state.clock.now();
+    let too_soon =
+        state.last_new_token.is_some_and(|at| now.saturating_duration_since(at) < state.rules.min_resign_interval);
+    if too_soon {
+        return Err((429, "TooManyProviderTokenUpdates"));
     }
+    state.known_tokens.insert(jwt.to_string(), claims.claims.iat);
+    state.provider_tokens.push(jwt.to_string());
+    state.last_new_token = Some(now);
     Ok(jwt.to_string())
 }
 
 /// The header checks; `Err` is the refusal.
-fn check_headers(req: &HttpRequest) -> Result<(), Refusal> {
+fn check_headers(req: &HeaderMap) -> Result<(), Refusal> {
     match header(req, "apns-topic") {
         None => return Err((400, "MissingTopic")),
         Some(TOPIC) => {}
@@ -401,41 +727,24 @@ fn check_headers(req: &HttpRequest) -> Result<(), Refusal> {
     Ok(())
 }
 
-async fn push(
-    req: HttpRequest,
-    path: web::Path<String>,
-    body: web::Bytes,
-    state: web::Data<Mutex<State>>,
-) -> HttpResponse {
-    // Apple answers every request with its `apns-id`: the one sent, or a new one.
-    let apns_id = header(&req, "apns-id").map(str::to_string).unwrap_or_else(|| Uuid::new_v4().to_string());
-    let mut resp = respond(&req, path.into_inner(), &body, &state, &apns_id);
-    if let Ok(value) = actix_web::http::header::HeaderValue::from_str(&apns_id) {
-        resp.headers_mut().insert(actix_web::http::header::HeaderName::from_static("apns-id"), value);
-    }
-    resp
+/// A device request that is not HTTP/2: Apple serves HTTP/2 only. (505 and this reason are the
+/// emulator's own.)
+async fn push_http1() -> HttpResponse {
+    reason(505, "HTTP2Required")
 }
 
-fn respond(req: &HttpRequest, token: String, body: &[u8], state: &Mutex<State>, apns_id: &str) -> HttpResponse {
-    if req.version() != Version::HTTP_2 {
-        // Apple serves HTTP/2 only. (505 and this reason are the emulator's own.)
-        return reason(505, "HTTP2Required");
-    }
-    let token = token.to_ascii_lowercase();
-    let Ok(mut state) = state.lock() else {
-        return reason(500, "InternalServerError");
-    };
+/// A device request over HTTP/2, judged in Apple's order (injected failures first).
+fn respond_device(headers: &HeaderMap, token: String, body: &[u8], state: &Mutex<State>, apns_id: &str) -> Reply {
+    let mut state = lock(state);
     state.requests += 1;
     *state.requests_by_token.entry(token.clone()).or_default() += 1;
     if let Some(plan) = state.fail.strike() {
-        let mut resp = reason(plan.status, plan.code.as_deref().unwrap_or(default_reason(plan.status)));
-        if let Some(seconds) = plan.retry_after_secs {
-            crate::http::retry_after(&mut resp, seconds);
-        }
-        return resp;
+        let mut answer = reply(plan.status, plan.code.as_deref().unwrap_or(default_reason(plan.status)));
+        answer.retry_after = plan.retry_after_secs;
+        return answer;
     }
     if let Some(answer) = state.answers.get_mut(&token) {
-        let refusal = reason(answer.status, &answer.reason);
+        let refusal = reply(answer.status, &answer.reason);
         match answer.count.as_mut() {
             Some(0) => {}
             Some(n) => {
@@ -445,23 +754,23 @@ fn respond(req: &HttpRequest, token: String, body: &[u8], state: &Mutex<State>, 
             None => return refusal,
         }
     }
-    let provider_token = match authorize(req, &mut state) {
+    let provider_token = match authorize(headers, &mut state) {
         Ok(jwt) => jwt,
-        Err((status, why)) => return reason(status, why),
+        Err((status, why)) => return reply(status, why),
     };
-    if let Err((status, why)) = check_headers(req) {
-        return reason(status, why);
+    if let Err((status, why)) = check_headers(headers) {
+        return reply(status, why);
     }
     if body.is_empty() {
-        return reason(400, "PayloadEmpty");
+        return reply(400, "PayloadEmpty");
     }
     if body.len() > MAX_PAYLOAD_BYTES {
-        return reason(413, "PayloadTooLarge");
+        return reply(413, "PayloadTooLarge");
     }
     if token.len() != 64 || !token.bytes().all(|b| b.is_ascii_hexdigit()) {
-        return reason(400, "BadDeviceToken");
+        return reply(400, "BadDeviceToken");
     }
-    let own = |name: &str| header(req, name).map(str::to_string);
+    let own = |name: &str| header(headers, name).map(str::to_string);
     state.sent.push(Sent {
         token,
         apns_id: apns_id.to_string(),
@@ -474,7 +783,7 @@ fn respond(req: &HttpRequest, token: String, body: &[u8], state: &Mutex<State>, 
         body: serde_json::from_slice(body).unwrap_or(Value::Null),
         received_at: SystemTime::now(),
     });
-    HttpResponse::Ok().finish()
+    Reply::empty(200)
 }
 
 async fn missing_device_token() -> HttpResponse {
@@ -490,16 +799,28 @@ async fn bad_path() -> HttpResponse {
 }
 
 async fn inject_answer(answer: web::Json<Answer>, state: web::Data<Mutex<State>>) -> HttpResponse {
-    let mut answer = answer.into_inner();
-    answer.token = answer.token.to_ascii_lowercase();
-    if let Ok(mut s) = state.lock() {
-        s.answers.insert(answer.token.clone(), answer);
-    }
+    insert_answer(&mut lock(&state), answer.into_inner());
     HttpResponse::NoContent().finish()
 }
 
+fn insert_answer(state: &mut State, mut answer: Answer) {
+    answer.token = answer.token.to_ascii_lowercase();
+    state.answers.insert(answer.token.clone(), answer);
+}
+
 async fn stats(state: web::Data<Mutex<State>>) -> HttpResponse {
-    let (sent, requests, tokens) =
-        state.lock().map(|s| (s.sent.len(), s.requests, s.provider_tokens.len())).unwrap_or_default();
-    HttpResponse::Ok().json(json!({"sent": sent, "requests": requests, "provider_tokens": tokens}))
+    HttpResponse::Ok().json(stats_of(&lock(&state)))
+}
+
+/// `GET /__emulator/stats`.
+fn stats_of(s: &State) -> Value {
+    json!({
+        "sent": s.sent.len(),
+        "requests": s.requests,
+        "provider_tokens": s.provider_tokens.len(),
+        "connections": s.connections_seen,
+        "peak_concurrent_streams": s.peak_streams,
+        "refused_streams": s.refused_streams,
+        "max_concurrent_streams": s.max_concurrent_streams,
+    })
 }

@@ -9,14 +9,12 @@ use actix_web::dev::ServerHandle;
 use actix_web::http::header::{HeaderValue, RETRY_AFTER};
 use actix_web::{web, App, HttpResponse, HttpServer};
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 /// A running HTTP emulator and its state.
 pub(crate) struct Server<S> {
     pub(crate) addr: SocketAddr,
     state: Arc<Mutex<S>>,
-    connections: Arc<AtomicUsize>,
     handle: ServerHandle,
 }
 
@@ -31,14 +29,8 @@ impl<S: Send + 'static> Server<S> {
     ) -> std::io::Result<Server<S>> {
         let state = Arc::new(Mutex::new(state));
         let data = web::Data::from(state.clone());
-        let connections = Arc::new(AtomicUsize::new(0));
-        let counted = connections.clone();
-        let server = HttpServer::new(move || App::new().app_data(data.clone()).configure(routes))
-            .on_connect(move |_, _| {
-                counted.fetch_add(1, Ordering::Relaxed);
-            })
-            .workers(1)
-            .disable_signals();
+        let server =
+            HttpServer::new(move || App::new().app_data(data.clone()).configure(routes)).workers(1).disable_signals();
         let server = match tls {
             // actix-web adds ALPN `h2` and `http/1.1` itself.
             Some(tls) => server.bind_rustls_0_23(addr, tls)?,
@@ -52,17 +44,17 @@ impl<S: Send + 'static> Server<S> {
         let running = server.run();
         let handle = running.handle();
         actix_rt::spawn(running);
-        Ok(Server { addr, state, connections, handle })
+        Ok(Server { addr, state, handle })
+    }
+
+    /// The state itself, for a server in front of this one (APNs's HTTP/2 side).
+    pub(crate) fn state(&self) -> Arc<Mutex<S>> {
+        self.state.clone()
     }
 
     /// Runs `f` on the state; the default when a handler panicked holding it.
     pub(crate) fn with<T: Default>(&self, f: impl FnOnce(&mut S) -> T) -> T {
         self.state.lock().map(|mut s| f(&mut s)).unwrap_or_default()
-    }
-
-    /// TCP connections accepted so far.
-    pub(crate) fn connections(&self) -> usize {
-        self.connections.load(Ordering::Relaxed)
     }
 
     pub(crate) async fn stop(self) {

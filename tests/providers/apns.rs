@@ -7,7 +7,9 @@ use emulators::testing::client_job;
 use emulators::FailPlan;
 use notify_relay_engine::clock::{Clock, ManualClock, SystemClock};
 use notify_relay_engine::job::{Job, Priority, Provider, SendResult};
-use notify_relay_engine::providers::apns::{tls_config, ApnsClient, ProviderToken, MIN_RESIGN_INTERVAL, REFRESH_AFTER};
+use notify_relay_engine::providers::apns::{
+    tls_config, ApnsClient, ProviderToken, CONNECTIONS, MIN_RESIGN_INTERVAL, REFRESH_AFTER,
+};
 use notify_relay_engine::providers::ProviderClient;
 use notify_relay_engine::settings::{ApnsSettings, Secret};
 use notify_relay_engine::Health;
@@ -663,7 +665,9 @@ async fn apns_the_emulators_refusal_of_a_bad_collapse_id_or_expiration_is_classi
             .expect("request");
         let status = resp.status().as_u16();
         let body = resp.body().await.expect("body");
-        let answer = notify_relay_engine::providers::apns::answer(status, resp.headers(), &body);
+        // awc's header map, as the APNs client's (h2's `http::HeaderMap`).
+        let headers: http::HeaderMap = resp.headers().iter().map(|(n, v)| (n.clone(), v.clone())).collect();
+        let answer = notify_relay_engine::providers::apns::answer(status, &headers, &body);
         assert_eq!((answer.status, answer.reason.as_str()), (400, reason), "{name}");
         let (result, health) = notify_relay_engine::providers::apns::classify(
             answer.status,
@@ -676,5 +680,105 @@ async fn apns_the_emulators_refusal_of_a_bad_collapse_id_or_expiration_is_classi
         assert_eq!(health, Health::Up, "{name}: one message's problem says nothing about APNs");
     }
     assert_eq!(emulator.sent_count(), 0);
+    emulator.stop().await;
+}
+
+#[actix_web::test]
+async fn apns_120_concurrent_messages_are_multiplexed_on_one_connection_within_the_servers_stream_limit() {
+    let emulator = emulator(Rules::default()).await.with_max_concurrent_streams(8);
+    let client = client(&emulator);
+    let batch: Vec<Job> = (0..120).map(|n| alert(&device(n))).collect();
+
+    let response = client.send(&batch).await;
+
+    assert!(response.results.iter().all(|r| matches!(r, SendResult::Delivered { .. })), "{response:?}");
+    assert_eq!(emulator.sent_count(), 120);
+    assert!(emulator.connections() <= CONNECTIONS, "{} connections for one client", emulator.connections());
+    let peak = emulator.peak_concurrent_streams();
+    assert!(peak <= 8, "{peak} streams open at once; the emulator allows 8");
+    assert!(peak > 1, "the streams were not multiplexed (peak {peak})");
+    assert_eq!(emulator.refused_streams(), 0, "the client opened streams beyond the server's limit");
+    // The admin call says the same.
+    let stats = raw_client(&emulator, b"h2").get(format!("{}/__emulator/stats", emulator.url())).send().await;
+    let stats: Value = stats.expect("stats").json().await.expect("stats json");
+    assert_eq!(stats["peak_concurrent_streams"], json!(peak));
+    assert_eq!(stats["max_concurrent_streams"], json!(8));
+    assert_eq!(stats["refused_streams"], json!(0));
+    assert_eq!(stats["sent"], json!(120));
+    assert!(stats["connections"].as_u64().is_some_and(|c| c >= 2), "{stats}");
+    emulator.stop().await;
+}
+
+#[actix_web::test]
+async fn apns_a_goaway_mid_flight_is_an_outage_and_the_next_batch_opens_a_new_connection() {
+    let emulator = emulator(Rules::default()).await;
+    let client = client(&emulator);
+    emulator.goaway_at_streams(10);
+    let batch = |from: u32| (from..from + 10).map(|n| alert(&device(n))).collect::<Vec<Job>>();
+
+    let dropped = client.send(&batch(0)).await;
+    let opened = emulator.connections();
+    let next = client.send(&batch(100)).await;
+
+    for result in &dropped.results {
+        assert!(matches!(result, SendResult::Retry { after: None, .. }), "{result:?}");
+        assert!(result.error().unwrap_or_default().starts_with("apns: request failed"), "{result:?}");
+    }
+    assert!(matches!(dropped.health, Health::Outage(_)), "{:?}", dropped.health);
+    assert_eq!(opened, 1);
+    assert!(next.results.iter().all(|r| matches!(r, SendResult::Delivered { .. })), "{next:?}");
+    assert_eq!(next.health, Health::Up);
+    assert_eq!(emulator.connections(), 2, "the next batch went on a new connection");
+    assert_eq!(emulator.sent_count(), 10);
+    emulator.stop().await;
+}
+
+#[actix_web::test]
+async fn apns_a_hung_answer_is_bounded_by_the_timeout_and_an_outage_while_the_connection_serves_the_others() {
+    let emulator = emulator(Rules::default()).await;
+    let mut s = settings(&emulator);
+    s.timeout = Duration::from_millis(300);
+    let client = client_with(&s, emulator.ca_pem(), REFRESH_AFTER, MIN_RESIGN_INTERVAL, Arc::new(SystemClock));
+    emulator.hang(&device(1));
+    let started = std::time::Instant::now();
+
+    let response = client.send(&[alert(&device(1)), alert(&device(2))]).await;
+
+    let elapsed = started.elapsed();
+    assert!(matches!(&response.results[0], SendResult::Retry { .. }), "{response:?}");
+    assert_eq!(response.results[0].error(), Some("apns: request failed: no answer within 300ms"));
+    assert!(matches!(response.results[1], SendResult::Delivered { .. }), "{response:?}");
+    assert!(elapsed >= Duration::from_millis(300) && elapsed < Duration::from_secs(5), "{elapsed:?}");
+    assert_eq!(emulator.connections(), 1);
+    emulator.stop().await;
+}
+
+#[actix_web::test]
+async fn apns_a_server_that_accepts_and_never_answers_is_an_outage_within_the_timeout() {
+    let emulator = emulator(Rules::default()).await;
+    // Accepts TCP connections and holds them, reading and writing nothing.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    actix_rt::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((conn, _)) = listener.accept().await {
+            held.push(conn);
+        }
+    });
+    let mut s = settings(&emulator);
+    s.base_url = format!("https://127.0.0.1:{port}");
+    s.timeout = Duration::from_millis(300);
+    let client = client_with(&s, emulator.ca_pem(), REFRESH_AFTER, MIN_RESIGN_INTERVAL, Arc::new(SystemClock));
+    let started = std::time::Instant::now();
+
+    let response = client.send(&[alert(&device(1)), alert(&device(2))]).await;
+
+    let elapsed = started.elapsed();
+    for result in &response.results {
+        assert!(matches!(result, SendResult::Retry { after: None, .. }), "{result:?}");
+        assert!(result.error().unwrap_or_default().starts_with("apns: request failed: no "), "{result:?}");
+    }
+    assert!(matches!(response.health, Health::Outage(_)));
+    assert!(elapsed < Duration::from_secs(5), "{elapsed:?}");
     emulator.stop().await;
 }

@@ -209,7 +209,12 @@ pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(24 * 3600);
 
 /// `Retry-After`: delay-seconds or an HTTP-date, at most [`MAX_RETRY_AFTER`].
 pub fn retry_after(headers: &awc::http::header::HeaderMap) -> Option<Duration> {
-    let value = headers.get("retry-after")?.to_str().ok()?.trim();
+    retry_after_value(headers.get("retry-after")?.to_str().ok()?)
+}
+
+/// A `Retry-After` value (see [`retry_after`]), for clients whose headers are not awc's (APNs).
+pub fn retry_after_value(value: &str) -> Option<Duration> {
+    let value = value.trim();
     if let Ok(secs) = value.parse::<u64>() {
         return Some(Duration::from_secs(secs).min(MAX_RETRY_AFTER));
     }

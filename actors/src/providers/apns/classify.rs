@@ -21,9 +21,10 @@ pub struct Answer {
 
 /// Reads an APNs answer: status, `apns-id` and `Retry-After` headers, and the JSON body's
 /// `reason` and `timestamp` (a body that is not that JSON gives its start as the reason).
-pub fn answer(status: u16, headers: &awc::http::header::HeaderMap, body: &[u8]) -> Answer {
+pub fn answer(status: u16, headers: &http::HeaderMap, body: &[u8]) -> Answer {
     let apns_id = headers.get("apns-id").and_then(|v| v.to_str().ok()).map(str::to_string);
-    let retry_after = crate::providers::retry_after(headers);
+    let retry_after =
+        headers.get("retry-after").and_then(|v| v.to_str().ok()).and_then(crate::providers::retry_after_value);
     let parsed: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
     let reason = match parsed.get("reason").and_then(Value::as_str) {
         Some(reason) => reason.to_string(),
@@ -132,7 +133,7 @@ mod tests {
     #[test]
     fn a_long_reason_is_cut_to_a_bounded_error() {
         let body = json!({"reason": "r".repeat(60_000)}).to_string();
-        let a = answer(400, &awc::http::header::HeaderMap::new(), body.as_bytes());
+        let a = answer(400, &http::HeaderMap::new(), body.as_bytes());
         let (result, _) = classify(a.status, &a.reason, a.timestamp, a.apns_id, a.retry_after);
         assert!(result.error().is_some_and(|e| e.len() <= crate::providers::MAX_ERROR_BYTES), "{result:?}");
     }
@@ -142,7 +143,7 @@ mod tests {
 mod proptests {
     use super::*;
     use crate::providers::check::{assert_one_class, body, class, headers, status};
-    use awc::http::header::{HeaderMap, HeaderName, HeaderValue};
+    use http::header::{HeaderMap, HeaderName, HeaderValue};
     use proptest::prelude::*;
     use serde_json::json;
 
@@ -240,6 +241,8 @@ mod proptests {
             headers in headers(),
             body in prop_oneof![body(), reason_body()],
         ) {
+            // The strategy makes awc's map (FCM reads those); APNs reads h2's `http::HeaderMap`.
+            let headers: HeaderMap = headers.iter().map(|(n, v)| (n.clone(), v.clone())).collect();
             let a = answer(status, &headers, &body);
             prop_assert!(a.retry_after.is_none_or(|d| d <= crate::providers::MAX_RETRY_AFTER));
             let (result, health) = classify(a.status, &a.reason, a.timestamp, a.apns_id.clone(), a.retry_after);

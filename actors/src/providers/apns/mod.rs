@@ -1,19 +1,22 @@
 //! APNs with a token-based connection: one `POST {base}/3/device/<hex token>` per message over
 //! HTTP/2 and TLS, authorised by an ES256 provider token signed with the team's .p8 key.
 //!
-//! The messages of a batch are sent concurrently on the client's pooled HTTP/2 connections and
-//! each answer is classified on its own (docs/providers.md, APNs table). The provider token is shared
+//! The messages of a batch are sent concurrently as streams of the client's few long-lived HTTP/2
+//! connections (`connection`, on the `h2` crate) and each answer is classified on its own (docs/providers.md, APNs table). The provider token is shared
 //! by every sender of the process ([`ProviderToken`]), because Apple refuses tokens that change
 //! more often than every 20 minutes (`TooManyProviderTokenUpdates`).
 //!
 //! Files: `token` signs and shares the provider token, `request` builds one request from a job,
-//! `classify` reads APNs's answers (docs/providers.md, APNs table); this file sends.
+//! `classify` reads APNs's answers (docs/providers.md, APNs table), `connection` keeps the HTTP/2
+//! connections; this file sends.
 
 mod classify;
+mod connection;
 mod request;
 mod token;
 
 pub use classify::{answer, classify, Answer};
+pub use connection::{SendError, CONNECTIONS};
 pub use request::{body, Request, MAX_COLLAPSE_ID_BYTES, MAX_PAYLOAD_BYTES};
 pub use token::{ProviderToken, MIN_RESIGN_INTERVAL, REFRESH_AFTER};
 
@@ -23,9 +26,12 @@ use crate::job::{Job, Provider, SendResult};
 use crate::ratelimit::Limits;
 use crate::secret::Secret;
 use crate::settings::rules::{file_or_inline, http_url, millis, read_optional, within_ms, SettingsError};
+use bytes::Bytes;
+use connection::Connections;
 use futures_util::future::LocalBoxFuture;
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
+use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -120,19 +126,9 @@ pub enum ApnsError {
     Tls(#[source] rustls::Error),
 }
 
-/// A request to APNs that got no answer to classify: an outage, retried.
-#[derive(Debug, thiserror::Error)]
-enum SendError {
-    #[error("apns: request failed: {0}")]
-    Request(#[source] awc::error::SendRequestError),
-    #[error("apns: reading the answer: {0}")]
-    Read(#[source] awc::error::PayloadError),
-}
-
-/// Messages one sender gathers before sending them (concurrently, one request each).
+/// Messages one sender gathers before sending them (concurrently, one stream each).
 pub const MAX_BATCH: usize = 100;
-/// HTTP/2 connections one client keeps to APNs; awc sends one request at a time on each.
-const CONNECTIONS: usize = 32;
+/// The most of an answer's body that is read; the rest is not (an error body is a short JSON).
 const MAX_RESPONSE_BYTES: usize = 64 * 1024;
 
 /// The TLS configuration of every APNs connection: the Mozilla roots plus the certificates of
@@ -160,7 +156,8 @@ pub fn tls_config(ca_pem: Option<&[u8]>) -> Result<Arc<rustls::ClientConfig>, Ap
 }
 
 pub struct ApnsClient {
-    http: awc::Client,
+    connections: Rc<Connections>,
+    timeout: Duration,
     base_url: String,
     topic: String,
     token: Arc<ProviderToken>,
@@ -169,17 +166,13 @@ pub struct ApnsClient {
 
 impl ApnsClient {
     /// `tls` and `token` are built once per process (see `providers::enabled`) and shared by
-    /// every sender; the awc client (and its connections) belongs to this sender's thread.
+    /// every sender; the connections belong to this sender's thread (see `connection`).
     pub fn new(settings: &ApnsSettings, tls: Arc<rustls::ClientConfig>, token: Arc<ProviderToken>) -> ApnsClient {
-        let connector = awc::Connector::new()
-            .rustls_0_23(tls)
-            .timeout(settings.timeout)
-            .handshake_timeout(settings.timeout)
-            .limit(CONNECTIONS);
-        let http = awc::Client::builder().timeout(settings.timeout).connector(connector).finish();
+        let base_url = settings.base_url.trim_end_matches('/').to_string();
         ApnsClient {
-            http,
-            base_url: settings.base_url.trim_end_matches('/').to_string(),
+            connections: Rc::new(Connections::new(&base_url, tls, settings.timeout)),
+            timeout: settings.timeout,
+            base_url,
             topic: settings.topic.clone(),
             token,
             profile: ProviderProfile {
@@ -201,10 +194,11 @@ impl ProviderClient for ApnsClient {
         let now_ms = super::lifetime::now_ms(self.token.clock());
         send_each(jobs.iter().map(|job| {
             let request = Request::build(job, &self.base_url, now_ms);
-            let (http, topic, token) = (self.http.clone(), self.topic.clone(), self.token.clone());
+            let (connections, topic, token) = (self.connections.clone(), self.topic.clone(), self.token.clone());
+            let timeout = self.timeout;
             async move {
                 match request {
-                    Ok(request) => send_one(&http, &topic, &token, request).await,
+                    Ok(request) => send_one(&connections, timeout, &topic, &token, request).await,
                     Err(refused) => (refused, Health::Up),
                 }
             }
@@ -213,13 +207,19 @@ impl ProviderClient for ApnsClient {
 }
 
 /// Sends one request: once, or twice when APNs says the provider token expired and it may be
-/// re-signed.
-async fn send_one(http: &awc::Client, topic: &str, token: &ProviderToken, request: Request) -> (SendResult, Health) {
+/// re-signed. Each try is bounded by `timeout` (connecting included).
+async fn send_one(
+    connections: &Connections,
+    timeout: Duration,
+    topic: &str,
+    token: &ProviderToken,
+    request: Request,
+) -> (SendResult, Health) {
     let jwt = match token.current() {
         Ok(jwt) => jwt,
         Err(error) => return auth_failure(error),
     };
-    let mut answer = match post(http, topic, &jwt, &request).await {
+    let mut answer = match post(connections, timeout, topic, &jwt, &request).await {
         Ok(answer) => answer,
         Err(error) => return outage(error),
     };
@@ -228,7 +228,7 @@ async fn send_one(http: &awc::Client, topic: &str, token: &ProviderToken, reques
             return auth_failure("apns: HTTP 403 ExpiredProviderToken (re-signing is not allowed yet)");
         };
         // A second ExpiredProviderToken is classified as AUTH below: no third try.
-        answer = match post(http, topic, &fresh, &request).await {
+        answer = match post(connections, timeout, topic, &fresh, &request).await {
             Ok(answer) => answer,
             Err(error) => return outage(error),
         };
@@ -240,24 +240,92 @@ async fn send_one(http: &awc::Client, topic: &str, token: &ProviderToken, reques
     classify(answer.status, &answer.reason, answer.timestamp, apns_id, answer.retry_after)
 }
 
-async fn post(http: &awc::Client, topic: &str, jwt: &str, request: &Request) -> Result<Answer, SendError> {
-    let mut req = http
-        .post(&request.url)
-        .insert_header(("authorization", format!("bearer {jwt}")))
-        .insert_header(("apns-topic", topic))
-        .insert_header(("apns-push-type", request.push_type))
-        .insert_header(("apns-priority", request.priority))
-        .insert_header(("apns-id", request.apns_id.as_str()))
-        .insert_header(("content-type", "application/json"));
+/// One request on one of the client's connections, within `timeout`. A connection that fails
+/// as a whole (GOAWAY, I/O) is discarded, so that the next request opens a new one; a stream
+/// reset by the server concerns that stream only.
+async fn post(
+    connections: &Connections,
+    timeout: Duration,
+    topic: &str,
+    jwt: &str,
+    request: &Request,
+) -> Result<Answer, SendError> {
+    let exchange = async {
+        // Sent once more, once: a request that never left (the connection had just ended, e.g.
+        // APNs closed it for idling), on a new connection; and a stream the server refused
+        // (REFUSED_STREAM: it lowered its stream limit while the request was on its way),
+        // which was not processed (RFC 9113 §8.7).
+        let mut again = false;
+        loop {
+            let live = connections.get().await?;
+            let answer = exchange(live.send.clone(), topic, jwt, request).await;
+            match &answer {
+                Err(SendError::NotSent(_)) => {
+                    connections.discard(&live);
+                    if !again {
+                        again = true;
+                        continue;
+                    }
+                }
+                Err(SendError::Http2(e)) => {
+                    if e.reason() == Some(h2::Reason::REFUSED_STREAM) && e.is_reset() && !again {
+                        again = true;
+                        continue;
+                    }
+                    if !e.is_reset() {
+                        connections.discard(&live);
+                    }
+                }
+                _ => {}
+            }
+            return answer;
+        }
+    };
+    tokio::time::timeout(timeout, exchange).await.map_err(|_| SendError::Timeout(timeout))?
+}
+
+/// The request on a new stream, and its answer: status, headers and at most
+/// [`MAX_RESPONSE_BYTES`] of body.
+async fn exchange(
+    send: h2::client::SendRequest<Bytes>,
+    topic: &str,
+    jwt: &str,
+    request: &Request,
+) -> Result<Answer, SendError> {
+    // Waits while h2's queue of streams beyond the server's SETTINGS_MAX_CONCURRENT_STREAMS is
+    // occupied (see `connection`).
+    let mut send = send.ready().await.map_err(SendError::NotSent)?;
+    let mut head = http::Request::post(request.url.as_str())
+        .header("authorization", format!("bearer {jwt}"))
+        .header("apns-topic", topic)
+        .header("apns-push-type", request.push_type)
+        .header("apns-priority", request.priority)
+        .header("apns-id", request.apns_id.as_str())
+        .header("content-type", "application/json");
     if let Some(expiration) = request.expiration {
-        req = req.insert_header(("apns-expiration", expiration.to_string()));
+        head = head.header("apns-expiration", expiration.to_string());
     }
     if let Some(collapse_id) = &request.collapse_id {
-        req = req.insert_header(("apns-collapse-id", collapse_id.as_str()));
+        head = head.header("apns-collapse-id", collapse_id.as_str());
     }
-    let mut resp = req.send_body(request.body.clone()).await.map_err(SendError::Request)?;
-    let body = resp.body().limit(MAX_RESPONSE_BYTES).await.map_err(SendError::Read)?;
-    Ok(answer(resp.status().as_u16(), resp.headers(), &body))
+    let head = head.body(()).map_err(SendError::Build)?;
+    let (response, mut body_out) = send.send_request(head, false).map_err(SendError::NotSent)?;
+    // At most 4096 bytes, within the initial stream window: h2 buffers it until it is written.
+    body_out.send_data(Bytes::copy_from_slice(&request.body), true).map_err(SendError::Http2)?;
+    let (parts, mut body_in) = response.await.map_err(SendError::Http2)?.into_parts();
+    let mut body = Vec::new();
+    while let Some(chunk) = body_in.data().await {
+        let chunk = chunk.map_err(SendError::Http2)?;
+        // Hands the window back, or a long body would stall the connection's other streams.
+        let _ = body_in.flow_control().release_capacity(chunk.len());
+        let room = MAX_RESPONSE_BYTES - body.len();
+        body.extend_from_slice(&chunk[..chunk.len().min(room)]);
+        if body.len() == MAX_RESPONSE_BYTES {
+            // Enough to classify: dropping the stream resets it (CANCEL), the rest is not read.
+            break;
+        }
+    }
+    Ok(answer(parts.status.as_u16(), &parts.headers, &body))
 }
 
 #[cfg(test)]

@@ -42,7 +42,7 @@ impl Request {
             job.collapse_key.clone().or_else(|| payload.get("collapse_id").and_then(Value::as_str).map(str::to_string));
         if let Some(id) = &collapse_id {
             // Fan-out refuses these already; an entry written by an older version still must
-            // not reach awc, which would fail the request as if APNs were down.
+            // not reach the HTTP/2 client, which would fail the request as if APNs were down.
             if id.chars().any(char::is_control) {
                 let error = "apns: collapse_id holds a control character (not allowed in a header)".to_string();
                 return Err(SendResult::Permanent { error });
