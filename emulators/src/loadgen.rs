@@ -714,10 +714,7 @@ where
                 .collect()
         }
         None if pgbench.is_some() => db
-            .query(
-                "SELECT id, extract(epoch FROM created_at)::float8 FROM notification WHERE type = 'loadgen'",
-                &[],
-            )
+            .query("SELECT id, extract(epoch FROM created_at)::float8 FROM notification WHERE type = 'loadgen'", &[])
             .await?
             .iter()
             .map(|r| (r.get(0), epoch(r.get(1))))

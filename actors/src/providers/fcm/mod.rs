@@ -101,6 +101,11 @@ pub const MAX_BATCH: usize = 100;
 /// FCM's limit on a message's payload.
 pub const MAX_PAYLOAD_BYTES: usize = 4096;
 const MAX_RESPONSE_BYTES: usize = 64 * 1024;
+/// Connections one sender keeps to FCM. awc sends one request at a time on a connection, so
+/// this is also the sender's requests in flight; a batch's other messages wait for one to come
+/// free. Each connection costs its buffers in memory: at 128 per sender a 30,000-message run
+/// peaked at 64 MiB, at 32 it peaks lower at the same rate (bench/README, "Issue 14: providers").
+const CONNECTIONS: usize = 32;
 
 pub struct FcmClient {
     http: awc::Client,
@@ -114,7 +119,7 @@ impl FcmClient {
     pub fn new(settings: &FcmSettings, tokens: Arc<TokenSource>) -> Self {
         let http = awc::Client::builder()
             .timeout(settings.timeout)
-            .connector(awc::Connector::new().timeout(settings.timeout).limit(128))
+            .connector(awc::Connector::new().timeout(settings.timeout).limit(CONNECTIONS))
             .finish();
         let send_url =
             format!("{}/v1/projects/{}/messages:send", settings.base_url.trim_end_matches('/'), tokens.project_id());
