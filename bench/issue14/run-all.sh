@@ -1,0 +1,51 @@
+#!/usr/bin/env bash
+# Issue 14: every target measured in one sitting, one after another on a quiet machine, with the
+# release build. Writes each run's full output to $OUT (default /tmp/notify-relay-issue14) and
+# prints the lines bench/README.md's tables are made of.
+#
+#   bench/issue14/run-all.sh              # everything (about 25 minutes here)
+#   SKIP_10M=1 bench/issue14/run-all.sh   # without the 10,000,000 run (about 8 minutes)
+#
+# BEFORE_BIN: a release binary of the code before the change, for the before/after rows
+# (optional; e.g. built from the commit issue 14 started from).
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+. scripts/services.sh
+ensure_postgres
+ensure_redis
+ensure_pgbench
+cargo build --release --locked --bin notify-relay >&2
+OUT=${OUT:-/tmp/notify-relay-issue14}
+mkdir -p "$OUT"
+export DATABASE_URL=${DATABASE_URL:-postgres://postgres@127.0.0.1:5432/postgres}
+export REDIS_URL=${REDIS_URL:-redis://127.0.0.1:6379}
+BIN=target/release/notify-relay
+
+summary() { grep -E "end to end|latency|retention|table |RSS|duplicates" "$1" | sed 's/^/    /'; }
+run() { # name, binary, loadgen args...
+  local name=$1 bin=$2
+  shift 2
+  echo "== $name: $(uptime | sed 's/.*load/load/')"
+  "$bin" loadgen "$@" >"$OUT/$name.txt" 2>"$OUT/$name.err"
+  summary "$OUT/$name.txt"
+}
+
+echo "# target 1: against BullMQ (3 rounds, alternating)"
+bench/vs-bullmq | tee "$OUT/vs-bullmq.txt"
+
+echo "# target 2: flat to ten million, retention at work (a 10% backlog 31 days old)"
+run flat-100k "$BIN" --notifications 100000 --users 1000 --aged 10000
+run flat-1m "$BIN" --notifications 1000000 --users 10000 --aged 100000
+if [ -n "${BEFORE_BIN:-}" ]; then
+  run before-flat-100k "$BEFORE_BIN" --notifications 100000 --users 1000
+  run before-flat-1m "$BEFORE_BIN" --notifications 1000000 --users 10000
+fi
+[ -n "${SKIP_10M:-}" ] || run flat-10m "$BIN" --notifications 10000000 --users 100000 --aged 1000000 --timeout-secs 3600
+
+echo "# target 4: every provider, 30,000 notifications, two rounds"
+for round in 1 2; do
+  for p in expo fcm apns email; do run "provider-$p-$round" "$BIN" --provider "$p" --notifications 30000; done
+done
+
+echo "# target 5: 2,000/s single-row commits by pgbench for 60 s (producer sessions with synchronous_commit off)"
+PGOPTIONS="-c synchronous_commit=off" OUT="$OUT/latency" bench/latency/run.sh | tee "$OUT/latency.txt"
