@@ -16,6 +16,8 @@ pub use crate::providers::{retry_after, MAX_RETRY_AFTER};
 pub use crate::relay::Entry;
 /// The types the parsers take, so that the fuzz crate builds them with the versions used here.
 pub use awc::http::header::{HeaderMap, HeaderName, HeaderValue};
+/// The headers of an APNs answer: its client speaks HTTP/2 through `h2`, whose `http` types these are.
+pub use http::{HeaderMap as H2HeaderMap, HeaderName as H2HeaderName, HeaderValue as H2HeaderValue};
 pub use lettre::transport::smtp::response::Response as SmtpReply;
 pub use redis::streams::StreamId;
 pub use redis::Value as RedisValue;

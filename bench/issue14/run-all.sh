@@ -37,8 +37,11 @@ echo "# target 2: flat to ten million, retention at work (a 10% backlog 31 days 
 run flat-100k "$BIN" --notifications 100000 --users 1000 --aged 10000
 run flat-1m "$BIN" --notifications 1000000 --users 10000 --aged 100000
 if [ -n "${BEFORE_BIN:-}" ]; then
-  run before-flat-100k "$BEFORE_BIN" --notifications 100000 --users 1000
-  run before-flat-1m "$BEFORE_BIN" --notifications 1000000 --users 10000
+  # Before and after without the aged backlog (the code before had no --aged).
+  run before-100k "$BEFORE_BIN" --notifications 100000 --users 1000
+  run after-100k "$BIN" --notifications 100000 --users 1000
+  run before-1m "$BEFORE_BIN" --notifications 1000000 --users 10000
+  run after-1m "$BIN" --notifications 1000000 --users 10000
 fi
 [ -n "${SKIP_10M:-}" ] || run flat-10m "$BIN" --notifications 10000000 --users 100000 --aged 1000000 --timeout-secs 3600
 
@@ -49,3 +52,11 @@ done
 
 echo "# target 5: 2,000/s single-row commits by pgbench for 60 s (producer sessions with synchronous_commit off)"
 PGOPTIONS="-c synchronous_commit=off" OUT="$OUT/latency" bench/latency/run.sh | tee "$OUT/latency.txt"
+
+echo "# the profile: Postgres work per notification, 1,000,000 notifications, on a private Postgres"
+NOTIFY_RELAY_BIN=$BIN bench/pg-profile 1000000 --users 10000 >"$OUT/profile-after.txt" 2>&1
+grep -A3 "== WAL" "$OUT/profile-after.txt" | sed 's/^/    /'
+if [ -n "${BEFORE_BIN:-}" ]; then
+  NOTIFY_RELAY_BIN=$BEFORE_BIN bench/pg-profile 1000000 --users 10000 >"$OUT/profile-before.txt" 2>&1
+  grep -A3 "== WAL" "$OUT/profile-before.txt" | sed 's/^/    /'
+fi
