@@ -288,14 +288,15 @@ impl Store {
         let (n, d): (Vec<Uuid>, Vec<Uuid>) = targets.iter().copied().unzip();
         let mut client = self.conn().await?;
         let tx = client.transaction().await?;
+        tx.batch_execute(super::KEYED_PLANS).await?;
         let reset: Vec<Target> = tx
             .query(
                 "UPDATE delivery AS d
                     SET status = 'queued', attempt_count = 0, last_error = NULL, next_attempt_at = NULL,
                         updated_at = now(), created_at = now() -- the target starts over: so does its deadline
                    FROM unnest($1::uuid[], $2::uuid[]) AS t(n, d)
-                  -- The plan's rules of store::outcomes: keys by the primary key, a CASE guard.
-                  WHERE d.notification_id = t.n AND d.device_id = t.d AND d.notification_id = ANY($1)
+                  -- A CASE guard, under KEYED_PLANS (see store::outcomes).
+                  WHERE d.notification_id = t.n AND d.device_id = t.d
                     AND CASE WHEN d.status = 'failed' THEN true ELSE false END
               RETURNING d.notification_id, d.device_id",
                 &[&n, &d],

@@ -100,6 +100,7 @@ impl Store {
     pub async fn fan_out_pending(&self, rules: FanOutRules<'_>) -> Result<FanOutBatch> {
         let mut client = self.conn().await?;
         let tx = client.transaction().await?;
+        tx.batch_execute(super::KEYED_PLANS).await?;
 
         // The payload comes back as text, and only when it is within the cap: a jsonb that
         // serde_json cannot read (1e400, deep nesting) must not fail the whole batch, and a

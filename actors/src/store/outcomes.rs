@@ -1,17 +1,17 @@
 //! Outcomes: storing what the senders' batch did to its targets, and the status rule that
 //! settles a notification from its delivery rows.
 //!
-//! Every statement here joins a batch (`unnest` of arrays) to rows it updates only if they are
-//! still in some state. Two rules keep their plans right however stale the statistics are (on a
-//! queue table they always are: analysed while everything was final, Postgres believes that
-//! no row is in flight):
-//! - the keys are also given as `= ANY($1)`, a condition a sequential scan pays for per row and
-//!   element, so the rows are always found through the primary key;
-//! - the state guard is a `CASE`, whose selectivity Postgres does not take from the status
-//!   column's statistics. A plain `status NOT IN ('delivered', 'failed')` was estimated at one
-//!   row, which made the batch the inner side of a nested loop: with 20,000 notifications in
-//!   flight over 50,000 final ones, 10 to 20 million comparisons and 2 to 6 s per batch of
-//!   500–1,000, where the plan below takes 3–9 ms (bench/README, "Issue 14: stale statistics").
+//! Every statement here joins a batch (`unnest` of arrays) to the rows it updates, found by
+//! their keys, and updates them only if they are still in some state. Postgres's statistics of
+//! these queue tables are always wrong: never analysed in a fresh database, or analysed while
+//! everything was final, so that it believes no row is in flight. Both misled the planner into
+//! scanning the whole table for every batch: a hash join over a sequential scan (fresh tables),
+//! or the batch as the inner side of a nested loop over a scan it took for one row (20,000
+//! notifications in flight over 50,000 final ones: 10 to 20 million comparisons and 2 to 6 s per
+//! batch of 500–1,000; bench/README, "Issue 14: plans"). So the transaction runs with
+//! [`KEYED_PLANS`](super::KEYED_PLANS), and each state guard is a `CASE`, whose selectivity
+//! Postgres does not take from the status column's statistics: the batch drives a nested loop of
+//! primary-key probes, whatever the statistics say.
 
 use super::{split_targets, storable, Final, Settled, Store, Target};
 use crate::error::Result;
@@ -83,6 +83,7 @@ impl Store {
     pub async fn record(&self, rows: &OutcomeRows) -> Result<Vec<Settled>> {
         let mut client = self.conn().await?;
         let tx = client.transaction().await?;
+        tx.batch_execute(super::KEYED_PLANS).await?;
         let mut corrected = Vec::new();
 
         // Lock notifications with several targets first, in a fixed order: two processes
@@ -109,7 +110,7 @@ impl Store {
                             receipt_due_at = coalesce(now() + u.receipt_ms * interval '1 millisecond', d.receipt_due_at)
                        FROM unnest($1::uuid[], $2::uuid[], $3::int4[], $4::text[], $5::int8[])
                             AS u(n, dev, attempts, msg, receipt_ms)
-                      WHERE d.notification_id = u.n AND d.device_id = u.dev AND d.notification_id = ANY($1)
+                      WHERE d.notification_id = u.n AND d.device_id = u.dev
                         AND CASE WHEN d.status = 'failed' THEN false ELSE true END",
                 )
                 .await?;
@@ -134,7 +135,7 @@ impl Store {
                             next_attempt_at = now() + u.delay_ms * interval '1 millisecond', updated_at = now()
                        FROM unnest($1::uuid[], $2::uuid[], $3::int4[], $4::text[], $5::int8[])
                             AS u(n, dev, attempts, err, delay_ms)
-                      WHERE d.notification_id = u.n AND d.device_id = u.dev AND d.notification_id = ANY($1)
+                      WHERE d.notification_id = u.n AND d.device_id = u.dev
                         AND CASE WHEN d.status IN ('delivered', 'failed') THEN false ELSE true END",
                 )
                 .await?;
@@ -150,7 +151,7 @@ impl Store {
                         SET status = 'retrying', attempt_count = greatest(n.attempt_count, u.attempts),
                             last_error = u.err, updated_at = now()
                        FROM unnest($1::uuid[], $2::int4[], $3::text[]) AS u(id, attempts, err)
-                      WHERE n.id = u.id AND n.id = ANY($1)
+                      WHERE n.id = u.id
                         AND CASE WHEN n.status IN ('queued', 'retrying') THEN true ELSE false END",
                 )
                 .await?;
@@ -163,7 +164,7 @@ impl Store {
                         SET status = 'failed', attempt_count = greatest(d.attempt_count, u.attempts),
                             last_error = u.err, next_attempt_at = NULL, updated_at = now()
                        FROM unnest($1::uuid[], $2::uuid[], $3::int4[], $4::text[]) AS u(n, dev, attempts, err)
-                      WHERE d.notification_id = u.n AND d.device_id = u.dev AND d.notification_id = ANY($1)
+                      WHERE d.notification_id = u.n AND d.device_id = u.dev
                         AND CASE WHEN d.status = 'delivered' THEN false ELSE true END",
                 )
                 .await?;
@@ -181,7 +182,7 @@ impl Store {
                         SET status = 'expired', attempt_count = greatest(d.attempt_count, u.attempts),
                             last_error = u.err, next_attempt_at = NULL, updated_at = now()
                        FROM unnest($1::uuid[], $2::uuid[], $3::int4[], $4::text[]) AS u(n, dev, attempts, err)
-                      WHERE d.notification_id = u.n AND d.device_id = u.dev AND d.notification_id = ANY($1)
+                      WHERE d.notification_id = u.n AND d.device_id = u.dev
                         AND CASE WHEN d.status IN ('queued', 'retrying') THEN true ELSE false END",
                 )
                 .await?;
@@ -213,7 +214,7 @@ impl Store {
                        FROM unnest($1::uuid[], $2::int4[]) AS u(id, attempts)
                       -- An expired notification delivered after all (a copy in flight when it
                       -- expired) is delivered: the delivery is what the user got.
-                      WHERE n.id = u.id AND n.id = ANY($1)
+                      WHERE n.id = u.id
                         AND CASE WHEN n.status IN ('delivered', 'failed') THEN false ELSE true END
                   RETURNING n.id, n.trace_id",
                 )
@@ -278,13 +279,13 @@ async fn correct_failed(
                        provider_message_id = coalesce(u.msg, d.provider_message_id), last_error = NULL,
                        delivered_at = now(), updated_at = now(), next_attempt_at = NULL
                   FROM unnest($1::uuid[], $2::uuid[], $3::int4[], $4::text[]) AS u(n, dev, attempts, msg)
-                 WHERE d.notification_id = u.n AND d.device_id = u.dev AND d.notification_id = ANY($1)
+                 WHERE d.notification_id = u.n AND d.device_id = u.dev
                    AND CASE WHEN d.status = 'failed' THEN true ELSE false END
              RETURNING d.notification_id
              ), note AS (
                 UPDATE notification n SET status = 'delivered', delivered_at = now(), last_error = NULL,
                        updated_at = now()
-                 WHERE n.id IN (SELECT notification_id FROM fixed) AND n.id = ANY($1)
+                 WHERE n.id IN (SELECT notification_id FROM fixed)
                    AND CASE WHEN n.status = 'failed' THEN true ELSE false END
              RETURNING n.id, n.trace_id
              ), unfailed AS (
@@ -329,7 +330,7 @@ pub(super) async fn settle(tx: &deadpool_postgres::Transaction<'_>, ids: &[Uuid]
                        attempt_count = greatest(n.attempt_count, agg.attempts),
                        updated_at = now()
                   FROM agg
-                 WHERE n.id = agg.id AND n.id = ANY($1) AND (agg.delivered OR agg.final)
+                 WHERE n.id = agg.id AND (agg.delivered OR agg.final)
                    AND CASE WHEN n.status IN ('delivered', 'failed', 'expired') THEN false ELSE true END
              RETURNING n.id, n.user_id, n.status, n.last_error, n.attempt_count, n.payload, n.trace_id
              ), failed AS (

@@ -44,8 +44,10 @@ impl Store {
     /// whose lease runs out without [`Store::settle_receipts`] (the poller died, Expo or Postgres
     /// failed) is due again.
     pub async fn lease_receipts(&self, limit: usize, lease: Duration) -> Result<Vec<DueReceipt>> {
-        let client = self.pool.get().await?;
-        let stmt = client
+        let mut client = self.pool.get().await?;
+        let tx = client.transaction().await?;
+        tx.batch_execute(super::KEYED_PLANS).await?;
+        let stmt = tx
             .prepare_cached(
                 "UPDATE delivery d SET receipt_due_at = now() + $2::int8 * interval '1 millisecond'
                    FROM notification n
@@ -60,7 +62,7 @@ impl Store {
             .await?;
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         let lease_ms = i64::try_from(lease.as_millis()).unwrap_or(i64::MAX);
-        Ok(client
+        let leased = tx
             .query(&stmt, &[&limit, &lease_ms])
             .await?
             .iter()
@@ -70,7 +72,9 @@ impl Store {
                 trace_id: r.get(3),
                 delivered_at: r.get(4),
             })
-            .collect())
+            .collect();
+        tx.commit().await?;
+        Ok(leased)
     }
 
     /// Stores the verdicts on leased receipts in one transaction: answered and given-up receipts
@@ -83,6 +87,7 @@ impl Store {
         }
         let mut client = self.pool.get().await?;
         let tx = client.transaction().await?;
+        tx.batch_execute(super::KEYED_PLANS).await?;
         let stmt = tx
             .prepare_cached(
                 "UPDATE delivery d

@@ -32,11 +32,16 @@ impl Store {
     /// notification with a target still queued or retrying is kept (it is `delivered` as soon as
     /// one target is).
     pub async fn delete_final_older_than(&self, days: u32, batch: i64) -> Result<u64> {
-        let client = self.conn().await?;
-        let stmt = client.prepare_cached(DELETE_FINAL_OLDER_THAN).await?;
+        let mut client = self.conn().await?;
+        // The batch's rows are deleted by key: no table scan per batch (see KEYED_PLANS).
+        let tx = client.transaction().await?;
+        tx.batch_execute(super::KEYED_PLANS).await?;
+        let stmt = tx.prepare_cached(DELETE_FINAL_OLDER_THAN).await?;
         // `retention.final_after_days` is range-checked at start-up; saturate all the same, so that
         // no value can wrap into "everything is old".
         let days = i32::try_from(days).unwrap_or(i32::MAX);
-        Ok(client.execute(&stmt, &[&days, &batch]).await?)
+        let deleted = tx.execute(&stmt, &[&days, &batch]).await?;
+        tx.commit().await?;
+        Ok(deleted)
     }
 }

@@ -30,6 +30,7 @@ impl Store {
     ) -> Result<(Vec<Job>, Vec<Settled>)> {
         let mut client = self.conn().await?;
         let tx = client.transaction().await?;
+        tx.batch_execute(super::KEYED_PLANS).await?;
         let stale_ms = stale_after.as_millis() as i64;
         let stmt = tx
             .prepare_cached(

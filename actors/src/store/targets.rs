@@ -46,13 +46,16 @@ impl Store {
         let client = self.conn().await?;
         let stmt = client
             .prepare_cached(
-                "SELECT d.notification_id, d.device_id, d.status IN ('delivered', 'failed', 'expired'),
+                // One primary-key probe per target whatever the statistics say (KEYED_PLANS in
+                // store/mod.rs tells why): OFFSET 0 keeps each LATERAL a subquery run per row,
+                // which the planner may not turn into a hash join over the whole table.
+                "SELECT u.n, u.dev_id, d.status IN ('delivered', 'failed', 'expired'),
                         dev.user_id, dev.token, dev.disabled_at IS NOT NULL
                    FROM unnest($1::uuid[], $2::uuid[]) AS u(n, dev_id)
-                   JOIN delivery d ON d.notification_id = u.n AND d.device_id = u.dev_id
-                   LEFT JOIN device dev ON dev.id = u.dev_id
-                  -- Through the primary key whatever the table's size (see store::outcomes).
-                  WHERE d.notification_id = ANY($1)",
+                   CROSS JOIN LATERAL (SELECT status FROM delivery
+                                        WHERE notification_id = u.n AND device_id = u.dev_id OFFSET 0) d
+                   LEFT JOIN LATERAL (SELECT user_id, token, disabled_at FROM device
+                                       WHERE id = u.dev_id OFFSET 0) dev ON true",
             )
             .await?;
         let (n, dev) = split_targets(targets.iter().copied());

@@ -34,6 +34,7 @@ impl Store {
     pub async fn expand_topic(&self, batch: i64) -> Result<Option<TopicProgress>> {
         let mut client = self.conn().await?;
         let mut tx = client.transaction().await?;
+        tx.batch_execute(super::KEYED_PLANS).await?;
         let pick = tx
             .prepare_cached(
                 "SELECT id, topic, coalesce(fanout_cursor, ''), expires_at <= now(),
