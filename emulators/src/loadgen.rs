@@ -713,18 +713,19 @@ where
                 .map(|r| (r.get(0), at))
                 .collect()
         }
-        None if pgbench.is_some() => db
-            .query("SELECT id, extract(epoch FROM created_at)::float8 FROM notification WHERE type = 'loadgen'", &[])
+        // A pgbench row counts from its created_at (clock_timestamp() in its transaction), a
+        // scheduled row from its send_at.
+        None if pgbench.is_some() || send_in_ms.is_some() => {
+            let column = if pgbench.is_some() { "created_at" } else { "send_at" };
+            db.query(
+                &format!("SELECT id, extract(epoch FROM {column})::float8 FROM notification WHERE type = 'loadgen'"),
+                &[],
+            )
             .await?
             .iter()
             .map(|r| (r.get(0), epoch(r.get(1))))
-            .collect(),
-        None if send_in_ms.is_some() => db
-            .query("SELECT id, extract(epoch FROM send_at)::float8 FROM notification WHERE type = 'loadgen'", &[])
-            .await?
-            .iter()
-            .map(|r| (r.get(0), epoch(r.get(1))))
-            .collect(),
+            .collect()
+        }
         None => db
             .query("SELECT id, (payload->'data'->>'seq')::int8 FROM notification WHERE type = 'loadgen'", &[])
             .await?

@@ -8,10 +8,10 @@
 //! scanning the whole table for every batch: a hash join over a sequential scan (fresh tables),
 //! or the batch as the inner side of a nested loop over a scan it took for one row (20,000
 //! notifications in flight over 50,000 final ones: 10 to 20 million comparisons and 2 to 6 s per
-//! batch of 500–1,000; bench/README, "Issue 14: plans"). So the transaction runs with
-//! [`KEYED_PLANS`](super::KEYED_PLANS), and each state guard is a `CASE`, whose selectivity
-//! Postgres does not take from the status column's statistics: the batch drives a nested loop of
-//! primary-key probes, whatever the statistics say.
+//! batch of 500–1,000; bench/README, "Issue 14: plans that statistics cannot break"). So the
+//! transaction runs with [`KEYED_PLANS`](super::KEYED_PLANS), and each state guard is a `CASE`,
+//! whose selectivity Postgres does not take from the status column's statistics: the batch
+//! drives a nested loop of primary-key probes, whatever the statistics say.
 
 use super::{split_targets, storable, Final, Settled, Store, Target};
 use crate::error::Result;

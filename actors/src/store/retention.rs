@@ -13,7 +13,8 @@ use crate::error::Result;
 /// serve). Statistics of a queue table are always stale: analysed while little was in flight,
 /// the planner took the partial index for tiny and ran the check as an anti-join over every
 /// in-flight target, 1,000 candidates × 20,000 targets in flight: 4.5 s per batch instead of
-/// 47 ms, while every delivery waited for the CPU (bench/README, "Issue 14: retention").
+/// 47 ms, while every delivery waited for the CPU (bench/README, "Issue 14: plans that statistics
+/// cannot break").
 pub const DELETE_FINAL_OLDER_THAN: &str = "WITH old AS (
         SELECT id FROM notification
          WHERE created_at < now() - $1::int4 * interval '1 day'

@@ -104,7 +104,8 @@ const MAX_RESPONSE_BYTES: usize = 64 * 1024;
 /// Connections one sender keeps to FCM. awc sends one request at a time on a connection, so
 /// this is also the sender's requests in flight; a batch's other messages wait for one to come
 /// free. Each connection costs its buffers in memory: at 128 per sender a 30,000-message run
-/// peaked at 64 MiB, at 32 it peaks lower at the same rate (bench/README, "Issue 14: providers").
+/// peaked at 64 MiB, at 32 at 57–63 MiB at the same rate (bench/README, "Issue 14: every
+/// target in one sitting").
 const CONNECTIONS: usize = 32;
 
 pub struct FcmClient {
