@@ -216,3 +216,60 @@ async fn retentions_open_target_check_probes_the_primary_key_whatever_the_statis
     assert!(plan.contains("Index Scan using delivery_pkey on delivery d"), "{plan}");
     assert!(!plan.contains("delivery_in_flight_idx") && !plan.contains("Anti Join"), "{plan}");
 }
+
+/// EXPLAIN ANALYZE of marking 500 queued notifications delivered under KEYED_PLANS, rolled back.
+async fn mark_delivered_plan(app: &crate::helpers::TestApp) -> String {
+    let ids: Vec<uuid::Uuid> = app
+        .db
+        .query("SELECT id FROM notification WHERE status = 'queued' LIMIT 500", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let attempts = vec![1i32; ids.len()];
+    app.db.batch_execute(&format!("BEGIN; {}", notify_relay_engine::store::KEYED_PLANS)).await.unwrap();
+    let sql = format!("EXPLAIN (ANALYZE, COSTS OFF) {}", notify_relay_engine::store::MARK_DELIVERED);
+    let rows = app.db.query(&sql, &[&ids, &attempts]).await.unwrap();
+    app.db.batch_execute("ROLLBACK").await.unwrap();
+    rows.iter().map(|r| r.get::<_, String>(0)).collect::<Vec<_>>().join("\n")
+}
+
+/// The outcome writer's statements probe by key whatever the statistics say (KEYED_PLANS and
+/// CASE guards, store::outcomes): on a table analysed while every row was final, and on one
+/// never analysed, marking 500 notifications delivered is a nested loop of primary-key probes,
+/// never a scan of the table (it was: 2–6 s per batch with stale statistics, a hash join over a
+/// sequential scan on fresh tables).
+#[actix_web::test]
+async fn marking_a_batch_delivered_probes_the_primary_key_on_fresh_and_on_stale_statistics() {
+    let app = prepare().await;
+    let probes = |plan: &str| {
+        plan.contains("Nested Loop")
+            && plan.contains("Index Scan using notification_pkey on notification n")
+            && !plan.contains("Seq Scan")
+            && !plan.contains("Hash Join")
+    };
+    // Fresh: never analysed, 20,000 in flight.
+    app.exec(
+        "INSERT INTO notification (user_id, type, status) SELECT 'u' || g, 'new', 'queued' FROM generate_series(1, 20000) g",
+        &[],
+    )
+    .await;
+    let fresh = mark_delivered_plan(&app).await;
+    assert!(probes(&fresh), "{fresh}");
+    // Stale: analysed while 50,000 rows were all final, then 20,000 more in flight.
+    app.exec("UPDATE notification SET status = 'delivered'", &[]).await;
+    app.exec(
+        "INSERT INTO notification (user_id, type, status) SELECT 'o' || g, 'old', 'delivered' FROM generate_series(1, 30000) g",
+        &[],
+    )
+    .await;
+    app.db.batch_execute("ANALYZE notification").await.unwrap();
+    app.exec(
+        "INSERT INTO notification (user_id, type, status) SELECT 'n' || g, 'new', 'queued' FROM generate_series(1, 20000) g",
+        &[],
+    )
+    .await;
+    let stale = mark_delivered_plan(&app).await;
+    assert!(probes(&stale), "{stale}");
+}

@@ -37,7 +37,7 @@ mod topics;
 mod unsendable;
 
 pub use fanout::{FanOutBatch, FanOutRules, InputLimits, MAX_ID_BYTES, MAX_TOKEN_BYTES};
-pub use outcomes::{DeadToken, DeliveredRow, FailedRow, OutcomeRows, RetryingRow};
+pub use outcomes::{DeadToken, DeliveredRow, FailedRow, OutcomeRows, RetryingRow, MARK_DELIVERED};
 pub use targets::{DeviceNow, TargetState};
 pub use topics::TopicProgress;
 pub use unsendable::Unsendable;

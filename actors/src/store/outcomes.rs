@@ -19,6 +19,18 @@ use std::borrow::Cow;
 use std::time::Duration;
 use uuid::Uuid;
 
+/// The status rule's common case: notifications of delivered targets become `delivered`
+/// (`$1` ids, `$2` attempts). Public for the plan test in tests/relay/schema.rs.
+pub const MARK_DELIVERED: &str = "UPDATE notification n
+        SET status = 'delivered', delivered_at = now(), updated_at = now(),
+            attempt_count = greatest(n.attempt_count, u.attempts)
+       FROM unnest($1::uuid[], $2::int4[]) AS u(id, attempts)
+      -- An expired notification delivered after all (a copy in flight when it expired) is
+      -- delivered: the delivery is what the user got.
+      WHERE n.id = u.id
+        AND CASE WHEN n.status IN ('delivered', 'failed') THEN false ELSE true END
+  RETURNING n.id, n.trace_id";
+
 /// The outcomes of one batch, for [`Store::record`].
 #[derive(Debug, Default)]
 pub struct OutcomeRows {
@@ -206,19 +218,7 @@ impl Store {
         // notifications with a failed target need the aggregate over all their targets.
         let mut settled = Vec::new();
         if !rows.delivered.is_empty() {
-            let stmt = tx
-                .prepare_cached(
-                    "UPDATE notification n
-                        SET status = 'delivered', delivered_at = now(), updated_at = now(),
-                            attempt_count = greatest(n.attempt_count, u.attempts)
-                       FROM unnest($1::uuid[], $2::int4[]) AS u(id, attempts)
-                      -- An expired notification delivered after all (a copy in flight when it
-                      -- expired) is delivered: the delivery is what the user got.
-                      WHERE n.id = u.id
-                        AND CASE WHEN n.status IN ('delivered', 'failed') THEN false ELSE true END
-                  RETURNING n.id, n.trace_id",
-                )
-                .await?;
+            let stmt = tx.prepare_cached(MARK_DELIVERED).await?;
             let notes: Vec<Uuid> = rows.delivered.iter().map(|r| r.target.0).collect();
             let attempts: Vec<i32> = rows.delivered.iter().map(|r| r.attempts).collect();
             for r in tx.query(&stmt, &[&notes, &attempts]).await? {
