@@ -129,6 +129,32 @@ async fn a_paced_run_commits_in_batches_while_the_relay_delivers_and_leaves_noth
     run.assert_left_nothing().await;
 }
 
+/// `--aged`: a backlog of final rows 31 days old, which the relay's retention job (every second
+/// in such a run) deletes while the run goes on, and the end-of-run table report.
+#[actix_web::test]
+async fn an_aged_backlog_is_deleted_by_retention_during_the_run_and_the_tables_are_reported() {
+    let dir = TempDir::new("loadgen-aged");
+    // Paced over 8 s: the retention job, once a second, has time to run several times.
+    let args = ["--notifications", "1600", "--users", "20", "--rate", "200", "--aged", "500"];
+    let run = run_loadgen(&args, &dir, Duration::from_secs(240)).await;
+    let (err, out) = (&run.err, &run.out);
+    assert!(run.status.success(), "loadgen: {}\n{err}\n{out}", run.status);
+    assert!(err.contains("500 delivered rows 31 days old"), "{err}");
+    let report = run.report();
+    assert_eq!((&report["delivered"], &report["duplicates"]), (&Value::from(1600), &Value::from(0)), "{out}");
+    assert_eq!((&report["aged"], &report["aged_deleted"]), (&Value::from(500), &Value::from(500)), "{out}");
+    assert!(out.contains("retention            deleted 500 of 500 rows 31 days old during the run"), "{out}");
+    for table in ["notification", "delivery"] {
+        let t = &report["tables"][table];
+        // The run's rows at least (pg_stat_user_tables lags the deletes by up to its flush
+        // interval, so the aged rows may still be counted).
+        let live = t["live"].as_i64().expect("live");
+        assert!((1600..=2100).contains(&live), "{table}: {live} live\n{out}");
+        assert!(t["heap_mib"].as_i64().is_some() && t["autovacuums"].as_i64().is_some(), "{table}: {out}");
+    }
+    run.assert_left_nothing().await;
+}
+
 #[actix_web::test]
 async fn pgbench_as_the_producer_commits_single_rows_at_the_rate_and_every_one_is_delivered() {
     // CI installs pgbench with the PostgreSQL client (scripts/services.sh): missing is a failure.

@@ -249,27 +249,28 @@ async fn marking_a_batch_delivered_probes_the_primary_key_on_fresh_and_on_stale_
             && !plan.contains("Seq Scan")
             && !plan.contains("Hash Join")
     };
+    // Rows of one status, numbered under a user prefix.
+    let add = |prefix: &'static str, status: &'static str, n: i64| {
+        let db = &app.db;
+        async move {
+            db.execute(
+                "INSERT INTO notification (user_id, type, status)
+                 SELECT $1 || g, 'plan', $2 FROM generate_series(1, $3::int8) g",
+                &[&prefix, &status, &n],
+            )
+            .await
+            .unwrap();
+        }
+    };
     // Fresh: never analysed, 20,000 in flight.
-    app.exec(
-        "INSERT INTO notification (user_id, type, status) SELECT 'u' || g, 'new', 'queued' FROM generate_series(1, 20000) g",
-        &[],
-    )
-    .await;
+    add("u", "queued", 20_000).await;
     let fresh = mark_delivered_plan(&app).await;
     assert!(probes(&fresh), "{fresh}");
     // Stale: analysed while 50,000 rows were all final, then 20,000 more in flight.
     app.exec("UPDATE notification SET status = 'delivered'", &[]).await;
-    app.exec(
-        "INSERT INTO notification (user_id, type, status) SELECT 'o' || g, 'old', 'delivered' FROM generate_series(1, 30000) g",
-        &[],
-    )
-    .await;
+    add("o", "delivered", 30_000).await;
     app.db.batch_execute("ANALYZE notification").await.unwrap();
-    app.exec(
-        "INSERT INTO notification (user_id, type, status) SELECT 'n' || g, 'new', 'queued' FROM generate_series(1, 20000) g",
-        &[],
-    )
-    .await;
+    add("n", "queued", 20_000).await;
     let stale = mark_delivered_plan(&app).await;
     assert!(probes(&stale), "{stale}");
 }
