@@ -5,6 +5,7 @@
 #
 #   bench/issue14/run-all.sh              # everything (about 25 minutes here)
 #   SKIP_10M=1 bench/issue14/run-all.sh   # without the 10,000,000 run (about 8 minutes)
+#   TARGETS="2" bench/issue14/run-all.sh  # some of them: 1 2 4 5 profile (the default: all)
 #
 # BEFORE_BIN: a release binary of the code before the change, for the before/after rows
 # (optional; e.g. built from the commit issue 14 started from).
@@ -21,6 +22,8 @@ export DATABASE_URL=${DATABASE_URL:-postgres://postgres@127.0.0.1:5432/postgres}
 export REDIS_URL=${REDIS_URL:-redis://127.0.0.1:6379}
 BIN=target/release/notify-relay
 
+TARGETS=${TARGETS:-1 2 4 5 profile}
+want() { [[ " $TARGETS " == *" $1 "* ]]; }
 summary() { grep -E "end to end|latency|retention|table |RSS|duplicates" "$1" | sed 's/^/    /'; }
 run() { # name, binary, loadgen args...
   local name=$1 bin=$2
@@ -30,33 +33,56 @@ run() { # name, binary, loadgen args...
   summary "$OUT/$name.txt"
 }
 
-echo "# target 1: against BullMQ (3 rounds, alternating)"
-bench/vs-bullmq | tee "$OUT/vs-bullmq.txt"
-
-echo "# target 2: flat to ten million, retention at work (a 10% backlog 31 days old)"
-run flat-100k "$BIN" --notifications 100000 --users 1000 --aged 10000
-run flat-1m "$BIN" --notifications 1000000 --users 10000 --aged 100000
-if [ -n "${BEFORE_BIN:-}" ]; then
-  # Before and after without the aged backlog (the code before had no --aged).
-  run before-100k "$BEFORE_BIN" --notifications 100000 --users 1000
-  run after-100k "$BIN" --notifications 100000 --users 1000
-  run before-1m "$BEFORE_BIN" --notifications 1000000 --users 10000
-  run after-1m "$BIN" --notifications 1000000 --users 10000
+if want 1; then
+  echo "# target 1: against BullMQ (3 rounds, alternating)"
+  bench/vs-bullmq | tee "$OUT/vs-bullmq.txt"
 fi
-[ -n "${SKIP_10M:-}" ] || run flat-10m "$BIN" --notifications 10000000 --users 100000 --aged 1000000 --timeout-secs 3600
 
-echo "# target 4: every provider, 30,000 notifications, two rounds"
-for round in 1 2; do
-  for p in expo fcm apns email; do run "provider-$p-$round" "$BIN" --provider "$p" --notifications 30000; done
-done
+if want 2; then
+  echo "# target 2: flat to ten million, retention at work (a 10% backlog 31 days old), on a private"
+  echo "# Postgres configured as docs/sizing.md asks (bench/private-pg.sh: autovacuum on, max_wal_size 4 GB;"
+  echo "# SYSTEM_PG=1 runs them on \$DATABASE_URL's server instead)"
+  FLAT_DB=$DATABASE_URL
+  if [ -z "${SYSTEM_PG:-}" ]; then
+    . bench/private-pg.sh
+    start_private_pg "${PRIVATE_PG_PORT:-55433}"
+    FLAT_DB="$PRIVATE_PG_URL/postgres"
+  fi
+  flat() { DATABASE_URL=$FLAT_DB run "$@"; }
+  flat flat-100k "$BIN" --notifications 100000 --users 1000 --aged 10000
+  flat flat-1m "$BIN" --notifications 1000000 --users 10000 --aged 100000
+  if [ -n "${BEFORE_BIN:-}" ]; then
+    # Before and after without the aged backlog (the code before had no --aged).
+    run before-100k "$BEFORE_BIN" --notifications 100000 --users 1000
+    run after-100k "$BIN" --notifications 100000 --users 1000
+    run before-1m "$BEFORE_BIN" --notifications 1000000 --users 10000
+    run after-1m "$BIN" --notifications 1000000 --users 10000
+  fi
+  if [ -z "${SKIP_10M:-}" ]; then
+    flat flat-10m "$BIN" --notifications 10000000 --users 100000 --aged 1000000 --timeout-secs 3600
+    [ -z "${PRIVATE_PG_LOG:-}" ] || echo "    autovacuum runs logged by the private server: $(grep -c 'automatic vacuum' "$PRIVATE_PG_LOG" || true)"
+  fi
+  [ -z "${PRIVATE_PG_DIR:-}" ] || stop_private_pg
+fi
 
-echo "# target 5: 2,000/s single-row commits by pgbench for 60 s (producer sessions with synchronous_commit off)"
-PGOPTIONS="-c synchronous_commit=off" OUT="$OUT/latency" bench/latency/run.sh | tee "$OUT/latency.txt"
+if want 4; then
+  echo "# target 4: every provider, 30,000 notifications, two rounds"
+  for round in 1 2; do
+    for p in expo fcm apns email; do run "provider-$p-$round" "$BIN" --provider "$p" --notifications 30000; done
+  done
+fi
 
-echo "# the profile: Postgres work per notification, 1,000,000 notifications, on a private Postgres"
-NOTIFY_RELAY_BIN=$BIN bench/pg-profile 1000000 --users 10000 >"$OUT/profile-after.txt" 2>&1
-grep -A3 "== WAL" "$OUT/profile-after.txt" | sed 's/^/    /'
-if [ -n "${BEFORE_BIN:-}" ]; then
-  NOTIFY_RELAY_BIN=$BEFORE_BIN bench/pg-profile 1000000 --users 10000 >"$OUT/profile-before.txt" 2>&1
-  grep -A3 "== WAL" "$OUT/profile-before.txt" | sed 's/^/    /'
+if want 5; then
+  echo "# target 5: 2,000/s single-row commits by pgbench for 60 s (producer sessions with synchronous_commit off)"
+  PGOPTIONS="-c synchronous_commit=off" OUT="$OUT/latency" bench/latency/run.sh | tee "$OUT/latency.txt"
+fi
+
+if want profile; then
+  echo "# the profile: Postgres work per notification, 1,000,000 notifications, on a private Postgres"
+  NOTIFY_RELAY_BIN=$BIN bench/pg-profile 1000000 --users 10000 >"$OUT/profile-after.txt" 2>&1
+  grep -A3 "== WAL" "$OUT/profile-after.txt" | sed 's/^/    /'
+  if [ -n "${BEFORE_BIN:-}" ]; then
+    NOTIFY_RELAY_BIN=$BEFORE_BIN bench/pg-profile 1000000 --users 10000 >"$OUT/profile-before.txt" 2>&1
+    grep -A3 "== WAL" "$OUT/profile-before.txt" | sed 's/^/    /'
+  fi
 fi
