@@ -4,13 +4,16 @@
 use crate::job::{Delivery, Outcome};
 use actix::Message;
 
-/// A `NOTIFY notification_insert` arrived (or the listener's own timer fired): claim and fan
-/// out pending notifications until none is left.
+/// A `NOTIFY notification_insert` arrived (or the listener's own timer fired, or a drainer
+/// claimed a full batch): start a drainer, which claims and fans out pending notifications until
+/// none is left (at most `listener.drainers` run at once; a ring while they are busy starts one
+/// when one of them ends).
 #[derive(Debug, Message)]
 #[rtype(result = "()")]
 pub struct Drain;
 
-/// Re-enqueue targets that made no progress for `listener.stale_after_ms`, then drain.
+/// Re-enqueue targets that made no progress for `listener.stale_after_ms`, then drain
+/// (promoting due rows and continuing half-written topics too).
 #[derive(Debug, Message)]
 #[rtype(result = "()")]
 pub struct Sweep;

@@ -396,3 +396,58 @@ async fn a_topic_whose_subscriber_rows_postgres_refuses_fails_and_the_next_topic
     assert_eq!(final_of(&app, clean).await, "delivered");
     eventually(Duration::from_secs(20), || async { (app.expo.sent_count() == 1).then_some(()) }).await;
 }
+
+/// A drainer held up does not hold up the next notification: while a topic's subscriber rows
+/// wait for a lock on `topic_subscription` (a DBA's migration, say), a user's notification
+/// committed meanwhile is claimed by another drainer and delivered; the topic goes out once the
+/// lock is released. (Before, a ring during a drain waited for every drainer to finish.)
+#[actix_web::test]
+async fn a_drainer_held_up_by_a_lock_does_not_hold_up_the_next_notification() {
+    let app = spawn_app().await;
+    app.exec("INSERT INTO topic_subscription (topic, user_id) VALUES ('held', 'ann')", &[]).await;
+    app.add_device("ann", "expo", "ExponentPushToken[ann]").await;
+    app.add_device("bob", "expo", "ExponentPushToken[bob]").await;
+    let locker = app.connect_db().await;
+    locker.batch_execute("BEGIN; LOCK TABLE topic_subscription IN ACCESS EXCLUSIVE MODE").await.unwrap();
+    let topic = inserted(&app, "(topic, type) VALUES ('held', 'x')", &[]).await;
+    app.wait_for_a_lock_wait(Duration::from_secs(20)).await;
+
+    let direct = app.notify("bob", serde_json::json!({"title": "not held up"})).await;
+    assert_eq!(final_of(&app, direct).await, "delivered");
+    assert_eq!(app.status(topic).await.0, "queued", "the topic's drainer still waits for the lock");
+    assert_eq!(app.expo.sent_count(), 1);
+
+    locker.batch_execute("ROLLBACK").await.unwrap();
+    assert_eq!(final_of(&app, topic).await, "delivered");
+    eventually(Duration::from_secs(20), || async { (app.expo.sent_count() == 2).then_some(()) }).await;
+    assert_eq!(app.duplicate_sends(), 0);
+}
+
+/// A topic row a stopped process had claimed but not finished (`queued`, its cursor part-way)
+/// is continued by the next process's start-up sweep, from its cursor: the subscribers before it
+/// get nothing twice.
+#[actix_web::test]
+async fn a_topic_left_half_written_by_a_stopped_process_is_continued_at_start_from_its_cursor() {
+    let mut app = prepare().await;
+    app.exec(
+        "INSERT INTO topic_subscription (topic, user_id) VALUES ('half', 'a1'), ('half', 'a2'), ('half', 'b1'), ('half', 'b2')",
+        &[],
+    )
+    .await;
+    for user in ["a1", "a2", "b1", "b2"] {
+        app.add_device(user, "expo", &format!("ExponentPushToken[{user}]")).await;
+    }
+    // Claimed and written up to a2 by a process that then stopped.
+    let topic = inserted(
+        &app,
+        "(topic, type, payload, status, queued_at, fanout_cursor) VALUES ('half', 'x', '{\"title\": \"t\"}', 'queued', now(), 'a2')",
+        &[],
+    )
+    .await;
+    app.start().await;
+    assert_eq!(final_of(&app, topic).await, "delivered");
+    let children: Vec<String> =
+        app.column("SELECT user_id FROM notification WHERE parent_id = $1 ORDER BY user_id", &[&topic]).await;
+    assert_eq!(children, ["b1", "b2"], "written from the cursor on");
+    eventually(Duration::from_secs(20), || async { (app.expo.sent_count() == 2).then_some(()) }).await;
+}

@@ -1,28 +1,27 @@
 //! ListenerActor: turns committed `notification` rows into stream entries.
 //!
 //! It holds one dedicated Postgres connection (never a pooled one: pools drop notifications)
-//! that `LISTEN`s on `notification_insert`. A notification is only a doorbell: it makes the
-//! actor drain *all* pending rows in batches (`FOR UPDATE SKIP LOCKED`, so several listeners
-//! share the work), fan them out to delivery rows and `XADD` one entry per target in a
-//! pipeline. The insert trigger rings once per statement that inserts a claimable row, however
-//! many rows it inserts (migrations/V6__doorbell.sql), and rings that arrive while a drain is
-//! queued are coalesced into it. A sweep at start-up and every `listener.sweep_interval_ms`
-//! catches rows whose NOTIFY was lost and targets whose stream entry was lost with Redis.
+//! that `LISTEN`s on `notification_insert`. A notification is only a doorbell: it starts a
+//! drainer ([`super::drain`]) that claims *all* pending rows in batches (`FOR UPDATE SKIP
+//! LOCKED`, so several drainers and listeners share the work), fans them out to delivery rows
+//! and `XADD`s one entry per target in a pipeline. The insert trigger rings once per statement
+//! that inserts a claimable row, however many rows it inserts (migrations/V6__doorbell.sql);
+//! rings that arrive while a drainer start is queued are coalesced into it, and a ring while
+//! `listener.drainers` drainers are busy starts one more as soon as one of them ends. A sweep at
+//! start-up and every `listener.sweep_interval_ms` catches rows whose NOTIFY was lost and
+//! targets whose stream entry was lost with Redis.
 
+use super::drain::{Fanout, Hints};
 use crate::error::{EngineError, Result};
-use crate::events::{self, Tally};
-use crate::job::shard_of;
 use crate::job::Provider;
 use crate::messages::{Drain, Sweep};
-use crate::relay::{DeadLetter, RedisWrites, Relay};
 use crate::runtime::deps::Deps;
-use crate::runtime::registry::Envelope;
+use crate::runtime::registry::{ActorStats, Envelope};
 use crate::runtime::supervisor::{guarded, Lifecycle, Shutdown, Supervisable};
-use crate::settings::{EngineSettings, InputLimits};
-use crate::store::{FanOutRules, Settled, Store};
+use crate::settings::EngineSettings;
 use actix::prelude::*;
 use futures_util::StreamExt;
-use slog::{info, Logger};
+use slog::info;
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -48,8 +47,12 @@ pub struct ListenerActor {
     stale_after: Duration,
     schedule_poll: Duration,
     shutdown: Shutdown,
-    /// A drain is already queued: further doorbells add nothing.
+    /// A [`Drain`] is already queued (see [`Doorbell`]).
     rung: Arc<AtomicBool>,
+    /// Drainers running now (tasks of their own; each reports its end with [`DrainerDone`]).
+    running: usize,
+    /// A ring came while `listener.drainers` drainers were busy: start one when one ends.
+    rung_while_busy: bool,
     /// Kept alive for as long as the LISTEN should last; dropping it closes the connection.
     listen_client: Option<Arc<tokio_postgres::Client>>,
     /// Counts connections, so that the end of a replaced one is not mistaken for a failure.
@@ -72,6 +75,36 @@ struct CheckListen;
 #[rtype(result = "()")]
 struct Listening(tokio_postgres::Client);
 
+/// A drainer ended: no pending row was left, the process is shutting down, or it failed.
+#[derive(Message)]
+#[rtype(result = "()")]
+struct DrainerDone(Result<usize>);
+
+/// Sends the actor a [`Drain`] unless one is already queued. Cloned into the LISTEN
+/// connection's task, the schedule poll and every drainer (which rings after a full batch: a
+/// sibling may help with the rest).
+#[derive(Clone)]
+struct Doorbell {
+    /// A [`Drain`] is already queued: further rings add nothing. Cleared by its handler, so a
+    /// row committed after that rings again.
+    rung: Arc<AtomicBool>,
+    addr: Addr<ListenerActor>,
+    stats: Arc<ActorStats>,
+}
+
+impl Doorbell {
+    fn ring(&self) {
+        if !self.rung.swap(true, Ordering::AcqRel) {
+            self.addr.do_send(self.stats.envelope(Drain));
+        }
+    }
+
+    /// The queued [`Drain`] is being handled.
+    fn answered(&self) {
+        self.rung.store(false, Ordering::Release);
+    }
+}
+
 impl ListenerActor {
     /// The listener of this process: it fans out for the `enabled` providers, and LISTENs on a
     /// connection of its own made from `pg_config`.
@@ -89,6 +122,8 @@ impl ListenerActor {
             drainers: settings.listener.drainers,
             limits: settings.input_limits,
             enabled: Arc::new(enabled),
+            hints: Arc::new(Hints::default()),
+            shutdown: deps.shutdown.clone(),
             log: life.log.clone(),
         };
         ListenerActor {
@@ -100,16 +135,40 @@ impl ListenerActor {
             schedule_poll: settings.listener.schedule_poll,
             shutdown: deps.shutdown.clone(),
             rung: Arc::new(AtomicBool::new(false)),
+            running: 0,
+            rung_while_busy: false,
             listen_client: None,
             generation: 0,
         }
     }
 
+    fn doorbell(&self, ctx: &Context<Self>) -> Doorbell {
+        Doorbell { rung: self.rung.clone(), addr: ctx.address(), stats: self.life.stats.clone() }
+    }
+
+    /// Starts a drainer, unless `listener.drainers` are running: then one starts when one of
+    /// them ends (a claim that begins after this ring is what the ring needs).
+    fn start_drainer(&mut self, ctx: &mut Context<Self>) {
+        if self.shutdown.is_triggered() {
+            return;
+        }
+        if self.running >= self.fanout.drainers.max(1) {
+            self.rung_while_busy = true;
+            return;
+        }
+        self.running += 1;
+        let (fanout, doorbell, addr) = (self.fanout.clone(), self.doorbell(ctx), ctx.address());
+        // A task of its own, not the actor's: it is not cancelled when the actor restarts.
+        actix_rt::spawn(async move {
+            let out = guarded(fanout.drain_one(move || doorbell.ring())).await;
+            addr.do_send(DrainerDone(out));
+        });
+    }
+
     fn connect(&mut self, ctx: &mut Context<Self>) {
         let config = self.pg_config.clone();
         let addr = ctx.address();
-        let stats = self.life.stats.clone();
-        let rung = self.rung.clone();
+        let doorbell = self.doorbell(ctx);
         self.generation += 1;
         let generation = self.generation;
         let fut = async move {
@@ -124,11 +183,7 @@ impl ListenerActor {
                 let mut messages = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
                 while let Some(message) = messages.next().await {
                     match message {
-                        Ok(AsyncMessage::Notification(_)) => {
-                            if !rung.swap(true, Ordering::AcqRel) {
-                                lost.do_send(stats.envelope(Drain));
-                            }
-                        }
+                        Ok(AsyncMessage::Notification(_)) => doorbell.ring(),
                         Ok(_) => {}
                         Err(e) => {
                             lost.do_send(ListenLost(generation, crate::error::with_sources(&e)));
@@ -158,182 +213,6 @@ impl ListenerActor {
                 ctx.stop();
             }
         }));
-    }
-}
-
-/// What a drain needs; cloned into each concurrent drainer.
-#[derive(Clone)]
-pub struct Fanout {
-    pub store: Store,
-    pub relay: Relay,
-    /// Notifications per fan-out transaction.
-    pub batch: i64,
-    /// Drainers claiming concurrently (`SKIP LOCKED` keeps them apart).
-    pub drainers: usize,
-    /// Caps on payload size and devices per user.
-    pub limits: InputLimits,
-    pub enabled: Arc<HashSet<Provider>>,
-    pub log: Logger,
-}
-
-impl Fanout {
-    /// Makes due scheduled notifications pending and claims and enqueues pending notifications
-    /// until none is left, with `drainers` transactions in flight so that Postgres works on one
-    /// batch while Redis takes another.
-    ///
-    /// A drainer that fails never cancels the others: a sibling may have committed its batch
-    /// as `queued` and be on its way to the XADD (or waiting for its COMMIT's answer), and
-    /// dropping it there leaves those targets in Postgres with no stream entry, found again only
-    /// by the sweep after `listener.stale_after_ms` (5 min by default). That is what a Postgres
-    /// outage cutting a fan-out did (`try_join_all`). So every drainer finishes the batch it
-    /// holds; the first failure only stops them all from claiming another one.
-    async fn drain(self) -> Result<usize> {
-        let failed = Arc::new(AtomicBool::new(false));
-        let drainers = (0..self.drainers.max(1)).map(|_| {
-            let failed = failed.clone();
-            let drainer = self.clone();
-            async move {
-                let out = drainer.drain_one(&failed).await;
-                if out.is_err() {
-                    failed.store(true, Ordering::Release);
-                }
-                out
-            }
-        });
-        let mut total = 0;
-        let mut first_error = None;
-        for out in futures_util::future::join_all(drainers).await {
-            match out {
-                Ok(n) => total += n,
-                Err(e) => {
-                    first_error.get_or_insert(e);
-                }
-            }
-        }
-        match first_error {
-            Some(e) => Err(e),
-            None => Ok(total),
-        }
-    }
-
-    /// Makes up to a batch of due scheduled notifications pending: one batch before each claim,
-    /// so that a thousand rows due in the same second are sent batch by batch as they are
-    /// promoted, not after all of them are. (With nothing scheduled, one probe of an empty
-    /// index range per batch claimed.)
-    async fn promote_due(&self) -> Result<()> {
-        let due = self.store.promote_due(self.batch).await?;
-        if due > 0 {
-            info!(self.log, "scheduled notifications are due"; "event" => events::SCHEDULED_DUE, "count" => due);
-            let mut tally = Tally::default();
-            tally.add(events::SCHEDULED_DUE, None, due);
-            self.relay.enqueue(&[], &tally, &events::today()).await?;
-        }
-        Ok(())
-    }
-
-    /// Writes the next batch of a topic's subscriber rows, if a topic notification is being
-    /// fanned out. Returns whether there was one.
-    async fn expand_topic(&self) -> Result<bool> {
-        let Some(progress) = self.store.expand_topic(self.batch).await? else { return Ok(false) };
-        let mut tally = Tally::default();
-        tally.add(events::TOPIC_FANOUT, None, progress.written);
-        if let Some(settled) = &progress.settled {
-            let (failed, expired) = Settled::count_unsent(std::slice::from_ref(settled));
-            tally.add(events::NOTIFICATION_FAILED, None, failed);
-            tally.add(events::NOTIFICATION_EXPIRED, None, expired);
-            Settled::log_failures(&self.log, std::slice::from_ref(settled));
-        }
-        self.relay.enqueue(&[], &tally, &events::today()).await?;
-        info!(self.log, "topic fan-out"; "event" => events::TOPIC_FANOUT, "notification_id" => %progress.notification_id,
-              "topic" => &progress.topic, "count" => progress.written, "done" => progress.done);
-        Ok(true)
-    }
-
-    /// Drains batch after batch until none is left, or until a sibling drainer failed (checked
-    /// only between batches: a batch claimed is always enqueued or failed on its own).
-    async fn drain_one(self, sibling_failed: &AtomicBool) -> Result<usize> {
-        let mut total = 0;
-        loop {
-            if sibling_failed.load(Ordering::Acquire) {
-                return Ok(total);
-            }
-            self.promote_due().await?;
-            let enabled = |p| self.enabled.contains(&p);
-            let rules = FanOutRules { batch: self.batch, limits: self.limits, enabled: &enabled };
-            let out = self.store.fan_out_pending(rules).await?;
-            // Committed as `queued` before the XADD: if the XADD fails the sweep re-enqueues them.
-            let mut tally = Tally::default();
-            for job in &out.jobs {
-                tally.add(events::ENQUEUE, Some(job.provider.as_str()), 1);
-            }
-            let (failed, expired) = Settled::count_unsent(&out.settled);
-            tally.add(events::NOTIFICATION_FAILED, None, failed);
-            tally.add(events::NOTIFICATION_EXPIRED, None, expired);
-            self.relay.enqueue(&out.jobs, &tally, &events::today()).await?;
-            self.dead_letter(&out.settled).await?;
-            for job in &out.jobs {
-                info!(self.log, "enqueued"; "event" => events::ENQUEUE, "notification_id" => %job.notification_id,
-                      "trace_id" => &job.trace_id, "provider" => job.provider.as_str(), "device_id" => %job.device_id);
-            }
-            Settled::log_failures(&self.log, &out.settled);
-            total += out.claimed;
-            // Pending rows first; when they run out, a topic's next batch of subscribers (which
-            // are pending rows again).
-            if (out.claimed as i64) < self.batch && !self.expand_topic().await? {
-                return Ok(total);
-            }
-        }
-    }
-
-    /// Re-enqueues the stale targets whose copy Redis no longer holds, then drains.
-    async fn sweep(self, stale_after: Duration) -> Result<usize> {
-        // Anything enqueued after the oldest work Redis still holds may be waiting there unread.
-        let live_since = self.relay.oldest_live().await?;
-        loop {
-            let (jobs, settled) = self.store.requeue_stale(stale_after, live_since, self.batch, self.limits).await?;
-            Settled::log_failures(&self.log, &settled);
-            let mut tally = Tally::default();
-            tally.add(events::REQUEUED, None, jobs.len() as u64);
-            let (failed, expired) = Settled::count_unsent(&settled);
-            tally.add(events::NOTIFICATION_FAILED, None, failed);
-            tally.add(events::NOTIFICATION_EXPIRED, None, expired);
-            self.relay.enqueue(&jobs, &tally, &events::today()).await?;
-            self.dead_letter(&settled).await?;
-            for job in &jobs {
-                info!(self.log, "re-enqueued a stale target"; "event" => events::REQUEUED,
-                      "notification_id" => %job.notification_id, "trace_id" => &job.trace_id,
-                      "provider" => job.provider.as_str(), "attempt" => job.attempt_number());
-            }
-            if (jobs.len() as i64) < self.batch {
-                break;
-            }
-        }
-        self.drain().await
-    }
-}
-
-impl Fanout {
-    /// Notifications that failed without a send (a malformed row, no device…) get a dead letter
-    /// too, so that `GET /admin/dlq` shows every failure. It names the notification; the row in
-    /// Postgres holds the rest.
-    async fn dead_letter(&self, settled: &[Settled]) -> Result<()> {
-        let mut writes = RedisWrites::default();
-        for s in settled.iter().filter(|s| s.failed()) {
-            let job = serde_json::json!({"notification_id": s.notification_id, "trace_id": s.trace_id});
-            writes.dead_letters.push(DeadLetter {
-                shard: shard_of(s.notification_id, self.relay.keys().shards()),
-                reason: "rejected",
-                provider: String::new(),
-                attempts: 0,
-                error: s.last_error.clone().unwrap_or_default(),
-                job: job.to_string(),
-            });
-        }
-        if writes.dead_letters.is_empty() {
-            return Ok(());
-        }
-        writes.tally.add(events::DLQ_PUSHED, None, writes.dead_letters.len() as u64);
-        self.relay.write_outcomes(&writes, &events::today()).await
     }
 }
 
@@ -380,14 +259,16 @@ impl ListenerActor {
     /// actor's work). A probe that fails says nothing: the next one asks again, and a Postgres
     /// that stays away fails the drains and the sweep, which restart the actor.
     fn poll_schedule(&mut self, ctx: &mut Context<Self>) {
-        if self.shutdown.is_triggered() || self.rung.load(Ordering::Acquire) {
+        if self.shutdown.is_triggered() {
             return;
         }
-        let (store, rung, addr, stats) =
-            (self.fanout.store.clone(), self.rung.clone(), ctx.address(), self.life.stats.clone());
+        let (store, hints, doorbell) = (self.fanout.store.clone(), self.fanout.hints.clone(), self.doorbell(ctx));
         actix_rt::spawn(async move {
-            if matches!(store.any_due().await, Ok(true)) && !rung.swap(true, Ordering::AcqRel) {
-                addr.do_send(stats.envelope(Drain));
+            if matches!(store.any_due().await, Ok(true)) {
+                // The hint first: a drainer that ends after seeing it promotes; one that ended
+                // before is followed by the one this ring starts.
+                hints.scheduled_due();
+                doorbell.ring();
             }
         });
     }
@@ -443,24 +324,47 @@ impl Handler<Envelope<Drain>> for ListenerActor {
     type Result = ();
 
     fn handle(&mut self, _: Envelope<Drain>, ctx: &mut Context<Self>) {
-        // Cleared before draining: a row committed during the drain rings again.
-        self.rung.store(false, Ordering::Release);
-        if self.shutdown.is_triggered() {
+        // Cleared before the drainer claims: a row committed after this rings again.
+        self.doorbell(ctx).answered();
+        self.start_drainer(ctx);
+    }
+}
+
+impl Handler<DrainerDone> for ListenerActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: DrainerDone, ctx: &mut Context<Self>) {
+        self.running = self.running.saturating_sub(1);
+        if let Err(e) = msg.0 {
+            // Its siblings finish their batches on their own; the restart reconnects and sweeps.
+            if !self.shutdown.is_triggered() {
+                self.life.failed(&e);
+                ctx.stop();
+            }
             return;
         }
-        let fut = self.fanout.clone().drain();
-        self.run_step(ctx, fut);
+        self.life.healthy();
+        if std::mem::take(&mut self.rung_while_busy) {
+            self.start_drainer(ctx);
+        }
     }
 }
 
 impl Handler<Envelope<Sweep>> for ListenerActor {
     type Result = ();
 
+    /// Re-enqueues stale targets, then rings for a drainer (which, with the hints the sweep
+    /// sets, also promotes due rows and continues any topic left half-written).
     fn handle(&mut self, _: Envelope<Sweep>, ctx: &mut Context<Self>) {
         if self.shutdown.is_triggered() {
             return;
         }
-        let fut = self.fanout.clone().sweep(self.stale_after);
+        let (requeue, doorbell) = (self.fanout.clone().requeue_stale(self.stale_after), self.doorbell(ctx));
+        let fut = async move {
+            let requeued = requeue.await?;
+            doorbell.ring();
+            Ok(requeued)
+        };
         self.run_step(ctx, fut);
     }
 }

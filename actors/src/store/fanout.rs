@@ -22,6 +22,8 @@ pub struct FanOutBatch {
     pub jobs: Vec<Job>,
     /// Notifications that reached a final state without being sent (no device, malformed row…).
     pub settled: Vec<Settled>,
+    /// Topic notifications claimed, whose subscribers' rows `expand_topic` now writes.
+    pub topics: usize,
 }
 
 /// A claimed notification, decoded defensively: whatever Postgres holds, the row becomes
@@ -158,6 +160,7 @@ impl Store {
 
         let mut targets = Vec::new();
         let mut unsent: Vec<(Uuid, Final, String)> = Vec::new();
+        let mut topics = 0;
         for (i, n) in claimed.iter().enumerate() {
             if n.expired {
                 unsent.push((n.id, Final::Expired, expired_text(n.expires_ms, "before it was sent")));
@@ -165,8 +168,9 @@ impl Store {
             }
             if let Some(topic) = &n.topic {
                 // Its subscribers' rows are written by `expand_topic`, batch by batch.
-                if let Err(reason) = validate(n).and_then(|_| check_topic(topic).map_err(Unsendable::Topic)) {
-                    unsent.push((n.id, Final::Failed, reason.to_string()));
+                match validate(n).and_then(|_| check_topic(topic).map_err(Unsendable::Topic)) {
+                    Ok(()) => topics += 1,
+                    Err(reason) => unsent.push((n.id, Final::Failed, reason.to_string())),
                 }
                 continue;
             }
@@ -179,7 +183,7 @@ impl Store {
             }
         }
 
-        let mut out = FanOutBatch { claimed: claimed.len(), ..FanOutBatch::default() };
+        let mut out = FanOutBatch { claimed: claimed.len(), topics, ..FanOutBatch::default() };
         if !targets.is_empty() {
             let insert = tx
                 .prepare_cached(

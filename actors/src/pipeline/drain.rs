@@ -1,0 +1,238 @@
+//! The listener's drainers: each claims pending notifications batch by batch, fans them out to
+//! delivery rows and `XADD`s their targets, until no pending row is left.
+//!
+//! Drainers run as tasks of their own, apart from the ListenerActor that starts them (at most
+//! `listener.drainers` at once; `SKIP LOCKED` keeps them apart), so that a doorbell rung while
+//! one drainer is in the middle of a batch starts the next claim at once on another, instead of
+//! waiting for every drainer to finish. A drainer is never cancelled: a batch it committed as
+//! `queued` always reaches its `XADD` (or its error), whatever happens to its siblings or to the
+//! actor (an actor restart does not stop a task it spawned).
+//!
+//! Besides pending rows a drain looks for two things, but only when [`Hints`] say there may be
+//! something: due scheduled rows to promote, and topic rows whose subscribers' rows are still to
+//! be written. A busy table then costs one transaction per batch, not three round trips more.
+
+use crate::error::Result;
+use crate::events::{self, Tally};
+use crate::job::{shard_of, Provider};
+use crate::relay::{DeadLetter, RedisWrites, Relay};
+use crate::runtime::supervisor::Shutdown;
+use crate::settings::InputLimits;
+use crate::store::{FanOutRules, Settled, Store};
+use slog::{info, Logger};
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// What a drain may find besides pending rows. Shared by the listener and its drainers; a hint
+/// set too often costs a query, a hint missed would leave rows waiting, so every source of such
+/// rows sets one (the schedule poll, a claimed topic row, every sweep, which also runs at start).
+#[derive(Debug, Default)]
+pub struct Hints {
+    /// Scheduled rows may be due: promote a batch before the next claim.
+    due: AtomicBool,
+    /// Bumped whenever a topic row may be waiting for its subscribers' rows (and after each batch
+    /// of them written); back to zero once `expand_topic` found none and nothing bumped it
+    /// meanwhile. A drainer that finds none because a sibling holds the topic row's lock may
+    /// clear it; the sibling bumps it again when its batch is written.
+    topics: AtomicU64,
+}
+
+impl Hints {
+    /// Scheduled rows are due (the schedule poll saw one, or a sweep looks anyway).
+    pub fn scheduled_due(&self) {
+        self.due.store(true, Ordering::Release);
+    }
+
+    /// A topic row may be waiting for its subscribers' rows: claimed here, or left by a process
+    /// that stopped in the middle of one (found by the next sweep).
+    pub fn topics_waiting(&self) {
+        self.topics.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// Takes the due hint: the caller promotes a batch (and sets it again if the batch was full).
+    fn take_due(&self) -> bool {
+        self.due.swap(false, Ordering::AcqRel)
+    }
+
+    fn due(&self) -> bool {
+        self.due.load(Ordering::Acquire)
+    }
+
+    /// The topic hint's current value (0: no topic waits).
+    fn topics(&self) -> u64 {
+        self.topics.load(Ordering::Acquire)
+    }
+
+    /// `expand_topic` found no topic waiting: clears the hint unless it was bumped since `seen`
+    /// (a sibling claimed a topic row in between).
+    fn no_topic_since(&self, seen: u64) {
+        let _ = self.topics.compare_exchange(seen, 0, Ordering::AcqRel, Ordering::Acquire);
+    }
+}
+
+/// What a drainer needs; cloned into each one.
+#[derive(Clone)]
+pub struct Fanout {
+    pub store: Store,
+    pub relay: Relay,
+    /// Notifications per fan-out transaction.
+    pub batch: i64,
+    /// Drainers claiming concurrently at most (`SKIP LOCKED` keeps them apart).
+    pub drainers: usize,
+    /// Caps on payload size and devices per user.
+    pub limits: InputLimits,
+    pub enabled: Arc<HashSet<Provider>>,
+    pub hints: Arc<Hints>,
+    pub shutdown: Shutdown,
+    pub log: Logger,
+}
+
+impl Fanout {
+    /// Drains batch after batch until no pending row is left (and no due row or topic batch
+    /// either, where the hints say there may be one), or until the process shuts down (checked
+    /// only between batches: a batch claimed is always enqueued or failed on its own). `more` is
+    /// called after each full batch: there is probably more, and a sibling drainer may help.
+    pub async fn drain_one(self, more: impl Fn()) -> Result<usize> {
+        let mut total = 0;
+        loop {
+            if self.shutdown.is_triggered() {
+                return Ok(total);
+            }
+            if self.hints.take_due() {
+                self.promote_due().await?;
+            }
+            let enabled = |p| self.enabled.contains(&p);
+            let rules = FanOutRules { batch: self.batch, limits: self.limits, enabled: &enabled };
+            let out = self.store.fan_out_pending(rules).await?;
+            if out.topics > 0 {
+                self.hints.topics_waiting();
+            }
+            // Committed as `queued` before the XADD: if the XADD fails the sweep re-enqueues them.
+            let mut tally = Tally::default();
+            for job in &out.jobs {
+                tally.add(events::ENQUEUE, Some(job.provider.as_str()), 1);
+            }
+            let (failed, expired) = Settled::count_unsent(&out.settled);
+            tally.add(events::NOTIFICATION_FAILED, None, failed);
+            tally.add(events::NOTIFICATION_EXPIRED, None, expired);
+            self.relay.enqueue(&out.jobs, &tally, &events::today()).await?;
+            self.dead_letter(&out.settled).await?;
+            for job in &out.jobs {
+                info!(self.log, "enqueued"; "event" => events::ENQUEUE, "notification_id" => %job.notification_id,
+                      "trace_id" => &job.trace_id, "provider" => job.provider.as_str(), "device_id" => %job.device_id);
+            }
+            Settled::log_failures(&self.log, &out.settled);
+            total += out.claimed;
+            if out.claimed as i64 >= self.batch {
+                more();
+                continue;
+            }
+            // Pending rows ran out: a topic's next batch of subscribers (which are pending rows
+            // again), then whatever scheduled rows became due meanwhile.
+            let seen = self.hints.topics();
+            if seen > 0 {
+                if self.expand_topic().await? {
+                    // A sibling that found the topic row locked by this drainer (`SKIP LOCKED`)
+                    // may have cleared the hint meanwhile: this topic is not finished yet.
+                    self.hints.topics_waiting();
+                    continue;
+                }
+                self.hints.no_topic_since(seen);
+            }
+            if !self.hints.due() {
+                return Ok(total);
+            }
+        }
+    }
+
+    /// Makes up to a batch of due scheduled notifications pending: one batch before each claim
+    /// while there are more, so that a thousand rows due in the same second are sent batch by
+    /// batch as they are promoted, not after all of them are.
+    async fn promote_due(&self) -> Result<()> {
+        let due = self.store.promote_due(self.batch).await?;
+        if due as i64 >= self.batch {
+            self.hints.scheduled_due();
+        }
+        if due > 0 {
+            info!(self.log, "scheduled notifications are due"; "event" => events::SCHEDULED_DUE, "count" => due);
+            let mut tally = Tally::default();
+            tally.add(events::SCHEDULED_DUE, None, due);
+            self.relay.enqueue(&[], &tally, &events::today()).await?;
+        }
+        Ok(())
+    }
+
+    /// Writes the next batch of a topic's subscriber rows, if a topic notification is being
+    /// fanned out. Returns whether there was one.
+    async fn expand_topic(&self) -> Result<bool> {
+        let Some(progress) = self.store.expand_topic(self.batch).await? else { return Ok(false) };
+        let mut tally = Tally::default();
+        tally.add(events::TOPIC_FANOUT, None, progress.written);
+        if let Some(settled) = &progress.settled {
+            let (failed, expired) = Settled::count_unsent(std::slice::from_ref(settled));
+            tally.add(events::NOTIFICATION_FAILED, None, failed);
+            tally.add(events::NOTIFICATION_EXPIRED, None, expired);
+            Settled::log_failures(&self.log, std::slice::from_ref(settled));
+        }
+        self.relay.enqueue(&[], &tally, &events::today()).await?;
+        info!(self.log, "topic fan-out"; "event" => events::TOPIC_FANOUT, "notification_id" => %progress.notification_id,
+              "topic" => &progress.topic, "count" => progress.written, "done" => progress.done);
+        Ok(true)
+    }
+
+    /// Re-enqueues the stale targets whose copy Redis no longer holds; the caller then starts a
+    /// drainer. Sets both hints: a sweep looks for everything a lost doorbell or a stopped
+    /// process may have left.
+    pub async fn requeue_stale(self, stale_after: Duration) -> Result<usize> {
+        self.hints.scheduled_due();
+        self.hints.topics_waiting();
+        // Anything enqueued after the oldest work Redis still holds may be waiting there unread.
+        let live_since = self.relay.oldest_live().await?;
+        let mut total = 0;
+        loop {
+            let (jobs, settled) = self.store.requeue_stale(stale_after, live_since, self.batch, self.limits).await?;
+            Settled::log_failures(&self.log, &settled);
+            let mut tally = Tally::default();
+            tally.add(events::REQUEUED, None, jobs.len() as u64);
+            let (failed, expired) = Settled::count_unsent(&settled);
+            tally.add(events::NOTIFICATION_FAILED, None, failed);
+            tally.add(events::NOTIFICATION_EXPIRED, None, expired);
+            self.relay.enqueue(&jobs, &tally, &events::today()).await?;
+            self.dead_letter(&settled).await?;
+            for job in &jobs {
+                info!(self.log, "re-enqueued a stale target"; "event" => events::REQUEUED,
+                      "notification_id" => %job.notification_id, "trace_id" => &job.trace_id,
+                      "provider" => job.provider.as_str(), "attempt" => job.attempt_number());
+            }
+            total += jobs.len();
+            if (jobs.len() as i64) < self.batch {
+                return Ok(total);
+            }
+        }
+    }
+
+    /// Notifications that failed without a send (a malformed row, no device…) get a dead letter
+    /// too, so that `GET /admin/dlq` shows every failure. It names the notification; the row in
+    /// Postgres holds the rest.
+    async fn dead_letter(&self, settled: &[Settled]) -> Result<()> {
+        let mut writes = RedisWrites::default();
+        for s in settled.iter().filter(|s| s.failed()) {
+            let job = serde_json::json!({"notification_id": s.notification_id, "trace_id": s.trace_id});
+            writes.dead_letters.push(DeadLetter {
+                shard: shard_of(s.notification_id, self.relay.keys().shards()),
+                reason: "rejected",
+                provider: String::new(),
+                attempts: 0,
+                error: s.last_error.clone().unwrap_or_default(),
+                job: job.to_string(),
+            });
+        }
+        if writes.dead_letters.is_empty() {
+            return Ok(());
+        }
+        writes.tally.add(events::DLQ_PUSHED, None, writes.dead_letters.len() as u64);
+        self.relay.write_outcomes(&writes, &events::today()).await
+    }
+}
