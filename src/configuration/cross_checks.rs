@@ -22,7 +22,7 @@ pub fn check(s: &Settings) -> Result<(), SettingsError> {
                 "claim.min_idle_ms",
                 format!(
                     "must exceed the longest provider send ({longest} ms: flush_after_ms + timeout_ms, the timeout \
-                     twice for email), got {min_idle}"
+                     twice for email and FCM), got {min_idle}"
                 ),
             ));
         }

@@ -449,6 +449,23 @@ mod tests {
         ] {
             assert_refused(pairs, expected);
         }
+        // So does an FCM send's (the wait for one of the sender's connections, then the request).
+        let account = serde_json::json!({
+            "project_id": "p",
+            "client_email": "relay@p.iam.gserviceaccount.com",
+            "private_key": include_str!("../../emulators/keys/fcm-emulator-key.pem"),
+        })
+        .to_string();
+        let fcm = [
+            ("NOTIFY__PROVIDERS__FCM__ENABLED", "true"),
+            ("NOTIFY__PROVIDERS__FCM__SERVICE_ACCOUNT_JSON", account.as_str()),
+            ("NOTIFY__PROVIDERS__FCM__TIMEOUT_MS", "25000"),
+        ];
+        assert_refused(
+            &[&fcm[..], &[("NOTIFY__CLAIM__MIN_IDLE_MS", "50000")]].concat(),
+            "longest provider send (50005 ms",
+        );
+        assert!(Settings::load(None, &env(&[&fcm[..], &[("NOTIFY__CLAIM__MIN_IDLE_MS", "50006")]].concat())).is_ok());
     }
 
     #[test]

@@ -65,7 +65,7 @@ impl Providers {
     pub fn longest_send(&self) -> Option<Duration> {
         [
             (self.expo.enabled, self.expo.timeout, self.expo.flush_after),
-            (self.fcm.enabled, self.fcm.timeout, self.fcm.flush_after),
+            (self.fcm.enabled, self.fcm.longest_send(), self.fcm.flush_after),
             (self.apns.enabled, self.apns.timeout, self.apns.flush_after),
             (self.email.enabled, self.email.longest_send(), self.email.flush_after),
         ]

@@ -78,6 +78,12 @@ impl FcmSettings {
     pub fn limits(&self) -> Limits {
         Limits { per_sec: self.rate_per_sec, device_per_sec: self.device_rate_per_sec }
     }
+
+    /// The longest a message may take from its sender's batch to its answer: the wait for a free
+    /// connection (at most the timeout), then the request (the timeout).
+    pub fn longest_send(&self) -> Duration {
+        self.timeout.saturating_mul(2)
+    }
 }
 
 /// Why FCM's client cannot be built (at start-up).
@@ -102,19 +108,33 @@ pub const MAX_BATCH: usize = 100;
 pub const MAX_PAYLOAD_BYTES: usize = 4096;
 const MAX_RESPONSE_BYTES: usize = 64 * 1024;
 /// Connections one sender keeps to FCM. awc sends one request at a time on a connection, so
-/// this is also the sender's requests in flight; a batch's other messages wait for one to come
-/// free. Each connection costs its buffers in memory: at 128 per sender a 30,000-message run
-/// peaked at 64 MiB, at 32 at 57–63 MiB at the same rate (bench/README, "Issue 14: every
-/// target in one sitting").
+/// this is also the sender's requests in flight. Each connection costs its buffers in memory: at
+/// 128 per sender a 30,000-message run peaked at 64 MiB, at 32 at 57–63 MiB at the same rate
+/// (bench/README, "Issue 14: every target in one sitting").
 const CONNECTIONS: usize = 32;
 
 pub struct FcmClient {
     http: awc::Client,
     send_url: Rc<str>,
     tokens: Arc<TokenSource>,
+    /// A message becomes a request (its body, its headers, awc's state) only once it holds one
+    /// of these, one per connection; the rest of the messages in flight wait as the jobs they
+    /// are. Built eagerly, 2,000 messages in flight waiting for 64 connections were ~13 KiB each
+    /// (bench/README, "memory per message in flight").
+    slots: Rc<tokio::sync::Semaphore>,
+    timeout: Duration,
     profile: ProviderProfile,
 }
 
+/// What one message's send needs, shared by the messages of one [`ProviderClient::send`].
+struct Shared {
+    http: awc::Client,
+    url: Rc<str>,
+    tokens: Arc<TokenSource>,
+    slots: Rc<tokio::sync::Semaphore>,
+    timeout: Duration,
+    jobs: Vec<Job>,
+}
 impl FcmClient {
     /// The project comes from the service account of `tokens`.
     pub fn new(settings: &FcmSettings, tokens: Arc<TokenSource>) -> Self {
@@ -126,7 +146,8 @@ impl FcmClient {
             format!("{}/v1/projects/{}/messages:send", settings.base_url.trim_end_matches('/'), tokens.project_id());
         let profile =
             ProviderProfile { provider: Provider::Fcm, max_batch: MAX_BATCH, flush_after: settings.flush_after };
-        FcmClient { http, send_url: send_url.into(), tokens, profile }
+        let slots = Rc::new(tokio::sync::Semaphore::new(CONNECTIONS));
+        FcmClient { http, send_url: send_url.into(), tokens, slots, timeout: settings.timeout, profile }
     }
 }
 
@@ -136,18 +157,36 @@ impl ProviderClient for FcmClient {
     }
 
     fn send(&self, jobs: &[Job]) -> LocalBoxFuture<'static, Response> {
-        send_each(
-            jobs.iter().map(|job| send_one(self.http.clone(), self.send_url.clone(), self.tokens.clone(), job.clone())),
-        )
+        let shared = Rc::new(Shared {
+            http: self.http.clone(),
+            url: self.send_url.clone(),
+            tokens: self.tokens.clone(),
+            slots: self.slots.clone(),
+            timeout: self.timeout,
+            jobs: jobs.to_vec(),
+        });
+        send_each((0..jobs.len()).map(|i| send_one(shared.clone(), i)))
     }
 }
 
-/// Sends one message: size check, access token, POST, and one retry with a fresh token when FCM
-/// refuses the token itself (401 without an FcmError).
-async fn send_one(http: awc::Client, url: Rc<str>, tokens: Arc<TokenSource>, job: Job) -> (SendResult, Health) {
+/// Sends message `i` of a batch once a connection slot is free: size check, access token, POST,
+/// and one retry with a fresh token when FCM refuses the token itself (401 without an
+/// FcmError). A message that finds no slot within the timeout was not sent: deferred, without
+/// spending an attempt (the sender's own queue is not FCM's fault).
+async fn send_one(shared: Rc<Shared>, i: usize) -> (SendResult, Health) {
+    let Ok(slot) = tokio::time::timeout(shared.timeout, shared.slots.acquire()).await else {
+        let error = format!(
+            "fcm: no free connection within {} ms ({CONNECTIONS} per sender); rescheduled without spending an attempt",
+            shared.timeout.as_millis()
+        );
+        return (SendResult::Deferred { error, after: shared.timeout }, Health::Up);
+    };
+    // The semaphore is never closed, so acquiring only fails if it were.
+    let _slot = slot.ok();
+    let (http, url, tokens, job) = (&shared.http, &shared.url, &shared.tokens, &shared.jobs[i]);
     // The lifetime left is read on the token source's clock (a test's `ManualClock`).
     let now_ms = super::lifetime::now_ms(tokens.clock());
-    let body = match serde_json::to_vec(&json!({ "message": message(&job, now_ms) })) {
+    let body = match serde_json::to_vec(&json!({ "message": message(job, now_ms) })) {
         Ok(body) if payload_bytes(&body, &job.token) > MAX_PAYLOAD_BYTES => {
             let size = payload_bytes(&body, &job.token);
             let error = format!("fcm: payload too large: {size} bytes (limit {MAX_PAYLOAD_BYTES})");
@@ -158,12 +197,12 @@ async fn send_one(http: awc::Client, url: Rc<str>, tokens: Arc<TokenSource>, job
     };
     let mut rejected: Option<String> = None;
     loop {
-        let token = match tokens.token_replacing(&http, rejected.as_deref()).await {
+        let token = match tokens.token_replacing(http, rejected.as_deref()).await {
             Ok(token) => token,
             Err(TokenError::Refused(error)) => return auth_failure(error),
             Err(TokenError::Unavailable(error)) => return outage(error),
         };
-        let answer = post(&http, &url, &token, body.clone()).await;
+        let answer = post(http, url, &token, body.clone()).await;
         let (status, retry_after, reply) = match answer {
             Ok(answer) => answer,
             Err(error) => return outage(error),
@@ -215,4 +254,54 @@ pub(crate) fn snippet(body: &[u8]) -> String {
     }
     text.truncate(end);
     text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::job::Priority;
+
+    /// A client whose FCM and token endpoint are a closed port: nothing it builds is sent.
+    fn client(timeout: Duration) -> FcmClient {
+        let account = json!({
+            "project_id": "p",
+            "client_email": "relay@p.iam.gserviceaccount.com",
+            "private_key": include_str!("../../../../emulators/keys/fcm-emulator-key.pem"),
+            "token_uri": "http://127.0.0.1:9/token",
+        });
+        let account = ServiceAccount::from_json(&account.to_string()).expect("service account");
+        let settings = FcmSettings {
+            enabled: true,
+            base_url: "http://127.0.0.1:9".into(),
+            service_account_file: None,
+            service_account_json: None,
+            timeout,
+            flush_after: Duration::ZERO,
+            rate_per_sec: 0,
+            device_rate_per_sec: 0,
+        };
+        FcmClient::new(&settings, Arc::new(TokenSource::new(account).expect("token source")))
+    }
+
+    /// A message that finds every connection slot taken for the whole timeout is deferred: no
+    /// attempt spent, nothing against FCM's circuit, and no request built (the closed port would
+    /// have made it an outage).
+    #[actix_rt::test]
+    async fn a_message_that_finds_no_free_connection_within_the_timeout_is_deferred() {
+        let client = client(Duration::from_millis(50));
+        let taken = client.slots.acquire_many(CONNECTIONS as u32).await.expect("every slot");
+        let job = crate::providers::check::job(Provider::Fcm, "tok", json!({"title": "t"}), Priority::Normal);
+        let response = client.send(std::slice::from_ref(&job)).await;
+        assert_eq!(response.health, Health::Up);
+        let [SendResult::Deferred { error, after }] = &response.results[..] else {
+            panic!("{:?}", response.results);
+        };
+        assert!(error.starts_with("fcm: no free connection within 50 ms (32 per sender)"), "{error}");
+        assert_eq!(*after, Duration::from_millis(50));
+
+        // With a slot free the message is built and sent: here to the closed port, an outage.
+        drop(taken);
+        let response = client.send(&[job]).await;
+        assert!(matches!(response.health, Health::Outage(_)), "{:?}", response.health);
+    }
 }
