@@ -284,3 +284,40 @@ async fn marking_a_batch_delivered_probes_the_primary_key_on_fresh_and_on_stale_
     let stale = mark_delivered_plan(&app).await;
     assert!(probes(&stale), "{stale}");
 }
+
+/// No keyed statement is JIT-compiled, whatever the server's `jit_*_above_cost`: with every
+/// threshold at 0 (so that the server would compile anything), retention's delete under
+/// KEYED_PLANS runs without JIT, while the same statement without them is compiled (which shows
+/// the server can JIT at all, so that the first half means something).
+#[actix_web::test]
+async fn keyed_statements_are_never_jit_compiled() {
+    let app = prepare().await;
+    app.exec(
+        "INSERT INTO notification (user_id, type, status, created_at)
+         SELECT 'u' || g, 'old', 'delivered', now() - interval '40 days' FROM generate_series(1, 100) g",
+        &[],
+    )
+    .await;
+    let sql = notify_relay_engine::store::retention::DELETE_FINAL_OLDER_THAN;
+    let plan = |keyed: bool| {
+        let db = &app.db;
+        async move {
+            let prelude = if keyed { notify_relay_engine::store::KEYED_PLANS } else { "" };
+            db.batch_execute(&format!(
+                "BEGIN; SET LOCAL jit_above_cost = 0; SET LOCAL jit_inline_above_cost = 0;
+                 SET LOCAL jit_optimize_above_cost = 0; {prelude}"
+            ))
+            .await
+            .unwrap();
+            // EXPLAIN ANALYZE runs the DELETE: inside a transaction rolled back. (The JIT
+            // section is printed only with costs.)
+            let rows = db.query(&format!("EXPLAIN (ANALYZE, COSTS ON) {sql}"), &[&30i32, &1000i64]).await.unwrap();
+            db.batch_execute("ROLLBACK").await.unwrap();
+            rows.iter().map(|r| r.get::<_, String>(0)).collect::<Vec<_>>().join("\n")
+        }
+    };
+    let unkeyed = plan(false).await;
+    assert!(unkeyed.contains("JIT:"), "this server does not JIT at all, so the test shows nothing:\n{unkeyed}");
+    let keyed = plan(true).await;
+    assert!(!keyed.contains("JIT:"), "{keyed}");
+}

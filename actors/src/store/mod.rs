@@ -57,8 +57,13 @@ pub type Target = (Uuid, Uuid);
 /// queue table are always wrong (store::outcomes says how: a batch of 500 took 30 ms on a fresh
 /// table and up to 6 s on a stale one, instead of 3–7 ms). `SET LOCAL` ends with the
 /// transaction, so the pooled connection is left as it was.
-pub const KEYED_PLANS: &str =
-    "SET LOCAL enable_seqscan = off; SET LOCAL enable_hashjoin = off; SET LOCAL enable_mergejoin = off";
+///
+/// Nor is any of them JIT-compiled: the plans a disabled scan or join leaves are costed high
+/// enough to pass the server's `jit_*_above_cost`, and compiling (with inlining and
+/// optimisation) is then the statement's largest cost. Retention's delete spent 52 ms of its
+/// 194 ms per batch compiling on a 10M-row table (bench/README, "the retention batch").
+pub const KEYED_PLANS: &str = "SET LOCAL enable_seqscan = off; SET LOCAL enable_hashjoin = off; \
+                               SET LOCAL enable_mergejoin = off; SET LOCAL jit = off";
 
 #[derive(Clone)]
 pub struct Store {
