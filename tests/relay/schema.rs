@@ -227,6 +227,49 @@ async fn retentions_open_target_check_probes_the_primary_key_whatever_the_statis
     assert!(!plan.contains("delivery_in_flight_idx") && !plan.contains("Anti Join"), "{plan}");
 }
 
+/// Retention's candidates are one range of the final-rows index from its left edge, whatever
+/// the heap looks like: old final rows spread over pages full of new ones (what retention leaves
+/// behind once new rows reuse the space it freed), analysed, and the batch under KEYED_PLANS
+/// still reads the index in order instead of rechecking every page a BRIN range names.
+#[actix_web::test]
+async fn retentions_candidates_come_oldest_first_from_the_final_rows_index() {
+    let app = prepare().await;
+    // Every 50th row is 40 days old, the rest new: each BRIN range holds both ages.
+    app.exec(
+        "INSERT INTO notification (user_id, type, status, created_at)
+         SELECT 'u' || g, 'x', CASE WHEN g % 3 = 0 THEN 'pending' ELSE 'delivered' END,
+                CASE WHEN g % 50 = 0 THEN now() - interval '40 days' - g * interval '1 second' ELSE now() END
+           FROM generate_series(1, 20000) g",
+        &[],
+    )
+    .await;
+    app.db.batch_execute("ANALYZE notification").await.unwrap();
+    let sql = notify_relay_engine::store::retention::DELETE_FINAL_OLDER_THAN;
+    app.db.batch_execute(&format!("BEGIN; {}", notify_relay_engine::store::KEYED_PLANS)).await.unwrap();
+    let rows = app.db.query(&format!("EXPLAIN (ANALYZE, COSTS OFF) {sql}"), &[&30i32, &100i64]).await.unwrap();
+    let plan: String = rows.iter().map(|r| r.get::<_, String>(0)).collect::<Vec<_>>().join("\n");
+    app.db.batch_execute("ROLLBACK").await.unwrap();
+    assert!(plan.contains("Index Scan using notification_final_created_idx on notification"), "{plan}");
+    assert!(!plan.contains("notification_created_brin") && !plan.contains("Sort"), "{plan}");
+
+    // And it deletes the oldest final rows first, 100 per batch, never a pending one.
+    let oldest: Vec<uuid::Uuid> = app
+        .column(
+            "SELECT id FROM notification WHERE status = 'delivered' AND created_at < now() - interval '30 days'
+              ORDER BY created_at LIMIT 100",
+            &[],
+        )
+        .await;
+    app.db.batch_execute(&format!("BEGIN; {}", notify_relay_engine::store::KEYED_PLANS)).await.unwrap();
+    let deleted = app.db.execute(sql, &[&30i32, &100i64]).await.unwrap();
+    app.db.batch_execute("COMMIT").await.unwrap();
+    assert_eq!(deleted, 100);
+    let kept: i64 = app.one("SELECT count(*) FROM notification WHERE id = ANY($1)", &[&oldest]).await;
+    assert_eq!(kept, 0, "the 100 oldest final rows went");
+    // 400 old rows: 133 pending (kept), 267 delivered, of which 100 deleted.
+    assert_eq!(app.count("SELECT count(*) FROM notification WHERE created_at < now() - interval '30 days'").await, 300);
+}
+
 /// EXPLAIN ANALYZE of marking 500 queued notifications delivered under KEYED_PLANS, rolled back.
 async fn mark_delivered_plan(app: &crate::helpers::TestApp) -> String {
     let ids: Vec<uuid::Uuid> = app
