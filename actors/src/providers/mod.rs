@@ -110,6 +110,45 @@ pub trait ProviderClient {
     }
 }
 
+/// A sender's connections to a provider, as permits: a message takes one before its request is
+/// built and sent (so the messages waiting for a connection cost only the jobs they are), and a
+/// message that finds none free by its deadline was not sent: deferred, no attempt spent (the
+/// sender's own queue is not the provider's fault). FCM and email use it.
+pub(crate) struct ConnectionSlots {
+    permits: tokio::sync::Semaphore,
+    count: usize,
+    /// How a deferral starts, e.g. `fcm: no free connection`.
+    none_free: &'static str,
+}
+
+impl ConnectionSlots {
+    pub(crate) fn new(count: usize, none_free: &'static str) -> ConnectionSlots {
+        ConnectionSlots { permits: tokio::sync::Semaphore::new(count), count, none_free }
+    }
+
+    /// A free connection by `deadline`, or the deferral that says none was (rescheduled after
+    /// `wait`, the time a message may wait for one).
+    pub(crate) async fn take(
+        &self,
+        deadline: tokio::time::Instant,
+        wait: Duration,
+    ) -> Result<tokio::sync::SemaphorePermit<'_>, SendResult> {
+        match tokio::time::timeout_at(deadline, self.permits.acquire()).await {
+            Ok(Ok(permit)) => Ok(permit),
+            // Err(_) inside: the semaphore is never closed.
+            _ => Err(SendResult::Deferred {
+                error: format!(
+                    "{} within {} ms ({} per sender); rescheduled without spending an attempt",
+                    self.none_free,
+                    wait.as_millis(),
+                    self.count
+                ),
+                after: wait,
+            }),
+        }
+    }
+}
+
 /// The sends of a provider that takes one request per message (FCM, APNs), run concurrently
 /// and answered as one [`Response`] (see [`combine`]).
 pub fn send_each<F>(sends: impl IntoIterator<Item = F>) -> LocalBoxFuture<'static, Response>

@@ -7,7 +7,7 @@ use super::smtp_url::Security;
 use super::tls::{certificate_error, TlsConnection};
 use super::EmailConfig;
 use crate::circuit::Health;
-use crate::job::SendResult;
+use crate::providers::ConnectionSlots;
 use lettre::address::Envelope;
 use lettre::transport::smtp::authentication::Mechanism;
 use lettre::transport::smtp::client::{AsyncSmtpConnection, AsyncTokioStream};
@@ -68,7 +68,7 @@ pub(super) struct Pool {
     /// transaction that times out drops its connection with it.
     idle: RefCell<Vec<(AsyncSmtpConnection, Instant)>>,
     /// Transactions (and so connections) at once.
-    permits: tokio::sync::Semaphore,
+    slots: ConnectionSlots,
     /// When the last 454 was answered, if no delivery succeeded since.
     last_454: Cell<Option<Instant>>,
 }
@@ -78,7 +78,7 @@ impl Pool {
         Pool {
             config: config.clone(),
             idle: RefCell::new(Vec::new()),
-            permits: tokio::sync::Semaphore::new(config.connections as usize),
+            slots: ConnectionSlots::new(config.connections as usize, "email: no free SMTP connection"),
             last_454: Cell::new(None),
         }
     }
@@ -91,20 +91,14 @@ impl Pool {
         bytes: &[u8],
         wait_until: tokio::time::Instant,
     ) -> Attempt {
-        let Ok(permit) = tokio::time::timeout_at(wait_until, self.permits.acquire()).await else {
-            // Nothing was sent: this sender's connections are busy (a backlog, or a mailbox
-            // that holds one for the whole timeout). That is no attempt at this message: it goes
-            // back to Redis and comes again after about as long as it waited, rather than
-            // spending attempts on our own queue.
-            let error = format!(
-                "email: no free SMTP connection within {} ms ({} per sender); rescheduled without spending an attempt",
-                self.config.timeout.as_millis(),
-                self.config.connections
-            );
-            return Attempt::NotSent(SendResult::Deferred { error, after: self.config.timeout });
+        // Nothing was sent when no connection frees by `wait_until`: this sender's connections
+        // are busy (a backlog, or a mailbox that holds one for the whole timeout). That is no
+        // attempt at this message: it goes back to Redis and comes again after about as long as
+        // it waited, rather than spending attempts on our own queue.
+        let _permit = match self.slots.take(wait_until, self.config.timeout).await {
+            Ok(permit) => permit,
+            Err(deferred) => return Attempt::NotSent(deferred),
         };
-        // The semaphore is never closed, so acquiring only fails if it were.
-        let _permit = permit.ok();
         // The transaction has the whole timeout, however long it waited for its connection: a
         // timeout then says the relay is slow, not that this job queued behind others.
         let sent = tokio::time::timeout(self.config.timeout, self.send_on_a_connection(envelope, bytes)).await;

@@ -15,7 +15,7 @@ pub use oauth::{
     MAX_TOKEN_LIFETIME, REFRESH_BEFORE, SCOPE,
 };
 
-use super::{auth_failure, outage, retry_after, send_each, ProviderClient, ProviderProfile, Response};
+use super::{auth_failure, outage, retry_after, send_each, ConnectionSlots, ProviderClient, ProviderProfile, Response};
 use crate::circuit::Health;
 use crate::job::{Job, Provider, SendResult};
 use crate::ratelimit::Limits;
@@ -119,9 +119,9 @@ pub struct FcmClient {
     tokens: Arc<TokenSource>,
     /// A message becomes a request (its body, its headers, awc's state) only once it holds one
     /// of these, one per connection; the rest of the messages in flight wait as the jobs they
-    /// are. Built eagerly, 2,000 messages in flight waiting for 64 connections were ~13 KiB each
+    /// are. Built eagerly, 2,000 messages in flight waiting for 64 connections cost ~10 KiB each
     /// (bench/README, "memory per message in flight").
-    slots: Rc<tokio::sync::Semaphore>,
+    slots: Rc<ConnectionSlots>,
     timeout: Duration,
     profile: ProviderProfile,
 }
@@ -131,7 +131,7 @@ struct Shared {
     http: awc::Client,
     url: Rc<str>,
     tokens: Arc<TokenSource>,
-    slots: Rc<tokio::sync::Semaphore>,
+    slots: Rc<ConnectionSlots>,
     timeout: Duration,
     jobs: Vec<Job>,
 }
@@ -146,7 +146,7 @@ impl FcmClient {
             format!("{}/v1/projects/{}/messages:send", settings.base_url.trim_end_matches('/'), tokens.project_id());
         let profile =
             ProviderProfile { provider: Provider::Fcm, max_batch: MAX_BATCH, flush_after: settings.flush_after };
-        let slots = Rc::new(tokio::sync::Semaphore::new(CONNECTIONS));
+        let slots = Rc::new(ConnectionSlots::new(CONNECTIONS, "fcm: no free connection"));
         FcmClient { http, send_url: send_url.into(), tokens, slots, timeout: settings.timeout, profile }
     }
 }
@@ -174,15 +174,11 @@ impl ProviderClient for FcmClient {
 /// FcmError). A message that finds no slot within the timeout was not sent: deferred, without
 /// spending an attempt (the sender's own queue is not FCM's fault).
 async fn send_one(shared: Rc<Shared>, i: usize) -> (SendResult, Health) {
-    let Ok(slot) = tokio::time::timeout(shared.timeout, shared.slots.acquire()).await else {
-        let error = format!(
-            "fcm: no free connection within {} ms ({CONNECTIONS} per sender); rescheduled without spending an attempt",
-            shared.timeout.as_millis()
-        );
-        return (SendResult::Deferred { error, after: shared.timeout }, Health::Up);
+    let deadline = tokio::time::Instant::now() + shared.timeout;
+    let _slot = match shared.slots.take(deadline, shared.timeout).await {
+        Ok(slot) => slot,
+        Err(deferred) => return (deferred, Health::Up),
     };
-    // The semaphore is never closed, so acquiring only fails if it were.
-    let _slot = slot.ok();
     let (http, url, tokens, job) = (&shared.http, &shared.url, &shared.tokens, &shared.jobs[i]);
     // The lifetime left is read on the token source's clock (a test's `ManualClock`).
     let now_ms = super::lifetime::now_ms(tokens.clock());
@@ -289,7 +285,7 @@ mod tests {
     #[actix_rt::test]
     async fn a_message_that_finds_no_free_connection_within_the_timeout_is_deferred() {
         let client = client(Duration::from_millis(50));
-        let taken = client.slots.acquire_many(CONNECTIONS as u32).await.expect("every slot");
+        let taken = client.slots.permits.acquire_many(CONNECTIONS as u32).await.expect("every slot");
         let job = crate::providers::check::job(Provider::Fcm, "tok", json!({"title": "t"}), Priority::Normal);
         let response = client.send(std::slice::from_ref(&job)).await;
         assert_eq!(response.health, Health::Up);
