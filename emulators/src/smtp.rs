@@ -1,6 +1,7 @@
 //! SMTP relay emulator: enough ESMTP (RFC 5321) for lettre and for a person with `nc`.
 //!
-//! Greets with 220; EHLO advertises `8BITMIME`, `SIZE`, `ENHANCEDSTATUSCODES`, `STARTTLS` (when
+//! Greets with 220; EHLO advertises `PIPELINING` (unless [`SmtpOptions::pipelining`] is off),
+//! `8BITMIME`, `SIZE`, `ENHANCEDSTATUSCODES`, `STARTTLS` (when
 //! TLS is configured and not yet on) and `AUTH PLAIN LOGIN` (when credentials are configured,
 //! and over TLS when TLS is configured); HELO, AUTH PLAIN / LOGIN (wrong credentials → 535
 //! 5.7.8), STARTTLS (tokio-rustls, a self-signed certificate for `127.0.0.1` and `localhost`,
@@ -8,6 +9,12 @@
 //! (dot-unstuffing; over the size limit → 552 5.3.4), RSET, NOOP, QUIT; 500 for unknown
 //! commands and 503 for commands out of sequence. A connection may carry several transactions
 //! (clients pool their connections). With credentials configured, MAIL before AUTH → 530 5.7.0.
+//!
+//! Pipelining (RFC 2920) as Postfix does it: replies to commands that came together are held
+//! until nothing more is waiting to be read, then written at once. With pipelining off, a
+//! command that came before the previous one was answered is refused with `503 5.5.0 Improper
+//! use of SMTP command pipelining` ([`SmtpEmulator::pipelined`] counts the commands that came
+//! ahead either way).
 //!
 //! Failures are injected by the recipient's local part (`word@any.domain`, or `word+tag@…`),
 //! mirroring docs/providers.md's SMTP table:
@@ -44,7 +51,7 @@ use base64::Engine;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
-use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader, BufWriter};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::{AbortHandle, JoinHandle};
 use uuid::Uuid;
@@ -66,7 +73,7 @@ pub enum TlsMode {
     Implicit,
 }
 
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct SmtpOptions {
     /// (user, password) that AUTH must present; `None` = no AUTH offered or needed.
     pub credentials: Option<(String, String)>,
@@ -76,6 +83,14 @@ pub struct SmtpOptions {
     /// A client silent this long between commands gets `421 4.4.2` and is hung up on, as
     /// Postfix does after `smtpd_timeout`; `None` = wait forever.
     pub idle_timeout: Option<std::time::Duration>,
+    /// Whether EHLO offers PIPELINING (on by default, as on every relay in use today).
+    pub pipelining: bool,
+}
+
+impl Default for SmtpOptions {
+    fn default() -> SmtpOptions {
+        SmtpOptions { credentials: None, tls: TlsMode::None, max_size: 0, idle_timeout: None, pipelining: true }
+    }
 }
 
 /// One message the emulator accepted (250 after DATA).
@@ -143,6 +158,8 @@ struct State {
     /// Connections ended (by either side), counted once the socket is closed.
     closed: usize,
     transactions: usize,
+    /// Commands that arrived before the one in front of them was answered.
+    pipelined: usize,
     /// Whole-server failures answered (greetings and transactions refused by the plan).
     injected: usize,
     sessions: Vec<AbortHandle>,
@@ -252,6 +269,12 @@ impl SmtpEmulator {
         self.shared.state.lock().map(|s| s.transactions).unwrap_or_default()
     }
 
+    /// Commands that arrived before the command in front of them was answered (pipelined by the
+    /// client: a pipelined transaction has two, RCPT TO and DATA).
+    pub fn pipelined(&self) -> usize {
+        self.shared.state.lock().map(|s| s.pipelined).unwrap_or_default()
+    }
+
     /// Greetings and transactions refused by a failure plan so far.
     pub fn injected(&self) -> usize {
         self.shared.state.lock().map(|s| s.injected).unwrap_or_default()
@@ -330,6 +353,14 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
 trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
 
+/// A connection, read through a buffer (what is in it came along with the last command) and
+/// written through one (replies wait there until they are flushed together).
+type Stream = BufReader<BufWriter<Box<dyn Io>>>;
+
+fn stream(io: Box<dyn Io>) -> Stream {
+    BufReader::new(BufWriter::new(io))
+}
+
 /// How a session goes on after a command.
 enum Next {
     Continue,
@@ -348,12 +379,12 @@ struct Session {
 
 async fn serve_connection(stream: TcpStream, shared: Arc<Shared>) {
     let _ = stream.set_nodelay(true);
-    let mut io: BufReader<Box<dyn Io>> = match (&shared.acceptor, shared.options.tls) {
+    let mut io = match (&shared.acceptor, shared.options.tls) {
         (Some(acceptor), TlsMode::Implicit) => match acceptor.accept(stream).await {
-            Ok(tls) => BufReader::new(Box::new(tls)),
+            Ok(tls) => self::stream(Box::new(tls)),
             Err(_) => return,
         },
-        _ => BufReader::new(Box::new(stream)),
+        _ => self::stream(Box::new(stream)),
     };
     let mut session = Session {
         tls: shared.options.tls == TlsMode::Implicit,
@@ -368,8 +399,12 @@ async fn serve_connection(stream: TcpStream, shared: Arc<Shared>) {
     // session goes on over TLS, with everything negotiated before forgotten (RFC 3207 §4.2).
     while let Ok(Next::StartTls) = session.run(&mut io, greet).await {
         let Some(acceptor) = session.shared.acceptor.clone() else { return };
-        match acceptor.accept(io.into_inner()).await {
-            Ok(tls) => io = BufReader::new(Box::new(tls)),
+        if io.get_mut().flush().await.is_err() {
+            return;
+        }
+        // What the client sent after STARTTLS, before the handshake, is dropped (RFC 3207 §4.2).
+        match acceptor.accept(io.into_inner().into_inner()).await {
+            Ok(tls) => io = self::stream(Box::new(tls)),
             Err(_) => return,
         }
         session.tls = true;
@@ -378,23 +413,30 @@ async fn serve_connection(stream: TcpStream, shared: Arc<Shared>) {
         session.reset();
         greet = false;
     }
+    // The last replies (221, or a 421 before hanging up) may still be in the write buffer.
+    let _ = io.get_mut().flush().await;
 }
 
-async fn reply(io: &mut BufReader<Box<dyn Io>>, text: &str) -> std::io::Result<()> {
+/// Replies `text`. The reply is written at once unless more commands already came with the one
+/// it answers: then it waits for theirs, and they go out together (a pipelining server's way).
+async fn reply(io: &mut Stream, text: &str) -> std::io::Result<()> {
     io.get_mut().write_all(text.as_bytes()).await?;
     io.get_mut().write_all(b"\r\n").await?;
-    io.get_mut().flush().await
+    if io.buffer().is_empty() {
+        io.get_mut().flush().await?;
+    }
+    Ok(())
 }
 
 /// Replies `text`, and the session goes on (a refusal of one command).
-async fn answer(io: &mut BufReader<Box<dyn Io>>, text: &str) -> std::io::Result<Next> {
+async fn answer(io: &mut Stream, text: &str) -> std::io::Result<Next> {
     reply(io, text).await?;
     Ok(Next::Continue)
 }
 
 /// Reads one line (without its line end); `None` at the end of the stream. A line over
 /// [`MAX_LINE`] is returned truncated with `too_long` set.
-async fn read_line(io: &mut BufReader<Box<dyn Io>>) -> std::io::Result<Option<(Vec<u8>, bool)>> {
+async fn read_line(io: &mut Stream) -> std::io::Result<Option<(Vec<u8>, bool)>> {
     let mut line = Vec::new();
     let n = (&mut *io).take(MAX_LINE).read_until(b'\n', &mut line).await?;
     if n == 0 {
@@ -483,7 +525,7 @@ impl Session {
     }
 
     /// Serves commands until the client quits or goes away, or asks for STARTTLS.
-    async fn run(&mut self, io: &mut BufReader<Box<dyn Io>>, greet: bool) -> std::io::Result<Next> {
+    async fn run(&mut self, io: &mut Stream, greet: bool) -> std::io::Result<Next> {
         if greet {
             if let Some((status, code)) = self.shared.injected() {
                 reply(io, &format!("{status} {code} injected failure, closing")).await?;
@@ -492,6 +534,8 @@ impl Session {
             reply(io, "220 notify-relay.emulator ESMTP SMTP emulator").await?;
         }
         loop {
+            // A command already read along with the one before it came before that one's reply.
+            let ahead = !io.buffer().is_empty();
             let next = match self.shared.options.idle_timeout {
                 Some(limit) => match tokio::time::timeout(limit, read_line(io)).await {
                     Ok(next) => next?,
@@ -507,6 +551,13 @@ impl Session {
                 reply(io, "500 5.5.6 Line too long").await?;
                 continue;
             }
+            if ahead {
+                self.state(|s| s.pipelined += 1);
+                if !self.shared.options.pipelining {
+                    reply(io, "503 5.5.0 Improper use of SMTP command pipelining").await?;
+                    continue;
+                }
+            }
             let line = String::from_utf8_lossy(&line).into_owned();
             match self.command(io, &line).await? {
                 Next::Continue => {}
@@ -515,7 +566,7 @@ impl Session {
         }
     }
 
-    async fn command(&mut self, io: &mut BufReader<Box<dyn Io>>, line: &str) -> std::io::Result<Next> {
+    async fn command(&mut self, io: &mut Stream, line: &str) -> std::io::Result<Next> {
         let (verb, arg) = line.split_once(' ').unwrap_or((line, ""));
         let arg = arg.trim();
         let creds = self.shared.options.credentials.clone();
@@ -529,6 +580,9 @@ impl Session {
                 lines.push("8BITMIME".into());
                 lines.push(format!("SIZE {}", self.shared.max_size()));
                 lines.push("ENHANCEDSTATUSCODES".into());
+                if self.shared.options.pipelining {
+                    lines.push("PIPELINING".into());
+                }
                 if self.shared.options.tls == TlsMode::StartTls && !self.tls {
                     lines.push("STARTTLS".into());
                 }
@@ -587,7 +641,7 @@ impl Session {
         Ok(Next::Continue)
     }
 
-    async fn auth(&mut self, io: &mut BufReader<Box<dyn Io>>, arg: &str) -> std::io::Result<()> {
+    async fn auth(&mut self, io: &mut Stream, arg: &str) -> std::io::Result<()> {
         let Some((user, password)) = self.shared.options.credentials.clone() else {
             return reply(io, "502 5.5.1 AUTH not available").await;
         };
@@ -655,7 +709,7 @@ impl Session {
         }
     }
 
-    async fn mail(&mut self, io: &mut BufReader<Box<dyn Io>>, arg: &str) -> std::io::Result<Next> {
+    async fn mail(&mut self, io: &mut Stream, arg: &str) -> std::io::Result<Next> {
         if !self.greeted {
             return answer(io, "503 5.5.1 Send EHLO first").await;
         }
@@ -687,7 +741,7 @@ impl Session {
         answer(io, "250 2.1.0 Ok").await
     }
 
-    async fn rcpt(&mut self, io: &mut BufReader<Box<dyn Io>>, arg: &str) -> std::io::Result<Next> {
+    async fn rcpt(&mut self, io: &mut Stream, arg: &str) -> std::io::Result<Next> {
         if self.from.is_none() {
             return answer(io, "503 5.5.1 Need MAIL command").await;
         }
@@ -702,7 +756,9 @@ impl Session {
                 }
             }
             Recipient::Stall => {
-                // Never answer: read (and drop) whatever comes until the client gives up.
+                // Never answer: read (and drop) whatever comes until the client gives up. The
+                // replies before this one still go out.
+                io.get_mut().flush().await?;
                 while read_line(io).await?.is_some() {}
                 return Ok(Next::Close);
             }
@@ -714,7 +770,7 @@ impl Session {
         Ok(Next::Continue)
     }
 
-    async fn data(&mut self, io: &mut BufReader<Box<dyn Io>>) -> std::io::Result<()> {
+    async fn data(&mut self, io: &mut Stream) -> std::io::Result<()> {
         if self.to.is_empty() {
             let text = if self.from.is_none() { "503 5.5.1 Need MAIL command" } else { "503 5.5.1 Need RCPT command" };
             return reply(io, text).await;

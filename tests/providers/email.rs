@@ -136,6 +136,61 @@ async fn pooled_connections_carry_several_transactions() {
 }
 
 #[actix_web::test]
+async fn a_relay_that_offers_pipelining_gets_each_transactions_commands_in_one_group() {
+    let smtp = emulator(SmtpOptions::default()).await;
+    let client = client(&smtp);
+
+    for i in 0..3 {
+        let (result, _) = send(&client, &format!("user{i}@example.org")).await;
+        assert!(matches!(result, SendResult::Delivered { .. }), "{result:?}");
+    }
+
+    // RCPT TO and DATA came with MAIL FROM, before its reply: two per transaction.
+    assert_eq!(smtp.pipelined(), 6);
+    let to: Vec<String> = smtp.received().iter().map(|m| m.to.join(",")).collect();
+    assert_eq!(to, ["user0@example.org", "user1@example.org", "user2@example.org"]);
+    assert!(smtp.received().iter().all(|m| m.from == "no-reply@example.com"));
+}
+
+#[actix_web::test]
+async fn a_relay_without_pipelining_gets_one_command_at_a_time() {
+    // This emulator refuses a command that comes before the previous one's reply (503 5.5.0).
+    let smtp = emulator(SmtpOptions { pipelining: false, ..SmtpOptions::default() }).await;
+    let client = client(&smtp);
+
+    for i in 0..3 {
+        let (result, _) = send(&client, &format!("user{i}@example.org")).await;
+        assert!(matches!(result, SendResult::Delivered { .. }), "{result:?}");
+    }
+
+    assert_eq!((smtp.pipelined(), smtp.received().len()), (0, 3));
+}
+
+#[actix_web::test]
+async fn a_pipelined_mail_from_that_is_refused_is_the_answer_not_the_503s_that_follow_it() {
+    let smtp = emulator(SmtpOptions::default()).await;
+    let client = client(&smtp);
+    let (first, _) = send(&client, "first@example.org").await;
+    assert!(matches!(first, SendResult::Delivered { .. }), "{first:?}");
+    // The kept-open connection's next MAIL FROM is refused; the RCPT TO and DATA pipelined
+    // behind it then get "503 Need MAIL command".
+    smtp.fail_next(451, Some("4.3.0"), 1);
+
+    let (refused, health) = send(&client, "second@example.org").await;
+
+    assert!(
+        matches!(&refused, SendResult::Retry { error, .. } if error.starts_with("email: 451 4.3.0")),
+        "{refused:?}"
+    );
+    assert_eq!(health, Health::Up);
+    let (after, _) = send(&client, "third@example.org").await;
+    assert!(matches!(after, SendResult::Delivered { .. }), "{after:?}");
+    assert_eq!(smtp.connections(), 2, "the connection that saw a refusal was closed, not reused");
+    let to: Vec<String> = smtp.received().iter().map(|m| m.to.join(",")).collect();
+    assert_eq!(to, ["first@example.org", "third@example.org"]);
+}
+
+#[actix_web::test]
 async fn a_batch_is_sent_concurrently_with_one_result_per_job_in_order() {
     let smtp = emulator(SmtpOptions::default()).await;
     let jobs: Vec<Job> = ["a@example.org", "unknown@example.org", "b@example.org", "full@example.org", "c@example.org"]

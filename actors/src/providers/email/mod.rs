@@ -1,6 +1,7 @@
 //! Email through an SMTP relay: one SMTP transaction (MAIL FROM, RCPT TO, DATA) per job, the
 //! jobs of a batch sent concurrently over a few kept-open connections (lettre speaks SMTP on
-//! connections this client opens itself, with `TCP_NODELAY`).
+//! connections this client opens itself, with `TCP_NODELAY`), the commands of a transaction
+//! pipelined (RFC 2920) when the relay offers it.
 //!
 //! The device token of an email device is its address. Replies are classified as docs/providers.md's
 //! SMTP table says: 2xx delivered; 421 and connect/timeout failures retried as an outage of the
@@ -17,14 +18,16 @@
 //! `smtp_url` carries the password: it is never logged, displayed or put in an error.
 //!
 //! Files: `smtp_url` parses the relay's URL, `tls` holds the implicit-TLS client, `message`
-//! builds one email, `pool` keeps the connections and runs a transaction, `classify` reads the
-//! relay's replies (docs/providers.md, SMTP table); this file holds the settings and the client.
+//! builds one email, `pool` keeps the connections and gives a transaction one of them within
+//! the timeout, `transaction` runs it (pipelined or not), `classify` reads the relay's replies
+//! (docs/providers.md, SMTP table); this file holds the settings and the client.
 
 mod classify;
 mod message;
 mod pool;
 mod smtp_url;
 mod tls;
+mod transaction;
 
 pub use classify::{accepted, batch_response, classify, enhanced_code, Attempt, Failure};
 pub use message::{mailbox, message, MailboxError, MAX_MESSAGE_BYTES, NOTIFICATION_ID_HEADER};

@@ -5,6 +5,7 @@
 use super::classify::{accepted, classify, failure_of, Attempt, Failure};
 use super::smtp_url::Security;
 use super::tls::{certificate_error, TlsConnection};
+use super::transaction::Connection;
 use super::EmailConfig;
 use crate::circuit::Health;
 use crate::providers::ConnectionSlots;
@@ -25,8 +26,9 @@ pub const MAX_IDLE: Duration = Duration::from_secs(30);
 impl EmailConfig {
     /// A new connection to the relay, ready to send: TCP with `TCP_NODELAY` (lettre's own
     /// connections lack it, and Nagle's algorithm then holds each message's final "." until the
-    /// relay's delayed ACK, ~40 ms a message), TLS as configured, EHLO, AUTH.
-    async fn open(&self) -> Result<AsyncSmtpConnection, Failure> {
+    /// relay's delayed ACK, ~40 ms a message), TLS as configured, EHLO (and once more to learn
+    /// whether the relay pipelines), AUTH.
+    async fn open(&self) -> Result<Connection, Failure> {
         let relay = &self.relay;
         let refused = |e: std::io::Error| Failure::Network(format!("SMTP relay {}: {e}", relay.name()));
         let tcp = tokio::net::TcpStream::connect((relay.host.as_str(), relay.port)).await.map_err(refused)?;
@@ -54,8 +56,9 @@ impl EmailConfig {
         if let (Security::StartTls, Some(tls)) = (relay.security, &self.tls) {
             conn.starttls(tls.clone(), &hello).await.map_err(failed)?;
         }
+        let mut conn = Connection::ready(conn, &hello).await.map_err(failed)?;
         if let Some(credentials) = &relay.credentials {
-            conn.auth(&[Mechanism::Plain, Mechanism::Login], credentials).await.map_err(failed)?;
+            conn.smtp().auth(&[Mechanism::Plain, Mechanism::Login], credentials).await.map_err(failed)?;
         }
         Ok(conn)
     }
@@ -66,7 +69,7 @@ pub(super) struct Pool {
     /// Connections kept open between transactions, with when they were last used. A connection
     /// is only put back after a successful transaction (lettre closes it on any error), and a
     /// transaction that times out drops its connection with it.
-    idle: RefCell<Vec<(AsyncSmtpConnection, Instant)>>,
+    idle: RefCell<Vec<(Connection, Instant)>>,
     /// Transactions (and so connections) at once.
     slots: ConnectionSlots,
     /// When the last 454 was answered, if no delivery succeeded since.
@@ -145,7 +148,7 @@ impl Pool {
 
     /// The most recently used idle connection; those idle too long are closed (relays drop
     /// idle clients after a few minutes).
-    fn take_idle(&self) -> Option<AsyncSmtpConnection> {
+    fn take_idle(&self) -> Option<Connection> {
         let mut idle = self.idle.borrow_mut();
         idle.retain(|(conn, since)| since.elapsed() < MAX_IDLE && !conn.has_broken());
         idle.pop().map(|(conn, _)| conn)

@@ -1,0 +1,150 @@
+//! One SMTP transaction on an open connection. When the relay offers PIPELINING (RFC 2920;
+//! Postfix and Exim do by default), MAIL FROM, RCPT TO and DATA go out in one write and their replies are read in order: a message costs two round trips (the
+//! command group, then the message) instead of four. A relay that does not offer it gets lettre's
+//! one-command-at-a-time transaction.
+
+use lettre::address::Envelope;
+use lettre::transport::smtp::client::AsyncSmtpConnection;
+use lettre::transport::smtp::commands::{Data, Ehlo, Mail, Rcpt};
+use lettre::transport::smtp::extension::{ClientId, Extension, MailBodyParameter, MailParameter};
+use lettre::transport::smtp::response::Response as Reply;
+use lettre::transport::smtp::Error;
+use std::fmt;
+
+/// An open connection to the relay, and whether it may pipeline.
+pub(super) struct Connection {
+    smtp: AsyncSmtpConnection,
+    pipelining: bool,
+}
+
+impl Connection {
+    /// Asks the relay once more what it offers (EHLO again, as RFC 5321 §4.1.4 allows: lettre
+    /// keeps only the extensions it knows, and PIPELINING is not one of them). Call it after
+    /// STARTTLS, whose EHLO is the one that counts, and before AUTH.
+    pub(super) async fn ready(mut smtp: AsyncSmtpConnection, hello: &ClientId) -> Result<Connection, Error> {
+        let ehlo = smtp.command(Ehlo::new(hello.clone())).await?;
+        Ok(Connection { pipelining: offers_pipelining(&ehlo), smtp })
+    }
+
+    pub(super) fn smtp(&mut self) -> &mut AsyncSmtpConnection {
+        &mut self.smtp
+    }
+
+    pub(super) fn has_broken(&self) -> bool {
+        self.smtp.has_broken()
+    }
+
+    /// Sends one message. The first refusal is the answer (a refused MAIL FROM is what a relay
+    /// means, not the 503s its pipelined RCPT and DATA then get); a connection that saw any
+    /// refusal is closed, as lettre does, rather than reused in an unknown state.
+    pub(super) async fn send(&mut self, envelope: &Envelope, email: &[u8]) -> Result<Reply, Error> {
+        let Some(mail) = self.pipelined_mail(envelope, email) else {
+            // Without PIPELINING, or with an extension the relay lacks (lettre's own send then
+            // says which).
+            return self.smtp.send(envelope, email).await;
+        };
+        let group = Group { mail, to: envelope.to() };
+        // `command` writes whatever its argument displays as: here the whole group, each
+        // command with its CRLF. It reads the first reply (MAIL FROM's); one per recipient and
+        // DATA's follow, in order (RFC 2920 §3.1).
+        let mut reply = self.smtp.command(group).await;
+        let mut refused = None;
+        // `pending`: the replies still to read after this one.
+        for pending in (0..envelope.to().len() + 2).rev() {
+            if let Err(e) = reply {
+                // No reply code: the connection broke, and no further reply will come.
+                let broken = e.status().is_none();
+                refused.get_or_insert(e);
+                if broken {
+                    break;
+                }
+            }
+            if pending == 0 {
+                break;
+            }
+            reply = self.smtp.read_response().await;
+        }
+        if let Some(e) = refused {
+            self.smtp.abort().await;
+            return Err(e);
+        }
+        match self.smtp.message(email).await {
+            Ok(reply) => Ok(reply),
+            Err(e) => {
+                self.smtp.abort().await;
+                Err(e)
+            }
+        }
+    }
+
+    /// MAIL FROM with the parameters the message needs, when it can be pipelined: the relay
+    /// offers PIPELINING and every extension the message needs (SMTPUTF8 for addresses,
+    /// 8BITMIME for the body, as lettre's send decides).
+    fn pipelined_mail(&self, envelope: &Envelope, email: &[u8]) -> Option<Mail> {
+        if !self.pipelining {
+            return None;
+        }
+        let offers = |extension| self.smtp.server_info().supports_feature(extension);
+        let mut parameters = Vec::new();
+        let addresses = envelope.from().into_iter().chain(envelope.to());
+        if addresses.map(AsRef::<str>::as_ref).any(|a| !a.is_ascii()) {
+            offers(Extension::SmtpUtfEight).then_some(())?;
+            parameters.push(MailParameter::SmtpUtfEight);
+        }
+        if !email.is_ascii() {
+            offers(Extension::EightBitMime).then_some(())?;
+            parameters.push(MailParameter::Body(MailBodyParameter::EightBitMime));
+        }
+        Some(Mail::new(envelope.from().cloned(), parameters))
+    }
+}
+
+/// Whether an EHLO reply offers PIPELINING: a keyword line after the greeting line.
+fn offers_pipelining(ehlo: &Reply) -> bool {
+    ehlo.message()
+        .skip(1)
+        .any(|line| line.split_whitespace().next().is_some_and(|keyword| keyword.eq_ignore_ascii_case("PIPELINING")))
+}
+
+/// MAIL FROM, one RCPT TO per recipient and DATA, written as one.
+struct Group<'a> {
+    mail: Mail,
+    to: &'a [lettre::Address],
+}
+
+impl fmt::Display for Group<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.mail)?;
+        for to in self.to {
+            write!(f, "{}", Rcpt::new(to.clone(), Vec::new()))?;
+        }
+        write!(f, "{Data}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use lettre::transport::smtp::response::{Category, Code, Detail, Severity};
+
+    fn ehlo(lines: &[&str]) -> Reply {
+        let ok = Code::new(Severity::PositiveCompletion, Category::MailSystem, Detail::Zero);
+        Reply::new(ok, lines.iter().map(|l| l.to_string()).collect())
+    }
+
+    #[test]
+    fn pipelining_is_a_keyword_after_the_greeting_in_any_case() {
+        assert!(offers_pipelining(&ehlo(&["relay greets you", "SIZE 1000", "PIPELINING"])));
+        assert!(offers_pipelining(&ehlo(&["relay", "pipelining"])));
+        assert!(!offers_pipelining(&ehlo(&["PIPELINING relay", "SIZE 1000"])), "the greeting line is a name");
+        assert!(!offers_pipelining(&ehlo(&["relay", "XPIPELINING", "CHUNKING"])));
+    }
+
+    #[test]
+    fn the_group_is_mail_each_rcpt_and_data_each_with_its_crlf() {
+        let from: lettre::Address = "a@example.org".parse().expect("address");
+        let to: Vec<lettre::Address> = vec!["b@example.org".parse().expect("address")];
+        let group = Group { mail: Mail::new(Some(from), Vec::new()), to: &to };
+        assert_eq!(group.to_string(), "MAIL FROM:<a@example.org>\r\nRCPT TO:<b@example.org>\r\nDATA\r\n");
+    }
+}
