@@ -36,7 +36,7 @@
 //! | `badcreds` | 535 5.7.8 credentials invalid |
 //! | `needtls` | 538 5.7.11 encryption required |
 //! | `closing` | 421 4.3.2 closing, and the connection is closed |
-//! | `reply-NNN[-X.Y.Z]` | that reply, e.g. `reply-504-5.5.4@…` |
+//! | `reply-NNN[-X.Y.Z]` | that reply (300–599), e.g. `reply-504-5.5.4@…`; a 3xx is a relay out of step |
 //! | `toolarge` | accepted, then 552 5.3.4 at the end of DATA |
 //! | `stall` | no answer at all (the client's timeout fires) |
 //!
@@ -506,8 +506,13 @@ fn recipient(address: &str) -> Recipient {
     // reply-NNN or reply-NNN-X.Y.Z
     if let Some(spec) = word.strip_prefix("reply-") {
         let (code, enhanced) = spec.split_once('-').unwrap_or((spec, ""));
-        if let Ok(code @ 400..=599) = code.parse::<u16>() {
-            let enhanced = if enhanced.is_empty() { default_enhanced(code).to_string() } else { enhanced.to_string() };
+        if let Ok(code @ 300..=599) = code.parse::<u16>() {
+            let enhanced = match enhanced {
+                // A 3xx has no enhanced code (RFC 3463 has classes 2, 4 and 5 only).
+                "" if code < 400 => String::new(),
+                "" => default_enhanced(code).to_string(),
+                given => given.to_string(),
+            };
             return Recipient::Refuse(code, enhanced, format!("<{address}>: injected reply"));
         }
     }
@@ -750,7 +755,8 @@ impl Session {
         };
         match recipient(path) {
             Recipient::Refuse(code, enhanced, text) => {
-                reply(io, &format!("{code} {enhanced} {text}")).await?;
+                let enhanced = if enhanced.is_empty() { String::new() } else { format!("{enhanced} ") };
+                reply(io, &format!("{code} {enhanced}{text}")).await?;
                 if code == 421 {
                     return Ok(Next::Close);
                 }
@@ -828,6 +834,8 @@ mod tests {
         assert!(matches!(recipient("reply-504-5.5.4@x.org"), Recipient::Refuse(504, ref e, _) if e == "5.5.4"));
         assert!(matches!(recipient("reply-451@x.org"), Recipient::Refuse(451, ref e, _) if e == "4.3.0"));
         assert!(matches!(recipient("stall@x.org"), Recipient::Stall));
+        assert!(matches!(recipient("reply-354@x.org"), Recipient::Refuse(354, ref e, _) if e.is_empty()));
+        assert!(matches!(recipient("reply-250@x.org"), Recipient::Accept), "a 2xx is no injection");
     }
 
     #[test]

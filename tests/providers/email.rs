@@ -191,6 +191,26 @@ async fn a_pipelined_mail_from_that_is_refused_is_the_answer_not_the_503s_that_f
 }
 
 #[actix_web::test]
+async fn a_reply_of_the_wrong_kind_is_a_relay_out_of_step_and_never_a_delivery() {
+    let smtp = emulator(SmtpOptions::default()).await;
+    let client = client(&smtp);
+    let (first, _) = send(&client, "first@example.org").await;
+    assert!(matches!(first, SendResult::Delivered { .. }), "{first:?}");
+
+    // RCPT TO answered 354 (DATA's reply): on the kept-open connection, then on a new one.
+    let (out_of_step, health) = send(&client, "reply-354@example.org").await;
+
+    let error = out_of_step.error().unwrap_or_default();
+    assert!(matches!(out_of_step, SendResult::Retry { .. }), "{out_of_step:?}");
+    assert!(error.contains("a 354 reply to RCPT TO, out of step with the commands"), "{error}");
+    assert!(matches!(health, Health::Outage(_)), "{health:?}");
+    assert_eq!(smtp.connections(), 2, "tried once more on a new connection");
+    let (after, _) = send(&client, "after@example.org").await;
+    assert!(matches!(after, SendResult::Delivered { .. }), "{after:?}");
+    assert_eq!(smtp.received().len(), 2);
+}
+
+#[actix_web::test]
 async fn a_batch_is_sent_concurrently_with_one_result_per_job_in_order() {
     let smtp = emulator(SmtpOptions::default()).await;
     let jobs: Vec<Job> = ["a@example.org", "unknown@example.org", "b@example.org", "full@example.org", "c@example.org"]

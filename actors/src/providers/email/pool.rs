@@ -123,6 +123,7 @@ impl Pool {
     /// closed (the relay hung up, or said 421, while it was idle) is replaced once, without
     /// blaming the relay.
     async fn send_on_a_connection(&self, envelope: &Envelope, bytes: &[u8]) -> Result<Reply, Failure> {
+        let relay = &self.config.relay;
         let reused = self.take_idle();
         let fresh = reused.is_none();
         let mut conn = match reused {
@@ -134,15 +135,16 @@ impl Pool {
                 self.idle.borrow_mut().push((conn, Instant::now()));
                 Ok(reply)
             }
-            // No reply (the relay hung up), or a 421 (relays say it when they close an idle
-            // connection): try once more on a new connection, which tells if the relay is down.
-            Err(e) if !fresh && e.status().is_none_or(|code| u16::from(code) == 421) => {
+            // No reply (the relay hung up), a 421 (relays say it when they close an idle
+            // connection) or a reply left over: try once more on a new connection, which tells
+            // if the relay is down.
+            Err(refused) if !fresh && refused.may_be_the_connection() => {
                 let mut conn = self.config.open().await?;
-                let reply = conn.send(envelope, bytes).await.map_err(|e| failure_of(&e, &self.config.relay))?;
+                let reply = conn.send(envelope, bytes).await.map_err(|refused| refused.failure(relay))?;
                 self.idle.borrow_mut().push((conn, Instant::now()));
                 Ok(reply)
             }
-            Err(e) => Err(failure_of(&e, &self.config.relay)),
+            Err(refused) => Err(refused.failure(relay)),
         }
     }
 

@@ -3,11 +3,13 @@
 //! command group, then the message) instead of four. A relay that does not offer it gets lettre's
 //! one-command-at-a-time transaction.
 
+use super::classify::{failure_of, Failure};
+use super::smtp_url::SmtpRelay;
 use lettre::address::Envelope;
 use lettre::transport::smtp::client::AsyncSmtpConnection;
 use lettre::transport::smtp::commands::{Data, Ehlo, Mail, Rcpt};
 use lettre::transport::smtp::extension::{ClientId, Extension, MailBodyParameter, MailParameter};
-use lettre::transport::smtp::response::Response as Reply;
+use lettre::transport::smtp::response::{Response as Reply, Severity};
 use lettre::transport::smtp::Error;
 use std::fmt;
 
@@ -36,45 +38,66 @@ impl Connection {
 
     /// Sends one message. The first refusal is the answer (a refused MAIL FROM is what a relay
     /// means, not the 503s its pipelined RCPT and DATA then get); a connection that saw any
-    /// refusal is closed, as lettre does, rather than reused in an unknown state.
-    pub(super) async fn send(&mut self, envelope: &Envelope, email: &[u8]) -> Result<Reply, Error> {
+    /// refusal is closed, as lettre does, rather than reused in an unknown state. Every reply
+    /// must be of the kind its command asks for (2xx, and 3xx for DATA): a positive reply of
+    /// the other kind means the replies are out of step with the commands, and the message's
+    /// "accepted" could be another command's.
+    pub(super) async fn send(&mut self, envelope: &Envelope, email: &[u8]) -> Result<Reply, Refused> {
         let Some(mail) = self.pipelined_mail(envelope, email) else {
             // Without PIPELINING, or with an extension the relay lacks (lettre's own send then
             // says which).
-            return self.smtp.send(envelope, email).await;
+            let reply = self.smtp.send(envelope, email).await.map_err(Refused::Smtp)?;
+            return self.expect(reply, Severity::PositiveCompletion, "the message").await;
         };
         let group = Group { mail, to: envelope.to() };
+        // MAIL FROM's reply, one per recipient, then DATA's, in order (RFC 2920 §3.1).
+        let steps = std::iter::once(("MAIL FROM", Severity::PositiveCompletion))
+            .chain(envelope.to().iter().map(|_| ("RCPT TO", Severity::PositiveCompletion)))
+            .chain(std::iter::once(("DATA", Severity::PositiveIntermediate)));
         // `command` writes whatever its argument displays as: here the whole group, each
-        // command with its CRLF. It reads the first reply (MAIL FROM's); one per recipient and
-        // DATA's follow, in order (RFC 2920 §3.1).
-        let mut reply = self.smtp.command(group).await;
+        // command with its CRLF, and reads the first reply.
+        let mut reply = Some(self.smtp.command(group).await);
         let mut refused = None;
-        // `pending`: the replies still to read after this one.
-        for pending in (0..envelope.to().len() + 2).rev() {
-            if let Err(e) = reply {
-                // No reply code: the connection broke, and no further reply will come.
-                let broken = e.status().is_none();
-                refused.get_or_insert(e);
-                if broken {
-                    break;
+        for (step, wanted) in steps {
+            let answer = match reply.take() {
+                Some(answer) => answer,
+                None => self.smtp.read_response().await,
+            };
+            match answer {
+                Ok(r) if r.code().severity != wanted => {
+                    refused.get_or_insert(Refused::OutOfStep { after: step, code: u16::from(r.code()) });
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    // No reply code: the connection broke, and no further reply will come.
+                    let broken = e.status().is_none();
+                    refused.get_or_insert(Refused::Smtp(e));
+                    if broken {
+                        break;
+                    }
                 }
             }
-            if pending == 0 {
-                break;
-            }
-            reply = self.smtp.read_response().await;
         }
-        if let Some(e) = refused {
+        if let Some(refused) = refused {
             self.smtp.abort().await;
-            return Err(e);
+            return Err(refused);
         }
         match self.smtp.message(email).await {
-            Ok(reply) => Ok(reply),
+            Ok(reply) => self.expect(reply, Severity::PositiveCompletion, "the message").await,
             Err(e) => {
                 self.smtp.abort().await;
-                Err(e)
+                Err(Refused::Smtp(e))
             }
         }
+    }
+
+    /// `reply`, if it is of the `wanted` kind; otherwise the connection is closed.
+    async fn expect(&mut self, reply: Reply, wanted: Severity, after: &'static str) -> Result<Reply, Refused> {
+        if reply.code().severity == wanted {
+            return Ok(reply);
+        }
+        self.smtp.abort().await;
+        Err(Refused::OutOfStep { after, code: u16::from(reply.code()) })
     }
 
     /// MAIL FROM with the parameters the message needs, when it can be pipelined: the relay
@@ -96,6 +119,37 @@ impl Connection {
             parameters.push(MailParameter::Body(MailBodyParameter::EightBitMime));
         }
         Some(Mail::new(envelope.from().cloned(), parameters))
+    }
+}
+
+/// Why a transaction did not end with the message accepted.
+#[derive(Debug)]
+pub(super) enum Refused {
+    /// A negative reply, or the connection broke (lettre's error).
+    Smtp(Error),
+    /// A positive reply of the wrong kind: a 354 where a 250 belongs, or the reverse.
+    OutOfStep { after: &'static str, code: u16 },
+}
+
+impl Refused {
+    /// Whether a kept-open connection may have been the problem (it went away, or said 421 as
+    /// relays do when they close an idle client, or had a reply left over), so that a new
+    /// connection is worth one more try.
+    pub(super) fn may_be_the_connection(&self) -> bool {
+        match self {
+            Refused::Smtp(e) => e.status().is_none_or(|code| u16::from(code) == 421),
+            Refused::OutOfStep { .. } => true,
+        }
+    }
+
+    pub(super) fn failure(&self, relay: &SmtpRelay) -> Failure {
+        match self {
+            Refused::Smtp(e) => failure_of(e, relay),
+            Refused::OutOfStep { after, code } => Failure::Network(format!(
+                "SMTP relay {}: a {code} reply to {after}, out of step with the commands",
+                relay.name()
+            )),
+        }
     }
 }
 
@@ -125,7 +179,7 @@ impl fmt::Display for Group<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use lettre::transport::smtp::response::{Category, Code, Detail, Severity};
+    use lettre::transport::smtp::response::{Category, Code, Detail};
 
     fn ehlo(lines: &[&str]) -> Reply {
         let ok = Code::new(Severity::PositiveCompletion, Category::MailSystem, Detail::Zero);
