@@ -424,10 +424,10 @@ mod tests {
     #[test]
     fn claim_min_idle_must_exceed_every_provider_timeout() {
         for (pairs, expected) in [
-            // The default flush_after_ms (5) counts too: a delivery may wait that long before its send.
+            // The default flush_after_ms (1) counts too: a delivery may wait that long before its send.
             (
                 &[("NOTIFY__CLAIM__MIN_IDLE_MS", "5000"), ("NOTIFY__PROVIDERS__EXPO__TIMEOUT_MS", "10000")][..],
-                "`claim.min_idle_ms` must exceed the longest provider send (10005 ms",
+                "`claim.min_idle_ms` must exceed the longest provider send (10001 ms",
             ),
             (
                 &[
@@ -444,7 +444,7 @@ mod tests {
                     ("NOTIFY__PROVIDERS__EMAIL__TIMEOUT_MS", "40000"),
                     ("NOTIFY__CLAIM__MIN_IDLE_MS", "60000"),
                 ],
-                "longest provider send (80005 ms",
+                "longest provider send (80001 ms",
             ),
         ] {
             assert_refused(pairs, expected);
@@ -463,7 +463,7 @@ mod tests {
         ];
         assert_refused(
             &[&fcm[..], &[("NOTIFY__CLAIM__MIN_IDLE_MS", "50000")]].concat(),
-            "longest provider send (50005 ms",
+            "longest provider send (50001 ms",
         );
         assert!(Settings::load(None, &env(&[&fcm[..], &[("NOTIFY__CLAIM__MIN_IDLE_MS", "50006")]].concat())).is_ok());
     }

@@ -43,7 +43,7 @@ fn a_claim_idle_time_shorter_than_a_provider_timeout_is_refused() {
     let (code, stderr) =
         run_with(&[("NOTIFY__CLAIM__MIN_IDLE_MS", "1000"), ("NOTIFY__PROVIDERS__EXPO__TIMEOUT_MS", "5000")]);
     assert_eq!(code, 1);
-    assert!(stderr.contains("`claim.min_idle_ms` must exceed the longest provider send (5005 ms"), "{stderr}");
+    assert!(stderr.contains("`claim.min_idle_ms` must exceed the longest provider send (5001 ms"), "{stderr}");
 }
 
 /// What `TestApp::spawn_binary` hands the binary: the typed settings, written as `NOTIFY__…`
