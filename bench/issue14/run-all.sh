@@ -3,9 +3,9 @@
 # release build. Writes each run's full output to $OUT (default /tmp/notify-relay-issue14) and
 # prints the lines bench/README.md's tables are made of.
 #
-#   bench/issue14/run-all.sh              # everything (about 25 minutes here)
+#   bench/issue14/run-all.sh              # everything (about 50 minutes here)
 #   SKIP_10M=1 bench/issue14/run-all.sh   # without the 10,000,000 run (about 8 minutes)
-#   TARGETS="2" bench/issue14/run-all.sh  # some of them: 1 2 4 5 profile (the default: all)
+#   TARGETS="2" bench/issue14/run-all.sh  # some of them: 1 2 3 4 5 profile (the default: all)
 #
 # BEFORE_BIN: a release binary of the code before the change, for the before/after rows
 # (optional; e.g. built from the commit issue 14 started from).
@@ -22,7 +22,7 @@ export DATABASE_URL=${DATABASE_URL:-postgres://postgres@127.0.0.1:5432/postgres}
 export REDIS_URL=${REDIS_URL:-redis://127.0.0.1:6379}
 BIN=target/release/notify-relay
 
-TARGETS=${TARGETS:-1 2 4 5 profile}
+TARGETS=${TARGETS:-1 2 3 4 5 profile}
 want() { [[ " $TARGETS " == *" $1 "* ]]; }
 summary() { grep -E "end to end|latency|retention|table |RSS|duplicates" "$1" | sed 's/^/    /'; }
 run() { # name, binary, loadgen args...
@@ -63,6 +63,11 @@ if want 2; then
     [ -z "${PRIVATE_PG_LOG:-}" ] || echo "    autovacuum runs logged by the private server: $(grep -c 'automatic vacuum' "$PRIVATE_PG_LOG" || true)"
   fi
   [ -z "${PRIVATE_PG_DIR:-}" ] || stop_private_pg
+fi
+
+if want 3; then
+  echo "# target 3: the doorbell's cost to the producer (1,000,000-row bulk insert, pgbench single-row commits)"
+  bench/doorbell/run.sh | tee "$OUT/doorbell.txt"
 fi
 
 if want 4; then

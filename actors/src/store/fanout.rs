@@ -102,7 +102,6 @@ impl Store {
     pub async fn fan_out_pending(&self, rules: FanOutRules<'_>) -> Result<FanOutBatch> {
         let mut client = self.conn().await?;
         let tx = client.transaction().await?;
-        tx.batch_execute(super::KEYED_PLANS).await?;
 
         // The payload comes back as text, and only when it is within the cap: a jsonb that
         // serde_json cannot read (1e400, deep nesting) must not fail the whole batch, and a
@@ -124,12 +123,12 @@ impl Store {
             )
             .await?;
         let max_bytes = rules.limits.payload_max_bytes;
-        let claimed: Vec<Claimed> = tx
-            .query(&claim, &[&rules.batch, &(max_bytes as i64)])
-            .await?
-            .iter()
-            .filter_map(decode_claimed(max_bytes))
-            .collect();
+        // KEYED_PLANS and the claim go out together, in this order (tokio-postgres sends the
+        // requests of futures polled at once without waiting in between): one round trip less
+        // on every notification's way.
+        let params: [&(dyn tokio_postgres::types::ToSql + Sync); 2] = [&rules.batch, &(max_bytes as i64)];
+        let (_, rows) = futures_util::try_join!(tx.batch_execute(super::KEYED_PLANS), tx.query(&claim, &params))?;
+        let claimed: Vec<Claimed> = rows.iter().filter_map(decode_claimed(max_bytes)).collect();
         if claimed.is_empty() {
             tx.commit().await?;
             return Ok(FanOutBatch::default());
