@@ -1,7 +1,8 @@
 //! One SMTP transaction on an open connection. When the relay offers PIPELINING (RFC 2920;
-//! Postfix and Exim do by default), MAIL FROM, RCPT TO and DATA go out in one write and their replies are read in order: a message costs two round trips (the
-//! command group, then the message) instead of four. A relay that does not offer it gets lettre's
-//! one-command-at-a-time transaction.
+//! Postfix and Exim do by default), MAIL FROM, RCPT TO and DATA go out in one write and their
+//! replies are read in order: a message costs two round trips (the command group, then the
+//! message) instead of four. A relay that does not offer it gets lettre's one-command-at-a-time
+//! transaction.
 
 use super::classify::{failure_of, Failure};
 use super::smtp_url::SmtpRelay;
