@@ -38,6 +38,7 @@
 //! | `closing` | 421 4.3.2 closing, and the connection is closed |
 //! | `reply-NNN[-X.Y.Z]` | that reply (300–599), e.g. `reply-504-5.5.4@…`; a 3xx is a relay out of step |
 //! | `toolarge` | accepted, then 552 5.3.4 at the end of DATA |
+//! | `twice` | accepted, and answered twice (`250` `250`): every later reply is one step behind its command |
 //! | `stall` | no answer at all (the client's timeout fires) |
 //!
 //! Whole-server failures, the [`FailPlan`] every emulator takes: [`SmtpEmulator::fail_next`]
@@ -123,19 +124,36 @@ impl Received {
 }
 
 fn header(data: &[u8], name: &str) -> Option<String> {
-    let text = String::from_utf8_lossy(data);
-    let head = text.split("\r\n\r\n").next().unwrap_or_default();
-    let mut unfolded: Vec<String> = Vec::new();
-    for line in head.split("\r\n") {
-        match (line.starts_with([' ', '\t']), unfolded.last_mut()) {
-            (true, Some(last)) => last.push_str(line),
-            _ => unfolded.push(line.to_string()),
+    let [value] = headers(data, [name]);
+    value
+}
+
+/// The values of the `names` headers (the first of each, found by any case, unfolded), read in
+/// one pass over the message's head only.
+fn headers<const N: usize>(data: &[u8], names: [&str; N]) -> [Option<String>; N] {
+    let end = data.windows(4).position(|w| w == b"\r\n\r\n").unwrap_or(data.len());
+    let head = String::from_utf8_lossy(&data[..end]);
+    let mut found: [Option<String>; N] = std::array::from_fn(|_| None);
+    let mut current: Option<(usize, String)> = None;
+    let mut finish = |current: &mut Option<(usize, String)>| {
+        if let Some((i, value)) = current.take() {
+            found[i].get_or_insert_with(|| value.trim().to_string());
         }
+    };
+    for line in head.split("\r\n") {
+        if line.starts_with([' ', '\t']) {
+            if let Some((_, value)) = current.as_mut() {
+                value.push_str(line);
+            }
+            continue;
+        }
+        finish(&mut current);
+        let Some((key, value)) = line.split_once(':') else { continue };
+        let key = key.trim();
+        current = names.iter().position(|n| key.eq_ignore_ascii_case(n)).map(|i| (i, value.to_string()));
     }
-    unfolded.iter().find_map(|line| {
-        let (key, value) = line.split_once(':')?;
-        key.trim().eq_ignore_ascii_case(name).then(|| value.trim().to_string())
-    })
+    finish(&mut current);
+    found
 }
 
 fn default_enhanced(status: u16) -> &'static str {
@@ -472,6 +490,8 @@ enum Recipient {
     Refuse(u16, String, String),
     TooLarge,
     Stall,
+    /// Accepted, and the acceptance said twice: a relay whose replies fall out of step.
+    Twice,
 }
 
 const REFUSALS: &[(&str, u16, &str, &str)] = &[
@@ -501,6 +521,7 @@ fn recipient(address: &str) -> Recipient {
     match word {
         "toolarge" => return Recipient::TooLarge,
         "stall" => return Recipient::Stall,
+        "twice" => return Recipient::Twice,
         _ => {}
     }
     // reply-NNN or reply-NNN-X.Y.Z
@@ -772,6 +793,10 @@ impl Session {
                 self.to.push(path.to_string());
                 reply(io, "250 2.1.5 Ok").await?;
             }
+            Recipient::Twice => {
+                self.to.push(path.to_string());
+                reply(io, "250 2.1.5 Ok\r\n250 2.1.5 Ok").await?;
+            }
         }
         Ok(Next::Continue)
     }
@@ -785,8 +810,9 @@ impl Session {
         let max = self.shared.max_size();
         let mut data = Vec::new();
         let mut too_large = false;
+        let mut line = Vec::new();
         loop {
-            let mut line = Vec::new();
+            line.clear();
             if io.read_until(b'\n', &mut line).await? == 0 {
                 return Ok(()); // the client went away mid-message: nothing is accepted
             }
@@ -806,10 +832,11 @@ impl Session {
         if too_large || to.iter().any(|t| matches!(recipient(t), Recipient::TooLarge)) {
             return reply(io, "552 5.3.4 Message size exceeds fixed maximum message size").await;
         }
+        let [subject, notification_id, message_id] = headers(&data, ["Subject", "X-Notification-Id", "Message-ID"]);
         let received = Received {
-            subject: header(&data, "Subject"),
-            notification_id: header(&data, "X-Notification-Id"),
-            message_id: header(&data, "Message-ID"),
+            subject,
+            notification_id,
+            message_id,
             from,
             to,
             data,
@@ -834,6 +861,7 @@ mod tests {
         assert!(matches!(recipient("reply-504-5.5.4@x.org"), Recipient::Refuse(504, ref e, _) if e == "5.5.4"));
         assert!(matches!(recipient("reply-451@x.org"), Recipient::Refuse(451, ref e, _) if e == "4.3.0"));
         assert!(matches!(recipient("stall@x.org"), Recipient::Stall));
+        assert!(matches!(recipient("Twice+1@x.org"), Recipient::Twice));
         assert!(matches!(recipient("reply-354@x.org"), Recipient::Refuse(354, ref e, _) if e.is_empty()));
         assert!(matches!(recipient("reply-250@x.org"), Recipient::Accept), "a 2xx is no injection");
     }
@@ -844,6 +872,9 @@ mod tests {
         assert_eq!(header(data, "subject").as_deref(), Some("a long one"));
         assert_eq!(header(data, "x-notification-id").as_deref(), Some("7"));
         assert_eq!(header(data, "Message-ID"), None);
+        let folded_last = b"To: a@b\r\nSubject: one\r\n two\r\n\r\n";
+        assert_eq!(headers(folded_last, ["subject", "to", "cc"]), [Some("one two".into()), Some("a@b".into()), None]);
+        assert_eq!(header(b"Subject: first\r\nSubject: second\r\n", "Subject").as_deref(), Some("first"));
     }
 
     #[test]

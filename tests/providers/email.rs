@@ -211,6 +211,27 @@ async fn a_reply_of_the_wrong_kind_is_a_relay_out_of_step_and_never_a_delivery()
 }
 
 #[actix_web::test]
+async fn a_relay_that_answers_twice_is_out_of_step_whether_or_not_the_commands_are_pipelined() {
+    // `twice` gets RCPT TO's 250 twice: every reply after it belongs to the command before.
+    // Pipelined, the extra 250 is read as DATA's reply; one command at a time (lettre's send),
+    // DATA takes the extra 250, the message then gets DATA's 354 and only the final check can
+    // tell: neither may count as a delivery.
+    for (pipelining, wrong) in [(true, "a 250 reply to DATA"), (false, "a 354 reply to the message")] {
+        let smtp = emulator(SmtpOptions { pipelining, ..SmtpOptions::default() }).await;
+        let client = client(&smtp);
+
+        let (result, health) = send(&client, "twice@example.org").await;
+
+        let error = result.error().unwrap_or_default();
+        assert!(matches!(result, SendResult::Retry { .. }), "pipelining {pipelining}: {result:?}");
+        assert!(error.contains(&format!("{wrong}, out of step with the commands")), "pipelining {pipelining}: {error}");
+        assert!(matches!(health, Health::Outage(_)), "pipelining {pipelining}: {health:?}");
+        let (after, _) = send(&client, "after@example.org").await;
+        assert!(matches!(after, SendResult::Delivered { .. }), "pipelining {pipelining}: {after:?}");
+    }
+}
+
+#[actix_web::test]
 async fn a_batch_is_sent_concurrently_with_one_result_per_job_in_order() {
     let smtp = emulator(SmtpOptions::default()).await;
     let jobs: Vec<Job> = ["a@example.org", "unknown@example.org", "b@example.org", "full@example.org", "c@example.org"]
