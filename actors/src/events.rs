@@ -49,6 +49,9 @@ pub const DLQ_GROWING: &str = "DLQ_GROWING";
 pub const LAG_HIGH: &str = "LAG_HIGH";
 /// At start-up: Redis's `maxmemory-policy` may evict the relay's keys (logged only).
 pub const REDIS_EVICTION_POSSIBLE: &str = "REDIS_EVICTION_POSSIBLE";
+/// The streams hold `listener.max_backlog` entries: claiming waits (`full: true`), or goes on
+/// again (`full: false`) (logged only).
+pub const BACKLOG_FULL: &str = "BACKLOG_FULL";
 
 /// Every event, for reading the counters back (`GET /admin/metrics`).
 pub const ALL: [&str; 27] = [

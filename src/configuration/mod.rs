@@ -650,6 +650,20 @@ mod tests {
     }
 
     #[test]
+    fn the_backlog_cap_has_a_default_can_be_off_and_must_hold_a_batch() {
+        let s = Settings::load(None, &HashMap::new()).unwrap();
+        assert_eq!(s.listener.max_backlog, 100_000);
+        let off = Settings::load(None, &env(&[("NOTIFY__LISTENER__MAX_BACKLOG", "0")])).unwrap();
+        assert_eq!(off.listener.max_backlog, 0);
+        let edge = Settings::load(None, &env(&[("NOTIFY__LISTENER__MAX_BACKLOG", "1000")])).unwrap();
+        assert_eq!(edge.listener.max_backlog, 1000, "exactly one batch (listener.batch_size 1000)");
+        let err = error(&[("NOTIFY__LISTENER__MAX_BACKLOG", "999")]);
+        assert!(err.contains("`listener.max_backlog` must be 0 (no limit) or at least listener.batch_size"), "{err}");
+        let err = error(&[("NOTIFY__LISTENER__MAX_BACKLOG", "-1")]);
+        assert!(err.contains("max_backlog"), "{err}");
+    }
+
+    #[test]
     fn connection_timeouts_have_defaults_and_ranges_that_name_their_key() {
         let s = Settings::load(None, &HashMap::new()).unwrap();
         let db = &s.database;

@@ -115,7 +115,8 @@ async fn sigterm_under_load_exits_0_in_time_and_another_process_finishes_the_wor
 
 #[actix_web::test]
 async fn a_backlog_of_120000_entries_built_with_the_workers_stopped_is_delivered_completely() {
-    let mut app = prepare().await;
+    // The whole backlog in Redis: no `listener.max_backlog` (tests/relay/backlog.rs has it).
+    let mut app = prepare_with(|s| s.listener.max_backlog = 0).await;
     add_users(&app, 1000).await;
     app.start_with(ProcessRoles::parse("listener,api").unwrap()).await;
     insert_bulk(&app, 120_000, 1000).await;

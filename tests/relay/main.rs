@@ -7,6 +7,7 @@ mod admin_cli;
 mod alerts;
 mod api;
 mod apns;
+mod backlog;
 mod claims;
 mod cluster;
 mod config;

@@ -120,6 +120,7 @@ impl ListenerActor {
             relay: deps.relay.clone(),
             batch: settings.listener.batch_size,
             drainers: settings.listener.drainers,
+            max_backlog: settings.listener.max_backlog,
             limits: settings.input_limits,
             enabled: Arc::new(enabled),
             hints: Arc::new(Hints::default()),

@@ -337,6 +337,23 @@ impl Relay {
         Ok(self.conn().query_each(cmds).await?)
     }
 
+    /// The entries every shard's stream holds, read or not (acknowledged entries are deleted,
+    /// so this is the work handed to the workers and not finished). One pipeline.
+    pub async fn entries_held(&self) -> Result<u64> {
+        let cmds = self
+            .keys
+            .shard_ids()
+            .map(|shard| {
+                let stream = self.keys.stream(shard);
+                let mut xlen = redis::cmd("XLEN");
+                xlen.arg(&stream);
+                (stream, xlen)
+            })
+            .collect();
+        let lengths: Vec<u64> = self.conn().query_each(cmds).await?;
+        Ok(lengths.iter().sum())
+    }
+
     /// When the oldest work Redis still holds was enqueued: the first entry of any shard's
     /// stream (its id is its time), or the first due time in any delayed set, whichever is
     /// earlier; None when every stream and delayed set is empty. Pending entries are in the

@@ -117,6 +117,10 @@ pub struct ListenerSettings {
     pub batch_size: i64,
     /// Fan-out transactions in flight at once (each on its own pooled connection).
     pub drainers: usize,
+    /// Entries the streams may hold (all shards together, read or not) before the drainers stop
+    /// claiming until the senders catch up (`listener.max_backlog`; 0: no limit). A backlog of
+    /// millions stays in Postgres, where it is durable and cheap, instead of in Redis memory.
+    pub max_backlog: u64,
     /// Period of the sweep (`listener.sweep_interval_ms`).
     #[serde(rename = "sweep_interval_ms", with = "millis")]
     pub sweep_interval: Duration,
@@ -137,6 +141,12 @@ impl ListenerSettings {
         }
         if !(1..=16).contains(&self.drainers) {
             return Err(SettingsError::new("listener.drainers", "must be between 1 and 16"));
+        }
+        if self.max_backlog != 0 && self.max_backlog < self.batch_size as u64 {
+            return Err(SettingsError::new(
+                "listener.max_backlog",
+                "must be 0 (no limit) or at least listener.batch_size: the streams must hold a whole batch",
+            ));
         }
         within_ms("listener.sweep_interval_ms", self.sweep_interval, 100..=DAY_MS)?;
         within_ms("listener.stale_after_ms", self.stale_after, SECOND_MS..=7 * DAY_MS)?;
