@@ -14,7 +14,7 @@
 //!
 //! Between full batches a drainer waits while the streams hold `listener.max_backlog` entries:
 //! a bulk insert of ten million rows is claimed as the workers get through it, not all at once
-//! into Redis memory (2.8 GB for 10M entries, bench/README).
+//! into Redis memory (a 10M run's streams ran millions of entries ahead, bench/README).
 
 use crate::error::Result;
 use crate::events::{self, Tally};
