@@ -23,16 +23,57 @@ use crate::relay::{DeadLetter, RedisWrites, Relay};
 use crate::runtime::supervisor::Shutdown;
 use crate::settings::InputLimits;
 use crate::store::{FanOutRules, Settled, Store};
+use chrono::{DateTime, Utc};
 use slog::{info, Logger};
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// How often a drainer waiting for room in the streams looks again: from the first value,
 /// doubling up to the second (a sender frees room a batch at a time, every few milliseconds).
 const BACKLOG_POLL_MIN: Duration = Duration::from_millis(5);
 const BACKLOG_POLL_MAX: Duration = Duration::from_millis(100);
+
+/// How long a drainer's claims may start where its previous batch did before one starts from
+/// the oldest pending row again ([`Floor`]).
+pub const FLOOR_LIFETIME: Duration = Duration::from_secs(1);
+
+/// Where a drainer's next claim starts while it works through a backlog: the oldest
+/// `created_at` of its previous full batch, so that the claim does not read again past the
+/// index entries of every row claimed since vacuum last ran (`FanOutRules::from`). Rows older
+/// than that can still turn up pending: committed late by a transaction that started earlier
+/// (`created_at` is its start), promoted from the schedule, retried through the API, or skipped
+/// while another transaction held their lock. So a claim starts from the oldest at least every
+/// [`FLOOR_LIFETIME`], after a promotion, and whenever a claim from the floor comes back short,
+/// before the drainer concludes that nothing is pending: such a row waits a second at most, and
+/// none is left behind.
+#[derive(Debug, Default)]
+struct Floor {
+    from: Option<(DateTime<Utc>, Instant)>,
+}
+
+impl Floor {
+    /// Where the next claim starts (None: from the oldest).
+    fn start(&mut self, now: Instant) -> Option<DateTime<Utc>> {
+        if self.from.is_some_and(|(_, since)| now.duration_since(since) >= FLOOR_LIFETIME) {
+            self.from = None;
+        }
+        self.from.map(|(at, _)| at)
+    }
+
+    /// A full batch was claimed: the next claim starts at its oldest row. The lifetime counts
+    /// from the last claim that started from the oldest.
+    fn full_batch(&mut self, oldest: Option<DateTime<Utc>>, now: Instant) {
+        let since = self.from.map_or(now, |(_, since)| since);
+        self.from = oldest.map(|at| (at, since));
+    }
+
+    /// The next claim starts from the oldest; returns whether this one did not.
+    fn reset(&mut self) -> bool {
+        self.from.take().is_some()
+    }
+}
 
 /// What a drain may find besides pending rows. Shared by the listener and its drainers; a hint
 /// set too often costs a query, a hint missed would leave rows waiting, so every source of such
@@ -107,15 +148,18 @@ impl Fanout {
     /// called after each full batch: there is probably more, and a sibling drainer may help.
     pub async fn drain_one(self, more: impl Fn()) -> Result<usize> {
         let mut total = 0;
+        let mut floor = Floor::default();
         loop {
             if self.shutdown.is_triggered() {
                 return Ok(total);
             }
-            if self.hints.take_due() {
-                self.promote_due().await?;
+            if self.hints.take_due() && self.promote_due().await? > 0 {
+                // Promoted rows keep their `created_at`, older than the backlog's.
+                floor.reset();
             }
             let enabled = |p| self.enabled.contains(&p);
-            let rules = FanOutRules { batch: self.batch, limits: self.limits, enabled: &enabled };
+            let from = floor.start(Instant::now());
+            let rules = FanOutRules { batch: self.batch, from, limits: self.limits, enabled: &enabled };
             let out = self.store.fan_out_pending(rules).await?;
             if out.topics > 0 {
                 self.hints.topics_waiting();
@@ -137,9 +181,14 @@ impl Fanout {
             Settled::log_failures(&self.log, &out.settled);
             total += out.claimed;
             if out.claimed as i64 >= self.batch {
+                floor.full_batch(out.oldest, Instant::now());
                 // Room in the streams first: a sibling started now would claim at once.
                 self.wait_for_room().await?;
                 more();
+                continue;
+            }
+            if floor.reset() {
+                // Short from the floor: look once from the oldest before concluding.
                 continue;
             }
             // Pending rows ran out: a topic's next batch of subscribers (which are pending rows
@@ -191,7 +240,7 @@ impl Fanout {
     /// Makes up to a batch of due scheduled notifications pending: one batch before each claim
     /// while there are more, so that a thousand rows due in the same second are sent batch by
     /// batch as they are promoted, not after all of them are.
-    async fn promote_due(&self) -> Result<()> {
+    async fn promote_due(&self) -> Result<u64> {
         let due = self.store.promote_due(self.batch).await?;
         if due as i64 >= self.batch {
             self.hints.scheduled_due();
@@ -202,7 +251,7 @@ impl Fanout {
             tally.add(events::SCHEDULED_DUE, None, due);
             self.relay.enqueue(&[], &tally, &events::today()).await?;
         }
-        Ok(())
+        Ok(due)
     }
 
     /// Writes the next batch of a topic's subscriber rows, if a topic notification is being
@@ -275,5 +324,45 @@ impl Fanout {
         }
         writes.tally.add(events::DLQ_PUSHED, None, writes.dead_letters.len() as u64);
         self.relay.write_outcomes(&writes, &events::today()).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(secs: i64) -> DateTime<Utc> {
+        DateTime::from_timestamp(1_800_000_000 + secs, 0).expect("a valid time")
+    }
+
+    #[test]
+    fn a_backlogs_claims_start_at_the_previous_batch_and_from_the_oldest_every_floor_lifetime() {
+        let t0 = Instant::now();
+        let ms = |n: u64| t0 + Duration::from_millis(n);
+        let mut floor = Floor::default();
+        assert_eq!(floor.start(t0), None, "the first claim starts from the oldest");
+        floor.full_batch(Some(at(1)), t0);
+        assert_eq!(floor.start(ms(100)), Some(at(1)));
+        floor.full_batch(Some(at(2)), ms(200));
+        assert_eq!(floor.start(ms(999)), Some(at(2)));
+        // The lifetime counts from the claim that started from the oldest, not from the last
+        // batch: a steady backlog still gets a claim from the oldest every FLOOR_LIFETIME.
+        assert_eq!(floor.start(t0 + FLOOR_LIFETIME), None);
+        floor.full_batch(Some(at(3)), ms(1_000));
+        assert_eq!(floor.start(ms(1_500)), Some(at(3)));
+        assert_eq!(floor.start(ms(2_000)), None);
+    }
+
+    #[test]
+    fn a_short_claim_from_the_floor_is_followed_by_one_from_the_oldest() {
+        let now = Instant::now();
+        let mut floor = Floor::default();
+        floor.full_batch(Some(at(1)), now);
+        assert!(floor.reset(), "the claim that came back short started from the floor");
+        assert_eq!(floor.start(now), None);
+        assert!(!floor.reset(), "a short claim from the oldest: nothing is pending");
+        // A full batch whose rows had no readable created_at leaves no floor.
+        floor.full_batch(None, now);
+        assert_eq!(floor.start(now), None);
     }
 }

@@ -8,6 +8,7 @@ use super::{storable, Final, Settled, Store, Unsendable};
 use crate::error::Result;
 use crate::job::{check_topic, expired_text, Job, Priority, Provider, MAX_COLLAPSE_KEY_BYTES};
 use crate::payload::{Payload, PayloadError};
+use chrono::{DateTime, Utc};
 use serde_json::Value;
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -24,6 +25,9 @@ pub struct FanOutBatch {
     pub settled: Vec<Settled>,
     /// Topic notifications claimed, whose subscribers' rows `expand_topic` now writes.
     pub topics: usize,
+    /// The oldest `created_at` claimed: where the next claim of a backlog can start
+    /// ([`FanOutRules::from`]).
+    pub oldest: Option<DateTime<Utc>>,
 }
 
 /// A claimed notification, decoded defensively: whatever Postgres holds, the row becomes
@@ -67,6 +71,14 @@ impl Default for InputLimits {
 pub struct FanOutRules<'a> {
     /// Notifications claimed per transaction.
     pub batch: i64,
+    /// Claim only rows created at or after this (None: from the oldest). A backlog's claims
+    /// start where the previous batch did: `notification_pending_idx` is read from its left
+    /// edge, where the entries of rows already claimed stay until vacuum removes them, and in a
+    /// 10M run the first claimable entry took 8-12 ms to reach (bench/README). A row this skips
+    /// (committed late by a long transaction, or made pending again) waits for the next claim
+    /// from the oldest, which the drainer makes at least every
+    /// [`FLOOR_LIFETIME`](crate::pipeline::drain::FLOOR_LIFETIME) and before it stops.
+    pub from: Option<DateTime<Utc>>,
     pub limits: InputLimits,
     /// Whether this deployment sends through a provider.
     pub enabled: &'a dyn Fn(Provider) -> bool,
@@ -114,20 +126,23 @@ impl Store {
                     SET status = 'queued', queued_at = now(), updated_at = now(),
                         trace_id = coalesce(n.trace_id, gen_random_uuid()::text),
                         fanout_cursor = CASE WHEN n.topic IS NOT NULL THEN coalesce(n.fanout_cursor, '') END
-                  WHERE n.id IN (SELECT id FROM notification WHERE status = 'pending'
+                  WHERE n.id IN (SELECT id FROM notification
+                                  WHERE status = 'pending' AND created_at >= coalesce($3, '-infinity'::timestamptz)
                                   ORDER BY created_at LIMIT $1 FOR UPDATE SKIP LOCKED)
               RETURNING n.id, n.user_id, n.channel,
                         CASE WHEN octet_length(n.payload::text) <= $2::int8 THEN n.payload::text END,
                         octet_length(n.payload::text), n.priority, n.trace_id, n.topic,
-                        (extract(epoch FROM n.expires_at) * 1000)::int8, n.expires_at <= now(), n.collapse_key",
+                        (extract(epoch FROM n.expires_at) * 1000)::int8, n.expires_at <= now(), n.collapse_key,
+                        n.created_at",
             )
             .await?;
         let max_bytes = rules.limits.payload_max_bytes;
         // KEYED_PLANS and the claim go out together, in this order (tokio-postgres sends the
         // requests of futures polled at once without waiting in between): one round trip less
         // on every notification's way.
-        let params: [&(dyn tokio_postgres::types::ToSql + Sync); 2] = [&rules.batch, &(max_bytes as i64)];
+        let params: [&(dyn tokio_postgres::types::ToSql + Sync); 3] = [&rules.batch, &(max_bytes as i64), &rules.from];
         let (_, rows) = futures_util::try_join!(tx.batch_execute(super::KEYED_PLANS), tx.query(&claim, &params))?;
+        let oldest = rows.iter().filter_map(|r| r.try_get::<_, DateTime<Utc>>(11).ok()).min();
         let claimed: Vec<Claimed> = rows.iter().filter_map(decode_claimed(max_bytes)).collect();
         if claimed.is_empty() {
             tx.commit().await?;
@@ -182,7 +197,7 @@ impl Store {
             }
         }
 
-        let mut out = FanOutBatch { claimed: claimed.len(), topics, ..FanOutBatch::default() };
+        let mut out = FanOutBatch { claimed: claimed.len(), topics, oldest, ..FanOutBatch::default() };
         if !targets.is_empty() {
             let insert = tx
                 .prepare_cached(

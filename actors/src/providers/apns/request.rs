@@ -37,7 +37,8 @@ impl Request {
                 error: "apns: BadDeviceToken: the token is not hexadecimal".into(),
             });
         }
-        let payload = job.payload.as_object().cloned().unwrap_or_default();
+        let empty = Map::new();
+        let payload = job.payload.as_object().unwrap_or(&empty);
         let collapse_id =
             job.collapse_key.clone().or_else(|| payload.get("collapse_id").and_then(Value::as_str).map(str::to_string));
         if let Some(id) = &collapse_id {
@@ -59,7 +60,7 @@ impl Request {
             // Apple refuses priority 10 for background notifications.
             (false, _) => ("background", "5"),
         };
-        let body = serde_json::to_vec(&body(job, &payload, alert)).unwrap_or_default();
+        let body = serde_json::to_vec(&body(job, payload, alert)).unwrap_or_default();
         if body.len() > MAX_PAYLOAD_BYTES {
             let error = format!("apns: payload too large: {} bytes (limit {MAX_PAYLOAD_BYTES})", body.len());
             return Err(SendResult::Permanent { error });
@@ -69,7 +70,7 @@ impl Request {
             apns_id: uuid::Uuid::new_v4().to_string(),
             push_type,
             priority,
-            expiration: match (Lifetime::of(job, now_ms), expiration(&payload, now_ms)) {
+            expiration: match (Lifetime::of(job, now_ms), expiration(payload, now_ms)) {
                 (Some(left), Some(own)) => Some(own.min(left.expires_secs)),
                 (Some(left), None) => Some(left.expires_secs),
                 (None, own) => own,

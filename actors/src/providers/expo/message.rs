@@ -13,7 +13,8 @@ use serde_json::{json, Map, Value};
 /// reading stops at `expires_at`. Its `collapse_key` is not sent: Expo's push API, as
 /// docs/providers.md documents it, has no collapse field, and an unknown field risks the message.
 pub fn message(job: &Job, now_ms: u64) -> Value {
-    let payload = job.payload.as_object().cloned().unwrap_or_default();
+    let empty = Map::new();
+    let payload = job.payload.as_object().unwrap_or(&empty);
     let mut data = match payload.get("data") {
         Some(Value::Object(d)) => d.clone(),
         _ => Map::new(),

@@ -18,7 +18,8 @@ pub const MAX_TTL_SECS: u64 = 2_419_200;
 /// `apns.headers["apns-collapse-id"]`. Without an expiry, the payload's `ttl` is sent as before
 /// (Android only) and FCM's defaults apply.
 pub fn message(job: &Job, now_ms: u64) -> Value {
-    let payload = job.payload.as_object().cloned().unwrap_or_default();
+    let empty = Map::new();
+    let payload = job.payload.as_object().unwrap_or(&empty);
     let text = |key: &str| payload.get(key).and_then(Value::as_str).map(str::to_string);
     let mut msg = Map::new();
     msg.insert("token".into(), json!(job.token));
