@@ -340,6 +340,46 @@ mod tests {
         assert_eq!(out.text().lines().count(), 1);
     }
 
+    /// Refuses its first write (stdout closed for a moment), then keeps what it is given.
+    #[derive(Clone, Default)]
+    struct FailsOnce {
+        refused: Arc<std::sync::atomic::AtomicBool>,
+        kept: Captured,
+    }
+
+    impl std::io::Write for FailsOnce {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            if !self.refused.swap(true, std::sync::atomic::Ordering::SeqCst) {
+                return Err(std::io::Error::other("refused"));
+            }
+            self.kept.write(buf)
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_batch_the_output_refuses_is_lost_and_the_lines_after_it_go_out() {
+        let out = FailsOnce::default();
+        let (log, guard) = logger_to(out.clone(), LogFormat::Json, Level::Info);
+        let until = |what: &dyn Fn() -> bool| {
+            let deadline = std::time::Instant::now() + Duration::from_secs(10);
+            while !what() {
+                assert!(std::time::Instant::now() < deadline, "timed out");
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        };
+        slog::info!(log, "first"; "event" => "LOST");
+        until(&|| out.refused.load(std::sync::atomic::Ordering::SeqCst));
+        slog::info!(log, "second"; "event" => "KEPT");
+        until(&|| out.kept.text().contains("KEPT"));
+        drop(log);
+        drop(guard);
+        let text = out.kept.text();
+        assert!(!text.contains("LOST") && text.lines().count() == 1, "{text}");
+    }
+
     #[test]
     fn a_stalled_output_drops_lines_instead_of_blocking_the_logger() {
         let (release, stalled) = mpsc::channel();

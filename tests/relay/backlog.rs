@@ -56,7 +56,7 @@ async fn a_row_committed_late_with_an_older_created_at_is_claimed_while_a_backlo
     // A backlog's claims start where the previous batch did (the left edge of
     // notification_pending_idx holds the entries of every row claimed since vacuum ran). A row
     // older than that, committed later by a transaction that began first (created_at is its
-    // start) and with no doorbell of its own, is still claimed before the drainer stops.
+    // start) and with no doorbell of its own, is still claimed and delivered once.
     let mut app = prepare_with(|s| {
         s.listener.batch_size = 10;
         s.listener.drainers = 1;
