@@ -48,9 +48,18 @@ if want 2; then
     start_private_pg "${PRIVATE_PG_PORT:-55433}"
     FLAT_DB="$PRIVATE_PG_URL/postgres"
   fi
-  flat() { DATABASE_URL=$FLAT_DB run "$@"; }
-  flat flat-100k "$BIN" --notifications 100000 --users 1000 --aged 10000
-  flat flat-1m "$BIN" --notifications 1000000 --users 10000 --aged 100000
+  # flat NAME N loadgen-args...: one run, and on the private server Postgres's work per
+  # notification over it (bench/issue14/pg-work.sh), so that the sizes compare by work done.
+  flat() {
+    local name=$1 n=$2 offset=
+    shift 2
+    [ -z "${PRIVATE_PG_LOG:-}" ] || offset=$(bench/issue14/pg-work.sh start "$PRIVATE_PG_URL" "$PRIVATE_PG_LOG")
+    DATABASE_URL=$FLAT_DB run "$name" "$BIN" --notifications "$n" "$@"
+    [ -z "$offset" ] || bench/issue14/pg-work.sh report "$PRIVATE_PG_URL" "$n" "$PRIVATE_PG_LOG" "$offset" |
+      tee "$OUT/$name-pg-work.txt" | sed 's/^/    /'
+  }
+  flat flat-100k 100000 --users 1000 --aged 10000
+  flat flat-1m 1000000 --users 10000 --aged 100000
   if [ -n "${BEFORE_BIN:-}" ]; then
     # Before and after without the aged backlog (the code before had no --aged).
     run before-100k "$BEFORE_BIN" --notifications 100000 --users 1000
@@ -59,8 +68,11 @@ if want 2; then
     run after-1m "$BIN" --notifications 1000000 --users 10000
   fi
   if [ -z "${SKIP_10M:-}" ]; then
-    flat flat-10m "$BIN" --notifications 10000000 --users 100000 --aged 1000000 --timeout-secs 3600
+    flat flat-10m 10000000 --users 100000 --aged 1000000 --timeout-secs 3600
     [ -z "${PRIVATE_PG_LOG:-}" ] || echo "    autovacuum runs logged by the private server: $(grep -c 'automatic vacuum' "$PRIVATE_PG_LOG" || true)"
+    # The machine's speed drifts over the 10M run's minutes: 100k again after it, on the same
+    # server, so that the ratio can be read against the rate before and after.
+    flat flat-100k-after 100000 --users 1000 --aged 10000
   fi
   [ -z "${PRIVATE_PG_DIR:-}" ] || stop_private_pg
 fi

@@ -52,6 +52,32 @@ async fn claiming_waits_while_the_streams_hold_max_backlog_entries_and_goes_on_a
 }
 
 #[actix_web::test]
+async fn a_drainer_waiting_for_room_stops_at_shutdown_without_logging_that_it_claims_again() {
+    // The wait ends at shutdown with the streams still full: "claiming again" (full: false)
+    // would tell an operator something that did not happen.
+    let mut app = prepare_with(|s| {
+        s.listener.batch_size = 10;
+        s.listener.drainers = 1;
+        s.listener.max_backlog = 20;
+    })
+    .await;
+    add_users(&app, 100).await;
+    let log = app.start_logged(ProcessRoles::parse("listener,scheduler").expect("roles")).await;
+    insert_bulk(&app, 100, 100).await;
+    eventually(Duration::from_secs(10), || async { backlog_lines(&log).into_iter().find(|l| l["full"] == true) }).await;
+
+    assert!(app.stop().await, "the app stops while its drainer waits for room");
+    // The drainer (a task of its own) sees the shutdown at its next look at the streams.
+    eventually(Duration::from_secs(10), || async { backlog_lines(&log).into_iter().find(|l| l["shutdown"] == true) })
+        .await;
+    let pending = "SELECT count(*) FROM notification WHERE status = 'pending'";
+    assert_eq!((app.stream_len().await, app.count(pending).await), (20, 80), "nothing claimed at shutdown");
+    let lines = backlog_lines(&log);
+    let said: Vec<_> = lines.iter().map(|l| (l["full"].as_bool(), l["shutdown"].as_bool())).collect();
+    assert_eq!(said, [(Some(true), None), (Some(true), Some(true))], "{lines:?}");
+}
+
+#[actix_web::test]
 async fn a_row_committed_late_with_an_older_created_at_is_claimed_while_a_backlog_drains() {
     // A backlog's claims start where the previous batch did (the left edge of
     // notification_pending_idx holds the entries of every row claimed since vacuum ran). A row

@@ -221,9 +221,18 @@ impl Fanout {
         let mut waited = false;
         loop {
             let held = self.relay.entries_held().await?;
-            if held < self.max_backlog || self.shutdown.is_triggered() {
+            if held < self.max_backlog {
                 if waited {
                     info!(self.log, "claiming again"; "event" => events::BACKLOG_FULL, "entries" => held, "full" => false);
+                }
+                return Ok(());
+            }
+            if self.shutdown.is_triggered() {
+                // The streams are still full and no claim follows: the rest stays pending for
+                // the next process.
+                if waited {
+                    info!(self.log, "shutting down while the streams hold listener.max_backlog entries";
+                          "event" => events::BACKLOG_FULL, "entries" => held, "full" => true, "shutdown" => true);
                 }
                 return Ok(());
             }
