@@ -27,6 +27,7 @@ async fn the_claim_the_fan_out_the_sweep_and_the_receipt_lease_use_their_indexes
     let receipts = plan(
         &app,
         "SELECT notification_id, device_id FROM delivery WHERE receipt_due_at <= now()
+            AND (receipt_leased_until IS NULL OR receipt_leased_until <= now())
           ORDER BY receipt_due_at LIMIT 1000 FOR UPDATE SKIP LOCKED",
     )
     .await;

@@ -3,9 +3,12 @@
 //! A delivered Expo target keeps its ticket in `delivery.provider_message_id` and the time its
 //! receipt is to be asked for in `delivery.receipt_due_at` (set by [`Store::record`] in the same
 //! UPDATE that marks it delivered; NULL = nothing to ask). The poller *leases* due rows: one
-//! statement pushes their `receipt_due_at` forward by the lease and returns them, so several
-//! pollers share the work (`SKIP LOCKED`) and a poller that dies holding a lease only delays those
-//! receipts until the lease runs out. Only [`Store::settle_receipts`] clears `receipt_due_at`, in
+//! statement sets their `receipt_leased_until` and returns them, so several pollers share the
+//! work (`SKIP LOCKED`, and a leased row is passed over until its lease runs out) and a poller
+//! that dies holding a lease only delays those receipts until then. The lease has a column of its
+//! own, which no index names, so that it is a HOT update (`migrations/V9__receipt_lease.sql`):
+//! moving `receipt_due_at`, the receipt index's key, would write a new entry in both of the
+//! table's indexes for every Expo delivery. Only [`Store::settle_receipts`] clears `receipt_due_at`, in
 //! the transaction that stores what the receipt said: a receipt is either still due in Postgres or
 //! applied, whatever fails in between (Postgres, Expo, the process) and whatever Redis forgets.
 
@@ -39,8 +42,8 @@ pub enum ReceiptVerdict {
 }
 
 impl Store {
-    /// Leases up to `limit` due receipts, oldest first: their `receipt_due_at` moves `lease`
-    /// ahead, so that no other poller takes them meanwhile, and they are returned. A receipt
+    /// Leases up to `limit` due receipts, oldest first: their `receipt_leased_until` is set
+    /// `lease` ahead, so that no other poller takes them meanwhile, and they are returned. A receipt
     /// whose lease runs out without [`Store::settle_receipts`] (the poller died, Expo or Postgres
     /// failed) is due again.
     pub async fn lease_receipts(&self, limit: usize, lease: Duration) -> Result<Vec<DueReceipt>> {
@@ -49,11 +52,12 @@ impl Store {
         tx.batch_execute(super::KEYED_PLANS).await?;
         let stmt = tx
             .prepare_cached(
-                "UPDATE delivery d SET receipt_due_at = now() + $2::int8 * interval '1 millisecond'
+                "UPDATE delivery d SET receipt_leased_until = now() + $2::int8 * interval '1 millisecond'
                    FROM notification n
                   WHERE (d.notification_id, d.device_id) IN (
                             SELECT notification_id, device_id FROM delivery
                              WHERE receipt_due_at <= now()
+                               AND (receipt_leased_until IS NULL OR receipt_leased_until <= now())
                              ORDER BY receipt_due_at LIMIT $1 FOR UPDATE SKIP LOCKED)
                     AND n.id = d.notification_id
               RETURNING d.notification_id, d.device_id, d.provider_message_id,
@@ -92,6 +96,7 @@ impl Store {
             .prepare_cached(
                 "UPDATE delivery d
                     SET receipt_due_at = now() + u.again_ms * interval '1 millisecond',
+                        receipt_leased_until = NULL,
                         last_error = coalesce(u.err, d.last_error),
                         updated_at = CASE WHEN u.err IS NULL THEN d.updated_at ELSE now() END
                    FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::int8[])
