@@ -10,3 +10,14 @@
 SET LOCAL lock_timeout = '5s';
 
 ALTER TABLE delivery ADD COLUMN receipt_leased_until timestamptz;
+
+-- A server set up with migrations/optional/runtime_role.sql before this column existed: its
+-- runtime role gets the lease's column too (the script grants it on a fresh set-up), or the
+-- receipt poller of the upgraded relay would be refused.
+DO $$
+BEGIN
+    IF EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'notify_relay') THEN
+        GRANT UPDATE (receipt_leased_until) ON delivery TO notify_relay;
+    END IF;
+END
+$$;

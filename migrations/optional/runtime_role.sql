@@ -88,7 +88,7 @@ GRANT UPDATE (status, attempt_count, last_error, queued_at, delivered_at, update
 GRANT SELECT, DELETE ON delivery TO notify_relay;
 GRANT INSERT (notification_id, device_id, provider, status, last_error) ON delivery TO notify_relay;
 GRANT UPDATE (status, attempt_count, last_error, provider_message_id, next_attempt_at, created_at, updated_at,
-              delivered_at, receipt_due_at)
+              delivered_at, receipt_due_at, receipt_leased_until)
     ON delivery TO notify_relay;
 
 -- device
