@@ -2,7 +2,8 @@
 //! so that a backlog of millions waits in Postgres (durable, on disk) rather than in Redis
 //! memory, and claim again as the workers catch up.
 
-use crate::helpers::{add_users, eventually, insert_bulk, prepare_with, wait_for_passes, CapturedLog};
+use crate::helpers::{add_users, eventually, insert_bulk, prepare_with, wait_for_passes, CapturedLog, TestApp};
+use notify_relay::configuration::Settings;
 use notify_relay::startup::ProcessRoles;
 use serde_json::Value;
 use std::time::Duration;
@@ -12,17 +13,24 @@ fn backlog_lines(log: &CapturedLog) -> Vec<Value> {
     log.lines().into_iter().filter(|l| l["event"] == "BACKLOG_FULL").collect()
 }
 
-#[actix_web::test]
-async fn claiming_waits_while_the_streams_hold_max_backlog_entries_and_goes_on_as_workers_read() {
-    let mut app = prepare_with(|s| {
+/// An app whose one drainer claims batches of 10 and stops claiming at 20 stream entries, with
+/// 100 users; `more` changes further settings.
+async fn backlogged(more: impl FnOnce(&mut Settings)) -> TestApp {
+    let app = prepare_with(|s| {
         s.listener.batch_size = 10;
         s.listener.drainers = 1;
         s.listener.max_backlog = 20;
-        // The alert check's passes tell that time went by (no fixed sleep).
-        s.alerts.interval = Duration::from_millis(100);
+        more(s);
     })
     .await;
     add_users(&app, 100).await;
+    app
+}
+
+#[actix_web::test]
+async fn claiming_waits_while_the_streams_hold_max_backlog_entries_and_goes_on_as_workers_read() {
+    // The alert check's passes tell that time went by (no fixed sleep).
+    let mut app = backlogged(|s| s.alerts.interval = Duration::from_millis(100)).await;
     // A listener fans out, nobody reads the streams.
     let log = app.start_logged(ProcessRoles::parse("listener,scheduler").expect("roles")).await;
     insert_bulk(&app, 100, 100).await;
@@ -55,13 +63,7 @@ async fn claiming_waits_while_the_streams_hold_max_backlog_entries_and_goes_on_a
 async fn a_drainer_waiting_for_room_stops_at_shutdown_without_logging_that_it_claims_again() {
     // The wait ends at shutdown with the streams still full: "claiming again" (full: false)
     // would tell an operator something that did not happen.
-    let mut app = prepare_with(|s| {
-        s.listener.batch_size = 10;
-        s.listener.drainers = 1;
-        s.listener.max_backlog = 20;
-    })
-    .await;
-    add_users(&app, 100).await;
+    let mut app = backlogged(|_| {}).await;
     let log = app.start_logged(ProcessRoles::parse("listener,scheduler").expect("roles")).await;
     insert_bulk(&app, 100, 100).await;
     eventually(Duration::from_secs(10), || async { backlog_lines(&log).into_iter().find(|l| l["full"] == true) }).await;
@@ -83,16 +85,12 @@ async fn a_row_committed_late_with_an_older_created_at_is_claimed_while_a_backlo
     // notification_pending_idx holds the entries of every row claimed since vacuum ran). A row
     // older than that, committed later by a transaction that began first (created_at is its
     // start) and with no doorbell of its own, is still claimed and delivered once.
-    let mut app = prepare_with(|s| {
-        s.listener.batch_size = 10;
-        s.listener.drainers = 1;
-        s.listener.max_backlog = 20;
+    let mut app = backlogged(|s| {
         // Neither a later sweep nor a doorbell may be what finds the late row.
         s.listener.sweep_interval = Duration::from_secs(3600);
         s.alerts.interval = Duration::from_millis(100);
     })
     .await;
-    add_users(&app, 100).await;
     let late = app.connect_db().await;
     late.batch_execute("BEGIN; SET LOCAL session_replication_role = replica").await.expect("begin");
     let row = late
