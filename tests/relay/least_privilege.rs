@@ -427,3 +427,26 @@ async fn the_runtime_role_cannot_change_the_schema_and_the_redis_user_reaches_on
         "docs/security.md does not show the rules of config/redis-acl.conf: {rules}"
     );
 }
+
+#[actix_web::test]
+async fn a_server_granted_before_the_receipt_lease_column_gets_it_from_the_migration() {
+    // A server set up with runtime_role.sql before V9 has no grant on the column V9 adds; the
+    // migration grants it where the role exists, or the upgraded receipt poller is refused.
+    const V9: &str = include_str!("../../migrations/V9__receipt_lease.sql");
+    let app = prepare_with(|_| {}).await;
+    let _role = PgRole::create(&app).await;
+    let may_lease = || async {
+        app.one::<bool>(
+            "SELECT has_column_privilege('notify_relay', 'delivery', 'receipt_leased_until', 'UPDATE')",
+            &[],
+        )
+        .await
+    };
+    assert!(may_lease().await, "runtime_role.sql grants it on a fresh set-up");
+
+    app.db.batch_execute("REVOKE UPDATE (receipt_leased_until) ON delivery FROM notify_relay").await.expect("revoke");
+    assert!(!may_lease().await, "as set up before V9");
+    let grant = V9.find("DO $$").map(|at| &V9[at..]).expect("V9 grants the column where the role exists");
+    app.db.batch_execute(grant).await.expect("V9's grant runs");
+    assert!(may_lease().await);
+}
