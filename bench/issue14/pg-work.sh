@@ -17,7 +17,8 @@ q() { psql -X -q "$SERVER/postgres" "$@"; }
 case $cmd in
   start)
     LOG=${3:?server log}
-    q -c "CREATE EXTENSION IF NOT EXISTS pg_stat_statements" -c "SELECT pg_stat_statements_reset()" >/dev/null
+    q -c "SET client_min_messages = warning" -c "CREATE EXTENSION IF NOT EXISTS pg_stat_statements" \
+      -c "SELECT pg_stat_statements_reset()" >/dev/null
     stat -c %s "$LOG"
     ;;
   report)
