@@ -6,6 +6,7 @@ use crate::helpers::{
     add_users, eventually, notify_each_user, prepare, prepare_with, spawn_app, spawn_app_with, TestApp, ADMIN_TOKEN,
 };
 use notify_relay::startup::ProcessRoles;
+use notify_relay_engine::store::{DeliveredRow, OutcomeRows};
 use serde_json::json;
 use std::time::{Duration, SystemTime};
 use uuid::Uuid;
@@ -156,6 +157,46 @@ async fn a_receipt_leased_by_a_poller_that_died_is_applied_once_the_lease_ran_ou
     assert!(disabled_at >= leased_until, "applied before the lease ran out");
     assert_eq!(receipts_due(&app).await, 0);
     replica.stop(Duration::from_secs(5)).await;
+}
+
+#[actix_web::test]
+async fn a_new_ticket_is_not_held_off_by_the_lease_taken_on_the_old_one() {
+    let mut app = prepare().await;
+    // No scheduler: the test's calls are the only poller.
+    app.start_with(ProcessRoles::parse("listener,worker,api").unwrap()).await;
+    let device = app.add_device("zoe", "expo", "ExponentPushToken[zoe]").await;
+    let id = app.notify("zoe", json!({"title": "sent, then sent again"})).await;
+    assert_eq!(app.final_status(id).await.0, "delivered");
+    let store = app.app.as_ref().expect("app running").store.clone();
+    let old = eventually(Duration::from_secs(5), || async {
+        let leased = store.lease_receipts(1000, Duration::from_secs(3600)).await.unwrap();
+        (!leased.is_empty()).then_some(leased)
+    })
+    .await;
+    assert_eq!(old.len(), 1);
+
+    // The target is delivered again with a new ticket (a copy sent twice) while the old ticket's
+    // lease, an hour, still runs: the new receipt is due at once and must not wait for that hour.
+    let again = DeliveredRow {
+        target: (id, device),
+        attempts: 2,
+        provider_message_id: Some("new-ticket".into()),
+        receipt_after: Some(Duration::ZERO),
+    };
+    store.record(&OutcomeRows { delivered: vec![again], ..OutcomeRows::default() }).await.unwrap();
+    let lease: Option<SystemTime> =
+        app.one("SELECT receipt_leased_until FROM delivery WHERE notification_id = $1", &[&id]).await;
+    assert_eq!(lease, None, "the old ticket's lease is gone with it");
+    let leased = store.lease_receipts(1000, Duration::from_secs(60)).await.unwrap();
+    assert_eq!(leased.len(), 1, "{leased:?}");
+    assert_eq!(leased[0].ticket.as_deref(), Some("new-ticket"));
+
+    // An outcome without a receipt (receipts not polled) leaves a running lease alone.
+    let plain = DeliveredRow { target: (id, device), attempts: 3, provider_message_id: None, receipt_after: None };
+    store.record(&OutcomeRows { delivered: vec![plain], ..OutcomeRows::default() }).await.unwrap();
+    let lease: Option<SystemTime> =
+        app.one("SELECT receipt_leased_until FROM delivery WHERE notification_id = $1", &[&id]).await;
+    assert!(lease.is_some(), "the new ticket's lease is kept");
 }
 
 #[actix_web::test]

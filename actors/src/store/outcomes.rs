@@ -119,7 +119,9 @@ impl Store {
                         SET status = 'delivered', attempt_count = greatest(d.attempt_count, u.attempts),
                             provider_message_id = coalesce(u.msg, d.provider_message_id),
                             delivered_at = coalesce(d.delivered_at, now()), updated_at = now(), next_attempt_at = NULL,
-                            receipt_due_at = coalesce(now() + u.receipt_ms * interval '1 millisecond', d.receipt_due_at)
+                            receipt_due_at = coalesce(now() + u.receipt_ms * interval '1 millisecond', d.receipt_due_at),
+                            -- A new ticket's receipt is not held off by a lease taken on the old one.
+                            receipt_leased_until = CASE WHEN u.receipt_ms IS NULL THEN d.receipt_leased_until END
                        FROM unnest($1::uuid[], $2::uuid[], $3::int4[], $4::text[], $5::int8[])
                             AS u(n, dev, attempts, msg, receipt_ms)
                       WHERE d.notification_id = u.n AND d.device_id = u.dev

@@ -5,7 +5,8 @@
 //! UPDATE that marks it delivered; NULL = nothing to ask). The poller *leases* due rows: one
 //! statement sets their `receipt_leased_until` and returns them, so several pollers share the
 //! work (`SKIP LOCKED`, and a leased row is passed over until its lease runs out) and a poller
-//! that dies holding a lease only delays those receipts until then. The lease has a column of its
+//! that dies holding a lease only delays those receipts until then (a new ticket stored by
+//! [`Store::record`] drops the old one's lease with it). The lease has a column of its
 //! own, which no index names, so that it is a HOT update (`migrations/V9__receipt_lease.sql`):
 //! moving `receipt_due_at`, the receipt index's key, would write a new entry in both of the
 //! table's indexes for every Expo delivery. Only [`Store::settle_receipts`] clears `receipt_due_at`, in
