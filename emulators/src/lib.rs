@@ -28,6 +28,7 @@
 //!   emulator; the APNs key and all certificates are generated at start).
 
 pub mod apns;
+pub mod cpu;
 pub mod expo;
 mod failure;
 pub mod fcm;

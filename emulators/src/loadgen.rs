@@ -6,7 +6,8 @@
 //! database and a fresh Redis key prefix, commits the notifications (in transactions of
 //! `--batch` rows one after another while the relay already delivers, or paced with `--rate`),
 //! and measures until every row is `delivered` in Postgres: throughput, latency from commit to
-//! the provider (p50/p90/p99/max), duplicates, and the relay's peak RSS (`VmHWM`). Then it stops
+//! the provider (p50/p90/p99/max), duplicates, the relay's peak RSS (`VmHWM`) and the CPU time of
+//! each part per 1,000 notifications with the machine's steal time ([`crate::cpu`]). Then it stops
 //! the relay with SIGTERM and cleans up: drops the database and unlinks every Redis key of the
 //! prefix; a cleanup that fails fails the run.
 //!
@@ -19,6 +20,7 @@
 //! compiled into the service binary, which this crate does not depend on.
 
 use crate::apns::{ApnsEmulator, Rules};
+use crate::cpu::{CpuReport, CpuSample, Parts};
 use crate::expo::ExpoEmulator;
 use crate::fcm::FcmEmulator;
 use crate::smtp::{SmtpEmulator, SmtpOptions};
@@ -551,6 +553,7 @@ where
                          now() + $4::int8 * interval '1 millisecond'
                     FROM generate_series($1::int8, $2::int8) g";
     let mut commits: Vec<(i64, SystemTime)> = Vec::new(); // (last seq of the batch, commit time)
+    let cpu = CpuMeter::start(&db, &target.redis_url, pid, args.producer == Producer::Pgbench).await;
     let started = Instant::now();
     let mut topic_row: Option<uuid::Uuid> = None;
     let mut pgbench: Option<PgbenchReport> = None;
@@ -669,6 +672,7 @@ where
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
     peak_rss = peak_rss.max(read_status_kb(pid, "VmHWM:").unwrap_or(0));
+    let cpu = cpu.stop(expected.max(0) as u64).await;
     let row = match topic_row {
         Some(id) => {
             db.query_one(
@@ -889,6 +893,7 @@ where
         );
     }
     println!("  relay RSS            idle {} MiB, peak {} MiB (VmHWM)", idle_rss / 1024, peak_rss / 1024);
+    println!("  cpu                  {cpu}");
     println!("  relay SIGTERM        exit {exit} after {stop_ms} ms");
     for plan in &plans {
         println!("  EXPLAIN (ANALYZE, BUFFERS) {}: {:.3} ms, then {:.3} ms", plan.name, plan.first_ms, plan.second_ms);
@@ -928,6 +933,7 @@ where
             })),
             "received_before_send_at": early,
             "rss_mib": {"idle": idle_rss / 1024, "peak": peak_rss / 1024}, "shutdown_ms": stop_ms,
+            "cpu": cpu.to_json(),
             "explain_ms": plans.iter().map(|p| (p.name.to_string(), serde_json::json!([p.first_ms, p.second_ms])))
                 .collect::<serde_json::Map<_, _>>(),
         })
@@ -1232,6 +1238,36 @@ async fn wait_ready(port: u16, limit: Duration) -> Result<(), BoxError> {
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// The CPU time of a run's parts ([`crate::cpu`]), from the first commit until every row is
+/// final.
+struct CpuMeter {
+    parts: Parts,
+    redis: Option<redis::aio::MultiplexedConnection>,
+    start: CpuSample,
+}
+
+impl CpuMeter {
+    async fn start(db: &tokio_postgres::Client, redis_url: &str, relay: u32, pgbench: bool) -> CpuMeter {
+        // A server elsewhere (or one whose pid cannot be had) is left out of the report.
+        let backend = db.query_one("SELECT pg_backend_pid()", &[]).await.ok().and_then(|r| r.try_get::<_, i32>(0).ok());
+        let parts =
+            Parts { relay: Some(relay), postgres_backend: backend.and_then(|p| u32::try_from(p).ok()), pgbench };
+        let mut redis = crate::testing::redis_connection(redis_url).await.ok();
+        let start = CpuSample::take(parts, redis_cpu(&mut redis).await.as_deref());
+        CpuMeter { parts, redis, start }
+    }
+
+    async fn stop(mut self, notifications: u64) -> CpuReport {
+        let end = CpuSample::take(self.parts, redis_cpu(&mut self.redis).await.as_deref());
+        self.start.until(&end, notifications)
+    }
+}
+
+/// `INFO cpu` of the run's Redis (of the node `redis.url` names, on a cluster).
+async fn redis_cpu(conn: &mut Option<redis::aio::MultiplexedConnection>) -> Option<String> {
+    redis::cmd("INFO").arg("cpu").query_async(conn.as_mut()?).await.ok()
 }
 
 /// A `kB` figure from `/proc/<pid>/status` (`VmHWM:` is the peak resident set).

@@ -125,6 +125,17 @@ async fn a_paced_run_commits_in_batches_while_the_relay_delivers_and_leaves_noth
     let latency = &report["latency_ms"];
     let p99_9 = latency["p99_9"].as_f64().expect("p99.9 in the summary");
     assert!(latency["p99"].as_f64().expect("p99") <= p99_9 && p99_9 <= latency["max"].as_f64().expect("max"), "{out}");
+    // CPU per 1,000 notifications: every part on this machine was read (Postgres and Redis are
+    // local here), the relay did some work, and the parts add up to the total.
+    let cpu = &report["cpu"]["per_1k_ms"];
+    let part = |name: &str| cpu[name].as_f64().unwrap_or_else(|| panic!("cpu.{name} in the summary\n{out}"));
+    assert!(part("relay") > 0.0 && part("postgres") > 0.0, "{out}");
+    let sum = part("relay") + part("loadgen") + part("postgres") + part("redis");
+    assert!((sum - part("total")).abs() < 0.5, "{out}");
+    assert!(cpu.get("pgbench").is_none(), "no pgbench in a loadgen-produced run\n{out}");
+    let steal = report["cpu"]["steal"].as_f64().expect("steal");
+    assert!((0.0..=1.0).contains(&steal), "{out}");
+    assert!(out.contains("  cpu                  ") && out.contains(" ms per 1k notifications (relay "), "{out}");
 
     run.assert_left_nothing().await;
 }
