@@ -24,7 +24,7 @@ BIN=target/release/notify-relay
 
 TARGETS=${TARGETS:-1 2 3 4 5 profile}
 want() { [[ " $TARGETS " == *" $1 "* ]]; }
-summary() { grep -E "end to end|latency|retention|table |RSS|duplicates" "$1" | sed 's/^/    /'; }
+summary() { grep -E "end to end|latency|retention|table |RSS|duplicates|^  cpu" "$1" | sed 's/^/    /'; }
 run() { # name, binary, loadgen args...
   local name=$1 bin=$2
   shift 2
@@ -92,6 +92,8 @@ fi
 if want 5; then
   echo "# target 5: 2,000/s single-row commits by pgbench for 60 s (producer sessions with synchronous_commit off)"
   PGOPTIONS="-c synchronous_commit=off" OUT="$OUT/latency" bench/latency/run.sh | tee "$OUT/latency.txt"
+  # The same pgbench load with no relay: the producer's own share of the run's Postgres CPU.
+  PGOPTIONS="-c synchronous_commit=off" NOTIFY_RELAY_BIN=$BIN bench/latency/producer-alone.sh | tee "$OUT/producer-alone.txt"
 fi
 
 if want profile; then

@@ -10,6 +10,7 @@
 #   RATE=200 SECONDS_PER_RUN=5 bench/latency/run.sh          # a quick look
 #   bench/latency/run.sh --relay-env NOTIFY__PROVIDERS__EXPO__FLUSH_AFTER_MS=1   # try a setting
 #   NOTIFY_RELAY_BIN=/tmp/notify-relay-before bench/latency/run.sh   # another build (no cargo build)
+#   bench/latency/producer-alone.sh                          # the same pgbench load, no relay
 #
 # The load of the machine is printed before and after: on a shared machine, compare runs made
 # back to back only.
