@@ -24,7 +24,7 @@ BIN=target/release/notify-relay
 
 TARGETS=${TARGETS:-1 2 3 4 5 profile}
 want() { [[ " $TARGETS " == *" $1 "* ]]; }
-summary() { grep -E "end to end|latency|retention|table |RSS|duplicates|^  cpu" "$1" | sed 's/^/    /'; }
+summary() { grep -E "end to end|latency|retention|table |RSS|duplicates|^  cpu" "$1" | grep -v '^{' | sed 's/^/    /'; }
 run() { # name, binary, loadgen args...
   local name=$1 bin=$2
   shift 2

@@ -15,6 +15,7 @@
 
 use std::collections::HashMap;
 use std::fmt;
+use std::time::Instant;
 
 /// Clock ticks per second of the times in `/proc/<pid>/stat` and `/proc/stat` (`USER_HZ`: 100
 /// on every architecture Linux runs these benchmarks on; the kernel converts to it).
@@ -27,6 +28,8 @@ pub struct CpuSample {
     pub parts: Vec<(&'static str, f64)>,
     /// `/proc/stat`'s first line: (steal, every state together) in ticks.
     pub machine: Option<(u64, u64)>,
+    /// When it was taken (None in tests that build samples by hand).
+    pub at: Option<Instant>,
 }
 
 /// What a run cost between two samples.
@@ -36,6 +39,10 @@ pub struct CpuReport {
     pub per_1k_ms: Vec<(&'static str, f64)>,
     /// Share of the machine's time the hypervisor gave to others (0..1).
     pub steal: Option<f64>,
+    /// Cores the parts kept busy on average (their CPU seconds over the seconds between the
+    /// samples), and the cores the machine has: how close the run came to saturating it.
+    pub cores_used: Option<f64>,
+    pub cores: usize,
 }
 
 /// Where each part's time is read.
@@ -64,23 +71,28 @@ impl CpuSample {
         add("postgres", parts.postgres_backend.and_then(postgres_secs));
         add("redis", redis_info_cpu.and_then(redis_secs));
         sample.machine = std::fs::read_to_string("/proc/stat").ok().as_deref().and_then(parse_machine);
+        sample.at = Some(Instant::now());
         sample
     }
 
     /// What happened between `self` (the earlier sample) and `later`, for `notifications`.
     pub fn until(&self, later: &CpuSample, notifications: u64) -> CpuReport {
         let before: HashMap<_, _> = self.parts.iter().copied().collect();
-        let per_1k = |secs: f64| secs * 1000.0 * 1000.0 / notifications.max(1) as f64;
-        let per_1k_ms = later
-            .parts
-            .iter()
-            .filter_map(|&(name, secs)| Some((name, per_1k((secs - before.get(name)?).max(0.0)))))
-            .collect();
+        let spent: Vec<(&'static str, f64)> =
+            later.parts.iter().filter_map(|&(name, secs)| Some((name, (secs - before.get(name)?).max(0.0)))).collect();
+        let per_1k_ms = spent.iter().map(|&(name, secs)| (name, secs * 1e6 / notifications.max(1) as f64)).collect();
+        let cores_used = match (self.at, later.at) {
+            (Some(t0), Some(t1)) if t1 > t0 => {
+                Some(spent.iter().map(|(_, secs)| secs).sum::<f64>() / t1.duration_since(t0).as_secs_f64())
+            }
+            _ => None,
+        };
         let steal = match (self.machine, later.machine) {
             (Some((s0, t0)), Some((s1, t1))) if t1 > t0 => Some(s1.saturating_sub(s0) as f64 / (t1 - t0) as f64),
             _ => None,
         };
-        CpuReport { per_1k_ms, steal }
+        let cores = std::thread::available_parallelism().map_or(1, usize::from);
+        CpuReport { per_1k_ms, steal, cores_used, cores }
     }
 }
 
@@ -94,7 +106,12 @@ impl CpuReport {
         let mut parts: serde_json::Map<String, serde_json::Value> =
             self.per_1k_ms.iter().map(|(name, ms)| (name.to_string(), round1(*ms).into())).collect();
         parts.insert("total".into(), round1(self.total_ms()).into());
-        serde_json::json!({ "per_1k_ms": parts, "steal": self.steal.map(|s| (s * 1000.0).round() / 1000.0) })
+        serde_json::json!({
+            "per_1k_ms": parts,
+            "steal": self.steal.map(|s| (s * 1000.0).round() / 1000.0),
+            "cores_used": self.cores_used.map(|c| (c * 100.0).round() / 100.0),
+            "cores": self.cores,
+        })
     }
 }
 
@@ -105,6 +122,9 @@ impl fmt::Display for CpuReport {
             write!(f, "{}{name} {ms:.0}", if i == 0 { "" } else { ", " })?;
         }
         write!(f, ")")?;
+        if let Some(used) = self.cores_used {
+            write!(f, "; {used:.2} of {} cores busy", self.cores)?;
+        }
         if let Some(steal) = self.steal {
             write!(f, "; steal {:.1} % of the machine", steal * 100.0)?;
         }
@@ -230,14 +250,23 @@ mod tests {
 
     #[test]
     fn each_part_is_charged_per_thousand_notifications_and_unread_parts_are_left_out() {
-        let before = CpuSample { parts: vec![("relay", 1.0), ("postgres", 10.0)], machine: None };
-        let after = CpuSample { parts: vec![("relay", 3.0), ("postgres", 16.0), ("redis", 4.0)], machine: None };
+        let t0 = Instant::now();
+        let before = CpuSample { parts: vec![("relay", 1.0), ("postgres", 10.0)], machine: None, at: Some(t0) };
+        let parts = vec![("relay", 3.0), ("postgres", 16.0), ("redis", 4.0)];
+        let after = CpuSample { parts, machine: None, at: Some(t0 + std::time::Duration::from_secs(4)) };
         let report = before.until(&after, 2_000);
         // 2 s of relay CPU for 2,000 notifications: 1,000 ms per 1,000.
         assert_eq!(report.per_1k_ms, vec![("relay", 1000.0), ("postgres", 3000.0)]);
         assert_eq!(report.total_ms(), 4000.0);
-        assert_eq!(report.to_string(), "4000 ms per 1k notifications (relay 1000, postgres 3000)");
+        // 8 CPU seconds in 4 s: two cores kept busy.
+        assert_eq!(report.cores_used, Some(2.0));
+        let cores = report.cores;
+        assert_eq!(
+            report.to_string(),
+            format!("4000 ms per 1k notifications (relay 1000, postgres 3000); 2.00 of {cores} cores busy")
+        );
         assert_eq!(report.to_json()["per_1k_ms"]["total"], 4000.0);
+        assert_eq!(report.to_json()["cores_used"], 2.0);
     }
 
     #[test]

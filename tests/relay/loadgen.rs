@@ -135,6 +135,8 @@ async fn a_paced_run_commits_in_batches_while_the_relay_delivers_and_leaves_noth
     assert!(cpu.get("pgbench").is_none(), "no pgbench in a loadgen-produced run\n{out}");
     let steal = report["cpu"]["steal"].as_f64().expect("steal");
     assert!((0.0..=1.0).contains(&steal), "{out}");
+    let busy = report["cpu"]["cores_used"].as_f64().expect("cores_used");
+    assert!(busy > 0.0 && report["cpu"]["cores"].as_u64().is_some_and(|c| c >= 1), "{out}");
     assert!(out.contains("  cpu                  ") && out.contains(" ms per 1k notifications (relay "), "{out}");
 
     run.assert_left_nothing().await;
