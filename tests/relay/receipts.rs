@@ -6,7 +6,7 @@ use crate::helpers::{
     add_users, eventually, notify_each_user, prepare, prepare_with, spawn_app, spawn_app_with, TestApp, ADMIN_TOKEN,
 };
 use notify_relay::startup::ProcessRoles;
-use notify_relay_engine::store::{DeliveredRow, OutcomeRows};
+use notify_relay_engine::store::{DeliveredRow, OutcomeRows, Store};
 use serde_json::json;
 use std::time::{Duration, SystemTime};
 use uuid::Uuid;
@@ -33,6 +33,19 @@ async fn wipe_redis(app: &TestApp) {
     if !keys.is_empty() {
         let _: () = redis::cmd("DEL").arg(&keys).query_async(&mut conn).await.unwrap();
     }
+}
+
+/// A relay without the scheduler role (so the test's own calls are the only receipt poller)
+/// that has delivered one notification to `user`'s Expo device: (app, its store, the
+/// notification, the device).
+async fn delivered_without_a_poller(user: &str, token: &str) -> (TestApp, Store, Uuid, Uuid) {
+    let mut app = prepare().await;
+    app.start_with(ProcessRoles::parse("listener,worker,api").unwrap()).await;
+    let device = app.add_device(user, "expo", token).await;
+    let id = app.notify(user, json!({"title": "delivered, its receipt due"})).await;
+    assert_eq!(app.final_status(id).await.0, "delivered");
+    let store = app.app.as_ref().expect("app running").store.clone();
+    (app, store, id, device)
 }
 
 #[actix_web::test]
@@ -126,13 +139,8 @@ async fn a_receipt_whose_write_postgres_refused_once_is_applied_later() {
 
 #[actix_web::test]
 async fn a_receipt_leased_by_a_poller_that_died_is_applied_once_the_lease_ran_out() {
-    let mut app = prepare().await;
     // No scheduler at first: the only poller is the test's, which dies holding the lease.
-    app.start_with(ProcessRoles::parse("listener,worker,api").unwrap()).await;
-    let device = app.add_device("xia", "expo", "ExponentPushToken[receiptgone-xia]").await;
-    let id = app.notify("xia", json!({"title": "leased, never asked"})).await;
-    assert_eq!(app.final_status(id).await.0, "delivered");
-    let store = app.app.as_ref().expect("app running").store.clone();
+    let (app, store, id, device) = delivered_without_a_poller("xia", "ExponentPushToken[receiptgone-xia]").await;
     // The outcome's update is not HOT (it changes the status and receipt_due_at, which indexes
     // name); the lease is (V9: a column no index names), and leaves both indexes alone.
     let hot_updates = "SELECT n_tup_hot_upd FROM pg_stat_user_tables WHERE relname = 'delivery'";
@@ -161,13 +169,7 @@ async fn a_receipt_leased_by_a_poller_that_died_is_applied_once_the_lease_ran_ou
 
 #[actix_web::test]
 async fn a_new_ticket_is_not_held_off_by_the_lease_taken_on_the_old_one() {
-    let mut app = prepare().await;
-    // No scheduler: the test's calls are the only poller.
-    app.start_with(ProcessRoles::parse("listener,worker,api").unwrap()).await;
-    let device = app.add_device("zoe", "expo", "ExponentPushToken[zoe]").await;
-    let id = app.notify("zoe", json!({"title": "sent, then sent again"})).await;
-    assert_eq!(app.final_status(id).await.0, "delivered");
-    let store = app.app.as_ref().expect("app running").store.clone();
+    let (app, store, id, device) = delivered_without_a_poller("zoe", "ExponentPushToken[zoe]").await;
     let old = eventually(Duration::from_secs(5), || async {
         let leased = store.lease_receipts(1000, Duration::from_secs(3600)).await.unwrap();
         (!leased.is_empty()).then_some(leased)
