@@ -137,8 +137,10 @@ fn round1(v: f64) -> f64 {
 }
 
 /// The fields of `/proc/<pid>/stat` used here, in ticks.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 struct Stat {
+    /// The command name (`comm`: `postgres` for every process of a Postgres server).
+    name: String,
     ppid: u32,
     utime: u64,
     stime: u64,
@@ -160,11 +162,14 @@ impl Stat {
 /// Parses a `/proc/<pid>/stat` line. The command name (field 2) is in parentheses and may hold
 /// spaces and parentheses itself: the fields that follow are counted from its last `)`.
 fn parse_stat(line: &str) -> Option<Stat> {
-    let rest = &line[line.rfind(')')? + 1..];
+    let (open, close) = (line.find('(')?, line.rfind(')')?);
+    let name = line.get(open + 1..close)?.to_string();
+    let rest = &line[close + 1..];
     // After the name: state (field 3), ppid (4), … utime (14), stime (15), cutime (16), cstime (17).
     let fields: Vec<&str> = rest.split_whitespace().collect();
     let field = |n: usize| fields.get(n - 3)?.parse::<u64>().ok();
     Some(Stat {
+        name,
         ppid: u32::try_from(field(4)?).ok()?,
         utime: field(14)?,
         stime: field(15)?,
@@ -184,8 +189,10 @@ fn read_stat_of(pid: &str) -> Option<Stat> {
 /// The whole server's CPU seconds: the postmaster (its own and its reaped children's) and every
 /// live child of it.
 fn postgres_secs(backend: u32) -> Option<f64> {
-    let postmaster = read_stat(backend)?.ppid;
-    let main = read_stat(postmaster)?;
+    // The pid came from the server: on another host it may name some process of this one.
+    let is_postgres = |s: &Stat| s.name == "postgres";
+    let postmaster = read_stat(backend).filter(is_postgres)?.ppid;
+    let main = read_stat(postmaster).filter(is_postgres)?;
     let mut secs = main.own_secs() + main.reaped_secs();
     for entry in std::fs::read_dir("/proc").ok()?.flatten() {
         let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else { continue };
@@ -222,7 +229,8 @@ mod tests {
     #[test]
     fn a_stat_line_is_read_after_the_last_parenthesis_of_the_command_name() {
         let line = "4242 (postgres: a (b) c) S 17 4242 4242 0 -1 4194560 5 0 0 0 150 30 7 3 20 0 1 0 100 0 0";
-        assert_eq!(parse_stat(line), Some(Stat { ppid: 17, utime: 150, stime: 30, cutime: 7, cstime: 3 }));
+        let stat = Stat { name: "postgres: a (b) c".into(), ppid: 17, utime: 150, stime: 30, cutime: 7, cstime: 3 };
+        assert_eq!(parse_stat(line), Some(stat));
         assert_eq!(parse_stat("garbage"), None);
         assert_eq!(parse_stat("1 (x) S 0 1"), None, "a line cut short");
     }
@@ -273,6 +281,8 @@ mod tests {
     fn this_process_and_its_postgres_less_self_can_be_read() {
         let own = read_stat_of("self").expect("/proc/self/stat");
         assert!(own.ppid > 0);
+        // A pid a remote server gave that names a local process other than Postgres: not read.
+        assert_eq!(postgres_secs(std::process::id()), None);
         let parts = Parts { relay: Some(std::process::id()), postgres_backend: None, pgbench: true };
         let sample = CpuSample::take(parts, None);
         let names: Vec<_> = sample.parts.iter().map(|(n, _)| *n).collect();

@@ -311,10 +311,39 @@ impl TestApp {
         sent.len() - unique.len()
     }
 
-    /// Waits until no notification is scheduled, pending, queued or retrying.
+    /// Waits until no notification is scheduled, pending, queued or retrying; on timeout the
+    /// failure names what is still open, with its targets.
     pub async fn all_final(&self, limit: Duration) {
         let open = "SELECT count(*) FROM notification WHERE status IN ('scheduled', 'pending', 'queued', 'retrying')";
-        self.wait_for_count(limit, open, |open| open == 0).await;
+        let deadline = std::time::Instant::now() + limit;
+        while self.count(open).await > 0 {
+            if std::time::Instant::now() >= deadline {
+                panic!("not every notification is final within {limit:?}; still open:\n{}", self.open_rows().await);
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+
+    /// Up to 20 open notifications, each with its targets' status, attempts and last error.
+    async fn open_rows(&self) -> String {
+        let rows = self
+            .db
+            .query(
+                "SELECT n.id::text || ' ' || n.status || ' attempts ' || n.attempt_count
+                        || coalesce(' error ' || n.last_error, '') || ': '
+                        || coalesce(string_agg(d.provider || ' ' || d.status || ' attempts ' || d.attempt_count
+                                               || coalesce(' next ' || d.next_attempt_at::text, '')
+                                               || coalesce(' error ' || d.last_error, ''), '; '), 'no targets')
+                   FROM notification n LEFT JOIN delivery d ON d.notification_id = n.id
+                  WHERE n.status IN ('scheduled', 'pending', 'queued', 'retrying')
+                  GROUP BY n.id ORDER BY n.created_at LIMIT 20",
+                &[],
+            )
+            .await;
+        match rows {
+            Ok(rows) => rows.iter().map(|r| r.get::<_, String>(0)).collect::<Vec<_>>().join("\n"),
+            Err(e) => format!("(could not read them: {e})"),
+        }
     }
 
     /// Waits, for up to `limit`, until the count `sql` returns satisfies `holds`.
