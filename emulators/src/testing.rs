@@ -78,17 +78,31 @@ async fn scan_page(
 }
 
 /// Polls `check` until it yields a value, failing the test after `limit`.
-pub async fn eventually<T, F, Fut>(limit: Duration, mut check: F) -> T
+pub async fn eventually<T, F, Fut>(limit: Duration, check: F) -> T
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Option<T>>,
+{
+    eventually_explained(limit, check, || async { String::new() }).await
+}
+
+/// [`eventually`], whose failure adds what `explain` finds at the deadline (the rows still
+/// open, say), so that a timeout names its cause.
+pub async fn eventually_explained<T, F, Fut, E, EFut>(limit: Duration, mut check: F, explain: E) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+    E: FnOnce() -> EFut,
+    EFut: Future<Output = String>,
 {
     let deadline = Instant::now() + limit;
     loop {
         if let Some(v) = check().await {
             return v;
         }
-        assert!(Instant::now() < deadline, "condition not reached within {limit:?}");
+        if Instant::now() >= deadline {
+            panic!("condition not reached within {limit:?}{}", explain().await);
+        }
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
 }
@@ -169,5 +183,29 @@ impl Drop for RelayProcess {
     fn drop(&mut self) {
         let _ = self.0.kill();
         let _ = self.0.wait();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[actix_rt::test]
+    #[should_panic(expected = "condition not reached within 50ms: 3 rows still open")]
+    async fn a_wait_that_times_out_says_what_explain_found() {
+        let explain = || async { ": 3 rows still open".to_string() };
+        eventually_explained(Duration::from_millis(50), || async { None::<()> }, explain).await;
+    }
+
+    #[actix_rt::test]
+    async fn a_wait_returns_what_the_check_yields_once_it_holds() {
+        let mut polls = 0;
+        let value = eventually(Duration::from_secs(5), || {
+            polls += 1;
+            let done = polls >= 3;
+            async move { done.then_some(polls) }
+        })
+        .await;
+        assert_eq!(value, 3);
     }
 }

@@ -16,7 +16,9 @@
 use emulators::expo::ExpoEmulator;
 // Shared with tests/providers.
 use emulators::testing::remove_keys;
-pub use emulators::testing::{eventually, redis_connection, until_redis_answers, RelayProcess, TempDir};
+pub use emulators::testing::{
+    eventually, eventually_explained, redis_connection, until_redis_answers, RelayProcess, TempDir,
+};
 use notify_relay::configuration::{Secret, Settings};
 use notify_relay::startup::{Application, ProcessRoles};
 use notify_relay_engine::clock::ManualClock;
@@ -315,13 +317,8 @@ impl TestApp {
     /// failure names what is still open, with its targets.
     pub async fn all_final(&self, limit: Duration) {
         let open = "SELECT count(*) FROM notification WHERE status IN ('scheduled', 'pending', 'queued', 'retrying')";
-        let deadline = std::time::Instant::now() + limit;
-        while self.count(open).await > 0 {
-            if std::time::Instant::now() >= deadline {
-                panic!("not every notification is final within {limit:?}; still open:\n{}", self.open_rows().await);
-            }
-            tokio::time::sleep(Duration::from_millis(25)).await;
-        }
+        let still_open = || async { format!(": notifications still open:\n{}", self.open_rows().await) };
+        eventually_explained(limit, || async { (self.count(open).await == 0).then_some(()) }, still_open).await;
     }
 
     /// Up to 20 open notifications, each with its targets' status, attempts and last error.
