@@ -39,8 +39,13 @@ VALUES ('loadgen-user-' || :u, 'loadgen',
         clock_timestamp());
 SQL
 
-# The postmaster: the first line of postmaster.pid in the server's data directory.
-postmaster=$(head -1 "$(q "$DB" "SHOW data_directory")/postmaster.pid")
+# The postmaster: the first line of postmaster.pid in the server's data directory, which only a
+# server on this machine has for us to read.
+pidfile="$(q "$DB" "SHOW data_directory")/postmaster.pid"
+postmaster=$(head -1 "$pidfile" 2>/dev/null) && [ -r "/proc/$postmaster/stat" ] || {
+  echo "producer-alone: cannot read $pidfile: the server's CPU is read from /proc, so it must run on this machine (and be readable by $(id -un))" >&2
+  exit 2
+}
 # CPU ticks (USER_HZ) of the server: the postmaster, what it reaped, and every live child.
 server_ticks() {
   local total=0 pid stat

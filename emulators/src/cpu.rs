@@ -10,7 +10,8 @@
 //! process (loadgen, the in-process emulator and the completion check), its reaped children
 //! (pgbench), and the Postgres server behind the run's database (the postmaster found as the
 //! parent of our own backend, with every child of it, and the time of the children it reaped).
-//! Redis is asked over its connection (`INFO cpu`), so a Redis elsewhere is measured too. A part
+//! Redis is asked over its connection (`INFO cpu`), so a Redis elsewhere is measured too (on a
+//! Cluster, only the node `redis.url` names: the others are not in the figure). A part
 //! that cannot be read (a Postgres on another host) is left out of the report, never guessed.
 
 use std::collections::HashMap;
