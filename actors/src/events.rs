@@ -19,7 +19,7 @@ pub const CIRCUIT_OPEN: &str = "CIRCUIT_OPEN";
 pub const CIRCUIT_HALF_OPEN: &str = "CIRCUIT_HALF_OPEN";
 pub const CIRCUIT_CLOSED: &str = "CIRCUIT_CLOSED";
 /// Rescheduled without spending an attempt (circuit open, rate limit, no free connection, a
-/// provider this worker does not have).
+/// provider this worker does not have, a copy read while its target's outcome is being stored).
 pub const DEFERRED: &str = "DEFERRED";
 pub const RETENTION_DELETED: &str = "RETENTION_DELETED";
 pub const RECEIPT_ERROR: &str = "RECEIPT_ERROR";

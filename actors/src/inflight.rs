@@ -9,12 +9,22 @@
 //! second copy of a target (a reclaimed entry and its re-enqueued twin) is not sent while the
 //! first is in flight, and the heartbeat keeps the entries of live sends from looking idle to
 //! the claim actor of another process (see [`crate::periodic::heartbeat`]).
+//!
+//! A target in flight is first being sent, then being recorded: from the moment the outcome
+//! writer starts storing its outcome until the outcome is stored. The two are told apart
+//! because a copy that turns up meanwhile means something different. While the target is
+//! being sent, a copy is a twin, and dropping it loses nothing, since the send in flight
+//! carries the target on (to delivered, a retry, or a dead letter). While it is being
+//! recorded, the copy may be that carrying-on itself: the retry the outcome writer has just
+//! written to the delayed set, moved back to the stream and read before the writer has
+//! finished (other shards' writes, a busy thread). Dropping it would lose the target until the
+//! sweep, so it is put back for later instead ([`Claim::BeingRecorded`]).
 
 use crate::job::EntryRef;
 use crate::store::Target;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, PoisonError};
 use tokio::sync::Notify;
 
 #[derive(Debug, Clone)]
@@ -27,7 +37,26 @@ struct Inner {
     capacity: usize,
     used: AtomicUsize,
     freed: Notify,
-    targets: Mutex<HashMap<Target, EntryRef>>,
+    targets: Mutex<HashMap<Target, Held>>,
+}
+
+/// A target in flight: the entry it was read from, and whether its outcome is being stored.
+#[derive(Debug)]
+struct Held {
+    entry: EntryRef,
+    recording: bool,
+}
+
+/// What [`InFlight::claim_target`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Claim {
+    /// The target was not in flight; now it is, from this entry: send it.
+    Claimed,
+    /// Another copy is being sent: this one is a twin, and is dropped.
+    BeingSent,
+    /// Another copy's outcome is being stored: this one may be the retry it scheduled, and is
+    /// put back for later.
+    BeingRecorded,
 }
 
 impl InFlight {
@@ -85,31 +114,44 @@ impl InFlight {
         self.inner.freed.notify_waiters();
     }
 
-    /// Marks a target as being sent by this process from `entry`; false if it already is.
-    pub fn claim_target(&self, target: Target, entry: &EntryRef) -> bool {
+    /// Marks a target as being sent by this process from `entry`, unless a copy of it already
+    /// is in flight here.
+    pub fn claim_target(&self, target: Target, entry: &EntryRef) -> Claim {
         use std::collections::hash_map::Entry;
-        match self.inner.targets.lock() {
-            Ok(mut t) => match t.entry(target) {
-                Entry::Occupied(_) => false,
-                Entry::Vacant(v) => {
-                    v.insert(entry.clone());
-                    true
-                }
-            },
-            Err(_) => true,
+        let mut targets = self.inner.targets.lock().unwrap_or_else(PoisonError::into_inner);
+        match targets.entry(target) {
+            Entry::Occupied(held) if held.get().recording => Claim::BeingRecorded,
+            Entry::Occupied(_) => Claim::BeingSent,
+            Entry::Vacant(v) => {
+                v.insert(Held { entry: entry.clone(), recording: false });
+                Claim::Claimed
+            }
         }
     }
 
-    /// The stream entries of the targets being sent right now.
-    pub fn entries(&self) -> Vec<EntryRef> {
-        self.inner.targets.lock().map(|t| t.values().cloned().collect()).unwrap_or_default()
+    /// The outcome writer starts storing the outcomes of these targets.
+    pub fn recording(&self, targets: impl Iterator<Item = Target>) {
+        let mut held = self.inner.targets.lock().unwrap_or_else(PoisonError::into_inner);
+        for target in targets {
+            if let Some(h) = held.get_mut(&target) {
+                h.recording = true;
+            }
+        }
     }
 
-    /// The outcomes of these targets are stored: they are no longer in flight.
-    pub fn release_targets(&self, targets: impl Iterator<Item = Target>) {
-        if let Ok(mut t) = self.inner.targets.lock() {
-            for target in targets {
-                t.remove(&target);
+    /// The stream entries of the targets in flight right now.
+    pub fn entries(&self) -> Vec<EntryRef> {
+        let held = self.inner.targets.lock().unwrap_or_else(PoisonError::into_inner);
+        held.values().map(|h| h.entry.clone()).collect()
+    }
+
+    /// The outcomes of these targets, read from these entries, are stored: they are no longer
+    /// in flight. A target held from another entry (a copy taken since) stays held.
+    pub fn release_targets<'a>(&self, targets: impl Iterator<Item = (Target, &'a EntryRef)>) {
+        let mut held = self.inner.targets.lock().unwrap_or_else(PoisonError::into_inner);
+        for (target, entry) in targets {
+            if held.get(&target).is_some_and(|h| h.entry == *entry) {
+                held.remove(&target);
             }
         }
     }
@@ -147,12 +189,28 @@ mod tests {
         let f = InFlight::new(4);
         let t = (uuid::Uuid::new_v4(), uuid::Uuid::new_v4());
         let (first, twin) = (EntryRef { shard: 0, id: "1-0".into() }, EntryRef { shard: 0, id: "2-0".into() });
-        assert!(f.claim_target(t, &first));
-        assert!(!f.claim_target(t, &twin), "a second copy is refused");
-        assert_eq!(f.entries(), vec![first], "the entry of the copy in flight");
-        f.release_targets(std::iter::once(t));
+        assert_eq!(f.claim_target(t, &first), Claim::Claimed);
+        assert_eq!(f.claim_target(t, &twin), Claim::BeingSent, "a second copy is refused");
+        assert_eq!(f.entries(), vec![first.clone()], "the entry of the copy in flight");
+        f.release_targets(std::iter::once((t, &twin)));
+        assert_eq!(f.entries(), vec![first.clone()], "released only from the entry that holds it");
+        f.release_targets(std::iter::once((t, &first)));
         assert!(f.entries().is_empty());
-        assert!(f.claim_target(t, &twin));
+        assert_eq!(f.claim_target(t, &twin), Claim::Claimed);
+    }
+
+    #[test]
+    fn a_copy_that_comes_while_the_outcome_is_stored_is_told_apart_from_a_twin() {
+        let f = InFlight::new(4);
+        let (t, other) = ((uuid::Uuid::new_v4(), uuid::Uuid::new_v4()), (uuid::Uuid::new_v4(), uuid::Uuid::new_v4()));
+        let (first, copy) = (EntryRef { shard: 0, id: "1-0".into() }, EntryRef { shard: 0, id: "2-0".into() });
+        assert_eq!(f.claim_target(t, &first), Claim::Claimed);
+        f.recording([t, other].into_iter());
+        assert_eq!(f.claim_target(t, &copy), Claim::BeingRecorded);
+        assert_eq!(f.claim_target(other, &copy), Claim::Claimed, "recording marks only targets in flight");
+        assert_eq!(f.entries().len(), 2, "a target being recorded is still in flight: its entry is kept alive");
+        f.release_targets(std::iter::once((t, &first)));
+        assert_eq!(f.claim_target(t, &copy), Claim::Claimed);
     }
 
     #[tokio::test(flavor = "current_thread")]

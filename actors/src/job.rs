@@ -337,6 +337,11 @@ pub enum Outcome {
     /// only the idempotency key knew it was delivered (Postgres lost that write, or has not
     /// stored it yet): mark the row delivered.
     Duplicate { delivery: Delivery, repair: bool },
+    /// Not sent now: another copy of the target is in flight here and its outcome is being
+    /// stored, and this copy may be the retry that outcome scheduled. Acknowledged and written
+    /// back to the delayed set, due `after` from now, unchanged and with nothing stored: when
+    /// it comes back, Postgres says whether anything is left to send.
+    PutBack { delivery: Delivery, after: std::time::Duration },
     /// Not sent because the target no longer stands: its device was removed, disabled or given
     /// to another user before the send, or its row is gone. Fails the target (if its row still
     /// exists) with `reason`; no dead letter, as there is nothing to send again.
@@ -355,6 +360,7 @@ impl Outcome {
         match self {
             Outcome::Sent { delivery, .. }
             | Outcome::Duplicate { delivery, .. }
+            | Outcome::PutBack { delivery, .. }
             | Outcome::Withdrawn { delivery, .. }
             | Outcome::Expired { delivery, .. } => &delivery.entry,
             Outcome::Poison { entry, .. } => entry,

@@ -78,7 +78,7 @@ pub mod fuzzing;
 #[doc(hidden)]
 pub mod parts {
     pub use crate::circuit::Circuit;
-    pub use crate::inflight::InFlight;
+    pub use crate::inflight::{Claim, InFlight};
     pub use crate::outcome::OutcomeWriter;
     pub use crate::pipeline::dispatcher::{Dispatcher, Handle, SenderPool};
     pub use crate::pipeline::sender::{SendGuards, SenderActor};

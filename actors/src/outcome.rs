@@ -13,7 +13,7 @@
 use crate::error::{EngineError, Result};
 use crate::events;
 use crate::inflight::InFlight;
-use crate::job::{expired_text, Outcome, Provider, SendResult};
+use crate::job::{expired_text, EntryRef, Outcome, Provider, SendResult};
 use crate::messages::{Flush, Record, Unwritten};
 use crate::relay::{DeadLetter, RedisWrites, Relay};
 use crate::retry::RetryPolicy;
@@ -92,6 +92,8 @@ impl OutcomeWriter {
         self.flushing = true;
         let take = self.buffer.len().min(self.max_batch);
         let batch: Vec<Outcome> = self.buffer.drain(..take).collect();
+        // From here a copy of these targets may be their retry, written before the write ends.
+        self.inflight.recording(batch.iter().filter_map(held_target).map(|(target, _)| target));
         // Kept for the one case the write cannot report on itself: a panic.
         let backup = batch.clone();
         let sink = Sink {
@@ -110,7 +112,7 @@ impl OutcomeWriter {
                        "event" => events::OUTCOME_REFUSED, "notification_id" => %target.0, "device_id" => %target.1,
                        "error" => why);
             }
-            act.inflight.release_targets(written.finished_targets.iter().copied());
+            act.inflight.release_targets(written.finished_targets.iter().map(|(target, entry)| (*target, entry)));
             act.inflight.release(written.stored.len());
             match written.unstored {
                 None => {
@@ -144,8 +146,9 @@ struct Written {
     /// The outcomes as stored (a refused one replaced by what was stored instead).
     stored: Vec<Outcome>,
     settled: Vec<Settled>,
-    /// Targets of stored `Sent` outcomes: no longer in flight in this process.
-    finished_targets: Vec<Target>,
+    /// Targets whose send (or wait for one) is over, and the entries they were read from: no
+    /// longer in flight in this process.
+    finished_targets: Vec<(Target, EntryRef)>,
     /// Outcomes Postgres refused to store, and why.
     refused: Vec<(Target, String)>,
     /// Outcomes not written because of this error (Postgres or Redis unreachable…).
@@ -165,7 +168,7 @@ impl Sink {
             let e = match self.write_part(&part).await {
                 Ok(settled) => {
                     w.settled.extend(settled);
-                    w.finished_targets.extend(part.iter().filter_map(sent_target));
+                    w.finished_targets.extend(part.iter().filter_map(held_target));
                     w.stored.extend(part);
                     continue;
                 }
@@ -191,7 +194,7 @@ impl Sink {
                     // Even the plainest record was refused: Postgres will not take anything for
                     // this target. Dead-letter the entry so the rest flows; the sweep finds
                     // the row again after `stale_after`.
-                    w.finished_targets.push(target);
+                    w.finished_targets.push((target, refused.entry().clone()));
                 }
             }
             parts.push((vec![instead_of_refused(refused, &why, replacement)], true));
@@ -220,6 +223,18 @@ impl Sink {
 fn sent_target(outcome: &Outcome) -> Option<Target> {
     match outcome {
         Outcome::Sent { delivery, .. } => Some(delivery.job.target()),
+        _ => None,
+    }
+}
+
+/// The target an outcome held in flight, with its entry: a send's (`Sent`, or `Expired` when
+/// it expired waiting in its sender or before its retry). The other outcomes are decided before
+/// a target is taken, and never held one.
+fn held_target(outcome: &Outcome) -> Option<(Target, EntryRef)> {
+    match outcome {
+        Outcome::Sent { delivery, .. } | Outcome::Expired { delivery, .. } => {
+            Some((delivery.job.target(), delivery.entry.clone()))
+        }
         _ => None,
     }
 }
@@ -298,6 +313,12 @@ impl Plan {
                         }
                     }
                     redis.tally.add(events::DUPLICATE_SKIPPED, None, 1);
+                    continue;
+                }
+                Outcome::PutBack { delivery, after } => {
+                    let job = &delivery.job;
+                    redis.retries.push((delivery.entry.shard, now + *after, job.clone()));
+                    redis.tally.add(events::DEFERRED, Some(job.provider.as_str()), 1);
                     continue;
                 }
                 Outcome::Withdrawn { delivery, reason } => {
@@ -464,6 +485,12 @@ fn log_outcomes(log: &Logger, batch: &[Outcome], settled: &[Settled], retry: &Re
                 info!(log, "already final, or a copy is being sent: acknowledged without sending"; "event" => events::DUPLICATE_SKIPPED,
                       "notification_id" => %j.notification_id, "trace_id" => &j.trace_id, "provider" => j.provider.as_str(),
                       "repaired" => *repair);
+            }
+            Outcome::PutBack { delivery, after } => {
+                let j = &delivery.job;
+                info!(log, "a copy of a target whose outcome is being stored: put back for later"; "event" => events::DEFERRED,
+                      "notification_id" => %j.notification_id, "trace_id" => &j.trace_id, "provider" => j.provider.as_str(),
+                      "attempt" => j.attempt, "after_ms" => after.as_millis() as u64);
             }
             Outcome::Expired { delivery, last_attempt } => {
                 let j = &delivery.job;

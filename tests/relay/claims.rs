@@ -124,7 +124,7 @@ impl notify_relay_engine::providers::ProviderClient for Unreachable {
 async fn a_dispatch_whose_sender_is_gone_gives_back_each_permit_and_target_exactly_once() {
     use actix::{Actor, Arbiter};
     use notify_relay_engine::job::{EntryRef, Provider};
-    use notify_relay_engine::parts::{Dispatcher, Handle, SenderPool};
+    use notify_relay_engine::parts::{Claim, Dispatcher, Handle, SenderPool};
     use notify_relay_engine::relay::Entry;
     use std::sync::Arc;
 
@@ -172,6 +172,7 @@ async fn a_dispatch_whose_sender_is_gone_gives_back_each_permit_and_target_exact
         store,
         inflight: inflight.clone(),
         elsewhere_after: Duration::from_secs(1),
+        put_back_after: Duration::from_secs(1),
         log,
     };
 
@@ -191,6 +192,10 @@ async fn a_dispatch_whose_sender_is_gone_gives_back_each_permit_and_target_exact
     // The duplicate's permit comes back from the writer, the unsendable one's from the dispatcher:
     // exactly the one held elsewhere is left.
     eventually(Duration::from_secs(10), || async { (inflight.used() == 1).then_some(()) }).await;
-    assert!(inflight.claim_target((to_send, device), &entry("3-0")), "the target is not left marked in flight");
+    assert_eq!(
+        inflight.claim_target((to_send, device), &entry("3-0")),
+        Claim::Claimed,
+        "the target is not left marked in flight"
+    );
     assert_eq!(inflight.used(), 1);
 }

@@ -1,6 +1,8 @@
 //! A redelivered entry is acknowledged without a second send.
 
-use crate::helpers::{eventually, spawn_app};
+use crate::helpers::{eventually, expo_job, prepare, spawn_app};
+use notify_relay_engine::job::EntryRef;
+use notify_relay_engine::parts::Claim;
 use serde_json::json;
 use std::time::Duration;
 
@@ -20,6 +22,60 @@ async fn the_same_entry_delivered_twice_is_sent_once() {
     assert_eq!(app.expo.sends_of(id, "ExponentPushToken[kim]"), 1);
     // The duplicate is acknowledged right after it is counted: wait for the ack.
     eventually(Duration::from_secs(10), || async { (app.pending_entries().await == 0).then_some(()) }).await;
+}
+
+#[actix_web::test]
+async fn a_copy_read_while_the_previous_attempt_is_being_stored_is_put_back_not_dropped() {
+    // The retry an outcome schedules can be moved back to the stream and read before the outcome
+    // writer has finished its batch (its other shards' writes, a thread the machine is slow to
+    // run): the target is still in flight here, its outcome being recorded. That copy is the
+    // target's only way on; dropping it as a twin left the row `retrying` until the sweep.
+    let mut app = prepare().await;
+    let token = "ExponentPushToken[mo]";
+    let (id, device) = app.queued_target("mo", token, &json!({}), 0).await;
+    app.start().await;
+    let inflight = app.app.as_ref().expect("running").engine.inflight().clone();
+    let earlier = EntryRef { shard: 0, id: "1-0".into() };
+    assert_eq!(inflight.claim_target((id, device), &earlier), Claim::Claimed);
+    inflight.recording(std::iter::once((id, device)));
+    let mut retry = expo_job(id, device, "mo", token, json!({"title": "again"}));
+    retry.attempt = 1;
+    app.enqueue(&retry).await;
+
+    // Put back for as long as the earlier attempt is being stored: neither sent nor dropped.
+    eventually(Duration::from_secs(10), || async { (app.redis_counter("DEFERRED").await >= 2).then_some(()) }).await;
+    assert_eq!(app.expo.sends_of(id, token), 0);
+    assert_eq!(app.redis_counter("DUPLICATE_SKIPPED").await, 0);
+    let (status, attempts): (String, i32) = {
+        let row = app.row("SELECT status, attempt_count FROM delivery WHERE notification_id = $1", &[&id]).await;
+        (row.get(0), row.get(1))
+    };
+    assert_eq!((status.as_str(), attempts), ("queued", 0), "putting back stores nothing");
+
+    // Stored: the copy goes on.
+    inflight.release_targets(std::iter::once(((id, device), &earlier)));
+    assert_eq!(app.final_status(id).await.0, "delivered");
+    assert_eq!(app.expo.sends_of(id, token), 1);
+}
+
+#[actix_web::test]
+async fn a_twin_read_while_its_target_is_being_sent_is_dropped() {
+    // A reclaimed entry and its re-enqueued copy: the send in flight carries the target on.
+    let mut app = prepare().await;
+    let token = "ExponentPushToken[ny]";
+    let (id, device) = app.queued_target("ny", token, &json!({}), 0).await;
+    app.start().await;
+    let inflight = app.app.as_ref().expect("running").engine.inflight().clone();
+    let earlier = EntryRef { shard: 0, id: "1-0".into() };
+    assert_eq!(inflight.claim_target((id, device), &earlier), Claim::Claimed);
+    app.enqueue(&expo_job(id, device, "ny", token, json!({"title": "twin"}))).await;
+
+    eventually(Duration::from_secs(10), || async { (app.redis_counter("DUPLICATE_SKIPPED").await == 1).then_some(()) })
+        .await;
+    eventually(Duration::from_secs(10), || async { (app.pending_entries().await == 0).then_some(()) }).await;
+    assert_eq!(app.stream_len().await, 0, "acknowledged and deleted, not put back");
+    assert_eq!(app.redis_counter("DEFERRED").await, 0);
+    assert_eq!(app.expo.sends_of(id, token), 0);
 }
 
 #[actix_web::test]

@@ -188,6 +188,30 @@ async fn an_expiry_that_passes_during_a_provider_outage_ends_expired_never_sent(
 }
 
 #[actix_web::test]
+async fn a_target_answered_after_its_expiry_ends_expired_and_is_no_longer_held_in_flight() {
+    // Sent in time, answered (rate limited) after `expires_at`: no retry, the target ends expired,
+    // and this process lets go of it (it was kept as in flight for ever, its entry refreshed by
+    // the heartbeat, one more for each such target).
+    let app = spawn_app().await;
+    app.add_device("fox", "expo", "ExponentPushToken[fox-ratelimited]").await;
+    app.expo.set_latency(Duration::from_millis(800));
+    let id = inserted(
+        &app,
+        "(user_id, type, payload, expires_at) VALUES ('fox', 't', '{}', now() + interval '300 milliseconds')",
+        &[],
+    )
+    .await;
+    assert_eq!(final_of(&app, id).await, "expired");
+    let error: String = app.one("SELECT last_error FROM delivery WHERE notification_id = $1", &[&id]).await;
+    assert!(error.contains("(last attempt: expo: MessageRateExceeded"), "the send was answered: {error}");
+    let engine = &app.app.as_ref().expect("running").engine;
+    eventually(Duration::from_secs(5), || async {
+        (engine.inflight().entries().is_empty() && engine.in_flight() == 0).then_some(())
+    })
+    .await;
+}
+
+#[actix_web::test]
 async fn rows_expired_before_they_are_fanned_out_end_expired_without_a_target() {
     let app = spawn_app().await;
     app.add_device("old", "expo", "ExponentPushToken[old]").await;

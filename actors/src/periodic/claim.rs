@@ -145,11 +145,8 @@ async fn retire(
         }
     };
     for delivery in fresh {
-        // A copy of this target is being sent right here: that copy's outcome will count.
-        if !inflight.claim_target(delivery.job.target(), &delivery.entry) {
-            done.push(Outcome::Duplicate { delivery, repair: false });
-            continue;
-        }
+        // A copy of this target is in flight right here: that copy's outcome will count.
+        let Some(delivery) = dispatcher.take(delivery, &mut done) else { continue };
         let job = &delivery.job;
         let times = found.iter().find(|(id, _)| *id == delivery.entry.id).map(|(_, t)| *t).unwrap_or(0);
         let error = format!(

@@ -13,8 +13,8 @@
 
 use crate::error::Result;
 use crate::events;
-use crate::inflight::InFlight;
-use crate::job::{Delivery, Outcome, Provider, SendResult};
+use crate::inflight::{Claim, InFlight};
+use crate::job::{Delivery, EntryRef, Outcome, Provider, SendResult};
 use crate::messages::{Deliver, Record};
 use crate::outcome::OutcomeWriter;
 use crate::pipeline::sender::SenderActor;
@@ -64,6 +64,8 @@ pub struct Dispatcher {
     /// How long an entry for a provider this process does not send through waits before it is
     /// read again (by any worker: another one may have it, e.g. during a rolling config change).
     pub elsewhere_after: Duration,
+    /// How long a copy put back while another copy's outcome is stored waits (`retry.base_ms`).
+    pub put_back_after: Duration,
     pub log: Logger,
 }
 
@@ -92,13 +94,11 @@ impl Dispatcher {
                 return Err(e);
             }
         };
-        // Not while another copy is being sent by this process.
-        let (fresh, busy): (Vec<_>, Vec<_>) =
-            fresh.into_iter().partition(|d| self.inflight.claim_target(d.job.target(), &d.entry));
-        done.extend(busy.into_iter().map(|delivery| Outcome::Duplicate { delivery, repair: false }));
+        // Not while another copy is in flight in this process.
+        let taken: Vec<Delivery> = fresh.into_iter().filter_map(|d| self.take(d, &mut done)).collect();
 
         let mut by_provider: HashMap<Provider, Vec<Delivery>> = HashMap::new();
-        for d in fresh {
+        for d in taken {
             info!(self.log, "dequeued"; "event" => events::DEQUEUE, "notification_id" => %d.job.notification_id,
                   "trace_id" => &d.job.trace_id, "provider" => d.job.provider.as_str(), "attempt" => d.job.attempt_number());
             by_provider.entry(d.job.provider).or_default().push(d);
@@ -110,7 +110,7 @@ impl Dispatcher {
                 // of the target's. It comes back, to any worker, until `retry.max_age_ms`.
                 warn!(self.log, "provider not enabled on this worker; deliveries deferred for another worker";
                       "event" => events::DEFERRED, "provider" => provider.as_str(), "count" => batch.len());
-                self.inflight.release_targets(batch.iter().map(|d| d.job.target()));
+                self.inflight.release_targets(batch.iter().map(|d| (d.job.target(), &d.entry)));
                 done.extend(batch.into_iter().map(|delivery| Outcome::Sent {
                     delivery,
                     result: SendResult::Deferred {
@@ -121,10 +121,10 @@ impl Dispatcher {
                 }));
                 continue;
             };
-            let targets: Vec<Target> = batch.iter().map(|d| d.job.target()).collect();
-            let size = targets.len();
+            let held: Vec<(Target, EntryRef)> = batch.iter().map(|d| (d.job.target(), d.entry.clone())).collect();
+            let size = held.len();
             if let Err(e) = pool.deliver(batch).await {
-                self.inflight.release_targets(targets.into_iter());
+                self.inflight.release_targets(held.iter().map(|(target, entry)| (*target, entry)));
                 self.inflight.release(size);
                 failure.get_or_insert(e);
             }
@@ -134,6 +134,20 @@ impl Dispatcher {
             Some(e) => Err(e),
             None => recorded,
         }
+    }
+
+    /// Takes `delivery`'s target for a send by this process and hands the delivery back; or,
+    /// when a copy of the target is in flight here already, adds this copy's outcome to `done`:
+    /// dropped while that copy is being sent (its send carries the target on), put back while
+    /// its outcome is being stored (this copy may be the retry that outcome has just
+    /// scheduled; see [`crate::inflight`]).
+    pub fn take(&self, delivery: Delivery, done: &mut Vec<Outcome>) -> Option<Delivery> {
+        match self.inflight.claim_target(delivery.job.target(), &delivery.entry) {
+            Claim::Claimed => return Some(delivery),
+            Claim::BeingSent => done.push(Outcome::Duplicate { delivery, repair: false }),
+            Claim::BeingRecorded => done.push(Outcome::PutBack { delivery, after: self.put_back_after }),
+        }
+        None
     }
 
     /// Sorts entries into what must be sent and what is decided without a send:

@@ -112,6 +112,7 @@ fn start_pipeline(
         store: deps.store.clone(),
         inflight: deps.inflight.clone(),
         elsewhere_after: settings.circuit.open,
+        put_back_after: settings.retry.base,
         log: deps.log.clone(),
     };
     (writer, dispatcher)
@@ -226,6 +227,12 @@ impl Engine {
 
     pub fn in_flight(&self) -> usize {
         self.inflight.used()
+    }
+
+    /// The deliveries in flight in this process: their permits, and the targets being sent or
+    /// recorded (`GET /admin/actors` shows the count; tests hold a target to stage a race).
+    pub fn inflight(&self) -> &InFlight {
+        &self.inflight
     }
 
     /// Graceful stop: no more reading or claiming; deliveries in flight get up to `grace` to
