@@ -88,6 +88,17 @@ async fn a_message_reaches_the_relay_with_from_to_subject_body_and_notification_
 }
 
 #[actix_web::test]
+async fn lines_that_start_with_a_dot_arrive_whole_and_a_lone_dot_does_not_end_the_message() {
+    let smtp = emulator(SmtpOptions::default()).await;
+    let body = "Agenda\r\n.\r\n..two dots\r\n.three\r\nend.";
+    let response = client(&smtp).send(&[job("cy@example.org", json!({"title": "T", "body": body}))]).await;
+
+    assert!(matches!(response.results[0], SendResult::Delivered { .. }), "{response:?}");
+    let text = smtp.received()[0].text();
+    assert!(text.contains(&format!("\r\n\r\n{body}\r\n")), "unstuffed as it was written, to its end: {text:?}");
+}
+
+#[actix_web::test]
 async fn an_html_payload_is_sent_as_the_alternative_to_the_text() {
     let smtp = emulator(SmtpOptions::default()).await;
 

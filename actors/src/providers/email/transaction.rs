@@ -83,7 +83,13 @@ impl Connection {
             self.smtp.abort().await;
             return Err(refused);
         }
-        match self.smtp.message(email).await {
+        // The message and its terminating dot in one write (lettre's `message` writes them
+        // apart: one more segment, and one more wake-up of the relay, for every message).
+        let sent = match std::str::from_utf8(email) {
+            Ok(text) => self.smtp.command(Body(text)).await,
+            Err(_) => self.smtp.message(email).await,
+        };
+        match sent {
             Ok(reply) => self.expect(reply, Severity::PositiveCompletion, "the message").await,
             Err(e) => {
                 self.smtp.abort().await;
@@ -177,6 +183,29 @@ impl fmt::Display for Group<'_> {
     }
 }
 
+/// A message as DATA sends it: every line that starts with a dot gets a second one (RFC 5321
+/// §4.5.2, as lettre's codec does it: a line starts after CRLF), then CRLF, dot, CRLF.
+struct Body<'a>(&'a str);
+
+impl fmt::Display for Body<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let text = self.0;
+        let mut from = 0;
+        let mut line_start = true;
+        let bytes = text.as_bytes();
+        for (i, &b) in bytes.iter().enumerate() {
+            if b == b'.' && line_start {
+                // Up to and with this dot, then the dot again.
+                f.write_str(&text[from..=i])?;
+                from = i;
+            }
+            line_start = b == b'\n' && i > 0 && bytes[i - 1] == b'\r';
+        }
+        f.write_str(&text[from..])?;
+        f.write_str("\r\n.\r\n")
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -193,6 +222,17 @@ mod tests {
         assert!(offers_pipelining(&ehlo(&["relay", "pipelining"])));
         assert!(!offers_pipelining(&ehlo(&["PIPELINING relay", "SIZE 1000"])), "the greeting line is a name");
         assert!(!offers_pipelining(&ehlo(&["relay", "XPIPELINING", "CHUNKING"])));
+    }
+
+    #[test]
+    fn the_body_doubles_each_dot_that_starts_a_line_and_ends_with_the_terminator() {
+        let body = |text: &str| Body(text).to_string();
+        assert_eq!(body("Hi\r\n"), "Hi\r\n\r\n.\r\n");
+        assert_eq!(body(".hidden\r\n..two\r\nmid.dle.\r\n.\r\n."), "..hidden\r\n...two\r\nmid.dle.\r\n..\r\n..\r\n.\r\n");
+        // A bare LF does not start a line (lettre's codec agrees): only CRLF does.
+        assert_eq!(body("a\n.b\r.c"), "a\n.b\r.c\r\n.\r\n");
+        assert_eq!(body(""), "\r\n.\r\n");
+        assert_eq!(body("é.\r\n.é"), "é.\r\n..é\r\n.\r\n", "multi-byte text is cut only at dots");
     }
 
     #[test]
