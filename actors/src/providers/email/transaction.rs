@@ -228,7 +228,10 @@ mod tests {
     fn the_body_doubles_each_dot_that_starts_a_line_and_ends_with_the_terminator() {
         let body = |text: &str| Body(text).to_string();
         assert_eq!(body("Hi\r\n"), "Hi\r\n\r\n.\r\n");
-        assert_eq!(body(".hidden\r\n..two\r\nmid.dle.\r\n.\r\n."), "..hidden\r\n...two\r\nmid.dle.\r\n..\r\n..\r\n.\r\n");
+        assert_eq!(
+            body(".hidden\r\n..two\r\nmid.dle.\r\n.\r\n."),
+            "..hidden\r\n...two\r\nmid.dle.\r\n..\r\n..\r\n.\r\n"
+        );
         // A bare LF does not start a line (lettre's codec agrees): only CRLF does.
         assert_eq!(body("a\n.b\r.c"), "a\n.b\r.c\r\n.\r\n");
         assert_eq!(body(""), "\r\n.\r\n");
