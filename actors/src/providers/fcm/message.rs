@@ -2,10 +2,97 @@
 
 use crate::job::{Job, Priority};
 use crate::providers::lifetime::Lifetime;
-use serde_json::{json, Map, Value};
+use serde::Serialize;
+use serde_json::Value;
+use std::borrow::Cow;
+use std::collections::BTreeMap;
 
 /// FCM's longest `android.ttl` (4 weeks, its default): it takes 0 to 2,419,200 seconds.
 pub const MAX_TTL_SECS: u64 = 2_419_200;
+
+/// The request body: `{"message": …}`.
+#[derive(Debug, Serialize)]
+pub struct Request<'a> {
+    pub message: Message<'a>,
+}
+
+/// An FCM v1 `Message`, borrowing from its job: serialized straight into the request body,
+/// with no JSON tree built first (one request per message makes this the hot path).
+#[derive(Debug, Serialize)]
+pub struct Message<'a> {
+    token: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    notification: Option<Notification<'a>>,
+    /// `map<string, string>`: string values as they are, others JSON-encoded.
+    data: BTreeMap<&'a str, Cow<'a, str>>,
+    android: Android<'a>,
+    #[serde(skip_serializing_if = "Apns::is_empty")]
+    apns: Apns<'a>,
+}
+
+#[derive(Debug, Serialize)]
+struct Notification<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    title: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    body: Option<&'a str>,
+}
+
+#[derive(Debug, Serialize)]
+struct Android<'a> {
+    priority: &'static str,
+    /// A protobuf Duration in JSON: whole seconds are enough, as the ttl is rounded down.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    ttl: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    collapse_key: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    notification: Option<AndroidNotification<'a>>,
+}
+
+#[derive(Debug, Serialize)]
+struct AndroidNotification<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    sound: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    channel_id: Option<&'a str>,
+}
+
+#[derive(Debug, Serialize)]
+struct Apns<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    headers: Option<ApnsHeaders<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    payload: Option<ApnsPayload<'a>>,
+}
+
+impl Apns<'_> {
+    fn is_empty(&self) -> bool {
+        self.headers.is_none() && self.payload.is_none()
+    }
+}
+
+/// `ApnsConfig.headers` is a map of strings.
+#[derive(Debug, Serialize)]
+struct ApnsHeaders<'a> {
+    #[serde(rename = "apns-expiration", skip_serializing_if = "Option::is_none")]
+    expiration: Option<String>,
+    #[serde(rename = "apns-collapse-id", skip_serializing_if = "Option::is_none")]
+    collapse_id: Option<&'a str>,
+}
+
+#[derive(Debug, Serialize)]
+struct ApnsPayload<'a> {
+    aps: Aps<'a>,
+}
+
+#[derive(Debug, Serialize)]
+struct Aps<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    sound: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    badge: Option<u64>,
+}
 
 /// The FCM v1 message for one job: `notification` from title/body, `data` with string values
 /// only (others are JSON-encoded) plus `notification_id`, android priority and ttl, and the
@@ -17,102 +104,69 @@ pub const MAX_TTL_SECS: u64 = 2_419_200;
 /// payload's own `ttl` when it gives one. Its `collapse_key` goes as `android.collapse_key` and
 /// `apns.headers["apns-collapse-id"]`. Without an expiry, the payload's `ttl` is sent as before
 /// (Android only) and FCM's defaults apply.
-pub fn message(job: &Job, now_ms: u64) -> Value {
-    let empty = Map::new();
-    let payload = job.payload.as_object().unwrap_or(&empty);
-    let text = |key: &str| payload.get(key).and_then(Value::as_str).map(str::to_string);
-    let mut msg = Map::new();
-    msg.insert("token".into(), json!(job.token));
-    let mut notification = Map::new();
-    for key in ["title", "body"] {
-        if let Some(v) = text(key) {
-            notification.insert(key.into(), json!(v));
-        }
-    }
-    if !notification.is_empty() {
-        msg.insert("notification".into(), Value::Object(notification));
-    }
-    let mut data = Map::new();
-    if let Some(Value::Object(d)) = payload.get("data") {
+pub fn message(job: &Job, now_ms: u64) -> Message<'_> {
+    let payload = job.payload.as_object();
+    let get = |key: &str| payload.and_then(|p| p.get(key));
+    let text = |key: &str| get(key).and_then(Value::as_str);
+
+    let (title, body) = (text("title"), text("body"));
+    let notification = (title.is_some() || body.is_some()).then_some(Notification { title, body });
+
+    let mut data: BTreeMap<&str, Cow<str>> = BTreeMap::new();
+    if let Some(Value::Object(d)) = get("data") {
         for (k, v) in d {
             let v = match v {
-                Value::String(s) => s.clone(),
-                other => other.to_string(),
+                Value::String(s) => Cow::Borrowed(s.as_str()),
+                other => Cow::Owned(other.to_string()),
             };
-            data.insert(k.clone(), Value::String(v));
+            data.insert(k.as_str(), v);
         }
     }
-    data.insert("notification_id".into(), Value::String(job.notification_id.to_string()));
-    msg.insert("data".into(), Value::Object(data));
+    data.insert("notification_id", Cow::Owned(job.notification_id.to_string()));
 
-    let mut android = Map::new();
-    let priority = match job.priority {
-        Priority::High => "HIGH",
-        Priority::Normal => "NORMAL",
-    };
-    android.insert("priority".into(), json!(priority));
-    let own_ttl = payload.get("ttl").and_then(Value::as_u64);
+    let own_ttl = get("ttl").and_then(Value::as_u64);
     let lifetime = Lifetime::of(job, now_ms);
     let ttl = match lifetime {
         Some(left) => Some(own_ttl.map_or(left.ttl_secs, |own| own.min(left.ttl_secs)).min(MAX_TTL_SECS)),
         None => own_ttl,
     };
-    if let Some(ttl) = ttl {
-        // A protobuf Duration in JSON: whole seconds are enough, as the ttl is rounded down.
-        android.insert("ttl".into(), json!(format!("{ttl}s")));
-    }
-    if let Some(key) = &job.collapse_key {
-        android.insert("collapse_key".into(), json!(key));
-    }
-    let mut android_notification = Map::new();
-    if let Some(sound) = text("sound") {
-        android_notification.insert("sound".into(), json!(sound));
-    }
-    if let Some(channel) = text("channelId") {
-        android_notification.insert("channel_id".into(), json!(channel));
-    }
-    if !android_notification.is_empty() {
-        android.insert("notification".into(), Value::Object(android_notification));
-    }
-    msg.insert("android".into(), Value::Object(android));
+    let sound = text("sound");
+    let channel_id = text("channelId");
+    let android = Android {
+        priority: match job.priority {
+            Priority::High => "HIGH",
+            Priority::Normal => "NORMAL",
+        },
+        ttl: ttl.map(|ttl| format!("{ttl}s")),
+        collapse_key: job.collapse_key.as_deref(),
+        notification: (sound.is_some() || channel_id.is_some()).then_some(AndroidNotification { sound, channel_id }),
+    };
 
-    let mut aps = Map::new();
-    if let Some(sound) = text("sound") {
-        aps.insert("sound".into(), json!(sound));
-    }
-    if let Some(badge) = payload.get("badge").and_then(Value::as_u64) {
-        aps.insert("badge".into(), json!(badge));
-    }
-    let mut headers = Map::new();
-    if let Some(left) = lifetime {
-        // Through FCM, APNs reads an absolute time: the payload's ttl counted from now, when
-        // shorter than what is left of the notification.
+    // Through FCM, APNs reads an absolute time: the payload's ttl counted from now, when
+    // shorter than what is left of the notification.
+    let expiration = lifetime.map(|left| {
         let own = own_ttl.map(|ttl| (now_ms / 1000).saturating_add(ttl));
-        let expiration = own.map_or(left.expires_secs, |own| own.min(left.expires_secs));
-        // `ApnsConfig.headers` is a map of strings.
-        headers.insert("apns-expiration".into(), json!(expiration.to_string()));
-    }
-    if let Some(key) = &job.collapse_key {
-        headers.insert("apns-collapse-id".into(), json!(key));
-    }
-    let mut apns = Map::new();
-    if !headers.is_empty() {
-        apns.insert("headers".into(), Value::Object(headers));
-    }
-    if !aps.is_empty() {
-        apns.insert("payload".into(), json!({ "aps": aps }));
-    }
-    if !apns.is_empty() {
-        msg.insert("apns".into(), Value::Object(apns));
-    }
-    Value::Object(msg)
+        own.map_or(left.expires_secs, |own| own.min(left.expires_secs)).to_string()
+    });
+    let collapse_id = job.collapse_key.as_deref();
+    let headers = (expiration.is_some() || collapse_id.is_some()).then_some(ApnsHeaders { expiration, collapse_id });
+    let badge = get("badge").and_then(Value::as_u64);
+    let payload = (sound.is_some() || badge.is_some()).then_some(ApnsPayload { aps: Aps { sound, badge } });
+
+    Message { token: &job.token, notification, data, android, apns: Apns { headers, payload } }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::job::Provider;
+    use serde_json::json;
     use uuid::Uuid;
+
+    /// The message as FCM reads it.
+    fn message(job: &Job, now_ms: u64) -> Value {
+        serde_json::to_value(super::message(job, now_ms)).expect("a message serializes")
+    }
 
     fn job(payload: Value, priority: Priority) -> Job {
         crate::providers::check::job(Provider::Fcm, "fcm-token", payload, priority)

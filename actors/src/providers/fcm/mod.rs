@@ -9,7 +9,7 @@ mod message;
 mod oauth;
 
 pub use classify::{classify, Classified, QUOTA_BACKOFF};
-pub use message::{message, MAX_TTL_SECS};
+pub use message::{message, Message, Request, MAX_TTL_SECS};
 pub use oauth::{
     token_answer, ServiceAccount, ServiceAccountError, TokenError, TokenSource, DEFAULT_TOKEN_URI, FAILURE_MEMORY,
     MAX_TOKEN_LIFETIME, REFRESH_BEFORE, SCOPE,
@@ -23,7 +23,6 @@ use crate::secret::Secret;
 use crate::settings::rules::{file_or_inline, http_url, millis, within_ms, SettingsError};
 use futures_util::future::LocalBoxFuture;
 use serde::{Deserialize, Serialize};
-use serde_json::json;
 use std::path::PathBuf;
 use std::rc::Rc;
 use std::sync::Arc;
@@ -182,7 +181,7 @@ async fn send_one(shared: Rc<Shared>, i: usize) -> (SendResult, Health) {
     let (http, url, tokens, job) = (&shared.http, &shared.url, &shared.tokens, &shared.jobs[i]);
     // The lifetime left is read on the token source's clock (a test's `ManualClock`).
     let now_ms = super::lifetime::now_ms(tokens.clock());
-    let body = match serde_json::to_vec(&json!({ "message": message(job, now_ms) })) {
+    let body = match serde_json::to_vec(&Request { message: message(job, now_ms) }) {
         Ok(body) if payload_bytes(&body, &job.token) > MAX_PAYLOAD_BYTES => {
             let size = payload_bytes(&body, &job.token);
             let error = format!("fcm: payload too large: {size} bytes (limit {MAX_PAYLOAD_BYTES})");
@@ -256,6 +255,7 @@ pub(crate) fn snippet(body: &[u8]) -> String {
 mod tests {
     use super::*;
     use crate::job::Priority;
+    use serde_json::json;
 
     /// A client whose FCM and token endpoint are a closed port: nothing it builds is sent.
     fn client(timeout: Duration) -> FcmClient {
