@@ -1,10 +1,11 @@
 //! A redelivered entry is acknowledged without a second send.
 
-use crate::helpers::{eventually, expo_job, prepare, spawn_app};
+use crate::helpers::{eventually, expo_job, prepare, spawn_app, TestApp};
 use notify_relay_engine::job::EntryRef;
-use notify_relay_engine::parts::Claim;
+use notify_relay_engine::parts::{Claim, InFlight};
 use serde_json::json;
 use std::time::Duration;
+use uuid::Uuid;
 
 #[actix_web::test]
 async fn the_same_entry_delivered_twice_is_sent_once() {
@@ -24,19 +25,27 @@ async fn the_same_entry_delivered_twice_is_sent_once() {
     eventually(Duration::from_secs(10), || async { (app.pending_entries().await == 0).then_some(()) }).await;
 }
 
+/// A started app with `user`'s queued target held in its in-flight set, as if a copy read from
+/// entry `1-0` were being sent: the app, the set, the target, its token and that entry.
+async fn held_in_flight(user: &str) -> (TestApp, InFlight, (Uuid, Uuid), String, EntryRef) {
+    let mut app = prepare().await;
+    let token = format!("ExponentPushToken[{user}]");
+    let target = app.queued_target(user, &token, &json!({}), 0).await;
+    app.start().await;
+    let inflight = app.app.as_ref().expect("running").engine.inflight().clone();
+    let earlier = EntryRef { shard: 0, id: "1-0".into() };
+    assert_eq!(inflight.claim_target(target, &earlier), Claim::Claimed);
+    (app, inflight, target, token, earlier)
+}
+
 #[actix_web::test]
 async fn a_copy_read_while_the_previous_attempt_is_being_stored_is_put_back_not_dropped() {
     // The retry an outcome schedules can be moved back to the stream and read before the outcome
     // writer has finished its batch (its other shards' writes, a thread the machine is slow to
     // run): the target is still in flight here, its outcome being recorded. That copy is the
     // target's only way on; dropping it as a twin left the row `retrying` until the sweep.
-    let mut app = prepare().await;
-    let token = "ExponentPushToken[mo]";
-    let (id, device) = app.queued_target("mo", token, &json!({}), 0).await;
-    app.start().await;
-    let inflight = app.app.as_ref().expect("running").engine.inflight().clone();
-    let earlier = EntryRef { shard: 0, id: "1-0".into() };
-    assert_eq!(inflight.claim_target((id, device), &earlier), Claim::Claimed);
+    let (app, inflight, (id, device), token, earlier) = held_in_flight("mo").await;
+    let token = token.as_str();
     inflight.recording(std::iter::once((id, device)));
     let mut retry = expo_job(id, device, "mo", token, json!({"title": "again"}));
     retry.attempt = 1;
@@ -61,13 +70,8 @@ async fn a_copy_read_while_the_previous_attempt_is_being_stored_is_put_back_not_
 #[actix_web::test]
 async fn a_twin_read_while_its_target_is_being_sent_is_dropped() {
     // A reclaimed entry and its re-enqueued copy: the send in flight carries the target on.
-    let mut app = prepare().await;
-    let token = "ExponentPushToken[ny]";
-    let (id, device) = app.queued_target("ny", token, &json!({}), 0).await;
-    app.start().await;
-    let inflight = app.app.as_ref().expect("running").engine.inflight().clone();
-    let earlier = EntryRef { shard: 0, id: "1-0".into() };
-    assert_eq!(inflight.claim_target((id, device), &earlier), Claim::Claimed);
+    let (app, _inflight, (id, device), token, _) = held_in_flight("ny").await;
+    let token = token.as_str();
     app.enqueue(&expo_job(id, device, "ny", token, json!({"title": "twin"}))).await;
 
     eventually(Duration::from_secs(10), || async { (app.redis_counter("DUPLICATE_SKIPPED").await == 1).then_some(()) })
