@@ -129,11 +129,12 @@ impl InFlight {
         }
     }
 
-    /// The outcome writer starts storing the outcomes of these targets.
-    pub fn recording(&self, targets: impl Iterator<Item = Target>) {
+    /// The outcome writer starts storing the outcomes of these targets, read from these
+    /// entries. A target held from another entry (a copy taken since) stays being sent.
+    pub fn recording<'a>(&self, targets: impl Iterator<Item = (Target, &'a EntryRef)>) {
         let mut held = self.inner.targets.lock().unwrap_or_else(PoisonError::into_inner);
-        for target in targets {
-            if let Some(h) = held.get_mut(&target) {
+        for (target, entry) in targets {
+            if let Some(h) = held.get_mut(&target).filter(|h| h.entry == *entry) {
                 h.recording = true;
             }
         }
@@ -205,7 +206,9 @@ mod tests {
         let (t, other) = ((uuid::Uuid::new_v4(), uuid::Uuid::new_v4()), (uuid::Uuid::new_v4(), uuid::Uuid::new_v4()));
         let (first, copy) = (EntryRef { shard: 0, id: "1-0".into() }, EntryRef { shard: 0, id: "2-0".into() });
         assert_eq!(f.claim_target(t, &first), Claim::Claimed);
-        f.recording([t, other].into_iter());
+        f.recording([(t, &copy), (other, &first)].into_iter());
+        assert_eq!(f.claim_target(t, &copy), Claim::BeingSent, "only the outcome of the entry that holds it counts");
+        f.recording([(t, &first), (other, &first)].into_iter());
         assert_eq!(f.claim_target(t, &copy), Claim::BeingRecorded);
         assert_eq!(f.claim_target(other, &copy), Claim::Claimed, "recording marks only targets in flight");
         assert_eq!(f.entries().len(), 2, "a target being recorded is still in flight: its entry is kept alive");

@@ -93,7 +93,7 @@ impl OutcomeWriter {
         let take = self.buffer.len().min(self.max_batch);
         let batch: Vec<Outcome> = self.buffer.drain(..take).collect();
         // From here a copy of these targets may be their retry, written before the write ends.
-        self.inflight.recording(batch.iter().filter_map(held_target).map(|(target, _)| target));
+        self.inflight.recording(batch.iter().filter_map(held_target));
         // Kept for the one case the write cannot report on itself: a panic.
         let backup = batch.clone();
         let sink = Sink {
@@ -168,7 +168,8 @@ impl Sink {
             let e = match self.write_part(&part).await {
                 Ok(settled) => {
                     w.settled.extend(settled);
-                    w.finished_targets.extend(part.iter().filter_map(held_target));
+                    w.finished_targets
+                        .extend(part.iter().filter_map(held_target).map(|(target, entry)| (target, entry.clone())));
                     w.stored.extend(part);
                     continue;
                 }
@@ -230,10 +231,10 @@ fn sent_target(outcome: &Outcome) -> Option<Target> {
 /// The target an outcome held in flight, with its entry: a send's (`Sent`, or `Expired` when
 /// it expired waiting in its sender or before its retry). The other outcomes are decided before
 /// a target is taken, and never held one.
-fn held_target(outcome: &Outcome) -> Option<(Target, EntryRef)> {
+fn held_target(outcome: &Outcome) -> Option<(Target, &EntryRef)> {
     match outcome {
         Outcome::Sent { delivery, .. } | Outcome::Expired { delivery, .. } => {
-            Some((delivery.job.target(), delivery.entry.clone()))
+            Some((delivery.job.target(), &delivery.entry))
         }
         _ => None,
     }

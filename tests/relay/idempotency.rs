@@ -46,7 +46,7 @@ async fn a_copy_read_while_the_previous_attempt_is_being_stored_is_put_back_not_
     // target's only way on; dropping it as a twin left the row `retrying` until the sweep.
     let (app, inflight, (id, device), token, earlier) = held_in_flight("mo").await;
     let token = token.as_str();
-    inflight.recording(std::iter::once((id, device)));
+    inflight.recording(std::iter::once(((id, device), &earlier)));
     let mut retry = expo_job(id, device, "mo", token, json!({"title": "again"}));
     retry.attempt = 1;
     app.enqueue(&retry).await;

@@ -145,7 +145,7 @@ async fn retire(
         }
     };
     for delivery in fresh {
-        // A copy of this target is in flight right here: that copy's outcome will count.
+        // A copy of this target in flight right here: dropped, or put back (Dispatcher::take).
         let Some(delivery) = dispatcher.take(delivery, &mut done) else { continue };
         let job = &delivery.job;
         let times = found.iter().find(|(id, _)| *id == delivery.entry.id).map(|(_, t)| *t).unwrap_or(0);

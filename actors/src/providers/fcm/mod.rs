@@ -9,7 +9,8 @@ mod message;
 mod oauth;
 
 pub use classify::{classify, Classified, QUOTA_BACKOFF};
-pub use message::{message, Message, Request, MAX_TTL_SECS};
+use message::Request;
+pub use message::{message, MAX_TTL_SECS};
 pub use oauth::{
     token_answer, ServiceAccount, ServiceAccountError, TokenError, TokenSource, DEFAULT_TOKEN_URI, FAILURE_MEMORY,
     MAX_TOKEN_LIFETIME, REFRESH_BEFORE, SCOPE,
