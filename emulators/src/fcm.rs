@@ -26,7 +26,10 @@
 //! as a whole (401 and 403 without `code` carry no FcmError; 429 and 503 carry `Retry-After: 1`
 //! unless `"retry_after_secs"` says otherwise); `POST /__emulator/fail-token` the
 //! same for the token endpoint; `POST /__emulator/revoke` invalidates every access token issued;
-//! `GET /__emulator/stats`.
+//! `GET /__emulator/stats` counts `sent`, `requests`, `http2_requests` and `token_requests`.
+//!
+//! It speaks plain HTTP: HTTP/1.1, or HTTP/2 with prior knowledge (h2c), which is what the
+//! relay's client speaks to an `http://` base URL (Google serves HTTP/2 over TLS).
 
 use crate::failure::{FailPlan, Failure};
 use crate::http::{Failing, Server};
@@ -90,6 +93,8 @@ struct State {
     url: String,
     sent: Vec<Sent>,
     requests: usize,
+    /// Send requests that came over HTTP/2.
+    http2_requests: usize,
     token_requests: usize,
     /// Access token → when it expires.
     tokens: HashMap<String, Instant>,
@@ -118,6 +123,7 @@ impl FcmEmulator {
             url: String::new(),
             sent: Vec::new(),
             requests: 0,
+            http2_requests: 0,
             token_requests: 0,
             tokens: HashMap::new(),
             token_lifetime: Duration::from_secs(3599),
@@ -182,6 +188,17 @@ impl FcmEmulator {
     /// Send requests received (any outcome).
     pub fn requests(&self) -> usize {
         self.server.with(|s| s.requests)
+    }
+
+    /// Send requests that came over HTTP/2 (h2c: the relay's client speaks it to an `http://`
+    /// URL).
+    pub fn http2_requests(&self) -> usize {
+        self.server.with(|s| s.http2_requests)
+    }
+
+    /// TCP connections accepted (sends, token requests and admin calls alike).
+    pub fn connections(&self) -> usize {
+        self.server.connections()
     }
 
     /// Token requests received (any outcome).
@@ -410,6 +427,9 @@ async fn send(
         return fcm_error(500, Some("INTERNAL"), "emulator state poisoned", false);
     };
     state.requests += 1;
+    if req.version() == actix_web::http::Version::HTTP_2 {
+        state.http2_requests += 1;
+    }
     if let Some(plan) = state.fail.strike() {
         return injected(plan.status, plan.code.as_deref(), plan.retry_after_secs);
     }
@@ -537,7 +557,14 @@ async fn revoke(state: web::Data<Mutex<State>>) -> HttpResponse {
 async fn stats(state: web::Data<Mutex<State>>) -> HttpResponse {
     let body = state
         .lock()
-        .map(|s| json!({"sent": s.sent.len(), "requests": s.requests, "token_requests": s.token_requests}))
+        .map(|s| {
+            json!({
+                "sent": s.sent.len(),
+                "requests": s.requests,
+                "http2_requests": s.http2_requests,
+                "token_requests": s.token_requests,
+            })
+        })
         .unwrap_or_default();
     HttpResponse::Ok().json(body)
 }

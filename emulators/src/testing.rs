@@ -4,7 +4,12 @@
 //! job to hand a provider client directly, and a Redis connection patient enough for a loaded
 //! machine. Test support: the waits panic when the test fails. `redis_connection`,
 //! `remove_keys` and `count_keys` return errors instead, and `loadgen` uses them to clean up after
-//! a run.
+//! a run. `Proxy` stands for a dead route: a loopback TCP proxy that can blackhole what it
+//! carries.
+
+mod proxy;
+
+pub use proxy::Proxy;
 
 use notify_relay_engine::job::{Job, Priority, Provider};
 use serde_json::Value;

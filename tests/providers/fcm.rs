@@ -3,11 +3,11 @@
 //! the whole relay is `tests/relay/fcm.rs`.
 
 use emulators::fcm::FcmEmulator;
-use emulators::testing::client_job;
+use emulators::testing::{client_job, eventually, Proxy};
 use notify_relay_engine::clock::ManualClock;
 use notify_relay_engine::job::{Job, Priority, Provider, SendResult};
 use notify_relay_engine::providers::fcm::{
-    Classified, FcmClient, ServiceAccount, TokenSource, FAILURE_MEMORY, QUOTA_BACKOFF, REFRESH_BEFORE,
+    tls_config, Classified, FcmClient, ServiceAccount, TokenSource, FAILURE_MEMORY, QUOTA_BACKOFF, REFRESH_BEFORE,
 };
 use notify_relay_engine::providers::ProviderClient;
 use notify_relay_engine::settings::{FcmSettings, Secret};
@@ -46,7 +46,7 @@ async fn fixture() -> Fixture {
     let account = ServiceAccount::from_json(&emulator.service_account_json()).expect("emulator service account");
     let settings = settings(emulator.url(), &emulator.service_account_json());
     let tokens = Arc::new(TokenSource::with_clock(account, clock.shared()).expect("token source"));
-    let client = FcmClient::new(&settings, tokens.clone());
+    let client = FcmClient::new(&settings, tokens.clone(), tls_config().expect("tls"));
     Fixture { emulator, client, tokens, clock }
 }
 
@@ -187,7 +187,7 @@ async fn a_bad_signing_key_is_refused_by_the_token_endpoint() {
     account.private_key = include_str!("fixtures/other-rsa-key.pem").to_string();
     let tokens = Arc::new(TokenSource::new(account).unwrap());
     let settings = settings(f.emulator.url(), &f.emulator.service_account_json());
-    let client = FcmClient::new(&settings, tokens);
+    let client = FcmClient::new(&settings, tokens, tls_config().expect("tls"));
     let response = client.send(&[job("device", json!({}))]).await;
     assert!(
         matches!(&response.results[0], SendResult::Auth { error } if error.contains("invalid_grant")),
@@ -240,7 +240,7 @@ async fn a_token_fcm_judges_expired_is_refused_and_replaced_once() {
     let account = ServiceAccount::from_json(&f.emulator.service_account_json()).expect("service account");
     let tokens = Arc::new(TokenSource::new(account).expect("token source"));
     let settings = settings(f.emulator.url(), &f.emulator.service_account_json());
-    let client = FcmClient::new(&settings, tokens.clone());
+    let client = FcmClient::new(&settings, tokens.clone(), tls_config().expect("tls"));
     assert!(matches!(client.send(&[job("device", json!({}))]).await.results[0], SendResult::Delivered { .. }));
 
     f.clock.advance(Duration::from_secs(3600));
@@ -269,10 +269,60 @@ async fn an_unreachable_fcm_is_an_outage() {
     // The same (cached) access token, but nothing listens where the sends go.
     let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
     let settings = settings(format!("http://{closed}"), &f.emulator.service_account_json());
-    let client = FcmClient::new(&settings, f.tokens.clone());
+    let client = FcmClient::new(&settings, f.tokens.clone(), tls_config().expect("tls"));
     let response = client.send(&[job("device", json!({}))]).await;
     assert!(matches!(response.results[0], SendResult::Retry { .. }), "{:?}", response.results);
     assert!(matches!(response.health, Health::Outage(_)));
+    f.emulator.stop().await;
+}
+
+/// A client for the fixture's emulator whose sends go through a loopback proxy (the token
+/// endpoint is still reached directly), with `timeout`.
+async fn behind_a_proxy(f: &Fixture, timeout: Duration) -> (Proxy, FcmClient) {
+    let proxy = Proxy::start(f.emulator.addr.to_string()).await;
+    let mut settings = settings(format!("http://{}", proxy.addr), &f.emulator.service_account_json());
+    settings.timeout = timeout;
+    (proxy, FcmClient::new(&settings, f.tokens.clone(), tls_config().expect("tls")))
+}
+
+#[actix_web::test]
+async fn fcm_a_batch_goes_as_concurrent_streams_of_one_http2_connection_kept_for_the_next() {
+    let f = fixture().await;
+    let (proxy, client) = behind_a_proxy(&f, Duration::from_secs(2)).await;
+    let jobs: Vec<Job> = (0..50).map(|i| job(&format!("device-{i}"), json!({"title": "Hi"}))).collect();
+
+    for round in 1..=2 {
+        let response = client.send(&jobs).await;
+        assert_eq!(response.health, Health::Up);
+        assert!(response.results.iter().all(|r| matches!(r, SendResult::Delivered { .. })), "{response:?}");
+        assert_eq!(f.emulator.http2_requests(), 50 * round, "every request came over HTTP/2");
+    }
+    assert_eq!(proxy.connections(), 1, "100 messages in two batches, one connection");
+    f.emulator.stop().await;
+}
+
+#[actix_web::test]
+async fn fcm_a_connection_that_stops_answering_is_given_up_and_the_next_send_opens_a_new_one() {
+    let f = fixture().await;
+    let (proxy, client) = behind_a_proxy(&f, Duration::from_millis(300)).await;
+    assert!(matches!(client.send(&[job("device", json!({}))]).await.results[0], SendResult::Delivered { .. }));
+    // The route dies without a word: the open connection forwards nothing, new ones pass.
+    proxy.blackhole();
+
+    let response = client.send(&[job("device", json!({}))]).await;
+    assert_eq!(response.results[0].error(), Some("fcm: request failed: no answer within 300ms"));
+    assert!(matches!(response.health, Health::Outage(_)), "{:?}", response.health);
+
+    // The unanswered request had the connection PINGed; once the PING goes unanswered too, the
+    // next send opens a new connection (without the check, every send would time out on the
+    // dead one until the kernel gave up on it, a quarter of an hour later).
+    let delivered = eventually(Duration::from_secs(10), || async {
+        let response = client.send(&[job("device", json!({}))]).await;
+        matches!(response.results[0], SendResult::Delivered { .. }).then_some(response)
+    })
+    .await;
+    assert_eq!(delivered.health, Health::Up);
+    assert_eq!(proxy.connections(), 2);
     f.emulator.stop().await;
 }
 

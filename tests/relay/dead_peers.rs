@@ -8,91 +8,9 @@
 use crate::helpers::{
     add_users, base_database_url, eventually, insert_bulk, prepare, redis_url, spawn_app_with, TestApp,
 };
+use emulators::testing::Proxy;
 use notify_relay::configuration::Secret;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::task::AbortHandle;
-
-/// A TCP proxy on loopback that can blackhole the connections it carries. Its tasks, and with
-/// them every socket it holds, end when it is dropped.
-struct Proxy {
-    addr: String,
-    state: Arc<ProxyState>,
-}
-
-#[derive(Default)]
-struct ProxyState {
-    /// Connections accepted so far; each is numbered in order.
-    accepted: AtomicU64,
-    /// Connections numbered below this are blackholed.
-    cutoff: AtomicU64,
-    tasks: Mutex<Vec<AbortHandle>>,
-}
-
-impl Proxy {
-    async fn start(upstream: String) -> Proxy {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind the proxy");
-        let addr = listener.local_addr().expect("proxy address").to_string();
-        let state = Arc::new(ProxyState::default());
-        let shared = state.clone();
-        let accept = actix_rt::spawn(async move {
-            while let Ok((client, _)) = listener.accept().await {
-                let Ok(server) = TcpStream::connect(&upstream).await else { continue };
-                let number = shared.accepted.fetch_add(1, Ordering::SeqCst);
-                let (client_read, client_write) = client.into_split();
-                let (server_read, server_write) = server.into_split();
-                for (from, to) in [(client_read, server_write), (server_read, client_write)] {
-                    let pump = actix_rt::spawn(pump(from, to, number, shared.clone()));
-                    shared.tasks.lock().unwrap().push(pump.abort_handle());
-                }
-            }
-        });
-        state.tasks.lock().unwrap().push(accept.abort_handle());
-        Proxy { addr, state }
-    }
-
-    /// Every connection open now stops forwarding; new ones pass.
-    fn blackhole(&self) {
-        self.state.cutoff.store(self.state.accepted.load(Ordering::SeqCst), Ordering::SeqCst);
-    }
-
-    fn connections(&self) -> u64 {
-        self.state.accepted.load(Ordering::SeqCst)
-    }
-}
-
-impl Drop for Proxy {
-    fn drop(&mut self) {
-        for task in self.state.tasks.lock().unwrap().drain(..) {
-            task.abort();
-        }
-    }
-}
-
-/// Copies bytes one way. A blackholed connection keeps reading (its peer's writes succeed, as
-/// they would towards a live kernel) and forwards nothing. When a side closes, the other is
-/// closed too: the server behind the proxy is the one that new connections reach, and a session
-/// left open there would hold its locks for ever (the old primary of a real failover is gone,
-/// and its locks with it).
-async fn pump(mut from: OwnedReadHalf, mut to: OwnedWriteHalf, number: u64, state: Arc<ProxyState>) {
-    let mut buf = vec![0u8; 16 * 1024];
-    loop {
-        let n = match from.read(&mut buf).await {
-            Ok(0) | Err(_) => return,
-            Ok(n) => n,
-        };
-        if number < state.cutoff.load(Ordering::SeqCst) {
-            continue;
-        }
-        if to.write_all(&buf[..n]).await.is_err() {
-            return;
-        }
-    }
-}
 
 /// `url` with its `host:port` replaced by `addr`, and the `host:port` it had.
 fn through(url: &str, addr: &str, default_port: u16) -> (String, String) {

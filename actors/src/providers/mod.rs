@@ -7,13 +7,15 @@
 //! `classify.rs` the pure functions from the provider's answer to a [`SendResult`] and a
 //! [`Health`], to be read beside the provider's table in docs/providers.md. What a provider needs
 //! besides (tokens, messages, receipts, the SMTP connection pool) has a file of its own.
-//! `lifetime` is what every push provider is told of a job's `expires_at`: the whole seconds left
-//! and the expiry second, both rounded down.
+//! `http2` holds the HTTP/2 connections of the providers that take one request per message
+//! (APNs, FCM). `lifetime` is what every push provider is told of a job's `expires_at`: the
+//! whole seconds left and the expiry second, both rounded down.
 
 pub mod apns;
 pub mod email;
 pub mod expo;
 pub mod fcm;
+pub mod http2;
 pub mod lifetime;
 
 use crate::circuit::Health;
@@ -110,14 +112,15 @@ pub trait ProviderClient {
     }
 }
 
-/// A sender's connections to a provider, as permits: a message takes one before its request is
-/// built and sent (so the messages waiting for a connection cost only the jobs they are), and a
+/// A sender's connections (email) or requests in flight (FCM) to a provider, as permits: a
+/// message takes one before its request is built and sent (so the messages waiting for one cost
+/// only the jobs they are), and a
 /// message that finds none free by its deadline was not sent: deferred, no attempt spent (the
 /// sender's own queue is not the provider's fault). FCM and email use it.
 pub(crate) struct ConnectionSlots {
     permits: tokio::sync::Semaphore,
     count: usize,
-    /// How a deferral starts, e.g. `fcm: no free connection`.
+    /// How a deferral starts, e.g. `fcm: no free request slot`.
     none_free: &'static str,
 }
 
@@ -219,7 +222,8 @@ pub fn enabled(providers: &Providers) -> Result<Vec<EnabledProvider>, ProviderEr
         let fcm = providers.fcm.clone();
         let limits = fcm.limits();
         let tokens = Arc::new(fcm::TokenSource::new(fcm.account()?)?);
-        let factory: ClientFactory = Arc::new(move || Box::new(fcm::FcmClient::new(&fcm, tokens.clone())));
+        let tls = fcm::tls_config()?;
+        let factory: ClientFactory = Arc::new(move || Box::new(fcm::FcmClient::new(&fcm, tokens.clone(), tls.clone())));
         enabled.push(EnabledProvider { provider: Provider::Fcm, factory, limits });
     }
     if providers.apns.enabled {

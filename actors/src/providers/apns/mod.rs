@@ -7,19 +7,19 @@
 //! more often than every 20 minutes (`TooManyProviderTokenUpdates`).
 //!
 //! Files: `token` signs and shares the provider token, `request` builds one request from a job,
-//! `classify` reads APNs's answers (docs/providers.md, APNs table), `connection` keeps the HTTP/2
-//! connections; this file sends.
+//! `classify` reads APNs's answers (docs/providers.md, APNs table); the HTTP/2 connections are
+//! `providers::http2`'s; this file sends.
 
 mod classify;
-mod connection;
 mod request;
 mod token;
 
+pub use super::http2::{SendError, CONNECTIONS};
 pub use classify::{answer, classify, Answer};
-pub use connection::{SendError, CONNECTIONS};
 pub use request::{body, Request, MAX_COLLAPSE_ID_BYTES, MAX_PAYLOAD_BYTES};
 pub use token::{ProviderToken, MIN_RESIGN_INTERVAL, REFRESH_AFTER};
 
+use super::http2::{self, Connections};
 use super::{auth_failure, outage, send_each, ProviderClient, ProviderProfile, Response};
 use crate::circuit::Health;
 use crate::job::{Job, Provider, SendResult};
@@ -27,7 +27,6 @@ use crate::ratelimit::Limits;
 use crate::secret::Secret;
 use crate::settings::rules::{file_or_inline, http_url, millis, read_optional, within_ms, SettingsError};
 use bytes::Bytes;
-use connection::Connections;
 use futures_util::future::LocalBoxFuture;
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
@@ -134,25 +133,17 @@ const MAX_RESPONSE_BYTES: usize = 64 * 1024;
 /// The TLS configuration of every APNs connection: the Mozilla roots plus the certificates of
 /// `ca_pem` (private gateways, the emulator), and ALPN `h2` only, since APNs speaks HTTP/2 only.
 pub fn tls_config(ca_pem: Option<&[u8]>) -> Result<Arc<rustls::ClientConfig>, ApnsError> {
-    let mut roots = rustls::RootCertStore { roots: webpki_roots::TLS_SERVER_ROOTS.to_vec() };
+    let mut extra = Vec::new();
     if let Some(pem) = ca_pem {
-        let certs =
-            rustls_pemfile::certs(&mut &pem[..]).collect::<Result<Vec<_>, _>>().map_err(ApnsError::CaUnreadable)?;
-        if certs.is_empty() {
+        extra = rustls_pemfile::certs(&mut &pem[..]).collect::<Result<Vec<_>, _>>().map_err(ApnsError::CaUnreadable)?;
+        if extra.is_empty() {
             return Err(ApnsError::NoCa);
         }
-        for cert in certs {
-            roots.add(cert).map_err(ApnsError::CaUnusable)?;
-        }
     }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(ApnsError::Tls)?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    config.alpn_protocols = vec![b"h2".to_vec()];
-    Ok(Arc::new(config))
+    http2::tls_config(extra).map_err(|e| match e {
+        http2::TlsError::Certificate(e) => ApnsError::CaUnusable(e),
+        http2::TlsError::Config(e) => ApnsError::Tls(e),
+    })
 }
 
 pub struct ApnsClient {
@@ -170,7 +161,8 @@ impl ApnsClient {
     pub fn new(settings: &ApnsSettings, tls: Arc<rustls::ClientConfig>, token: Arc<ProviderToken>) -> ApnsClient {
         let base_url = settings.base_url.trim_end_matches('/').to_string();
         ApnsClient {
-            connections: Rc::new(Connections::new(&base_url, tls, settings.timeout)),
+            // TLS whatever the URL's scheme: APNs speaks HTTP/2 over TLS only.
+            connections: Rc::new(Connections::new("apns", &base_url, tls, false, settings.timeout)),
             timeout: settings.timeout,
             base_url,
             topic: settings.topic.clone(),
@@ -240,9 +232,8 @@ async fn send_one(
     classify(answer.status, &answer.reason, answer.timestamp, apns_id, answer.retry_after)
 }
 
-/// One request on one of the client's connections, within `timeout`. A connection that fails
-/// as a whole (GOAWAY, I/O) is discarded, so that the next request opens a new one; a stream
-/// reset by the server concerns that stream only.
+/// One request on one of the client's connections, within `timeout` (see
+/// [`Connections::send`]).
 async fn post(
     connections: &Connections,
     timeout: Duration,
@@ -250,82 +241,25 @@ async fn post(
     jwt: &str,
     request: &Request,
 ) -> Result<Answer, SendError> {
-    let exchange = async {
-        // Sent once more, once: a request that never left (the connection had just ended, e.g.
-        // APNs closed it for idling), on a new connection; and a stream the server refused
-        // (REFUSED_STREAM: it lowered its stream limit while the request was on its way),
-        // which was not processed (RFC 9113 §8.7).
-        let mut again = false;
-        loop {
-            let live = connections.get().await?;
-            let answer = exchange(live.send.clone(), topic, jwt, request).await;
-            match &answer {
-                Err(SendError::NotSent(_)) => {
-                    connections.discard(&live);
-                    if !again {
-                        again = true;
-                        continue;
-                    }
-                }
-                Err(SendError::Http2(e)) => {
-                    if e.reason() == Some(h2::Reason::REFUSED_STREAM) && e.is_reset() && !again {
-                        again = true;
-                        continue;
-                    }
-                    if !e.is_reset() {
-                        connections.discard(&live);
-                    }
-                }
-                _ => {}
-            }
-            return answer;
+    let head = || {
+        let mut head = http::Request::post(request.url.as_str())
+            .header("authorization", format!("bearer {jwt}"))
+            .header("apns-topic", topic)
+            .header("apns-push-type", request.push_type)
+            .header("apns-priority", request.priority)
+            .header("apns-id", request.apns_id.as_str())
+            .header("content-type", "application/json");
+        if let Some(expiration) = request.expiration {
+            head = head.header("apns-expiration", expiration.to_string());
         }
+        if let Some(collapse_id) = &request.collapse_id {
+            head = head.header("apns-collapse-id", collapse_id.as_str());
+        }
+        head.body(())
     };
-    tokio::time::timeout(timeout, exchange).await.map_err(|_| SendError::Timeout(timeout))?
-}
-
-/// The request on a new stream, and its answer: status, headers and at most
-/// [`MAX_RESPONSE_BYTES`] of body.
-async fn exchange(
-    send: h2::client::SendRequest<Bytes>,
-    topic: &str,
-    jwt: &str,
-    request: &Request,
-) -> Result<Answer, SendError> {
-    // Waits while h2's queue of streams beyond the server's SETTINGS_MAX_CONCURRENT_STREAMS is
-    // occupied (see `connection`).
-    let mut send = send.ready().await.map_err(SendError::NotSent)?;
-    let mut head = http::Request::post(request.url.as_str())
-        .header("authorization", format!("bearer {jwt}"))
-        .header("apns-topic", topic)
-        .header("apns-push-type", request.push_type)
-        .header("apns-priority", request.priority)
-        .header("apns-id", request.apns_id.as_str())
-        .header("content-type", "application/json");
-    if let Some(expiration) = request.expiration {
-        head = head.header("apns-expiration", expiration.to_string());
-    }
-    if let Some(collapse_id) = &request.collapse_id {
-        head = head.header("apns-collapse-id", collapse_id.as_str());
-    }
-    let head = head.body(()).map_err(SendError::Build)?;
-    let (response, mut body_out) = send.send_request(head, false).map_err(SendError::NotSent)?;
-    // At most 4096 bytes, within the initial stream window: h2 buffers it until it is written.
-    body_out.send_data(Bytes::copy_from_slice(&request.body), true).map_err(SendError::Http2)?;
-    let (parts, mut body_in) = response.await.map_err(SendError::Http2)?.into_parts();
-    let mut body = Vec::new();
-    while let Some(chunk) = body_in.data().await {
-        let chunk = chunk.map_err(SendError::Http2)?;
-        // Hands the window back, or a long body would stall the connection's other streams.
-        let _ = body_in.flow_control().release_capacity(chunk.len());
-        let room = MAX_RESPONSE_BYTES - body.len();
-        body.extend_from_slice(&chunk[..chunk.len().min(room)]);
-        if body.len() == MAX_RESPONSE_BYTES {
-            // Enough to classify: dropping the stream resets it (CANCEL), the rest is not read.
-            break;
-        }
-    }
-    Ok(answer(parts.status.as_u16(), &parts.headers, &body))
+    let body = Bytes::copy_from_slice(&request.body);
+    let reply = connections.send(timeout, head, body, MAX_RESPONSE_BYTES).await?;
+    Ok(answer(reply.status, &reply.headers, &reply.body))
 }
 
 #[cfg(test)]

@@ -1,5 +1,8 @@
 //! FCM HTTP v1: one `POST {base}/v1/projects/{project}/messages:send` per message, authorised by
-//! an OAuth access token obtained from the service account (RS256 JWT assertion).
+//! an OAuth access token obtained from the service account (RS256 JWT assertion). The messages
+//! of a batch are sent concurrently as streams of one long-lived HTTP/2 connection per sender
+//! (`providers::http2`: TLS with ALPN h2 for `https://`, prior knowledge for an `http://`
+//! emulator); the token endpoint is asked over awc, a few times an hour.
 //!
 //! Files: `oauth` holds the service account and the shared access-token source, `message` builds
 //! one message, `classify` reads FCM's answers (docs/providers.md, FCM table); this file sends.
@@ -16,12 +19,16 @@ pub use oauth::{
     MAX_TOKEN_LIFETIME, REFRESH_BEFORE, SCOPE,
 };
 
-use super::{auth_failure, outage, retry_after, send_each, ConnectionSlots, ProviderClient, ProviderProfile, Response};
+use super::http2::{self, Connections};
+use super::{
+    auth_failure, outage, retry_after_value, send_each, ConnectionSlots, ProviderClient, ProviderProfile, Response,
+};
 use crate::circuit::Health;
 use crate::job::{Job, Provider, SendResult};
 use crate::ratelimit::Limits;
 use crate::secret::Secret;
 use crate::settings::rules::{file_or_inline, http_url, millis, within_ms, SettingsError};
+use bytes::Bytes;
 use futures_util::future::LocalBoxFuture;
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
@@ -80,7 +87,7 @@ impl FcmSettings {
     }
 
     /// The longest a message may take from its sender's batch to its answer: the wait for a free
-    /// connection (at most the timeout), then the request (the timeout).
+    /// request slot (at most the timeout), then the request (the timeout).
     pub fn longest_send(&self) -> Duration {
         self.timeout.saturating_mul(2)
     }
@@ -91,15 +98,14 @@ impl FcmSettings {
 pub enum FcmError {
     #[error("fcm: {0}")]
     Account(#[from] ServiceAccountError),
+    #[error("fcm: {0}")]
+    Tls(#[from] http2::TlsError),
 }
 
-/// A request to FCM that got no answer to classify: an outage, retried.
-#[derive(Debug, thiserror::Error)]
-enum SendError {
-    #[error("fcm: request failed: {0}")]
-    Request(#[source] awc::error::SendRequestError),
-    #[error("fcm: reading the response failed: {0}")]
-    Read(#[source] awc::error::PayloadError),
+/// The TLS configuration of every FCM connection: the Mozilla roots, ALPN `h2`. Built once per
+/// process and shared by the senders.
+pub fn tls_config() -> Result<Arc<rustls::ClientConfig>, FcmError> {
+    Ok(http2::tls_config(Vec::new())?)
 }
 
 /// FCM messages are sent one per request; a sender gathers this many and sends them together.
@@ -107,20 +113,19 @@ pub const MAX_BATCH: usize = 100;
 /// FCM's limit on a message's payload.
 pub const MAX_PAYLOAD_BYTES: usize = 4096;
 const MAX_RESPONSE_BYTES: usize = 64 * 1024;
-/// Connections one sender keeps to FCM. awc sends one request at a time on a connection, so
-/// this is also the sender's requests in flight. Each connection costs its buffers in memory: at
-/// 128 per sender a 30,000-message run peaked at 64 MiB, at 32 at 57–63 MiB at the same rate
-/// (bench/README, "Issue 14: every target in one sitting").
-const CONNECTIONS: usize = 32;
+/// Requests one sender has in flight at most (streams of its HTTP/2 connection, fewer if FCM's
+/// `SETTINGS_MAX_CONCURRENT_STREAMS` says so): one batch's worth.
+const IN_FLIGHT: usize = MAX_BATCH;
 
 pub struct FcmClient {
+    /// The token endpoint's client.
     http: awc::Client,
+    connections: Rc<Connections>,
     send_url: Rc<str>,
     tokens: Arc<TokenSource>,
-    /// A message becomes a request (its body, its headers, awc's state) only once it holds one
-    /// of these, one per connection; the rest of the messages in flight wait as the jobs they
-    /// are. Built eagerly, 2,000 messages in flight waiting for 64 connections cost ~10 KiB each
-    /// (bench/README, "memory per message in flight").
+    /// A message becomes a request (its body, its headers, its stream) only once it holds one of
+    /// these; the rest of the messages in flight wait as the jobs they are (bench/README,
+    /// "memory per message in flight").
     slots: Rc<ConnectionSlots>,
     timeout: Duration,
     profile: ProviderProfile,
@@ -129,6 +134,7 @@ pub struct FcmClient {
 /// What one message's send needs, shared by the messages of one [`ProviderClient::send`].
 struct Shared {
     http: awc::Client,
+    connections: Rc<Connections>,
     url: Rc<str>,
     tokens: Arc<TokenSource>,
     slots: Rc<ConnectionSlots>,
@@ -136,18 +142,19 @@ struct Shared {
     jobs: Vec<Job>,
 }
 impl FcmClient {
-    /// The project comes from the service account of `tokens`.
-    pub fn new(settings: &FcmSettings, tokens: Arc<TokenSource>) -> Self {
+    /// The project comes from the service account of `tokens`; `tls` is [`tls_config`]'s.
+    pub fn new(settings: &FcmSettings, tokens: Arc<TokenSource>, tls: Arc<rustls::ClientConfig>) -> Self {
         let http = awc::Client::builder()
             .timeout(settings.timeout)
-            .connector(awc::Connector::new().timeout(settings.timeout).limit(CONNECTIONS))
+            .connector(awc::Connector::new().timeout(settings.timeout))
             .finish();
-        let send_url =
-            format!("{}/v1/projects/{}/messages:send", settings.base_url.trim_end_matches('/'), tokens.project_id());
+        let base_url = settings.base_url.trim_end_matches('/');
+        let connections = Rc::new(Connections::new("fcm", base_url, tls, true, settings.timeout));
+        let send_url = format!("{base_url}/v1/projects/{}/messages:send", tokens.project_id());
         let profile =
             ProviderProfile { provider: Provider::Fcm, max_batch: MAX_BATCH, flush_after: settings.flush_after };
-        let slots = Rc::new(ConnectionSlots::new(CONNECTIONS, "fcm: no free connection"));
-        FcmClient { http, send_url: send_url.into(), tokens, slots, timeout: settings.timeout, profile }
+        let slots = Rc::new(ConnectionSlots::new(IN_FLIGHT, "fcm: no free request slot"));
+        FcmClient { http, connections, send_url: send_url.into(), tokens, slots, timeout: settings.timeout, profile }
     }
 }
 
@@ -159,6 +166,7 @@ impl ProviderClient for FcmClient {
     fn send(&self, jobs: &[Job]) -> LocalBoxFuture<'static, Response> {
         let shared = Rc::new(Shared {
             http: self.http.clone(),
+            connections: self.connections.clone(),
             url: self.send_url.clone(),
             tokens: self.tokens.clone(),
             slots: self.slots.clone(),
@@ -169,7 +177,7 @@ impl ProviderClient for FcmClient {
     }
 }
 
-/// Sends message `i` of a batch once a connection slot is free: size check, access token, POST,
+/// Sends message `i` of a batch once a request slot is free: size check, access token, POST,
 /// and one retry with a fresh token when FCM refuses the token itself (401 without an
 /// FcmError). A message that finds no slot within the timeout was not sent: deferred, without
 /// spending an attempt (the sender's own queue is not FCM's fault).
@@ -179,7 +187,7 @@ async fn send_one(shared: Rc<Shared>, i: usize) -> (SendResult, Health) {
         Ok(slot) => slot,
         Err(deferred) => return (deferred, Health::Up),
     };
-    let (http, url, tokens, job) = (&shared.http, &shared.url, &shared.tokens, &shared.jobs[i]);
+    let (http, tokens, job) = (&shared.http, &shared.tokens, &shared.jobs[i]);
     // The lifetime left is read on the token source's clock (a test's `ManualClock`).
     let now_ms = super::lifetime::now_ms(tokens.clock());
     let body = match serde_json::to_vec(&Request { message: message(job, now_ms) }) {
@@ -188,7 +196,7 @@ async fn send_one(shared: Rc<Shared>, i: usize) -> (SendResult, Health) {
             let error = format!("fcm: payload too large: {size} bytes (limit {MAX_PAYLOAD_BYTES})");
             return (SendResult::Permanent { error }, Health::Up);
         }
-        Ok(body) => body,
+        Ok(body) => Bytes::from(body),
         Err(e) => return (SendResult::Permanent { error: format!("fcm: unserializable message: {e}") }, Health::Up),
     };
     let mut rejected: Option<String> = None;
@@ -198,13 +206,14 @@ async fn send_one(shared: Rc<Shared>, i: usize) -> (SendResult, Health) {
             Err(TokenError::Refused(error)) => return auth_failure(error),
             Err(TokenError::Unavailable(error)) => return outage(error),
         };
-        let answer = post(http, url, &token, body.clone()).await;
-        let (status, retry_after, reply) = match answer {
+        let answer = post(&shared, &token, body.clone()).await;
+        let answer = match answer {
             Ok(answer) => answer,
             Err(error) => return outage(error),
         };
-        let reply = reply.as_ref();
-        let classified = classify(status, reply, retry_after, job.attempt);
+        let retry_after = answer.headers.get("retry-after").and_then(|v| v.to_str().ok()).and_then(retry_after_value);
+        let reply = answer.body.as_slice();
+        let classified = classify(answer.status, reply, retry_after, job.attempt);
         if classified == Classified::RefreshToken {
             if rejected.is_none() {
                 rejected = Some(token);
@@ -221,23 +230,15 @@ pub fn payload_bytes(body: &[u8], token: &str) -> usize {
     body.len().saturating_sub(token.len())
 }
 
-async fn post(
-    http: &awc::Client,
-    url: &str,
-    token: &str,
-    body: Vec<u8>,
-) -> Result<(u16, Option<Duration>, impl AsRef<[u8]>), SendError> {
-    let mut resp = http
-        .post(url)
-        .bearer_auth(token)
-        .insert_header(("content-type", "application/json"))
-        .send_body(body)
-        .await
-        .map_err(SendError::Request)?;
-    let status = resp.status().as_u16();
-    let retry_after = retry_after(resp.headers());
-    let body = resp.body().limit(MAX_RESPONSE_BYTES).await.map_err(SendError::Read)?;
-    Ok((status, retry_after, body))
+/// One POST of a message on the sender's HTTP/2 connection, within the timeout.
+async fn post(shared: &Shared, token: &str, body: Bytes) -> Result<http2::Answer, http2::SendError> {
+    let head = || {
+        http::Request::post(&*shared.url)
+            .header("authorization", format!("Bearer {token}"))
+            .header("content-type", "application/json")
+            .body(())
+    };
+    shared.connections.send(shared.timeout, head, body, MAX_RESPONSE_BYTES).await
 }
 
 /// The start of a body, for an error: at most 200 bytes of text (each invalid UTF-8 byte becomes
@@ -277,7 +278,8 @@ mod tests {
             rate_per_sec: 0,
             device_rate_per_sec: 0,
         };
-        FcmClient::new(&settings, Arc::new(TokenSource::new(account).expect("token source")))
+        let tls = tls_config().expect("tls");
+        FcmClient::new(&settings, Arc::new(TokenSource::new(account).expect("token source")), tls)
     }
 
     /// A message that finds every connection slot taken for the whole timeout is deferred: no
@@ -286,14 +288,14 @@ mod tests {
     #[actix_rt::test]
     async fn a_message_that_finds_no_free_connection_within_the_timeout_is_deferred() {
         let client = client(Duration::from_millis(50));
-        let taken = client.slots.permits.acquire_many(CONNECTIONS as u32).await.expect("every slot");
+        let taken = client.slots.permits.acquire_many(IN_FLIGHT as u32).await.expect("every slot");
         let job = crate::providers::check::job(Provider::Fcm, "tok", json!({"title": "t"}), Priority::Normal);
         let response = client.send(std::slice::from_ref(&job)).await;
         assert_eq!(response.health, Health::Up);
         let [SendResult::Deferred { error, after }] = &response.results[..] else {
             panic!("{:?}", response.results);
         };
-        assert!(error.starts_with("fcm: no free connection within 50 ms (32 per sender)"), "{error}");
+        assert!(error.starts_with("fcm: no free request slot within 50 ms (100 per sender)"), "{error}");
         assert_eq!(*after, Duration::from_millis(50));
 
         // With a slot free the message is built and sent: here to the closed port, an outage.
