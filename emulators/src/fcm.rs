@@ -443,7 +443,7 @@ async fn send(
     if project.as_str() != PROJECT_ID {
         return injected(403, None, None);
     }
-    let parsed: Value = match serde_json::from_slice(&body) {
+    let mut parsed: Value = match serde_json::from_slice(&body) {
         Ok(v) => v,
         Err(e) => return fcm_error(400, None, &format!("Invalid JSON payload received. {e}"), false),
     };
@@ -486,12 +486,10 @@ async fn send(
         };
     }
     let name = format!("projects/{PROJECT_ID}/messages/{}", Uuid::new_v4().simple());
-    let sent = Sent {
-        token: token.to_string(),
-        message: message.clone(),
-        name: name.clone(),
-        received_at: std::time::SystemTime::now(),
-    };
+    let token = token.to_string();
+    // The parsed message is kept as it is (not copied).
+    let message = parsed.get_mut("message").map(Value::take).unwrap_or_default();
+    let sent = Sent { token, message, name: name.clone(), received_at: std::time::SystemTime::now() };
     state.sent.push(sent);
     HttpResponse::Ok().json(json!({ "name": name }))
 }
