@@ -196,11 +196,6 @@ impl FcmEmulator {
         self.server.with(|s| s.http2_requests)
     }
 
-    /// TCP connections accepted (sends, token requests and admin calls alike).
-    pub fn connections(&self) -> usize {
-        self.server.connections()
-    }
-
     /// Token requests received (any outcome).
     pub fn token_requests(&self) -> usize {
         self.server.with(|s| s.token_requests)

@@ -1,16 +1,14 @@
 //! The server the HTTP emulators (Expo, FCM, APNs) share: one worker on the current actix
 //! System, bound to the address asked for (port 0 for a free one), plain (HTTP/1.1 or h2c) or
-//! TLS (ALPN h2 or http/1.1), with the
-//! emulator's state as app data. It installs no signal handlers, because the test or
-//! `mock-providers` decides when an emulator stops. Also the admin call every HTTP emulator
-//! takes, `POST /__emulator/fail`.
+//! TLS (ALPN h2 or http/1.1), with the emulator's state as app data. It installs no signal
+//! handlers, because the test or `mock-providers` decides when an emulator stops. Also the admin
+//! call every HTTP emulator takes, `POST /__emulator/fail`.
 
 use crate::failure::{FailPlan, Failure};
 use actix_web::dev::ServerHandle;
 use actix_web::http::header::{HeaderValue, RETRY_AFTER};
 use actix_web::{web, App, HttpResponse, HttpServer};
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 /// A running HTTP emulator and its state.
@@ -18,8 +16,6 @@ pub(crate) struct Server<S> {
     pub(crate) addr: SocketAddr,
     state: Arc<Mutex<S>>,
     handle: ServerHandle,
-    /// TCP connections accepted.
-    connections: Arc<AtomicUsize>,
 }
 
 impl<S: Send + 'static> Server<S> {
@@ -33,14 +29,8 @@ impl<S: Send + 'static> Server<S> {
     ) -> std::io::Result<Server<S>> {
         let state = Arc::new(Mutex::new(state));
         let data = web::Data::from(state.clone());
-        let connections = Arc::new(AtomicUsize::new(0));
-        let counted = connections.clone();
-        let server = HttpServer::new(move || App::new().app_data(data.clone()).configure(routes))
-            .workers(1)
-            .disable_signals()
-            .on_connect(move |_, _| {
-                counted.fetch_add(1, Ordering::Relaxed);
-            });
+        let server =
+            HttpServer::new(move || App::new().app_data(data.clone()).configure(routes)).workers(1).disable_signals();
         let server = match tls {
             // actix-web adds ALPN `h2` and `http/1.1` itself.
             Some(tls) => server.bind_rustls_0_23(addr, tls)?,
@@ -56,12 +46,7 @@ impl<S: Send + 'static> Server<S> {
         let running = server.run();
         let handle = running.handle();
         actix_rt::spawn(running);
-        Ok(Server { addr, state, handle, connections })
-    }
-
-    /// TCP connections accepted so far.
-    pub(crate) fn connections(&self) -> usize {
-        self.connections.load(Ordering::Relaxed)
+        Ok(Server { addr, state, handle })
     }
 
     /// The state itself, for a server in front of this one (APNs's HTTP/2 side).

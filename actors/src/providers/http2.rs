@@ -3,7 +3,7 @@
 //! streams.
 //!
 //! Why not awc: awc's HTTP/2 pool hands a connection to one request at a time (README, "Why APNs
-//! and FCM speak h2 directly"), so a batch of 100 opened up to `limit` connections per sender,
+//! and FCM speak HTTP/2 through `h2` directly"), so a batch of 100 opened up to `limit` connections per sender,
 //! and over plain HTTP it speaks HTTP/1.1 only. Here a sender keeps [`CONNECTIONS`] connections
 //! and multiplexes its whole batch on them. The server's `SETTINGS_MAX_CONCURRENT_STREAMS` is
 //! respected by `h2` itself: a request beyond the limit is queued as a pending stream and opened

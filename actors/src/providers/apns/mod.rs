@@ -26,7 +26,6 @@ use crate::job::{Job, Provider, SendResult};
 use crate::ratelimit::Limits;
 use crate::secret::Secret;
 use crate::settings::rules::{file_or_inline, http_url, millis, read_optional, within_ms, SettingsError};
-use bytes::Bytes;
 use futures_util::future::LocalBoxFuture;
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
@@ -257,8 +256,7 @@ async fn post(
         }
         head.body(())
     };
-    let body = Bytes::copy_from_slice(&request.body);
-    let reply = connections.send(timeout, head, body, MAX_RESPONSE_BYTES).await?;
+    let reply = connections.send(timeout, head, request.body.clone(), MAX_RESPONSE_BYTES).await?;
     Ok(answer(reply.status, &reply.headers, &reply.body))
 }
 

@@ -19,7 +19,8 @@ pub struct Request {
     pub priority: &'static str,
     pub expiration: Option<u64>,
     pub collapse_id: Option<String>,
-    pub body: Vec<u8>,
+    /// Shared, not copied, when the request is sent again (a re-signed token).
+    pub body: bytes::Bytes,
 }
 
 impl Request {
@@ -76,7 +77,7 @@ impl Request {
                 (None, own) => own,
             },
             collapse_id,
-            body,
+            body: body.into(),
         })
     }
 }
