@@ -326,6 +326,34 @@ async fn fcm_a_connection_that_stops_answering_is_given_up_and_the_next_send_ope
     f.emulator.stop().await;
 }
 
+/// An `http://` base URL is spoken to in HTTP/2 with prior knowledge: a gateway there that
+/// speaks only HTTP/1.1 answers the connection preface with an HTTP/1.1 error, and every message
+/// is an outage that says HTTP/2 (README, `providers.fcm.base_url`), retried, never a delivery.
+#[actix_web::test]
+async fn fcm_an_http1_only_gateway_at_an_http_url_is_an_outage_naming_http2() {
+    let f = fixture().await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    actix_rt::spawn(async move {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        while let Ok((mut conn, _)) = listener.accept().await {
+            let mut buf = [0u8; 1024];
+            let _ = conn.read(&mut buf).await;
+            let _ = conn.write_all(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\nConnection: close\r\n\r\n").await;
+        }
+    });
+    let settings = settings(format!("http://{addr}"), &f.emulator.service_account_json());
+    let client = FcmClient::new(&settings, f.tokens.clone(), tls_config().expect("tls"));
+
+    let response = client.send(&[job("device", json!({}))]).await;
+
+    let result = &response.results[0];
+    assert!(matches!(result, SendResult::Retry { .. }), "{result:?}");
+    assert!(result.error().unwrap_or_default().starts_with("fcm: request failed: HTTP/2"), "{result:?}");
+    assert!(matches!(response.health, Health::Outage(_)), "{:?}", response.health);
+    f.emulator.stop().await;
+}
+
 impl Fixture {
     /// A job for `token` that expires `left_ms` from now on the fixture's clock, with `collapse_key`.
     fn expiring(&self, token: &str, left_ms: u64, collapse_key: Option<&str>) -> Job {

@@ -249,25 +249,25 @@ impl Connections {
             .map_err(|e| Failure::Connect(target.addr.clone(), e))?;
         // Requests are small and latency-bound: no Nagle delay.
         tcp.set_nodelay(true).map_err(|e| Failure::Connect(target.addr.clone(), e))?;
-        let closed = Rc::new(Cell::new(false));
         let Some(name) = &target.tls_name else {
-            return handshake(tcp, closed).await;
+            return handshake(tcp).await;
         };
         let tls = self.tls.connect(name.clone(), tcp).await.map_err(|e| Failure::Tls(target.addr.clone(), e))?;
         if tls.get_ref().1.alpn_protocol() != Some(b"h2") {
             return Err(Failure::NoHttp2(target.addr.clone()));
         }
-        handshake(tls, closed).await
+        handshake(tls).await
     }
 }
 
 /// The HTTP/2 handshake on a connected stream, and the task that drives the connection.
-async fn handshake<T>(io: T, closed: Rc<Cell<bool>>) -> Result<Live, Failure>
+async fn handshake<T>(io: T) -> Result<Live, Failure>
 where
     T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + 'static,
 {
     let (send, mut connection) = h2::client::Builder::new().handshake::<_, Bytes>(io).await.map_err(Failure::Http2)?;
     let mut ping = connection.ping_pong();
+    let closed = Rc::new(Cell::new(false));
     let ended = closed.clone();
     // The connection's frames are read and written by this task, on the client's own arbiter;
     // it ends when the server closes the connection, or after the client and all its streams
